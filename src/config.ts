@@ -1,0 +1,263 @@
+/**
+ * Configuration: parsed once, at start-up, from the environment (plus command-line overrides)
+ * into a frozen, typed object. Every problem is collected and reported together, one line each,
+ * naming the variable, what it expects and what it got, with secrets masked. Only the composition
+ * root passes `process.env` in; everything else receives the parsed object.
+ */
+import { ConfigError } from './errors.js';
+import { DEFAULT_EVENT_TYPES, EVENT_TYPES, type EventType } from './events.js';
+import { parseSecret } from './signing.js';
+
+/** Platform deployments by preset name (sbg-api.md §6). */
+export const ENDPOINT_PRESETS: Readonly<Record<string, string>> = {
+  'sbg-us': 'https://api.sbgenomics.com/v2',
+  'sbg-eu': 'https://eu-api.sbgenomics.com/v2',
+  cgc: 'https://cgc-api.sbgenomics.com/v2',
+  cavatica: 'https://cavatica-api.sbgenomics.com/v2',
+  bdc: 'https://api.sb.biodatacatalyst.nhlbi.nih.gov/v2',
+  'sbg-cn': 'https://api.sevenbridges.cn/v2',
+};
+
+export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+export interface Config {
+  readonly endpoint: string;
+  readonly token: string | undefined;
+  readonly pollIntervalMs: number;
+  readonly rateBudget: number;
+  readonly rateWindowMs: number;
+  readonly batchSize: number;
+  readonly webhook: {
+    readonly urls: readonly string[];
+    /** The decoded signing key, or undefined when deliveries are unsigned. */
+    readonly secretKey: Buffer | undefined;
+    readonly events: ReadonlySet<EventType> | 'all';
+    readonly timeoutMs: number;
+    readonly maxAgeMs: number;
+  };
+  readonly retainMs: number;
+  readonly http: { readonly host: string; readonly port: number };
+  readonly apiToken: string | undefined;
+  readonly dataDir: string;
+  readonly logLevel: LogLevel;
+  readonly shutdownTimeoutMs: number;
+}
+
+/** Every variable the watcher reads, with its default (undefined: none). */
+export const DEFAULTS = {
+  SB_API_ENDPOINT: 'https://api.sbgenomics.com/v2',
+  SB_AUTH_TOKEN: undefined,
+  WATCHER_POLL_INTERVAL: '10s',
+  WATCHER_RATE_BUDGET: '500',
+  WATCHER_RATE_WINDOW: '5m',
+  WATCHER_BATCH_SIZE: '100',
+  WATCHER_WEBHOOK_URLS: undefined,
+  WATCHER_WEBHOOK_SECRET: undefined,
+  WATCHER_WEBHOOK_EVENTS: DEFAULT_EVENT_TYPES.join(','),
+  WATCHER_WEBHOOK_TIMEOUT: '15s',
+  WATCHER_WEBHOOK_MAX_AGE: '24h',
+  WATCHER_RETAIN: '24h',
+  WATCHER_HTTP_HOST: '127.0.0.1',
+  WATCHER_HTTP_PORT: '8080',
+  WATCHER_API_TOKEN: undefined,
+  WATCHER_DATA_DIR: './data',
+  WATCHER_SHUTDOWN_TIMEOUT: '10s',
+  LOG_LEVEL: 'info',
+} as const satisfies Record<string, string | undefined>;
+
+export type VariableName = keyof typeof DEFAULTS;
+export type Env = Readonly<Record<string, string | undefined>>;
+
+/** Variables whose values are secrets: never echoed in a problem line. */
+const SECRET_VARIABLES: ReadonlySet<string> = new Set([
+  'SB_AUTH_TOKEN',
+  'WATCHER_WEBHOOK_SECRET',
+  'WATCHER_API_TOKEN',
+]);
+
+export interface LoadOptions {
+  /** `run`, `watch` and `get` talk to the platform and need a token; `simulate` does not. */
+  requireToken?: boolean;
+}
+
+const UNITS: Readonly<Record<string, number>> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+
+/** `250ms`, `10s`, `5m`, `1h`, `1d`, or a bare number of milliseconds. Returns NaN when malformed. */
+export function parseDuration(text: string): number {
+  const match = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$/.exec(text);
+  if (!match) return Number.NaN;
+  const value = Number(match[1]) * (UNITS[match[2] ?? 'ms'] ?? 1);
+  return Number.isFinite(value) ? Math.round(value) : Number.NaN;
+}
+
+/** Formats milliseconds the way they are written in configuration, for logs and help. */
+export function formatDuration(ms: number): string {
+  for (const [unit, size] of [
+    ['d', 86_400_000],
+    ['h', 3_600_000],
+    ['m', 60_000],
+    ['s', 1000],
+  ] as const) {
+    if (ms >= size && ms % size === 0) return `${ms / size}${unit}`;
+  }
+  return `${ms}ms`;
+}
+
+export function isLoopbackHost(host: string): boolean {
+  const h = host.replace(/^\[|\]$/g, '').toLowerCase();
+  return h === 'localhost' || h === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h);
+}
+
+/** Parses and validates; throws ConfigError listing every problem. */
+export function loadConfig(env: Env, options: LoadOptions = {}): Config {
+  const problems: string[] = [];
+  const raw = (name: VariableName): string | undefined => {
+    const v = env[name];
+    return v === undefined || v.trim() === '' ? DEFAULTS[name] : v.trim();
+  };
+  const shown = (name: VariableName, value: string): string =>
+    SECRET_VARIABLES.has(name) ? `a value of ${value.length} characters (hidden)` : JSON.stringify(value);
+  const problem = (name: VariableName, expects: string, value: string | undefined): void => {
+    problems.push(
+      `${name}: expected ${expects}, got ${value === undefined ? 'nothing' : shown(name, value)}`,
+    );
+  };
+
+  const duration = (name: VariableName, min: number): number => {
+    const text = raw(name) ?? '';
+    const ms = parseDuration(text);
+    if (Number.isNaN(ms) || ms < min) {
+      problem(
+        name,
+        `a duration of at least ${formatDuration(min)} (like 250ms, 10s, 5m, 1h, or milliseconds)`,
+        text,
+      );
+      return min;
+    }
+    return ms;
+  };
+  const integer = (name: VariableName, min: number, max: number): number => {
+    const text = raw(name) ?? '';
+    const n = /^\d+$/.test(text) ? Number(text) : Number.NaN;
+    if (!Number.isSafeInteger(n) || n < min || n > max) {
+      problem(name, `a whole number from ${min} to ${max}`, text);
+      return min;
+    }
+    return n;
+  };
+
+  // SB_API_ENDPOINT: a preset name or an http(s) URL.
+  const endpointText = raw('SB_API_ENDPOINT') ?? DEFAULTS.SB_API_ENDPOINT;
+  let endpoint = ENDPOINT_PRESETS[endpointText.toLowerCase()] ?? endpointText;
+  if (!isHttpUrl(endpoint)) {
+    problem(
+      'SB_API_ENDPOINT',
+      `an http(s) URL or one of ${Object.keys(ENDPOINT_PRESETS).join(', ')}`,
+      endpointText,
+    );
+  }
+  endpoint = endpoint.replace(/\/+$/, '');
+
+  const token = raw('SB_AUTH_TOKEN');
+  if (options.requireToken && token === undefined) {
+    problem('SB_AUTH_TOKEN', 'the platform token (from the Developer tab of the platform)', undefined);
+  } else if (token !== undefined && /\s/.test(token)) {
+    problem('SB_AUTH_TOKEN', 'a token without spaces', token);
+  }
+
+  const pollIntervalMs = duration('WATCHER_POLL_INTERVAL', 100);
+  const rateBudget = integer('WATCHER_RATE_BUDGET', 1, 1_000_000);
+  const rateWindowMs = duration('WATCHER_RATE_WINDOW', 1000);
+  const batchSize = integer('WATCHER_BATCH_SIZE', 1, 100);
+
+  const urlsText = raw('WATCHER_WEBHOOK_URLS');
+  const urls = urlsText
+    ? urlsText
+        .split(',')
+        .map((u) => u.trim())
+        .filter((u) => u !== '')
+    : [];
+  for (const u of urls) {
+    if (!isHttpUrl(u)) problem('WATCHER_WEBHOOK_URLS', 'comma-separated http(s) URLs', u);
+  }
+
+  const secretText = raw('WATCHER_WEBHOOK_SECRET');
+  let secretKey: Buffer | undefined;
+  if (secretText !== undefined) {
+    try {
+      secretKey = parseSecret(secretText);
+    } catch {
+      problem('WATCHER_WEBHOOK_SECRET', '"whsec_" followed by a base64 key', secretText);
+    }
+  }
+
+  const eventsText = raw('WATCHER_WEBHOOK_EVENTS') ?? '';
+  let events: ReadonlySet<EventType> | 'all' = 'all';
+  if (eventsText !== '*') {
+    const names = eventsText
+      .split(',')
+      .map((e) => e.trim())
+      .filter((e) => e !== '');
+    const bad = names.filter((n) => !(EVENT_TYPES as readonly string[]).includes(n));
+    if (bad.length > 0 || names.length === 0) {
+      problem(
+        'WATCHER_WEBHOOK_EVENTS',
+        `"*" or a comma-separated list of ${EVENT_TYPES.join(', ')}`,
+        eventsText,
+      );
+    }
+    events = new Set(names.filter((n): n is EventType => (EVENT_TYPES as readonly string[]).includes(n)));
+  }
+
+  const webhookTimeoutMs = duration('WATCHER_WEBHOOK_TIMEOUT', 100);
+  const maxAgeMs = duration('WATCHER_WEBHOOK_MAX_AGE', 1000);
+  const retainMs = duration('WATCHER_RETAIN', 0);
+
+  const host = raw('WATCHER_HTTP_HOST') ?? DEFAULTS.WATCHER_HTTP_HOST;
+  const port = integer('WATCHER_HTTP_PORT', 0, 65_535);
+  const apiToken = raw('WATCHER_API_TOKEN');
+  if (!isLoopbackHost(host) && apiToken === undefined) {
+    problems.push(
+      `WATCHER_API_TOKEN: expected a token, because WATCHER_HTTP_HOST ${JSON.stringify(host)} is not a loopback address, got nothing`,
+    );
+  }
+  const dataDir = raw('WATCHER_DATA_DIR') ?? DEFAULTS.WATCHER_DATA_DIR;
+
+  const level = (raw('LOG_LEVEL') ?? 'info').toLowerCase();
+  if (!(LOG_LEVELS as readonly string[]).includes(level))
+    problem('LOG_LEVEL', `one of ${LOG_LEVELS.join(', ')}`, level);
+  const shutdownTimeoutMs = duration('WATCHER_SHUTDOWN_TIMEOUT', 0);
+
+  if (problems.length > 0) throw new ConfigError(problems);
+  return Object.freeze({
+    endpoint,
+    token,
+    pollIntervalMs,
+    rateBudget,
+    rateWindowMs,
+    batchSize,
+    webhook: Object.freeze({
+      urls: Object.freeze(urls),
+      secretKey,
+      events,
+      timeoutMs: webhookTimeoutMs,
+      maxAgeMs,
+    }),
+    retainMs,
+    http: Object.freeze({ host, port }),
+    apiToken,
+    dataDir,
+    logLevel: level as LogLevel,
+    shutdownTimeoutMs,
+  });
+}
+
+function isHttpUrl(text: string): boolean {
+  try {
+    const u = new URL(text);
+    return (u.protocol === 'http:' || u.protocol === 'https:') && u.hostname !== '';
+  } catch {
+    return false;
+  }
+}

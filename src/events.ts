@@ -1,0 +1,76 @@
+/**
+ * The events the watcher emits for transitions, and their wire shape (SPEC "Events, logs and
+ * webhooks"). Pure: building an event needs the transition and nothing else.
+ */
+import type { ExportState } from './tracker.js';
+
+export const EVENT_TYPES = ['export.running', 'export.completed', 'export.failed', 'export.lost'] as const;
+export type EventType = (typeof EVENT_TYPES)[number];
+
+export const DEFAULT_EVENT_TYPES: readonly EventType[] = ['export.completed', 'export.failed', 'export.lost'];
+
+/** The body sent to receivers, exactly as serialized. */
+export interface EventBody {
+  type: EventType;
+  /** ISO time at which the transition was observed. */
+  timestamp: string;
+  data: {
+    export_id: string;
+    state: ExportState;
+    previous_state: ExportState;
+    metadata: Record<string, unknown> | null;
+    /** The platform's object as received, with its result or error; null for LOST. */
+    export: Record<string, unknown> | null;
+  };
+}
+
+export interface ExportEvent {
+  /** The `webhook-id`: stable for one export and event type, so receivers can de-duplicate. */
+  id: string;
+  type: EventType;
+  exportId: string;
+  body: EventBody;
+}
+
+const EVENT_FOR_STATE: Partial<Record<ExportState, EventType>> = {
+  RUNNING: 'export.running',
+  COMPLETED: 'export.completed',
+  FAILED: 'export.failed',
+  LOST: 'export.lost',
+};
+
+export interface TransitionLike {
+  exportId: string;
+  from: ExportState;
+  to: ExportState;
+  at: number;
+  metadata: Record<string, unknown> | null;
+  export: Record<string, unknown> | null;
+}
+
+/** The event for a transition, or null when the new state has no event (PENDING, UNKNOWN). */
+export function eventForTransition(t: TransitionLike): ExportEvent | null {
+  const type = EVENT_FOR_STATE[t.to];
+  if (!type) return null;
+  return {
+    id: webhookId(t.exportId, type),
+    type,
+    exportId: t.exportId,
+    body: {
+      type,
+      timestamp: new Date(t.at).toISOString(),
+      data: {
+        export_id: t.exportId,
+        state: t.to,
+        previous_state: t.from,
+        metadata: t.metadata,
+        export: t.to === 'LOST' ? null : t.export,
+      },
+    },
+  };
+}
+
+/** `evt_<export id>_<suffix>`: export ids match ^[A-Za-z0-9_-]{1,128}$, so this is header-safe. */
+export function webhookId(exportId: string, type: EventType): string {
+  return `evt_${exportId}_${type.slice('export.'.length)}`;
+}
