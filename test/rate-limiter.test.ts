@@ -1,0 +1,146 @@
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { RateLimiter } from '../src/rate-limiter.js';
+
+const T0 = Date.UTC(2026, 0, 1, 12, 0, 0);
+/** Bottleneck hops through a few zero-delay timers before a call starts; fake time counts each as 1 ms. */
+const HOPS = 20;
+
+/** Schedules `n` calls that record when they started and finish at once. */
+function launch(limiter: RateLimiter, n: number, starts: number[]): Promise<unknown>[] {
+  return Array.from({ length: n }, () =>
+    limiter
+      .schedule(async () => {
+        starts.push(Date.now() - T0);
+        return 'ran';
+      })
+      // Calls still waiting when a test stops the limiter are dropped.
+      .catch(() => 'dropped'),
+  );
+}
+
+describe('RateLimiter', () => {
+  let limiter: RateLimiter | undefined;
+  beforeEach(() => {
+    vi.useFakeTimers({ now: T0 });
+  });
+  afterEach(async () => {
+    await limiter?.stop();
+    limiter = undefined;
+    vi.useRealTimers();
+  });
+
+  it('starts at most `budget` calls per window, spaced evenly, and refills at the window end', async () => {
+    limiter = new RateLimiter({ budget: 4, windowMs: 4000, resetMarginMs: 0 });
+    const starts: number[] = [];
+    launch(limiter, 6, starts);
+    await vi.advanceTimersByTimeAsync(3999);
+    expect(starts).toHaveLength(4);
+    // Spaced over the window: one call per second, not a burst.
+    expect(starts[3]! - starts[0]!).toBeGreaterThanOrEqual(2400);
+    await vi.advanceTimersByTimeAsync(5000);
+    expect(starts).toHaveLength(6);
+    expect(starts[4]).toBeGreaterThanOrEqual(4000);
+  });
+
+  it('never spends more than the platform says is left', async () => {
+    limiter = new RateLimiter({ budget: 100, windowMs: 60_000, resetMarginMs: 0 });
+    limiter.observe({ limit: 1000, remaining: 2, resetAt: T0 + 10_000 });
+    const starts: number[] = [];
+    launch(limiter, 5, starts);
+    await vi.advanceTimersByTimeAsync(9_999);
+    expect(starts).toHaveLength(2);
+    // The platform's window resets: the held calls go.
+    await vi.advanceTimersByTimeAsync(20_000);
+    expect(starts).toHaveLength(5);
+    expect(starts[2]).toBeGreaterThanOrEqual(10_000);
+  });
+
+  it("aligns its window to the platform's reset instead of its own timer", async () => {
+    limiter = new RateLimiter({ budget: 2, windowMs: 300_000, resetMarginMs: 250 });
+    // The platform's window ends 30 s from now, well before a window of our own would.
+    limiter.observe({ limit: 1000, remaining: 900, resetAt: T0 + 30_000 });
+    const starts: number[] = [];
+    launch(limiter, 3, starts);
+    await vi.advanceTimersByTimeAsync(30_000);
+    expect(starts).toHaveLength(2);
+    // Refilled at the platform's reset (plus the margin), not 300 s after the first call.
+    await vi.advanceTimersByTimeAsync(250 + HOPS);
+    expect(starts).toHaveLength(3);
+    expect(starts[2]).toBeGreaterThanOrEqual(30_250);
+    expect(starts[2]).toBeLessThan(30_250 + HOPS);
+    expect(limiter.snapshot().spent).toBe(1);
+  });
+
+  it('moves the window when a later answer reports a new reset', async () => {
+    limiter = new RateLimiter({ budget: 10, windowMs: 60_000, resetMarginMs: 0 });
+    limiter.observe({ remaining: 500, resetAt: T0 + 60_000 });
+    expect(limiter.snapshot().windowEndsAt).toBe(T0 + 60_000);
+    limiter.observe({ remaining: 400, resetAt: T0 + 20_000 });
+    expect(limiter.snapshot().windowEndsAt).toBe(T0 + 20_000);
+  });
+
+  it('pauses every call until the reset after a 429', async () => {
+    limiter = new RateLimiter({ budget: 100, windowMs: 300_000, resetMarginMs: 0 });
+    const starts: number[] = [];
+    launch(limiter, 1, starts);
+    await vi.advanceTimersByTimeAsync(HOPS);
+    expect(starts).toHaveLength(1);
+    limiter.rateLimited(T0 + 45_000);
+    launch(limiter, 2, starts);
+    await vi.advanceTimersByTimeAsync(44_999 - HOPS);
+    expect(starts).toHaveLength(1);
+    await vi.advanceTimersByTimeAsync(10_000);
+    expect(starts).toHaveLength(3);
+    expect(starts[1]).toBeGreaterThanOrEqual(45_000);
+    expect(limiter.snapshot().rateLimited).toBe(1);
+  });
+
+  it('pauses for the fallback time after a 429 without a reset', async () => {
+    limiter = new RateLimiter({ budget: 100, windowMs: 300_000, fallbackPauseMs: 7000, resetMarginMs: 0 });
+    limiter.rateLimited(undefined);
+    const starts: number[] = [];
+    launch(limiter, 1, starts);
+    await vi.advanceTimersByTimeAsync(6999);
+    expect(starts).toEqual([]);
+    await vi.advanceTimersByTimeAsync(1 + HOPS);
+    expect(starts).toHaveLength(1);
+    expect(starts[0]).toBeGreaterThanOrEqual(7000);
+  });
+
+  it('counts calls in flight against what the platform reported', async () => {
+    limiter = new RateLimiter({ budget: 100, windowMs: 60_000, resetMarginMs: 0 });
+    let release!: () => void;
+    const hold = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    const a = limiter.schedule(() => hold);
+    const b = limiter.schedule(async () => {
+      // Answers while `a` is still in flight: `a` may not be counted in this figure yet.
+      limiter?.observe({ remaining: 10, resetAt: T0 + 60_000 });
+    });
+    await vi.advanceTimersByTimeAsync(2000);
+    await b;
+    expect(limiter.snapshot().platformRemaining).toBe(9);
+    release();
+    await vi.advanceTimersByTimeAsync(HOPS);
+    await a;
+  });
+
+  it('rejects calls that never started when stopped', async () => {
+    limiter = new RateLimiter({ budget: 1, windowMs: 60_000 });
+    const starts: number[] = [];
+    const [first, second] = launch(limiter, 2, starts);
+    await vi.advanceTimersByTimeAsync(10);
+    await first;
+    await limiter.stop();
+    await vi.advanceTimersByTimeAsync(10);
+    expect(await second).toBe('dropped');
+    expect(starts).toHaveLength(1);
+    await limiter.stop();
+  });
+
+  it('validates its options', () => {
+    expect(() => new RateLimiter({ budget: 0, windowMs: 1000 })).toThrow(/budget/);
+    expect(() => new RateLimiter({ budget: 1, windowMs: 0 })).toThrow(/windowMs/);
+  });
+});
