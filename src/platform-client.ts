@@ -1,0 +1,413 @@
+/**
+ * The platform client: the only code that talks to the Seven Bridges API.
+ *
+ * Every counted request goes through the rate limiter; every answer's `X-RateLimit-*` headers are
+ * reported to it, errors included. Retries happen here, through p-retry only:
+ * - 503 with code 0 is maintenance: retried with backoff growing to 5 minutes apart, for as long
+ *   as it lasts (a shutdown aborts the wait).
+ * - other 5xx, truncated or malformed bodies, timeouts and network errors: a few retries with
+ *   exponential backoff and jitter, then the error goes to the caller (whose ids stay due).
+ * - 429 is not retried here: the limiter is told, pauses every call until the reset, and the
+ *   caller checks the same ids again after it.
+ * - 401/403 on a whole call and other 4xx are not retried: trying again at once cannot help.
+ * When the bulk endpoint answers 404 or 405, this client falls back to single gets for good.
+ */
+import pRetry, { AbortError } from 'p-retry';
+import type { Logger } from 'pino';
+import { Agent, type Dispatcher, request } from 'undici';
+import { isRetryable, PlatformError, type PlatformErrorBody } from './errors.js';
+import type { RateInfo } from './rate-limiter.js';
+import { type BulkItem, type Observation, observationsFromBulk, type TrackerWarning } from './tracker.js';
+
+/** What the client needs of the limiter. */
+export interface RequestGate {
+  schedule<T>(fn: () => Promise<T>): Promise<T>;
+  observe(info: RateInfo): void;
+  rateLimited(resetAt: number | undefined): void;
+}
+
+export type PlatformRoute = 'bulk_get' | 'get' | 'rate_limit';
+export type RequestOutcome =
+  | 'ok'
+  | 'rate_limited'
+  | 'maintenance'
+  | 'server_error'
+  | 'unauthorized'
+  | 'not_found'
+  | 'rejected'
+  | 'bad_response'
+  | 'network'
+  | 'timeout';
+
+/** Optional hooks, for metrics. */
+export interface PlatformObserver {
+  onRequest?(route: PlatformRoute, outcome: RequestOutcome, durationMs: number): void;
+  onBulkCall?(ids: number): void;
+}
+
+export interface RetryPolicy {
+  /** Retries of transient errors (5xx, timeouts, bad bodies, network) within one call. */
+  retries: number;
+  minTimeoutMs: number;
+  maxTimeoutMs: number;
+  /** Longest wait between two tries during maintenance. */
+  maintenanceMaxDelayMs: number;
+}
+
+export const DEFAULT_RETRY: RetryPolicy = {
+  retries: 4,
+  minTimeoutMs: 500,
+  maxTimeoutMs: 10_000,
+  maintenanceMaxDelayMs: 300_000,
+};
+
+export interface PlatformClientOptions {
+  endpoint: string;
+  token: string;
+  gate: RequestGate;
+  userAgent: string;
+  log: Logger;
+  /** One request's limit, headers and body. */
+  timeoutMs?: number;
+  retry?: Partial<RetryPolicy>;
+  dispatcher?: Dispatcher;
+  observer?: PlatformObserver;
+}
+
+export interface RateLimitStatus extends RateInfo {
+  body: unknown;
+}
+
+export interface CheckResult {
+  observations: Observation[];
+  warnings: TrackerWarning[];
+}
+
+interface Answer {
+  status: number;
+  json: unknown;
+}
+
+export class PlatformClient {
+  readonly #endpoint: string;
+  readonly #headers: Record<string, string>;
+  readonly #gate: RequestGate;
+  readonly #log: Logger;
+  readonly #timeoutMs: number;
+  readonly #retry: RetryPolicy;
+  readonly #dispatcher: Dispatcher;
+  readonly #ownsDispatcher: boolean;
+  readonly #observer: PlatformObserver;
+  /** Aborts retry waits on close. */
+  readonly #closing = new AbortController();
+  /** Set once the bulk endpoint answered 404 or 405: single gets from then on. */
+  #bulkUnsupported = false;
+
+  constructor(options: PlatformClientOptions) {
+    this.#endpoint = options.endpoint.replace(/\/+$/, '');
+    this.#headers = {
+      'x-sbg-auth-token': options.token,
+      accept: 'application/json',
+      'content-type': 'application/json',
+      'user-agent': options.userAgent,
+    };
+    this.#gate = options.gate;
+    this.#log = options.log;
+    this.#timeoutMs = options.timeoutMs ?? 30_000;
+    this.#retry = { ...DEFAULT_RETRY, ...options.retry };
+    this.#ownsDispatcher = options.dispatcher === undefined;
+    this.#dispatcher =
+      options.dispatcher ??
+      new Agent({ connections: 8, keepAliveTimeout: 30_000, connectTimeout: 10_000, pipelining: 1 });
+    this.#observer = options.observer ?? {};
+  }
+
+  get bulkSupported(): boolean {
+    return !this.#bulkUnsupported;
+  }
+
+  /** Checks up to 100 ids in one bulk call (or single gets after a fallback) and interprets the answer. */
+  async checkStatuses(ids: readonly string[]): Promise<CheckResult> {
+    const items = await this.bulkGet(ids);
+    return observationsFromBulk(ids, items);
+  }
+
+  /** `POST /bulk/storage/exports/get`: the raw items, in the platform's order. */
+  async bulkGet(ids: readonly string[]): Promise<BulkItem[]> {
+    if (ids.length === 0) return [];
+    if (ids.length > 100) throw new RangeError(`bulkGet takes at most 100 ids, got ${ids.length}`);
+    if (!this.#bulkUnsupported) {
+      try {
+        const answer = await this.#call('bulk_get', 'POST', '/bulk/storage/exports/get', { export_ids: ids });
+        this.#observer.onBulkCall?.(ids.length);
+        const items = (answer.json as { items?: unknown }).items;
+        if (!Array.isArray(items)) throw new Error('unreachable: checked in #call');
+        return items as BulkItem[];
+      } catch (error) {
+        if (!(error instanceof PlatformError && (error.status === 404 || error.status === 405))) throw error;
+        this.#bulkUnsupported = true;
+        this.#log.warn(
+          { status: error.status },
+          'bulk export endpoint unavailable; falling back to one request per export',
+        );
+      }
+    }
+    const items: BulkItem[] = [];
+    for (const id of ids) items.push(await this.getOneItem(id));
+    return items;
+  }
+
+  /** `GET /storage/exports/{id}` as a bulk-style item; "not found" and "forbidden" are items, not errors. */
+  async getOneItem(id: string): Promise<BulkItem> {
+    try {
+      const answer = await this.#call('get', 'GET', `/storage/exports/${encodeURIComponent(id)}`);
+      return { resource: answer.json };
+    } catch (error) {
+      if (error instanceof PlatformError && (error.code === 'PLATFORM_NOT_FOUND' || error.status === 403)) {
+        // The id is named, so the tracker attributes it to this export alone.
+        return { error: { status: error.status, ...error.body, id } };
+      }
+      throw error;
+    }
+  }
+
+  /** `GET /rate_limit`: free of the quota, so it bypasses the limiter, but its headers are read. */
+  async rateLimit(): Promise<RateLimitStatus> {
+    const answer = await this.#call('rate_limit', 'GET', '/rate_limit', undefined, { gated: false });
+    const rate =
+      (answer.json as { rate?: { limit?: unknown; remaining?: unknown; reset?: unknown } }).rate ?? {};
+    const info: RateLimitStatus = { body: answer.json };
+    if (typeof rate.limit === 'number') info.limit = rate.limit;
+    if (typeof rate.remaining === 'number') info.remaining = rate.remaining;
+    if (typeof rate.reset === 'number') info.resetAt = rate.reset * 1000;
+    return info;
+  }
+
+  /** Aborts retry waits; closes the connection pool it created. Idempotent. */
+  async close(): Promise<void> {
+    if (this.#closing.signal.aborted) return;
+    this.#closing.abort(new PlatformError('SHUTTING_DOWN', 'platform client closed'));
+    if (this.#ownsDispatcher) await this.#dispatcher.close();
+  }
+
+  /** One logical call: retried per the policy above; every attempt passes the limiter. */
+  #call(
+    route: PlatformRoute,
+    method: 'GET' | 'POST',
+    path: string,
+    body?: unknown,
+    { gated = true }: { gated?: boolean } = {},
+  ): Promise<Answer> {
+    const attempt = async (attemptNumber: number): Promise<Answer> => {
+      const once = () => this.#once(route, method, path, body, attemptNumber);
+      try {
+        return await (gated ? this.#gate.schedule(once) : once());
+      } catch (error) {
+        if (error instanceof PlatformError && !isRetryable(error)) throw new AbortError(error);
+        throw error;
+      }
+    };
+    return pRetry(attempt, {
+      retries: Number.POSITIVE_INFINITY,
+      factor: 2,
+      minTimeout: this.#retry.minTimeoutMs,
+      maxTimeout: this.#retry.maintenanceMaxDelayMs,
+      randomize: true,
+      signal: this.#closing.signal,
+      shouldRetry: ({ error, attemptNumber }) => this.#shouldRetry(error, attemptNumber),
+      onFailedAttempt: ({ error, attemptNumber }) => {
+        this.#log.warn(
+          { route, attempt: attemptNumber, code: (error as PlatformError).code, err_message: error.message },
+          'platform request failed',
+        );
+      },
+    });
+  }
+
+  /** Maintenance is waited out; other transient errors get `retries` tries at short backoff. */
+  #shouldRetry(error: unknown, attemptNumber: number): boolean {
+    if (!(error instanceof PlatformError) || !isRetryable(error)) return false;
+    if (error.code === 'PLATFORM_MAINTENANCE') return true;
+    return attemptNumber <= this.#retry.retries;
+  }
+
+  async #once(
+    route: PlatformRoute,
+    method: 'GET' | 'POST',
+    path: string,
+    body: unknown,
+    attemptNumber: number,
+  ): Promise<Answer> {
+    const started = performance.now();
+    let outcome: RequestOutcome = 'network';
+    try {
+      const answer = await this.#send(method, path, body);
+      outcome = 'ok';
+      if (route === 'bulk_get' && !Array.isArray((answer.json as { items?: unknown } | null)?.items)) {
+        outcome = 'bad_response';
+        throw new PlatformError('PLATFORM_BAD_RESPONSE', 'bulk answer has no items array', {
+          status: answer.status,
+        });
+      }
+      return answer;
+    } catch (error) {
+      outcome = outcomeOf(error);
+      throw error;
+    } finally {
+      const durationMs = Math.round(performance.now() - started);
+      this.#observer.onRequest?.(route, outcome, durationMs);
+      const ids = route === 'bulk_get' ? (body as { export_ids: unknown[] }).export_ids.length : undefined;
+      this.#log.debug(
+        { route, attempt: attemptNumber, outcome, duration_ms: durationMs, ids },
+        'platform request',
+      );
+    }
+  }
+
+  /** One HTTP exchange. Reads the quota headers, parses the body, maps failures to PlatformError. */
+  async #send(method: 'GET' | 'POST', path: string, body: unknown): Promise<Answer> {
+    let response: Dispatcher.ResponseData;
+    try {
+      response = await request(`${this.#endpoint}${path}`, {
+        method,
+        headers: this.#headers,
+        body: body === undefined ? null : JSON.stringify(body),
+        dispatcher: this.#dispatcher,
+        headersTimeout: this.#timeoutMs,
+        bodyTimeout: this.#timeoutMs,
+        signal: AbortSignal.timeout(this.#timeoutMs),
+      });
+    } catch (error) {
+      throw transportError(error);
+    }
+    const rate = readRateHeaders(response.headers);
+    this.#gate.observe(rate);
+    let text: string;
+    try {
+      text = await response.body.text();
+    } catch (error) {
+      throw new PlatformError('PLATFORM_BAD_RESPONSE', `answer body was cut off (${errorText(error)})`, {
+        status: response.statusCode,
+        cause: error,
+      });
+    }
+    let json: unknown;
+    let parsed = true;
+    try {
+      json = text === '' ? null : JSON.parse(text);
+    } catch {
+      parsed = false;
+    }
+    const status = response.statusCode;
+    if (status >= 200 && status < 300) {
+      if (!parsed || json === null || typeof json !== 'object') {
+        throw new PlatformError('PLATFORM_BAD_RESPONSE', `answer to ${method} ${path} is not a JSON object`, {
+          status,
+        });
+      }
+      return { status, json };
+    }
+    const errorBody = parsed && json && typeof json === 'object' ? (json as PlatformErrorBody) : undefined;
+    throw this.#statusError(status, errorBody, rate, method, path);
+  }
+
+  #statusError(
+    status: number,
+    body: PlatformErrorBody | undefined,
+    rate: RateInfo,
+    method: string,
+    path: string,
+  ): PlatformError {
+    const said = body?.message ? `: ${body.message}` : '';
+    const details = { status, ...(body ? { body } : {}), ...(rate.resetAt ? { resetAt: rate.resetAt } : {}) };
+    if (status === 429) {
+      this.#gate.rateLimited(rate.resetAt);
+      return new PlatformError('PLATFORM_RATE_LIMITED', `rate limit exceeded${said}`, details);
+    }
+    if (status === 503 && body?.code === 0) {
+      return new PlatformError('PLATFORM_MAINTENANCE', 'the platform is in maintenance', details);
+    }
+    if (status >= 500)
+      return new PlatformError('PLATFORM_UNAVAILABLE', `platform answered ${status}${said}`, details);
+    if (status === 401 || status === 403) {
+      return new PlatformError(
+        'PLATFORM_UNAUTHORIZED',
+        `platform refused the token (${status})${said}`,
+        details,
+      );
+    }
+    if (status === 404)
+      return new PlatformError('PLATFORM_NOT_FOUND', `${method} ${path}: not found${said}`, details);
+    return new PlatformError(
+      'PLATFORM_REJECTED',
+      `${method} ${path}: platform answered ${status}${said}`,
+      details,
+    );
+  }
+}
+
+/** `X-RateLimit-Limit`, `-Remaining` and `-Reset` (epoch seconds), where present and numeric. */
+export function readRateHeaders(headers: Record<string, string | string[] | undefined>): RateInfo {
+  const num = (name: string): number | undefined => {
+    const v = headers[name];
+    const text = Array.isArray(v) ? v[0] : v;
+    if (text === undefined || text.trim() === '') return undefined;
+    const n = Number(text);
+    return Number.isFinite(n) ? n : undefined;
+  };
+  const info: RateInfo = {};
+  const limit = num('x-ratelimit-limit');
+  const remaining = num('x-ratelimit-remaining');
+  const reset = num('x-ratelimit-reset');
+  if (limit !== undefined) info.limit = limit;
+  if (remaining !== undefined) info.remaining = remaining;
+  if (reset !== undefined) info.resetAt = reset * 1000;
+  return info;
+}
+
+function transportError(error: unknown): PlatformError {
+  const code = (error as { code?: string; name?: string }).code;
+  const name = (error as { name?: string }).name;
+  if (
+    name === 'TimeoutError' ||
+    code === 'UND_ERR_HEADERS_TIMEOUT' ||
+    code === 'UND_ERR_BODY_TIMEOUT' ||
+    code === 'UND_ERR_CONNECT_TIMEOUT'
+  ) {
+    return new PlatformError('PLATFORM_TIMEOUT', `platform did not answer in time (${errorText(error)})`, {
+      cause: error,
+    });
+  }
+  return new PlatformError('PLATFORM_NETWORK', `could not reach the platform (${errorText(error)})`, {
+    cause: error,
+  });
+}
+
+function outcomeOf(error: unknown): RequestOutcome {
+  if (!(error instanceof PlatformError)) return 'network';
+  switch (error.code) {
+    case 'PLATFORM_RATE_LIMITED':
+      return 'rate_limited';
+    case 'PLATFORM_MAINTENANCE':
+      return 'maintenance';
+    case 'PLATFORM_UNAVAILABLE':
+      return 'server_error';
+    case 'PLATFORM_UNAUTHORIZED':
+      return 'unauthorized';
+    case 'PLATFORM_NOT_FOUND':
+      return 'not_found';
+    case 'PLATFORM_BAD_RESPONSE':
+      return 'bad_response';
+    case 'PLATFORM_TIMEOUT':
+      return 'timeout';
+    case 'PLATFORM_NETWORK':
+      return 'network';
+    default:
+      return 'rejected';
+  }
+}
+
+function errorText(error: unknown): string {
+  const e = error as { code?: string; message?: string };
+  return e.code ?? e.message ?? String(error);
+}

@@ -1,0 +1,353 @@
+/**
+ * The scheduler decides which exports to check and when, sends the checks, and turns what the
+ * tracker concludes into log lines and notifications.
+ *
+ * Modes (`SchedulerMode`), changed only through `#setMode`, which asserts the allowed moves:
+ * - `idle`: built, not started. Nothing is checked.
+ * - `running`: checks flow. An export is due when its last check is older than the poll interval;
+ *   a new one is due at once. Due ids are packed into as few calls as possible, the
+ *   longest-unchecked first, so when the budget cannot cover every due id, checks stretch out
+ *   evenly and none starves.
+ * - `unauthorized`: the platform refused the token on a whole call. One call a minute tests it;
+ *   the first success returns to `running`.
+ * - `stopping`: no new checks; calls in flight finish. `stopped` once they have.
+ *
+ * Invariants:
+ * - At most one check of an export is in flight (`#inFlight`).
+ * - At most `maxOutstanding` calls are handed to the limiter at once, so batches are formed late,
+ *   from the ids due at that moment, and never sit stale in a queue.
+ * - Terminal exports are never checked: the tracker drops them from its active set.
+ * - The wake timer (`#wakeTimer`) exists while running and nothing else will wake the loop.
+ */
+import type { Logger } from 'pino';
+import { PlatformError } from './errors.js';
+import type { CheckResult } from './platform-client.js';
+import type { Tracker, TrackerWarning, Transition } from './tracker.js';
+
+export const SCHEDULER_MODES = ['idle', 'running', 'unauthorized', 'stopping', 'stopped'] as const;
+export type SchedulerMode = (typeof SCHEDULER_MODES)[number];
+
+/** Finished records are dropped past their retention at most this often. */
+const PRUNE_EVERY_MS = 60_000;
+
+const ALLOWED_MOVES: Readonly<Record<SchedulerMode, readonly SchedulerMode[]>> = {
+  idle: ['running', 'stopped'],
+  running: ['unauthorized', 'stopping'],
+  unauthorized: ['running', 'stopping'],
+  stopping: ['stopped'],
+  stopped: [],
+};
+
+/** What the scheduler needs from the rest of the daemon. */
+export interface SchedulerDeps {
+  checkStatuses(ids: readonly string[]): Promise<CheckResult>;
+  tracker: Tracker;
+  /** Called once per transition, after it is logged (webhooks, metrics). */
+  notify(transition: Transition): void;
+  now: () => number;
+  log: Logger;
+  /** Called after every call, with its outcome (readiness, metrics). */
+  onCallResult?(result: { ok: true } | { ok: false; error: unknown }): void;
+}
+
+export interface SchedulerOptions {
+  pollIntervalMs: number;
+  batchSize: number;
+  /** Calls handed to the limiter at once. */
+  maxOutstanding?: number;
+  /** How often a refused token is tried again. */
+  unauthorizedRetryMs?: number;
+  /** Pause after a call that failed even after its retries; doubles per failure up to the max. */
+  failurePauseMs?: number;
+  failurePauseMaxMs?: number;
+  /** Longest sleep while idle, so the loop visibly turns (health) and finished records are pruned. */
+  heartbeatMs?: number;
+}
+
+export class Scheduler {
+  readonly #deps: SchedulerDeps;
+  readonly #interval: number;
+  readonly #batchSize: number;
+  readonly #maxOutstanding: number;
+  readonly #unauthorizedRetryMs: number;
+  readonly #failurePauseMs: number;
+  readonly #failurePauseMaxMs: number;
+  readonly #heartbeatMs: number;
+
+  #mode: SchedulerMode = 'idle';
+  readonly #inFlight = new Set<string>();
+  #outstanding = 0;
+  /** No call starts before this time (after failures, or while unauthorized). */
+  #pausedUntil = 0;
+  #consecutiveFailures = 0;
+  /** Exists while running and waiting for the next due time, a pause's end, or a heartbeat. */
+  #wakeTimer: NodeJS.Timeout | undefined;
+  /** Exists between a poke and the pump it schedules, so bursts of new ids form full batches. */
+  #pokeImmediate: NodeJS.Immediate | undefined;
+  #lastTurnAt = 0;
+  #lastPruneAt = 0;
+  #stopPromise: Promise<void> | undefined;
+  readonly #waiters = new Set<{ test: () => boolean; resolve: () => void }>();
+  /** Counters for summaries and tests. */
+  readonly stats = { calls: 0, failedCalls: 0, idsChecked: 0, transitions: 0 };
+
+  constructor(deps: SchedulerDeps, options: SchedulerOptions) {
+    if (!(options.pollIntervalMs > 0))
+      throw new TypeError(`pollIntervalMs must be positive, got ${options.pollIntervalMs}`);
+    if (!Number.isInteger(options.batchSize) || options.batchSize < 1 || options.batchSize > 100) {
+      throw new TypeError(`batchSize must be a whole number from 1 to 100, got ${options.batchSize}`);
+    }
+    this.#deps = deps;
+    this.#interval = options.pollIntervalMs;
+    this.#batchSize = options.batchSize;
+    this.#maxOutstanding = options.maxOutstanding ?? 2;
+    this.#unauthorizedRetryMs = options.unauthorizedRetryMs ?? 60_000;
+    this.#failurePauseMs = options.failurePauseMs ?? 1000;
+    this.#failurePauseMaxMs = options.failurePauseMaxMs ?? 60_000;
+    this.#heartbeatMs = options.heartbeatMs ?? 5000;
+  }
+
+  get mode(): SchedulerMode {
+    return this.#mode;
+  }
+
+  /** When the loop last ran (epoch ms); `/healthz` reads it. */
+  get lastTurnAt(): number {
+    return this.#lastTurnAt;
+  }
+
+  get inFlightCount(): number {
+    return this.#inFlight.size;
+  }
+
+  start(): void {
+    if (this.#mode !== 'idle') return;
+    this.#setMode('running');
+    this.#pump();
+  }
+
+  /** Wakes the loop soon: new ids were added. Calls in the same tick share one pump. */
+  poke(): void {
+    if (!this.#isActive() || this.#pokeImmediate) return;
+    this.#pokeImmediate = setImmediate(() => {
+      this.#pokeImmediate = undefined;
+      this.#pump();
+    });
+  }
+
+  /** Stops checking; resolves once calls in flight have finished. Idempotent. */
+  stop(): Promise<void> {
+    if (this.#stopPromise) return this.#stopPromise;
+    if (this.#mode === 'idle') {
+      this.#setMode('stopped');
+      this.#stopPromise = Promise.resolve();
+      return this.#stopPromise;
+    }
+    this.#setMode('stopping');
+    this.#clearTimers();
+    this.#stopPromise = this.until(() => this.#outstanding === 0).then(() => {
+      this.#setMode('stopped');
+      this.#notifyWaiters();
+    });
+    return this.#stopPromise;
+  }
+
+  /** Resolves when `test()` holds; checked after every call and transition. For shutdown and tests. */
+  until(test: () => boolean): Promise<void> {
+    if (test()) return Promise.resolve();
+    return new Promise((resolve) => {
+      this.#waiters.add({ test, resolve });
+    });
+  }
+
+  /** Resolves when every watched export is terminal and no call is in flight. */
+  onSettled(): Promise<void> {
+    return this.until(() => this.#deps.tracker.activeCount === 0 && this.#outstanding === 0);
+  }
+
+  #setMode(next: SchedulerMode): void {
+    if (!ALLOWED_MOVES[this.#mode].includes(next)) {
+      throw new Error(`scheduler: cannot move from ${this.#mode} to ${next}`);
+    }
+    this.#mode = next;
+  }
+
+  #isActive(): boolean {
+    return this.#mode === 'running' || this.#mode === 'unauthorized';
+  }
+
+  /** The loop's one step: start as many calls as allowed, then sleep until there is more to do. */
+  #pump(): void {
+    if (!this.#isActive()) return;
+    this.#clearWakeTimer();
+    const now = this.#deps.now();
+    this.#lastTurnAt = now;
+    if (now - this.#lastPruneAt >= PRUNE_EVERY_MS) {
+      this.#lastPruneAt = now;
+      const dropped = this.#deps.tracker.prune(now);
+      if (dropped.length > 0)
+        this.#deps.log.debug({ dropped: dropped.length }, 'finished exports past retention dropped');
+    }
+    let nextWake = now + this.#heartbeatMs;
+    if (now < this.#pausedUntil) {
+      nextWake = Math.min(nextWake, this.#pausedUntil);
+    } else if (this.#outstanding < this.#maxOutstanding) {
+      const { due, nextDueAt } = this.#dueIds(now);
+      // While unauthorized, one probing call at a time.
+      const slots =
+        this.#mode === 'unauthorized' ? 1 - this.#outstanding : this.#maxOutstanding - this.#outstanding;
+      let taken = 0;
+      for (let i = 0; i < slots && taken < due.length; i++) {
+        const batch = due.slice(taken, taken + this.#batchSize);
+        taken += batch.length;
+        this.#send(batch);
+      }
+      if (taken < due.length)
+        nextWake = now; // more is due: the next call's end wakes the loop
+      else if (nextDueAt !== undefined) nextWake = Math.min(nextWake, nextDueAt);
+    }
+    if (nextWake > now || this.#outstanding === 0) {
+      // Not unref'd: in `watch`, this timer is what keeps the process alive between checks.
+      this.#wakeTimer = setTimeout(() => this.#pump(), Math.max(0, nextWake - now));
+    }
+  }
+
+  /**
+   * Ids whose last check is older than the interval, not in flight, longest-unchecked first
+   * (never-checked ones first of all, in registration order); and when the next one falls due.
+   */
+  #dueIds(now: number): { due: string[]; nextDueAt: number | undefined } {
+    const due: Array<{ id: string; since: number }> = [];
+    let nextDueAt: number | undefined;
+    for (const id of this.#deps.tracker.activeIds()) {
+      if (this.#inFlight.has(id)) continue;
+      const record = this.#deps.tracker.get(id);
+      if (!record) continue;
+      if (record.lastCheckedAt === null) {
+        due.push({ id, since: Number.NEGATIVE_INFINITY });
+        continue;
+      }
+      const dueAt = record.lastCheckedAt + this.#interval;
+      if (dueAt <= now) due.push({ id, since: record.lastCheckedAt });
+      else if (nextDueAt === undefined || dueAt < nextDueAt) nextDueAt = dueAt;
+    }
+    // Stable sort: equal `since` keeps registration order.
+    due.sort((a, b) => a.since - b.since);
+    return { due: due.map((d) => d.id), nextDueAt };
+  }
+
+  #send(batch: string[]): void {
+    this.#outstanding++;
+    for (const id of batch) this.#inFlight.add(id);
+    this.stats.calls++;
+    this.#deps
+      .checkStatuses(batch)
+      .then(
+        (result) => this.#onResult(batch, result),
+        (error: unknown) => this.#onError(batch, error),
+      )
+      .catch((error: unknown) => {
+        // A bug in handling a result must not stall the loop; say so loudly.
+        this.#deps.log.error({ err: error }, 'scheduler failed to process a check result');
+      })
+      .finally(() => {
+        this.#outstanding--;
+        for (const id of batch) this.#inFlight.delete(id);
+        this.#notifyWaiters();
+        this.#pump();
+      });
+  }
+
+  #onResult(batch: readonly string[], result: CheckResult): void {
+    const now = this.#deps.now();
+    this.#consecutiveFailures = 0;
+    this.#pausedUntil = 0;
+    if (this.#mode === 'unauthorized') {
+      this.#setMode('running');
+      this.#deps.log.info('platform accepts the token again; checks resume');
+    }
+    this.#deps.onCallResult?.({ ok: true });
+    this.stats.idsChecked += batch.length;
+    const { transitions, warnings } = this.#deps.tracker.apply(result.observations, now);
+    for (const w of [...result.warnings, ...warnings]) this.#logWarning(w);
+    for (const t of transitions) {
+      this.stats.transitions++;
+      this.#logTransition(t);
+      this.#deps.notify(t);
+    }
+  }
+
+  #onError(batch: readonly string[], error: unknown): void {
+    this.#deps.onCallResult?.({ ok: false, error });
+    if (!this.#isActive()) return; // stopping: the call was dropped or aborted
+    this.stats.failedCalls++;
+    const now = this.#deps.now();
+    const code = error instanceof PlatformError ? error.code : undefined;
+    if (code === 'PLATFORM_RATE_LIMITED') {
+      // The limiter holds every call until the reset; the same ids go again after it.
+      this.#deps.log.warn({ ids: batch.length }, 'check deferred by the platform rate limit');
+      return;
+    }
+    if (code === 'PLATFORM_UNAUTHORIZED') {
+      if (this.#mode === 'running') this.#setMode('unauthorized');
+      this.#pausedUntil = now + this.#unauthorizedRetryMs;
+      this.#deps.log.error(
+        { err_message: (error as Error).message, retry_in_ms: this.#unauthorizedRetryMs },
+        'platform refused the token; checking again once a minute',
+      );
+      return;
+    }
+    this.#consecutiveFailures++;
+    const pause = Math.min(
+      this.#failurePauseMaxMs,
+      this.#failurePauseMs * 2 ** Math.min(20, this.#consecutiveFailures - 1),
+    );
+    this.#pausedUntil = now + pause;
+    this.#deps.log.error(
+      { ids: batch.length, code, err_message: (error as Error)?.message, pause_ms: pause },
+      'check failed after retries; ids stay due',
+    );
+  }
+
+  #logTransition(t: Transition): void {
+    const line = { export_id: t.exportId, from: t.from, to: t.to };
+    if (t.to === 'FAILED') {
+      this.#deps.log.warn({ ...line, error: t.export?.error ?? null }, 'export state changed');
+    } else if (t.to === 'LOST') {
+      this.#deps.log.warn(line, 'export state changed');
+    } else {
+      this.#deps.log.info(line, 'export state changed');
+    }
+  }
+
+  #logWarning(w: TrackerWarning): void {
+    const messages: Record<TrackerWarning['reason'], string> = {
+      stale_state: 'stale state from the platform ignored',
+      unknown_state: 'unknown export state from the platform; treated as not finished',
+      unexpected_resource: 'platform answered about an export that was not asked for',
+      unanswered: 'platform said nothing about an export; it stays due',
+      item_error: 'platform answered an error for an export; it stays due',
+    };
+    this.#deps.log.warn({ export_id: w.exportId, ...w.detail }, messages[w.reason]);
+  }
+
+  #notifyWaiters(): void {
+    for (const w of this.#waiters) {
+      if (w.test()) {
+        this.#waiters.delete(w);
+        w.resolve();
+      }
+    }
+  }
+
+  #clearWakeTimer(): void {
+    if (this.#wakeTimer) clearTimeout(this.#wakeTimer);
+    this.#wakeTimer = undefined;
+  }
+
+  #clearTimers(): void {
+    this.#clearWakeTimer();
+    if (this.#pokeImmediate) clearImmediate(this.#pokeImmediate);
+    this.#pokeImmediate = undefined;
+  }
+}
