@@ -81,6 +81,11 @@ export interface LoadOptions {
   requireToken?: boolean;
 }
 
+/** The longest delay a Node.js timer holds (about 24.8 days); longer ones fire at once. */
+const MAX_TIMER_MS = 2_147_483_647;
+const HOUR = 3_600_000;
+const DAY = 24 * HOUR;
+
 const UNITS: Readonly<Record<string, number>> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
 
 /** `250ms`, `10s`, `5m`, `1h`, `1d`, or a bare number of milliseconds. Returns NaN when malformed. */
@@ -106,7 +111,9 @@ export function formatDuration(ms: number): string {
 
 export function isLoopbackHost(host: string): boolean {
   const h = host.replace(/^\[|\]$/g, '').toLowerCase();
-  return h === 'localhost' || h === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h);
+  if (h === 'localhost' || h === '::1') return true;
+  const octets = /^127\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.exec(h);
+  return octets?.slice(1).every((o) => Number(o) <= 255) ?? false;
 }
 
 /** Parses and validates; throws ConfigError listing every problem. */
@@ -124,13 +131,13 @@ export function loadConfig(env: Env, options: LoadOptions = {}): Config {
     );
   };
 
-  const duration = (name: VariableName, min: number): number => {
+  const duration = (name: VariableName, min: number, max: number = MAX_TIMER_MS): number => {
     const text = raw(name) ?? '';
     const ms = parseDuration(text);
-    if (Number.isNaN(ms) || ms < min) {
+    if (Number.isNaN(ms) || ms < min || ms > max) {
       problem(
         name,
-        `a duration of at least ${formatDuration(min)} (like 250ms, 10s, 5m, 1h, or milliseconds)`,
+        `a duration from ${formatDuration(min)} to ${formatDuration(max)} (like 250ms, 10s, 5m, 1h, or milliseconds)`,
         text,
       );
       return min;
@@ -166,9 +173,9 @@ export function loadConfig(env: Env, options: LoadOptions = {}): Config {
     problem('SB_AUTH_TOKEN', 'a token without spaces', token);
   }
 
-  const pollIntervalMs = duration('WATCHER_POLL_INTERVAL', 100);
+  const pollIntervalMs = duration('WATCHER_POLL_INTERVAL', 100, DAY);
   const rateBudget = integer('WATCHER_RATE_BUDGET', 1, 1_000_000);
-  const rateWindowMs = duration('WATCHER_RATE_WINDOW', 1000);
+  const rateWindowMs = duration('WATCHER_RATE_WINDOW', 1000, DAY);
   const batchSize = integer('WATCHER_BATCH_SIZE', 1, 100);
 
   const urlsText = raw('WATCHER_WEBHOOK_URLS');
@@ -210,9 +217,10 @@ export function loadConfig(env: Env, options: LoadOptions = {}): Config {
     events = new Set(names.filter((n): n is EventType => (EVENT_TYPES as readonly string[]).includes(n)));
   }
 
-  const webhookTimeoutMs = duration('WATCHER_WEBHOOK_TIMEOUT', 100);
-  const maxAgeMs = duration('WATCHER_WEBHOOK_MAX_AGE', 1000);
-  const retainMs = duration('WATCHER_RETAIN', 0);
+  const webhookTimeoutMs = duration('WATCHER_WEBHOOK_TIMEOUT', 100, HOUR);
+  const maxAgeMs = duration('WATCHER_WEBHOOK_MAX_AGE', 1000, 20 * DAY);
+  // Compared against, never put in a timer.
+  const retainMs = duration('WATCHER_RETAIN', 0, 365 * DAY);
 
   const host = raw('WATCHER_HTTP_HOST') ?? DEFAULTS.WATCHER_HTTP_HOST;
   const port = integer('WATCHER_HTTP_PORT', 0, 65_535);
@@ -224,10 +232,11 @@ export function loadConfig(env: Env, options: LoadOptions = {}): Config {
   }
   const dataDir = raw('WATCHER_DATA_DIR') ?? DEFAULTS.WATCHER_DATA_DIR;
 
-  const level = (raw('LOG_LEVEL') ?? 'info').toLowerCase();
+  const levelText = raw('LOG_LEVEL') ?? 'info';
+  const level = levelText.toLowerCase();
   if (!(LOG_LEVELS as readonly string[]).includes(level))
-    problem('LOG_LEVEL', `one of ${LOG_LEVELS.join(', ')}`, level);
-  const shutdownTimeoutMs = duration('WATCHER_SHUTDOWN_TIMEOUT', 0);
+    problem('LOG_LEVEL', `one of ${LOG_LEVELS.join(', ')}`, levelText);
+  const shutdownTimeoutMs = duration('WATCHER_SHUTDOWN_TIMEOUT', 0, HOUR);
 
   if (problems.length > 0) throw new ConfigError(problems);
   return Object.freeze({

@@ -107,7 +107,12 @@ export interface SimulatorOptions {
   /** Seed this many exports at construction (outcomes per `failRate`). */
   exports?: number;
   /** Fixed-window quota; default 1000 per 300_000 ms. */
-  quota?: { limit?: number; windowMs?: number };
+  quota?: {
+    limit?: number;
+    windowMs?: number;
+    /** Another client of the same user spends this many requests as each window opens. */
+    otherClientPerWindow?: number;
+  };
   /** Random duration ranges [min, max] of each phase; defaults [1000, 5000] and [2000, 20000]. */
   timing?: { pendingMs?: [number, number]; runningMs?: [number, number] };
   /** Fraction of exports that end FAILED; default 0.2. */
@@ -340,10 +345,19 @@ class FixedWindowQuota {
   /** Exists while a window is open: when it opened. */
   #windowStart: number | undefined;
   #used = 0;
+  /** Requests another client of the same user spends as each window opens. */
+  readonly otherClientPerWindow: number;
 
-  constructor(limit: number, windowMs: number) {
+  constructor(limit: number, windowMs: number, otherClientPerWindow = 0) {
     this.limit = limit;
     this.windowMs = windowMs;
+    this.otherClientPerWindow = otherClientPerWindow;
+  }
+
+  #open(now: number): void {
+    if (this.#windowStart !== undefined) return;
+    this.#windowStart = now;
+    this.#used = Math.min(this.limit, this.otherClientPerWindow);
   }
 
   #roll(now: number): void {
@@ -364,8 +378,8 @@ class FixedWindowQuota {
 
   trySpend(now: number): boolean {
     this.#roll(now);
+    this.#open(now);
     if (this.#used >= this.limit) return false;
-    this.#windowStart ??= now;
     this.#used += 1;
     return true;
   }
@@ -373,7 +387,7 @@ class FixedWindowQuota {
   consume(now: number, n: number): void {
     this.#roll(now);
     if (n === 0) return;
-    this.#windowStart ??= now;
+    this.#open(now);
     this.#used = Math.min(this.limit, this.#used + n);
   }
 }
@@ -527,7 +541,11 @@ export class Simulator {
       'a positive integer',
       options.quota?.windowMs,
     );
-    this.#quota = new FixedWindowQuota(limit, windowMs);
+    const other = options.quota?.otherClientPerWindow ?? 0;
+    if (!isNonNegativeInteger(other)) {
+      throw new TypeError(`quota.otherClientPerWindow must be a non-negative integer; got ${other}`);
+    }
+    this.#quota = new FixedWindowQuota(limit, windowMs, other);
     this.#pendingRange = options.timing?.pendingMs ?? [1000, 5000];
     this.#runningRange = options.timing?.runningMs ?? [2000, 20000];
     requireOption(

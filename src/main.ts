@@ -1,0 +1,264 @@
+/**
+ * The composition root: builds every piece from the parsed configuration and wires them
+ * together. Reading this file top to bottom shows the whole flow:
+ *
+ *   control API / --id / --ids-file ──► tracker.add ──► scheduler.poke
+ *   scheduler ──► client.checkStatuses (bulk, ≤100 ids) ──► limiter (budget, platform quota)
+ *   scheduler ◄── observations ──► tracker.apply ──► transitions ──► log line + webhooks.enqueue
+ *
+ * Nothing here reads `process.env`, installs signal handlers or exits: the CLI does that.
+ */
+import { createRequire } from 'node:module';
+import type { Logger } from 'pino';
+import type { Dispatcher } from 'undici';
+import type { Config } from './config.js';
+import { ControlApi, type WatchRegistry } from './control-api.js';
+import { PlatformError } from './errors.js';
+import { type ExportEvent, eventForTransition } from './events.js';
+import { PlatformClient, type RetryPolicy } from './platform-client.js';
+import { RateLimiter } from './rate-limiter.js';
+import { Scheduler, type SchedulerOptions } from './scheduler.js';
+import { Tracker } from './tracker.js';
+import { WebhookDispatcher, type WebhookOptions } from './webhooks.js';
+
+const require = createRequire(import.meta.url);
+export const VERSION: string = (require('../package.json') as { version: string }).version;
+export const USER_AGENT = `sbg-export-watcher/${VERSION}`;
+
+/** Whether the platform accepted the credentials on the last call (`/readyz`). */
+export interface Readiness {
+  ok: boolean;
+  reason: string;
+}
+
+export interface DaemonOptions {
+  log: Logger;
+  now?: () => number;
+  /** Serve the control API (the `run` command); `watch` does without. */
+  api?: boolean;
+  /** Transport overrides, for tests. */
+  platformDispatcher?: Dispatcher;
+  platformRetry?: Partial<RetryPolicy>;
+  webhookRetry?: WebhookOptions['retry'];
+  scheduler?: Partial<Omit<SchedulerOptions, 'pollIntervalMs' | 'batchSize'>>;
+  /** Called for every event, after it is handed to the webhook queue (demo, watch). */
+  onEvent?: (event: ExportEvent) => void;
+}
+
+export interface StopReport {
+  undelivered: Array<{ endpoint: string; event: ExportEvent }>;
+}
+
+export class Daemon {
+  readonly config: Config;
+  readonly tracker: Tracker;
+  readonly limiter: RateLimiter;
+  readonly client: PlatformClient;
+  readonly scheduler: Scheduler;
+  readonly webhooks: WebhookDispatcher;
+  readonly api: ControlApi | undefined;
+  readonly registry: WatchRegistry;
+  readonly #log: Logger;
+  readonly #now: () => number;
+  #readiness: Readiness = { ok: false, reason: 'no answer from the platform yet' };
+  #startPromise: Promise<string | undefined> | undefined;
+  #stopPromise: Promise<StopReport> | undefined;
+
+  constructor(config: Config, options: DaemonOptions) {
+    if (!config.token) throw new TypeError('Daemon needs a platform token');
+    this.config = config;
+    this.#log = options.log;
+    this.#now = options.now ?? Date.now;
+    const now = this.#now;
+
+    this.tracker = new Tracker({ retainMs: config.retainMs });
+    this.limiter = new RateLimiter({
+      budget: config.rateBudget,
+      windowMs: config.rateWindowMs,
+      now,
+      log: options.log.child({ component: 'rate-limiter' }),
+    });
+    this.client = new PlatformClient({
+      endpoint: config.endpoint,
+      token: config.token,
+      gate: this.limiter,
+      userAgent: USER_AGENT,
+      log: options.log.child({ component: 'platform' }),
+      ...(options.platformDispatcher ? { dispatcher: options.platformDispatcher } : {}),
+      ...(options.platformRetry ? { retry: options.platformRetry } : {}),
+    });
+    this.webhooks = new WebhookDispatcher({
+      urls: config.webhook.urls,
+      ...(config.webhook.secretKey ? { secretKey: config.webhook.secretKey } : {}),
+      events: config.webhook.events,
+      timeoutMs: config.webhook.timeoutMs,
+      maxAgeMs: config.webhook.maxAgeMs,
+      userAgent: USER_AGENT,
+      log: options.log.child({ component: 'webhooks' }),
+      now,
+      ...(options.webhookRetry ? { retry: options.webhookRetry } : {}),
+    });
+    const onEvent = options.onEvent;
+    this.scheduler = new Scheduler(
+      {
+        checkStatuses: (ids) => this.client.checkStatuses(ids),
+        tracker: this.tracker,
+        notify: (transition) => {
+          const event = eventForTransition(transition);
+          if (!event) return;
+          this.webhooks.enqueue(event);
+          onEvent?.(event);
+        },
+        now,
+        log: options.log.child({ component: 'scheduler' }),
+        onCallResult: (result) => this.#updateReadiness(result.ok ? undefined : result.error),
+      },
+      { ...options.scheduler, pollIntervalMs: config.pollIntervalMs, batchSize: config.batchSize },
+    );
+    this.registry = {
+      watch: (ids, metadata) => {
+        const result = this.tracker.add(ids, metadata, now());
+        if (result.accepted.length > 0) {
+          this.#log.info(
+            { accepted: result.accepted.length, already_watched: result.alreadyWatched.length },
+            'exports added',
+          );
+          this.scheduler.poke();
+        }
+        return result;
+      },
+      unwatch: (id) => {
+        const removed = this.tracker.remove(id);
+        if (removed) {
+          const cancelled = this.webhooks.cancel(id);
+          this.#log.info({ export_id: id, deliveries_cancelled: cancelled }, 'export no longer watched');
+        }
+        return removed;
+      },
+      get: (id) => this.tracker.get(id),
+      list: (state) => this.tracker.list(state),
+    };
+    this.api = options.api
+      ? new ControlApi({
+          host: config.http.host,
+          port: config.http.port,
+          registry: this.registry,
+          probes: {
+            health: () => this.#health(),
+            ready: () => this.readiness,
+          },
+          log: options.log.child({ component: 'control-api' }),
+          apiToken: config.apiToken,
+        })
+      : undefined;
+  }
+
+  get readiness(): Readiness {
+    return this.#readiness;
+  }
+
+  /**
+   * Listens (when the API is on), reads the quota with `GET /rate_limit` (free), then starts
+   * checking. Resolves the control API's URL. Idempotent.
+   */
+  start(): Promise<string | undefined> {
+    this.#startPromise ??= (async () => {
+      const url = await this.api?.listen();
+      const probe = this.client
+        .rateLimit()
+        .then((status) => {
+          this.limiter.observe(status);
+          this.#updateReadiness(undefined);
+          this.#log.info(
+            {
+              limit: status.limit,
+              remaining: status.remaining,
+              reset_at: status.resetAt ? new Date(status.resetAt).toISOString() : undefined,
+              budget: this.config.rateBudget,
+            },
+            'platform rate limit read',
+          );
+        })
+        .catch((error: unknown) => {
+          this.#updateReadiness(error);
+          if (!isShutdown(error)) {
+            this.#log.error(
+              { err_message: (error as Error).message },
+              'could not read the platform rate limit',
+            );
+          }
+        });
+      // Start checking once the quota is known, or after a short wait if the platform is slow.
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([probe, new Promise((resolve) => (timer = setTimeout(resolve, 5000)))]);
+      clearTimeout(timer);
+      this.scheduler.start();
+      return url;
+    })();
+    return this.#startPromise;
+  }
+
+  /**
+   * Stops checking, lets checks in flight finish, then gives deliveries in flight until the
+   * deadline. Logs what is left undelivered. Idempotent.
+   */
+  stop(deadlineMs = this.config.shutdownTimeoutMs): Promise<StopReport> {
+    this.#stopPromise ??= (async () => {
+      this.#log.info({ deadline_ms: deadlineMs }, 'stopping');
+      const apiClosed = this.api?.close();
+      const schedulerStopped = this.scheduler.stop();
+      await this.limiter.stop();
+      await this.client.close();
+      await schedulerStopped;
+      const { undelivered } = await this.webhooks.close(deadlineMs);
+      await apiClosed;
+      if (undelivered.length > 0) {
+        this.#log.error(
+          {
+            undelivered: undelivered.length,
+            events: undelivered.map((u) => ({ endpoint: u.endpoint, webhook_id: u.event.id })),
+          },
+          'stopped with deliveries not done',
+        );
+      }
+      this.#log.info({ watched: this.tracker.activeCount }, 'stopped');
+      return { undelivered };
+    })();
+    return this.#stopPromise;
+  }
+
+  #health(): { ok: boolean; reason?: string } {
+    const mode = this.scheduler.mode;
+    if (mode === 'stopping' || mode === 'stopped') return { ok: false, reason: `scheduler is ${mode}` };
+    const idleFor = this.#now() - this.scheduler.lastTurnAt;
+    if (mode !== 'idle' && idleFor > 60_000)
+      return { ok: false, reason: `the check loop has not turned for ${idleFor} ms` };
+    return { ok: true };
+  }
+
+  #updateReadiness(error: unknown): void {
+    if (error === undefined) {
+      this.#readiness = { ok: true, reason: 'the platform accepted the credentials' };
+      return;
+    }
+    if (isShutdown(error)) return;
+    if (error instanceof PlatformError) {
+      // A rate limit says nothing against the credentials.
+      if (error.code === 'PLATFORM_RATE_LIMITED') return;
+      const reasons: Partial<Record<PlatformError['code'], string>> = {
+        PLATFORM_UNAUTHORIZED: `the platform refused the token (${error.status})`,
+        PLATFORM_MAINTENANCE: 'the platform is in maintenance',
+      };
+      this.#readiness = {
+        ok: false,
+        reason: reasons[error.code] ?? `last platform call failed: ${error.message}`,
+      };
+      return;
+    }
+    this.#readiness = { ok: false, reason: `last platform call failed: ${(error as Error).message}` };
+  }
+}
+
+function isShutdown(error: unknown): boolean {
+  return error instanceof PlatformError && error.code === 'SHUTTING_DOWN';
+}

@@ -1,0 +1,437 @@
+import { describe, expect, it } from 'vitest';
+import {
+  DEFAULTS,
+  ENDPOINT_PRESETS,
+  type Env,
+  formatDuration,
+  isLoopbackHost,
+  loadConfig,
+  parseDuration,
+} from '../src/config.js';
+import { ConfigError } from '../src/errors.js';
+
+/** Runs loadConfig expecting a ConfigError; returns it. */
+function configError(env: Env, options: { requireToken?: boolean } = {}): ConfigError {
+  try {
+    loadConfig(env, options);
+  } catch (error) {
+    expect(error).toBeInstanceOf(ConfigError);
+    return error as ConfigError;
+  }
+  throw new Error(`expected a ConfigError for ${JSON.stringify(env)}`);
+}
+
+/** The problem lines that name a variable (at the start of the line). */
+function linesFor(error: ConfigError, variable: string): string[] {
+  return error.problems.filter((p) => p.startsWith(`${variable}:`) || p.startsWith(`${variable} `));
+}
+
+const VALID_SECRET = `whsec_${Buffer.from('0123456789abcdef0123456789abcdef').toString('base64')}`;
+
+describe('loadConfig defaults', () => {
+  it('gives every variable its documented default', () => {
+    const c = loadConfig({});
+    expect(c.endpoint).toBe('https://api.sbgenomics.com/v2');
+    expect(c.token).toBeUndefined();
+    expect(c.pollIntervalMs).toBe(10_000);
+    expect(c.rateBudget).toBe(500);
+    expect(c.rateWindowMs).toBe(5 * 60_000);
+    expect(c.batchSize).toBe(100);
+    expect(c.webhook.urls).toEqual([]);
+    expect(c.webhook.secretKey).toBeUndefined();
+    expect(c.webhook.events).toEqual(new Set(['export.completed', 'export.failed', 'export.lost']));
+    expect(c.webhook.timeoutMs).toBe(15_000);
+    expect(c.webhook.maxAgeMs).toBe(24 * 3_600_000);
+    expect(c.retainMs).toBe(24 * 3_600_000);
+    expect(c.http).toEqual({ host: '127.0.0.1', port: 8080 });
+    expect(c.apiToken).toBeUndefined();
+    expect(c.dataDir).toBe('./data');
+    expect(c.logLevel).toBe('info');
+  });
+
+  it('treats empty and blank values as unset', () => {
+    const c = loadConfig({ WATCHER_POLL_INTERVAL: '', WATCHER_BATCH_SIZE: '   ', SB_API_ENDPOINT: '' });
+    expect(c.pollIntervalMs).toBe(10_000);
+    expect(c.batchSize).toBe(100);
+    expect(c.endpoint).toBe('https://api.sbgenomics.com/v2');
+  });
+
+  it('publishes the SPEC defaults in DEFAULTS', () => {
+    expect(DEFAULTS).toMatchObject({
+      SB_API_ENDPOINT: 'https://api.sbgenomics.com/v2',
+      WATCHER_POLL_INTERVAL: '10s',
+      WATCHER_RATE_BUDGET: '500',
+      WATCHER_RATE_WINDOW: '5m',
+      WATCHER_BATCH_SIZE: '100',
+      WATCHER_WEBHOOK_EVENTS: 'export.completed,export.failed,export.lost',
+      WATCHER_WEBHOOK_TIMEOUT: '15s',
+      WATCHER_WEBHOOK_MAX_AGE: '24h',
+      WATCHER_RETAIN: '24h',
+      WATCHER_HTTP_HOST: '127.0.0.1',
+      WATCHER_HTTP_PORT: '8080',
+      WATCHER_DATA_DIR: './data',
+      LOG_LEVEL: 'info',
+    });
+    for (const name of [
+      'SB_AUTH_TOKEN',
+      'WATCHER_WEBHOOK_URLS',
+      'WATCHER_WEBHOOK_SECRET',
+      'WATCHER_API_TOKEN',
+    ]) {
+      expect(name in DEFAULTS).toBe(true);
+      expect(DEFAULTS[name as keyof typeof DEFAULTS]).toBeUndefined();
+    }
+  });
+
+  it('reads every variable when set', () => {
+    const c = loadConfig({
+      SB_API_ENDPOINT: 'http://127.0.0.1:9999/v2',
+      SB_AUTH_TOKEN: 'abc123',
+      WATCHER_POLL_INTERVAL: '2s',
+      WATCHER_RATE_BUDGET: '250',
+      WATCHER_RATE_WINDOW: '1m',
+      WATCHER_BATCH_SIZE: '50',
+      WATCHER_WEBHOOK_URLS: 'https://a.example/hook, http://b.example:8000/x',
+      WATCHER_WEBHOOK_SECRET: VALID_SECRET,
+      WATCHER_WEBHOOK_EVENTS: 'export.running,export.failed',
+      WATCHER_WEBHOOK_TIMEOUT: '3s',
+      WATCHER_WEBHOOK_MAX_AGE: '2h',
+      WATCHER_RETAIN: '30m',
+      WATCHER_HTTP_HOST: 'localhost',
+      WATCHER_HTTP_PORT: '0',
+      WATCHER_API_TOKEN: 'api-token',
+      WATCHER_DATA_DIR: '/var/lib/watcher',
+      LOG_LEVEL: 'DEBUG',
+    });
+    expect(c.endpoint).toBe('http://127.0.0.1:9999/v2');
+    expect(c.token).toBe('abc123');
+    expect(c.pollIntervalMs).toBe(2000);
+    expect(c.rateBudget).toBe(250);
+    expect(c.rateWindowMs).toBe(60_000);
+    expect(c.batchSize).toBe(50);
+    expect(c.webhook.urls).toEqual(['https://a.example/hook', 'http://b.example:8000/x']);
+    expect(c.webhook.secretKey?.toString()).toBe('0123456789abcdef0123456789abcdef');
+    expect(c.webhook.events).toEqual(new Set(['export.running', 'export.failed']));
+    expect(c.webhook.timeoutMs).toBe(3000);
+    expect(c.webhook.maxAgeMs).toBe(7_200_000);
+    expect(c.retainMs).toBe(1_800_000);
+    expect(c.http).toEqual({ host: 'localhost', port: 0 });
+    expect(c.apiToken).toBe('api-token');
+    expect(c.dataDir).toBe('/var/lib/watcher');
+    expect(c.logLevel).toBe('debug');
+  });
+});
+
+describe('SB_API_ENDPOINT', () => {
+  it.each([
+    ['sbg-us', 'https://api.sbgenomics.com/v2'],
+    ['sbg-eu', 'https://eu-api.sbgenomics.com/v2'],
+    ['cgc', 'https://cgc-api.sbgenomics.com/v2'],
+    ['cavatica', 'https://cavatica-api.sbgenomics.com/v2'],
+    ['bdc', 'https://api.sb.biodatacatalyst.nhlbi.nih.gov/v2'],
+    ['sbg-cn', 'https://api.sevenbridges.cn/v2'],
+  ])('preset %s → %s', (preset, url) => {
+    expect(ENDPOINT_PRESETS[preset]).toBe(url);
+    expect(loadConfig({ SB_API_ENDPOINT: preset }).endpoint).toBe(url);
+  });
+
+  it('matches presets case-insensitively and ignores surrounding blanks', () => {
+    expect(loadConfig({ SB_API_ENDPOINT: 'CGC' }).endpoint).toBe('https://cgc-api.sbgenomics.com/v2');
+    expect(loadConfig({ SB_API_ENDPOINT: 'Cavatica' }).endpoint).toBe(
+      'https://cavatica-api.sbgenomics.com/v2',
+    );
+    expect(loadConfig({ SB_API_ENDPOINT: '  sbg-EU ' }).endpoint).toBe('https://eu-api.sbgenomics.com/v2');
+  });
+
+  it('trims trailing slashes from URLs', () => {
+    expect(loadConfig({ SB_API_ENDPOINT: 'https://example.org/v2/' }).endpoint).toBe(
+      'https://example.org/v2',
+    );
+    expect(loadConfig({ SB_API_ENDPOINT: 'http://127.0.0.1:8000/v2///' }).endpoint).toBe(
+      'http://127.0.0.1:8000/v2',
+    );
+  });
+
+  it.each(['not a url', 'ftp://example.org/v2', 'cgc-typo', 'example.org/v2'])('rejects %j', (value) => {
+    const error = configError({ SB_API_ENDPOINT: value });
+    const lines = linesFor(error, 'SB_API_ENDPOINT');
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toContain(JSON.stringify(value));
+    expect(lines[0]).toContain('cgc');
+  });
+});
+
+describe('durations', () => {
+  it.each([
+    ['250ms', 250],
+    ['10s', 10_000],
+    ['5m', 300_000],
+    ['1h', 3_600_000],
+    ['1500', 1500],
+    ['0', 0],
+    [' 2s ', 2000],
+  ])('parseDuration(%j) = %d', (text, ms) => {
+    expect(parseDuration(text)).toBe(ms);
+  });
+
+  it.each(['', 'abc', '10 seconds', '-5s', '5x', '1h30m', 's', '10S', '1e3'])(
+    'parseDuration(%j) is NaN',
+    (text) => {
+      expect(parseDuration(text)).toBeNaN();
+    },
+  );
+
+  it('formats durations the way they are written', () => {
+    expect(formatDuration(250)).toBe('250ms');
+    expect(formatDuration(10_000)).toBe('10s');
+    expect(formatDuration(300_000)).toBe('5m');
+    expect(formatDuration(3_600_000)).toBe('1h');
+    expect(formatDuration(1500)).toBe('1500ms');
+  });
+
+  it('accepts every duration form in each duration variable', () => {
+    const c = loadConfig({
+      WATCHER_POLL_INTERVAL: '250ms',
+      WATCHER_RATE_WINDOW: '90000',
+      WATCHER_WEBHOOK_TIMEOUT: '10s',
+      WATCHER_WEBHOOK_MAX_AGE: '5m',
+      WATCHER_RETAIN: '1h',
+    });
+    expect(c.pollIntervalMs).toBe(250);
+    expect(c.rateWindowMs).toBe(90_000);
+    expect(c.webhook.timeoutMs).toBe(10_000);
+    expect(c.webhook.maxAgeMs).toBe(300_000);
+    expect(c.retainMs).toBe(3_600_000);
+  });
+
+  it('rejects a zero poll interval', () => {
+    expect(linesFor(configError({ WATCHER_POLL_INTERVAL: '0' }), 'WATCHER_POLL_INTERVAL')).toHaveLength(1);
+  });
+
+  // Node timers hold at most 2^31-1 ms (~24.8 days); a longer delay fires after 1 ms. The rate
+  // window and the webhook timeout are passed to setTimeout (rate-limiter.ts, webhooks.ts), so a
+  // longer value would refill the budget every millisecond or abort every delivery at once.
+  it.each(['WATCHER_RATE_WINDOW', 'WATCHER_WEBHOOK_TIMEOUT'])(
+    'rejects %s longer than a timer can hold',
+    (name) => {
+      const lines = linesFor(configError({ [name]: '30d' }), name);
+      expect(lines).toHaveLength(1);
+      expect(lines[0]).toContain('"30d"');
+    },
+  );
+});
+
+describe('problems name their variable', () => {
+  const cases: Array<[string, string]> = [
+    ['SB_API_ENDPOINT', 'mailto:someone@example.org'],
+    ['WATCHER_POLL_INTERVAL', 'soon'],
+    ['WATCHER_POLL_INTERVAL', '-1s'],
+    ['WATCHER_RATE_BUDGET', 'lots'],
+    ['WATCHER_RATE_BUDGET', '0'],
+    ['WATCHER_RATE_BUDGET', '12.5'],
+    ['WATCHER_RATE_WINDOW', '5 minutes'],
+    ['WATCHER_BATCH_SIZE', '0'],
+    ['WATCHER_BATCH_SIZE', '101'],
+    ['WATCHER_BATCH_SIZE', 'ten'],
+    ['WATCHER_WEBHOOK_URLS', 'https://ok.example/a,not-a-url'],
+    ['WATCHER_WEBHOOK_URLS', 'ftp://files.example/x'],
+    ['WATCHER_WEBHOOK_EVENTS', 'export.done'],
+    ['WATCHER_WEBHOOK_TIMEOUT', 'never'],
+    ['WATCHER_WEBHOOK_MAX_AGE', '1 day'],
+    ['WATCHER_RETAIN', 'forever'],
+    ['WATCHER_HTTP_PORT', '65536'],
+    ['WATCHER_HTTP_PORT', '-1'],
+    ['WATCHER_HTTP_PORT', 'http'],
+    ['LOG_LEVEL', 'verbose'],
+  ];
+  it.each(cases)('%s=%j → one problem line naming it, with the value', (name, value) => {
+    const error = configError({ [name]: value });
+    expect(error.problems).toHaveLength(1);
+    const line = error.problems[0] ?? '';
+    expect(line.startsWith(`${name}:`)).toBe(true);
+    expect(line).toMatch(/expected /);
+    // What it got: the offending value (or the offending element of a list), quoted.
+    const offending = name === 'WATCHER_WEBHOOK_URLS' ? value.split(',').at(-1) : value;
+    expect(line.toLowerCase()).toContain(JSON.stringify(offending).toLowerCase());
+    expect(error.message).toContain(line);
+    expect(error.code).toBe('CONFIG_INVALID');
+  });
+
+  it('reports every problem together, one line each', () => {
+    const error = configError(
+      {
+        SB_API_ENDPOINT: 'nowhere',
+        WATCHER_POLL_INTERVAL: 'soon',
+        WATCHER_RATE_BUDGET: '-3',
+        WATCHER_BATCH_SIZE: '101',
+        WATCHER_WEBHOOK_EVENTS: 'export.nope',
+        WATCHER_HTTP_PORT: '99999',
+        LOG_LEVEL: 'chatty',
+      },
+      { requireToken: true },
+    );
+    expect(error.problems).toHaveLength(8);
+    for (const name of [
+      'SB_API_ENDPOINT',
+      'SB_AUTH_TOKEN',
+      'WATCHER_POLL_INTERVAL',
+      'WATCHER_RATE_BUDGET',
+      'WATCHER_BATCH_SIZE',
+      'WATCHER_WEBHOOK_EVENTS',
+      'WATCHER_HTTP_PORT',
+      'LOG_LEVEL',
+    ]) {
+      expect(linesFor(error, name)).toHaveLength(1);
+    }
+    for (const p of error.problems) expect(p).not.toContain('\n');
+    expect(error.message.split('\n').slice(1)).toEqual(error.problems);
+  });
+});
+
+describe('SB_AUTH_TOKEN', () => {
+  it('is required only with requireToken', () => {
+    expect(loadConfig({}).token).toBeUndefined();
+    expect(loadConfig({}, { requireToken: false }).token).toBeUndefined();
+    const error = configError({}, { requireToken: true });
+    expect(error.problems).toHaveLength(1);
+    expect(error.problems[0]).toMatch(/^SB_AUTH_TOKEN: /);
+    expect(loadConfig({ SB_AUTH_TOKEN: 'tok' }, { requireToken: true }).token).toBe('tok');
+  });
+
+  it('counts a blank token as missing', () => {
+    expect(
+      linesFor(configError({ SB_AUTH_TOKEN: '   ' }, { requireToken: true }), 'SB_AUTH_TOKEN'),
+    ).toHaveLength(1);
+  });
+});
+
+describe('secrets never appear in problems', () => {
+  const TOKEN = 'sbtok-Zq8WvK3mPRIVATE token';
+  const HOOK_SECRET = 'whsec_!!notbase64-Yx7PRIVATEHOOK';
+  const API_TOKEN = 'apitok-Jf5PRIVATEAPI';
+
+  it('masks invalid secrets and leaves no trace of them in the error', () => {
+    const error = configError(
+      {
+        SB_AUTH_TOKEN: TOKEN,
+        WATCHER_WEBHOOK_SECRET: HOOK_SECRET,
+        WATCHER_API_TOKEN: API_TOKEN,
+        WATCHER_BATCH_SIZE: '0',
+      },
+      { requireToken: true },
+    );
+    expect(linesFor(error, 'SB_AUTH_TOKEN')).toHaveLength(1);
+    expect(linesFor(error, 'WATCHER_WEBHOOK_SECRET')).toHaveLength(1);
+    expect(linesFor(error, 'WATCHER_BATCH_SIZE')).toHaveLength(1);
+    const everything = `${error.message}\n${error.problems.join('\n')}\n${error.stack ?? ''}\n${JSON.stringify(error)}`;
+    for (const fragment of ['Zq8WvK3m', 'PRIVATE', 'Yx7', 'notbase64', 'Jf5', 'sbtok', 'apitok']) {
+      expect(everything).not.toContain(fragment);
+    }
+  });
+
+  it.each(['whsec_', 'whsec_Qk8x***', 'key-without-prefix', `${VALID_SECRET}#`])(
+    'rejects WATCHER_WEBHOOK_SECRET %j without echoing it',
+    (secret) => {
+      const error = configError({ WATCHER_WEBHOOK_SECRET: secret });
+      const lines = linesFor(error, 'WATCHER_WEBHOOK_SECRET');
+      expect(lines).toHaveLength(1);
+      const line = lines[0] ?? '';
+      expect(line).toContain('whsec_');
+      const got = line.slice(line.lastIndexOf(', got ') + ', got '.length);
+      expect(got).not.toContain(secret);
+      expect(got).toContain('hidden');
+      if (secret !== 'whsec_') expect(error.message).not.toContain(secret);
+    },
+  );
+
+  it('accepts a valid webhook secret and decodes its key', () => {
+    expect(loadConfig({ WATCHER_WEBHOOK_SECRET: VALID_SECRET }).webhook.secretKey).toEqual(
+      Buffer.from('0123456789abcdef0123456789abcdef'),
+    );
+  });
+});
+
+describe('WATCHER_WEBHOOK_EVENTS', () => {
+  it('"*" means all', () => {
+    expect(loadConfig({ WATCHER_WEBHOOK_EVENTS: '*' }).webhook.events).toBe('all');
+    expect(loadConfig({ WATCHER_WEBHOOK_EVENTS: ' * ' }).webhook.events).toBe('all');
+  });
+
+  it('a list becomes a Set', () => {
+    const events = loadConfig({ WATCHER_WEBHOOK_EVENTS: 'export.running, export.lost' }).webhook.events;
+    expect(events).toBeInstanceOf(Set);
+    expect(events).toEqual(new Set(['export.running', 'export.lost']));
+  });
+
+  it('an unknown type is a problem naming it', () => {
+    const error = configError({ WATCHER_WEBHOOK_EVENTS: 'export.completed,export.finished' });
+    const lines = linesFor(error, 'WATCHER_WEBHOOK_EVENTS');
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toContain('export.finished');
+  });
+
+  it('a list of nothing is a problem', () => {
+    expect(linesFor(configError({ WATCHER_WEBHOOK_EVENTS: ',,' }), 'WATCHER_WEBHOOK_EVENTS')).toHaveLength(1);
+  });
+});
+
+describe('WATCHER_BATCH_SIZE', () => {
+  it.each(['0', '101'])('rejects %s', (value) => {
+    const lines = linesFor(configError({ WATCHER_BATCH_SIZE: value }), 'WATCHER_BATCH_SIZE');
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toContain('1 to 100');
+  });
+
+  it.each([
+    ['1', 1],
+    ['100', 100],
+  ])('accepts %s', (value, n) => {
+    expect(loadConfig({ WATCHER_BATCH_SIZE: value }).batchSize).toBe(n);
+  });
+});
+
+describe('WATCHER_HTTP_HOST and WATCHER_API_TOKEN', () => {
+  it.each(['127.0.0.1', '127.0.0.53', 'localhost', 'LOCALHOST', '::1', '[::1]'])('%s is loopback', (host) => {
+    expect(isLoopbackHost(host)).toBe(true);
+    expect(loadConfig({ WATCHER_HTTP_HOST: host }).http.host).toBe(host);
+  });
+
+  it.each(['0.0.0.0', '::', '192.168.1.20', 'watcher.example.org', '128.0.0.1'])(
+    '%s is not loopback: needs WATCHER_API_TOKEN',
+    (host) => {
+      expect(isLoopbackHost(host)).toBe(false);
+      const error = configError({ WATCHER_HTTP_HOST: host });
+      expect(error.problems).toHaveLength(1);
+      expect(error.problems[0]).toMatch(/^WATCHER_API_TOKEN: /);
+      expect(error.problems[0]).toContain('WATCHER_HTTP_HOST');
+      const c = loadConfig({ WATCHER_HTTP_HOST: host, WATCHER_API_TOKEN: 's3cret-token' });
+      expect(c.http.host).toBe(host);
+      expect(c.apiToken).toBe('s3cret-token');
+    },
+  );
+});
+
+describe('the result', () => {
+  it('is frozen, nested objects included', () => {
+    const c = loadConfig({ WATCHER_WEBHOOK_URLS: 'https://a.example/x' });
+    expect(Object.isFrozen(c)).toBe(true);
+    expect(Object.isFrozen(c.webhook)).toBe(true);
+    expect(Object.isFrozen(c.http)).toBe(true);
+    expect(Object.isFrozen(c.webhook.urls)).toBe(true);
+    expect(() => {
+      (c as { batchSize: number }).batchSize = 7;
+    }).toThrow(TypeError);
+    expect(() => {
+      (c.http as { port: number }).port = 1;
+    }).toThrow(TypeError);
+    expect(() => (c.webhook.urls as string[]).push('https://b.example')).toThrow(TypeError);
+    expect(c.batchSize).toBe(100);
+    expect(c.http.port).toBe(8080);
+  });
+
+  it('leaves the environment object it is given unchanged', () => {
+    const env = { WATCHER_BATCH_SIZE: '7' };
+    loadConfig(env);
+    expect(env).toEqual({ WATCHER_BATCH_SIZE: '7' });
+  });
+});

@@ -1,0 +1,217 @@
+/**
+ * The whole watcher over real loopback HTTP: the simulator as the platform, the daemon, and a
+ * webhook receiver whose deliveries are checked with the reference `standardwebhooks` package.
+ * Nothing sleeps: each test awaits the state it needs (every event received) under a deadline.
+ */
+import { Webhook } from 'standardwebhooks';
+import { afterEach, describe, expect, it } from 'vitest';
+import { SECRET, type Stack, startStack, TOKEN, terminalEvents } from './helpers/stack.js';
+
+const SHORT = { pendingMs: [100, 800] as [number, number], runningMs: [200, 1500] as [number, number] };
+
+function verifyAll(stack: Stack): void {
+  const wh = new Webhook(SECRET);
+  for (const attempt of stack.receiver.received) {
+    expect(() =>
+      wh.verify(attempt.body, {
+        'webhook-id': attempt.id,
+        'webhook-timestamp': String(attempt.timestamp),
+        'webhook-signature': attempt.signature ?? '',
+      }),
+    ).not.toThrow();
+  }
+}
+
+function expectNoSecretsIn(stack: Stack): void {
+  const all = stack.logs.join('');
+  expect(all.length).toBeGreaterThan(0);
+  expect(all).not.toContain(TOKEN);
+  expect(all).not.toContain(SECRET);
+  expect(all).not.toContain(SECRET.slice('whsec_'.length));
+}
+
+describe('the watcher against the simulator', () => {
+  let stack: Stack | undefined;
+  afterEach(async () => {
+    await stack?.close();
+    stack = undefined;
+  });
+
+  it('delivers exactly one signed terminal event per export, LOST for unknown ids, within the rules', async () => {
+    stack = await startStack({ sim: { timing: SHORT, failRate: 0.3 } });
+    const ids = stack.sim.createExports(500);
+    const unknown = ['no-such-export-1', 'no-such-export-2', 'no-such-export-3'];
+    // Registered in several requests, each with its own metadata, as other systems would.
+    for (let i = 0; i < ids.length; i += 125) {
+      const res = await stack.post('/v1/exports', {
+        ids: ids.slice(i, i + 125),
+        metadata: { batch: i / 125 },
+      });
+      expect(res.status).toBe(202);
+      expect((res.json as { accepted: string[] }).accepted).toHaveLength(125);
+    }
+    expect((await stack.post('/v1/exports', { ids: unknown, metadata: { batch: 'unknown' } })).status).toBe(
+      202,
+    );
+
+    const expected = ids.length + unknown.length;
+    await stack.receiver.waitFor((r) => new Set(r.accepted().map((w) => w.id)).size >= expected, 60_000);
+    await stack.daemon.webhooks.onIdle();
+
+    const events = terminalEvents(stack.receiver);
+    expect(events.size).toBe(expected);
+    let failed = 0;
+    for (const [i, id] of ids.entries()) {
+      const list = events.get(id) ?? [];
+      // Exactly one terminal event, under one webhook-id.
+      expect(list).toHaveLength(1);
+      const event = list[0]!;
+      const outcome = stack.sim.stateOf(id);
+      expect(event.body.type).toBe(outcome === 'COMPLETED' ? 'export.completed' : 'export.failed');
+      expect(event.webhookId).toBe(`evt_${id}_${outcome === 'COMPLETED' ? 'completed' : 'failed'}`);
+      expect(event.body.data).toMatchObject({
+        export_id: id,
+        state: outcome,
+        metadata: { batch: Math.floor(i / 125) },
+      });
+      if (outcome === 'FAILED') {
+        failed++;
+        expect(event.body.data.export).toMatchObject({ id, state: 'FAILED', error: { code: 9107 } });
+      } else {
+        expect(event.body.data.export).toMatchObject({ id, state: 'COMPLETED', result: expect.any(Object) });
+      }
+    }
+    expect(failed).toBeGreaterThan(50);
+    for (const id of unknown) {
+      const list = events.get(id) ?? [];
+      expect(list).toHaveLength(1);
+      expect(list[0]!.body).toMatchObject({
+        type: 'export.lost',
+        data: { export_id: id, state: 'LOST', export: null, metadata: { batch: 'unknown' } },
+      });
+    }
+
+    verifyAll(stack);
+    const stats = stack.sim.stats();
+    expect(stats.maxIdsPerBulkCall).toBeLessThanOrEqual(100);
+    expect(stats.checksAfterTerminal).toBe(0);
+    expect(stats.rateLimited).toBe(0);
+    // Bulk, not one call per export: far fewer calls than ids checked.
+    expect(stats.bulkIdsPerCall.length * 10).toBeLessThan(stats.idsChecked);
+    expect(stack.receiver.received.every((w) => w.headers['user-agent'] === `sbg-export-watcher/0.1.0`)).toBe(
+      true,
+    );
+
+    const records = (await stack.get('/v1/exports?state=LOST')).json as { items: Array<{ id: string }> };
+    expect(records.items.map((r) => r.id).sort()).toEqual([...unknown].sort());
+    expectNoSecretsIn(stack);
+  });
+
+  it('stays under a quota smaller than the work while another client eats part of every window', async () => {
+    // 40 requests per 3 s window, 15 of them taken by another client as each window opens; the
+    // daemon's own budget (30) would overrun what is left, so it must obey X-RateLimit-Remaining.
+    stack = await startStack({
+      sim: {
+        timing: { pendingMs: [200, 2000], runningMs: [1000, 6000] },
+        failRate: 0.2,
+        quota: { limit: 40, windowMs: 3000, otherClientPerWindow: 15 },
+      },
+      env: {
+        WATCHER_RATE_BUDGET: '30',
+        WATCHER_RATE_WINDOW: '3s',
+        WATCHER_POLL_INTERVAL: '200ms',
+        WATCHER_BATCH_SIZE: '20',
+      },
+    });
+    const ids = stack.sim.createExports(200);
+    expect((await stack.post('/v1/exports', { ids })).status).toBe(202);
+    // Checking 200 ids in batches of 20 every 200 ms would take 50 calls a second: far more than allowed.
+    await stack.receiver.waitFor((r) => new Set(r.accepted().map((w) => w.id)).size >= ids.length, 90_000);
+    const stats = stack.sim.stats();
+    expect(stats.rateLimited).toBe(0);
+    expect(stats.checksAfterTerminal).toBe(0);
+    expect(terminalEvents(stack.receiver).size).toBe(ids.length);
+    // The work spanned several windows, and the daemon never took more than a window left it.
+    expect(stats.bulkIdsPerCall.length).toBeGreaterThan(2 * 25);
+    expect(stack.daemon.limiter.snapshot().platformLimit).toBe(40);
+  });
+
+  it('rides out maintenance, 500s, cut-off and slow answers, and a receiver that refuses first attempts', async () => {
+    stack = await startStack({
+      sim: {
+        timing: { pendingMs: [200, 1000], runningMs: [1000, 4000] },
+        // Most calls meet a fault of some kind.
+        faults: {
+          maintenanceRate: 0.2,
+          errorRate: 0.2,
+          truncateRate: 0.15,
+          malformedRate: 0.1,
+          slowRate: 0.15,
+          slowMs: 300,
+        },
+      },
+      // The first two attempts of every event are refused, one of them with a Retry-After.
+      receiver: {
+        respond: (_req, attempt) =>
+          attempt === 1 ? { status: 503, headers: { 'retry-after': '0' } } : attempt === 2 ? 500 : 204,
+      },
+    });
+    const ids = stack.sim.createExports(120);
+    expect((await stack.post('/v1/exports', { ids })).status).toBe(202);
+    await stack.receiver.waitFor((r) => new Set(r.accepted().map((w) => w.id)).size >= ids.length, 90_000);
+
+    const faults = stack.sim.stats().faults;
+    expect(faults.maintenance).toBeGreaterThan(0);
+    expect(faults.error).toBeGreaterThan(0);
+    expect(faults.truncated).toBeGreaterThan(0);
+    expect(faults.slow).toBeGreaterThan(0);
+    expect(stack.sim.stats().checksAfterTerminal).toBe(0);
+
+    const events = terminalEvents(stack.receiver);
+    expect(events.size).toBe(ids.length);
+    for (const id of ids) {
+      const attempts = stack.receiver.received.filter(
+        (w) => (w.json as { data: { export_id: string } }).data.export_id === id,
+      );
+      // Refused twice, accepted on the third; every attempt under the same webhook-id.
+      expect(attempts.map((a) => a.status)).toEqual([503, 500, 204]);
+      expect(new Set(attempts.map((a) => a.id)).size).toBe(1);
+    }
+    verifyAll(stack);
+    expectNoSecretsIn(stack);
+  });
+
+  it('falls back to single gets when the bulk endpoint is missing', async () => {
+    stack = await startStack({ sim: { timing: SHORT, bulk: false } });
+    const ids = stack.sim.createExports(15);
+    expect((await stack.post('/v1/exports', { ids: [...ids, 'gone-for-good'] })).status).toBe(202);
+    await stack.receiver.waitFor(
+      (r) => new Set(r.accepted().map((w) => w.id)).size >= ids.length + 1,
+      60_000,
+    );
+    const stats = stack.sim.stats();
+    expect(stats.requests.get).toBeGreaterThan(ids.length);
+    expect(stats.bulkIdsPerCall).toEqual([]);
+    expect(stack.daemon.client.bulkSupported).toBe(false);
+    expect(terminalEvents(stack.receiver).get('gone-for-good')?.[0]?.body.type).toBe('export.lost');
+  });
+
+  it('rejects malformed control requests and adds nothing', async () => {
+    stack = await startStack();
+    const bad = await stack.post('/v1/exports', { ids: ['good-id', 'bad id!'] });
+    expect(bad.status).toBe(400);
+    expect(bad.json).toMatchObject({ error: { code: 'invalid_request', details: [{ field: 'ids[1]' }] } });
+    expect((await stack.post('/v1/exports', '{"ids": [')).status).toBe(400);
+    expect((await stack.get('/v1/exports')).json).toEqual({ items: [] });
+    expect(stack.sim.stats().idsChecked).toBe(0);
+  });
+
+  it('reports not ready while the platform refuses the token', async () => {
+    stack = await startStack({ env: { SB_AUTH_TOKEN: 'tok_wrong_one' } });
+    expect(stack.daemon.readiness.ok).toBe(false);
+    const res = await stack.get('/readyz');
+    expect(res.status).toBe(503);
+    expect(res.json).toMatchObject({ reason: expect.stringContaining('refused the token') });
+    expect(stack.logs.join('')).not.toContain('tok_wrong_one');
+  });
+});
