@@ -22,8 +22,9 @@ import { PlatformClient } from './platform-client.js';
 import { RateLimiter } from './rate-limiter.js';
 import { type FaultOptions, Simulator, type SimulatorOptions } from './simulator.js';
 import { observationsFromBulk } from './tracker.js';
+import { runWatch } from './watch.js';
 
-type Command = 'run' | 'get' | 'simulate' | 'demo';
+type Command = 'run' | 'watch' | 'get' | 'simulate' | 'demo';
 
 /** Flags that override the variable they name, shared by the commands that talk to the platform. */
 const VARIABLE_FLAGS = {
@@ -58,6 +59,7 @@ Usage: sbg-export-watcher <command> [options]
 
 Commands:
   run        the daemon: watch ids given here and through the control API
+  watch      wait in the foreground until the given exports finish
   get        the current state of exports, once
   simulate   a local simulator of the platform's export API
   demo       the simulator, the daemon and a webhook receiver together
@@ -75,6 +77,19 @@ WATCHER_SHUTDOWN_TIMEOUT, then exit 0. A second signal exits at once.
 
   --id ID          watch this export (repeatable)
   --ids-file FILE  watch the ids in FILE: one per line; blank lines and # comments are skipped
+
+${VARIABLE_FLAG_HELP}`,
+  watch: `Usage: sbg-export-watcher watch ID... [--json] [configuration flags]
+
+Waits until every given export is terminal. Progress goes to stderr (a live bar on a terminal,
+a line per change otherwise); each finished export is printed on stdout as it finishes (JSON
+with --json or when stdout is not a terminal). Webhooks are delivered too when
+WATCHER_WEBHOOK_URLS is set. Logs go to stderr, at error unless LOG_LEVEL is set.
+
+Exit codes: 0 all COMPLETED; 1 any FAILED or LOST; 2 usage or configuration error;
+130 interrupted (Ctrl-C); 143 terminated (SIGTERM).
+
+  --json   one JSON object per finished export on stdout
 
 ${VARIABLE_FLAG_HELP}`,
   get: `Usage: sbg-export-watcher get ID... [--json] [configuration flags]
@@ -139,6 +154,8 @@ export async function main(argv: readonly string[], env: Env): Promise<number> {
   switch (command) {
     case 'run':
       return runCommand(rest, env);
+    case 'watch':
+      return watchCommand(rest, env);
     case 'get':
       return getCommand(rest, env);
     case 'simulate':
@@ -156,7 +173,38 @@ export function readEnvironment(processEnv: NodeJS.ProcessEnv, cwd = process.cwd
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
   }
-  return { ...fromFile, ...processEnv };
+  return withCredentials({ ...fromFile, ...processEnv });
+}
+
+/** systemd credentials (`LoadCredential=`), by the variable each one stands for. */
+export const CREDENTIAL_FILES = {
+  SB_AUTH_TOKEN: 'sb-auth-token',
+  WATCHER_WEBHOOK_SECRET: 'webhook-secret',
+  WATCHER_API_TOKEN: 'api-token',
+} as const;
+
+/**
+ * Fills SB_AUTH_TOKEN, WATCHER_WEBHOOK_SECRET and WATCHER_API_TOKEN, where unset, from
+ * `$CREDENTIALS_DIRECTORY`. A credential that is listed but cannot be read is a configuration
+ * error; one that is absent is simply not used.
+ */
+export function withCredentials(env: Env): Env {
+  const dir = env.CREDENTIALS_DIRECTORY;
+  if (!dir) return env;
+  const filled: Record<string, string | undefined> = { ...env };
+  const problems: string[] = [];
+  for (const [variable, file] of Object.entries(CREDENTIAL_FILES)) {
+    if (filled[variable]?.trim()) continue;
+    try {
+      filled[variable] = readFileSync(`${dir}/${file}`, 'utf8').replace(/\r?\n$/, '');
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code !== 'ENOENT')
+        problems.push(`${variable}: expected a readable credential file ${dir}/${file}, got ${code}`);
+    }
+  }
+  if (problems.length > 0) throw new ConfigError(problems);
+  return filled;
 }
 
 type ParsedValues = Record<string, string | boolean | string[] | undefined>;
@@ -264,6 +312,34 @@ async function runCommand(args: readonly string[], env: Env): Promise<number> {
   );
   if (ids.length > 0) daemon.registry.watch(ids, null);
   return stopped;
+}
+
+async function watchCommand(args: readonly string[], env: Env): Promise<number> {
+  const { values, positionals } = parse(args, { json: { type: 'boolean' }, ...variableFlagOptions }, true);
+  if (positionals.length === 0) throw new UsageError('watch needs at least one export id');
+  checkIds(positionals);
+  const merged = withFlags(env, values);
+  // Progress owns the terminal: logs stay quiet unless asked for.
+  const config = loadConfig({ ...merged, LOG_LEVEL: merged.LOG_LEVEL ?? 'error' }, { requireToken: true });
+  const log = createLogger({ level: config.logLevel, destination: process.stderr });
+  const controller = new AbortController();
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (controller.signal.aborted) process.exit(signal === 'SIGINT' ? 130 : 143);
+    controller.abort(signal === 'SIGINT' ? 130 : 143);
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  return runWatch({
+    config,
+    ids: positionals,
+    json: values.json === true,
+    stdout: process.stdout,
+    stderr: process.stderr,
+    stdoutTty: Boolean(process.stdout.isTTY),
+    stderrTty: Boolean(process.stderr.isTTY),
+    log,
+    signal: controller.signal,
+  });
 }
 
 async function getCommand(args: readonly string[], env: Env): Promise<number> {

@@ -153,11 +153,14 @@ function summarize(
   const accepted = receiver.accepted();
   const firstById = new Map<string, (typeof accepted)[number]>();
   for (const w of accepted) if (!firstById.has(w.id)) firstById.set(w.id, w);
+  // From the moment the simulator's export finished to the moment the daemon saw it.
   const latencies: number[] = [];
   for (const w of firstById.values()) {
-    const body = w.json as { timestamp?: string; data?: { export?: { finished_on?: string } | null } };
-    const finished = body.data?.export?.finished_on;
-    if (body.timestamp && finished) latencies.push(Date.parse(body.timestamp) - Date.parse(finished));
+    const body = w.json as { timestamp?: string; data?: { export_id?: string; state?: string } };
+    const finished = body.data?.export_id ? simulator.finishedAt(body.data.export_id) : undefined;
+    if (body.timestamp && finished !== undefined && body.data?.state !== 'LOST') {
+      latencies.push(Date.parse(body.timestamp) - finished);
+    }
   }
   const counts = daemon.tracker.countByState();
   return {

@@ -15,10 +15,10 @@ import type { Config } from './config.js';
 import { ControlApi, type WatchRegistry } from './control-api.js';
 import { PlatformError } from './errors.js';
 import { type ExportEvent, eventForTransition } from './events.js';
-import { PlatformClient, type RetryPolicy } from './platform-client.js';
+import { PlatformClient, type RequestOutcome, type RetryPolicy } from './platform-client.js';
 import { RateLimiter } from './rate-limiter.js';
 import { Scheduler, type SchedulerOptions } from './scheduler.js';
-import { Tracker } from './tracker.js';
+import { Tracker, type Transition } from './tracker.js';
 import { WebhookDispatcher, type WebhookOptions } from './webhooks.js';
 
 const require = createRequire(import.meta.url);
@@ -41,8 +41,8 @@ export interface DaemonOptions {
   platformRetry?: Partial<RetryPolicy>;
   webhookRetry?: WebhookOptions['retry'];
   scheduler?: Partial<Omit<SchedulerOptions, 'pollIntervalMs' | 'batchSize'>>;
-  /** Called for every event, after it is handed to the webhook queue (demo, watch). */
-  onEvent?: (event: ExportEvent) => void;
+  /** Called for every transition, after it is logged and its event queued (watch). */
+  onTransition?: (transition: Transition) => void;
 }
 
 export interface StopReport {
@@ -86,6 +86,8 @@ export class Daemon {
       log: options.log.child({ component: 'platform' }),
       ...(options.platformDispatcher ? { dispatcher: options.platformDispatcher } : {}),
       ...(options.platformRetry ? { retry: options.platformRetry } : {}),
+      // Readiness follows every attempt, so a maintenance being waited out shows at once.
+      observer: { onRequest: (_route, outcome) => this.#updateReadiness(outcome) },
     });
     this.webhooks = new WebhookDispatcher({
       urls: config.webhook.urls,
@@ -98,20 +100,18 @@ export class Daemon {
       now,
       ...(options.webhookRetry ? { retry: options.webhookRetry } : {}),
     });
-    const onEvent = options.onEvent;
+    const onTransition = options.onTransition;
     this.scheduler = new Scheduler(
       {
         checkStatuses: (ids) => this.client.checkStatuses(ids),
         tracker: this.tracker,
         notify: (transition) => {
           const event = eventForTransition(transition);
-          if (!event) return;
-          this.webhooks.enqueue(event);
-          onEvent?.(event);
+          if (event) this.webhooks.enqueue(event);
+          onTransition?.(transition);
         },
         now,
         log: options.log.child({ component: 'scheduler' }),
-        onCallResult: (result) => this.#updateReadiness(result.ok ? undefined : result.error),
       },
       { ...options.scheduler, pollIntervalMs: config.pollIntervalMs, batchSize: config.batchSize },
     );
@@ -168,7 +168,6 @@ export class Daemon {
         .rateLimit()
         .then((status) => {
           this.limiter.observe(status);
-          this.#updateReadiness(undefined);
           this.#log.info(
             {
               limit: status.limit,
@@ -180,7 +179,6 @@ export class Daemon {
           );
         })
         .catch((error: unknown) => {
-          this.#updateReadiness(error);
           if (!isShutdown(error)) {
             this.#log.error(
               { err_message: (error as Error).message },
@@ -236,26 +234,27 @@ export class Daemon {
     return { ok: true };
   }
 
-  #updateReadiness(error: unknown): void {
-    if (error === undefined) {
-      this.#readiness = { ok: true, reason: 'the platform accepted the credentials' };
+  /** Ready when the platform last accepted the credentials; a 429 says nothing against them. */
+  #updateReadiness(outcome: RequestOutcome): void {
+    const reasons: Record<RequestOutcome, string | null> = {
+      ok: null,
+      rate_limited: null,
+      not_found: null,
+      unauthorized: 'the platform refused the token',
+      maintenance: 'the platform is in maintenance',
+      server_error: 'the platform answered with a server error',
+      rejected: 'the platform rejected the last request',
+      bad_response: 'the platform sent a malformed answer',
+      network: 'the platform could not be reached',
+      timeout: 'the platform did not answer in time',
+    };
+    const reason = reasons[outcome];
+    if (reason === null) {
+      if (outcome === 'ok' || outcome === 'not_found')
+        this.#readiness = { ok: true, reason: 'the platform accepted the credentials' };
       return;
     }
-    if (isShutdown(error)) return;
-    if (error instanceof PlatformError) {
-      // A rate limit says nothing against the credentials.
-      if (error.code === 'PLATFORM_RATE_LIMITED') return;
-      const reasons: Partial<Record<PlatformError['code'], string>> = {
-        PLATFORM_UNAUTHORIZED: `the platform refused the token (${error.status})`,
-        PLATFORM_MAINTENANCE: 'the platform is in maintenance',
-      };
-      this.#readiness = {
-        ok: false,
-        reason: reasons[error.code] ?? `last platform call failed: ${error.message}`,
-      };
-      return;
-    }
-    this.#readiness = { ok: false, reason: `last platform call failed: ${(error as Error).message}` };
+    this.#readiness = { ok: false, reason };
   }
 }
 

@@ -666,6 +666,11 @@ export class Simulator {
     return rec ? stateAt(rec, this.#now()) : undefined;
   }
 
+  /** When the export reaches (or reached) its terminal state, epoch ms; exact, unlike `finished_on`. */
+  finishedAt(id: string): number | undefined {
+    return this.#exports.get(id)?.finishedAt;
+  }
+
   /** Spends n requests of the current window, as another client of the same user would. */
   consume(n: number): void {
     if (!isNonNegativeInteger(n)) throw new TypeError(`consume: n must be a non-negative integer; got ${n}`);

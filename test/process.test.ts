@@ -1,126 +1,65 @@
 /**
- * The daemon as a process: `run` against the simulator, stopped with SIGTERM.
+ * The CLI as a process against the simulator: `run` and its shutdown paths, and `watch`.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
-import { join } from 'node:path';
-import { pathToFileURL } from 'node:url';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
-import { WebhookReceiver } from '../src/receiver.js';
-import { Simulator } from '../src/simulator.js';
+import { type ReceiverOptions, WebhookReceiver } from '../src/receiver.js';
+import { Simulator, type SimulatorOptions } from '../src/simulator.js';
+import { killAll, spawnCli } from './helpers/spawn.js';
 
-const ROOT = join(import.meta.dirname, '..');
-const TSX = pathToFileURL(join(ROOT, 'node_modules', 'tsx', 'dist', 'loader.mjs')).href;
-const CLI = join(ROOT, 'src', 'cli.ts');
 const TOKEN = 'tok_process_test_7d3e';
 const SECRET = 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw';
+const FAST = { pendingMs: [100, 200] as [number, number], runningMs: [100, 300] as [number, number] };
 
-interface Daemon {
-  child: ChildProcess;
-  lines: Array<Record<string, unknown>>;
-  output: () => string;
-  /** Resolves with the first log line matching, rejects if the process exits first. */
-  waitForLine(test: (line: Record<string, unknown>) => boolean): Promise<Record<string, unknown>>;
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+const cleanups: Array<() => Promise<unknown>> = [];
+afterEach(async () => {
+  killAll();
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+async function simulator(options: SimulatorOptions = {}): Promise<{ sim: Simulator; url: string }> {
+  const sim = new Simulator({ seed: 3, token: TOKEN, timing: FAST, ...options });
+  const url = await sim.start();
+  cleanups.push(() => sim.close());
+  return { sim, url };
 }
 
-function startDaemon(args: string[], env: Record<string, string>): Daemon {
-  const clean = Object.fromEntries(
-    Object.entries(process.env).filter(([k]) => !/^(SB_|WATCHER_|LOG_LEVEL|NODE_OPTIONS)/.test(k)),
-  );
-  const child = spawn(process.execPath, ['--import', TSX, CLI, 'run', ...args], {
-    cwd: ROOT,
-    env: { ...clean, ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  const lines: Array<Record<string, unknown>> = [];
-  let raw = '';
-  let buffer = '';
-  const waiters: Array<{
-    test: (l: Record<string, unknown>) => boolean;
-    resolve: (l: Record<string, unknown>) => void;
-  }> = [];
-  child.stdout?.on('data', (chunk: Buffer) => {
-    raw += chunk;
-    buffer += chunk;
-    let nl = buffer.indexOf('\n');
-    while (nl >= 0) {
-      const text = buffer.slice(0, nl);
-      buffer = buffer.slice(nl + 1);
-      nl = buffer.indexOf('\n');
-      let line: Record<string, unknown>;
-      try {
-        line = JSON.parse(text);
-      } catch {
-        continue;
-      }
-      lines.push(line);
-      for (const w of [...waiters]) {
-        if (w.test(line)) {
-          waiters.splice(waiters.indexOf(w), 1);
-          w.resolve(line);
-        }
-      }
-    }
-  });
-  child.stderr?.on('data', (chunk: Buffer) => {
-    raw += chunk;
-  });
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-    child.once('exit', (code, signal) => resolve({ code, signal })),
-  );
+async function receiver(respond?: ReceiverOptions['respond']) {
+  const r = new WebhookReceiver({ secret: SECRET, ...(respond ? { respond } : {}) });
+  const url = await r.start();
+  cleanups.push(() => r.close());
+  return { receiver: r, url };
+}
+
+function daemonEnv(
+  simUrl: string,
+  hookUrl: string,
+  extra: Record<string, string> = {},
+): Record<string, string> {
   return {
-    child,
-    lines,
-    output: () => raw,
-    exited,
-    waitForLine: (test) =>
-      new Promise((resolve, reject) => {
-        const found = lines.find(test);
-        if (found) return resolve(found);
-        waiters.push({ test, resolve });
-        void exited.then(({ code }) =>
-          reject(new Error(`daemon exited (${code}) before the line came:\n${raw}`)),
-        );
-      }),
+    SB_API_ENDPOINT: simUrl,
+    SB_AUTH_TOKEN: TOKEN,
+    WATCHER_WEBHOOK_URLS: hookUrl,
+    WATCHER_WEBHOOK_SECRET: SECRET,
+    WATCHER_HTTP_PORT: '0',
+    WATCHER_POLL_INTERVAL: '200ms',
+    LOG_LEVEL: 'debug',
+    ...extra,
   };
 }
 
 describe('sbg-export-watcher run', () => {
-  const cleanups: Array<() => Promise<unknown>> = [];
-  afterEach(async () => {
-    for (const c of cleanups.splice(0).reverse()) await c();
-  });
-
   it('watches ids from the command line, delivers, and exits 0 on SIGTERM', async () => {
-    const sim = new Simulator({
-      seed: 3,
-      token: TOKEN,
-      timing: { pendingMs: [100, 200], runningMs: [100, 300] },
-    });
-    const receiver = new WebhookReceiver({ secret: SECRET });
-    const simUrl = await sim.start();
-    const hookUrl = await receiver.start();
-    cleanups.push(
-      () => sim.close(),
-      () => receiver.close(),
-    );
+    const { sim, url: simUrl } = await simulator();
+    const { receiver: hooks, url: hookUrl } = await receiver();
     const ids = sim.createExports(3);
-    const daemon = startDaemon(['--id', ids[0]!, '--id', ids[1]!, '--id', ids[2]!], {
-      SB_API_ENDPOINT: simUrl,
-      SB_AUTH_TOKEN: TOKEN,
-      WATCHER_WEBHOOK_URLS: hookUrl,
-      WATCHER_WEBHOOK_SECRET: SECRET,
-      WATCHER_HTTP_PORT: '0',
-      WATCHER_POLL_INTERVAL: '200ms',
-      LOG_LEVEL: 'debug',
-    });
-    cleanups.push(async () => {
-      if (daemon.child.exitCode === null) daemon.child.kill('SIGKILL');
-    });
+    const daemon = spawnCli(
+      ['run', '--id', ids[0]!, '--id', ids[1]!, '--id', ids[2]!],
+      daemonEnv(simUrl, hookUrl),
+    );
     const listening = await daemon.waitForLine((l) => l.msg === 'control API listening');
     expect(String(listening.url)).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
-    await receiver.waitFor((r) => new Set(r.accepted().map((w) => w.id)).size === 3, 30_000);
+    await hooks.waitFor((r) => new Set(r.accepted().map((w) => w.id)).size === 3, 30_000);
     const health = await request(`${listening.url}/healthz`);
     expect(health.statusCode).toBe(200);
     await health.body.dump();
@@ -130,7 +69,129 @@ describe('sbg-export-watcher run', () => {
     expect(code).toBe(0);
     expect(daemon.lines.some((l) => l.msg === 'stopped')).toBe(true);
     expect(daemon.lines.filter((l) => l.msg === 'export state changed').length).toBeGreaterThanOrEqual(3);
-    expect(daemon.output()).not.toContain(TOKEN);
-    expect(daemon.output()).not.toContain(SECRET.slice('whsec_'.length));
+    expect(daemon.stdout() + daemon.stderr()).not.toContain(TOKEN);
+    expect(daemon.stdout() + daemon.stderr()).not.toContain(SECRET.slice('whsec_'.length));
+  });
+
+  it('on SIGTERM, lets a delivery in flight finish before exiting 0', async () => {
+    const { sim, url: simUrl } = await simulator();
+    let release!: () => void;
+    const held = new Promise<number>((resolve) => {
+      release = () => resolve(204);
+    });
+    const { receiver: hooks, url: hookUrl } = await receiver(() => held);
+    const [id] = sim.createExports(1);
+    const daemon = spawnCli(
+      ['run', '--id', id!],
+      daemonEnv(simUrl, hookUrl, { WATCHER_SHUTDOWN_TIMEOUT: '30s' }),
+    );
+    // The delivery has reached the receiver, which holds its answer.
+    await hooks.waitFor((r) => r.received.length === 1, 30_000);
+    daemon.child.kill('SIGTERM');
+    await daemon.waitForLine((l) => l.msg === 'stopping');
+    expect(daemon.child.exitCode).toBeNull();
+    release();
+    const { code } = await daemon.exited;
+    expect(code).toBe(0);
+    expect(hooks.received[0]?.status).toBe(204);
+    expect(daemon.lines.some((l) => l.msg === 'stopped with deliveries not done')).toBe(false);
+  });
+
+  it('on SIGTERM, gives up on stuck deliveries at WATCHER_SHUTDOWN_TIMEOUT, logs them, and exits 0', async () => {
+    const { sim, url: simUrl } = await simulator();
+    const { receiver: hooks, url: hookUrl } = await receiver(() => new Promise<number>(() => undefined));
+    const [id] = sim.createExports(1);
+    const daemon = spawnCli(
+      ['run', '--id', id!],
+      daemonEnv(simUrl, hookUrl, { WATCHER_SHUTDOWN_TIMEOUT: '500ms' }),
+    );
+    await hooks.waitFor((r) => r.received.length === 1, 30_000);
+    daemon.child.kill('SIGTERM');
+    const { code } = await daemon.exited;
+    expect(code).toBe(0);
+    const line = daemon.lines.find((l) => l.msg === 'stopped with deliveries not done');
+    expect(line).toMatchObject({ level: 'error', undelivered: 1 });
+    expect(JSON.stringify(line)).toContain(`evt_${id}_`);
+  });
+
+  it('exits at once on a second signal while draining', async () => {
+    const { sim, url: simUrl } = await simulator();
+    const { receiver: hooks, url: hookUrl } = await receiver(() => new Promise<number>(() => undefined));
+    const [id] = sim.createExports(1);
+    const daemon = spawnCli(
+      ['run', '--id', id!],
+      daemonEnv(simUrl, hookUrl, { WATCHER_SHUTDOWN_TIMEOUT: '10m' }),
+    );
+    await hooks.waitFor((r) => r.received.length === 1, 30_000);
+    daemon.child.kill('SIGTERM');
+    await daemon.waitForLine((l) => l.msg === 'stopping');
+    daemon.child.kill('SIGINT');
+    const { code } = await daemon.exited;
+    expect(code).toBe(130);
+    expect(daemon.lines.some((l) => l.msg === 'second signal: exiting at once')).toBe(true);
+  });
+});
+
+describe('sbg-export-watcher watch', () => {
+  function watchEnv(simUrl: string, extra: Record<string, string> = {}): Record<string, string> {
+    return { SB_API_ENDPOINT: simUrl, SB_AUTH_TOKEN: TOKEN, WATCHER_POLL_INTERVAL: '200ms', ...extra };
+  }
+
+  it('exits 0 when every export completes, one JSON line each on stdout, changes on stderr', async () => {
+    const { sim, url } = await simulator();
+    const ids = [sim.createExport({ outcome: 'COMPLETED' }), sim.createExport({ outcome: 'COMPLETED' })];
+    const watch = spawnCli(['watch', ...ids], watchEnv(url));
+    const { code } = await watch.exited;
+    expect(code).toBe(0);
+    expect(watch.lines.map((l) => [l.id, l.state]).sort()).toEqual(ids.map((id) => [id, 'COMPLETED']).sort());
+    expect(watch.lines[0]).toHaveProperty('history');
+    expect(watch.stderr()).toContain('-> COMPLETED');
+    expect(watch.stderr()).not.toContain(TOKEN);
+  });
+
+  it('exits 1 when an export fails or is lost, and delivers webhooks when configured', async () => {
+    const { sim, url } = await simulator();
+    const { receiver: hooks, url: hookUrl } = await receiver();
+    const ok = sim.createExport({ outcome: 'COMPLETED' });
+    const bad = sim.createExport({ outcome: 'FAILED' });
+    const watch = spawnCli(
+      ['watch', ok, bad, 'never-existed'],
+      watchEnv(url, { WATCHER_WEBHOOK_URLS: hookUrl, WATCHER_WEBHOOK_SECRET: SECRET }),
+    );
+    const { code } = await watch.exited;
+    expect(code).toBe(1);
+    const states = Object.fromEntries(watch.lines.map((l) => [l.id, l.state]));
+    expect(states).toEqual({ [ok]: 'COMPLETED', [bad]: 'FAILED', 'never-existed': 'LOST' });
+    // Delivered before the command returned.
+    expect(new Set(hooks.accepted().map((w) => w.id))).toEqual(
+      new Set([`evt_${ok}_completed`, `evt_${bad}_failed`, 'evt_never-existed_lost']),
+    );
+  });
+
+  it('exits 2 without a platform token, naming the variable', async () => {
+    const watch = spawnCli(['watch', 'abc'], { WATCHER_POLL_INTERVAL: '1s' });
+    const { code } = await watch.exited;
+    expect(code).toBe(2);
+    expect(watch.stderr()).toContain('SB_AUTH_TOKEN');
+  });
+
+  it('exits 130 on Ctrl-C', async () => {
+    const { sim, url } = await simulator({
+      timing: { pendingMs: [60_000, 60_000], runningMs: [1000, 1000] },
+    });
+    const id = sim.createExport();
+    const watch = spawnCli(['watch', id], watchEnv(url, { LOG_LEVEL: 'info' }));
+    // Progress lines go to stderr: wait until the export is seen PENDING.
+    await new Promise<void>((resolve) => {
+      const check = () => {
+        if (watch.stderr().includes('-> PENDING')) resolve();
+      };
+      watch.child.stderr?.on('data', check);
+      check();
+    });
+    watch.child.kill('SIGINT');
+    const { code } = await watch.exited;
+    expect(code).toBe(130);
+    expect(watch.stderr()).toContain('interrupted before every export finished');
   });
 });

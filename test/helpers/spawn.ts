@@ -1,0 +1,100 @@
+/**
+ * Runs the CLI as a child process, with an environment free of the machine's own watcher
+ * variables, and collects its JSON log lines as they come.
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+
+const ROOT = join(import.meta.dirname, '..', '..');
+const TSX = pathToFileURL(join(ROOT, 'node_modules', 'tsx', 'dist', 'loader.mjs')).href;
+const CLI = join(ROOT, 'src', 'cli.ts');
+
+export interface CliProcess {
+  child: ChildProcess;
+  /** JSON lines from stdout. */
+  lines: Array<Record<string, unknown>>;
+  stdout: () => string;
+  stderr: () => string;
+  /** Resolves with the first stdout JSON line matching; rejects if the process exits first. */
+  waitForLine(test: (line: Record<string, unknown>) => boolean): Promise<Record<string, unknown>>;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+const running = new Set<ChildProcess>();
+
+/** Kills what a test left running; call it in afterEach. */
+export function killAll(): void {
+  for (const child of running) if (child.exitCode === null) child.kill('SIGKILL');
+  running.clear();
+}
+
+export function spawnCli(args: string[], env: Record<string, string>): CliProcess {
+  const clean = Object.fromEntries(
+    Object.entries(process.env).filter(
+      ([k]) => !/^(SB_|WATCHER_|LOG_LEVEL|NODE_OPTIONS|CREDENTIALS_DIRECTORY)/.test(k),
+    ),
+  );
+  const child = spawn(process.execPath, ['--import', TSX, CLI, ...args], {
+    cwd: ROOT,
+    env: { ...clean, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  running.add(child);
+  const lines: Array<Record<string, unknown>> = [];
+  let out = '';
+  let err = '';
+  let buffer = '';
+  const waiters: Array<{
+    test: (l: Record<string, unknown>) => boolean;
+    resolve: (l: Record<string, unknown>) => void;
+  }> = [];
+  child.stdout?.on('data', (chunk: Buffer) => {
+    out += chunk;
+    buffer += chunk;
+    let nl = buffer.indexOf('\n');
+    while (nl >= 0) {
+      const text = buffer.slice(0, nl);
+      buffer = buffer.slice(nl + 1);
+      nl = buffer.indexOf('\n');
+      let line: Record<string, unknown>;
+      try {
+        line = JSON.parse(text);
+      } catch {
+        continue;
+      }
+      lines.push(line);
+      for (const w of [...waiters]) {
+        if (w.test(line)) {
+          waiters.splice(waiters.indexOf(w), 1);
+          w.resolve(line);
+        }
+      }
+    }
+  });
+  child.stderr?.on('data', (chunk: Buffer) => {
+    err += chunk;
+  });
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.once('exit', (code, signal) => {
+      running.delete(child);
+      resolve({ code, signal });
+    }),
+  );
+  return {
+    child,
+    lines,
+    stdout: () => out,
+    stderr: () => err,
+    exited,
+    waitForLine: (test) =>
+      new Promise((resolve, reject) => {
+        const found = lines.find(test);
+        if (found) return resolve(found);
+        waiters.push({ test, resolve });
+        void exited.then(({ code }) =>
+          reject(new Error(`process exited (${code}) before the line came:\n${out}\n${err}`)),
+        );
+      }),
+  };
+}
