@@ -15,6 +15,7 @@ import type { Config } from './config.js';
 import { ControlApi, type WatchRegistry } from './control-api.js';
 import { PlatformError } from './errors.js';
 import { type ExportEvent, eventForTransition } from './events.js';
+import { Metrics } from './metrics.js';
 import { PlatformClient, type RequestOutcome, type RetryPolicy } from './platform-client.js';
 import { RateLimiter } from './rate-limiter.js';
 import { Scheduler, type SchedulerOptions } from './scheduler.js';
@@ -57,6 +58,7 @@ export class Daemon {
   readonly scheduler: Scheduler;
   readonly webhooks: WebhookDispatcher;
   readonly api: ControlApi | undefined;
+  readonly metrics: Metrics;
   readonly registry: WatchRegistry;
   readonly #log: Logger;
   readonly #now: () => number;
@@ -72,6 +74,12 @@ export class Daemon {
     const now = this.#now;
 
     this.tracker = new Tracker({ retainMs: config.retainMs });
+    // Its sources are read at scrape time, so they may name pieces built below.
+    this.metrics = new Metrics({
+      exportsByState: () => this.tracker.countByState(),
+      rateLimit: () => this.limiter.snapshot(),
+      deliveriesWaiting: () => this.webhooks.pending(),
+    });
     this.limiter = new RateLimiter({
       budget: config.rateBudget,
       windowMs: config.rateWindowMs,
@@ -86,8 +94,14 @@ export class Daemon {
       log: options.log.child({ component: 'platform' }),
       ...(options.platformDispatcher ? { dispatcher: options.platformDispatcher } : {}),
       ...(options.platformRetry ? { retry: options.platformRetry } : {}),
-      // Readiness follows every attempt, so a maintenance being waited out shows at once.
-      observer: { onRequest: (_route, outcome) => this.#updateReadiness(outcome) },
+      observer: {
+        onRequest: (route, outcome, durationMs) => {
+          // Readiness follows every attempt, so a maintenance being waited out shows at once.
+          this.#updateReadiness(outcome);
+          this.metrics.platformObserver.onRequest?.(route, outcome, durationMs);
+        },
+        onBulkCall: (ids) => this.metrics.platformObserver.onBulkCall?.(ids),
+      },
     });
     this.webhooks = new WebhookDispatcher({
       urls: config.webhook.urls,
@@ -98,6 +112,7 @@ export class Daemon {
       userAgent: USER_AGENT,
       log: options.log.child({ component: 'webhooks' }),
       now,
+      observer: this.metrics.webhookObserver,
       ...(options.webhookRetry ? { retry: options.webhookRetry } : {}),
     });
     const onTransition = options.onTransition;
@@ -106,12 +121,16 @@ export class Daemon {
         checkStatuses: (ids) => this.client.checkStatuses(ids),
         tracker: this.tracker,
         notify: (transition) => {
+          this.metrics.onTransition(transition.from, transition.to);
           const event = eventForTransition(transition);
           if (event) this.webhooks.enqueue(event);
           onTransition?.(transition);
         },
         now,
         log: options.log.child({ component: 'scheduler' }),
+        onCallResult: (result) => {
+          if (result.ok) this.metrics.onCheckSuccess(now());
+        },
       },
       { ...options.scheduler, pollIntervalMs: config.pollIntervalMs, batchSize: config.batchSize },
     );
@@ -146,6 +165,7 @@ export class Daemon {
           probes: {
             health: () => this.#health(),
             ready: () => this.readiness,
+            metrics: () => this.metrics.render(),
           },
           log: options.log.child({ component: 'control-api' }),
           apiToken: config.apiToken,

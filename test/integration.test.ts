@@ -4,6 +4,7 @@
  * Nothing sleeps: each test awaits the state it needs (every event received) under a deadline.
  */
 import { Webhook } from 'standardwebhooks';
+import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { SECRET, type Stack, startStack, TOKEN, terminalEvents } from './helpers/stack.js';
 
@@ -101,6 +102,19 @@ describe('the watcher against the simulator', () => {
     expect(stack.receiver.received.every((w) => w.headers['user-agent'] === `sbg-export-watcher/0.1.0`)).toBe(
       true,
     );
+
+    // What an operator sees: ready, and metrics that add up to the same story.
+    expect((await stack.get('/readyz')).status).toBe(200);
+    const metrics = await request(`${stack.apiUrl}/metrics`);
+    expect(metrics.statusCode).toBe(200);
+    const text = await metrics.body.text();
+    const completed = ids.filter((id) => stack!.sim.stateOf(id) === 'COMPLETED').length;
+    expect(text).toContain(`sbg_export_watcher_exports{state="COMPLETED"} ${completed}`);
+    expect(text).toContain(`sbg_export_watcher_exports{state="LOST"} ${unknown.length}`);
+    const delivered = /sbg_export_watcher_webhook_deliveries_total\{[^}]*result="delivered"[^}]*\} (\d+)/.exec(text);
+    expect(Number(delivered?.[1])).toBe(expected);
+    expect(text).toMatch(/sbg_export_watcher_platform_bulk_call_ids_count \d+/);
+    expect(text).toContain('process_cpu_user_seconds_total');
 
     const records = (await stack.get('/v1/exports?state=LOST')).json as { items: Array<{ id: string }> };
     expect(records.items.map((r) => r.id).sort()).toEqual([...unknown].sort());

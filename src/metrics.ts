@@ -1,0 +1,311 @@
+/**
+ * Prometheus metrics, served at `GET /metrics`.
+ *
+ * Every metric this daemon defines (prefix `sbg_export_watcher_`):
+ *
+ * | name | type | labels | meaning |
+ * | --- | --- | --- | --- |
+ * | `sbg_export_watcher_exports` | gauge | `state` | Exports the watcher holds, by state (UNKNOWN, PENDING, RUNNING, COMPLETED, FAILED, LOST); finished ones count until `WATCHER_RETAIN` drops them. Every state is always present, 0 when empty. |
+ * | `sbg_export_watcher_export_transitions_total` | counter | `from`, `to` | State changes observed; a jump (PENDING → COMPLETED) counts once. |
+ * | `sbg_export_watcher_platform_requests_total` | counter | `route`, `outcome` | HTTP requests to the platform, each retry counted. `route`: bulk_get, get, rate_limit. `outcome`: ok, rate_limited, maintenance, server_error, unauthorized, not_found, rejected, bad_response, network, timeout. |
+ * | `sbg_export_watcher_platform_request_duration_seconds` | histogram | `route` | Time of one platform request, from sending to the end of the body or the failure. Buckets 10 ms to 60 s. |
+ * | `sbg_export_watcher_platform_bulk_call_ids` | histogram | none | Export ids per successful bulk call (at most 100). Buckets 1, 5, 10, 25, 50, 75, 100. |
+ * | `sbg_export_watcher_platform_rate_limited_total` | counter | none | Platform answers of 429 (rate limit exceeded); every call pauses until the reset. |
+ * | `sbg_export_watcher_platform_rate_limit_remaining` | gauge | none | The platform's `X-RateLimit-Remaining` as last reported, less the requests this daemon started since. Absent until the platform reports it, and after a window ends until it reports again. |
+ * | `sbg_export_watcher_rate_budget_remaining` | gauge | none | Requests left of this daemon's own `WATCHER_RATE_BUDGET` in the current rate window. |
+ * | `sbg_export_watcher_webhook_deliveries_total` | counter | `endpoint`, `result` | Webhook deliveries (one event to one endpoint) that ended. `result`: delivered, gone (410), given_up (past `WATCHER_WEBHOOK_MAX_AGE`), cancelled (export un-watched), closed (undelivered at shutdown). |
+ * | `sbg_export_watcher_webhook_attempts_total` | counter | `endpoint`, `outcome` | Webhook HTTP attempts. `outcome`: success (2xx), failure (anything to retry), gone (410). |
+ * | `sbg_export_watcher_webhook_attempt_duration_seconds` | histogram | `endpoint` | Time of one webhook attempt. Buckets 10 ms to 60 s. |
+ * | `sbg_export_watcher_webhook_deliveries_pending` | gauge | none | Webhook deliveries not finished yet, over all endpoints: waiting for a slot, in flight, or backing off before a retry. |
+ * | `sbg_export_watcher_last_successful_check_timestamp_seconds` | gauge | none | Unix time (seconds) at which a check of the platform last succeeded; 0 before the first. |
+ *
+ * `endpoint` is the webhook URL without credentials, query or fragment (as the webhook
+ * dispatcher logs it), so neither the URL's secrets nor the signing secret reach a scrape; there
+ * are as many values as configured endpoints.
+ *
+ * Alongside these come prom-client's default Node.js process metrics (`process_*`, `nodejs_*`),
+ * without a prefix so that stock Node.js dashboards and alerts work unchanged.
+ *
+ * Each `Metrics` owns its own `Registry` rather than prom-client's global one, so tests and several
+ * daemons in one process never collide. Counters and histograms are fed by the observers handed to
+ * the platform client and the webhook dispatcher and by `onTransition` / `onCheckSuccess`; gauges
+ * of current state are read from the sources given to the constructor at scrape time, so they
+ * cost nothing between scrapes and are never stale.
+ */
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
+import type { PlatformObserver, PlatformRoute, RequestOutcome } from './platform-client.js';
+import type { RateSnapshot } from './rate-limiter.js';
+import { EXPORT_STATES, type ExportState } from './tracker.js';
+import type { AttemptResult, DeliveryOutcome, WebhookObserver } from './webhooks.js';
+
+export const METRIC_PREFIX = 'sbg_export_watcher_';
+
+/** Upper bounds in seconds, for durations from about 10 ms to a minute. */
+export const DURATION_BUCKETS: readonly number[] = [
+  0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60,
+];
+/** Ids per bulk call; the platform takes at most 100. */
+export const BULK_IDS_BUCKETS: readonly number[] = [1, 5, 10, 25, 50, 75, 100];
+
+export interface MetricDescription {
+  readonly name: string;
+  readonly type: 'counter' | 'gauge' | 'histogram';
+  readonly labels: readonly string[];
+  readonly help: string;
+}
+
+/** The single source of each metric's name, type, labels and help text. */
+const M = {
+  exports: {
+    name: `${METRIC_PREFIX}exports`,
+    type: 'gauge',
+    labels: ['state'],
+    help: 'Exports the watcher holds, by state; finished ones count until WATCHER_RETAIN drops them.',
+  },
+  transitions: {
+    name: `${METRIC_PREFIX}export_transitions_total`,
+    type: 'counter',
+    labels: ['from', 'to'],
+    help: 'Export state changes observed; a jump such as PENDING to COMPLETED counts once.',
+  },
+  platformRequests: {
+    name: `${METRIC_PREFIX}platform_requests_total`,
+    type: 'counter',
+    labels: ['route', 'outcome'],
+    help: 'HTTP requests to the platform, each retry counted, by route and outcome.',
+  },
+  platformDuration: {
+    name: `${METRIC_PREFIX}platform_request_duration_seconds`,
+    type: 'histogram',
+    labels: ['route'],
+    help: 'Time of one platform request, from sending to the end of the answer or the failure.',
+  },
+  bulkIds: {
+    name: `${METRIC_PREFIX}platform_bulk_call_ids`,
+    type: 'histogram',
+    labels: [],
+    help: 'Export ids per successful bulk call (at most 100).',
+  },
+  rateLimited: {
+    name: `${METRIC_PREFIX}platform_rate_limited_total`,
+    type: 'counter',
+    labels: [],
+    help: 'Platform answers of 429 (rate limit exceeded); every call pauses until the reset.',
+  },
+  platformRemaining: {
+    name: `${METRIC_PREFIX}platform_rate_limit_remaining`,
+    type: 'gauge',
+    labels: [],
+    help: "The platform's X-RateLimit-Remaining as last reported, less requests started since; absent while unknown.",
+  },
+  budgetRemaining: {
+    name: `${METRIC_PREFIX}rate_budget_remaining`,
+    type: 'gauge',
+    labels: [],
+    help: "Requests left of this daemon's own WATCHER_RATE_BUDGET in the current rate window.",
+  },
+  deliveries: {
+    name: `${METRIC_PREFIX}webhook_deliveries_total`,
+    type: 'counter',
+    labels: ['endpoint', 'result'],
+    help: 'Webhook deliveries (one event to one endpoint) that ended: delivered, gone, given_up, cancelled or closed.',
+  },
+  attempts: {
+    name: `${METRIC_PREFIX}webhook_attempts_total`,
+    type: 'counter',
+    labels: ['endpoint', 'outcome'],
+    help: 'Webhook HTTP attempts: success (2xx), failure (to be retried) or gone (410).',
+  },
+  attemptDuration: {
+    name: `${METRIC_PREFIX}webhook_attempt_duration_seconds`,
+    type: 'histogram',
+    labels: ['endpoint'],
+    help: 'Time of one webhook attempt.',
+  },
+  deliveriesPending: {
+    name: `${METRIC_PREFIX}webhook_deliveries_pending`,
+    type: 'gauge',
+    labels: [],
+    help: 'Webhook deliveries not finished yet: waiting for a slot, in flight, or backing off before a retry.',
+  },
+  lastCheck: {
+    name: `${METRIC_PREFIX}last_successful_check_timestamp_seconds`,
+    type: 'gauge',
+    labels: [],
+    help: 'Unix time in seconds at which a check of the platform last succeeded; 0 before the first.',
+  },
+} as const satisfies Record<string, MetricDescription>;
+
+/** Every metric this module defines; the README's list and the tests are checked against it. */
+export const METRIC_DESCRIPTIONS: readonly MetricDescription[] = Object.values(M);
+
+/**
+ * What the rate gauges read from the limiter at scrape time. `RateLimiter.snapshot()` satisfies
+ * it as is: pass `() => limiter.snapshot()`.
+ */
+export type RateLimitSource = Pick<RateSnapshot, 'budget' | 'spent' | 'platformRemaining'>;
+
+/** Where the gauges of current state are read from, at every scrape. Each must be cheap and not throw. */
+export interface MetricsSources {
+  /** Exports held, by state: `() => tracker.countByState()`. */
+  exportsByState: () => Readonly<Record<ExportState, number>>;
+  /** The limiter's view of the quota: `() => limiter.snapshot()`. */
+  rateLimit: () => RateLimitSource;
+  /** Unfinished webhook deliveries over all endpoints: `() => webhooks.pending()`. */
+  deliveriesWaiting: () => number;
+}
+
+export class Metrics {
+  /** This instance's own registry; prom-client's global one is never touched. */
+  readonly registry: Registry;
+  /** Hand to `PlatformClient` as `observer`. */
+  readonly platformObserver: PlatformObserver;
+  /**
+   * Hand to `WebhookDispatcher` as `observer`. It does not use `attemptStarted` or `queueDepth`:
+   * the pending total is read from `deliveriesWaiting` at scrape time instead.
+   */
+  readonly webhookObserver: WebhookObserver;
+
+  readonly #transitions: Counter<'from' | 'to'>;
+  readonly #lastCheck: Gauge;
+
+  constructor(sources: MetricsSources) {
+    for (const key of ['exportsByState', 'rateLimit', 'deliveriesWaiting'] as const) {
+      if (typeof sources[key] !== 'function') {
+        throw new TypeError(`Metrics: ${key} must be a function, got ${typeof sources[key]}`);
+      }
+    }
+    const registry = new Registry();
+    this.registry = registry;
+    collectDefaultMetrics({ register: registry });
+    const registers = [registry];
+
+    new Gauge({
+      name: M.exports.name,
+      help: M.exports.help,
+      labelNames: M.exports.labels,
+      registers,
+      collect() {
+        const counts = sources.exportsByState();
+        // Every state, zeros included, so a state that empties shows 0 rather than vanishing.
+        for (const state of EXPORT_STATES) this.set({ state }, counts[state] ?? 0);
+      },
+    });
+    this.#transitions = new Counter({
+      name: M.transitions.name,
+      help: M.transitions.help,
+      labelNames: M.transitions.labels,
+      registers,
+    });
+    const platformRequests = new Counter({
+      name: M.platformRequests.name,
+      help: M.platformRequests.help,
+      labelNames: M.platformRequests.labels,
+      registers,
+    });
+    const platformDuration = new Histogram({
+      name: M.platformDuration.name,
+      help: M.platformDuration.help,
+      labelNames: M.platformDuration.labels,
+      buckets: [...DURATION_BUCKETS],
+      registers,
+    });
+    const bulkIds = new Histogram({
+      name: M.bulkIds.name,
+      help: M.bulkIds.help,
+      buckets: [...BULK_IDS_BUCKETS],
+      registers,
+    });
+    const rateLimited = new Counter({ name: M.rateLimited.name, help: M.rateLimited.help, registers });
+    new Gauge({
+      name: M.platformRemaining.name,
+      help: M.platformRemaining.help,
+      registers,
+      collect() {
+        const remaining = sources.rateLimit().platformRemaining;
+        // Absent rather than a made-up number while the platform has not said.
+        if (remaining === undefined) this.remove();
+        else this.set(remaining);
+      },
+    });
+    new Gauge({
+      name: M.budgetRemaining.name,
+      help: M.budgetRemaining.help,
+      registers,
+      collect() {
+        const { budget, spent } = sources.rateLimit();
+        this.set(Math.max(0, budget - spent));
+      },
+    });
+    const deliveries = new Counter({
+      name: M.deliveries.name,
+      help: M.deliveries.help,
+      labelNames: M.deliveries.labels,
+      registers,
+    });
+    const attempts = new Counter({
+      name: M.attempts.name,
+      help: M.attempts.help,
+      labelNames: M.attempts.labels,
+      registers,
+    });
+    const attemptDuration = new Histogram({
+      name: M.attemptDuration.name,
+      help: M.attemptDuration.help,
+      labelNames: M.attemptDuration.labels,
+      buckets: [...DURATION_BUCKETS],
+      registers,
+    });
+    new Gauge({
+      name: M.deliveriesPending.name,
+      help: M.deliveriesPending.help,
+      registers,
+      collect() {
+        this.set(sources.deliveriesWaiting());
+      },
+    });
+    this.#lastCheck = new Gauge({ name: M.lastCheck.name, help: M.lastCheck.help, registers });
+
+    // The platform client calls these in a `finally`, where a throw would replace the request's
+    // own error; so they only record numbers prom-client accepts.
+    this.platformObserver = {
+      onRequest(route: PlatformRoute, outcome: RequestOutcome, durationMs: number) {
+        platformRequests.inc({ route, outcome });
+        platformDuration.observe({ route }, seconds(durationMs));
+        if (outcome === 'rate_limited') rateLimited.inc();
+      },
+      onBulkCall(ids: number) {
+        if (Number.isFinite(ids) && ids >= 0) bulkIds.observe(ids);
+      },
+    };
+    this.webhookObserver = {
+      attemptFinished(result: AttemptResult) {
+        attempts.inc({ endpoint: result.endpoint, outcome: result.outcome });
+        attemptDuration.observe({ endpoint: result.endpoint }, seconds(result.durationMs));
+      },
+      deliveryFinished(endpoint: string, outcome: DeliveryOutcome) {
+        deliveries.inc({ endpoint, result: outcome });
+      },
+    };
+  }
+
+  /** One observed state change (the scheduler's transitions). */
+  onTransition(from: ExportState, to: ExportState): void {
+    this.#transitions.inc({ from, to });
+  }
+
+  /** A check of the platform succeeded at `now` (epoch ms, from the injected clock). */
+  onCheckSuccess(now: number): void {
+    if (Number.isFinite(now)) this.#lastCheck.set(now / 1000);
+  }
+
+  /** The exposition for `GET /metrics`; matches `HealthProbes.metrics`. */
+  async render(): Promise<{ contentType: string; body: string }> {
+    return { contentType: this.registry.contentType, body: await this.registry.metrics() };
+  }
+}
+
+/** Milliseconds as seconds; a non-finite or negative duration (a clock step) counts as 0. */
+function seconds(ms: number): number {
+  return Number.isFinite(ms) && ms > 0 ? ms / 1000 : 0;
+}

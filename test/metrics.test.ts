@@ -1,0 +1,549 @@
+/**
+ * The metrics module: observers and scrape-time sources in, Prometheus text out. Unit tests feed
+ * the observers by hand and parse the rendered text; the last block wires a real PlatformClient
+ * and WebhookDispatcher over loopback HTTP to the simulator and a receiver, so the observer
+ * signatures are checked against the code that calls them.
+ */
+import { readFileSync } from 'node:fs';
+import pino from 'pino';
+import { register as globalRegister } from 'prom-client';
+import { afterEach, describe, expect, it } from 'vitest';
+import { eventForTransition } from '../src/events.js';
+import {
+  BULK_IDS_BUCKETS,
+  DURATION_BUCKETS,
+  METRIC_DESCRIPTIONS,
+  METRIC_PREFIX,
+  Metrics,
+  type MetricsSources,
+  type RateLimitSource,
+} from '../src/metrics.js';
+import { PlatformClient } from '../src/platform-client.js';
+import { RateLimiter } from '../src/rate-limiter.js';
+import { WebhookReceiver } from '../src/receiver.js';
+import { parseSecret } from '../src/signing.js';
+import { Simulator } from '../src/simulator.js';
+import { EXPORT_STATES, type ExportState } from '../src/tracker.js';
+import { WebhookDispatcher } from '../src/webhooks.js';
+
+interface Sample {
+  name: string;
+  labels: Record<string, string>;
+  value: number;
+}
+
+/** The samples of a text exposition (no escapes in our label values, so a simple split does). */
+function samples(text: string): Sample[] {
+  const out: Sample[] = [];
+  for (const line of text.split('\n')) {
+    if (line === '' || line.startsWith('#')) continue;
+    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
+    if (!m) throw new Error(`unparsable sample line: ${line}`);
+    const labels: Record<string, string> = {};
+    for (const pair of (m[2] ?? '').matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="([^"]*)"/g)) {
+      labels[pair[1]!] = pair[2]!;
+    }
+    out.push({ name: m[1]!, labels, value: Number(m[3]) });
+  }
+  return out;
+}
+
+/** `# TYPE` and `# HELP` lines by metric name. */
+function declarations(text: string): Map<string, { type?: string; help?: string }> {
+  const out = new Map<string, { type?: string; help?: string }>();
+  for (const m of text.matchAll(/^# (TYPE|HELP) (\S+) (.*)$/gm)) {
+    const entry = out.get(m[2]!) ?? {};
+    if (m[1] === 'TYPE') entry.type = m[3]!;
+    else entry.help = m[3]!;
+    out.set(m[2]!, entry);
+  }
+  return out;
+}
+
+/** The one sample with exactly these labels; fails when there is none or more than one. */
+function value(text: string, name: string, labels: Record<string, string> = {}): number {
+  const found = samples(text).filter(
+    (s) =>
+      s.name === name &&
+      Object.keys(s.labels).length === Object.keys(labels).length &&
+      Object.entries(labels).every(([k, v]) => s.labels[k] === v),
+  );
+  if (found.length !== 1) throw new Error(`${found.length} samples of ${name} ${JSON.stringify(labels)}`);
+  return found[0]!.value;
+}
+
+const has = (text: string, name: string) => samples(text).some((s) => s.name === name);
+
+const zeroStates = (): Record<ExportState, number> =>
+  Object.fromEntries(EXPORT_STATES.map((s) => [s, 0])) as Record<ExportState, number>;
+
+/** Sources backed by plain mutable fields, so a test changes them between scrapes. */
+function fakeSources() {
+  const state = {
+    counts: zeroStates(),
+    rate: { budget: 500, spent: 0, platformRemaining: undefined } as RateLimitSource,
+    pending: 0,
+  };
+  const sources: MetricsSources = {
+    exportsByState: () => state.counts,
+    rateLimit: () => state.rate,
+    deliveriesWaiting: () => state.pending,
+  };
+  return { state, sources };
+}
+
+async function scrape(metrics: Metrics): Promise<string> {
+  return (await metrics.render()).body;
+}
+
+const P = METRIC_PREFIX;
+const HOOK = 'https://hooks.example.com/sbg';
+
+/** Calls every observer and hook at least once, so every metric has samples. */
+function feedEverything(metrics: Metrics): void {
+  metrics.onTransition('PENDING', 'RUNNING');
+  metrics.onCheckSuccess(1_700_000_000_000);
+  metrics.platformObserver.onRequest?.('bulk_get', 'ok', 120);
+  metrics.platformObserver.onRequest?.('bulk_get', 'rate_limited', 30);
+  metrics.platformObserver.onBulkCall?.(50);
+  metrics.webhookObserver.attemptFinished?.({
+    endpoint: HOOK,
+    webhookId: 'evt_a_completed',
+    attempt: 1,
+    outcome: 'success',
+    status: 204,
+    code: undefined,
+    durationMs: 40,
+  });
+  metrics.webhookObserver.deliveryFinished?.(HOOK, 'delivered');
+}
+
+describe('exports by state', () => {
+  it('reports every state from the source at each scrape, zeros included', async () => {
+    const { state, sources } = fakeSources();
+    const metrics = new Metrics(sources);
+    state.counts = { ...zeroStates(), PENDING: 3, RUNNING: 2, COMPLETED: 7 };
+    let text = await scrape(metrics);
+    expect(declarations(text).get(`${P}exports`)?.type).toBe('gauge');
+    const got = Object.fromEntries(EXPORT_STATES.map((s) => [s, value(text, `${P}exports`, { state: s })]));
+    expect(got).toEqual({ UNKNOWN: 0, PENDING: 3, RUNNING: 2, COMPLETED: 7, FAILED: 0, LOST: 0 });
+
+    state.counts = { ...zeroStates(), COMPLETED: 12 };
+    text = await scrape(metrics);
+    expect(value(text, `${P}exports`, { state: 'RUNNING' })).toBe(0);
+    expect(value(text, `${P}exports`, { state: 'COMPLETED' })).toBe(12);
+  });
+});
+
+describe('transitions', () => {
+  it('counts each from/to pair', async () => {
+    const metrics = new Metrics(fakeSources().sources);
+    metrics.onTransition('PENDING', 'RUNNING');
+    metrics.onTransition('PENDING', 'RUNNING');
+    metrics.onTransition('PENDING', 'COMPLETED');
+    const text = await scrape(metrics);
+    const name = `${P}export_transitions_total`;
+    expect(declarations(text).get(name)?.type).toBe('counter');
+    expect(value(text, name, { from: 'PENDING', to: 'RUNNING' })).toBe(2);
+    expect(value(text, name, { from: 'PENDING', to: 'COMPLETED' })).toBe(1);
+    expect(samples(text).filter((s) => s.name === name)).toHaveLength(2);
+  });
+});
+
+describe('platform observer', () => {
+  it('counts requests by route and outcome, and 429s on their own', async () => {
+    const metrics = new Metrics(fakeSources().sources);
+    const o = metrics.platformObserver;
+    o.onRequest?.('bulk_get', 'ok', 120);
+    o.onRequest?.('bulk_get', 'ok', 80);
+    o.onRequest?.('bulk_get', 'rate_limited', 30);
+    o.onRequest?.('get', 'timeout', 30_000);
+    o.onRequest?.('rate_limit', 'ok', 5);
+    const text = await scrape(metrics);
+    const req = `${P}platform_requests_total`;
+    expect(declarations(text).get(req)?.type).toBe('counter');
+    expect(value(text, req, { route: 'bulk_get', outcome: 'ok' })).toBe(2);
+    expect(value(text, req, { route: 'bulk_get', outcome: 'rate_limited' })).toBe(1);
+    expect(value(text, req, { route: 'get', outcome: 'timeout' })).toBe(1);
+    expect(value(text, req, { route: 'rate_limit', outcome: 'ok' })).toBe(1);
+    expect(declarations(text).get(`${P}platform_rate_limited_total`)?.type).toBe('counter');
+    expect(value(text, `${P}platform_rate_limited_total`)).toBe(1);
+  });
+
+  it('records request durations in seconds, by route, in buckets from 10 ms to 60 s', async () => {
+    const metrics = new Metrics(fakeSources().sources);
+    const o = metrics.platformObserver;
+    o.onRequest?.('bulk_get', 'ok', 30);
+    o.onRequest?.('bulk_get', 'ok', 120);
+    o.onRequest?.('bulk_get', 'server_error', 45_000);
+    o.onRequest?.('get', 'ok', 2500);
+    const text = await scrape(metrics);
+    const h = `${P}platform_request_duration_seconds`;
+    expect(declarations(text).get(h)?.type).toBe('histogram');
+    const bucket = (route: string, le: string) => value(text, `${h}_bucket`, { route, le });
+    expect(bucket('bulk_get', '0.01')).toBe(0);
+    expect(bucket('bulk_get', '0.05')).toBe(1);
+    expect(bucket('bulk_get', '0.25')).toBe(2);
+    expect(bucket('bulk_get', '30')).toBe(2);
+    expect(bucket('bulk_get', '60')).toBe(3);
+    expect(bucket('bulk_get', '+Inf')).toBe(3);
+    expect(value(text, `${h}_count`, { route: 'bulk_get' })).toBe(3);
+    expect(value(text, `${h}_sum`, { route: 'bulk_get' })).toBeCloseTo(45.15, 9);
+    expect(bucket('get', '1')).toBe(0);
+    expect(bucket('get', '2.5')).toBe(1);
+    expect(value(text, `${h}_sum`, { route: 'get' })).toBeCloseTo(2.5, 9);
+    const les = samples(text)
+      .filter((s) => s.name === `${h}_bucket` && s.labels.route === 'get')
+      .map((s) => s.labels.le);
+    expect(les).toEqual([...DURATION_BUCKETS.map(String), '+Inf']);
+    expect(DURATION_BUCKETS[0]).toBe(0.01);
+    expect(DURATION_BUCKETS.at(-1)).toBe(60);
+  });
+
+  it('records ids per bulk call in buckets 1, 5, 10, 25, 50, 75, 100', async () => {
+    const metrics = new Metrics(fakeSources().sources);
+    for (const n of [1, 7, 100, 100]) metrics.platformObserver.onBulkCall?.(n);
+    const text = await scrape(metrics);
+    const h = `${P}platform_bulk_call_ids`;
+    expect(declarations(text).get(h)?.type).toBe('histogram');
+    const buckets = Object.fromEntries(
+      samples(text)
+        .filter((s) => s.name === `${h}_bucket`)
+        .map((s) => [s.labels.le, s.value]),
+    );
+    expect(buckets).toEqual({ '1': 1, '5': 1, '10': 2, '25': 2, '50': 2, '75': 2, '100': 4, '+Inf': 4 });
+    expect(BULK_IDS_BUCKETS).toEqual([1, 5, 10, 25, 50, 75, 100]);
+    expect(value(text, `${h}_count`)).toBe(4);
+    expect(value(text, `${h}_sum`)).toBe(208);
+  });
+
+  it('never throws, since the client calls it in a finally', () => {
+    const metrics = new Metrics(fakeSources().sources);
+    expect(() => metrics.platformObserver.onRequest?.('get', 'ok', Number.NaN)).not.toThrow();
+    expect(() => metrics.platformObserver.onRequest?.('get', 'ok', -3)).not.toThrow();
+    expect(() => metrics.platformObserver.onBulkCall?.(Number.NaN)).not.toThrow();
+  });
+});
+
+describe('rate limit gauges', () => {
+  it("show the platform's remaining quota and this daemon's own budget left", async () => {
+    const { state, sources } = fakeSources();
+    const metrics = new Metrics(sources);
+    const remaining = `${P}platform_rate_limit_remaining`;
+    const budget = `${P}rate_budget_remaining`;
+
+    let text = await scrape(metrics);
+    expect(declarations(text).get(remaining)?.type).toBe('gauge');
+    expect(declarations(text).get(budget)?.type).toBe('gauge');
+    // Unknown until the platform reports it: no sample, rather than a made-up 0.
+    expect(has(text, remaining)).toBe(false);
+    expect(value(text, budget)).toBe(500);
+
+    state.rate = { budget: 500, spent: 120, platformRemaining: 830 };
+    text = await scrape(metrics);
+    expect(value(text, remaining)).toBe(830);
+    expect(value(text, budget)).toBe(380);
+
+    // Calls in flight when a window ends can leave spent above the budget; never negative.
+    state.rate = { budget: 500, spent: 503, platformRemaining: undefined };
+    text = await scrape(metrics);
+    expect(has(text, remaining)).toBe(false);
+    expect(value(text, budget)).toBe(0);
+  });
+
+  it('reads a real RateLimiter snapshot', async () => {
+    // A large budget keeps the limiter's spacing between calls short.
+    const limiter = new RateLimiter({ budget: 1000, windowMs: 60_000 });
+    try {
+      const metrics = new Metrics({
+        exportsByState: zeroStates,
+        rateLimit: () => limiter.snapshot(),
+        deliveriesWaiting: () => 0,
+      });
+      limiter.observe({ limit: 1000, remaining: 640 });
+      await limiter.schedule(async () => undefined);
+      await limiter.schedule(async () => undefined);
+      const text = await scrape(metrics);
+      expect(value(text, `${P}rate_budget_remaining`)).toBe(998);
+      expect(value(text, `${P}platform_rate_limit_remaining`)).toBe(638);
+    } finally {
+      await limiter.stop();
+    }
+  });
+});
+
+describe('webhook observer', () => {
+  it('counts attempts and deliveries by endpoint, and records attempt durations', async () => {
+    const metrics = new Metrics(fakeSources().sources);
+    const o = metrics.webhookObserver;
+    const other = 'http://127.0.0.1:9000/hooks';
+    const attempt = (endpoint: string, outcome: 'success' | 'failure' | 'gone', durationMs: number) =>
+      o.attemptFinished?.({
+        endpoint,
+        webhookId: 'evt_x_completed',
+        attempt: 1,
+        outcome,
+        status: outcome === 'success' ? 200 : outcome === 'gone' ? 410 : 500,
+        code: undefined,
+        durationMs,
+      });
+    attempt(HOOK, 'failure', 15_000);
+    attempt(HOOK, 'success', 40);
+    attempt(other, 'gone', 3);
+    o.deliveryFinished?.(HOOK, 'delivered');
+    o.deliveryFinished?.(HOOK, 'delivered');
+    o.deliveryFinished?.(HOOK, 'given_up');
+    o.deliveryFinished?.(other, 'gone');
+    o.deliveryFinished?.(other, 'cancelled');
+    o.deliveryFinished?.(other, 'closed');
+    const text = await scrape(metrics);
+
+    const a = `${P}webhook_attempts_total`;
+    expect(declarations(text).get(a)?.type).toBe('counter');
+    expect(value(text, a, { endpoint: HOOK, outcome: 'failure' })).toBe(1);
+    expect(value(text, a, { endpoint: HOOK, outcome: 'success' })).toBe(1);
+    expect(value(text, a, { endpoint: other, outcome: 'gone' })).toBe(1);
+
+    const d = `${P}webhook_deliveries_total`;
+    expect(declarations(text).get(d)?.type).toBe('counter');
+    expect(value(text, d, { endpoint: HOOK, result: 'delivered' })).toBe(2);
+    expect(value(text, d, { endpoint: HOOK, result: 'given_up' })).toBe(1);
+    for (const result of ['gone', 'cancelled', 'closed']) {
+      expect(value(text, d, { endpoint: other, result })).toBe(1);
+    }
+
+    const h = `${P}webhook_attempt_duration_seconds`;
+    expect(declarations(text).get(h)?.type).toBe('histogram');
+    expect(value(text, `${h}_count`, { endpoint: HOOK })).toBe(2);
+    expect(value(text, `${h}_sum`, { endpoint: HOOK })).toBeCloseTo(15.04, 9);
+    expect(value(text, `${h}_bucket`, { endpoint: HOOK, le: '0.05' })).toBe(1);
+    expect(value(text, `${h}_bucket`, { endpoint: HOOK, le: '20' })).toBe(2);
+    expect(value(text, `${h}_bucket`, { endpoint: other, le: '0.01' })).toBe(1);
+  });
+
+  it('reads the deliveries still pending from the source at scrape time', async () => {
+    const { state, sources } = fakeSources();
+    const metrics = new Metrics(sources);
+    const g = `${P}webhook_deliveries_pending`;
+    state.pending = 4;
+    let text = await scrape(metrics);
+    expect(declarations(text).get(g)?.type).toBe('gauge');
+    expect(value(text, g)).toBe(4);
+    state.pending = 0;
+    text = await scrape(metrics);
+    expect(value(text, g)).toBe(0);
+  });
+});
+
+describe('last successful check', () => {
+  it('is 0 before the first success, then the Unix time in seconds of the latest', async () => {
+    const metrics = new Metrics(fakeSources().sources);
+    const g = `${P}last_successful_check_timestamp_seconds`;
+    let text = await scrape(metrics);
+    expect(declarations(text).get(g)?.type).toBe('gauge');
+    expect(value(text, g)).toBe(0);
+    metrics.onCheckSuccess(1_700_000_000_500);
+    metrics.onCheckSuccess(1_700_000_060_250);
+    text = await scrape(metrics);
+    expect(value(text, g)).toBe(1_700_000_060.25);
+  });
+});
+
+describe('the registry', () => {
+  it('serves the Prometheus text format with the default Node.js process metrics, unprefixed', async () => {
+    const metrics = new Metrics(fakeSources().sources);
+    const { contentType, body } = await metrics.render();
+    expect(contentType).toMatch(/^text\/plain; version=0\.0\.4/);
+    const decl = declarations(body);
+    expect(decl.get('process_cpu_user_seconds_total')?.type).toBe('counter');
+    expect(decl.get('process_resident_memory_bytes')?.type).toBe('gauge');
+    expect(decl.get('nodejs_heap_size_used_bytes')?.type).toBe('gauge');
+    expect(has(body, 'process_cpu_user_seconds_total')).toBe(true);
+    // A value with a known answer: CPU counters count from when collection began, so may be 0.
+    const started = Date.now() / 1000 - process.uptime();
+    expect(Math.abs(value(body, 'process_start_time_seconds') - started)).toBeLessThan(2);
+  });
+
+  it('is per instance: two Metrics do not collide, and the global registry stays empty', async () => {
+    const one = new Metrics(fakeSources().sources);
+    const two = new Metrics(fakeSources().sources);
+    one.onTransition('RUNNING', 'FAILED');
+    one.platformObserver.onRequest?.('get', 'rate_limited', 10);
+    const [a, b] = [await scrape(one), await scrape(two)];
+    expect(value(a, `${P}export_transitions_total`, { from: 'RUNNING', to: 'FAILED' })).toBe(1);
+    expect(value(a, `${P}platform_rate_limited_total`)).toBe(1);
+    expect(has(b, `${P}export_transitions_total`)).toBe(false);
+    expect(value(b, `${P}platform_rate_limited_total`)).toBe(0);
+    // Each has its own process metrics too.
+    expect(declarations(b).get('process_cpu_user_seconds_total')?.type).toBe('counter');
+    expect(globalRegister.getMetricsAsArray().filter((m) => m.name.startsWith(P))).toEqual([]);
+  });
+
+  it('validates its sources up front', () => {
+    const { sources } = fakeSources();
+    expect(() => new Metrics({ ...sources, rateLimit: undefined as never })).toThrow(
+      /rateLimit must be a function, got undefined/,
+    );
+  });
+});
+
+describe('METRIC_DESCRIPTIONS', () => {
+  it('matches the registry exactly: names, types, help and label names, each with samples', async () => {
+    const { state, sources } = fakeSources();
+    state.rate = { budget: 500, spent: 1, platformRemaining: 900 };
+    const metrics = new Metrics(sources);
+    feedEverything(metrics);
+    const text = await scrape(metrics);
+    const decl = declarations(text);
+    const all = samples(text);
+
+    for (const d of METRIC_DESCRIPTIONS) {
+      expect(d.name.startsWith(P), d.name).toBe(true);
+      expect(decl.get(d.name), d.name).toEqual({ type: d.type, help: d.help });
+      const own = all.filter((s) =>
+        d.type === 'histogram'
+          ? [`${d.name}_bucket`, `${d.name}_sum`, `${d.name}_count`].includes(s.name)
+          : s.name === d.name,
+      );
+      expect(own.length, `${d.name} has samples`).toBeGreaterThan(0);
+      for (const s of own) {
+        const names = Object.keys(s.labels).filter((l) => !(d.type === 'histogram' && l === 'le'));
+        expect(names.sort(), `${s.name} labels`).toEqual([...d.labels].sort());
+      }
+      if (d.type === 'counter') expect(d.name.endsWith('_total'), d.name).toBe(true);
+    }
+    // And nothing with our prefix that the list leaves out.
+    const described = new Set(METRIC_DESCRIPTIONS.map((d) => d.name));
+    expect([...decl.keys()].filter((n) => n.startsWith(P) && !described.has(n))).toEqual([]);
+    expect(described.size).toBe(METRIC_DESCRIPTIONS.length);
+  });
+
+  it("is the list in the module's opening comment, which the README copies", () => {
+    const source = readFileSync(new URL('../src/metrics.ts', import.meta.url), 'utf8');
+    const header = source.slice(0, source.indexOf('*/'));
+    const rows = [...header.matchAll(/^ \* \| `([a-z_]+)` \| (\w+) \| ([^|]+) \|/gm)].map((m) => ({
+      name: m[1],
+      type: m[2],
+      labels: m[3]!.trim() === 'none' ? [] : [...m[3]!.matchAll(/`(\w+)`/g)].map((l) => l[1]),
+    }));
+    expect(rows).toEqual(METRIC_DESCRIPTIONS.map((d) => ({ name: d.name, type: d.type, labels: d.labels })));
+  });
+});
+
+describe('wired to the real client and dispatcher over loopback HTTP', () => {
+  const cleanups: Array<() => Promise<unknown>> = [];
+  afterEach(async () => {
+    for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+  });
+
+  it('counts bulk calls, ids and 429s from PlatformClient against the simulator', async () => {
+    const token = 'tok_metrics_SECRET_9c1';
+    const sim = new Simulator({ seed: 3, token, quota: { limit: 5, windowMs: 60_000 } });
+    const base = await sim.start();
+    cleanups.push(() => sim.close());
+    const limiter = new RateLimiter({ budget: 1000, windowMs: 60_000 });
+    cleanups.push(() => limiter.stop());
+    const metrics = new Metrics({
+      exportsByState: zeroStates,
+      rateLimit: () => limiter.snapshot(),
+      deliveriesWaiting: () => 0,
+    });
+    const client = new PlatformClient({
+      endpoint: base,
+      token,
+      gate: limiter,
+      userAgent: 'sbg-export-watcher/test',
+      log: pino({ level: 'silent' }),
+      observer: metrics.platformObserver,
+    });
+    cleanups.push(() => client.close());
+
+    const ids = sim.createExports(7);
+    await client.bulkGet(ids);
+    await client.rateLimit();
+    sim.consume(10);
+    await expect(client.bulkGet(ids.slice(0, 2))).rejects.toMatchObject({ code: 'PLATFORM_RATE_LIMITED' });
+
+    const text = await scrape(metrics);
+    expect(value(text, `${P}platform_requests_total`, { route: 'bulk_get', outcome: 'ok' })).toBe(1);
+    expect(value(text, `${P}platform_requests_total`, { route: 'rate_limit', outcome: 'ok' })).toBe(1);
+    expect(value(text, `${P}platform_requests_total`, { route: 'bulk_get', outcome: 'rate_limited' })).toBe(
+      1,
+    );
+    expect(value(text, `${P}platform_rate_limited_total`)).toBe(1);
+    // Only the successful bulk call is an observation of ids per call.
+    expect(value(text, `${P}platform_bulk_call_ids_count`)).toBe(1);
+    expect(value(text, `${P}platform_bulk_call_ids_sum`)).toBe(7);
+    expect(value(text, `${P}platform_request_duration_seconds_count`, { route: 'bulk_get' })).toBe(2);
+    expect(value(text, `${P}platform_rate_limit_remaining`)).toBe(0);
+    expect(text).not.toContain(token);
+  });
+
+  it('labels webhook metrics with the endpoint stripped of credentials and query', async () => {
+    const receiver = new WebhookReceiver({
+      // First attempt of each event fails, the retry succeeds.
+      respond: (_req, attemptForThisId) => (attemptForThisId === 1 ? 500 : 204),
+    });
+    const url = await receiver.start();
+    cleanups.push(() => receiver.close());
+    const gone = new WebhookReceiver({ respond: () => 410 });
+    const goneUrl = await gone.start();
+    cleanups.push(() => gone.close());
+
+    const withSecrets = new URL(url);
+    withSecrets.username = 'hookuser';
+    withSecrets.password = 'hunter2pass';
+    withSecrets.search = '?token=query-secret-123';
+    let dispatcher: WebhookDispatcher | undefined;
+    const metrics = new Metrics({
+      exportsByState: zeroStates,
+      rateLimit: () => ({ budget: 1, spent: 0, platformRemaining: undefined }),
+      deliveriesWaiting: () => dispatcher?.pending() ?? 0,
+    });
+    dispatcher = new WebhookDispatcher({
+      urls: [withSecrets.toString(), goneUrl],
+      secretKey: parseSecret('whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw'),
+      events: 'all',
+      timeoutMs: 5_000,
+      maxAgeMs: 60_000,
+      userAgent: 'sbg-export-watcher/test',
+      log: pino({ level: 'silent' }),
+      retry: { minTimeoutMs: 5, maxTimeoutMs: 20 },
+      observer: metrics.webhookObserver,
+    });
+    const d = dispatcher;
+    cleanups.push(() => d.close(0));
+    const event = eventForTransition({
+      exportId: 'exp-1',
+      from: 'RUNNING',
+      to: 'COMPLETED',
+      at: Date.UTC(2025, 0, 1),
+      metadata: null,
+      export: { id: 'exp-1', state: 'COMPLETED' },
+    });
+    if (!event) throw new Error('no event');
+    d.enqueue(event);
+    expect(value(await scrape(metrics), `${P}webhook_deliveries_pending`)).toBeGreaterThan(0);
+    await d.onIdle();
+
+    const text = await scrape(metrics);
+    // The receivers' URLs carry no credentials or query, so they are their own labels.
+    const label = url;
+    const goneLabel = goneUrl;
+    expect(value(text, `${P}webhook_attempts_total`, { endpoint: label, outcome: 'failure' })).toBe(1);
+    expect(value(text, `${P}webhook_attempts_total`, { endpoint: label, outcome: 'success' })).toBe(1);
+    expect(value(text, `${P}webhook_deliveries_total`, { endpoint: label, result: 'delivered' })).toBe(1);
+    expect(value(text, `${P}webhook_attempts_total`, { endpoint: goneLabel, outcome: 'gone' })).toBe(1);
+    expect(value(text, `${P}webhook_deliveries_total`, { endpoint: goneLabel, result: 'gone' })).toBe(1);
+    expect(value(text, `${P}webhook_attempt_duration_seconds_count`, { endpoint: label })).toBe(2);
+    expect(value(text, `${P}webhook_deliveries_pending`)).toBe(0);
+    for (const secret of [
+      'hookuser',
+      'hunter2pass',
+      'query-secret-123',
+      'MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw',
+    ]) {
+      expect(text).not.toContain(secret);
+    }
+  });
+});
