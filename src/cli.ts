@@ -298,6 +298,8 @@ async function runCommand(args: readonly string[], env: Env): Promise<number> {
   });
 
   await daemon.start();
+  // A signal during start-up has already begun the shutdown.
+  if (signals > 0) return stopped;
   log.info(
     {
       version: VERSION,
@@ -320,7 +322,10 @@ async function watchCommand(args: readonly string[], env: Env): Promise<number> 
   checkIds(positionals);
   const merged = withFlags(env, values);
   // Progress owns the terminal: logs stay quiet unless asked for.
-  const config = loadConfig({ ...merged, LOG_LEVEL: merged.LOG_LEVEL ?? 'error' }, { requireToken: true });
+  const config = loadConfig(
+    { ...merged, LOG_LEVEL: merged.LOG_LEVEL ?? 'error' },
+    { requireToken: true, listens: false },
+  );
   const log = createLogger({ level: config.logLevel, destination: process.stderr });
   const controller = new AbortController();
   const onSignal = (signal: NodeJS.Signals) => {
@@ -346,7 +351,7 @@ async function getCommand(args: readonly string[], env: Env): Promise<number> {
   const { values, positionals } = parse(args, { json: { type: 'boolean' }, ...variableFlagOptions }, true);
   if (positionals.length === 0) throw new UsageError('get needs at least one export id');
   checkIds(positionals);
-  const config = loadConfig(withFlags(env, values), { requireToken: true });
+  const config = loadConfig(withFlags(env, values), { requireToken: true, listens: false });
   const log = createLogger({
     level: config.logLevel === 'info' ? 'warn' : config.logLevel,
     destination: process.stderr,

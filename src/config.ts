@@ -79,6 +79,11 @@ const SECRET_VARIABLES: ReadonlySet<string> = new Set([
 export interface LoadOptions {
   /** `run`, `watch` and `get` talk to the platform and need a token; `simulate` does not. */
   requireToken?: boolean;
+  /**
+   * Whether this command serves the control API (default true). Only then does a non-loopback
+   * WATCHER_HTTP_HOST require WATCHER_API_TOKEN, so `get` and `watch` work in the container image.
+   */
+  listens?: boolean;
 }
 
 /** The longest delay a Node.js timer holds (about 24.8 days); longer ones fire at once. */
@@ -225,7 +230,7 @@ export function loadConfig(env: Env, options: LoadOptions = {}): Config {
   const host = raw('WATCHER_HTTP_HOST') ?? DEFAULTS.WATCHER_HTTP_HOST;
   const port = integer('WATCHER_HTTP_PORT', 0, 65_535);
   const apiToken = raw('WATCHER_API_TOKEN');
-  if (!isLoopbackHost(host) && apiToken === undefined) {
+  if ((options.listens ?? true) && !isLoopbackHost(host) && apiToken === undefined) {
     problems.push(
       `WATCHER_API_TOKEN: expected a token, because WATCHER_HTTP_HOST ${JSON.stringify(host)} is not a loopback address, got nothing`,
     );

@@ -111,7 +111,8 @@ describe('the watcher against the simulator', () => {
     const completed = ids.filter((id) => stack!.sim.stateOf(id) === 'COMPLETED').length;
     expect(text).toContain(`sbg_export_watcher_exports{state="COMPLETED"} ${completed}`);
     expect(text).toContain(`sbg_export_watcher_exports{state="LOST"} ${unknown.length}`);
-    const delivered = /sbg_export_watcher_webhook_deliveries_total\{[^}]*result="delivered"[^}]*\} (\d+)/.exec(text);
+    const delivered =
+      /sbg_export_watcher_webhook_deliveries_total\{[^}]*result="delivered"[^}]*\} (\d+)/.exec(text);
     expect(Number(delivered?.[1])).toBe(expected);
     expect(text).toMatch(/sbg_export_watcher_platform_bulk_call_ids_count \d+/);
     expect(text).toContain('process_cpu_user_seconds_total');
