@@ -7,7 +7,7 @@
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import type { Logger } from 'pino';
 import { type ExportRecord, type ExportState, isExportState } from './tracker.js';
 
@@ -136,6 +136,8 @@ export class ControlApi {
     const url = new URL(req.url ?? '/', 'http://localhost');
     const path = url.pathname.replace(/\/+$/, '') || '/';
     const method = req.method ?? 'GET';
+    // Held from the start: a request destroyed mid-body is detached from its socket.
+    const socket = req.socket as Socket | null;
     try {
       if (path === '/healthz') return this.#probe(res, method, this.#options.probes.health());
       if (path === '/readyz') return this.#probe(res, method, this.#options.probes.ready());
@@ -162,7 +164,7 @@ export class ControlApi {
         // The client is still sending a body we will not read: answer, then close the connection
         // rather than leave it waiting on the rest.
         error.headers.connection = 'close';
-        res.once('finish', () => req.socket.destroy());
+        res.once('finish', () => socket?.destroy());
       }
       sendError(res, error);
     }
