@@ -229,4 +229,28 @@ describe('the watcher against the simulator', () => {
     expect(res.json).toMatchObject({ reason: expect.stringContaining('refused the token') });
     expect(stack.logs.join('')).not.toContain('tok_wrong_one');
   });
+
+  it('is not ready while the platform is in maintenance, and recovers by itself', async () => {
+    stack = await startStack({ sim: { timing: SHORT, faults: { maintenanceUntil: Date.now() + 600_000 } } });
+    const s = stack;
+    const [id] = s.sim.createExports(1);
+    expect((await s.post('/v1/exports', { ids: [id] })).status).toBe(202);
+    await until(async () => (await s.get('/readyz')).status === 503);
+    expect((await s.get('/readyz')).json).toMatchObject({ reason: 'the platform is in maintenance' });
+    // Liveness is not readiness: the process is fine.
+    expect((await s.get('/healthz')).status).toBe(200);
+    s.sim.setFaults({});
+    await until(async () => (await s.get('/readyz')).status === 200);
+    await s.receiver.waitFor((r) => r.accepted().length === 1, 30_000);
+    expect(s.sim.stats().faults.maintenance).toBeGreaterThan(0);
+  });
 });
+
+/** Polls a condition until it holds; fails after the deadline. For states with no event to await. */
+async function until(test: () => Promise<boolean>, deadlineMs = 20_000): Promise<void> {
+  const end = performance.now() + deadlineMs;
+  while (!(await test())) {
+    if (performance.now() > end) throw new Error('condition not reached before the deadline');
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
