@@ -195,3 +195,34 @@ describe('sbg-export-watcher watch', () => {
     expect(watch.stderr()).toContain('interrupted before every export finished');
   });
 });
+
+describe('sbg-export-watcher get', () => {
+  it('prints one JSON object per id and exits 0 when all are found', async () => {
+    const { sim, url } = await simulator({ timing: { pendingMs: [60_000, 60_000], runningMs: [1000, 1000] } });
+    const ids = sim.createExports(2);
+    const get = spawnCli(['get', ...ids], { SB_API_ENDPOINT: url, SB_AUTH_TOKEN: TOKEN });
+    const { code } = await get.exited;
+    expect(code).toBe(0);
+    expect(get.lines.map((l) => l.id)).toEqual(ids);
+    expect(get.lines.every((l) => l.state === 'PENDING' && (l.export as { id: string }).id === l.id)).toBe(
+      true,
+    );
+    // One bulk call for both, none after.
+    expect(sim.stats().bulkIdsPerCall).toEqual([2]);
+  });
+
+  it('reports an unknown id as NOT_FOUND and exits 1; a single id uses the single get', async () => {
+    const { sim, url } = await simulator();
+    const get = spawnCli(['get', 'not-there'], { SB_API_ENDPOINT: url, SB_AUTH_TOKEN: TOKEN });
+    const { code } = await get.exited;
+    expect(code).toBe(1);
+    expect(get.lines).toEqual([
+      expect.objectContaining({
+        id: 'not-there',
+        state: 'NOT_FOUND',
+        error: expect.objectContaining({ code: 9008 }),
+      }),
+    ]);
+    expect(sim.stats().requests.get).toBe(1);
+  });
+});
