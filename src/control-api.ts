@@ -132,6 +132,11 @@ export class ControlApi {
     return this.#closePromise;
   }
 
+  /** Drops every connection, requests in progress included (after a shutdown deadline). */
+  closeAllConnections(): void {
+    this.#server.closeAllConnections();
+  }
+
   async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const url = new URL(req.url ?? '/', 'http://localhost');
     const path = url.pathname.replace(/\/+$/, '') || '/';

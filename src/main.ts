@@ -44,6 +44,8 @@ export interface DaemonOptions {
   scheduler?: Partial<Omit<SchedulerOptions, 'pollIntervalMs' | 'batchSize'>>;
   /** Called for every transition, after it is logged and its event queued (watch). */
   onTransition?: (transition: Transition) => void;
+  /** Called with the outcome of every platform request (watch gives up on a refused token). */
+  onPlatformOutcome?: (outcome: RequestOutcome) => void;
 }
 
 export interface StopReport {
@@ -98,6 +100,7 @@ export class Daemon {
         onRequest: (route, outcome, durationMs) => {
           // Readiness follows every attempt, so a maintenance being waited out shows at once.
           this.#updateReadiness(outcome);
+          options.onPlatformOutcome?.(outcome);
           this.metrics.platformObserver.onRequest?.(route, outcome, durationMs);
         },
         onBulkCall: (ids) => this.metrics.platformObserver.onBulkCall?.(ids),
@@ -222,14 +225,23 @@ export class Daemon {
    */
   stop(deadlineMs = this.config.shutdownTimeoutMs): Promise<StopReport> {
     this.#stopPromise ??= (async () => {
+      const started = performance.now();
+      const left = () => Math.max(0, deadlineMs - (performance.now() - started));
       this.#log.info({ deadline_ms: deadlineMs }, 'stopping');
+      // No new requests to the API, no new checks; calls not yet started are dropped and retry
+      // waits cancelled; a check already on the wire may finish, within the deadline.
       const apiClosed = this.api?.close();
-      const schedulerStopped = this.scheduler.stop();
-      await this.limiter.stop();
-      await this.client.close();
-      await schedulerStopped;
-      const { undelivered } = await this.webhooks.close(deadlineMs);
-      await apiClosed;
+      const checksDone = Promise.all([this.scheduler.stop(), this.limiter.stop(), this.client.close()]);
+      if (!(await settlesWithin(checksDone, left()))) {
+        this.#log.warn('checks still in flight at the shutdown deadline; abandoned');
+        await this.client.destroy();
+      }
+      const { undelivered } = await this.webhooks.close(left());
+      if (apiClosed && !(await settlesWithin(apiClosed, left()))) {
+        // A client that keeps a request open must not hold the process past its deadline.
+        this.api?.closeAllConnections();
+        await apiClosed;
+      }
       if (undelivered.length > 0) {
         this.#log.error(
           {
@@ -263,7 +275,7 @@ export class Daemon {
       unauthorized: 'the platform refused the token',
       maintenance: 'the platform is in maintenance',
       server_error: 'the platform answered with a server error',
-      rejected: 'the platform rejected the last request',
+      rejected: 'the platform rejected the last request (is SB_API_ENDPOINT right?)',
       bad_response: 'the platform sent a malformed answer',
       network: 'the platform could not be reached',
       timeout: 'the platform did not answer in time',
@@ -275,6 +287,25 @@ export class Daemon {
       return;
     }
     this.#readiness = { ok: false, reason };
+  }
+}
+
+/** Whether `promise` settles within `ms`; it is left to settle on its own either way. */
+async function settlesWithin(promise: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<false>((resolve) => {
+    timer = setTimeout(() => resolve(false), ms);
+  });
+  try {
+    return await Promise.race([
+      promise.then(
+        () => true,
+        () => true,
+      ),
+      timeout,
+    ]);
+  } finally {
+    clearTimeout(timer);
   }
 }
 

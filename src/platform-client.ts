@@ -19,6 +19,12 @@ import { isRetryable, PlatformError, type PlatformErrorBody } from './errors.js'
 import type { RateInfo } from './rate-limiter.js';
 import { type BulkItem, type Observation, observationsFromBulk, type TrackerWarning } from './tracker.js';
 
+/** Codes of a 404/403 that speak of the job asked for, not of the route (sbg-api.md §7). */
+const JOB_MISSING_CODES = new Set([9005, 9008]);
+
+/** How long single gets replace the bulk endpoint after it answered 404/405, before it is tried again. */
+const BULK_RETRY_AFTER_MS = 10 * 60_000;
+
 /** What the client needs of the limiter. */
 export interface RequestGate {
   schedule<T>(fn: () => Promise<T>): Promise<T>;
@@ -48,8 +54,8 @@ export interface PlatformObserver {
 export interface RetryPolicy {
   /** Retries of transient errors (5xx, timeouts, bad bodies, network) within one call. */
   retries: number;
+  /** First backoff; it doubles per try, times a random 1–2 (4 retries wait about 7–15 s in all). */
   minTimeoutMs: number;
-  maxTimeoutMs: number;
   /** Longest wait between two tries during maintenance. */
   maintenanceMaxDelayMs: number;
 }
@@ -57,7 +63,6 @@ export interface RetryPolicy {
 export const DEFAULT_RETRY: RetryPolicy = {
   retries: 4,
   minTimeoutMs: 500,
-  maxTimeoutMs: 10_000,
   maintenanceMaxDelayMs: 300_000,
 };
 
@@ -72,6 +77,7 @@ export interface PlatformClientOptions {
   retry?: Partial<RetryPolicy>;
   dispatcher?: Dispatcher;
   observer?: PlatformObserver;
+  now?: () => number;
 }
 
 export interface RateLimitStatus extends RateInfo {
@@ -100,8 +106,9 @@ export class PlatformClient {
   readonly #observer: PlatformObserver;
   /** Aborts retry waits on close. */
   readonly #closing = new AbortController();
-  /** Set once the bulk endpoint answered 404 or 405: single gets from then on. */
-  #bulkUnsupported = false;
+  /** Set when the bulk endpoint answered 404 or 405: single gets until then (epoch ms). */
+  #bulkUnsupportedUntil = 0;
+  readonly #now: () => number;
 
   constructor(options: PlatformClientOptions) {
     this.#endpoint = options.endpoint.replace(/\/+$/, '');
@@ -120,10 +127,11 @@ export class PlatformClient {
       options.dispatcher ??
       new Agent({ connections: 8, keepAliveTimeout: 30_000, connectTimeout: 10_000, pipelining: 1 });
     this.#observer = options.observer ?? {};
+    this.#now = options.now ?? Date.now;
   }
 
   get bulkSupported(): boolean {
-    return !this.#bulkUnsupported;
+    return this.#now() >= this.#bulkUnsupportedUntil;
   }
 
   /** Checks up to 100 ids in one bulk call (or single gets after a fallback) and interprets the answer. */
@@ -136,7 +144,7 @@ export class PlatformClient {
   async bulkGet(ids: readonly string[]): Promise<BulkItem[]> {
     if (ids.length === 0) return [];
     if (ids.length > 100) throw new RangeError(`bulkGet takes at most 100 ids, got ${ids.length}`);
-    if (!this.#bulkUnsupported) {
+    if (this.bulkSupported) {
       try {
         const answer = await this.#call('bulk_get', 'POST', '/bulk/storage/exports/get', { export_ids: ids });
         this.#observer.onBulkCall?.(ids.length);
@@ -145,10 +153,10 @@ export class PlatformClient {
         return items as BulkItem[];
       } catch (error) {
         if (!(error instanceof PlatformError && (error.status === 404 || error.status === 405))) throw error;
-        this.#bulkUnsupported = true;
+        this.#bulkUnsupportedUntil = this.#now() + BULK_RETRY_AFTER_MS;
         this.#log.warn(
-          { status: error.status },
-          'bulk export endpoint unavailable; falling back to one request per export',
+          { status: error.status, retry_bulk_in_ms: BULK_RETRY_AFTER_MS },
+          'bulk export endpoint unavailable; one request per export for now',
         );
       }
     }
@@ -163,7 +171,7 @@ export class PlatformClient {
       const answer = await this.#call('get', 'GET', `/storage/exports/${encodeURIComponent(id)}`);
       return { resource: answer.json };
     } catch (error) {
-      if (error instanceof PlatformError && (error.code === 'PLATFORM_NOT_FOUND' || error.status === 403)) {
+      if (error instanceof PlatformError && error.code === 'PLATFORM_NOT_FOUND') {
         // The id is named, so the tracker attributes it to this export alone.
         return { error: { status: error.status, ...error.body, id } };
       }
@@ -190,6 +198,12 @@ export class PlatformClient {
     if (this.#ownsDispatcher) await this.#dispatcher.close();
   }
 
+  /** Aborts requests still on the wire (after a shutdown deadline). */
+  async destroy(): Promise<void> {
+    this.#closing.abort(new PlatformError('SHUTTING_DOWN', 'platform client closed'));
+    if (this.#ownsDispatcher) await this.#dispatcher.destroy().catch(() => undefined);
+  }
+
   /** One logical call: retried per the policy above; every attempt passes the limiter. */
   #call(
     route: PlatformRoute,
@@ -200,6 +214,7 @@ export class PlatformClient {
   ): Promise<Answer> {
     const attempt = async (attemptNumber: number): Promise<Answer> => {
       const once = () => this.#once(route, method, path, body, attemptNumber);
+      if (this.#closing.signal.aborted) throw new AbortError(this.#closing.signal.reason as Error);
       try {
         return await (gated ? this.#gate.schedule(once) : once());
       } catch (error) {
@@ -329,6 +344,10 @@ export class PlatformClient {
     }
     if (status >= 500)
       return new PlatformError('PLATFORM_UNAVAILABLE', `platform answered ${status}${said}`, details);
+    // "No such job" (9008) and "no access to this job" (9005) are about one export, not the call.
+    if ((status === 404 || status === 403) && body?.code !== undefined && JOB_MISSING_CODES.has(body.code)) {
+      return new PlatformError('PLATFORM_NOT_FOUND', `${method} ${path}: not found${said}`, details);
+    }
     if (status === 401 || status === 403) {
       return new PlatformError(
         'PLATFORM_UNAUTHORIZED',
@@ -336,8 +355,13 @@ export class PlatformClient {
         details,
       );
     }
-    if (status === 404)
-      return new PlatformError('PLATFORM_NOT_FOUND', `${method} ${path}: not found${said}`, details);
+    if (status === 404) {
+      return new PlatformError(
+        'PLATFORM_REJECTED',
+        `${method} ${path}: no such route on the platform (404${said}); is SB_API_ENDPOINT right?`,
+        details,
+      );
+    }
     return new PlatformError(
       'PLATFORM_REJECTED',
       `${method} ${path}: platform answered ${status}${said}`,

@@ -3,24 +3,35 @@
  * through `schedule()`.
  *
  * Model. The platform counts requests in fixed windows (1000 per 5 minutes per user) and reports,
- * on every answer, `X-RateLimit-Remaining` and `X-RateLimit-Reset` (epoch seconds at which the
- * window ends). This daemon may spend at most `budget` requests per window, and never more than
- * the platform says is left, since the user's other tools share the quota.
+ * on every answer, `X-RateLimit-Remaining` and `X-RateLimit-Reset` (epoch seconds at which its
+ * window ends). This daemon may spend at most `budget` requests per window of its own
+ * (`windowMs`), and never more than the platform says is left, since the user's other tools share
+ * the quota. Two clocks, kept apart:
  *
- * - The window is ours to track: it ends at the platform's reported reset when we know one (so our
- *   budget refills exactly when the platform's quota does), otherwise `windowMs` after it began.
- *   Bottleneck's own `reservoirRefreshInterval` is not used: its timer starts whenever the limiter
- *   is built and drifts from the platform's window.
- * - `allowance` = min(budget − spent this window, platform remaining − other calls in flight).
- *   It is written into bottleneck's `reservoir`, which is what actually holds calls back.
- * - Calls are spaced evenly over what is left of the window (`minTime` = time left / (allowance + 1)),
- *   so a budget smaller than the work stretches checks out instead of spending the whole window in
- *   a burst and then going blind until the reset.
- * - When nothing is left (allowance 0, or a 429), the reservoir is 0 until the window's end; a
- *   timer set for that instant refills it. That timer exists only while a window end is known.
+ * - The budget window: fixed windows of `windowMs`, back to back. The first one is aligned to the
+ *   platform's reported reset when that is known before anything is spent (the `GET /rate_limit`
+ *   read at start), so with equal window lengths the budget refills when the platform's quota
+ *   does. After that a window is never shortened, only lengthened to meet a later platform reset:
+ *   the budget cannot refill more often than once per `windowMs`, however the platform's windows
+ *   fall. Bottleneck's own `reservoirRefreshInterval` is not used: its timer starts whenever the
+ *   limiter is built and drifts from the platform's window.
+ * - The platform's count: `platformRemaining` is the last reported remaining quota less the calls
+ *   started since; at the reported reset (or after a 429, at its reset) it becomes unknown again,
+ *   and the next answer says what it is.
+ *
+ * `allowance` = min(budget − spent this window, platform remaining); it is written into
+ * bottleneck's `reservoir`, which is what actually holds calls back. Calls are spaced evenly over
+ * what is left of the binding window (`minTime` = time left / (allowance + 1)), so a budget
+ * smaller than the work stretches checks out instead of spending the whole window in a burst and
+ * then going blind until the reset.
+ *
+ * Timers: `#budgetTimer` exists while a budget window is open and fires at its end;
+ * `#platformTimer` exists while the platform's count is known and fires at its reset (plus a small
+ * margin). When the allowance is 0 one of them is always set, so held calls always go eventually.
  */
 import Bottleneck from 'bottleneck';
 import type { Logger } from 'pino';
+import { PlatformError } from './errors.js';
 
 export interface RateInfo {
   limit?: number;
@@ -44,16 +55,23 @@ export interface RateLimiterOptions {
 
 export interface RateSnapshot {
   budget: number;
+  /** Requests started in the current budget window. */
   spent: number;
   allowance: number;
   platformLimit: number | undefined;
   platformRemaining: number | undefined;
+  /** End of the current budget window. */
   windowEndsAt: number | undefined;
+  /** The platform's reported reset, while its count is known. */
+  platformResetAt: number | undefined;
   spacingMs: number;
   inFlight: number;
   queued: number;
   rateLimited: number;
 }
+
+/** How long to wait before asking again when the platform says nothing is left but not until when. */
+const UNKNOWN_RESET_PROBE_MS = 1000;
 
 export class RateLimiter {
   readonly #bottleneck: Bottleneck;
@@ -64,16 +82,20 @@ export class RateLimiter {
   readonly #fallbackPauseMs: number;
   readonly #resetMarginMs: number;
 
-  /** Requests started in the current window. */
+  /** Requests started in the current budget window. */
   #spent = 0;
   #inFlight = 0;
   #platformLimit: number | undefined;
-  /** Last reported remaining quota, less the calls started since it was reported. */
+  /** Last reported remaining quota, less the calls started since; undefined when unknown. */
   #platformRemaining: number | undefined;
-  /** End of the current window (epoch ms); undefined until the first call or answer. */
-  #windowEnd: number | undefined;
-  /** Fires at `#windowEnd` to start the next window; exists while `#windowEnd` is set. */
-  #resetTimer: NodeJS.Timeout | undefined;
+  /** End of the current budget window (epoch ms); undefined until the first call or reset read. */
+  #budgetEnd: number | undefined;
+  /** Fires at `#budgetEnd`; exists while `#budgetEnd` is set. */
+  #budgetTimer: NodeJS.Timeout | undefined;
+  /** The platform's reported reset (epoch ms), while `#platformRemaining` is known. */
+  #platformResetAt: number | undefined;
+  /** Fires at `#platformResetAt` (or a probe time when none is known) to forget the count. */
+  #platformTimer: NodeJS.Timeout | undefined;
   #rateLimited = 0;
   #spacingMs = 0;
   #stopped = false;
@@ -91,35 +113,47 @@ export class RateLimiter {
     this.#log = options.log;
     this.#fallbackPauseMs = options.fallbackPauseMs ?? 60_000;
     this.#resetMarginMs = options.resetMarginMs ?? 250;
+    this.#spacingMs = Math.floor(this.#windowMs / (this.#budget + 1));
     this.#bottleneck = new Bottleneck({
       maxConcurrent: options.maxConcurrent ?? 4,
       reservoir: this.#budget,
-      minTime: Math.floor(this.#windowMs / (this.#budget + 1)),
+      minTime: this.#spacingMs,
     });
-    this.#spacingMs = Math.floor(this.#windowMs / (this.#budget + 1));
   }
 
   /** Runs `fn` when the quota allows; `fn` is one request to the platform. */
   schedule<T>(fn: () => Promise<T>): Promise<T> {
-    return this.#bottleneck.schedule(async () => {
-      this.#beginCall();
-      try {
-        return await fn();
-      } finally {
-        this.#inFlight--;
-      }
-    });
+    return this.#bottleneck
+      .schedule(async () => {
+        this.#beginCall();
+        try {
+          return await fn();
+        } finally {
+          this.#inFlight--;
+        }
+      })
+      .catch((error: unknown) => {
+        // A call dropped because the limiter stopped is a shutdown, not a failure to retry.
+        if (this.#stopped && error instanceof Bottleneck.BottleneckError) {
+          throw new PlatformError('SHUTTING_DOWN', 'call dropped: the rate limiter stopped', {
+            cause: error,
+          });
+        }
+        throw error;
+      });
   }
 
   /** Reads the quota headers of an answer. Call it for every answer, successful or not. */
   observe(info: RateInfo): void {
     const now = this.#now();
     if (info.limit !== undefined) this.#platformLimit = info.limit;
-    if (info.resetAt !== undefined && info.resetAt > now) this.#alignWindow(info.resetAt, now);
+    const resetAt = info.resetAt !== undefined && info.resetAt > now ? info.resetAt : undefined;
+    if (resetAt !== undefined) this.#alignBudgetWindow(resetAt, now);
     if (info.remaining !== undefined) {
       // The answering call is still counted in flight; the others may not be in `remaining` yet.
       const others = Math.max(0, this.#inFlight - 1);
       this.#platformRemaining = Math.max(0, info.remaining - others);
+      this.#setPlatformReset(resetAt, now);
     }
     this.#apply(now);
   }
@@ -130,8 +164,7 @@ export class RateLimiter {
     this.#rateLimited++;
     this.#platformRemaining = 0;
     const until = resetAt !== undefined && resetAt > now ? resetAt : now + this.#fallbackPauseMs;
-    this.#windowEnd = undefined;
-    this.#alignWindow(until, now);
+    this.#setPlatformReset(until, now);
     this.#log?.warn(
       { reset_at: new Date(until).toISOString() },
       'platform rate limit reached; pausing until reset',
@@ -147,7 +180,8 @@ export class RateLimiter {
       allowance: this.#allowance(),
       platformLimit: this.#platformLimit,
       platformRemaining: this.#platformRemaining,
-      windowEndsAt: this.#windowEnd,
+      windowEndsAt: this.#budgetEnd,
+      platformResetAt: this.#platformResetAt,
       spacingMs: this.#spacingMs,
       inFlight: this.#inFlight,
       queued: (counts.RECEIVED ?? 0) + (counts.QUEUED ?? 0),
@@ -161,17 +195,21 @@ export class RateLimiter {
     return (c.RECEIVED ?? 0) + (c.QUEUED ?? 0) + (c.RUNNING ?? 0) + (c.EXECUTING ?? 0);
   }
 
-  /** Drops calls that have not started (they reject) and clears the reset timer. Idempotent. */
+  /**
+   * Drops calls that have not started (they reject) and clears the timers. Does not wait for
+   * calls already running: the caller bounds those. Idempotent.
+   */
   async stop(): Promise<void> {
     if (this.#stopped) return;
     this.#stopped = true;
-    this.#clearResetTimer();
+    this.#clearTimer('budget');
+    this.#clearTimer('platform');
     await this.#bottleneck.stop({ dropWaitingJobs: true, dropErrorMessage: 'rate limiter stopped' });
   }
 
   #beginCall(): void {
     const now = this.#now();
-    if (this.#windowEnd === undefined) this.#alignWindow(now + this.#windowMs, now);
+    if (this.#budgetEnd === undefined) this.#openBudgetWindow(now + this.#windowMs, now);
     this.#spent++;
     this.#inFlight++;
     if (this.#platformRemaining !== undefined)
@@ -184,30 +222,57 @@ export class RateLimiter {
     return this.#platformRemaining === undefined ? ours : Math.min(ours, this.#platformRemaining);
   }
 
-  /** Sets the current window's end, and the timer that starts the next window then. */
-  #alignWindow(endAt: number, now: number): void {
-    // A reported reset further out than our own window means the platform's window is longer
-    // than ours; our budget window then runs on its own length.
-    const end = endAt - now > this.#windowMs && this.#windowEnd !== undefined ? this.#windowEnd : endAt;
-    if (end === this.#windowEnd) return;
-    const startsNewWindow = this.#windowEnd !== undefined && end > this.#windowEnd;
-    this.#windowEnd = end;
-    if (startsNewWindow) this.#spent = this.#inFlight;
-    this.#clearResetTimer();
-    if (this.#stopped) return;
-    // Not unref'd: calls held back until the reset are what the process is waiting for.
-    this.#resetTimer = setTimeout(() => this.#onWindowEnd(), Math.max(0, end - now) + this.#resetMarginMs);
+  /**
+   * Meets the platform's window: before anything is spent, the first window may end at the
+   * platform's reset; later, a window may only be lengthened to it (never shortened, which would
+   * refill the budget early).
+   */
+  #alignBudgetWindow(resetAt: number, now: number): void {
+    if (resetAt - now > this.#windowMs) return; // the platform's window is longer than ours
+    if (this.#budgetEnd === undefined) {
+      if (this.#spent === 0) this.#openBudgetWindow(resetAt, now);
+      return;
+    }
+    if (resetAt > this.#budgetEnd) this.#openBudgetWindow(resetAt, now);
   }
 
-  #onWindowEnd(): void {
-    this.#resetTimer = undefined;
+  #openBudgetWindow(end: number, now: number): void {
+    this.#budgetEnd = end;
+    this.#clearTimer('budget');
+    if (this.#stopped) return;
+    // Not unref'd: calls held back until the reset are what the process is waiting for.
+    this.#budgetTimer = setTimeout(() => this.#onBudgetWindowEnd(), Math.max(0, end - now));
+  }
+
+  #onBudgetWindowEnd(): void {
+    this.#budgetTimer = undefined;
     const now = this.#now();
-    this.#windowEnd = undefined;
-    // A new window: our budget refills, and the platform's count is unknown until it answers.
+    const previousEnd = this.#budgetEnd ?? now;
+    // Windows follow each other at their own length; calls in flight count in the new one.
     this.#spent = this.#inFlight;
-    this.#platformRemaining = undefined;
-    this.#log?.debug({ budget: this.#budget }, 'rate window reset');
+    this.#openBudgetWindow(Math.max(previousEnd, now) + this.#windowMs, now);
+    this.#log?.debug({ budget: this.#budget }, 'rate budget window reset');
     this.#apply(now);
+  }
+
+  /** Sets when the platform's count stops being trusted. */
+  #setPlatformReset(resetAt: number | undefined, now: number): void {
+    this.#clearTimer('platform');
+    this.#platformResetAt = resetAt;
+    if (this.#stopped) return;
+    // With no reset to wait for and nothing left, ask again shortly rather than never.
+    const at = resetAt !== undefined ? resetAt + this.#resetMarginMs : now + UNKNOWN_RESET_PROBE_MS;
+    if (resetAt === undefined && this.#platformRemaining !== 0) return;
+    this.#platformTimer = setTimeout(() => this.#onPlatformReset(), Math.max(0, at - now));
+  }
+
+  #onPlatformReset(): void {
+    this.#platformTimer = undefined;
+    this.#platformResetAt = undefined;
+    // Unknown until the platform answers again.
+    this.#platformRemaining = undefined;
+    this.#log?.debug('platform rate window reset');
+    this.#apply(this.#now());
   }
 
   /** Writes the allowance and spacing into bottleneck, which holds calls back accordingly. */
@@ -220,16 +285,28 @@ export class RateLimiter {
     void this.#bottleneck.updateSettings({ reservoir, minTime: this.#spacingMs });
   }
 
+  /** Spreads what is allowed over what is left of the window that binds. */
   #updateSpacing(now: number): void {
     const allowance = this.#allowance();
-    const left = this.#windowEnd === undefined ? this.#windowMs : Math.max(0, this.#windowEnd - now);
+    const budgetLeft = Math.max(0, this.#budget - this.#spent);
+    const platformBinds =
+      this.#platformRemaining !== undefined &&
+      this.#platformRemaining < budgetLeft &&
+      this.#platformResetAt !== undefined;
+    const end = platformBinds ? this.#platformResetAt : this.#budgetEnd;
+    const left = end === undefined ? this.#windowMs : Math.max(0, end - now);
     // Dividing by allowance + 1 keeps the next start inside the window, so calls held at the
     // window's end go as soon as it refills instead of waiting out a spacing set for the old window.
     this.#spacingMs = Math.floor(left / (allowance + 1));
   }
 
-  #clearResetTimer(): void {
-    if (this.#resetTimer) clearTimeout(this.#resetTimer);
-    this.#resetTimer = undefined;
+  #clearTimer(which: 'budget' | 'platform'): void {
+    if (which === 'budget') {
+      if (this.#budgetTimer) clearTimeout(this.#budgetTimer);
+      this.#budgetTimer = undefined;
+    } else {
+      if (this.#platformTimer) clearTimeout(this.#platformTimer);
+      this.#platformTimer = undefined;
+    }
   }
 }

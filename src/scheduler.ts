@@ -17,7 +17,8 @@
  * - At most `maxOutstanding` calls are handed to the limiter at once, so batches are formed late,
  *   from the ids due at that moment, and never sit stale in a queue.
  * - Terminal exports are never checked: the tracker drops them from its active set.
- * - The wake timer (`#wakeTimer`) exists while running and nothing else will wake the loop.
+ * - The wake timer (`#wakeTimer`) exists whenever the loop is active: at the latest a heartbeat
+ *   later, so `/healthz` sees the loop turn even while every call waits on the quota.
  */
 import type { Logger } from 'pino';
 import { PlatformError } from './errors.js';
@@ -202,14 +203,12 @@ export class Scheduler {
         taken += batch.length;
         this.#send(batch);
       }
-      if (taken < due.length)
-        nextWake = now; // more is due: the next call's end wakes the loop
-      else if (nextDueAt !== undefined) nextWake = Math.min(nextWake, nextDueAt);
+      // When more is due than there are free slots, the end of a call wakes the loop sooner;
+      // the heartbeat still turns it, so liveness holds while calls wait on the quota.
+      if (taken === due.length && nextDueAt !== undefined) nextWake = Math.min(nextWake, nextDueAt);
     }
-    if (nextWake > now || this.#outstanding === 0) {
-      // Not unref'd: in `watch`, this timer is what keeps the process alive between checks.
-      this.#wakeTimer = setTimeout(() => this.#pump(), Math.max(0, nextWake - now));
-    }
+    // Always armed while running. Not unref'd: in `watch`, it keeps the process alive between checks.
+    this.#wakeTimer = setTimeout(() => this.#pump(), Math.max(0, nextWake - now));
   }
 
   /**

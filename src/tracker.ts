@@ -238,15 +238,18 @@ export class Tracker {
   }
 }
 
-/** Platform error codes and HTTP statuses that mean "no such job" or "no access" (sbg-api.md §3, §7). */
-const MISSING_CODES = new Set([9005, 9008, 90002, 90003]);
+/**
+ * Job-level codes that mean "no such job" (9008) or "no access to this job" (9005), sbg-api.md §3
+ * and §7. Generic codes (90002, 90003) are not here: a whole route answering "not found" (a wrong
+ * SB_API_ENDPOINT, a proxy) says nothing about the job. A bare 404/403 item without a code is
+ * taken as the job's, since it stands in the job's place in the answer.
+ */
+const MISSING_CODES = new Set([9005, 9008]);
 const MISSING_STATUSES = new Set([403, 404]);
 
 export function meansMissing(error: PlatformErrorBody): boolean {
-  return (
-    (error.code !== undefined && MISSING_CODES.has(error.code)) ||
-    (error.status !== undefined && MISSING_STATUSES.has(error.status))
-  );
+  if (error.code !== undefined) return MISSING_CODES.has(error.code);
+  return error.status !== undefined && MISSING_STATUSES.has(error.status);
 }
 
 /** One item of a bulk answer: `{resource}` or `{error}` (sbg-api.md §3). */
@@ -270,6 +273,7 @@ export function observationsFromBulk(
   const warnings: TrackerWarning[] = [];
   const errors: PlatformErrorBody[] = [];
   for (const item of items) {
+    if (!item || typeof item !== 'object') continue;
     const resource = asExport(item.resource);
     if (resource) {
       if (!wanted.has(resource.id) || answered.has(resource.id)) {

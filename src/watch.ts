@@ -44,6 +44,9 @@ export async function runWatch(options: WatchOptions): Promise<number> {
   const daemon = new Daemon(options.config, {
     log: options.log,
     now,
+    onPlatformOutcome: (outcome) => {
+      if (outcome === 'unauthorized') refused(1);
+    },
     onTransition: (t) => {
       progress.change(t);
       if (!isTerminal(t.to)) return;
@@ -54,6 +57,11 @@ export async function runWatch(options: WatchOptions): Promise<number> {
     },
   });
 
+  // A refused token does not cure itself while a script waits: say so and exit 1.
+  let refused: (code: number) => void = () => undefined;
+  const tokenRefused = new Promise<number>((resolve) => {
+    refused = resolve;
+  });
   const interrupted = new Promise<number>((resolve) => {
     if (options.signal.aborted) resolve(Number(options.signal.reason) || 130);
     options.signal.addEventListener('abort', () => resolve(Number(options.signal.reason) || 130), {
@@ -66,15 +74,32 @@ export async function runWatch(options: WatchOptions): Promise<number> {
 
   const done = (async () => {
     await daemon.scheduler.onSettled();
-    // Outcomes are delivered before the command says it is done.
-    await daemon.webhooks.onIdle();
     return failed > 0 ? 1 : 0;
   })();
-  const code = await Promise.race([done, interrupted]);
+  const code = await Promise.race([done, interrupted, tokenRefused]);
   progress.stop(finished === ids.length);
-  // Interrupted: stop at once. Done: deliveries are already finished.
-  await daemon.stop(code >= 128 ? 0 : options.config.shutdownTimeoutMs);
+  if (code === 1 && finished < ids.length) {
+    options.stderr.write(
+      `the platform refused the token (SB_AUTH_TOKEN); ${ids.length - finished} not finished\n`,
+    );
+  }
+  // Deliveries of the outcomes get up to WATCHER_SHUTDOWN_TIMEOUT to finish (a receiver that is
+  // down must not hold a script for WATCHER_WEBHOOK_MAX_AGE); what is left is logged at error.
+  if (code < 128) await deliveredWithin(daemon, options.config.shutdownTimeoutMs);
+  const { undelivered } = await daemon.stop(0);
+  if (undelivered.length > 0) options.stderr.write(`${undelivered.length} webhook deliveries not done\n`);
   return code;
+}
+
+async function deliveredWithin(daemon: Daemon, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([
+    daemon.webhooks.onIdle(),
+    new Promise((resolve) => {
+      timer = setTimeout(resolve, ms);
+    }),
+  ]);
+  clearTimeout(timer);
 }
 
 function formatFinished(

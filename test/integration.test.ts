@@ -3,6 +3,7 @@
  * webhook receiver whose deliveries are checked with the reference `standardwebhooks` package.
  * Nothing sleeps: each test awaits the state it needs (every event received) under a deadline.
  */
+import { connect } from 'node:net';
 import { Webhook } from 'standardwebhooks';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -243,6 +244,35 @@ describe('the watcher against the simulator', () => {
     await until(async () => (await s.get('/readyz')).status === 200);
     await s.receiver.waitFor((r) => r.accepted().length === 1, 30_000);
     expect(s.sim.stats().faults.maintenance).toBeGreaterThan(0);
+  });
+
+  it('does not take a wrong endpoint (every route 404) for lost exports, and says so on /readyz', async () => {
+    stack = await startStack({ sim: { timing: SHORT }, endpoint: (url) => url.replace(/\/v2$/, '') });
+    const s = stack;
+    const ids = s.sim.createExports(3);
+    expect((await s.post('/v1/exports', { ids })).status).toBe(202);
+    await until(async () => s.sim.stats().requests.other! >= 10);
+    const items = ((await s.get('/v1/exports')).json as { items: Array<{ state: string }> }).items;
+    expect(items.map((r) => r.state)).toEqual(['UNKNOWN', 'UNKNOWN', 'UNKNOWN']);
+    const ready = await s.get('/readyz');
+    expect(ready.status).toBe(503);
+    expect(ready.json).toMatchObject({ reason: expect.stringContaining('SB_API_ENDPOINT') });
+    expect(s.receiver.received).toEqual([]);
+  });
+
+  it('stops within its deadline even while a client holds a request open', async () => {
+    stack = await startStack();
+    const port = Number(new URL(stack.apiUrl).port);
+    const socket = connect(port, '127.0.0.1');
+    await new Promise<void>((resolve) => socket.once('connect', () => resolve()));
+    // Headers and half a body, then nothing more.
+    socket.write(
+      'POST /v1/exports HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{"ids":',
+    );
+    const stopped = stack.daemon.stop(300);
+    await stopped;
+    expect(stack.logs.some((l) => l.includes('"msg":"stopped"'))).toBe(true);
+    socket.destroy();
   });
 });
 

@@ -168,6 +168,16 @@ describe('sbg-export-watcher watch', () => {
     );
   });
 
+  it('exits 1 when the platform refuses the token, instead of waiting for ever', async () => {
+    const { sim, url } = await simulator();
+    const id = sim.createExport();
+    const watch = spawnCli(['watch', id], watchEnv(url, { SB_AUTH_TOKEN: 'tok_not_the_right_one' }));
+    const { code } = await watch.exited;
+    expect(code).toBe(1);
+    expect(watch.stderr()).toContain('the platform refused the token');
+    expect(watch.stderr()).not.toContain('tok_not_the_right_one');
+  });
+
   it('exits 2 without a platform token, naming the variable', async () => {
     const watch = spawnCli(['watch', 'abc'], { WATCHER_POLL_INTERVAL: '1s' });
     const { code } = await watch.exited;
@@ -198,7 +208,9 @@ describe('sbg-export-watcher watch', () => {
 
 describe('sbg-export-watcher get', () => {
   it('prints one JSON object per id and exits 0 when all are found', async () => {
-    const { sim, url } = await simulator({ timing: { pendingMs: [60_000, 60_000], runningMs: [1000, 1000] } });
+    const { sim, url } = await simulator({
+      timing: { pendingMs: [60_000, 60_000], runningMs: [1000, 1000] },
+    });
     const ids = sim.createExports(2);
     const get = spawnCli(['get', ...ids], { SB_API_ENDPOINT: url, SB_AUTH_TOKEN: TOKEN });
     const { code } = await get.exited;

@@ -63,20 +63,54 @@ describe('RateLimiter', () => {
     launch(limiter, 3, starts);
     await vi.advanceTimersByTimeAsync(30_000);
     expect(starts).toHaveLength(2);
-    // Refilled at the platform's reset (plus the margin), not 300 s after the first call.
-    await vi.advanceTimersByTimeAsync(250 + HOPS);
+    // Refilled at the platform's reset, not 300 s after the first call.
+    await vi.advanceTimersByTimeAsync(HOPS);
     expect(starts).toHaveLength(3);
-    expect(starts[2]).toBeGreaterThanOrEqual(30_250);
-    expect(starts[2]).toBeLessThan(30_250 + HOPS);
+    expect(starts[2]).toBeGreaterThanOrEqual(30_000);
+    expect(starts[2]).toBeLessThan(30_000 + HOPS);
     expect(limiter.snapshot().spent).toBe(1);
   });
 
-  it('moves the window when a later answer reports a new reset', async () => {
+  it('lengthens its window to a later platform reset, but never shortens it once spending began', async () => {
     limiter = new RateLimiter({ budget: 10, windowMs: 60_000, resetMarginMs: 0 });
-    limiter.observe({ remaining: 500, resetAt: T0 + 60_000 });
-    expect(limiter.snapshot().windowEndsAt).toBe(T0 + 60_000);
+    const starts: number[] = [];
+    launch(limiter, 1, starts);
+    await vi.advanceTimersByTimeAsync(HOPS);
+    const end = limiter.snapshot().windowEndsAt!;
     limiter.observe({ remaining: 400, resetAt: T0 + 20_000 });
-    expect(limiter.snapshot().windowEndsAt).toBe(T0 + 20_000);
+    expect(limiter.snapshot().windowEndsAt).toBe(end);
+    await vi.advanceTimersByTimeAsync(10_000);
+    limiter.observe({ remaining: 400, resetAt: end + 5000 });
+    expect(limiter.snapshot().windowEndsAt).toBe(end + 5000);
+  });
+
+  it('refills its budget no more often than its own window, however often the platform resets', async () => {
+    limiter = new RateLimiter({ budget: 5, windowMs: 60_000, resetMarginMs: 0 });
+    const starts: number[] = [];
+    // Every call's answer reports a platform window that resets 2 s later.
+    const calls = Array.from({ length: 20 }, () =>
+      limiter!
+        .schedule(async () => {
+          starts.push(Date.now() - T0);
+          limiter?.observe({ limit: 1000, remaining: 999, resetAt: Date.now() + 2000 });
+        })
+        .catch(() => 'dropped'),
+    );
+    await vi.advanceTimersByTimeAsync(59_000);
+    expect(starts).toHaveLength(5);
+    void calls;
+  });
+
+  it('asks again shortly when the platform says nothing is left but not until when', async () => {
+    limiter = new RateLimiter({ budget: 100, windowMs: 60_000, resetMarginMs: 0 });
+    // A reset that has already passed, as an answer built just before the platform's reset says.
+    limiter.observe({ limit: 1000, remaining: 0, resetAt: T0 - 1000 });
+    const starts: number[] = [];
+    launch(limiter, 2, starts);
+    await vi.advanceTimersByTimeAsync(500);
+    expect(starts).toEqual([]);
+    await vi.advanceTimersByTimeAsync(2000);
+    expect(starts.length).toBeGreaterThan(0);
   });
 
   it('pauses every call until the reset after a 429', async () => {

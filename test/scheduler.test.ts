@@ -259,6 +259,21 @@ describe('Scheduler', () => {
     expect(h.calls).toHaveLength(1);
   });
 
+  it('keeps turning, for /healthz, while every call slot waits on the platform', async () => {
+    h = harness({ heartbeatMs: 5000, maxOutstanding: 1, batchSize: 1 });
+    let release!: () => void;
+    h.gate.wait = new Promise((resolve) => {
+      release = resolve;
+    });
+    add(h, ['a', 'b']);
+    h.scheduler.start();
+    await vi.advanceTimersByTimeAsync(120_000);
+    expect(h.calls).toHaveLength(1);
+    expect(Date.now() - h.scheduler.lastTurnAt).toBeLessThanOrEqual(5000);
+    h.gate.wait = undefined;
+    release();
+  });
+
   it('onSettled resolves once every export is terminal', async () => {
     h = harness();
     add(h, ['a', 'b']);

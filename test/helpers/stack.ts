@@ -29,6 +29,8 @@ export interface StackOptions {
   receiver?: Omit<ReceiverOptions, 'secret'>;
   env?: Env;
   daemon?: Omit<DaemonOptions, 'log' | 'api'>;
+  /** The endpoint the daemon is given, from the simulator's base URL (default: that URL). */
+  endpoint?: (simUrl: string) => string;
 }
 
 export async function startStack(options: StackOptions = {}): Promise<Stack> {
@@ -45,7 +47,7 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
   });
   const config = loadConfig(
     {
-      SB_API_ENDPOINT: simUrl,
+      SB_API_ENDPOINT: options.endpoint ? options.endpoint(simUrl) : simUrl,
       SB_AUTH_TOKEN: TOKEN,
       WATCHER_WEBHOOK_URLS: hookUrl,
       WATCHER_WEBHOOK_SECRET: SECRET,
@@ -68,7 +70,7 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
   const daemon = new Daemon(config, {
     log,
     api: true,
-    platformRetry: { minTimeoutMs: 10, maxTimeoutMs: 100, maintenanceMaxDelayMs: 300 },
+    platformRetry: { minTimeoutMs: 10, maintenanceMaxDelayMs: 300 },
     webhookRetry: { minTimeoutMs: 50, maxTimeoutMs: 500 },
     scheduler: { failurePauseMs: 50, failurePauseMaxMs: 500 },
     ...options.daemon,
