@@ -6,6 +6,7 @@ import { Writable } from 'node:stream';
 import pino from 'pino';
 import { request } from 'undici';
 import { type Env, loadConfig } from '../../src/config.js';
+import type { EventBody } from '../../src/events.js';
 import { Daemon, type DaemonOptions } from '../../src/main.js';
 import { type ReceiverOptions, WebhookReceiver } from '../../src/receiver.js';
 import { Simulator, type SimulatorOptions } from '../../src/simulator.js';
@@ -115,14 +116,5 @@ export function terminalEvents(
   return byExport;
 }
 
-export interface EventJson {
-  type: string;
-  timestamp: string;
-  data: {
-    export_id: string;
-    state: string;
-    previous_state: string;
-    metadata: Record<string, unknown> | null;
-    export: Record<string, unknown> | null;
-  };
-}
+/** The wire body, as the receiver parsed it. */
+export type EventJson = EventBody;
