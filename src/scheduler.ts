@@ -193,10 +193,10 @@ export class Scheduler {
     if (now < this.#pausedUntil) {
       nextWake = Math.min(nextWake, this.#pausedUntil);
     } else if (this.#outstanding < this.#maxOutstanding) {
-      const { due, nextDueAt } = this.#dueIds(now);
       // While unauthorized, one probing call at a time.
       const slots =
         this.#mode === 'unauthorized' ? 1 - this.#outstanding : this.#maxOutstanding - this.#outstanding;
+      const { due, nextDueAt } = this.#dueIds(now, slots * this.#batchSize);
       let taken = 0;
       for (let i = 0; i < slots && taken < due.length; i++) {
         const batch = due.slice(taken, taken + this.#batchSize);
@@ -214,8 +214,9 @@ export class Scheduler {
   /**
    * Ids whose last check is older than the interval, not in flight, longest-unchecked first
    * (never-checked ones first of all, in registration order); and when the next one falls due.
+   * At most `capacity` of them: what the free call slots can take.
    */
-  #dueIds(now: number): { due: string[]; nextDueAt: number | undefined } {
+  #dueIds(now: number, capacity: number): { due: string[]; nextDueAt: number | undefined } {
     const due: Array<{ id: string; since: number }> = [];
     let nextDueAt: number | undefined;
     for (const id of this.#deps.tracker.activeIds()) {
@@ -230,9 +231,7 @@ export class Scheduler {
       if (dueAt <= now) due.push({ id, since: record.lastCheckedAt });
       else if (nextDueAt === undefined || dueAt < nextDueAt) nextDueAt = dueAt;
     }
-    // Stable sort: equal `since` keeps registration order.
-    due.sort((a, b) => a.since - b.since);
-    return { due: due.map((d) => d.id), nextDueAt };
+    return { due: longestUnchecked(due, capacity).map((d) => d.id), nextDueAt };
   }
 
   #send(batch: string[]): void {
@@ -349,4 +348,51 @@ export class Scheduler {
     if (this.#pokeImmediate) clearImmediate(this.#pokeImmediate);
     this.#pokeImmediate = undefined;
   }
+}
+
+/**
+ * The `k` entries with the smallest `since`, in that order; equal `since` keeps the input order.
+ * A bounded max-heap makes this O(n log k), so picking 200 of 100,000 due exports does not sort
+ * them all on every turn of the loop.
+ */
+export function longestUnchecked<T extends { since: number }>(items: readonly T[], k: number): T[] {
+  if (k <= 0) return [];
+  if (items.length <= k) return [...items].sort((a, b) => a.since - b.since);
+  // Heap of indexes; the root is the entry that would be dropped first (largest since, latest).
+  const after = (a: number, b: number) => {
+    const x = items[a] as T;
+    const y = items[b] as T;
+    return x.since > y.since || (x.since === y.since && a > b);
+  };
+  const heap: number[] = [];
+  const siftUp = (i: number) => {
+    while (i > 0) {
+      const parent = (i - 1) >> 1;
+      if (!after(heap[i] as number, heap[parent] as number)) return;
+      [heap[i], heap[parent]] = [heap[parent] as number, heap[i] as number];
+      i = parent;
+    }
+  };
+  const siftDown = (i: number) => {
+    for (;;) {
+      const left = 2 * i + 1;
+      const right = left + 1;
+      let top = i;
+      if (left < heap.length && after(heap[left] as number, heap[top] as number)) top = left;
+      if (right < heap.length && after(heap[right] as number, heap[top] as number)) top = right;
+      if (top === i) return;
+      [heap[i], heap[top]] = [heap[top] as number, heap[i] as number];
+      i = top;
+    }
+  };
+  for (let i = 0; i < items.length; i++) {
+    if (heap.length < k) {
+      heap.push(i);
+      siftUp(heap.length - 1);
+    } else if (after(heap[0] as number, i)) {
+      heap[0] = i;
+      siftDown(0);
+    }
+  }
+  return heap.sort((a, b) => (after(a, b) ? 1 : -1)).map((i) => items[i] as T);
 }

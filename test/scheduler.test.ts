@@ -3,7 +3,7 @@ import pino from 'pino';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { PlatformError } from '../src/errors.js';
 import type { CheckResult } from '../src/platform-client.js';
-import { Scheduler, type SchedulerDeps } from '../src/scheduler.js';
+import { longestUnchecked, Scheduler, type SchedulerDeps } from '../src/scheduler.js';
 import { type Observation, Tracker, type Transition } from '../src/tracker.js';
 
 const T0 = Date.UTC(2026, 0, 1);
@@ -293,5 +293,28 @@ describe('Scheduler', () => {
   it('validates its options', () => {
     expect(() => harness({ batchSize: 101 })).toThrow(/batchSize/);
     expect(() => harness({ pollIntervalMs: 0 })).toThrow(/pollIntervalMs/);
+  });
+});
+
+describe('longestUnchecked', () => {
+  it('picks the k smallest `since` in order, ties in input order', () => {
+    const items = [5, 1, 9, 1, -Infinity, 3, 7, 1].map((since, i) => ({ since, i }));
+    expect(longestUnchecked(items, 4).map((x) => x.i)).toEqual([4, 1, 3, 7]);
+    expect(longestUnchecked(items, 0)).toEqual([]);
+    expect(longestUnchecked(items, 100).map((x) => x.i)).toEqual([4, 1, 3, 7, 5, 0, 6, 2]);
+  });
+
+  it('agrees with a full stable sort on random input', () => {
+    let seed = 42;
+    const random = () => {
+      seed = (seed * 1_103_515_245 + 12_345) % 2 ** 31;
+      return seed / 2 ** 31;
+    };
+    for (let round = 0; round < 50; round++) {
+      const items = Array.from({ length: 300 }, (_, i) => ({ since: Math.floor(random() * 40), i }));
+      const k = 1 + Math.floor(random() * 120);
+      const expected = [...items].sort((a, b) => a.since - b.since).slice(0, k);
+      expect(longestUnchecked(items, k)).toEqual(expected);
+    }
   });
 });
