@@ -15,9 +15,10 @@
  * is never shorter than the receiver asked; one that reaches past the event's max age gives the
  * event up at once. Each attempt is signed afresh, since its timestamp is part of the signature.
  *
- * Close. `close(deadlineMs)` stops starting attempts and ends every wait at once; attempts in
- * flight may finish until the deadline, after which they are aborted. Whatever was not delivered
- * is reported to the caller, then the engine's own HTTP agent is closed.
+ * Close. `close(deadlineMs)` ends every retry wait at once; attempts in flight may finish, and
+ * events never tried yet get their first attempt, until the deadline; then everything still
+ * running is aborted. Nothing is retried after close. Whatever was not delivered is reported to
+ * the caller, then the engine's own HTTP agent is closed.
  */
 import pRetry, { AbortError, type RetryContext } from 'p-retry';
 import type { Logger } from 'pino';
@@ -196,6 +197,8 @@ export class WebhookDispatcher {
   readonly #stats = { delivered: 0, failedAttempts: 0, givenUp: 0, gone: 0 };
   /** Set by the first close(); later calls return it. */
   #closing: Promise<CloseResult> | undefined;
+  /** Set by close(): first attempts of events not yet tried may still run; no retries. */
+  #draining = false;
 
   constructor(o: WebhookOptions) {
     const problems = validateOptions(o);
@@ -323,11 +326,20 @@ export class WebhookDispatcher {
   }
 
   async #close(deadlineMs: number): Promise<CloseResult> {
+    this.#draining = true;
     for (const endpoint of this.#endpoints) {
-      for (const delivery of [...endpoint.deliveries.values()]) this.#stop(delivery, 'closed');
+      for (const delivery of [...endpoint.deliveries.values()]) {
+        // An event never tried yet (say, an outcome seen by the last checks) still gets its first
+        // attempt within the deadline; one that has already failed is not retried now.
+        if (delivery.attempts === 0 && !delivery.inFlight) continue;
+        this.#stop(delivery, 'closed');
+      }
     }
     const inTime = await this.#settleWithin(deadlineMs);
     if (!inTime) {
+      for (const endpoint of this.#endpoints) {
+        for (const delivery of [...endpoint.deliveries.values()]) this.#stop(delivery, 'closed');
+      }
       const reason = new WatcherError(
         'SHUTTING_DOWN',
         `webhook attempt aborted at the ${deadlineMs} ms close deadline`,
@@ -412,6 +424,11 @@ export class WebhookDispatcher {
    */
   async #beforeRetry(delivery: Delivery, context: RetryContext): Promise<void> {
     if (delivery.stop.signal.aborted) throw context.error;
+    if (this.#draining) {
+      // Closing: a first attempt was allowed, a retry is not.
+      delivery.stopReason = 'closed';
+      throw context.error;
+    }
     const ageLeftMs = this.#maxAgeMs - (this.#now() - delivery.enqueuedAt);
     if (ageLeftMs <= 0) throw context.error;
     const retryAfterMs = context.error instanceof WebhookError ? context.error.retryAfterMs : undefined;

@@ -607,6 +607,34 @@ describe('close', () => {
     await d.onIdle();
   });
 
+  it('gives events never tried yet their first attempt within the deadline, and no retry', async () => {
+    const probe = new Probe();
+    const hold = deferred<Answer>();
+    const { r, url } = await receiver({
+      respond: (req) =>
+        req.id === 'evt_first_completed' ? hold.promise : req.id === 'evt_fails_completed' ? 500 : 204,
+    });
+    // One slot: the second and third events wait behind the first, never tried, when close begins.
+    const d = dispatcher({
+      urls: [url],
+      observer: probe,
+      concurrencyPerEndpoint: 1,
+      retry: { minTimeoutMs: 1 },
+    });
+    const fails = makeEvent('fails');
+    d.enqueue(makeEvent('first'));
+    d.enqueue(makeEvent('second'));
+    d.enqueue(fails);
+    await r.waitFor((x) => x.received.length === 1);
+    const closing = d.close(30_000);
+    hold.resolve(204);
+    const { undelivered } = await closing;
+    expect(r.accepted().map((x) => x.id)).toEqual(['evt_first_completed', 'evt_second_completed']);
+    // Tried once during the drain, refused, and reported rather than retried.
+    expect(r.received.filter((x) => x.id === 'evt_fails_completed')).toHaveLength(1);
+    expect(undelivered).toEqual([{ endpoint: endpointLabel(url), event: fails }]);
+  });
+
   it('aborts attempts still in flight at the deadline and reports them', async () => {
     useFakeTime();
     const probe = new Probe();
