@@ -30,7 +30,7 @@ export interface DemoSummary {
   exports: number;
   unknown_ids: number;
   elapsed_s: number;
-  outcomes: Record<string, number>;
+  outcomes: { COMPLETED: number; FAILED: number; LOST: number };
   requests_spent: number;
   bulk_calls: number;
   mean_ids_per_bulk_call: number;
