@@ -13,6 +13,7 @@ import type { Logger } from 'pino';
 import type { Dispatcher } from 'undici';
 import type { Config } from './config.js';
 import { ControlApi, type WatchRegistry } from './control-api.js';
+import { settlesWithin } from './deadline.js';
 import { PlatformError } from './errors.js';
 import { type ExportEvent, eventForTransition } from './events.js';
 import { Metrics } from './metrics.js';
@@ -210,9 +211,7 @@ export class Daemon {
           }
         });
       // Start checking once the quota is known, or after a short wait if the platform is slow.
-      let timer: NodeJS.Timeout | undefined;
-      await Promise.race([probe, new Promise((resolve) => (timer = setTimeout(resolve, 5000)))]);
-      clearTimeout(timer);
+      await settlesWithin(probe, 5000);
       this.scheduler.start();
       return url;
     })();
@@ -287,25 +286,6 @@ export class Daemon {
       return;
     }
     this.#readiness = { ok: false, reason };
-  }
-}
-
-/** Whether `promise` settles within `ms`; it is left to settle on its own either way. */
-async function settlesWithin(promise: Promise<unknown>, ms: number): Promise<boolean> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<false>((resolve) => {
-    timer = setTimeout(() => resolve(false), ms);
-  });
-  try {
-    return await Promise.race([
-      promise.then(
-        () => true,
-        () => true,
-      ),
-      timeout,
-    ]);
-  } finally {
-    clearTimeout(timer);
   }
 }
 

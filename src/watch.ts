@@ -12,6 +12,7 @@ import type { Writable } from 'node:stream';
 import type { Logger } from 'pino';
 import type { Config } from './config.js';
 import { recordToJson } from './control-api.js';
+import { settlesWithin } from './deadline.js';
 import { Daemon } from './main.js';
 import { type ExportState, isTerminal, type Transition } from './tracker.js';
 
@@ -85,21 +86,10 @@ export async function runWatch(options: WatchOptions): Promise<number> {
   }
   // Deliveries of the outcomes get up to WATCHER_SHUTDOWN_TIMEOUT to finish (a receiver that is
   // down must not hold a script for WATCHER_WEBHOOK_MAX_AGE); what is left is logged at error.
-  if (code < 128) await deliveredWithin(daemon, options.config.shutdownTimeoutMs);
+  if (code < 128) await settlesWithin(daemon.webhooks.onIdle(), options.config.shutdownTimeoutMs);
   const { undelivered } = await daemon.stop(0);
   if (undelivered.length > 0) options.stderr.write(`${undelivered.length} webhook deliveries not done\n`);
   return code;
-}
-
-async function deliveredWithin(daemon: Daemon, ms: number): Promise<void> {
-  let timer: NodeJS.Timeout | undefined;
-  await Promise.race([
-    daemon.webhooks.onIdle(),
-    new Promise((resolve) => {
-      timer = setTimeout(resolve, ms);
-    }),
-  ]);
-  clearTimeout(timer);
 }
 
 function formatFinished(

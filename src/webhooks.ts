@@ -23,6 +23,7 @@
 import pRetry, { AbortError, type RetryContext } from 'p-retry';
 import type { Logger } from 'pino';
 import { Agent, type Dispatcher, request } from 'undici';
+import { settlesWithin } from './deadline.js';
 import { type ErrorCode, isRetryable, WatcherError, WebhookError } from './errors.js';
 import type { EventType, ExportEvent } from './events.js';
 import { sign } from './signing.js';
@@ -335,7 +336,7 @@ export class WebhookDispatcher {
         this.#stop(delivery, 'closed');
       }
     }
-    const inTime = await this.#settleWithin(deadlineMs);
+    const inTime = await settlesWithin(Promise.allSettled(this.#runs), deadlineMs);
     if (!inTime) {
       for (const endpoint of this.#endpoints) {
         for (const delivery of [...endpoint.deliveries.values()]) this.#stop(delivery, 'closed');
@@ -355,21 +356,6 @@ export class WebhookDispatcher {
       this.#log.info('webhook dispatcher closed');
     }
     return { undelivered };
-  }
-
-  /** True when every delivery run ended within `ms`. */
-  async #settleWithin(ms: number): Promise<boolean> {
-    if (this.#runs.size === 0) return true;
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const deadline = new Promise<false>((resolve) => {
-      timer = setTimeout(() => resolve(false), ms);
-    });
-    const settled = Promise.allSettled(this.#runs).then(() => true as const);
-    try {
-      return await Promise.race([settled, deadline]);
-    } finally {
-      clearTimeout(timer);
-    }
   }
 
   /**
