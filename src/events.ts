@@ -2,7 +2,7 @@
  * The events the watcher emits for transitions, and their wire shape (SPEC "Events, logs and
  * webhooks"). Pure: building an event needs the transition and nothing else.
  */
-import type { ExportState } from './tracker.js';
+import type { ExportState, Transition } from './tracker.js';
 
 export const EVENT_TYPES = ['export.running', 'export.completed', 'export.failed', 'export.lost'] as const;
 export type EventType = (typeof EVENT_TYPES)[number];
@@ -39,17 +39,8 @@ const EVENT_FOR_STATE: Partial<Record<ExportState, EventType>> = {
   LOST: 'export.lost',
 };
 
-export interface TransitionLike {
-  exportId: string;
-  from: ExportState;
-  to: ExportState;
-  at: number;
-  metadata: Record<string, unknown> | null;
-  export: Record<string, unknown> | null;
-}
-
 /** The event for a transition, or null when the new state has no event (PENDING, UNKNOWN). */
-export function eventForTransition(t: TransitionLike): ExportEvent | null {
+export function eventForTransition(t: Transition): ExportEvent | null {
   const type = EVENT_FOR_STATE[t.to];
   if (!type) return null;
   return {

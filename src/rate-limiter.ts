@@ -189,12 +189,6 @@ export class RateLimiter {
     };
   }
 
-  /** Calls not yet started or still running. */
-  get pending(): number {
-    const c = this.#bottleneck.counts();
-    return (c.RECEIVED ?? 0) + (c.QUEUED ?? 0) + (c.RUNNING ?? 0) + (c.EXECUTING ?? 0);
-  }
-
   /**
    * Drops calls that have not started (they reject) and clears the timers. Does not wait for
    * calls already running: the caller bounds those. Idempotent.

@@ -89,8 +89,6 @@ export class Scheduler {
   #lastPruneAt = 0;
   #stopPromise: Promise<void> | undefined;
   readonly #waiters = new Set<{ test: () => boolean; resolve: () => void }>();
-  /** Counters for summaries and tests. */
-  readonly stats = { calls: 0, failedCalls: 0, idsChecked: 0, transitions: 0 };
 
   constructor(deps: SchedulerDeps, options: SchedulerOptions) {
     if (!(options.pollIntervalMs > 0))
@@ -115,10 +113,6 @@ export class Scheduler {
   /** When the loop last ran (epoch ms); `/healthz` reads it. */
   get lastTurnAt(): number {
     return this.#lastTurnAt;
-  }
-
-  get inFlightCount(): number {
-    return this.#inFlight.size;
   }
 
   start(): void {
@@ -237,11 +231,10 @@ export class Scheduler {
   #send(batch: string[]): void {
     this.#outstanding++;
     for (const id of batch) this.#inFlight.add(id);
-    this.stats.calls++;
     this.#deps
       .checkStatuses(batch)
       .then(
-        (result) => this.#onResult(batch, result),
+        (result) => this.#onResult(result),
         (error: unknown) => this.#onError(batch, error),
       )
       .catch((error: unknown) => {
@@ -256,7 +249,7 @@ export class Scheduler {
       });
   }
 
-  #onResult(batch: readonly string[], result: CheckResult): void {
+  #onResult(result: CheckResult): void {
     const now = this.#deps.now();
     this.#consecutiveFailures = 0;
     this.#pausedUntil = 0;
@@ -265,11 +258,9 @@ export class Scheduler {
       this.#deps.log.info('platform accepts the token again; checks resume');
     }
     this.#deps.onCallResult?.({ ok: true });
-    this.stats.idsChecked += batch.length;
     const { transitions, warnings } = this.#deps.tracker.apply(result.observations, now);
     for (const w of [...result.warnings, ...warnings]) this.#logWarning(w);
     for (const t of transitions) {
-      this.stats.transitions++;
       this.#logTransition(t);
       this.#deps.notify(t);
     }
@@ -278,7 +269,6 @@ export class Scheduler {
   #onError(batch: readonly string[], error: unknown): void {
     this.#deps.onCallResult?.({ ok: false, error });
     if (!this.#isActive()) return; // stopping: the call was dropped or aborted
-    this.stats.failedCalls++;
     const now = this.#deps.now();
     const code = error instanceof PlatformError ? error.code : undefined;
     if (code === 'PLATFORM_RATE_LIMITED') {
