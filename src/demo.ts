@@ -101,7 +101,7 @@ export async function runDemo(options: DemoOptions): Promise<number> {
     const stats = simulator.stats();
     const parts = EXPORT_STATES.map((s) => `${s} ${counts[s]}`).join('  ');
     const elapsed = ((performance.now() - started) / 1000).toFixed(0).padStart(3);
-    return `${elapsed}s  ${parts}  | requests ${spent(stats)}  webhooks ${receiver.uniqueIds().size}`;
+    return `${elapsed}s  ${parts}  | requests ${spent(stats)}  webhooks ${receiver.acceptedIds().size}`;
   };
   const timer = setInterval(
     () => {
@@ -114,7 +114,7 @@ export async function runDemo(options: DemoOptions): Promise<number> {
 
   const expectedEvents = all.length;
   await daemon.scheduler.onSettled();
-  await receiver.waitFor((r) => acceptedIds(r).size >= expectedEvents, 120_000).catch(() => undefined);
+  await receiver.waitFor((r) => r.acceptedIds().size >= expectedEvents, 120_000).catch(() => undefined);
   clearInterval(timer);
   if (options.tty && !options.json) options.out.write(`\r\x1b[2K${progress()}\n`);
   else say(progress());
@@ -135,10 +135,6 @@ export async function runDemo(options: DemoOptions): Promise<number> {
 
 function spent(stats: ReturnType<Simulator['stats']>): number {
   return (stats.requests.bulk_get ?? 0) + (stats.requests.get ?? 0) + (stats.requests.list ?? 0);
-}
-
-function acceptedIds(r: WebhookReceiver): Set<string> {
-  return new Set(r.accepted().map((w) => w.id));
 }
 
 function summarize(

@@ -56,6 +56,8 @@ export class WebhookReceiver {
   readonly #key: Buffer | undefined;
   readonly #now: () => number;
   readonly #attemptsById = new Map<string, number>();
+  /** Kept as answers go out, so waiting on deliveries does not rescan every attempt. */
+  readonly #acceptedIds = new Set<string>();
   readonly #waiters = new Set<Waiter>();
   #server: Server | undefined;
   #closing: Promise<void> | undefined;
@@ -101,6 +103,11 @@ export class WebhookReceiver {
   /** Attempts answered with a 2xx. */
   accepted(): ReceivedWebhook[] {
     return this.received.filter((r) => r.status !== undefined && r.status >= 200 && r.status < 300);
+  }
+
+  /** The webhook-ids with at least one attempt answered 2xx: the events delivered. */
+  acceptedIds(): ReadonlySet<string> {
+    return this.#acceptedIds;
   }
 
   uniqueIds(): Set<string> {
@@ -182,6 +189,7 @@ export class WebhookReceiver {
     const answer = await answering;
     const { status, headers } = typeof answer === 'number' ? { status: answer, headers: {} } : answer;
     record.status = status;
+    if (status >= 200 && status < 300) this.#acceptedIds.add(record.id);
     if (!res.destroyed) res.writeHead(status, headers).end();
     this.#notify();
   }

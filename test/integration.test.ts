@@ -57,7 +57,7 @@ describe('the watcher against the simulator', () => {
     );
 
     const expected = ids.length + unknown.length;
-    await stack.receiver.waitFor((r) => new Set(r.accepted().map((w) => w.id)).size >= expected, 60_000);
+    await stack.receiver.waitFor((r) => r.acceptedIds().size >= expected, 60_000);
     await stack.daemon.webhooks.onIdle();
 
     const events = terminalEvents(stack.receiver);
@@ -142,7 +142,7 @@ describe('the watcher against the simulator', () => {
     const ids = stack.sim.createExports(200);
     expect((await stack.post('/v1/exports', { ids })).status).toBe(202);
     // Checking 200 ids in batches of 20 every 200 ms would take 50 calls a second: far more than allowed.
-    await stack.receiver.waitFor((r) => new Set(r.accepted().map((w) => w.id)).size >= ids.length, 90_000);
+    await stack.receiver.waitFor((r) => r.acceptedIds().size >= ids.length, 90_000);
     const stats = stack.sim.stats();
     expect(stats.rateLimited).toBe(0);
     expect(stats.checksAfterTerminal).toBe(0);
@@ -174,7 +174,7 @@ describe('the watcher against the simulator', () => {
     });
     const ids = stack.sim.createExports(120);
     expect((await stack.post('/v1/exports', { ids })).status).toBe(202);
-    await stack.receiver.waitFor((r) => new Set(r.accepted().map((w) => w.id)).size >= ids.length, 90_000);
+    await stack.receiver.waitFor((r) => r.acceptedIds().size >= ids.length, 90_000);
 
     const faults = stack.sim.stats().faults;
     expect(faults.maintenance).toBeGreaterThan(0);
@@ -201,10 +201,7 @@ describe('the watcher against the simulator', () => {
     stack = await startStack({ sim: { timing: SHORT, bulk: false } });
     const ids = stack.sim.createExports(15);
     expect((await stack.post('/v1/exports', { ids: [...ids, 'gone-for-good'] })).status).toBe(202);
-    await stack.receiver.waitFor(
-      (r) => new Set(r.accepted().map((w) => w.id)).size >= ids.length + 1,
-      60_000,
-    );
+    await stack.receiver.waitFor((r) => r.acceptedIds().size >= ids.length + 1, 60_000);
     const stats = stack.sim.stats();
     expect(stats.requests.get).toBeGreaterThan(ids.length);
     expect(stats.bulkIdsPerCall).toEqual([]);

@@ -59,7 +59,7 @@ describe('sbg-export-watcher run', () => {
     );
     const listening = await daemon.waitForLine((l) => l.msg === 'control API listening');
     expect(String(listening.url)).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
-    await hooks.waitFor((r) => new Set(r.accepted().map((w) => w.id)).size === 3, 30_000);
+    await hooks.waitFor((r) => r.acceptedIds().size === 3, 30_000);
     const health = await request(`${listening.url}/healthz`);
     expect(health.statusCode).toBe(200);
     await health.body.dump();
@@ -163,7 +163,7 @@ describe('sbg-export-watcher watch', () => {
     const states = Object.fromEntries(watch.lines.map((l) => [l.id, l.state]));
     expect(states).toEqual({ [ok]: 'COMPLETED', [bad]: 'FAILED', 'never-existed': 'LOST' });
     // Delivered before the command returned.
-    expect(new Set(hooks.accepted().map((w) => w.id))).toEqual(
+    expect(hooks.acceptedIds()).toEqual(
       new Set([`evt_${ok}_completed`, `evt_${bad}_failed`, 'evt_never-existed_lost']),
     );
   });
