@@ -676,12 +676,11 @@ describe('faults', () => {
     expect(sim.stats().faults.malformed).toBe(1);
   });
 
-  it('holds a slow answer for slowMs', async () => {
-    const sim = await startSim({ faults: { slowRate: 1, slowMs: 150 } });
-    const started = performance.now();
+  it('answers a slow request normally once slowMs has passed', async () => {
+    // That the answer is really held is shown by the next test, without timing real time.
+    const sim = await startSim({ faults: { slowRate: 1, slowMs: 50 } });
     const r = await call(sim, 'GET', '/storage/exports');
     expect(r.status).toBe(200);
-    expect(performance.now() - started).toBeGreaterThanOrEqual(140);
     expect(sim.stats().faults.slow).toBe(1);
     // /rate_limit is never slowed.
     sim.setFaults({ slowRate: 1, slowMs: 60_000 });
@@ -689,14 +688,13 @@ describe('faults', () => {
   });
 
   it('makes a client with a shorter timeout give up on a slow answer, and close() does not wait for it', async () => {
-    const sim = await startSim({ faults: { slowRate: 1, slowMs: 60_000 } });
+    // Held far longer than the test may run: a close() that waited for it would time the test out.
+    const sim = await startSim({ faults: { slowRate: 1, slowMs: 600_000 } });
     await expect(call(sim, 'GET', '/storage/exports', { headersTimeout: 200 })).rejects.toThrow();
     expect(sim.stats().faults.slow).toBe(1);
     const pending = call(sim, 'GET', '/storage/exports').catch((err: unknown) => err);
     await new Promise((resolve) => setImmediate(resolve));
-    const started = performance.now();
     await sim.close();
-    expect(performance.now() - started).toBeLessThan(2000);
     expect(await pending).toBeInstanceOf(Error);
   });
 
