@@ -6,6 +6,7 @@
  */
 import { ConfigError } from './errors.js';
 import { DEFAULT_EVENT_TYPES, EVENT_TYPES, type EventType } from './events.js';
+import { safeUrl, urlSecrets } from './redact.js';
 import { parseSecret } from './signing.js';
 
 /** Platform deployments by preset name (sbg-api.md §6). */
@@ -42,6 +43,11 @@ export interface Config {
   readonly dataDir: string;
   readonly logLevel: LogLevel;
   readonly shutdownTimeoutMs: number;
+  /**
+   * Every secret value this configuration holds (tokens, the webhook secret and its key, URL
+   * passwords and query values), for the log redactor. Never logged itself.
+   */
+  readonly secrets: readonly string[];
 }
 
 /** Every variable the watcher reads, with its default (undefined: none). */
@@ -75,6 +81,9 @@ const SECRET_VARIABLES: ReadonlySet<string> = new Set([
   'WATCHER_WEBHOOK_SECRET',
   'WATCHER_API_TOKEN',
 ]);
+
+/** Variables holding URLs, which may carry credentials or tokens: echoed without them. */
+const URL_VARIABLES: ReadonlySet<string> = new Set(['SB_API_ENDPOINT', 'WATCHER_WEBHOOK_URLS']);
 
 export interface LoadOptions {
   /** `run`, `watch` and `get` talk to the platform and need a token; `simulate` does not. */
@@ -129,7 +138,9 @@ export function loadConfig(env: Env, options: LoadOptions = {}): Config {
     return v === undefined || v.trim() === '' ? DEFAULTS[name] : v.trim();
   };
   const shown = (name: VariableName, value: string): string =>
-    SECRET_VARIABLES.has(name) ? `a value of ${value.length} characters (hidden)` : JSON.stringify(value);
+    SECRET_VARIABLES.has(name)
+      ? `a value of ${value.length} characters (hidden)`
+      : JSON.stringify(URL_VARIABLES.has(name) ? safeUrl(value) : value);
   const problem = (name: VariableName, expects: string, value: string | undefined): void => {
     problems.push(
       `${name}: expected ${expects}, got ${value === undefined ? 'nothing' : shown(name, value)}`,
@@ -244,6 +255,10 @@ export function loadConfig(env: Env, options: LoadOptions = {}): Config {
   const shutdownTimeoutMs = duration('WATCHER_SHUTDOWN_TIMEOUT', 0, HOUR);
 
   if (problems.length > 0) throw new ConfigError(problems);
+  const secrets = [token, apiToken, secretText, secretText?.slice('whsec_'.length)].filter(
+    (s): s is string => s !== undefined,
+  );
+  for (const u of [endpoint, ...urls]) secrets.push(...urlSecrets(u));
   return Object.freeze({
     endpoint,
     token,
@@ -264,6 +279,7 @@ export function loadConfig(env: Env, options: LoadOptions = {}): Config {
     dataDir,
     logLevel: level as LogLevel,
     shutdownTimeoutMs,
+    secrets: Object.freeze(secrets),
   });
 }
 

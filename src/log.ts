@@ -1,11 +1,14 @@
 /**
- * Logging: pino, JSON lines. Secrets are removed by pino's `redact` configuration, not by care at
- * each call site: any field under these names is censored wherever it appears.
+ * Logging: pino, JSON lines. Secrets are removed by configuration, not by care at each call site:
+ * pino's `redact` censors any field under the names below, and every finished line then passes
+ * through the `Redactor` (redact.ts), which strips credentials and query strings from URLs and
+ * replaces every known secret value wherever it appears (a message, an error text, an echoed body).
  */
 import type { Writable } from 'node:stream';
-import pino, { type Logger } from 'pino';
+import pino, { type DestinationStream, type Logger } from 'pino';
 import pretty from 'pino-pretty';
 import type { LogLevel } from './config.js';
+import { Redactor } from './redact.js';
 
 export const REDACTED_PATHS = [
   'token',
@@ -34,11 +37,14 @@ export interface LoggerOptions {
   /** Human-readable lines (for a terminal) instead of JSON. */
   pretty?: boolean;
   base?: Record<string, unknown>;
+  /** Scrubs every line; default: one that knows no secret values but still cleans URLs. */
+  redactor?: Redactor;
 }
 
 export function createLogger(options: LoggerOptions): Logger {
   const destination = options.destination ?? process.stdout;
-  const stream = options.pretty
+  const redactor = options.redactor ?? new Redactor();
+  const target = options.pretty
     ? pretty({
         destination,
         colorize: true,
@@ -47,6 +53,8 @@ export function createLogger(options: LoggerOptions): Logger {
         ignore: 'pid,hostname',
       })
     : destination;
+  // The last step before the bytes leave: nothing a serializer or a message adds escapes it.
+  const stream: DestinationStream = { write: (line: string) => target.write(redactor.scrub(line)) };
   return pino(
     {
       level: options.level,

@@ -1,0 +1,90 @@
+/**
+ * The one place that keeps secrets out of what the watcher writes: every log line passes through
+ * `Redactor.scrub` as its last step (see log.ts), and so does every line the CLI prints about an
+ * error. Two rules, applied to the finished text rather than to each call site:
+ *
+ * 1. Every URL loses its credentials (`user:pass@`), its query string and its fragment:
+ *    `https://u:p@host/v2?token=x#f` is written `https://host/v2`. A platform's error message, a
+ *    configured endpoint or an undici error that names a URL are all covered, wherever they sit.
+ * 2. Every known secret value (the platform token, the webhook secret and its key, the API token,
+ *    passwords and query values of configured URLs) is replaced by `[redacted]` wherever it
+ *    appears, also when it is JSON-escaped inside a log line.
+ *
+ * pino's `redact` paths stay as the first line of defence (fields named `token`, `authorization`
+ * ...); this catches what reaches a message, an error text or an echoed body.
+ */
+
+export const REDACTED = '[redacted]';
+
+/** Shorter values are not scrubbed from text: replacing "ab" everywhere would wreck every line. */
+export const MIN_SECRET_LENGTH = 6;
+
+/**
+ * A URL: scheme, optional userinfo, authority, path; then an optional query and fragment, which
+ * are dropped. Stops at whitespace, quotes, backslashes (JSON escapes) and angle brackets.
+ */
+const URL_PATTERN = /\b([a-zA-Z][a-zA-Z0-9+.-]*:\/\/)(?:[^\s"'\\<>/?#@]*@)?([^\s"'\\<>/?#]*)([^\s"'\\<>?#]*)(?:\?[^\s"'\\<>#]*)?(?:#[^\s"'\\<>]*)?/g;
+
+/** `https://u:p@host/path?q#f` → `https://host/path`; text that is not a URL is returned scrubbed the same way. */
+export function safeUrl(url: string): string {
+  return url.replace(URL_PATTERN, '$1$2$3');
+}
+
+/** Secret-looking parts of a URL: its password, its username, and its query values. */
+export function urlSecrets(url: string): string[] {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    return [];
+  }
+  const found: string[] = [];
+  for (const part of [u.password, u.username]) {
+    if (part) found.push(part, safeDecode(part));
+  }
+  for (const [, value] of u.searchParams) found.push(value, encodeURIComponent(value));
+  return found;
+}
+
+export class Redactor {
+  /** Longest first, so a secret that contains another is replaced whole. */
+  #secrets: string[] = [];
+
+  constructor(secrets: Iterable<string | undefined> = []) {
+    this.add(secrets);
+  }
+
+  /** Adds values to scrub; short or empty ones are ignored (see MIN_SECRET_LENGTH). */
+  add(secrets: Iterable<string | undefined>): void {
+    const all = new Set(this.#secrets);
+    for (const s of secrets) {
+      if (s === undefined || s.length < MIN_SECRET_LENGTH) continue;
+      all.add(s);
+      // As it appears inside a JSON string (a log line), when escaping changes it.
+      const escaped = JSON.stringify(s).slice(1, -1);
+      if (escaped !== s) all.add(escaped);
+    }
+    this.#secrets = [...all].sort((a, b) => b.length - a.length);
+  }
+
+  get size(): number {
+    return this.#secrets.length;
+  }
+
+  /** The text with URLs stripped of credentials and queries, and known secrets replaced. */
+  scrub(text: string): string {
+    let out = text.includes('://') ? safeUrl(text) : text;
+    for (const secret of this.#secrets) {
+      if (out.includes(secret)) out = out.split(secret).join(REDACTED);
+    }
+    return out;
+  }
+}
+
+function safeDecode(text: string): string {
+  try {
+    return decodeURIComponent(text);
+  } catch {
+    return text;
+  }
+}
