@@ -23,7 +23,8 @@
 import type { Logger } from 'pino';
 import { PlatformError } from './errors.js';
 import type { CheckResult } from './platform-client.js';
-import type { Tracker, TrackerWarning, Transition } from './tracker.js';
+import { smallestK } from './top-k.js';
+import { SAMPLE_IDS, type Tracker, type TrackerWarning, type Transition, type WarningReason } from './tracker.js';
 
 export const SCHEDULER_MODES = ['idle', 'running', 'unauthorized', 'stopping', 'stopped'] as const;
 export type SchedulerMode = (typeof SCHEDULER_MODES)[number];
@@ -259,7 +260,7 @@ export class Scheduler {
     }
     this.#deps.onCallResult?.({ ok: true });
     const { transitions, warnings } = this.#deps.tracker.apply(result.observations, now);
-    for (const w of [...result.warnings, ...warnings]) this.#logWarning(w);
+    this.#logWarnings([...result.warnings, ...warnings]);
     for (const t of transitions) {
       this.#logTransition(t);
       this.#deps.notify(t);
@@ -302,21 +303,18 @@ export class Scheduler {
     if (t.to === 'FAILED') {
       this.#deps.log.warn({ ...line, error: t.export?.error ?? null }, 'export state changed');
     } else if (t.to === 'LOST') {
-      this.#deps.log.warn(line, 'export state changed');
+      this.#deps.log.warn({ ...line, error: t.error }, 'export state changed');
     } else {
       this.#deps.log.info(line, 'export state changed');
     }
   }
 
-  #logWarning(w: TrackerWarning): void {
-    const messages: Record<TrackerWarning['reason'], string> = {
-      stale_state: 'stale state from the platform ignored',
-      unknown_state: 'unknown export state from the platform; treated as not finished',
-      unexpected_resource: 'platform answered about an export that was not asked for',
-      unanswered: 'platform said nothing about an export; it stays due',
-      item_error: 'platform answered an error for an export; it stays due',
-    };
-    this.#deps.log.warn({ export_id: w.exportId, ...w.detail }, messages[w.reason]);
+  /** One line per kind of warning in a call, with a count and a few ids: never a line per export. */
+  #logWarnings(warnings: readonly TrackerWarning[]): void {
+    for (const summary of summarizeWarnings(warnings)) {
+      const { reason, ...fields } = summary;
+      this.#deps.log.warn({ reason, ...fields }, WARNING_MESSAGES[reason]);
+    }
   }
 
   #notifyWaiters(): void {
@@ -340,49 +338,46 @@ export class Scheduler {
   }
 }
 
+const WARNING_MESSAGES: Readonly<Record<WarningReason, string>> = {
+  stale_state: 'stale state from the platform ignored',
+  unknown_state: 'unknown export state from the platform; treated as not finished',
+  unexpected_resource: 'platform answered about exports that were not asked for; ignored',
+  unanswered: 'platform said nothing about some exports; they stay due',
+  item_error: 'platform answered an error for some exports; they stay due',
+  unattributed_errors: 'platform answered error items that cannot be matched to exports one for one; they stay due',
+};
+
+export interface WarningSummary {
+  reason: WarningReason;
+  /** Exports concerned. */
+  count: number;
+  sample_ids: string[];
+  /** The first warning's other details (a state, an error), as an example. */
+  example?: Record<string, unknown>;
+}
+
+/** Groups warnings by reason: counts summed, at most SAMPLE_IDS ids, the first detail as an example. */
+export function summarizeWarnings(warnings: readonly TrackerWarning[]): WarningSummary[] {
+  const byReason = new Map<WarningReason, WarningSummary>();
+  for (const w of warnings) {
+    const { count, sample_ids, ...rest } = w.detail as { count?: unknown; sample_ids?: unknown };
+    let summary = byReason.get(w.reason);
+    if (!summary) {
+      summary = { reason: w.reason, count: 0, sample_ids: [] };
+      if (Object.keys(rest).length > 0) summary.example = rest;
+      byReason.set(w.reason, summary);
+    }
+    summary.count += typeof count === 'number' ? count : 1;
+    const ids = Array.isArray(sample_ids) ? (sample_ids as string[]) : w.exportId ? [w.exportId] : [];
+    for (const id of ids) if (summary.sample_ids.length < SAMPLE_IDS) summary.sample_ids.push(id);
+  }
+  return [...byReason.values()];
+}
+
 /**
  * The `k` entries with the smallest `since`, in that order; equal `since` keeps the input order.
- * A bounded max-heap makes this O(n log k), so picking 200 of 100,000 due exports does not sort
- * them all on every turn of the loop.
+ * O(n log k), so picking 200 of 100,000 due exports does not sort them all on every turn.
  */
 export function longestUnchecked<T extends { since: number }>(items: readonly T[], k: number): T[] {
-  if (k <= 0) return [];
-  if (items.length <= k) return [...items].sort((a, b) => a.since - b.since);
-  // Heap of indexes; the root is the entry that would be dropped first (largest since, latest).
-  const after = (a: number, b: number) => {
-    const x = items[a] as T;
-    const y = items[b] as T;
-    return x.since > y.since || (x.since === y.since && a > b);
-  };
-  const heap: number[] = [];
-  const siftUp = (i: number) => {
-    while (i > 0) {
-      const parent = (i - 1) >> 1;
-      if (!after(heap[i] as number, heap[parent] as number)) return;
-      [heap[i], heap[parent]] = [heap[parent] as number, heap[i] as number];
-      i = parent;
-    }
-  };
-  const siftDown = (i: number) => {
-    for (;;) {
-      const left = 2 * i + 1;
-      const right = left + 1;
-      let top = i;
-      if (left < heap.length && after(heap[left] as number, heap[top] as number)) top = left;
-      if (right < heap.length && after(heap[right] as number, heap[top] as number)) top = right;
-      if (top === i) return;
-      [heap[i], heap[top]] = [heap[top] as number, heap[i] as number];
-      i = top;
-    }
-  };
-  for (let i = 0; i < items.length; i++) {
-    if (heap.length < k) {
-      heap.push(i);
-      siftUp(heap.length - 1);
-    } else if (after(heap[0] as number, i)) {
-      heap[0] = i;
-      siftDown(0);
-    }
-  }
-  return heap.sort((a, b) => (after(a, b) ? 1 : -1)).map((i) => items[i] as T);
+  return smallestK(items, k, (a, b) => a.since < b.since);
 }

@@ -11,9 +11,12 @@
  * - A jump (PENDING → COMPLETED) is one transition.
  * - A terminal record never changes again, and is never due.
  * - LOST means the platform said "no such job" or "no access" on `lostAfter` consecutive checks;
- *   any answer with the resource resets that count.
+ *   any answer with the resource resets that count. Such a "missing" observation comes only from
+ *   an error that is this export's own: one that names it, or one of as many anonymous error items
+ *   as there are unanswered ids in an answer that is otherwise whole (`observationsFromBulk`).
  */
 import type { PlatformErrorBody } from './errors.js';
+import { smallestK } from './top-k.js';
 
 export const PLATFORM_STATES = ['PENDING', 'RUNNING', 'COMPLETED', 'FAILED'] as const;
 export type PlatformState = (typeof PLATFORM_STATES)[number];
@@ -55,6 +58,13 @@ export interface ExportRecord {
   export: PlatformExport | null;
   /** Consecutive "no such job" / "no access" answers; LOST at `lostAfter`. */
   misses: number;
+  /**
+   * Why it ended badly: for FAILED the platform's `error` on the job, for LOST the error that
+   * said the job does not exist or is not accessible. Null otherwise.
+   */
+  error: PlatformErrorBody | null;
+  /** The last "no such job" error while misses are counted, so LOST can say why. */
+  lastMiss: PlatformErrorBody | null;
 }
 
 /** What one check said about one export. */
@@ -72,12 +82,38 @@ export interface Transition {
   at: number;
   metadata: Record<string, unknown> | null;
   export: PlatformExport | null;
+  /** As on the record: why a FAILED or LOST export ended so; null otherwise. */
+  error: PlatformErrorBody | null;
 }
 
+export const WARNING_REASONS = [
+  'stale_state',
+  'unknown_state',
+  'unexpected_resource',
+  'unanswered',
+  'item_error',
+  'unattributed_errors',
+] as const;
+export type WarningReason = (typeof WARNING_REASONS)[number];
+
+/**
+ * Something odd in an answer, worth a log line. The scheduler writes one line per reason per call
+ * (with a count and a few sample ids), never one per export: a hostile answer must not flood logs.
+ */
 export interface TrackerWarning {
-  exportId: string;
-  reason: 'stale_state' | 'unknown_state' | 'unexpected_resource' | 'unanswered' | 'item_error';
+  /** The export concerned; absent for a warning about a whole answer. */
+  exportId?: string;
+  reason: WarningReason;
+  /** `count` (how many exports it stands for, default 1) and `sample_ids` are summed and merged. */
   detail: Record<string, unknown>;
+}
+
+/** Paging of `list`: keyset by id, ascending. */
+export interface PageQuery {
+  state?: ExportState | undefined;
+  /** Only ids after this one (the last id of the previous page). */
+  after?: string | undefined;
+  limit: number;
 }
 
 export interface ApplyResult {
@@ -129,6 +165,8 @@ export class Tracker {
         history: [{ state: 'UNKNOWN', at: now }],
         export: null,
         misses: 0,
+        error: null,
+        lastMiss: null,
       });
       this.#active.add(id);
       accepted.push(id);
@@ -148,6 +186,24 @@ export class Tracker {
   list(state?: ExportState): ExportRecord[] {
     const all = [...this.#records.values()];
     return state ? all.filter((r) => r.state === state) : all;
+  }
+
+  /**
+   * One page of records in id order, and whether more follow. Costs O(n log limit): the page is
+   * picked with a bounded heap, never by sorting every record.
+   */
+  page(query: PageQuery): { items: ExportRecord[]; more: boolean } {
+    const { state, after, limit } = query;
+    const matching = function* (records: Iterable<ExportRecord>) {
+      for (const r of records) {
+        if (state !== undefined && r.state !== state) continue;
+        if (after !== undefined && r.id <= after) continue;
+        yield r;
+      }
+    };
+    const picked = smallestK(matching(this.#records.values()), limit + 1, (a, b) => a.id < b.id);
+    const more = picked.length > limit;
+    return { items: more ? picked.slice(0, limit) : picked, more };
   }
 
   get size(): number {
@@ -188,12 +244,14 @@ export class Tracker {
       }
       if (o.kind === 'missing') {
         record.misses++;
+        record.lastMiss = o.error;
         if (record.misses >= this.#lostAfter) {
-          transitions.push(this.#move(record, 'LOST', now, record.export));
+          transitions.push(this.#move(record, 'LOST', now, record.export, o.error));
         }
         continue;
       }
       record.misses = 0;
+      record.lastMiss = null;
       const reported = o.resource.state;
       if (!(PLATFORM_STATES as readonly string[]).includes(reported)) {
         record.export = o.resource;
@@ -210,7 +268,10 @@ export class Tracker {
         continue;
       }
       record.export = o.resource;
-      if (next !== record.state) transitions.push(this.#move(record, next, now, o.resource));
+      if (next !== record.state) {
+        const error = next === 'FAILED' ? platformError(o.resource.error) : null;
+        transitions.push(this.#move(record, next, now, o.resource, error));
+      }
     }
     return { transitions, warnings };
   }
@@ -227,14 +288,21 @@ export class Tracker {
     return dropped;
   }
 
-  #move(record: ExportRecord, to: ExportState, now: number, exp: PlatformExport | null): Transition {
+  #move(
+    record: ExportRecord,
+    to: ExportState,
+    now: number,
+    exp: PlatformExport | null,
+    error: PlatformErrorBody | null,
+  ): Transition {
     const from = record.state;
     record.previousState = from;
     record.state = to;
     record.stateChangedAt = now;
     record.history.push({ state: to, at: now });
+    record.error = error;
     if (isTerminal(to)) this.#active.delete(record.id);
-    return { exportId: record.id, from, to, at: now, metadata: record.metadata, export: exp };
+    return { exportId: record.id, from, to, at: now, metadata: record.metadata, export: exp, error };
   }
 }
 
@@ -260,8 +328,16 @@ export interface BulkItem {
 
 /**
  * Turns a bulk answer into observations. Items are matched to ids by `resource.id`, never by
- * position: the platform promises no order, and its error items need not carry the id. Error
- * items are therefore attributed to the requested ids that no resource answered.
+ * position: the platform promises no order, and its error items need not carry the id.
+ *
+ * An error item that names a requested id speaks for that id. Anonymous error items are
+ * attributed only when they account for the unanswered ids one for one: the answer has exactly
+ * one item per id asked, and as many anonymous errors as ids no resource or named error answered.
+ * Even then, which error belongs to which id is known only when they all mean "no such job" (or
+ * there is one of each); a mixed set cannot be told apart and leaves the ids due. Anything else (one error for a whole
+ * call, too few or too many items) says nothing reliable about any single id: the ids stay due,
+ * and one warning describes the answer. A LOST can therefore never come from an answer that does
+ * not carry one error per missing id.
  */
 export function observationsFromBulk(
   requested: readonly string[],
@@ -271,13 +347,14 @@ export function observationsFromBulk(
   const answered = new Set<string>();
   const observations: Observation[] = [];
   const warnings: TrackerWarning[] = [];
+  const unexpected = new Tally();
   const errors: PlatformErrorBody[] = [];
   for (const item of items) {
     if (!item || typeof item !== 'object') continue;
     const resource = asExport(item.resource);
     if (resource) {
       if (!wanted.has(resource.id) || answered.has(resource.id)) {
-        warnings.push({ exportId: resource.id, reason: 'unexpected_resource', detail: {} });
+        unexpected.add(resource.id);
         continue;
       }
       answered.add(resource.id);
@@ -286,6 +363,9 @@ export function observationsFromBulk(
       errors.push(item.error as PlatformErrorBody);
     }
   }
+  if (unexpected.count > 0) {
+    warnings.push({ reason: 'unexpected_resource', detail: unexpected.detail() });
+  }
   const unanswered = requested.filter((id) => !answered.has(id));
   if (unanswered.length === 0) return { observations, warnings };
   // An error item that names its id (some deployments may) is matched directly.
@@ -293,18 +373,69 @@ export function observationsFromBulk(
   const anonymous: PlatformErrorBody[] = [];
   for (const e of errors) {
     const named = (e as { id?: unknown }).id;
-    if (typeof named === 'string' && wanted.has(named) && !answered.has(named)) byId.set(named, e);
-    else anonymous.push(e);
+    if (typeof named === 'string' && wanted.has(named) && !answered.has(named) && !byId.has(named)) {
+      byId.set(named, e);
+    } else {
+      anonymous.push(e);
+    }
   }
-  // Anonymous errors can only be attributed as a group: when they all mean "missing", every
-  // unanswered id is missing. A mixed or other error leaves the ids unanswered (checked again).
-  const groupError = anonymous.length > 0 && anonymous.every(meansMissing) ? anonymous[0] : undefined;
+  const unnamed = unanswered.filter((id) => !byId.has(id));
+  const oneForOne =
+    anonymous.length > 0 && anonymous.length === unnamed.length && items.length === requested.length;
+  // One for one, they belong to those ids; which to which is known when all mean the same
+  // ("missing"), or when there is only one of each.
+  const attributable = oneForOne && (anonymous.every(meansMissing) || unnamed.length === 1);
+  if (anonymous.length > 0 && !attributable) {
+    warnings.push({
+      reason: 'unattributed_errors',
+      detail: {
+        count: unnamed.length,
+        sample_ids: unnamed.slice(0, SAMPLE_IDS),
+        error_items: anonymous.length,
+        items: items.length,
+        asked: requested.length,
+        first_error: anonymous[0],
+      },
+    });
+  }
+  let next = 0;
   for (const id of unanswered) {
-    const error = byId.get(id) ?? groupError ?? anonymous.find((e) => !meansMissing(e));
-    if (error && meansMissing(error)) observations.push({ kind: 'missing', id, error });
-    else observations.push(error ? { kind: 'unanswered', id, error } : { kind: 'unanswered', id });
+    const named = byId.get(id);
+    if (named) {
+      observations.push(
+        meansMissing(named) ? { kind: 'missing', id, error: named } : { kind: 'unanswered', id, error: named },
+      );
+      continue;
+    }
+    const error = attributable ? anonymous[next++] : undefined;
+    if (!error) observations.push({ kind: 'unanswered', id });
+    else if (meansMissing(error)) observations.push({ kind: 'missing', id, error });
+    else observations.push({ kind: 'unanswered', id, error });
   }
   return { observations, warnings };
+}
+
+/** Ids named in one warning line. */
+export const SAMPLE_IDS = 5;
+
+/** A count and the first few ids, for a warning that stands for many exports. */
+class Tally {
+  count = 0;
+  readonly #sample: string[] = [];
+  add(id: string): void {
+    this.count++;
+    if (this.#sample.length < SAMPLE_IDS) this.#sample.push(id);
+  }
+  detail(): { count: number; sample_ids: string[] } {
+    return { count: this.count, sample_ids: [...this.#sample] };
+  }
+}
+
+/** The platform's error object on a FAILED job, when it is one. */
+function platformError(value: unknown): PlatformErrorBody | null {
+  return value !== null && typeof value === 'object' && !Array.isArray(value)
+    ? (value as PlatformErrorBody)
+    : null;
 }
 
 function asExport(value: unknown): PlatformExport | null {

@@ -67,6 +67,7 @@ describe('Tracker.apply', () => {
         at: T0 + 1,
         metadata: { team: 'a' },
         export: exp('x', 'PENDING'),
+        error: null,
       },
     ]);
     r = t.apply([seen('x', 'PENDING')], T0 + 2);
@@ -235,7 +236,10 @@ describe('observationsFromBulk', () => {
       ],
     );
     expect(observations).toHaveLength(1);
-    expect(warnings.map((w) => w.exportId)).toEqual(['a', 'zzz']);
+    // One warning for the whole answer, with a count and sample ids: never one line per item.
+    expect(warnings).toEqual([
+      { reason: 'unexpected_resource', detail: { count: 2, sample_ids: ['a', 'zzz'] } },
+    ]);
   });
 });
 
