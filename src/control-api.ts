@@ -60,6 +60,7 @@ export function recordToJson(r: ExportRecord): Record<string, unknown> {
     metadata: r.metadata,
     history: r.history.map((h) => ({ state: h.state, at: iso(h.at) })),
     export: r.export,
+    error: r.error,
   };
 }
 

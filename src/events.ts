@@ -2,6 +2,7 @@
  * The events the watcher emits for transitions, and their wire shape (SPEC "Events, logs and
  * webhooks"). Pure: building an event needs the transition and nothing else.
  */
+import type { PlatformErrorBody } from './errors.js';
 import type { ExportState, Transition } from './tracker.js';
 
 export const EVENT_TYPES = ['export.running', 'export.completed', 'export.failed', 'export.lost'] as const;
@@ -21,6 +22,11 @@ export interface EventBody {
     metadata: Record<string, unknown> | null;
     /** The platform's object as received, with its result or error; null for LOST. */
     export: Record<string, unknown> | null;
+    /**
+     * Why it ended badly: the platform's error on a FAILED job, or the error that said a LOST
+     * job does not exist or is not accessible (e.g. code 9008). Null for other events.
+     */
+    error: PlatformErrorBody | null;
   };
 }
 
@@ -56,6 +62,7 @@ export function eventForTransition(t: Transition): ExportEvent | null {
         previous_state: t.from,
         metadata: t.metadata,
         export: t.to === 'LOST' ? null : t.export,
+        error: t.error,
       },
     },
   };

@@ -344,6 +344,7 @@ describe('reading and removing exports', () => {
       metadata: { k: 'v' },
       history: [{ state: 'UNKNOWN', at: T0_ISO }],
       export: null,
+      error: null,
     });
   });
 
@@ -369,6 +370,7 @@ describe('reading and removing exports', () => {
         'metadata',
         'history',
         'export',
+        'error',
       ].sort(),
     );
     expect(r.json).toStrictEqual({
@@ -385,6 +387,7 @@ describe('reading and removing exports', () => {
         { state: 'RUNNING', at: T1_ISO },
       ],
       export: platformObject,
+      error: null,
     });
     for (const t of [r.json.first_seen_at, r.json.state_changed_at, r.json.last_checked_at])
       expect(t).toMatch(ISO);
@@ -407,6 +410,7 @@ describe('reading and removing exports', () => {
       metadata: { a: 1 },
       history: [{ state: 'UNKNOWN', at: T0_ISO }],
       export: null,
+      error: null,
     });
   });
 

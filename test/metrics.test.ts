@@ -520,6 +520,7 @@ describe('wired to the real client and dispatcher over loopback HTTP', () => {
       at: Date.UTC(2025, 0, 1),
       metadata: null,
       export: { id: 'exp-1', state: 'COMPLETED' },
+      error: null,
     });
     if (!event) throw new Error('no event');
     d.enqueue(event);

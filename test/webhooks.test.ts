@@ -111,6 +111,7 @@ function makeEvent(exportId: string, to: 'RUNNING' | 'COMPLETED' | 'FAILED' = 'C
     at: Date.UTC(2025, 0, 2, 3, 4, 5),
     metadata: { ticket: 'T-1' },
     export: { id: exportId, state: to, destination: { volume: 'vol', location: 'a/b.bam' } },
+    error: null,
   });
   if (!event) throw new Error('no event');
   return event;
@@ -188,6 +189,7 @@ describe('a delivery', () => {
         previous_state: 'PENDING',
         metadata: { ticket: 'T-1' },
         export: { id: 'exp-1', state: 'COMPLETED', destination: { volume: 'vol', location: 'a/b.bam' } },
+        error: null,
       },
     });
     expect(got.verified).toBe(true);
