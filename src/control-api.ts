@@ -9,7 +9,7 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Logger } from 'pino';
-import { type ExportRecord, type ExportState, isExportState } from './tracker.js';
+import { type ExportRecord, type ExportState, isExportState, type PageQuery } from './tracker.js';
 
 export const EXPORT_ID_PATTERN = /^[A-Za-z0-9_-]{1,128}$/;
 export const MAX_BODY_BYTES = 1024 * 1024;
@@ -25,6 +25,8 @@ export interface WatchRegistry {
   unwatch(id: string): boolean;
   get(id: string): ExportRecord | undefined;
   list(state?: ExportState): ExportRecord[];
+  /** One page in id order (keyset: ids after `after`), and whether more follow. */
+  page(query: PageQuery): { items: ExportRecord[]; more: boolean };
 }
 
 export interface HealthProbes {

@@ -160,6 +160,7 @@ export class Daemon {
       },
       get: (id) => this.tracker.get(id),
       list: (state) => this.tracker.list(state),
+      page: (query) => this.tracker.page(query),
     };
     this.api = options.api
       ? new ControlApi({

@@ -34,6 +34,7 @@ function registryFor(tracker: Tracker, clock: { now: number }): WatchRegistry {
     unwatch: (id) => tracker.remove(id),
     get: (id) => tracker.get(id),
     list: (state) => tracker.list(state),
+    page: (query) => tracker.page(query),
   };
 }
 
