@@ -10,6 +10,7 @@
  * | `sbg_export_watcher_platform_requests_total` | counter | `route`, `outcome` | HTTP requests to the platform, each retry counted. `route`: bulk_get, get, rate_limit. `outcome`: ok, rate_limited, maintenance, server_error, unauthorized, not_found, rejected, bad_response, network, timeout. |
  * | `sbg_export_watcher_platform_request_duration_seconds` | histogram | `route` | Time of one platform request, from sending to the end of the body or the failure. Buckets 10 ms to 60 s. |
  * | `sbg_export_watcher_platform_bulk_call_ids` | histogram | none | Export ids per successful bulk call (at most 100). Buckets 1, 5, 10, 25, 50, 75, 100. |
+ * | `sbg_export_watcher_platform_bulk_answer_mismatch_total` | counter | `kind` | Bulk answers whose number of items differs from the number of ids asked: `fewer_items` or `more_items`. Their anonymous error items are never attributed to ids. |
  * | `sbg_export_watcher_platform_rate_limited_total` | counter | none | Platform answers of 429 (rate limit exceeded); every call pauses until the reset. |
  * | `sbg_export_watcher_platform_rate_limit_remaining` | gauge | none | The platform's `X-RateLimit-Remaining` as last reported, less the requests this daemon started since. Absent until the platform reports it, and after a window ends until it reports again. |
  * | `sbg_export_watcher_rate_budget_remaining` | gauge | none | Requests left of this daemon's own `WATCHER_RATE_BUDGET` in the current rate window. |
@@ -85,6 +86,12 @@ const M = {
     type: 'histogram',
     labels: [],
     help: 'Export ids per successful bulk call (at most 100).',
+  },
+  bulkMismatch: {
+    name: `${METRIC_PREFIX}platform_bulk_answer_mismatch_total`,
+    type: 'counter',
+    labels: ['kind'],
+    help: 'Bulk answers whose number of items differs from the number of ids asked: fewer_items or more_items.',
   },
   rateLimited: {
     name: `${METRIC_PREFIX}platform_rate_limited_total`,
@@ -216,6 +223,12 @@ export class Metrics {
       buckets: [...BULK_IDS_BUCKETS],
       registers,
     });
+    const bulkMismatch = new Counter({
+      name: M.bulkMismatch.name,
+      help: M.bulkMismatch.help,
+      labelNames: M.bulkMismatch.labels,
+      registers,
+    });
     const rateLimited = new Counter({ name: M.rateLimited.name, help: M.rateLimited.help, registers });
     new Gauge({
       name: M.platformRemaining.name,
@@ -276,6 +289,9 @@ export class Metrics {
       },
       onBulkCall(ids: number) {
         if (Number.isFinite(ids) && ids >= 0) bulkIds.observe(ids);
+      },
+      onBulkMismatch(asked: number, items: number) {
+        bulkMismatch.inc({ kind: items < asked ? 'fewer_items' : 'more_items' });
       },
     };
     this.webhookObserver = {

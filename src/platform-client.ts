@@ -25,6 +25,12 @@ const JOB_MISSING_CODES = new Set([9005, 9008]);
 /** How long single gets replace the bulk endpoint after it answered 404/405, before it is tried again. */
 const BULK_RETRY_AFTER_MS = 10 * 60_000;
 
+/**
+ * The most of an answer that is read. A bulk answer for 100 exports is well under 1 MiB even with
+ * full File objects in `result`; past this the connection is dropped and the call counts as failed.
+ */
+export const MAX_ANSWER_BYTES = 8 * 1024 * 1024;
+
 /** What the client needs of the limiter. */
 export interface RequestGate {
   schedule<T>(fn: () => Promise<T>): Promise<T>;
@@ -49,6 +55,8 @@ export type RequestOutcome =
 export interface PlatformObserver {
   onRequest?(route: PlatformRoute, outcome: RequestOutcome, durationMs: number): void;
   onBulkCall?(ids: number): void;
+  /** A bulk answer whose number of items differs from the number of ids asked. */
+  onBulkMismatch?(asked: number, items: number): void;
 }
 
 export interface RetryPolicy {
@@ -78,6 +86,8 @@ export interface PlatformClientOptions {
   dispatcher?: Dispatcher;
   observer?: PlatformObserver;
   now?: () => number;
+  /** Bytes of an answer read before it is dropped; default MAX_ANSWER_BYTES. */
+  maxAnswerBytes?: number;
 }
 
 export interface RateLimitStatus extends RateInfo {
@@ -109,6 +119,7 @@ export class PlatformClient {
   /** Set when the bulk endpoint answered 404 or 405: single gets until then (epoch ms). */
   #bulkUnsupportedUntil = 0;
   readonly #now: () => number;
+  readonly #maxAnswerBytes: number;
 
   constructor(options: PlatformClientOptions) {
     this.#endpoint = options.endpoint.replace(/\/+$/, '');
@@ -128,6 +139,7 @@ export class PlatformClient {
       new Agent({ connections: 8, keepAliveTimeout: 30_000, connectTimeout: 10_000, pipelining: 1 });
     this.#observer = options.observer ?? {};
     this.#now = options.now ?? Date.now;
+    this.#maxAnswerBytes = options.maxAnswerBytes ?? MAX_ANSWER_BYTES;
   }
 
   get bulkSupported(): boolean {
@@ -150,6 +162,9 @@ export class PlatformClient {
         this.#observer.onBulkCall?.(ids.length);
         const items = (answer.json as { items?: unknown }).items;
         if (!Array.isArray(items)) throw new Error('unreachable: checked in #call');
+        // One item per id is what a whole answer looks like; anything else is counted, and the
+        // tracker will not attribute anonymous errors from it.
+        if (items.length !== ids.length) this.#observer.onBulkMismatch?.(ids.length, items.length);
         return items as BulkItem[];
       } catch (error) {
         if (!(error instanceof PlatformError && (error.status === 404 || error.status === 405))) throw error;
@@ -297,15 +312,7 @@ export class PlatformClient {
     }
     const rate = readRateHeaders(response.headers);
     this.#gate.observe(rate);
-    let text: string;
-    try {
-      text = await response.body.text();
-    } catch (error) {
-      throw new PlatformError('PLATFORM_BAD_RESPONSE', `answer body was cut off (${errorText(error)})`, {
-        status: response.statusCode,
-        cause: error,
-      });
-    }
+    const text = await readCapped(response, this.#maxAnswerBytes);
     let json: unknown;
     let parsed = true;
     try {
@@ -368,6 +375,43 @@ export class PlatformClient {
       details,
     );
   }
+}
+
+/**
+ * The body as text, at most `limit` bytes: a longer one (declared or streamed) is dropped, the
+ * connection with it, and the call fails as a bad answer. An endless body therefore costs at most
+ * `limit` bytes of memory, not all of it.
+ */
+async function readCapped(response: Dispatcher.ResponseData, limit: number): Promise<string> {
+  const status = response.statusCode;
+  const tooLarge = (size: string) =>
+    new PlatformError('PLATFORM_BAD_RESPONSE', `answer larger than ${limit} bytes (${size}); dropped`, {
+      status,
+    });
+  const declared = Number(response.headers['content-length']);
+  if (Number.isFinite(declared) && declared > limit) {
+    response.body.destroy();
+    throw tooLarge(`content-length ${declared}`);
+  }
+  const chunks: Buffer[] = [];
+  let size = 0;
+  try {
+    for await (const chunk of response.body) {
+      size += (chunk as Buffer).length;
+      if (size > limit) {
+        response.body.destroy();
+        throw tooLarge(`more than ${size} read`);
+      }
+      chunks.push(chunk as Buffer);
+    }
+  } catch (error) {
+    if (error instanceof PlatformError) throw error;
+    throw new PlatformError('PLATFORM_BAD_RESPONSE', `answer body was cut off (${errorText(error)})`, {
+      status,
+      cause: error,
+    });
+  }
+  return Buffer.concat(chunks, size).toString('utf8');
 }
 
 /** `X-RateLimit-Limit`, `-Remaining` and `-Reset` (epoch seconds), where present and numeric. */

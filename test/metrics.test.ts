@@ -106,6 +106,7 @@ function feedEverything(metrics: Metrics): void {
   metrics.platformObserver.onRequest?.('bulk_get', 'ok', 120);
   metrics.platformObserver.onRequest?.('bulk_get', 'rate_limited', 30);
   metrics.platformObserver.onBulkCall?.(50);
+  metrics.platformObserver.onBulkMismatch?.(100, 1);
   metrics.webhookObserver.attemptFinished?.({
     endpoint: HOOK,
     webhookId: 'evt_a_completed',
@@ -384,6 +385,19 @@ describe('the registry', () => {
     expect(() => new Metrics({ ...sources, rateLimit: undefined as never })).toThrow(
       /rateLimit must be a function, got undefined/,
     );
+  });
+});
+
+describe('bulk answers that do not match the ids asked', () => {
+  it('counts fewer and more items apart', async () => {
+    const { sources } = fakeSources();
+    const metrics = new Metrics(sources);
+    metrics.platformObserver.onBulkMismatch?.(100, 1);
+    metrics.platformObserver.onBulkMismatch?.(100, 0);
+    metrics.platformObserver.onBulkMismatch?.(2, 300_000);
+    const text = await scrape(metrics);
+    expect(text).toContain(`${P}platform_bulk_answer_mismatch_total{kind="fewer_items"} 2`);
+    expect(text).toContain(`${P}platform_bulk_answer_mismatch_total{kind="more_items"} 1`);
   });
 });
 
