@@ -25,6 +25,12 @@
  * smaller than the work stretches checks out instead of spending the whole window in a burst and
  * then going blind until the reset.
  *
+ * A reported reset is a number from the network, so it is checked before it is waited for: one
+ * that is not a finite time, or lies further ahead than `maxResetWaitMs` (the longer of our window
+ * and the platform's documented 5 minutes, plus a minute), is not believed and is replaced by the
+ * fallback pause (our window, at most 5 minutes). A hostile or broken `X-RateLimit-Reset` can
+ * therefore hold checks back for minutes, never for days, and never overflows a timer.
+ *
  * Timers: `#budgetTimer` exists while a budget window is open and fires at its end;
  * `#platformTimer` exists while the platform's count is known and fires at its reset (plus a small
  * margin). When the allowance is 0 one of them is always set, so held calls always go eventually.
@@ -47,10 +53,15 @@ export interface RateLimiterOptions {
   maxConcurrent?: number;
   now?: () => number;
   log?: Logger;
-  /** The platform window used when a 429 names no reset time. */
+  /**
+   * The pause after a 429 that names no believable reset time. Default: our window, at most the
+   * platform's documented 5 minutes.
+   */
   fallbackPauseMs?: number;
   /** Waited past a reported reset, since the platform reports it in whole seconds. */
   resetMarginMs?: number;
+  /** The furthest a reported reset may lie ahead and still be believed; see the module comment. */
+  maxResetWaitMs?: number;
 }
 
 export interface RateSnapshot {
@@ -72,6 +83,10 @@ export interface RateSnapshot {
 
 /** How long to wait before asking again when the platform says nothing is left but not until when. */
 const UNKNOWN_RESET_PROBE_MS = 1000;
+/** The platform's documented rate window: 1000 requests per 5 minutes. */
+export const PLATFORM_WINDOW_MS = 5 * 60_000;
+/** How much further than a window a reported reset may lie and still be believed. */
+const RESET_SLACK_MS = 60_000;
 
 export class RateLimiter {
   readonly #bottleneck: Bottleneck;
@@ -81,6 +96,11 @@ export class RateLimiter {
   readonly #log: Logger | undefined;
   readonly #fallbackPauseMs: number;
   readonly #resetMarginMs: number;
+  readonly #maxResetWaitMs: number;
+  /** Set after a reset was not believed, so the warning is logged once per run of them. */
+  #distrustedReset = false;
+  /** While the platform has said nothing is left: when calls may go again (epoch ms). */
+  #pausedUntil: number | undefined;
 
   /** Requests started in the current budget window. */
   #spent = 0;
@@ -111,8 +131,10 @@ export class RateLimiter {
     this.#windowMs = options.windowMs;
     this.#now = options.now ?? Date.now;
     this.#log = options.log;
-    this.#fallbackPauseMs = options.fallbackPauseMs ?? 60_000;
+    this.#fallbackPauseMs = options.fallbackPauseMs ?? Math.min(this.#windowMs, PLATFORM_WINDOW_MS);
     this.#resetMarginMs = options.resetMarginMs ?? 250;
+    this.#maxResetWaitMs =
+      options.maxResetWaitMs ?? Math.max(this.#windowMs, PLATFORM_WINDOW_MS) + RESET_SLACK_MS;
     this.#spacingMs = Math.floor(this.#windowMs / (this.#budget + 1));
     this.#bottleneck = new Bottleneck({
       maxConcurrent: options.maxConcurrent ?? 4,
@@ -147,7 +169,8 @@ export class RateLimiter {
   observe(info: RateInfo): void {
     const now = this.#now();
     if (info.limit !== undefined) this.#platformLimit = info.limit;
-    const resetAt = info.resetAt !== undefined && info.resetAt > now ? info.resetAt : undefined;
+    const reported = this.#believable(info.resetAt, now);
+    const resetAt = reported !== undefined && reported > now ? reported : undefined;
     if (resetAt !== undefined) this.#alignBudgetWindow(resetAt, now);
     if (info.remaining !== undefined) {
       // The answering call is still counted in flight; the others may not be in `remaining` yet.
@@ -163,13 +186,22 @@ export class RateLimiter {
     const now = this.#now();
     this.#rateLimited++;
     this.#platformRemaining = 0;
-    const until = resetAt !== undefined && resetAt > now ? resetAt : now + this.#fallbackPauseMs;
+    const reported = this.#believable(resetAt, now);
+    const until = reported !== undefined && reported > now ? reported : now + this.#fallbackPauseMs;
     this.#setPlatformReset(until, now);
     this.#log?.warn(
       { reset_at: new Date(until).toISOString() },
       'platform rate limit reached; pausing until reset',
     );
     this.#apply(now);
+  }
+
+  /**
+   * When the platform has said nothing is left (a 429, or `X-RateLimit-Remaining: 0`): the time
+   * calls may go again. Undefined while calls are only held by our own budget or spacing.
+   */
+  pausedUntil(): number | undefined {
+    return this.#platformRemaining === 0 ? this.#pausedUntil : undefined;
   }
 
   snapshot(): RateSnapshot {
@@ -249,20 +281,47 @@ export class RateLimiter {
     this.#apply(now);
   }
 
+  /**
+   * A reported reset, or the fallback when it cannot be believed (not a finite time, or further
+   * ahead than `maxResetWaitMs`). A reset in the past is returned as is: it means "already reset".
+   */
+  #believable(resetAt: number | undefined, now: number): number | undefined {
+    if (resetAt === undefined) return undefined;
+    if (Number.isFinite(resetAt) && resetAt - now <= this.#maxResetWaitMs) {
+      this.#distrustedReset = false;
+      return resetAt;
+    }
+    if (!this.#distrustedReset) {
+      this.#distrustedReset = true;
+      this.#log?.warn(
+        {
+          reported_reset: Number.isFinite(resetAt) ? resetAt / 1000 : String(resetAt),
+          max_wait_ms: this.#maxResetWaitMs,
+          fallback_pause_ms: this.#fallbackPauseMs,
+        },
+        'platform reported a rate-limit reset too far ahead to believe; using the fallback pause',
+      );
+    }
+    return now + this.#fallbackPauseMs;
+  }
+
   /** Sets when the platform's count stops being trusted. */
   #setPlatformReset(resetAt: number | undefined, now: number): void {
     this.#clearTimer('platform');
     this.#platformResetAt = resetAt;
+    this.#pausedUntil = undefined;
     if (this.#stopped) return;
     // With no reset to wait for and nothing left, ask again shortly rather than never.
     const at = resetAt !== undefined ? resetAt + this.#resetMarginMs : now + UNKNOWN_RESET_PROBE_MS;
     if (resetAt === undefined && this.#platformRemaining !== 0) return;
+    this.#pausedUntil = at;
     this.#platformTimer = setTimeout(() => this.#onPlatformReset(), Math.max(0, at - now));
   }
 
   #onPlatformReset(): void {
     this.#platformTimer = undefined;
     this.#platformResetAt = undefined;
+    this.#pausedUntil = undefined;
     // Unknown until the platform answers again.
     this.#platformRemaining = undefined;
     this.#log?.debug('platform rate window reset');

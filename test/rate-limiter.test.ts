@@ -141,6 +141,66 @@ describe('RateLimiter', () => {
     expect(starts[0]).toBeGreaterThanOrEqual(7000);
   });
 
+  describe('a reset that cannot be believed', () => {
+    const DAY = 86_400_000;
+
+    it('pauses for the fallback after a 429 with a reset 20 days ahead, not 20 days', async () => {
+      limiter = new RateLimiter({ budget: 100, windowMs: 300_000, resetMarginMs: 0 });
+      limiter.rateLimited(T0 + 20 * DAY);
+      expect(limiter.pausedUntil()).toBe(T0 + 300_000);
+      const starts: number[] = [];
+      launch(limiter, 1, starts);
+      await vi.advanceTimersByTimeAsync(299_999);
+      expect(starts).toEqual([]);
+      await vi.advanceTimersByTimeAsync(1 + HOPS);
+      expect(starts).toHaveLength(1);
+      expect(starts[0]).toBeLessThan(300_000 + 1000);
+    });
+
+    it('survives resets past the timer limit and past what a Date can hold', async () => {
+      const warn = vi.fn();
+      const log = { warn, debug: vi.fn() } as unknown as import('pino').Logger;
+      limiter = new RateLimiter({ budget: 100, windowMs: 60_000, resetMarginMs: 0, log });
+      for (const resetAt of [T0 + 2 ** 31 + 5, 1e20 * 1000, Number.POSITIVE_INFINITY, Number.NaN]) {
+        expect(() => limiter?.rateLimited(resetAt)).not.toThrow();
+        const until = limiter.pausedUntil();
+        expect(until).toBe(T0 + 60_000);
+        expect(() => new Date(until as number).toISOString()).not.toThrow();
+      }
+      // One warning for the run of unbelievable resets, not one per answer.
+      expect(warn.mock.calls.filter((c) => String(c[1]).includes('too far ahead'))).toHaveLength(1);
+      const starts: number[] = [];
+      launch(limiter, 1, starts);
+      await vi.advanceTimersByTimeAsync(60_000 + HOPS);
+      expect(starts).toHaveLength(1);
+    });
+
+    it('believes a reset within the longer of the windows plus a minute', () => {
+      limiter = new RateLimiter({ budget: 100, windowMs: 60_000, resetMarginMs: 0 });
+      // The platform's documented window is 5 minutes, longer than ours here.
+      limiter.rateLimited(T0 + 330_000);
+      expect(limiter.pausedUntil()).toBe(T0 + 330_000);
+      limiter.rateLimited(T0 + 361_000);
+      expect(limiter.pausedUntil()).toBe(T0 + 60_000);
+    });
+
+    it('does not let a 200 answer with nothing left and an absurd reset hold calls for days', async () => {
+      limiter = new RateLimiter({ budget: 100, windowMs: 300_000, resetMarginMs: 0 });
+      limiter.observe({ limit: 1000, remaining: 0, resetAt: T0 + 20 * DAY });
+      expect(limiter.pausedUntil()).toBe(T0 + 300_000);
+      const starts: number[] = [];
+      launch(limiter, 1, starts);
+      await vi.advanceTimersByTimeAsync(300_000 + HOPS);
+      expect(starts).toHaveLength(1);
+    });
+
+    it('says it is not paused while only its own budget holds calls back', () => {
+      limiter = new RateLimiter({ budget: 1, windowMs: 60_000, resetMarginMs: 0 });
+      limiter.observe({ limit: 1000, remaining: 500, resetAt: T0 + 30_000 });
+      expect(limiter.pausedUntil()).toBeUndefined();
+    });
+  });
+
   it('counts calls in flight against what the platform reported', async () => {
     limiter = new RateLimiter({ budget: 100, windowMs: 60_000, resetMarginMs: 0 });
     let release!: () => void;
