@@ -105,6 +105,7 @@ export class Daemon {
           this.metrics.platformObserver.onRequest?.(route, outcome, durationMs);
         },
         onBulkCall: (ids) => this.metrics.platformObserver.onBulkCall?.(ids),
+        onBulkMismatch: (asked, items) => this.metrics.platformObserver.onBulkMismatch?.(asked, items),
       },
     });
     this.webhooks = new WebhookDispatcher({
@@ -178,7 +179,18 @@ export class Daemon {
       : undefined;
   }
 
+  /**
+   * Ready when the platform last accepted the credentials and is not holding every call back: a
+   * 429 (or nothing left of the quota) makes it "rate limited until T" until that time.
+   */
   get readiness(): Readiness {
+    const pausedUntil = this.limiter.pausedUntil();
+    if (this.#readiness.ok && pausedUntil !== undefined && pausedUntil > this.#now()) {
+      return {
+        ok: false,
+        reason: `rate limited by the platform until ${new Date(pausedUntil).toISOString()}`,
+      };
+    }
     return this.#readiness;
   }
 
@@ -197,7 +209,7 @@ export class Daemon {
             {
               limit: status.limit,
               remaining: status.remaining,
-              reset_at: status.resetAt ? new Date(status.resetAt).toISOString() : undefined,
+              reset_at: isoTime(status.resetAt),
               budget: this.config.rateBudget,
             },
             'platform rate limit read',
@@ -242,19 +254,55 @@ export class Daemon {
         this.api?.closeAllConnections();
         await apiClosed;
       }
-      if (undelivered.length > 0) {
-        this.#log.error(
-          {
-            undelivered: undelivered.length,
-            events: undelivered.map((u) => ({ endpoint: u.endpoint, webhook_id: u.event.id })),
-          },
-          'stopped with deliveries not done',
-        );
-      }
+      this.#logWhatIsLeft(undelivered);
       this.#log.info({ watched: this.tracker.activeCount }, 'stopped');
       return { undelivered };
     })();
     return this.#stopPromise;
+  }
+
+  /**
+   * At shutdown, what would otherwise be lost with the process: the ids still watched (one line,
+   * up to a bound, with the count) and every undelivered event with its body (a line each, up to a
+   * bound, then a count), so an operator can re-submit them from the logs.
+   */
+  #logWhatIsLeft(undelivered: StopReport['undelivered']): void {
+    const watched = [...this.tracker.activeIds()];
+    if (watched.length > 0) {
+      this.#log.info(
+        {
+          count: watched.length,
+          ids: watched.slice(0, MAX_IDS_LOGGED_AT_STOP),
+          ids_not_listed: Math.max(0, watched.length - MAX_IDS_LOGGED_AT_STOP),
+        },
+        'still watched at shutdown',
+      );
+    }
+    if (undelivered.length === 0) return;
+    // One line per event, naming every endpoint that still lacks it.
+    const byEvent = new Map<string, { event: ExportEvent; endpoints: string[] }>();
+    for (const u of undelivered) {
+      const entry = byEvent.get(u.event.id) ?? { event: u.event, endpoints: [] };
+      entry.endpoints.push(u.endpoint);
+      byEvent.set(u.event.id, entry);
+    }
+    let logged = 0;
+    for (const { event, endpoints } of byEvent.values()) {
+      if (logged++ >= MAX_EVENTS_LOGGED_AT_STOP) break;
+      this.#log.error(
+        { webhook_id: event.id, endpoints, event: event.body },
+        'webhook event undelivered at shutdown',
+      );
+    }
+    this.#log.error(
+      {
+        undelivered: undelivered.length,
+        events: byEvent.size,
+        webhook_ids: [...byEvent.keys()].slice(0, MAX_EVENTS_LOGGED_AT_STOP),
+        events_not_listed: Math.max(0, byEvent.size - MAX_EVENTS_LOGGED_AT_STOP),
+      },
+      'stopped with deliveries not done',
+    );
   }
 
   #health(): { ok: boolean; reason?: string } {
@@ -288,6 +336,16 @@ export class Daemon {
     }
     this.#readiness = { ok: false, reason };
   }
+}
+
+/** Bounds on what shutdown writes to the logs, so a huge backlog cannot flood them. */
+export const MAX_IDS_LOGGED_AT_STOP = 10_000;
+export const MAX_EVENTS_LOGGED_AT_STOP = 10_000;
+
+/** An epoch-ms time as ISO, or undefined when it is not one a Date can hold. */
+function isoTime(ms: number | undefined): string | undefined {
+  if (ms === undefined || !Number.isFinite(ms) || Math.abs(ms) > 8.64e15) return undefined;
+  return new Date(ms).toISOString();
 }
 
 function isShutdown(error: unknown): boolean {
