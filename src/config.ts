@@ -179,6 +179,9 @@ export function loadConfig(env: Env, options: LoadOptions = {}): Config {
       `an http(s) URL or one of ${Object.keys(ENDPOINT_PRESETS).join(', ')}`,
       endpointText,
     );
+  } else if (/[?#]/.test(endpoint)) {
+    // Request paths are appended to it: a query or fragment would swallow them.
+    problem('SB_API_ENDPOINT', 'a base URL without a query string or fragment', endpointText);
   }
   endpoint = endpoint.replace(/\/+$/, '');
 

@@ -23,7 +23,8 @@ export const MIN_SECRET_LENGTH = 6;
  * A URL: scheme, optional userinfo, authority, path; then an optional query and fragment, which
  * are dropped. Stops at whitespace, quotes, backslashes (JSON escapes) and angle brackets.
  */
-const URL_PATTERN = /\b([a-zA-Z][a-zA-Z0-9+.-]*:\/\/)(?:[^\s"'\\<>/?#@]*@)?([^\s"'\\<>/?#]*)([^\s"'\\<>?#]*)(?:\?[^\s"'\\<>#]*)?(?:#[^\s"'\\<>]*)?/g;
+const URL_PATTERN =
+  /\b([a-zA-Z][a-zA-Z0-9+.-]*:\/\/)(?:[^\s"'\\<>/?#@]*@)?([^\s"'\\<>/?#]*)([^\s"'\\<>?#]*)(?:\?(?:[^\s"'\\<>#]|\\.)*)?(?:#[^\s"'\\<>]*)?/g;
 
 /** `https://u:p@host/path?q#f` → `https://host/path`; text that is not a URL is returned scrubbed the same way. */
 export function safeUrl(url: string): string {

@@ -24,7 +24,13 @@ import type { Logger } from 'pino';
 import { PlatformError } from './errors.js';
 import type { CheckResult } from './platform-client.js';
 import { smallestK } from './top-k.js';
-import { SAMPLE_IDS, type Tracker, type TrackerWarning, type Transition, type WarningReason } from './tracker.js';
+import {
+  SAMPLE_IDS,
+  type Tracker,
+  type TrackerWarning,
+  type Transition,
+  type WarningReason,
+} from './tracker.js';
 
 export const SCHEDULER_MODES = ['idle', 'running', 'unauthorized', 'stopping', 'stopped'] as const;
 export type SchedulerMode = (typeof SCHEDULER_MODES)[number];
@@ -344,7 +350,8 @@ const WARNING_MESSAGES: Readonly<Record<WarningReason, string>> = {
   unexpected_resource: 'platform answered about exports that were not asked for; ignored',
   unanswered: 'platform said nothing about some exports; they stay due',
   item_error: 'platform answered an error for some exports; they stay due',
-  unattributed_errors: 'platform answered error items that cannot be matched to exports one for one; they stay due',
+  unattributed_errors:
+    'platform answered error items that cannot be matched to exports one for one; they stay due',
 };
 
 export interface WarningSummary {

@@ -403,7 +403,9 @@ export function observationsFromBulk(
     const named = byId.get(id);
     if (named) {
       observations.push(
-        meansMissing(named) ? { kind: 'missing', id, error: named } : { kind: 'unanswered', id, error: named },
+        meansMissing(named)
+          ? { kind: 'missing', id, error: named }
+          : { kind: 'unanswered', id, error: named },
       );
       continue;
     }

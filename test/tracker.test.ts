@@ -252,3 +252,98 @@ describe('meansMissing', () => {
     expect(meansMissing({})).toBe(false);
   });
 });
+
+describe('observationsFromBulk: anonymous errors are attributed only one for one', () => {
+  const hundred = Array.from({ length: 100 }, (_, i) => `id-${i}`);
+
+  it('one error item for a 100-id call makes nobody missing, and says so once', () => {
+    const { observations, warnings } = observationsFromBulk(hundred, [{ error: { status: 404 } }]);
+    expect(observations.every((o) => o.kind === 'unanswered')).toBe(true);
+    expect(observations).toHaveLength(100);
+    expect(warnings).toHaveLength(1);
+    expect(warnings[0]).toMatchObject({
+      reason: 'unattributed_errors',
+      detail: { count: 100, error_items: 1, items: 1, asked: 100 },
+    });
+    expect((warnings[0]?.detail as { sample_ids: string[] }).sample_ids).toHaveLength(5);
+  });
+
+  it('as many errors as unanswered ids, but an answer with extra items, is not trusted', () => {
+    const { observations, warnings } = observationsFromBulk(
+      ['a', 'b'],
+      [{ resource: exp('a', 'RUNNING') }, { resource: exp('zzz', 'RUNNING') }, { error: { code: 9008 } }],
+    );
+    expect(observations.find((o) => o.id === 'b')?.kind).toBe('unanswered');
+    expect(warnings.map((w) => w.reason).sort()).toEqual(['unattributed_errors', 'unexpected_resource']);
+  });
+
+  it('a lone anonymous error of another kind belongs to the lone unanswered id', () => {
+    const { observations, warnings } = observationsFromBulk(
+      ['a', 'b'],
+      [{ resource: exp('a', 'RUNNING') }, { error: { status: 500, code: 90000 } }],
+    );
+    expect(observations.find((o) => o.id === 'b')).toEqual({
+      kind: 'unanswered',
+      id: 'b',
+      error: { status: 500, code: 90000 },
+    });
+    expect(warnings).toEqual([]);
+  });
+
+  it('two errors for two ids, one "missing" and one not, cannot be told apart', () => {
+    const { observations } = observationsFromBulk(
+      ['a', 'b'],
+      [{ error: { code: 9008 } }, { error: { status: 500 } }],
+    );
+    expect(observations.map((o) => o.kind)).toEqual(['unanswered', 'unanswered']);
+  });
+});
+
+describe('why an export ended badly', () => {
+  it('a LOST record and its transition carry the last "no such job" error', () => {
+    const t = tracker('x');
+    const error = { status: 404, code: 9008, message: 'Requested job does not exist.' };
+    let transitions: ReturnType<Tracker['apply']>['transitions'] = [];
+    for (let i = 1; i <= 3; i++)
+      transitions = t.apply([{ kind: 'missing', id: 'x', error }], T0 + i).transitions;
+    expect(transitions).toEqual([expect.objectContaining({ to: 'LOST', error })]);
+    expect(t.get('x')?.error).toEqual(error);
+  });
+
+  it('a FAILED record carries the job error; a COMPLETED one none', () => {
+    const t = tracker('f', 'c');
+    const error = { status: 409, code: 9107, message: 'Location on volume already contains a file.' };
+    const r = t.apply([seen('f', 'FAILED', { error }), seen('c', 'COMPLETED')], T0 + 1);
+    expect(r.transitions.map((x) => [x.exportId, x.error])).toEqual([
+      ['f', error],
+      ['c', null],
+    ]);
+    expect(t.get('f')?.error).toEqual(error);
+    expect(t.get('c')?.error).toBeNull();
+  });
+});
+
+describe('Tracker.page', () => {
+  it('pages in id order with a keyset cursor, every record exactly once', () => {
+    const t = new Tracker({ retainMs: 1000 });
+    const all = Array.from({ length: 2500 }, (_, i) => `e${String((i * 7919) % 2500).padStart(5, '0')}`);
+    t.add(all, null, T0);
+    const seenIds: string[] = [];
+    let after: string | undefined;
+    for (;;) {
+      const { items, more } = t.page({ limit: 1000, after });
+      seenIds.push(...items.map((r) => r.id));
+      if (!more) break;
+      after = items.at(-1)?.id;
+    }
+    expect(seenIds).toEqual([...all].sort());
+  });
+
+  it('filters by state before paging', () => {
+    const t = tracker('a', 'b', 'c');
+    t.apply([seen('b', 'RUNNING')], T0 + 1);
+    expect(t.page({ limit: 10, state: 'UNKNOWN' }).items.map((r) => r.id)).toEqual(['a', 'c']);
+    expect(t.page({ limit: 1, state: 'UNKNOWN' })).toMatchObject({ more: true });
+    expect(t.page({ limit: 10, state: 'UNKNOWN', after: 'a' }).items.map((r) => r.id)).toEqual(['c']);
+  });
+});

@@ -1,0 +1,317 @@
+/**
+ * A platform that lies, floods or stalls must not make an export wrongly final, exhaust memory,
+ * stop checks for days, flood the logs or leak a secret. Each test reproduces one finding of the
+ * hostile probe against a real daemon over loopback HTTP.
+ */
+import { Writable } from 'node:stream';
+import { request } from 'undici';
+import { afterEach, describe, expect, it } from 'vitest';
+import { type Env, loadConfig } from '../../src/config.js';
+import { createLogger } from '../../src/log.js';
+import { Daemon } from '../../src/main.js';
+import { MAX_ANSWER_BYTES } from '../../src/platform-client.js';
+import { Redactor } from '../../src/redact.js';
+import { askedIds, endlessBody, exportObject, HostilePlatform, okHandler } from './hostile-platform.js';
+
+const TOKEN = 'tok_HOSTILE_9c2e4b7a1d';
+
+interface Watcher {
+  daemon: Daemon;
+  apiUrl: string;
+  /** Every log line, parsed. */
+  lines: Array<Record<string, unknown>>;
+  /** Every log line as written. */
+  raw: string[];
+}
+
+const open: Array<{ close(): Promise<unknown> }> = [];
+afterEach(async () => {
+  for (const o of open.splice(0).reverse()) await o.close();
+});
+
+async function platform(handler = okHandler()): Promise<HostilePlatform> {
+  const p = new HostilePlatform(handler);
+  await p.start();
+  open.push(p);
+  return p;
+}
+
+/** A daemon as `run` builds it: the production logger and redactor, writing to memory. */
+async function watcher(endpoint: string, env: Env = {}): Promise<Watcher> {
+  const config = loadConfig(
+    {
+      SB_API_ENDPOINT: endpoint,
+      SB_AUTH_TOKEN: TOKEN,
+      WATCHER_HTTP_PORT: '0',
+      WATCHER_POLL_INTERVAL: '100ms',
+      WATCHER_RATE_BUDGET: '1000',
+      WATCHER_RATE_WINDOW: '60s',
+      LOG_LEVEL: 'debug',
+      ...env,
+    },
+    { requireToken: true },
+  );
+  const raw: string[] = [];
+  const lines: Array<Record<string, unknown>> = [];
+  const sink = new Writable({
+    write(chunk, _encoding, done) {
+      const text = String(chunk);
+      raw.push(text);
+      lines.push(JSON.parse(text) as Record<string, unknown>);
+      done();
+    },
+  });
+  const log = createLogger({ level: 'debug', destination: sink, redactor: new Redactor(config.secrets) });
+  const daemon = new Daemon(config, {
+    log,
+    api: true,
+    platformRetry: { retries: 1, minTimeoutMs: 10, maintenanceMaxDelayMs: 100 },
+    scheduler: { failurePauseMs: 20, failurePauseMaxMs: 100 },
+  });
+  const apiUrl = (await daemon.start()) as string;
+  open.push({ close: () => daemon.stop(1000) });
+  return { daemon, apiUrl, lines, raw };
+}
+
+async function get(url: string): Promise<{ status: number; text: string }> {
+  const res = await request(url);
+  return { status: res.statusCode, text: await res.body.text() };
+}
+
+const ids = (n: number, prefix = 'exp') => Array.from({ length: n }, (_, i) => `${prefix}-${i}`);
+
+describe('answers that could make exports wrongly final', () => {
+  it('one anonymous 404 item for a whole call never makes any export LOST', async () => {
+    const p = await platform();
+    const w = await watcher(p.url);
+    w.daemon.registry.watch(ids(150), null);
+    await w.daemon.scheduler.until(() => w.daemon.tracker.countByState().RUNNING === 150);
+
+    // The platform turns hostile: every bulk call, whatever it asked, gets one bare 404 item.
+    p.handler = ({ route }) =>
+      route === 'bulk_get'
+        ? { body: { items: [{ error: { status: 404 } }] } }
+        : okHandler()({ route } as never);
+    const before = p.requests.bulk_get;
+    // Three checks of every id make LOST when misses are believed; give it four rounds.
+    await w.daemon.scheduler.until(() => p.requests.bulk_get >= before + 8);
+    await w.daemon.scheduler.until(() => w.daemon.scheduler.mode === 'running');
+
+    const counts = w.daemon.tracker.countByState();
+    expect(counts.LOST).toBe(0);
+    expect(counts.RUNNING).toBe(150);
+    // One warning per call, never one per id.
+    const warnings = w.lines.filter((l) => l.reason === 'unattributed_errors');
+    const hostileCalls = p.requests.bulk_get - before;
+    expect(warnings.length).toBeGreaterThan(0);
+    expect(warnings.length).toBeLessThanOrEqual(hostileCalls);
+    expect(warnings[0]).toMatchObject({
+      level: 'warn',
+      count: 100,
+      example: { error_items: 1, items: 1, asked: 100, first_error: { status: 404 } },
+    });
+    expect(warnings[0]?.sample_ids).toHaveLength(5);
+    const metrics = await get(`${w.apiUrl}/metrics`);
+    expect(metrics.text).toMatch(/platform_bulk_answer_mismatch_total\{kind="fewer_items"\} [1-9]/);
+  });
+
+  it('one error per missing id, and only that, still makes unknown ids LOST after 3 checks', async () => {
+    const p = await platform(({ route, json }) => {
+      if (route !== 'bulk_get') return okHandler()({ route } as never);
+      // "known-*" exist; the others get an anonymous 9008 each, in no particular order.
+      const asked = askedIds(json);
+      const known = asked.filter((id) => id.startsWith('known'));
+      const unknown = asked.length - known.length;
+      return {
+        body: {
+          items: [
+            ...Array.from({ length: unknown }, () => ({
+              error: { status: 404, code: 9008, message: 'Requested job does not exist.' },
+            })),
+            ...known.map((id) => ({ resource: exportObject(id, 'RUNNING') })),
+          ],
+        },
+      };
+    });
+    const w = await watcher(p.url);
+    w.daemon.registry.watch([...ids(3, 'known'), ...ids(2, 'ghost')], null);
+    await w.daemon.scheduler.until(() => w.daemon.tracker.countByState().LOST === 2);
+    expect(w.daemon.tracker.get('known-0')?.state).toBe('RUNNING');
+    const lost = w.daemon.tracker.get('ghost-0');
+    expect(lost?.state).toBe('LOST');
+    expect(lost?.error).toMatchObject({ code: 9008, message: 'Requested job does not exist.' });
+    expect(lost?.checks).toBe(3);
+  });
+
+  it('a 100,000-item answer about exports never asked for is one warning line per call', async () => {
+    const p = await platform();
+    const w = await watcher(p.url);
+    w.daemon.registry.watch(ids(10), null);
+    await w.daemon.scheduler.until(() => w.daemon.tracker.countByState().RUNNING === 10);
+    const flood = { items: ids(100_000, 'x').map((id) => ({ resource: { id, state: 'RUNNING' } })) };
+    const floodText = JSON.stringify(flood);
+    expect(floodText.length).toBeLessThan(MAX_ANSWER_BYTES);
+    p.handler = ({ route }) => (route === 'bulk_get' ? { body: floodText } : okHandler()({ route } as never));
+    const before = p.requests.bulk_get;
+    const linesBefore = w.lines.length;
+    await w.daemon.scheduler.until(() => p.requests.bulk_get >= before + 3);
+    await w.daemon.stop(1000);
+    const calls = p.requests.bulk_get - before;
+    const flooded = w.lines.slice(linesBefore).filter((l) => l.reason === 'unexpected_resource');
+    expect(flooded.length).toBeGreaterThan(0);
+    expect(flooded.length).toBeLessThanOrEqual(calls);
+    expect(flooded[0]).toMatchObject({ count: 100_000 });
+    // Every line of the run, not only the warnings, stays in proportion to the calls made.
+    expect(w.lines.length - linesBefore).toBeLessThan(20 * calls + 20);
+    expect(w.daemon.tracker.countByState().RUNNING).toBe(10);
+  });
+});
+
+describe('resources a platform could exhaust', () => {
+  it('drops an endless answer after the cap and counts the call as failed', async () => {
+    const p = await platform();
+    const w = await watcher(p.url);
+    p.handler = ({ route }) => (route === 'bulk_get' ? endlessBody() : okHandler()({ route } as never));
+    w.daemon.registry.watch(ids(5), null);
+    await w.daemon.scheduler.until(() => p.requests.bulk_get >= 2);
+    await w.daemon.scheduler.until(() => w.daemon.readiness.reason.includes('malformed'));
+    expect(w.daemon.readiness.ok).toBe(false);
+    const failed = w.lines.find((l) => l.msg === 'platform request failed');
+    expect(String(failed?.err_message)).toMatch(/larger than 8388608 bytes/);
+    // Nothing was decided from it.
+    expect(w.daemon.tracker.countByState().UNKNOWN).toBe(5);
+    await w.daemon.stop(1000);
+    // The client stopped reading soon after the cap: what was written is the cap plus socket
+    // buffers, per request, not an unbounded stream.
+    expect(p.bytesWritten / p.requests.bulk_get).toBeLessThan(MAX_ANSWER_BYTES + 16 * 1024 * 1024);
+  });
+
+  it('drops an answer whose content-length is over the cap without reading it', async () => {
+    const p = await platform(({ route }) =>
+      route === 'bulk_get'
+        ? (res) => {
+            res.writeHead(200, { 'content-type': 'application/json', 'content-length': String(1e12) });
+            res.write('{"items":[');
+          }
+        : okHandler()({ route } as never),
+    );
+    const w = await watcher(p.url);
+    w.daemon.registry.watch(ids(1), null);
+    await w.daemon.scheduler.until(() =>
+      w.lines.some((l) => /content-length 1000000000000/.test(String(l.err_message))),
+    );
+    expect(w.daemon.tracker.countByState().UNKNOWN).toBe(1);
+  });
+
+  it('a 429 whose reset is 20 days ahead pauses for minutes, and /readyz says until when', async () => {
+    const twentyDays = Math.floor(Date.now() / 1000) + 20 * 86_400;
+    const p = await platform(({ route }) =>
+      route === 'bulk_get'
+        ? {
+            status: 429,
+            headers: { 'x-ratelimit-remaining': '0', 'x-ratelimit-reset': String(twentyDays) },
+            body: { status: 429, code: 1000, message: 'Rate limit exceeded! Check response headers.' },
+          }
+        : okHandler()({ route } as never),
+    );
+    const w = await watcher(p.url);
+    w.daemon.registry.watch(ids(5), null);
+    await w.daemon.scheduler.until(() => p.requests.bulk_get >= 1);
+    await w.daemon.scheduler.until(() => w.daemon.limiter.pausedUntil() !== undefined);
+    const until = w.daemon.limiter.pausedUntil() as number;
+    // The fallback is the rate window (60 s here), never the 20 days the platform claimed.
+    expect(until - Date.now()).toBeLessThanOrEqual(60_000 + 1000);
+    const ready = await get(`${w.apiUrl}/readyz`);
+    expect(ready.status).toBe(503);
+    expect(JSON.parse(ready.text).reason).toBe(
+      `rate limited by the platform until ${new Date(until).toISOString()}`,
+    );
+    const health = await get(`${w.apiUrl}/healthz`);
+    expect(health.status).toBe(200);
+    // Paused: another second passes without another request.
+    const seen = p.requests.bulk_get;
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    expect(p.requests.bulk_get).toBe(seen);
+  });
+
+  it('a reset of 1e20 seconds neither throws nor overflows a timer', async () => {
+    const warnings: string[] = [];
+    const onWarning = (w: Error) => warnings.push(w.name);
+    process.on('warning', onWarning);
+    try {
+      const p = await platform(({ route }) =>
+        route === 'bulk_get'
+          ? {
+              status: 429,
+              headers: { 'x-ratelimit-reset': '1e20' },
+              body: { status: 429, code: 1000, message: 'Rate limit exceeded! Check response headers.' },
+            }
+          : route === 'rate_limit'
+            ? { body: { rate: { limit: 1000, remaining: 0, reset: 1e20 } } }
+            : okHandler()({ route } as never),
+      );
+      const w = await watcher(p.url);
+      w.daemon.registry.watch(ids(1), null);
+      await w.daemon.scheduler.until(() => w.daemon.limiter.pausedUntil() !== undefined);
+      expect(Number.isFinite(w.daemon.limiter.pausedUntil())).toBe(true);
+      expect(w.lines.some((l) => l.msg === 'scheduler failed to process a check result')).toBe(false);
+      expect(w.raw.join('')).not.toMatch(/RangeError|Invalid time value/);
+      expect(warnings).not.toContain('TimeoutOverflowWarning');
+    } finally {
+      process.off('warning', onWarning);
+    }
+  });
+});
+
+describe('secrets', () => {
+  it('a 401 that echoes the token never puts it in the logs', async () => {
+    const p = await platform(() => ({
+      status: 401,
+      body: {
+        status: 401,
+        code: 90001,
+        message: `Unauthorized: token ${TOKEN} is not valid; see https://docs.invalid/auth?token=${TOKEN}`,
+      },
+    }));
+    const w = await watcher(p.url);
+    w.daemon.registry.watch(ids(1), null);
+    await w.daemon.scheduler.until(() => w.daemon.scheduler.mode === 'unauthorized');
+    const all = w.raw.join('');
+    expect(all).toContain('Unauthorized: token [redacted] is not valid');
+    expect(all).not.toContain(TOKEN);
+    expect(all).not.toContain('?token=');
+  });
+
+  it('an endpoint with credentials works and is logged without them', async () => {
+    const p = await platform(({ route, headers }) => {
+      // The platform sees the token header; the URL's credentials never leave the process.
+      expect(headers['x-sbg-auth-token']).toBe(TOKEN);
+      expect(headers.authorization).toBeUndefined();
+      return okHandler()({ route, json: undefined } as never);
+    });
+    const url = new URL(p.url);
+    const endpoint = `http://svc-user:pw-Secret-77@${url.host}${url.pathname}`;
+    const w = await watcher(endpoint);
+    await w.daemon.client.rateLimit();
+    // An error whose text carries the whole URL, as an HTTP library's might.
+    const log = createLogger({
+      level: 'info',
+      destination: new Writable({
+        write(chunk, _e, done) {
+          w.raw.push(String(chunk));
+          done();
+        },
+      }),
+      redactor: new Redactor(w.daemon.config.secrets),
+    });
+    log.error(
+      { err: new Error(`request to ${endpoint}/x?key=Query-Secret-99 failed`), endpoint },
+      `calling ${endpoint}`,
+    );
+    const all = w.raw.join('');
+    expect(all).toContain(`http://${url.host}${url.pathname}`);
+    for (const secret of ['svc-user', 'pw-Secret-77', 'Query-Secret-99', '?key=']) {
+      expect(all).not.toContain(secret);
+    }
+  });
+});

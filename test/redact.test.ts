@@ -1,0 +1,76 @@
+import { Writable } from 'node:stream';
+import { describe, expect, it } from 'vitest';
+import { createLogger } from '../src/log.js';
+import { MIN_SECRET_LENGTH, REDACTED, Redactor, safeUrl, urlSecrets } from '../src/redact.js';
+
+describe('safeUrl', () => {
+  it('drops credentials, query and fragment from every URL in a text', () => {
+    expect(safeUrl('https://u:p@api.example.org:8443/v2/x?token=abc#frag')).toBe(
+      'https://api.example.org:8443/v2/x',
+    );
+    expect(safeUrl('see http://a.example/x?y=1 and https://b.example/ok, then stop')).toBe(
+      'see http://a.example/x and https://b.example/ok, then stop',
+    );
+  });
+
+  it('stops at JSON quotes and escapes, so a log line stays valid JSON', () => {
+    const line = JSON.stringify({ msg: 'x', url: 'https://u:p@h.example/p?q="1"' });
+    const cleaned = safeUrl(line);
+    expect(() => JSON.parse(cleaned)).not.toThrow();
+    expect(JSON.parse(cleaned).url).toBe('https://h.example/p');
+  });
+
+  it('leaves text without URLs alone', () => {
+    expect(safeUrl('no url here: a@b, c?d')).toBe('no url here: a@b, c?d');
+  });
+});
+
+describe('urlSecrets', () => {
+  it('lists the password, the user and every query value, encoded and decoded', () => {
+    expect(urlSecrets('https://me:p%40ss@h.example/?a=one+two&b=x')).toEqual(
+      expect.arrayContaining(['p%40ss', 'p@ss', 'me', 'one two', 'one%20two', 'x']),
+    );
+    expect(urlSecrets('not a url')).toEqual([]);
+  });
+});
+
+describe('Redactor', () => {
+  it('replaces every known secret, longest first, also JSON-escaped', () => {
+    const r = new Redactor(['tok_abcdef', 'tok_abcdef_longer', 'quo"te\\slash', undefined, 'ab']);
+    expect(r.scrub('a tok_abcdef_longer b tok_abcdef c')).toBe(`a ${REDACTED} b ${REDACTED} c`);
+    const line = JSON.stringify({ msg: 'said quo"te\\slash' });
+    expect(r.scrub(line)).toBe(JSON.stringify({ msg: `said ${REDACTED}` }));
+    // Values too short to scrub without wrecking every line are not scrubbed.
+    expect(MIN_SECRET_LENGTH).toBeGreaterThan(2);
+    expect(r.scrub('ab')).toBe('ab');
+  });
+
+  it('is what the logger runs every line through, whatever field or message carries the secret', () => {
+    const lines: string[] = [];
+    const log = createLogger({
+      level: 'info',
+      destination: new Writable({
+        write(chunk, _e, done) {
+          lines.push(String(chunk));
+          done();
+        },
+      }),
+      redactor: new Redactor(['platform-token-123']),
+    });
+    log.child({ endpoint: 'https://u:pw@h.example/v2?k=v' }).error(
+      {
+        err: new Error('platform said: bad token platform-token-123'),
+        body: { echo: 'platform-token-123' },
+      },
+      'refused platform-token-123',
+    );
+    const text = lines.join('');
+    expect(text).not.toContain('platform-token-123');
+    expect(text).not.toContain('u:pw@');
+    expect(text).not.toContain('k=v');
+    const parsed = JSON.parse(text);
+    expect(parsed.msg).toBe(`refused ${REDACTED}`);
+    expect(parsed.err.message).toBe(`platform said: bad token ${REDACTED}`);
+    expect(parsed.endpoint).toBe('https://h.example/v2');
+  });
+});
