@@ -23,7 +23,7 @@ describe('stopping with work left', () => {
     await stack.daemon.stop(1000);
     const line = lines(stack).find((l) => l.msg === 'still watched at shutdown');
     expect(line).toMatchObject({ level: 30, count: 4, ids_not_listed: 0 });
-    expect([...(line?.ids as string[])].sort()).toEqual([...ids, 'ghost-1'].sort());
+    expect([...((line?.ids ?? []) as string[])].sort()).toEqual([...ids, 'ghost-1'].sort());
     expect(MAX_IDS_LOGGED_AT_STOP).toBeGreaterThanOrEqual(1000);
   });
 

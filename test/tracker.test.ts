@@ -265,7 +265,7 @@ describe('observationsFromBulk: anonymous errors are attributed only one for one
       reason: 'unattributed_errors',
       detail: { count: 100, error_items: 1, items: 1, asked: 100 },
     });
-    expect((warnings[0]?.detail as { sample_ids: string[] }).sample_ids).toHaveLength(5);
+    expect((warnings[0]?.detail as { sample_ids?: string[] } | undefined)?.sample_ids).toHaveLength(5);
   });
 
   it('as many errors as unanswered ids, but an answer with extra items, is not trusted', () => {
