@@ -4,10 +4,19 @@ import { Agent, request } from 'undici';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import {
   ControlApi,
+  DEFAULT_CONNECTION_HEADROOM,
+  DEFAULT_HEADERS_TIMEOUT_MS,
+  DEFAULT_KEEP_ALIVE_TIMEOUT_MS,
+  DEFAULT_MAX_CONNECTIONS,
+  DEFAULT_MAX_REQUESTS_IN_PROGRESS,
+  DEFAULT_PAGE_LIMIT,
+  DEFAULT_REQUEST_TIMEOUT_MS,
   EXPORT_ID_PATTERN,
   MAX_BODY_BYTES,
   MAX_IDS_PER_REQUEST,
   MAX_METADATA_BYTES,
+  MAX_METADATA_DEPTH,
+  MAX_PAGE_LIMIT,
   recordToJson,
   validateAddRequest,
   type WatchRegistry,
@@ -133,6 +142,48 @@ describe('ControlApi: listen', () => {
     expect(Number(new URL(h.url).port)).toBeGreaterThan(0);
     expect(h.api.url).toBe(h.url);
     expect(await h.api.listen()).toBe(h.url);
+  });
+
+  it("rejects with Node's own error, code included, when the port is taken", async () => {
+    const other = new ControlApi({
+      host: '127.0.0.1',
+      port: Number(new URL(h.url).port),
+      registry: registryFor(new Tracker({ retainMs: 1 }), { now: T0 }),
+      probes: { health: () => ({ ok: true }), ready: () => ({ ok: true }) },
+      log: pino({ level: 'silent' }),
+    });
+    await expect(other.listen()).rejects.toMatchObject({ code: 'EADDRINUSE', syscall: 'listen' });
+    await expect(other.close()).resolves.toBeUndefined();
+    expect((await call('GET', '/healthz')).status).toBe(200);
+  });
+
+  it('refuses limits that cannot work, naming each option', () => {
+    const make = (limits: Record<string, number>) =>
+      new ControlApi({
+        host: '127.0.0.1',
+        port: 0,
+        registry: registryFor(new Tracker({ retainMs: 1 }), { now: T0 }),
+        probes: { health: () => ({ ok: true }), ready: () => ({ ok: true }) },
+        log: pino({ level: 'silent' }),
+        ...limits,
+      });
+    expect(() => make({ maxRequestsInProgress: 0 })).toThrow(/maxRequestsInProgress .*got 0/);
+    expect(() => make({ maxConnections: 10, connectionHeadroom: 10 })).toThrow(/connectionHeadroom/);
+    expect(() => make({ headersTimeoutMs: 2000, requestTimeoutMs: 1000 })).toThrow(/headersTimeoutMs/);
+    expect(() => make({ keepAliveTimeoutMs: 1.5 })).toThrow(/keepAliveTimeoutMs/);
+    expect(() => make({ maxConnections: 10 })).not.toThrow();
+  });
+
+  it('has the documented defaults', () => {
+    expect(DEFAULT_MAX_CONNECTIONS).toBe(1024);
+    expect(DEFAULT_CONNECTION_HEADROOM).toBe(64);
+    expect(DEFAULT_MAX_REQUESTS_IN_PROGRESS).toBe(64);
+    expect(DEFAULT_HEADERS_TIMEOUT_MS).toBe(10_000);
+    expect(DEFAULT_REQUEST_TIMEOUT_MS).toBe(30_000);
+    expect(DEFAULT_KEEP_ALIVE_TIMEOUT_MS).toBe(5000);
+    expect(DEFAULT_PAGE_LIMIT).toBe(1000);
+    expect(MAX_PAGE_LIMIT).toBe(10_000);
+    expect(MAX_METADATA_DEPTH).toBe(32);
   });
 });
 
@@ -439,7 +490,8 @@ describe('reading and removing exports', () => {
     );
     const all = await call('GET', '/v1/exports');
     expect(all.status).toBe(200);
-    expect(Object.keys(all.json)).toEqual(['items']);
+    expect(Object.keys(all.json)).toEqual(['items', 'next_cursor']);
+    expect(all.json.next_cursor).toBeNull();
     expect(all.json.items.map((i: { id: string }) => i.id).sort()).toEqual(['c1', 'f1', 'p1', 'r1', 'u1']);
     const c1 = all.json.items.find((i: { id: string }) => i.id === 'c1');
     expect(c1).toEqual(recordToJson(h.tracker.get('c1') as NonNullable<ReturnType<Tracker['get']>>));
@@ -455,13 +507,46 @@ describe('reading and removing exports', () => {
       expect(r.status).toBe(200);
       expect(r.json.items.map((i: { id: string; state: string }) => [i.id, i.state])).toEqual([[id, state]]);
     }
-    expect((await call('GET', '/v1/exports?state=LOST')).json).toEqual({ items: [] });
+    expect((await call('GET', '/v1/exports?state=LOST')).json).toEqual({ items: [], next_cursor: null });
   });
 
   it('lists nothing as an empty array', async () => {
     const r = await call('GET', '/v1/exports');
     expect(r.status).toBe(200);
-    expect(r.json).toEqual({ items: [] });
+    expect(r.json).toEqual({ items: [], next_cursor: null });
+  });
+
+  it('pages in id order with limit and next_cursor, and filters while paging', async () => {
+    await call('POST', '/v1/exports', { json: { ids: ['e', 'c', 'a', 'd', 'b'] } });
+    h.tracker.apply([{ kind: 'resource', id: 'd', resource: resource('d', 'RUNNING') }], T1);
+    const pages: string[][] = [];
+    let cursor: string | null = null;
+    do {
+      const r = await call('GET', `/v1/exports?limit=2${cursor === null ? '' : `&cursor=${cursor}`}`);
+      expect(r.status).toBe(200);
+      expect(r.headers['cache-control']).toBe('no-store');
+      pages.push(r.json.items.map((i: { id: string }) => i.id));
+      cursor = r.json.next_cursor;
+      if (cursor !== null) expect(Buffer.from(cursor, 'base64url').toString()).toBe(pages.at(-1)?.at(-1));
+    } while (cursor !== null);
+    expect(pages).toEqual([['a', 'b'], ['c', 'd'], ['e']]);
+
+    const unknown = await call('GET', '/v1/exports?state=UNKNOWN&limit=3');
+    expect(unknown.json.items.map((i: { id: string }) => i.id)).toEqual(['a', 'b', 'c']);
+    const next = await call('GET', `/v1/exports?state=UNKNOWN&limit=3&cursor=${unknown.json.next_cursor}`);
+    expect(next.json).toMatchObject({ items: [{ id: 'e' }], next_cursor: null });
+  });
+
+  it.each([
+    ['limit=0', 'limit'],
+    ['limit=10001', 'limit'],
+    ['limit=x', 'limit'],
+    ['cursor=%%%', 'cursor'],
+    [`cursor=${Buffer.from('a b').toString('base64url')}`, 'cursor'],
+    ['state=PENDING&state=RUNNING', 'state'],
+  ])('rejects ?%s with 400 and details', async (query, field) => {
+    const error = expectError(await call('GET', `/v1/exports?${query}`), 400);
+    expect(error.details?.map((d) => d.field)).toEqual([field]);
   });
 
   it.each(['DONE', 'bogus', 'PENDING,RUNNING'])('rejects ?state=%s with 400', async (state) => {
@@ -625,6 +710,27 @@ describe('validateAddRequest', () => {
     { ids: ['a'], other: 1 },
   ])('throws on %j', (body) => {
     expect(() => validateAddRequest(body)).toThrow();
+  });
+
+  it('refuses metadata nested past the limit without recursing, however deep', () => {
+    let deep: Record<string, unknown> = {};
+    for (let i = 0; i < 100_000; i++) deep = { a: deep };
+    let thrown: unknown;
+    try {
+      validateAddRequest({ ids: ['a'], metadata: deep });
+    } catch (error) {
+      thrown = error;
+    }
+    expect(thrown).not.toBeInstanceOf(RangeError);
+    expect(thrown).toMatchObject({
+      status: 400,
+      code: 'invalid_request',
+      details: [{ field: 'metadata', problem: `must be nested at most ${MAX_METADATA_DEPTH} levels deep` }],
+    });
+    let atLimit: Record<string, unknown> = {};
+    for (let i = 1; i < MAX_METADATA_DEPTH; i++) atLimit = { a: atLimit };
+    expect(validateAddRequest({ ids: ['a'], metadata: atLimit }).metadata).toBe(atLimit);
+    expect(() => validateAddRequest({ ids: ['a'], metadata: { a: atLimit } })).toThrow(/nothing was added/);
   });
 
   it('uses the SPEC id pattern and limits', () => {

@@ -215,7 +215,7 @@ describe('the watcher against the simulator', () => {
     expect(bad.status).toBe(400);
     expect(bad.json).toMatchObject({ error: { code: 'invalid_request', details: [{ field: 'ids[1]' }] } });
     expect((await stack.post('/v1/exports', '{"ids": [')).status).toBe(400);
-    expect((await stack.get('/v1/exports')).json).toEqual({ items: [] });
+    expect((await stack.get('/v1/exports')).json).toEqual({ items: [], next_cursor: null });
     expect(stack.sim.stats().idsChecked).toBe(0);
   });
 
