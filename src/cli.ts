@@ -1,54 +1,155 @@
 #!/usr/bin/env node
 /**
- * The command-line entry: reads the environment (and `.env`), parses flags, runs one command and
- * exits with its code. Together with main.ts, the only place that touches `process.env`, signal
- * handlers and `process.exit`.
+ * The command-line entry: reads the environment (and `.env`) when a command needs it, parses
+ * flags, runs one command and exits with its code. Together with main.ts, the only place that
+ * touches `process.env`, signal handlers and `process.exit`.
  *
  * Exit codes: 0 success; 1 runtime failure (or a FAILED/LOST export for `watch`, a missing one
- * for `get`); 2 usage or configuration error; 130 interrupted.
+ * for `get`); 2 usage or configuration error; 130 interrupted. What is printed for each failure
+ * is decided in error-report.ts: one line, and a stack trace only for a bug.
  */
 import { readFileSync, realpathSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Readable } from 'node:stream';
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { parse as parseDotenv } from 'dotenv';
-import type { Logger } from 'pino';
-import { type Config, type Env, loadConfig, parseDuration } from './config.js';
-import { EXPORT_ID_PATTERN } from './control-api.js';
+import { type Config, type Env, loadConfig, parseDuration, type VariableName } from './config.js';
 import { runDemo } from './demo.js';
+import { describeError, listenError } from './error-report.js';
 import { ConfigError, UsageError } from './errors.js';
+import { GET_DEFAULT_TIMEOUT_MS, runGet } from './get.js';
+import { collectIds } from './ids-input.js';
 import { createLogger } from './log.js';
-import { Daemon, USER_AGENT, VERSION } from './main.js';
-import { PlatformClient } from './platform-client.js';
-import { RateLimiter } from './rate-limiter.js';
+import { Daemon, VERSION } from './main.js';
+import { Redactor } from './redact.js';
 import { type FaultOptions, Simulator, type SimulatorOptions } from './simulator.js';
-import { observationsFromBulk } from './tracker.js';
 import { runWatch } from './watch.js';
 
+export { readIdsFile } from './ids-input.js';
+
 type Command = 'run' | 'watch' | 'get' | 'simulate' | 'demo';
+/** The commands that talk to the platform, read the configuration and take configuration flags. */
+export type PlatformCommand = 'run' | 'watch' | 'get';
 
-/** Flags that override the variable they name, shared by the commands that talk to the platform. */
+/** Flags that override the variable they name, with the argument shown in help. */
 const VARIABLE_FLAGS = {
-  endpoint: 'SB_API_ENDPOINT',
-  'poll-interval': 'WATCHER_POLL_INTERVAL',
-  'rate-budget': 'WATCHER_RATE_BUDGET',
-  'rate-window': 'WATCHER_RATE_WINDOW',
-  'batch-size': 'WATCHER_BATCH_SIZE',
-  'webhook-url': 'WATCHER_WEBHOOK_URLS',
-  'http-host': 'WATCHER_HTTP_HOST',
-  'http-port': 'WATCHER_HTTP_PORT',
-  'log-level': 'LOG_LEVEL',
-} as const;
+  endpoint: ['SB_API_ENDPOINT', 'URL|PRESET'],
+  'poll-interval': ['WATCHER_POLL_INTERVAL', 'DURATION'],
+  'rate-budget': ['WATCHER_RATE_BUDGET', 'N'],
+  'rate-window': ['WATCHER_RATE_WINDOW', 'DURATION'],
+  'batch-size': ['WATCHER_BATCH_SIZE', 'N'],
+  'webhook-url': ['WATCHER_WEBHOOK_URLS', 'URL'],
+  'http-host': ['WATCHER_HTTP_HOST', 'HOST'],
+  'http-port': ['WATCHER_HTTP_PORT', 'N'],
+  'log-level': ['LOG_LEVEL', 'LEVEL'],
+} as const satisfies Record<string, readonly [VariableName, string]>;
+type VariableFlag = keyof typeof VARIABLE_FLAGS;
 
-const VARIABLE_FLAG_HELP = `Configuration flags (each overrides the variable it names):
-  --endpoint URL|PRESET     SB_API_ENDPOINT
-  --poll-interval DURATION  WATCHER_POLL_INTERVAL
-  --rate-budget N           WATCHER_RATE_BUDGET
-  --rate-window DURATION    WATCHER_RATE_WINDOW
-  --batch-size N            WATCHER_BATCH_SIZE
-  --webhook-url URL         WATCHER_WEBHOOK_URLS (repeatable)
-  --http-host HOST          WATCHER_HTTP_HOST
-  --http-port N             WATCHER_HTTP_PORT
-  --log-level LEVEL         LOG_LEVEL`;
+interface FlagSpec {
+  type: 'string' | 'boolean';
+  multiple?: boolean;
+  /** The argument's name in help; none for a boolean. */
+  arg?: string;
+  help: string;
+}
+
+const IDS_FILE_HELP = 'ids in FILE, one per line, # comments skipped (repeatable; - is stdin)';
+
+/**
+ * The flags each command that talks to the platform takes: its own, then the configuration flags
+ * it uses. Anything else is a usage error, and `--help` is written from this table.
+ */
+const COMMAND_FLAGS: Readonly<
+  Record<PlatformCommand, { own: Readonly<Record<string, FlagSpec>>; variables: readonly VariableFlag[] }>
+> = {
+  run: {
+    own: {
+      id: { type: 'string', multiple: true, arg: 'ID', help: 'watch this export (repeatable)' },
+      'ids-file': { type: 'string', multiple: true, arg: 'FILE', help: `watch the ${IDS_FILE_HELP}` },
+    },
+    variables: [
+      'endpoint',
+      'poll-interval',
+      'rate-budget',
+      'rate-window',
+      'batch-size',
+      'webhook-url',
+      'http-host',
+      'http-port',
+      'log-level',
+    ],
+  },
+  watch: {
+    own: {
+      'ids-file': { type: 'string', multiple: true, arg: 'FILE', help: `watch the ${IDS_FILE_HELP}` },
+      json: { type: 'boolean', help: 'one JSON object per finished export on stdout, even on a terminal' },
+      timeout: {
+        type: 'string',
+        arg: 'DURATION',
+        help: 'give up after this long and exit 1, like 30s, 5m, 1h (default: no limit)',
+      },
+    },
+    variables: [
+      'endpoint',
+      'poll-interval',
+      'rate-budget',
+      'rate-window',
+      'batch-size',
+      'webhook-url',
+      'log-level',
+    ],
+  },
+  get: {
+    own: {
+      'ids-file': { type: 'string', multiple: true, arg: 'FILE', help: `look up the ${IDS_FILE_HELP}` },
+      json: { type: 'boolean', help: 'one JSON object per export, even on a terminal' },
+      timeout: {
+        type: 'string',
+        arg: 'DURATION',
+        help: 'give up after this long and exit 1, like 10s, 5m (default 60s)',
+      },
+    },
+    variables: ['endpoint', 'log-level'],
+  },
+};
+
+/** Every flag a command takes, without the leading dashes (`--help` aside). */
+export function acceptedFlags(command: PlatformCommand): string[] {
+  const spec = COMMAND_FLAGS[command];
+  return [...Object.keys(spec.own), ...spec.variables];
+}
+
+function parseOptions(
+  command: PlatformCommand,
+): Record<string, { type: 'string' | 'boolean'; multiple?: boolean }> {
+  const spec = COMMAND_FLAGS[command];
+  const options: Record<string, { type: 'string' | 'boolean'; multiple?: boolean }> = {};
+  for (const [name, flag] of Object.entries(spec.own)) {
+    options[name] = { type: flag.type, ...(flag.multiple ? { multiple: true } : {}) };
+  }
+  for (const name of spec.variables) {
+    options[name] = { type: 'string', ...(name === 'webhook-url' ? { multiple: true } : {}) };
+  }
+  return options;
+}
+
+/** The flag lines of a command's help, from COMMAND_FLAGS. */
+function flagHelp(command: PlatformCommand): string {
+  const spec = COMMAND_FLAGS[command];
+  const row = (left: string, right: string) => `  ${left.padEnd(24)}  ${right}`;
+  const own = Object.entries(spec.own).map(([name, f]) =>
+    row(`--${name}${f.arg ? ` ${f.arg}` : ''}`, f.help),
+  );
+  const variables = spec.variables.map((name) => {
+    const [variable, arg] = VARIABLE_FLAGS[name];
+    return row(`--${name} ${arg}`, `${variable}${name === 'webhook-url' ? ' (repeatable)' : ''}`);
+  });
+  return `${own.join('\n')}
+
+Configuration flags (each overrides the variable it names):
+${variables.join('\n')}`;
+}
 
 const HELP: Record<'main' | Command, string> = {
   main: `sbg-export-watcher ${VERSION}
@@ -69,35 +170,41 @@ Options:
   --version  print the version
 
 Configuration comes from the environment and a .env file; see README.md.`,
-  run: `Usage: sbg-export-watcher run [--id ID]... [--ids-file FILE] [configuration flags]
+  run: `Usage: sbg-export-watcher run [--id ID]... [--ids-file FILE]... [configuration flags]
 
 The daemon. Ids given here are watched from the start; more arrive through the control API
 (POST /v1/exports). Stops on SIGTERM or SIGINT: no new checks, deliveries in flight get up to
 WATCHER_SHUTDOWN_TIMEOUT, then exit 0. A second signal exits at once.
 
-  --id ID          watch this export (repeatable)
-  --ids-file FILE  watch the ids in FILE: one per line; blank lines and # comments are skipped
+${flagHelp('run')}`,
+  watch: `Usage: sbg-export-watcher watch [ID...] [--ids-file FILE]... [options]
 
-${VARIABLE_FLAG_HELP}`,
-  watch: `Usage: sbg-export-watcher watch ID... [--json] [configuration flags]
+Ids come as arguments, from --ids-file, and from standard input (a lone - or --ids-file -),
+one per line; they are merged and de-duplicated.
 
 Waits until every given export is terminal. Progress goes to stderr (a live bar on a terminal,
 a line per change otherwise); each finished export is printed on stdout as it finishes (JSON
 with --json or when stdout is not a terminal). Webhooks are delivered too when
-WATCHER_WEBHOOK_URLS is set. Logs go to stderr, at error unless LOG_LEVEL is set.
+WATCHER_WEBHOOK_URLS is set. Logs go to stderr, at error unless LOG_LEVEL or --log-level is set.
+When no check has succeeded for 5 minutes, a warning on stderr says why (and again every 5 minutes).
 
-Exit codes: 0 all COMPLETED; 1 any FAILED or LOST; 2 usage or configuration error;
-130 interrupted (Ctrl-C); 143 terminated (SIGTERM).
+Exit codes: 0 all COMPLETED; 1 any FAILED or LOST, the token refused, or --timeout passed;
+2 usage or configuration error; 130 interrupted (Ctrl-C); 143 terminated (SIGTERM).
 
-  --json   one JSON object per finished export on stdout
+${flagHelp('watch')}`,
+  get: `Usage: sbg-export-watcher get [ID...] [--ids-file FILE]... [options]
 
-${VARIABLE_FLAG_HELP}`,
-  get: `Usage: sbg-export-watcher get ID... [--json] [configuration flags]
+Ids come as arguments, from --ids-file, and from standard input (a lone - or --ids-file -),
+one per line; they are merged and de-duplicated.
 
 Prints the current state of each export (one bulk call per 100 ids): a table on a terminal,
-one JSON object per line otherwise or with --json. Exits 1 when an id is not found.
+one JSON object per line otherwise or with --json. Logs go to stderr, at error unless LOG_LEVEL
+or --log-level is set.
 
-${VARIABLE_FLAG_HELP}`,
+Exit codes: 0 every export found; 1 an id not found, or a runtime failure (the platform cannot be
+reached, refuses the token, or --timeout passed); 2 usage or configuration error.
+
+${flagHelp('get')}`,
   simulate: `Usage: sbg-export-watcher simulate [options]
 
 Serves a simulator of the platform's export API on 127.0.0.1 and prints its base URL.
@@ -120,20 +227,40 @@ Point SB_API_ENDPOINT at it. Runs until SIGINT or SIGTERM.
   --slow DURATION       how late (default 2s)
 
 Admin routes (no token, no quota): GET /_simulator/stats, POST /_simulator/exports {"count": N}.`,
-  demo: `Usage: sbg-export-watcher demo [--exports N] [--unknown N] [--poll-interval DURATION] [--json]
+
+  demo: `Usage: sbg-export-watcher demo [options]
 
 Runs the simulator, the daemon and a webhook receiver that verifies signatures, registers the
 exports through the control API, shows progress, and prints a summary when all are terminal.
+The demo uses only its own settings and these flags: the environment and .env are not read.
 
   --exports N               exports to create in the simulator (default 300)
   --unknown N               ids the platform does not know, which end LOST (default 5)
-  --poll-interval DURATION  WATCHER_POLL_INTERVAL for the demo (default 1s)
-  --rate-budget N           WATCHER_RATE_BUDGET (default 500)
-  --rate-window DURATION    WATCHER_RATE_WINDOW (default 5m)
+  --poll-interval DURATION  the daemon's poll interval (default 1s)
+  --rate-budget N           requests per rate window (default 500)
+  --rate-window DURATION    the rate window (default 5m)
   --json                    print the summary as JSON`,
 };
 
-export async function main(argv: readonly string[], env: Env): Promise<number> {
+/** What a command run leaves for the error report: the configuration, once loaded. */
+export interface CliContext {
+  /** Scrubs every line printed about an error; seeded with the configuration's secrets once loaded. */
+  redactor: Redactor;
+  config?: Config;
+  /** Where `-` reads ids from; default process.stdin. */
+  stdin?: Readable & { isTTY?: boolean };
+}
+
+/**
+ * Runs one command and resolves its exit code; rejects with the error that stops it. `env` is
+ * read only by the commands that need it (run, watch, get), never for `--help` or `--version`.
+ */
+export async function main(
+  argv: readonly string[],
+  env: Env | (() => Env),
+  context: CliContext = { redactor: new Redactor() },
+): Promise<number> {
+  const readEnv = typeof env === 'function' ? env : () => env;
   const [first, ...rest] = argv;
   if (first === undefined || first === '--help' || first === '-h' || first === 'help') {
     process.stdout.write(`${HELP.main}\n`);
@@ -153,25 +280,50 @@ export async function main(argv: readonly string[], env: Env): Promise<number> {
   }
   switch (command) {
     case 'run':
-      return runCommand(rest, env);
+      return runCommand(rest, readEnv, context);
     case 'watch':
-      return watchCommand(rest, env);
+      return watchCommand(rest, readEnv, context);
     case 'get':
-      return getCommand(rest, env);
+      return getCommand(rest, readEnv, context);
     case 'simulate':
       return simulateCommand(rest);
     case 'demo':
-      return demoCommand(rest, env);
+      return demoCommand(rest);
+  }
+}
+
+/**
+ * `main`, with every failure reported on `stderr` as error-report.ts decides (one line, secrets
+ * scrubbed; a stack only for a bug). Resolves the exit code; never rejects.
+ */
+export async function runCli(
+  argv: readonly string[],
+  env: Env | (() => Env),
+  io: { stderr: { write(text: string): unknown }; stdin?: CliContext['stdin'] } = { stderr: process.stderr },
+): Promise<number> {
+  const context: CliContext = { redactor: new Redactor(), ...(io.stdin ? { stdin: io.stdin } : {}) };
+  try {
+    return await main(argv, env, context);
+  } catch (error) {
+    const report = describeError(error, { endpoint: context.config?.endpoint });
+    for (const line of report.lines) io.stderr.write(`${context.redactor.scrub(line)}\n`);
+    return report.exitCode;
   }
 }
 
 /** The real environment wins over `.env` in the working directory. */
 export function readEnvironment(processEnv: NodeJS.ProcessEnv, cwd = process.cwd()): Env {
   let fromFile: Record<string, string> = {};
+  const path = join(cwd, '.env');
   try {
-    fromFile = parseDotenv(readFileSync(`${cwd}/.env`));
+    fromFile = parseDotenv(readFileSync(path));
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code !== 'ENOENT') {
+      throw new ConfigError([
+        `.env: expected a readable file ${path}, got ${code ?? (error as Error).message}`,
+      ]);
+    }
   }
   return withCredentials({ ...fromFile, ...processEnv });
 }
@@ -209,7 +361,9 @@ export function withCredentials(env: Env): Env {
 
 type ParsedValues = Record<string, string | boolean | string[] | undefined>;
 
+/** parseArgs, strict, with its errors turned into usage errors that name the command. */
 function parse(
+  command: Command,
   args: readonly string[],
   options: Record<string, { type: 'string' | 'boolean'; multiple?: boolean }>,
   allowPositionals: boolean,
@@ -218,20 +372,39 @@ function parse(
     const { values, positionals } = parseArgs({ args: [...args], options, allowPositionals, strict: true });
     return { values: values as ParsedValues, positionals };
   } catch (error) {
-    throw new UsageError((error as Error).message);
+    const code = (error as NodeJS.ErrnoException).code;
+    const message = (error as Error).message;
+    if (code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION') {
+      const flag = /'([^']+)'/.exec(message)?.[1] ?? message;
+      const name = flag.replace(/^-+/, '').replace(/=.*$/, '');
+      const takers = (Object.keys(COMMAND_FLAGS) as PlatformCommand[]).filter((c) =>
+        acceptedFlags(c).includes(name),
+      );
+      const elsewhere =
+        takers.length > 0
+          ? ` (${takers.slice(0, -1).join(', ')}${takers.length > 1 ? ' and ' : ''}${takers.at(-1)} ${takers.length > 1 ? 'do' : 'does'})`
+          : '';
+      throw new UsageError(
+        `${command} does not take ${flag}${elsewhere}; see: sbg-export-watcher ${command} --help`,
+      );
+    }
+    if (code === 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL') {
+      const arg = /'([^']*)'/.exec(message)?.[1] ?? '';
+      const how = command === 'run' ? '; give ids with --id ID or --ids-file FILE' : '';
+      throw new UsageError(`${command} takes no arguments, got ${JSON.stringify(arg)}${how}`);
+    }
+    throw new UsageError(message);
   }
 }
 
-const variableFlagOptions = Object.fromEntries(
-  Object.keys(VARIABLE_FLAGS).map((flag) => [
-    flag,
-    { type: 'string' as const, multiple: flag === 'webhook-url' },
-  ]),
-);
+function parseCommand(command: PlatformCommand, args: readonly string[]) {
+  return parse(command, args, parseOptions(command), command !== 'run');
+}
 
+/** The environment with the configuration flags given applied over it. */
 function withFlags(env: Env, values: ParsedValues): Env {
   const merged: Record<string, string | undefined> = { ...env };
-  for (const [flag, variable] of Object.entries(VARIABLE_FLAGS)) {
+  for (const [flag, [variable]] of Object.entries(VARIABLE_FLAGS)) {
     const v = values[flag];
     if (v === undefined) continue;
     merged[variable] = Array.isArray(v) ? v.join(',') : String(v);
@@ -239,46 +412,65 @@ function withFlags(env: Env, values: ParsedValues): Env {
   return merged;
 }
 
-function checkIds(ids: readonly string[]): void {
-  const bad = ids.filter((id) => !EXPORT_ID_PATTERN.test(id));
-  if (bad.length > 0) {
-    throw new UsageError(
-      `invalid export id${bad.length > 1 ? 's' : ''} ${bad.map((b) => JSON.stringify(b)).join(', ')}: ids match ^[A-Za-z0-9_-]{1,128}$`,
-    );
-  }
+/** For commands whose stdout is their result: logs stay at error unless a level is asked for. */
+function quietByDefault(env: Env): Env {
+  return env.LOG_LEVEL?.trim() ? env : { ...env, LOG_LEVEL: 'error' };
 }
 
-export function readIdsFile(path: string): string[] {
-  let text: string;
-  try {
-    text = readFileSync(path, 'utf8');
-  } catch (error) {
-    throw new UsageError(
-      `cannot read --ids-file ${path}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`,
-    );
-  }
-  return text
-    .split(/\r?\n/)
-    .map((line) => line.replace(/#.*$/, '').trim())
-    .filter((line) => line !== '');
+/** Loads the configuration and makes its secrets known to the error report's redactor. */
+function load(env: Env, context: CliContext, options: Parameters<typeof loadConfig>[1]): Config {
+  const config = loadConfig(env, options);
+  context.config = config;
+  context.redactor.add(config.secrets);
+  return config;
 }
 
-async function runCommand(args: readonly string[], env: Env): Promise<number> {
-  const { values } = parse(
-    args,
-    { id: { type: 'string', multiple: true }, 'ids-file': { type: 'string' }, ...variableFlagOptions },
-    false,
+/** The longest `--timeout`: 24 days, under the longest delay a Node.js timer holds. */
+const MAX_TIMEOUT_MS = 24 * 86_400_000;
+
+/** `--timeout DURATION`, or `fallback` when it is not given. */
+export function parseTimeout(value: unknown, fallback: number | undefined): number | undefined {
+  if (value === undefined) return fallback;
+  const ms = parseDuration(String(value));
+  if (Number.isNaN(ms) || ms < 1 || ms > MAX_TIMEOUT_MS) {
+    throw new UsageError(
+      `--timeout: expected a duration from 1ms to 24d (like 250ms, 10s, 5m, 1h, or milliseconds), got ${JSON.stringify(value)}`,
+    );
+  }
+  return ms;
+}
+
+function strings(value: ParsedValues[string]): string[] {
+  if (value === undefined || typeof value === 'boolean') return [];
+  return Array.isArray(value) ? value : [value];
+}
+
+function noIds(command: 'watch' | 'get'): string {
+  return `${command} needs at least one export id: as arguments, with --ids-file FILE, or - to read them from standard input`;
+}
+
+function idsInput(context: CliContext) {
+  return { stdin: context.stdin ?? process.stdin, stderr: process.stderr };
+}
+
+async function runCommand(args: readonly string[], env: () => Env, context: CliContext): Promise<number> {
+  const { values } = parseCommand('run', args);
+  const ids = await collectIds(
+    { ids: strings(values.id), files: strings(values['ids-file']) },
+    idsInput(context),
   );
-  const ids = [...((values.id as string[] | undefined) ?? [])];
-  if (typeof values['ids-file'] === 'string') ids.push(...readIdsFile(values['ids-file']));
-  checkIds(ids);
-  const config = loadConfig(withFlags(env, values), { requireToken: true });
-  const log = createLogger({ level: config.logLevel, pretty: Boolean(process.stdout.isTTY) });
+  const config = load(withFlags(env(), values), context, { requireToken: true });
+  const log = createLogger({
+    level: config.logLevel,
+    pretty: Boolean(process.stdout.isTTY),
+    redactor: context.redactor,
+  });
   const daemon = new Daemon(config, { log, api: true });
 
   let signals = 0;
+  let onSignal: (signal: NodeJS.Signals) => void = () => undefined;
   const stopped = new Promise<number>((resolve) => {
-    const onSignal = (signal: NodeJS.Signals) => {
+    onSignal = (signal: NodeJS.Signals) => {
       signals++;
       if (signals > 1) {
         log.warn({ signal }, 'second signal: exiting at once');
@@ -297,7 +489,14 @@ async function runCommand(args: readonly string[], env: Env): Promise<number> {
     process.on('SIGINT', onSignal);
   });
 
-  await daemon.start();
+  try {
+    await daemon.start();
+  } catch (error) {
+    // Nothing has started but the attempt to listen: report it (which port, which flag) and exit.
+    process.off('SIGTERM', onSignal);
+    process.off('SIGINT', onSignal);
+    throw listenError(error, config.http.host, config.http.port);
+  }
   // A signal during start-up has already begun the shutdown.
   if (signals > 0) return stopped;
   log.info(
@@ -316,17 +515,21 @@ async function runCommand(args: readonly string[], env: Env): Promise<number> {
   return stopped;
 }
 
-async function watchCommand(args: readonly string[], env: Env): Promise<number> {
-  const { values, positionals } = parse(args, { json: { type: 'boolean' }, ...variableFlagOptions }, true);
-  if (positionals.length === 0) throw new UsageError('watch needs at least one export id');
-  checkIds(positionals);
-  const merged = withFlags(env, values);
+async function watchCommand(args: readonly string[], env: () => Env, context: CliContext): Promise<number> {
+  const { values, positionals } = parseCommand('watch', args);
+  const timeoutMs = parseTimeout(values.timeout, undefined);
+  const ids = await collectIds({ positionals, files: strings(values['ids-file']) }, idsInput(context));
+  if (ids.length === 0) throw new UsageError(noIds('watch'));
   // Progress owns the terminal: logs stay quiet unless asked for.
-  const config = loadConfig(
-    { ...merged, LOG_LEVEL: merged.LOG_LEVEL ?? 'error' },
-    { requireToken: true, listens: false },
-  );
-  const log = createLogger({ level: config.logLevel, destination: process.stderr });
+  const config = load(quietByDefault(withFlags(env(), values)), context, {
+    requireToken: true,
+    listens: false,
+  });
+  const log = createLogger({
+    level: config.logLevel,
+    destination: process.stderr,
+    redactor: context.redactor,
+  });
   const controller = new AbortController();
   const onSignal = (signal: NodeJS.Signals) => {
     if (controller.signal.aborted) process.exit(signal === 'SIGINT' ? 130 : 143);
@@ -336,7 +539,7 @@ async function watchCommand(args: readonly string[], env: Env): Promise<number> 
   process.on('SIGTERM', onSignal);
   return runWatch({
     config,
-    ids: positionals,
+    ids,
     json: values.json === true,
     stdout: process.stdout,
     stderr: process.stderr,
@@ -344,98 +547,38 @@ async function watchCommand(args: readonly string[], env: Env): Promise<number> 
     stderrTty: Boolean(process.stderr.isTTY),
     log,
     signal: controller.signal,
+    timeoutMs,
+    redactor: context.redactor,
   });
 }
 
-async function getCommand(args: readonly string[], env: Env): Promise<number> {
-  const { values, positionals } = parse(args, { json: { type: 'boolean' }, ...variableFlagOptions }, true);
-  if (positionals.length === 0) throw new UsageError('get needs at least one export id');
-  checkIds(positionals);
-  const config = loadConfig(withFlags(env, values), { requireToken: true, listens: false });
+async function getCommand(args: readonly string[], env: () => Env, context: CliContext): Promise<number> {
+  const { values, positionals } = parseCommand('get', args);
+  const timeoutMs = parseTimeout(values.timeout, GET_DEFAULT_TIMEOUT_MS) ?? GET_DEFAULT_TIMEOUT_MS;
+  const ids = await collectIds({ positionals, files: strings(values['ids-file']) }, idsInput(context));
+  if (ids.length === 0) throw new UsageError(noIds('get'));
+  const config = load(quietByDefault(withFlags(env(), values)), context, {
+    requireToken: true,
+    listens: false,
+  });
   const log = createLogger({
-    level: config.logLevel === 'info' ? 'warn' : config.logLevel,
+    level: config.logLevel,
     destination: process.stderr,
+    redactor: context.redactor,
   });
-  const ids = [...new Set(positionals)];
-  const rows = await fetchStates(config, ids, log);
-  const json = values.json === true || !process.stdout.isTTY;
-  if (json) {
-    for (const row of rows) process.stdout.write(`${JSON.stringify(row)}\n`);
-  } else {
-    process.stdout.write(formatTable(rows));
-  }
-  return rows.every((r) => r.state !== 'NOT_FOUND') ? 0 : 1;
-}
-
-interface StateRow {
-  id: string;
-  state: string;
-  export: Record<string, unknown> | null;
-  error?: unknown;
-}
-
-async function fetchStates(config: Config, ids: readonly string[], log: Logger): Promise<StateRow[]> {
-  const limiter = new RateLimiter({ budget: config.rateBudget, windowMs: config.rateWindowMs, log });
-  const client = new PlatformClient({
-    endpoint: config.endpoint,
-    token: config.token ?? '',
-    gate: limiter,
-    userAgent: USER_AGENT,
+  return runGet({
+    config,
+    ids,
+    json: values.json === true || !process.stdout.isTTY,
+    stdout: process.stdout,
     log,
+    timeoutMs,
   });
-  try {
-    const byId = new Map<string, StateRow>();
-    if (ids.length === 1) {
-      const id = ids[0] as string;
-      const item = await client.getOneItem(id);
-      const { observations } = observationsFromBulk([id], [item]);
-      for (const o of observations) byId.set(o.id, rowOf(o));
-    } else {
-      for (let i = 0; i < ids.length; i += 100) {
-        const { observations } = await client.checkStatuses(ids.slice(i, i + 100));
-        for (const o of observations) byId.set(o.id, rowOf(o));
-      }
-    }
-    return ids.map((id) => byId.get(id) ?? { id, state: 'UNANSWERED', export: null });
-  } finally {
-    await limiter.stop();
-    await client.close();
-  }
-}
-
-function rowOf(o: ReturnType<typeof observationsFromBulk>['observations'][number]): StateRow {
-  if (o.kind === 'resource') return { id: o.id, state: o.resource.state, export: o.resource };
-  if (o.kind === 'missing') return { id: o.id, state: 'NOT_FOUND', export: null, error: o.error };
-  return { id: o.id, state: 'UNANSWERED', export: null, ...(o.error ? { error: o.error } : {}) };
-}
-
-function formatTable(rows: readonly StateRow[]): string {
-  const cell = (v: unknown) => (v === undefined || v === null || v === '' ? '-' : String(v));
-  const table = rows.map((r) => {
-    const e = r.export ?? {};
-    const dest = e.destination as { volume?: string; location?: string } | undefined;
-    const err = (e.error ?? r.error) as { code?: number; message?: string } | undefined | null;
-    return [
-      r.id,
-      r.state,
-      cell(e.started_on),
-      cell(e.finished_on),
-      dest ? `${dest.volume ?? '?'}/${dest.location ?? '?'}` : '-',
-      err ? `${err.code ?? ''} ${err.message ?? ''}`.trim() : '-',
-    ];
-  });
-  const header = ['ID', 'STATE', 'STARTED', 'FINISHED', 'DESTINATION', 'ERROR'];
-  const widths = header.map((h, i) => Math.max(h.length, ...table.map((r) => (r[i] ?? '').length)));
-  const line = (cols: readonly string[]) =>
-    cols
-      .map((c, i) => c.padEnd(widths[i] ?? 0))
-      .join('  ')
-      .trimEnd();
-  return `${[line(header), ...table.map(line)].join('\n')}\n`;
 }
 
 async function simulateCommand(args: readonly string[]): Promise<number> {
   const { values } = parse(
+    'simulate',
     args,
     {
       port: { type: 'string' },
@@ -538,7 +681,12 @@ async function simulateCommand(args: readonly string[]): Promise<number> {
   if (problems.length > 0) throw new ConfigError(problems);
 
   const simulator = new Simulator(options);
-  const url = await simulator.start();
+  const url = await simulator.start().catch((error: unknown) => {
+    throw listenError(error, '127.0.0.1', options.port ?? 0, {
+      port: 'choose another --port (0 picks a free one)',
+      host: 'the simulator listens on 127.0.0.1',
+    });
+  });
   process.stdout.write(`${url}\n`);
   await new Promise<void>((resolve) => {
     process.once('SIGINT', () => resolve());
@@ -548,8 +696,9 @@ async function simulateCommand(args: readonly string[]): Promise<number> {
   return 0;
 }
 
-async function demoCommand(args: readonly string[], env: Env): Promise<number> {
+async function demoCommand(args: readonly string[]): Promise<number> {
   const { values } = parse(
+    'demo',
     args,
     {
       exports: { type: 'string' },
@@ -570,15 +719,18 @@ async function demoCommand(args: readonly string[], env: Env): Promise<number> {
     }
     return n;
   };
-  const demoEnv: Record<string, string | undefined> = {
-    ...withFlags(env, values),
-    WATCHER_POLL_INTERVAL:
-      (values['poll-interval'] as string | undefined) ?? env.WATCHER_POLL_INTERVAL ?? '1s',
+  const text = (flag: string): string | undefined => {
+    const v = values[flag];
+    return typeof v === 'string' ? v : undefined;
   };
   return runDemo({
     exports: count('exports', 300),
     unknown: count('unknown', 5),
-    env: demoEnv,
+    settings: {
+      pollInterval: text('poll-interval'),
+      rateBudget: text('rate-budget'),
+      rateWindow: text('rate-window'),
+    },
     json: values.json === true,
     out: process.stdout,
     tty: Boolean(process.stdout.isTTY),
@@ -597,18 +749,12 @@ function isEntryPoint(): boolean {
 }
 
 if (isEntryPoint()) {
-  main(process.argv.slice(2), readEnvironment(process.env)).then(
+  // The environment is read inside the command, so a broken .env or credential is reported like
+  // any configuration problem, and --help and --version never read it.
+  runCli(process.argv.slice(2), () => readEnvironment(process.env)).then(
     (code) => process.exit(code),
     (error: unknown) => {
-      if (error instanceof ConfigError) {
-        for (const p of error.problems) process.stderr.write(`config: ${p}\n`);
-        process.exit(2);
-      }
-      if (error instanceof UsageError) {
-        process.stderr.write(`usage: ${error.message}\n`);
-        process.exit(2);
-      }
-      process.stderr.write(`error: ${(error as Error)?.stack ?? String(error)}\n`);
+      process.stderr.write(`error: ${String(error)}\n`);
       process.exit(1);
     },
   );

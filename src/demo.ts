@@ -4,21 +4,36 @@
  * API like any other system would; the summary is measured at the simulator (requests, ids per
  * call, 429s) and at the receiver (deliveries, signatures, latency from the platform's
  * `finished_on` to the event's observation).
+ *
+ * It uses only its own settings (`DemoSettings`, from its flags): the user's environment and
+ * `.env` are never read, so a token, a poll interval or an event filter meant for the real
+ * platform cannot slow it down or keep it from ending.
  */
 import { randomBytes } from 'node:crypto';
 import type { Writable } from 'node:stream';
 import { request } from 'undici';
-import { type Env, loadConfig } from './config.js';
+import { type Config, loadConfig } from './config.js';
+import { ConfigError } from './errors.js';
 import { createLogger } from './log.js';
 import { Daemon } from './main.js';
 import { WebhookReceiver } from './receiver.js';
 import { Simulator } from './simulator.js';
 import { EXPORT_STATES } from './tracker.js';
 
+/** The demo's own settings, as its flags give them (unset: the demo's defaults). */
+export interface DemoSettings {
+  /** WATCHER_POLL_INTERVAL; default 1s. */
+  pollInterval?: string | undefined;
+  /** WATCHER_RATE_BUDGET; default 500. */
+  rateBudget?: string | undefined;
+  /** WATCHER_RATE_WINDOW; default 5m. */
+  rateWindow?: string | undefined;
+}
+
 export interface DemoOptions {
   exports: number;
   unknown: number;
-  env: Env;
+  settings?: DemoSettings;
   json: boolean;
   out: Writable;
   tty: boolean;
@@ -44,32 +59,63 @@ export interface DemoSummary {
   peak_rss_mb: number;
 }
 
+/** The flag that sets each variable, for problems with the demo's settings. */
+const SETTING_FLAGS: Readonly<Record<string, string>> = {
+  WATCHER_POLL_INTERVAL: '--poll-interval',
+  WATCHER_RATE_BUDGET: '--rate-budget',
+  WATCHER_RATE_WINDOW: '--rate-window',
+};
+
+/**
+ * The demo daemon's configuration from nothing but its settings and the pieces it starts. Bad
+ * settings are reported by the flag that gave them, before anything starts.
+ */
+export function demoConfig(
+  settings: DemoSettings,
+  pieces: { endpoint: string; webhookUrl: string; secret: string },
+): Config {
+  try {
+    return loadConfig(
+      {
+        SB_API_ENDPOINT: pieces.endpoint,
+        SB_AUTH_TOKEN: 'demo-token',
+        WATCHER_POLL_INTERVAL: settings.pollInterval ?? '1s',
+        WATCHER_RATE_BUDGET: settings.rateBudget ?? '500',
+        WATCHER_RATE_WINDOW: settings.rateWindow ?? '5m',
+        WATCHER_WEBHOOK_URLS: pieces.webhookUrl,
+        WATCHER_WEBHOOK_SECRET: pieces.secret,
+        WATCHER_HTTP_HOST: '127.0.0.1',
+        WATCHER_HTTP_PORT: '0',
+        LOG_LEVEL: 'error',
+      },
+      { requireToken: true },
+    );
+  } catch (error) {
+    if (!(error instanceof ConfigError)) throw error;
+    throw new ConfigError(
+      error.problems.map((p) =>
+        p.replace(/^([A-Z_]+):/, (_all, name: string) => `${SETTING_FLAGS[name] ?? name}:`),
+      ),
+    );
+  }
+}
+
 export async function runDemo(options: DemoOptions): Promise<number> {
   const started = performance.now();
+  const settings = options.settings ?? {};
+  const secret = `whsec_${randomBytes(24).toString('base64')}`;
+  // Checked before anything starts.
+  demoConfig(settings, { endpoint: 'http://127.0.0.1/v2', webhookUrl: 'http://127.0.0.1/', secret });
   const simulator = new Simulator({
     seed: 7,
     failRate: 0.15,
     timing: options.timing ?? { pendingMs: [500, 4000], runningMs: [1000, 12000] },
   });
-  const secret = `whsec_${randomBytes(24).toString('base64')}`;
   const receiver = new WebhookReceiver({ secret });
   const simUrl = await simulator.start();
   const hookUrl = await receiver.start();
 
-  const config = loadConfig(
-    {
-      ...options.env,
-      SB_API_ENDPOINT: simUrl,
-      SB_AUTH_TOKEN: 'demo-token',
-      WATCHER_WEBHOOK_URLS: hookUrl,
-      WATCHER_WEBHOOK_SECRET: secret,
-      WATCHER_HTTP_HOST: '127.0.0.1',
-      WATCHER_HTTP_PORT: '0',
-      WATCHER_API_TOKEN: undefined,
-      LOG_LEVEL: options.env.LOG_LEVEL ?? 'error',
-    },
-    { requireToken: true },
-  );
+  const config = demoConfig(settings, { endpoint: simUrl, webhookUrl: hookUrl, secret });
   const log = createLogger({ level: config.logLevel, destination: process.stderr });
   const daemon = new Daemon(config, { log, api: true });
   const apiUrl = (await daemon.start()) as string;

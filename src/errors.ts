@@ -20,7 +20,9 @@ export type ErrorCode =
   | 'WEBHOOK_GONE'
   | 'WEBHOOK_NETWORK'
   | 'WEBHOOK_TIMEOUT'
-  | 'SHUTTING_DOWN';
+  | 'SHUTTING_DOWN'
+  | 'LISTEN_FAILED'
+  | 'DEADLINE_EXCEEDED';
 
 export class WatcherError extends Error {
   readonly code: ErrorCode;
@@ -44,6 +46,27 @@ export class ConfigError extends WatcherError {
 export class UsageError extends WatcherError {
   constructor(message: string) {
     super('USAGE', message);
+  }
+}
+
+/**
+ * The control API could not listen: the port is taken, needs privileges, or the host is not an
+ * address of this machine. Wraps Node's own error (`cause`, with its `code`). The CLI exits 1.
+ */
+export class ListenError extends WatcherError {
+  readonly host: string;
+  readonly port: number;
+  constructor(message: string, details: { host: string; port: number; cause?: unknown }) {
+    super('LISTEN_FAILED', message, { cause: details.cause });
+    this.host = details.host;
+    this.port = details.port;
+  }
+}
+
+/** A command gave up at its `--timeout`. The CLI exits 1. */
+export class DeadlineError extends WatcherError {
+  constructor(message: string) {
+    super('DEADLINE_EXCEEDED', message);
   }
 }
 
@@ -110,6 +133,8 @@ const RETRYABLE: Readonly<Record<ErrorCode, boolean>> = {
   WEBHOOK_NETWORK: true,
   WEBHOOK_TIMEOUT: true,
   SHUTTING_DOWN: false,
+  LISTEN_FAILED: false,
+  DEADLINE_EXCEEDED: false,
 };
 
 export function isRetryable(error: unknown): boolean {

@@ -217,7 +217,7 @@ export class Daemon {
         })
         .catch((error: unknown) => {
           if (!isShutdown(error)) {
-            this.#log.error(
+            this.#log.warn(
               { err_message: (error as Error).message },
               'could not read the platform rate limit',
             );

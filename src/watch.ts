@@ -3,18 +3,41 @@
  * until every given export is terminal (and its webhooks, if any are configured, are delivered),
  * shows progress on stderr and prints one line per finished export on stdout.
  *
- * stderr: a live progress bar on a terminal, otherwise one line per state change.
+ * stderr: a live progress bar on a terminal, otherwise one line per state change; a warning when
+ * no check has succeeded for 5 minutes (and again for every further 5 minutes), saying why.
  * stdout: per finished export, a JSON object (`--json`, or whenever stdout is not a terminal) or a
- * readable line.
- * Exit: 0 all COMPLETED; 1 any FAILED or LOST; 130 interrupted (SIGINT), 143 terminated (SIGTERM).
+ * readable line (`<id>  LOST  9008 Requested job does not exist.`).
+ *
+ * How it ends, each with its own line on stderr:
+ * - every export terminal: 0 all COMPLETED, 1 any FAILED or LOST;
+ * - the platform refused the token: 1 (waiting cannot cure it);
+ * - `--timeout` passed: 1, saying how many exports were not finished;
+ * - SIGINT 130, SIGTERM 143 ("interrupted before every export finished").
  */
 import type { Writable } from 'node:stream';
 import type { Logger } from 'pino';
 import type { Config } from './config.js';
-import { recordToJson } from './control-api.js';
+import { formatDuration } from './config.js';
+import { recordToJson, type WatchRegistry } from './control-api.js';
 import { settlesWithin } from './deadline.js';
-import { Daemon } from './main.js';
-import { type ExportState, isTerminal, type Transition } from './tracker.js';
+import { oneLine, outcomeProblem, roundedDuration } from './error-report.js';
+import { Daemon, type DaemonOptions, type StopReport } from './main.js';
+import type { RequestOutcome } from './platform-client.js';
+import { Redactor } from './redact.js';
+import { type ExportRecord, type ExportState, isTerminal, type Transition } from './tracker.js';
+
+/** A warning on stderr after this long without a successful check, and again after each as long. */
+export const STALL_WARNING_MS = 5 * 60_000;
+
+/** What runWatch needs of the daemon; main.ts's Daemon is one, a test passes a plain object. */
+export interface WatchDaemon {
+  registry: Pick<WatchRegistry, 'watch'>;
+  tracker: { get(id: string): ExportRecord | undefined; countByState(): Record<ExportState, number> };
+  scheduler: { onSettled(): Promise<void> };
+  webhooks: { onIdle(): Promise<void> };
+  start(): Promise<unknown>;
+  stop(deadlineMs?: number): Promise<StopReport>;
+}
 
 export interface WatchOptions {
   config: Config;
@@ -30,23 +53,57 @@ export interface WatchOptions {
   /** Aborted on SIGINT/SIGTERM; its reason is the exit code to use. */
   signal: AbortSignal;
   now?: () => number;
+  /** Give up after this long (`--timeout`); undefined waits as long as it takes. */
+  timeoutMs?: number | undefined;
+  /** Default STALL_WARNING_MS. */
+  stallWarningMs?: number;
+  /** Scrubs every line written about a problem; default one that only cleans URLs. */
+  redactor?: Redactor;
+  /** Builds the daemon; default main.ts's Daemon. */
+  createDaemon?: (config: Config, options: DaemonOptions) => WatchDaemon;
 }
+
+type Ending =
+  | { kind: 'settled' }
+  | { kind: 'signal'; code: number }
+  | { kind: 'refused' }
+  | { kind: 'timeout' };
 
 const BAR_WIDTH = 24;
 
 export async function runWatch(options: WatchOptions): Promise<number> {
   const now = options.now ?? Date.now;
+  const redactor = options.redactor ?? new Redactor();
+  const endpoint = options.config.endpoint;
   const ids = [...new Set(options.ids)];
   const started = now();
   let finished = 0;
   let failed = 0;
   const progress = new Progress(options, ids.length, started, now);
+  const say = (line: string) =>
+    progress.above(() => options.stderr.write(`${redactor.scrub(oneLine(line))}\n`));
 
-  const daemon = new Daemon(options.config, {
+  // A refused token does not cure itself while a script waits: say so and exit 1.
+  let refused: () => void = () => undefined;
+  const tokenRefused = new Promise<Ending>((resolve) => {
+    refused = () => resolve({ kind: 'refused' });
+  });
+  const stall = new StallWarning({
+    afterMs: options.stallWarningMs ?? STALL_WARNING_MS,
+    now,
+    warn: (silentMs, problem) =>
+      say(
+        `warning: no check has succeeded for ${roundedDuration(silentMs)}: ${problem ?? `no answer from the platform at ${endpoint}`}; still trying (Ctrl-C stops${options.timeoutMs === undefined ? ', --timeout sets a limit' : ''})`,
+      ),
+  });
+
+  const createDaemon = options.createDaemon ?? ((config, o) => new Daemon(config, o));
+  const daemon = createDaemon(options.config, {
     log: options.log,
     now,
     onPlatformOutcome: (outcome) => {
-      if (outcome === 'unauthorized') refused(1);
+      stall.observe(outcome, outcomeProblem(outcome, endpoint));
+      if (outcome === 'unauthorized') refused();
     },
     onTransition: (t) => {
       progress.change(t);
@@ -58,48 +115,149 @@ export async function runWatch(options: WatchOptions): Promise<number> {
     },
   });
 
-  // A refused token does not cure itself while a script waits: say so and exit 1.
-  let refused: (code: number) => void = () => undefined;
-  const tokenRefused = new Promise<number>((resolve) => {
-    refused = resolve;
+  const interrupted = new Promise<Ending>((resolve) => {
+    const end = () => resolve({ kind: 'signal', code: Number(options.signal.reason) || 130 });
+    if (options.signal.aborted) end();
+    options.signal.addEventListener('abort', end, { once: true });
   });
-  const interrupted = new Promise<number>((resolve) => {
-    if (options.signal.aborted) resolve(Number(options.signal.reason) || 130);
-    options.signal.addEventListener('abort', () => resolve(Number(options.signal.reason) || 130), {
-      once: true,
-    });
+  /** Exists while a --timeout is pending. */
+  let timeoutTimer: NodeJS.Timeout | undefined;
+  const timedOut = new Promise<Ending>((resolve) => {
+    if (options.timeoutMs !== undefined)
+      timeoutTimer = setTimeout(() => resolve({ kind: 'timeout' }), options.timeoutMs);
   });
-  daemon.registry.watch(ids, null);
-  await daemon.start();
-  progress.start(() => daemon.tracker.countByState());
 
-  const done = (async () => {
+  let over = false;
+  daemon.registry.watch(ids, null);
+  stall.start();
+  const settled = (async (): Promise<Ending> => {
+    // Start-up waits up to a few seconds for the platform's quota: a timeout or Ctrl-C may come first.
+    await daemon.start();
+    if (!over) progress.start(() => daemon.tracker.countByState());
     await daemon.scheduler.onSettled();
-    return failed > 0 ? 1 : 0;
+    return { kind: 'settled' };
   })();
-  const code = await Promise.race([done, interrupted, tokenRefused]);
-  progress.stop(finished === ids.length);
-  if (code === 1 && finished < ids.length) {
-    options.stderr.write(
-      `the platform refused the token (SB_AUTH_TOKEN); ${ids.length - finished} not finished\n`,
-    );
+  let ending: Ending;
+  try {
+    ending = await Promise.race([settled, interrupted, tokenRefused, timedOut]);
+  } finally {
+    over = true;
+    stall.stop();
+    if (timeoutTimer) clearTimeout(timeoutTimer);
+    progress.stop();
+  }
+
+  const left = ids.length - finished;
+  let code: number;
+  switch (ending.kind) {
+    case 'settled':
+      code = failed > 0 ? 1 : 0;
+      break;
+    case 'signal':
+      code = ending.code;
+      say(`interrupted before every export finished (${left} of ${ids.length} not finished)`);
+      break;
+    case 'refused':
+      code = 1;
+      say(
+        'error: the platform refused the token; set SB_AUTH_TOKEN to a valid token (from the Developer tab of the platform)',
+      );
+      break;
+    case 'timeout': {
+      code = 1;
+      const problem = stall.problem;
+      say(
+        `error: timed out after ${formatDuration(options.timeoutMs ?? 0)} (--timeout): ${left} of ${ids.length} export${ids.length === 1 ? '' : 's'} not finished${problem ? `; ${problem}` : ''}`,
+      );
+      break;
+    }
   }
   // Deliveries of the outcomes get up to WATCHER_SHUTDOWN_TIMEOUT to finish (a receiver that is
   // down must not hold a script for WATCHER_WEBHOOK_MAX_AGE); what is left is logged at error.
   if (code < 128) await settlesWithin(daemon.webhooks.onIdle(), options.config.shutdownTimeoutMs);
   const { undelivered } = await daemon.stop(0);
-  if (undelivered.length > 0) options.stderr.write(`${undelivered.length} webhook deliveries not done\n`);
+  if (undelivered.length > 0) say(`${undelivered.length} webhook deliveries not done`);
   return code;
 }
 
-function formatFinished(
-  record: NonNullable<ReturnType<Daemon['tracker']['get']>>,
-  options: WatchOptions,
+export function formatFinished(
+  record: ExportRecord,
+  options: Pick<WatchOptions, 'json' | 'stdoutTty'>,
 ): string {
   if (options.json || !options.stdoutTty) return `${JSON.stringify(recordToJson(record))}\n`;
-  const error = (record.export?.error ?? null) as { code?: number; message?: string } | null;
-  const detail = error ? `  ${error.code ?? ''} ${error.message ?? ''}`.trimEnd() : '';
-  return `${record.id}  ${record.state}${detail}\n`;
+  // LOST carries the "no such job" error; FAILED the job's own.
+  const error = (record.error ?? record.export?.error ?? null) as {
+    code?: unknown;
+    message?: unknown;
+  } | null;
+  const text = error ? oneLine(`${error.code ?? ''} ${error.message ?? ''}`) : '';
+  return `${record.id}  ${record.state}${text ? `  ${text}` : ''}\n`;
+}
+
+export interface StallWarningOptions {
+  /** Warn after this long without a success, and again after each further as long. */
+  afterMs: number;
+  now: () => number;
+  /** `problem`: why the last request failed, if it did. */
+  warn(silentMs: number, problem: string | undefined): void;
+}
+
+/**
+ * Says so when no platform request has succeeded for `afterMs`, and again for every further
+ * `afterMs` it lasts. A success resets the count.
+ */
+export class StallWarning {
+  readonly #options: StallWarningOptions;
+  #lastOkAt = 0;
+  /** Why the last request failed, while no request has succeeded since. */
+  #problem: string | undefined;
+  /** Exists between start() and stop(): fires when the next warning may be due. */
+  #timer: NodeJS.Timeout | undefined;
+
+  constructor(options: StallWarningOptions) {
+    this.#options = options;
+  }
+
+  get problem(): string | undefined {
+    return this.#problem;
+  }
+
+  start(): void {
+    if (this.#timer) return;
+    this.#lastOkAt = this.#options.now();
+    this.#schedule(this.#options.afterMs);
+  }
+
+  /** The outcome of one platform request, and the problem it shows (undefined for a success). */
+  observe(outcome: RequestOutcome, problem: string | undefined): void {
+    if (outcome === 'ok' || outcome === 'not_found') {
+      this.#lastOkAt = this.#options.now();
+      this.#problem = undefined;
+    } else if (problem !== undefined) {
+      this.#problem = problem;
+    }
+  }
+
+  stop(): void {
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer = undefined;
+  }
+
+  #schedule(ms: number): void {
+    this.#timer = setTimeout(() => this.#check(), ms);
+    this.#timer.unref();
+  }
+
+  #check(): void {
+    const silent = this.#options.now() - this.#lastOkAt;
+    if (silent >= this.#options.afterMs) {
+      this.#options.warn(silent, this.#problem);
+      this.#schedule(this.#options.afterMs);
+    } else {
+      // A success came since: the next warning is due a whole period after it.
+      this.#schedule(this.#options.afterMs - silent);
+    }
+  }
 }
 
 /** Progress on stderr: a bar redrawn in place on a terminal, a line per change otherwise. */
@@ -142,20 +300,20 @@ class Progress {
 
   /** Writes something to the terminal without tearing the bar. */
   above(write: () => void): void {
-    const clear = this.#drawn && this.#options.stderrTty;
+    const clear = this.#drawn && this.#options.stderrTty && this.#timer !== undefined;
     if (clear) this.#options.stderr.write('\r\x1b[2K');
     write();
     if (clear) this.#draw();
   }
 
-  stop(complete: boolean): void {
+  /** Draws the bar a last time and leaves the line; what follows goes below it. */
+  stop(): void {
     if (this.#timer) clearInterval(this.#timer);
     this.#timer = undefined;
-    if (this.#options.stderrTty) {
+    if (this.#options.stderrTty && this.#counts) {
       this.#draw();
       this.#options.stderr.write('\n');
     }
-    if (!complete) this.#options.stderr.write('interrupted before every export finished\n');
   }
 
   #draw(): void {

@@ -1,11 +1,30 @@
 import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { PassThrough, Readable, Writable } from 'node:stream';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { main, readEnvironment, readIdsFile } from '../src/cli.js';
-import { ConfigError, UsageError } from '../src/errors.js';
+import pino from 'pino';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
+import {
+  acceptedFlags,
+  main,
+  type PlatformCommand,
+  parseTimeout,
+  readEnvironment,
+  readIdsFile,
+  runCli as runCliInProcess,
+} from '../src/cli.js';
+import { type Config, loadConfig } from '../src/config.js';
+import { describeError, listenError } from '../src/error-report.js';
+import { ConfigError, DeadlineError, ListenError, PlatformError, UsageError } from '../src/errors.js';
+import { fetchStates, formatTable, GET_DEFAULT_TIMEOUT_MS, runGet, withDeadline } from '../src/get.js';
+import { collectIds, readIdsStream } from '../src/ids-input.js';
+import type { DaemonOptions } from '../src/main.js';
+import { EXPORT_STATES, type ExportRecord, type ExportState } from '../src/tracker.js';
+import { formatFinished, runWatch, STALL_WARNING_MS, type WatchDaemon } from '../src/watch.js';
 
 const ROOT = resolve(fileURLToPath(new URL('..', import.meta.url)));
 const CLI = join(ROOT, 'src', 'cli.ts');
@@ -348,5 +367,572 @@ describe('readIdsFile', () => {
     expect(error).toBeInstanceOf(UsageError);
     expect((error as UsageError).code).toBe('USAGE');
     expect((error as UsageError).message).toContain(missing);
+  });
+});
+
+/** Captures what main() writes to stdout (help, version). */
+async function stdoutOf(run: () => Promise<number>): Promise<{ code: number; out: string }> {
+  let out = '';
+  const spy = vi.spyOn(process.stdout, 'write').mockImplementation((chunk: string | Uint8Array) => {
+    out += String(chunk);
+    return true;
+  });
+  try {
+    return { code: await run(), out };
+  } finally {
+    spy.mockRestore();
+  }
+}
+
+/** An environment that must not be read. */
+const untouchable = () => {
+  throw new Error('the environment was read');
+};
+
+describe('flags per command', () => {
+  const expected: Record<PlatformCommand, string[]> = {
+    run: [
+      'id',
+      'ids-file',
+      'endpoint',
+      'poll-interval',
+      'rate-budget',
+      'rate-window',
+      'batch-size',
+      'webhook-url',
+      'http-host',
+      'http-port',
+      'log-level',
+    ],
+    watch: [
+      'endpoint',
+      'poll-interval',
+      'rate-budget',
+      'rate-window',
+      'batch-size',
+      'webhook-url',
+      'log-level',
+      'json',
+      'timeout',
+      'ids-file',
+    ],
+    get: ['endpoint', 'log-level', 'json', 'timeout', 'ids-file'],
+  };
+
+  for (const command of ['run', 'watch', 'get'] as const) {
+    it(`${command} takes exactly its flags, and its --help lists exactly those`, async () => {
+      expect(acceptedFlags(command).sort()).toEqual([...expected[command]].sort());
+      const { code, out } = await stdoutOf(() => main([command, '--help'], untouchable));
+      expect(code).toBe(0);
+      const listed = [...out.matchAll(/^ {2}--([a-z-]+)/gm)].map((m) => m[1]);
+      expect(listed.sort()).toEqual([...expected[command]].sort());
+    });
+  }
+
+  it.each([
+    [['get', '--http-port', '99999', 'x'], '--http-port'],
+    [['get', '--poll-interval', '1s', 'x'], '--poll-interval'],
+    [['watch', '--http-host', '0.0.0.0', 'x'], '--http-host'],
+    [['watch', '--id', 'x'], '--id'],
+    [['run', '--timeout', '1s'], '--timeout'],
+    [['run', '--json'], '--json'],
+  ])('%j is a usage error naming %s, before the environment is read', async (args, flag) => {
+    const error = await main(args, untouchable).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(UsageError);
+    expect((error as UsageError).message).toContain(`does not take ${flag}`);
+  });
+
+  it('--help and --version never read the environment', async () => {
+    for (const args of [
+      ['--help'],
+      ['--version'],
+      ['run', '--help'],
+      ['demo', '--help'],
+      ['get', 'x', '-h'],
+    ]) {
+      expect((await stdoutOf(() => main(args, untouchable))).code).toBe(0);
+    }
+  });
+});
+
+describe('--timeout', () => {
+  it('parses durations as configuration does; get defaults to 60 s, watch to no limit', () => {
+    expect(parseTimeout(undefined, GET_DEFAULT_TIMEOUT_MS)).toBe(60_000);
+    expect(parseTimeout(undefined, undefined)).toBeUndefined();
+    expect(parseTimeout('250ms', undefined)).toBe(250);
+    expect(parseTimeout('10s', undefined)).toBe(10_000);
+    expect(parseTimeout('5m', undefined)).toBe(300_000);
+    expect(parseTimeout('1h', undefined)).toBe(3_600_000);
+    expect(parseTimeout('1500', undefined)).toBe(1500);
+  });
+
+  it.each(['soon', '0', '-1s', '25d', ''])('rejects %j naming the flag', (value) => {
+    expect(() => parseTimeout(value, undefined)).toThrow(UsageError);
+    expect(() => parseTimeout(value, undefined)).toThrow(/^--timeout: expected a duration/);
+  });
+});
+
+describe('collectIds', () => {
+  let dir: string;
+  beforeAll(() => {
+    dir = mkdtempSync(join(tmpdir(), 'watcher-collect-'));
+  });
+  afterAll(() => {
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  const stdin = (text: string) => Object.assign(Readable.from([text]), { isTTY: false });
+
+  it('merges arguments, --id, files and standard input in order, each id once', async () => {
+    const file = join(dir, 'ids.txt');
+    writeFileSync(file, '# batch\nb\na\n');
+    const ids = await collectIds(
+      { ids: ['z'], positionals: ['a', '-', 'c'], files: [file, '-'] },
+      { stdin: stdin('d\n\n  # nothing\nc # again\n') },
+    );
+    expect(ids).toEqual(['z', 'a', 'c', 'b', 'd']);
+  });
+
+  it('reads standard input once, even when named twice', async () => {
+    const input = new PassThrough();
+    input.end('x\ny\n');
+    expect(await collectIds({ positionals: ['-'], files: ['-'] }, { stdin: input })).toEqual(['x', 'y']);
+  });
+
+  it('says it reads standard input when that is a terminal', async () => {
+    let said = '';
+    await collectIds(
+      { positionals: ['-'] },
+      {
+        stdin: Object.assign(Readable.from(['x\n']), { isTTY: true }),
+        stderr: { write: (t: string) => (said += t) },
+      },
+    );
+    expect(said).toContain('standard input');
+  });
+
+  it('validates every id, wherever it came from', async () => {
+    const error = await collectIds({ positionals: ['ok'] }, { stdin: stdin('') })
+      .then(() => collectIds({ positionals: ['ok', '-'] }, { stdin: stdin('not/valid\n') }))
+      .catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(UsageError);
+    expect((error as UsageError).message).toContain('"not/valid"');
+  });
+
+  it('names at most five bad ids', async () => {
+    const bad = Array.from({ length: 8 }, (_, i) => `bad/${i}`).join('\n');
+    const error = (await collectIds({ positionals: ['-'] }, { stdin: stdin(bad) }).catch(
+      (e: unknown) => e,
+    )) as Error;
+    expect(error.message).toContain('"bad/4"');
+    expect(error.message).not.toContain('"bad/5"');
+    expect(error.message).toContain('and 3 more');
+  });
+
+  it('readIdsStream reads a stream to its end', async () => {
+    expect(await readIdsStream(Readable.from(['a\r\nb', '\n# c\nd']))).toEqual(['a', 'b', 'd']);
+  });
+
+  it('a watch or get without any id is a usage error', async () => {
+    const empty = join(dir, 'empty.txt');
+    writeFileSync(empty, '# none yet\n');
+    for (const args of [['watch'], ['get'], ['watch', '--ids-file', empty], ['get', '--ids-file', empty]]) {
+      const error = await main(args, untouchable).catch((e: unknown) => e);
+      expect(error, args.join(' ')).toBeInstanceOf(UsageError);
+      expect((error as UsageError).message).toContain('at least one export id');
+    }
+  });
+});
+
+describe('runCli: what is printed for a failure', () => {
+  function stderr() {
+    let text = '';
+    return { write: (t: string) => (text += t), text: () => text };
+  }
+
+  it('a broken environment is a configuration error: one line, exit 2', async () => {
+    const err = stderr();
+    const code = await runCliInProcess(
+      ['get', 'x'],
+      () => {
+        throw new ConfigError([
+          'SB_AUTH_TOKEN: expected a readable credential file /c/sb-auth-token, got EISDIR',
+        ]);
+      },
+      { stderr: err },
+    );
+    expect(code).toBe(2);
+    expect(err.text()).toBe(
+      'config: SB_AUTH_TOKEN: expected a readable credential file /c/sb-auth-token, got EISDIR\n',
+    );
+  });
+
+  it('a .env that cannot be read is a configuration error naming it', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'watcher-envdir-'));
+    try {
+      mkdirSync(join(dir, '.env'));
+      let error: unknown;
+      try {
+        readEnvironment({}, dir);
+      } catch (e) {
+        error = e;
+      }
+      expect(error).toBeInstanceOf(ConfigError);
+      expect((error as ConfigError).problems).toEqual([
+        `.env: expected a readable file ${dir}/.env, got EISDIR`,
+      ]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('scrubs the configuration secrets and URL credentials from the line', async () => {
+    // A closed port: the platform cannot be reached, and the error line names the endpoint.
+    const server = createServer();
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    const { port } = server.address() as AddressInfo;
+    await new Promise<void>((r) => server.close(() => r()));
+    const err = stderr();
+    const code = await runCliInProcess(
+      ['get', 'x', '--timeout', '10s'],
+      { SB_API_ENDPOINT: `http://me:pw_Secret_81@127.0.0.1:${port}/v2`, SB_AUTH_TOKEN: 'tok_secret_value' },
+      { stderr: err },
+    );
+    expect(code).toBe(1);
+    expect(err.text()).toBe(
+      `error: could not reach the platform at http://127.0.0.1:${port}/v2 (ECONNREFUSED); check SB_API_ENDPOINT or --endpoint, and the network\n`,
+    );
+  });
+
+  it('a bug keeps its stack', () => {
+    const report = describeError(new TypeError('x is not a function'));
+    expect(report.exitCode).toBe(1);
+    expect(report.lines[0]).toMatch(/^error: TypeError: x is not a function\n\s+at /);
+  });
+
+  it.each([
+    [
+      'EADDRINUSE',
+      'the port is already in use; set WATCHER_HTTP_PORT or --http-port to another port (0 picks a free one)',
+    ],
+    ['EACCES', 'permission denied (ports below 1024 need privileges); set WATCHER_HTTP_PORT or --http-port'],
+    ['EADDRNOTAVAIL', '10.1.2.3 is not an address of this machine; set WATCHER_HTTP_HOST or --http-host'],
+  ])('a listen failure %s is one line saying what to change', (code, text) => {
+    const nodeError = Object.assign(new Error(`listen ${code}`), { code, syscall: 'listen' });
+    const mapped = listenError(nodeError, '10.1.2.3', 80);
+    expect(mapped).toBeInstanceOf(ListenError);
+    const report = describeError(mapped);
+    expect(report.exitCode).toBe(1);
+    expect(report.lines).toHaveLength(1);
+    expect(report.lines[0]).toContain(`error: cannot listen on 10.1.2.3:80: ${text}`);
+    // Node's own error, had it escaped unmapped, is still not a stack.
+    expect(describeError(nodeError).lines[0]).not.toContain('    at ');
+    // Anything else is left alone.
+    const other = new Error('boom');
+    expect(listenError(other, 'h', 1)).toBe(other);
+  });
+
+  it('platform failures say which variable to change, in one line without control characters', () => {
+    const endpoint = 'https://api.example.org/v2';
+    const line = (e: PlatformError) => describeError(e, { endpoint }).lines;
+    expect(
+      line(
+        new PlatformError('PLATFORM_UNAUTHORIZED', 'refused', {
+          status: 401,
+          body: { message: 'Unauthorized.\n\u001b[31mred' },
+        }),
+      ),
+    ).toEqual([
+      'error: the platform refused the token (401: Unauthorized. [31mred); set SB_AUTH_TOKEN to a valid token (from the Developer tab of the platform)',
+    ]);
+    expect(line(new PlatformError('PLATFORM_REJECTED', 'no route', { status: 404 }))[0]).toContain(
+      `the platform at ${endpoint} has no such route (404); check SB_API_ENDPOINT or --endpoint`,
+    );
+    expect(line(new PlatformError('PLATFORM_MAINTENANCE', 'm', { status: 503 }))).toEqual([
+      'error: the platform is in maintenance; try again later',
+    ]);
+    expect(describeError(new DeadlineError('gave up after 1s (--timeout): x')).lines).toEqual([
+      'error: gave up after 1s (--timeout): x',
+    ]);
+  });
+});
+
+describe('get', () => {
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
+  it('withDeadline gives up at the deadline, and clears its timer when the work is in time', async () => {
+    vi.useFakeTimers();
+    const onTimeout = vi.fn(() => new DeadlineError('gave up'));
+    let fail!: (e: Error) => void;
+    const work = new Promise<number>((_, reject) => {
+      fail = reject;
+    });
+    const result = withDeadline(work, 60_000, onTimeout).catch((e: unknown) => e);
+    await vi.advanceTimersByTimeAsync(59_999);
+    expect(onTimeout).not.toHaveBeenCalled();
+    await vi.advanceTimersByTimeAsync(1);
+    expect(await result).toBeInstanceOf(DeadlineError);
+    expect(onTimeout).toHaveBeenCalledTimes(1);
+    // The work failing afterwards (aborted) is handled, not an unhandled rejection.
+    fail(new Error('aborted'));
+
+    expect(await withDeadline(Promise.resolve(5), 1000, onTimeout)).toBe(5);
+    expect(vi.getTimerCount()).toBe(0);
+  });
+
+  it('runGet aborts the request in flight at --timeout', async () => {
+    let aborted!: () => void;
+    const requestAborted = new Promise<void>((resolve) => {
+      aborted = resolve;
+    });
+    // Takes the request and never answers.
+    const server = createServer((req) => req.on('close', () => aborted()));
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    const endpoint = `http://127.0.0.1:${(server.address() as AddressInfo).port}/v2`;
+    try {
+      const config = loadConfig({ SB_API_ENDPOINT: endpoint, SB_AUTH_TOKEN: 'tok' }, { listens: false });
+      const error = await runGet({
+        config,
+        ids: ['a'],
+        json: true,
+        stdout: new PassThrough(),
+        log: pino({ level: 'silent' }),
+        timeoutMs: 300,
+      }).catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(DeadlineError);
+      expect((error as DeadlineError).message).toBe(
+        `gave up after 300ms (--timeout): no answer from the platform at ${endpoint}`,
+      );
+      await requestAborted;
+    } finally {
+      server.closeAllConnections();
+      await new Promise<void>((r) => server.close(() => r()));
+    }
+  });
+
+  it('shows the code and message of a NOT_FOUND row, in JSON and in the table', async () => {
+    const rows = await fetchStates(
+      {
+        getOneItem: async () => {
+          throw new Error('not used');
+        },
+        checkStatuses: async (ids) => ({
+          observations: [
+            { kind: 'resource', id: ids[0] as string, resource: { id: ids[0] as string, state: 'RUNNING' } },
+            {
+              kind: 'missing',
+              id: ids[1] as string,
+              error: {
+                status: 404,
+                code: 9008,
+                message: 'Requested job does not exist.',
+                more_info: 'https://x',
+              },
+            },
+          ],
+          warnings: [],
+        }),
+      },
+      ['a', 'gone'],
+    );
+    expect(rows[1]).toEqual({
+      id: 'gone',
+      state: 'NOT_FOUND',
+      export: null,
+      error: { status: 404, code: 9008, message: 'Requested job does not exist.' },
+    });
+    const table = formatTable(rows).split('\n');
+    expect(table[2]).toMatch(/^gone\s+NOT_FOUND\s+-\s+-\s+-\s+9008 Requested job does not exist\.$/);
+  });
+});
+
+describe('watch', () => {
+  const config: Config = loadConfig(
+    { SB_AUTH_TOKEN: 'tok', WATCHER_SHUTDOWN_TIMEOUT: '0' },
+    { requireToken: true, listens: false },
+  );
+  const noCounts = () => Object.fromEntries(EXPORT_STATES.map((s) => [s, 0])) as Record<ExportState, number>;
+
+  function record(id: string, state: ExportState, error: ExportRecord['error'] = null): ExportRecord {
+    return {
+      id,
+      state,
+      previousState: 'UNKNOWN',
+      firstSeenAt: 0,
+      stateChangedAt: 0,
+      lastCheckedAt: 0,
+      checks: 3,
+      metadata: null,
+      history: [],
+      export: null,
+      misses: 0,
+      error,
+      lastMiss: null,
+    };
+  }
+
+  /** A daemon that does nothing by itself: the test plays the platform through its hooks. */
+  function fake() {
+    let hooks: DaemonOptions | undefined;
+    const records = new Map<string, ExportRecord>();
+    let settle!: () => void;
+    const settled = new Promise<void>((resolve) => {
+      settle = resolve;
+    });
+    const daemon: WatchDaemon = {
+      registry: { watch: (ids) => ({ accepted: [...ids], alreadyWatched: [] }) },
+      tracker: { get: (id) => records.get(id), countByState: noCounts },
+      scheduler: { onSettled: () => settled },
+      webhooks: { onIdle: async () => undefined },
+      start: async () => undefined,
+      stop: async () => ({ undelivered: [] }),
+    };
+    return {
+      create: (_config: Config, options: DaemonOptions) => {
+        hooks = options;
+        return daemon;
+      },
+      outcome: (o: Parameters<NonNullable<DaemonOptions['onPlatformOutcome']>>[0]) =>
+        hooks?.onPlatformOutcome?.(o),
+      finish: (id: string, to: ExportState, error: ExportRecord['error'] = null) => {
+        records.set(id, record(id, to, error));
+        hooks?.onTransition?.({
+          exportId: id,
+          from: 'RUNNING',
+          to,
+          at: Date.now(),
+          metadata: null,
+          export: null,
+          error,
+        });
+      },
+      settle,
+    };
+  }
+
+  function text() {
+    let all = '';
+    const stream = new Writable({
+      write(chunk, _encoding, done) {
+        all += String(chunk);
+        done();
+      },
+    });
+    return { stream, lines: () => all.split('\n').filter((l) => l !== '') };
+  }
+
+  function start(ids: string[], f: ReturnType<typeof fake>, extra: { timeoutMs?: number } = {}) {
+    const out = text();
+    const err = text();
+    const controller = new AbortController();
+    const done = runWatch({
+      config,
+      ids,
+      json: false,
+      stdout: out.stream,
+      stderr: err.stream,
+      stdoutTty: true,
+      stderrTty: false,
+      log: pino({ level: 'silent' }),
+      signal: controller.signal,
+      createDaemon: f.create,
+      ...extra,
+    });
+    return { out, err, controller, done };
+  }
+
+  beforeEach(() => {
+    vi.useFakeTimers();
+  });
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
+  const unreachable = `the platform at ${config.endpoint} cannot be reached (check SB_API_ENDPOINT or --endpoint, and the network)`;
+  const warnings = (lines: string[]) => lines.filter((l) => l.startsWith('warning:'));
+
+  it('warns when no check has succeeded for 5 minutes, and again every 5 minutes it lasts', async () => {
+    expect(STALL_WARNING_MS).toBe(300_000);
+    const f = fake();
+    const w = start(['a'], f);
+    await vi.advanceTimersByTimeAsync(0);
+    f.outcome('network');
+    await vi.advanceTimersByTimeAsync(STALL_WARNING_MS - 1);
+    expect(warnings(w.err.lines())).toEqual([]);
+    await vi.advanceTimersByTimeAsync(1);
+    expect(warnings(w.err.lines())).toEqual([
+      `warning: no check has succeeded for 5m: ${unreachable}; still trying (Ctrl-C stops, --timeout sets a limit)`,
+    ]);
+    await vi.advanceTimersByTimeAsync(STALL_WARNING_MS);
+    expect(warnings(w.err.lines())[1]).toMatch(/^warning: no check has succeeded for 10m: the platform at /);
+
+    // A success at 11 minutes: quiet until 16, then the count starts again from it.
+    await vi.advanceTimersByTimeAsync(60_000);
+    f.outcome('ok');
+    await vi.advanceTimersByTimeAsync(STALL_WARNING_MS - 1);
+    expect(warnings(w.err.lines())).toHaveLength(2);
+    f.outcome('maintenance');
+    await vi.advanceTimersByTimeAsync(1);
+    expect(warnings(w.err.lines())[2]).toBe(
+      'warning: no check has succeeded for 5m: the platform is in maintenance; still trying (Ctrl-C stops, --timeout sets a limit)',
+    );
+
+    w.controller.abort(130);
+    expect(await w.done).toBe(130);
+    expect(w.err.lines().at(-1)).toBe('interrupted before every export finished (1 of 1 not finished)');
+  });
+
+  it('gives up at --timeout, saying how many exports were not finished and why', async () => {
+    const f = fake();
+    const w = start(['a', 'b', 'c'], f, { timeoutMs: 600_000 });
+    await vi.advanceTimersByTimeAsync(0);
+    f.finish('a', 'COMPLETED');
+    f.outcome('network');
+    await vi.advanceTimersByTimeAsync(600_000);
+    expect(await w.done).toBe(1);
+    const lines = w.err.lines();
+    expect(lines.at(-1)).toBe(
+      `error: timed out after 10m (--timeout): 2 of 3 exports not finished; ${unreachable}`,
+    );
+    expect(warnings(lines)).toHaveLength(1);
+    expect(warnings(lines)[0]).toMatch(/still trying \(Ctrl-C stops\)$/);
+    expect(lines.join('\n')).not.toContain('interrupted');
+    expect(vi.getTimerCount()).toBe(0);
+  });
+
+  it('a refused token says so, and only that', async () => {
+    const f = fake();
+    const w = start(['a'], f);
+    await vi.advanceTimersByTimeAsync(0);
+    f.outcome('unauthorized');
+    expect(await w.done).toBe(1);
+    expect(w.err.lines()).toEqual([
+      'watching 1 export',
+      'error: the platform refused the token; set SB_AUTH_TOKEN to a valid token (from the Developer tab of the platform)',
+    ]);
+  });
+
+  it('exits 0 when all complete and 1 when one is LOST, whose line says why', async () => {
+    const f = fake();
+    const w = start(['a', 'gone'], f);
+    await vi.advanceTimersByTimeAsync(0);
+    f.finish('a', 'COMPLETED');
+    f.finish('gone', 'LOST', { status: 404, code: 9008, message: 'Requested job does not exist.' });
+    f.settle();
+    expect(await w.done).toBe(1);
+    expect(w.out.lines()).toEqual(['a  COMPLETED', 'gone  LOST  9008 Requested job does not exist.']);
+    expect(w.err.lines().join('\n')).not.toContain('interrupted');
+  });
+
+  it('formats a FAILED export with the job error, and JSON when asked', () => {
+    const failed = record('f', 'FAILED', { code: 500, message: 'Copy failed.' });
+    expect(formatFinished(failed, { json: false, stdoutTty: true })).toBe('f  FAILED  500 Copy failed.\n');
+    expect(JSON.parse(formatFinished(failed, { json: true, stdoutTty: true }))).toMatchObject({
+      id: 'f',
+      state: 'FAILED',
+      error: { code: 500, message: 'Copy failed.' },
+    });
   });
 });

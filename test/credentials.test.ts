@@ -1,8 +1,8 @@
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { withCredentials } from '../src/cli.js';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { readEnvironment, runCli, withCredentials } from '../src/cli.js';
 import { ConfigError } from '../src/errors.js';
 
 describe('withCredentials ($CREDENTIALS_DIRECTORY, systemd LoadCredential=)', () => {
@@ -51,5 +51,27 @@ describe('withCredentials ($CREDENTIALS_DIRECTORY, systemd LoadCredential=)', ()
         `SB_AUTH_TOKEN: expected a readable credential file ${dir}/sb-auth-token, got EISDIR`,
       ]);
     }
+  });
+
+  it('through the CLI: one configuration line and exit 2, while --help and --version need no environment', async () => {
+    mkdirSync(join(dir, 'sb-auth-token'));
+    const env = () => readEnvironment({ CREDENTIALS_DIRECTORY: dir }, dir);
+    let err = '';
+    const stderr = { write: (t: string) => (err += t) };
+    expect(await runCli(['get', 'exp-1'], env, { stderr })).toBe(2);
+    expect(err).toBe(
+      `config: SB_AUTH_TOKEN: expected a readable credential file ${dir}/sb-auth-token, got EISDIR\n`,
+    );
+
+    err = '';
+    const out = vi.spyOn(process.stdout, 'write').mockImplementation(() => true);
+    try {
+      for (const args of [['--help'], ['--version'], ['watch', '--help']]) {
+        expect(await runCli(args, env, { stderr })).toBe(0);
+      }
+    } finally {
+      out.mockRestore();
+    }
+    expect(err).toBe('');
   });
 });

@@ -1,6 +1,7 @@
 import { Writable } from 'node:stream';
-import { describe, expect, it } from 'vitest';
-import { type DemoSummary, percentile, runDemo } from '../src/demo.js';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { type DemoSummary, demoConfig, percentile, runDemo } from '../src/demo.js';
+import { ConfigError } from '../src/errors.js';
 
 describe('demo', () => {
   it('runs the simulator, the daemon and a verifying receiver to the end, and sums it up', async () => {
@@ -14,7 +15,7 @@ describe('demo', () => {
     const code = await runDemo({
       exports: 40,
       unknown: 2,
-      env: { WATCHER_POLL_INTERVAL: '200ms', WATCHER_RATE_BUDGET: '1000', WATCHER_RATE_WINDOW: '60s' },
+      settings: { pollInterval: '200ms', rateBudget: '1000', rateWindow: '60s' },
       json: true,
       out: sink,
       tty: false,
@@ -32,6 +33,50 @@ describe('demo', () => {
     expect(summary.requests_spent).toBe(summary.bulk_calls);
     expect(summary.detection_latency_ms.p50).toBeGreaterThanOrEqual(0);
     expect(summary.detection_latency_ms.p99).toBeGreaterThanOrEqual(summary.detection_latency_ms.p50);
+  });
+
+  describe('its settings', () => {
+    afterEach(() => {
+      vi.unstubAllEnvs();
+    });
+    const pieces = {
+      endpoint: 'http://127.0.0.1:1/v2',
+      webhookUrl: 'http://127.0.0.1:2/',
+      secret: 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw',
+    };
+
+    it('are its own: the environment is not read', () => {
+      vi.stubEnv('WATCHER_WEBHOOK_EVENTS', 'export.completed');
+      vi.stubEnv('WATCHER_POLL_INTERVAL', '10s');
+      vi.stubEnv('LOG_LEVEL', 'debug');
+      const config = demoConfig({}, pieces);
+      expect(config.pollIntervalMs).toBe(1000);
+      expect(config.logLevel).toBe('error');
+      expect(config.webhook.events).toEqual(new Set(['export.completed', 'export.failed', 'export.lost']));
+      expect(
+        demoConfig({ pollInterval: '200ms', rateBudget: '900', rateWindow: '1m' }, pieces),
+      ).toMatchObject({
+        pollIntervalMs: 200,
+        rateBudget: 900,
+        rateWindowMs: 60_000,
+      });
+    });
+
+    it('a bad one is reported by its flag, before anything starts', async () => {
+      const error = await runDemo({
+        exports: 1,
+        unknown: 0,
+        settings: { pollInterval: 'often', rateBudget: '0' },
+        json: true,
+        out: process.stdout,
+        tty: false,
+      }).catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(ConfigError);
+      expect((error as ConfigError).problems).toEqual([
+        expect.stringMatching(/^--poll-interval: expected a duration .* got "often"$/),
+        expect.stringMatching(/^--rate-budget: expected a whole number from 1 to 1000000, got "0"$/),
+      ]);
+    });
   });
 
   it('computes percentiles by the nearest-rank method', () => {

@@ -174,7 +174,8 @@ describe('sbg-export-watcher watch', () => {
     const watch = spawnCli(['watch', id], watchEnv(url, { SB_AUTH_TOKEN: 'tok_not_the_right_one' }));
     const { code } = await watch.exited;
     expect(code).toBe(1);
-    expect(watch.stderr()).toContain('the platform refused the token');
+    expect(watch.stderr()).toContain('error: the platform refused the token');
+    expect(watch.stderr()).not.toContain('interrupted');
     expect(watch.stderr()).not.toContain('tok_not_the_right_one');
   });
 

@@ -1,6 +1,7 @@
 /**
  * Runs the CLI as a child process, with an environment free of the machine's own watcher
- * variables, and collects its JSON log lines as they come.
+ * variables, and collects its JSON log lines as they come. Optionally in another working
+ * directory, and with text on its standard input (otherwise stdin is empty).
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { join } from 'node:path';
@@ -29,18 +30,30 @@ export function killAll(): void {
   running.clear();
 }
 
-export function spawnCli(args: string[], env: Record<string, string>): CliProcess {
+export interface SpawnOptions {
+  /** Working directory; default the repository root. */
+  cwd?: string;
+  /** Written to the child's standard input, which is then closed. */
+  stdin?: string;
+}
+
+export function spawnCli(
+  args: string[],
+  env: Record<string, string>,
+  options: SpawnOptions = {},
+): CliProcess {
   const clean = Object.fromEntries(
     Object.entries(process.env).filter(
       ([k]) => !/^(SB_|WATCHER_|LOG_LEVEL|NODE_OPTIONS|CREDENTIALS_DIRECTORY)/.test(k),
     ),
   );
   const child = spawn(process.execPath, ['--import', TSX, CLI, ...args], {
-    cwd: ROOT,
+    cwd: options.cwd ?? ROOT,
     env: { ...clean, ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
+    stdio: [options.stdin === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
   });
   running.add(child);
+  if (options.stdin !== undefined) child.stdin?.end(options.stdin);
   const lines: Array<Record<string, unknown>> = [];
   let out = '';
   let err = '';

@@ -1,0 +1,178 @@
+/**
+ * `get ID...`: the current state of each export, once (one bulk call per 100 ids, or the single
+ * get for one id). A table on a terminal, one JSON object per line otherwise or with `--json`.
+ *
+ * A one-shot command must end: transient failures get two quick retries (about a second in all)
+ * instead of the daemon's longer backoff, and the whole command gives up at `--timeout` (default
+ * 60 s), aborting whatever is in flight. Maintenance is waited out until then.
+ * Exit: 0 every export found; 1 any NOT_FOUND, or a runtime failure.
+ */
+import type { Writable } from 'node:stream';
+import type { Logger } from 'pino';
+import type { Config } from './config.js';
+import { formatDuration } from './config.js';
+import { outcomeProblem } from './error-report.js';
+import { DeadlineError, type PlatformErrorBody } from './errors.js';
+import { USER_AGENT } from './main.js';
+import {
+  type CheckResult,
+  PlatformClient,
+  type RequestOutcome,
+  type RetryPolicy,
+} from './platform-client.js';
+import { RateLimiter } from './rate-limiter.js';
+import { type BulkItem, type Observation, observationsFromBulk } from './tracker.js';
+
+export const GET_DEFAULT_TIMEOUT_MS = 60_000;
+
+/** Quick retries for a one-shot command: 250 ms then 500 ms (times 1–2). */
+export const GET_RETRY: Partial<RetryPolicy> = { retries: 2, minTimeoutMs: 250 };
+
+export interface GetOptions {
+  config: Config;
+  ids: readonly string[];
+  json: boolean;
+  stdout: Writable;
+  log: Logger;
+  /** Give up after this long (`--timeout`). */
+  timeoutMs: number;
+  retry?: Partial<RetryPolicy>;
+}
+
+export interface StateRow {
+  id: string;
+  state: string;
+  export: Record<string, unknown> | null;
+  error?: PlatformErrorBody;
+}
+
+/** What fetching states needs of the platform client. */
+export interface StatesSource {
+  getOneItem(id: string): Promise<BulkItem>;
+  checkStatuses(ids: readonly string[]): Promise<CheckResult>;
+}
+
+export async function runGet(options: GetOptions): Promise<number> {
+  const { config, log } = options;
+  const limiter = new RateLimiter({ budget: config.rateBudget, windowMs: config.rateWindowMs, log });
+  /** The last request's outcome, to say why the command gave up. */
+  let lastOutcome: RequestOutcome | undefined;
+  const client = new PlatformClient({
+    endpoint: config.endpoint,
+    token: config.token ?? '',
+    gate: limiter,
+    userAgent: USER_AGENT,
+    log,
+    retry: options.retry ?? GET_RETRY,
+    observer: {
+      onRequest: (_route, outcome) => {
+        lastOutcome = outcome;
+      },
+    },
+  });
+  /** Exists once the deadline passed: what is on the wire being dropped. */
+  let aborting: Promise<unknown> | undefined;
+  let rows: StateRow[];
+  try {
+    rows = await withDeadline(fetchStates(client, options.ids), options.timeoutMs, () => {
+      // Nothing more is sent; what is on the wire is dropped.
+      aborting = Promise.all([limiter.stop(), client.destroy()]);
+      const why = lastOutcome === undefined ? undefined : outcomeProblem(lastOutcome, config.endpoint);
+      return new DeadlineError(
+        `gave up after ${formatDuration(options.timeoutMs)} (--timeout): ${why ?? `no answer from the platform at ${config.endpoint}`}`,
+      );
+    });
+  } finally {
+    await aborting;
+    await limiter.stop();
+    await client.close();
+  }
+  if (options.json) {
+    for (const row of rows) options.stdout.write(`${JSON.stringify(row)}\n`);
+  } else {
+    options.stdout.write(formatTable(rows));
+  }
+  return rows.every((r) => r.state !== 'NOT_FOUND') ? 0 : 1;
+}
+
+/**
+ * `work`, or the error `onTimeout` returns once `ms` have passed first. `work` is left to settle
+ * on its own (its rejection is handled); the timer is cleared when it settles in time.
+ */
+export function withDeadline<T>(work: Promise<T>, ms: number, onTimeout: () => Error): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(() => reject(onTimeout()), ms);
+    work.then(
+      (value) => {
+        clearTimeout(timer);
+        resolve(value);
+      },
+      (error: unknown) => {
+        clearTimeout(timer);
+        reject(error);
+      },
+    );
+  });
+}
+
+export async function fetchStates(source: StatesSource, ids: readonly string[]): Promise<StateRow[]> {
+  const byId = new Map<string, StateRow>();
+  if (ids.length === 1) {
+    const id = ids[0] as string;
+    const item = await source.getOneItem(id);
+    for (const o of observationsFromBulk([id], [item]).observations) byId.set(o.id, rowOf(o));
+  } else {
+    for (let i = 0; i < ids.length; i += 100) {
+      const { observations } = await source.checkStatuses(ids.slice(i, i + 100));
+      for (const o of observations) byId.set(o.id, rowOf(o));
+    }
+  }
+  return ids.map((id) => byId.get(id) ?? { id, state: 'UNANSWERED', export: null });
+}
+
+function rowOf(o: Observation): StateRow {
+  if (o.kind === 'resource') return { id: o.id, state: o.resource.state, export: o.resource };
+  if (o.kind === 'missing') return { id: o.id, state: 'NOT_FOUND', export: null, error: errorOf(o.error) };
+  return { id: o.id, state: 'UNANSWERED', export: null, ...(o.error ? { error: errorOf(o.error) } : {}) };
+}
+
+/** The platform's error as records carry it: status, code and message. */
+function errorOf(e: PlatformErrorBody): PlatformErrorBody {
+  return {
+    ...(e.status !== undefined ? { status: e.status } : {}),
+    ...(e.code !== undefined ? { code: e.code } : {}),
+    ...(e.message !== undefined ? { message: e.message } : {}),
+  };
+}
+
+export function formatTable(rows: readonly StateRow[]): string {
+  const cell = (v: unknown) =>
+    v === undefined || v === null || v === '' ? '-' : printable(typeof v === 'string' ? v : String(v));
+  const table = rows.map((r) => {
+    const e = r.export ?? {};
+    const dest = e.destination as { volume?: string; location?: string } | undefined;
+    const err = (e.error ?? r.error) as { code?: number; message?: string } | undefined | null;
+    return [
+      r.id,
+      cell(r.state),
+      cell(e.started_on),
+      cell(e.finished_on),
+      dest ? printable(`${dest.volume ?? '?'}/${dest.location ?? '?'}`) : '-',
+      err ? printable(`${err.code ?? ''} ${err.message ?? ''}`.trim()) || '-' : '-',
+    ];
+  });
+  const header = ['ID', 'STATE', 'STARTED', 'FINISHED', 'DESTINATION', 'ERROR'];
+  const widths = header.map((h, i) => Math.max(h.length, ...table.map((r) => (r[i] ?? '').length)));
+  const line = (cols: readonly string[]) =>
+    cols
+      .map((c, i) => c.padEnd(widths[i] ?? 0))
+      .join('  ')
+      .trimEnd();
+  return `${[line(header), ...table.map(line)].join('\n')}\n`;
+}
+
+/** A value from the platform as one table cell: no control characters (a terminal would obey them). */
+function printable(text: string): string {
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: removing them is the point
+  return text.replace(/[\u0000-\u001f\u007f-\u009f]+/g, ' ').trim();
+}
