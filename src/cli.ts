@@ -14,19 +14,19 @@ import type { Readable } from 'node:stream';
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { parse as parseDotenv } from 'dotenv';
-import { type Config, type Env, loadConfig, parseDuration, type VariableName } from './config.js';
-import { runDemo } from './demo.js';
-import { describeError, listenError } from './error-report.js';
-import { ConfigError, UsageError } from './errors.js';
-import { GET_DEFAULT_TIMEOUT_MS, runGet } from './get.js';
-import { collectIds } from './ids-input.js';
-import { createLogger } from './log.js';
+import { runDemo } from './cli/demo.js';
+import { describeError, listenError } from './cli/error-report.js';
+import { GET_DEFAULT_TIMEOUT_MS, runGet } from './cli/get.js';
+import { collectIds } from './cli/ids-input.js';
+import { runWatch } from './cli/watch.js';
+import { type Config, type Env, loadConfig, parseDuration, type VariableName } from './config/config.js';
+import { type FaultOptions, Simulator, type SimulatorOptions } from './dev/simulator.js';
 import { Daemon, VERSION } from './main.js';
-import { Redactor } from './redact.js';
-import { type FaultOptions, Simulator, type SimulatorOptions } from './simulator.js';
-import { runWatch } from './watch.js';
+import { ConfigError, UsageError } from './shared/errors.js';
+import { createLogger } from './shared/log.js';
+import { Redactor } from './shared/redact.js';
 
-export { readIdsFile } from './ids-input.js';
+export { readIdsFile } from './cli/ids-input.js';
 
 type Command = 'run' | 'watch' | 'get' | 'simulate' | 'demo';
 /** The commands that talk to the platform, read the configuration and take configuration flags. */

@@ -11,17 +11,17 @@
 import { createRequire } from 'node:module';
 import type { Logger } from 'pino';
 import type { Dispatcher } from 'undici';
-import type { Config } from './config.js';
-import { ControlApi, type WatchRegistry } from './control-api.js';
-import { settlesWithin } from './deadline.js';
-import { PlatformError } from './errors.js';
-import { type ExportEvent, eventForTransition } from './events.js';
-import { Metrics } from './metrics.js';
-import { PlatformClient, type RequestOutcome, type RetryPolicy } from './platform-client.js';
-import { RateLimiter } from './rate-limiter.js';
-import { Scheduler, type SchedulerOptions } from './scheduler.js';
-import { Tracker, type Transition } from './tracker.js';
-import { WebhookDispatcher, type WebhookOptions } from './webhooks.js';
+import type { Config } from './config/config.js';
+import { type ExportEvent, eventForTransition } from './delivery/events.js';
+import { WebhookDispatcher, type WebhookOptions } from './delivery/webhooks.js';
+import { ControlApi, type WatchRegistry } from './http/control-api.js';
+import { Metrics } from './http/metrics.js';
+import { PlatformClient, type RequestOutcome, type RetryPolicy } from './platform/platform-client.js';
+import { RateLimiter } from './platform/rate-limiter.js';
+import { Scheduler, type SchedulerOptions } from './polling/scheduler.js';
+import { Tracker, type Transition } from './polling/tracker.js';
+import { settlesWithin } from './shared/deadline.js';
+import { PlatformError } from './shared/errors.js';
 
 const require = createRequire(import.meta.url);
 export const VERSION: string = (require('../package.json') as { version: string }).version;

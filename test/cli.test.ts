@@ -8,6 +8,10 @@ import { PassThrough, Readable, Writable } from 'node:stream';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import pino from 'pino';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
+import { describeError, listenError } from '../src/cli/error-report.js';
+import { fetchStates, formatTable, GET_DEFAULT_TIMEOUT_MS, runGet, withDeadline } from '../src/cli/get.js';
+import { collectIds, readIdsStream } from '../src/cli/ids-input.js';
+import { formatFinished, runWatch, STALL_WARNING_MS, type WatchDaemon } from '../src/cli/watch.js';
 import {
   acceptedFlags,
   main,
@@ -17,14 +21,10 @@ import {
   readIdsFile,
   runCli as runCliInProcess,
 } from '../src/cli.js';
-import { type Config, loadConfig } from '../src/config.js';
-import { describeError, listenError } from '../src/error-report.js';
-import { ConfigError, DeadlineError, ListenError, PlatformError, UsageError } from '../src/errors.js';
-import { fetchStates, formatTable, GET_DEFAULT_TIMEOUT_MS, runGet, withDeadline } from '../src/get.js';
-import { collectIds, readIdsStream } from '../src/ids-input.js';
+import { type Config, loadConfig } from '../src/config/config.js';
 import type { DaemonOptions } from '../src/main.js';
-import { EXPORT_STATES, type ExportRecord, type ExportState } from '../src/tracker.js';
-import { formatFinished, runWatch, STALL_WARNING_MS, type WatchDaemon } from '../src/watch.js';
+import { EXPORT_STATES, type ExportRecord, type ExportState } from '../src/polling/tracker.js';
+import { ConfigError, DeadlineError, ListenError, PlatformError, UsageError } from '../src/shared/errors.js';
 
 const ROOT = resolve(fileURLToPath(new URL('..', import.meta.url)));
 const CLI = join(ROOT, 'src', 'cli.ts');

@@ -7,8 +7,8 @@ import {
   isLoopbackHost,
   loadConfig,
   parseDuration,
-} from '../src/config.js';
-import { ConfigError } from '../src/errors.js';
+} from '../src/config/config.js';
+import { ConfigError } from '../src/shared/errors.js';
 
 /** Runs loadConfig expecting a ConfigError; returns it. */
 function configError(env: Env, options: { requireToken?: boolean } = {}): ConfigError {

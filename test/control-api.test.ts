@@ -20,8 +20,8 @@ import {
   recordToJson,
   validateAddRequest,
   type WatchRegistry,
-} from '../src/control-api.js';
-import { type PlatformExport, Tracker } from '../src/tracker.js';
+} from '../src/http/control-api.js';
+import { type PlatformExport, Tracker } from '../src/polling/tracker.js';
 
 const T0 = Date.UTC(2024, 0, 2, 3, 4, 5, 678);
 const T0_ISO = '2024-01-02T03:04:05.678Z';

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { readEnvironment, runCli, withCredentials } from '../src/cli.js';
-import { ConfigError } from '../src/errors.js';
+import { ConfigError } from '../src/shared/errors.js';
 
 describe('withCredentials ($CREDENTIALS_DIRECTORY, systemd LoadCredential=)', () => {
   let dir: string;

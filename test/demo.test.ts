@@ -1,7 +1,7 @@
 import { Writable } from 'node:stream';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { type DemoSummary, demoConfig, percentile, runDemo } from '../src/demo.js';
-import { ConfigError } from '../src/errors.js';
+import { type DemoSummary, demoConfig, percentile, runDemo } from '../src/cli/demo.js';
+import { ConfigError } from '../src/shared/errors.js';
 
 describe('demo', () => {
   it('runs the simulator, the daemon and a verifying receiver to the end, and sums it up', async () => {

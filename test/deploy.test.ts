@@ -23,7 +23,7 @@ import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { DEFAULTS, parseDuration } from '../src/config.js';
+import { DEFAULTS, parseDuration } from '../src/config/config.js';
 
 const ROOT = join(import.meta.dirname, '..');
 const DOCKERFILE = readFileSync(join(ROOT, 'Dockerfile'), 'utf8');
@@ -361,7 +361,7 @@ describe('the image commands, run against a local build', () => {
     };
     const production = new Set(Object.keys(pkg.dependencies ?? {}));
     const dist = join(app, 'dist');
-    const outside = readdirSync(dist)
+    const outside = (readdirSync(dist, { recursive: true }) as string[])
       .filter((f) => f.endsWith('.js'))
       .flatMap((f) =>
         staticImports(readFileSync(join(dist, f), 'utf8'))

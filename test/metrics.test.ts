@@ -8,7 +8,11 @@ import { readFileSync } from 'node:fs';
 import pino from 'pino';
 import { register as globalRegister } from 'prom-client';
 import { afterEach, describe, expect, it } from 'vitest';
-import { eventForTransition } from '../src/events.js';
+import { eventForTransition } from '../src/delivery/events.js';
+import { parseSecret } from '../src/delivery/signing.js';
+import { WebhookDispatcher } from '../src/delivery/webhooks.js';
+import { WebhookReceiver } from '../src/dev/receiver.js';
+import { Simulator } from '../src/dev/simulator.js';
 import {
   BULK_IDS_BUCKETS,
   DURATION_BUCKETS,
@@ -17,14 +21,10 @@ import {
   Metrics,
   type MetricsSources,
   type RateLimitSource,
-} from '../src/metrics.js';
-import { PlatformClient } from '../src/platform-client.js';
-import { RateLimiter } from '../src/rate-limiter.js';
-import { WebhookReceiver } from '../src/receiver.js';
-import { parseSecret } from '../src/signing.js';
-import { Simulator } from '../src/simulator.js';
-import { EXPORT_STATES, type ExportState } from '../src/tracker.js';
-import { WebhookDispatcher } from '../src/webhooks.js';
+} from '../src/http/metrics.js';
+import { PlatformClient } from '../src/platform/platform-client.js';
+import { RateLimiter } from '../src/platform/rate-limiter.js';
+import { EXPORT_STATES, type ExportState } from '../src/polling/tracker.js';
 
 interface Sample {
   name: string;
@@ -433,7 +433,7 @@ describe('METRIC_DESCRIPTIONS', () => {
   });
 
   it("is the list in the module's opening comment, which the README copies", () => {
-    const source = readFileSync(new URL('../src/metrics.ts', import.meta.url), 'utf8');
+    const source = readFileSync(new URL('../src/http/metrics.ts', import.meta.url), 'utf8');
     const header = source.slice(0, source.indexOf('*/'));
     const rows = [...header.matchAll(/^ \* \| `([a-z_]+)` \| (\w+) \| ([^|]+) \|/gm)].map((m) => ({
       name: m[1],

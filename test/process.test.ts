@@ -3,8 +3,8 @@
  */
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
-import { type ReceiverOptions, WebhookReceiver } from '../src/receiver.js';
-import { Simulator, type SimulatorOptions } from '../src/simulator.js';
+import { type ReceiverOptions, WebhookReceiver } from '../src/dev/receiver.js';
+import { Simulator, type SimulatorOptions } from '../src/dev/simulator.js';
 import { killAll, spawnCli } from './helpers/spawn.js';
 
 const TOKEN = 'tok_process_test_7d3e';

@@ -1,5 +1,5 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { RateLimiter } from '../src/rate-limiter.js';
+import { RateLimiter } from '../src/platform/rate-limiter.js';
 
 const T0 = Date.UTC(2026, 0, 1, 12, 0, 0);
 /** Bottleneck hops through a few zero-delay timers before a call starts; fake time counts each as 1 ms. */

@@ -1,7 +1,7 @@
 import { Writable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
-import { createLogger } from '../src/log.js';
-import { MIN_SECRET_LENGTH, REDACTED, Redactor, safeUrl, urlSecrets } from '../src/redact.js';
+import { createLogger } from '../src/shared/log.js';
+import { MIN_SECRET_LENGTH, REDACTED, Redactor, safeUrl, urlSecrets } from '../src/shared/redact.js';
 
 describe('safeUrl', () => {
   it('drops credentials, query and fragment from every URL in a text', () => {

@@ -1,10 +1,10 @@
 import { Writable } from 'node:stream';
 import pino from 'pino';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { PlatformError } from '../src/errors.js';
-import type { CheckResult } from '../src/platform-client.js';
-import { longestUnchecked, Scheduler, type SchedulerDeps } from '../src/scheduler.js';
-import { type Observation, Tracker, type Transition } from '../src/tracker.js';
+import type { CheckResult } from '../src/platform/platform-client.js';
+import { longestUnchecked, Scheduler, type SchedulerDeps } from '../src/polling/scheduler.js';
+import { type Observation, Tracker, type Transition } from '../src/polling/tracker.js';
+import { PlatformError } from '../src/shared/errors.js';
 
 const T0 = Date.UTC(2026, 0, 1);
 

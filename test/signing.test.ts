@@ -1,6 +1,6 @@
 import { Webhook } from 'standardwebhooks';
 import { describe, expect, it } from 'vitest';
-import { parseSecret, sign, verify } from '../src/signing.js';
+import { parseSecret, sign, verify } from '../src/delivery/signing.js';
 
 // The published Standard Webhooks test vector.
 const SECRET = 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw';

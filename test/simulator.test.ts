@@ -1,6 +1,11 @@
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
-import { type ExportObject, type PlatformError, Simulator, type SimulatorOptions } from '../src/simulator.js';
+import {
+  type ExportObject,
+  type PlatformError,
+  Simulator,
+  type SimulatorOptions,
+} from '../src/dev/simulator.js';
 
 const T0 = 1_700_000_000_000;
 /** The simulators' clock: tests move it instead of sleeping. */

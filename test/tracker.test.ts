@@ -5,7 +5,7 @@ import {
   observationsFromBulk,
   type PlatformExport,
   Tracker,
-} from '../src/tracker.js';
+} from '../src/polling/tracker.js';
 
 const T0 = 1_700_000_000_000;
 const exp = (id: string, state: string, extra: Record<string, unknown> = {}): PlatformExport => ({

@@ -6,10 +6,9 @@
 import pino from 'pino';
 import { Webhook } from 'standardwebhooks';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import type { EventType, ExportEvent } from '../src/events.js';
-import { eventForTransition } from '../src/events.js';
-import { type Answer, type ReceiverOptions, WebhookReceiver } from '../src/receiver.js';
-import { parseSecret } from '../src/signing.js';
+import type { EventType, ExportEvent } from '../src/delivery/events.js';
+import { eventForTransition } from '../src/delivery/events.js';
+import { parseSecret } from '../src/delivery/signing.js';
 import {
   type AttemptResult,
   type DeliveryOutcome,
@@ -18,7 +17,8 @@ import {
   WebhookDispatcher,
   type WebhookObserver,
   type WebhookOptions,
-} from '../src/webhooks.js';
+} from '../src/delivery/webhooks.js';
+import { type Answer, type ReceiverOptions, WebhookReceiver } from '../src/dev/receiver.js';
 
 // Real timers, captured before any test installs fake ones.
 const realSetTimeout = globalThis.setTimeout;

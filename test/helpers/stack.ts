@@ -5,11 +5,11 @@
 import { Writable } from 'node:stream';
 import pino from 'pino';
 import { request } from 'undici';
-import { type Env, loadConfig } from '../../src/config.js';
-import type { EventBody } from '../../src/events.js';
+import { type Env, loadConfig } from '../../src/config/config.js';
+import type { EventBody } from '../../src/delivery/events.js';
+import { type ReceiverOptions, WebhookReceiver } from '../../src/dev/receiver.js';
+import { Simulator, type SimulatorOptions } from '../../src/dev/simulator.js';
 import { Daemon, type DaemonOptions } from '../../src/main.js';
-import { type ReceiverOptions, WebhookReceiver } from '../../src/receiver.js';
-import { Simulator, type SimulatorOptions } from '../../src/simulator.js';
 
 export const TOKEN = 'tok_SECRET_platform_4f9a1c';
 export const SECRET = 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw';
@@ -64,7 +64,7 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
   const log = pino(
     {
       level: 'debug',
-      redact: { paths: (await import('../../src/log.js')).REDACTED_PATHS, censor: '[redacted]' },
+      redact: { paths: (await import('../../src/shared/log.js')).REDACTED_PATHS, censor: '[redacted]' },
     },
     sink,
   );

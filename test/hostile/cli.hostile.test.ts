@@ -11,8 +11,8 @@ import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import type { DemoSummary } from '../../src/demo.js';
-import { Simulator } from '../../src/simulator.js';
+import type { DemoSummary } from '../../src/cli/demo.js';
+import { Simulator } from '../../src/dev/simulator.js';
 import { type CliProcess, killAll, spawnCli } from '../helpers/spawn.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');

@@ -15,8 +15,8 @@ import {
   DEFAULT_PAGE_LIMIT,
   MAX_METADATA_DEPTH,
   MAX_PAGE_LIMIT,
-} from '../../src/control-api.js';
-import { type Observation, Tracker } from '../../src/tracker.js';
+} from '../../src/http/control-api.js';
+import { type Observation, Tracker } from '../../src/polling/tracker.js';
 import {
   malformedRequests,
   nextResponse,

@@ -6,11 +6,11 @@
 import { Writable } from 'node:stream';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
-import { type Env, loadConfig } from '../../src/config.js';
-import { createLogger } from '../../src/log.js';
+import { type Env, loadConfig } from '../../src/config/config.js';
 import { Daemon } from '../../src/main.js';
-import { MAX_ANSWER_BYTES } from '../../src/platform-client.js';
-import { Redactor } from '../../src/redact.js';
+import { MAX_ANSWER_BYTES } from '../../src/platform/platform-client.js';
+import { createLogger } from '../../src/shared/log.js';
+import { Redactor } from '../../src/shared/redact.js';
 import { askedIds, endlessBody, exportObject, HostilePlatform, okHandler } from './hostile-platform.js';
 
 const TOKEN = 'tok_HOSTILE_9c2e4b7a1d';

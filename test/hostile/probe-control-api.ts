@@ -26,8 +26,8 @@ import {
   MAX_METADATA_BYTES,
   recordToJson,
   type WatchRegistry,
-} from '../../src/control-api.js';
-import { type Observation, Tracker } from '../../src/tracker.js';
+} from '../../src/http/control-api.js';
+import { type Observation, Tracker } from '../../src/polling/tracker.js';
 
 // ---------------------------------------------------------------------------------------------
 // Raw HTTP over node:net

@@ -21,8 +21,8 @@
  *   later, so `/healthz` sees the loop turn even while every call waits on the quota.
  */
 import type { Logger } from 'pino';
-import { PlatformError } from './errors.js';
-import type { CheckResult } from './platform-client.js';
+import type { CheckResult } from '../platform/platform-client.js';
+import { PlatformError } from '../shared/errors.js';
 import { smallestK } from './top-k.js';
 import {
   SAMPLE_IDS,

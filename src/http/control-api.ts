@@ -34,14 +34,14 @@ import {
   LogController,
 } from 'fastify';
 import type { Logger } from 'pino';
-import { ConnectionGuard, type ConnectionStats } from './connection-guard.js';
 import {
   EXPORT_STATES,
   type ExportRecord,
   type ExportState,
   isExportState,
   type PageQuery,
-} from './tracker.js';
+} from '../polling/tracker.js';
+import { ConnectionGuard, type ConnectionStats } from './connection-guard.js';
 
 export const EXPORT_ID_PATTERN = /^[A-Za-z0-9_-]{1,128}$/;
 export const MAX_BODY_BYTES = 1024 * 1024;

@@ -34,10 +34,10 @@
  * cost nothing between scrapes and are never stale.
  */
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
-import type { PlatformObserver, PlatformRoute, RequestOutcome } from './platform-client.js';
-import type { RateSnapshot } from './rate-limiter.js';
-import { EXPORT_STATES, type ExportState } from './tracker.js';
-import type { AttemptResult, DeliveryOutcome, WebhookObserver } from './webhooks.js';
+import type { AttemptResult, DeliveryOutcome, WebhookObserver } from '../delivery/webhooks.js';
+import type { PlatformObserver, PlatformRoute, RequestOutcome } from '../platform/platform-client.js';
+import type { RateSnapshot } from '../platform/rate-limiter.js';
+import { EXPORT_STATES, type ExportState } from '../polling/tracker.js';
 
 export const METRIC_PREFIX = 'sbg_export_watcher_';
 

@@ -9,19 +9,19 @@
  */
 import type { Writable } from 'node:stream';
 import type { Logger } from 'pino';
-import type { Config } from './config.js';
-import { formatDuration } from './config.js';
-import { outcomeProblem } from './error-report.js';
-import { DeadlineError, type PlatformErrorBody } from './errors.js';
-import { USER_AGENT } from './main.js';
+import type { Config } from '../config/config.js';
+import { formatDuration } from '../config/config.js';
+import { USER_AGENT } from '../main.js';
 import {
   type CheckResult,
   PlatformClient,
   type RequestOutcome,
   type RetryPolicy,
-} from './platform-client.js';
-import { RateLimiter } from './rate-limiter.js';
-import { type BulkItem, type Observation, observationsFromBulk } from './tracker.js';
+} from '../platform/platform-client.js';
+import { RateLimiter } from '../platform/rate-limiter.js';
+import { type BulkItem, type Observation, observationsFromBulk } from '../polling/tracker.js';
+import { DeadlineError, type PlatformErrorBody } from '../shared/errors.js';
+import { outcomeProblem } from './error-report.js';
 
 export const GET_DEFAULT_TIMEOUT_MS = 60_000;
 

@@ -7,7 +7,7 @@
 import type { Writable } from 'node:stream';
 import pino, { type DestinationStream, type Logger } from 'pino';
 import pretty from 'pino-pretty';
-import type { LogLevel } from './config.js';
+import type { LogLevel } from '../config/config.js';
 import { Redactor } from './redact.js';
 
 export const REDACTED_PATHS = [

@@ -15,7 +15,7 @@
  *   an error that is this export's own: one that names it, or one of as many anonymous error items
  *   as there are unanswered ids in an answer that is otherwise whole (`observationsFromBulk`).
  */
-import type { PlatformErrorBody } from './errors.js';
+import type { PlatformErrorBody } from '../shared/errors.js';
 import { smallestK } from './top-k.js';
 
 export const PLATFORM_STATES = ['PENDING', 'RUNNING', 'COMPLETED', 'FAILED'] as const;

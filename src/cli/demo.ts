@@ -12,13 +12,13 @@
 import { randomBytes } from 'node:crypto';
 import type { Writable } from 'node:stream';
 import { request } from 'undici';
-import { type Config, loadConfig } from './config.js';
-import { ConfigError } from './errors.js';
-import { createLogger } from './log.js';
-import { Daemon } from './main.js';
-import { WebhookReceiver } from './receiver.js';
-import { Simulator } from './simulator.js';
-import { EXPORT_STATES } from './tracker.js';
+import { type Config, loadConfig } from '../config/config.js';
+import { WebhookReceiver } from '../dev/receiver.js';
+import { Simulator } from '../dev/simulator.js';
+import { Daemon } from '../main.js';
+import { EXPORT_STATES } from '../polling/tracker.js';
+import { ConfigError } from '../shared/errors.js';
+import { createLogger } from '../shared/log.js';
 
 /** The demo's own settings, as its flags give them (unset: the demo's defaults). */
 export interface DemoSettings {

@@ -23,8 +23,8 @@
 import pRetry, { AbortError, type RetryContext } from 'p-retry';
 import type { Logger } from 'pino';
 import { Agent, type Dispatcher, request } from 'undici';
-import { settlesWithin } from './deadline.js';
-import { type ErrorCode, isRetryable, WatcherError, WebhookError } from './errors.js';
+import { settlesWithin } from '../shared/deadline.js';
+import { type ErrorCode, isRetryable, WatcherError, WebhookError } from '../shared/errors.js';
 import type { EventType, ExportEvent } from './events.js';
 import { sign } from './signing.js';
 

@@ -15,9 +15,14 @@
 import pRetry, { AbortError } from 'p-retry';
 import type { Logger } from 'pino';
 import { Agent, type Dispatcher, request } from 'undici';
-import { isRetryable, PlatformError, type PlatformErrorBody } from './errors.js';
+import {
+  type BulkItem,
+  type Observation,
+  observationsFromBulk,
+  type TrackerWarning,
+} from '../polling/tracker.js';
+import { isRetryable, PlatformError, type PlatformErrorBody } from '../shared/errors.js';
 import type { RateInfo } from './rate-limiter.js';
-import { type BulkItem, type Observation, observationsFromBulk, type TrackerWarning } from './tracker.js';
 
 /** Codes of a 404/403 that speak of the job asked for, not of the route (sbg-api.md §7). */
 const JOB_MISSING_CODES = new Set([9005, 9008]);

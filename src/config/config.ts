@@ -4,10 +4,11 @@
  * naming the variable, what it expects and what it got, with secrets masked. Only the composition
  * root passes `process.env` in; everything else receives the parsed object.
  */
-import { ConfigError } from './errors.js';
-import { DEFAULT_EVENT_TYPES, EVENT_TYPES, type EventType } from './events.js';
-import { safeUrl, urlSecrets } from './redact.js';
-import { parseSecret } from './signing.js';
+
+import { DEFAULT_EVENT_TYPES, EVENT_TYPES, type EventType } from '../delivery/events.js';
+import { parseSecret } from '../delivery/signing.js';
+import { ConfigError } from '../shared/errors.js';
+import { safeUrl, urlSecrets } from '../shared/redact.js';
 
 /** Platform deployments by preset name (sbg-api.md §6). */
 export const ENDPOINT_PRESETS: Readonly<Record<string, string>> = {

@@ -7,9 +7,9 @@
  * Every line passes through the caller's `Redactor` (seeded with the configuration's secrets once
  * it loaded) before it is written, so no token and no URL credential is ever printed.
  */
-import { formatDuration } from './config.js';
-import { ConfigError, ListenError, PlatformError, UsageError, WatcherError } from './errors.js';
-import type { RequestOutcome } from './platform-client.js';
+import { formatDuration } from '../config/config.js';
+import type { RequestOutcome } from '../platform/platform-client.js';
+import { ConfigError, ListenError, PlatformError, UsageError, WatcherError } from '../shared/errors.js';
 
 export interface ErrorReport {
   lines: string[];

@@ -16,15 +16,15 @@
  */
 import type { Writable } from 'node:stream';
 import type { Logger } from 'pino';
-import type { Config } from './config.js';
-import { formatDuration } from './config.js';
-import { recordToJson, type WatchRegistry } from './control-api.js';
-import { settlesWithin } from './deadline.js';
+import type { Config } from '../config/config.js';
+import { formatDuration } from '../config/config.js';
+import { recordToJson, type WatchRegistry } from '../http/control-api.js';
+import { Daemon, type DaemonOptions, type StopReport } from '../main.js';
+import type { RequestOutcome } from '../platform/platform-client.js';
+import { type ExportRecord, type ExportState, isTerminal, type Transition } from '../polling/tracker.js';
+import { settlesWithin } from '../shared/deadline.js';
+import { Redactor } from '../shared/redact.js';
 import { oneLine, outcomeProblem, roundedDuration } from './error-report.js';
-import { Daemon, type DaemonOptions, type StopReport } from './main.js';
-import type { RequestOutcome } from './platform-client.js';
-import { Redactor } from './redact.js';
-import { type ExportRecord, type ExportState, isTerminal, type Transition } from './tracker.js';
 
 /** A warning on stderr after this long without a successful check, and again after each as long. */
 export const STALL_WARNING_MS = 5 * 60_000;

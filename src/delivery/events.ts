@@ -2,8 +2,9 @@
  * The events the watcher emits for transitions, and their wire shape (SPEC "Events, logs and
  * webhooks"). Pure: building an event needs the transition and nothing else.
  */
-import type { PlatformErrorBody } from './errors.js';
-import type { ExportState, Transition } from './tracker.js';
+
+import type { ExportState, Transition } from '../polling/tracker.js';
+import type { PlatformErrorBody } from '../shared/errors.js';
 
 export const EVENT_TYPES = ['export.running', 'export.completed', 'export.failed', 'export.lost'] as const;
 export type EventType = (typeof EVENT_TYPES)[number];

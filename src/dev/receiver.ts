@@ -6,7 +6,7 @@
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { parseSecret, verify } from './signing.js';
+import { parseSecret, verify } from '../delivery/signing.js';
 
 // Captured at load so that a test's fake timers cannot fire or freeze `waitFor`'s real-time guard.
 const realSetTimeout = globalThis.setTimeout;

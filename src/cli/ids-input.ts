@@ -6,8 +6,8 @@
  */
 import { readFileSync } from 'node:fs';
 import type { Readable } from 'node:stream';
-import { EXPORT_ID_PATTERN } from './control-api.js';
-import { UsageError } from './errors.js';
+import { EXPORT_ID_PATTERN } from '../http/control-api.js';
+import { UsageError } from '../shared/errors.js';
 
 /** The name standing for standard input, as a positional id or an `--ids-file`. */
 export const STDIN = '-';

@@ -37,7 +37,7 @@
  */
 import Bottleneck from 'bottleneck';
 import type { Logger } from 'pino';
-import { PlatformError } from './errors.js';
+import { PlatformError } from '../shared/errors.js';
 
 export interface RateInfo {
   limit?: number;
