@@ -1,0 +1,63 @@
+/**
+ * One typed events map for everything a part of the daemon reports to the rest (metrics,
+ * readiness, `watch`'s progress): the pieces emit, the composition root subscribes. A listener
+ * runs synchronously; one that throws is logged and the others still run, so a metrics bug can
+ * never stop a check or a delivery.
+ */
+import type { Logger } from 'pino';
+import type { AttemptResult, DeliveryOutcome } from '../delivery/webhooks.js';
+import type { PlatformRoute, RequestOutcome } from '../platform/platform-client.js';
+import type { Transition } from '../polling/tracker.js';
+
+export interface WatcherEvents {
+  /** Every platform request attempt, with its outcome. */
+  'platform.request': { route: PlatformRoute; outcome: RequestOutcome; durationMs: number };
+  /** A bulk call was sent with this many ids. */
+  'platform.bulk': { ids: number };
+  /** A bulk answer had a different number of items than ids asked. */
+  'platform.bulk_mismatch': { asked: number; items: number };
+  /** A check call ended, after its retries. */
+  'check.result': { ok: true } | { ok: false; error: unknown };
+  /** An export changed state (after the change is stored). */
+  transition: Transition;
+  'delivery.attempt_started': { endpoint: string };
+  'delivery.attempt': AttemptResult;
+  'delivery.finished': { endpoint: string; outcome: DeliveryOutcome };
+  /** Unfinished deliveries to an endpoint that the engine holds, on every change. */
+  'delivery.depth': { endpoint: string; depth: number };
+}
+
+export type EventName = keyof WatcherEvents;
+type Listener<K extends EventName> = (payload: WatcherEvents[K]) => void;
+
+export class Bus {
+  readonly #listeners = new Map<EventName, Set<Listener<never>>>();
+  readonly #log: Logger | undefined;
+
+  constructor(log?: Logger) {
+    this.#log = log;
+  }
+
+  /** Subscribes; returns the function that unsubscribes. */
+  on<K extends EventName>(name: K, listener: Listener<K>): () => void {
+    let set = this.#listeners.get(name);
+    if (!set) {
+      set = new Set();
+      this.#listeners.set(name, set);
+    }
+    set.add(listener as Listener<never>);
+    return () => set.delete(listener as Listener<never>);
+  }
+
+  emit<K extends EventName>(name: K, payload: WatcherEvents[K]): void {
+    const set = this.#listeners.get(name);
+    if (!set) return;
+    for (const listener of set) {
+      try {
+        (listener as Listener<K>)(payload);
+      } catch (error) {
+        this.#log?.warn({ err: error, event: name }, 'event listener threw; ignored');
+      }
+    }
+  }
+}

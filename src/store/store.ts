@@ -1,0 +1,266 @@
+/**
+ * The store: everything the watcher must not forget across a restart, behind one narrow,
+ * asynchronous interface. The daemon talks to this port only; `sqlite.ts` implements it in one
+ * file in `WATCHER_DATA_DIR`, and another engine can implement it against the same contract tests
+ * (`test/store/contract.ts`).
+ *
+ * What is kept (docs/design.md, "Durable state"):
+ * - exports: every watched export, its state, metadata, times, misses, history, the platform's
+ *   last object and the error that ended it. The time of each check is not kept (memory only).
+ * - events: one row per event (its webhook-id, type, export and serialized body).
+ * - deliveries: one row per event and endpoint, with its attempt series.
+ *
+ * Ordering rules the implementations guarantee:
+ * - `addExports` resolves only after its rows are committed.
+ * - `commitChanges` writes state changes, their events and one pending delivery per endpoint in
+ *   one transaction, so an event exists on disk before any attempt to send it (the outbox).
+ * - `recordAttempts` may lose its last batch in a crash; that only means a resend under the same
+ *   webhook-id, which receivers de-duplicate.
+ *
+ * Times are epoch milliseconds. Ids are export ids (`^[A-Za-z0-9_-]{1,128}$`) and webhook-ids.
+ */
+import { createHash } from 'node:crypto';
+import type { EventType } from '../delivery/events.js';
+import type { ExportState, PlatformExport } from '../polling/tracker.js';
+import type { PlatformErrorBody } from '../shared/errors.js';
+
+/** An export as stored: what `GET /v1/exports/{id}` shows, less the in-memory check figures. */
+export interface StoredExport {
+  id: string;
+  state: ExportState;
+  previousState: ExportState | null;
+  metadata: Record<string, unknown> | null;
+  firstSeenAt: number;
+  stateChangedAt: number;
+  /** Consecutive "no such job" answers; LOST at the tracker's threshold. */
+  misses: number;
+  history: Array<{ state: ExportState; at: number }>;
+  /** The platform's last object for the job, or null. */
+  export: PlatformExport | null;
+  /** Why it ended FAILED or LOST; null otherwise. */
+  error: PlatformErrorBody | null;
+  /** The last "no such job" error while misses are counted. */
+  lastMiss: PlatformErrorBody | null;
+}
+
+/** What the in-memory tracker needs of a non-terminal export at start-up. */
+export interface ActiveExport {
+  id: string;
+  state: ExportState;
+  misses: number;
+}
+
+export interface AddRequest {
+  ids: readonly string[];
+  metadata: Record<string, unknown> | null;
+}
+
+export interface AddResult {
+  /** Ids new to the store, now watched. */
+  accepted: string[];
+  /** Ids the store already had (watched, or finished and still retained): left as they were. */
+  alreadyWatched: string[];
+}
+
+export interface ExportPageQuery {
+  state?: ExportState | undefined;
+  /** Only ids after this one (keyset paging, ascending id). */
+  after?: string | undefined;
+  limit: number;
+}
+
+/** One export's change after a check: a new state, or only a new miss count. */
+export interface ExportChange {
+  id: string;
+  /** The state before and after; equal when only `misses` changed. */
+  from: ExportState;
+  to: ExportState;
+  at: number;
+  misses: number;
+  lastMiss: PlatformErrorBody | null;
+  /** The platform's object that came with this change; null keeps the stored one. */
+  export: PlatformExport | null;
+  /** Why it ended badly (FAILED, LOST); null otherwise. */
+  error: PlatformErrorBody | null;
+}
+
+/** An event to store with the change that caused it. */
+export interface NewEvent {
+  /** The webhook-id: stable per export and event type. */
+  id: string;
+  type: EventType;
+  exportId: string;
+  /** The JSON body exactly as sent. */
+  body: string;
+}
+
+/**
+ * Builds the event for a state change, or null when it has none (or its type is not subscribed).
+ * Called inside `commitChanges` with the export's stored metadata.
+ */
+export type EventBuilder = (
+  change: ExportChange,
+  metadata: Record<string, unknown> | null,
+) => NewEvent | null;
+
+/** An endpoint as the store knows it: never its full URL, which may carry a token. */
+export interface EndpointRef {
+  /** Stable key of the configured URL (a hash of it, see `endpointKey`). */
+  key: string;
+  /** The URL without credentials, query or fragment: for people. */
+  label: string;
+}
+
+export const DELIVERY_STATUSES = ['pending', 'delivered', 'failed', 'gone'] as const;
+export type DeliveryStatus = (typeof DELIVERY_STATUSES)[number];
+
+export interface StoredDelivery {
+  eventId: string;
+  endpointKey: string;
+  endpointLabel: string;
+  status: DeliveryStatus;
+  /** Attempts in the current series (a redelivery starts a new series at 0). */
+  attempts: number;
+  /** When the next attempt is due (pending only); null otherwise. */
+  nextAttemptAt: number | null;
+  /** When the current series started: its max age counts from here. */
+  seriesStartedAt: number;
+  /** The last attempt's HTTP status; 0 when no answer came; null before any attempt. */
+  lastStatus: number | null;
+  lastError: string | null;
+  finishedAt: number | null;
+}
+
+export interface StoredEvent {
+  id: string;
+  type: EventType;
+  exportId: string;
+  body: string;
+  createdAt: number;
+  deliveries: StoredDelivery[];
+}
+
+/** A pending delivery handed to the delivery engine, with what it needs to send it. */
+export interface DeliveryJob {
+  eventId: string;
+  exportId: string;
+  endpointKey: string;
+  body: string;
+  attempts: number;
+  seriesStartedAt: number;
+}
+
+/** The outcome of one attempt, or of a series, to write. */
+export interface AttemptRecord {
+  eventId: string;
+  endpointKey: string;
+  status: DeliveryStatus;
+  attempts: number;
+  /** For `pending`: when to try again. */
+  nextAttemptAt: number | null;
+  lastStatus: number | null;
+  lastError: string | null;
+  /** For a final status. */
+  finishedAt: number | null;
+}
+
+export interface EventQuery {
+  exportId?: string | undefined;
+  /** Events with at least one delivery in this status. */
+  status?: DeliveryStatus | undefined;
+  /** Events created at or after this time. */
+  since?: number | undefined;
+  /** Keyset paging: events that come after this (createdAt, id) in the listing's order. */
+  after?: { createdAt: number; id: string } | undefined;
+  limit: number;
+}
+
+export interface DeliveryCounts {
+  pending: number;
+  delivered: number;
+  failed: number;
+  gone: number;
+  /** Creation time of the oldest pending delivery's event; null when none is pending. */
+  oldestPendingAt: number | null;
+}
+
+export interface RetentionPolicy {
+  /** Finished exports older than this (since their last change) are deleted. */
+  retainMs: number;
+  /** Events whose deliveries are all final, older than this, are deleted with them. */
+  eventRetainMs: number;
+  /** Rows deleted per statement, so that a large backlog never holds the writer long. */
+  batch: number;
+}
+
+export interface Store {
+  /** Registers ids, each request with its metadata; resolves once committed. */
+  addExports(requests: readonly AddRequest[], now: number): Promise<AddResult[]>;
+  /** Deletes an export and its pending deliveries; final deliveries stay for replay. */
+  removeExport(id: string): Promise<{ removed: boolean; cancelledDeliveries: number }>;
+  getExport(id: string): Promise<StoredExport | undefined>;
+  pageExports(query: ExportPageQuery): Promise<{ items: StoredExport[]; more: boolean }>;
+  countExports(): Promise<Record<ExportState, number>>;
+  /** Every non-terminal export, for the tracker at start-up. */
+  loadActive(): Promise<ActiveExport[]>;
+
+  /**
+   * Writes state changes and miss counts, the events `build` makes for them and one pending
+   * delivery (due `now`) per endpoint for each event, in one transaction. An event whose id is
+   * already stored is not written again. Returns the events written.
+   */
+  commitChanges(
+    changes: readonly ExportChange[],
+    build: EventBuilder,
+    endpoints: readonly EndpointRef[],
+    now: number,
+  ): Promise<NewEvent[]>;
+
+  /**
+   * Pending deliveries to this endpoint due at `now`, oldest due first, at most `limit`, leased
+   * until `leaseUntil` (their `nextAttemptAt` is moved there, so that they are not handed out
+   * twice; a crash makes them due again when the lease ends, or at `releaseLeases`).
+   */
+  claimDue(endpointKey: string, now: number, limit: number, leaseUntil: number): Promise<DeliveryJob[]>;
+  /** At start-up: every leased delivery becomes due at `now`. */
+  releaseLeases(now: number): Promise<void>;
+  /** The earliest `nextAttemptAt` among this endpoint's pending deliveries; null when none. */
+  nextDueAt(endpointKey: string): Promise<number | null>;
+  /** Writes attempt outcomes, in one transaction. Rows that no longer exist are skipped. */
+  recordAttempts(records: readonly AttemptRecord[]): Promise<void>;
+  /** Pending deliveries to endpoints not in `keys`: they wait for that endpoint to come back. */
+  countOrphanedPending(keys: readonly string[]): Promise<number>;
+
+  getEvent(id: string): Promise<StoredEvent | undefined>;
+  /** Newest first: ordered by (createdAt, id) descending. */
+  listEvents(query: EventQuery): Promise<{ items: StoredEvent[]; more: boolean }>;
+  /** Events of one export with their deliveries, oldest first. */
+  eventsOfExport(exportId: string): Promise<StoredEvent[]>;
+  /**
+   * Starts a new attempt series, due `now`, for one event's deliveries to `endpoints` (rows are
+   * created for endpoints that never had one). Returns the deliveries reset; undefined when the
+   * event is unknown.
+   */
+  redeliver(eventId: string, endpoints: readonly EndpointRef[], now: number): Promise<number | undefined>;
+  /**
+   * Starts a new series for every delivery in `status` whose event was created at or after
+   * `since`. Returns the deliveries reset.
+   */
+  redeliverSince(since: number, status: DeliveryStatus, now: number): Promise<number>;
+  deliveryCounts(): Promise<DeliveryCounts>;
+
+  /** Deletes what is past retention, `batch` rows at a time; returns how many of each. */
+  prune(now: number, policy: RetentionPolicy): Promise<{ exports: number; events: number }>;
+  /** Closes the database. Further calls reject. */
+  close(): Promise<void>;
+}
+
+/** Raised when the data directory or database cannot be used; the CLI exits 2 with its message. */
+export class StoreError extends Error {
+  override readonly name = 'StoreError';
+}
+
+/** The stored key of an endpoint URL: stable, and reveals nothing of a token in the URL. */
+export function endpointKey(url: string): string {
+  return createHash('sha256').update(url).digest('hex').slice(0, 16);
+}
