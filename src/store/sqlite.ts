@@ -1,0 +1,740 @@
+/**
+ * The store on SQLite: one file in `WATCHER_DATA_DIR`, one connection, one writer (this process).
+ *
+ * better-sqlite3 is synchronous; the port is asynchronous so that a networked engine can implement
+ * it too. Each method does its work at once and returns a settled promise. Every statement is
+ * prepared once and cached by its text.
+ *
+ * Durability: WAL with `synchronous=FULL`, so a transaction that has returned survives a crash or
+ * a power cut. JSON columns hold text and are parsed only when a whole record is read.
+ *
+ * An existing file is never deleted or rewritten behind the operator's back: one that is not a
+ * SQLite database, is damaged, or carries a newer schema is refused with a `StoreError` before
+ * anything is written to it.
+ */
+import { existsSync, mkdirSync, unlinkSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { setImmediate as nextTurn } from 'node:timers/promises';
+import Database from 'better-sqlite3';
+import type { Logger } from 'pino';
+import type { EventType } from '../delivery/events.js';
+import type { ExportState, PlatformExport } from '../polling/tracker.js';
+import { EXPORT_STATES } from '../polling/tracker.js';
+import type { PlatformErrorBody } from '../shared/errors.js';
+import {
+  type ActiveExport,
+  type AddRequest,
+  type AddResult,
+  type AttemptRecord,
+  type DeliveryCounts,
+  type DeliveryJob,
+  type DeliveryStatus,
+  type EndpointRef,
+  type EventBuilder,
+  type EventQuery,
+  type ExportChange,
+  type ExportPageQuery,
+  type NewEvent,
+  type RetentionPolicy,
+  type Store,
+  type StoredDelivery,
+  type StoredEvent,
+  type StoredExport,
+  StoreError,
+} from './store.js';
+
+/** The database's file name in the data directory. */
+export const DB_FILE = 'watcher.db';
+
+/**
+ * States written literally into SQL. They are spelled out (not derived from the tracker) because
+ * the partial indexes of migration 1 name them, and a query uses such an index only when its
+ * condition is the index's own text. The tests check that they split `EXPORT_STATES` by
+ * `isTerminal`.
+ */
+export const ACTIVE_STATES = ['UNKNOWN', 'PENDING', 'RUNNING'] as const;
+export const FINISHED_STATES = ['COMPLETED', 'FAILED', 'LOST'] as const;
+const ACTIVE_SQL = `('UNKNOWN', 'PENDING', 'RUNNING')`;
+const FINISHED_SQL = `('COMPLETED', 'FAILED', 'LOST')`;
+
+/**
+ * The schema, one migration per entry: `PRAGMA user_version` counts those applied. A migration
+ * that has shipped is never edited; a change is a new entry at the end.
+ */
+const MIGRATIONS: readonly string[] = [
+  `
+  CREATE TABLE exports (
+    id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    previous_state TEXT,
+    metadata TEXT,
+    first_seen_at INTEGER NOT NULL,
+    state_changed_at INTEGER NOT NULL,
+    misses INTEGER NOT NULL,
+    last_miss TEXT,
+    history TEXT NOT NULL,
+    platform TEXT,
+    error TEXT
+  );
+  -- Paging by state, counting by state, and the active exports at start-up.
+  CREATE INDEX exports_by_state ON exports (state, id);
+  -- Retention: finished exports by age, without reading the active ones.
+  CREATE INDEX exports_finished ON exports (state_changed_at) WHERE state IN ${FINISHED_SQL};
+
+  CREATE TABLE events (
+    id TEXT PRIMARY KEY,
+    export_id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    body TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+  );
+  CREATE INDEX events_by_time ON events (created_at, id);
+  CREATE INDEX events_by_export ON events (export_id, created_at, id);
+
+  CREATE TABLE deliveries (
+    event_id TEXT NOT NULL REFERENCES events (id) ON DELETE CASCADE,
+    endpoint_key TEXT NOT NULL,
+    endpoint_label TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'delivered', 'failed', 'gone')),
+    attempts INTEGER NOT NULL,
+    next_attempt_at INTEGER,
+    -- 1 while a claim holds the row: its next_attempt_at is then the lease's end.
+    leased INTEGER NOT NULL DEFAULT 0,
+    series_started_at INTEGER NOT NULL,
+    last_status INTEGER,
+    last_error TEXT,
+    finished_at INTEGER,
+    PRIMARY KEY (event_id, endpoint_key)
+  ) WITHOUT ROWID;
+  -- What is due per endpoint, in due order: only pending rows, a small part of the table.
+  CREATE INDEX deliveries_due ON deliveries (endpoint_key, next_attempt_at, event_id)
+    WHERE status = 'pending';
+  `,
+];
+
+/** The schema version this code writes: the number of migrations. */
+export const SCHEMA_VERSION = MIGRATIONS.length;
+
+const BUSY_TIMEOUT_MS = 5000;
+/**
+ * The page cache, in KiB. SQLite's default (2 MiB) holds a small part of the indexes of 100,000
+ * exports; this keeps them in memory, which roughly halved `addExports` and `loadActive` of
+ * 100,000 ids in measurement.
+ */
+const CACHE_KIB = 64 * 1024;
+
+export interface SqliteStoreOptions {
+  /** The database file (`openDataDir`'s answer), or `:memory:` for a store that dies with the process. */
+  path: string;
+  log?: Logger;
+}
+
+/**
+ * Makes sure `dataDir` exists and is a directory this process can write in, and returns the
+ * database path in it. Any problem is a one-line `StoreError` naming the directory, so that a
+ * misconfigured volume fails at start-up rather than at the first write.
+ */
+export function openDataDir(dataDir: string): string {
+  const problem = (what: string, error?: unknown): StoreError =>
+    new StoreError(
+      `WATCHER_DATA_DIR ${dataDir}: ${what}${error === undefined ? '' : ` (${errorCode(error)})`}; ` +
+        'point WATCHER_DATA_DIR at a directory this user can write, or fix its permissions',
+    );
+  try {
+    mkdirSync(dataDir, { recursive: true });
+  } catch (error) {
+    // mkdir -p fails with EEXIST only when the path exists and is not a directory.
+    throw problem(errorCode(error) === 'EEXIST' ? 'it is not a directory' : 'cannot create it', error);
+  }
+  const probe = join(dataDir, `.write-probe-${process.pid}`);
+  try {
+    writeFileSync(probe, '', { flag: 'wx' });
+    unlinkSync(probe);
+  } catch (error) {
+    throw problem('cannot write there', error);
+  }
+  return join(dataDir, DB_FILE);
+}
+
+/**
+ * Opens (creating if need be) the database at `options.path`, checks it, and brings its schema up
+ * to date. Rejects with a `StoreError` naming the file when it cannot be used.
+ */
+export async function openSqliteStore(options: SqliteStoreOptions): Promise<SqliteStore> {
+  const { path, log } = options;
+  const found = path === ':memory:' || !existsSync(path) ? 0 : inspect(path);
+  if (found > SCHEMA_VERSION) {
+    throw new StoreError(
+      `database ${path} was written by a newer version of sbg-export-watcher (schema ${found}, ` +
+        `this version knows up to ${SCHEMA_VERSION}); it was left untouched: run that newer version`,
+    );
+  }
+  const db = connect(path, { readonly: false });
+  try {
+    configure(db, path, log);
+    migrate(db, found);
+  } catch (error) {
+    db.close();
+    throw new StoreError(`database ${path}: cannot use it (${errorCode(error)}: ${oneLine(error)})`);
+  }
+  log?.info({ path, schema: SCHEMA_VERSION, migrated_from: found }, 'store opened');
+  return new SqliteStore(db);
+}
+
+/** `busy_timeout`: how long a statement waits for a lock another connection holds (a backup, say). */
+function connect(path: string, options: { readonly: boolean }): Database.Database {
+  try {
+    return new Database(path, { ...options, timeout: BUSY_TIMEOUT_MS });
+  } catch (error) {
+    throw new StoreError(`database ${path}: cannot open it (${errorCode(error)}: ${oneLine(error)})`);
+  }
+}
+
+/**
+ * An existing file's schema version, after a quick integrity check. The connection is read-only:
+ * it can neither write the file nor fold a write-ahead log into it on close, so a file that is
+ * refused here is left exactly as it was found.
+ */
+function inspect(path: string): number {
+  const db = connect(path, { readonly: true });
+  try {
+    const version = db.pragma('user_version', { simple: true }) as number;
+    const rows = db.pragma('quick_check') as Array<{ quick_check: string }>;
+    const problem = rows.map((r) => r.quick_check).find((r) => r !== 'ok');
+    if (problem !== undefined) throw damaged(path, `integrity check: ${oneLine(problem)}`);
+    return version;
+  } catch (error) {
+    if (error instanceof StoreError) throw error;
+    if (/^SQLITE_(NOTADB|CORRUPT)/.test(errorCode(error))) throw damaged(path, oneLine(error));
+    throw new StoreError(`database ${path}: cannot read it (${errorCode(error)}: ${oneLine(error)})`);
+  } finally {
+    db.close();
+  }
+}
+
+function damaged(path: string, reason: string): StoreError {
+  return new StoreError(
+    `database ${path} is not a usable SQLite database (${reason}); it was left untouched: ` +
+      'move it aside to start afresh, or restore a backup',
+  );
+}
+
+function configure(db: Database.Database, path: string, log: Logger | undefined): void {
+  const mode = db.pragma('journal_mode = WAL', { simple: true });
+  if (mode !== 'wal' && path !== ':memory:') {
+    log?.warn({ path, journal_mode: mode }, 'the database is not in WAL mode; writes are slower');
+  }
+  db.pragma('synchronous = FULL');
+  db.pragma('foreign_keys = ON');
+  db.pragma(`cache_size = ${-CACHE_KIB}`);
+}
+
+/** Applies the migrations the file lacks, all in one transaction with the version bump. */
+function migrate(db: Database.Database, from: number): void {
+  if (from === SCHEMA_VERSION) return;
+  db.transaction(() => {
+    for (const sql of MIGRATIONS.slice(from)) db.exec(sql);
+    db.pragma(`user_version = ${SCHEMA_VERSION}`);
+  })();
+}
+
+interface ExportRow {
+  id: string;
+  state: ExportState;
+  previous_state: ExportState | null;
+  metadata: string | null;
+  first_seen_at: number;
+  state_changed_at: number;
+  misses: number;
+  last_miss: string | null;
+  history: string;
+  platform: string | null;
+  error: string | null;
+}
+
+interface EventRow {
+  id: string;
+  type: EventType;
+  export_id: string;
+  body: string;
+  created_at: number;
+}
+
+interface DeliveryRow {
+  event_id: string;
+  endpoint_key: string;
+  endpoint_label: string;
+  status: DeliveryStatus;
+  attempts: number;
+  next_attempt_at: number | null;
+  series_started_at: number;
+  last_status: number | null;
+  last_error: string | null;
+  finished_at: number | null;
+}
+
+const EVENT_COLUMNS = 'id, type, export_id, body, created_at';
+const DELIVERY_COLUMNS =
+  'event_id, endpoint_key, endpoint_label, status, attempts, next_attempt_at, series_started_at, ' +
+  'last_status, last_error, finished_at';
+
+export class SqliteStore implements Store {
+  #db: Database.Database | undefined;
+  readonly #statements = new Map<string, Database.Statement>();
+
+  constructor(db: Database.Database) {
+    this.#db = db;
+  }
+
+  async addExports(requests: readonly AddRequest[], now: number): Promise<AddResult[]> {
+    const insert = this.#sql(`
+      INSERT INTO exports (id, state, metadata, first_seen_at, state_changed_at, misses, history)
+      VALUES (?, 'UNKNOWN', ?, ?, ?, 0, ?)
+      ON CONFLICT (id) DO NOTHING`);
+    const history = JSON.stringify([{ state: 'UNKNOWN', at: now }]);
+    return this.#transaction(() =>
+      requests.map(({ ids, metadata }) => {
+        const json = toJson(metadata);
+        const result: AddResult = { accepted: [], alreadyWatched: [] };
+        for (const id of new Set(ids)) {
+          const added = insert.run(id, json, now, now, history).changes === 1;
+          (added ? result.accepted : result.alreadyWatched).push(id);
+        }
+        return result;
+      }),
+    );
+  }
+
+  /**
+   * Also deletes the export's events that are left with no delivery at all: nothing could replay
+   * them, and they would otherwise wait for retention with nothing to show.
+   */
+  async removeExport(id: string): Promise<{ removed: boolean; cancelledDeliveries: number }> {
+    const deleteExport = this.#sql('DELETE FROM exports WHERE id = ?');
+    const cancelPending = this.#sql(`
+      DELETE FROM deliveries
+      WHERE status = 'pending' AND event_id IN (SELECT id FROM events WHERE export_id = ?)`);
+    const deleteBareEvents = this.#sql(`
+      DELETE FROM events
+      WHERE export_id = ? AND NOT EXISTS (SELECT 1 FROM deliveries WHERE event_id = events.id)`);
+    return this.#transaction(() => {
+      if (deleteExport.run(id).changes === 0) return { removed: false, cancelledDeliveries: 0 };
+      const cancelledDeliveries = cancelPending.run(id).changes;
+      deleteBareEvents.run(id);
+      return { removed: true, cancelledDeliveries };
+    });
+  }
+
+  async getExport(id: string): Promise<StoredExport | undefined> {
+    const row = this.#sql('SELECT * FROM exports WHERE id = ?').get(id) as ExportRow | undefined;
+    return row && toStoredExport(row);
+  }
+
+  async pageExports(query: ExportPageQuery): Promise<{ items: StoredExport[]; more: boolean }> {
+    const where = [
+      ...(query.state === undefined ? [] : ['state = @state']),
+      ...(query.after === undefined ? [] : ['id > @after']),
+    ];
+    const rows = this.#sql(`SELECT * FROM exports ${whereClause(where)} ORDER BY id LIMIT @limit`).all({
+      state: query.state,
+      after: query.after,
+      limit: query.limit + 1,
+    }) as ExportRow[];
+    return page(rows, query.limit, toStoredExport);
+  }
+
+  async countExports(): Promise<Record<ExportState, number>> {
+    const rows = this.#sql('SELECT state, count(*) AS n FROM exports GROUP BY state').all() as Array<{
+      state: ExportState;
+      n: number;
+    }>;
+    const counts = Object.fromEntries(EXPORT_STATES.map((s) => [s, 0])) as Record<ExportState, number>;
+    for (const { state, n } of rows) counts[state] = n;
+    return counts;
+  }
+
+  async loadActive(): Promise<ActiveExport[]> {
+    return this.#sql(
+      `SELECT id, state, misses FROM exports WHERE state IN ${ACTIVE_SQL}`,
+    ).all() as ActiveExport[];
+  }
+
+  /**
+   * A change that only counts a miss makes no event, so `build` is asked only about changes of
+   * state. The history gains an entry per change of state, appended in SQL so the stored history
+   * is never read here.
+   */
+  async commitChanges(
+    changes: readonly ExportChange[],
+    build: EventBuilder,
+    endpoints: readonly EndpointRef[],
+    now: number,
+  ): Promise<NewEvent[]> {
+    // A SELECT, then a plain UPDATE: cheaper than UPDATE ... RETURNING, which builds a temporary
+    // table for every row it returns.
+    const metadataOf = this.#sql('SELECT metadata FROM exports WHERE id = ?');
+    const move = this.#sql(`
+      UPDATE exports SET
+        previous_state = @from, state = @to, state_changed_at = @at,
+        history = json_insert(history, '$[#]', json_object('state', @to, 'at', @at)),
+        misses = @misses, last_miss = @lastMiss, platform = coalesce(@platform, platform), error = @error
+      WHERE id = @id`);
+    const countMiss = this.#sql(`
+      UPDATE exports SET misses = @misses, last_miss = @lastMiss, platform = coalesce(@platform, platform)
+      WHERE id = @id`);
+    const insertEvent = this.#sql(`
+      INSERT INTO events (id, export_id, type, body, created_at) VALUES (?, ?, ?, ?, ?)
+      ON CONFLICT (id) DO NOTHING`);
+    const insertDelivery = this.#sql(`
+      INSERT INTO deliveries (event_id, endpoint_key, endpoint_label, status, attempts, next_attempt_at,
+                              series_started_at)
+      VALUES (?, ?, ?, 'pending', 0, ?, ?)`);
+    return this.#transaction(() => {
+      const written: NewEvent[] = [];
+      for (const change of changes) {
+        const params = changeParams(change);
+        if (change.from === change.to) {
+          countMiss.run(params);
+          continue;
+        }
+        const row = metadataOf.get(change.id) as { metadata: string | null } | undefined;
+        if (!row) continue;
+        move.run(params);
+        const event = build(change, fromJson(row.metadata));
+        if (!event) continue;
+        if (insertEvent.run(event.id, event.exportId, event.type, event.body, now).changes === 0) continue;
+        for (const e of endpoints) insertDelivery.run(event.id, e.key, e.label, now, now);
+        written.push(event);
+      }
+      return written;
+    });
+  }
+
+  async claimDue(
+    endpointKey: string,
+    now: number,
+    limit: number,
+    leaseUntil: number,
+  ): Promise<DeliveryJob[]> {
+    // CROSS JOIN keeps deliveries the outer loop, so the due index gives the order and the limit.
+    const due = this.#sql(`
+      SELECT d.event_id AS eventId, e.export_id AS exportId, d.endpoint_key AS endpointKey, e.body,
+             d.attempts, d.series_started_at AS seriesStartedAt
+      FROM deliveries AS d CROSS JOIN events AS e ON e.id = d.event_id
+      WHERE d.endpoint_key = ? AND d.status = 'pending' AND d.next_attempt_at <= ?
+      ORDER BY d.next_attempt_at, d.event_id
+      LIMIT ?`);
+    const lease = this.#sql(
+      'UPDATE deliveries SET next_attempt_at = ?, leased = 1 WHERE event_id = ? AND endpoint_key = ?',
+    );
+    return this.#transaction(() => {
+      const jobs = due.all(endpointKey, now, limit) as DeliveryJob[];
+      for (const job of jobs) lease.run(leaseUntil, job.eventId, endpointKey);
+      return jobs;
+    });
+  }
+
+  /** Only rows marked leased: a retry that an attempt scheduled for later keeps its time. */
+  async releaseLeases(now: number): Promise<void> {
+    this.#sql(
+      `UPDATE deliveries SET next_attempt_at = ?, leased = 0 WHERE status = 'pending' AND leased = 1`,
+    ).run(now);
+  }
+
+  async nextDueAt(endpointKey: string): Promise<number | null> {
+    const row = this.#sql(`
+      SELECT min(next_attempt_at) AS at FROM deliveries WHERE endpoint_key = ? AND status = 'pending'`).get(
+      endpointKey,
+    ) as { at: number | null };
+    return row.at;
+  }
+
+  /**
+   * Writing an outcome ends the claim's lease. A final row keeps no next attempt time, and a
+   * pending one no finish time, whatever the record carries: `claimDue` and the listings rely on it.
+   */
+  async recordAttempts(records: readonly AttemptRecord[]): Promise<void> {
+    const update = this.#sql(`
+      UPDATE deliveries SET
+        status = @status, attempts = @attempts, next_attempt_at = @nextAttemptAt, leased = 0,
+        last_status = @lastStatus, last_error = @lastError, finished_at = @finishedAt
+      WHERE event_id = @eventId AND endpoint_key = @endpointKey`);
+    this.#transaction(() => {
+      for (const r of records) {
+        const pending = r.status === 'pending';
+        update.run({
+          eventId: r.eventId,
+          endpointKey: r.endpointKey,
+          status: r.status,
+          attempts: r.attempts,
+          nextAttemptAt: pending ? r.nextAttemptAt : null,
+          lastStatus: r.lastStatus,
+          lastError: r.lastError,
+          finishedAt: pending ? null : r.finishedAt,
+        });
+      }
+    });
+  }
+
+  async countOrphanedPending(keys: readonly string[]): Promise<number> {
+    const row = this.#sql(`
+      SELECT count(*) AS n FROM deliveries
+      WHERE status = 'pending' AND endpoint_key NOT IN (SELECT value FROM json_each(?))`).get(
+      JSON.stringify(keys),
+    ) as { n: number };
+    return row.n;
+  }
+
+  async getEvent(id: string): Promise<StoredEvent | undefined> {
+    const rows = this.#sql(`SELECT ${EVENT_COLUMNS} FROM events WHERE id = ?`).all(id) as EventRow[];
+    return this.#withDeliveries(rows)[0];
+  }
+
+  async listEvents(query: EventQuery): Promise<{ items: StoredEvent[]; more: boolean }> {
+    const where = [
+      ...(query.exportId === undefined ? [] : ['export_id = @exportId']),
+      ...(query.since === undefined ? [] : ['created_at >= @since']),
+      ...(query.after === undefined ? [] : ['(created_at, id) < (@afterAt, @afterId)']),
+      ...(query.status === undefined
+        ? []
+        : ['EXISTS (SELECT 1 FROM deliveries WHERE event_id = events.id AND status = @status)']),
+    ];
+    const rows = this.#sql(
+      `SELECT ${EVENT_COLUMNS} FROM events ${whereClause(where)} ORDER BY created_at DESC, id DESC LIMIT @limit`,
+    ).all({
+      exportId: query.exportId,
+      since: query.since,
+      afterAt: query.after?.createdAt,
+      afterId: query.after?.id,
+      status: query.status,
+      limit: query.limit + 1,
+    }) as EventRow[];
+    const { items, more } = page(rows, query.limit, (r) => r);
+    return { items: this.#withDeliveries(items), more };
+  }
+
+  async eventsOfExport(exportId: string): Promise<StoredEvent[]> {
+    const rows = this.#sql(
+      `SELECT ${EVENT_COLUMNS} FROM events WHERE export_id = ? ORDER BY created_at, id`,
+    ).all(exportId) as EventRow[];
+    return this.#withDeliveries(rows);
+  }
+
+  /**
+   * The last attempt's status and error are kept until the new series' first attempt replaces
+   * them, so that a listing still shows why the previous series ended.
+   */
+  async redeliver(
+    eventId: string,
+    endpoints: readonly EndpointRef[],
+    now: number,
+  ): Promise<number | undefined> {
+    const exists = this.#sql('SELECT 1 FROM events WHERE id = ?');
+    const startSeries = this.#sql(`
+      INSERT INTO deliveries (event_id, endpoint_key, endpoint_label, status, attempts, next_attempt_at,
+                              series_started_at)
+      VALUES (@eventId, @key, @label, 'pending', 0, @now, @now)
+      ON CONFLICT (event_id, endpoint_key) DO UPDATE SET
+        endpoint_label = excluded.endpoint_label, status = 'pending', attempts = 0,
+        next_attempt_at = @now, leased = 0, series_started_at = @now, finished_at = NULL`);
+    return this.#transaction(() => {
+      if (exists.get(eventId) === undefined) return undefined;
+      for (const e of endpoints) startSeries.run({ eventId, key: e.key, label: e.label, now });
+      return endpoints.length;
+    });
+  }
+
+  async redeliverSince(since: number, status: DeliveryStatus, now: number): Promise<number> {
+    return this.#sql(`
+      UPDATE deliveries SET
+        status = 'pending', attempts = 0, next_attempt_at = @now, leased = 0, series_started_at = @now,
+        finished_at = NULL
+      WHERE status = @status AND event_id IN (SELECT id FROM events WHERE created_at >= @since)`).run({
+      since,
+      status,
+      now,
+    }).changes;
+  }
+
+  async deliveryCounts(): Promise<DeliveryCounts> {
+    const rows = this.#sql('SELECT status, count(*) AS n FROM deliveries GROUP BY status').all() as Array<{
+      status: DeliveryStatus;
+      n: number;
+    }>;
+    const oldest = this.#sql(`
+      SELECT min(e.created_at) AS at
+      FROM deliveries AS d CROSS JOIN events AS e ON e.id = d.event_id
+      WHERE d.status = 'pending'`).get() as { at: number | null };
+    const counts: DeliveryCounts = {
+      pending: 0,
+      delivered: 0,
+      failed: 0,
+      gone: 0,
+      oldestPendingAt: oldest.at,
+    };
+    for (const { status, n } of rows) counts[status] = n;
+    return counts;
+  }
+
+  /**
+   * Each batch is its own statement and transaction, and the event loop gets a turn between
+   * batches, so that a large backlog never holds the writer (or the process) for long. Deleting an
+   * event deletes its deliveries (a foreign key cascade). Finished exports are found by their own
+   * index, named because the planner, without statistics, would rather read every finished one.
+   */
+  async prune(now: number, policy: RetentionPolicy): Promise<{ exports: number; events: number }> {
+    const exports = await this.#deleteInBatches(
+      `DELETE FROM exports WHERE id IN (
+         SELECT id FROM exports INDEXED BY exports_finished
+         WHERE state IN ${FINISHED_SQL} AND state_changed_at <= @cutoff LIMIT @batch)`,
+      now - policy.retainMs,
+      policy.batch,
+    );
+    const events = await this.#deleteInBatches(
+      `DELETE FROM events WHERE id IN (
+         SELECT id FROM events
+         WHERE created_at <= @cutoff
+           AND NOT EXISTS (SELECT 1 FROM deliveries WHERE event_id = events.id AND status = 'pending')
+         LIMIT @batch)`,
+      now - policy.eventRetainMs,
+      policy.batch,
+    );
+    return { exports, events };
+  }
+
+  /** Folds the WAL back into the database file, then closes. Closing again does nothing. */
+  async close(): Promise<void> {
+    const db = this.#db;
+    if (!db) return;
+    this.#db = undefined;
+    this.#statements.clear();
+    try {
+      db.pragma('wal_checkpoint(TRUNCATE)');
+    } finally {
+      db.close();
+    }
+  }
+
+  async #deleteInBatches(sql: string, cutoff: number, batch: number): Promise<number> {
+    let total = 0;
+    for (;;) {
+      const deleted = this.#sql(sql).run({ cutoff, batch }).changes;
+      total += deleted;
+      if (deleted < batch) return total;
+      await nextTurn();
+    }
+  }
+
+  /** Events with their deliveries, in the order given; deliveries by endpoint key. */
+  #withDeliveries(events: readonly EventRow[]): StoredEvent[] {
+    if (events.length === 0) return [];
+    const rows = this.#sql(`
+      SELECT ${DELIVERY_COLUMNS} FROM deliveries
+      WHERE event_id IN (SELECT value FROM json_each(?))
+      ORDER BY event_id, endpoint_key`).all(JSON.stringify(events.map((e) => e.id))) as DeliveryRow[];
+    const byEvent = new Map<string, StoredDelivery[]>();
+    for (const row of rows) {
+      const list = byEvent.get(row.event_id) ?? [];
+      list.push(toStoredDelivery(row));
+      byEvent.set(row.event_id, list);
+    }
+    return events.map((e) => ({
+      id: e.id,
+      type: e.type,
+      exportId: e.export_id,
+      body: e.body,
+      createdAt: e.created_at,
+      deliveries: byEvent.get(e.id) ?? [],
+    }));
+  }
+
+  /** The prepared statement for this text, prepared on first use. */
+  #sql(text: string): Database.Statement {
+    const db = this.#open();
+    let statement = this.#statements.get(text);
+    if (!statement) {
+      statement = db.prepare(text);
+      this.#statements.set(text, statement);
+    }
+    return statement;
+  }
+
+  #transaction<T>(work: () => T): T {
+    return this.#open().transaction(work)();
+  }
+
+  #open(): Database.Database {
+    if (!this.#db) throw new StoreError('the store is closed');
+    return this.#db;
+  }
+}
+
+function changeParams(change: ExportChange): Record<string, unknown> {
+  return {
+    id: change.id,
+    from: change.from,
+    to: change.to,
+    at: change.at,
+    misses: change.misses,
+    lastMiss: toJson(change.lastMiss),
+    platform: toJson(change.export),
+    error: toJson(change.error),
+  };
+}
+
+function toStoredExport(row: ExportRow): StoredExport {
+  return {
+    id: row.id,
+    state: row.state,
+    previousState: row.previous_state,
+    metadata: fromJson(row.metadata),
+    firstSeenAt: row.first_seen_at,
+    stateChangedAt: row.state_changed_at,
+    misses: row.misses,
+    history: JSON.parse(row.history) as StoredExport['history'],
+    export: fromJson<PlatformExport>(row.platform),
+    error: fromJson<PlatformErrorBody>(row.error),
+    lastMiss: fromJson<PlatformErrorBody>(row.last_miss),
+  };
+}
+
+function toStoredDelivery(row: DeliveryRow): StoredDelivery {
+  return {
+    eventId: row.event_id,
+    endpointKey: row.endpoint_key,
+    endpointLabel: row.endpoint_label,
+    status: row.status,
+    attempts: row.attempts,
+    nextAttemptAt: row.next_attempt_at,
+    seriesStartedAt: row.series_started_at,
+    lastStatus: row.last_status,
+    lastError: row.last_error,
+    finishedAt: row.finished_at,
+  };
+}
+
+/** A page of `limit` items from up to `limit + 1` rows; the extra row only says there is more. */
+function page<R, T>(rows: readonly R[], limit: number, map: (row: R) => T): { items: T[]; more: boolean } {
+  return { items: rows.slice(0, limit).map(map), more: rows.length > limit };
+}
+
+function whereClause(conditions: readonly string[]): string {
+  return conditions.length === 0 ? '' : `WHERE ${conditions.join(' AND ')}`;
+}
+
+function toJson(value: unknown): string | null {
+  return value === null ? null : JSON.stringify(value);
+}
+
+function fromJson<T = Record<string, unknown>>(text: string | null): T | null {
+  return text === null ? null : (JSON.parse(text) as T);
+}
+
+function errorCode(error: unknown): string {
+  const code = (error as { code?: unknown } | null)?.code;
+  return typeof code === 'string' ? code : 'error';
+}
+
+function oneLine(error: unknown): string {
+  return (error instanceof Error ? error.message : String(error)).replace(/\s+/g, ' ').trim();
+}

@@ -1,0 +1,1053 @@
+/**
+ * The store's contract: what every implementation of `Store` must do, whatever its engine.
+ * An implementation's test file calls `describeStoreContract` with a way to open an empty store.
+ *
+ * Times are fixed epoch milliseconds passed in, as the daemon passes `now`; nothing here sleeps.
+ */
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import type { EventType } from '../../src/delivery/events.js';
+import type { ExportState, PlatformExport } from '../../src/polling/tracker.js';
+import type { PlatformErrorBody } from '../../src/shared/errors.js';
+import {
+  type AttemptRecord,
+  type EndpointRef,
+  type EventBuilder,
+  type ExportChange,
+  endpointKey,
+  type NewEvent,
+  type Store,
+  type StoredDelivery,
+  StoreError,
+} from '../../src/store/store.js';
+
+const T0 = 1_700_000_000_000;
+const SECOND = 1000;
+const HOUR = 3_600_000;
+
+function endpoint(url: string): EndpointRef {
+  return { key: endpointKey(url), label: url };
+}
+const A = endpoint('https://a.example/hooks');
+const B = endpoint('https://b.example/hooks');
+const C = endpoint('https://c.example/hooks');
+
+const EVENT_TYPE: Partial<Record<ExportState, EventType>> = {
+  RUNNING: 'export.running',
+  COMPLETED: 'export.completed',
+  FAILED: 'export.failed',
+  LOST: 'export.lost',
+};
+
+/** Like the daemon's builder: one event per state that has one, id stable per export and type. */
+const build: EventBuilder = (change, metadata) => {
+  const type = EVENT_TYPE[change.to];
+  if (!type || change.from === change.to) return null;
+  return {
+    id: eventId(change.id, change.to),
+    type,
+    exportId: change.id,
+    body: JSON.stringify({ type, export_id: change.id, at: change.at, metadata }),
+  };
+};
+
+function eventId(exportId: string, state: ExportState): string {
+  return `evt_${exportId}_${state.toLowerCase()}`;
+}
+
+function platform(id: string, state: string, extra: Record<string, unknown> = {}): PlatformExport {
+  return { id, state, ...extra };
+}
+
+const NOT_FOUND: PlatformErrorBody = { status: 404, code: 9008, message: 'export job not found' };
+
+/** A change of state with nothing else to say; `extra` fills in the rest. */
+function move(
+  id: string,
+  from: ExportState,
+  to: ExportState,
+  at: number,
+  extra: Partial<ExportChange> = {},
+): ExportChange {
+  return { id, from, to, at, misses: 0, lastMiss: null, export: null, error: null, ...extra };
+}
+
+function delivered(eventId: string, ref: EndpointRef, at: number): AttemptRecord {
+  return final(eventId, ref, 'delivered', at, 200);
+}
+
+function final(
+  eventId: string,
+  ref: EndpointRef,
+  status: 'delivered' | 'failed' | 'gone',
+  at: number,
+  lastStatus: number,
+): AttemptRecord {
+  return {
+    eventId,
+    endpointKey: ref.key,
+    status,
+    attempts: 1,
+    nextAttemptAt: null,
+    lastStatus,
+    lastError: status === 'delivered' ? null : `HTTP ${lastStatus}`,
+    finishedAt: at,
+  };
+}
+
+function freshDelivery(eventId: string, ref: EndpointRef, at: number): StoredDelivery {
+  return {
+    eventId,
+    endpointKey: ref.key,
+    endpointLabel: ref.label,
+    status: 'pending',
+    attempts: 0,
+    nextAttemptAt: at,
+    seriesStartedAt: at,
+    lastStatus: null,
+    lastError: null,
+    finishedAt: null,
+  };
+}
+
+function byId<T extends { id: string }>(items: readonly T[]): T[] {
+  return [...items].sort((a, b) => (a.id < b.id ? -1 : 1));
+}
+
+export function describeStoreContract(
+  name: string,
+  open: () => Promise<Store>,
+  cleanup?: () => Promise<void>,
+): void {
+  describe(`Store contract: ${name}`, () => {
+    let store: Store;
+
+    beforeEach(async () => {
+      store = await open();
+    });
+
+    afterEach(async () => {
+      await store.close();
+      await cleanup?.();
+    });
+
+    /** Adds ids and moves each through `states` (from UNKNOWN), one commit per step, `at` apart. */
+    async function watchThrough(
+      ids: readonly string[],
+      states: readonly ExportState[],
+      endpoints: readonly EndpointRef[] = [A],
+      start = T0,
+    ): Promise<NewEvent[]> {
+      await store.addExports([{ ids, metadata: null }], start);
+      const events: NewEvent[] = [];
+      let from: ExportState = 'UNKNOWN';
+      for (const [i, to] of states.entries()) {
+        const at = start + (i + 1) * SECOND;
+        const changes = ids.map((id) => move(id, from, to, at));
+        events.push(...(await store.commitChanges(changes, build, endpoints, at)));
+        from = to;
+      }
+      return events;
+    }
+
+    describe('addExports', () => {
+      it('accepts new ids once, even when a request repeats one, and reports known ids', async () => {
+        const [first] = await store.addExports([{ ids: ['a', 'b', 'a'], metadata: { run: 1 } }], T0);
+        expect(first).toEqual({ accepted: ['a', 'b'], alreadyWatched: [] });
+
+        const [second] = await store.addExports([{ ids: ['b', 'c'], metadata: { run: 2 } }], T0 + SECOND);
+        expect(second).toEqual({ accepted: ['c'], alreadyWatched: ['b'] });
+
+        const b = await store.getExport('b');
+        expect(b?.metadata).toEqual({ run: 1 });
+        expect(b?.firstSeenAt).toBe(T0);
+        expect((await store.getExport('c'))?.metadata).toEqual({ run: 2 });
+      });
+
+      it('answers several requests in one call, in order, each with its own metadata', async () => {
+        const results = await store.addExports(
+          [
+            { ids: ['a', 'b'], metadata: { from: 'first' } },
+            { ids: ['b', 'c'], metadata: { from: 'second' } },
+            { ids: [], metadata: null },
+          ],
+          T0,
+        );
+        expect(results).toEqual([
+          { accepted: ['a', 'b'], alreadyWatched: [] },
+          { accepted: ['c'], alreadyWatched: ['b'] },
+          { accepted: [], alreadyWatched: [] },
+        ]);
+        expect((await store.getExport('b'))?.metadata).toEqual({ from: 'first' });
+        expect((await store.getExport('c'))?.metadata).toEqual({ from: 'second' });
+      });
+
+      it('keeps a finished export as known: it is not watched again', async () => {
+        await watchThrough(['a'], ['COMPLETED']);
+        const [result] = await store.addExports([{ ids: ['a'], metadata: null }], T0 + HOUR);
+        expect(result).toEqual({ accepted: [], alreadyWatched: ['a'] });
+        expect((await store.getExport('a'))?.state).toBe('COMPLETED');
+      });
+    });
+
+    describe('getExport', () => {
+      it('returns a new export as registered, and undefined for an unknown id', async () => {
+        await store.addExports([{ ids: ['a'], metadata: { project: 'p', tags: ['x', 1, null] } }], T0);
+        expect(await store.getExport('a')).toEqual({
+          id: 'a',
+          state: 'UNKNOWN',
+          previousState: null,
+          metadata: { project: 'p', tags: ['x', 1, null] },
+          firstSeenAt: T0,
+          stateChangedAt: T0,
+          misses: 0,
+          history: [{ state: 'UNKNOWN', at: T0 }],
+          export: null,
+          error: null,
+          lastMiss: null,
+        });
+        expect(await store.getExport('b')).toBeUndefined();
+      });
+
+      it('round-trips every field through state changes, misses and a failure', async () => {
+        await store.addExports([{ ids: ['a'], metadata: null }], T0);
+        const running = platform('a', 'RUNNING', { progress: 0.5, nested: { deep: [1, 2] } });
+        await store.commitChanges(
+          [move('a', 'UNKNOWN', 'RUNNING', T0 + 1, { export: running })],
+          build,
+          [],
+          T0 + 1,
+        );
+        await store.commitChanges(
+          [move('a', 'RUNNING', 'RUNNING', T0 + 2, { misses: 1, lastMiss: NOT_FOUND })],
+          build,
+          [],
+          T0 + 2,
+        );
+        const error: PlatformErrorBody = { status: 500, code: 5000, message: 'disk full', more_info: 'x' };
+        const failed = platform('a', 'FAILED', { error });
+        await store.commitChanges(
+          [move('a', 'RUNNING', 'FAILED', T0 + 3, { export: failed, error })],
+          build,
+          [],
+          T0 + 3,
+        );
+        expect(await store.getExport('a')).toEqual({
+          id: 'a',
+          state: 'FAILED',
+          previousState: 'RUNNING',
+          metadata: null,
+          firstSeenAt: T0,
+          stateChangedAt: T0 + 3,
+          misses: 0,
+          history: [
+            { state: 'UNKNOWN', at: T0 },
+            { state: 'RUNNING', at: T0 + 1 },
+            { state: 'FAILED', at: T0 + 3 },
+          ],
+          export: failed,
+          error,
+          lastMiss: null,
+        });
+      });
+
+      it('keeps the why of a LOST export: its error and last miss', async () => {
+        await store.addExports([{ ids: ['a'], metadata: null }], T0);
+        await store.commitChanges(
+          [move('a', 'UNKNOWN', 'LOST', T0 + 1, { misses: 3, lastMiss: NOT_FOUND, error: NOT_FOUND })],
+          build,
+          [],
+          T0 + 1,
+        );
+        const a = await store.getExport('a');
+        expect(a).toMatchObject({
+          state: 'LOST',
+          misses: 3,
+          lastMiss: NOT_FOUND,
+          error: NOT_FOUND,
+          export: null,
+        });
+      });
+    });
+
+    describe('pageExports and countExports', () => {
+      beforeEach(async () => {
+        await store.addExports([{ ids: ['e3', 'e1', 'e5', 'e2', 'e4'], metadata: null }], T0);
+        await store.commitChanges(
+          [move('e2', 'UNKNOWN', 'RUNNING', T0 + 1), move('e4', 'UNKNOWN', 'RUNNING', T0 + 1)],
+          build,
+          [],
+          T0 + 1,
+        );
+        await store.commitChanges([move('e5', 'UNKNOWN', 'COMPLETED', T0 + 2)], build, [], T0 + 2);
+      });
+
+      it('pages by ascending id with a keyset, saying when there is more', async () => {
+        const first = await store.pageExports({ limit: 2 });
+        expect(first.items.map((e) => e.id)).toEqual(['e1', 'e2']);
+        expect(first.more).toBe(true);
+        expect(first.items[1]).toMatchObject({ id: 'e2', state: 'RUNNING', previousState: 'UNKNOWN' });
+
+        const second = await store.pageExports({ limit: 2, after: 'e2' });
+        expect(second.items.map((e) => e.id)).toEqual(['e3', 'e4']);
+        expect(second.more).toBe(true);
+
+        const last = await store.pageExports({ limit: 2, after: 'e4' });
+        expect(last.items.map((e) => e.id)).toEqual(['e5']);
+        expect(last.more).toBe(false);
+
+        const exact = await store.pageExports({ limit: 5 });
+        expect(exact.items).toHaveLength(5);
+        expect(exact.more).toBe(false);
+      });
+
+      it('filters by state, with the same keyset', async () => {
+        const first = await store.pageExports({ state: 'RUNNING', limit: 1 });
+        expect(first.items.map((e) => e.id)).toEqual(['e2']);
+        expect(first.more).toBe(true);
+        const second = await store.pageExports({ state: 'RUNNING', limit: 1, after: 'e2' });
+        expect(second.items.map((e) => e.id)).toEqual(['e4']);
+        expect(second.more).toBe(false);
+        expect(await store.pageExports({ state: 'FAILED', limit: 10 })).toEqual({ items: [], more: false });
+        const unknown = await store.pageExports({ state: 'UNKNOWN', limit: 10, after: 'e1' });
+        expect(unknown.items.map((e) => e.id)).toEqual(['e3']);
+      });
+
+      it('counts exports in every state, zero included', async () => {
+        expect(await store.countExports()).toEqual({
+          UNKNOWN: 2,
+          PENDING: 0,
+          RUNNING: 2,
+          COMPLETED: 1,
+          FAILED: 0,
+          LOST: 0,
+        });
+      });
+    });
+
+    describe('loadActive', () => {
+      it('returns every non-terminal export with its misses, and no finished one', async () => {
+        await store.addExports([{ ids: ['u', 'p', 'r', 'c', 'f', 'l'], metadata: null }], T0);
+        const at = T0 + 1;
+        await store.commitChanges(
+          [
+            move('p', 'UNKNOWN', 'PENDING', at),
+            move('r', 'UNKNOWN', 'RUNNING', at),
+            move('c', 'UNKNOWN', 'COMPLETED', at),
+            move('f', 'UNKNOWN', 'FAILED', at),
+            move('l', 'UNKNOWN', 'LOST', at, { misses: 3, lastMiss: NOT_FOUND, error: NOT_FOUND }),
+            move('u', 'UNKNOWN', 'UNKNOWN', at, { misses: 2, lastMiss: NOT_FOUND }),
+          ],
+          build,
+          [],
+          at,
+        );
+        expect(byId(await store.loadActive())).toEqual([
+          { id: 'p', state: 'PENDING', misses: 0 },
+          { id: 'r', state: 'RUNNING', misses: 0 },
+          { id: 'u', state: 'UNKNOWN', misses: 2 },
+        ]);
+      });
+
+      it('is empty for an empty store', async () => {
+        expect(await store.loadActive()).toEqual([]);
+      });
+    });
+
+    describe('commitChanges', () => {
+      it('writes the change, its event and one pending delivery per endpoint, due now', async () => {
+        await store.addExports([{ ids: ['a'], metadata: { project: 'p' } }], T0);
+        const at = T0 + 5 * SECOND;
+        const now = at + 7;
+        const written = await store.commitChanges(
+          [move('a', 'UNKNOWN', 'COMPLETED', at, { export: platform('a', 'COMPLETED') })],
+          build,
+          [A, B],
+          now,
+        );
+        const id = eventId('a', 'COMPLETED');
+        expect(written).toEqual([
+          {
+            id,
+            type: 'export.completed',
+            exportId: 'a',
+            body: JSON.stringify({
+              type: 'export.completed',
+              export_id: 'a',
+              at,
+              metadata: { project: 'p' },
+            }),
+          },
+        ]);
+        const event = await store.getEvent(id);
+        expect(event).toMatchObject({ id, type: 'export.completed', exportId: 'a', createdAt: now });
+        expect(event?.body).toBe(written[0]?.body);
+        const deliveries = [...(event?.deliveries ?? [])].sort((x, y) =>
+          x.endpointKey < y.endpointKey ? -1 : 1,
+        );
+        const expected = [freshDelivery(id, A, now), freshDelivery(id, B, now)].sort((x, y) =>
+          x.endpointKey < y.endpointKey ? -1 : 1,
+        );
+        expect(deliveries).toEqual(expected);
+        expect(await store.getExport('a')).toMatchObject({
+          state: 'COMPLETED',
+          previousState: 'UNKNOWN',
+          stateChangedAt: at,
+          export: platform('a', 'COMPLETED'),
+        });
+      });
+
+      it('asks the builder about each change of state, with the stored metadata', async () => {
+        await store.addExports([{ ids: ['a'], metadata: { owner: 'x' } }], T0);
+        await store.addExports([{ ids: ['b'], metadata: null }], T0);
+        const spy = vi.fn(build);
+        const changes = [move('a', 'UNKNOWN', 'RUNNING', T0 + 1), move('b', 'UNKNOWN', 'PENDING', T0 + 1)];
+        await store.commitChanges(changes, spy, [A], T0 + 1);
+        expect(spy.mock.calls).toEqual([
+          [changes[0], { owner: 'x' }],
+          [changes[1], null],
+        ]);
+        expect(await store.getEvent(eventId('b', 'PENDING'))).toBeUndefined();
+        expect((await store.getExport('b'))?.state).toBe('PENDING');
+      });
+
+      it('writes an event only once: a second commit under the same event id adds nothing', async () => {
+        await store.addExports([{ ids: ['a'], metadata: null }], T0);
+        const change = move('a', 'RUNNING', 'COMPLETED', T0 + 1);
+        const first = await store.commitChanges([change, change], build, [A, B], T0 + 1);
+        expect(first.map((e) => e.id)).toEqual([eventId('a', 'COMPLETED')]);
+        const again = await store.commitChanges([change], build, [A, B, C], T0 + 2);
+        expect(again).toEqual([]);
+        const event = await store.getEvent(eventId('a', 'COMPLETED'));
+        expect(event?.createdAt).toBe(T0 + 1);
+        expect(event?.deliveries.map((d) => d.endpointKey).sort()).toEqual([A.key, B.key].sort());
+        expect((await store.deliveryCounts()).pending).toBe(2);
+      });
+
+      it('writes nothing when the builder throws: the whole call is one transaction', async () => {
+        await store.addExports([{ ids: ['a', 'b'], metadata: null }], T0);
+        const failing: EventBuilder = (change, metadata) => {
+          if (change.id === 'b') throw new Error('builder broke');
+          return build(change, metadata);
+        };
+        await expect(
+          store.commitChanges(
+            [move('a', 'UNKNOWN', 'COMPLETED', T0 + 1), move('b', 'UNKNOWN', 'COMPLETED', T0 + 1)],
+            failing,
+            [A],
+            T0 + 1,
+          ),
+        ).rejects.toThrow('builder broke');
+        expect((await store.getExport('a'))?.state).toBe('UNKNOWN');
+        expect(await store.getEvent(eventId('a', 'COMPLETED'))).toBeUndefined();
+        expect(await store.deliveryCounts()).toMatchObject({ pending: 0 });
+      });
+
+      it('writes a miss count alone without touching the state, and makes no event of it', async () => {
+        await watchThrough(['a'], ['RUNNING'], []);
+        const before = await store.getExport('a');
+        const spy = vi.fn(build);
+        const written = await store.commitChanges(
+          [move('a', 'RUNNING', 'RUNNING', T0 + HOUR, { misses: 2, lastMiss: NOT_FOUND })],
+          spy,
+          [A],
+          T0 + HOUR,
+        );
+        expect(written).toEqual([]);
+        expect(spy).not.toHaveBeenCalled();
+        expect(await store.getExport('a')).toEqual({ ...before, misses: 2, lastMiss: NOT_FOUND });
+
+        await store.commitChanges(
+          [move('a', 'RUNNING', 'RUNNING', T0 + HOUR + 1)],
+          build,
+          [A],
+          T0 + HOUR + 1,
+        );
+        expect(await store.getExport('a')).toEqual(before);
+      });
+
+      it('keeps the stored platform object when a change brings none', async () => {
+        await store.addExports([{ ids: ['a'], metadata: null }], T0);
+        await store.commitChanges(
+          [move('a', 'UNKNOWN', 'RUNNING', T0 + 1, { export: platform('a', 'RUNNING') })],
+          build,
+          [],
+          T0 + 1,
+        );
+        await store.commitChanges(
+          [move('a', 'RUNNING', 'LOST', T0 + 2, { misses: 3, error: NOT_FOUND })],
+          build,
+          [],
+          T0 + 2,
+        );
+        expect((await store.getExport('a'))?.export).toEqual(platform('a', 'RUNNING'));
+      });
+
+      it('skips changes of ids it does not hold, and writes the others', async () => {
+        await store.addExports([{ ids: ['a'], metadata: null }], T0);
+        const spy = vi.fn(build);
+        const written = await store.commitChanges(
+          [move('ghost', 'UNKNOWN', 'COMPLETED', T0 + 1), move('a', 'UNKNOWN', 'COMPLETED', T0 + 1)],
+          spy,
+          [A],
+          T0 + 1,
+        );
+        expect(written.map((e) => e.exportId)).toEqual(['a']);
+        expect(spy).toHaveBeenCalledTimes(1);
+        expect(await store.getExport('ghost')).toBeUndefined();
+        expect(await store.getEvent(eventId('ghost', 'COMPLETED'))).toBeUndefined();
+      });
+
+      it('stores an event with no delivery when no endpoint is configured', async () => {
+        const [event] = await watchThrough(['a'], ['COMPLETED'], []);
+        expect(event).toBeDefined();
+        expect((await store.getEvent(event?.id ?? ''))?.deliveries).toEqual([]);
+      });
+    });
+
+    describe('claimDue, releaseLeases and nextDueAt', () => {
+      /** Three events for A, due at T0+1s, +2s, +3s (ids x, y, z), and one for B. */
+      beforeEach(async () => {
+        await store.addExports([{ ids: ['x', 'y', 'z', 'w'], metadata: null }], T0);
+        for (const [i, id] of ['z', 'x', 'y'].entries()) {
+          const at = T0 + (i + 1) * SECOND;
+          await store.commitChanges([move(id, 'RUNNING', 'COMPLETED', at)], build, [A], at);
+        }
+        await store.commitChanges([move('w', 'RUNNING', 'COMPLETED', T0)], build, [B], T0);
+      });
+
+      it('hands out due deliveries of one endpoint, oldest due first, at most `limit`', async () => {
+        const jobs = await store.claimDue(A.key, T0 + 10 * SECOND, 2, T0 + 70 * SECOND);
+        expect(jobs).toEqual([
+          {
+            eventId: eventId('z', 'COMPLETED'),
+            exportId: 'z',
+            endpointKey: A.key,
+            body: JSON.stringify({
+              type: 'export.completed',
+              export_id: 'z',
+              at: T0 + SECOND,
+              metadata: null,
+            }),
+            attempts: 0,
+            seriesStartedAt: T0 + SECOND,
+          },
+          expect.objectContaining({ eventId: eventId('x', 'COMPLETED'), exportId: 'x' }),
+        ]);
+      });
+
+      it('hands out only what is due at `now`', async () => {
+        const jobs = await store.claimDue(A.key, T0 + 2 * SECOND, 10, T0 + HOUR);
+        expect(jobs.map((j) => j.exportId)).toEqual(['z', 'x']);
+        expect(await store.claimDue(C.key, T0 + HOUR, 10, T0 + 2 * HOUR)).toEqual([]);
+      });
+
+      it('does not hand out a claimed delivery again until its lease ends', async () => {
+        const now = T0 + 10 * SECOND;
+        const lease = now + 60 * SECOND;
+        expect(await store.claimDue(A.key, now, 2, lease)).toHaveLength(2);
+        const rest = await store.claimDue(A.key, now, 10, lease);
+        expect(rest.map((j) => j.exportId)).toEqual(['y']);
+        expect(await store.claimDue(A.key, lease - 1, 10, lease + HOUR)).toEqual([]);
+        expect(await store.nextDueAt(A.key)).toBe(lease);
+
+        const after = await store.claimDue(A.key, lease, 10, lease + HOUR);
+        expect(after.map((j) => j.exportId).sort()).toEqual(['x', 'y', 'z']);
+      });
+
+      it('makes every leased delivery due at once on releaseLeases, and only those', async () => {
+        const now = T0 + 10 * SECOND;
+        const [z] = await store.claimDue(A.key, now, 1, now + HOUR);
+        const [x] = await store.claimDue(A.key, now, 1, now + HOUR);
+        await store.recordAttempts([
+          {
+            eventId: x?.eventId ?? '',
+            endpointKey: A.key,
+            status: 'pending',
+            attempts: 1,
+            nextAttemptAt: now + 2 * HOUR,
+            lastStatus: 503,
+            lastError: 'HTTP 503',
+            finishedAt: null,
+          },
+        ]);
+        const restart = now + 5 * SECOND;
+        await store.releaseLeases(restart);
+        // y was never claimed (due since T0+3s), z's lease is released; x waits for its retry.
+        const jobs = await store.claimDue(A.key, restart, 10, restart + HOUR);
+        expect(jobs.map((j) => j.eventId)).toEqual([eventId('y', 'COMPLETED'), z?.eventId]);
+        expect(await store.nextDueAt(A.key)).toBe(restart + HOUR);
+        const retry = (await store.getEvent(x?.eventId ?? ''))?.deliveries[0];
+        expect(retry).toMatchObject({ status: 'pending', attempts: 1, nextAttemptAt: now + 2 * HOUR });
+      });
+
+      it('says when the next delivery of an endpoint is due, or null', async () => {
+        expect(await store.nextDueAt(A.key)).toBe(T0 + SECOND);
+        expect(await store.nextDueAt(B.key)).toBe(T0);
+        expect(await store.nextDueAt(C.key)).toBeNull();
+        await store.recordAttempts([delivered(eventId('w', 'COMPLETED'), B, T0 + 1)]);
+        expect(await store.nextDueAt(B.key)).toBeNull();
+      });
+    });
+
+    describe('recordAttempts', () => {
+      const id = eventId('a', 'COMPLETED');
+      beforeEach(async () => {
+        await watchThrough(['a'], ['COMPLETED'], [A, B]);
+      });
+
+      it('writes a retry: pending, not due before its next attempt', async () => {
+        const now = T0 + 10 * SECOND;
+        await store.claimDue(A.key, now, 10, now + HOUR);
+        await store.recordAttempts([
+          {
+            eventId: id,
+            endpointKey: A.key,
+            status: 'pending',
+            attempts: 3,
+            nextAttemptAt: now + 5 * SECOND,
+            lastStatus: 0,
+            lastError: 'connection refused',
+            finishedAt: null,
+          },
+        ]);
+        const delivery = (await store.getEvent(id))?.deliveries.find((d) => d.endpointKey === A.key);
+        expect(delivery).toEqual({
+          ...freshDelivery(id, A, T0 + SECOND),
+          attempts: 3,
+          nextAttemptAt: now + 5 * SECOND,
+          lastStatus: 0,
+          lastError: 'connection refused',
+        });
+        expect(await store.claimDue(A.key, now + 5 * SECOND - 1, 10, now + HOUR)).toEqual([]);
+        const [job] = await store.claimDue(A.key, now + 5 * SECOND, 10, now + HOUR);
+        expect(job).toMatchObject({ eventId: id, attempts: 3, seriesStartedAt: T0 + SECOND });
+      });
+
+      it.each([
+        ['delivered', 204],
+        ['failed', 500],
+        ['gone', 410],
+      ] as const)('writes a final outcome (%s): never due again', async (status, lastStatus) => {
+        const now = T0 + 10 * SECOND;
+        await store.recordAttempts([final(id, A, status, now, lastStatus)]);
+        const delivery = (await store.getEvent(id))?.deliveries.find((d) => d.endpointKey === A.key);
+        expect(delivery).toEqual({
+          ...freshDelivery(id, A, T0 + SECOND),
+          status,
+          attempts: 1,
+          nextAttemptAt: null,
+          lastStatus,
+          lastError: status === 'delivered' ? null : `HTTP ${lastStatus}`,
+          finishedAt: now,
+        });
+        expect(await store.claimDue(A.key, now + HOUR, 10, now + 2 * HOUR)).toEqual([]);
+        expect(await store.claimDue(B.key, now + HOUR, 10, now + 2 * HOUR)).toHaveLength(1);
+      });
+
+      it('skips records of deliveries that do not exist, and writes the rest', async () => {
+        await store.recordAttempts([
+          delivered('evt_nothing', A, T0 + 2),
+          delivered(id, C, T0 + 2),
+          delivered(id, B, T0 + 2),
+        ]);
+        const event = await store.getEvent(id);
+        expect(event?.deliveries.map((d) => [d.endpointKey, d.status]).sort()).toEqual(
+          [
+            [A.key, 'pending'],
+            [B.key, 'delivered'],
+          ].sort(),
+        );
+        expect(await store.getEvent('evt_nothing')).toBeUndefined();
+      });
+
+      it('accepts an empty batch', async () => {
+        await store.recordAttempts([]);
+        expect((await store.deliveryCounts()).pending).toBe(2);
+      });
+    });
+
+    describe('countOrphanedPending', () => {
+      it('counts pending deliveries to endpoints not in the given keys', async () => {
+        await watchThrough(['a', 'b'], ['COMPLETED'], [A, B]);
+        await store.recordAttempts([delivered(eventId('a', 'COMPLETED'), B, T0 + 2)]);
+        expect(await store.countOrphanedPending([A.key, B.key])).toBe(0);
+        expect(await store.countOrphanedPending([A.key])).toBe(1);
+        expect(await store.countOrphanedPending([B.key])).toBe(2);
+        expect(await store.countOrphanedPending([])).toBe(3);
+        expect(await store.countOrphanedPending([C.key])).toBe(3);
+      });
+    });
+
+    describe('events: getEvent, listEvents, eventsOfExport', () => {
+      /**
+       * a: RUNNING at +1s, COMPLETED at +2s; b: COMPLETED at +2s; c: FAILED at +3s.
+       * a's completion went to A; c's failed at A; everything else is pending.
+       */
+      beforeEach(async () => {
+        await store.addExports([{ ids: ['a', 'b', 'c'], metadata: null }], T0);
+        await store.commitChanges([move('a', 'UNKNOWN', 'RUNNING', T0 + SECOND)], build, [A, B], T0 + SECOND);
+        await store.commitChanges(
+          [
+            move('a', 'RUNNING', 'COMPLETED', T0 + 2 * SECOND),
+            move('b', 'UNKNOWN', 'COMPLETED', T0 + 2 * SECOND),
+          ],
+          build,
+          [A, B],
+          T0 + 2 * SECOND,
+        );
+        await store.commitChanges(
+          [move('c', 'UNKNOWN', 'FAILED', T0 + 3 * SECOND)],
+          build,
+          [A],
+          T0 + 3 * SECOND,
+        );
+        await store.recordAttempts([
+          delivered(eventId('a', 'COMPLETED'), A, T0 + 4 * SECOND),
+          final(eventId('c', 'FAILED'), A, 'failed', T0 + 4 * SECOND, 500),
+        ]);
+      });
+
+      const ids = (page: { items: Array<{ id: string }> }) => page.items.map((e) => e.id);
+      const NEWEST_FIRST = [
+        eventId('c', 'FAILED'),
+        eventId('b', 'COMPLETED'),
+        eventId('a', 'COMPLETED'),
+        eventId('a', 'RUNNING'),
+      ];
+
+      it('gets one event with its deliveries, or undefined', async () => {
+        const event = await store.getEvent(eventId('c', 'FAILED'));
+        expect(event).toMatchObject({ type: 'export.failed', exportId: 'c', createdAt: T0 + 3 * SECOND });
+        expect(event?.deliveries).toEqual([
+          {
+            ...freshDelivery(eventId('c', 'FAILED'), A, T0 + 3 * SECOND),
+            status: 'failed',
+            attempts: 1,
+            nextAttemptAt: null,
+            lastStatus: 500,
+            lastError: 'HTTP 500',
+            finishedAt: T0 + 4 * SECOND,
+          },
+        ]);
+        expect(await store.getEvent('evt_none')).toBeUndefined();
+      });
+
+      it('lists newest first by (createdAt, id), with deliveries, and pages with a keyset', async () => {
+        const all = await store.listEvents({ limit: 10 });
+        expect(ids(all)).toEqual(NEWEST_FIRST);
+        expect(all.more).toBe(false);
+        expect(all.items[2]?.deliveries.map((d) => [d.endpointKey, d.status]).sort()).toEqual(
+          [
+            [A.key, 'delivered'],
+            [B.key, 'pending'],
+          ].sort(),
+        );
+
+        const first = await store.listEvents({ limit: 2 });
+        expect(ids(first)).toEqual(NEWEST_FIRST.slice(0, 2));
+        expect(first.more).toBe(true);
+        const last = first.items[1];
+        const second = await store.listEvents({
+          limit: 2,
+          after: { createdAt: last?.createdAt ?? 0, id: last?.id ?? '' },
+        });
+        expect(ids(second)).toEqual(NEWEST_FIRST.slice(2));
+        expect(second.more).toBe(false);
+      });
+
+      it('filters by export, by delivery status and by creation time', async () => {
+        expect(ids(await store.listEvents({ limit: 10, exportId: 'a' }))).toEqual([
+          eventId('a', 'COMPLETED'),
+          eventId('a', 'RUNNING'),
+        ]);
+        expect(ids(await store.listEvents({ limit: 10, status: 'delivered' }))).toEqual([
+          eventId('a', 'COMPLETED'),
+        ]);
+        expect(ids(await store.listEvents({ limit: 10, status: 'failed' }))).toEqual([
+          eventId('c', 'FAILED'),
+        ]);
+        expect(ids(await store.listEvents({ limit: 10, status: 'pending' }))).toEqual(NEWEST_FIRST.slice(1));
+        expect(await store.listEvents({ limit: 10, status: 'gone' })).toEqual({ items: [], more: false });
+        expect(ids(await store.listEvents({ limit: 10, since: T0 + 2 * SECOND }))).toEqual(
+          NEWEST_FIRST.slice(0, 3),
+        );
+        const combined = await store.listEvents({
+          limit: 1,
+          status: 'pending',
+          since: T0 + 2 * SECOND,
+          after: { createdAt: T0 + 2 * SECOND, id: eventId('b', 'COMPLETED') },
+        });
+        expect(ids(combined)).toEqual([eventId('a', 'COMPLETED')]);
+        expect(combined.more).toBe(false);
+      });
+
+      it("lists one export's events oldest first, or none", async () => {
+        const events = await store.eventsOfExport('a');
+        expect(events.map((e) => [e.id, e.createdAt])).toEqual([
+          [eventId('a', 'RUNNING'), T0 + SECOND],
+          [eventId('a', 'COMPLETED'), T0 + 2 * SECOND],
+        ]);
+        expect(events[0]?.deliveries).toHaveLength(2);
+        expect(await store.eventsOfExport('nobody')).toEqual([]);
+      });
+    });
+
+    describe('redeliver and redeliverSince', () => {
+      const id = eventId('a', 'COMPLETED');
+      const now = T0 + HOUR;
+
+      beforeEach(async () => {
+        await watchThrough(['a'], ['COMPLETED'], [A, B]);
+        await store.recordAttempts([
+          delivered(id, A, T0 + 2 * SECOND),
+          final(id, B, 'gone', T0 + 2 * SECOND, 410),
+        ]);
+      });
+
+      const statusOf = async (ref: EndpointRef) =>
+        (await store.getEvent(id))?.deliveries.find((d) => d.endpointKey === ref.key);
+
+      it('starts a new series, due now, for every endpoint named', async () => {
+        expect(await store.redeliver(id, [A, B], now)).toBe(2);
+        for (const ref of [A, B]) {
+          expect(await statusOf(ref)).toMatchObject({
+            status: 'pending',
+            attempts: 0,
+            nextAttemptAt: now,
+            seriesStartedAt: now,
+            finishedAt: null,
+          });
+        }
+        expect((await store.claimDue(A.key, now, 10, now + HOUR)).map((j) => j.eventId)).toEqual([id]);
+        expect((await store.claimDue(B.key, now, 10, now + HOUR))[0]).toMatchObject({
+          attempts: 0,
+          seriesStartedAt: now,
+        });
+      });
+
+      it('leaves the deliveries to other endpoints as they are', async () => {
+        expect(await store.redeliver(id, [B], now)).toBe(1);
+        expect(await statusOf(A)).toMatchObject({ status: 'delivered', finishedAt: T0 + 2 * SECOND });
+        expect(await statusOf(B)).toMatchObject({ status: 'pending', nextAttemptAt: now });
+      });
+
+      it('creates the delivery for an endpoint that never had one', async () => {
+        expect(await store.redeliver(id, [C], now)).toBe(1);
+        expect(await statusOf(C)).toEqual(freshDelivery(id, C, now));
+        expect((await store.getEvent(id))?.deliveries).toHaveLength(3);
+      });
+
+      it('answers undefined for an unknown event, and creates nothing', async () => {
+        expect(await store.redeliver('evt_unknown', [A], now)).toBeUndefined();
+        expect(await store.getEvent('evt_unknown')).toBeUndefined();
+        expect((await store.deliveryCounts()).pending).toBe(0);
+      });
+
+      it('starts a new series for every delivery in a status, of events created since a time', async () => {
+        // b's event is created later than a's, and both its deliveries fail.
+        await store.addExports([{ ids: ['b'], metadata: null }], T0);
+        const bAt = T0 + 10 * SECOND;
+        await store.commitChanges([move('b', 'UNKNOWN', 'FAILED', bAt)], build, [A, B], bAt);
+        const bId = eventId('b', 'FAILED');
+        await store.recordAttempts([final(bId, A, 'gone', bAt, 410), final(bId, B, 'gone', bAt, 410)]);
+
+        expect(await store.redeliverSince(bAt, 'gone', now)).toBe(2);
+        expect((await store.getEvent(bId))?.deliveries.map((d) => [d.status, d.nextAttemptAt])).toEqual([
+          ['pending', now],
+          ['pending', now],
+        ]);
+        expect(await statusOf(B)).toMatchObject({ status: 'gone' });
+
+        expect(await store.redeliverSince(T0, 'gone', now)).toBe(1);
+        expect(await statusOf(B)).toMatchObject({ status: 'pending', attempts: 0, seriesStartedAt: now });
+        expect(await statusOf(A)).toMatchObject({ status: 'delivered' });
+        expect(await store.redeliverSince(T0, 'failed', now)).toBe(0);
+      });
+    });
+
+    describe('deliveryCounts', () => {
+      it('is all zero, with no oldest pending, for an empty store', async () => {
+        expect(await store.deliveryCounts()).toEqual({
+          pending: 0,
+          delivered: 0,
+          failed: 0,
+          gone: 0,
+          oldestPendingAt: null,
+        });
+      });
+
+      it("counts deliveries by status and gives the oldest pending delivery's event time", async () => {
+        await store.addExports([{ ids: ['a', 'b', 'c'], metadata: null }], T0);
+        for (const [i, id] of ['a', 'b', 'c'].entries()) {
+          const at = T0 + (i + 1) * SECOND;
+          await store.commitChanges([move(id, 'UNKNOWN', 'COMPLETED', at)], build, [A, B], at);
+        }
+        await store.recordAttempts([
+          delivered(eventId('a', 'COMPLETED'), A, T0 + 5 * SECOND),
+          final(eventId('a', 'COMPLETED'), B, 'failed', T0 + 5 * SECOND, 500),
+          final(eventId('b', 'COMPLETED'), A, 'gone', T0 + 5 * SECOND, 410),
+        ]);
+        expect(await store.deliveryCounts()).toEqual({
+          pending: 3,
+          delivered: 1,
+          failed: 1,
+          gone: 1,
+          oldestPendingAt: T0 + 2 * SECOND,
+        });
+      });
+    });
+
+    describe('prune', () => {
+      const policy = { retainMs: HOUR, eventRetainMs: 2 * HOUR, batch: 2 };
+
+      it('deletes finished exports past retention, in batches, and keeps the rest', async () => {
+        // Five exports finish at T0+1s; two finish an hour later; two stay running.
+        await watchThrough(['f1', 'f2', 'f3', 'f4', 'f5'], ['COMPLETED'], []);
+        await watchThrough(['late1', 'late2'], ['FAILED'], [], T0 + HOUR);
+        await watchThrough(['r1', 'r2'], ['RUNNING'], []);
+
+        // The first five are exactly `retainMs` old at this time.
+        const now = T0 + SECOND + HOUR;
+        expect(await store.prune(now, policy)).toEqual({ exports: 5, events: 0 });
+        expect(byId(await store.pageExports({ limit: 100 }).then((p) => p.items)).map((e) => e.id)).toEqual([
+          'late1',
+          'late2',
+          'r1',
+          'r2',
+        ]);
+        expect(await store.prune(now, policy)).toEqual({ exports: 0, events: 0 });
+        const later = { ...policy, batch: 1, eventRetainMs: 1000 * HOUR };
+        expect(await store.prune(now + 100 * HOUR, later)).toEqual({ exports: 2, events: 0 });
+        expect(byId(await store.loadActive()).map((e) => e.id)).toEqual(['r1', 'r2']);
+      });
+
+      it('deletes old events whose deliveries are all final, or that have none; never a pending one', async () => {
+        // Events at T0+1s: a (delivered), b (failed + gone), c (pending at B), d (no deliveries).
+        await store.addExports([{ ids: ['a', 'b', 'c', 'd', 'new'], metadata: null }], T0);
+        const at = T0 + SECOND;
+        await store.commitChanges(
+          ['a', 'b', 'c'].map((id) => move(id, 'UNKNOWN', 'COMPLETED', at)),
+          build,
+          [A, B],
+          at,
+        );
+        await store.commitChanges([move('d', 'UNKNOWN', 'COMPLETED', at)], build, [], at);
+        await store.recordAttempts([
+          delivered(eventId('a', 'COMPLETED'), A, at),
+          delivered(eventId('a', 'COMPLETED'), B, at),
+          final(eventId('b', 'COMPLETED'), A, 'failed', at, 500),
+          final(eventId('b', 'COMPLETED'), B, 'gone', at, 410),
+          delivered(eventId('c', 'COMPLETED'), A, at),
+        ]);
+        // A recent event, delivered: too young to go.
+        const recent = at + 2 * HOUR;
+        await store.commitChanges([move('new', 'UNKNOWN', 'COMPLETED', recent)], build, [A], recent);
+        await store.recordAttempts([delivered(eventId('new', 'COMPLETED'), A, recent)]);
+
+        const now = at + 2 * HOUR;
+        const result = await store.prune(now, { ...policy, retainMs: 1000 * HOUR });
+        expect(result).toEqual({ exports: 0, events: 3 });
+        const left = await store.listEvents({ limit: 10 });
+        expect(left.items.map((e) => e.id)).toEqual([eventId('new', 'COMPLETED'), eventId('c', 'COMPLETED')]);
+        expect(await store.deliveryCounts()).toEqual({
+          pending: 1,
+          delivered: 2,
+          failed: 0,
+          gone: 0,
+          oldestPendingAt: at,
+        });
+        // Years later, the pending delivery still holds its event.
+        expect(await store.prune(now + 10_000 * HOUR, policy)).toEqual({ exports: 5, events: 1 });
+        expect((await store.listEvents({ limit: 10 })).items.map((e) => e.id)).toEqual([
+          eventId('c', 'COMPLETED'),
+        ]);
+      });
+
+      it("keeps a pruned export's events: they have their own retention", async () => {
+        await watchThrough(['a'], ['COMPLETED'], [A]);
+        expect(await store.prune(T0 + 10 * HOUR, { ...policy, eventRetainMs: 100 * HOUR })).toEqual({
+          exports: 1,
+          events: 0,
+        });
+        expect(await store.getExport('a')).toBeUndefined();
+        expect(await store.eventsOfExport('a')).toHaveLength(1);
+      });
+    });
+
+    describe('removeExport', () => {
+      it('deletes the export and cancels its pending deliveries; final ones stay for replay', async () => {
+        await store.addExports([{ ids: ['a', 'b'], metadata: null }], T0);
+        await store.commitChanges([move('a', 'UNKNOWN', 'RUNNING', T0 + 1)], build, [A, B], T0 + 1);
+        await store.recordAttempts([
+          delivered(eventId('a', 'RUNNING'), A, T0 + 2),
+          final(eventId('a', 'RUNNING'), B, 'gone', T0 + 2, 410),
+        ]);
+        await store.commitChanges(
+          [move('a', 'RUNNING', 'COMPLETED', T0 + 3), move('b', 'UNKNOWN', 'COMPLETED', T0 + 3)],
+          build,
+          [A, B],
+          T0 + 3,
+        );
+        await store.recordAttempts([delivered(eventId('a', 'COMPLETED'), A, T0 + 4)]);
+
+        expect(await store.removeExport('a')).toEqual({ removed: true, cancelledDeliveries: 1 });
+        expect(await store.getExport('a')).toBeUndefined();
+        const events = await store.eventsOfExport('a');
+        expect(events.map((e) => [e.id, e.deliveries.map((d) => d.status).sort()])).toEqual([
+          [eventId('a', 'RUNNING'), ['delivered', 'gone']],
+          [eventId('a', 'COMPLETED'), ['delivered']],
+        ]);
+        expect(await store.deliveryCounts()).toMatchObject({ pending: 2, oldestPendingAt: T0 + 3 });
+        expect(await store.claimDue(B.key, T0 + HOUR, 10, T0 + 2 * HOUR)).toEqual([
+          expect.objectContaining({ exportId: 'b' }),
+        ]);
+      });
+
+      it('deletes the events left with no delivery at all', async () => {
+        await watchThrough(['a'], ['RUNNING', 'COMPLETED'], [A]);
+        expect(await store.removeExport('a')).toEqual({ removed: true, cancelledDeliveries: 2 });
+        expect(await store.eventsOfExport('a')).toEqual([]);
+        expect(await store.getEvent(eventId('a', 'COMPLETED'))).toBeUndefined();
+      });
+
+      it('answers removed: false for an unknown id, and the id can be watched again after removal', async () => {
+        expect(await store.removeExport('nobody')).toEqual({ removed: false, cancelledDeliveries: 0 });
+        await watchThrough(['a'], ['COMPLETED'], []);
+        await store.removeExport('a');
+        const [again] = await store.addExports([{ ids: ['a'], metadata: { second: true } }], T0 + HOUR);
+        expect(again).toEqual({ accepted: ['a'], alreadyWatched: [] });
+        expect(await store.getExport('a')).toMatchObject({ state: 'UNKNOWN', metadata: { second: true } });
+      });
+    });
+
+    describe('close', () => {
+      it('makes every later call reject with a StoreError; closing again is harmless', async () => {
+        await store.addExports([{ ids: ['a'], metadata: null }], T0);
+        await store.close();
+        await expect(store.close()).resolves.toBeUndefined();
+        const calls: Array<() => Promise<unknown>> = [
+          () => store.addExports([{ ids: ['b'], metadata: null }], T0),
+          () => store.removeExport('a'),
+          () => store.getExport('a'),
+          () => store.pageExports({ limit: 1 }),
+          () => store.countExports(),
+          () => store.loadActive(),
+          () => store.commitChanges([move('a', 'UNKNOWN', 'RUNNING', T0)], build, [A], T0),
+          () => store.claimDue(A.key, T0, 1, T0),
+          () => store.releaseLeases(T0),
+          () => store.nextDueAt(A.key),
+          () => store.recordAttempts([delivered('e', A, T0)]),
+          () => store.countOrphanedPending([]),
+          () => store.getEvent('e'),
+          () => store.listEvents({ limit: 1 }),
+          () => store.eventsOfExport('a'),
+          () => store.redeliver('e', [A], T0),
+          () => store.redeliverSince(T0, 'failed', T0),
+          () => store.deliveryCounts(),
+          () => store.prune(T0, { retainMs: 0, eventRetainMs: 0, batch: 10 }),
+        ];
+        for (const call of calls) await expect(call()).rejects.toBeInstanceOf(StoreError);
+      });
+    });
+  });
+}

@@ -1,0 +1,370 @@
+/**
+ * The SQLite store: the contract on a file and in memory, and what only a file can go through:
+ * reopening, a killed process, schema versions, damaged files and unusable data directories.
+ */
+import { execFileSync, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import {
+  chmodSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  truncateSync,
+  writeFileSync,
+} from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import Database from 'better-sqlite3';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { EXPORT_STATES, isTerminal } from '../../src/polling/tracker.js';
+import {
+  ACTIVE_STATES,
+  FINISHED_STATES,
+  openDataDir,
+  openSqliteStore,
+  SCHEMA_VERSION,
+  type SqliteStore,
+} from '../../src/store/sqlite.js';
+import { endpointKey, StoreError } from '../../src/store/store.js';
+import { describeStoreContract } from './contract.js';
+
+const ROOT = join(import.meta.dirname, '..', '..');
+const TSX = pathToFileURL(join(ROOT, 'node_modules', 'tsx', 'dist', 'loader.mjs')).href;
+const STORE_MODULE = pathToFileURL(join(ROOT, 'src', 'store', 'sqlite.ts')).href;
+const T0 = 1_700_000_000_000;
+const IS_ROOT = process.getuid?.() === 0;
+
+const scratch = mkdtempSync(join(tmpdir(), 'sqlite-store-'));
+let dirs = 0;
+/** A path under this file's scratch directory that does not exist yet. */
+function freshDir(): string {
+  return join(scratch, `d${dirs++}`);
+}
+
+/** A new empty directory under this file's scratch directory. */
+function emptyDir(): string {
+  const dir = freshDir();
+  mkdirSync(dir);
+  return dir;
+}
+afterAll(() => rmSync(scratch, { recursive: true, force: true }));
+
+describeStoreContract('SQLite file', () => openSqliteStore({ path: openDataDir(freshDir()) }));
+describeStoreContract('SQLite in memory', () => openSqliteStore({ path: ':memory:' }));
+
+/** A database file that exists and holds a few exports, closed. */
+async function databaseWithExports(count: number): Promise<string> {
+  const path = openDataDir(freshDir());
+  const store = await openSqliteStore({ path });
+  const ids = Array.from({ length: count }, (_, i) => `export_${i}`);
+  await store.addExports([{ ids, metadata: { padding: 'x'.repeat(200) } }], T0);
+  await store.close();
+  return path;
+}
+
+/** Runs `open`, expecting a StoreError; returns its message. */
+async function storeErrorOf(open: () => unknown): Promise<string> {
+  try {
+    await open();
+  } catch (error) {
+    expect(error).toBeInstanceOf(StoreError);
+    return (error as StoreError).message;
+  }
+  throw new Error('expected a StoreError, but it opened');
+}
+
+describe('SQLite store', () => {
+  it('spells out the active and finished states as the tracker defines them', () => {
+    expect([...ACTIVE_STATES]).toEqual(EXPORT_STATES.filter((s) => !isTerminal(s)));
+    expect([...FINISHED_STATES]).toEqual(EXPORT_STATES.filter((s) => isTerminal(s)));
+  });
+
+  it('keeps everything across close and reopen, in WAL mode at the latest schema', async () => {
+    const path = openDataDir(freshDir());
+    const ref = { key: endpointKey('https://a.example/'), label: 'https://a.example/' };
+    let store: SqliteStore = await openSqliteStore({ path });
+    await store.addExports([{ ids: ['a', 'b'], metadata: { keep: true } }], T0);
+    await store.commitChanges(
+      [
+        {
+          id: 'a',
+          from: 'UNKNOWN',
+          to: 'COMPLETED',
+          at: T0 + 1,
+          misses: 0,
+          lastMiss: null,
+          export: null,
+          error: null,
+        },
+      ],
+      (c) => ({ id: `evt_${c.id}`, type: 'export.completed', exportId: c.id, body: '{}' }),
+      [ref],
+      T0 + 1,
+    );
+    const before = { a: await store.getExport('a'), event: await store.getEvent('evt_a') };
+    expect(before.a).toMatchObject({ state: 'COMPLETED', metadata: { keep: true } });
+    expect(before.event?.deliveries).toHaveLength(1);
+    await store.close();
+    expect(existsSync(`${path}-wal`) ? statSync(`${path}-wal`).size : 0).toBe(0);
+
+    store = await openSqliteStore({ path });
+    try {
+      expect(await store.getExport('a')).toEqual(before.a);
+      expect(await store.getEvent('evt_a')).toEqual(before.event);
+      expect(byIdSorted(await store.loadActive())).toEqual([{ id: 'b', state: 'UNKNOWN', misses: 0 }]);
+    } finally {
+      await store.close();
+    }
+    const raw = new Database(path, { readonly: true });
+    try {
+      expect(raw.pragma('journal_mode', { simple: true })).toBe('wal');
+      expect(raw.pragma('user_version', { simple: true })).toBe(SCHEMA_VERSION);
+    } finally {
+      raw.close();
+    }
+  });
+
+  it('keeps every commit made before the process was killed (SIGKILL, no close)', async () => {
+    const dir = freshDir();
+    const path = openDataDir(dir);
+    const script = join(dir, 'writer.mjs');
+    // Commits one export per transaction and reports each once its addExports has resolved.
+    writeFileSync(
+      script,
+      `import { openSqliteStore } from ${JSON.stringify(STORE_MODULE)};
+       const store = await openSqliteStore({ path: process.argv[2] });
+       for (let i = 0; ; i++) {
+         await store.addExports([{ ids: ['kill_' + i], metadata: { i } }], i);
+         process.stdout.write(i + '\\n');
+       }`,
+    );
+    const child = spawn(process.execPath, ['--import', TSX, script, path], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let reported = -1;
+    let stderr = '';
+    child.stderr.on('data', (chunk: Buffer) => {
+      stderr += chunk.toString();
+    });
+    const exited = new Promise<NodeJS.Signals | null>((resolve) =>
+      child.on('exit', (_code, signal) => resolve(signal)),
+    );
+    await new Promise<void>((resolve, reject) => {
+      child.stdout.on('data', (chunk: Buffer) => {
+        const lines = chunk.toString().trim().split('\n');
+        reported = Number(lines.at(-1));
+        if (reported >= 200) resolve();
+      });
+      child.on('exit', () => reject(new Error(`the writer exited early: ${stderr}`)));
+    });
+    child.kill('SIGKILL');
+    expect(await exited).toBe('SIGKILL');
+
+    const store = await openSqliteStore({ path });
+    try {
+      const active = await store.loadActive();
+      expect(active.length).toBeGreaterThanOrEqual(reported + 1);
+      const ids = new Set(active.map((e) => e.id));
+      for (let i = 0; i <= reported; i++) expect(ids.has(`kill_${i}`)).toBe(true);
+      expect(await store.getExport(`kill_${reported}`)).toMatchObject({ metadata: { i: reported } });
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('refuses a database written by a newer version, and leaves it byte for byte as it was', async () => {
+    // Written by a process that died with its last transaction still in the write-ahead log: a
+    // connection that could write would fold that log into the file when it closes.
+    const path = join(emptyDir(), 'newer.db');
+    execFileSync(
+      process.execPath,
+      [
+        '-e',
+        `const db = new (require('better-sqlite3'))(process.argv[1]);
+         db.pragma('journal_mode = WAL');
+         db.pragma('wal_autocheckpoint = 0');
+         db.exec("CREATE TABLE future (x TEXT); INSERT INTO future VALUES ('from the future')");
+         db.pragma('user_version = ${SCHEMA_VERSION + 1}');
+         process.exit(0);`,
+        path,
+      ],
+      { cwd: ROOT },
+    );
+    const files = [path, `${path}-wal`];
+    const before = files.map((f) => readFileSync(f));
+    expect(before[1]?.length).toBeGreaterThan(0);
+
+    const message = await storeErrorOf(() => openSqliteStore({ path }));
+    expect(message).toContain(path);
+    expect(message).toContain(
+      `written by a newer version of sbg-export-watcher (schema ${SCHEMA_VERSION + 1}`,
+    );
+    expect(message).toContain('left untouched');
+    expect(files.map((f) => readFileSync(f))).toEqual(before);
+  });
+
+  it('brings a database at an older schema (0: empty) up to the latest', async () => {
+    const path = join(emptyDir(), 'empty.db');
+    new Database(path).close();
+    const store = await openSqliteStore({ path });
+    await store.addExports([{ ids: ['a'], metadata: null }], T0);
+    await store.close();
+    const raw = new Database(path, { readonly: true });
+    try {
+      expect(raw.pragma('user_version', { simple: true })).toBe(SCHEMA_VERSION);
+    } finally {
+      raw.close();
+    }
+  });
+
+  describe('refuses a file that is not a usable database, naming it and leaving it untouched', () => {
+    it.each([
+      ['random bytes', () => randomBytes(8192)],
+      ['a text file', () => Buffer.from('exports:\n  - a\n  - b\n')],
+    ])('%s', async (_what, contents) => {
+      const path = join(emptyDir(), 'watcher.db');
+      const bytes = contents();
+      writeFileSync(path, bytes);
+
+      const message = await storeErrorOf(() => openSqliteStore({ path }));
+      expect(message).toContain(path);
+      expect(message).toContain('left untouched');
+      expect(message).not.toContain('\n');
+      expect(readFileSync(path).equals(bytes)).toBe(true);
+      expect(readdirSync(join(path, '..'))).toEqual(['watcher.db']);
+    });
+
+    it('a real database cut in half', async () => {
+      const path = await databaseWithExports(2000);
+      truncateSync(path, Math.floor(statSync(path).size / 2));
+      const bytes = readFileSync(path);
+
+      const message = await storeErrorOf(() => openSqliteStore({ path }));
+      expect(message).toContain(path);
+      expect(message).toContain('left untouched');
+      expect(readFileSync(path).equals(bytes)).toBe(true);
+    });
+
+    it('a real database that reads, but fails the integrity check', async () => {
+      // One more page than the tables use, and a header that counts it: "Page n: never used".
+      const path = await databaseWithExports(10);
+      const original = readFileSync(path);
+      const bytes = Buffer.concat([original, Buffer.alloc(original.readUInt16BE(16))]);
+      bytes.writeUInt32BE(original.readUInt32BE(28) + 1, 28);
+      writeFileSync(path, bytes);
+
+      const message = await storeErrorOf(() => openSqliteStore({ path }));
+      expect(message).toMatch(/integrity check: .*never used/);
+      expect(message).toContain(path);
+      expect(message).not.toContain('\n');
+      expect(readFileSync(path).equals(bytes)).toBe(true);
+    });
+  });
+
+  it('says which file it cannot open when its directory does not exist', async () => {
+    const path = join(freshDir(), 'missing', 'watcher.db');
+    const message = await storeErrorOf(() => openSqliteStore({ path }));
+    expect(message).toContain(path);
+    expect(existsSync(path)).toBe(false);
+  });
+
+  it('keeps the last outcome of a delivery when a redelivery starts a new series', async () => {
+    const store = await openSqliteStore({ path: ':memory:' });
+    try {
+      const ref = { key: 'k', label: 'https://a.example/' };
+      await store.addExports([{ ids: ['a'], metadata: null }], T0);
+      await store.commitChanges(
+        [
+          {
+            id: 'a',
+            from: 'UNKNOWN',
+            to: 'FAILED',
+            at: T0,
+            misses: 0,
+            lastMiss: null,
+            export: null,
+            error: null,
+          },
+        ],
+        () => ({ id: 'evt', type: 'export.failed', exportId: 'a', body: '{}' }),
+        [ref],
+        T0,
+      );
+      await store.recordAttempts([
+        {
+          eventId: 'evt',
+          endpointKey: 'k',
+          status: 'failed',
+          attempts: 9,
+          nextAttemptAt: null,
+          lastStatus: 500,
+          lastError: 'HTTP 500',
+          finishedAt: T0 + 1,
+        },
+      ]);
+      await store.redeliver('evt', [ref], T0 + 2);
+      expect((await store.getEvent('evt'))?.deliveries[0]).toMatchObject({
+        status: 'pending',
+        attempts: 0,
+        lastStatus: 500,
+        lastError: 'HTTP 500',
+        finishedAt: null,
+      });
+    } finally {
+      await store.close();
+    }
+  });
+});
+
+describe('openDataDir', () => {
+  let file: string;
+  beforeAll(() => {
+    file = join(emptyDir(), 'a-file');
+    writeFileSync(file, 'not a directory');
+  });
+
+  it('creates a missing directory, parents included, and leaves no probe behind', () => {
+    const dir = join(freshDir(), 'nested', 'data');
+    expect(openDataDir(dir)).toBe(join(dir, 'watcher.db'));
+    expect(statSync(dir).isDirectory()).toBe(true);
+    expect(readdirSync(dir)).toEqual([]);
+  });
+
+  it('accepts an existing directory and leaves its files alone', () => {
+    const dir = emptyDir();
+    writeFileSync(join(dir, 'watcher.db'), 'whatever is there');
+    expect(openDataDir(dir)).toBe(join(dir, 'watcher.db'));
+    expect(readdirSync(dir)).toEqual(['watcher.db']);
+    expect(readFileSync(join(dir, 'watcher.db'), 'utf8')).toBe('whatever is there');
+  });
+
+  it('refuses a path that is a file', () => {
+    expect(() => openDataDir(file)).toThrow(StoreError);
+    expect(() => openDataDir(file)).toThrow(`WATCHER_DATA_DIR ${file}: it is not a directory`);
+  });
+
+  it('refuses a directory it cannot create (a parent is a file)', () => {
+    const dir = join(file, 'data');
+    expect(() => openDataDir(dir)).toThrow(`WATCHER_DATA_DIR ${dir}: cannot create it (ENOTDIR)`);
+  });
+
+  // chmod does not stop root from writing, so as root there is no read-only directory to try.
+  it.skipIf(IS_ROOT)('refuses a directory it cannot write in (skipped as root)', () => {
+    const dir = emptyDir();
+    chmodSync(dir, 0o555);
+    try {
+      expect(() => openDataDir(dir)).toThrow(`WATCHER_DATA_DIR ${dir}: cannot write there (EACCES)`);
+    } finally {
+      chmodSync(dir, 0o755);
+    }
+  });
+});
+
+function byIdSorted<T extends { id: string }>(items: readonly T[]): T[] {
+  return [...items].sort((a, b) => (a.id < b.id ? -1 : 1));
+}
