@@ -2,8 +2,9 @@ import { Writable } from 'node:stream';
 import pino from 'pino';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import type { CheckResult } from '../src/platform/platform-client.js';
-import { longestUnchecked, Scheduler, type SchedulerDeps } from '../src/polling/scheduler.js';
+import { type CheckRecord, Scheduler, type SchedulerDeps } from '../src/polling/scheduler.js';
 import { type Observation, Tracker, type Transition } from '../src/polling/tracker.js';
+import { Bus, type WatcherEvents } from '../src/shared/bus.js';
 import { PlatformError } from '../src/shared/errors.js';
 
 const T0 = Date.UTC(2026, 0, 1);
@@ -12,7 +13,16 @@ interface Harness {
   scheduler: Scheduler;
   tracker: Tracker;
   calls: Array<{ at: number; ids: string[] }>;
+  /** 'transition' events, in order. */
   notified: Transition[];
+  /** 'check.result' events, in order. */
+  results: Array<WatcherEvents['check.result']>;
+  /** What `record` was asked to store, including the writes that failed. */
+  records: CheckRecord[];
+  /** When set, each `record` waits for this before settling. */
+  recordGate: { wait?: Promise<void> };
+  /** Errors the next `record` calls reject with. */
+  recordFails: unknown[];
   logs: Array<Record<string, unknown>>;
   /** What the fake platform says about an id; default RUNNING. */
   state: Map<string, string>;
@@ -31,11 +41,16 @@ function harness(options: Partial<ConstructorParameters<typeof Scheduler>[1]> = 
       done();
     },
   });
-  const tracker = new Tracker({ retainMs: 60_000 });
+  const tracker = new Tracker({});
+  const bus = new Bus();
   const h: Harness = {
     tracker,
     calls: [],
     notified: [],
+    results: [],
+    records: [],
+    recordGate: {},
+    recordFails: [],
     logs,
     state: new Map(),
     extra: new Map(),
@@ -47,7 +62,13 @@ function harness(options: Partial<ConstructorParameters<typeof Scheduler>[1]> = 
     tracker,
     now: () => Date.now(),
     log: pino({ level: 'debug' }, sink),
-    notify: (t) => h.notified.push(t),
+    bus,
+    record: async (check) => {
+      h.records.push(check);
+      if (h.recordGate.wait) await h.recordGate.wait;
+      const failure = h.recordFails.shift();
+      if (failure) throw failure;
+    },
     checkStatuses: async (ids): Promise<CheckResult> => {
       h.calls.push({ at: Date.now() - T0, ids: [...ids] });
       if (h.gate.wait) await h.gate.wait;
@@ -61,16 +82,27 @@ function harness(options: Partial<ConstructorParameters<typeof Scheduler>[1]> = 
       return { observations, warnings: [] };
     },
   };
+  bus.on('transition', (t) => h.notified.push(t));
+  bus.on('check.result', (r) => h.results.push(r));
   h.scheduler = new Scheduler(deps, { pollIntervalMs: 1000, batchSize: 100, ...options });
   return h;
 }
 
 function add(h: Harness, ids: string[]): void {
-  h.tracker.add(ids, null, Date.now());
+  h.tracker.track(ids.map((id) => ({ id, state: 'UNKNOWN', misses: 0 })));
   h.scheduler.poke();
 }
 
 const range = (n: number, prefix = 'e') => Array.from({ length: n }, (_, i) => `${prefix}${i}`);
+
+/** A promise and the function that resolves it. */
+function gate(): { wait: Promise<void>; release: () => void } {
+  let release!: () => void;
+  const wait = new Promise<void>((resolve) => {
+    release = resolve;
+  });
+  return { wait, release };
+}
 
 describe('Scheduler', () => {
   let h: Harness | undefined;
@@ -290,31 +322,114 @@ describe('Scheduler', () => {
     expect(settled).toBe(true);
   });
 
+  it('keeps the ids of a failed call in their place in the due order', async () => {
+    h = harness({ maxOutstanding: 1, batchSize: 1, failurePauseMs: 2000 });
+    add(h, ['a', 'b', 'c']);
+    h.scheduler.start();
+    await vi.advanceTimersByTimeAsync(0);
+    h.failNext.push(new PlatformError('PLATFORM_UNAVAILABLE', 'platform answered 500', { status: 500 }));
+    await vi.advanceTimersByTimeAsync(3000);
+    expect(h.calls.map((c) => `${c.ids[0]}@${c.at}`)).toEqual([
+      'a@0',
+      'b@0',
+      'c@0',
+      'a@1000',
+      'a@3000',
+      'b@3000',
+      'c@3000',
+    ]);
+  });
+
+  it('emits check.result after every call', async () => {
+    h = harness({ failurePauseMs: 1000 });
+    const failure = new PlatformError('PLATFORM_UNAVAILABLE', 'platform answered 500', { status: 500 });
+    h.failNext.push(failure);
+    add(h, ['a']);
+    h.scheduler.start();
+    await vi.advanceTimersByTimeAsync(1000);
+    expect(h.results).toEqual([{ ok: false, error: failure }, { ok: true }]);
+  });
+
+  it('stores the changes of a check before committing them, then logs and emits the transitions', async () => {
+    h = harness();
+    const store = gate();
+    h.recordGate.wait = store.wait;
+    add(h, ['a']);
+    h.scheduler.start();
+    await vi.advanceTimersByTimeAsync(0);
+    expect(h.records).toEqual([
+      {
+        changes: [expect.objectContaining({ id: 'a', from: 'UNKNOWN', to: 'RUNNING', at: T0 })],
+        transitions: [expect.objectContaining({ exportId: 'a', from: 'UNKNOWN', to: 'RUNNING', at: T0 })],
+      },
+    ]);
+    expect(h.tracker.get('a')).toMatchObject({ state: 'UNKNOWN', checks: 0 });
+    expect(h.notified).toEqual([]);
+    expect(h.logs.some((l) => l.msg === 'export state changed')).toBe(false);
+    h.recordGate.wait = undefined;
+    store.release();
+    await vi.advanceTimersByTimeAsync(0);
+    expect(h.tracker.get('a')).toMatchObject({ state: 'RUNNING', checks: 1, lastCheckedAt: T0 });
+    expect(h.notified.map((t) => t.to)).toEqual(['RUNNING']);
+    expect(h.logs.filter((l) => l.msg === 'export state changed')).toHaveLength(1);
+  });
+
+  it('stores nothing for a check that changed nothing', async () => {
+    h = harness();
+    add(h, ['a']);
+    h.scheduler.start();
+    await vi.advanceTimersByTimeAsync(5000);
+    expect(h.calls).toHaveLength(6);
+    expect(h.records).toHaveLength(1);
+  });
+
+  it('a store write that fails leaves the state unchanged and the ids due, after a pause', async () => {
+    h = harness({ failurePauseMs: 2000 });
+    h.recordFails.push(new Error('disk I/O error'));
+    h.state.set('a', 'COMPLETED');
+    add(h, ['a']);
+    h.scheduler.start();
+    await vi.advanceTimersByTimeAsync(0);
+    expect(h.records).toHaveLength(1);
+    expect(h.tracker.get('a')).toMatchObject({ state: 'UNKNOWN', checks: 0, lastCheckedAt: null });
+    expect(h.tracker.takeDue(Date.now(), 1000, 10, () => false).due).toEqual(['a']);
+    expect(h.notified).toEqual([]);
+    expect(h.logs.some((l) => l.msg === 'export state changed')).toBe(false);
+    expect(
+      h.logs.find((l) => l.msg === 'could not store the results of a check; the ids stay due'),
+    ).toMatchObject({ level: 50, changes: 1, pause_ms: 2000 });
+    await vi.advanceTimersByTimeAsync(1999);
+    expect(h.calls).toHaveLength(1);
+    await vi.advanceTimersByTimeAsync(1);
+    expect(h.calls.map((c) => c.at)).toEqual([0, 2000]);
+    expect(h.records).toHaveLength(2);
+    expect(h.tracker.has('a')).toBe(false);
+    expect(h.notified.map((t) => `${t.exportId}:${t.from}>${t.to}`)).toEqual(['a:UNKNOWN>COMPLETED']);
+  });
+
+  it('counts a call as outstanding until its results are stored', async () => {
+    h = harness({ maxOutstanding: 1, batchSize: 1 });
+    const store = gate();
+    h.recordGate.wait = store.wait;
+    add(h, ['a', 'b']);
+    h.scheduler.start();
+    await vi.advanceTimersByTimeAsync(10_000);
+    expect(h.calls.map((c) => c.ids)).toEqual([['a']]);
+    let stopped = false;
+    void h.scheduler.stop().then(() => {
+      stopped = true;
+    });
+    await vi.advanceTimersByTimeAsync(0);
+    expect(stopped).toBe(false);
+    h.recordGate.wait = undefined;
+    store.release();
+    await vi.advanceTimersByTimeAsync(0);
+    expect(stopped).toBe(true);
+    expect(h.tracker.get('a')?.state).toBe('RUNNING');
+  });
+
   it('validates its options', () => {
     expect(() => harness({ batchSize: 101 })).toThrow(/batchSize/);
     expect(() => harness({ pollIntervalMs: 0 })).toThrow(/pollIntervalMs/);
-  });
-});
-
-describe('longestUnchecked', () => {
-  it('picks the k smallest `since` in order, ties in input order', () => {
-    const items = [5, 1, 9, 1, -Infinity, 3, 7, 1].map((since, i) => ({ since, i }));
-    expect(longestUnchecked(items, 4).map((x) => x.i)).toEqual([4, 1, 3, 7]);
-    expect(longestUnchecked(items, 0)).toEqual([]);
-    expect(longestUnchecked(items, 100).map((x) => x.i)).toEqual([4, 1, 3, 7, 5, 0, 6, 2]);
-  });
-
-  it('agrees with a full stable sort on random input', () => {
-    let seed = 42;
-    const random = () => {
-      seed = (seed * 1_103_515_245 + 12_345) % 2 ** 31;
-      return seed / 2 ** 31;
-    };
-    for (let round = 0; round < 50; round++) {
-      const items = Array.from({ length: 300 }, (_, i) => ({ since: Math.floor(random() * 40), i }));
-      const k = 1 + Math.floor(random() * 120);
-      const expected = [...items].sort((a, b) => a.since - b.since).slice(0, k);
-      expect(longestUnchecked(items, k)).toEqual(expected);
-    }
   });
 });

@@ -1,11 +1,14 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import {
+  EXPORT_STATES,
+  type ExportState,
   meansMissing,
   type Observation,
   observationsFromBulk,
   type PlatformExport,
   Tracker,
 } from '../src/polling/tracker.js';
+import type { ActiveExport } from '../src/store/store.js';
 
 const T0 = 1_700_000_000_000;
 const exp = (id: string, state: string, extra: Record<string, unknown> = {}): PlatformExport => ({
@@ -18,73 +21,88 @@ const seen = (id: string, state: string, extra?: Record<string, unknown>): Obser
   id,
   resource: exp(id, state, extra),
 });
-const missing = (id: string): Observation => ({
-  kind: 'missing',
-  id,
-  error: { status: 404, code: 9008, message: 'Requested job does not exist.' },
-});
+const NOT_FOUND = { status: 404, code: 9008, message: 'Requested job does not exist.' };
+const missing = (id: string): Observation => ({ kind: 'missing', id, error: NOT_FOUND });
+const fresh = (id: string): ActiveExport => ({ id, state: 'UNKNOWN', misses: 0 });
+const never = () => false;
 
 function tracker(...ids: string[]): Tracker {
-  const t = new Tracker({ retainMs: 60_000 });
-  t.add(ids, { team: 'a' }, T0);
+  const t = new Tracker({});
+  t.track(ids.map(fresh));
   return t;
 }
 
-describe('Tracker.add', () => {
-  it('registers new ids as UNKNOWN and reports known ones as already watched', () => {
-    const t = new Tracker({ retainMs: 1000 });
-    expect(t.add(['a', 'b', 'a'], null, T0)).toEqual({ accepted: ['a', 'b'], alreadyWatched: [] });
-    expect(t.add(['b', 'c'], null, T0 + 5)).toEqual({ accepted: ['c'], alreadyWatched: ['b'] });
-    const a = t.get('a');
-    expect(a).toMatchObject({
+/** The ids due at `now` with a 1 s interval, at most 100. */
+const dueAt = (t: Tracker, now: number, max = 100) => t.takeDue(now, 1000, max, never);
+
+describe('Tracker.track', () => {
+  it('tracks new exports as UNKNOWN, and ignores ids already tracked and terminal exports', () => {
+    const t = new Tracker({});
+    t.track([fresh('a'), fresh('b'), fresh('a')]);
+    t.track([
+      { id: 'b', state: 'RUNNING', misses: 1 },
+      { id: 'c', state: 'COMPLETED', misses: 0 },
+    ]);
+    expect(t.get('a')).toEqual({
+      id: 'a',
       state: 'UNKNOWN',
-      previousState: null,
-      firstSeenAt: T0,
+      misses: 0,
+      lastMiss: null,
       lastCheckedAt: null,
       checks: 0,
     });
-    expect(a?.history).toEqual([{ state: 'UNKNOWN', at: T0 }]);
-    expect(t.activeCount).toBe(3);
+    expect(t.get('b')?.state).toBe('UNKNOWN');
+    expect(t.has('c')).toBe(false);
+    expect(t.activeCount).toBe(2);
+    expect([...t.activeIds()]).toEqual(['a', 'b']);
   });
 
-  it('keeps the metadata of the first registration', () => {
-    const t = new Tracker({ retainMs: 1000 });
-    t.add(['a'], { run: 1 }, T0);
-    t.add(['a'], { run: 2 }, T0);
-    expect(t.get('a')?.metadata).toEqual({ run: 1 });
+  it('resumes an export loaded from the store with its state and misses', () => {
+    const t = new Tracker({ lostAfter: 3 });
+    t.track([
+      { id: 'x', state: 'RUNNING', misses: 2 },
+      { id: 'y', state: 'RUNNING', misses: 0 },
+    ]);
+    const r = t.apply([missing('x'), seen('y', 'PENDING')], T0);
+    expect(r.transitions).toEqual([
+      { exportId: 'x', from: 'RUNNING', to: 'LOST', at: T0, export: null, error: NOT_FOUND },
+    ]);
+    expect(r.warnings.map((w) => [w.exportId, w.reason])).toEqual([['y', 'stale_state']]);
+  });
+
+  it('get returns a copy: what is held changes only through the tracker', () => {
+    const t = tracker('a');
+    const copy = t.get('a');
+    if (copy) copy.state = 'COMPLETED';
+    expect(t.get('a')?.state).toBe('UNKNOWN');
   });
 });
 
 describe('Tracker.apply', () => {
-  it('moves forward one transition at a time and records history', () => {
+  it('moves forward one transition at a time, and drops the export once terminal', () => {
     const t = tracker('x');
     let r = t.apply([seen('x', 'PENDING')], T0 + 1);
     expect(r.transitions).toEqual([
-      {
-        exportId: 'x',
-        from: 'UNKNOWN',
-        to: 'PENDING',
-        at: T0 + 1,
-        metadata: { team: 'a' },
-        export: exp('x', 'PENDING'),
-        error: null,
-      },
+      { exportId: 'x', from: 'UNKNOWN', to: 'PENDING', at: T0 + 1, export: exp('x', 'PENDING'), error: null },
     ]);
     r = t.apply([seen('x', 'PENDING')], T0 + 2);
     expect(r.transitions).toEqual([]);
     r = t.apply([seen('x', 'RUNNING')], T0 + 3);
     expect(r.transitions.map((x) => [x.from, x.to])).toEqual([['PENDING', 'RUNNING']]);
+    expect(t.get('x')).toMatchObject({ state: 'RUNNING', checks: 3, lastCheckedAt: T0 + 3 });
     r = t.apply([seen('x', 'COMPLETED', { result: { id: 'f1' } })], T0 + 4);
-    expect(r.transitions.map((x) => [x.from, x.to])).toEqual([['RUNNING', 'COMPLETED']]);
-    const rec = t.get('x');
-    expect(rec?.history.map((h) => h.state)).toEqual(['UNKNOWN', 'PENDING', 'RUNNING', 'COMPLETED']);
-    expect(rec).toMatchObject({
-      state: 'COMPLETED',
-      previousState: 'RUNNING',
-      stateChangedAt: T0 + 4,
-      checks: 4,
-    });
-    expect(rec?.export).toEqual(exp('x', 'COMPLETED', { result: { id: 'f1' } }));
+    expect(r.transitions).toEqual([
+      {
+        exportId: 'x',
+        from: 'RUNNING',
+        to: 'COMPLETED',
+        at: T0 + 4,
+        export: exp('x', 'COMPLETED', { result: { id: 'f1' } }),
+        error: null,
+      },
+    ]);
+    expect(t.get('x')).toBeUndefined();
+    expect(t.has('x')).toBe(false);
     expect(t.activeCount).toBe(0);
   });
 
@@ -101,11 +119,11 @@ describe('Tracker.apply', () => {
     t.apply([seen('x', 'RUNNING')], T0 + 1);
     const r = t.apply([seen('x', 'PENDING')], T0 + 2);
     expect(r.transitions).toEqual([]);
+    expect(r.changes).toEqual([]);
     expect(r.warnings).toEqual([
       { exportId: 'x', reason: 'stale_state', detail: { state: 'PENDING', current: 'RUNNING' } },
     ]);
     expect(t.get('x')?.state).toBe('RUNNING');
-    expect(t.get('x')?.export?.state).toBe('RUNNING');
   });
 
   it('treats an unknown state string as not terminal, with a warning', () => {
@@ -117,12 +135,24 @@ describe('Tracker.apply', () => {
     expect([...t.activeIds()]).toEqual(['x']);
   });
 
-  it('never changes a terminal record again', () => {
+  it('ignores later observations of a finished export: it is no longer held', () => {
     const t = tracker('x');
     t.apply([seen('x', 'COMPLETED')], T0 + 1);
-    const r = t.apply([seen('x', 'FAILED'), missing('x')], T0 + 2);
-    expect(r).toEqual({ transitions: [], warnings: [] });
-    expect(t.get('x')).toMatchObject({ state: 'COMPLETED', checks: 1 });
+    expect(t.apply([seen('x', 'FAILED'), missing('x')], T0 + 2)).toEqual({
+      transitions: [],
+      changes: [],
+      warnings: [],
+    });
+    // Whether it may be watched again is the store's decision: the tracker no longer knows it.
+    t.track([fresh('x')]);
+    expect(t.get('x')?.state).toBe('UNKNOWN');
+  });
+
+  it('makes at most one transition per export per check, ignoring what follows a terminal state', () => {
+    const t = tracker('x');
+    const r = t.apply([seen('x', 'PENDING'), seen('x', 'COMPLETED'), missing('x')], T0 + 1);
+    expect(r.transitions.map((x) => [x.from, x.to])).toEqual([['UNKNOWN', 'COMPLETED']]);
+    expect(r.changes).toHaveLength(1);
   });
 
   it('makes an export LOST after 3 consecutive not-found answers, and a resource resets the count', () => {
@@ -132,37 +162,250 @@ describe('Tracker.apply', () => {
     t.apply([seen('x', 'PENDING')], T0 + 3);
     t.apply([missing('x')], T0 + 4);
     expect(t.apply([missing('x')], T0 + 5).transitions).toEqual([]);
+    expect(t.get('x')).toMatchObject({ state: 'PENDING', misses: 2, lastMiss: NOT_FOUND });
     const r = t.apply([missing('x')], T0 + 6);
     expect(r.transitions).toHaveLength(1);
     expect(r.transitions[0]).toMatchObject({ from: 'PENDING', to: 'LOST', at: T0 + 6 });
-    expect(t.get('x')?.state).toBe('LOST');
+    expect(t.has('x')).toBe(false);
+  });
+
+  it('honours lostAfter', () => {
+    const t = new Tracker({ lostAfter: 1 });
+    t.track([fresh('x')]);
+    expect(t.apply([missing('x')], T0).transitions[0]?.to).toBe('LOST');
   });
 
   it('counts an unanswered id as checked without changing it', () => {
     const t = tracker('x');
     const r = t.apply([{ kind: 'unanswered', id: 'x' }], T0 + 1);
     expect(r.transitions).toEqual([]);
+    expect(r.changes).toEqual([]);
     expect(r.warnings).toEqual([{ exportId: 'x', reason: 'unanswered', detail: {} }]);
     expect(t.get('x')).toMatchObject({ state: 'UNKNOWN', checks: 1, lastCheckedAt: T0 + 1 });
   });
 
-  it('ignores observations of removed ids', () => {
+  it('ignores observations of untracked ids', () => {
     const t = tracker('x');
-    expect(t.remove('x')).toBe(true);
-    expect(t.apply([seen('x', 'COMPLETED')], T0 + 1)).toEqual({ transitions: [], warnings: [] });
-    expect(t.remove('x')).toBe(false);
+    expect(t.untrack('x')).toBe(true);
+    expect(t.apply([seen('x', 'COMPLETED')], T0 + 1)).toEqual({ transitions: [], changes: [], warnings: [] });
+    expect(t.untrack('x')).toBe(false);
   });
 });
 
-describe('Tracker.prune', () => {
-  it('drops finished records once the retention has passed, and only those', () => {
-    const t = new Tracker({ retainMs: 1000 });
-    t.add(['done', 'busy'], null, T0);
-    t.apply([seen('done', 'COMPLETED'), seen('busy', 'RUNNING')], T0 + 10);
-    expect(t.prune(T0 + 1009)).toEqual([]);
-    expect(t.prune(T0 + 1010)).toEqual(['done']);
-    expect(t.get('done')).toBeUndefined();
-    expect(t.get('busy')?.state).toBe('RUNNING');
+describe('changes for the store', () => {
+  it('one per miss, per reset of the misses, and per state change; none when nothing changed', () => {
+    const t = new Tracker({});
+    t.track([{ id: 'x', state: 'RUNNING', misses: 0 }]);
+    const base = { id: 'x', from: 'RUNNING', to: 'RUNNING', export: null, error: null };
+    expect(t.apply([missing('x')], T0 + 1).changes).toEqual([
+      { ...base, at: T0 + 1, misses: 1, lastMiss: NOT_FOUND },
+    ]);
+    expect(t.apply([seen('x', 'RUNNING')], T0 + 2).changes).toEqual([
+      { ...base, at: T0 + 2, misses: 0, lastMiss: null },
+    ]);
+    expect(t.apply([seen('x', 'RUNNING')], T0 + 3).changes).toEqual([]);
+    expect(t.apply([{ kind: 'unanswered', id: 'x' }], T0 + 4).changes).toEqual([]);
+    t.apply([missing('x')], T0 + 5);
+    t.apply([missing('x')], T0 + 6);
+    expect(t.apply([missing('x')], T0 + 7).changes).toEqual([
+      { ...base, to: 'LOST', at: T0 + 7, misses: 3, lastMiss: NOT_FOUND, error: NOT_FOUND },
+    ]);
+  });
+
+  it('a state change carries the resource that came with it, and resets the misses', () => {
+    const t = tracker('x');
+    t.apply([missing('x')], T0 + 1);
+    expect(t.apply([seen('x', 'PENDING', { n: 1 })], T0 + 2).changes).toEqual([
+      {
+        id: 'x',
+        from: 'UNKNOWN',
+        to: 'PENDING',
+        at: T0 + 2,
+        misses: 0,
+        lastMiss: null,
+        export: exp('x', 'PENDING', { n: 1 }),
+        error: null,
+      },
+    ]);
+  });
+});
+
+describe('Tracker.preview and commit', () => {
+  it('preview changes nothing; commit makes it so', () => {
+    const t = tracker('x', 'y');
+    const outcome = t.preview([seen('x', 'COMPLETED'), seen('y', 'RUNNING')], T0 + 1);
+    expect(outcome.transitions.map((x) => x.to)).toEqual(['COMPLETED', 'RUNNING']);
+    expect(t.get('x')).toMatchObject({ state: 'UNKNOWN', checks: 0, lastCheckedAt: null });
+    expect(t.countByState()).toMatchObject({ UNKNOWN: 2, RUNNING: 0 });
+    expect(dueAt(t, T0 + 1).due).toEqual(['x', 'y']);
+    t.commit(outcome);
+    expect(t.has('x')).toBe(false);
+    expect(t.get('y')).toMatchObject({ state: 'RUNNING', checks: 1, lastCheckedAt: T0 + 1 });
+    expect(t.countByState()).toMatchObject({ UNKNOWN: 0, RUNNING: 1 });
+  });
+
+  it('a preview never committed (its store write failed) leaves the ids due, in their place', () => {
+    const t = tracker('a', 'b', 'c');
+    t.apply([seen('a', 'RUNNING'), seen('b', 'RUNNING'), seen('c', 'RUNNING')], T0);
+    t.preview([seen('a', 'COMPLETED')], T0 + 1000);
+    expect(t.get('a')).toMatchObject({ state: 'RUNNING', checks: 1, lastCheckedAt: T0 });
+    expect(dueAt(t, T0 + 1000).due).toEqual(['a', 'b', 'c']);
+  });
+
+  it('commits a preview at most once, and only its own', () => {
+    const t = tracker('x');
+    const outcome = t.preview([missing('x')], T0);
+    t.commit(outcome);
+    expect(() => t.commit(outcome)).toThrow(/not a pending preview/);
+    expect(() => tracker('x').commit(t.preview([missing('x')], T0))).toThrow(/not a pending preview/);
+    expect(t.get('x')?.misses).toBe(1);
+  });
+
+  it('commit skips an export untracked, or untracked and tracked again, since the preview', () => {
+    const t = tracker('x', 'y');
+    const outcome = t.preview([seen('x', 'RUNNING'), seen('y', 'RUNNING')], T0);
+    t.untrack('x');
+    t.track([fresh('x')]);
+    t.untrack('y');
+    t.commit(outcome);
+    expect(t.get('x')).toMatchObject({ state: 'UNKNOWN', checks: 0 });
+    expect(t.has('y')).toBe(false);
+    expect(t.countByState()).toMatchObject({ UNKNOWN: 1, RUNNING: 0 });
+  });
+
+  it('commit skips an export that another commit changed since the preview', () => {
+    const t = tracker('x');
+    const first = t.preview([missing('x')], T0);
+    const second = t.preview([missing('x')], T0);
+    t.commit(first);
+    t.commit(second);
+    expect(t.get('x')).toMatchObject({ misses: 1, checks: 1 });
+  });
+});
+
+describe('Tracker.takeDue', () => {
+  it('never-checked ids first, in the order tracked, then the longest-unchecked', () => {
+    const t = tracker('a', 'b', 'c', 'd');
+    t.apply([seen('c', 'RUNNING')], T0 + 10);
+    t.apply([seen('a', 'RUNNING')], T0 + 20);
+    t.track([fresh('e')]);
+    expect(dueAt(t, T0 + 1020)).toEqual({ due: ['b', 'd', 'e', 'c', 'a'], nextDueAt: undefined });
+    expect(dueAt(t, T0 + 1015)).toEqual({ due: ['b', 'd', 'e', 'c'], nextDueAt: T0 + 1020 });
+    expect(dueAt(t, T0 + 1009)).toEqual({ due: ['b', 'd', 'e'], nextDueAt: T0 + 1010 });
+    // Stopped at `max` before reaching an id not yet due: when the next falls due is not known.
+    expect(dueAt(t, T0 + 1015, 2)).toEqual({ due: ['b', 'd'], nextDueAt: undefined });
+  });
+
+  it('moves an id to the tail once its check is committed, whatever the check said', () => {
+    const t = tracker('a', 'b', 'c');
+    t.apply([seen('a', 'RUNNING'), seen('b', 'RUNNING'), seen('c', 'RUNNING')], T0);
+    t.apply([{ kind: 'unanswered', id: 'a' }], T0 + 500);
+    t.apply([missing('b')], T0 + 600);
+    expect(dueAt(t, T0 + 2000).due).toEqual(['c', 'a', 'b']);
+  });
+
+  it('leaves ids that were taken but not answered (a failed call) in their place', () => {
+    const t = tracker('a', 'b', 'c');
+    t.apply([seen('a', 'RUNNING'), seen('b', 'RUNNING'), seen('c', 'RUNNING')], T0);
+    expect(dueAt(t, T0 + 1000, 1).due).toEqual(['a']);
+    t.apply([seen('b', 'RUNNING')], T0 + 1000);
+    expect(dueAt(t, T0 + 2000).due).toEqual(['a', 'c', 'b']);
+  });
+
+  it('skips ids in flight, and asks only about due ids', () => {
+    const t = tracker('a', 'b', 'c', 'd');
+    t.apply([seen('c', 'RUNNING'), seen('d', 'RUNNING')], T0);
+    const skip = vi.fn((id: string) => id === 'a' || id === 'c');
+    expect(t.takeDue(T0 + 999, 1000, 10, skip)).toEqual({ due: ['b'], nextDueAt: T0 + 1000 });
+    expect(skip.mock.calls.map(([id]) => id)).toEqual(['a', 'b']);
+  });
+
+  it('says when the next id falls due, or nothing when none is held', () => {
+    const t = tracker('a');
+    t.apply([seen('a', 'RUNNING')], T0);
+    expect(dueAt(t, T0 + 10)).toEqual({ due: [], nextDueAt: T0 + 1000 });
+    t.untrack('a');
+    expect(dueAt(t, T0 + 2000)).toEqual({ due: [], nextDueAt: undefined });
+  });
+
+  it('forgets untracked and finished ids', () => {
+    const t = tracker('a', 'b', 'c', 'd');
+    t.apply([seen('c', 'RUNNING'), seen('d', 'RUNNING')], T0);
+    t.untrack('a');
+    t.untrack('c');
+    t.apply([seen('d', 'COMPLETED'), seen('b', 'FAILED')], T0 + 1);
+    expect(dueAt(t, T0 + 5000).due).toEqual([]);
+  });
+
+  it('does O(max + in flight) work, not O(active), at 100,000 exports', () => {
+    const ids = Array.from({ length: 100_000 }, (_, i) => `e${i}`);
+    const t = new Tracker({});
+    t.track(ids.map(fresh));
+    const inFlight = new Set(ids.slice(0, 300));
+    const skip = vi.fn((id: string) => inFlight.has(id));
+    // Never checked: the walk passes the 300 in flight, then takes 200.
+    expect(t.takeDue(T0, 1000, 200, skip).due).toEqual(ids.slice(300, 500));
+    expect(skip).toHaveBeenCalledTimes(500);
+    // Checked: the same, in the order of the checks.
+    t.apply(
+      ids.map((id) => seen(id, 'RUNNING')),
+      T0,
+    );
+    skip.mockClear();
+    expect(t.takeDue(T0 + 1000, 1000, 200, skip)).toEqual({ due: ids.slice(300, 500), nextDueAt: undefined });
+    expect(skip).toHaveBeenCalledTimes(500);
+    // Nothing due: one look at the head.
+    skip.mockClear();
+    expect(t.takeDue(T0 + 999, 1000, 200, skip)).toEqual({ due: [], nextDueAt: T0 + 1000 });
+    expect(skip).not.toHaveBeenCalled();
+  });
+});
+
+describe('Tracker.countByState', () => {
+  it('counts active exports by state, kept up to date by track, commit and untrack', () => {
+    const t = tracker('a', 'b', 'c');
+    t.track([{ id: 'd', state: 'RUNNING', misses: 0 }]);
+    expect(t.countByState()).toEqual({
+      UNKNOWN: 3,
+      PENDING: 0,
+      RUNNING: 1,
+      COMPLETED: 0,
+      FAILED: 0,
+      LOST: 0,
+    });
+    t.apply([seen('a', 'PENDING'), seen('b', 'COMPLETED')], T0);
+    expect(t.countByState()).toEqual({
+      UNKNOWN: 1,
+      PENDING: 1,
+      RUNNING: 1,
+      COMPLETED: 0,
+      FAILED: 0,
+      LOST: 0,
+    });
+    t.untrack('d');
+    expect(t.countByState()).toMatchObject({ RUNNING: 0 });
+  });
+
+  it('always agrees with a recount, through random operations', () => {
+    let seed = 7;
+    const random = (n: number) => {
+      seed = (seed * 1_103_515_245 + 12_345) % 2 ** 31;
+      return Math.floor((seed / 2 ** 31) * n);
+    };
+    const states = ['PENDING', 'RUNNING', 'COMPLETED', 'FAILED', 'BOGUS'];
+    const t = new Tracker({ lostAfter: 2 });
+    for (let step = 0; step < 2000; step++) {
+      const id = `e${random(40)}`;
+      const op = random(10);
+      if (op === 0) t.untrack(id);
+      else if (op < 3) t.track([fresh(id)]);
+      else if (op < 5) t.apply([missing(id)], T0 + step);
+      else if (op < 6) t.preview([seen(id, 'COMPLETED')], T0 + step);
+      else t.apply([seen(id, states[random(states.length)] as string)], T0 + step);
+      const recount = Object.fromEntries(EXPORT_STATES.map((s) => [s, 0])) as Record<ExportState, number>;
+      for (const active of t.activeIds()) recount[t.get(active)?.state as ExportState]++;
+      expect(t.countByState()).toEqual(recount);
+    }
   });
 });
 
@@ -300,17 +543,17 @@ describe('observationsFromBulk: anonymous errors are attributed only one for one
 });
 
 describe('why an export ended badly', () => {
-  it('a LOST record and its transition carry the last "no such job" error', () => {
+  it('a LOST transition and change carry the last "no such job" error', () => {
     const t = tracker('x');
-    const error = { status: 404, code: 9008, message: 'Requested job does not exist.' };
-    let transitions: ReturnType<Tracker['apply']>['transitions'] = [];
-    for (let i = 1; i <= 3; i++)
-      transitions = t.apply([{ kind: 'missing', id: 'x', error }], T0 + i).transitions;
-    expect(transitions).toEqual([expect.objectContaining({ to: 'LOST', error })]);
-    expect(t.get('x')?.error).toEqual(error);
+    let outcome = t.apply([missing('x')], T0 + 1);
+    for (let i = 2; i <= 3; i++) outcome = t.apply([missing('x')], T0 + i);
+    expect(outcome.transitions).toEqual([expect.objectContaining({ to: 'LOST', error: NOT_FOUND })]);
+    expect(outcome.changes).toEqual([
+      expect.objectContaining({ to: 'LOST', error: NOT_FOUND, lastMiss: NOT_FOUND }),
+    ]);
   });
 
-  it('a FAILED record carries the job error; a COMPLETED one none', () => {
+  it('a FAILED export carries the job error; a COMPLETED one none', () => {
     const t = tracker('f', 'c');
     const error = { status: 409, code: 9107, message: 'Location on volume already contains a file.' };
     const r = t.apply([seen('f', 'FAILED', { error }), seen('c', 'COMPLETED')], T0 + 1);
@@ -318,32 +561,9 @@ describe('why an export ended badly', () => {
       ['f', error],
       ['c', null],
     ]);
-    expect(t.get('f')?.error).toEqual(error);
-    expect(t.get('c')?.error).toBeNull();
-  });
-});
-
-describe('Tracker.page', () => {
-  it('pages in id order with a keyset cursor, every record exactly once', () => {
-    const t = new Tracker({ retainMs: 1000 });
-    const all = Array.from({ length: 2500 }, (_, i) => `e${String((i * 7919) % 2500).padStart(5, '0')}`);
-    t.add(all, null, T0);
-    const seenIds: string[] = [];
-    let after: string | undefined;
-    for (;;) {
-      const { items, more } = t.page({ limit: 1000, after });
-      seenIds.push(...items.map((r) => r.id));
-      if (!more) break;
-      after = items.at(-1)?.id;
-    }
-    expect(seenIds).toEqual([...all].sort());
-  });
-
-  it('filters by state before paging', () => {
-    const t = tracker('a', 'b', 'c');
-    t.apply([seen('b', 'RUNNING')], T0 + 1);
-    expect(t.page({ limit: 10, state: 'UNKNOWN' }).items.map((r) => r.id)).toEqual(['a', 'c']);
-    expect(t.page({ limit: 1, state: 'UNKNOWN' })).toMatchObject({ more: true });
-    expect(t.page({ limit: 10, state: 'UNKNOWN', after: 'a' }).items.map((r) => r.id)).toEqual(['c']);
+    expect(r.changes.map((x) => [x.id, x.error])).toEqual([
+      ['f', error],
+      ['c', null],
+    ]);
   });
 });

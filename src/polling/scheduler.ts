@@ -1,30 +1,43 @@
 /**
- * The scheduler decides which exports to check and when, sends the checks, and turns what the
- * tracker concludes into log lines and notifications.
+ * The scheduler decides which exports to check and when, sends the checks, has what the tracker
+ * concludes stored, and turns it into log lines and events.
  *
  * Modes (`SchedulerMode`), changed only through `#setMode`, which asserts the allowed moves:
  * - `idle`: built, not started. Nothing is checked.
  * - `running`: checks flow. An export is due when its last check is older than the poll interval;
  *   a new one is due at once. Due ids are packed into as few calls as possible, the
- *   longest-unchecked first, so when the budget cannot cover every due id, checks stretch out
- *   evenly and none starves.
+ *   longest-unchecked first (`tracker.takeDue`, which costs O(ids taken + ids in flight)), so when
+ *   the budget cannot cover every due id, checks stretch out evenly and none starves.
  * - `unauthorized`: the platform refused the token on a whole call. One call a minute tests it;
  *   the first success returns to `running`.
  * - `stopping`: no new checks; calls in flight finish. `stopped` once they have.
  *
+ * After a successful call, in this order: the tracker previews the observations (nothing changes
+ * yet), warnings are logged, `deps.record` stores the changes (and queues their webhooks), and
+ * only once it resolves does the tracker commit the preview, and are transitions logged and
+ * emitted. So a state change is in memory only once it is stored, and an event is emitted only for
+ * a stored change. When `record` rejects, nothing is committed: the call's ids keep their state
+ * and their place in the due order, so they are due again, and the loop pauses as after a failed
+ * call (the same doubling pause), rather than spend the platform's quota on answers it cannot keep.
+ * A check that changed nothing has nothing to store: it is committed at once.
+ *
  * Invariants:
- * - At most one check of an export is in flight (`#inFlight`).
- * - At most `maxOutstanding` calls are handed to the limiter at once, so batches are formed late,
- *   from the ids due at that moment, and never sit stale in a queue.
- * - Terminal exports are never checked: the tracker drops them from its active set.
+ * - At most one check of an export is in flight (`#inFlight`), from the call until its results are
+ *   committed or dropped; so no export is in two uncommitted previews.
+ * - At most `maxOutstanding` calls are handed to the limiter or being recorded at once, so batches
+ *   are formed late, from the ids due at that moment, never sit stale in a queue, and a slow store
+ *   holds back new calls.
+ * - Terminal exports are never checked: the tracker drops them once their change is committed.
  * - The wake timer (`#wakeTimer`) exists whenever the loop is active: at the latest a heartbeat
  *   later, so `/healthz` sees the loop turn even while every call waits on the quota.
  */
 import type { Logger } from 'pino';
 import type { CheckResult } from '../platform/platform-client.js';
+import type { Bus } from '../shared/bus.js';
 import { PlatformError } from '../shared/errors.js';
-import { smallestK } from './top-k.js';
+import type { ExportChange } from '../store/store.js';
 import {
+  type CheckOutcome,
   SAMPLE_IDS,
   type Tracker,
   type TrackerWarning,
@@ -35,9 +48,6 @@ import {
 export const SCHEDULER_MODES = ['idle', 'running', 'unauthorized', 'stopping', 'stopped'] as const;
 export type SchedulerMode = (typeof SCHEDULER_MODES)[number];
 
-/** Finished records are dropped past their retention at most this often. */
-const PRUNE_EVERY_MS = 60_000;
-
 const ALLOWED_MOVES: Readonly<Record<SchedulerMode, readonly SchedulerMode[]>> = {
   idle: ['running', 'stopped'],
   running: ['unauthorized', 'stopping'],
@@ -46,29 +56,38 @@ const ALLOWED_MOVES: Readonly<Record<SchedulerMode, readonly SchedulerMode[]>> =
   stopped: [],
 };
 
+/** What one check changed, for the store. */
+export interface CheckRecord {
+  changes: readonly ExportChange[];
+  transitions: readonly Transition[];
+}
+
 /** What the scheduler needs from the rest of the daemon. */
 export interface SchedulerDeps {
   checkStatuses(ids: readonly string[]): Promise<CheckResult>;
   tracker: Tracker;
-  /** Called once per transition, after it is logged (webhooks, metrics). */
-  notify(transition: Transition): void;
+  /**
+   * Stores a check's changes in one transaction, then queues their webhooks; resolves once they
+   * are stored. Not called for a check that changed nothing. A rejection leaves the ids due.
+   */
+  record(check: CheckRecord): Promise<void>;
+  /** Gets 'check.result' after every call, and 'transition' for each stored transition. */
+  bus: Bus;
   now: () => number;
   log: Logger;
-  /** Called after every call, with its outcome (readiness, metrics). */
-  onCallResult?(result: { ok: true } | { ok: false; error: unknown }): void;
 }
 
 export interface SchedulerOptions {
   pollIntervalMs: number;
   batchSize: number;
-  /** Calls handed to the limiter at once. */
+  /** Calls handed to the limiter, or having their results stored, at once. */
   maxOutstanding?: number;
   /** How often a refused token is tried again. */
   unauthorizedRetryMs?: number;
   /** Pause after a call that failed even after its retries; doubles per failure up to the max. */
   failurePauseMs?: number;
   failurePauseMaxMs?: number;
-  /** Longest sleep while idle, so the loop visibly turns (health) and finished records are pruned. */
+  /** Longest sleep while idle, so the loop visibly turns (health). */
   heartbeatMs?: number;
 }
 
@@ -93,7 +112,6 @@ export class Scheduler {
   /** Exists between a poke and the pump it schedules, so bursts of new ids form full batches. */
   #pokeImmediate: NodeJS.Immediate | undefined;
   #lastTurnAt = 0;
-  #lastPruneAt = 0;
   #stopPromise: Promise<void> | undefined;
   readonly #waiters = new Set<{ test: () => boolean; resolve: () => void }>();
 
@@ -184,12 +202,6 @@ export class Scheduler {
     this.#clearWakeTimer();
     const now = this.#deps.now();
     this.#lastTurnAt = now;
-    if (now - this.#lastPruneAt >= PRUNE_EVERY_MS) {
-      this.#lastPruneAt = now;
-      const dropped = this.#deps.tracker.prune(now);
-      if (dropped.length > 0)
-        this.#deps.log.debug({ dropped: dropped.length }, 'finished exports past retention dropped');
-    }
     let nextWake = now + this.#heartbeatMs;
     if (now < this.#pausedUntil) {
       nextWake = Math.min(nextWake, this.#pausedUntil);
@@ -214,25 +226,11 @@ export class Scheduler {
 
   /**
    * Ids whose last check is older than the interval, not in flight, longest-unchecked first
-   * (never-checked ones first of all, in registration order); and when the next one falls due.
+   * (never-checked ones first of all, in the order tracked); and when the next one falls due.
    * At most `capacity` of them: what the free call slots can take.
    */
   #dueIds(now: number, capacity: number): { due: string[]; nextDueAt: number | undefined } {
-    const due: Array<{ id: string; since: number }> = [];
-    let nextDueAt: number | undefined;
-    for (const id of this.#deps.tracker.activeIds()) {
-      if (this.#inFlight.has(id)) continue;
-      const record = this.#deps.tracker.get(id);
-      if (!record) continue;
-      if (record.lastCheckedAt === null) {
-        due.push({ id, since: Number.NEGATIVE_INFINITY });
-        continue;
-      }
-      const dueAt = record.lastCheckedAt + this.#interval;
-      if (dueAt <= now) due.push({ id, since: record.lastCheckedAt });
-      else if (nextDueAt === undefined || dueAt < nextDueAt) nextDueAt = dueAt;
-    }
-    return { due: longestUnchecked(due, capacity).map((d) => d.id), nextDueAt };
+    return this.#deps.tracker.takeDue(now, this.#interval, capacity, (id) => this.#inFlight.has(id));
   }
 
   #send(batch: string[]): void {
@@ -256,25 +254,45 @@ export class Scheduler {
       });
   }
 
-  #onResult(result: CheckResult): void {
+  /** Previews, stores, then commits a call's answer: see the file header for why in this order. */
+  async #onResult(result: CheckResult): Promise<void> {
     const now = this.#deps.now();
-    this.#consecutiveFailures = 0;
-    this.#pausedUntil = 0;
     if (this.#mode === 'unauthorized') {
       this.#setMode('running');
       this.#deps.log.info('platform accepts the token again; checks resume');
     }
-    this.#deps.onCallResult?.({ ok: true });
-    const { transitions, warnings } = this.#deps.tracker.apply(result.observations, now);
-    this.#logWarnings([...result.warnings, ...warnings]);
-    for (const t of transitions) {
+    this.#deps.bus.emit('check.result', { ok: true });
+    const { tracker } = this.#deps;
+    const outcome = tracker.preview(result.observations, now);
+    this.#logWarnings([...result.warnings, ...outcome.warnings]);
+    if (!(await this.#store(outcome))) return;
+    tracker.commit(outcome);
+    this.#consecutiveFailures = 0;
+    this.#pausedUntil = 0;
+    for (const t of outcome.transitions) {
       this.#logTransition(t);
-      this.#deps.notify(t);
+      this.#deps.bus.emit('transition', t);
+    }
+  }
+
+  /** Has the outcome's changes stored; false (logged, paused) when the store refused them. */
+  async #store(outcome: CheckOutcome): Promise<boolean> {
+    if (outcome.changes.length === 0) return true;
+    try {
+      await this.#deps.record({ changes: outcome.changes, transitions: outcome.transitions });
+      return true;
+    } catch (error) {
+      const pause = this.#pauseAfterFailure();
+      this.#deps.log.error(
+        { err: error, changes: outcome.changes.length, pause_ms: pause },
+        'could not store the results of a check; the ids stay due',
+      );
+      return false;
     }
   }
 
   #onError(batch: readonly string[], error: unknown): void {
-    this.#deps.onCallResult?.({ ok: false, error });
+    this.#deps.bus.emit('check.result', { ok: false, error });
     if (!this.#isActive()) return; // stopping: the call was dropped or aborted
     const now = this.#deps.now();
     const code = error instanceof PlatformError ? error.code : undefined;
@@ -292,16 +310,22 @@ export class Scheduler {
       );
       return;
     }
+    const pause = this.#pauseAfterFailure();
+    this.#deps.log.error(
+      { ids: batch.length, code, err_message: (error as Error)?.message, pause_ms: pause },
+      'check failed after retries; ids stay due',
+    );
+  }
+
+  /** Pauses new calls after a failure, doubling per consecutive failure; returns the pause. */
+  #pauseAfterFailure(): number {
     this.#consecutiveFailures++;
     const pause = Math.min(
       this.#failurePauseMaxMs,
       this.#failurePauseMs * 2 ** Math.min(20, this.#consecutiveFailures - 1),
     );
-    this.#pausedUntil = now + pause;
-    this.#deps.log.error(
-      { ids: batch.length, code, err_message: (error as Error)?.message, pause_ms: pause },
-      'check failed after retries; ids stay due',
-    );
+    this.#pausedUntil = this.#deps.now() + pause;
+    return pause;
   }
 
   #logTransition(t: Transition): void {
@@ -379,12 +403,4 @@ export function summarizeWarnings(warnings: readonly TrackerWarning[]): WarningS
     for (const id of ids) if (summary.sample_ids.length < SAMPLE_IDS) summary.sample_ids.push(id);
   }
   return [...byReason.values()];
-}
-
-/**
- * The `k` entries with the smallest `since`, in that order; equal `since` keeps the input order.
- * O(n log k), so picking 200 of 100,000 due exports does not sort them all on every turn.
- */
-export function longestUnchecked<T extends { since: number }>(items: readonly T[], k: number): T[] {
-  return smallestK(items, k, (a, b) => a.since < b.since);
 }

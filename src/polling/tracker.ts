@@ -1,22 +1,38 @@
 /**
- * The tracker: what the watcher knows about each export, as a pure state machine.
+ * The tracker: what the watcher keeps in memory about each ACTIVE export, as a pure state machine
+ * (no I/O, no timers). Everything else about an export (metadata, history, the platform's
+ * objects, finished exports) is in the store; the tracker hands the store its changes.
  *
- * `apply(observations, now)` folds what the platform said into the records and returns the
- * transitions it caused, plus warnings worth logging. It owns no timers and does no I/O; the
- * scheduler decides when to check, turns transitions into log lines and webhooks, and passes `now`.
+ * A check goes through it in two steps, so that memory never runs ahead of the store:
+ * `preview(observations, now)` works out the transitions, store changes and warnings without
+ * changing anything; the caller stores the changes, and only then `commit`s the preview. A preview
+ * that is never committed (the store write failed) is simply dropped: its exports keep their
+ * state, misses and place in the due order, so they are still due. `apply` does both at once.
  *
  * Invariants, kept true here and nowhere else:
+ * - Only non-terminal exports are held. One that reaches COMPLETED, FAILED or LOST is dropped when
+ *   that check is committed; whether it may be tracked again is the store's decision.
+ * - What is held changes only through `track`, `untrack` and `commit`, so a state or miss count is
+ *   in memory only once the store has it.
+ * - `commit` applies a preview to an export only if it is still the same tracked export, in the
+ *   state and with the misses it had when previewed; otherwise (untracked, re-tracked, or changed
+ *   by another commit meanwhile) that part of the preview is ignored and the export stays due.
+ * - `#counts` is the number of held exports in each state, kept up to date on every change.
  * - States only move forward: UNKNOWN < PENDING < RUNNING < COMPLETED | FAILED | LOST. A report of
  *   an earlier state after a later one is stale: a warning, and no change.
- * - A jump (PENDING → COMPLETED) is one transition.
- * - A terminal record never changes again, and is never due.
+ * - One check makes at most one transition and one change per export; a jump (PENDING →
+ *   COMPLETED) is one transition.
  * - LOST means the platform said "no such job" or "no access" on `lostAfter` consecutive checks;
  *   any answer with the resource resets that count. Such a "missing" observation comes only from
  *   an error that is this export's own: one that names it, or one of as many anonymous error items
  *   as there are unanswered ids in an answer that is otherwise whole (`observationsFromBulk`).
+ * - Due order (`DueQueue`): never-checked exports first, in the order tracked, then the others by
+ *   their last committed check. A check that failed, or whose results were not stored, moves
+ *   nothing.
  */
 import type { PlatformErrorBody } from '../shared/errors.js';
-import { smallestK } from './top-k.js';
+import type { ActiveExport, ExportChange } from '../store/store.js';
+import { type DueIds, DueQueue, Link } from './due-queue.js';
 
 export const PLATFORM_STATES = ['PENDING', 'RUNNING', 'COMPLETED', 'FAILED'] as const;
 export type PlatformState = (typeof PLATFORM_STATES)[number];
@@ -43,28 +59,18 @@ export function isExportState(value: string): value is ExportState {
 /** The platform's export object, as received. Only `id` and `state` are relied on. */
 export type PlatformExport = Record<string, unknown> & { id: string; state: string };
 
-export interface ExportRecord {
+/** What memory holds of an active export: as little as scheduling and LOST need. */
+export interface TrackedExport {
   id: string;
   state: ExportState;
-  previousState: ExportState | null;
-  firstSeenAt: number;
-  stateChangedAt: number;
-  /** When the platform last answered about this export; null until the first answer. */
-  lastCheckedAt: number | null;
-  checks: number;
-  metadata: Record<string, unknown> | null;
-  history: Array<{ state: ExportState; at: number }>;
-  /** The platform's last object for this export, or null. */
-  export: PlatformExport | null;
   /** Consecutive "no such job" / "no access" answers; LOST at `lostAfter`. */
   misses: number;
-  /**
-   * Why it ended badly: for FAILED the platform's `error` on the job, for LOST the error that
-   * said the job does not exist or is not accessible. Null otherwise.
-   */
-  error: PlatformErrorBody | null;
-  /** The last "no such job" error while misses are counted, so LOST can say why. */
+  /** The last of those errors while misses are counted, so LOST can say why. */
   lastMiss: PlatformErrorBody | null;
+  /** When the last committed check was answered; null until then. */
+  lastCheckedAt: number | null;
+  /** Checks committed since this export was tracked (in this process). */
+  checks: number;
 }
 
 /** What one check said about one export. */
@@ -80,9 +86,9 @@ export interface Transition {
   from: ExportState;
   to: ExportState;
   at: number;
-  metadata: Record<string, unknown> | null;
+  /** The platform's object that came with the change; null for LOST. */
   export: PlatformExport | null;
-  /** As on the record: why a FAILED or LOST export ended so; null otherwise. */
+  /** Why a FAILED or LOST export ended so; null otherwise. */
   error: PlatformErrorBody | null;
 }
 
@@ -108,202 +114,285 @@ export interface TrackerWarning {
   detail: Record<string, unknown>;
 }
 
-/** Paging of `list`: keyset by id, ascending. */
-export interface PageQuery {
-  state?: ExportState | undefined;
-  /** Only ids after this one (the last id of the previous page). */
-  after?: string | undefined;
-  limit: number;
-}
-
-export interface ApplyResult {
+/** What one check concluded. */
+export interface CheckOutcome {
   transitions: Transition[];
+  /** What the store must write: one per export whose state or miss count changed. */
+  changes: ExportChange[];
   warnings: TrackerWarning[];
 }
 
 export interface TrackerOptions {
-  /** Consecutive not-found or no-access answers that make an export LOST. */
+  /** Consecutive not-found or no-access answers that make an export LOST; default 3. */
   lostAfter?: number;
-  /** How long a finished export stays queryable, in ms. */
-  retainMs: number;
+}
+
+/** The record held per active export: the public fields plus its links in the due order. */
+class Entry extends Link implements TrackedExport {
+  lastMiss: PlatformErrorBody | null = null;
+  lastCheckedAt: number | null = null;
+  checks = 0;
+
+  constructor(
+    readonly id: string,
+    public state: ExportState,
+    public misses: number,
+  ) {
+    super();
+  }
+}
+
+/** What a check would make of one export, worked out by `preview` for `commit`. */
+interface Draft {
+  readonly entry: Entry;
+  /** The entry's state and misses when previewed: `commit` applies the draft only if they still hold. */
+  readonly baseState: ExportState;
+  readonly baseMisses: number;
+  state: ExportState;
+  misses: number;
+  lastMiss: PlatformErrorBody | null;
+  /** The platform's object that came with a state change; null without one. */
+  export: PlatformExport | null;
+  error: PlatformErrorBody | null;
+}
+
+interface Preview {
+  at: number;
+  drafts: ReadonlyMap<Entry, Draft>;
 }
 
 export class Tracker {
-  readonly #records = new Map<string, ExportRecord>();
   readonly #lostAfter: number;
-  readonly #retainMs: number;
-  /** Ids not yet terminal, in registration order: the scheduler's working set. */
-  readonly #active = new Set<string>();
+  /** Active exports by id, in the order tracked. */
+  readonly #entries = new Map<string, Entry>();
+  readonly #due = new DueQueue<Entry>();
+  readonly #counts = zeroCounts();
+  /**
+   * Previews not yet committed, with what committing them writes. Weak, so that a preview whose
+   * store write failed is simply forgotten.
+   */
+  readonly #previews = new WeakMap<CheckOutcome, Preview>();
 
-  constructor(options: TrackerOptions) {
+  constructor(options: TrackerOptions = {}) {
     this.#lostAfter = options.lostAfter ?? 3;
-    this.#retainMs = options.retainMs;
-  }
-
-  /** Registers ids; known ones (watched or finished and still retained) are reported, not reset. */
-  add(
-    ids: readonly string[],
-    metadata: Record<string, unknown> | null,
-    now: number,
-  ): { accepted: string[]; alreadyWatched: string[] } {
-    const accepted: string[] = [];
-    const alreadyWatched: string[] = [];
-    for (const id of new Set(ids)) {
-      if (this.#records.has(id)) {
-        alreadyWatched.push(id);
-        continue;
-      }
-      this.#records.set(id, {
-        id,
-        state: 'UNKNOWN',
-        previousState: null,
-        firstSeenAt: now,
-        stateChangedAt: now,
-        lastCheckedAt: null,
-        checks: 0,
-        metadata,
-        history: [{ state: 'UNKNOWN', at: now }],
-        export: null,
-        misses: 0,
-        error: null,
-        lastMiss: null,
-      });
-      this.#active.add(id);
-      accepted.push(id);
-    }
-    return { accepted, alreadyWatched };
-  }
-
-  remove(id: string): boolean {
-    this.#active.delete(id);
-    return this.#records.delete(id);
-  }
-
-  get(id: string): ExportRecord | undefined {
-    return this.#records.get(id);
-  }
-
-  list(state?: ExportState): ExportRecord[] {
-    const all = [...this.#records.values()];
-    return state ? all.filter((r) => r.state === state) : all;
   }
 
   /**
-   * One page of records in id order, and whether more follow. Costs O(n log limit): the page is
-   * picked with a bounded heap, never by sorting every record.
+   * Starts tracking non-terminal exports: new ones (UNKNOWN, no misses) or, at start-up, those the
+   * store holds. They are due at once, before any checked export. Ids already tracked, and
+   * terminal exports, are ignored.
    */
-  page(query: PageQuery): { items: ExportRecord[]; more: boolean } {
-    const { state, after, limit } = query;
-    const matching = function* (records: Iterable<ExportRecord>) {
-      for (const r of records) {
-        if (state !== undefined && r.state !== state) continue;
-        if (after !== undefined && r.id <= after) continue;
-        yield r;
-      }
-    };
-    const picked = smallestK(matching(this.#records.values()), limit + 1, (a, b) => a.id < b.id);
-    const more = picked.length > limit;
-    return { items: more ? picked.slice(0, limit) : picked, more };
+  track(exports: readonly ActiveExport[]): void {
+    for (const { id, state, misses } of exports) {
+      if (isTerminal(state) || this.#entries.has(id)) continue;
+      const entry = new Entry(id, state, misses);
+      this.#entries.set(id, entry);
+      this.#due.addUnchecked(entry);
+      this.#counts[state]++;
+    }
   }
 
-  get size(): number {
-    return this.#records.size;
+  untrack(id: string): boolean {
+    const entry = this.#entries.get(id);
+    if (!entry) return false;
+    this.#forget(entry);
+    return true;
   }
 
-  /** Non-terminal ids, in registration order. */
-  activeIds(): IterableIterator<string> {
-    return this.#active.values();
+  /** A copy of what is held about an active export. */
+  get(id: string): TrackedExport | undefined {
+    const e = this.#entries.get(id);
+    if (!e) return undefined;
+    const { state, misses, lastMiss, lastCheckedAt, checks } = e;
+    return { id, state, misses, lastMiss, lastCheckedAt, checks };
+  }
+
+  has(id: string): boolean {
+    return this.#entries.has(id);
   }
 
   get activeCount(): number {
-    return this.#active.size;
+    return this.#entries.size;
   }
 
+  /** Active exports by state; terminal states are always 0 here (the store counts those). */
   countByState(): Record<ExportState, number> {
-    const counts = Object.fromEntries(EXPORT_STATES.map((s) => [s, 0])) as Record<ExportState, number>;
-    for (const r of this.#records.values()) counts[r.state]++;
-    return counts;
+    return { ...this.#counts };
   }
 
-  apply(observations: readonly Observation[], now: number): ApplyResult {
-    const transitions: Transition[] = [];
+  /** Active ids, in the order tracked. */
+  activeIds(): IterableIterator<string> {
+    return this.#entries.keys();
+  }
+
+  /**
+   * Up to `max` ids due at `now` (never checked, or last checked at least `intervalMs` ago),
+   * longest-unchecked first, skipping those for which `skip(id)` holds (in flight); and when the
+   * next one that is not due yet falls due. Costs O(max + skipped), never O(active).
+   */
+  takeDue(now: number, intervalMs: number, max: number, skip: (id: string) => boolean): DueIds {
+    return this.#due.take(now, intervalMs, max, skip);
+  }
+
+  /**
+   * What folding these observations in would do, without doing it: `commit` the result once its
+   * changes are stored. Observations of ids not tracked (untracked while the check was in
+   * flight, or already finished) are ignored.
+   */
+  preview(observations: readonly Observation[], now: number): CheckOutcome {
+    const drafts = new Map<Entry, Draft>();
     const warnings: TrackerWarning[] = [];
     for (const o of observations) {
-      const record = this.#records.get(o.id);
-      // Removed while the check was in flight, or already final: nothing more to say.
-      if (!record || isTerminal(record.state)) continue;
-      record.lastCheckedAt = now;
-      record.checks++;
-      if (o.kind === 'unanswered') {
-        warnings.push({
-          exportId: o.id,
-          reason: o.error ? 'item_error' : 'unanswered',
-          detail: o.error ? { error: o.error } : {},
-        });
-        continue;
+      const entry = this.#entries.get(o.id);
+      if (!entry) continue;
+      let draft = drafts.get(entry);
+      if (!draft) {
+        draft = startDraft(entry);
+        drafts.set(entry, draft);
       }
-      if (o.kind === 'missing') {
-        record.misses++;
-        record.lastMiss = o.error;
-        if (record.misses >= this.#lostAfter) {
-          transitions.push(this.#move(record, 'LOST', now, record.export, o.error));
-        }
-        continue;
-      }
-      record.misses = 0;
-      record.lastMiss = null;
-      const reported = o.resource.state;
-      if (!(PLATFORM_STATES as readonly string[]).includes(reported)) {
-        record.export = o.resource;
-        warnings.push({ exportId: o.id, reason: 'unknown_state', detail: { state: reported } });
-        continue;
-      }
-      const next = reported as PlatformState;
-      if (RANK[next] < RANK[record.state]) {
-        warnings.push({
-          exportId: o.id,
-          reason: 'stale_state',
-          detail: { state: next, current: record.state },
-        });
-        continue;
-      }
-      record.export = o.resource;
-      if (next !== record.state) {
-        const error = next === 'FAILED' ? platformError(o.resource.error) : null;
-        transitions.push(this.#move(record, next, now, o.resource, error));
-      }
+      if (!isTerminal(draft.state)) this.#observe(draft, o, warnings);
     }
-    return { transitions, warnings };
+    const outcome = conclude(drafts.values(), now, warnings);
+    this.#previews.set(outcome, { at: now, drafts });
+    return outcome;
   }
 
-  /** Drops finished records older than the retention; returns the ids dropped. */
-  prune(now: number): string[] {
-    const dropped: string[] = [];
-    for (const [id, r] of this.#records) {
-      if (isTerminal(r.state) && now - r.stateChangedAt >= this.#retainMs) {
-        this.#records.delete(id);
-        dropped.push(id);
-      }
+  /**
+   * Makes a preview so in memory: every export it answered is checked at the preview's time
+   * (moved to the tail of the due order) or, when it finished, dropped. At most once per preview.
+   */
+  commit(outcome: CheckOutcome): void {
+    const preview = this.#previews.get(outcome);
+    if (!preview) throw new Error('tracker: commit of an outcome that is not a pending preview');
+    this.#previews.delete(outcome);
+    for (const draft of preview.drafts.values()) {
+      if (this.#stillAsPreviewed(draft)) this.#commitDraft(draft, preview.at);
     }
-    return dropped;
   }
 
-  #move(
-    record: ExportRecord,
-    to: ExportState,
-    now: number,
-    exp: PlatformExport | null,
-    error: PlatformErrorBody | null,
-  ): Transition {
-    const from = record.state;
-    record.previousState = from;
-    record.state = to;
-    record.stateChangedAt = now;
-    record.history.push({ state: to, at: now });
-    record.error = error;
-    if (isTerminal(to)) this.#active.delete(record.id);
-    return { exportId: record.id, from, to, at: now, metadata: record.metadata, export: exp, error };
+  /** `preview` and `commit` at once: for callers with nothing to store first. */
+  apply(observations: readonly Observation[], now: number): CheckOutcome {
+    const outcome = this.preview(observations, now);
+    this.commit(outcome);
+    return outcome;
   }
+
+  /** Folds one observation into a draft, by the rules in the file header. */
+  #observe(draft: Draft, o: Observation, warnings: TrackerWarning[]): void {
+    if (o.kind === 'unanswered') {
+      warnings.push({
+        exportId: o.id,
+        reason: o.error ? 'item_error' : 'unanswered',
+        detail: o.error ? { error: o.error } : {},
+      });
+      return;
+    }
+    if (o.kind === 'missing') {
+      draft.misses++;
+      draft.lastMiss = o.error;
+      if (draft.misses >= this.#lostAfter) move(draft, 'LOST', null, o.error);
+      return;
+    }
+    draft.misses = 0;
+    draft.lastMiss = null;
+    const reported = o.resource.state;
+    if (!(PLATFORM_STATES as readonly string[]).includes(reported)) {
+      warnings.push({ exportId: o.id, reason: 'unknown_state', detail: { state: reported } });
+      return;
+    }
+    const next = reported as PlatformState;
+    if (RANK[next] < RANK[draft.state]) {
+      warnings.push({ exportId: o.id, reason: 'stale_state', detail: { state: next, current: draft.state } });
+      return;
+    }
+    if (next !== draft.state) {
+      move(draft, next, o.resource, next === 'FAILED' ? platformError(o.resource.error) : null);
+    }
+  }
+
+  #stillAsPreviewed(draft: Draft): boolean {
+    const { entry } = draft;
+    return (
+      this.#entries.get(entry.id) === entry &&
+      entry.state === draft.baseState &&
+      entry.misses === draft.baseMisses
+    );
+  }
+
+  #commitDraft(draft: Draft, at: number): void {
+    const { entry } = draft;
+    if (isTerminal(draft.state)) {
+      this.#forget(entry);
+      return;
+    }
+    this.#counts[entry.state]--;
+    this.#counts[draft.state]++;
+    entry.state = draft.state;
+    entry.misses = draft.misses;
+    entry.lastMiss = draft.lastMiss;
+    entry.lastCheckedAt = at;
+    entry.checks++;
+    this.#due.moveToChecked(entry);
+  }
+
+  #forget(entry: Entry): void {
+    this.#entries.delete(entry.id);
+    this.#due.remove(entry);
+    this.#counts[entry.state]--;
+  }
+}
+
+function zeroCounts(): Record<ExportState, number> {
+  return Object.fromEntries(EXPORT_STATES.map((s) => [s, 0])) as Record<ExportState, number>;
+}
+
+function startDraft(entry: Entry): Draft {
+  const { state, misses, lastMiss } = entry;
+  return { entry, baseState: state, baseMisses: misses, state, misses, lastMiss, export: null, error: null };
+}
+
+function move(
+  draft: Draft,
+  to: ExportState,
+  exp: PlatformExport | null,
+  error: PlatformErrorBody | null,
+): void {
+  draft.state = to;
+  draft.export = exp;
+  draft.error = error;
+}
+
+/** The transitions and store changes of a preview's drafts. */
+function conclude(drafts: Iterable<Draft>, at: number, warnings: TrackerWarning[]): CheckOutcome {
+  const transitions: Transition[] = [];
+  const changes: ExportChange[] = [];
+  for (const d of drafts) {
+    const { id } = d.entry;
+    const moved = d.state !== d.baseState;
+    if (moved) {
+      transitions.push({
+        exportId: id,
+        from: d.baseState,
+        to: d.state,
+        at,
+        export: d.export,
+        error: d.error,
+      });
+    }
+    if (moved || d.misses !== d.baseMisses) {
+      changes.push({
+        id,
+        from: d.baseState,
+        to: d.state,
+        at,
+        misses: d.misses,
+        lastMiss: d.lastMiss,
+        export: d.export,
+        error: d.error,
+      });
+    }
+  }
+  return { transitions, changes, warnings };
 }
 
 /**

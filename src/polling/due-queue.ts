@@ -1,0 +1,106 @@
+/**
+ * The order in which active exports fall due, kept so that picking the next few costs
+ * O(picked + skipped), never O(active): at 100,000 exports, scanning them all on every turn of the
+ * scheduler made one sweep quadratic.
+ *
+ * Two FIFO queues of intrusive links (circular, doubly linked, each with a sentinel), so that
+ * appending, moving and removing an entry are O(1) and allocate nothing:
+ * - `unchecked`: exports never checked, in the order they were added. All of them are due.
+ * - `checked`: exports checked at least once, in the order their checks were committed.
+ *
+ * Invariants:
+ * - An entry is in exactly one queue while it is in the `DueQueue`: `unchecked` while its
+ *   `lastCheckedAt` is null, `checked` after.
+ * - An entry moves only when a check of it is committed (to the tail of `checked`), or leaves.
+ *   Entries in flight stay in place, and the walk skips them: its extra cost is bounded by the
+ *   ids in flight (the scheduler's maxOutstanding × batch), which all sit near the heads.
+ * - Checks are committed at non-decreasing times, so `checked` is also ordered by
+ *   `lastCheckedAt`, hence by the time each entry falls due: the walk stops at the first entry
+ *   that is not due yet. When two calls' results are committed out of order, the later-committed
+ *   ids wait behind the earlier ones, at most by the time the slower commit took.
+ */
+
+/** A link of a circular list. A lone link points at itself: unlinking it again is harmless. */
+export class Link {
+  prev: Link = this;
+  next: Link = this;
+}
+
+/** What the queue needs of an entry: its id, and when it was last checked. */
+export type DueEntry = Link & { readonly id: string; readonly lastCheckedAt: number | null };
+
+/** Removes a link from whichever list holds it. */
+function unlink(link: Link): void {
+  link.prev.next = link.next;
+  link.next.prev = link.prev;
+  link.prev = link;
+  link.next = link;
+}
+
+/** A FIFO of links behind one sentinel. */
+class Fifo<T extends Link> {
+  readonly #sentinel = new Link();
+
+  push(entry: T): void {
+    const last = this.#sentinel.prev;
+    entry.prev = last;
+    entry.next = this.#sentinel;
+    last.next = entry;
+    this.#sentinel.prev = entry;
+  }
+
+  first(): T | undefined {
+    return this.after(this.#sentinel);
+  }
+
+  after(link: Link): T | undefined {
+    return link.next === this.#sentinel ? undefined : (link.next as T);
+  }
+}
+
+export interface DueIds {
+  /** Due ids, longest-unchecked first (never-checked ones first of all). */
+  due: string[];
+  /**
+   * When the first checked id that is not due yet falls due; undefined when the walk stopped at
+   * `max` before reaching one, or when no such id exists.
+   */
+  nextDueAt: number | undefined;
+}
+
+export class DueQueue<T extends DueEntry> {
+  readonly #unchecked = new Fifo<T>();
+  readonly #checked = new Fifo<T>();
+
+  /** Adds a never-checked entry: due at once, after the never-checked ones already here. */
+  addUnchecked(entry: T): void {
+    this.#unchecked.push(entry);
+  }
+
+  /** Moves an entry whose check was just committed to the tail of the checked ones. */
+  moveToChecked(entry: T): void {
+    unlink(entry);
+    this.#checked.push(entry);
+  }
+
+  remove(entry: T): void {
+    unlink(entry);
+  }
+
+  /**
+   * Up to `max` ids due at `now`, skipping those for which `skip(id)` holds. `skip` is asked only
+   * about due entries, so it runs at most `max` + (skipped entries) times.
+   */
+  take(now: number, intervalMs: number, max: number, skip: (id: string) => boolean): DueIds {
+    const due: string[] = [];
+    for (let e = this.#unchecked.first(); e && due.length < max; e = this.#unchecked.after(e)) {
+      if (!skip(e.id)) due.push(e.id);
+    }
+    for (let e = this.#checked.first(); e && due.length < max; e = this.#checked.after(e)) {
+      const dueAt = e.lastCheckedAt! + intervalMs;
+      if (dueAt > now) return { due, nextDueAt: dueAt };
+      if (!skip(e.id)) due.push(e.id);
+    }
+    return { due, nextDueAt: undefined };
+  }
+}
