@@ -3,7 +3,7 @@
  * webhooks"). Pure: building an event needs the transition and nothing else.
  */
 
-import type { ExportState, Transition } from '../polling/tracker.js';
+import type { ExportState } from '../polling/tracker.js';
 import type { PlatformErrorBody } from '../shared/errors.js';
 
 export const EVENT_TYPES = ['export.running', 'export.completed', 'export.failed', 'export.lost'] as const;
@@ -46,10 +46,26 @@ const EVENT_FOR_STATE: Partial<Record<ExportState, EventType>> = {
   LOST: 'export.lost',
 };
 
-/** The event for a transition, or null when the new state has no event (PENDING, UNKNOWN). */
-export function eventForTransition(t: Transition): ExportEvent | null {
+/** What an event is built from: a state change, as the tracker reports it. */
+export interface StateChange {
+  exportId: string;
+  from: ExportState;
+  to: ExportState;
+  at: number;
+  export: Record<string, unknown> | null;
+  error: PlatformErrorBody | null;
+}
+
+/**
+ * The event for a state change, with the export's metadata; null when the new state has no event
+ * (PENDING, UNKNOWN) or the state did not change.
+ */
+export function eventForTransition(
+  t: StateChange,
+  metadata: Record<string, unknown> | null,
+): ExportEvent | null {
   const type = EVENT_FOR_STATE[t.to];
-  if (!type) return null;
+  if (!type || t.from === t.to) return null;
   return {
     id: webhookId(t.exportId, type),
     type,
@@ -61,7 +77,7 @@ export function eventForTransition(t: Transition): ExportEvent | null {
         export_id: t.exportId,
         state: t.to,
         previous_state: t.from,
-        metadata: t.metadata,
+        metadata,
         export: t.to === 'LOST' ? null : t.export,
         error: t.error,
       },

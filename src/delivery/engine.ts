@@ -1,0 +1,618 @@
+/**
+ * The delivery engine: sends the events the store holds to every endpoint, at least once, under
+ * a stable `webhook-id`, and writes each outcome back. The store is the outbox: an event and its
+ * deliveries are committed with the state change that caused them, before this engine sees them,
+ * so a crash at any point loses nothing (docs/design.md, "Delivery").
+ *
+ * Model. Each endpoint is an independent queue. The engine *claims* due deliveries of an endpoint
+ * from the store in small batches (a lease keeps them from being claimed twice), holds at most
+ * `4 × concurrency` of them, and runs at most `concurrency` attempts at once; a slow endpoint
+ * fills only its own slots. Only this bounded window lives in memory; the backlog stays on disk.
+ *
+ * Retries come in two tiers:
+ * - quick: the first claim of a series makes up to `quickAttempts` attempts, 1 s then 2 s apart
+ *   (jittered), which rides out a receiver restart without touching the disk;
+ * - durable: after that the delivery goes back to the store with `next_attempt_at` set by an
+ *   exponential backoff on its attempt count (1 s doubling to 1 h, times a jitter in [1, 2)), never
+ *   sooner than a `Retry-After`, and never past the series' max age: the last attempt lands at
+ *   `WATCHER_WEBHOOK_MAX_AGE`, after which the delivery is `failed` (given up). A `Retry-After`
+ *   past the max age gives up at once. 410 Gone is final (`gone`).
+ *
+ * Outcomes are written in batches (every `flushDelayMs` or 500 records): losing the last batch in
+ * a crash means one more attempt under the same webhook-id, which receivers de-duplicate.
+ *
+ * Close. `close(deadlineMs)` stops claiming and ends retry waits at once; attempts in flight may
+ * finish until the deadline, then they are aborted. Everything unfinished stays pending in the
+ * store and is sent at the next start.
+ */
+import pRetry from 'p-retry';
+import type { Logger } from 'pino';
+import { Agent, type Dispatcher } from 'undici';
+import type { Bus } from '../shared/bus.js';
+import { settlesWithin } from '../shared/deadline.js';
+import { isRetryable, WatcherError } from '../shared/errors.js';
+import {
+  type AttemptRecord,
+  type DeliveryJob,
+  type DeliveryStatus,
+  type EndpointRef,
+  endpointKey,
+  type Store,
+} from '../store/store.js';
+import { type AttemptAnswer, endpointLabel, sendAttempt } from './attempt.js';
+
+export const DEFAULT_CONCURRENCY_PER_ENDPOINT = 8;
+export const DEFAULT_QUICK_ATTEMPTS = 3;
+export const DEFAULT_RETRY = { minTimeoutMs: 1_000, maxTimeoutMs: 3_600_000, factor: 2 } as const;
+/** A Retry-After longer than this ends the quick tier: the wait is kept on disk instead. */
+const QUICK_RETRY_AFTER_MAX_MS = 5_000;
+/** How long a claim holds a delivery; ended at start-up by `releaseLeases`. */
+const LEASE_MS = 15 * 60_000;
+/** Records written in one transaction at most. */
+const FLUSH_BATCH = 500;
+/** The longest an endpoint sleeps without looking at the store (a redelivery wakes it sooner). */
+const MAX_IDLE_MS = 30_000;
+
+export type DeliveryOutcome = 'delivered' | 'gone' | 'given_up';
+
+/** Waits `ms` on the global timer (fake timers drive it in tests); rejects when `signal` aborts. */
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise<void>((resolve, reject) => {
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(signal.reason);
+    };
+    const timer = setTimeout(() => {
+      signal.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+export interface AttemptResult {
+  /** The endpoint's label: its URL without credentials, query or fragment. */
+  endpoint: string;
+  webhookId: string;
+  attempt: number;
+  outcome: AttemptAnswer['outcome'];
+  status: number;
+  code: string | undefined;
+  durationMs: number;
+}
+
+export interface DeliveryEngineOptions {
+  store: Store;
+  urls: readonly string[];
+  /** The parsed secret; when absent, no `webhook-signature` header is sent. */
+  secretKey?: Buffer | undefined;
+  /** One attempt's limit (WATCHER_WEBHOOK_TIMEOUT). */
+  timeoutMs: number;
+  /** A series is retried until it is this old (WATCHER_WEBHOOK_MAX_AGE). */
+  maxAgeMs: number;
+  userAgent: string;
+  log: Logger;
+  bus: Bus;
+  now?: () => number;
+  /** Default: a keep-alive Agent owned (and closed) by the engine. */
+  dispatcher?: Dispatcher;
+  concurrencyPerEndpoint?: number;
+  quickAttempts?: number;
+  retry?: { minTimeoutMs?: number; maxTimeoutMs?: number; factor?: number };
+  /** How long outcomes wait to be written with others. Default 20 ms. */
+  flushDelayMs?: number;
+  /** Jitter source in [0, 1); default Math.random. */
+  random?: () => number;
+}
+
+/** At most `limit` holders; waiters are served in arrival order and leave when their signal aborts. */
+class Slots {
+  readonly #limit: number;
+  #held = 0;
+  readonly #waiting = new Set<() => void>();
+
+  constructor(limit: number) {
+    this.#limit = limit;
+  }
+
+  acquire(signal: AbortSignal): Promise<void> {
+    if (signal.aborted) return Promise.reject(signal.reason);
+    if (this.#held < this.#limit && this.#waiting.size === 0) {
+      this.#held++;
+      return Promise.resolve();
+    }
+    return new Promise<void>((resolve, reject) => {
+      const grant = () => {
+        signal.removeEventListener('abort', onAbort);
+        resolve();
+      };
+      const onAbort = () => {
+        this.#waiting.delete(grant);
+        reject(signal.reason);
+      };
+      this.#waiting.add(grant);
+      signal.addEventListener('abort', onAbort, { once: true });
+    });
+  }
+
+  release(): void {
+    const next = this.#waiting.values().next();
+    if (next.done) {
+      this.#held--;
+      return;
+    }
+    // The slot passes straight to the oldest waiter.
+    this.#waiting.delete(next.value);
+    next.value();
+  }
+}
+
+interface Endpoint {
+  /** As configured: where requests go. Never logged, since it may carry a token. */
+  readonly url: string;
+  readonly ref: EndpointRef;
+  readonly slots: Slots;
+  /** Claimed deliveries by webhook-id: waiting for a slot, in flight, or in a quick retry wait. */
+  readonly held: Map<string, Held>;
+  readonly log: Logger;
+  timer: NodeJS.Timeout | undefined;
+  pumping: boolean;
+  /** A pump was asked for while one ran: it runs again. */
+  again: boolean;
+}
+
+interface Held {
+  readonly job: DeliveryJob;
+  /** Ends a slot or retry wait (close, cancel). */
+  readonly stop: AbortController;
+  inFlight: boolean;
+}
+
+export class DeliveryEngine {
+  readonly #o: DeliveryEngineOptions;
+  readonly #endpoints: readonly Endpoint[];
+  readonly #now: () => number;
+  readonly #random: () => number;
+  readonly #retry: { minTimeoutMs: number; maxTimeoutMs: number; factor: number };
+  readonly #concurrency: number;
+  readonly #quickAttempts: number;
+  readonly #dispatcher: Dispatcher;
+  readonly #ownedAgent: Agent | undefined;
+  /** Aborted at the close deadline: ends attempts in flight. */
+  readonly #deadline = new AbortController();
+  readonly #runs = new Set<Promise<void>>();
+  #records: AttemptRecord[] = [];
+  #flushTimer: NodeJS.Timeout | undefined;
+  #flushing: Promise<void> = Promise.resolve();
+  readonly #settledWaiters = new Set<() => void>();
+  #closing: Promise<void> | undefined;
+  #started = false;
+
+  constructor(options: DeliveryEngineOptions) {
+    this.#o = options;
+    this.#now = options.now ?? Date.now;
+    this.#random = options.random ?? Math.random;
+    this.#retry = {
+      minTimeoutMs: options.retry?.minTimeoutMs ?? DEFAULT_RETRY.minTimeoutMs,
+      maxTimeoutMs: options.retry?.maxTimeoutMs ?? DEFAULT_RETRY.maxTimeoutMs,
+      factor: options.retry?.factor ?? DEFAULT_RETRY.factor,
+    };
+    this.#concurrency = options.concurrencyPerEndpoint ?? DEFAULT_CONCURRENCY_PER_ENDPOINT;
+    this.#quickAttempts = options.quickAttempts ?? DEFAULT_QUICK_ATTEMPTS;
+    this.#ownedAgent = options.dispatcher ? undefined : new Agent({ keepAliveTimeout: 10_000 });
+    this.#dispatcher = options.dispatcher ?? (this.#ownedAgent as Agent);
+    const endpoints: Endpoint[] = [];
+    for (const url of options.urls) {
+      const ref = { key: endpointKey(url), label: endpointLabel(url) };
+      if (endpoints.some((e) => e.url === url)) {
+        options.log.warn(
+          { endpoint: ref.label },
+          'webhook endpoint listed twice; it receives each event once',
+        );
+        continue;
+      }
+      endpoints.push({
+        url,
+        ref,
+        slots: new Slots(this.#concurrency),
+        held: new Map(),
+        log: options.log.child({ endpoint: ref.label }),
+        timer: undefined,
+        pumping: false,
+        again: false,
+      });
+    }
+    this.#endpoints = endpoints;
+  }
+
+  /** The configured endpoints as the store knows them (key and label). */
+  get endpoints(): EndpointRef[] {
+    return this.#endpoints.map((e) => e.ref);
+  }
+
+  /** Finds a configured endpoint by its URL as configured, or by its label. */
+  findEndpoint(urlOrLabel: string): EndpointRef | undefined {
+    const byUrl = this.#endpoints.find((e) => e.url === urlOrLabel);
+    if (byUrl) return byUrl.ref;
+    const byLabel = this.#endpoints.filter((e) => e.ref.label === urlOrLabel);
+    return byLabel.length === 1 ? byLabel[0]?.ref : undefined;
+  }
+
+  /** Deliveries held in memory now (claimed, not yet written back). */
+  held(): number {
+    let count = 0;
+    for (const e of this.#endpoints) count += e.held.size;
+    return count;
+  }
+
+  /**
+   * Makes deliveries leased by an earlier process due again, warns about deliveries to endpoints
+   * no longer configured, and starts sending.
+   */
+  async start(): Promise<void> {
+    if (this.#started) return;
+    this.#started = true;
+    const now = this.#now();
+    await this.#o.store.releaseLeases(now);
+    const orphaned = await this.#o.store.countOrphanedPending(this.#endpoints.map((e) => e.ref.key));
+    if (orphaned > 0) {
+      this.#o.log.warn(
+        { count: orphaned },
+        'pending webhook deliveries to endpoints no longer in WATCHER_WEBHOOK_URLS; they wait until that endpoint is configured again',
+      );
+    }
+    this.poke();
+  }
+
+  /** Looks for due deliveries now: new events were committed, or some were redelivered. */
+  poke(): void {
+    if (!this.#started || this.#closing) return;
+    for (const e of this.#endpoints) void this.#pump(e);
+  }
+
+  /**
+   * Ends the waits of an export's held deliveries (its export was un-watched and the store has
+   * dropped its pending rows). Attempts in flight finish but are not retried.
+   */
+  cancel(exportId: string): void {
+    for (const e of this.#endpoints) {
+      for (const held of e.held.values()) {
+        if (held.job.exportId === exportId) held.stop.abort(new Error('webhook delivery cancelled'));
+      }
+    }
+  }
+
+  /**
+   * Resolves when nothing is held in memory and the store has no pending delivery to a configured
+   * endpoint. `watch` waits on this before it exits.
+   */
+  async settled(): Promise<void> {
+    for (;;) {
+      await this.#flushNow();
+      if (this.held() === 0 && (await this.#pendingHere()) === 0) return;
+      await new Promise<void>((resolve) => this.#settledWaiters.add(resolve));
+    }
+  }
+
+  /** Stops claiming; lets attempts in flight finish until `deadlineMs`, then aborts them. Idempotent. */
+  close(deadlineMs: number): Promise<void> {
+    this.#closing ??= this.#close(deadlineMs);
+    return this.#closing;
+  }
+
+  async #close(deadlineMs: number): Promise<void> {
+    for (const e of this.#endpoints) {
+      if (e.timer) clearTimeout(e.timer);
+      e.timer = undefined;
+      for (const held of e.held.values()) {
+        if (!held.inFlight) held.stop.abort(new Error('webhook delivery stopped: closing'));
+      }
+    }
+    const inTime = await settlesWithin(Promise.allSettled(this.#runs), deadlineMs);
+    if (!inTime) {
+      this.#deadline.abort(
+        new WatcherError('SHUTTING_DOWN', `webhook attempt aborted at the ${deadlineMs} ms close deadline`),
+      );
+      await Promise.allSettled(this.#runs);
+    }
+    await this.#flushNow();
+    if (this.#ownedAgent) await (inTime ? this.#ownedAgent.close() : this.#ownedAgent.destroy());
+  }
+
+  async #pendingHere(): Promise<number> {
+    const counts = await this.#o.store.deliveryCounts();
+    if (counts.pending === 0) return 0;
+    return counts.pending - (await this.#o.store.countOrphanedPending(this.#endpoints.map((e) => e.ref.key)));
+  }
+
+  /** Claims what is due for one endpoint, up to its window, then sleeps until the next due time. */
+  async #pump(e: Endpoint): Promise<void> {
+    if (e.pumping) {
+      e.again = true;
+      return;
+    }
+    e.pumping = true;
+    try {
+      do {
+        e.again = false;
+        await this.#claim(e);
+        // A poke that comes during the due-time lookup is served by another turn, not the idle timer.
+        if (!e.again) await this.#sleepUntilDue(e);
+      } while (e.again && !this.#closing);
+    } catch (error) {
+      e.log.error({ err: error }, 'could not read due webhook deliveries; trying again shortly');
+      this.#wakeIn(e, 1000);
+    } finally {
+      e.pumping = false;
+    }
+  }
+
+  async #claim(e: Endpoint): Promise<void> {
+    const window = this.#concurrency * 4;
+    while (!this.#closing && e.held.size < window) {
+      const room = window - e.held.size;
+      const now = this.#now();
+      const jobs = await this.#o.store.claimDue(e.ref.key, now, room, now + LEASE_MS);
+      for (const job of jobs) this.#hold(e, job);
+      if (jobs.length < room) return;
+    }
+  }
+
+  async #sleepUntilDue(e: Endpoint): Promise<void> {
+    if (this.#closing || e.held.size >= this.#concurrency * 4) return;
+    const next = await this.#o.store.nextDueAt(e.ref.key);
+    const wait = next === null ? MAX_IDLE_MS : Math.min(MAX_IDLE_MS, Math.max(0, next - this.#now()));
+    this.#wakeIn(e, wait);
+  }
+
+  #wakeIn(e: Endpoint, ms: number): void {
+    if (this.#closing) return;
+    if (e.timer) clearTimeout(e.timer);
+    e.timer = setTimeout(() => {
+      e.timer = undefined;
+      void this.#pump(e);
+    }, ms);
+    e.timer.unref?.();
+  }
+
+  #hold(e: Endpoint, job: DeliveryJob): void {
+    // A claim never returns what this process holds, unless a redelivery reset it meanwhile.
+    if (e.held.has(job.eventId)) return;
+    const held: Held = { job, stop: new AbortController(), inFlight: false };
+    e.held.set(job.eventId, held);
+    this.#o.bus.emit('delivery.depth', { endpoint: e.ref.label, depth: e.held.size });
+    const run = this.#run(e, held).finally(() => {
+      this.#runs.delete(run);
+      e.held.delete(job.eventId);
+      this.#o.bus.emit('delivery.depth', { endpoint: e.ref.label, depth: e.held.size });
+      if (!this.#closing) void this.#pump(e);
+    });
+    this.#runs.add(run);
+  }
+
+  /** One claim's life: the quick tier of attempts, then the outcome written back. Never rejects. */
+  async #run(e: Endpoint, held: Held): Promise<void> {
+    const { job } = held;
+    let attempts = job.attempts;
+    let last: AttemptAnswer | undefined;
+    /** No attempt before this (a `Retry-After` short enough for the quick tier). */
+    let notBefore = 0;
+    const quickMax = this.#retry.minTimeoutMs * this.#retry.factor ** Math.max(0, this.#quickAttempts - 2);
+    try {
+      await pRetry(
+        async () => {
+          const wait = notBefore - this.#now();
+          if (wait > 0) await sleep(wait, held.stop.signal);
+          // Counted once made: a wait for a slot ended by close or cancel is no attempt.
+          const answer = await this.#attempt(e, held, attempts + 1);
+          attempts++;
+          last = answer;
+          notBefore = answer.retryAfterMs ? this.#now() + answer.retryAfterMs : 0;
+          if (answer.outcome === 'failure' && answer.error) throw answer.error;
+        },
+        {
+          // The quick tier opens a series; a later claim makes one attempt, so the waits keep
+          // doubling (4 s, 8 s, 16 s, ...) instead of coming in bursts.
+          retries: job.attempts === 0 ? this.#quickAttempts - 1 : 0,
+          minTimeout: this.#retry.minTimeoutMs,
+          maxTimeout: Math.min(quickMax, this.#retry.maxTimeoutMs),
+          factor: this.#retry.factor,
+          randomize: true,
+          // The quick waits are cut so that the last attempt lands at the max age, not after it.
+          maxRetryTime: Math.max(0, this.#ageLeft(job)),
+          signal: held.stop.signal,
+          shouldRetry: ({ error }) =>
+            !this.#closing &&
+            isRetryable(error) &&
+            this.#ageLeft(job) > 0 &&
+            (last?.retryAfterMs ?? 0) <= Math.min(QUICK_RETRY_AFTER_MAX_MS, this.#ageLeft(job)),
+        },
+      );
+    } catch {
+      // The outcome is read from `last` below.
+    }
+    if (attempts === job.attempts && held.stop.signal.aborted && !this.#closing) {
+      // Cancelled before any attempt: the store has already dropped the row.
+      return;
+    }
+    this.#settle(e, job, attempts, last);
+  }
+
+  /** One HTTP attempt, holding a slot of the endpoint only while it is in flight. */
+  async #attempt(e: Endpoint, held: Held, attempt: number): Promise<AttemptAnswer> {
+    await e.slots.acquire(held.stop.signal);
+    held.inFlight = true;
+    this.#o.bus.emit('delivery.attempt_started', { endpoint: e.ref.label });
+    let answer: AttemptAnswer;
+    try {
+      answer = await sendAttempt({
+        url: e.url,
+        webhookId: held.job.eventId,
+        body: held.job.body,
+        secretKey: this.#o.secretKey,
+        userAgent: this.#o.userAgent,
+        timeoutMs: this.#o.timeoutMs,
+        dispatcher: this.#dispatcher,
+        signal: this.#deadline.signal,
+        nowMs: this.#now(),
+      });
+    } finally {
+      held.inFlight = false;
+      e.slots.release();
+    }
+    this.#o.bus.emit('delivery.attempt', {
+      endpoint: e.ref.label,
+      webhookId: held.job.eventId,
+      attempt,
+      outcome: answer.outcome,
+      status: answer.status,
+      code: answer.error?.code,
+      durationMs: answer.durationMs,
+    });
+    const fields = {
+      webhook_id: held.job.eventId,
+      export_id: held.job.exportId,
+      attempt,
+      status: answer.status,
+      duration_ms: answer.durationMs,
+    };
+    if (answer.outcome === 'success') e.log.debug(fields, 'webhook delivered');
+    else if (answer.outcome === 'gone')
+      e.log.warn(fields, 'webhook endpoint answered 410 Gone; this event is no longer sent to it');
+    else if (answer.error?.code === 'SHUTTING_DOWN')
+      e.log.warn(fields, 'webhook attempt aborted: close deadline passed');
+    else
+      e.log.warn(
+        {
+          ...fields,
+          code: answer.error?.code,
+          error: answer.error?.message,
+          retry_after_ms: answer.retryAfterMs,
+        },
+        'webhook attempt failed',
+      );
+    return answer;
+  }
+
+  /** Decides what the store keeps after a claim: final, or pending with its next attempt time. */
+  #settle(e: Endpoint, job: DeliveryJob, attempts: number, last: AttemptAnswer | undefined): void {
+    const now = this.#now();
+    const base = {
+      eventId: job.eventId,
+      endpointKey: job.endpointKey,
+      attempts,
+      lastStatus: last ? last.status : null,
+      lastError: last?.error ? `${last.error.code}: ${last.error.message}` : null,
+    };
+    const final = (status: DeliveryStatus) =>
+      this.#record({ ...base, status, nextAttemptAt: null, finishedAt: now });
+    const pendingAt = (at: number) =>
+      this.#record({ ...base, status: 'pending', nextAttemptAt: at, finishedAt: null });
+    if (last?.outcome === 'success') {
+      final('delivered');
+      this.#finished(e, 'delivered');
+      return;
+    }
+    if (last?.outcome === 'gone') {
+      final('gone');
+      this.#finished(e, 'gone');
+      return;
+    }
+    // Stopped by close, or never attempted: due again at once, at the next start.
+    if (this.#closing || !last) {
+      pendingAt(now);
+      return;
+    }
+    const ageLeft = this.#ageLeft(job);
+    const retryAfter = last.retryAfterMs ?? 0;
+    if (ageLeft <= 0 || retryAfter >= ageLeft) {
+      final('failed');
+      this.#givenUp(e, job, attempts, last, retryAfter >= ageLeft && ageLeft > 0);
+      return;
+    }
+    const delay = Math.max(this.#backoff(attempts), retryAfter);
+    pendingAt(now + Math.min(delay, ageLeft));
+  }
+
+  /** The wait after `attempts` attempts: min × factor^(attempts − 1), capped, times [1, 2). */
+  #backoff(attempts: number): number {
+    const { minTimeoutMs, maxTimeoutMs, factor } = this.#retry;
+    const base = Math.min(maxTimeoutMs, minTimeoutMs * factor ** Math.max(0, attempts - 1));
+    return Math.round(base * (1 + this.#random()));
+  }
+
+  #ageLeft(job: DeliveryJob): number {
+    return this.#o.maxAgeMs - (this.#now() - job.seriesStartedAt);
+  }
+
+  #givenUp(
+    e: Endpoint,
+    job: DeliveryJob,
+    attempts: number,
+    last: AttemptAnswer,
+    byRetryAfter: boolean,
+  ): void {
+    let event: unknown = job.body;
+    try {
+      event = JSON.parse(job.body);
+    } catch {
+      // Logged as the stored text.
+    }
+    e.log.error(
+      {
+        webhook_id: job.eventId,
+        export_id: job.exportId,
+        event,
+        attempts,
+        age_ms: this.#now() - job.seriesStartedAt,
+        last_status: last.status,
+        last_error: last.error ? { code: last.error.code, message: last.error.message } : undefined,
+        retry_after_ms: byRetryAfter ? last.retryAfterMs : undefined,
+      },
+      byRetryAfter
+        ? 'webhook delivery given up: Retry-After reaches past the max age'
+        : 'webhook delivery given up',
+    );
+    this.#finished(e, 'given_up');
+  }
+
+  #finished(e: Endpoint, outcome: DeliveryOutcome): void {
+    this.#o.bus.emit('delivery.finished', { endpoint: e.ref.label, outcome });
+  }
+
+  #record(record: AttemptRecord): void {
+    this.#records.push(record);
+    if (this.#records.length >= FLUSH_BATCH) {
+      void this.#flushNow();
+    } else if (!this.#flushTimer) {
+      this.#flushTimer = setTimeout(() => void this.#flushNow(), this.#o.flushDelayMs ?? 20);
+    }
+  }
+
+  /** Writes the outcomes gathered so far, after any write already under way. */
+  #flushNow(): Promise<void> {
+    if (this.#flushTimer) clearTimeout(this.#flushTimer);
+    this.#flushTimer = undefined;
+    const batch = this.#records;
+    this.#records = [];
+    this.#flushing = this.#flushing.then(async () => {
+      if (batch.length > 0) {
+        try {
+          await this.#o.store.recordAttempts(batch);
+          // The endpoints looked at their due times while these rows were still leased: look
+          // again, or a retry due in seconds would wait for the idle timer.
+          const keys = new Set(batch.map((r) => r.endpointKey));
+          for (const e of this.#endpoints) if (keys.has(e.ref.key)) this.#wakeIn(e, 0);
+        } catch (error) {
+          // The deliveries stay pending under their lease and are sent again after it (or after a
+          // restart) with the same webhook-id.
+          this.#o.log.error({ err: error, count: batch.length }, 'could not store webhook outcomes');
+        }
+      }
+      for (const wake of this.#settledWaiters) wake();
+      this.#settledWaiters.clear();
+    });
+    return this.#flushing;
+  }
+}
