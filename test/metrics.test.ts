@@ -1,16 +1,16 @@
 /**
- * The metrics module: observers and scrape-time sources in, Prometheus text out. Unit tests feed
- * the observers by hand and parse the rendered text; the last block wires a real PlatformClient
- * and WebhookDispatcher over loopback HTTP to the simulator and a receiver, so the observer
- * signatures are checked against the code that calls them.
+ * The metrics module: events on a `Bus` and scrape-time sources in, Prometheus text out. Unit
+ * tests emit the events by hand and parse the rendered text; the last block wires a real
+ * PlatformClient and DeliveryEngine (on an in-memory SqliteStore) over loopback HTTP to the
+ * simulator and receivers, so the event payloads are checked against the code that emits them.
  */
 import { readFileSync } from 'node:fs';
 import pino from 'pino';
 import { register as globalRegister } from 'prom-client';
 import { afterEach, describe, expect, it } from 'vitest';
+import { DeliveryEngine } from '../src/delivery/engine.js';
 import { eventForTransition } from '../src/delivery/events.js';
 import { parseSecret } from '../src/delivery/signing.js';
-import { WebhookDispatcher } from '../src/delivery/webhooks.js';
 import { WebhookReceiver } from '../src/dev/receiver.js';
 import { Simulator } from '../src/dev/simulator.js';
 import {
@@ -24,7 +24,10 @@ import {
 } from '../src/http/metrics.js';
 import { PlatformClient } from '../src/platform/platform-client.js';
 import { RateLimiter } from '../src/platform/rate-limiter.js';
-import { EXPORT_STATES, type ExportState } from '../src/polling/tracker.js';
+import { EXPORT_STATES, type ExportState, type Transition } from '../src/polling/tracker.js';
+import { Bus } from '../src/shared/bus.js';
+import { openSqliteStore } from '../src/store/sqlite.js';
+import type { DeliveryCounts } from '../src/store/store.js';
 
 interface Sample {
   name: string;
@@ -77,19 +80,40 @@ const has = (text: string, name: string) => samples(text).some((s) => s.name ===
 const zeroStates = (): Record<ExportState, number> =>
   Object.fromEntries(EXPORT_STATES.map((s) => [s, 0])) as Record<ExportState, number>;
 
+const noDeliveries = (): DeliveryCounts => ({
+  pending: 0,
+  delivered: 0,
+  failed: 0,
+  gone: 0,
+  oldestPendingAt: null,
+});
+
+const NOW = 1_700_000_000_000;
+
 /** Sources backed by plain mutable fields, so a test changes them between scrapes. */
 function fakeSources() {
   const state = {
     counts: zeroStates(),
     rate: { budget: 500, spent: 0, platformRemaining: undefined } as RateLimitSource,
-    pending: 0,
+    deliveries: noDeliveries(),
+    now: NOW,
   };
   const sources: MetricsSources = {
-    exportsByState: () => state.counts,
+    exportsByState: async () => state.counts,
     rateLimit: () => state.rate,
-    deliveriesWaiting: () => state.pending,
+    deliveries: async () => state.deliveries,
+    now: () => state.now,
   };
   return { state, sources };
+}
+
+/** A Metrics on fake sources, attached to a fresh bus whose listener failures are recorded. */
+function attached(sources: MetricsSources = fakeSources().sources) {
+  const warnings: string[] = [];
+  const bus = new Bus(pino({ level: 'warn' }, { write: (line: string) => void warnings.push(line) }));
+  const metrics = new Metrics(sources);
+  metrics.attach(bus);
+  return { metrics, bus, warnings };
 }
 
 async function scrape(metrics: Metrics): Promise<string> {
@@ -99,24 +123,32 @@ async function scrape(metrics: Metrics): Promise<string> {
 const P = METRIC_PREFIX;
 const HOOK = 'https://hooks.example.com/sbg';
 
-/** Calls every observer and hook at least once, so every metric has samples. */
-function feedEverything(metrics: Metrics): void {
-  metrics.onTransition('PENDING', 'RUNNING');
-  metrics.onCheckSuccess(1_700_000_000_000);
-  metrics.platformObserver.onRequest?.('bulk_get', 'ok', 120);
-  metrics.platformObserver.onRequest?.('bulk_get', 'rate_limited', 30);
-  metrics.platformObserver.onBulkCall?.(50);
-  metrics.platformObserver.onBulkMismatch?.(100, 1);
-  metrics.webhookObserver.attemptFinished?.({
-    endpoint: HOOK,
-    webhookId: 'evt_a_completed',
+function transition(from: ExportState, to: ExportState): Transition {
+  return { exportId: 'exp-1', from, to, at: NOW, export: null, error: null };
+}
+
+function attempt(endpoint: string, outcome: 'success' | 'failure' | 'gone', durationMs: number) {
+  return {
+    endpoint,
+    webhookId: 'evt_x_completed',
     attempt: 1,
-    outcome: 'success',
-    status: 204,
-    code: undefined,
-    durationMs: 40,
-  });
-  metrics.webhookObserver.deliveryFinished?.(HOOK, 'delivered');
+    outcome,
+    status: outcome === 'success' ? 200 : outcome === 'gone' ? 410 : 500,
+    code: outcome === 'failure' ? 'WEBHOOK_REJECTED' : undefined,
+    durationMs,
+  };
+}
+
+/** Emits every event the metrics follow at least once, so every metric has samples. */
+function feedEverything(bus: Bus): void {
+  bus.emit('transition', transition('PENDING', 'RUNNING'));
+  bus.emit('check.result', { ok: true });
+  bus.emit('platform.request', { route: 'bulk_get', outcome: 'ok', durationMs: 120 });
+  bus.emit('platform.request', { route: 'bulk_get', outcome: 'rate_limited', durationMs: 30 });
+  bus.emit('platform.bulk', { ids: 50 });
+  bus.emit('platform.bulk_mismatch', { asked: 100, items: 1 });
+  bus.emit('delivery.attempt', attempt(HOOK, 'success', 40));
+  bus.emit('delivery.finished', { endpoint: HOOK, outcome: 'delivered' });
 }
 
 describe('exports by state', () => {
@@ -137,11 +169,11 @@ describe('exports by state', () => {
 });
 
 describe('transitions', () => {
-  it('counts each from/to pair', async () => {
-    const metrics = new Metrics(fakeSources().sources);
-    metrics.onTransition('PENDING', 'RUNNING');
-    metrics.onTransition('PENDING', 'RUNNING');
-    metrics.onTransition('PENDING', 'COMPLETED');
+  it("counts each from/to pair of the 'transition' events", async () => {
+    const { metrics, bus } = attached();
+    bus.emit('transition', transition('PENDING', 'RUNNING'));
+    bus.emit('transition', transition('PENDING', 'RUNNING'));
+    bus.emit('transition', transition('PENDING', 'COMPLETED'));
     const text = await scrape(metrics);
     const name = `${P}export_transitions_total`;
     expect(declarations(text).get(name)?.type).toBe('counter');
@@ -149,17 +181,28 @@ describe('transitions', () => {
     expect(value(text, name, { from: 'PENDING', to: 'COMPLETED' })).toBe(1);
     expect(samples(text).filter((s) => s.name === name)).toHaveLength(2);
   });
+
+  it('counts nothing before attach(bus)', async () => {
+    const bus = new Bus();
+    const metrics = new Metrics(fakeSources().sources);
+    bus.emit('transition', transition('PENDING', 'RUNNING'));
+    metrics.attach(bus);
+    bus.emit('transition', transition('RUNNING', 'FAILED'));
+    const text = await scrape(metrics);
+    expect(samples(text).filter((s) => s.name === `${P}export_transitions_total`)).toEqual([
+      { name: `${P}export_transitions_total`, labels: { from: 'RUNNING', to: 'FAILED' }, value: 1 },
+    ]);
+  });
 });
 
-describe('platform observer', () => {
+describe('platform requests', () => {
   it('counts requests by route and outcome, and 429s on their own', async () => {
-    const metrics = new Metrics(fakeSources().sources);
-    const o = metrics.platformObserver;
-    o.onRequest?.('bulk_get', 'ok', 120);
-    o.onRequest?.('bulk_get', 'ok', 80);
-    o.onRequest?.('bulk_get', 'rate_limited', 30);
-    o.onRequest?.('get', 'timeout', 30_000);
-    o.onRequest?.('rate_limit', 'ok', 5);
+    const { metrics, bus } = attached();
+    bus.emit('platform.request', { route: 'bulk_get', outcome: 'ok', durationMs: 120 });
+    bus.emit('platform.request', { route: 'bulk_get', outcome: 'ok', durationMs: 80 });
+    bus.emit('platform.request', { route: 'bulk_get', outcome: 'rate_limited', durationMs: 30 });
+    bus.emit('platform.request', { route: 'get', outcome: 'timeout', durationMs: 30_000 });
+    bus.emit('platform.request', { route: 'rate_limit', outcome: 'ok', durationMs: 5 });
     const text = await scrape(metrics);
     const req = `${P}platform_requests_total`;
     expect(declarations(text).get(req)?.type).toBe('counter');
@@ -172,12 +215,11 @@ describe('platform observer', () => {
   });
 
   it('records request durations in seconds, by route, in buckets from 10 ms to 60 s', async () => {
-    const metrics = new Metrics(fakeSources().sources);
-    const o = metrics.platformObserver;
-    o.onRequest?.('bulk_get', 'ok', 30);
-    o.onRequest?.('bulk_get', 'ok', 120);
-    o.onRequest?.('bulk_get', 'server_error', 45_000);
-    o.onRequest?.('get', 'ok', 2500);
+    const { metrics, bus } = attached();
+    bus.emit('platform.request', { route: 'bulk_get', outcome: 'ok', durationMs: 30 });
+    bus.emit('platform.request', { route: 'bulk_get', outcome: 'ok', durationMs: 120 });
+    bus.emit('platform.request', { route: 'bulk_get', outcome: 'server_error', durationMs: 45_000 });
+    bus.emit('platform.request', { route: 'get', outcome: 'ok', durationMs: 2500 });
     const text = await scrape(metrics);
     const h = `${P}platform_request_duration_seconds`;
     expect(declarations(text).get(h)?.type).toBe('histogram');
@@ -201,9 +243,9 @@ describe('platform observer', () => {
     expect(DURATION_BUCKETS.at(-1)).toBe(60);
   });
 
-  it('records ids per bulk call in buckets 1, 5, 10, 25, 50, 75, 100', async () => {
-    const metrics = new Metrics(fakeSources().sources);
-    for (const n of [1, 7, 100, 100]) metrics.platformObserver.onBulkCall?.(n);
+  it("records ids per bulk call ('platform.bulk') in buckets 1, 5, 10, 25, 50, 75, 100", async () => {
+    const { metrics, bus } = attached();
+    for (const ids of [1, 7, 100, 100]) bus.emit('platform.bulk', { ids });
     const text = await scrape(metrics);
     const h = `${P}platform_bulk_call_ids`;
     expect(declarations(text).get(h)?.type).toBe('histogram');
@@ -218,11 +260,31 @@ describe('platform observer', () => {
     expect(value(text, `${h}_sum`)).toBe(208);
   });
 
-  it('never throws, since the client calls it in a finally', () => {
-    const metrics = new Metrics(fakeSources().sources);
-    expect(() => metrics.platformObserver.onRequest?.('get', 'ok', Number.NaN)).not.toThrow();
-    expect(() => metrics.platformObserver.onRequest?.('get', 'ok', -3)).not.toThrow();
-    expect(() => metrics.platformObserver.onBulkCall?.(Number.NaN)).not.toThrow();
+  it('takes odd numbers without a listener throwing, counting a bad duration as 0', async () => {
+    const { metrics, bus, warnings } = attached();
+    bus.emit('platform.request', { route: 'get', outcome: 'ok', durationMs: Number.NaN });
+    bus.emit('platform.request', { route: 'get', outcome: 'ok', durationMs: -3 });
+    bus.emit('platform.bulk', { ids: Number.NaN });
+    bus.emit('platform.bulk', { ids: -1 });
+    bus.emit('delivery.attempt', attempt(HOOK, 'success', Number.POSITIVE_INFINITY));
+    expect(warnings).toEqual([]);
+    const text = await scrape(metrics);
+    expect(value(text, `${P}platform_requests_total`, { route: 'get', outcome: 'ok' })).toBe(2);
+    expect(value(text, `${P}platform_request_duration_seconds_sum`, { route: 'get' })).toBe(0);
+    expect(value(text, `${P}platform_bulk_call_ids_count`)).toBe(0);
+    expect(value(text, `${P}webhook_attempt_duration_seconds_sum`, { endpoint: HOOK })).toBe(0);
+  });
+});
+
+describe('bulk answers that do not match the ids asked', () => {
+  it('counts fewer and more items apart', async () => {
+    const { metrics, bus } = attached();
+    bus.emit('platform.bulk_mismatch', { asked: 100, items: 1 });
+    bus.emit('platform.bulk_mismatch', { asked: 100, items: 0 });
+    bus.emit('platform.bulk_mismatch', { asked: 2, items: 300_000 });
+    const text = await scrape(metrics);
+    expect(text).toContain(`${P}platform_bulk_answer_mismatch_total{kind="fewer_items"} 2`);
+    expect(text).toContain(`${P}platform_bulk_answer_mismatch_total{kind="more_items"} 1`);
   });
 });
 
@@ -257,9 +319,8 @@ describe('rate limit gauges', () => {
     const limiter = new RateLimiter({ budget: 1000, windowMs: 60_000 });
     try {
       const metrics = new Metrics({
-        exportsByState: zeroStates,
+        ...fakeSources().sources,
         rateLimit: () => limiter.snapshot(),
-        deliveriesWaiting: () => 0,
       });
       limiter.observe({ limit: 1000, remaining: 640 });
       await limiter.schedule(async () => undefined);
@@ -273,30 +334,20 @@ describe('rate limit gauges', () => {
   });
 });
 
-describe('webhook observer', () => {
-  it('counts attempts and deliveries by endpoint, and records attempt durations', async () => {
-    const metrics = new Metrics(fakeSources().sources);
-    const o = metrics.webhookObserver;
+describe('webhook deliveries', () => {
+  it('counts attempts and finished deliveries by endpoint, and records attempt durations', async () => {
+    const { metrics, bus } = attached();
     const other = 'http://127.0.0.1:9000/hooks';
-    const attempt = (endpoint: string, outcome: 'success' | 'failure' | 'gone', durationMs: number) =>
-      o.attemptFinished?.({
-        endpoint,
-        webhookId: 'evt_x_completed',
-        attempt: 1,
-        outcome,
-        status: outcome === 'success' ? 200 : outcome === 'gone' ? 410 : 500,
-        code: undefined,
-        durationMs,
-      });
-    attempt(HOOK, 'failure', 15_000);
-    attempt(HOOK, 'success', 40);
-    attempt(other, 'gone', 3);
-    o.deliveryFinished?.(HOOK, 'delivered');
-    o.deliveryFinished?.(HOOK, 'delivered');
-    o.deliveryFinished?.(HOOK, 'given_up');
-    o.deliveryFinished?.(other, 'gone');
-    o.deliveryFinished?.(other, 'cancelled');
-    o.deliveryFinished?.(other, 'closed');
+    bus.emit('delivery.attempt', attempt(HOOK, 'failure', 15_000));
+    bus.emit('delivery.attempt', attempt(HOOK, 'success', 40));
+    bus.emit('delivery.attempt', attempt(other, 'gone', 3));
+    bus.emit('delivery.finished', { endpoint: HOOK, outcome: 'delivered' });
+    bus.emit('delivery.finished', { endpoint: HOOK, outcome: 'delivered' });
+    bus.emit('delivery.finished', { endpoint: HOOK, outcome: 'given_up' });
+    bus.emit('delivery.finished', { endpoint: other, outcome: 'gone' });
+    // Neither is counted: they are not the ends of deliveries.
+    bus.emit('delivery.attempt_started', { endpoint: HOOK });
+    bus.emit('delivery.depth', { endpoint: HOOK, depth: 3 });
     const text = await scrape(metrics);
 
     const a = `${P}webhook_attempts_total`;
@@ -304,14 +355,19 @@ describe('webhook observer', () => {
     expect(value(text, a, { endpoint: HOOK, outcome: 'failure' })).toBe(1);
     expect(value(text, a, { endpoint: HOOK, outcome: 'success' })).toBe(1);
     expect(value(text, a, { endpoint: other, outcome: 'gone' })).toBe(1);
+    expect(samples(text).filter((s) => s.name === a)).toHaveLength(3);
 
     const d = `${P}webhook_deliveries_total`;
     expect(declarations(text).get(d)?.type).toBe('counter');
-    expect(value(text, d, { endpoint: HOOK, result: 'delivered' })).toBe(2);
-    expect(value(text, d, { endpoint: HOOK, result: 'given_up' })).toBe(1);
-    for (const result of ['gone', 'cancelled', 'closed']) {
-      expect(value(text, d, { endpoint: other, result })).toBe(1);
-    }
+    expect(
+      samples(text)
+        .filter((s) => s.name === d)
+        .map((s) => [s.labels.endpoint, s.labels.result, s.value]),
+    ).toEqual([
+      [HOOK, 'delivered', 2],
+      [HOOK, 'given_up', 1],
+      [other, 'gone', 1],
+    ]);
 
     const h = `${P}webhook_attempt_duration_seconds`;
     expect(declarations(text).get(h)?.type).toBe('histogram');
@@ -322,29 +378,73 @@ describe('webhook observer', () => {
     expect(value(text, `${h}_bucket`, { endpoint: other, le: '0.01' })).toBe(1);
   });
 
-  it('reads the deliveries still pending from the source at scrape time', async () => {
+  it("reads pending deliveries from the store's counts at scrape time", async () => {
     const { state, sources } = fakeSources();
     const metrics = new Metrics(sources);
     const g = `${P}webhook_deliveries_pending`;
-    state.pending = 4;
+    state.deliveries = { ...noDeliveries(), pending: 4, delivered: 9, oldestPendingAt: NOW - 1 };
     let text = await scrape(metrics);
     expect(declarations(text).get(g)?.type).toBe('gauge');
     expect(value(text, g)).toBe(4);
-    state.pending = 0;
+    state.deliveries = { ...noDeliveries(), delivered: 13 };
+    text = await scrape(metrics);
+    expect(value(text, g)).toBe(0);
+  });
+
+  it('shows the stored deliveries by status, every status always present', async () => {
+    const { state, sources } = fakeSources();
+    const metrics = new Metrics(sources);
+    const g = `${P}webhook_deliveries`;
+    let text = await scrape(metrics);
+    expect(declarations(text).get(g)?.type).toBe('gauge');
+    const byStatus = () =>
+      Object.fromEntries(
+        samples(text)
+          .filter((s) => s.name === g)
+          .map((s) => [s.labels.status, s.value]),
+      );
+    expect(byStatus()).toEqual({ pending: 0, delivered: 0, failed: 0, gone: 0 });
+    state.deliveries = { pending: 2, delivered: 40, failed: 1, gone: 3, oldestPendingAt: NOW };
+    text = await scrape(metrics);
+    expect(byStatus()).toEqual({ pending: 2, delivered: 40, failed: 1, gone: 3 });
+  });
+
+  it('shows the age of the oldest pending event by the injected clock, 0 when none is pending', async () => {
+    const { state, sources } = fakeSources();
+    const metrics = new Metrics(sources);
+    const g = `${P}webhook_oldest_pending_age_seconds`;
+    let text = await scrape(metrics);
+    expect(declarations(text).get(g)?.type).toBe('gauge');
+    expect(value(text, g)).toBe(0);
+
+    state.deliveries = { ...noDeliveries(), pending: 2, oldestPendingAt: NOW - 90_500 };
+    text = await scrape(metrics);
+    expect(value(text, g)).toBe(90.5);
+    state.now = NOW + 3_600_000;
+    text = await scrape(metrics);
+    expect(value(text, g)).toBe(3_690.5);
+    // A clock that stepped back never makes a negative age.
+    state.now = NOW - 200_000;
     text = await scrape(metrics);
     expect(value(text, g)).toBe(0);
   });
 });
 
 describe('last successful check', () => {
-  it('is 0 before the first success, then the Unix time in seconds of the latest', async () => {
-    const metrics = new Metrics(fakeSources().sources);
+  it("is 0 before the first 'check.result' success, then the Unix time in seconds of the latest", async () => {
+    const { state, sources } = fakeSources();
+    const { metrics, bus } = attached(sources);
     const g = `${P}last_successful_check_timestamp_seconds`;
     let text = await scrape(metrics);
     expect(declarations(text).get(g)?.type).toBe('gauge');
     expect(value(text, g)).toBe(0);
-    metrics.onCheckSuccess(1_700_000_000_500);
-    metrics.onCheckSuccess(1_700_000_060_250);
+
+    state.now = 1_700_000_000_500;
+    bus.emit('check.result', { ok: true });
+    state.now = 1_700_000_060_250;
+    bus.emit('check.result', { ok: true });
+    state.now = 1_700_000_120_000;
+    bus.emit('check.result', { ok: false, error: new Error('platform unreachable') });
     text = await scrape(metrics);
     expect(value(text, g)).toBe(1_700_000_060.25);
   });
@@ -366,11 +466,11 @@ describe('the registry', () => {
   });
 
   it('is per instance: two Metrics do not collide, and the global registry stays empty', async () => {
-    const one = new Metrics(fakeSources().sources);
-    const two = new Metrics(fakeSources().sources);
-    one.onTransition('RUNNING', 'FAILED');
-    one.platformObserver.onRequest?.('get', 'rate_limited', 10);
-    const [a, b] = [await scrape(one), await scrape(two)];
+    const one = attached();
+    const two = attached();
+    one.bus.emit('transition', transition('RUNNING', 'FAILED'));
+    one.bus.emit('platform.request', { route: 'get', outcome: 'rate_limited', durationMs: 10 });
+    const [a, b] = [await scrape(one.metrics), await scrape(two.metrics)];
     expect(value(a, `${P}export_transitions_total`, { from: 'RUNNING', to: 'FAILED' })).toBe(1);
     expect(value(a, `${P}platform_rate_limited_total`)).toBe(1);
     expect(has(b, `${P}export_transitions_total`)).toBe(false);
@@ -385,19 +485,9 @@ describe('the registry', () => {
     expect(() => new Metrics({ ...sources, rateLimit: undefined as never })).toThrow(
       /rateLimit must be a function, got undefined/,
     );
-  });
-});
-
-describe('bulk answers that do not match the ids asked', () => {
-  it('counts fewer and more items apart', async () => {
-    const { sources } = fakeSources();
-    const metrics = new Metrics(sources);
-    metrics.platformObserver.onBulkMismatch?.(100, 1);
-    metrics.platformObserver.onBulkMismatch?.(100, 0);
-    metrics.platformObserver.onBulkMismatch?.(2, 300_000);
-    const text = await scrape(metrics);
-    expect(text).toContain(`${P}platform_bulk_answer_mismatch_total{kind="fewer_items"} 2`);
-    expect(text).toContain(`${P}platform_bulk_answer_mismatch_total{kind="more_items"} 1`);
+    expect(() => new Metrics({ ...sources, deliveries: 3 as never })).toThrow(
+      /deliveries must be a function, got number/,
+    );
   });
 });
 
@@ -405,8 +495,8 @@ describe('METRIC_DESCRIPTIONS', () => {
   it('matches the registry exactly: names, types, help and label names, each with samples', async () => {
     const { state, sources } = fakeSources();
     state.rate = { budget: 500, spent: 1, platformRemaining: 900 };
-    const metrics = new Metrics(sources);
-    feedEverything(metrics);
+    const { metrics, bus } = attached(sources);
+    feedEverything(bus);
     const text = await scrape(metrics);
     const decl = declarations(text);
     const all = samples(text);
@@ -432,19 +522,36 @@ describe('METRIC_DESCRIPTIONS', () => {
     expect(described.size).toBe(METRIC_DESCRIPTIONS.length);
   });
 
-  it("is the list in the module's opening comment, which the README copies", () => {
-    const source = readFileSync(new URL('../src/http/metrics.ts', import.meta.url), 'utf8');
-    const header = source.slice(0, source.indexOf('*/'));
-    const rows = [...header.matchAll(/^ \* \| `([a-z_]+)` \| (\w+) \| ([^|]+) \|/gm)].map((m) => ({
+  /** The `| name | type | labels | meaning |` rows of a Markdown table of our metrics. */
+  function tableRows(text: string, linePrefix: string) {
+    const row = new RegExp(`^${linePrefix}\\| \`(${P}[a-z_]+)\` \\| (\\w+) \\| ([^|]+) \\| (.+) \\|$`, 'gm');
+    return [...text.matchAll(row)].map((m) => ({
       name: m[1],
       type: m[2],
       labels: m[3]!.trim() === 'none' ? [] : [...m[3]!.matchAll(/`(\w+)`/g)].map((l) => l[1]),
+      meaning: m[4],
     }));
-    expect(rows).toEqual(METRIC_DESCRIPTIONS.map((d) => ({ name: d.name, type: d.type, labels: d.labels })));
+  }
+  const expected = () => METRIC_DESCRIPTIONS.map((d) => ({ name: d.name, type: d.type, labels: d.labels }));
+  const moduleTable = () => {
+    const source = readFileSync(new URL('../src/http/metrics.ts', import.meta.url), 'utf8');
+    return tableRows(source.slice(0, source.indexOf('*/')), ' \\* ');
+  };
+
+  it("is the list in the module's opening comment", () => {
+    expect(moduleTable().map(({ meaning: _, ...rest }) => rest)).toEqual(expected());
+  });
+
+  it("is documented, row for row, in README.md's metrics table", () => {
+    const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8');
+    const rows = tableRows(readme, '');
+    expect(rows.map(({ meaning: _, ...rest }) => rest)).toEqual(expected());
+    // The README copies the module's table, meanings included.
+    expect(rows).toEqual(moduleTable());
   });
 });
 
-describe('wired to the real client and dispatcher over loopback HTTP', () => {
+describe('wired to the real client and delivery engine over loopback HTTP', () => {
   const cleanups: Array<() => Promise<unknown>> = [];
   afterEach(async () => {
     for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
@@ -457,18 +564,16 @@ describe('wired to the real client and dispatcher over loopback HTTP', () => {
     cleanups.push(() => sim.close());
     const limiter = new RateLimiter({ budget: 1000, windowMs: 60_000 });
     cleanups.push(() => limiter.stop());
-    const metrics = new Metrics({
-      exportsByState: zeroStates,
-      rateLimit: () => limiter.snapshot(),
-      deliveriesWaiting: () => 0,
-    });
+    const bus = new Bus();
+    const metrics = new Metrics({ ...fakeSources().sources, rateLimit: () => limiter.snapshot() });
+    metrics.attach(bus);
     const client = new PlatformClient({
       endpoint: base,
       token,
       gate: limiter,
       userAgent: 'sbg-export-watcher/test',
       log: pino({ level: 'silent' }),
-      observer: metrics.platformObserver,
+      bus,
     });
     cleanups.push(() => client.close());
 
@@ -493,7 +598,7 @@ describe('wired to the real client and dispatcher over loopback HTTP', () => {
     expect(text).not.toContain(token);
   });
 
-  it('labels webhook metrics with the endpoint stripped of credentials and query', async () => {
+  it('counts webhook deliveries from the store and the engine, labelled without credentials or query', async () => {
     const receiver = new WebhookReceiver({
       // First attempt of each event fails, the retry succeeds.
       respond: (_req, attemptForThisId) => (attemptForThisId === 1 ? 500 : 204),
@@ -508,40 +613,64 @@ describe('wired to the real client and dispatcher over loopback HTTP', () => {
     withSecrets.username = 'hookuser';
     withSecrets.password = 'hunter2pass';
     withSecrets.search = '?token=query-secret-123';
-    let dispatcher: WebhookDispatcher | undefined;
+
+    const store = await openSqliteStore({ path: ':memory:' });
+    cleanups.push(() => store.close());
+    let now = Date.now();
+    const bus = new Bus();
     const metrics = new Metrics({
-      exportsByState: zeroStates,
+      exportsByState: () => store.countExports(),
       rateLimit: () => ({ budget: 1, spent: 0, platformRemaining: undefined }),
-      deliveriesWaiting: () => dispatcher?.pending() ?? 0,
+      deliveries: () => store.deliveryCounts(),
+      now: () => now,
     });
-    dispatcher = new WebhookDispatcher({
+    metrics.attach(bus);
+    const engine = new DeliveryEngine({
+      store,
       urls: [withSecrets.toString(), goneUrl],
       secretKey: parseSecret('whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw'),
-      events: 'all',
       timeoutMs: 5_000,
       maxAgeMs: 60_000,
       userAgent: 'sbg-export-watcher/test',
       log: pino({ level: 'silent' }),
+      bus,
       retry: { minTimeoutMs: 5, maxTimeoutMs: 20 },
-      observer: metrics.webhookObserver,
     });
-    const d = dispatcher;
-    cleanups.push(() => d.close(0));
-    const event = eventForTransition({
-      exportId: 'exp-1',
-      from: 'RUNNING',
-      to: 'COMPLETED',
-      at: Date.UTC(2025, 0, 1),
-      metadata: null,
-      export: { id: 'exp-1', state: 'COMPLETED' },
-      error: null,
-    });
-    if (!event) throw new Error('no event');
-    d.enqueue(event);
-    expect(value(await scrape(metrics), `${P}webhook_deliveries_pending`)).toBeGreaterThan(0);
-    await d.onIdle();
+    cleanups.push(() => engine.close(0));
 
-    const text = await scrape(metrics);
+    // As the daemon does: the state change, its event and a pending delivery per endpoint, at once.
+    const createdAt = now;
+    await store.addExports([{ ids: ['exp-1'], metadata: null }], createdAt);
+    await store.commitChanges(
+      [
+        {
+          id: 'exp-1',
+          from: 'RUNNING',
+          to: 'COMPLETED',
+          at: createdAt,
+          misses: 0,
+          lastMiss: null,
+          export: { id: 'exp-1', state: 'COMPLETED' },
+          error: null,
+        },
+      ],
+      (change, metadata) => {
+        const event = eventForTransition({ ...change, exportId: change.id }, metadata);
+        return event && { ...event, body: JSON.stringify(event.body) };
+      },
+      engine.endpoints,
+      createdAt,
+    );
+    now = createdAt + 2_000;
+    let text = await scrape(metrics);
+    expect(value(text, `${P}webhook_deliveries_pending`)).toBe(2);
+    expect(value(text, `${P}webhook_deliveries`, { status: 'pending' })).toBe(2);
+    expect(value(text, `${P}webhook_oldest_pending_age_seconds`)).toBe(2);
+    expect(value(text, `${P}exports`, { state: 'COMPLETED' })).toBe(1);
+
+    await engine.start();
+    await engine.settled();
+    text = await scrape(metrics);
     // The receivers' URLs carry no credentials or query, so they are their own labels.
     const label = url;
     const goneLabel = goneUrl;
@@ -552,6 +681,9 @@ describe('wired to the real client and dispatcher over loopback HTTP', () => {
     expect(value(text, `${P}webhook_deliveries_total`, { endpoint: goneLabel, result: 'gone' })).toBe(1);
     expect(value(text, `${P}webhook_attempt_duration_seconds_count`, { endpoint: label })).toBe(2);
     expect(value(text, `${P}webhook_deliveries_pending`)).toBe(0);
+    expect(value(text, `${P}webhook_deliveries`, { status: 'delivered' })).toBe(1);
+    expect(value(text, `${P}webhook_deliveries`, { status: 'gone' })).toBe(1);
+    expect(value(text, `${P}webhook_oldest_pending_age_seconds`)).toBe(0);
     for (const secret of [
       'hookuser',
       'hunter2pass',

@@ -1,9 +1,12 @@
 /**
- * The control API: JSON over HTTP, for other systems to hand the watcher export ids and read what
- * it knows. Also serves `/healthz`, `/readyz` and `/metrics`.
+ * The control API: JSON over HTTP, for other systems to hand the watcher export ids, read what it
+ * knows (exports, their events and each event's deliveries) and ask for events to be delivered
+ * again. Also serves `/healthz`, `/readyz` and `/metrics`.
  *
  * Errors are `{"error": {"code", "message", "details"?}}`. A request is validated whole before it
- * changes anything: any invalid part is a 400 and nothing from it is added.
+ * changes anything: any invalid part is a 400 and nothing from it is acted on. Every `/v1` route
+ * names the query parameters it takes; any other is a 400, so that a misspelt filter is never
+ * silently ignored.
  *
  * Served by fastify (routing, body reading with its size limit, hooks), on a Node server whose
  * limits assume hostile clients. Before any body is read, a request passes, in this order:
@@ -17,6 +20,9 @@
  * on a body that will not be read. `/healthz`, `/readyz` and `/metrics` take no slot, and the
  * connection guard (connection-guard.ts) keeps room for a new connection under a flood, so a
  * liveness probe is answered while `/v1` is saturated.
+ *
+ * The registry behind the routes is asynchronous (it reads and writes the store); a registry that
+ * fails is a failure of our own: a 500 and one error line.
  *
  * Logs: no line per request (fastify's request logging is off). A client that goes away before its
  * request is read, and a malformed or timed-out request, are debug lines without a stack; only a
@@ -34,13 +40,17 @@ import {
   LogController,
 } from 'fastify';
 import type { Logger } from 'pino';
+import { EXPORT_STATES, type ExportState, isExportState, type PlatformExport } from '../polling/tracker.js';
+import type { PlatformErrorBody } from '../shared/errors.js';
+import { safeUrl } from '../shared/redact.js';
 import {
-  EXPORT_STATES,
-  type ExportRecord,
-  type ExportState,
-  isExportState,
-  type PageQuery,
-} from '../polling/tracker.js';
+  DELIVERY_STATUSES,
+  type DeliveryStatus,
+  type EventQuery,
+  type ExportPageQuery,
+  type StoredDelivery,
+  type StoredEvent,
+} from '../store/store.js';
 import { ConnectionGuard, type ConnectionStats } from './connection-guard.js';
 
 export const EXPORT_ID_PATTERN = /^[A-Za-z0-9_-]{1,128}$/;
@@ -52,6 +62,16 @@ export const MAX_METADATA_DEPTH = 32;
 /** `GET /v1/exports`: records per page when `limit` is not given, and the most `limit` may ask. */
 export const DEFAULT_PAGE_LIMIT = 1000;
 export const MAX_PAGE_LIMIT = 10_000;
+/**
+ * A webhook-id in a path: `evt_<export id>_<completed|failed|lost|running>` fits; anything else
+ * names no event and is a 404 without a lookup.
+ */
+export const WEBHOOK_ID_PATTERN = /^[A-Za-z0-9_-]{1,160}$/;
+/** `GET /v1/events`: events per page when `limit` is not given, and the most `limit` may ask. */
+export const DEFAULT_EVENT_PAGE_LIMIT = 100;
+export const MAX_EVENT_PAGE_LIMIT = 1000;
+/** The longest `endpoint` a redelivery may name (a configured URL, or its label). */
+export const MAX_ENDPOINT_LENGTH = 2048;
 
 /** Open connections at most (`server.maxConnections`). */
 export const DEFAULT_MAX_CONNECTIONS = 1024;
@@ -71,17 +91,49 @@ export const DEFAULT_KEEP_ALIVE_TIMEOUT_MS = 5000;
 /** `Retry-After` of a 503 `too_busy`, in seconds. */
 export const TOO_BUSY_RETRY_AFTER_SECONDS = 1;
 
-/** What the control API may do to the watcher. */
+/** An export as the API shows it: what the store keeps, and the check figures held in memory. */
+export interface ExportView {
+  id: string;
+  state: ExportState;
+  previousState: ExportState | null;
+  firstSeenAt: number;
+  stateChangedAt: number;
+  /** When the platform last answered about it; null until then (and after a restart). */
+  lastCheckedAt: number | null;
+  checks: number;
+  metadata: Record<string, unknown> | null;
+  history: Array<{ state: ExportState; at: number }>;
+  /** The platform's last object for the job, or null. */
+  export: PlatformExport | null;
+  /** Why it ended FAILED or LOST; null otherwise. */
+  error: PlatformErrorBody | null;
+  /** Its events with their deliveries, for `GET /v1/exports/{id}` only (a listing leaves them out). */
+  events?: StoredEvent[];
+}
+
+/** What the control API may do to the watcher. Every call may reject (a store failure): a 500. */
 export interface WatchRegistry {
   watch(
     ids: readonly string[],
     metadata: Record<string, unknown> | null,
-  ): { accepted: string[]; alreadyWatched: string[] };
-  unwatch(id: string): boolean;
-  get(id: string): ExportRecord | undefined;
-  list(state?: ExportState): ExportRecord[];
+  ): Promise<{ accepted: string[]; alreadyWatched: string[] }>;
+  unwatch(id: string): Promise<boolean>;
+  /** The export with its events. */
+  get(id: string): Promise<ExportView | undefined>;
   /** One page in id order (keyset: ids after `after`), and whether more follow. */
-  page(query: PageQuery): { items: ExportRecord[]; more: boolean };
+  page(query: ExportPageQuery): Promise<{ items: ExportView[]; more: boolean }>;
+  /** One page of events, newest first (keyset on createdAt and id), and whether more follow. */
+  events(query: EventQuery): Promise<{ items: StoredEvent[]; more: boolean }>;
+  /**
+   * A new attempt series for one event: to every configured endpoint, or to the one given (its URL
+   * as configured, or its label: the URL without credentials, query or fragment).
+   */
+  redeliver(
+    eventId: string,
+    endpoint?: string,
+  ): Promise<{ deliveries: number } | 'unknown_event' | 'unknown_endpoint'>;
+  /** A new attempt series for every delivery in `status` of an event created at or after `since`. */
+  redeliverSince(since: number, status: DeliveryStatus): Promise<{ deliveries: number }>;
 }
 
 export interface HealthProbes {
@@ -129,10 +181,9 @@ interface Limits {
   keepAliveTimeoutMs: number;
 }
 
-/** A record as the API shows it (SPEC "Control API"). */
-export function recordToJson(r: ExportRecord): Record<string, unknown> {
-  const iso = (ms: number | null) => (ms === null ? null : new Date(ms).toISOString());
-  return {
+/** A record as the API shows it (README "Control API"); with its events when the view has them. */
+export function recordToJson(r: ExportView): Record<string, unknown> {
+  const json: Record<string, unknown> = {
     id: r.id,
     state: r.state,
     previous_state: r.previousState,
@@ -145,6 +196,42 @@ export function recordToJson(r: ExportRecord): Record<string, unknown> {
     export: r.export,
     error: r.error,
   };
+  if (r.events) json.events = r.events.map(eventToJson);
+  return json;
+}
+
+/** An event as the API shows it: the body as sent, and its delivery to each endpoint. */
+export function eventToJson(e: StoredEvent): Record<string, unknown> {
+  return {
+    id: e.id,
+    type: e.type,
+    export_id: e.exportId,
+    created_at: iso(e.createdAt),
+    body: JSON.parse(e.body),
+    deliveries: e.deliveries.map(deliveryToJson),
+  };
+}
+
+/**
+ * One delivery, named by the endpoint's label, never its URL or key: a configured URL may carry a
+ * token. The label and the last error pass `safeUrl` all the same, so that a URL with credentials
+ * that reached either is shown without them.
+ */
+function deliveryToJson(d: StoredDelivery): Record<string, unknown> {
+  return {
+    endpoint: safeUrl(d.endpointLabel),
+    status: d.status,
+    attempts: d.attempts,
+    next_attempt_at: iso(d.nextAttemptAt),
+    series_started_at: iso(d.seriesStartedAt),
+    last_status: d.lastStatus,
+    last_error: d.lastError === null ? null : safeUrl(d.lastError),
+    finished_at: iso(d.finishedAt),
+  };
+}
+
+function iso(ms: number | null): string | null {
+  return ms === null ? null : new Date(ms).toISOString();
 }
 
 class HttpError extends Error {
@@ -334,6 +421,24 @@ export class ControlApi {
           },
         },
       ],
+      ['/v1/events', { v1: true, handlers: { GET: async (request, reply) => this.#events(request, reply) } }],
+      // A path of its own, one segment shorter than the next: never taken for a webhook-id.
+      [
+        '/v1/events/redeliver',
+        {
+          v1: true,
+          json: ['POST'],
+          handlers: { POST: async (request, reply) => this.#redeliverSince(request, reply) },
+        },
+      ],
+      [
+        '/v1/events/:id/redeliver',
+        {
+          v1: true,
+          json: ['POST'],
+          handlers: { POST: async (request, reply) => this.#redeliver(request, reply) },
+        },
+      ],
     ]);
   }
 
@@ -371,9 +476,10 @@ export class ControlApi {
     app.register(async (scope) => {
       scope.removeAllContentTypeParsers();
       // Any content type reaches this parser: #admit has already refused the ones that are not
-      // JSON, before a byte of the body was read. fastify enforces the size limit (413).
+      // JSON, before a byte of the body was read. fastify enforces the size limit (413). The text
+      // is parsed by the handler, as only it knows whether an empty body is acceptable.
       scope.addContentTypeParser('*', { parseAs: 'string' }, (_request, body, done) => {
-        done(null, parseJsonBody(body as string));
+        done(null, body);
       });
       for (const [url, spec] of withBody) route(scope, url, spec);
     });
@@ -445,17 +551,16 @@ export class ControlApi {
     return reply.code(200).type(contentType).send(body);
   }
 
-  #add(request: FastifyRequest, reply: FastifyReply): FastifyReply {
-    // No body at all (no content type, no length) skips the parser.
-    const body = request.body === undefined ? parseJsonBody('') : request.body;
-    const { ids, metadata } = validateAddRequest(body);
-    const result = this.#options.registry.watch(ids, metadata);
+  async #add(request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
+    refuseQuery(request);
+    const { ids, metadata } = validateAddRequest(parseJsonBody(bodyText(request)));
+    const result = await this.#options.registry.watch(ids, metadata);
     return sendJson(reply, 202, { accepted: result.accepted, already_watched: result.alreadyWatched });
   }
 
-  #list(request: FastifyRequest, reply: FastifyReply): FastifyReply {
-    const query = parsePageQuery(new URLSearchParams(queryOf(request.url)));
-    const page = this.#options.registry.page(query);
+  async #list(request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
+    const query = parsePageQuery(new QueryParams(request.url, ['state', 'limit', 'cursor']));
+    const page = await this.#options.registry.page(query);
     const last = page.items.at(-1);
     return sendJson(reply, 200, {
       items: page.items.map(recordToJson),
@@ -463,17 +568,56 @@ export class ControlApi {
     });
   }
 
-  #getOne(request: FastifyRequest, reply: FastifyReply): FastifyReply {
+  async #getOne(request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
+    refuseQuery(request);
     const id = idParam(request);
-    const record = EXPORT_ID_PATTERN.test(id) ? this.#options.registry.get(id) : undefined;
+    const record = EXPORT_ID_PATTERN.test(id) ? await this.#options.registry.get(id) : undefined;
     if (!record) throw exportNotFound(id);
     return sendJson(reply, 200, recordToJson(record));
   }
 
-  #remove(request: FastifyRequest, reply: FastifyReply): FastifyReply {
+  async #remove(request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
+    refuseQuery(request);
     const id = idParam(request);
-    if (!EXPORT_ID_PATTERN.test(id) || !this.#options.registry.unwatch(id)) throw exportNotFound(id);
+    if (!EXPORT_ID_PATTERN.test(id) || !(await this.#options.registry.unwatch(id))) throw exportNotFound(id);
     return reply.code(204).send();
+  }
+
+  async #events(request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
+    const query = parseEventQuery(new QueryParams(request.url, EVENT_QUERY_PARAMETERS));
+    const page = await this.#options.registry.events(query);
+    const last = page.items.at(-1);
+    return sendJson(reply, 200, {
+      items: page.items.map(eventToJson),
+      next_cursor: page.more && last ? encodeEventCursor(last) : null,
+    });
+  }
+
+  async #redeliver(request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
+    const query = new QueryParams(request.url, ['endpoint']);
+    const endpoint = query.one('endpoint');
+    if (endpoint !== undefined && (endpoint === '' || endpoint.length > MAX_ENDPOINT_LENGTH)) {
+      query.problem(
+        'endpoint',
+        `must be a configured webhook URL or its label, 1 to ${MAX_ENDPOINT_LENGTH} characters`,
+      );
+    }
+    query.check();
+    validateEmptyObject(bodyText(request));
+    const id = idParam(request);
+    const result = WEBHOOK_ID_PATTERN.test(id)
+      ? await this.#options.registry.redeliver(id, endpoint)
+      : 'unknown_event';
+    if (result === 'unknown_event') throw eventNotFound(id);
+    if (result === 'unknown_endpoint') throw unknownEndpoint(endpoint ?? '');
+    return sendJson(reply, 202, { webhook_id: id, deliveries: result.deliveries });
+  }
+
+  async #redeliverSince(request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
+    refuseQuery(request);
+    const { since, status } = validateRedeliverSince(parseJsonBody(bodyText(request)));
+    const result = await this.#options.registry.redeliverSince(since, status);
+    return sendJson(reply, 202, { deliveries: result.deliveries });
   }
 
   #onError(thrown: unknown, request: FastifyRequest, reply: FastifyReply): void {
@@ -621,66 +765,270 @@ function nestingExceeds(value: unknown, limit: number): boolean {
   return false;
 }
 
-/** `limit`, `cursor` and `state` of `GET /v1/exports`; every problem is reported at once. */
-function parsePageQuery(query: URLSearchParams): PageQuery {
-  const details: Array<{ field: string; problem: string }> = [];
-  const single = (name: string): string | undefined => {
-    const values = query.getAll(name);
+interface Problem {
+  field: string;
+  problem: string;
+}
+
+/** Unknown query parameters named in an answer at most: enough to fix the request. */
+const MAX_UNKNOWN_LISTED = 20;
+
+/**
+ * A request's query parameters, read against the ones its route takes. Problems are collected, so
+ * that one answer lists them all; `check` throws the 400.
+ */
+class QueryParams {
+  readonly #params: URLSearchParams;
+  readonly #problems: Problem[] = [];
+
+  constructor(url: string, accepted: readonly string[]) {
+    this.#params = new URLSearchParams(queryOf(url));
+    const unknown = [...new Set(this.#params.keys())].filter((name) => !accepted.includes(name));
+    for (const name of unknown.slice(0, MAX_UNKNOWN_LISTED)) {
+      const takes = accepted.length > 0 ? `; this route takes ${accepted.join(', ')}` : '';
+      this.problem(clip(name), `is not a parameter of this route${takes}`);
+    }
+    if (unknown.length > MAX_UNKNOWN_LISTED) {
+      this.problem('query', `${unknown.length - MAX_UNKNOWN_LISTED} more unknown parameters not listed`);
+    }
+  }
+
+  /** The value of a parameter that may be given once; undefined when absent (or repeated). */
+  one(name: string): string | undefined {
+    const values = this.#params.getAll(name);
     if (values.length <= 1) return values[0];
-    details.push({ field: name, problem: 'must be given at most once' });
+    this.problem(name, 'must be given at most once');
     return undefined;
-  };
-  const stateText = single('state');
-  const limitText = single('limit');
-  const cursor = single('cursor');
+  }
+
+  /** `limit`: a whole number from 1 to `max`, `fallback` when absent. */
+  limit(fallback: number, max: number): number {
+    const text = this.one('limit');
+    if (text === undefined) return fallback;
+    const n = /^\d{1,6}$/.test(text) ? Number(text) : Number.NaN;
+    if (n >= 1 && n <= max) return n;
+    this.problem('limit', `must be a whole number from 1 to ${max}; got ${JSON.stringify(clip(text))}`);
+    return fallback;
+  }
+
+  problem(field: string, problem: string): void {
+    this.#problems.push({ field, problem });
+  }
+
+  /** Throws a 400 listing every problem found; `code` for one kind of problem that has its own. */
+  check(code = 'invalid_request'): void {
+    const details = this.#problems;
+    if (details.length === 0) return;
+    const message = `invalid query: ${details.map((d) => `${d.field} ${d.problem}`).join('; ')}`;
+    throw new HttpError(400, code, message, details);
+  }
+
+  /** Whether every problem so far is about this one field. */
+  onlyAbout(field: string): boolean {
+    return this.#problems.every((d) => d.field === field);
+  }
+}
+
+/** For a route that takes no query parameters: any is a 400. */
+function refuseQuery(request: FastifyRequest): void {
+  new QueryParams(request.url, []).check();
+}
+
+/** `limit`, `cursor` and `state` of `GET /v1/exports`; every problem is reported at once. */
+function parsePageQuery(query: QueryParams): ExportPageQuery {
+  const stateText = query.one('state');
+  const limit = query.limit(DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT);
+  const cursor = query.one('cursor');
   let state: ExportState | undefined;
   if (stateText !== undefined) {
     if (isExportState(stateText)) state = stateText;
     else {
-      details.push({
-        field: 'state',
-        problem: `must be one of ${EXPORT_STATES.join(', ')}; got ${JSON.stringify(clip(stateText))}`,
-      });
-    }
-  }
-  let limit = DEFAULT_PAGE_LIMIT;
-  if (limitText !== undefined) {
-    const n = /^\d{1,6}$/.test(limitText) ? Number(limitText) : Number.NaN;
-    if (n >= 1 && n <= MAX_PAGE_LIMIT) limit = n;
-    else {
-      details.push({
-        field: 'limit',
-        problem: `must be a whole number from 1 to ${MAX_PAGE_LIMIT}; got ${JSON.stringify(clip(limitText))}`,
-      });
+      query.problem(
+        'state',
+        `must be one of ${EXPORT_STATES.join(', ')}; got ${JSON.stringify(clip(stateText))}`,
+      );
     }
   }
   let after: string | undefined;
   if (cursor !== undefined) {
     after = decodeCursor(cursor);
-    if (after === undefined) {
-      details.push({ field: 'cursor', problem: 'must be a next_cursor from a previous page' });
-    }
+    if (after === undefined) query.problem('cursor', 'must be a next_cursor from a previous page');
   }
-  if (details.length > 0) {
-    // A wrong state alone keeps the code it always had.
-    const onlyState = details.every((d) => d.field === 'state');
-    const message = `invalid query: ${details.map((d) => `${d.field} ${d.problem}`).join('; ')}`;
-    throw new HttpError(400, onlyState ? 'invalid_state' : 'invalid_request', message, details);
-  }
+  // A wrong state alone keeps the code it always had.
+  query.check(query.onlyAbout('state') ? 'invalid_state' : 'invalid_request');
   return { state, after, limit };
 }
 
-/** A page cursor: base64url of the last id of the page (opaque to clients). */
+const EVENT_QUERY_PARAMETERS = ['export_id', 'status', 'since', 'limit', 'cursor'] as const;
+
+/** The filters and page of `GET /v1/events`; every problem is reported at once. */
+function parseEventQuery(query: QueryParams): EventQuery {
+  const exportId = query.one('export_id');
+  if (exportId !== undefined && !EXPORT_ID_PATTERN.test(exportId)) {
+    query.problem(
+      'export_id',
+      `must match ${EXPORT_ID_PATTERN.source}; got ${JSON.stringify(clip(exportId))}`,
+    );
+  }
+  const statusText = query.one('status');
+  const status = statusText === undefined ? undefined : deliveryStatus(statusText);
+  if (statusText !== undefined && status === undefined) {
+    query.problem(
+      'status',
+      `must be one of ${DELIVERY_STATUSES.join(', ')}; got ${JSON.stringify(clip(statusText))}`,
+    );
+  }
+  const sinceText = query.one('since');
+  const since = sinceText === undefined ? undefined : parseRfc3339(sinceText);
+  if (sinceText !== undefined && since === undefined) {
+    query.problem('since', `${RFC3339_PROBLEM}; got ${JSON.stringify(clip(sinceText))}`);
+  }
+  const limit = query.limit(DEFAULT_EVENT_PAGE_LIMIT, MAX_EVENT_PAGE_LIMIT);
+  const cursor = query.one('cursor');
+  const after = cursor === undefined ? undefined : decodeEventCursor(cursor);
+  if (cursor !== undefined && after === undefined) {
+    query.problem('cursor', 'must be a next_cursor from a previous page');
+  }
+  query.check();
+  return { exportId, status, since, after, limit };
+}
+
+/** A body that must say nothing: none, blank, or `{}`. */
+function validateEmptyObject(text: string): void {
+  if (text.trim() === '') return;
+  const body = parseJsonBody(text);
+  if (!isPlainObject(body)) {
+    throw new HttpError(400, 'invalid_request', 'the body must be empty or {}');
+  }
+  const details = Object.keys(body).map((key) => ({ field: clip(key), problem: 'unknown field' }));
+  if (details.length > 0) {
+    throw new HttpError(
+      400,
+      'invalid_request',
+      'the body must be empty or {}',
+      details.slice(0, MAX_UNKNOWN_LISTED),
+    );
+  }
+}
+
+/** Validates a `POST /v1/events/redeliver` body whole; throws a 400 listing every problem. */
+export function validateRedeliverSince(body: unknown): { since: number; status: DeliveryStatus } {
+  if (!isPlainObject(body)) {
+    throw new HttpError(
+      400,
+      'invalid_request',
+      'the body must be a JSON object like {"since": "2026-11-22T00:00:00Z", "status": "failed"}',
+    );
+  }
+  const details: Problem[] = [];
+  for (const key of Object.keys(body)) {
+    if (key !== 'since' && key !== 'status') details.push({ field: clip(key), problem: 'unknown field' });
+  }
+  const since = typeof body.since === 'string' ? parseRfc3339(body.since) : undefined;
+  if (since === undefined) {
+    details.push({
+      field: 'since',
+      problem: body.since === undefined ? `is required: ${RFC3339_PROBLEM}` : RFC3339_PROBLEM,
+    });
+  }
+  const status = body.status === undefined ? 'failed' : deliveryStatus(body.status);
+  if (status === undefined) {
+    details.push({ field: 'status', problem: `must be one of ${DELIVERY_STATUSES.join(', ')}` });
+  }
+  if (details.length > 0 || since === undefined || status === undefined) {
+    throw new HttpError(
+      400,
+      'invalid_request',
+      'the request is invalid; nothing was redelivered',
+      details.slice(0, MAX_UNKNOWN_LISTED),
+    );
+  }
+  return { since, status };
+}
+
+function deliveryStatus(value: unknown): DeliveryStatus | undefined {
+  return DELIVERY_STATUSES.find((s) => s === value);
+}
+
+const RFC3339_PROBLEM = 'must be an RFC 3339 date-time with a time zone, like 2026-11-22T05:33:04Z';
+
+const RFC3339 =
+  /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:(Z)|([+-])(\d{2}):(\d{2}))$/i;
+
+/**
+ * An RFC 3339 date-time (with `T`, seconds and a time zone, as section 5.6 requires) as epoch
+ * milliseconds; undefined when it is not one or names no real time (February 30, 25:00). A
+ * fraction finer than milliseconds is rounded up, so that "at or after" never takes in an earlier
+ * millisecond. Leap seconds (:60) are refused: the store's times have none.
+ */
+export function parseRfc3339(text: string): number | undefined {
+  const m = RFC3339.exec(text);
+  if (!m) return undefined;
+  const [year, month, day, hour, minute, second] = m.slice(1, 7).map(Number) as [
+    number,
+    number,
+    number,
+    number,
+    number,
+    number,
+  ];
+  const fraction = m[7] ?? '';
+  const offsetHours = Number(m[10] ?? 0);
+  const offsetMinutes = Number(m[11] ?? 0);
+  if (month < 1 || month > 12 || day < 1 || day > daysInMonth(year, month)) return undefined;
+  if (hour > 23 || minute > 59 || second > 59 || offsetHours > 23 || offsetMinutes > 59) return undefined;
+  const date = new Date(0);
+  date.setUTCFullYear(year, month - 1, day);
+  date.setUTCHours(hour, minute, second, Number(fraction.slice(0, 3).padEnd(3, '0')));
+  const finer = /[1-9]/.test(fraction.slice(3)) ? 1 : 0;
+  const offset = (m[9] === '-' ? -1 : 1) * (offsetHours * 60 + offsetMinutes) * 60_000;
+  return date.getTime() + finer - offset;
+}
+
+function daysInMonth(year: number, month: number): number {
+  if (month === 2) return year % 4 === 0 && (year % 100 !== 0 || year % 400 === 0) ? 29 : 28;
+  return [4, 6, 9, 11].includes(month) ? 30 : 31;
+}
+
+/** An export page cursor: base64url of the last id of the page (opaque to clients). */
 function encodeCursor(id: string): string {
   return Buffer.from(id, 'utf8').toString('base64url');
 }
 
-/** The id a cursor stands for, or undefined when it is not one of ours. */
+/** The id an export cursor stands for, or undefined when it is not one of ours. */
 function decodeCursor(cursor: string): string | undefined {
   if (!/^[A-Za-z0-9_-]{1,172}$/.test(cursor)) return undefined;
   const id = Buffer.from(cursor, 'base64url').toString('utf8');
   // Node's decoder is lenient; only the exact encoding of a valid id is a cursor.
   return EXPORT_ID_PATTERN.test(id) && encodeCursor(id) === cursor ? id : undefined;
+}
+
+/** An event page cursor: base64url of `[createdAt, id]` of the page's last event (opaque to clients). */
+function encodeEventCursor(event: { createdAt: number; id: string }): string {
+  return Buffer.from(JSON.stringify([event.createdAt, event.id]), 'utf8').toString('base64url');
+}
+
+/** The position an event cursor stands for, or undefined when it is not one of ours. */
+function decodeEventCursor(cursor: string): { createdAt: number; id: string } | undefined {
+  if (!/^[A-Za-z0-9_-]{1,300}$/.test(cursor)) return undefined;
+  let value: unknown;
+  try {
+    value = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8'));
+  } catch {
+    return undefined;
+  }
+  if (!Array.isArray(value) || value.length !== 2) return undefined;
+  const [createdAt, id] = value as [unknown, unknown];
+  if (!Number.isSafeInteger(createdAt) || (createdAt as number) < 0) return undefined;
+  if (typeof id !== 'string' || !WEBHOOK_ID_PATTERN.test(id)) return undefined;
+  const position = { createdAt: createdAt as number, id };
+  // Only the exact encoding is a cursor: Node's decoder is lenient.
+  return encodeEventCursor(position) === cursor ? position : undefined;
+}
+
+/** The body's text; none (no content type, no length: fastify skips the parser) is empty. */
+function bodyText(request: FastifyRequest): string {
+  return typeof request.body === 'string' ? request.body : '';
 }
 
 function parseJsonBody(text: string): unknown {
@@ -837,6 +1185,20 @@ function methodNotAllowed(allow: string): HttpError {
 
 function exportNotFound(id: string): HttpError {
   return new HttpError(404, 'export_not_found', `export ${JSON.stringify(clip(id))} is not watched`);
+}
+
+function eventNotFound(id: string): HttpError {
+  return new HttpError(404, 'event_not_found', `no event ${JSON.stringify(clip(id))} is stored`);
+}
+
+/** Named as its label: the URL given may carry credentials, and an answer is no place for them. */
+function unknownEndpoint(endpoint: string): HttpError {
+  return new HttpError(
+    400,
+    'unknown_endpoint',
+    `unknown endpoint ${JSON.stringify(clip(safeUrl(endpoint)))}: not one of the configured webhook URLs (WATCHER_WEBHOOK_URLS)`,
+    [{ field: 'endpoint', problem: 'unknown endpoint' }],
+  );
 }
 
 function isPlainObject(value: unknown): value is Record<string, unknown> {

@@ -14,10 +14,12 @@
  * | `sbg_export_watcher_platform_rate_limited_total` | counter | none | Platform answers of 429 (rate limit exceeded); every call pauses until the reset. |
  * | `sbg_export_watcher_platform_rate_limit_remaining` | gauge | none | The platform's `X-RateLimit-Remaining` as last reported, less the requests this daemon started since. Absent until the platform reports it, and after a window ends until it reports again. |
  * | `sbg_export_watcher_rate_budget_remaining` | gauge | none | Requests left of this daemon's own `WATCHER_RATE_BUDGET` in the current rate window. |
- * | `sbg_export_watcher_webhook_deliveries_total` | counter | `endpoint`, `result` | Webhook deliveries (one event to one endpoint) that ended. `result`: delivered, gone (410), given_up (past `WATCHER_WEBHOOK_MAX_AGE`), cancelled (export un-watched), closed (undelivered at shutdown). |
+ * | `sbg_export_watcher_webhook_deliveries_total` | counter | `endpoint`, `result` | Webhook deliveries (one event to one endpoint) that ended in this process. `result`: delivered, gone (410), given_up (past `WATCHER_WEBHOOK_MAX_AGE`). |
  * | `sbg_export_watcher_webhook_attempts_total` | counter | `endpoint`, `outcome` | Webhook HTTP attempts. `outcome`: success (2xx), failure (anything to retry), gone (410). |
  * | `sbg_export_watcher_webhook_attempt_duration_seconds` | histogram | `endpoint` | Time of one webhook attempt. Buckets 10 ms to 60 s. |
- * | `sbg_export_watcher_webhook_deliveries_pending` | gauge | none | Webhook deliveries not finished yet, over all endpoints: waiting for a slot, in flight, or backing off before a retry. |
+ * | `sbg_export_watcher_webhook_deliveries_pending` | gauge | none | Webhook deliveries not finished yet, over all endpoints (stored as pending: due, in flight, or waiting for a retry). |
+ * | `sbg_export_watcher_webhook_deliveries` | gauge | `status` | Stored webhook deliveries by status: pending, delivered, failed (given up), gone; finished ones count until `WATCHER_EVENT_RETAIN` drops them. |
+ * | `sbg_export_watcher_webhook_oldest_pending_age_seconds` | gauge | none | Age of the oldest event with a pending delivery; 0 when none is pending. |
  * | `sbg_export_watcher_last_successful_check_timestamp_seconds` | gauge | none | Unix time (seconds) at which a check of the platform last succeeded; 0 before the first. |
  *
  * `endpoint` is the webhook URL without credentials, query or fragment (as the webhook
@@ -28,16 +30,16 @@
  * without a prefix so that stock Node.js dashboards and alerts work unchanged.
  *
  * Each `Metrics` owns its own `Registry` rather than prom-client's global one, so tests and several
- * daemons in one process never collide. Counters and histograms are fed by the observers handed to
- * the platform client and the webhook dispatcher and by `onTransition` / `onCheckSuccess`; gauges
- * of current state are read from the sources given to the constructor at scrape time, so they
- * cost nothing between scrapes and are never stale.
+ * daemons in one process never collide. Counters and histograms are fed by the daemon's events
+ * (`attach(bus)`); gauges of current state are read from the sources given to the constructor at
+ * scrape time (the store's counts among them), so they cost nothing between scrapes and are never
+ * stale.
  */
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
-import type { AttemptResult, DeliveryOutcome, WebhookObserver } from '../delivery/webhooks.js';
-import type { PlatformObserver, PlatformRoute, RequestOutcome } from '../platform/platform-client.js';
 import type { RateSnapshot } from '../platform/rate-limiter.js';
 import { EXPORT_STATES, type ExportState } from '../polling/tracker.js';
+import type { Bus } from '../shared/bus.js';
+import { DELIVERY_STATUSES, type DeliveryCounts } from '../store/store.js';
 
 export const METRIC_PREFIX = 'sbg_export_watcher_';
 
@@ -115,7 +117,7 @@ const M = {
     name: `${METRIC_PREFIX}webhook_deliveries_total`,
     type: 'counter',
     labels: ['endpoint', 'result'],
-    help: 'Webhook deliveries (one event to one endpoint) that ended: delivered, gone, given_up, cancelled or closed.',
+    help: 'Webhook deliveries (one event to one endpoint) that ended in this process: delivered, gone or given_up.',
   },
   attempts: {
     name: `${METRIC_PREFIX}webhook_attempts_total`,
@@ -133,7 +135,19 @@ const M = {
     name: `${METRIC_PREFIX}webhook_deliveries_pending`,
     type: 'gauge',
     labels: [],
-    help: 'Webhook deliveries not finished yet: waiting for a slot, in flight, or backing off before a retry.',
+    help: 'Webhook deliveries not finished yet: due, in flight, or waiting for a retry.',
+  },
+  deliveriesStored: {
+    name: `${METRIC_PREFIX}webhook_deliveries`,
+    type: 'gauge',
+    labels: ['status'],
+    help: 'Stored webhook deliveries by status: pending, delivered, failed (given up), gone.',
+  },
+  oldestPending: {
+    name: `${METRIC_PREFIX}webhook_oldest_pending_age_seconds`,
+    type: 'gauge',
+    labels: [],
+    help: 'Age of the oldest event with a pending delivery; 0 when none is pending.',
   },
   lastCheck: {
     name: `${METRIC_PREFIX}last_successful_check_timestamp_seconds`,
@@ -152,36 +166,40 @@ export const METRIC_DESCRIPTIONS: readonly MetricDescription[] = Object.values(M
  */
 export type RateLimitSource = Pick<RateSnapshot, 'budget' | 'spent' | 'platformRemaining'>;
 
-/** Where the gauges of current state are read from, at every scrape. Each must be cheap and not throw. */
+/** Where the gauges of current state are read from, at every scrape. */
 export interface MetricsSources {
-  /** Exports held, by state: `() => tracker.countByState()`. */
-  exportsByState: () => Readonly<Record<ExportState, number>>;
+  /** Exports held, by state: `() => store.countExports()`. */
+  exportsByState: () => Promise<Readonly<Record<ExportState, number>>>;
   /** The limiter's view of the quota: `() => limiter.snapshot()`. */
   rateLimit: () => RateLimitSource;
-  /** Unfinished webhook deliveries over all endpoints: `() => webhooks.pending()`. */
-  deliveriesWaiting: () => number;
+  /** Stored deliveries by status: `() => store.deliveryCounts()`. */
+  deliveries: () => Promise<DeliveryCounts>;
+  /** Epoch ms; default Date.now. */
+  now?: () => number;
 }
 
 export class Metrics {
   /** This instance's own registry; prom-client's global one is never touched. */
   readonly registry: Registry;
-  /** Hand to `PlatformClient` as `observer`. */
-  readonly platformObserver: PlatformObserver;
-  /**
-   * Hand to `WebhookDispatcher` as `observer`. It does not use `attemptStarted` or `queueDepth`:
-   * the pending total is read from `deliveriesWaiting` at scrape time instead.
-   */
-  readonly webhookObserver: WebhookObserver;
-
   readonly #transitions: Counter<'from' | 'to'>;
   readonly #lastCheck: Gauge;
+  readonly #platformRequests: Counter<'route' | 'outcome'>;
+  readonly #platformDuration: Histogram<'route'>;
+  readonly #bulkIds: Histogram;
+  readonly #bulkMismatch: Counter<'kind'>;
+  readonly #rateLimited: Counter;
+  readonly #deliveries: Counter<'endpoint' | 'result'>;
+  readonly #attempts: Counter<'endpoint' | 'outcome'>;
+  readonly #attemptDuration: Histogram<'endpoint'>;
+  readonly #now: (() => number) | undefined;
 
   constructor(sources: MetricsSources) {
-    for (const key of ['exportsByState', 'rateLimit', 'deliveriesWaiting'] as const) {
+    for (const key of ['exportsByState', 'rateLimit', 'deliveries'] as const) {
       if (typeof sources[key] !== 'function') {
         throw new TypeError(`Metrics: ${key} must be a function, got ${typeof sources[key]}`);
       }
     }
+    this.#now = sources.now;
     const registry = new Registry();
     this.registry = registry;
     collectDefaultMetrics({ register: registry });
@@ -192,8 +210,8 @@ export class Metrics {
       help: M.exports.help,
       labelNames: M.exports.labels,
       registers,
-      collect() {
-        const counts = sources.exportsByState();
+      async collect() {
+        const counts = await sources.exportsByState();
         // Every state, zeros included, so a state that empties shows 0 rather than vanishing.
         for (const state of EXPORT_STATES) this.set({ state }, counts[state] ?? 0);
       },
@@ -204,32 +222,32 @@ export class Metrics {
       labelNames: M.transitions.labels,
       registers,
     });
-    const platformRequests = new Counter({
+    this.#platformRequests = new Counter({
       name: M.platformRequests.name,
       help: M.platformRequests.help,
       labelNames: M.platformRequests.labels,
       registers,
     });
-    const platformDuration = new Histogram({
+    this.#platformDuration = new Histogram({
       name: M.platformDuration.name,
       help: M.platformDuration.help,
       labelNames: M.platformDuration.labels,
       buckets: [...DURATION_BUCKETS],
       registers,
     });
-    const bulkIds = new Histogram({
+    this.#bulkIds = new Histogram({
       name: M.bulkIds.name,
       help: M.bulkIds.help,
       buckets: [...BULK_IDS_BUCKETS],
       registers,
     });
-    const bulkMismatch = new Counter({
+    this.#bulkMismatch = new Counter({
       name: M.bulkMismatch.name,
       help: M.bulkMismatch.help,
       labelNames: M.bulkMismatch.labels,
       registers,
     });
-    const rateLimited = new Counter({ name: M.rateLimited.name, help: M.rateLimited.help, registers });
+    this.#rateLimited = new Counter({ name: M.rateLimited.name, help: M.rateLimited.help, registers });
     new Gauge({
       name: M.platformRemaining.name,
       help: M.platformRemaining.help,
@@ -250,19 +268,19 @@ export class Metrics {
         this.set(Math.max(0, budget - spent));
       },
     });
-    const deliveries = new Counter({
+    this.#deliveries = new Counter({
       name: M.deliveries.name,
       help: M.deliveries.help,
       labelNames: M.deliveries.labels,
       registers,
     });
-    const attempts = new Counter({
+    this.#attempts = new Counter({
       name: M.attempts.name,
       help: M.attempts.help,
       labelNames: M.attempts.labels,
       registers,
     });
-    const attemptDuration = new Histogram({
+    this.#attemptDuration = new Histogram({
       name: M.attemptDuration.name,
       help: M.attemptDuration.help,
       labelNames: M.attemptDuration.labels,
@@ -273,41 +291,60 @@ export class Metrics {
       name: M.deliveriesPending.name,
       help: M.deliveriesPending.help,
       registers,
-      collect() {
-        this.set(sources.deliveriesWaiting());
+      async collect() {
+        this.set((await sources.deliveries()).pending);
+      },
+    });
+    new Gauge({
+      name: M.deliveriesStored.name,
+      help: M.deliveriesStored.help,
+      labelNames: M.deliveriesStored.labels,
+      registers,
+      async collect() {
+        const counts = await sources.deliveries();
+        for (const status of DELIVERY_STATUSES) this.set({ status }, counts[status]);
+      },
+    });
+    const now = sources.now ?? Date.now;
+    new Gauge({
+      name: M.oldestPending.name,
+      help: M.oldestPending.help,
+      registers,
+      async collect() {
+        const { oldestPendingAt } = await sources.deliveries();
+        this.set(oldestPendingAt === null ? 0 : Math.max(0, (now() - oldestPendingAt) / 1000));
       },
     });
     this.#lastCheck = new Gauge({ name: M.lastCheck.name, help: M.lastCheck.help, registers });
-
-    // The platform client calls these in a `finally`, where a throw would replace the request's
-    // own error; so they only record numbers prom-client accepts.
-    this.platformObserver = {
-      onRequest(route: PlatformRoute, outcome: RequestOutcome, durationMs: number) {
-        platformRequests.inc({ route, outcome });
-        platformDuration.observe({ route }, seconds(durationMs));
-        if (outcome === 'rate_limited') rateLimited.inc();
-      },
-      onBulkCall(ids: number) {
-        if (Number.isFinite(ids) && ids >= 0) bulkIds.observe(ids);
-      },
-      onBulkMismatch(asked: number, items: number) {
-        bulkMismatch.inc({ kind: items < asked ? 'fewer_items' : 'more_items' });
-      },
-    };
-    this.webhookObserver = {
-      attemptFinished(result: AttemptResult) {
-        attempts.inc({ endpoint: result.endpoint, outcome: result.outcome });
-        attemptDuration.observe({ endpoint: result.endpoint }, seconds(result.durationMs));
-      },
-      deliveryFinished(endpoint: string, outcome: DeliveryOutcome) {
-        deliveries.inc({ endpoint, result: outcome });
-      },
-    };
   }
 
-  /** One observed state change (the scheduler's transitions). */
-  onTransition(from: ExportState, to: ExportState): void {
-    this.#transitions.inc({ from, to });
+  /**
+   * Feeds the counters and histograms from the daemon's events. The platform client emits from a
+   * `finally`, so these only record numbers prom-client accepts.
+   */
+  attach(bus: Bus): void {
+    bus.on('platform.request', ({ route, outcome, durationMs }) => {
+      this.#platformRequests.inc({ route, outcome });
+      this.#platformDuration.observe({ route }, seconds(durationMs));
+      if (outcome === 'rate_limited') this.#rateLimited.inc();
+    });
+    bus.on('platform.bulk', ({ ids }) => {
+      if (Number.isFinite(ids) && ids >= 0) this.#bulkIds.observe(ids);
+    });
+    bus.on('platform.bulk_mismatch', ({ asked, items }) => {
+      this.#bulkMismatch.inc({ kind: items < asked ? 'fewer_items' : 'more_items' });
+    });
+    bus.on('delivery.attempt', (result) => {
+      this.#attempts.inc({ endpoint: result.endpoint, outcome: result.outcome });
+      this.#attemptDuration.observe({ endpoint: result.endpoint }, seconds(result.durationMs));
+    });
+    bus.on('delivery.finished', ({ endpoint, outcome }) => {
+      this.#deliveries.inc({ endpoint, result: outcome });
+    });
+    bus.on('transition', ({ from, to }) => this.#transitions.inc({ from, to }));
+    bus.on('check.result', (result) => {
+      if (result.ok) this.onCheckSuccess((this.#now ?? Date.now)());
+    });
   }
 
   /** A check of the platform succeeded at `now` (epoch ms, from the injected clock). */

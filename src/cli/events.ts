@@ -1,0 +1,288 @@
+/**
+ * `events` and `redeliver`: what a running daemon delivered, and asking it to deliver again,
+ * through its control API (`GET /v1/events`, `POST /v1/events/{webhook-id}/redeliver`,
+ * `POST /v1/events/redeliver`). They never talk to the platform.
+ *
+ * `events` prints a table on a terminal (one line per event and endpoint), one JSON object per
+ * event otherwise or with `--json` (the API's event, as it answered). `redeliver` prints what was
+ * queued, one line per id (or one for `--since`).
+ *
+ * Exit: 0 done; 1 the daemon could not be asked (one `error:` line) or an id is unknown to it;
+ * 2 a usage error, found before the daemon is asked.
+ */
+import type { Writable } from 'node:stream';
+import { parseDuration } from '../config/config.js';
+import {
+  EXPORT_ID_PATTERN,
+  MAX_EVENT_PAGE_LIMIT,
+  parseRfc3339,
+  WEBHOOK_ID_PATTERN,
+} from '../http/control-api.js';
+import { UsageError } from '../shared/errors.js';
+import { DELIVERY_STATUSES, type DeliveryStatus } from '../store/store.js';
+import {
+  type ApiAnswer,
+  ControlApiError,
+  type ControlClient,
+  type ControlCommandIo,
+  withControlApi,
+} from './control-client.js';
+import { oneLine } from './error-report.js';
+
+/** `events` without `--all`: one page of this many. */
+export const EVENTS_DEFAULT_LIMIT = 100;
+
+/** A command's flags as parsed: strings, or true for a boolean given. */
+export type FlagValues = Readonly<Record<string, string | boolean | string[] | undefined>>;
+
+export interface EventsQuery {
+  exportId?: string;
+  status?: DeliveryStatus;
+  /** ISO time. */
+  since?: string;
+  /** Events per request. */
+  limit: number;
+  /** Follow `next_cursor` to the end. */
+  all: boolean;
+}
+
+/** `events` flags as a query; a UsageError for any that is wrong. */
+export function eventsQuery(values: FlagValues, now: number): EventsQuery {
+  const all = values.all === true;
+  const limit = values.limit === undefined ? undefined : parseLimit(String(values.limit));
+  return {
+    ...(values.export === undefined ? {} : { exportId: parseExportId(String(values.export)) }),
+    ...(values.status === undefined ? {} : { status: parseStatus(String(values.status)) }),
+    ...(values.since === undefined ? {} : { since: parseSince(String(values.since), now) }),
+    // --all asks for big pages unless told otherwise: fewer requests for the same events.
+    limit: limit ?? (all ? MAX_EVENT_PAGE_LIMIT : EVENTS_DEFAULT_LIMIT),
+    all,
+  };
+}
+
+/** What `redeliver` is asked to do. */
+export type RedeliverPlan =
+  | { kind: 'ids'; ids: string[]; endpoint?: string }
+  | { kind: 'since'; since: string; status: DeliveryStatus };
+
+/** `redeliver` arguments and flags as a plan; a UsageError for a wrong or contradictory one. */
+export function redeliverPlan(
+  positionals: readonly string[],
+  values: FlagValues,
+  now: number,
+): RedeliverPlan {
+  const endpoint = values['webhook-url'] === undefined ? undefined : String(values['webhook-url']);
+  if (values.since !== undefined) {
+    if (positionals.length > 0) {
+      throw new UsageError('redeliver takes webhook ids or --since, not both');
+    }
+    if (endpoint !== undefined) {
+      throw new UsageError(
+        'redeliver --since redelivers to every endpoint; --webhook-url goes with webhook ids',
+      );
+    }
+    const status = values.status === undefined ? 'failed' : parseStatus(String(values.status));
+    return { kind: 'since', since: parseSince(String(values.since), now), status };
+  }
+  if (values.status !== undefined) throw new UsageError('redeliver --status goes with --since');
+  if (positionals.length === 0) {
+    throw new UsageError(
+      'redeliver needs webhook ids (like evt_<export id>_completed) or --since TIME; see: sbg-export-watcher redeliver --help',
+    );
+  }
+  const bad = positionals.find((id) => !WEBHOOK_ID_PATTERN.test(id));
+  if (bad !== undefined) {
+    throw new UsageError(
+      `${JSON.stringify(oneLine(bad).slice(0, 200))} is not a webhook id (like evt_<export id>_completed)`,
+    );
+  }
+  if (endpoint !== undefined && endpoint.trim() === '') {
+    throw new UsageError('--webhook-url: expected a configured webhook URL or its label, got nothing');
+  }
+  const ids = [...new Set(positionals)];
+  return endpoint === undefined ? { kind: 'ids', ids } : { kind: 'ids', ids, endpoint };
+}
+
+function parseLimit(text: string): number {
+  const n = /^\d{1,4}$/.test(text) ? Number(text) : Number.NaN;
+  if (n >= 1 && n <= MAX_EVENT_PAGE_LIMIT) return n;
+  throw new UsageError(
+    `--limit: expected a whole number from 1 to ${MAX_EVENT_PAGE_LIMIT}, got ${JSON.stringify(text)}`,
+  );
+}
+
+function parseExportId(text: string): string {
+  if (EXPORT_ID_PATTERN.test(text)) return text;
+  throw new UsageError(
+    `--export: expected an export id (${EXPORT_ID_PATTERN.source}), got ${JSON.stringify(text)}`,
+  );
+}
+
+function parseStatus(text: string): DeliveryStatus {
+  const status = DELIVERY_STATUSES.find((s) => s === text);
+  if (status) return status;
+  throw new UsageError(
+    `--status: expected one of ${DELIVERY_STATUSES.join(', ')}, got ${JSON.stringify(text)}`,
+  );
+}
+
+/**
+ * `--since`: an RFC 3339 time, or a duration back from `now` (`30m`, `2h`, `7d`; the unit is
+ * required, as a bare number could be taken for a year or a timestamp). Resolved to an ISO time.
+ */
+export function parseSince(text: string, now: number): string {
+  const at = parseRfc3339(text);
+  if (at !== undefined) return new Date(at).toISOString();
+  const back = /^\d+(\.\d+)?(ms|s|m|h|d)$/.test(text) ? parseDuration(text) : Number.NaN;
+  if (Number.isFinite(back) && back <= now) return new Date(now - back).toISOString();
+  throw new UsageError(
+    `--since: expected an RFC 3339 time like 2026-11-22T05:00:00Z, or a duration back from now like 30m, 2h, 7d, got ${JSON.stringify(text)}`,
+  );
+}
+
+export interface EventsOptions extends ControlCommandIo {
+  query: EventsQuery;
+  /** One JSON object per line instead of a table. */
+  json: boolean;
+  stdout: Writable;
+}
+
+/** The parts of an event this command reads; the rest is printed as it came with `--json`. */
+export interface EventItem {
+  id: string;
+  type: string;
+  created_at: string;
+  deliveries: Array<{ endpoint: string; status: string; attempts: number; last_status: number | null }>;
+}
+
+export async function runEvents(options: EventsOptions): Promise<number> {
+  return withControlApi(options, async (client) => {
+    const rows: EventItem[] = [];
+    let cursor: string | null = null;
+    let more = false;
+    do {
+      const page = await eventPage(client, options.query, cursor);
+      if (options.json) {
+        for (const item of page.items) options.stdout.write(`${JSON.stringify(item)}\n`);
+      } else {
+        rows.push(...page.items);
+      }
+      more = page.nextCursor !== null;
+      if (more && page.nextCursor === cursor) {
+        throw new ControlApiError(`the daemon at ${client.where} answered the same page twice`);
+      }
+      cursor = page.nextCursor;
+    } while (options.query.all && more);
+    if (!options.json) {
+      options.stdout.write(formatEvents(rows));
+      if (more) options.stderr.write('more events follow: --all lists them all\n');
+    }
+    return 0;
+  });
+}
+
+async function eventPage(
+  client: ControlClient,
+  query: EventsQuery,
+  cursor: string | null,
+): Promise<{ items: EventItem[]; nextCursor: string | null }> {
+  const params = new URLSearchParams();
+  if (query.exportId !== undefined) params.set('export_id', query.exportId);
+  if (query.status !== undefined) params.set('status', query.status);
+  if (query.since !== undefined) params.set('since', query.since);
+  params.set('limit', String(query.limit));
+  if (cursor !== null) params.set('cursor', cursor);
+  const answer = await client.send('GET', `/v1/events?${params}`);
+  if (answer.status !== 200) throw client.refused('to list events', answer);
+  const body = answer.body as { items?: unknown; next_cursor?: unknown };
+  const nextCursor = body.next_cursor;
+  if (!Array.isArray(body.items) || !(typeof nextCursor === 'string' || nextCursor === null)) {
+    throw new ControlApiError(
+      `the daemon at ${client.where} answered GET /v1/events without items and next_cursor`,
+    );
+  }
+  return { items: body.items as EventItem[], nextCursor };
+}
+
+/** A table: one line per event and endpoint, the event's columns on its first line only. */
+export function formatEvents(events: readonly EventItem[]): string {
+  const header = ['WEBHOOK-ID', 'TYPE', 'CREATED', 'ENDPOINT', 'STATUS', 'ATTEMPTS', 'LAST STATUS'];
+  const rows: string[][] = [];
+  for (const e of events) {
+    const first = [cell(e.id), cell(e.type), cell(e.created_at)];
+    const deliveries = Array.isArray(e.deliveries) ? e.deliveries : [];
+    if (deliveries.length === 0) rows.push([...first, '-', '-', '-', '-']);
+    deliveries.forEach((d, i) => {
+      rows.push([
+        ...(i === 0 ? first : ['', '', '']),
+        cell(d.endpoint),
+        cell(d.status),
+        cell(d.attempts),
+        d.last_status === 0 ? 'no answer' : cell(d.last_status),
+      ]);
+    });
+  }
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const line = (cols: readonly string[]) =>
+    cols
+      .map((c, i) => c.padEnd(widths[i] ?? 0))
+      .join('  ')
+      .trimEnd();
+  return `${[line(header), ...rows.map(line)].join('\n')}\n`;
+}
+
+/** A value from the daemon as one cell: printable, `-` when empty. */
+function cell(value: unknown): string {
+  if (value === undefined || value === null || value === '') return '-';
+  return oneLine(String(value)) || '-';
+}
+
+export interface RedeliverOptions extends ControlCommandIo {
+  plan: RedeliverPlan;
+  stdout: Writable;
+}
+
+export async function runRedeliver(options: RedeliverOptions): Promise<number> {
+  const { plan } = options;
+  return withControlApi(options, async (client) => {
+    if (plan.kind === 'since') {
+      const answer = await client.send('POST', '/v1/events/redeliver', {
+        since: plan.since,
+        status: plan.status,
+      });
+      if (answer.status !== 202) throw client.refused('the redelivery', answer);
+      const n = deliveries(client, answer);
+      options.stdout.write(
+        `${plural(n)} queued again: those ${plan.status} of events created since ${plan.since}\n`,
+      );
+      return 0;
+    }
+    let unknown = 0;
+    const query = plan.endpoint === undefined ? '' : `?endpoint=${encodeURIComponent(plan.endpoint)}`;
+    for (const id of plan.ids) {
+      const answer = await client.send('POST', `/v1/events/${id}/redeliver${query}`);
+      if (answer.status === 404 && errorCode(answer) === 'event_not_found') {
+        unknown++;
+        options.stderr.write(`error: the daemon has no event ${id} (a wrong id, or pruned)\n`);
+        continue;
+      }
+      if (answer.status !== 202) throw client.refused(`to redeliver ${id}`, answer);
+      options.stdout.write(`${id}  ${plural(deliveries(client, answer))} queued again\n`);
+    }
+    return unknown === 0 ? 0 : 1;
+  });
+}
+
+function deliveries(client: ControlClient, answer: ApiAnswer): number {
+  const n = (answer.body as { deliveries?: unknown }).deliveries;
+  if (typeof n === 'number' && Number.isSafeInteger(n) && n >= 0) return n;
+  throw new ControlApiError(`the daemon at ${client.where} answered a redelivery without its count`);
+}
+
+function errorCode(answer: ApiAnswer): unknown {
+  return (answer.body as { error?: { code?: unknown } }).error?.code;
+}
+
+function plural(n: number): string {
+  return `${n} ${n === 1 ? 'delivery' : 'deliveries'}`;
+}

@@ -1,0 +1,518 @@
+/**
+ * `events` and `redeliver`, run as the program, against a real ControlApi on 127.0.0.1 whose
+ * registry is a fake holding a few events: what is asked of the daemon, what is printed, and the
+ * exit codes.
+ */
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { createServer, type Server, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import pino from 'pino';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { formatEvents, parseSince, redeliverPlan } from '../src/cli/events.js';
+import { runCli } from '../src/cli.js';
+import type { EventType } from '../src/delivery/events.js';
+import { ControlApi, eventToJson, type WatchRegistry } from '../src/http/control-api.js';
+import type { DeliveryStatus, EventQuery, StoredEvent } from '../src/store/store.js';
+import { killAll, spawnCli } from './helpers/spawn.js';
+
+const TOKEN = 'replay-token-5c1e9a';
+const HOOK_URL = 'https://hook-user:Hook-Pass-77@hooks.example.org/in?sig=sig-SECRET-42';
+const HOOK_LABEL = 'https://hooks.example.org/in';
+const T0 = Date.UTC(2026, 10, 22, 5, 0, 0);
+const MINUTE = 60_000;
+
+/** Events in memory, listed and redelivered as the store would; every call is recorded. */
+class EventsRegistry implements WatchRegistry {
+  readonly stored: StoredEvent[] = [];
+  readonly calls: Array<{ method: string; args: unknown[] }> = [];
+
+  async watch() {
+    return { accepted: [], alreadyWatched: [] };
+  }
+
+  async unwatch() {
+    return false;
+  }
+
+  async get() {
+    return undefined;
+  }
+
+  async page() {
+    return { items: [], more: false };
+  }
+
+  async events(query: EventQuery) {
+    this.calls.push({ method: 'events', args: [query] });
+    const after = query.after;
+    const matching = [...this.stored]
+      .sort((a, b) => b.createdAt - a.createdAt || (a.id < b.id ? 1 : -1))
+      .filter((e) => query.exportId === undefined || e.exportId === query.exportId)
+      .filter((e) => query.status === undefined || e.deliveries.some((d) => d.status === query.status))
+      .filter((e) => query.since === undefined || e.createdAt >= query.since)
+      .filter(
+        (e) =>
+          after === undefined ||
+          e.createdAt < after.createdAt ||
+          (e.createdAt === after.createdAt && e.id < after.id),
+      );
+    return { items: matching.slice(0, query.limit), more: matching.length > query.limit };
+  }
+
+  async redeliver(eventId: string, endpoint?: string) {
+    this.calls.push({ method: 'redeliver', args: [eventId, endpoint] });
+    const event = this.stored.find((e) => e.id === eventId);
+    if (!event) return 'unknown_event' as const;
+    if (endpoint === undefined) return { deliveries: event.deliveries.length };
+    return endpoint === HOOK_URL || endpoint === HOOK_LABEL
+      ? { deliveries: 1 }
+      : ('unknown_endpoint' as const);
+  }
+
+  async redeliverSince(since: number, status: DeliveryStatus) {
+    this.calls.push({ method: 'redeliverSince', args: [since, status] });
+    return { deliveries: 4 };
+  }
+
+  add(exportId: string, type: EventType, createdAt: number, status: DeliveryStatus): void {
+    const id = `evt_${exportId}_${type.slice('export.'.length)}`;
+    this.stored.push({
+      id,
+      type,
+      exportId,
+      body: JSON.stringify({ type, data: { export_id: exportId } }),
+      createdAt,
+      deliveries: [
+        {
+          eventId: id,
+          endpointKey: 'k1',
+          endpointLabel: HOOK_LABEL,
+          status,
+          attempts: status === 'pending' ? 0 : 2,
+          nextAttemptAt: null,
+          seriesStartedAt: createdAt,
+          lastStatus: status === 'delivered' ? 204 : status === 'failed' ? 0 : null,
+          lastError: status === 'failed' ? `connect ECONNREFUSED for ${HOOK_URL}` : null,
+          finishedAt: null,
+        },
+      ],
+    });
+  }
+
+  of(method: string): unknown[][] {
+    return this.calls.filter((c) => c.method === method).map((c) => c.args);
+  }
+}
+
+let registry: EventsRegistry;
+let api: ControlApi;
+let apiUrl: string;
+
+beforeAll(async () => {
+  registry = new EventsRegistry();
+  api = new ControlApi({
+    host: '127.0.0.1',
+    port: 0,
+    registry,
+    probes: { health: () => ({ ok: true }), ready: () => ({ ok: true }) },
+    log: pino({ level: 'silent' }),
+    apiToken: TOKEN,
+  });
+  apiUrl = await api.listen();
+});
+
+afterAll(async () => {
+  await api.close();
+});
+
+beforeEach(() => {
+  registry.stored.length = 0;
+  registry.calls.length = 0;
+  registry.add('a1', 'export.completed', T0, 'delivered');
+  registry.add('a1', 'export.running', T0 - MINUTE, 'delivered');
+  registry.add('b2', 'export.failed', T0 + MINUTE, 'failed');
+  registry.add('c3', 'export.lost', T0 + 2 * MINUTE, 'failed');
+  registry.add('d4', 'export.completed', T0 + 3 * MINUTE, 'pending');
+});
+
+afterEach(() => killAll());
+
+/** Runs the CLI against the test's API (or `url`) with the token; resolves its code and output. */
+async function cli(args: string[], env: Record<string, string> = { WATCHER_API_TOKEN: TOKEN }, cwd?: string) {
+  const child = spawnCli(args, env, cwd === undefined ? {} : { cwd });
+  const { code } = await child.exited;
+  return { code, stdout: child.stdout(), stderr: child.stderr() };
+}
+
+const withApi = (...args: string[]) => [...args, '--api-url', apiUrl];
+const jsonLines = (text: string) =>
+  text
+    .trim()
+    .split('\n')
+    .filter((l) => l !== '')
+    .map((l) => JSON.parse(l));
+
+describe('events', () => {
+  it('prints each event as the API shows it, one JSON line each, newest first', async () => {
+    const r = await cli(withApi('events'));
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    const lines = jsonLines(r.stdout);
+    expect(lines.map((l) => l.id)).toEqual([
+      'evt_d4_completed',
+      'evt_c3_lost',
+      'evt_b2_failed',
+      'evt_a1_completed',
+      'evt_a1_running',
+    ]);
+    expect(lines[1]).toEqual(eventToJson(registry.stored[3] as StoredEvent));
+    expect(registry.of('events')).toEqual([[expect.objectContaining({ limit: 100, after: undefined })]]);
+    expect(r.stdout).not.toContain('Hook-Pass');
+    expect(r.stdout).not.toContain('sig-SECRET');
+  });
+
+  it('passes --export, --status and --since (RFC 3339 or a duration back from now) to the daemon', async () => {
+    let r = await cli(withApi('events', '--export', 'a1', '--json'));
+    expect(jsonLines(r.stdout).map((l) => l.id)).toEqual(['evt_a1_completed', 'evt_a1_running']);
+
+    r = await cli(withApi('events', '--status', 'failed', '--since', '2026-11-22T06:01:00+01:00'));
+    expect(r.code).toBe(0);
+    expect(jsonLines(r.stdout).map((l) => l.id)).toEqual(['evt_c3_lost', 'evt_b2_failed']);
+    expect(registry.of('events').at(-1)).toEqual([
+      expect.objectContaining({ status: 'failed', since: T0 + MINUTE }),
+    ]);
+
+    const before = Date.now();
+    r = await cli(withApi('events', '--since', '2h'));
+    expect(r.code).toBe(0);
+    const [query] = registry.of('events').at(-1) as [EventQuery];
+    const since = query.since ?? 0;
+    expect(since).toBeGreaterThanOrEqual(before - 2 * 3_600_000 - 1000);
+    expect(since).toBeLessThanOrEqual(Date.now() - 2 * 3_600_000);
+  });
+
+  it('prints only the first page without --all, and follows next_cursor to the end with it', async () => {
+    let r = await cli(withApi('events', '--limit', '2'));
+    expect(r.code).toBe(0);
+    expect(jsonLines(r.stdout).map((l) => l.id)).toEqual(['evt_d4_completed', 'evt_c3_lost']);
+    expect(registry.of('events')).toHaveLength(1);
+
+    registry.calls.length = 0;
+    r = await cli(withApi('events', '--all', '--limit', '2'));
+    expect(r.code).toBe(0);
+    expect(jsonLines(r.stdout).map((l) => l.id)).toEqual([
+      'evt_d4_completed',
+      'evt_c3_lost',
+      'evt_b2_failed',
+      'evt_a1_completed',
+      'evt_a1_running',
+    ]);
+    const queries = registry.of('events').map((args) => args[0] as EventQuery);
+    expect(queries.map((q) => q.limit)).toEqual([2, 2, 2]);
+    expect(queries.map((q) => q.after?.id)).toEqual([undefined, 'evt_c3_lost', 'evt_a1_completed']);
+
+    registry.calls.length = 0;
+    r = await cli(withApi('events', '--all', '--status', 'failed'));
+    expect(jsonLines(r.stdout)).toHaveLength(2);
+    expect(registry.of('events').map((args) => (args[0] as EventQuery).limit)).toEqual([1000]);
+  });
+
+  it('formats a table: one line per event and endpoint, control characters removed', () => {
+    const table = formatEvents([
+      {
+        id: 'evt_a_completed',
+        type: 'export.completed',
+        created_at: '2026-11-22T05:00:00.000Z',
+        deliveries: [
+          { endpoint: HOOK_LABEL, status: 'delivered', attempts: 1, last_status: 204 },
+          { endpoint: 'http://x/\u001b[31m', status: 'failed', attempts: 7, last_status: 0 },
+        ],
+      },
+      { id: 'evt_b_lost', type: 'export.lost', created_at: '2026-11-22T05:01:00.000Z', deliveries: [] },
+    ]);
+    expect(table.split('\n')).toEqual([
+      'WEBHOOK-ID       TYPE              CREATED                   ENDPOINT                      STATUS     ATTEMPTS  LAST STATUS',
+      'evt_a_completed  export.completed  2026-11-22T05:00:00.000Z  https://hooks.example.org/in  delivered  1         204',
+      '                                                             http://x/ [31m                failed     7         no answer',
+      'evt_b_lost       export.lost       2026-11-22T05:01:00.000Z  -                             -          -         -',
+      '',
+    ]);
+  });
+});
+
+describe('redeliver', () => {
+  it('queues each id given, to every endpoint or to the one named, and says how many', async () => {
+    let r = await cli(withApi('redeliver', 'evt_b2_failed', 'evt_c3_lost', 'evt_b2_failed'));
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    expect(r.stdout).toBe('evt_b2_failed  1 delivery queued again\nevt_c3_lost  1 delivery queued again\n');
+    expect(registry.of('redeliver')).toEqual([
+      ['evt_b2_failed', undefined],
+      ['evt_c3_lost', undefined],
+    ]);
+
+    registry.calls.length = 0;
+    r = await cli(withApi('redeliver', 'evt_b2_failed', '--webhook-url', HOOK_URL));
+    expect(r.code).toBe(0);
+    expect(registry.of('redeliver')).toEqual([['evt_b2_failed', HOOK_URL]]);
+  });
+
+  it('exits 1 when an id is unknown, after queuing the others', async () => {
+    const r = await cli(withApi('redeliver', 'evt_zz_completed', 'evt_b2_failed'));
+    expect(r.code).toBe(1);
+    expect(r.stdout).toBe('evt_b2_failed  1 delivery queued again\n');
+    expect(r.stderr).toBe('error: the daemon has no event evt_zz_completed (a wrong id, or pruned)\n');
+  });
+
+  it('exits 1 with the daemon’s reason for an endpoint it does not have, without the URL’s secrets', async () => {
+    const r = await cli(
+      withApi(
+        'redeliver',
+        'evt_b2_failed',
+        '--webhook-url',
+        'https://u:Other-Pass-9@other.example/x?k=key-SECRET-9',
+      ),
+    );
+    expect(r.code).toBe(1);
+    expect(r.stderr.trim().split('\n')).toHaveLength(1);
+    expect(r.stderr).toMatch(
+      /^error: the daemon at http:\/\/127\.0\.0\.1:\d+ refused to redeliver evt_b2_failed \(400 unknown_endpoint\): unknown endpoint "https:\/\/other\.example\/x"/,
+    );
+    expect(r.stderr).not.toContain('Other-Pass-9');
+    expect(r.stderr).not.toContain('key-SECRET-9');
+  });
+
+  it('queues the deliveries in a status since a time, failed by default', async () => {
+    let r = await cli(withApi('redeliver', '--since', '2026-11-22T05:00:00Z'));
+    expect(r.code).toBe(0);
+    expect(r.stdout).toBe(
+      '4 deliveries queued again: those failed of events created since 2026-11-22T05:00:00.000Z\n',
+    );
+    expect(registry.of('redeliverSince')).toEqual([[T0, 'failed']]);
+
+    r = await cli(withApi('redeliver', '--since', '90m', '--status', 'gone'));
+    expect(r.code).toBe(0);
+    const [since, status] = registry.of('redeliverSince').at(-1) as [number, string];
+    expect(status).toBe('gone');
+    expect(Math.abs(Date.now() - 90 * MINUTE - since)).toBeLessThan(30_000);
+  });
+});
+
+describe('finding the daemon and its token', () => {
+  it('says WATCHER_API_TOKEN is wrong on a 401, and never prints the token', async () => {
+    const wrong = 'wrong-token-0e7f2c';
+    const r = await cli(withApi('events'), { WATCHER_API_TOKEN: wrong });
+    expect(r.code).toBe(1);
+    expect(r.stdout).toBe('');
+    expect(r.stderr).toBe(
+      `error: the daemon at ${apiUrl} refused the API token: WATCHER_API_TOKEN is wrong (it must be the daemon's own)\n`,
+    );
+    expect(r.stderr).not.toContain(wrong);
+  });
+
+  it('says WATCHER_API_TOKEN is missing when none is set', async () => {
+    const r = await cli(withApi('redeliver', 'evt_b2_failed'), {});
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/^error: the daemon at .* requires an API token: WATCHER_API_TOKEN is missing/);
+    expect(registry.calls).toEqual([]);
+  });
+
+  it('reads the token from .env and from $CREDENTIALS_DIRECTORY/api-token, as the daemon does', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'replay-'));
+    writeFileSync(join(dir, '.env'), `WATCHER_API_TOKEN=${TOKEN}\n`);
+    expect((await cli(withApi('events'), {}, dir)).code).toBe(0);
+
+    const credentials = mkdtempSync(join(tmpdir(), 'replay-credentials-'));
+    writeFileSync(join(credentials, 'api-token'), `${TOKEN}\n`);
+    expect((await cli(withApi('events'), { CREDENTIALS_DIRECTORY: credentials })).code).toBe(0);
+  });
+
+  it('finds the daemon from WATCHER_HTTP_HOST and WATCHER_HTTP_PORT, a wildcard host meaning loopback', async () => {
+    const port = new URL(apiUrl).port;
+    const r = await cli(['events', '--export', 'b2'], {
+      WATCHER_API_TOKEN: TOKEN,
+      WATCHER_HTTP_HOST: '0.0.0.0',
+      WATCHER_HTTP_PORT: port,
+    });
+    expect(r.stderr).toBe('');
+    expect(jsonLines(r.stdout).map((l) => l.id)).toEqual(['evt_b2_failed']);
+  });
+
+  it('says the daemon does not answer, and which setting says where it is', async () => {
+    const port = await closedPort();
+    let r = await cli(['events', '--api-url', `http://127.0.0.1:${port}`]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toBe(
+      `error: the daemon does not answer at http://127.0.0.1:${port} (ECONNREFUSED); is it running? If it is elsewhere, check --api-url\n`,
+    );
+
+    r = await cli(['redeliver', '--since', '1h'], {
+      WATCHER_API_TOKEN: TOKEN,
+      WATCHER_HTTP_PORT: String(port),
+    });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toBe(
+      `error: the daemon does not answer at http://127.0.0.1:${port} (ECONNREFUSED); is it running? If it is elsewhere, set WATCHER_HTTP_HOST and WATCHER_HTTP_PORT as the daemon has them, or give --api-url URL\n`,
+    );
+    expect(r.stderr).not.toContain(TOKEN);
+  });
+
+  it('gives up after --timeout when the daemon does not answer', async () => {
+    const silent = await silentServer();
+    try {
+      const r = await cli(['events', '--api-url', `http://127.0.0.1:${silent.port}`, '--timeout', '300ms']);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toBe(
+        `error: the daemon at http://127.0.0.1:${silent.port} did not answer within 300ms (--timeout)\n`,
+      );
+    } finally {
+      await silent.close();
+    }
+  });
+
+  it('says when the URL is not the control API, without the URL’s credentials', async () => {
+    const r = await cli([
+      'events',
+      '--api-url',
+      `http://user:Url-Pass-31@127.0.0.1:${new URL(apiUrl).port}/x`,
+    ]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(
+      /^error: the daemon at http:\/\/127\.0\.0\.1:\d+\/x refused to list events \(40[14]/,
+    );
+    expect(r.stderr).not.toContain('Url-Pass-31');
+  });
+});
+
+describe('usage errors exit 2 before the daemon is asked', () => {
+  const cases: Array<[string[], RegExp]> = [
+    [['events', 'extra'], /events takes no arguments/],
+    [['events', '--limit', '0'], /--limit: expected a whole number from 1 to 1000/],
+    [['events', '--limit', '1001'], /--limit/],
+    [['events', '--status', 'lost'], /--status: expected one of pending, delivered, failed, gone/],
+    [['events', '--since', 'yesterday'], /--since: expected an RFC 3339 time/],
+    [['events', '--since', '120'], /--since/],
+    [['events', '--export', 'a/b'], /--export: expected an export id/],
+    [['events', '--timeout', 'soon'], /--timeout/],
+    [['events', '--api-url', 'ftp://127.0.0.1'], /--api-url: expected/],
+    [['events', '--endpoint', 'x'], /events does not take --endpoint/],
+    [['redeliver'], /redeliver needs webhook ids/],
+    [['redeliver', 'evt.a'], /"evt\.a" is not a webhook id/],
+    [['redeliver', 'evt_a_completed', '--since', '1h'], /webhook ids or --since, not both/],
+    [['redeliver', '--status', 'failed'], /--status goes with --since/],
+    [['redeliver', '--since', '1h', '--webhook-url', HOOK_LABEL], /--webhook-url goes with webhook ids/],
+    [['redeliver', '--since', '1h', '--status', 'done'], /--status: expected one of/],
+    [['redeliver', '--all'], /redeliver does not take --all/],
+  ];
+
+  it.each(cases)('%j', async (args, message) => {
+    // In process: a usage error is found before any I/O (the spawned program is checked below).
+    let stderr = '';
+    const code = await runCli(
+      args.includes('--api-url') ? args : withApi(...args),
+      { WATCHER_API_TOKEN: TOKEN },
+      {
+        stderr: { write: (text: string) => (stderr += text) },
+      },
+    );
+    expect(code).toBe(2);
+    expect(stderr.trim().split('\n')).toHaveLength(1);
+    expect(stderr).toMatch(/^usage: /);
+    expect(stderr).toMatch(message);
+    expect(registry.calls).toEqual([]);
+  });
+
+  it('the program itself exits 2 with one usage line', async () => {
+    for (const args of [withApi('redeliver'), withApi('events', '--limit', '0')]) {
+      const r = await cli(args);
+      expect(r.code).toBe(2);
+      expect(r.stdout).toBe('');
+      expect(r.stderr).toMatch(/^usage: [^\n]+\n$/);
+    }
+    expect(registry.calls).toEqual([]);
+  });
+
+  it('WATCHER_HTTP_PORT=0 names --api-url', async () => {
+    const r = await cli(['events'], { WATCHER_HTTP_PORT: '0' });
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/WATCHER_HTTP_PORT is 0 .*--api-url/);
+  });
+});
+
+describe('help', () => {
+  it('lists both commands, and each has its own help, without reading the environment', async () => {
+    const broken = { CREDENTIALS_DIRECTORY: '/nonexistent/credentials', WATCHER_HTTP_PORT: 'x' };
+    const main = await cli(['--help'], broken);
+    expect(main.code).toBe(0);
+    expect(main.stdout).toMatch(/^ {2}events\s+the events a running daemon stored/m);
+    expect(main.stdout).toMatch(/^ {2}redeliver\s+ask a running daemon to deliver events again/m);
+    for (const [command, flags] of [
+      ['events', ['--export', '--status', '--since', '--limit', '--all', '--json', '--api-url', '--timeout']],
+      ['redeliver', ['--webhook-url', '--since', '--status', '--api-url', '--timeout']],
+    ] as const) {
+      const r = await cli([command, '--help'], broken);
+      expect(r.code).toBe(0);
+      expect(r.stderr).toBe('');
+      expect(r.stdout).toMatch(new RegExp(`^Usage: sbg-export-watcher ${command} `));
+      for (const flag of flags) expect(r.stdout).toContain(flag);
+      expect(r.stdout).toContain('WATCHER_API_TOKEN');
+    }
+  });
+});
+
+describe('parsing', () => {
+  it('--since takes RFC 3339 or a duration with a unit back from now', () => {
+    const now = Date.UTC(2026, 10, 22, 12, 0, 0);
+    expect(parseSince('2026-11-22T05:00:00Z', now)).toBe('2026-11-22T05:00:00.000Z');
+    expect(parseSince('2026-11-22T06:00:00+01:00', now)).toBe('2026-11-22T05:00:00.000Z');
+    expect(parseSince('2h', now)).toBe('2026-11-22T10:00:00.000Z');
+    expect(parseSince('7d', now)).toBe('2026-11-15T12:00:00.000Z');
+    expect(parseSince('90s', now)).toBe('2026-11-22T11:58:30.000Z');
+    for (const bad of ['', '2', 'h', '-2h', '2026-11-22', 'now'])
+      expect(() => parseSince(bad, now)).toThrow(/--since/);
+  });
+
+  it('redeliver: ids are de-duplicated, --webhook-url kept as given', () => {
+    expect(redeliverPlan(['evt_a_failed', 'evt_a_failed', 'evt_b_lost'], {}, 0)).toEqual({
+      kind: 'ids',
+      ids: ['evt_a_failed', 'evt_b_lost'],
+    });
+    expect(redeliverPlan(['evt_a_failed'], { 'webhook-url': HOOK_URL }, 0)).toEqual({
+      kind: 'ids',
+      ids: ['evt_a_failed'],
+      endpoint: HOOK_URL,
+    });
+    expect(redeliverPlan([], { since: '2026-11-22T05:00:00Z', status: 'gone' }, 0)).toEqual({
+      kind: 'since',
+      since: '2026-11-22T05:00:00.000Z',
+      status: 'gone',
+    });
+  });
+});
+
+/** A port nothing listens on: one the system handed out, then closed. */
+async function closedPort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = (server.address() as { port: number }).port;
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+/** A server that accepts connections and never answers. */
+async function silentServer(): Promise<{ port: number; close: () => Promise<void> }> {
+  const sockets = new Set<Socket>();
+  const server: Server = createServer((socket) => {
+    sockets.add(socket);
+    socket.on('error', () => {});
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    port: (server.address() as { port: number }).port,
+    close: async () => {
+      for (const socket of sockets) socket.destroy();
+      await new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
