@@ -13,15 +13,24 @@
 # rebuild picks up security fixes. Both stages use the same base, so the production dependencies
 # installed in the runtime stage match the Node that runs them.
 
-# ---- build: dev dependencies, TypeScript compile ------------------------------------------------
+# ---- build: dev dependencies, TypeScript compile, then production dependencies only -------------
 FROM node:22-bookworm-slim AS build
+# better-sqlite3 (the state database) has a native binding: npm fetches a prebuilt one when it
+# can, and compiles it otherwise, which needs python3, make and g++. They stay in this stage.
+RUN apt-get update \
+  && apt-get install -y --no-install-recommends python3 make g++ \
+  && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 # The manifests first, so the dependency layer is cached until they change.
 COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund
 COPY tsconfig.json tsconfig.build.json ./
 COPY src ./src
-RUN npm run build
+# The compiled binding is kept: pruning the dev dependencies leaves the production ones, built
+# here for the same Node as the runtime stage (same base image).
+RUN npm run build \
+  && npm prune --omit=dev --no-audit --no-fund \
+  && npm cache clean --force
 
 # ---- runtime: compiled JavaScript and production dependencies only --------------------------------
 FROM node:22-bookworm-slim AS runtime
@@ -39,8 +48,7 @@ RUN apt-get update \
 ENV NODE_ENV=production
 WORKDIR /app
 COPY package.json package-lock.json ./
-RUN npm ci --omit=dev --no-audit --no-fund \
-  && npm cache clean --force
+COPY --from=build /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
 
 # The volume's mount point must exist and belong to node before VOLUME, so a new named volume

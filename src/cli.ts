@@ -14,8 +14,10 @@ import type { Readable } from 'node:stream';
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { parse as parseDotenv } from 'dotenv';
+import { CONTROL_DEFAULT_TIMEOUT_MS, controlApiTarget } from './cli/control-client.js';
 import { runDemo } from './cli/demo.js';
 import { describeError, listenError } from './cli/error-report.js';
+import { eventsQuery, redeliverPlan, runEvents, runRedeliver } from './cli/events.js';
 import { GET_DEFAULT_TIMEOUT_MS, runGet } from './cli/get.js';
 import { collectIds } from './cli/ids-input.js';
 import { runWatch } from './cli/watch.js';
@@ -28,7 +30,7 @@ import { Redactor } from './shared/redact.js';
 
 export { readIdsFile } from './cli/ids-input.js';
 
-type Command = 'run' | 'watch' | 'get' | 'simulate' | 'demo';
+type Command = 'run' | 'watch' | 'get' | 'events' | 'redeliver' | 'simulate' | 'demo';
 /** The commands that talk to the platform, read the configuration and take configuration flags. */
 export type PlatformCommand = 'run' | 'watch' | 'get';
 
@@ -151,6 +153,14 @@ Configuration flags (each overrides the variable it names):
 ${variables.join('\n')}`;
 }
 
+/** The flags of the commands that ask a running daemon (events, redeliver). */
+const CONTROL_API_HELP = `  --api-url URL         the daemon's control API (default: from WATCHER_HTTP_HOST and
+                        WATCHER_HTTP_PORT, 127.0.0.1:8080; a 0.0.0.0 or :: host means loopback)
+  --timeout DURATION    give up on a request after this long, like 10s, 2m (default 30s)
+
+WATCHER_API_TOKEN (environment, .env or $CREDENTIALS_DIRECTORY/api-token) is sent as the bearer
+token when set.`;
+
 const HELP: Record<'main' | Command, string> = {
   main: `sbg-export-watcher ${VERSION}
 Watches Seven Bridges export jobs in bulk under the platform's rate limit and delivers a signed
@@ -162,6 +172,8 @@ Commands:
   run        the daemon: watch ids given here and through the control API
   watch      wait in the foreground until the given exports finish
   get        the current state of exports, once
+  events     the events a running daemon stored, and their deliveries
+  redeliver  ask a running daemon to deliver events again
   simulate   a local simulator of the platform's export API
   demo       the simulator, the daemon and a webhook receiver together
 
@@ -205,6 +217,41 @@ Exit codes: 0 every export found; 1 an id not found, or a runtime failure (the p
 reached, refuses the token, or --timeout passed); 2 usage or configuration error.
 
 ${flagHelp('get')}`,
+  events: `Usage: sbg-export-watcher events [options]
+
+Lists the events a running daemon stored, newest first, with each one's delivery to each
+endpoint, through its control API (GET /v1/events). A table on a terminal (WEBHOOK-ID, TYPE,
+CREATED, then ENDPOINT, STATUS, ATTEMPTS, LAST STATUS per endpoint); one JSON object per event
+otherwise or with --json.
+
+  --export ID           only this export's events
+  --status S            only events with a delivery in this status: pending, delivered, failed, gone
+  --since T             only events created at or after T: an RFC 3339 time like
+                        2026-11-22T05:00:00Z, or a duration back from now like 30m, 2h, 7d
+  --limit N             events per request, 1 to 1000 (default 100; 1000 with --all)
+  --all                 follow the pages to the last event (otherwise: the first page only)
+  --json                one JSON object per event, even on a terminal
+${CONTROL_API_HELP}
+
+Exit codes: 0 listed; 1 the daemon could not be asked; 2 usage or configuration error.`,
+  redeliver: `Usage: sbg-export-watcher redeliver WEBHOOK_ID... [--webhook-url URL] [options]
+       sbg-export-watcher redeliver --since T [--status S] [options]
+
+Asks a running daemon, through its control API, to deliver events again: a new series of
+attempts, retried as the first one was. By webhook id (evt_<export id>_<completed|failed|lost|
+running>), to every configured endpoint or to one; or every delivery in a status (default
+failed) of the events created since T. Prints what was queued.
+
+  --webhook-url URL     only to this endpoint: a URL of WATCHER_WEBHOOK_URLS as configured, or
+                        its label (without credentials or query, as events shows it)
+  --since T             every event created at or after T: an RFC 3339 time like
+                        2026-11-22T05:00:00Z, or a duration back from now like 30m, 2h, 7d
+  --status S            with --since: the deliveries in this status (default failed): pending,
+                        delivered, failed, gone
+${CONTROL_API_HELP}
+
+Exit codes: 0 queued; 1 an id the daemon does not know, or the daemon could not be asked;
+2 usage or configuration error.`,
   simulate: `Usage: sbg-export-watcher simulate [options]
 
 Serves a simulator of the platform's export API on 127.0.0.1 and prints its base URL.
@@ -285,6 +332,10 @@ export async function main(
       return watchCommand(rest, readEnv, context);
     case 'get':
       return getCommand(rest, readEnv, context);
+    case 'events':
+      return eventsCommand(rest, readEnv, context);
+    case 'redeliver':
+      return redeliverCommand(rest, readEnv, context);
     case 'simulate':
       return simulateCommand(rest);
     case 'demo':
@@ -465,7 +516,7 @@ async function runCommand(args: readonly string[], env: () => Env, context: CliC
     pretty: Boolean(process.stdout.isTTY),
     redactor: context.redactor,
   });
-  const daemon = new Daemon(config, { log, api: true });
+  const daemon = await Daemon.open(config, { log, api: true });
 
   let signals = 0;
   let onSignal: (signal: NodeJS.Signals) => void = () => undefined;
@@ -511,7 +562,7 @@ async function runCommand(args: readonly string[], env: () => Env, context: CliC
     },
     'sbg-export-watcher started',
   );
-  if (ids.length > 0) daemon.registry.watch(ids, null);
+  if (ids.length > 0) await daemon.registry.watch(ids, null);
   return stopped;
 }
 
@@ -574,6 +625,73 @@ async function getCommand(args: readonly string[], env: () => Env, context: CliC
     log,
     timeoutMs,
   });
+}
+
+/** The flags `events` and `redeliver` share: where the daemon is, and how long to wait for it. */
+const CONTROL_API_FLAGS = {
+  'api-url': { type: 'string' },
+  timeout: { type: 'string' },
+} as const;
+
+/**
+ * What a command that asks the daemon needs: its API, the request limit, where errors go. Reads
+ * the configuration for the address and the API token only: no platform token is needed.
+ */
+function controlIo(values: ParsedValues, timeoutMs: number, env: () => Env, context: CliContext) {
+  const config = load(env(), context, { listens: false });
+  const apiUrl = typeof values['api-url'] === 'string' ? values['api-url'] : undefined;
+  return {
+    target: controlApiTarget(apiUrl, config),
+    timeoutMs,
+    stderr: process.stderr,
+    redactor: context.redactor,
+  };
+}
+
+async function eventsCommand(args: readonly string[], env: () => Env, context: CliContext): Promise<number> {
+  const { values } = parse(
+    'events',
+    args,
+    {
+      export: { type: 'string' },
+      status: { type: 'string' },
+      since: { type: 'string' },
+      limit: { type: 'string' },
+      all: { type: 'boolean' },
+      json: { type: 'boolean' },
+      ...CONTROL_API_FLAGS,
+    },
+    false,
+  );
+  const timeoutMs = parseTimeout(values.timeout, CONTROL_DEFAULT_TIMEOUT_MS) ?? CONTROL_DEFAULT_TIMEOUT_MS;
+  const query = eventsQuery(values, Date.now());
+  return runEvents({
+    ...controlIo(values, timeoutMs, env, context),
+    query,
+    json: values.json === true || !process.stdout.isTTY,
+    stdout: process.stdout,
+  });
+}
+
+async function redeliverCommand(
+  args: readonly string[],
+  env: () => Env,
+  context: CliContext,
+): Promise<number> {
+  const { values, positionals } = parse(
+    'redeliver',
+    args,
+    {
+      'webhook-url': { type: 'string' },
+      since: { type: 'string' },
+      status: { type: 'string' },
+      ...CONTROL_API_FLAGS,
+    },
+    true,
+  );
+  const timeoutMs = parseTimeout(values.timeout, CONTROL_DEFAULT_TIMEOUT_MS) ?? CONTROL_DEFAULT_TIMEOUT_MS;
+  const plan = redeliverPlan(positionals, values, Date.now());
+  return runRedeliver({ ...controlIo(values, timeoutMs, env, context), plan, stdout: process.stdout });
 }
 
 async function simulateCommand(args: readonly string[]): Promise<number> {

@@ -2,26 +2,33 @@
  * The composition root: builds every piece from the parsed configuration and wires them
  * together. Reading this file top to bottom shows the whole flow:
  *
- *   control API / --id / --ids-file ──► tracker.add ──► scheduler.poke
+ *   control API / --id / --ids-file ──► store.addExports (group commit) ──► tracker.track ──► poke
  *   scheduler ──► client.checkStatuses (bulk, ≤100 ids) ──► limiter (budget, platform quota)
- *   scheduler ◄── observations ──► tracker.apply ──► transitions ──► log line + webhooks.enqueue
+ *   scheduler ◄── observations ──► tracker ──► store.commitChanges (state, events, deliveries:
+ *   one transaction, the outbox) ──► delivery engine ──► receivers ──► store.recordAttempts
  *
- * Nothing here reads `process.env`, installs signal handlers or exits: the CLI does that.
+ * Every piece reports to the others through one typed events map (`Bus`): metrics, readiness and
+ * `watch`'s progress subscribe to it. Nothing here reads `process.env`, installs signal handlers or
+ * exits: the CLI does that.
  */
 import { createRequire } from 'node:module';
 import type { Logger } from 'pino';
 import type { Dispatcher } from 'undici';
 import type { Config } from './config/config.js';
-import { type ExportEvent, eventForTransition } from './delivery/events.js';
-import { WebhookDispatcher, type WebhookOptions } from './delivery/webhooks.js';
-import { ControlApi, type WatchRegistry } from './http/control-api.js';
+import { DeliveryEngine, type DeliveryEngineOptions } from './delivery/engine.js';
+import { eventForTransition } from './delivery/events.js';
+import { ControlApi, type ExportView, type WatchRegistry } from './http/control-api.js';
 import { Metrics } from './http/metrics.js';
 import { PlatformClient, type RequestOutcome, type RetryPolicy } from './platform/platform-client.js';
 import { RateLimiter } from './platform/rate-limiter.js';
 import { Scheduler, type SchedulerOptions } from './polling/scheduler.js';
-import { Tracker, type Transition } from './polling/tracker.js';
+import { Tracker } from './polling/tracker.js';
+import { Bus } from './shared/bus.js';
 import { settlesWithin } from './shared/deadline.js';
 import { PlatformError } from './shared/errors.js';
+import { AddBatcher } from './store/group-commit.js';
+import { openDataDir, openSqliteStore } from './store/sqlite.js';
+import type { EventBuilder, Store, StoredExport } from './store/store.js';
 
 const require = createRequire(import.meta.url);
 export const VERSION: string = (require('../package.json') as { version: string }).version;
@@ -38,51 +45,83 @@ export interface DaemonOptions {
   now?: () => number;
   /** Serve the control API (the `run` command); `watch` does without. */
   api?: boolean;
+  /**
+   * Where state is kept: the default is `watcher.db` in `WATCHER_DATA_DIR`; `memory` keeps it in
+   * the process only (`watch`, which owns nothing beyond its own run).
+   */
+  storage?: 'data-dir' | 'memory';
+  /** The events map; the daemon makes its own when absent. `watch` passes one to follow along. */
+  bus?: Bus;
   /** Transport overrides, for tests. */
   platformDispatcher?: Dispatcher;
   platformRetry?: Partial<RetryPolicy>;
-  webhookRetry?: WebhookOptions['retry'];
+  webhookRetry?: DeliveryEngineOptions['retry'];
+  webhookQuickAttempts?: number;
   scheduler?: Partial<Omit<SchedulerOptions, 'pollIntervalMs' | 'batchSize'>>;
-  /** Called for every transition, after it is logged and its event queued (watch). */
-  onTransition?: (transition: Transition) => void;
-  /** Called with the outcome of every platform request (watch gives up on a refused token). */
-  onPlatformOutcome?: (outcome: RequestOutcome) => void;
 }
 
 export interface StopReport {
-  undelivered: Array<{ endpoint: string; event: ExportEvent }>;
+  /** Deliveries still pending in the store when the daemon stopped. */
+  pendingDeliveries: number;
 }
+
+/** Finished exports and events past retention are pruned this often, in small batches. */
+const PRUNE_EVERY_MS = 60_000;
+const PRUNE_BATCH = 500;
 
 export class Daemon {
   readonly config: Config;
+  readonly bus: Bus;
+  readonly store: Store;
   readonly tracker: Tracker;
   readonly limiter: RateLimiter;
   readonly client: PlatformClient;
   readonly scheduler: Scheduler;
-  readonly webhooks: WebhookDispatcher;
+  readonly deliveries: DeliveryEngine;
   readonly api: ControlApi | undefined;
   readonly metrics: Metrics;
   readonly registry: WatchRegistry;
   readonly #log: Logger;
   readonly #now: () => number;
+  readonly #durable: boolean;
+  readonly #adds: AddBatcher;
   #readiness: Readiness = { ok: false, reason: 'no answer from the platform yet' };
+  #pruneTimer: NodeJS.Timeout | undefined;
   #startPromise: Promise<string | undefined> | undefined;
   #stopPromise: Promise<StopReport> | undefined;
 
-  constructor(config: Config, options: DaemonOptions) {
+  /**
+   * Opens the store (a data directory that cannot be used, or a database that cannot be read,
+   * rejects with a `StoreError` naming it) and builds the daemon on it.
+   */
+  static async open(config: Config, options: DaemonOptions): Promise<Daemon> {
+    const memory = options.storage === 'memory';
+    const path = memory ? ':memory:' : openDataDir(config.dataDir);
+    const store = await openSqliteStore({ path, log: options.log.child({ component: 'store' }) });
+    return new Daemon(config, options, store, !memory);
+  }
+
+  private constructor(config: Config, options: DaemonOptions, store: Store, durable: boolean) {
     if (!config.token) throw new TypeError('Daemon needs a platform token');
     this.config = config;
+    this.store = store;
+    this.#durable = durable;
     this.#log = options.log;
     this.#now = options.now ?? Date.now;
     const now = this.#now;
+    this.bus = options.bus ?? new Bus(options.log);
+    this.#adds = new AddBatcher(store, now);
 
-    this.tracker = new Tracker({ retainMs: config.retainMs });
-    // Its sources are read at scrape time, so they may name pieces built below.
+    this.tracker = new Tracker({});
     this.metrics = new Metrics({
-      exportsByState: () => this.tracker.countByState(),
+      exportsByState: () => store.countExports(),
       rateLimit: () => this.limiter.snapshot(),
-      deliveriesWaiting: () => this.webhooks.pending(),
+      deliveries: () => store.deliveryCounts(),
+      now,
     });
+    this.metrics.attach(this.bus);
+    // Readiness follows every attempt, so a maintenance being waited out shows at once.
+    this.bus.on('platform.request', ({ outcome }) => this.#updateReadiness(outcome));
     this.limiter = new RateLimiter({
       budget: config.rateBudget,
       windowMs: config.rateWindowMs,
@@ -95,74 +134,39 @@ export class Daemon {
       gate: this.limiter,
       userAgent: USER_AGENT,
       log: options.log.child({ component: 'platform' }),
+      bus: this.bus,
       ...(options.platformDispatcher ? { dispatcher: options.platformDispatcher } : {}),
       ...(options.platformRetry ? { retry: options.platformRetry } : {}),
-      observer: {
-        onRequest: (route, outcome, durationMs) => {
-          // Readiness follows every attempt, so a maintenance being waited out shows at once.
-          this.#updateReadiness(outcome);
-          options.onPlatformOutcome?.(outcome);
-          this.metrics.platformObserver.onRequest?.(route, outcome, durationMs);
-        },
-        onBulkCall: (ids) => this.metrics.platformObserver.onBulkCall?.(ids),
-        onBulkMismatch: (asked, items) => this.metrics.platformObserver.onBulkMismatch?.(asked, items),
-      },
     });
-    this.webhooks = new WebhookDispatcher({
+    this.deliveries = new DeliveryEngine({
+      store,
       urls: config.webhook.urls,
-      ...(config.webhook.secretKey ? { secretKey: config.webhook.secretKey } : {}),
-      events: config.webhook.events,
+      secretKey: config.webhook.secretKey,
       timeoutMs: config.webhook.timeoutMs,
       maxAgeMs: config.webhook.maxAgeMs,
       userAgent: USER_AGENT,
       log: options.log.child({ component: 'webhooks' }),
+      bus: this.bus,
       now,
-      observer: this.metrics.webhookObserver,
       ...(options.webhookRetry ? { retry: options.webhookRetry } : {}),
+      ...(options.webhookQuickAttempts ? { quickAttempts: options.webhookQuickAttempts } : {}),
     });
-    const onTransition = options.onTransition;
+    const buildEvent = this.#eventBuilder();
     this.scheduler = new Scheduler(
       {
         checkStatuses: (ids) => this.client.checkStatuses(ids),
         tracker: this.tracker,
-        notify: (transition) => {
-          this.metrics.onTransition(transition.from, transition.to);
-          const event = eventForTransition(transition);
-          if (event) this.webhooks.enqueue(event);
-          onTransition?.(transition);
+        record: async ({ changes }) => {
+          const events = await store.commitChanges(changes, buildEvent, this.deliveries.endpoints, now());
+          if (events.length > 0) this.deliveries.poke();
         },
+        bus: this.bus,
         now,
         log: options.log.child({ component: 'scheduler' }),
-        onCallResult: (result) => {
-          if (result.ok) this.metrics.onCheckSuccess(now());
-        },
       },
       { ...options.scheduler, pollIntervalMs: config.pollIntervalMs, batchSize: config.batchSize },
     );
-    this.registry = {
-      watch: (ids, metadata) => {
-        const result = this.tracker.add(ids, metadata, now());
-        if (result.accepted.length > 0) {
-          this.#log.info(
-            { accepted: result.accepted.length, already_watched: result.alreadyWatched.length },
-            'exports added',
-          );
-          this.scheduler.poke();
-        }
-        return result;
-      },
-      unwatch: (id) => {
-        const removed = this.tracker.remove(id);
-        if (removed) {
-          const cancelled = this.webhooks.cancel(id);
-          this.#log.info({ export_id: id, deliveries_cancelled: cancelled }, 'export no longer watched');
-        }
-        return removed;
-      },
-      get: (id) => this.tracker.get(id),
-      list: (state) => this.tracker.list(state),
-      page: (query) => this.tracker.page(query),
-    };
+    this.registry = this.#buildRegistry();
     this.api = options.api
       ? new ControlApi({
           host: config.http.host,
@@ -177,6 +181,88 @@ export class Daemon {
           apiToken: config.apiToken,
         })
       : undefined;
+  }
+
+  /** Events for the subscribed types, serialized once: the bytes every attempt sends and signs. */
+  #eventBuilder(): EventBuilder {
+    const wanted = this.config.webhook.events;
+    return (change, metadata) => {
+      const event = eventForTransition(
+        {
+          exportId: change.id,
+          from: change.from,
+          to: change.to,
+          at: change.at,
+          export: change.export,
+          error: change.error,
+        },
+        metadata,
+      );
+      if (!event || (wanted !== 'all' && !wanted.has(event.type))) return null;
+      return { id: event.id, type: event.type, exportId: event.exportId, body: JSON.stringify(event.body) };
+    };
+  }
+
+  #buildRegistry(): WatchRegistry {
+    const view = (r: StoredExport): ExportView => exportView(r, this.tracker.get(r.id));
+    return {
+      watch: async (ids, metadata) => {
+        const result = await this.#adds.add({ ids, metadata });
+        if (result.accepted.length > 0) {
+          this.tracker.track(result.accepted.map((id) => ({ id, state: 'UNKNOWN', misses: 0 })));
+          this.#log.info(
+            { accepted: result.accepted.length, already_watched: result.alreadyWatched.length },
+            'exports added',
+          );
+          this.scheduler.poke();
+        }
+        return result;
+      },
+      unwatch: async (id) => {
+        const { removed, cancelledDeliveries } = await this.store.removeExport(id);
+        if (removed) {
+          this.tracker.untrack(id);
+          this.deliveries.cancel(id);
+          this.#log.info(
+            { export_id: id, deliveries_cancelled: cancelledDeliveries },
+            'export no longer watched',
+          );
+        }
+        return removed;
+      },
+      get: async (id) => {
+        const record = await this.store.getExport(id);
+        if (!record) return undefined;
+        return { ...view(record), events: await this.store.eventsOfExport(id) };
+      },
+      page: async (query) => {
+        const { items, more } = await this.store.pageExports(query);
+        return { items: items.map(view), more };
+      },
+      events: (query) => this.store.listEvents(query),
+      redeliver: async (eventId, endpoint) => {
+        let refs = this.deliveries.endpoints;
+        if (endpoint !== undefined) {
+          const ref = this.deliveries.findEndpoint(endpoint);
+          if (!ref) return 'unknown_endpoint';
+          refs = [ref];
+        }
+        const count = await this.store.redeliver(eventId, refs, this.#now());
+        if (count === undefined) return 'unknown_event';
+        this.#log.info({ webhook_id: eventId, deliveries: count }, 'webhook event redelivered');
+        this.deliveries.poke();
+        return { deliveries: count };
+      },
+      redeliverSince: async (since, status) => {
+        const count = await this.store.redeliverSince(since, status, this.#now());
+        this.#log.info(
+          { since: new Date(since).toISOString(), status, deliveries: count },
+          'webhook deliveries redelivered',
+        );
+        this.deliveries.poke();
+        return { deliveries: count };
+      },
+    };
   }
 
   /**
@@ -195,11 +281,16 @@ export class Daemon {
   }
 
   /**
-   * Listens (when the API is on), reads the quota with `GET /rate_limit` (free), then starts
-   * checking. Resolves the control API's URL. Idempotent.
+   * Loads the watched exports (all due at once), resumes deliveries, listens (when the API is on),
+   * reads the quota with `GET /rate_limit` (free), then starts checking. Resolves the control
+   * API's URL. Idempotent.
    */
   start(): Promise<string | undefined> {
     this.#startPromise ??= (async () => {
+      const active = await this.store.loadActive();
+      this.tracker.track(active);
+      if (active.length > 0) this.#log.info({ watched: active.length }, 'watching exports from the store');
+      await this.deliveries.start();
       const url = await this.api?.listen();
       const probe = this.client
         .rateLimit()
@@ -226,20 +317,40 @@ export class Daemon {
       // Start checking once the quota is known, or after a short wait if the platform is slow.
       await settlesWithin(probe, 5000);
       this.scheduler.start();
+      this.#schedulePrune();
       return url;
     })();
     return this.#startPromise;
   }
 
+  /** Deletes finished exports and events past retention, a batch at a time, every minute. */
+  #schedulePrune(): void {
+    this.#pruneTimer = setInterval(() => {
+      this.store
+        .prune(this.#now(), {
+          retainMs: this.config.retainMs,
+          eventRetainMs: this.config.eventRetainMs,
+          batch: PRUNE_BATCH,
+        })
+        .then(({ exports, events }) => {
+          if (exports + events > 0) this.#log.debug({ exports, events }, 'pruned past retention');
+        })
+        .catch((error: unknown) => this.#log.error({ err: error }, 'could not prune the store'));
+    }, PRUNE_EVERY_MS);
+    this.#pruneTimer.unref();
+  }
+
   /**
-   * Stops checking, lets checks in flight finish, then gives deliveries in flight until the
-   * deadline. Logs what is left undelivered. Idempotent.
+   * Stops checking, lets checks in flight finish (their results are stored), then gives
+   * deliveries in flight until the deadline. What is left stays in the store for the next start.
+   * Idempotent.
    */
   stop(deadlineMs = this.config.shutdownTimeoutMs): Promise<StopReport> {
     this.#stopPromise ??= (async () => {
       const started = performance.now();
       const left = () => Math.max(0, deadlineMs - (performance.now() - started));
       this.#log.info({ deadline_ms: deadlineMs }, 'stopping');
+      if (this.#pruneTimer) clearInterval(this.#pruneTimer);
       // No new requests to the API, no new checks; calls not yet started are dropped and retry
       // waits cancelled; a check already on the wire may finish, within the deadline.
       const apiClosed = this.api?.close();
@@ -248,26 +359,37 @@ export class Daemon {
         this.#log.warn('checks still in flight at the shutdown deadline; abandoned');
         await this.client.destroy();
       }
-      const { undelivered } = await this.webhooks.close(left());
+      await this.deliveries.close(left());
       if (apiClosed && !(await settlesWithin(apiClosed, left()))) {
         // A client that keeps a request open must not hold the process past its deadline.
         this.api?.closeAllConnections();
         await apiClosed;
       }
-      this.#logWhatIsLeft(undelivered);
+      const pendingDeliveries = await this.#logWhatIsLeft();
+      await this.store.close();
       this.#log.info({ watched: this.tracker.activeCount }, 'stopped');
-      return { undelivered };
+      return { pendingDeliveries };
     })();
     return this.#stopPromise;
   }
 
   /**
-   * At shutdown, what would otherwise be lost with the process: the ids still watched (one line,
-   * up to a bound, with the count) and every undelivered event with its body (a line each, up to a
-   * bound, then a count), so an operator can re-submit them from the logs.
+   * At shutdown: with a data directory, a summary of what the next start resumes; in memory
+   * (`watch`), what would otherwise be lost with the process: the ids still watched (one line, up
+   * to a bound, with the count) and every undelivered event with its body.
    */
-  #logWhatIsLeft(undelivered: StopReport['undelivered']): void {
+  async #logWhatIsLeft(): Promise<number> {
     const watched = [...this.tracker.activeIds()];
+    const counts = await this.store.deliveryCounts();
+    if (this.#durable) {
+      if (watched.length + counts.pending > 0) {
+        this.#log.info(
+          { watched: watched.length, pending_deliveries: counts.pending, data_dir: this.config.dataDir },
+          'state kept for the next start: watching and deliveries resume there',
+        );
+      }
+      return counts.pending;
+    }
     if (watched.length > 0) {
       this.#log.info(
         {
@@ -278,31 +400,28 @@ export class Daemon {
         'still watched at shutdown',
       );
     }
-    if (undelivered.length === 0) return;
-    // One line per event, naming every endpoint that still lacks it.
-    const byEvent = new Map<string, { event: ExportEvent; endpoints: string[] }>();
-    for (const u of undelivered) {
-      const entry = byEvent.get(u.event.id) ?? { event: u.event, endpoints: [] };
-      entry.endpoints.push(u.endpoint);
-      byEvent.set(u.event.id, entry);
-    }
-    let logged = 0;
-    for (const { event, endpoints } of byEvent.values()) {
-      if (logged++ >= MAX_EVENTS_LOGGED_AT_STOP) break;
+    if (counts.pending === 0) return 0;
+    const { items, more } = await this.store.listEvents({
+      status: 'pending',
+      limit: MAX_EVENTS_LOGGED_AT_STOP,
+    });
+    for (const event of items) {
+      const endpoints = event.deliveries.filter((d) => d.status === 'pending').map((d) => d.endpointLabel);
       this.#log.error(
-        { webhook_id: event.id, endpoints, event: event.body },
+        { webhook_id: event.id, endpoints, event: JSON.parse(event.body) as unknown },
         'webhook event undelivered at shutdown',
       );
     }
     this.#log.error(
       {
-        undelivered: undelivered.length,
-        events: byEvent.size,
-        webhook_ids: [...byEvent.keys()].slice(0, MAX_EVENTS_LOGGED_AT_STOP),
-        events_not_listed: Math.max(0, byEvent.size - MAX_EVENTS_LOGGED_AT_STOP),
+        undelivered: counts.pending,
+        events: items.length,
+        webhook_ids: items.map((e) => e.id),
+        events_not_listed: more ? 'more' : 0,
       },
       'stopped with deliveries not done',
     );
+    return counts.pending;
   }
 
   #health(): { ok: boolean; reason?: string } {
@@ -336,6 +455,29 @@ export class Daemon {
     }
     this.#readiness = { ok: false, reason };
   }
+}
+
+/**
+ * A stored export as the control API shows it; the check figures come from the tracker while the
+ * export is watched (the time of each check is not stored).
+ */
+export function exportView(
+  r: StoredExport,
+  live?: { lastCheckedAt: number | null; checks: number } | undefined,
+): ExportView {
+  return {
+    id: r.id,
+    state: r.state,
+    previousState: r.previousState,
+    firstSeenAt: r.firstSeenAt,
+    stateChangedAt: r.stateChangedAt,
+    lastCheckedAt: live?.lastCheckedAt ?? null,
+    checks: live?.checks ?? 0,
+    metadata: r.metadata,
+    history: r.history,
+    export: r.export,
+    error: r.error,
+  };
 }
 
 /** Bounds on what shutdown writes to the logs, so a huge backlog cannot flood them. */

@@ -22,8 +22,10 @@ import {
   runCli as runCliInProcess,
 } from '../src/cli.js';
 import { type Config, loadConfig } from '../src/config/config.js';
+import type { ExportView } from '../src/http/control-api.js';
 import type { DaemonOptions } from '../src/main.js';
-import { EXPORT_STATES, type ExportRecord, type ExportState } from '../src/polling/tracker.js';
+import type { RequestOutcome } from '../src/platform/platform-client.js';
+import { EXPORT_STATES, type ExportState } from '../src/polling/tracker.js';
 import { ConfigError, DeadlineError, ListenError, PlatformError, UsageError } from '../src/shared/errors.js';
 
 const ROOT = resolve(fileURLToPath(new URL('..', import.meta.url)));
@@ -755,7 +757,7 @@ describe('watch', () => {
   );
   const noCounts = () => Object.fromEntries(EXPORT_STATES.map((s) => [s, 0])) as Record<ExportState, number>;
 
-  function record(id: string, state: ExportState, error: ExportRecord['error'] = null): ExportRecord {
+  function record(id: string, state: ExportState, error: ExportView['error'] = null): ExportView {
     return {
       id,
       state,
@@ -767,43 +769,43 @@ describe('watch', () => {
       metadata: null,
       history: [],
       export: null,
-      misses: 0,
       error,
-      lastMiss: null,
     };
   }
 
   /** A daemon that does nothing by itself: the test plays the platform through its hooks. */
   function fake() {
     let hooks: DaemonOptions | undefined;
-    const records = new Map<string, ExportRecord>();
+    const records = new Map<string, ExportView>();
     let settle!: () => void;
     const settled = new Promise<void>((resolve) => {
       settle = resolve;
     });
     const daemon: WatchDaemon = {
-      registry: { watch: (ids) => ({ accepted: [...ids], alreadyWatched: [] }) },
-      tracker: { get: (id) => records.get(id), countByState: noCounts },
+      registry: {
+        watch: async (ids) => ({ accepted: [...ids], alreadyWatched: [] }),
+        get: async (id) => records.get(id),
+      },
+      tracker: { countByState: noCounts },
       scheduler: { onSettled: () => settled },
-      webhooks: { onIdle: async () => undefined },
+      deliveries: { settled: async () => undefined },
       start: async () => undefined,
-      stop: async () => ({ undelivered: [] }),
+      stop: async () => ({ pendingDeliveries: 0 }),
     };
     return {
-      create: (_config: Config, options: DaemonOptions) => {
+      create: async (_config: Config, options: DaemonOptions) => {
         hooks = options;
         return daemon;
       },
-      outcome: (o: Parameters<NonNullable<DaemonOptions['onPlatformOutcome']>>[0]) =>
-        hooks?.onPlatformOutcome?.(o),
-      finish: (id: string, to: ExportState, error: ExportRecord['error'] = null) => {
+      outcome: (outcome: RequestOutcome) =>
+        hooks?.bus?.emit('platform.request', { route: 'bulk_get', outcome, durationMs: 1 }),
+      finish: (id: string, to: ExportState, error: ExportView['error'] = null) => {
         records.set(id, record(id, to, error));
-        hooks?.onTransition?.({
+        hooks?.bus?.emit('transition', {
           exportId: id,
           from: 'RUNNING',
           to,
           at: Date.now(),
-          metadata: null,
           export: null,
           error,
         });

@@ -43,6 +43,7 @@ describe('loadConfig defaults', () => {
     expect(c.webhook.timeoutMs).toBe(15_000);
     expect(c.webhook.maxAgeMs).toBe(24 * 3_600_000);
     expect(c.retainMs).toBe(24 * 3_600_000);
+    expect(c.eventRetainMs).toBe(14 * 86_400_000);
     expect(c.http).toEqual({ host: '127.0.0.1', port: 8080 });
     expect(c.apiToken).toBeUndefined();
     expect(c.dataDir).toBe('./data');
@@ -67,6 +68,7 @@ describe('loadConfig defaults', () => {
       WATCHER_WEBHOOK_TIMEOUT: '15s',
       WATCHER_WEBHOOK_MAX_AGE: '24h',
       WATCHER_RETAIN: '24h',
+      WATCHER_EVENT_RETAIN: '14d',
       WATCHER_HTTP_HOST: '127.0.0.1',
       WATCHER_HTTP_PORT: '8080',
       WATCHER_DATA_DIR: './data',
@@ -97,6 +99,7 @@ describe('loadConfig defaults', () => {
       WATCHER_WEBHOOK_TIMEOUT: '3s',
       WATCHER_WEBHOOK_MAX_AGE: '2h',
       WATCHER_RETAIN: '30m',
+      WATCHER_EVENT_RETAIN: '3d',
       WATCHER_HTTP_HOST: 'localhost',
       WATCHER_HTTP_PORT: '0',
       WATCHER_API_TOKEN: 'api-token',
@@ -115,6 +118,7 @@ describe('loadConfig defaults', () => {
     expect(c.webhook.timeoutMs).toBe(3000);
     expect(c.webhook.maxAgeMs).toBe(7_200_000);
     expect(c.retainMs).toBe(1_800_000);
+    expect(c.eventRetainMs).toBe(3 * 86_400_000);
     expect(c.http).toEqual({ host: 'localhost', port: 0 });
     expect(c.apiToken).toBe('api-token');
     expect(c.dataDir).toBe('/var/lib/watcher');
@@ -239,6 +243,7 @@ describe('problems name their variable', () => {
     ['WATCHER_WEBHOOK_TIMEOUT', 'never'],
     ['WATCHER_WEBHOOK_MAX_AGE', '1 day'],
     ['WATCHER_RETAIN', 'forever'],
+    ['WATCHER_EVENT_RETAIN', 'forever'],
     ['WATCHER_HTTP_PORT', '65536'],
     ['WATCHER_HTTP_PORT', '-1'],
     ['WATCHER_HTTP_PORT', 'http'],

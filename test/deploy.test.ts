@@ -131,14 +131,18 @@ describe('Dockerfile', () => {
     expect(buildRuns).toMatch(/\bnpm ci\b/);
   });
 
-  it('copies only the compiled JavaScript and the manifests into the runtime stage', () => {
+  it('copies only the compiled JavaScript, the production dependencies and the manifests into the runtime stage', () => {
     const copies = argsOf(runtime, 'COPY');
     expect(copies).toContain('package.json package-lock.json ./');
     expect(copies).toContain(`--from=${build!.name} /app/dist ./dist`);
-    expect(copies).toHaveLength(2);
-    const runs = argsOf(runtime, 'RUN').join('\n');
-    expect(runs).toMatch(/npm ci --omit=dev/);
-    expect(runs).toMatch(/npm cache clean --force/);
+    expect(copies).toContain(`--from=${build!.name} /app/node_modules ./node_modules`);
+    expect(copies).toHaveLength(3);
+    const buildRuns = argsOf(build!, 'RUN').join('\n');
+    // The native binding of better-sqlite3 can be compiled in the build stage, never at run time.
+    expect(buildRuns).toMatch(/apt-get install .*\bpython3\b.*\bmake\b.*\bg\+\+/);
+    expect(buildRuns).toMatch(/npm prune --omit=dev/);
+    expect(buildRuns).toMatch(/npm cache clean --force/);
+    expect(argsOf(runtime, 'RUN').join('\n')).not.toMatch(/\bg\+\+|\bmake\b|python3/);
     expect(imageEnv.NODE_ENV).toBe('production');
   });
 

@@ -58,7 +58,7 @@ describe('the watcher against the simulator', () => {
 
     const expected = ids.length + unknown.length;
     await stack.receiver.waitFor((r) => r.acceptedIds().size >= expected, 60_000);
-    await stack.daemon.webhooks.onIdle();
+    await stack.daemon.deliveries.settled();
 
     const events = terminalEvents(stack.receiver);
     expect(events.size).toBe(expected);

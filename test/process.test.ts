@@ -97,7 +97,7 @@ describe('sbg-export-watcher run', () => {
     expect(daemon.lines.some((l) => l.msg === 'stopped with deliveries not done')).toBe(false);
   });
 
-  it('on SIGTERM, gives up on stuck deliveries at WATCHER_SHUTDOWN_TIMEOUT, logs them, and exits 0', async () => {
+  it('on SIGTERM, gives up on stuck deliveries at WATCHER_SHUTDOWN_TIMEOUT, keeps them for the next start, and exits 0', async () => {
     const { sim, url: simUrl } = await simulator();
     const { receiver: hooks, url: hookUrl } = await receiver(() => new Promise<number>(() => undefined));
     const [id] = sim.createExports(1);
@@ -109,9 +109,10 @@ describe('sbg-export-watcher run', () => {
     daemon.child.kill('SIGTERM');
     const { code } = await daemon.exited;
     expect(code).toBe(0);
-    const line = daemon.lines.find((l) => l.msg === 'stopped with deliveries not done');
-    expect(line).toMatchObject({ level: 'error', undelivered: 1 });
-    expect(JSON.stringify(line)).toContain(`evt_${id}_`);
+    const line = daemon.lines.find(
+      (l) => l.msg === 'state kept for the next start: watching and deliveries resume there',
+    );
+    expect(line).toMatchObject({ level: 'info', pending_deliveries: 1, watched: 0 });
   });
 
   it('exits at once on a second signal while draining', async () => {

@@ -117,7 +117,8 @@ export async function runDemo(options: DemoOptions): Promise<number> {
 
   const config = demoConfig(settings, { endpoint: simUrl, webhookUrl: hookUrl, secret });
   const log = createLogger({ level: config.logLevel, destination: process.stderr });
-  const daemon = new Daemon(config, { log, api: true });
+  // The demo keeps its state in memory: it must not write into the user's ./data.
+  const daemon = await Daemon.open(config, { log, api: true, storage: 'memory' });
   const apiUrl = (await daemon.start()) as string;
 
   const ids = simulator.createExports(options.exports);
@@ -142,8 +143,8 @@ export async function runDemo(options: DemoOptions): Promise<number> {
     if (res.statusCode !== 202) throw new Error(`control API answered ${res.statusCode} to POST /v1/exports`);
   }
 
-  const progress = () => {
-    const counts = daemon.tracker.countByState();
+  const progress = async () => {
+    const counts = await daemon.store.countExports();
     const stats = simulator.stats();
     const parts = EXPORT_STATES.map((s) => `${s} ${counts[s]}`).join('  ');
     const elapsed = ((performance.now() - started) / 1000).toFixed(0).padStart(3);
@@ -152,8 +153,10 @@ export async function runDemo(options: DemoOptions): Promise<number> {
   const timer = setInterval(
     () => {
       if (options.json) return;
-      if (options.tty) options.out.write(`\r\x1b[2K${progress()}`);
-      else options.out.write(`${progress()}\n`);
+      void progress().then((line) => {
+        if (options.tty) options.out.write(`\r\x1b[2K${line}`);
+        else options.out.write(`${line}\n`);
+      });
     },
     options.tty ? 250 : 2000,
   );
@@ -162,10 +165,10 @@ export async function runDemo(options: DemoOptions): Promise<number> {
   await daemon.scheduler.onSettled();
   await receiver.waitFor((r) => r.acceptedIds().size >= expectedEvents, 120_000).catch(() => undefined);
   clearInterval(timer);
-  if (options.tty && !options.json) options.out.write(`\r\x1b[2K${progress()}\n`);
-  else say(progress());
+  if (options.tty && !options.json) options.out.write(`\r\x1b[2K${await progress()}\n`);
+  else say(await progress());
 
-  const summary = summarize(options, simulator, receiver, daemon, started);
+  const summary = await summarize(options, simulator, receiver, daemon, started);
   await daemon.stop(5000);
   await receiver.close();
   await simulator.close();
@@ -183,13 +186,13 @@ function spent(stats: ReturnType<Simulator['stats']>): number {
   return (stats.requests.bulk_get ?? 0) + (stats.requests.get ?? 0) + (stats.requests.list ?? 0);
 }
 
-function summarize(
+async function summarize(
   options: DemoOptions,
   simulator: Simulator,
   receiver: WebhookReceiver,
   daemon: Daemon,
   started: number,
-): DemoSummary {
+): Promise<DemoSummary> {
   const stats = simulator.stats();
   const perCall = stats.bulkIdsPerCall;
   const accepted = receiver.accepted();
@@ -204,7 +207,7 @@ function summarize(
       latencies.push(Date.parse(body.timestamp) - finished);
     }
   }
-  const counts = daemon.tracker.countByState();
+  const counts = await daemon.store.countExports();
   return {
     exports: options.exports,
     unknown_ids: options.unknown,

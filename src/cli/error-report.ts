@@ -10,6 +10,7 @@
 import { formatDuration } from '../config/config.js';
 import type { RequestOutcome } from '../platform/platform-client.js';
 import { ConfigError, ListenError, PlatformError, UsageError, WatcherError } from '../shared/errors.js';
+import { StoreError } from '../store/store.js';
 
 export interface ErrorReport {
   lines: string[];
@@ -32,6 +33,8 @@ export function describeError(error: unknown, context: ErrorContext = {}): Error
     return { lines: error.problems.map((p) => `config: ${oneLine(p)}`), exitCode: 2 };
   }
   if (error instanceof UsageError) return { lines: [`usage: ${oneLine(error.message)}`], exitCode: 2 };
+  // The data directory or its database cannot be used: a setting to fix, like a bad variable.
+  if (error instanceof StoreError) return { lines: [`config: ${oneLine(error.message)}`], exitCode: 2 };
   if (error instanceof PlatformError) {
     return { lines: [`error: ${platformProblem(error, context.endpoint)}`], exitCode: 1 };
   }

@@ -20,6 +20,7 @@ import {
 } from '../platform/platform-client.js';
 import { RateLimiter } from '../platform/rate-limiter.js';
 import { type BulkItem, type Observation, observationsFromBulk } from '../polling/tracker.js';
+import { Bus } from '../shared/bus.js';
 import { DeadlineError, type PlatformErrorBody } from '../shared/errors.js';
 import { outcomeProblem } from './error-report.js';
 
@@ -57,6 +58,10 @@ export async function runGet(options: GetOptions): Promise<number> {
   const limiter = new RateLimiter({ budget: config.rateBudget, windowMs: config.rateWindowMs, log });
   /** The last request's outcome, to say why the command gave up. */
   let lastOutcome: RequestOutcome | undefined;
+  const bus = new Bus(log);
+  bus.on('platform.request', ({ outcome }) => {
+    lastOutcome = outcome;
+  });
   const client = new PlatformClient({
     endpoint: config.endpoint,
     token: config.token ?? '',
@@ -64,11 +69,7 @@ export async function runGet(options: GetOptions): Promise<number> {
     userAgent: USER_AGENT,
     log,
     retry: options.retry ?? GET_RETRY,
-    observer: {
-      onRequest: (_route, outcome) => {
-        lastOutcome = outcome;
-      },
-    },
+    bus,
   });
   /** Exists once the deadline passed: what is on the wire being dropped. */
   let aborting: Promise<unknown> | undefined;

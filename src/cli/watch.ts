@@ -18,10 +18,11 @@ import type { Writable } from 'node:stream';
 import type { Logger } from 'pino';
 import type { Config } from '../config/config.js';
 import { formatDuration } from '../config/config.js';
-import { recordToJson, type WatchRegistry } from '../http/control-api.js';
+import { type ExportView, recordToJson, type WatchRegistry } from '../http/control-api.js';
 import { Daemon, type DaemonOptions, type StopReport } from '../main.js';
 import type { RequestOutcome } from '../platform/platform-client.js';
-import { type ExportRecord, type ExportState, isTerminal, type Transition } from '../polling/tracker.js';
+import { EXPORT_STATES, type ExportState, isTerminal, type Transition } from '../polling/tracker.js';
+import { Bus } from '../shared/bus.js';
 import { settlesWithin } from '../shared/deadline.js';
 import { Redactor } from '../shared/redact.js';
 import { oneLine, outcomeProblem, roundedDuration } from './error-report.js';
@@ -31,10 +32,11 @@ export const STALL_WARNING_MS = 5 * 60_000;
 
 /** What runWatch needs of the daemon; main.ts's Daemon is one, a test passes a plain object. */
 export interface WatchDaemon {
-  registry: Pick<WatchRegistry, 'watch'>;
-  tracker: { get(id: string): ExportRecord | undefined; countByState(): Record<ExportState, number> };
+  registry: Pick<WatchRegistry, 'watch' | 'get'>;
+  /** Counts of the exports still watched (terminal ones are counted by watch itself). */
+  tracker: { countByState(): Record<ExportState, number> };
   scheduler: { onSettled(): Promise<void> };
-  webhooks: { onIdle(): Promise<void> };
+  deliveries: { settled(): Promise<void> };
   start(): Promise<unknown>;
   stop(deadlineMs?: number): Promise<StopReport>;
 }
@@ -59,8 +61,8 @@ export interface WatchOptions {
   stallWarningMs?: number;
   /** Scrubs every line written about a problem; default one that only cleans URLs. */
   redactor?: Redactor;
-  /** Builds the daemon; default main.ts's Daemon. */
-  createDaemon?: (config: Config, options: DaemonOptions) => WatchDaemon;
+  /** Builds the daemon; default main.ts's Daemon, with its state in memory. */
+  createDaemon?: (config: Config, options: DaemonOptions) => Promise<WatchDaemon>;
 }
 
 type Ending =
@@ -97,23 +99,30 @@ export async function runWatch(options: WatchOptions): Promise<number> {
       ),
   });
 
-  const createDaemon = options.createDaemon ?? ((config, o) => new Daemon(config, o));
-  const daemon = createDaemon(options.config, {
-    log: options.log,
-    now,
-    onPlatformOutcome: (outcome) => {
-      stall.observe(outcome, outcomeProblem(outcome, endpoint));
-      if (outcome === 'unauthorized') refused();
-    },
-    onTransition: (t) => {
-      progress.change(t);
-      if (!isTerminal(t.to)) return;
-      finished++;
-      if (t.to !== 'COMPLETED') failed++;
-      const record = daemon.tracker.get(t.exportId);
-      if (record) progress.above(() => options.stdout.write(formatFinished(record, options)));
-    },
+  const bus = new Bus(options.log);
+  /** Finished exports by state: the tracker forgets them once terminal. */
+  const ended = Object.fromEntries(EXPORT_STATES.map((s) => [s, 0])) as Record<ExportState, number>;
+  /** Lines for finished exports being read from the store; awaited before returning. */
+  const printing = new Set<Promise<void>>();
+  bus.on('platform.request', ({ outcome }) => {
+    stall.observe(outcome, outcomeProblem(outcome, endpoint));
+    if (outcome === 'unauthorized') refused();
   });
+  bus.on('transition', (t) => {
+    progress.change(t);
+    if (!isTerminal(t.to)) return;
+    finished++;
+    ended[t.to]++;
+    if (t.to !== 'COMPLETED') failed++;
+    const line = daemon.registry.get(t.exportId).then((view) => {
+      if (view) progress.above(() => options.stdout.write(formatFinished(view, options)));
+    });
+    printing.add(line);
+    void line.finally(() => printing.delete(line));
+  });
+  const createDaemon =
+    options.createDaemon ?? ((config, o) => Daemon.open(config, { ...o, storage: 'memory' }));
+  const daemon = await createDaemon(options.config, { log: options.log, now, bus });
 
   const interrupted = new Promise<Ending>((resolve) => {
     const end = () => resolve({ kind: 'signal', code: Number(options.signal.reason) || 130 });
@@ -128,13 +137,14 @@ export async function runWatch(options: WatchOptions): Promise<number> {
   });
 
   let over = false;
-  daemon.registry.watch(ids, null);
   stall.start();
   const settled = (async (): Promise<Ending> => {
+    await daemon.registry.watch(ids, null);
     // Start-up waits up to a few seconds for the platform's quota: a timeout or Ctrl-C may come first.
     await daemon.start();
-    if (!over) progress.start(() => daemon.tracker.countByState());
+    if (!over) progress.start(() => addCounts(daemon.tracker.countByState(), ended));
     await daemon.scheduler.onSettled();
+    await Promise.all(printing);
     return { kind: 'settled' };
   })();
   let ending: Ending;
@@ -174,16 +184,26 @@ export async function runWatch(options: WatchOptions): Promise<number> {
   }
   // Deliveries of the outcomes get up to WATCHER_SHUTDOWN_TIMEOUT to finish (a receiver that is
   // down must not hold a script for WATCHER_WEBHOOK_MAX_AGE); what is left is logged at error.
-  if (code < 128) await settlesWithin(daemon.webhooks.onIdle(), options.config.shutdownTimeoutMs);
-  const { undelivered } = await daemon.stop(0);
-  if (undelivered.length > 0) say(`${undelivered.length} webhook deliveries not done`);
+  if (code < 128) await settlesWithin(daemon.deliveries.settled(), options.config.shutdownTimeoutMs);
+  const { pendingDeliveries } = await daemon.stop(0);
+  if (pendingDeliveries > 0) say(`${pendingDeliveries} webhook deliveries not done`);
   return code;
 }
 
-export function formatFinished(
-  record: ExportRecord,
-  options: Pick<WatchOptions, 'json' | 'stdoutTty'>,
-): string {
+/** The sum of two counts by state. */
+function addCounts(
+  a: Readonly<Record<ExportState, number>>,
+  b: Readonly<Record<ExportState, number>>,
+): Record<ExportState, number> {
+  return Object.fromEntries(EXPORT_STATES.map((s) => [s, (a[s] ?? 0) + (b[s] ?? 0)])) as Record<
+    ExportState,
+    number
+  >;
+}
+
+export function formatFinished(view: ExportView, options: Pick<WatchOptions, 'json' | 'stdoutTty'>): string {
+  // The record as the control API shows it, without its events (the line is about the export).
+  const { events: _events, ...record } = view;
   if (options.json || !options.stdoutTty) return `${JSON.stringify(recordToJson(record))}\n`;
   // LOST carries the "no such job" error; FAILED the job's own.
   const error = (record.error ?? record.export?.error ?? null) as {

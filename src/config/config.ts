@@ -39,6 +39,8 @@ export interface Config {
     readonly maxAgeMs: number;
   };
   readonly retainMs: number;
+  /** How long delivered and given-up events stay stored (for replay) before they are pruned. */
+  readonly eventRetainMs: number;
   readonly http: { readonly host: string; readonly port: number };
   readonly apiToken: string | undefined;
   readonly dataDir: string;
@@ -65,6 +67,7 @@ export const DEFAULTS = {
   WATCHER_WEBHOOK_TIMEOUT: '15s',
   WATCHER_WEBHOOK_MAX_AGE: '24h',
   WATCHER_RETAIN: '24h',
+  WATCHER_EVENT_RETAIN: '14d',
   WATCHER_HTTP_HOST: '127.0.0.1',
   WATCHER_HTTP_PORT: '8080',
   WATCHER_API_TOKEN: undefined,
@@ -241,6 +244,7 @@ export function loadConfig(env: Env, options: LoadOptions = {}): Config {
   const maxAgeMs = duration('WATCHER_WEBHOOK_MAX_AGE', 1000, 20 * DAY);
   // Compared against, never put in a timer.
   const retainMs = duration('WATCHER_RETAIN', 0, 365 * DAY);
+  const eventRetainMs = duration('WATCHER_EVENT_RETAIN', 0, 365 * DAY);
 
   const host = raw('WATCHER_HTTP_HOST') ?? DEFAULTS.WATCHER_HTTP_HOST;
   const port = integer('WATCHER_HTTP_PORT', 0, 65_535);
@@ -278,6 +282,7 @@ export function loadConfig(env: Env, options: LoadOptions = {}): Config {
       maxAgeMs,
     }),
     retainMs,
+    eventRetainMs,
     http: Object.freeze({ host, port }),
     apiToken,
     dataDir,

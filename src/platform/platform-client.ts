@@ -21,6 +21,7 @@ import {
   observationsFromBulk,
   type TrackerWarning,
 } from '../polling/tracker.js';
+import { Bus } from '../shared/bus.js';
 import { isRetryable, PlatformError, type PlatformErrorBody } from '../shared/errors.js';
 import type { RateInfo } from './rate-limiter.js';
 
@@ -56,14 +57,6 @@ export type RequestOutcome =
   | 'network'
   | 'timeout';
 
-/** Optional hooks, for metrics. */
-export interface PlatformObserver {
-  onRequest?(route: PlatformRoute, outcome: RequestOutcome, durationMs: number): void;
-  onBulkCall?(ids: number): void;
-  /** A bulk answer whose number of items differs from the number of ids asked. */
-  onBulkMismatch?(asked: number, items: number): void;
-}
-
 export interface RetryPolicy {
   /** Retries of transient errors (5xx, timeouts, bad bodies, network) within one call. */
   retries: number;
@@ -89,7 +82,8 @@ export interface PlatformClientOptions {
   timeoutMs?: number;
   retry?: Partial<RetryPolicy>;
   dispatcher?: Dispatcher;
-  observer?: PlatformObserver;
+  /** Where requests, bulk calls and answers of the wrong size are reported (metrics, readiness). */
+  bus?: Bus;
   now?: () => number;
   /** Bytes of an answer read before it is dropped; default MAX_ANSWER_BYTES. */
   maxAnswerBytes?: number;
@@ -118,7 +112,7 @@ export class PlatformClient {
   readonly #retry: RetryPolicy;
   readonly #dispatcher: Dispatcher;
   readonly #ownsDispatcher: boolean;
-  readonly #observer: PlatformObserver;
+  readonly #bus: Bus;
   /** Aborts retry waits on close. */
   readonly #closing = new AbortController();
   /** Set when the bulk endpoint answered 404 or 405: single gets until then (epoch ms). */
@@ -142,7 +136,7 @@ export class PlatformClient {
     this.#dispatcher =
       options.dispatcher ??
       new Agent({ connections: 8, keepAliveTimeout: 30_000, connectTimeout: 10_000, pipelining: 1 });
-    this.#observer = options.observer ?? {};
+    this.#bus = options.bus ?? new Bus();
     this.#now = options.now ?? Date.now;
     this.#maxAnswerBytes = options.maxAnswerBytes ?? MAX_ANSWER_BYTES;
   }
@@ -164,12 +158,13 @@ export class PlatformClient {
     if (this.bulkSupported) {
       try {
         const answer = await this.#call('bulk_get', 'POST', '/bulk/storage/exports/get', { export_ids: ids });
-        this.#observer.onBulkCall?.(ids.length);
+        this.#bus.emit('platform.bulk', { ids: ids.length });
         const items = (answer.json as { items?: unknown }).items;
         if (!Array.isArray(items)) throw new Error('unreachable: checked in #call');
         // One item per id is what a whole answer looks like; anything else is counted, and the
         // tracker will not attribute anonymous errors from it.
-        if (items.length !== ids.length) this.#observer.onBulkMismatch?.(ids.length, items.length);
+        if (items.length !== ids.length)
+          this.#bus.emit('platform.bulk_mismatch', { asked: ids.length, items: items.length });
         return items as BulkItem[];
       } catch (error) {
         if (!(error instanceof PlatformError && (error.status === 404 || error.status === 405))) throw error;
@@ -290,7 +285,7 @@ export class PlatformClient {
       throw error;
     } finally {
       const durationMs = Math.round(performance.now() - started);
-      this.#observer.onRequest?.(route, outcome, durationMs);
+      this.#bus.emit('platform.request', { route, outcome, durationMs });
       const ids = route === 'bulk_get' ? (body as { export_ids: unknown[] }).export_ids.length : undefined;
       this.#log.debug(
         { route, attempt: attemptNumber, outcome, duration_ms: durationMs, ids },

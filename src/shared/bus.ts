@@ -5,7 +5,7 @@
  * never stop a check or a delivery.
  */
 import type { Logger } from 'pino';
-import type { AttemptResult, DeliveryOutcome } from '../delivery/webhooks.js';
+import type { AttemptResult, DeliveryOutcome } from '../delivery/engine.js';
 import type { PlatformRoute, RequestOutcome } from '../platform/platform-client.js';
 import type { Transition } from '../polling/tracker.js';
 

@@ -4,6 +4,8 @@
  * directory, and with text on its standard input (otherwise stdin is empty).
  */
 import { type ChildProcess, spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 
@@ -23,11 +25,23 @@ export interface CliProcess {
 }
 
 const running = new Set<ChildProcess>();
+/** Data directories made for processes that were given none: never the repository's ./data. */
+const scratchDirs = new Set<string>();
 
-/** Kills what a test left running; call it in afterEach. */
+/** Kills what a test left running and removes its scratch data directories; call it in afterEach. */
 export function killAll(): void {
   for (const child of running) if (child.exitCode === null) child.kill('SIGKILL');
   running.clear();
+  for (const dir of scratchDirs) rmSync(dir, { recursive: true, force: true });
+  scratchDirs.clear();
+}
+
+/** A fresh WATCHER_DATA_DIR unless the test chose one. */
+function withDataDir(env: Record<string, string>): Record<string, string> {
+  if ('WATCHER_DATA_DIR' in env) return env;
+  const dir = mkdtempSync(join(tmpdir(), 'sbg-cli-data-'));
+  scratchDirs.add(dir);
+  return { ...env, WATCHER_DATA_DIR: dir };
 }
 
 export interface SpawnOptions {
@@ -49,7 +63,7 @@ export function spawnCli(
   );
   const child = spawn(process.execPath, ['--import', TSX, CLI, ...args], {
     cwd: options.cwd ?? ROOT,
-    env: { ...clean, ...env },
+    env: { ...clean, ...withDataDir(env) },
     stdio: [options.stdin === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
   });
   running.add(child);

@@ -68,9 +68,10 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
     },
     sink,
   );
-  const daemon = new Daemon(config, {
+  const daemon = await Daemon.open(config, {
     log,
     api: true,
+    storage: 'memory',
     platformRetry: { minTimeoutMs: 10, maintenanceMaxDelayMs: 300 },
     webhookRetry: { minTimeoutMs: 50, maxTimeoutMs: 500 },
     scheduler: { failurePauseMs: 50, failurePauseMaxMs: 500 },

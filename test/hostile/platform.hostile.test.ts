@@ -62,9 +62,10 @@ async function watcher(endpoint: string, env: Env = {}): Promise<Watcher> {
     },
   });
   const log = createLogger({ level: 'debug', destination: sink, redactor: new Redactor(config.secrets) });
-  const daemon = new Daemon(config, {
+  const daemon = await Daemon.open(config, {
     log,
     api: true,
+    storage: 'memory',
     platformRetry: { retries: 1, minTimeoutMs: 10, maintenanceMaxDelayMs: 100 },
     scheduler: { failurePauseMs: 20, failurePauseMaxMs: 100 },
   });
@@ -84,7 +85,7 @@ describe('answers that could make exports wrongly final', () => {
   it('one anonymous 404 item for a whole call never makes any export LOST', async () => {
     const p = await platform();
     const w = await watcher(p.url);
-    w.daemon.registry.watch(ids(150), null);
+    await w.daemon.registry.watch(ids(150), null);
     await w.daemon.scheduler.until(() => w.daemon.tracker.countByState().RUNNING === 150);
 
     // The platform turns hostile: every bulk call, whatever it asked, gets one bare 404 item.
@@ -134,19 +135,23 @@ describe('answers that could make exports wrongly final', () => {
       };
     });
     const w = await watcher(p.url);
-    w.daemon.registry.watch([...ids(3, 'known'), ...ids(2, 'ghost')], null);
-    await w.daemon.scheduler.until(() => w.daemon.tracker.countByState().LOST === 2);
+    await w.daemon.registry.watch([...ids(3, 'known'), ...ids(2, 'ghost')], null);
+    // The tracker lets go of an export once it is terminal; the store keeps its record.
+    await w.daemon.scheduler.until(
+      () => w.daemon.tracker.activeCount === 3 && w.daemon.tracker.countByState().RUNNING === 3,
+    );
     expect(w.daemon.tracker.get('known-0')?.state).toBe('RUNNING');
-    const lost = w.daemon.tracker.get('ghost-0');
+    const lost = await w.daemon.registry.get('ghost-0');
     expect(lost?.state).toBe('LOST');
     expect(lost?.error).toMatchObject({ code: 9008, message: 'Requested job does not exist.' });
-    expect(lost?.checks).toBe(3);
+    expect(lost?.history.map((h) => h.state)).toEqual(['UNKNOWN', 'LOST']);
+    expect(await w.daemon.registry.get('ghost-1')).toMatchObject({ state: 'LOST' });
   });
 
   it('a 100,000-item answer about exports never asked for is one warning line per call', async () => {
     const p = await platform();
     const w = await watcher(p.url);
-    w.daemon.registry.watch(ids(10), null);
+    await w.daemon.registry.watch(ids(10), null);
     await w.daemon.scheduler.until(() => w.daemon.tracker.countByState().RUNNING === 10);
     const flood = { items: ids(100_000, 'x').map((id) => ({ resource: { id, state: 'RUNNING' } })) };
     const floodText = JSON.stringify(flood);
@@ -172,7 +177,7 @@ describe('resources a platform could exhaust', () => {
     const p = await platform();
     const w = await watcher(p.url);
     p.handler = ({ route }) => (route === 'bulk_get' ? endlessBody() : okHandler()({ route } as never));
-    w.daemon.registry.watch(ids(5), null);
+    await w.daemon.registry.watch(ids(5), null);
     await w.daemon.scheduler.until(() => p.requests.bulk_get >= 2);
     await w.daemon.scheduler.until(() => w.daemon.readiness.reason.includes('malformed'));
     expect(w.daemon.readiness.ok).toBe(false);
@@ -196,7 +201,7 @@ describe('resources a platform could exhaust', () => {
         : okHandler()({ route } as never),
     );
     const w = await watcher(p.url);
-    w.daemon.registry.watch(ids(1), null);
+    await w.daemon.registry.watch(ids(1), null);
     await w.daemon.scheduler.until(() =>
       w.lines.some((l) => /content-length 1000000000000/.test(String(l.err_message))),
     );
@@ -215,7 +220,7 @@ describe('resources a platform could exhaust', () => {
         : okHandler()({ route } as never),
     );
     const w = await watcher(p.url);
-    w.daemon.registry.watch(ids(5), null);
+    await w.daemon.registry.watch(ids(5), null);
     await w.daemon.scheduler.until(() => p.requests.bulk_get >= 1);
     await w.daemon.scheduler.until(() => w.daemon.limiter.pausedUntil() !== undefined);
     const until = w.daemon.limiter.pausedUntil() as number;
@@ -251,7 +256,7 @@ describe('resources a platform could exhaust', () => {
             : okHandler()({ route } as never),
       );
       const w = await watcher(p.url);
-      w.daemon.registry.watch(ids(1), null);
+      await w.daemon.registry.watch(ids(1), null);
       await w.daemon.scheduler.until(() => w.daemon.limiter.pausedUntil() !== undefined);
       expect(Number.isFinite(w.daemon.limiter.pausedUntil())).toBe(true);
       expect(w.lines.some((l) => l.msg === 'scheduler failed to process a check result')).toBe(false);
@@ -274,7 +279,7 @@ describe('secrets', () => {
       },
     }));
     const w = await watcher(p.url);
-    w.daemon.registry.watch(ids(1), null);
+    await w.daemon.registry.watch(ids(1), null);
     await w.daemon.scheduler.until(() => w.daemon.scheduler.mode === 'unauthorized');
     const all = w.raw.join('');
     expect(all).toContain('Unauthorized: token [redacted] is not valid');

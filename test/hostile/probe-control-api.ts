@@ -27,7 +27,9 @@ import {
   recordToJson,
   type WatchRegistry,
 } from '../../src/http/control-api.js';
-import { type Observation, Tracker } from '../../src/polling/tracker.js';
+import { exportView } from '../../src/main.js';
+import { openSqliteStore } from '../../src/store/sqlite.js';
+import type { ExportChange, Store } from '../../src/store/store.js';
 
 // ---------------------------------------------------------------------------------------------
 // Raw HTTP over node:net
@@ -483,22 +485,35 @@ export async function sendAll(
 
 const TOKEN = 'probe-token-3b9d5e';
 
-/** A registry over a real Tracker, as main.ts builds it (without the scheduler). */
-export function registryFor(tracker: Tracker, now: () => number = () => Date.now()): WatchRegistry {
+/** A registry over a real store in memory, as main.ts builds it (without the scheduler). */
+export function registryFor(store: Store, now: () => number = () => Date.now()): WatchRegistry {
   return {
-    watch: (ids, metadata) => tracker.add(ids, metadata, now()),
-    unwatch: (id) => tracker.remove(id),
-    get: (id) => tracker.get(id),
-    list: (state) => tracker.list(state),
-    page: (query) => tracker.page(query),
+    watch: async (ids, metadata) => {
+      const [result] = await store.addExports([{ ids, metadata }], now());
+      return result ?? { accepted: [], alreadyWatched: [] };
+    },
+    unwatch: async (id) => (await store.removeExport(id)).removed,
+    get: async (id) => {
+      const record = await store.getExport(id);
+      return record && { ...exportView(record), events: await store.eventsOfExport(id) };
+    },
+    page: async (query) => {
+      const { items, more } = await store.pageExports(query);
+      return { items: items.map((r) => exportView(r)), more };
+    },
+    events: (query) => store.listEvents(query),
+    redeliver: async () => 'unknown_event',
+    redeliverSince: async () => ({ deliveries: 0 }),
   };
 }
 
-async function startApi(tracker: Tracker, extra: Partial<ControlApiOptions> = {}) {
+const memoryStore = () => openSqliteStore({ path: ':memory:' });
+
+async function startApi(store: Store, extra: Partial<ControlApiOptions> = {}) {
   const api = new ControlApi({
     host: '127.0.0.1',
     port: 0,
-    registry: registryFor(tracker),
+    registry: registryFor(store),
     probes: { health: () => ({ ok: true }), ready: () => ({ ok: true }) },
     log: pino({ level: 'silent' }),
     apiToken: TOKEN,
@@ -532,7 +547,7 @@ const ms = (v: number) => `${v.toFixed(1)} ms`;
 const mib = (bytes: number) => `${(bytes / 2 ** 20).toFixed(2)} MiB`;
 
 async function connectionFlood(): Promise<Array<[string, string]>> {
-  const { api, url, port } = await startApi(new Tracker({ retainMs: 60_000 }));
+  const { api, url, port } = await startApi(await memoryStore());
   const held: Socket[] = [];
   try {
     // Uploads that send their headers and a few bytes of a body, then nothing.
@@ -590,8 +605,8 @@ async function connectionFlood(): Promise<Array<[string, string]>> {
 }
 
 async function malformed(): Promise<Array<[string, string]>> {
-  const tracker = new Tracker({ retainMs: 60_000 });
-  const { api, url, port } = await startApi(tracker);
+  const store = await memoryStore();
+  const { api, url, port } = await startApi(store);
   try {
     const requests = malformedRequests(1000, TOKEN);
     const kinds = new Set(requests.map((r) => r.kind)).size;
@@ -610,7 +625,9 @@ async function malformed(): Promise<Array<[string, string]>> {
         `${fiveXX} 5xx; ${[...statuses]
           .sort()
           .map(([k, n]) => `${k}: ${n}`)
-          .join(', ')}; ${ms(took)} in all; ${tracker.size} exports added`,
+          .join(
+            ', ',
+          )}; ${ms(took)} in all; ${Object.values(await store.countExports()).reduce((a, b) => a + b, 0)} exports added`,
       ],
       ['/healthz after them', `${after.status} in ${ms(after.ms)}`],
     ];
@@ -698,19 +715,24 @@ function describeLatency({ latencies, pages }: { latencies: number[]; pages: num
 }
 
 async function bigListing(): Promise<Array<[string, string]>> {
-  const tracker = new Tracker({ retainMs: 3_600_000 });
+  const store = await memoryStore();
   const ids = Array.from({ length: 200_000 }, (_, i) => `export-${String(i).padStart(6, '0')}`);
   const t0 = Date.now() - 60_000;
-  tracker.add(ids, { team: 'probe', run: 7 }, t0);
-  const observations: Observation[] = ids
+  await store.addExports([{ ids, metadata: { team: 'probe', run: 7 } }], t0);
+  const changes: ExportChange[] = ids
     .filter((_, i) => i % 3 === 0)
     .map((id) => ({
-      kind: 'resource',
       id,
-      resource: { id, state: 'RUNNING', destination: { volume: 'v', location: id } },
+      from: 'UNKNOWN',
+      to: 'RUNNING',
+      at: t0 + 1000,
+      misses: 0,
+      lastMiss: null,
+      export: { id, state: 'RUNNING', destination: { volume: 'v', location: id } },
+      error: null,
     }));
-  tracker.apply(observations, t0 + 1000);
-  const { api, url } = await startApi(tracker);
+  await store.commitChanges(changes, () => null, [], t0 + 1000);
+  const { api, url } = await startApi(store);
   const headers = { authorization: `Bearer ${TOKEN}` };
   const fetchPage = async (query: string) => {
     const res = await request(`${url}/v1/exports${query}`, { headers });
@@ -722,9 +744,10 @@ async function bigListing(): Promise<Array<[string, string]>> {
     };
   };
   try {
-    const unpaged = await timed(
-      async () => JSON.stringify({ items: tracker.list().map(recordToJson) }).length,
-    );
+    const unpaged = await timed(async () => {
+      const { items } = await store.pageExports({ limit: ids.length });
+      return JSON.stringify({ items: items.map((r) => recordToJson(exportView(r))) }).length;
+    });
     const first = await timed(() => fetchPage(''));
     const big = await timed(() => fetchPage('?limit=10000'));
     const walk = await timed(async () => {
