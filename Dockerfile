@@ -45,7 +45,10 @@ RUN apt-get update \
   && apt-get install -y --no-install-recommends tini \
   && rm -rf /var/lib/apt/lists/*
 
-ENV NODE_ENV=production
+# V8 sizes its heap from the limit: with the default (a quarter of the host's memory) it keeps far
+# more freed memory. 512 MB holds about a million watched exports; raise it beyond that.
+ENV NODE_ENV=production \
+  NODE_OPTIONS=--max-old-space-size=512
 WORKDIR /app
 COPY package.json package-lock.json ./
 COPY --from=build /app/node_modules ./node_modules

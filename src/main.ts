@@ -116,7 +116,8 @@ export class Daemon {
     this.metrics = new Metrics({
       exportsByState: () => store.countExports(),
       rateLimit: () => this.limiter.snapshot(),
-      deliveries: () => store.deliveryCounts(),
+      // Three gauges read these counts at each scrape: one query serves them all.
+      deliveries: sharedFor(500, () => store.deliveryCounts()),
       now,
     });
     this.metrics.attach(this.bus);
@@ -477,6 +478,16 @@ export function exportView(
     history: r.history,
     export: r.export,
     error: r.error,
+  };
+}
+
+/** The same answer for calls within `ms` of the first: a scrape asks for it several times. */
+function sharedFor<T>(ms: number, read: () => Promise<T>): () => Promise<T> {
+  let last: { at: number; value: Promise<T> } | undefined;
+  return () => {
+    const now = performance.now();
+    if (!last || now - last.at > ms) last = { at: now, value: read() };
+    return last.value;
   };
 }
 

@@ -27,10 +27,11 @@
  */
 import pRetry from 'p-retry';
 import type { Logger } from 'pino';
-import { Agent, type Dispatcher } from 'undici';
+import type { Agent, Dispatcher } from 'undici';
 import type { Bus } from '../shared/bus.js';
 import { settlesWithin } from '../shared/deadline.js';
 import { isRetryable, WatcherError } from '../shared/errors.js';
+import { createDispatcher } from '../shared/proxy.js';
 import {
   type AttemptRecord,
   type DeliveryJob,
@@ -178,7 +179,7 @@ export class DeliveryEngine {
   readonly #concurrency: number;
   readonly #quickAttempts: number;
   readonly #dispatcher: Dispatcher;
-  readonly #ownedAgent: Agent | undefined;
+  readonly #ownedAgent: Dispatcher | undefined;
   /** Aborted at the close deadline: ends attempts in flight. */
   readonly #deadline = new AbortController();
   readonly #runs = new Set<Promise<void>>();
@@ -188,6 +189,11 @@ export class DeliveryEngine {
   readonly #settledWaiters = new Set<() => void>();
   #closing: Promise<void> | undefined;
   #started = false;
+
+  /** Claimed deliveries an endpoint holds at most: a few rounds of attempts, prefetched. */
+  get #window(): number {
+    return this.#concurrency * 4;
+  }
 
   constructor(options: DeliveryEngineOptions) {
     this.#o = options;
@@ -200,7 +206,7 @@ export class DeliveryEngine {
     };
     this.#concurrency = options.concurrencyPerEndpoint ?? DEFAULT_CONCURRENCY_PER_ENDPOINT;
     this.#quickAttempts = options.quickAttempts ?? DEFAULT_QUICK_ATTEMPTS;
-    this.#ownedAgent = options.dispatcher ? undefined : new Agent({ keepAliveTimeout: 10_000 });
+    this.#ownedAgent = options.dispatcher ? undefined : createDispatcher({ keepAliveTimeout: 10_000 });
     this.#dispatcher = options.dispatcher ?? (this.#ownedAgent as Agent);
     const endpoints: Endpoint[] = [];
     for (const url of options.urls) {
@@ -349,7 +355,7 @@ export class DeliveryEngine {
   }
 
   async #claim(e: Endpoint): Promise<void> {
-    const window = this.#concurrency * 4;
+    const window = this.#window;
     while (!this.#closing && e.held.size < window) {
       const room = window - e.held.size;
       const now = this.#now();
@@ -360,7 +366,7 @@ export class DeliveryEngine {
   }
 
   async #sleepUntilDue(e: Endpoint): Promise<void> {
-    if (this.#closing || e.held.size >= this.#concurrency * 4) return;
+    if (this.#closing || e.held.size >= this.#window) return;
     const next = await this.#o.store.nextDueAt(e.ref.key);
     const wait = next === null ? MAX_IDLE_MS : Math.min(MAX_IDLE_MS, Math.max(0, next - this.#now()));
     this.#wakeIn(e, wait);
@@ -386,7 +392,8 @@ export class DeliveryEngine {
       this.#runs.delete(run);
       e.held.delete(job.eventId);
       this.#o.bus.emit('delivery.depth', { endpoint: e.ref.label, depth: e.held.size });
-      if (!this.#closing) void this.#pump(e);
+      // Claims come in batches: a claim is a write transaction, too dear for each delivery.
+      if (!this.#closing && e.held.size <= this.#window / 2) void this.#pump(e);
     });
     this.#runs.add(run);
   }
