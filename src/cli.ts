@@ -14,6 +14,7 @@ import type { Readable } from 'node:stream';
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { parse as parseDotenv } from 'dotenv';
+import type { Logger } from 'pino';
 import { CONTROL_DEFAULT_TIMEOUT_MS, controlApiTarget } from './cli/control-client.js';
 import { runDemo } from './cli/demo.js';
 import { describeError, listenError } from './cli/error-report.js';
@@ -26,6 +27,7 @@ import { type FaultOptions, Simulator, type SimulatorOptions } from './dev/simul
 import { Daemon, VERSION } from './main.js';
 import { ConfigError, UsageError } from './shared/errors.js';
 import { createLogger } from './shared/log.js';
+import { describeProxy, useProxy } from './shared/proxy.js';
 import { Redactor } from './shared/redact.js';
 
 export { readIdsFile } from './cli/ids-input.js';
@@ -36,6 +38,7 @@ export type PlatformCommand = 'run' | 'watch' | 'get';
 
 /** Flags that override the variable they name, with the argument shown in help. */
 const VARIABLE_FLAGS = {
+  profile: ['SB_PROFILE', 'NAME'],
   endpoint: ['SB_API_ENDPOINT', 'URL|PRESET'],
   'poll-interval': ['WATCHER_POLL_INTERVAL', 'DURATION'],
   'rate-budget': ['WATCHER_RATE_BUDGET', 'N'],
@@ -71,6 +74,7 @@ const COMMAND_FLAGS: Readonly<
       'ids-file': { type: 'string', multiple: true, arg: 'FILE', help: `watch the ${IDS_FILE_HELP}` },
     },
     variables: [
+      'profile',
       'endpoint',
       'poll-interval',
       'rate-budget',
@@ -93,6 +97,7 @@ const COMMAND_FLAGS: Readonly<
       },
     },
     variables: [
+      'profile',
       'endpoint',
       'poll-interval',
       'rate-budget',
@@ -112,7 +117,7 @@ const COMMAND_FLAGS: Readonly<
         help: 'give up after this long and exit 1, like 10s, 5m (default 60s)',
       },
     },
-    variables: ['endpoint', 'log-level'],
+    variables: ['profile', 'endpoint', 'log-level'],
   },
 };
 
@@ -143,9 +148,13 @@ function flagHelp(command: PlatformCommand): string {
   const own = Object.entries(spec.own).map(([name, f]) =>
     row(`--${name}${f.arg ? ` ${f.arg}` : ''}`, f.help),
   );
+  const notes: Partial<Record<VariableFlag, string>> = {
+    profile: ': a section of ~/.sevenbridges/credentials',
+    'webhook-url': ' (repeatable)',
+  };
   const variables = spec.variables.map((name) => {
     const [variable, arg] = VARIABLE_FLAGS[name];
-    return row(`--${name} ${arg}`, `${variable}${name === 'webhook-url' ? ' (repeatable)' : ''}`);
+    return row(`--${name} ${arg}`, `${variable}${notes[name] ?? ''}`);
   });
   return `${own.join('\n')}
 
@@ -181,7 +190,8 @@ Options:
   --help     help for a command: sbg-export-watcher <command> --help
   --version  print the version
 
-Configuration comes from the environment and a .env file; see README.md.`,
+Configuration comes from the environment and a .env file; the platform's endpoint and token may
+also come from a profile of ~/.sevenbridges/credentials (SB_PROFILE, --profile); see README.md.`,
   run: `Usage: sbg-export-watcher run [--id ID]... [--ids-file FILE]... [configuration flags]
 
 The daemon. Ids given here are watched from the start; more arrive through the control API
@@ -476,6 +486,22 @@ function load(env: Env, context: CliContext, options: Parameters<typeof loadConf
   return config;
 }
 
+/**
+ * The configuration of a command that talks to the platform (run, watch, get): the endpoint and
+ * token may come from a credentials profile, and the dispatchers it creates use its proxy.
+ */
+function loadForPlatform(env: Env, context: CliContext, options: { listens?: boolean } = {}): Config {
+  const config = load(env, context, { ...options, requireToken: true, profiles: true });
+  useProxy(config.proxy);
+  return config;
+}
+
+/** Says once, at start, which proxy outgoing requests go through (never its credentials). */
+function logProxy(log: Logger, config: Config): void {
+  const proxy = describeProxy(config.proxy);
+  if (proxy) log.info(proxy, 'proxy in use');
+}
+
 /** The longest `--timeout`: 24 days, under the longest delay a Node.js timer holds. */
 const MAX_TIMEOUT_MS = 24 * 86_400_000;
 
@@ -510,12 +536,13 @@ async function runCommand(args: readonly string[], env: () => Env, context: CliC
     { ids: strings(values.id), files: strings(values['ids-file']) },
     idsInput(context),
   );
-  const config = load(withFlags(env(), values), context, { requireToken: true });
+  const config = loadForPlatform(withFlags(env(), values), context);
   const log = createLogger({
     level: config.logLevel,
     pretty: Boolean(process.stdout.isTTY),
     redactor: context.redactor,
   });
+  logProxy(log, config);
   const daemon = await Daemon.open(config, { log, api: true });
 
   let signals = 0;
@@ -554,6 +581,7 @@ async function runCommand(args: readonly string[], env: () => Env, context: CliC
     {
       version: VERSION,
       endpoint: config.endpoint,
+      ...(config.profile ? { profile: config.profile.name, credentials_file: config.profile.file } : {}),
       poll_interval_ms: config.pollIntervalMs,
       rate_budget: config.rateBudget,
       rate_window_ms: config.rateWindowMs,
@@ -572,15 +600,13 @@ async function watchCommand(args: readonly string[], env: () => Env, context: Cl
   const ids = await collectIds({ positionals, files: strings(values['ids-file']) }, idsInput(context));
   if (ids.length === 0) throw new UsageError(noIds('watch'));
   // Progress owns the terminal: logs stay quiet unless asked for.
-  const config = load(quietByDefault(withFlags(env(), values)), context, {
-    requireToken: true,
-    listens: false,
-  });
+  const config = loadForPlatform(quietByDefault(withFlags(env(), values)), context, { listens: false });
   const log = createLogger({
     level: config.logLevel,
     destination: process.stderr,
     redactor: context.redactor,
   });
+  logProxy(log, config);
   const controller = new AbortController();
   const onSignal = (signal: NodeJS.Signals) => {
     if (controller.signal.aborted) process.exit(signal === 'SIGINT' ? 130 : 143);
@@ -608,15 +634,13 @@ async function getCommand(args: readonly string[], env: () => Env, context: CliC
   const timeoutMs = parseTimeout(values.timeout, GET_DEFAULT_TIMEOUT_MS) ?? GET_DEFAULT_TIMEOUT_MS;
   const ids = await collectIds({ positionals, files: strings(values['ids-file']) }, idsInput(context));
   if (ids.length === 0) throw new UsageError(noIds('get'));
-  const config = load(quietByDefault(withFlags(env(), values)), context, {
-    requireToken: true,
-    listens: false,
-  });
+  const config = loadForPlatform(quietByDefault(withFlags(env(), values)), context, { listens: false });
   const log = createLogger({
     level: config.logLevel,
     destination: process.stderr,
     redactor: context.redactor,
   });
+  logProxy(log, config);
   return runGet({
     config,
     ids,

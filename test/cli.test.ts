@@ -396,6 +396,7 @@ describe('flags per command', () => {
     run: [
       'id',
       'ids-file',
+      'profile',
       'endpoint',
       'poll-interval',
       'rate-budget',
@@ -407,6 +408,7 @@ describe('flags per command', () => {
       'log-level',
     ],
     watch: [
+      'profile',
       'endpoint',
       'poll-interval',
       'rate-budget',
@@ -418,7 +420,7 @@ describe('flags per command', () => {
       'timeout',
       'ids-file',
     ],
-    get: ['endpoint', 'log-level', 'json', 'timeout', 'ids-file'],
+    get: ['profile', 'endpoint', 'log-level', 'json', 'timeout', 'ids-file'],
   };
 
   for (const command of ['run', 'watch', 'get'] as const) {

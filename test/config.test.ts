@@ -57,7 +57,7 @@ describe('loadConfig defaults', () => {
     expect(c.endpoint).toBe('https://api.sbgenomics.com/v2');
   });
 
-  it('publishes the SPEC defaults in DEFAULTS', () => {
+  it('publishes the documented defaults (README "Configuration") in DEFAULTS', () => {
     expect(DEFAULTS).toMatchObject({
       SB_API_ENDPOINT: 'https://api.sbgenomics.com/v2',
       WATCHER_POLL_INTERVAL: '10s',
@@ -438,5 +438,97 @@ describe('the result', () => {
     const env = { WATCHER_BATCH_SIZE: '7' };
     loadConfig(env);
     expect(env).toEqual({ WATCHER_BATCH_SIZE: '7' });
+  });
+});
+
+describe('HTTPS_PROXY, HTTP_PROXY and NO_PROXY', () => {
+  it('are read in either case, lower case first, blank meaning unset', () => {
+    expect(loadConfig({}).proxy).toBeUndefined();
+    expect(loadConfig({ HTTP_PROXY: '', https_proxy: '  ', NO_PROXY: 'example.org' }).proxy).toBeUndefined();
+    expect(loadConfig({ HTTP_PROXY: 'http://upper.example:3128' }).proxy).toEqual({
+      http: 'http://upper.example:3128',
+      https: 'http://upper.example:3128',
+      noProxy: '',
+    });
+    expect(
+      loadConfig({
+        HTTP_PROXY: 'http://upper.example:1',
+        http_proxy: 'http://lower.example:2',
+        no_proxy: 'a.example',
+        NO_PROXY: 'b.example',
+      }).proxy,
+    ).toEqual({ http: 'http://lower.example:2', https: 'http://lower.example:2', noProxy: 'a.example' });
+    expect(loadConfig({ HTTP_PROXY: 'http://upper.example:1', http_proxy: ' ' }).proxy?.http).toBe(
+      'http://upper.example:1',
+    );
+  });
+
+  it('an https:// target uses HTTPS_PROXY, else HTTP_PROXY; an http:// one only HTTP_PROXY', () => {
+    expect(loadConfig({ HTTPS_PROXY: 'https://secure.example:8443' }).proxy).toEqual({
+      http: undefined,
+      https: 'https://secure.example:8443',
+      noProxy: '',
+    });
+    expect(
+      loadConfig({ HTTPS_PROXY: 'http://s.example:1', HTTP_PROXY: 'http://p.example:2', NO_PROXY: '*' })
+        .proxy,
+    ).toEqual({ http: 'http://p.example:2', https: 'http://s.example:1', noProxy: '*' });
+  });
+
+  it('a URL without a scheme is http://, as curl reads it', () => {
+    expect(loadConfig({ HTTP_PROXY: 'proxy.example:3128' }).proxy?.http).toBe('http://proxy.example:3128');
+  });
+
+  it.each([
+    ['HTTPS_PROXY', 'ftp://u:pw-Secret-1@files.example:21', '"ftp://files.example:21"'],
+    ['http_proxy', 'socks5://proxy.example:1080', '"socks5://proxy.example:1080"'],
+    ['HTTP_PROXY', 'http://', '"http://"'],
+    ['HTTP_PROXY', 'u:pw-Secret-1@bad host:1', '"http://bad host:1"'],
+  ])('%s=%j is one problem line naming it, without credentials', (name, value, shown) => {
+    const error = configError({ [name]: value });
+    expect(error.problems).toEqual([
+      `${name}: expected a proxy URL like http://proxy.example:3128 (http or https, credentials allowed), got ${shown}`,
+    ]);
+    expect(error.message).not.toContain('pw-Secret-1');
+  });
+
+  it('its credentials are secrets: password, user name, user:pass, and the Basic value', () => {
+    const c = loadConfig({ HTTPS_PROXY: 'http://proxy-user:p%40ss-W0rd-9@proxy.example:3128' });
+    const basic = Buffer.from('proxy-user:p@ss-W0rd-9').toString('base64');
+    expect(c.secrets).toEqual(
+      expect.arrayContaining([
+        'p%40ss-W0rd-9',
+        'p@ss-W0rd-9',
+        'proxy-user',
+        'proxy-user:p%40ss-W0rd-9',
+        'proxy-user:p@ss-W0rd-9',
+        basic,
+      ]),
+    );
+  });
+
+  it('are listed in DEFAULTS, without defaults, with SB_PROFILE', () => {
+    for (const name of ['HTTPS_PROXY', 'HTTP_PROXY', 'NO_PROXY', 'SB_PROFILE']) {
+      expect(name in DEFAULTS).toBe(true);
+      expect(DEFAULTS[name as keyof typeof DEFAULTS]).toBeUndefined();
+    }
+  });
+});
+
+describe('SB_PROFILE', () => {
+  it('is read only when profiles are asked for (see profiles.test.ts)', () => {
+    const c = loadConfig({ SB_PROFILE: 'no-such-profile', HOME: '/nonexistent' });
+    expect(c.profile).toBeUndefined();
+    const error = (() => {
+      try {
+        loadConfig({ SB_PROFILE: 'cgc', HOME: '/nonexistent' }, { profiles: true });
+      } catch (e) {
+        return e as ConfigError;
+      }
+      throw new Error('expected a ConfigError');
+    })();
+    expect(error.problems).toEqual([
+      'SB_PROFILE: expected a credentials file /nonexistent/.sevenbridges/credentials with a [cgc] section, got no such file',
+    ]);
   });
 });

@@ -5,12 +5,15 @@
  * root passes `process.env` in; everything else receives the parsed object.
  */
 
+import { homedir } from 'node:os';
 import { DEFAULT_EVENT_TYPES, EVENT_TYPES, type EventType } from '../delivery/events.js';
 import { parseSecret } from '../delivery/signing.js';
 import { ConfigError } from '../shared/errors.js';
+import type { ProxySettings } from '../shared/proxy.js';
 import { safeUrl, urlSecrets } from '../shared/redact.js';
+import { credentialsFile, type Profile, profileKey, resolveProfile } from './profiles.js';
 
-/** Platform deployments by preset name (sbg-api.md §6). */
+/** Platform deployments by preset name (docs/platform-api.md §1). */
 export const ENDPOINT_PRESETS: Readonly<Record<string, string>> = {
   'sbg-us': 'https://api.sbgenomics.com/v2',
   'sbg-eu': 'https://eu-api.sbgenomics.com/v2',
@@ -47,8 +50,15 @@ export interface Config {
   readonly logLevel: LogLevel;
   readonly shutdownTimeoutMs: number;
   /**
+   * The credentials profile (`~/.sevenbridges/credentials`) the endpoint or the token came from,
+   * when one was used.
+   */
+  readonly profile?: { readonly name: string; readonly file: string } | undefined;
+  /** The forward proxy for outgoing HTTP (HTTPS_PROXY, HTTP_PROXY, NO_PROXY), when one is set. */
+  readonly proxy?: ProxySettings | undefined;
+  /**
    * Every secret value this configuration holds (tokens, the webhook secret and its key, URL
-   * passwords and query values), for the log redactor. Never logged itself.
+   * passwords and query values, proxy credentials), for the log redactor. Never logged itself.
    */
   readonly secrets: readonly string[];
 }
@@ -57,6 +67,7 @@ export interface Config {
 export const DEFAULTS = {
   SB_API_ENDPOINT: 'https://api.sbgenomics.com/v2',
   SB_AUTH_TOKEN: undefined,
+  SB_PROFILE: undefined,
   WATCHER_POLL_INTERVAL: '10s',
   WATCHER_RATE_BUDGET: '500',
   WATCHER_RATE_WINDOW: '5m',
@@ -74,6 +85,9 @@ export const DEFAULTS = {
   WATCHER_DATA_DIR: './data',
   WATCHER_SHUTDOWN_TIMEOUT: '10s',
   LOG_LEVEL: 'info',
+  HTTPS_PROXY: undefined,
+  HTTP_PROXY: undefined,
+  NO_PROXY: undefined,
 } as const satisfies Record<string, string | undefined>;
 
 export type VariableName = keyof typeof DEFAULTS;
@@ -87,7 +101,12 @@ const SECRET_VARIABLES: ReadonlySet<string> = new Set([
 ]);
 
 /** Variables holding URLs, which may carry credentials or tokens: echoed without them. */
-const URL_VARIABLES: ReadonlySet<string> = new Set(['SB_API_ENDPOINT', 'WATCHER_WEBHOOK_URLS']);
+const URL_VARIABLES: ReadonlySet<string> = new Set([
+  'SB_API_ENDPOINT',
+  'WATCHER_WEBHOOK_URLS',
+  'HTTPS_PROXY',
+  'HTTP_PROXY',
+]);
 
 export interface LoadOptions {
   /** `run`, `watch` and `get` talk to the platform and need a token; `simulate` does not. */
@@ -97,6 +116,13 @@ export interface LoadOptions {
    * WATCHER_HTTP_HOST require WATCHER_API_TOKEN, so `get` and `watch` work in the container image.
    */
   listens?: boolean;
+  /**
+   * Whether the platform's endpoint and token may come from a profile of the credentials file
+   * `~/.sevenbridges/credentials`, as the official Python client reads them (`run`, `watch` and
+   * `get`; default false). `home` is the directory that holds `.sevenbridges`; default `$HOME` of
+   * the environment given, else the user's home directory.
+   */
+  profiles?: boolean | { home?: string };
 }
 
 /** The longest delay a Node.js timer holds (about 24.8 days); longer ones fire at once. */
@@ -174,27 +200,70 @@ export function loadConfig(env: Env, options: LoadOptions = {}): Config {
     return n;
   };
 
-  // SB_API_ENDPOINT: a preset name or an http(s) URL.
-  const endpointText = raw('SB_API_ENDPOINT') ?? DEFAULTS.SB_API_ENDPOINT;
+  // The platform's endpoint and token: each variable wins over the profile's key on its own.
+  const isSet = (name: VariableName): boolean => (env[name]?.trim() ?? '') !== '';
+  let profile: Profile | undefined;
+  let profileFailed = false;
+  let profilesHome: string | undefined;
+  if (options.profiles) {
+    const home = (typeof options.profiles === 'object' ? options.profiles.home : undefined) ?? env.HOME;
+    profilesHome = home?.trim() ? home : homedir();
+    const result = resolveProfile({
+      name: raw('SB_PROFILE'),
+      home: profilesHome,
+      endpointGiven: isSet('SB_API_ENDPOINT'),
+      tokenGiven: isSet('SB_AUTH_TOKEN'),
+      tokenRequired: options.requireToken ?? false,
+    });
+    profile = result.profile;
+    profileFailed = result.problems.length > 0;
+    problems.push(...result.problems);
+  }
+
+  // SB_API_ENDPOINT (or the profile's api_endpoint): a preset name or an http(s) URL.
+  const endpointProfile = !isSet('SB_API_ENDPOINT') && profile?.endpoint !== undefined ? profile : undefined;
+  const endpointText = endpointProfile?.endpoint ?? raw('SB_API_ENDPOINT') ?? DEFAULTS.SB_API_ENDPOINT;
+  const endpointProblem = (expects: string): void => {
+    if (endpointProfile === undefined) problem('SB_API_ENDPOINT', expects, endpointText);
+    else
+      problems.push(
+        `SB_PROFILE: expected ${profileKey(endpointProfile, 'api_endpoint')} to be ${expects}, got ${JSON.stringify(safeUrl(endpointText))}`,
+      );
+  };
   let endpoint = ENDPOINT_PRESETS[endpointText.toLowerCase()] ?? endpointText;
   if (!isHttpUrl(endpoint)) {
-    problem(
-      'SB_API_ENDPOINT',
-      `an http(s) URL or one of ${Object.keys(ENDPOINT_PRESETS).join(', ')}`,
-      endpointText,
-    );
+    endpointProblem(`an http(s) URL or one of ${Object.keys(ENDPOINT_PRESETS).join(', ')}`);
   } else if (/[?#]/.test(endpoint)) {
     // Request paths are appended to it: a query or fragment would swallow them.
-    problem('SB_API_ENDPOINT', 'a base URL without a query string or fragment', endpointText);
+    endpointProblem('a base URL without a query string or fragment');
   }
   endpoint = endpoint.replace(/\/+$/, '');
 
-  const token = raw('SB_AUTH_TOKEN');
+  const tokenProfile = !isSet('SB_AUTH_TOKEN') && profile?.token !== undefined ? profile : undefined;
+  const token = tokenProfile?.token ?? raw('SB_AUTH_TOKEN');
   if (options.requireToken && token === undefined) {
-    problem('SB_AUTH_TOKEN', 'the platform token (from the Developer tab of the platform)', undefined);
+    // A broken profile has said what is missing already.
+    if (!profileFailed) {
+      const where =
+        profilesHome === undefined
+          ? ''
+          : ` or the auth_token of a profile in ${credentialsFile(profilesHome)} (SB_PROFILE; [default] when unset)`;
+      problem(
+        'SB_AUTH_TOKEN',
+        `the platform token (from the Developer tab of the platform)${where}`,
+        undefined,
+      );
+    }
   } else if (token !== undefined && /\s/.test(token)) {
-    problem('SB_AUTH_TOKEN', 'a token without spaces', token);
+    if (tokenProfile === undefined) problem('SB_AUTH_TOKEN', 'a token without spaces', token);
+    else
+      problems.push(
+        `SB_PROFILE: expected ${profileKey(tokenProfile, 'auth_token')} to be a token without spaces, got a value of ${token.length} characters (hidden)`,
+      );
   }
+  const usedProfile = endpointProfile ?? tokenProfile;
+
+  const proxy = proxySettings(env, problems);
 
   const pollIntervalMs = duration('WATCHER_POLL_INTERVAL', 100, DAY);
   const rateBudget = integer('WATCHER_RATE_BUDGET', 1, 1_000_000);
@@ -267,6 +336,7 @@ export function loadConfig(env: Env, options: LoadOptions = {}): Config {
     (s): s is string => s !== undefined,
   );
   for (const u of [endpoint, ...urls]) secrets.push(...urlSecrets(u));
+  for (const u of new Set([proxy?.http, proxy?.https])) if (u !== undefined) secrets.push(...proxySecrets(u));
   return Object.freeze({
     endpoint,
     token,
@@ -288,8 +358,76 @@ export function loadConfig(env: Env, options: LoadOptions = {}): Config {
     dataDir,
     logLevel: level as LogLevel,
     shutdownTimeoutMs,
+    profile: usedProfile ? Object.freeze({ name: usedProfile.name, file: usedProfile.file }) : undefined,
+    proxy,
     secrets: Object.freeze(secrets),
   });
+}
+
+/** The proxy variables, lower case first (as undici and curl read them); blank means unset. */
+const PROXY_VARIABLES = {
+  https: ['https_proxy', 'HTTPS_PROXY'],
+  http: ['http_proxy', 'HTTP_PROXY'],
+  noProxy: ['no_proxy', 'NO_PROXY'],
+} as const;
+
+/**
+ * HTTPS_PROXY, HTTP_PROXY and NO_PROXY, or undefined when no proxy is set. A URL without a scheme
+ * (`proxy.example:3128`) means http://, as curl reads it; an https:// target uses HTTP_PROXY when
+ * HTTPS_PROXY is not set, as undici does. Problems are pushed to `problems`, without credentials.
+ */
+function proxySettings(env: Env, problems: string[]): ProxySettings | undefined {
+  const read = (names: readonly string[]): { name: string; value: string } | undefined => {
+    for (const name of names) {
+      const value = env[name]?.trim();
+      if (value) return { name, value };
+    }
+    return undefined;
+  };
+  const url = (names: readonly string[]): string | undefined => {
+    const found = read(names);
+    if (found === undefined) return undefined;
+    const text = found.value.includes('://') ? found.value : `http://${found.value}`;
+    let ok = false;
+    try {
+      const u = new URL(text);
+      ok = (u.protocol === 'http:' || u.protocol === 'https:') && u.hostname !== '';
+    } catch {
+      // reported below
+    }
+    if (ok) return text;
+    problems.push(
+      `${found.name}: expected a proxy URL like http://proxy.example:3128 (http or https, credentials allowed), got ${JSON.stringify(safeUrl(text))}`,
+    );
+    return undefined;
+  };
+  const http = url(PROXY_VARIABLES.http);
+  const https = url(PROXY_VARIABLES.https) ?? http;
+  if (http === undefined && https === undefined) return undefined;
+  return Object.freeze({ http, https, noProxy: read(PROXY_VARIABLES.noProxy)?.value ?? '' });
+}
+
+/**
+ * What of a proxy URL is secret: its password and user name (as written and decoded), the whole
+ * `user:pass`, and the `Proxy-Authorization` value undici makes of it.
+ */
+function proxySecrets(url: string): string[] {
+  const found = urlSecrets(url);
+  const u = new URL(url);
+  if (u.username || u.password) {
+    const userinfo = `${u.username}:${u.password}`;
+    const decoded = `${safeDecode(u.username)}:${safeDecode(u.password)}`;
+    found.push(userinfo, decoded, Buffer.from(decoded).toString('base64'));
+  }
+  return found;
+}
+
+function safeDecode(text: string): string {
+  try {
+    return decodeURIComponent(text);
+  } catch {
+    return text;
+  }
 }
 
 function isHttpUrl(text: string): boolean {

@@ -14,7 +14,7 @@
  */
 import pRetry, { AbortError } from 'p-retry';
 import type { Logger } from 'pino';
-import { Agent, type Dispatcher, request } from 'undici';
+import { type Dispatcher, request } from 'undici';
 import {
   type BulkItem,
   type Observation,
@@ -23,9 +23,10 @@ import {
 } from '../polling/tracker.js';
 import { Bus } from '../shared/bus.js';
 import { isRetryable, PlatformError, type PlatformErrorBody } from '../shared/errors.js';
+import { createDispatcher } from '../shared/proxy.js';
 import type { RateInfo } from './rate-limiter.js';
 
-/** Codes of a 404/403 that speak of the job asked for, not of the route (sbg-api.md §7). */
+/** Codes of a 404/403 that speak of the job asked for, not of the route (docs/platform-api.md §6). */
 const JOB_MISSING_CODES = new Set([9005, 9008]);
 
 /** How long single gets replace the bulk endpoint after it answered 404/405, before it is tried again. */
@@ -135,7 +136,7 @@ export class PlatformClient {
     this.#ownsDispatcher = options.dispatcher === undefined;
     this.#dispatcher =
       options.dispatcher ??
-      new Agent({ connections: 8, keepAliveTimeout: 30_000, connectTimeout: 10_000, pipelining: 1 });
+      createDispatcher({ connections: 8, keepAliveTimeout: 30_000, connectTimeout: 10_000, pipelining: 1 });
     this.#bus = options.bus ?? new Bus();
     this.#now = options.now ?? Date.now;
     this.#maxAnswerBytes = options.maxAnswerBytes ?? MAX_ANSWER_BYTES;

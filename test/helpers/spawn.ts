@@ -36,12 +36,15 @@ export function killAll(): void {
   scratchDirs.clear();
 }
 
-/** A fresh WATCHER_DATA_DIR unless the test chose one. */
-function withDataDir(env: Record<string, string>): Record<string, string> {
-  if ('WATCHER_DATA_DIR' in env) return env;
-  const dir = mkdtempSync(join(tmpdir(), 'sbg-cli-data-'));
+/**
+ * A fresh WATCHER_DATA_DIR and HOME unless the test chose them: never the repository's ./data,
+ * nor the developer's own ~/.sevenbridges/credentials.
+ */
+function withScratch(env: Record<string, string>): Record<string, string> {
+  if ('WATCHER_DATA_DIR' in env && 'HOME' in env) return env;
+  const dir = mkdtempSync(join(tmpdir(), 'sbg-cli-scratch-'));
   scratchDirs.add(dir);
-  return { ...env, WATCHER_DATA_DIR: dir };
+  return { WATCHER_DATA_DIR: join(dir, 'data'), HOME: dir, ...env };
 }
 
 export interface SpawnOptions {
@@ -63,7 +66,7 @@ export function spawnCli(
   );
   const child = spawn(process.execPath, ['--import', TSX, CLI, ...args], {
     cwd: options.cwd ?? ROOT,
-    env: { ...clean, ...withDataDir(env) },
+    env: { ...clean, ...withScratch(env) },
     stdio: [options.stdin === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
   });
   running.add(child);

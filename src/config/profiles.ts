@@ -1,0 +1,194 @@
+/**
+ * Credentials profiles, read as the official Python client (sevenbridges-python) reads them: the
+ * INI file `~/.sevenbridges/credentials`, one section per profile, each with `api_endpoint` and
+ * `auth_token`:
+ *
+ * ```ini
+ * [default]
+ * api_endpoint = https://api.sbgenomics.com/v2
+ * auth_token = 0123456789abcdef0123456789abcdef
+ *
+ * [cgc]
+ * api_endpoint = https://cgc-api.sbgenomics.com/v2
+ * auth_token = ...
+ * ```
+ *
+ * The file is parsed with the `ini` package; what its dialect does differently from Python's
+ * `configparser` for these files is smoothed over here: keys are matched case-insensitively,
+ * `key: value` is read like `key = value`, a `[DEFAULT]` section gives its keys to every other
+ * section (and is no profile itself), and dotted section names (`[cgc.prod]`) stay whole.
+ *
+ * Only the choice of the values is here; config.ts validates them like the variables they stand
+ * for. Every problem is one line starting `SB_PROFILE:`, naming the file, the section and the key.
+ */
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { decode } from 'ini';
+
+/** Where the file is, under the home directory (as `os.path.expanduser('~')` finds it). */
+export const CREDENTIALS_PATH = ['.sevenbridges', 'credentials'] as const;
+
+/** The section used when SB_PROFILE is not set. */
+export const DEFAULT_PROFILE = 'default';
+
+/** configparser's section of defaults for every other section. */
+const DEFAULTS_SECTION = 'DEFAULT';
+
+export function credentialsFile(home: string): string {
+  return join(home, ...CREDENTIALS_PATH);
+}
+
+/** A profile's keys (lower case) and their values. */
+export type Section = Readonly<Record<string, string>>;
+
+/**
+ * The sections of a credentials file, by name, in file order. Keys are lower-cased, values
+ * trimmed; a key without a value (or `true`, `false`, `null`, which `ini` turns into those values)
+ * is an empty string.
+ */
+export function parseCredentials(text: string): Map<string, Section> {
+  const tree = decode(normalize(text)) as Record<string, unknown>;
+  const sections = new Map<string, Record<string, string>>();
+  const walk = (node: Record<string, unknown>, path: readonly string[]): void => {
+    const values: Record<string, string> = {};
+    let hasValues = false;
+    let hasChildren = false;
+    for (const [key, value] of Object.entries(node)) {
+      if (isNode(value)) {
+        hasChildren = true;
+        walk(value, [...path, key]);
+      } else if (path.length > 0) {
+        hasValues = true;
+        values[key.trim().toLowerCase()] = scalar(value);
+      }
+      // Keys before the first section: configparser refuses them; they belong to no profile.
+    }
+    // `[a.b]` alone comes back from `ini` as {a: {b: {...}}}: `a` is no section of its own.
+    if (path.length > 0 && (hasValues || !hasChildren)) sections.set(path.join('.'), values);
+  };
+  walk(tree, []);
+
+  const defaults = sections.get(DEFAULTS_SECTION);
+  sections.delete(DEFAULTS_SECTION);
+  if (defaults) for (const [name, values] of sections) sections.set(name, { ...defaults, ...values });
+  return sections;
+}
+
+/**
+ * The file's text as `ini` reads it the way configparser would: without a byte-order mark, and
+ * with `key: value` written `key = value` (configparser splits a line at its first `=` or `:`).
+ */
+function normalize(text: string): string {
+  return text
+    .replace(/^\uFEFF/, '')
+    .split(/\r?\n|\r/)
+    .map((line) => {
+      if (/^\s*[[;#]/.test(line)) return line;
+      const colon = line.indexOf(':');
+      const equals = line.indexOf('=');
+      return colon > 0 && (equals < 0 || colon < equals)
+        ? `${line.slice(0, colon)}=${line.slice(colon + 1)}`
+        : line;
+    })
+    .join('\n');
+}
+
+function isNode(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+function scalar(value: unknown): string {
+  if (typeof value === 'string') return value.trim();
+  if (Array.isArray(value)) return scalar(value.at(-1));
+  return '';
+}
+
+export interface ProfileRequest {
+  /** SB_PROFILE, or undefined when it is not set. */
+  name: string | undefined;
+  /** The directory that holds `.sevenbridges`. */
+  home: string;
+  /** SB_API_ENDPOINT is set: it wins over the profile's `api_endpoint`. */
+  endpointGiven: boolean;
+  /** SB_AUTH_TOKEN is set (or came from $CREDENTIALS_DIRECTORY): it wins over `auth_token`. */
+  tokenGiven: boolean;
+  /** The command needs a token (`run`, `watch`, `get`). */
+  tokenRequired: boolean;
+}
+
+export interface Profile {
+  /** The section's name. */
+  name: string;
+  file: string;
+  /** Its `api_endpoint` and `auth_token`, when present and not blank. */
+  endpoint: string | undefined;
+  token: string | undefined;
+}
+
+export interface ProfileResult {
+  /** The profile whose values are to be used, if any. */
+  profile: Profile | undefined;
+  /** Configuration problems, one line each; when there are any, `profile` is undefined. */
+  problems: string[];
+}
+
+/**
+ * The profile to take the platform's endpoint and token from, if any. SB_PROFILE names it; without
+ * SB_PROFILE, `[default]` is used when neither SB_API_ENDPOINT nor SB_AUTH_TOKEN is set and the
+ * file exists. A named profile is always checked, even when both variables are set.
+ */
+export function resolveProfile(request: ProfileRequest): ProfileResult {
+  const explicit = request.name !== undefined;
+  if (!explicit && (request.endpointGiven || request.tokenGiven)) return { profile: undefined, problems: [] };
+  const name = request.name ?? DEFAULT_PROFILE;
+  const file = credentialsFile(request.home);
+  const fail = (line: string): ProfileResult => ({ profile: undefined, problems: [`SB_PROFILE: ${line}`] });
+
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') {
+      return explicit
+        ? fail(`expected a credentials file ${file} with a [${name}] section, got no such file`)
+        : { profile: undefined, problems: [] };
+    }
+    const why = explicit
+      ? ''
+      : ` (its [${DEFAULT_PROFILE}] section is used when SB_PROFILE, SB_API_ENDPOINT and SB_AUTH_TOKEN are unset)`;
+    return fail(
+      `expected a readable credentials file ${file}${why}, got ${code === 'EISDIR' ? 'a directory' : (code ?? (error as Error).message)}`,
+    );
+  }
+
+  const sections = parseCredentials(text);
+  const section = sections.get(name);
+  if (section === undefined) {
+    if (!explicit) return { profile: undefined, problems: [] };
+    const have = [...sections.keys()].map((s) => `[${s}]`).join(', ');
+    return fail(
+      `expected a section of ${file} (it has ${have || 'none'}), got ${JSON.stringify(name)}, which it does not have`,
+    );
+  }
+
+  const value = (key: string): string | undefined => {
+    const v = section[key];
+    return v === undefined || v === '' ? undefined : v;
+  };
+  const profile: Profile = { name, file, endpoint: value('api_endpoint'), token: value('auth_token') };
+  const problems: string[] = [];
+  const missing = (key: string, variable: string) =>
+    problems.push(
+      `SB_PROFILE: expected ${key} in the [${name}] section of ${file} (or ${variable}), got nothing`,
+    );
+  if (!request.endpointGiven && profile.endpoint === undefined) missing('api_endpoint', 'SB_API_ENDPOINT');
+  if (request.tokenRequired && !request.tokenGiven && profile.token === undefined)
+    missing('auth_token', 'SB_AUTH_TOKEN');
+  return problems.length > 0 ? { profile: undefined, problems } : { profile, problems };
+}
+
+/** How a profile's key is named in a problem line: `api_endpoint in the [cgc] section of FILE`. */
+export function profileKey(profile: Profile, key: 'api_endpoint' | 'auth_token'): string {
+  return `${key} in the [${profile.name}] section of ${profile.file}`;
+}
