@@ -1,6 +1,6 @@
 /**
- * The events the watcher emits for transitions, and their wire shape (SPEC "Events, logs and
- * webhooks"). Pure: building an event needs the transition and nothing else.
+ * The events the watcher emits for transitions, and their wire shape (README "Webhooks" and
+ * "Logs"). Pure: building an event needs the transition and nothing else.
  */
 
 import type { ExportState } from '../polling/tracker.js';

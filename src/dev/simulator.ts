@@ -1,5 +1,5 @@
 /**
- * A local simulator of the Seven Bridges export API (sbg-api.md), served with `node:http` on
+ * A local simulator of the Seven Bridges export API (docs/platform-api.md), served with `node:http` on
  * loopback. Users try their integrations against it (`sbg-export-watcher simulate`); the project's
  * tests and benchmark run the daemon against it over real HTTP.
  *
@@ -65,9 +65,9 @@
  *   GET  /_simulator/faults    the current fault options
  *   POST /_simulator/faults    replace the fault options (same shape as `FaultOptions`)
  *
- * Codes the docs do not give (sbg-api.md §7 lists only the generic 9000x range) are the
- * simulator's choice: 400 → 90000, 401 → 90001, 403 → 90002, 404 route → 90003, 405 → 90004,
- * 413 → 90000, 500 → 90006.
+ * Generic codes follow the platform's table (docs/platform-api.md §6) where it gives one:
+ * 400 → 90000, 401 → 90001, 403 → 90002, 404 route → 90003, 405 → 90006, 413 → 90000,
+ * 500 → 90004.
  */
 import { randomUUID } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
@@ -162,7 +162,7 @@ export interface SimulatorStats {
   exports: number;
 }
 
-/** The platform's error body (sbg-api.md §7). */
+/** The platform's error body (docs/platform-api.md §6). */
 export interface PlatformError {
   status: number;
   code: number;
@@ -843,7 +843,7 @@ export class Simulator {
     this.#handle(exchange).catch((err: unknown) => {
       this.#log?.error({ err, requestId: exchange.requestId }, 'simulator failed to answer');
       if (!res.headersSent && !res.destroyed) {
-        this.#send(exchange, 500, platformError(500, 90006, 'Internal server error.'));
+        this.#send(exchange, 500, platformError(500, 90004, 'Internal server error.'));
       } else {
         res.destroy();
       }
@@ -887,16 +887,16 @@ export class Simulator {
       const message = path.startsWith('/v2/storage/exports/')
         ? 'Export jobs cannot be deleted or changed.'
         : 'Method not allowed.';
-      return this.#send(x, 405, platformError(405, 90004, message), {
+      return this.#send(x, 405, platformError(405, 90006, message), {
         headers: { allow: match.allow.join(', ') },
       });
     }
     if (!this.#bulk && (match.name === 'bulk_get' || match.name === 'bulk_create')) {
-      return this.#send(x, 405, platformError(405, 90004, 'Bulk operations are not available.'));
+      return this.#send(x, 405, platformError(405, 90006, 'Bulk operations are not available.'));
     }
     if (x.fault.kind === 'error') {
       this.#stats.faults.error += 1;
-      return this.#send(x, 500, platformError(500, 90006, 'Internal server error.'));
+      return this.#send(x, 500, platformError(500, 90004, 'Internal server error.'));
     }
 
     switch (match.name) {
@@ -1239,12 +1239,12 @@ export class Simulator {
   async #handleAdmin(x: Exchange, method: string, path: string): Promise<void> {
     const bad = (message: string) => this.#send(x, 400, platformError(400, 90000, message));
     if (path === '/_simulator/stats') {
-      if (method !== 'GET') return this.#send(x, 405, platformError(405, 90004, 'Method not allowed.'));
+      if (method !== 'GET') return this.#send(x, 405, platformError(405, 90006, 'Method not allowed.'));
       return this.#send(x, 200, this.stats());
     }
     if (path === '/_simulator/faults') {
       if (method === 'GET') return this.#send(x, 200, { ...this.#faults });
-      if (method !== 'POST') return this.#send(x, 405, platformError(405, 90004, 'Method not allowed.'));
+      if (method !== 'POST') return this.#send(x, 405, platformError(405, 90006, 'Method not allowed.'));
       const body = await this.#body(x);
       if (!body) return;
       try {
@@ -1255,7 +1255,7 @@ export class Simulator {
       return this.#send(x, 200, { ...this.#faults });
     }
     if (path === '/_simulator/exports') {
-      if (method !== 'POST') return this.#send(x, 405, platformError(405, 90004, 'Method not allowed.'));
+      if (method !== 'POST') return this.#send(x, 405, platformError(405, 90006, 'Method not allowed.'));
       const body = await this.#body(x);
       if (!body) return;
       const v = body.value;

@@ -396,8 +396,8 @@ function conclude(drafts: Iterable<Draft>, at: number, warnings: TrackerWarning[
 }
 
 /**
- * Job-level codes that mean "no such job" (9008) or "no access to this job" (9005), sbg-api.md §3
- * and §7. Generic codes (90002, 90003) are not here: a whole route answering "not found" (a wrong
+ * Job-level codes that mean "no such job" (9008) or "no access to this job" (9005), docs/platform-api.md §4
+ * and §6. Generic codes (90002, 90003) are not here: a whole route answering "not found" (a wrong
  * SB_API_ENDPOINT, a proxy) says nothing about the job. A bare 404/403 item without a code is
  * taken as the job's, since it stands in the job's place in the answer.
  */
@@ -409,7 +409,7 @@ export function meansMissing(error: PlatformErrorBody): boolean {
   return error.status !== undefined && MISSING_STATUSES.has(error.status);
 }
 
-/** One item of a bulk answer: `{resource}` or `{error}` (sbg-api.md §3). */
+/** One item of a bulk answer: `{resource}` or `{error}` (docs/platform-api.md §4). */
 export interface BulkItem {
   resource?: unknown;
   error?: unknown;

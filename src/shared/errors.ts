@@ -70,7 +70,7 @@ export class DeadlineError extends WatcherError {
   }
 }
 
-/** The platform's error body, as far as it sent one (sbg-api.md §7). */
+/** The platform's error body, as far as it sent one (docs/platform-api.md §6). */
 export interface PlatformErrorBody {
   status?: number;
   code?: number;
