@@ -25,6 +25,7 @@ import { runWatch } from './cli/watch.js';
 import { type Config, type Env, loadConfig, parseDuration, type VariableName } from './config/config.js';
 import { type FaultOptions, Simulator, type SimulatorOptions } from './dev/simulator.js';
 import { Daemon, VERSION } from './main.js';
+import type { JobKind } from './polling/tracker.js';
 import { ConfigError, UsageError } from './shared/errors.js';
 import { createLogger } from './shared/log.js';
 import { describeProxy, useProxy } from './shared/proxy.js';
@@ -44,6 +45,7 @@ const VARIABLE_FLAGS = {
   'rate-budget': ['WATCHER_RATE_BUDGET', 'N'],
   'rate-window': ['WATCHER_RATE_WINDOW', 'DURATION'],
   'batch-size': ['WATCHER_BATCH_SIZE', 'N'],
+  discover: ['WATCHER_DISCOVER', 'KINDS'],
   'webhook-url': ['WATCHER_WEBHOOK_URLS', 'URL'],
   'http-host': ['WATCHER_HTTP_HOST', 'HOST'],
   'http-port': ['WATCHER_HTTP_PORT', 'N'],
@@ -60,6 +62,7 @@ interface FlagSpec {
 }
 
 const IDS_FILE_HELP = 'ids in FILE, one per line, # comments skipped (repeatable; - is stdin)';
+const KIND_HELP = 'the ids are of this kind of job: export (default) or import';
 
 /**
  * The flags each command that talks to the platform takes: its own, then the configuration flags
@@ -71,7 +74,8 @@ const COMMAND_FLAGS: Readonly<
   run: {
     own: {
       id: { type: 'string', multiple: true, arg: 'ID', help: 'watch this export (repeatable)' },
-      'ids-file': { type: 'string', multiple: true, arg: 'FILE', help: `watch the ${IDS_FILE_HELP}` },
+      'ids-file': { type: 'string', multiple: true, arg: 'FILE', help: `watch the export ${IDS_FILE_HELP}` },
+      'import-id': { type: 'string', multiple: true, arg: 'ID', help: 'watch this import (repeatable)' },
     },
     variables: [
       'profile',
@@ -80,6 +84,7 @@ const COMMAND_FLAGS: Readonly<
       'rate-budget',
       'rate-window',
       'batch-size',
+      'discover',
       'webhook-url',
       'http-host',
       'http-port',
@@ -89,7 +94,12 @@ const COMMAND_FLAGS: Readonly<
   watch: {
     own: {
       'ids-file': { type: 'string', multiple: true, arg: 'FILE', help: `watch the ${IDS_FILE_HELP}` },
-      json: { type: 'boolean', help: 'one JSON object per finished export on stdout, even on a terminal' },
+      kind: { type: 'string', arg: 'KIND', help: `${KIND_HELP}; with --all, only that kind` },
+      all: {
+        type: 'boolean',
+        help: 'every unfinished job of yours (listed once at start; both kinds unless --kind)',
+      },
+      json: { type: 'boolean', help: 'one JSON object per finished job on stdout, even on a terminal' },
       timeout: {
         type: 'string',
         arg: 'DURATION',
@@ -110,7 +120,8 @@ const COMMAND_FLAGS: Readonly<
   get: {
     own: {
       'ids-file': { type: 'string', multiple: true, arg: 'FILE', help: `look up the ${IDS_FILE_HELP}` },
-      json: { type: 'boolean', help: 'one JSON object per export, even on a terminal' },
+      kind: { type: 'string', arg: 'KIND', help: KIND_HELP },
+      json: { type: 'boolean', help: 'one JSON object per job, even on a terminal' },
       timeout: {
         type: 'string',
         arg: 'DURATION',
@@ -150,6 +161,7 @@ function flagHelp(command: PlatformCommand): string {
   );
   const notes: Partial<Record<VariableFlag, string>> = {
     profile: ': a section of ~/.sevenbridges/credentials',
+    discover: ': exports, imports or exports,imports',
     'webhook-url': ' (repeatable)',
   };
   const variables = spec.variables.map((name) => {
@@ -172,18 +184,18 @@ token when set.`;
 
 const HELP: Record<'main' | Command, string> = {
   main: `sbg-export-watcher ${VERSION}
-Watches Seven Bridges export jobs in bulk under the platform's rate limit and delivers a signed
-webhook when each one finishes.
+Watches Seven Bridges export (and import) jobs in bulk under the platform's rate limit and
+delivers a signed webhook when each one finishes.
 
 Usage: sbg-export-watcher <command> [options]
 
 Commands:
   run        the daemon: watch ids given here and through the control API
-  watch      wait in the foreground until the given exports finish
-  get        the current state of exports, once
+  watch      wait in the foreground until the given exports (or imports) finish
+  get        the current state of exports (or imports), once
   events     the events a running daemon stored, and their deliveries
   redeliver  ask a running daemon to deliver events again
-  simulate   a local simulator of the platform's export API
+  simulate   a local simulator of the platform's export and import API
   demo       the simulator, the daemon and a webhook receiver together
 
 Options:
@@ -192,20 +204,27 @@ Options:
 
 Configuration comes from the environment and a .env file; the platform's endpoint and token may
 also come from a profile of ~/.sevenbridges/credentials (SB_PROFILE, --profile); see README.md.`,
-  run: `Usage: sbg-export-watcher run [--id ID]... [--ids-file FILE]... [configuration flags]
+  run: `Usage: sbg-export-watcher run [--id ID]... [--ids-file FILE]... [--import-id ID]... [configuration flags]
 
-The daemon. Ids given here are watched from the start; more arrive through the control API
-(POST /v1/exports). Stops on SIGTERM or SIGINT: no new checks, deliveries in flight get up to
-WATCHER_SHUTDOWN_TIMEOUT, then exit 0. A second signal exits at once.
+The daemon. Ids given here are watched from the start (--id and --ids-file are exports,
+--import-id imports); more arrive through the control API (POST /v1/exports, POST /v1/imports).
+With --discover (WATCHER_DISCOVER) it also finds the user's own unfinished exports and/or imports
+every WATCHER_DISCOVER_INTERVAL (default 5m), through at most a tenth of the rate budget, and
+watches them with the metadata {"discovered": true}. Stops on SIGTERM or SIGINT: no new checks,
+deliveries in flight get up to WATCHER_SHUTDOWN_TIMEOUT, then exit 0. A second signal exits at once.
 
 ${flagHelp('run')}`,
-  watch: `Usage: sbg-export-watcher watch [ID...] [--ids-file FILE]... [options]
+  watch: `Usage: sbg-export-watcher watch [ID...] [--ids-file FILE]... [--kind import] [options]
+       sbg-export-watcher watch --all [--kind KIND] [options]
 
 Ids come as arguments, from --ids-file, and from standard input (a lone - or --ids-file -),
-one per line; they are merged and de-duplicated.
+one per line; they are merged and de-duplicated. They are export ids, or import ids with
+--kind import. With --all, no ids are given: every export and import of yours that is not
+finished yet (PENDING or RUNNING) is listed once at start and watched; --kind keeps one kind.
+With none to watch, --all says so and exits 0.
 
-Waits until every given export is terminal. Progress goes to stderr (a live bar on a terminal,
-a line per change otherwise); each finished export is printed on stdout as it finishes (JSON
+Waits until every given job is terminal. Progress goes to stderr (a live bar on a terminal,
+a line per change otherwise); each finished job is printed on stdout as it finishes (JSON
 with --json or when stdout is not a terminal). Webhooks are delivered too when
 WATCHER_WEBHOOK_URLS is set. Logs go to stderr, at error unless LOG_LEVEL or --log-level is set.
 When no check has succeeded for 5 minutes, a warning on stderr says why (and again every 5 minutes).
@@ -214,14 +233,15 @@ Exit codes: 0 all COMPLETED; 1 any FAILED or LOST, the token refused, or --timeo
 2 usage or configuration error; 130 interrupted (Ctrl-C); 143 terminated (SIGTERM).
 
 ${flagHelp('watch')}`,
-  get: `Usage: sbg-export-watcher get [ID...] [--ids-file FILE]... [options]
+  get: `Usage: sbg-export-watcher get [ID...] [--ids-file FILE]... [--kind import] [options]
 
 Ids come as arguments, from --ids-file, and from standard input (a lone - or --ids-file -),
-one per line; they are merged and de-duplicated.
+one per line; they are merged and de-duplicated. They are export ids, or import ids with
+--kind import.
 
-Prints the current state of each export (one bulk call per 100 ids): a table on a terminal,
-one JSON object per line otherwise or with --json. Logs go to stderr, at error unless LOG_LEVEL
-or --log-level is set.
+Prints the current state of each job (one bulk call per 100 ids): a table on a terminal,
+one JSON object per line otherwise or with --json ({"id", "state", "export"}, or "import" for
+an import). Logs go to stderr, at error unless LOG_LEVEL or --log-level is set.
 
 Exit codes: 0 every export found; 1 an id not found, or a runtime failure (the platform cannot be
 reached, refuses the token, or --timeout passed); 2 usage or configuration error.
@@ -235,6 +255,7 @@ CREATED, then ENDPOINT, STATUS, ATTEMPTS, LAST STATUS per endpoint); one JSON ob
 otherwise or with --json.
 
   --export ID           only this export's events
+  --import ID           only this import's events
   --status S            only events with a delivery in this status: pending, delivered, failed, gone
   --since T             only events created at or after T: an RFC 3339 time like
                         2026-11-22T05:00:00Z, or a duration back from now like 30m, 2h, 7d
@@ -249,8 +270,9 @@ Exit codes: 0 listed; 1 the daemon could not be asked; 2 usage or configuration 
 
 Asks a running daemon, through its control API, to deliver events again: a new series of
 attempts, retried as the first one was. By webhook id (evt_<export id>_<completed|failed|lost|
-running>), to every configured endpoint or to one; or every delivery in a status (default
-failed) of the events created since T. Prints what was queued.
+running>, or evt_import_<import id>_<...> for an import), to every configured endpoint or to one;
+or every delivery in a status (default failed) of the events created since T. Prints what was
+queued.
 
   --webhook-url URL     only to this endpoint: a URL of WATCHER_WEBHOOK_URLS as configured, or
                         its label (without credentials or query, as events shows it)
@@ -264,17 +286,18 @@ Exit codes: 0 queued; 1 an id the daemon does not know, or the daemon could not 
 2 usage or configuration error.`,
   simulate: `Usage: sbg-export-watcher simulate [options]
 
-Serves a simulator of the platform's export API on 127.0.0.1 and prints its base URL.
+Serves a simulator of the platform's export and import API on 127.0.0.1 and prints its base URL.
 Point SB_API_ENDPOINT at it. Runs until SIGINT or SIGTERM.
 
   --port N              port (default 0: a free one)
   --exports N           seed N exports at start (default 0)
+  --imports N           seed N imports at start (default 0)
   --token T             accept only this token (default: any non-empty token)
   --quota N             requests per quota window (default 1000)
   --window DURATION     quota window (default 5m)
-  --pending MIN-MAX     time an export stays PENDING, e.g. 1s-5s (default 1s-5s)
-  --running MIN-MAX     time an export stays RUNNING, e.g. 2s-20s (default 2s-20s)
-  --fail-rate F         fraction of exports that end FAILED (default 0.2)
+  --pending MIN-MAX     time a job stays PENDING, e.g. 1s-5s (default 1s-5s)
+  --running MIN-MAX     time a job stays RUNNING, e.g. 2s-20s (default 2s-20s)
+  --fail-rate F         fraction of jobs that end FAILED (default 0.2)
   --seed N              seed for timings, outcomes, answer order and faults
   --no-bulk             the bulk endpoint answers 405 (clients must fall back)
   --maintenance-rate F  fraction of requests answered 503 maintenance
@@ -283,7 +306,8 @@ Point SB_API_ENDPOINT at it. Runs until SIGINT or SIGTERM.
   --slow-rate F         fraction answered late
   --slow DURATION       how late (default 2s)
 
-Admin routes (no token, no quota): GET /_simulator/stats, POST /_simulator/exports {"count": N}.`,
+Admin routes (no token, no quota): GET /_simulator/stats, POST /_simulator/exports {"count": N},
+POST /_simulator/imports {"count": N}.`,
 
   demo: `Usage: sbg-export-watcher demo [options]
 
@@ -523,7 +547,17 @@ function strings(value: ParsedValues[string]): string[] {
 }
 
 function noIds(command: 'watch' | 'get'): string {
-  return `${command} needs at least one export id: as arguments, with --ids-file FILE, or - to read them from standard input`;
+  const all = command === 'watch' ? '; or --all for every unfinished job of yours' : '';
+  return `${command} needs at least one export id: as arguments, with --ids-file FILE, or - to read them from standard input${all}`;
+}
+
+/** `--kind`: export or import (a plural is taken too); undefined when not given. */
+export function parseKind(value: ParsedValues[string]): JobKind | undefined {
+  if (value === undefined) return undefined;
+  const text = String(value).trim().toLowerCase();
+  if (text === 'export' || text === 'exports') return 'export';
+  if (text === 'import' || text === 'imports') return 'import';
+  throw new UsageError(`--kind: expected export or import, got ${JSON.stringify(value)}`);
 }
 
 function idsInput(context: CliContext) {
@@ -536,6 +570,7 @@ async function runCommand(args: readonly string[], env: () => Env, context: CliC
     { ids: strings(values.id), files: strings(values['ids-file']) },
     idsInput(context),
   );
+  const importIds = await collectIds({ ids: strings(values['import-id']) }, idsInput(context));
   const config = loadForPlatform(withFlags(env(), values), context);
   const log = createLogger({
     level: config.logLevel,
@@ -585,20 +620,42 @@ async function runCommand(args: readonly string[], env: () => Env, context: CliC
       poll_interval_ms: config.pollIntervalMs,
       rate_budget: config.rateBudget,
       rate_window_ms: config.rateWindowMs,
+      ...(config.discover.length > 0
+        ? { discover: config.discover, discover_interval_ms: config.discoverIntervalMs }
+        : {}),
       webhook_endpoints: config.webhook.urls.length,
       signed: config.webhook.secretKey !== undefined,
     },
     'sbg-export-watcher started',
   );
-  if (ids.length > 0) await daemon.registry.watch(ids, null);
+  for (const [kind, list] of [
+    ['export', ids],
+    ['import', importIds],
+  ] as const) {
+    if (list.length === 0) continue;
+    const { conflicts = [] } = await daemon.registry.watch(list, null, kind);
+    if (conflicts.length > 0) {
+      log.error(
+        { kind, count: conflicts.length, ids: conflicts.slice(0, 20) },
+        `ids given as ${kind}s are watched as the other kind; not added`,
+      );
+    }
+  }
   return stopped;
 }
 
 async function watchCommand(args: readonly string[], env: () => Env, context: CliContext): Promise<number> {
   const { values, positionals } = parseCommand('watch', args);
   const timeoutMs = parseTimeout(values.timeout, undefined);
-  const ids = await collectIds({ positionals, files: strings(values['ids-file']) }, idsInput(context));
-  if (ids.length === 0) throw new UsageError(noIds('watch'));
+  const kind = parseKind(values.kind);
+  const all = values.all === true;
+  if (all && (positionals.length > 0 || strings(values['ids-file']).length > 0)) {
+    throw new UsageError('watch --all takes no ids: it watches every unfinished job of yours');
+  }
+  const ids = all
+    ? []
+    : await collectIds({ positionals, files: strings(values['ids-file']) }, idsInput(context));
+  if (!all && ids.length === 0) throw new UsageError(noIds('watch'));
   // Progress owns the terminal: logs stay quiet unless asked for.
   const config = loadForPlatform(quietByDefault(withFlags(env(), values)), context, { listens: false });
   const log = createLogger({
@@ -617,6 +674,8 @@ async function watchCommand(args: readonly string[], env: () => Env, context: Cl
   return runWatch({
     config,
     ids,
+    ...(kind ? { kind } : {}),
+    ...(all ? { all: kind ? [kind] : (['export', 'import'] as const) } : {}),
     json: values.json === true,
     stdout: process.stdout,
     stderr: process.stderr,
@@ -632,6 +691,7 @@ async function watchCommand(args: readonly string[], env: () => Env, context: Cl
 async function getCommand(args: readonly string[], env: () => Env, context: CliContext): Promise<number> {
   const { values, positionals } = parseCommand('get', args);
   const timeoutMs = parseTimeout(values.timeout, GET_DEFAULT_TIMEOUT_MS) ?? GET_DEFAULT_TIMEOUT_MS;
+  const kind = parseKind(values.kind) ?? 'export';
   const ids = await collectIds({ positionals, files: strings(values['ids-file']) }, idsInput(context));
   if (ids.length === 0) throw new UsageError(noIds('get'));
   const config = loadForPlatform(quietByDefault(withFlags(env(), values)), context, { listens: false });
@@ -644,6 +704,7 @@ async function getCommand(args: readonly string[], env: () => Env, context: CliC
   return runGet({
     config,
     ids,
+    kind,
     json: values.json === true || !process.stdout.isTTY,
     stdout: process.stdout,
     log,
@@ -678,6 +739,7 @@ async function eventsCommand(args: readonly string[], env: () => Env, context: C
     args,
     {
       export: { type: 'string' },
+      import: { type: 'string' },
       status: { type: 'string' },
       since: { type: 'string' },
       limit: { type: 'string' },
@@ -725,6 +787,7 @@ async function simulateCommand(args: readonly string[]): Promise<number> {
     {
       port: { type: 'string' },
       exports: { type: 'string' },
+      imports: { type: 'string' },
       token: { type: 'string' },
       quota: { type: 'string' },
       window: { type: 'string' },
@@ -785,6 +848,8 @@ async function simulateCommand(args: readonly string[]): Promise<number> {
   if (port !== undefined) options.port = port;
   const seedCount = int('exports', 0, 1_000_000);
   if (seedCount !== undefined) options.exports = seedCount;
+  const seedImports = int('imports', 0, 1_000_000);
+  if (seedImports !== undefined) options.imports = seedImports;
   if (typeof values.token === 'string') {
     if (values.token.trim() === '') problems.push('--token: expected a non-empty token, got nothing');
     options.token = values.token;

@@ -10,6 +10,10 @@
  * Every piece reports to the others through one typed events map (`Bus`): metrics, readiness and
  * `watch`'s progress subscribe to it. Nothing here reads `process.env`, installs signal handlers or
  * exits: the CLI does that.
+ *
+ * Exports and imports go through the same pieces, each job with its kind; a bulk call carries one
+ * kind, and both share the one limiter. With `WATCHER_DISCOVER`, discovery lists the user's
+ * unfinished jobs every interval through a tenth of the budget and adds what is new.
  */
 import { createRequire } from 'node:module';
 import type { Logger } from 'pino';
@@ -21,8 +25,9 @@ import { ControlApi, type ExportView, type WatchRegistry } from './http/control-
 import { Metrics } from './http/metrics.js';
 import { PlatformClient, type RequestOutcome, type RetryPolicy } from './platform/platform-client.js';
 import { RateLimiter } from './platform/rate-limiter.js';
+import { DISCOVERED_METADATA, Discovery, listUnfinished } from './polling/discovery.js';
 import { Scheduler, type SchedulerOptions } from './polling/scheduler.js';
-import { Tracker } from './polling/tracker.js';
+import { type JobKind, Tracker } from './polling/tracker.js';
 import { Bus } from './shared/bus.js';
 import { settlesWithin } from './shared/deadline.js';
 import { PlatformError } from './shared/errors.js';
@@ -58,7 +63,12 @@ export interface DaemonOptions {
   webhookRetry?: DeliveryEngineOptions['retry'];
   webhookQuickAttempts?: number;
   scheduler?: Partial<Omit<SchedulerOptions, 'pollIntervalMs' | 'batchSize'>>;
+  /** Discovery's interval, overriding `WATCHER_DISCOVER_INTERVAL` (whose minimum is 10 s): for tests. */
+  discoverIntervalMs?: number;
 }
+
+/** Discovery may spend `floor(WATCHER_RATE_BUDGET / DISCOVERY_SHARE_DIVISOR)` requests per rate window. */
+export const DISCOVERY_SHARE_DIVISOR = 10;
 
 export interface StopReport {
   /** Deliveries still pending in the store when the daemon stopped. */
@@ -81,6 +91,8 @@ export class Daemon {
   readonly api: ControlApi | undefined;
   readonly metrics: Metrics;
   readonly registry: WatchRegistry;
+  /** Present when `WATCHER_DISCOVER` names a kind. */
+  readonly discovery: Discovery | undefined;
   readonly #log: Logger;
   readonly #now: () => number;
   readonly #durable: boolean;
@@ -114,7 +126,8 @@ export class Daemon {
 
     this.tracker = new Tracker({});
     this.metrics = new Metrics({
-      exportsByState: () => store.countExports(),
+      exportsByState: () => store.countExports('export'),
+      importsByState: () => store.countExports('import'),
       rateLimit: () => this.limiter.snapshot(),
       // Three gauges read these counts at each scrape: one query serves them all.
       deliveries: sharedFor(500, () => store.deliveryCounts()),
@@ -155,7 +168,7 @@ export class Daemon {
     const buildEvent = this.#eventBuilder();
     this.scheduler = new Scheduler(
       {
-        checkStatuses: (ids) => this.client.checkStatuses(ids),
+        checkStatuses: (ids, kind) => this.client.checkStatuses(kind, ids),
         tracker: this.tracker,
         record: async ({ changes }) => {
           const events = await store.commitChanges(changes, buildEvent, this.deliveries.endpoints, now());
@@ -168,6 +181,7 @@ export class Daemon {
       { ...options.scheduler, pollIntervalMs: config.pollIntervalMs, batchSize: config.batchSize },
     );
     this.registry = this.#buildRegistry();
+    this.discovery = this.#buildDiscovery(options);
     this.api = options.api
       ? new ControlApi({
           host: config.http.host,
@@ -184,13 +198,43 @@ export class Daemon {
       : undefined;
   }
 
+  /**
+   * Discovery through its share of the budget: `floor(WATCHER_RATE_BUDGET / 10)` requests per rate
+   * window at most (the configuration requires a budget of at least 10 with it).
+   */
+  #buildDiscovery(options: DaemonOptions): Discovery | undefined {
+    const kinds = this.config.discover;
+    if (kinds.length === 0) return undefined;
+    const gate = this.limiter.share(
+      Math.max(1, Math.floor(this.config.rateBudget / DISCOVERY_SHARE_DIVISOR)),
+    );
+    return new Discovery({
+      kinds,
+      intervalMs: options.discoverIntervalMs ?? this.config.discoverIntervalMs,
+      list: (kind, from) => this.client.listPage(kind, from, gate),
+      add: (kind, ids) => this.registry.watch(ids, { ...DISCOVERED_METADATA }, kind),
+      gate,
+      log: this.#log.child({ component: 'discovery' }),
+      now: this.#now,
+    });
+  }
+
+  /**
+   * Every unfinished job of `kind` the platform lists for this user (every page, through the
+   * daemon's limiter, without discovery's share): `watch --all`.
+   */
+  listUnfinished(kind: JobKind): Promise<string[]> {
+    return listUnfinished((k, from) => this.client.listPage(k, from), kind);
+  }
+
   /** Events for the subscribed types, serialized once: the bytes every attempt sends and signs. */
   #eventBuilder(): EventBuilder {
     const wanted = this.config.webhook.events;
-    return (change, metadata) => {
+    return (change, metadata, kind = 'export') => {
       const event = eventForTransition(
         {
           exportId: change.id,
+          kind,
           from: change.from,
           to: change.to,
           at: change.at,
@@ -207,32 +251,39 @@ export class Daemon {
   #buildRegistry(): WatchRegistry {
     const view = (r: StoredExport): ExportView => exportView(r, this.tracker.get(r.id));
     return {
-      watch: async (ids, metadata) => {
-        const result = await this.#adds.add({ ids, metadata });
+      watch: async (ids, metadata, kind = 'export') => {
+        const result = await this.#adds.add({ ids, metadata, ...(kind === 'import' ? { kind } : {}) });
         if (result.accepted.length > 0) {
-          this.tracker.track(result.accepted.map((id) => ({ id, state: 'UNKNOWN', misses: 0 })));
+          this.tracker.track(
+            result.accepted.map((id) => ({
+              id,
+              ...(kind === 'import' ? { kind } : {}),
+              state: 'UNKNOWN',
+              misses: 0,
+            })),
+          );
           this.#log.info(
             { accepted: result.accepted.length, already_watched: result.alreadyWatched.length },
-            'exports added',
+            `${kind}s added`,
           );
           this.scheduler.poke();
         }
         return result;
       },
-      unwatch: async (id) => {
-        const { removed, cancelledDeliveries } = await this.store.removeExport(id);
+      unwatch: async (id, kind = 'export') => {
+        const { removed, cancelledDeliveries } = await this.store.removeExport(id, kind);
         if (removed) {
           this.tracker.untrack(id);
           this.deliveries.cancel(id);
           this.#log.info(
-            { export_id: id, deliveries_cancelled: cancelledDeliveries },
-            'export no longer watched',
+            { [`${kind}_id`]: id, deliveries_cancelled: cancelledDeliveries },
+            `${kind} no longer watched`,
           );
         }
         return removed;
       },
-      get: async (id) => {
-        const record = await this.store.getExport(id);
+      get: async (id, kind = 'export') => {
+        const record = await this.store.getExport(id, kind);
         if (!record) return undefined;
         return { ...view(record), events: await this.store.eventsOfExport(id) };
       },
@@ -290,7 +341,13 @@ export class Daemon {
     this.#startPromise ??= (async () => {
       const active = await this.store.loadActive();
       this.tracker.track(active);
-      if (active.length > 0) this.#log.info({ watched: active.length }, 'watching exports from the store');
+      if (active.length > 0) {
+        const imports = active.filter((a) => a.kind === 'import').length;
+        this.#log.info(
+          { watched: active.length, exports: active.length - imports, imports },
+          'watching exports from the store',
+        );
+      }
       await this.deliveries.start();
       const url = await this.api?.listen();
       const probe = this.client
@@ -318,6 +375,7 @@ export class Daemon {
       // Start checking once the quota is known, or after a short wait if the platform is slow.
       await settlesWithin(probe, 5000);
       this.scheduler.start();
+      this.discovery?.start();
       this.#schedulePrune();
       return url;
     })();
@@ -355,7 +413,12 @@ export class Daemon {
       // No new requests to the API, no new checks; calls not yet started are dropped and retry
       // waits cancelled; a check already on the wire may finish, within the deadline.
       const apiClosed = this.api?.close();
-      const checksDone = Promise.all([this.scheduler.stop(), this.limiter.stop(), this.client.close()]);
+      const checksDone = Promise.all([
+        this.scheduler.stop(),
+        this.discovery?.stop(),
+        this.limiter.stop(),
+        this.client.close(),
+      ]);
       if (!(await settlesWithin(checksDone, left()))) {
         this.#log.warn('checks still in flight at the shutdown deadline; abandoned');
         await this.client.destroy();
@@ -468,6 +531,7 @@ export function exportView(
 ): ExportView {
   return {
     id: r.id,
+    ...(r.kind === 'import' ? { kind: r.kind } : {}),
     state: r.state,
     previousState: r.previousState,
     firstSeenAt: r.firstSeenAt,

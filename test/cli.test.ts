@@ -396,6 +396,8 @@ describe('flags per command', () => {
     run: [
       'id',
       'ids-file',
+      'import-id',
+      'discover',
       'profile',
       'endpoint',
       'poll-interval',
@@ -419,8 +421,10 @@ describe('flags per command', () => {
       'json',
       'timeout',
       'ids-file',
+      'kind',
+      'all',
     ],
-    get: ['profile', 'endpoint', 'log-level', 'json', 'timeout', 'ids-file'],
+    get: ['profile', 'endpoint', 'log-level', 'json', 'timeout', 'ids-file', 'kind'],
   };
 
   for (const command of ['run', 'watch', 'get'] as const) {

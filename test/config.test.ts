@@ -39,7 +39,18 @@ describe('loadConfig defaults', () => {
     expect(c.batchSize).toBe(100);
     expect(c.webhook.urls).toEqual([]);
     expect(c.webhook.secretKey).toBeUndefined();
-    expect(c.webhook.events).toEqual(new Set(['export.completed', 'export.failed', 'export.lost']));
+    expect(c.webhook.events).toEqual(
+      new Set([
+        'export.completed',
+        'export.failed',
+        'export.lost',
+        'import.completed',
+        'import.failed',
+        'import.lost',
+      ]),
+    );
+    expect(c.discover).toEqual([]);
+    expect(c.discoverIntervalMs).toBe(300_000);
     expect(c.webhook.timeoutMs).toBe(15_000);
     expect(c.webhook.maxAgeMs).toBe(24 * 3_600_000);
     expect(c.retainMs).toBe(24 * 3_600_000);
@@ -64,7 +75,9 @@ describe('loadConfig defaults', () => {
       WATCHER_RATE_BUDGET: '500',
       WATCHER_RATE_WINDOW: '5m',
       WATCHER_BATCH_SIZE: '100',
-      WATCHER_WEBHOOK_EVENTS: 'export.completed,export.failed,export.lost',
+      WATCHER_WEBHOOK_EVENTS:
+        'export.completed,export.failed,export.lost,import.completed,import.failed,import.lost',
+      WATCHER_DISCOVER_INTERVAL: '5m',
       WATCHER_WEBHOOK_TIMEOUT: '15s',
       WATCHER_WEBHOOK_MAX_AGE: '24h',
       WATCHER_RETAIN: '24h',
@@ -79,6 +92,7 @@ describe('loadConfig defaults', () => {
       'WATCHER_WEBHOOK_URLS',
       'WATCHER_WEBHOOK_SECRET',
       'WATCHER_API_TOKEN',
+      'WATCHER_DISCOVER',
     ]) {
       expect(name in DEFAULTS).toBe(true);
       expect(DEFAULTS[name as keyof typeof DEFAULTS]).toBeUndefined();

@@ -1,6 +1,7 @@
 import { Writable } from 'node:stream';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { type DemoSummary, demoConfig, percentile, runDemo } from '../src/cli/demo.js';
+import { DEFAULT_EVENT_TYPES } from '../src/delivery/events.js';
 import { ConfigError } from '../src/shared/errors.js';
 
 describe('demo', () => {
@@ -52,7 +53,8 @@ describe('demo', () => {
       const config = demoConfig({}, pieces);
       expect(config.pollIntervalMs).toBe(1000);
       expect(config.logLevel).toBe('error');
-      expect(config.webhook.events).toEqual(new Set(['export.completed', 'export.failed', 'export.lost']));
+      // The daemon's default: the outcomes of both kinds (the demo has exports only).
+      expect(config.webhook.events).toEqual(new Set(DEFAULT_EVENT_TYPES));
       expect(
         demoConfig({ pollInterval: '200ms', rateBudget: '900', rateWindow: '1m' }, pieces),
       ).toMatchObject({

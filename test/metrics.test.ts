@@ -142,6 +142,7 @@ function attempt(endpoint: string, outcome: 'success' | 'failure' | 'gone', dura
 /** Emits every event the metrics follow at least once, so every metric has samples. */
 function feedEverything(bus: Bus): void {
   bus.emit('transition', transition('PENDING', 'RUNNING'));
+  bus.emit('transition', { ...transition('RUNNING', 'COMPLETED'), kind: 'import' });
   bus.emit('check.result', { ok: true });
   bus.emit('platform.request', { route: 'bulk_get', outcome: 'ok', durationMs: 120 });
   bus.emit('platform.request', { route: 'bulk_get', outcome: 'rate_limited', durationMs: 30 });

@@ -750,7 +750,7 @@ describe('routes and robustness', () => {
   it('answers 404 to unknown routes (the singular bulk path included) and 405 to wrong methods', async () => {
     const sim = await startSim();
     const id = sim.createExport();
-    const unknown = await call<PlatformError>(sim, 'GET', '/storage/imports');
+    const unknown = await call<PlatformError>(sim, 'GET', '/storage/transfers');
     expect(unknown.status).toBe(404);
     expect(unknown.json).toMatchObject({ status: 404, code: 90003 });
     expect((await call(sim, 'POST', '/bulk/storage/export/get', { body: { export_ids: [id] } })).status).toBe(

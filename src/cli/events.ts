@@ -37,6 +37,8 @@ export type FlagValues = Readonly<Record<string, string | boolean | string[] | u
 
 export interface EventsQuery {
   exportId?: string;
+  /** An import's id (`--import`); never with `exportId`. */
+  importId?: string;
   status?: DeliveryStatus;
   /** ISO time. */
   since?: string;
@@ -50,8 +52,12 @@ export interface EventsQuery {
 export function eventsQuery(values: FlagValues, now: number): EventsQuery {
   const all = values.all === true;
   const limit = values.limit === undefined ? undefined : parseLimit(String(values.limit));
+  if (values.export !== undefined && values.import !== undefined) {
+    throw new UsageError('events takes --export or --import, not both');
+  }
   return {
-    ...(values.export === undefined ? {} : { exportId: parseExportId(String(values.export)) }),
+    ...(values.export === undefined ? {} : { exportId: parseJobId(String(values.export), 'export') }),
+    ...(values.import === undefined ? {} : { importId: parseJobId(String(values.import), 'import') }),
     ...(values.status === undefined ? {} : { status: parseStatus(String(values.status)) }),
     ...(values.since === undefined ? {} : { since: parseSince(String(values.since), now) }),
     // --all asks for big pages unless told otherwise: fewer requests for the same events.
@@ -111,10 +117,10 @@ function parseLimit(text: string): number {
   );
 }
 
-function parseExportId(text: string): string {
+function parseJobId(text: string, kind: 'export' | 'import'): string {
   if (EXPORT_ID_PATTERN.test(text)) return text;
   throw new UsageError(
-    `--export: expected an export id (${EXPORT_ID_PATTERN.source}), got ${JSON.stringify(text)}`,
+    `--${kind}: expected an ${kind} id (${EXPORT_ID_PATTERN.source}), got ${JSON.stringify(text)}`,
   );
 }
 
@@ -188,6 +194,7 @@ async function eventPage(
 ): Promise<{ items: EventItem[]; nextCursor: string | null }> {
   const params = new URLSearchParams();
   if (query.exportId !== undefined) params.set('export_id', query.exportId);
+  if (query.importId !== undefined) params.set('import_id', query.importId);
   if (query.status !== undefined) params.set('status', query.status);
   if (query.since !== undefined) params.set('since', query.since);
   params.set('limit', String(query.limit));

@@ -6,6 +6,10 @@
  * instead of the daemon's longer backoff, and the whole command gives up at `--timeout` (default
  * 60 s), aborting whatever is in flight. Maintenance is waited out until then.
  * Exit: 0 every export found; 1 any NOT_FOUND, or a runtime failure.
+ *
+ * `--kind import` asks about imports instead (`/bulk/storage/imports/get`, `/storage/imports/{id}`):
+ * the same rows, with the platform's object as `import` in JSON, and the import's destination
+ * (project/name) in the table.
  */
 import type { Writable } from 'node:stream';
 import type { Logger } from 'pino';
@@ -19,7 +23,7 @@ import {
   type RetryPolicy,
 } from '../platform/platform-client.js';
 import { RateLimiter } from '../platform/rate-limiter.js';
-import { type BulkItem, type Observation, observationsFromBulk } from '../polling/tracker.js';
+import { type BulkItem, type JobKind, type Observation, observationsFromBulk } from '../polling/tracker.js';
 import { Bus } from '../shared/bus.js';
 import { DeadlineError, type PlatformErrorBody } from '../shared/errors.js';
 import { outcomeProblem } from './error-report.js';
@@ -32,6 +36,8 @@ export const GET_RETRY: Partial<RetryPolicy> = { retries: 2, minTimeoutMs: 250 }
 export interface GetOptions {
   config: Config;
   ids: readonly string[];
+  /** Default export. */
+  kind?: JobKind;
   json: boolean;
   stdout: Writable;
   log: Logger;
@@ -71,11 +77,16 @@ export async function runGet(options: GetOptions): Promise<number> {
     retry: options.retry ?? GET_RETRY,
     bus,
   });
+  const kind = options.kind ?? 'export';
+  const source: StatesSource = {
+    getOneItem: (id) => client.getOneItem(kind, id),
+    checkStatuses: (ids) => client.checkStatuses(kind, ids),
+  };
   /** Exists once the deadline passed: what is on the wire being dropped. */
   let aborting: Promise<unknown> | undefined;
   let rows: StateRow[];
   try {
-    rows = await withDeadline(fetchStates(client, options.ids), options.timeoutMs, () => {
+    rows = await withDeadline(fetchStates(source, options.ids), options.timeoutMs, () => {
       // Nothing more is sent; what is on the wire is dropped.
       aborting = Promise.all([limiter.stop(), client.destroy()]);
       const why = lastOutcome === undefined ? undefined : outcomeProblem(lastOutcome, config.endpoint);
@@ -89,9 +100,9 @@ export async function runGet(options: GetOptions): Promise<number> {
     await client.close();
   }
   if (options.json) {
-    for (const row of rows) options.stdout.write(`${JSON.stringify(row)}\n`);
+    for (const row of rows) options.stdout.write(`${JSON.stringify(rowJson(row, kind))}\n`);
   } else {
-    options.stdout.write(formatTable(rows));
+    options.stdout.write(formatTable(rows, kind));
   }
   return rows.every((r) => r.state !== 'NOT_FOUND') ? 0 : 1;
 }
@@ -146,19 +157,32 @@ function errorOf(e: PlatformErrorBody): PlatformErrorBody {
   };
 }
 
-export function formatTable(rows: readonly StateRow[]): string {
+/** A row as JSON: an import's object is named `import`, an export's `export`. */
+export function rowJson(row: StateRow, kind: JobKind = 'export'): Record<string, unknown> {
+  if (kind === 'export') return { ...row };
+  const { export: object, ...rest } = row;
+  return { id: rest.id, state: rest.state, import: object, ...(rest.error ? { error: rest.error } : {}) };
+}
+
+export function formatTable(rows: readonly StateRow[], kind: JobKind = 'export'): string {
   const cell = (v: unknown) =>
     v === undefined || v === null || v === '' ? '-' : printable(typeof v === 'string' ? v : String(v));
   const table = rows.map((r) => {
     const e = r.export ?? {};
-    const dest = e.destination as { volume?: string; location?: string } | undefined;
+    const dest = e.destination as
+      | { volume?: string; location?: string; project?: string; parent?: string; name?: string }
+      | undefined;
     const err = (e.error ?? r.error) as { code?: number; message?: string } | undefined | null;
+    const where =
+      kind === 'import'
+        ? `${dest?.project ?? dest?.parent ?? '?'}${dest?.name ? `/${dest.name}` : ''}`
+        : `${dest?.volume ?? '?'}/${dest?.location ?? '?'}`;
     return [
       r.id,
       cell(r.state),
       cell(e.started_on),
       cell(e.finished_on),
-      dest ? printable(`${dest.volume ?? '?'}/${dest.location ?? '?'}`) : '-',
+      dest ? printable(where) : '-',
       err ? printable(`${err.code ?? ''} ${err.message ?? ''}`.trim()) || '-' : '-',
     ];
   });

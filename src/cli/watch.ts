@@ -1,7 +1,9 @@
 /**
  * `watch ID...`: the daemon in the foreground of a script, without the control API. It waits
  * until every given export is terminal (and its webhooks, if any are configured, are delivered),
- * shows progress on stderr and prints one line per finished export on stdout.
+ * shows progress on stderr and prints one line per finished export on stdout. The ids may be
+ * imports instead (`--kind import`); `--all` watches every unfinished job of the user, listed once
+ * at start (both kinds, or the one `--kind` names), and ends at once (0) when there is none.
  *
  * stderr: a live progress bar on a terminal, otherwise one line per state change; a warning when
  * no check has succeeded for 5 minutes (and again for every further 5 minutes), saying why.
@@ -21,9 +23,16 @@ import { formatDuration } from '../config/config.js';
 import { type ExportView, recordToJson, type WatchRegistry } from '../http/control-api.js';
 import { Daemon, type DaemonOptions, type StopReport } from '../main.js';
 import type { RequestOutcome } from '../platform/platform-client.js';
-import { EXPORT_STATES, type ExportState, isTerminal, type Transition } from '../polling/tracker.js';
+import {
+  EXPORT_STATES,
+  type ExportState,
+  isTerminal,
+  type JobKind,
+  type Transition,
+} from '../polling/tracker.js';
 import { Bus } from '../shared/bus.js';
 import { settlesWithin } from '../shared/deadline.js';
+import { UsageError } from '../shared/errors.js';
 import { Redactor } from '../shared/redact.js';
 import { oneLine, outcomeProblem, roundedDuration } from './error-report.js';
 
@@ -33,6 +42,8 @@ export const STALL_WARNING_MS = 5 * 60_000;
 /** What runWatch needs of the daemon; main.ts's Daemon is one, a test passes a plain object. */
 export interface WatchDaemon {
   registry: Pick<WatchRegistry, 'watch' | 'get'>;
+  /** Every unfinished job of `kind` the platform lists for the user (`--all`). */
+  listUnfinished?(kind: JobKind): Promise<string[]>;
   /** Counts of the exports still watched (terminal ones are counted by watch itself). */
   tracker: { countByState(): Record<ExportState, number> };
   scheduler: { onSettled(): Promise<void> };
@@ -44,6 +55,10 @@ export interface WatchDaemon {
 export interface WatchOptions {
   config: Config;
   ids: readonly string[];
+  /** The kind of `ids`; default export. */
+  kind?: JobKind;
+  /** Instead of ids: every unfinished job of these kinds, listed once at start (`--all`). */
+  all?: readonly JobKind[];
   json: boolean;
   stdout: Writable;
   stderr: Writable;
@@ -77,11 +92,15 @@ export async function runWatch(options: WatchOptions): Promise<number> {
   const now = options.now ?? Date.now;
   const redactor = options.redactor ?? new Redactor();
   const endpoint = options.config.endpoint;
-  const ids = [...new Set(options.ids)];
+  const idKind = options.kind ?? 'export';
+  /** What is watched, by kind; with --all, filled once the platform has listed them. */
+  const jobs: Record<JobKind, string[]> = { export: [], import: [] };
+  jobs[idKind] = [...new Set(options.ids)];
+  const total = () => jobs.export.length + jobs.import.length;
   const started = now();
   let finished = 0;
   let failed = 0;
-  const progress = new Progress(options, ids.length, started, now);
+  const progress = new Progress(options, total(), started, now);
   const say = (line: string) =>
     progress.above(() => options.stderr.write(`${redactor.scrub(oneLine(line))}\n`));
 
@@ -114,7 +133,9 @@ export async function runWatch(options: WatchOptions): Promise<number> {
     finished++;
     ended[t.to]++;
     if (t.to !== 'COMPLETED') failed++;
-    const line = daemon.registry.get(t.exportId).then((view) => {
+    const line = (
+      t.kind === 'import' ? daemon.registry.get(t.exportId, t.kind) : daemon.registry.get(t.exportId)
+    ).then((view) => {
       if (view) progress.above(() => options.stdout.write(formatFinished(view, options)));
     });
     printing.add(line);
@@ -139,14 +160,36 @@ export async function runWatch(options: WatchOptions): Promise<number> {
   let over = false;
   stall.start();
   const settled = (async (): Promise<Ending> => {
-    await daemon.registry.watch(ids, null);
+    if (options.all) {
+      const list = daemon.listUnfinished?.bind(daemon);
+      if (!list) throw new Error('watch --all: this daemon cannot list jobs');
+      for (const kind of options.all) jobs[kind] = await list(kind);
+      progress.total = total();
+      if (total() === 0) {
+        say(`no unfinished ${options.all.map((k) => `${k}s`).join(' or ')} to watch`);
+        return { kind: 'settled' };
+      }
+    }
+    for (const kind of ['export', 'import'] as const) {
+      if (jobs[kind].length === 0) continue;
+      const result = await (kind === 'export'
+        ? daemon.registry.watch(jobs[kind], null)
+        : daemon.registry.watch(jobs[kind], null, kind));
+      if (result.conflicts && result.conflicts.length > 0) {
+        throw new UsageError(
+          `${result.conflicts.length} of the ${kind} ids ${result.conflicts.length === 1 ? 'is' : 'are'} also given as ${kind === 'export' ? 'import' : 'export'}s: ${result.conflicts.slice(0, 5).join(', ')}`,
+        );
+      }
+    }
     // Start-up waits up to a few seconds for the platform's quota: a timeout or Ctrl-C may come first.
     await daemon.start();
-    if (!over) progress.start(() => addCounts(daemon.tracker.countByState(), ended));
+    if (!over) progress.start(() => addCounts(daemon.tracker.countByState(), ended), jobs);
     await daemon.scheduler.onSettled();
     await Promise.all(printing);
     return { kind: 'settled' };
   })();
+  // Whichever ending wins the race, a later failure of the run is not left unhandled.
+  settled.catch(() => undefined);
   let ending: Ending;
   try {
     ending = await Promise.race([settled, interrupted, tokenRefused, timedOut]);
@@ -157,7 +200,8 @@ export async function runWatch(options: WatchOptions): Promise<number> {
     progress.stop();
   }
 
-  const left = ids.length - finished;
+  const left = total() - finished;
+  const noun = (n: number) => jobNoun(jobs, n);
   let code: number;
   switch (ending.kind) {
     case 'settled':
@@ -165,7 +209,7 @@ export async function runWatch(options: WatchOptions): Promise<number> {
       break;
     case 'signal':
       code = ending.code;
-      say(`interrupted before every export finished (${left} of ${ids.length} not finished)`);
+      say(`interrupted before every ${noun(1)} finished (${left} of ${total()} not finished)`);
       break;
     case 'refused':
       code = 1;
@@ -177,7 +221,7 @@ export async function runWatch(options: WatchOptions): Promise<number> {
       code = 1;
       const problem = stall.problem;
       say(
-        `error: timed out after ${formatDuration(options.timeoutMs ?? 0)} (--timeout): ${left} of ${ids.length} export${ids.length === 1 ? '' : 's'} not finished${problem ? `; ${problem}` : ''}`,
+        `error: timed out after ${formatDuration(options.timeoutMs ?? 0)} (--timeout): ${left} of ${total()} ${noun(total())} not finished${problem ? `; ${problem}` : ''}`,
       );
       break;
     }
@@ -188,6 +232,12 @@ export async function runWatch(options: WatchOptions): Promise<number> {
   const { pendingDeliveries } = await daemon.stop(0);
   if (pendingDeliveries > 0) say(`${pendingDeliveries} webhook deliveries not done`);
   return code;
+}
+
+/** "export(s)", "import(s)", or "job(s)" when both kinds are watched. */
+function jobNoun(jobs: Readonly<Record<JobKind, readonly string[]>>, n: number): string {
+  const word = jobs.import.length === 0 ? 'export' : jobs.export.length === 0 ? 'import' : 'job';
+  return n === 1 ? word : `${word}s`;
 }
 
 /** The sum of two counts by state. */
@@ -283,7 +333,7 @@ export class StallWarning {
 /** Progress on stderr: a bar redrawn in place on a terminal, a line per change otherwise. */
 class Progress {
   readonly #options: WatchOptions;
-  readonly #total: number;
+  #total: number;
   readonly #started: number;
   readonly #now: () => number;
   /** Redraws the bar every second while it is shown (elapsed time moves). */
@@ -298,10 +348,19 @@ class Progress {
     this.#now = now;
   }
 
-  start(counts: () => Record<ExportState, number>): void {
+  /** Set once `--all` has listed the jobs. */
+  set total(total: number) {
+    this.#total = total;
+  }
+
+  start(counts: () => Record<ExportState, number>, jobs: Readonly<Record<JobKind, readonly string[]>>): void {
     this.#counts = counts;
     if (!this.#options.stderrTty) {
-      this.#options.stderr.write(`watching ${this.#total} export${this.#total === 1 ? '' : 's'}\n`);
+      const both =
+        jobs.export.length > 0 && jobs.import.length > 0
+          ? ` (${jobs.export.length} export${jobs.export.length === 1 ? '' : 's'}, ${jobs.import.length} import${jobs.import.length === 1 ? '' : 's'})`
+          : '';
+      this.#options.stderr.write(`watching ${this.#total} ${jobNoun(jobs, this.#total)}${both}\n`);
       return;
     }
     this.#draw();

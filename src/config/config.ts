@@ -8,6 +8,7 @@
 import { homedir } from 'node:os';
 import { DEFAULT_EVENT_TYPES, EVENT_TYPES, type EventType } from '../delivery/events.js';
 import { parseSecret } from '../delivery/signing.js';
+import type { JobKind } from '../polling/tracker.js';
 import { ConfigError } from '../shared/errors.js';
 import type { ProxySettings } from '../shared/proxy.js';
 import { safeUrl, urlSecrets } from '../shared/redact.js';
@@ -33,6 +34,13 @@ export interface Config {
   readonly rateBudget: number;
   readonly rateWindowMs: number;
   readonly batchSize: number;
+  /**
+   * The kinds of job the daemon finds by itself (`WATCHER_DISCOVER`), in the order given; empty:
+   * discovery is off.
+   */
+  readonly discover: readonly JobKind[];
+  /** How often discovery lists the user's unfinished jobs (`WATCHER_DISCOVER_INTERVAL`). */
+  readonly discoverIntervalMs: number;
   readonly webhook: {
     readonly urls: readonly string[];
     /** The decoded signing key, or undefined when deliveries are unsigned. */
@@ -72,6 +80,8 @@ export const DEFAULTS = {
   WATCHER_RATE_BUDGET: '500',
   WATCHER_RATE_WINDOW: '5m',
   WATCHER_BATCH_SIZE: '100',
+  WATCHER_DISCOVER: undefined,
+  WATCHER_DISCOVER_INTERVAL: '5m',
   WATCHER_WEBHOOK_URLS: undefined,
   WATCHER_WEBHOOK_SECRET: undefined,
   WATCHER_WEBHOOK_EVENTS: DEFAULT_EVENT_TYPES.join(','),
@@ -124,6 +134,17 @@ export interface LoadOptions {
    */
   profiles?: boolean | { home?: string };
 }
+
+/** `WATCHER_DISCOVER` names, singular or plural, by the kind they stand for. */
+const DISCOVER_NAMES: Readonly<Record<string, JobKind>> = {
+  exports: 'export',
+  export: 'export',
+  imports: 'import',
+  import: 'import',
+};
+
+/** The smallest budget discovery can work with: a tenth of it must be at least one request. */
+export const DISCOVER_MIN_BUDGET = 10;
 
 /** The longest delay a Node.js timer holds (about 24.8 days); longer ones fire at once. */
 const MAX_TIMER_MS = 2_147_483_647;
@@ -270,6 +291,28 @@ export function loadConfig(env: Env, options: LoadOptions = {}): Config {
   const rateWindowMs = duration('WATCHER_RATE_WINDOW', 1000, DAY);
   const batchSize = integer('WATCHER_BATCH_SIZE', 1, 100);
 
+  // WATCHER_DISCOVER: exports, imports or both, comma-separated; unset (or blank) is off.
+  const discoverText = raw('WATCHER_DISCOVER');
+  const discover: JobKind[] = [];
+  if (discoverText !== undefined) {
+    const names = discoverText
+      .split(',')
+      .map((n) => n.trim().toLowerCase())
+      .filter((n) => n !== '');
+    const kinds = names.map((n) => (Object.hasOwn(DISCOVER_NAMES, n) ? DISCOVER_NAMES[n] : undefined));
+    if (names.length === 0 || kinds.some((k) => k === undefined)) {
+      problem('WATCHER_DISCOVER', '"exports", "imports" or "exports,imports"', discoverText);
+    } else {
+      for (const k of kinds) if (k !== undefined && !discover.includes(k)) discover.push(k);
+    }
+  }
+  const discoverIntervalMs = duration('WATCHER_DISCOVER_INTERVAL', 10_000, DAY);
+  if (discover.length > 0 && rateBudget < DISCOVER_MIN_BUDGET) {
+    problems.push(
+      `WATCHER_RATE_BUDGET: expected at least ${DISCOVER_MIN_BUDGET} when WATCHER_DISCOVER is set (discovery may use a tenth of the budget), got ${JSON.stringify(raw('WATCHER_RATE_BUDGET'))}`,
+    );
+  }
+
   const urlsText = raw('WATCHER_WEBHOOK_URLS');
   const urls = urlsText
     ? urlsText
@@ -344,6 +387,8 @@ export function loadConfig(env: Env, options: LoadOptions = {}): Config {
     rateBudget,
     rateWindowMs,
     batchSize,
+    discover: Object.freeze(discover),
+    discoverIntervalMs,
     webhook: Object.freeze({
       urls: Object.freeze(urls),
       secretKey,

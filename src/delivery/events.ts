@@ -1,17 +1,48 @@
 /**
  * The events the watcher emits for transitions, and their wire shape (README "Webhooks" and
  * "Logs"). Pure: building an event needs the transition and nothing else.
+ *
+ * Exports and imports have the same events, each under its own prefix: `export.completed` with
+ * `data.export_id` and `data.export`, `import.completed` with `data.import_id` and `data.import`.
+ * Webhook-ids: `evt_<export id>_<suffix>` (as ever) and `evt_import_<import id>_<suffix>`.
  */
 
-import type { ExportState } from '../polling/tracker.js';
+import type { ExportState, JobKind } from '../polling/tracker.js';
 import type { PlatformErrorBody } from '../shared/errors.js';
 
-export const EVENT_TYPES = ['export.running', 'export.completed', 'export.failed', 'export.lost'] as const;
+export const EXPORT_EVENT_TYPES = [
+  'export.running',
+  'export.completed',
+  'export.failed',
+  'export.lost',
+] as const;
+export const IMPORT_EVENT_TYPES = [
+  'import.running',
+  'import.completed',
+  'import.failed',
+  'import.lost',
+] as const;
+export const EVENT_TYPES = [...EXPORT_EVENT_TYPES, ...IMPORT_EVENT_TYPES] as const;
+export type ExportEventType = (typeof EXPORT_EVENT_TYPES)[number];
+export type ImportEventType = (typeof IMPORT_EVENT_TYPES)[number];
 export type EventType = (typeof EVENT_TYPES)[number];
 
-export const DEFAULT_EVENT_TYPES: readonly EventType[] = ['export.completed', 'export.failed', 'export.lost'];
+/** The outcomes of both kinds: what `WATCHER_WEBHOOK_EVENTS` sends by default. */
+export const DEFAULT_EVENT_TYPES: readonly EventType[] = [
+  'export.completed',
+  'export.failed',
+  'export.lost',
+  'import.completed',
+  'import.failed',
+  'import.lost',
+];
 
-/** The body sent to receivers, exactly as serialized. */
+/** The kind of job an event type is about. */
+export function kindOfEventType(type: EventType): JobKind {
+  return type.startsWith('import.') ? 'import' : 'export';
+}
+
+/** The body sent to receivers for an export's event, exactly as serialized. */
 export interface EventBody {
   type: EventType;
   /** ISO time at which the transition was observed. */
@@ -31,24 +62,42 @@ export interface EventBody {
   };
 }
 
-export interface ExportEvent {
-  /** The `webhook-id`: stable for one export and event type, so receivers can de-duplicate. */
-  id: string;
+/** The body sent for an import's event: an export's, with `import_id` and `import`. */
+export interface ImportEventBody {
   type: EventType;
-  exportId: string;
-  body: EventBody;
+  timestamp: string;
+  data: {
+    import_id: string;
+    state: ExportState;
+    previous_state: ExportState;
+    metadata: Record<string, unknown> | null;
+    /** The platform's import object as received; null for LOST. */
+    import: Record<string, unknown> | null;
+    error: PlatformErrorBody | null;
+  };
 }
 
-const EVENT_FOR_STATE: Partial<Record<ExportState, EventType>> = {
-  RUNNING: 'export.running',
-  COMPLETED: 'export.completed',
-  FAILED: 'export.failed',
-  LOST: 'export.lost',
+export interface ExportEvent {
+  /** The `webhook-id`: stable for one job and event type, so receivers can de-duplicate. */
+  id: string;
+  type: EventType;
+  /** The job's id (an import's for an import event). */
+  exportId: string;
+  body: EventBody | ImportEventBody;
+}
+
+const SUFFIX_FOR_STATE: Partial<Record<ExportState, 'running' | 'completed' | 'failed' | 'lost'>> = {
+  RUNNING: 'running',
+  COMPLETED: 'completed',
+  FAILED: 'failed',
+  LOST: 'lost',
 };
 
 /** What an event is built from: a state change, as the tracker reports it. */
 export interface StateChange {
   exportId: string;
+  /** Default `export`. */
+  kind?: JobKind;
   from: ExportState;
   to: ExportState;
   at: number;
@@ -57,35 +106,53 @@ export interface StateChange {
 }
 
 /**
- * The event for a state change, with the export's metadata; null when the new state has no event
+ * The event for a state change, with the job's metadata; null when the new state has no event
  * (PENDING, UNKNOWN) or the state did not change.
  */
 export function eventForTransition(
   t: StateChange,
   metadata: Record<string, unknown> | null,
 ): ExportEvent | null {
-  const type = EVENT_FOR_STATE[t.to];
-  if (!type || t.from === t.to) return null;
-  return {
-    id: webhookId(t.exportId, type),
-    type,
-    exportId: t.exportId,
-    body: {
-      type,
-      timestamp: new Date(t.at).toISOString(),
-      data: {
-        export_id: t.exportId,
-        state: t.to,
-        previous_state: t.from,
-        metadata,
-        export: t.to === 'LOST' ? null : t.export,
-        error: t.error,
-      },
-    },
-  };
+  const suffix = SUFFIX_FOR_STATE[t.to];
+  if (!suffix || t.from === t.to) return null;
+  const kind = t.kind ?? 'export';
+  const type = `${kind}.${suffix}` as EventType;
+  const timestamp = new Date(t.at).toISOString();
+  const object = t.to === 'LOST' ? null : t.export;
+  const body: EventBody | ImportEventBody =
+    kind === 'import'
+      ? {
+          type,
+          timestamp,
+          data: {
+            import_id: t.exportId,
+            state: t.to,
+            previous_state: t.from,
+            metadata,
+            import: object,
+            error: t.error,
+          },
+        }
+      : {
+          type,
+          timestamp,
+          data: {
+            export_id: t.exportId,
+            state: t.to,
+            previous_state: t.from,
+            metadata,
+            export: object,
+            error: t.error,
+          },
+        };
+  return { id: webhookId(t.exportId, type), type, exportId: t.exportId, body };
 }
 
-/** `evt_<export id>_<suffix>`: export ids match ^[A-Za-z0-9_-]{1,128}$, so this is header-safe. */
-export function webhookId(exportId: string, type: EventType): string {
-  return `evt_${exportId}_${type.slice('export.'.length)}`;
+/**
+ * `evt_<export id>_<suffix>`, or `evt_import_<import id>_<suffix>` for an import. Ids match
+ * ^[A-Za-z0-9_-]{1,128}$, so this is header-safe.
+ */
+export function webhookId(jobId: string, type: EventType): string {
+  const [kind, suffix] = type.split('.') as [JobKind, string];
+  return kind === 'import' ? `evt_import_${jobId}_${suffix}` : `evt_${jobId}_${suffix}`;
 }

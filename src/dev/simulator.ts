@@ -14,6 +14,11 @@
  *   POST /storage/exports[?copy_only=]   start one export → 201 with the export object
  *   POST /bulk/storage/exports/get       {"export_ids": [...]} (≤ 100) → {"items": [{resource}|{error}]}
  *   POST /bulk/storage/exports/create    {"items": [...]} (≤ 100) → {"items": [{resource}|{error}]}
+ *   GET  /storage/imports/{id}           one import; unknown id → 404, code 9008
+ *   GET  /storage/imports                list, as exports: volume (the source volume), project, state,
+ *                                        offset, limit, fields; `links` (rel next/prev)
+ *   POST /storage/imports                start one import → 201 with the import object
+ *   POST /bulk/storage/imports/get       {"import_ids": [...]} (≤ 100) → {"items": [{resource}|{error}]}
  *   GET  /rate_limit                     {"rate": {...}, "instance_limit": {...}}; spends no quota
  * `DELETE /storage/exports/{id}` answers 405: "Export jobs cannot be deleted." The singular
  * `/bulk/storage/export/get` that appears in some doc headings is not served (404), so clients are
@@ -21,7 +26,12 @@
  *
  * Each export runs PENDING for `pendingMs`, RUNNING for `runningMs`, then ends COMPLETED (with
  * `result`, a File-like object) or FAILED (with `error`: 409 / 9107 "Location on volume already
- * contains a file."). Its state is computed from the clock (`now` option) on every read, so tests
+ * contains a file."). Imports (docs/platform-api.md §5) run the same way, with the same timing,
+ * outcomes and faults; a FAILED import carries 409 / 9107 "A file with this name already exists in
+ * the destination." (the simulator's choice: the platform's code for it is not documented). Export
+ * and import ids come from one generator and never repeat across kinds. An id of one kind asked on
+ * the other kind's routes is unknown there (404 / 9008), and counted in `stats().wrongKindIds`.
+ * A job's state is computed from the clock (`now` option) on every read, so tests
  * move time by changing the clock, never by sleeping. Outcomes and durations come from a seeded
  * PRNG (mulberry32); shuffling and faults each use their own stream of the same seed, so turning
  * faults on does not change which exports fail.
@@ -62,6 +72,7 @@
  *   GET  /_simulator/stats     the counters of `stats()` as JSON
  *   POST /_simulator/exports   {"count": N, "outcome"?: "COMPLETED"|"FAILED", "pendingMs"?, "runningMs"?}
  *                              → 201 {"ids": [...]}
+ *   POST /_simulator/imports   the same, for imports
  *   GET  /_simulator/faults    the current fault options
  *   POST /_simulator/faults    replace the fault options (same shape as `FaultOptions`)
  *
@@ -76,9 +87,25 @@ import type { Logger } from 'pino';
 
 export type ExportState = 'PENDING' | 'RUNNING' | 'COMPLETED' | 'FAILED';
 export type ExportOutcome = 'COMPLETED' | 'FAILED';
+/** The two kinds of job the simulator serves. */
+export type SimJobKind = 'export' | 'import';
 export type FaultKind = 'maintenance' | 'error' | 'truncated' | 'malformed' | 'slow';
-/** Route names used in `stats().requests`; `other` is an unknown route or a wrong method. */
-export type RouteName = 'get' | 'list' | 'bulk_get' | 'create' | 'bulk_create' | 'rate_limit' | 'other';
+/**
+ * Route names used in `stats().requests`; `other` is an unknown route or a wrong method. The
+ * export routes keep their names of old; the import routes are prefixed `import_`.
+ */
+export type RouteName =
+  | 'get'
+  | 'list'
+  | 'bulk_get'
+  | 'create'
+  | 'bulk_create'
+  | 'import_get'
+  | 'import_list'
+  | 'import_bulk_get'
+  | 'import_create'
+  | 'rate_limit'
+  | 'other';
 
 export interface FaultOptions {
   /** Fraction of requests answered 503 with body {"code": 0} (maintenance). */
@@ -106,6 +133,8 @@ export interface SimulatorOptions {
   token?: string;
   /** Seed this many exports at construction (outcomes per `failRate`). */
   exports?: number;
+  /** Seed this many imports at construction, after the exports. */
+  imports?: number;
   /** Fixed-window quota; default 1000 per 300_000 ms. */
   quota?: {
     limit?: number;
@@ -130,6 +159,18 @@ export interface SimulatorOptions {
   logger?: Logger;
 }
 
+/** Options of a new import: its id, outcome and timing as for an export; where from and to. */
+export interface CreateImportOptions {
+  id?: string;
+  outcome?: ExportOutcome;
+  pendingMs?: number;
+  runningMs?: number;
+  /** Defaults: 'sim-user/sim-volume', 'imports/<n>.vcf', 'sim-user/sim-project'. */
+  volume?: string;
+  location?: string;
+  project?: string;
+}
+
 export interface CreateExportOptions {
   id?: string;
   outcome?: ExportOutcome;
@@ -146,9 +187,14 @@ export interface SimulatorStats {
   requests: Record<string, number>;
   /** Answers by HTTP status. */
   statuses: Record<string, number>;
-  /** Ids in each bulk-get call that reached the handler (over-100 calls included, faulted not). */
+  /** Ids in each export bulk-get call that reached the handler (over-100 calls included, faulted not). */
   bulkIdsPerCall: number[];
+  /** The same, for import bulk-get calls. */
+  importBulkIdsPerCall: number[];
+  /** The most ids in one bulk-get call, of either kind. */
   maxIdsPerBulkCall: number;
+  /** Ids asked about on a route of one kind that the simulator holds as the other kind. */
+  wrongKindIds: number;
   /** 429s served. */
   rateLimited: number;
   /** Ids looked up by single get and bulk get. */
@@ -160,6 +206,8 @@ export interface SimulatorStats {
   quotaSpent: number;
   /** Exports the simulator holds. */
   exports: number;
+  /** Imports the simulator holds. */
+  imports: number;
 }
 
 /** The platform's error body (docs/platform-api.md §6). */
@@ -168,6 +216,19 @@ export interface PlatformError {
   code: number;
   message: string;
   more_info: string;
+}
+
+export interface ImportObject {
+  href: string;
+  id: string;
+  state: ExportState;
+  source: { volume: string; location: string };
+  destination: { project: string; name: string };
+  overwrite: boolean;
+  started_on: string | null;
+  finished_on: string | null;
+  result: Record<string, unknown> | null;
+  error: PlatformError | null;
 }
 
 export interface ExportObject {
@@ -190,7 +251,18 @@ const MAX_BODY_BYTES = 1024 * 1024;
 const MAX_DRAIN_BYTES = 64 * 1024 * 1024;
 const MAX_BULK = 100;
 const STATES: readonly ExportState[] = ['PENDING', 'RUNNING', 'COMPLETED', 'FAILED'];
-const EXPORT_ROUTES: ReadonlySet<RouteName> = new Set(['get', 'list', 'bulk_get', 'create', 'bulk_create']);
+/** The job routes of both kinds: the ones faults apply to. */
+const EXPORT_ROUTES: ReadonlySet<RouteName> = new Set([
+  'get',
+  'list',
+  'bulk_get',
+  'create',
+  'bulk_create',
+  'import_get',
+  'import_list',
+  'import_bulk_get',
+  'import_create',
+]);
 const FAULT_KINDS: readonly FaultKind[] = ['maintenance', 'error', 'truncated', 'malformed', 'slow'];
 const ID_ALPHABET = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';
 const SSE_ALGORITHMS: readonly unknown[] = ['AES256', 'aws:kms', null];
@@ -220,6 +292,12 @@ const LOCATION_TAKEN: Omit<PlatformError, 'more_info'> = {
   code: 9107,
   message: 'Location on volume already contains a file.',
 };
+/** A FAILED import's error: the simulator's choice (see the header). */
+const NAME_TAKEN: Omit<PlatformError, 'more_info'> = {
+  status: 409,
+  code: 9107,
+  message: 'A file with this name already exists in the destination.',
+};
 
 /** mulberry32: a small, fast, seedable PRNG; good enough for test schedules, not for secrets. */
 export function mulberry32(seed: number): () => number {
@@ -235,6 +313,10 @@ export function mulberry32(seed: number): () => number {
 
 interface ExportRecord {
   id: string;
+  /** Absent on exports (the records of old); `import` on imports. */
+  kind?: 'import';
+  /** For an import: the project the file lands in; `location` and `volume` are its source. */
+  project?: string;
   file: string;
   volume: string;
   location: string;
@@ -405,6 +487,9 @@ const API_ROUTES: ReadonlyArray<{
   { pattern: /^\/v2\/storage\/exports\/([^/]+)$/, methods: { GET: 'get' } },
   { pattern: /^\/v2\/bulk\/storage\/exports\/get$/, methods: { POST: 'bulk_get' } },
   { pattern: /^\/v2\/bulk\/storage\/exports\/create$/, methods: { POST: 'bulk_create' } },
+  { pattern: /^\/v2\/storage\/imports$/, methods: { GET: 'import_list', POST: 'import_create' } },
+  { pattern: /^\/v2\/storage\/imports\/([^/]+)$/, methods: { GET: 'import_get' } },
+  { pattern: /^\/v2\/bulk\/storage\/imports\/get$/, methods: { POST: 'import_bulk_get' } },
   { pattern: /^\/v2\/rate_limit$/, methods: { GET: 'rate_limit' } },
 ];
 
@@ -458,13 +543,16 @@ function emptyStats(): SimulatorStats {
     requests: {},
     statuses: {},
     bulkIdsPerCall: [],
+    importBulkIdsPerCall: [],
     maxIdsPerBulkCall: 0,
+    wrongKindIds: 0,
     rateLimited: 0,
     idsChecked: 0,
     checksAfterTerminal: 0,
     faults,
     quotaSpent: 0,
     exports: 0,
+    imports: 0,
   };
 }
 
@@ -487,6 +575,8 @@ export class Simulator {
   #faults: FaultOptions;
   /** Insertion order is creation order, which the list route pages over. */
   readonly #exports = new Map<string, ExportRecord>();
+  /** Imports, likewise. Ids never repeat across the two maps. */
+  readonly #imports = new Map<string, ExportRecord>();
   /** `volume\nlocation` → the COMPLETED export that put a file there. */
   readonly #occupied = new Map<string, string>();
   /** Files moved to a volume (exported without copy_only, not FAILED): they are aliases now. */
@@ -576,6 +666,9 @@ export class Simulator {
     const seeded = options.exports ?? 0;
     requireOption(isNonNegativeInteger(seeded), 'exports', 'a non-negative integer', options.exports);
     this.createExports(seeded);
+    const seededImports = options.imports ?? 0;
+    requireOption(isNonNegativeInteger(seededImports), 'imports', 'a non-negative integer', options.imports);
+    this.createImports(seededImports);
   }
 
   /** Resolves the base URL `http://127.0.0.1:<port>/v2`. Idempotent. */
@@ -627,7 +720,7 @@ export class Simulator {
     const id = opts.id ?? this.#newExportId();
     if (typeof id !== 'string' || id === '')
       throw new TypeError(`createExport: id must be a non-empty string`);
-    if (this.#exports.has(id)) throw new Error(`createExport: export ${id} already exists`);
+    if (this.#exports.has(id) || this.#imports.has(id)) throw new Error(`createExport: ${id} already exists`);
     for (const key of ['pendingMs', 'runningMs'] as const) {
       const value = opts[key];
       if (value !== undefined && !(Number.isFinite(value) && value >= 0)) {
@@ -661,14 +754,60 @@ export class Simulator {
     return ids;
   }
 
+  /** Adds one import, created now; returns its id. Spends no quota. */
+  createImport(opts: CreateImportOptions = {}): string {
+    const now = this.#now();
+    const id = opts.id ?? this.#newExportId();
+    if (typeof id !== 'string' || id === '')
+      throw new TypeError('createImport: id must be a non-empty string');
+    if (this.#exports.has(id) || this.#imports.has(id)) throw new Error(`createImport: ${id} already exists`);
+    for (const key of ['pendingMs', 'runningMs'] as const) {
+      const value = opts[key];
+      if (value !== undefined && !(Number.isFinite(value) && value >= 0)) {
+        throw new TypeError(`createImport: ${key} must be a non-negative number; got ${describe(value)}`);
+      }
+    }
+    if (opts.outcome !== undefined && opts.outcome !== 'COMPLETED' && opts.outcome !== 'FAILED') {
+      throw new TypeError(`createImport: outcome must be COMPLETED or FAILED; got ${describe(opts.outcome)}`);
+    }
+    this.#generated += 1;
+    const location = opts.location ?? `imports/${this.#generated}.vcf`;
+    return this.#addImport(
+      id,
+      {
+        volume: opts.volume ?? 'sim-user/sim-volume',
+        location,
+        project: opts.project ?? 'sim-user/sim-project',
+        name: location.slice(location.lastIndexOf('/') + 1),
+        overwrite: false,
+      },
+      now,
+      opts,
+    ).id;
+  }
+
+  createImports(n: number, opts: Omit<CreateImportOptions, 'id'> = {}): string[] {
+    if (!isNonNegativeInteger(n))
+      throw new TypeError(`createImports: n must be a non-negative integer; got ${n}`);
+    const ids: string[] = [];
+    for (let i = 0; i < n; i++) ids.push(this.createImport({ ...opts, id: undefined }));
+    return ids;
+  }
+
+  /** The state of an export or an import. */
   stateOf(id: string): ExportState | undefined {
-    const rec = this.#exports.get(id);
+    const rec = this.#exports.get(id) ?? this.#imports.get(id);
     return rec ? stateAt(rec, this.#now()) : undefined;
   }
 
-  /** When the export reaches (or reached) its terminal state, epoch ms; exact, unlike `finished_on`. */
+  /** When the job reaches (or reached) its terminal state, epoch ms; exact, unlike `finished_on`. */
   finishedAt(id: string): number | undefined {
-    return this.#exports.get(id)?.finishedAt;
+    return (this.#exports.get(id) ?? this.#imports.get(id))?.finishedAt;
+  }
+
+  /** The kind of a job the simulator holds. */
+  kindOf(id: string): SimJobKind | undefined {
+    return this.#exports.has(id) ? 'export' : this.#imports.has(id) ? 'import' : undefined;
   }
 
   /** Spends n requests of the current window, as another client of the same user would. */
@@ -689,8 +828,10 @@ export class Simulator {
       requests: { ...s.requests },
       statuses: { ...s.statuses },
       bulkIdsPerCall: [...s.bulkIdsPerCall],
+      importBulkIdsPerCall: [...s.importBulkIdsPerCall],
       faults: { ...s.faults },
       exports: this.#exports.size,
+      imports: this.#imports.size,
     };
   }
 
@@ -706,7 +847,7 @@ export class Simulator {
     for (;;) {
       let id = '';
       for (let i = 0; i < 32; i++) id += ID_ALPHABET[Math.floor(this.#randExports() * ID_ALPHABET.length)];
-      if (!this.#exports.has(id)) return id;
+      if (!this.#exports.has(id) && !this.#imports.has(id)) return id;
     }
   }
 
@@ -750,6 +891,78 @@ export class Simulator {
       if (!opts.copyOnly) this.#movedFiles.add(spec.file);
     }
     return rec;
+  }
+
+  /** An import: timing and outcome drawn as for an export (same PRNG stream). */
+  #addImport(
+    id: string,
+    spec: { volume: string; location: string; project: string; name: string; overwrite: boolean },
+    now: number,
+    opts: { outcome?: ExportOutcome; pendingMs?: number; runningMs?: number } = {},
+  ): ExportRecord {
+    const pendingMs = opts.pendingMs ?? this.#between(this.#pendingRange);
+    const runningMs = opts.runningMs ?? this.#between(this.#runningRange);
+    const drawnFail = this.#randExports() < this.#failRate;
+    const size = 1024 + Math.floor(this.#randExports() * 1e9);
+    const rec: ExportRecord = {
+      id,
+      kind: 'import',
+      project: spec.project,
+      file: this.#newFileId(),
+      volume: spec.volume,
+      location: spec.location,
+      overwrite: spec.overwrite,
+      properties: { name: spec.name },
+      createdAt: now,
+      runningAt: now + pendingMs,
+      finishedAt: now + pendingMs + runningMs,
+      outcome: opts.outcome ?? (drawnFail ? 'FAILED' : 'COMPLETED'),
+      failure: NAME_TAKEN,
+      size,
+      terminalServed: false,
+    };
+    this.#imports.set(id, rec);
+    return rec;
+  }
+
+  #toImportObject(rec: ExportRecord, now: number): ImportObject {
+    const state = stateAt(rec, now);
+    const base = this.#hrefBase();
+    const name = String(rec.properties.name);
+    return {
+      href: `${base}/storage/imports/${rec.id}`,
+      id: rec.id,
+      state,
+      source: { volume: rec.volume, location: rec.location },
+      destination: { project: rec.project ?? 'sim-user/sim-project', name },
+      overwrite: rec.overwrite,
+      started_on: now >= rec.runningAt ? iso(rec.runningAt) : null,
+      finished_on: isTerminal(state) ? iso(rec.finishedAt) : null,
+      result:
+        state === 'COMPLETED'
+          ? {
+              href: `${base}/files/${rec.file}`,
+              id: rec.file,
+              name,
+              size: rec.size,
+              project: rec.project ?? 'sim-user/sim-project',
+              parent: null,
+              type: 'file',
+              created_on: iso(rec.finishedAt),
+              modified_on: iso(rec.finishedAt),
+              storage: { type: 'VOLUME', volume: rec.volume, location: rec.location },
+              origin: {},
+              tags: [],
+              metadata: {},
+            }
+          : null,
+      error: state === 'FAILED' ? { ...rec.failure, more_info: MORE_INFO } : null,
+    };
+  }
+
+  /** The wire object of a job of either kind. */
+  #objectOf(rec: ExportRecord, now: number): ExportObject | ImportObject {
+    return rec.kind === 'import' ? this.#toImportObject(rec, now) : this.#toObject(rec, now);
   }
 
   #hrefBase(): string {
@@ -886,12 +1099,17 @@ export class Simulator {
     if (match.kind === 'method') {
       const message = path.startsWith('/v2/storage/exports/')
         ? 'Export jobs cannot be deleted or changed.'
-        : 'Method not allowed.';
+        : path.startsWith('/v2/storage/imports/')
+          ? 'Import jobs cannot be deleted or changed.'
+          : 'Method not allowed.';
       return this.#send(x, 405, platformError(405, 90006, message), {
         headers: { allow: match.allow.join(', ') },
       });
     }
-    if (!this.#bulk && (match.name === 'bulk_get' || match.name === 'bulk_create')) {
+    if (
+      !this.#bulk &&
+      (match.name === 'bulk_get' || match.name === 'bulk_create' || match.name === 'import_bulk_get')
+    ) {
       return this.#send(x, 405, platformError(405, 90006, 'Bulk operations are not available.'));
     }
     if (x.fault.kind === 'error') {
@@ -901,11 +1119,19 @@ export class Simulator {
 
     switch (match.name) {
       case 'get':
-        return this.#routeGet(x, match.id ?? '');
+        return this.#routeGet(x, match.id ?? '', 'export');
       case 'list':
-        return this.#routeList(x, url);
+        return this.#routeList(x, url, 'export');
       case 'bulk_get':
-        return this.#routeBulkGet(x);
+        return this.#routeBulkGet(x, 'export');
+      case 'import_get':
+        return this.#routeGet(x, match.id ?? '', 'import');
+      case 'import_list':
+        return this.#routeList(x, url, 'import');
+      case 'import_bulk_get':
+        return this.#routeBulkGet(x, 'import');
+      case 'import_create':
+        return this.#routeCreateImport(x);
       case 'create':
         return this.#routeCreate(x, url);
       case 'bulk_create':
@@ -1074,23 +1300,28 @@ export class Simulator {
   // ---------------------------------------------------------------------------------------------
   // Routes
 
-  /** Looks an id up for a get route: the record, counted in idsChecked / checksAfterTerminal. */
-  #lookup(id: string, now: number): ExportRecord | undefined {
+  /**
+   * Looks an id up for a get route of one kind: the record, counted in idsChecked /
+   * checksAfterTerminal; an id held as the other kind is unknown here, and counted in wrongKindIds.
+   */
+  #lookup(id: string, now: number, kind: SimJobKind = 'export'): ExportRecord | undefined {
     this.#stats.idsChecked += 1;
-    const rec = this.#exports.get(id);
+    const [mine, other] = kind === 'import' ? [this.#imports, this.#exports] : [this.#exports, this.#imports];
+    const rec = mine.get(id);
+    if (!rec && other.has(id)) this.#stats.wrongKindIds += 1;
     if (rec?.terminalServed && isTerminal(stateAt(rec, now))) this.#stats.checksAfterTerminal += 1;
     return rec;
   }
 
-  #routeGet(x: Exchange, id: string) {
+  #routeGet(x: Exchange, id: string, kind: SimJobKind) {
     const now = this.#now();
-    const rec = this.#lookup(id, now);
+    const rec = this.#lookup(id, now, kind);
     if (!rec) return this.#send(x, 404, platformError(404, 9008, 'Requested job does not exist.'));
-    const obj = this.#toObject(rec, now);
+    const obj = this.#objectOf(rec, now);
     this.#send(x, 200, obj, { served: isTerminal(obj.state) ? [rec] : [] });
   }
 
-  #routeList(x: Exchange, url: URL) {
+  #routeList(x: Exchange, url: URL, kind: SimJobKind) {
     const q = url.searchParams;
     const bad = (message: string) => this.#send(x, 400, platformError(400, 90000, message));
     const states = q
@@ -1110,6 +1341,7 @@ export class Simulator {
     if (!Number.isInteger(limit) || limit < 1 || limit > 100)
       return bad('limit must be an integer from 1 to 100.');
     const volume = q.get('volume');
+    const project = kind === 'import' ? q.get('project') : null;
     const fields = q.get('fields');
     const picked =
       fields && fields !== '_all' ? fields.split(',').map((f) => f.trim()) : ['href', 'id', 'state'];
@@ -1117,11 +1349,12 @@ export class Simulator {
     const now = this.#now();
     let total = 0;
     const items: Array<Record<string, unknown>> = [];
-    for (const rec of this.#exports.values()) {
+    for (const rec of (kind === 'import' ? this.#imports : this.#exports).values()) {
       if (volume !== null && rec.volume !== volume) continue;
+      if (project !== null && rec.project !== project) continue;
       if (wanted.size > 0 && !wanted.has(stateAt(rec, now))) continue;
       if (total >= offset && total < offset + limit) {
-        const obj = this.#toObject(rec, now) as unknown as Record<string, unknown>;
+        const obj = this.#objectOf(rec, now) as unknown as Record<string, unknown>;
         if (fields === '_all') {
           items.push(obj);
         } else {
@@ -1137,7 +1370,7 @@ export class Simulator {
       const params = new URLSearchParams(q);
       params.set('offset', String(pageOffset));
       params.set('limit', String(limit));
-      return `${this.#hrefBase()}/storage/exports?${params.toString()}`;
+      return `${this.#hrefBase()}/storage/${kind}s?${params.toString()}`;
     };
     const links: Array<{ href: string; rel: 'next' | 'prev'; method: 'GET' }> = [];
     if (offset + limit < total) links.push({ href: pageHref(offset + limit), rel: 'next', method: 'GET' });
@@ -1150,29 +1383,30 @@ export class Simulator {
     );
   }
 
-  async #routeBulkGet(x: Exchange): Promise<void> {
+  async #routeBulkGet(x: Exchange, kind: SimJobKind): Promise<void> {
     const body = await this.#body(x);
     if (!body) return;
-    const ids = isObject(body.value) ? body.value.export_ids : undefined;
+    const key = `${kind}_ids`;
+    const ids = isObject(body.value) ? body.value[key] : undefined;
     if (!Array.isArray(ids) || !ids.every((id) => typeof id === 'string')) {
-      return this.#send(x, 400, platformError(400, 90000, 'export_ids is required: an array of export ids.'));
+      return this.#send(x, 400, platformError(400, 90000, `${key} is required: an array of ${kind} ids.`));
     }
     const stats = this.#stats;
-    stats.bulkIdsPerCall.push(ids.length);
+    (kind === 'import' ? stats.importBulkIdsPerCall : stats.bulkIdsPerCall).push(ids.length);
     stats.maxIdsPerBulkCall = Math.max(stats.maxIdsPerBulkCall, ids.length);
     if (ids.length > MAX_BULK) {
       return this.#send(
         x,
         400,
-        platformError(400, 90000, `At most ${MAX_BULK} export ids per call; got ${ids.length}.`),
+        platformError(400, 90000, `At most ${MAX_BULK} ${kind} ids per call; got ${ids.length}.`),
       );
     }
     const now = this.#now();
     const served: ExportRecord[] = [];
     const items = (ids as string[]).map((id) => {
-      const rec = this.#lookup(id, now);
+      const rec = this.#lookup(id, now, kind);
       if (!rec) return { error: platformError(404, 9008, 'Requested job does not exist.') };
-      const resource = this.#toObject(rec, now);
+      const resource = this.#objectOf(rec, now);
       if (isTerminal(resource.state)) served.push(rec);
       return { resource };
     });
@@ -1199,6 +1433,49 @@ export class Simulator {
     const now = this.#now();
     const rec = this.#addRecord(this.#newExportId(), parsed.spec, now, { copyOnly });
     this.#send(x, 201, this.#toObject(rec, now));
+  }
+
+  /**
+   * `POST /storage/imports`: `source.volume` (`owner/volume`) and `source.location`, and
+   * `destination.project` (or `destination.parent`), are required (400, 90000); `destination.name`
+   * defaults to the location's last part.
+   */
+  async #routeCreateImport(x: Exchange): Promise<void> {
+    const body = await this.#body(x);
+    if (!body) return;
+    const bad = (message: string) => this.#send(x, 400, platformError(400, 90000, message));
+    const v = body.value;
+    if (!isObject(v)) return bad('The import must be a JSON object.');
+    const { source, destination, overwrite } = v;
+    if (!isObject(source) || typeof source.volume !== 'string' || !/^[^/\s]+\/[^/\s]+$/.test(source.volume)) {
+      return bad('source.volume is required: a volume id of the form owner/volume_name.');
+    }
+    if (typeof source.location !== 'string' || source.location === '') {
+      return bad('source.location is required: the key of the file on the volume.');
+    }
+    if (!isObject(destination)) return bad('destination is required: {"project", "name"?} or {"parent"}.');
+    const target = destination.project ?? destination.parent;
+    if (typeof target !== 'string' || target === '') {
+      return bad('destination.project (or destination.parent) is required.');
+    }
+    if (destination.name !== undefined && (typeof destination.name !== 'string' || destination.name === '')) {
+      return bad('destination.name must be a non-empty string.');
+    }
+    if (overwrite !== undefined && typeof overwrite !== 'boolean') return bad('overwrite must be a boolean.');
+    const location = source.location;
+    const now = this.#now();
+    const rec = this.#addImport(
+      this.#newExportId(),
+      {
+        volume: source.volume,
+        location,
+        project: target,
+        name: (destination.name as string | undefined) ?? location.slice(location.lastIndexOf('/') + 1),
+        overwrite: overwrite ?? false,
+      },
+      now,
+    );
+    this.#send(x, 201, this.#toImportObject(rec, now));
   }
 
   async #routeBulkCreate(x: Exchange, url: URL): Promise<void> {
@@ -1254,7 +1531,7 @@ export class Simulator {
       }
       return this.#send(x, 200, { ...this.#faults });
     }
-    if (path === '/_simulator/exports') {
+    if (path === '/_simulator/exports' || path === '/_simulator/imports') {
       if (method !== 'POST') return this.#send(x, 405, platformError(405, 90006, 'Method not allowed.'));
       const body = await this.#body(x);
       if (!body) return;
@@ -1268,11 +1545,15 @@ export class Simulator {
         return bad('count is required: an integer from 1 to 100000.');
       }
       try {
-        const ids = this.createExports(v.count as number, {
+        const opts = {
           outcome: v.outcome as ExportOutcome | undefined,
           pendingMs: v.pendingMs as number | undefined,
           runningMs: v.runningMs as number | undefined,
-        });
+        };
+        const ids =
+          path === '/_simulator/imports'
+            ? this.createImports(v.count as number, opts)
+            : this.createExports(v.count as number, opts);
         return this.#send(x, 201, { ids });
       } catch (err) {
         return bad((err as Error).message);

@@ -1,7 +1,11 @@
 /**
- * The control API: JSON over HTTP, for other systems to hand the watcher export ids, read what it
- * knows (exports, their events and each event's deliveries) and ask for events to be delivered
- * again. Also serves `/healthz`, `/readyz` and `/metrics`.
+ * The control API: JSON over HTTP, for other systems to hand the watcher export and import ids,
+ * read what it knows (jobs, their events and each event's deliveries) and ask for events to be
+ * delivered again. Also serves `/healthz`, `/readyz` and `/metrics`.
+ *
+ * `/v1/exports` and `/v1/imports` are the same routes for the two kinds of job: the same bodies,
+ * answers and errors, a record carrying `import` where an export's carries `export`. An id watched
+ * as one kind is refused as the other (409 `kind_conflict`), since an id is unique across kinds.
  *
  * Errors are `{"error": {"code", "message", "details"?}}`. A request is validated whole before it
  * changes anything: any invalid part is a 400 and nothing from it is acted on. Every `/v1` route
@@ -40,7 +44,14 @@ import {
   LogController,
 } from 'fastify';
 import type { Logger } from 'pino';
-import { EXPORT_STATES, type ExportState, isExportState, type PlatformExport } from '../polling/tracker.js';
+import { kindOfEventType } from '../delivery/events.js';
+import {
+  EXPORT_STATES,
+  type ExportState,
+  isExportState,
+  type JobKind,
+  type PlatformExport,
+} from '../polling/tracker.js';
 import type { PlatformErrorBody } from '../shared/errors.js';
 import { safeUrl } from '../shared/redact.js';
 import {
@@ -94,6 +105,8 @@ export const TOO_BUSY_RETRY_AFTER_SECONDS = 1;
 /** An export as the API shows it: what the store keeps, and the check figures held in memory. */
 export interface ExportView {
   id: string;
+  /** `import` for an import; absent for an export. */
+  kind?: JobKind;
   state: ExportState;
   previousState: ExportState | null;
   firstSeenAt: number;
@@ -113,14 +126,19 @@ export interface ExportView {
 
 /** What the control API may do to the watcher. Every call may reject (a store failure): a 500. */
 export interface WatchRegistry {
+  /**
+   * Watches ids of one kind (default `export`). `conflicts`: ids watched as the other kind; when
+   * there is any, nothing of the request was added.
+   */
   watch(
     ids: readonly string[],
     metadata: Record<string, unknown> | null,
-  ): Promise<{ accepted: string[]; alreadyWatched: string[] }>;
-  unwatch(id: string): Promise<boolean>;
-  /** The export with its events. */
-  get(id: string): Promise<ExportView | undefined>;
-  /** One page in id order (keyset: ids after `after`), and whether more follow. */
+    kind?: JobKind,
+  ): Promise<{ accepted: string[]; alreadyWatched: string[]; conflicts?: string[] }>;
+  unwatch(id: string, kind?: JobKind): Promise<boolean>;
+  /** The job of this kind (default `export`) with its events. */
+  get(id: string, kind?: JobKind): Promise<ExportView | undefined>;
+  /** One page of one kind (`query.kind`, default export) in id order (keyset: ids after `after`). */
   page(query: ExportPageQuery): Promise<{ items: ExportView[]; more: boolean }>;
   /** One page of events, newest first (keyset on createdAt and id), and whether more follow. */
   events(query: EventQuery): Promise<{ items: StoredEvent[]; more: boolean }>;
@@ -181,7 +199,10 @@ interface Limits {
   keepAliveTimeoutMs: number;
 }
 
-/** A record as the API shows it (README "Control API"); with its events when the view has them. */
+/**
+ * A record as the API shows it (README "Control API"); with its events when the view has them. An
+ * import's record carries the platform's object as `import`, an export's as `export`.
+ */
 export function recordToJson(r: ExportView): Record<string, unknown> {
   const json: Record<string, unknown> = {
     id: r.id,
@@ -193,19 +214,22 @@ export function recordToJson(r: ExportView): Record<string, unknown> {
     checks: r.checks,
     metadata: r.metadata,
     history: r.history.map((h) => ({ state: h.state, at: iso(h.at) })),
-    export: r.export,
+    [r.kind ?? 'export']: r.export,
     error: r.error,
   };
   if (r.events) json.events = r.events.map(eventToJson);
   return json;
 }
 
-/** An event as the API shows it: the body as sent, and its delivery to each endpoint. */
+/**
+ * An event as the API shows it: the body as sent, and its delivery to each endpoint. An import's
+ * event names its job `import_id`, an export's `export_id`.
+ */
 export function eventToJson(e: StoredEvent): Record<string, unknown> {
   return {
     id: e.id,
     type: e.type,
-    export_id: e.exportId,
+    [`${kindOfEventType(e.type)}_id`]: e.exportId,
     created_at: iso(e.createdAt),
     body: JSON.parse(e.body),
     deliveries: e.deliveries.map(deliveryToJson),
@@ -400,27 +424,31 @@ export class ControlApi {
       ['/healthz', { v1: false, handlers: { GET: health, HEAD: health } }],
       ['/readyz', { v1: false, handlers: { GET: ready, HEAD: ready } }],
       ['/metrics', { v1: false, handlers: { GET: (_request, reply) => this.#metrics(reply) } }],
-      [
-        '/v1/exports',
-        {
-          v1: true,
-          json: ['POST'],
-          handlers: {
-            GET: async (request, reply) => this.#list(request, reply),
-            POST: async (request, reply) => this.#add(request, reply),
-          },
-        },
-      ],
-      [
-        '/v1/exports/:id',
-        {
-          v1: true,
-          handlers: {
-            GET: async (request, reply) => this.#getOne(request, reply),
-            DELETE: async (request, reply) => this.#remove(request, reply),
-          },
-        },
-      ],
+      ...(['export', 'import'] as const).flatMap(
+        (kind): Array<[string, Route]> => [
+          [
+            `/v1/${kind}s`,
+            {
+              v1: true,
+              json: ['POST'],
+              handlers: {
+                GET: async (request, reply) => this.#list(request, reply, kind),
+                POST: async (request, reply) => this.#add(request, reply, kind),
+              },
+            },
+          ],
+          [
+            `/v1/${kind}s/:id`,
+            {
+              v1: true,
+              handlers: {
+                GET: async (request, reply) => this.#getOne(request, reply, kind),
+                DELETE: async (request, reply) => this.#remove(request, reply, kind),
+              },
+            },
+          ],
+        ],
+      ),
       ['/v1/events', { v1: true, handlers: { GET: async (request, reply) => this.#events(request, reply) } }],
       // A path of its own, one segment shorter than the next: never taken for a webhook-id.
       [
@@ -551,15 +579,21 @@ export class ControlApi {
     return reply.code(200).type(contentType).send(body);
   }
 
-  async #add(request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
+  async #add(request: FastifyRequest, reply: FastifyReply, kind: JobKind): Promise<FastifyReply> {
     refuseQuery(request);
-    const { ids, metadata } = validateAddRequest(parseJsonBody(bodyText(request)));
-    const result = await this.#options.registry.watch(ids, metadata);
+    const { ids, metadata } = validateAddRequest(parseJsonBody(bodyText(request)), kind);
+    const registry = this.#options.registry;
+    // An export's call is made as it always was (no kind argument).
+    const result = await (kind === 'export'
+      ? registry.watch(ids, metadata)
+      : registry.watch(ids, metadata, kind));
+    if (result.conflicts && result.conflicts.length > 0) throw kindConflict(ids, result.conflicts, kind);
     return sendJson(reply, 202, { accepted: result.accepted, already_watched: result.alreadyWatched });
   }
 
-  async #list(request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
-    const query = parsePageQuery(new QueryParams(request.url, ['state', 'limit', 'cursor']));
+  async #list(request: FastifyRequest, reply: FastifyReply, kind: JobKind): Promise<FastifyReply> {
+    const parsed = parsePageQuery(new QueryParams(request.url, ['state', 'limit', 'cursor']));
+    const query = kind === 'export' ? parsed : { ...parsed, kind };
     const page = await this.#options.registry.page(query);
     const last = page.items.at(-1);
     return sendJson(reply, 200, {
@@ -568,18 +602,27 @@ export class ControlApi {
     });
   }
 
-  async #getOne(request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
+  async #getOne(request: FastifyRequest, reply: FastifyReply, kind: JobKind): Promise<FastifyReply> {
     refuseQuery(request);
     const id = idParam(request);
-    const record = EXPORT_ID_PATTERN.test(id) ? await this.#options.registry.get(id) : undefined;
-    if (!record) throw exportNotFound(id);
+    const registry = this.#options.registry;
+    const record = !EXPORT_ID_PATTERN.test(id)
+      ? undefined
+      : kind === 'export'
+        ? await registry.get(id)
+        : await registry.get(id, kind);
+    if (!record) throw jobNotFound(id, kind);
     return sendJson(reply, 200, recordToJson(record));
   }
 
-  async #remove(request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> {
+  async #remove(request: FastifyRequest, reply: FastifyReply, kind: JobKind): Promise<FastifyReply> {
     refuseQuery(request);
     const id = idParam(request);
-    if (!EXPORT_ID_PATTERN.test(id) || !(await this.#options.registry.unwatch(id))) throw exportNotFound(id);
+    const registry = this.#options.registry;
+    const removed =
+      EXPORT_ID_PATTERN.test(id) &&
+      (kind === 'export' ? await registry.unwatch(id) : await registry.unwatch(id, kind));
+    if (!removed) throw jobNotFound(id, kind);
     return reply.code(204).send();
   }
 
@@ -697,8 +740,11 @@ export class ControlApi {
   }
 }
 
-/** Validates a `POST /v1/exports` body whole; throws a 400 listing every problem. */
-export function validateAddRequest(body: unknown): {
+/** Validates a `POST /v1/exports` (or `/v1/imports`) body whole; throws a 400 listing every problem. */
+export function validateAddRequest(
+  body: unknown,
+  kind: JobKind = 'export',
+): {
   ids: string[];
   metadata: Record<string, unknown> | null;
 } {
@@ -711,7 +757,7 @@ export function validateAddRequest(body: unknown): {
   }
   const ids = body.ids;
   if (!Array.isArray(ids)) {
-    details.push({ field: 'ids', problem: 'must be an array of export ids' });
+    details.push({ field: 'ids', problem: `must be an array of ${kind} ids` });
   } else if (ids.length < 1 || ids.length > MAX_IDS_PER_REQUEST) {
     details.push({ field: 'ids', problem: `must hold 1 to ${MAX_IDS_PER_REQUEST} ids, got ${ids.length}` });
   } else {
@@ -859,17 +905,26 @@ function parsePageQuery(query: QueryParams): ExportPageQuery {
   return { state, after, limit };
 }
 
-const EVENT_QUERY_PARAMETERS = ['export_id', 'status', 'since', 'limit', 'cursor'] as const;
+const EVENT_QUERY_PARAMETERS = ['export_id', 'import_id', 'status', 'since', 'limit', 'cursor'] as const;
 
 /** The filters and page of `GET /v1/events`; every problem is reported at once. */
 function parseEventQuery(query: QueryParams): EventQuery {
-  const exportId = query.one('export_id');
-  if (exportId !== undefined && !EXPORT_ID_PATTERN.test(exportId)) {
-    query.problem(
-      'export_id',
-      `must match ${EXPORT_ID_PATTERN.source}; got ${JSON.stringify(clip(exportId))}`,
-    );
+  const ids: Partial<Record<JobKind, string>> = {};
+  for (const kind of ['export', 'import'] as const) {
+    const id = query.one(`${kind}_id`);
+    if (id === undefined) continue;
+    ids[kind] = id;
+    if (!EXPORT_ID_PATTERN.test(id)) {
+      query.problem(`${kind}_id`, `must match ${EXPORT_ID_PATTERN.source}; got ${JSON.stringify(clip(id))}`);
+    }
   }
+  if (ids.export !== undefined && ids.import !== undefined) {
+    query.problem('import_id', 'cannot be given with export_id');
+  }
+  // A job's events: its id, and only events of its kind.
+  const exportId = ids.import ?? ids.export;
+  const kind: JobKind | undefined =
+    ids.import !== undefined ? 'import' : ids.export !== undefined ? 'export' : undefined;
   const statusText = query.one('status');
   const status = statusText === undefined ? undefined : deliveryStatus(statusText);
   if (statusText !== undefined && status === undefined) {
@@ -890,7 +945,7 @@ function parseEventQuery(query: QueryParams): EventQuery {
     query.problem('cursor', 'must be a next_cursor from a previous page');
   }
   query.check();
-  return { exportId, status, since, after, limit };
+  return { exportId, ...(kind ? { kind } : {}), status, since, after, limit };
 }
 
 /** A body that must say nothing: none, blank, or `{}`. */
@@ -1183,8 +1238,28 @@ function methodNotAllowed(allow: string): HttpError {
   return new HttpError(405, 'method_not_allowed', `allowed methods: ${allow}`, undefined, { allow });
 }
 
-function exportNotFound(id: string): HttpError {
-  return new HttpError(404, 'export_not_found', `export ${JSON.stringify(clip(id))} is not watched`);
+function jobNotFound(id: string, kind: JobKind): HttpError {
+  return new HttpError(404, `${kind}_not_found`, `${kind} ${JSON.stringify(clip(id))} is not watched`);
+}
+
+/** 409: ids watched as the other kind; nothing of the request was added. */
+function kindConflict(ids: readonly string[], conflicts: readonly string[], kind: JobKind): HttpError {
+  const other = kind === 'export' ? 'import' : 'export';
+  const conflicting = new Set(conflicts);
+  const details: Problem[] = [];
+  ids.forEach((id, i) => {
+    if (conflicting.has(id) && details.length < 20)
+      details.push({ field: `ids[${i}]`, problem: `is watched as an ${other}` });
+  });
+  if (conflicts.length > details.length) {
+    details.push({ field: 'ids', problem: `${conflicts.length - details.length} more not listed` });
+  }
+  return new HttpError(
+    409,
+    'kind_conflict',
+    `${conflicts.length} of the ids ${conflicts.length === 1 ? 'is' : 'are'} watched as ${other}s (an id names one job); nothing was added`,
+    details,
+  );
 }
 
 function eventNotFound(id: string): HttpError {

@@ -6,10 +6,12 @@
  * | name | type | labels | meaning |
  * | --- | --- | --- | --- |
  * | `sbg_export_watcher_exports` | gauge | `state` | Exports the watcher holds, by state (UNKNOWN, PENDING, RUNNING, COMPLETED, FAILED, LOST); finished ones count until `WATCHER_RETAIN` drops them. Every state is always present, 0 when empty. |
- * | `sbg_export_watcher_export_transitions_total` | counter | `from`, `to` | State changes observed; a jump (PENDING → COMPLETED) counts once. |
- * | `sbg_export_watcher_platform_requests_total` | counter | `route`, `outcome` | HTTP requests to the platform, each retry counted. `route`: bulk_get, get, rate_limit. `outcome`: ok, rate_limited, maintenance, server_error, unauthorized, not_found, rejected, bad_response, network, timeout. |
+ * | `sbg_export_watcher_imports` | gauge | `state` | Imports the watcher holds, by state, as `sbg_export_watcher_exports` counts exports. Every state is always present, 0 when empty. |
+ * | `sbg_export_watcher_export_transitions_total` | counter | `from`, `to` | State changes of exports observed; a jump (PENDING → COMPLETED) counts once. |
+ * | `sbg_export_watcher_import_transitions_total` | counter | `from`, `to` | State changes of imports observed, likewise. |
+ * | `sbg_export_watcher_platform_requests_total` | counter | `route`, `outcome` | HTTP requests to the platform, each retry counted, both kinds of job together. `route`: bulk_get, get, list (discovery), rate_limit. `outcome`: ok, rate_limited, maintenance, server_error, unauthorized, not_found, rejected, bad_response, network, timeout. |
  * | `sbg_export_watcher_platform_request_duration_seconds` | histogram | `route` | Time of one platform request, from sending to the end of the body or the failure. Buckets 10 ms to 60 s. |
- * | `sbg_export_watcher_platform_bulk_call_ids` | histogram | none | Export ids per successful bulk call (at most 100). Buckets 1, 5, 10, 25, 50, 75, 100. |
+ * | `sbg_export_watcher_platform_bulk_call_ids` | histogram | none | Ids per successful bulk call, exports or imports (at most 100). Buckets 1, 5, 10, 25, 50, 75, 100. |
  * | `sbg_export_watcher_platform_bulk_answer_mismatch_total` | counter | `kind` | Bulk answers whose number of items differs from the number of ids asked: `fewer_items` or `more_items`. Their anonymous error items are never attributed to ids. |
  * | `sbg_export_watcher_platform_rate_limited_total` | counter | none | Platform answers of 429 (rate limit exceeded); every call pauses until the reset. |
  * | `sbg_export_watcher_platform_rate_limit_remaining` | gauge | none | The platform's `X-RateLimit-Remaining` as last reported, less the requests this daemon started since. Absent until the platform reports it, and after a window ends until it reports again. |
@@ -37,7 +39,7 @@
  */
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
 import type { RateSnapshot } from '../platform/rate-limiter.js';
-import { EXPORT_STATES, type ExportState } from '../polling/tracker.js';
+import { EXPORT_STATES, type ExportState, type JobKind } from '../polling/tracker.js';
 import type { Bus } from '../shared/bus.js';
 import { DELIVERY_STATUSES, type DeliveryCounts } from '../store/store.js';
 
@@ -65,17 +67,29 @@ const M = {
     labels: ['state'],
     help: 'Exports the watcher holds, by state; finished ones count until WATCHER_RETAIN drops them.',
   },
+  imports: {
+    name: `${METRIC_PREFIX}imports`,
+    type: 'gauge',
+    labels: ['state'],
+    help: 'Imports the watcher holds, by state; finished ones count until WATCHER_RETAIN drops them.',
+  },
   transitions: {
     name: `${METRIC_PREFIX}export_transitions_total`,
     type: 'counter',
     labels: ['from', 'to'],
     help: 'Export state changes observed; a jump such as PENDING to COMPLETED counts once.',
   },
+  importTransitions: {
+    name: `${METRIC_PREFIX}import_transitions_total`,
+    type: 'counter',
+    labels: ['from', 'to'],
+    help: 'Import state changes observed; a jump such as PENDING to COMPLETED counts once.',
+  },
   platformRequests: {
     name: `${METRIC_PREFIX}platform_requests_total`,
     type: 'counter',
     labels: ['route', 'outcome'],
-    help: 'HTTP requests to the platform, each retry counted, by route and outcome.',
+    help: 'HTTP requests to the platform, each retry counted, by route and outcome (exports and imports together).',
   },
   platformDuration: {
     name: `${METRIC_PREFIX}platform_request_duration_seconds`,
@@ -87,7 +101,7 @@ const M = {
     name: `${METRIC_PREFIX}platform_bulk_call_ids`,
     type: 'histogram',
     labels: [],
-    help: 'Export ids per successful bulk call (at most 100).',
+    help: 'Ids per successful bulk call, exports or imports (at most 100).',
   },
   bulkMismatch: {
     name: `${METRIC_PREFIX}platform_bulk_answer_mismatch_total`,
@@ -168,8 +182,10 @@ export type RateLimitSource = Pick<RateSnapshot, 'budget' | 'spent' | 'platformR
 
 /** Where the gauges of current state are read from, at every scrape. */
 export interface MetricsSources {
-  /** Exports held, by state: `() => store.countExports()`. */
+  /** Exports held, by state: `() => store.countExports('export')`. */
   exportsByState: () => Promise<Readonly<Record<ExportState, number>>>;
+  /** Imports held, by state: `() => store.countExports('import')`; every state 0 when absent. */
+  importsByState?: () => Promise<Readonly<Record<ExportState, number>>>;
   /** The limiter's view of the quota: `() => limiter.snapshot()`. */
   rateLimit: () => RateLimitSource;
   /** Stored deliveries by status: `() => store.deliveryCounts()`. */
@@ -181,7 +197,7 @@ export interface MetricsSources {
 export class Metrics {
   /** This instance's own registry; prom-client's global one is never touched. */
   readonly registry: Registry;
-  readonly #transitions: Counter<'from' | 'to'>;
+  readonly #transitions: Record<JobKind, Counter<'from' | 'to'>>;
   readonly #lastCheck: Gauge;
   readonly #platformRequests: Counter<'route' | 'outcome'>;
   readonly #platformDuration: Histogram<'route'>;
@@ -216,12 +232,30 @@ export class Metrics {
         for (const state of EXPORT_STATES) this.set({ state }, counts[state] ?? 0);
       },
     });
-    this.#transitions = new Counter({
-      name: M.transitions.name,
-      help: M.transitions.help,
-      labelNames: M.transitions.labels,
+    new Gauge({
+      name: M.imports.name,
+      help: M.imports.help,
+      labelNames: M.imports.labels,
       registers,
+      async collect() {
+        const counts: Partial<Record<ExportState, number>> = (await sources.importsByState?.()) ?? {};
+        for (const state of EXPORT_STATES) this.set({ state }, counts[state] ?? 0);
+      },
     });
+    this.#transitions = {
+      export: new Counter({
+        name: M.transitions.name,
+        help: M.transitions.help,
+        labelNames: M.transitions.labels,
+        registers,
+      }),
+      import: new Counter({
+        name: M.importTransitions.name,
+        help: M.importTransitions.help,
+        labelNames: M.importTransitions.labels,
+        registers,
+      }),
+    };
     this.#platformRequests = new Counter({
       name: M.platformRequests.name,
       help: M.platformRequests.help,
@@ -341,7 +375,7 @@ export class Metrics {
     bus.on('delivery.finished', ({ endpoint, outcome }) => {
       this.#deliveries.inc({ endpoint, result: outcome });
     });
-    bus.on('transition', ({ from, to }) => this.#transitions.inc({ from, to }));
+    bus.on('transition', ({ kind = 'export', from, to }) => this.#transitions[kind].inc({ from, to }));
     bus.on('check.result', (result) => {
       if (result.ok) this.onCheckSuccess((this.#now ?? Date.now)());
     });

@@ -10,13 +10,18 @@
  * - 429 is not retried here: the limiter is told, pauses every call until the reset, and the
  *   caller checks the same ids again after it.
  * - 401/403 on a whole call and other 4xx are not retried: trying again at once cannot help.
- * When the bulk endpoint answers 404 or 405, this client falls back to single gets for good.
+ * When the bulk endpoint answers 404 or 405, this client falls back to single gets for a while.
+ *
+ * Exports and imports (docs/platform-api.md §3–§5) are asked about through the same methods with a
+ * kind: one call carries one kind (`/bulk/storage/exports/get` with `export_ids`, or
+ * `/bulk/storage/imports/get` with `import_ids`), and both share the one gate (the limiter).
  */
 import pRetry, { AbortError } from 'p-retry';
 import type { Logger } from 'pino';
 import { type Dispatcher, request } from 'undici';
 import {
   type BulkItem,
+  type JobKind,
   type Observation,
   observationsFromBulk,
   type TrackerWarning,
@@ -45,7 +50,23 @@ export interface RequestGate {
   rateLimited(resetAt: number | undefined): void;
 }
 
-export type PlatformRoute = 'bulk_get' | 'get' | 'rate_limit';
+export type PlatformRoute = 'bulk_get' | 'get' | 'list' | 'rate_limit';
+
+/** The platform's paths and bulk body key for each kind (docs/platform-api.md §3–§5). */
+const KIND_API: Readonly<Record<JobKind, { path: string; bulkKey: 'export_ids' | 'import_ids' }>> = {
+  export: { path: 'exports', bulkKey: 'export_ids' },
+  import: { path: 'imports', bulkKey: 'import_ids' },
+};
+
+/** Items per page of a list call: the platform's most (docs/platform-api.md §3). */
+export const LIST_PAGE_LIMIT = 100;
+
+/** One page of `GET /storage/{exports|imports}`: the jobs on it, and the next page's path. */
+export interface JobPage {
+  items: Array<{ id: string; state: string }>;
+  /** The path (under the endpoint) of the page named by `links[rel=next]`; undefined on the last. */
+  next: string | undefined;
+}
 export type RequestOutcome =
   | 'ok'
   | 'rate_limited'
@@ -116,8 +137,8 @@ export class PlatformClient {
   readonly #bus: Bus;
   /** Aborts retry waits on close. */
   readonly #closing = new AbortController();
-  /** Set when the bulk endpoint answered 404 or 405: single gets until then (epoch ms). */
-  #bulkUnsupportedUntil = 0;
+  /** Set when a bulk endpoint answered 404 or 405: single gets until then (epoch ms), per kind. */
+  readonly #bulkUnsupportedUntil: Record<JobKind, number> = { export: 0, import: 0 };
   readonly #now: () => number;
   readonly #maxAnswerBytes: number;
 
@@ -142,23 +163,46 @@ export class PlatformClient {
     this.#maxAnswerBytes = options.maxAnswerBytes ?? MAX_ANSWER_BYTES;
   }
 
+  /** Whether the exports' bulk endpoint is in use (not replaced by single gets after a 404/405). */
   get bulkSupported(): boolean {
-    return this.#now() >= this.#bulkUnsupportedUntil;
+    return this.bulkSupportedFor('export');
   }
 
-  /** Checks up to 100 ids in one bulk call (or single gets after a fallback) and interprets the answer. */
-  async checkStatuses(ids: readonly string[]): Promise<CheckResult> {
-    const items = await this.bulkGet(ids);
+  bulkSupportedFor(kind: JobKind): boolean {
+    return this.#now() >= this.#bulkUnsupportedUntil[kind];
+  }
+
+  /**
+   * Checks up to 100 ids of one kind in one bulk call (or single gets after a fallback) and
+   * interprets the answer. `checkStatuses(ids)` asks about exports.
+   */
+  checkStatuses(ids: readonly string[]): Promise<CheckResult>;
+  checkStatuses(kind: JobKind, ids: readonly string[]): Promise<CheckResult>;
+  async checkStatuses(
+    kindOrIds: JobKind | readonly string[],
+    maybeIds?: readonly string[],
+  ): Promise<CheckResult> {
+    const [kind, ids] = kindAndArgument(kindOrIds, maybeIds);
+    const items = await this.bulkGet(kind, ids);
     return observationsFromBulk(ids, items);
   }
 
-  /** `POST /bulk/storage/exports/get`: the raw items, in the platform's order. */
-  async bulkGet(ids: readonly string[]): Promise<BulkItem[]> {
+  /**
+   * `POST /bulk/storage/{exports|imports}/get`: the raw items, in the platform's order.
+   * `bulkGet(ids)` asks about exports.
+   */
+  bulkGet(ids: readonly string[]): Promise<BulkItem[]>;
+  bulkGet(kind: JobKind, ids: readonly string[]): Promise<BulkItem[]>;
+  async bulkGet(kindOrIds: JobKind | readonly string[], maybeIds?: readonly string[]): Promise<BulkItem[]> {
+    const [kind, ids] = kindAndArgument(kindOrIds, maybeIds);
     if (ids.length === 0) return [];
     if (ids.length > 100) throw new RangeError(`bulkGet takes at most 100 ids, got ${ids.length}`);
-    if (this.bulkSupported) {
+    const api = KIND_API[kind];
+    if (this.bulkSupportedFor(kind)) {
       try {
-        const answer = await this.#call('bulk_get', 'POST', '/bulk/storage/exports/get', { export_ids: ids });
+        const answer = await this.#call('bulk_get', 'POST', `/bulk/storage/${api.path}/get`, {
+          [api.bulkKey]: ids,
+        });
         this.#bus.emit('platform.bulk', { ids: ids.length });
         const items = (answer.json as { items?: unknown }).items;
         if (!Array.isArray(items)) throw new Error('unreachable: checked in #call');
@@ -169,22 +213,33 @@ export class PlatformClient {
         return items as BulkItem[];
       } catch (error) {
         if (!(error instanceof PlatformError && (error.status === 404 || error.status === 405))) throw error;
-        this.#bulkUnsupportedUntil = this.#now() + BULK_RETRY_AFTER_MS;
+        this.#bulkUnsupportedUntil[kind] = this.#now() + BULK_RETRY_AFTER_MS;
         this.#log.warn(
-          { status: error.status, retry_bulk_in_ms: BULK_RETRY_AFTER_MS },
-          'bulk export endpoint unavailable; one request per export for now',
+          { status: error.status, retry_bulk_in_ms: BULK_RETRY_AFTER_MS, kind },
+          `bulk ${kind} endpoint unavailable; one request per ${kind} for now`,
         );
       }
     }
     const items: BulkItem[] = [];
-    for (const id of ids) items.push(await this.getOneItem(id));
+    for (const id of ids) items.push(await this.getOneItem(kind, id));
     return items;
   }
 
-  /** `GET /storage/exports/{id}` as a bulk-style item; "not found" and "forbidden" are items, not errors. */
-  async getOneItem(id: string): Promise<BulkItem> {
+  /**
+   * `GET /storage/{exports|imports}/{id}` as a bulk-style item; "not found" and "forbidden" are
+   * items, not errors. `getOneItem(id)` asks about an export.
+   */
+  getOneItem(id: string): Promise<BulkItem>;
+  getOneItem(kind: JobKind, id: string): Promise<BulkItem>;
+  async getOneItem(kindOrId: string, maybeId?: string): Promise<BulkItem> {
+    const [kind, id] =
+      maybeId === undefined ? (['export', kindOrId] as const) : ([kindOrId as JobKind, maybeId] as const);
     try {
-      const answer = await this.#call('get', 'GET', `/storage/exports/${encodeURIComponent(id)}`);
+      const answer = await this.#call(
+        'get',
+        'GET',
+        `/storage/${KIND_API[kind].path}/${encodeURIComponent(id)}`,
+      );
       return { resource: answer.json };
     } catch (error) {
       if (error instanceof PlatformError && error.code === 'PLATFORM_NOT_FOUND') {
@@ -193,6 +248,60 @@ export class PlatformClient {
       }
       throw error;
     }
+  }
+
+  /**
+   * One page of `GET /storage/{exports|imports}`: the first page of jobs in `state` (100 a page),
+   * or the page at `next` (a `JobPage.next` of the previous page: a path under the endpoint). Items hold `id` and `state` (the
+   * default fields). `gate` replaces the client's own for this call (a share of the budget).
+   */
+  async listPage(
+    kind: JobKind,
+    from: { state: string } | { next: string },
+    gate?: RequestGate,
+  ): Promise<JobPage> {
+    const path =
+      'next' in from
+        ? from.next
+        : `/storage/${KIND_API[kind].path}?${new URLSearchParams({ state: from.state, limit: String(LIST_PAGE_LIMIT) })}`;
+    const answer = await this.#call('list', 'GET', path, undefined, { ...(gate ? { gate } : {}) });
+    const json = answer.json as { items?: unknown; links?: unknown };
+    const items: JobPage['items'] = [];
+    for (const item of json.items as unknown[]) {
+      const v = item as { id?: unknown; state?: unknown } | null;
+      if (v && typeof v.id === 'string' && typeof v.state === 'string')
+        items.push({ id: v.id, state: v.state });
+    }
+    return { items, next: this.#nextPath(json.links, kind) };
+  }
+
+  /**
+   * The next page named by `links[rel=next]`, as a path under this client's endpoint: the link's
+   * query on this list's own path. Only the query is taken from the link, never its host, so the
+   * token goes nowhere but the configured endpoint. A link to another resource is not followed (a
+   * warning, and the listing ends there).
+   */
+  #nextPath(links: unknown, kind: JobKind): string | undefined {
+    if (!Array.isArray(links)) return undefined;
+    const link = links.find((l) => (l as { rel?: unknown } | null)?.rel === 'next') as
+      | { href?: unknown }
+      | undefined;
+    if (typeof link?.href !== 'string') return undefined;
+    const list = `/storage/${KIND_API[kind].path}`;
+    let url: URL | undefined;
+    try {
+      url = new URL(link.href, `${this.#endpoint}/`);
+    } catch {
+      url = undefined;
+    }
+    if (url?.pathname.replace(/\/+$/, '').endsWith(list) && url.search.length > 1) {
+      return `${list}${url.search}`;
+    }
+    this.#log.warn(
+      { kind, next: link.href.slice(0, 200) },
+      'the platform named a next page that is not a page of this list; not followed',
+    );
+    return undefined;
   }
 
   /** `GET /rate_limit`: free of the quota, so it bypasses the limiter, but its headers are read. */
@@ -220,19 +329,19 @@ export class PlatformClient {
     if (this.#ownsDispatcher) await this.#dispatcher.destroy().catch(() => undefined);
   }
 
-  /** One logical call: retried per the policy above; every attempt passes the limiter. */
+  /** One logical call: retried per the policy above; every attempt passes the limiter (or `gate`). */
   #call(
     route: PlatformRoute,
     method: 'GET' | 'POST',
     path: string,
     body?: unknown,
-    { gated = true }: { gated?: boolean } = {},
+    { gated = true, gate = this.#gate }: { gated?: boolean; gate?: RequestGate } = {},
   ): Promise<Answer> {
     const attempt = async (attemptNumber: number): Promise<Answer> => {
       const once = () => this.#once(route, method, path, body, attemptNumber);
       if (this.#closing.signal.aborted) throw new AbortError(this.#closing.signal.reason as Error);
       try {
-        return await (gated ? this.#gate.schedule(once) : once());
+        return await (gated ? gate.schedule(once) : once());
       } catch (error) {
         if (error instanceof PlatformError && !isRetryable(error)) throw new AbortError(error);
         throw error;
@@ -274,11 +383,16 @@ export class PlatformClient {
     try {
       const answer = await this.#send(method, path, body);
       outcome = 'ok';
-      if (route === 'bulk_get' && !Array.isArray((answer.json as { items?: unknown } | null)?.items)) {
+      if (
+        (route === 'bulk_get' || route === 'list') &&
+        !Array.isArray((answer.json as { items?: unknown } | null)?.items)
+      ) {
         outcome = 'bad_response';
-        throw new PlatformError('PLATFORM_BAD_RESPONSE', 'bulk answer has no items array', {
-          status: answer.status,
-        });
+        throw new PlatformError(
+          'PLATFORM_BAD_RESPONSE',
+          `${route === 'list' ? 'list' : 'bulk'} answer has no items array`,
+          { status: answer.status },
+        );
       }
       return answer;
     } catch (error) {
@@ -287,7 +401,8 @@ export class PlatformClient {
     } finally {
       const durationMs = Math.round(performance.now() - started);
       this.#bus.emit('platform.request', { route, outcome, durationMs });
-      const ids = route === 'bulk_get' ? (body as { export_ids: unknown[] }).export_ids.length : undefined;
+      const asked = body as { export_ids?: unknown[]; import_ids?: unknown[] } | undefined;
+      const ids = route === 'bulk_get' ? (asked?.export_ids ?? asked?.import_ids)?.length : undefined;
       this.#log.debug(
         { route, attempt: attemptNumber, outcome, duration_ms: durationMs, ids },
         'platform request',
@@ -432,6 +547,12 @@ export function readRateHeaders(headers: Record<string, string | string[] | unde
   if (remaining !== undefined) info.remaining = remaining;
   if (reset !== undefined) info.resetAt = reset * 1000;
   return info;
+}
+
+/** `(kind, x)` or, for the signatures that predate kinds, `(x)` about exports. */
+function kindAndArgument<T>(kindOrArgument: JobKind | T, argument: T | undefined): [JobKind, T] {
+  if (argument === undefined) return ['export', kindOrArgument as T];
+  return [kindOrArgument as JobKind, argument];
 }
 
 function transportError(error: unknown): PlatformError {

@@ -31,6 +31,13 @@
  * fallback pause (our window, at most 5 minutes). A hostile or broken `X-RateLimit-Reset` can
  * therefore hold checks back for minutes, never for days, and never overflows a timer.
  *
+ * Shares. `share(max)` hands out a gate for a part of the daemon's work (discovery) that may start
+ * at most `max` of the budget's requests in any one budget window. Its calls go through this
+ * limiter like any other (same budget, same spacing, same platform count); a call the share cannot
+ * cover is refused at once (`SHARE_SPENT`), never queued, and a call is counted in the window in
+ * which it starts. For sequential calls (one at a time, as discovery makes them) no window ever
+ * sees more than `max` of them.
+ *
  * Timers: `#budgetTimer` exists while a budget window is open and fires at its end;
  * `#platformTimer` exists while the platform's count is known and fires at its reset (plus a small
  * margin). When the allowance is 0 one of them is always set, so held calls always go eventually.
@@ -64,8 +71,20 @@ export interface RateLimiterOptions {
   maxResetWaitMs?: number;
 }
 
+/** A gate for a part of the work limited to `max` requests per budget window (`share`). */
+export interface ShareGate {
+  schedule<T>(fn: () => Promise<T>): Promise<T>;
+  observe(info: RateInfo): void;
+  rateLimited(resetAt: number | undefined): void;
+  /** Requests of the share left in the current budget window. */
+  left(): number;
+  readonly max: number;
+}
+
 export interface RateSnapshot {
   budget: number;
+  /** Budget windows opened since this limiter was built: 0 in the first one. */
+  window: number;
   /** Requests started in the current budget window. */
   spent: number;
   allowance: number;
@@ -104,6 +123,8 @@ export class RateLimiter {
 
   /** Requests started in the current budget window. */
   #spent = 0;
+  /** Budget windows that followed the first one (a new window, not a lengthened one). */
+  #window = 0;
   #inFlight = 0;
   #platformLimit: number | undefined;
   /** Last reported remaining quota, less the calls started since; undefined when unknown. */
@@ -165,6 +186,36 @@ export class RateLimiter {
       });
   }
 
+  /**
+   * A gate for work that may start at most `max` requests per budget window, out of the same
+   * budget (see the module comment). `max` must be a whole number of at least 1.
+   */
+  share(max: number): ShareGate {
+    if (!Number.isInteger(max) || max < 1) {
+      throw new TypeError(`RateLimiter.share: max must be a whole number of at least 1, got ${max}`);
+    }
+    let counted = { window: -1, used: 0 };
+    const used = () => (counted.window === this.#window ? counted.used : 0);
+    return {
+      max,
+      left: () => Math.max(0, max - used()),
+      observe: (info) => this.observe(info),
+      rateLimited: (resetAt) => this.rateLimited(resetAt),
+      schedule: <T>(fn: () => Promise<T>): Promise<T> => {
+        if (used() >= max) {
+          return Promise.reject(
+            new PlatformError('SHARE_SPENT', `this window's share of the rate budget (${max}) is spent`),
+          );
+        }
+        return this.schedule(() => {
+          // Counted in the window the call starts in (#beginCall has just opened it if need be).
+          counted = { window: this.#window, used: used() + 1 };
+          return fn();
+        });
+      },
+    };
+  }
+
   /** Reads the quota headers of an answer. Call it for every answer, successful or not. */
   observe(info: RateInfo): void {
     const now = this.#now();
@@ -208,6 +259,7 @@ export class RateLimiter {
     const counts = this.#bottleneck.counts();
     return {
       budget: this.#budget,
+      window: this.#window,
       spent: this.#spent,
       allowance: this.#allowance(),
       platformLimit: this.#platformLimit,
@@ -276,6 +328,7 @@ export class RateLimiter {
     const previousEnd = this.#budgetEnd ?? now;
     // Windows follow each other at their own length; calls in flight count in the new one.
     this.#spent = this.#inFlight;
+    this.#window++;
     this.#openBudgetWindow(Math.max(previousEnd, now) + this.#windowMs, now);
     this.#log?.debug({ budget: this.#budget }, 'rate budget window reset');
     this.#apply(now);

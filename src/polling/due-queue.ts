@@ -53,12 +53,18 @@ class Fifo<T extends Link> {
     return this.after(this.#sentinel);
   }
 
+  isEmpty(): boolean {
+    return this.#sentinel.next === this.#sentinel;
+  }
+
   after(link: Link): T | undefined {
     return link.next === this.#sentinel ? undefined : (link.next as T);
   }
 }
 
 export interface DueIds {
+  /** The kind of every id in `due`, when the tracker holds imports: present for imports only. */
+  kind?: 'import';
   /** Due ids, longest-unchecked first (never-checked ones first of all). */
   due: string[];
   /**
@@ -85,6 +91,31 @@ export class DueQueue<T extends DueEntry> {
 
   remove(entry: T): void {
     unlink(entry);
+  }
+
+  /** Whether no entry is held. O(1). */
+  isEmpty(): boolean {
+    return this.#unchecked.isEmpty() && this.#checked.isEmpty();
+  }
+
+  /**
+   * The entry `take` would answer first (due, not skipped), and whether it was never checked; or,
+   * when none is due, when the first checked one falls due. Costs O(1 + skipped), like `take`.
+   */
+  first(
+    now: number,
+    intervalMs: number,
+    skip: (id: string) => boolean,
+  ): { entry: T; unchecked: boolean } | { entry: undefined; nextDueAt: number | undefined } {
+    for (let e = this.#unchecked.first(); e; e = this.#unchecked.after(e)) {
+      if (!skip(e.id)) return { entry: e, unchecked: true };
+    }
+    for (let e = this.#checked.first(); e; e = this.#checked.after(e)) {
+      const dueAt = e.lastCheckedAt! + intervalMs;
+      if (dueAt > now) return { entry: undefined, nextDueAt: dueAt };
+      if (!skip(e.id)) return { entry: e, unchecked: false };
+    }
+    return { entry: undefined, nextDueAt: undefined };
   }
 
   /**

@@ -7,7 +7,9 @@
  * - `running`: checks flow. An export is due when its last check is older than the poll interval;
  *   a new one is due at once. Due ids are packed into as few calls as possible, the
  *   longest-unchecked first (`tracker.takeDue`, which costs O(ids taken + ids in flight)), so when
- *   the budget cannot cover every due id, checks stretch out evenly and none starves.
+ *   the budget cannot cover every due id, checks stretch out evenly and none starves. A call
+ *   carries ids of one kind (exports or imports): each free slot takes a batch of the kind whose
+ *   due id has waited longest.
  * - `unauthorized`: the platform refused the token on a whole call. One call a minute tests it;
  *   the first success returns to `running`.
  * - `stopping`: no new checks; calls in flight finish. `stopped` once they have.
@@ -38,6 +40,7 @@ import { PlatformError } from '../shared/errors.js';
 import type { ExportChange } from '../store/store.js';
 import {
   type CheckOutcome,
+  type JobKind,
   SAMPLE_IDS,
   type Tracker,
   type TrackerWarning,
@@ -64,7 +67,8 @@ export interface CheckRecord {
 
 /** What the scheduler needs from the rest of the daemon. */
 export interface SchedulerDeps {
-  checkStatuses(ids: readonly string[]): Promise<CheckResult>;
+  /** Checks ids that are all of `kind` in one call. */
+  checkStatuses(ids: readonly string[], kind: JobKind): Promise<CheckResult>;
   tracker: Tracker;
   /**
    * Stores a check's changes in one transaction, then queues their webhooks; resolves once they
@@ -207,39 +211,42 @@ export class Scheduler {
       nextWake = Math.min(nextWake, this.#pausedUntil);
     } else if (this.#outstanding < this.#maxOutstanding) {
       // While unauthorized, one probing call at a time.
-      const slots =
+      let slots =
         this.#mode === 'unauthorized' ? 1 - this.#outstanding : this.#maxOutstanding - this.#outstanding;
-      const { due, nextDueAt } = this.#dueIds(now, slots * this.#batchSize);
-      let taken = 0;
-      for (let i = 0; i < slots && taken < due.length; i++) {
-        const batch = due.slice(taken, taken + this.#batchSize);
-        taken += batch.length;
-        this.#send(batch);
+      // One batch per free slot, each of one kind. A short batch means its kind has nothing more
+      // due: the next take tries the other kind; an empty one says when the next id falls due.
+      // When more is due than there are free slots, the end of a call wakes the loop sooner; the
+      // heartbeat still turns it, so liveness holds while calls wait on the quota.
+      while (slots > 0) {
+        const { kind = 'export', due, nextDueAt } = this.#dueIds(now, this.#batchSize);
+        if (due.length === 0) {
+          if (nextDueAt !== undefined) nextWake = Math.min(nextWake, nextDueAt);
+          break;
+        }
+        this.#send(due, kind);
+        slots--;
       }
-      // When more is due than there are free slots, the end of a call wakes the loop sooner;
-      // the heartbeat still turns it, so liveness holds while calls wait on the quota.
-      if (taken === due.length && nextDueAt !== undefined) nextWake = Math.min(nextWake, nextDueAt);
     }
     // Always armed while running. Not unref'd: in `watch`, it keeps the process alive between checks.
     this.#wakeTimer = setTimeout(() => this.#pump(), Math.max(0, nextWake - now));
   }
 
   /**
-   * Ids whose last check is older than the interval, not in flight, longest-unchecked first
-   * (never-checked ones first of all, in the order tracked); and when the next one falls due.
-   * At most `capacity` of them: what the free call slots can take.
+   * Ids of one kind whose last check is older than the interval, not in flight, longest-unchecked
+   * first (never-checked ones first of all, in the order tracked); and when the next one falls
+   * due. At most `capacity` of them: what one call can take.
    */
-  #dueIds(now: number, capacity: number): { due: string[]; nextDueAt: number | undefined } {
+  #dueIds(now: number, capacity: number): { kind?: JobKind; due: string[]; nextDueAt: number | undefined } {
     return this.#deps.tracker.takeDue(now, this.#interval, capacity, (id) => this.#inFlight.has(id));
   }
 
-  #send(batch: string[]): void {
+  #send(batch: string[], kind: JobKind): void {
     this.#outstanding++;
     for (const id of batch) this.#inFlight.add(id);
     this.#deps
-      .checkStatuses(batch)
+      .checkStatuses(batch, kind)
       .then(
-        (result) => this.#onResult(result),
+        (result) => this.#onResult(result, kind),
         (error: unknown) => this.#onError(batch, error),
       )
       .catch((error: unknown) => {
@@ -255,7 +262,7 @@ export class Scheduler {
   }
 
   /** Previews, stores, then commits a call's answer: see the file header for why in this order. */
-  async #onResult(result: CheckResult): Promise<void> {
+  async #onResult(result: CheckResult, kind: JobKind): Promise<void> {
     const now = this.#deps.now();
     if (this.#mode === 'unauthorized') {
       this.#setMode('running');
@@ -263,7 +270,7 @@ export class Scheduler {
     }
     this.#deps.bus.emit('check.result', { ok: true });
     const { tracker } = this.#deps;
-    const outcome = tracker.preview(result.observations, now);
+    const outcome = tracker.preview(result.observations, now, kind);
     this.#logWarnings([...result.warnings, ...outcome.warnings]);
     if (!(await this.#store(outcome))) return;
     tracker.commit(outcome);
@@ -329,13 +336,15 @@ export class Scheduler {
   }
 
   #logTransition(t: Transition): void {
-    const line = { export_id: t.exportId, from: t.from, to: t.to };
+    const kind = t.kind ?? 'export';
+    const line = { [`${kind}_id`]: t.exportId, from: t.from, to: t.to };
+    const msg = `${kind} state changed`;
     if (t.to === 'FAILED') {
-      this.#deps.log.warn({ ...line, error: t.export?.error ?? null }, 'export state changed');
+      this.#deps.log.warn({ ...line, error: t.export?.error ?? null }, msg);
     } else if (t.to === 'LOST') {
-      this.#deps.log.warn({ ...line, error: t.error }, 'export state changed');
+      this.#deps.log.warn({ ...line, error: t.error }, msg);
     } else {
-      this.#deps.log.info(line, 'export state changed');
+      this.#deps.log.info(line, msg);
     }
   }
 

@@ -26,9 +26,10 @@
  *   any answer with the resource resets that count. Such a "missing" observation comes only from
  *   an error that is this export's own: one that names it, or one of as many anonymous error items
  *   as there are unanswered ids in an answer that is otherwise whole (`observationsFromBulk`).
- * - Due order (`DueQueue`): never-checked exports first, in the order tracked, then the others by
- *   their last committed check. A check that failed, or whose results were not stored, moves
- *   nothing.
+ * - Due order (`DueQueue`, one per kind): never-checked exports first, in the order tracked, then
+ *   the others by their last committed check. A check that failed, or whose results were not
+ *   stored, moves nothing. One `takeDue` answers ids of one kind only (a bulk call carries one
+ *   kind), picking the kind whose head has waited longest.
  */
 import type { PlatformErrorBody } from '../shared/errors.js';
 import type { ActiveExport, ExportChange } from '../store/store.js';
@@ -48,6 +49,20 @@ const RANK: Readonly<Record<ExportState, number>> = {
   LOST: 3,
 };
 
+/**
+ * The kinds of job the watcher follows: exports (platform file → cloud bucket) and imports
+ * (cloud bucket → platform file). They have the same states and the same bulk API
+ * (docs/platform-api.md §3–§5). A job's id is unique across kinds in the watcher (design.md,
+ * "Kinds"). Wherever a kind is optional, absent means `export`: that is how everything written
+ * before imports existed keeps its meaning.
+ */
+export const JOB_KINDS = ['export', 'import'] as const;
+export type JobKind = (typeof JOB_KINDS)[number];
+
+export function isJobKind(value: unknown): value is JobKind {
+  return value === 'export' || value === 'import';
+}
+
 export function isTerminal(state: ExportState): boolean {
   return RANK[state] === 3;
 }
@@ -62,6 +77,8 @@ export type PlatformExport = Record<string, unknown> & { id: string; state: stri
 /** What memory holds of an active export: as little as scheduling and LOST need. */
 export interface TrackedExport {
   id: string;
+  /** Present (as `import`) for an import only. */
+  kind?: JobKind;
   state: ExportState;
   /** Consecutive "no such job" / "no access" answers; LOST at `lostAfter`. */
   misses: number;
@@ -82,7 +99,10 @@ export type Observation =
   | { kind: 'unanswered'; id: string; error?: PlatformErrorBody };
 
 export interface Transition {
+  /** The job's id (an export's or an import's; see `kind`). */
   exportId: string;
+  /** Present (as `import`) for an import only: absent means an export. */
+  kind?: JobKind;
   from: ExportState;
   to: ExportState;
   at: number;
@@ -128,15 +148,18 @@ export interface TrackerOptions {
 }
 
 /** The record held per active export: the public fields plus its links in the due order. */
-class Entry extends Link implements TrackedExport {
+class Entry extends Link {
   lastMiss: PlatformErrorBody | null = null;
   lastCheckedAt: number | null = null;
   checks = 0;
 
   constructor(
     readonly id: string,
+    readonly kind: JobKind,
     public state: ExportState,
     public misses: number,
+    /** The order in which entries were tracked, over both kinds: never-checked ones go in it. */
+    readonly seq: number,
   ) {
     super();
   }
@@ -165,7 +188,12 @@ export class Tracker {
   readonly #lostAfter: number;
   /** Active exports by id, in the order tracked. */
   readonly #entries = new Map<string, Entry>();
-  readonly #due = new DueQueue<Entry>();
+  /** One due order per kind, so that a call carries one kind and picking stays O(batch). */
+  readonly #due: Readonly<Record<JobKind, DueQueue<Entry>>> = {
+    export: new DueQueue<Entry>(),
+    import: new DueQueue<Entry>(),
+  };
+  #seq = 0;
   readonly #counts = zeroCounts();
   /**
    * Previews not yet committed, with what committing them writes. Weak, so that a preview whose
@@ -183,11 +211,11 @@ export class Tracker {
    * terminal exports, are ignored.
    */
   track(exports: readonly ActiveExport[]): void {
-    for (const { id, state, misses } of exports) {
+    for (const { id, state, misses, kind = 'export' } of exports) {
       if (isTerminal(state) || this.#entries.has(id)) continue;
-      const entry = new Entry(id, state, misses);
+      const entry = new Entry(id, kind, state, misses, this.#seq++);
       this.#entries.set(id, entry);
-      this.#due.addUnchecked(entry);
+      this.#due[kind].addUnchecked(entry);
       this.#counts[state]++;
     }
   }
@@ -204,7 +232,15 @@ export class Tracker {
     const e = this.#entries.get(id);
     if (!e) return undefined;
     const { state, misses, lastMiss, lastCheckedAt, checks } = e;
-    return { id, state, misses, lastMiss, lastCheckedAt, checks };
+    return {
+      id,
+      ...(e.kind === 'import' ? { kind: e.kind } : {}),
+      state,
+      misses,
+      lastMiss,
+      lastCheckedAt,
+      checks,
+    };
   }
 
   has(id: string): boolean {
@@ -226,25 +262,60 @@ export class Tracker {
   }
 
   /**
-   * Up to `max` ids due at `now` (never checked, or last checked at least `intervalMs` ago),
-   * longest-unchecked first, skipping those for which `skip(id)` holds (in flight); and when the
-   * next one that is not due yet falls due. Costs O(max + skipped), never O(active).
+   * Up to `max` ids of ONE kind due at `now` (never checked, or last checked at least `intervalMs`
+   * ago), longest-unchecked first, skipping those for which `skip(id)` holds (in flight); and when
+   * the next one that is not due yet falls due. Costs O(max + skipped), never O(active).
+   *
+   * The kind is that of the id that has waited longest: a never-checked id first (the earliest
+   * tracked, over both kinds), else the one that fell due first. The batch is then filled with due
+   * ids of that kind only; the next call picks again, so neither kind starves the other. With one
+   * kind held, this is exactly a walk of its due order. `kind` is in the answer for imports only.
+   *
+   * `nextDueAt`: when the first id not due yet falls due, if nothing else is due now; undefined
+   * when the walk stopped at `max` (more may be due), when another kind has ids due now, or when
+   * nothing is held.
    */
   takeDue(now: number, intervalMs: number, max: number, skip: (id: string) => boolean): DueIds {
-    return this.#due.take(now, intervalMs, max, skip);
+    const exports = this.#due.export;
+    const imports = this.#due.import;
+    // One kind held (the usual case): its walk, with nothing looked at twice.
+    if (imports.isEmpty()) return exports.take(now, intervalMs, max, skip);
+    if (exports.isEmpty()) return { kind: 'import', ...imports.take(now, intervalMs, max, skip) };
+    const heads = JOB_KINDS.map((kind) => ({ kind, head: this.#due[kind].first(now, intervalMs, skip) }));
+    let chosen: { kind: JobKind; entry: Entry; unchecked: boolean } | undefined;
+    let nextDueAt: number | undefined;
+    for (const { kind, head } of heads) {
+      if (head.entry === undefined) {
+        if (head.nextDueAt !== undefined) nextDueAt = Math.min(nextDueAt ?? head.nextDueAt, head.nextDueAt);
+        continue;
+      }
+      const candidate = { kind, entry: head.entry, unchecked: head.unchecked };
+      if (!chosen || waitedLonger(candidate, chosen)) chosen = candidate;
+    }
+    if (!chosen) return { due: [], nextDueAt };
+    const taken = this.#due[chosen.kind].take(now, intervalMs, max, skip);
+    const otherDue = heads.some(({ kind, head }) => kind !== chosen.kind && head.entry !== undefined);
+    let next: number | undefined;
+    if (taken.due.length < max && !otherDue) {
+      next = [taken.nextDueAt, nextDueAt]
+        .filter((t): t is number => t !== undefined)
+        .reduce<number | undefined>((a, b) => (a === undefined ? b : Math.min(a, b)), undefined);
+    }
+    return { ...(chosen.kind === 'import' ? { kind: chosen.kind } : {}), due: taken.due, nextDueAt: next };
   }
 
   /**
    * What folding these observations in would do, without doing it: `commit` the result once its
    * changes are stored. Observations of ids not tracked (untracked while the check was in
-   * flight, or already finished) are ignored.
+   * flight, or already finished) are ignored; so are those of ids tracked as another kind than
+   * `kind`, the kind the call asked about (when given).
    */
-  preview(observations: readonly Observation[], now: number): CheckOutcome {
+  preview(observations: readonly Observation[], now: number, kind?: JobKind): CheckOutcome {
     const drafts = new Map<Entry, Draft>();
     const warnings: TrackerWarning[] = [];
     for (const o of observations) {
       const entry = this.#entries.get(o.id);
-      if (!entry) continue;
+      if (!entry || (kind !== undefined && entry.kind !== kind)) continue;
       let draft = drafts.get(entry);
       if (!draft) {
         draft = startDraft(entry);
@@ -271,8 +342,8 @@ export class Tracker {
   }
 
   /** `preview` and `commit` at once: for callers with nothing to store first. */
-  apply(observations: readonly Observation[], now: number): CheckOutcome {
-    const outcome = this.preview(observations, now);
+  apply(observations: readonly Observation[], now: number, kind?: JobKind): CheckOutcome {
+    const outcome = this.preview(observations, now, kind);
     this.commit(outcome);
     return outcome;
   }
@@ -332,14 +403,27 @@ export class Tracker {
     entry.lastMiss = draft.lastMiss;
     entry.lastCheckedAt = at;
     entry.checks++;
-    this.#due.moveToChecked(entry);
+    this.#due[entry.kind].moveToChecked(entry);
   }
 
   #forget(entry: Entry): void {
     this.#entries.delete(entry.id);
-    this.#due.remove(entry);
+    this.#due[entry.kind].remove(entry);
     this.#counts[entry.state]--;
   }
+}
+
+/**
+ * Whether `a` has waited longer than `b`: a never-checked entry before a checked one (as within a
+ * kind), never-checked ones in the order tracked, checked ones by when they fell due.
+ */
+function waitedLonger(
+  a: { entry: Entry; unchecked: boolean },
+  b: { entry: Entry; unchecked: boolean },
+): boolean {
+  if (a.unchecked !== b.unchecked) return a.unchecked;
+  if (a.unchecked) return a.entry.seq < b.entry.seq;
+  return (a.entry.lastCheckedAt ?? 0) < (b.entry.lastCheckedAt ?? 0);
 }
 
 function zeroCounts(): Record<ExportState, number> {
@@ -372,6 +456,7 @@ function conclude(drafts: Iterable<Draft>, at: number, warnings: TrackerWarning[
     if (moved) {
       transitions.push({
         exportId: id,
+        ...(d.entry.kind === 'import' ? { kind: d.entry.kind } : {}),
         from: d.baseState,
         to: d.state,
         at,

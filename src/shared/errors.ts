@@ -21,6 +21,7 @@ export type ErrorCode =
   | 'WEBHOOK_NETWORK'
   | 'WEBHOOK_TIMEOUT'
   | 'SHUTTING_DOWN'
+  | 'SHARE_SPENT'
   | 'LISTEN_FAILED'
   | 'DEADLINE_EXCEEDED';
 
@@ -133,6 +134,7 @@ const RETRYABLE: Readonly<Record<ErrorCode, boolean>> = {
   WEBHOOK_NETWORK: true,
   WEBHOOK_TIMEOUT: true,
   SHUTTING_DOWN: false,
+  SHARE_SPENT: false,
   LISTEN_FAILED: false,
   DEADLINE_EXCEEDED: false,
 };

@@ -17,16 +17,26 @@
  * - `recordAttempts` may lose its last batch in a crash; that only means a resend under the same
  *   webhook-id, which receivers de-duplicate.
  *
- * Times are epoch milliseconds. Ids are export ids (`^[A-Za-z0-9_-]{1,128}$`) and webhook-ids.
+ * Times are epoch milliseconds. Ids are job ids (`^[A-Za-z0-9_-]{1,128}$`) and webhook-ids.
+ *
+ * Kinds. A watched job is an export or an import (`JobKind`). A job's id is unique across kinds:
+ * an id stored as one kind is refused as the other (`AddResult.conflicts`). Every `kind` the port
+ * takes is optional and means `export` when absent; every record it returns carries `kind` only for
+ * an import (absent means an export), so that everything written before imports existed reads and
+ * compares as it did.
  */
 import { createHash } from 'node:crypto';
 import type { EventType } from '../delivery/events.js';
-import type { ExportState, PlatformExport } from '../polling/tracker.js';
+import type { ExportState, JobKind, PlatformExport } from '../polling/tracker.js';
 import type { PlatformErrorBody } from '../shared/errors.js';
+
+export { JOB_KINDS, type JobKind } from '../polling/tracker.js';
 
 /** An export as stored: what `GET /v1/exports/{id}` shows, less the in-memory check figures. */
 export interface StoredExport {
   id: string;
+  /** `import` for an import; absent for an export (implementations omit it). */
+  kind?: JobKind;
   state: ExportState;
   previousState: ExportState | null;
   metadata: Record<string, unknown> | null;
@@ -46,6 +56,8 @@ export interface StoredExport {
 /** What the in-memory tracker needs of a non-terminal export at start-up. */
 export interface ActiveExport {
   id: string;
+  /** `import` for an import; absent for an export (implementations omit it). */
+  kind?: JobKind;
   state: ExportState;
   misses: number;
 }
@@ -53,6 +65,8 @@ export interface ActiveExport {
 export interface AddRequest {
   ids: readonly string[];
   metadata: Record<string, unknown> | null;
+  /** The kind of every id in the request; default `export`. */
+  kind?: JobKind;
 }
 
 export interface AddResult {
@@ -60,9 +74,17 @@ export interface AddResult {
   accepted: string[];
   /** Ids the store already had (watched, or finished and still retained): left as they were. */
   alreadyWatched: string[];
+  /**
+   * Ids the store holds as the other kind. When there is any, nothing of this request is added
+   * (`accepted` and `alreadyWatched` are empty), and the other requests of the call are not
+   * affected. Absent when there is none.
+   */
+  conflicts?: string[];
 }
 
 export interface ExportPageQuery {
+  /** Only jobs of this kind; default `export`. */
+  kind?: JobKind | undefined;
   state?: ExportState | undefined;
   /** Only ids after this one (keyset paging, ascending id). */
   after?: string | undefined;
@@ -96,11 +118,13 @@ export interface NewEvent {
 
 /**
  * Builds the event for a state change, or null when it has none (or its type is not subscribed).
- * Called inside `commitChanges` with the export's stored metadata.
+ * Called inside `commitChanges` with the job's stored metadata and its stored kind (implementations
+ * always pass it; absent means `export`).
  */
 export type EventBuilder = (
   change: ExportChange,
   metadata: Record<string, unknown> | null,
+  kind?: JobKind,
 ) => NewEvent | null;
 
 /** An endpoint as the store knows it: never its full URL, which may carry a token. */
@@ -165,7 +189,10 @@ export interface AttemptRecord {
 }
 
 export interface EventQuery {
+  /** Events of this job (an export's or an import's id). */
   exportId?: string | undefined;
+  /** Only events of this kind of job (their type starts with `export.` or `import.`); default all. */
+  kind?: JobKind | undefined;
   /** Events with at least one delivery in this status. */
   status?: DeliveryStatus | undefined;
   /** Events created at or after this time. */
@@ -194,20 +221,26 @@ export interface RetentionPolicy {
 }
 
 export interface Store {
-  /** Registers ids, each request with its metadata; resolves once committed. */
+  /** Registers ids, each request with its metadata and kind; resolves once committed. */
   addExports(requests: readonly AddRequest[], now: number): Promise<AddResult[]>;
-  /** Deletes an export and its pending deliveries; final deliveries stay for replay. */
-  removeExport(id: string): Promise<{ removed: boolean; cancelledDeliveries: number }>;
-  getExport(id: string): Promise<StoredExport | undefined>;
+  /**
+   * Deletes a job of this kind (default `export`) and its pending deliveries; final deliveries stay
+   * for replay. A job stored as the other kind is not removed.
+   */
+  removeExport(id: string, kind?: JobKind): Promise<{ removed: boolean; cancelledDeliveries: number }>;
+  /** The job of this kind (default `export`); undefined when unknown or stored as the other kind. */
+  getExport(id: string, kind?: JobKind): Promise<StoredExport | undefined>;
   pageExports(query: ExportPageQuery): Promise<{ items: StoredExport[]; more: boolean }>;
-  countExports(): Promise<Record<ExportState, number>>;
-  /** Every non-terminal export, for the tracker at start-up. */
+  /** Jobs of this kind (default `export`) by state, every state present. */
+  countExports(kind?: JobKind): Promise<Record<ExportState, number>>;
+  /** Every non-terminal job, of both kinds, for the tracker at start-up. */
   loadActive(): Promise<ActiveExport[]>;
 
   /**
    * Writes state changes and miss counts, the events `build` makes for them and one pending
    * delivery (due `now`) per endpoint for each event, in one transaction. An event whose id is
-   * already stored is not written again. Returns the events written.
+   * already stored is not written again. Returns the events written. `build` gets the job's stored
+   * metadata and kind.
    */
   commitChanges(
     changes: readonly ExportChange[],

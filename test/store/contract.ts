@@ -396,15 +396,15 @@ export function describeStoreContract(
         });
       });
 
-      it('asks the builder about each change of state, with the stored metadata', async () => {
+      it('asks the builder about each change of state, with the stored metadata and kind', async () => {
         await store.addExports([{ ids: ['a'], metadata: { owner: 'x' } }], T0);
         await store.addExports([{ ids: ['b'], metadata: null }], T0);
         const spy = vi.fn(build);
         const changes = [move('a', 'UNKNOWN', 'RUNNING', T0 + 1), move('b', 'UNKNOWN', 'PENDING', T0 + 1)];
         await store.commitChanges(changes, spy, [A], T0 + 1);
         expect(spy.mock.calls).toEqual([
-          [changes[0], { owner: 'x' }],
-          [changes[1], null],
+          [changes[0], { owner: 'x' }, 'export'],
+          [changes[1], null, 'export'],
         ]);
         expect(await store.getEvent(eventId('b', 'PENDING'))).toBeUndefined();
         expect((await store.getExport('b'))?.state).toBe('PENDING');
@@ -1017,6 +1017,194 @@ export function describeStoreContract(
         const [again] = await store.addExports([{ ids: ['a'], metadata: { second: true } }], T0 + HOUR);
         expect(again).toEqual({ accepted: ['a'], alreadyWatched: [] });
         expect(await store.getExport('a')).toMatchObject({ state: 'UNKNOWN', metadata: { second: true } });
+      });
+    });
+
+    describe('kinds: exports and imports', () => {
+      /** Like the daemon's builder: the kind decides the type and the webhook-id. */
+      const buildKind: EventBuilder = (change, metadata, kind = 'export') => {
+        const suffix = EVENT_TYPE[change.to]?.slice('export.'.length);
+        if (!suffix || change.from === change.to) return null;
+        const type = `${kind}.${suffix}` as EventType;
+        const id = kind === 'import' ? `evt_import_${change.id}_${suffix}` : `evt_${change.id}_${suffix}`;
+        return { id, type, exportId: change.id, body: JSON.stringify({ type, id: change.id, metadata }) };
+      };
+
+      it('adds imports with their kind; reads, pages and counts each kind apart, exports as before', async () => {
+        const results = await store.addExports(
+          [
+            { ids: ['e2', 'e1'], metadata: null },
+            { ids: ['i2', 'i1', 'i3'], metadata: { from: 'imports' }, kind: 'import' },
+            { ids: ['e3'], metadata: null, kind: 'export' },
+          ],
+          T0,
+        );
+        expect(results).toEqual([
+          { accepted: ['e2', 'e1'], alreadyWatched: [] },
+          { accepted: ['i2', 'i1', 'i3'], alreadyWatched: [] },
+          { accepted: ['e3'], alreadyWatched: [] },
+        ]);
+        // An export reads as it always did: no kind on it.
+        const e1 = await store.getExport('e1');
+        expect(e1).toMatchObject({ id: 'e1', state: 'UNKNOWN' });
+        expect(e1).not.toHaveProperty('kind');
+        expect(await store.getExport('e1', 'export')).toEqual(e1);
+        expect(await store.getExport('e1', 'import')).toBeUndefined();
+        expect(await store.getExport('i1', 'import')).toEqual({
+          id: 'i1',
+          kind: 'import',
+          state: 'UNKNOWN',
+          previousState: null,
+          metadata: { from: 'imports' },
+          firstSeenAt: T0,
+          stateChangedAt: T0,
+          misses: 0,
+          history: [{ state: 'UNKNOWN', at: T0 }],
+          export: null,
+          error: null,
+          lastMiss: null,
+        });
+        expect(await store.getExport('i1')).toBeUndefined();
+
+        await store.commitChanges(
+          [move('i2', 'UNKNOWN', 'RUNNING', T0 + 1), move('e2', 'UNKNOWN', 'RUNNING', T0 + 1)],
+          buildKind,
+          [],
+          T0 + 1,
+        );
+        expect((await store.pageExports({ limit: 10 })).items.map((e) => e.id)).toEqual(['e1', 'e2', 'e3']);
+        expect((await store.pageExports({ kind: 'export', limit: 10 })).items.map((e) => e.id)).toEqual([
+          'e1',
+          'e2',
+          'e3',
+        ]);
+        const imports = await store.pageExports({ kind: 'import', limit: 2 });
+        expect(imports.items.map((e) => [e.id, e.kind])).toEqual([
+          ['i1', 'import'],
+          ['i2', 'import'],
+        ]);
+        expect(imports.more).toBe(true);
+        const rest = await store.pageExports({ kind: 'import', limit: 2, after: 'i2' });
+        expect(rest).toMatchObject({ items: [{ id: 'i3', kind: 'import' }], more: false });
+        const running = await store.pageExports({ kind: 'import', state: 'RUNNING', limit: 10 });
+        expect(running.items.map((e) => e.id)).toEqual(['i2']);
+        expect(await store.countExports()).toMatchObject({ UNKNOWN: 2, RUNNING: 1 });
+        expect(await store.countExports('export')).toMatchObject({ UNKNOWN: 2, RUNNING: 1 });
+        expect(await store.countExports('import')).toEqual({
+          UNKNOWN: 2,
+          PENDING: 0,
+          RUNNING: 1,
+          COMPLETED: 0,
+          FAILED: 0,
+          LOST: 0,
+        });
+      });
+
+      it('refuses ids stored as the other kind: nothing of that request is added, the others are', async () => {
+        await store.addExports([{ ids: ['x'], metadata: null }], T0);
+        await store.addExports([{ ids: ['y'], metadata: null, kind: 'import' }], T0);
+        const results = await store.addExports(
+          [
+            { ids: ['n1', 'x', 'n2', 'n1'], metadata: null, kind: 'import' },
+            { ids: ['n3', 'y'], metadata: null, kind: 'import' },
+            { ids: ['n4', 'y'], metadata: null },
+          ],
+          T0 + 1,
+        );
+        expect(results).toEqual([
+          { accepted: [], alreadyWatched: [], conflicts: ['x'] },
+          { accepted: ['n3'], alreadyWatched: ['y'] },
+          { accepted: [], alreadyWatched: [], conflicts: ['y'] },
+        ]);
+        expect(await store.getExport('n1', 'import')).toBeUndefined();
+        expect(await store.getExport('n2', 'import')).toBeUndefined();
+        expect(await store.getExport('n4')).toBeUndefined();
+        expect(await store.getExport('x')).toMatchObject({ id: 'x', state: 'UNKNOWN' });
+        expect(await store.getExport('n3', 'import')).toMatchObject({ kind: 'import' });
+        // Refused ids were not kept: they can be added later as their own kind.
+        const [later] = await store.addExports([{ ids: ['n1'], metadata: null }], T0 + 2);
+        expect(later).toEqual({ accepted: ['n1'], alreadyWatched: [] });
+      });
+
+      it('loads the active jobs of both kinds, an import with its kind', async () => {
+        await store.addExports(
+          [
+            { ids: ['e'], metadata: null },
+            { ids: ['i', 'done'], metadata: null, kind: 'import' },
+          ],
+          T0,
+        );
+        await store.commitChanges(
+          [move('i', 'UNKNOWN', 'RUNNING', T0 + 1), move('done', 'UNKNOWN', 'COMPLETED', T0 + 1)],
+          buildKind,
+          [],
+          T0 + 1,
+        );
+        expect(byId(await store.loadActive())).toEqual([
+          { id: 'e', state: 'UNKNOWN', misses: 0 },
+          { id: 'i', kind: 'import', state: 'RUNNING', misses: 0 },
+        ]);
+      });
+
+      it("builds each job's events with its stored kind, and lists the events of one kind", async () => {
+        await store.addExports(
+          [
+            { ids: ['e'], metadata: { k: 'e' } },
+            { ids: ['i'], metadata: { k: 'i' }, kind: 'import' },
+          ],
+          T0,
+        );
+        const spy = vi.fn(buildKind);
+        const changes = [move('e', 'UNKNOWN', 'COMPLETED', T0 + 1), move('i', 'UNKNOWN', 'FAILED', T0 + 1)];
+        const written = await store.commitChanges(changes, spy, [A], T0 + 1);
+        expect(spy.mock.calls).toEqual([
+          [changes[0], { k: 'e' }, 'export'],
+          [changes[1], { k: 'i' }, 'import'],
+        ]);
+        expect(written.map((e) => [e.id, e.type, e.exportId])).toEqual([
+          ['evt_e_completed', 'export.completed', 'e'],
+          ['evt_import_i_failed', 'import.failed', 'i'],
+        ]);
+        const ids = async (query: Parameters<Store['listEvents']>[0]) =>
+          (await store.listEvents(query)).items.map((e) => e.id);
+        expect(await ids({ limit: 10 })).toEqual(['evt_import_i_failed', 'evt_e_completed']);
+        expect(await ids({ kind: 'import', limit: 10 })).toEqual(['evt_import_i_failed']);
+        expect(await ids({ kind: 'export', limit: 10 })).toEqual(['evt_e_completed']);
+        expect(await ids({ exportId: 'i', kind: 'import', limit: 10 })).toEqual(['evt_import_i_failed']);
+        expect(await ids({ exportId: 'i', kind: 'export', limit: 10 })).toEqual([]);
+        expect((await store.eventsOfExport('i')).map((e) => e.type)).toEqual(['import.failed']);
+        expect(await store.getExport('i', 'import')).toMatchObject({
+          state: 'FAILED',
+          previousState: 'UNKNOWN',
+        });
+      });
+
+      it('removes a job only as its own kind, and prunes finished jobs of both kinds', async () => {
+        await store.addExports(
+          [
+            { ids: ['e'], metadata: null },
+            { ids: ['i', 'j'], metadata: null, kind: 'import' },
+          ],
+          T0,
+        );
+        expect(await store.removeExport('i')).toEqual({ removed: false, cancelledDeliveries: 0 });
+        expect(await store.removeExport('e', 'import')).toEqual({ removed: false, cancelledDeliveries: 0 });
+        expect(await store.removeExport('i', 'import')).toEqual({ removed: true, cancelledDeliveries: 0 });
+        expect(await store.getExport('i', 'import')).toBeUndefined();
+        await store.commitChanges(
+          [move('j', 'UNKNOWN', 'COMPLETED', T0 + 1), move('e', 'UNKNOWN', 'COMPLETED', T0 + 1)],
+          buildKind,
+          [],
+          T0 + 1,
+        );
+        expect(
+          await store.prune(T0 + HOUR, { retainMs: HOUR / 2, eventRetainMs: HOUR * 24, batch: 10 }),
+        ).toEqual({
+          exports: 2,
+          events: 0,
+        });
+        expect(await store.getExport('j', 'import')).toBeUndefined();
+        expect(await store.countExports('import')).toMatchObject({ COMPLETED: 0 });
       });
     });
 

@@ -25,6 +25,7 @@ import { EXPORT_STATES, isTerminal } from '../../src/polling/tracker.js';
 import {
   ACTIVE_STATES,
   FINISHED_STATES,
+  MIGRATIONS,
   openDataDir,
   openSqliteStore,
   SCHEMA_VERSION,
@@ -206,6 +207,47 @@ describe('SQLite store', () => {
     );
     expect(message).toContain('left untouched');
     expect(files.map((f) => readFileSync(f))).toEqual(before);
+  });
+
+  it('brings a schema-1 database (before kinds) up to date: its rows are exports, imports can be added', async () => {
+    const path = join(emptyDir(), 'v1.db');
+    const raw = new Database(path);
+    raw.exec(MIGRATIONS[0] as string);
+    raw
+      .prepare(
+        `INSERT INTO exports (id, state, metadata, first_seen_at, state_changed_at, misses, history)
+         VALUES ('old', 'RUNNING', '{"v":1}', ?, ?, 0, '[]')`,
+      )
+      .run(T0, T0);
+    raw.pragma('user_version = 1');
+    raw.close();
+    const store = await openSqliteStore({ path });
+    try {
+      expect(await store.getExport('old')).toMatchObject({ id: 'old', state: 'RUNNING', metadata: { v: 1 } });
+      expect(await store.getExport('old')).not.toHaveProperty('kind');
+      expect(await store.loadActive()).toEqual([{ id: 'old', state: 'RUNNING', misses: 0 }]);
+      const [added] = await store.addExports([{ ids: ['old', 'new'], metadata: null, kind: 'import' }], T0);
+      expect(added).toEqual({ accepted: [], alreadyWatched: [], conflicts: ['old'] });
+      const [imported] = await store.addExports([{ ids: ['new'], metadata: null, kind: 'import' }], T0);
+      expect(imported).toEqual({ accepted: ['new'], alreadyWatched: [] });
+    } finally {
+      await store.close();
+    }
+    const after = new Database(path, { readonly: true });
+    try {
+      expect(after.pragma('user_version', { simple: true })).toBe(SCHEMA_VERSION);
+      expect(SCHEMA_VERSION).toBe(2);
+      const indexes = after
+        .prepare(
+          "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'exports' AND sql IS NOT NULL",
+        )
+        .all()
+        .map((r) => (r as { name: string }).name)
+        .sort();
+      expect(indexes).toEqual(['exports_by_kind', 'exports_by_kind_state', 'exports_finished']);
+    } finally {
+      after.close();
+    }
   });
 
   it('brings a database at an older schema (0: empty) up to the latest', async () => {

@@ -1,0 +1,229 @@
+/**
+ * Discovery: the daemon also watches the user's own export and import jobs it was not handed
+ * (`WATCHER_DISCOVER`). Every `WATCHER_DISCOVER_INTERVAL` a round lists the unfinished jobs of each
+ * kind asked for, `GET /storage/{exports|imports}?state=PENDING`, then `?state=RUNNING`, 100 a page,
+ * following `links[rel=next]`, and adds what the store does not know yet, with the metadata
+ * `{"discovered": true}`. From there a discovered job is watched like any other.
+ *
+ * Budget. Discovery's requests come out of the daemon's own budget, through the same limiter, and
+ * through a share of it (`RateLimiter.share`): at most a tenth of `WATCHER_RATE_BUDGET` in any
+ * budget window. Pages are asked for one at a time, so the share is never exceeded. When it is
+ * spent, the round stops, and the next round resumes at the page where this one stopped (so that
+ * a long listing makes progress from interval to interval instead of reading its first pages again);
+ * a round that reaches the end of every listing makes the next one start afresh.
+ *
+ * Failures. A page that fails (after the client's retries) or an add the store refuses ends the
+ * round with a warning; the next round tries the same page again. Nothing here changes a job's
+ * state: a discovered job is added UNKNOWN and checked in bulk like the rest.
+ *
+ * `listUnfinished` is the same listing without a share, read to its end once: `watch --all`.
+ */
+import type { Logger } from 'pino';
+import type { JobPage } from '../platform/platform-client.js';
+import type { ShareGate } from '../platform/rate-limiter.js';
+import { PlatformError } from '../shared/errors.js';
+import type { JobKind } from './tracker.js';
+
+/** The states a job is listed in while it is not finished. */
+export const UNFINISHED_STATES = ['PENDING', 'RUNNING'] as const;
+
+/** The metadata a discovered job is added with. */
+export const DISCOVERED_METADATA: Readonly<Record<string, unknown>> = Object.freeze({ discovered: true });
+
+/** Reads one page of a listing: the first page of a state, or the page a previous one named next. */
+export type PageReader = (kind: JobKind, from: { state: string } | { next: string }) => Promise<JobPage>;
+
+export interface DiscoveryDeps {
+  kinds: readonly JobKind[];
+  intervalMs: number;
+  /** One page, through the share gate. */
+  list: PageReader;
+  /** Adds ids of one kind with `DISCOVERED_METADATA`; resolves once they are stored. */
+  add(kind: JobKind, ids: readonly string[]): Promise<{ accepted: string[]; conflicts?: string[] }>;
+  /** The share of the budget discovery may use; read for the round's log line. */
+  gate: Pick<ShareGate, 'left' | 'max'>;
+  log: Logger;
+  now?: () => number;
+}
+
+/** What one round did, as logged. */
+export interface RoundReport {
+  pages: number;
+  /** Unfinished jobs listed, by kind (a job listed twice, moving from PENDING to RUNNING, twice). */
+  found: Record<JobKind, number>;
+  /** Jobs the store did not know, now watched, by kind. */
+  added: Record<JobKind, number>;
+  /** Whether the round reached the end of every listing. */
+  complete: boolean;
+  /** Why it stopped before the end: the share was spent, or a page or an add failed. */
+  stopped?: 'share_spent' | 'error';
+}
+
+/** Where a round stopped: which listing (kind × state), and the page to read next in it. */
+interface Position {
+  list: number;
+  next: string | undefined;
+}
+
+export class Discovery {
+  readonly #deps: DiscoveryDeps;
+  readonly #lists: ReadonlyArray<{ kind: JobKind; state: string }>;
+  readonly #now: () => number;
+  /** Set when a round stopped early: the next one starts there. */
+  #resume: Position | undefined;
+  /** Exists between rounds while started. */
+  #timer: NodeJS.Timeout | undefined;
+  /** Exists while a round runs. */
+  #round: Promise<RoundReport | undefined> | undefined;
+  #stopped = false;
+  #started = false;
+
+  constructor(deps: DiscoveryDeps) {
+    if (deps.kinds.length === 0) throw new TypeError('Discovery needs at least one kind');
+    this.#deps = deps;
+    this.#lists = deps.kinds.flatMap((kind) => UNFINISHED_STATES.map((state) => ({ kind, state })));
+    this.#now = deps.now ?? Date.now;
+  }
+
+  /** Runs a round at once, then one every interval (counted from the start of the previous one). */
+  start(): void {
+    if (this.#started || this.#stopped) return;
+    this.#started = true;
+    this.#loop();
+  }
+
+  /** No new round; waits for the one in flight (its page in flight is aborted by the client's close). */
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer = undefined;
+    await this.#round;
+  }
+
+  /** One round now, unless one is running (then that one's report). For tests and the loop. */
+  runRound(): Promise<RoundReport | undefined> {
+    this.#round ??= this.#runRound().finally(() => {
+      this.#round = undefined;
+    });
+    return this.#round;
+  }
+
+  #loop(): void {
+    if (this.#stopped) return;
+    const started = this.#now();
+    void this.runRound().then(() => {
+      if (this.#stopped) return;
+      const wait = Math.max(0, started + this.#deps.intervalMs - this.#now());
+      this.#timer = setTimeout(() => this.#loop(), wait);
+      this.#timer.unref();
+    });
+  }
+
+  async #runRound(): Promise<RoundReport | undefined> {
+    const { log } = this.#deps;
+    const report: RoundReport = {
+      pages: 0,
+      found: { export: 0, import: 0 },
+      added: { export: 0, import: 0 },
+      complete: false,
+    };
+    let at: Position = this.#resume ?? { list: 0, next: undefined };
+    const resumed = this.#resume !== undefined;
+    this.#resume = undefined;
+    while (at.list < this.#lists.length && !this.#stopped) {
+      const { kind, state } = this.#lists[at.list] as { kind: JobKind; state: string };
+      let page: JobPage;
+      try {
+        page = await this.#deps.list(kind, at.next === undefined ? { state } : { next: at.next });
+      } catch (error) {
+        if (isCode(error, 'SHUTTING_DOWN')) return undefined;
+        this.#resume = at;
+        if (isCode(error, 'SHARE_SPENT')) {
+          report.stopped = 'share_spent';
+        } else {
+          report.stopped = 'error';
+          log.warn(
+            { kind, state, code: (error as PlatformError).code, err_message: (error as Error).message },
+            'discovery could not list jobs; trying again next round',
+          );
+        }
+        break;
+      }
+      report.pages++;
+      const ids = page.items
+        .filter((item) => (UNFINISHED_STATES as readonly string[]).includes(item.state))
+        .map((item) => item.id);
+      report.found[kind] += ids.length;
+      if (ids.length > 0) {
+        try {
+          const result = await this.#deps.add(kind, ids);
+          report.added[kind] += result.accepted.length;
+          if (result.conflicts && result.conflicts.length > 0) {
+            log.warn(
+              { kind, count: result.conflicts.length, sample_ids: result.conflicts.slice(0, 5) },
+              `discovered ${kind}s whose ids are watched as the other kind; not added`,
+            );
+          }
+        } catch (error) {
+          this.#resume = at;
+          report.stopped = 'error';
+          log.warn({ kind, err: error }, 'discovery could not store what it found; trying again next round');
+          break;
+        }
+      }
+      at =
+        page.next === undefined ? { list: at.list + 1, next: undefined } : { list: at.list, next: page.next };
+    }
+    if (this.#stopped && report.stopped === undefined && at.list < this.#lists.length) return report;
+    report.complete = at.list >= this.#lists.length;
+    log.info(
+      {
+        kinds: this.#deps.kinds,
+        resumed,
+        pages: report.pages,
+        found_exports: report.found.export,
+        found_imports: report.found.import,
+        added_exports: report.added.export,
+        added_imports: report.added.import,
+        complete: report.complete,
+        ...(report.stopped ? { stopped: report.stopped } : {}),
+        share: this.#deps.gate.max,
+        share_left: this.#deps.gate.left(),
+      },
+      report.stopped === 'share_spent'
+        ? "discovery round stopped: this window's share of the rate budget is spent; it resumes next round"
+        : 'discovery round done',
+    );
+    return report;
+  }
+}
+
+/**
+ * Every unfinished job of `kind` (PENDING, then RUNNING), every page read: `watch --all`. A job
+ * that moves from PENDING to RUNNING while the pages are read may be listed twice (ids are
+ * de-duplicated) or, with offset paging, missed (it is finished or nearly so).
+ */
+export async function listUnfinished(read: PageReader, kind: JobKind): Promise<string[]> {
+  const ids = new Set<string>();
+  for (const state of UNFINISHED_STATES) {
+    let page = await read(kind, { state });
+    const seen = new Set<string>();
+    for (;;) {
+      for (const item of page.items) {
+        if ((UNFINISHED_STATES as readonly string[]).includes(item.state)) ids.add(item.id);
+      }
+      // A next page already read (a link that loops) or a listing past any real account ends it.
+      if (page.next === undefined || seen.has(page.next) || seen.size >= MAX_LIST_PAGES) break;
+      seen.add(page.next);
+      page = await read(kind, { next: page.next });
+    }
+  }
+  return [...ids];
+}
+
+/** Pages of one state read by `listUnfinished` at most: a million jobs. */
+export const MAX_LIST_PAGES = 10_000;
+
+function isCode(error: unknown, code: string): boolean {
+  return error instanceof PlatformError && error.code === code;
+}
