@@ -29,7 +29,7 @@ import type { JobKind } from './polling/tracker.js';
 import { ConfigError, UsageError } from './shared/errors.js';
 import { createLogger } from './shared/log.js';
 import { describeProxy, useProxy } from './shared/proxy.js';
-import { Redactor } from './shared/redact.js';
+import { Redactor, safeUrl } from './shared/redact.js';
 
 export { readIdsFile } from './cli/ids-input.js';
 
@@ -625,6 +625,13 @@ async function runCommand(args: readonly string[], env: () => Env, context: CliC
         : {}),
       webhook_endpoints: config.webhook.urls.length,
       signed: config.webhook.secretKey !== undefined,
+      ...(config.databaseUrl === undefined
+        ? { store: 'sqlite', data_dir: config.dataDir }
+        : {
+            store: 'postgresql',
+            database: safeUrl(config.databaseUrl),
+            leader_timeout_ms: config.leaderTimeoutMs,
+          }),
     },
     'sbg-export-watcher started',
   );

@@ -14,8 +14,24 @@
  * Exports and imports go through the same pieces, each job with its kind; a bulk call carries one
  * kind, and both share the one limiter. With `WATCHER_DISCOVER`, discovery lists the user's
  * unfinished jobs every interval through a tenth of the budget and adds what is new.
+ *
+ * Replicas. With `WATCHER_DATABASE_URL` the store is PostgreSQL, shared by every replica, and a
+ * `LeaderElection` (an advisory lock held on a connection of its own) decides which one acts. Only
+ * the leader checks the platform (so only it spends the token's budget), runs discovery, sends
+ * webhooks and prunes; every replica serves the control API from the shared store, and writes
+ * (new ids, removals, redeliveries) go to the shared tables, where the leader picks them up:
+ *
+ *   election ─► leader:   store.loadActive ─► tracker; deliveries.resume (former leaders' leases
+ *                         end at now + L); GET /rate_limit; scheduler.resume; discovery; every poll
+ *                         interval store.loadUnknown (ids added elsewhere), every minute a full
+ *                         reconcile (ids removed elsewhere)
+ *   election ─► follower | disconnected (from leader): at once, synchronously, scheduler.pause and
+ *                         deliveries.pause abort every platform call and webhook attempt in flight
+ *
+ * With SQLite the daemon is the only process: it is the leader from the start, and never steps down.
  */
 import { createRequire } from 'node:module';
+import { hostname } from 'node:os';
 import type { Logger } from 'pino';
 import type { Dispatcher } from 'undici';
 import type { Config } from './config/config.js';
@@ -24,25 +40,33 @@ import { eventForTransition } from './delivery/events.js';
 import { ControlApi, type ExportView, type WatchRegistry } from './http/control-api.js';
 import { Metrics } from './http/metrics.js';
 import { PlatformClient, type RequestOutcome, type RetryPolicy } from './platform/platform-client.js';
-import { RateLimiter } from './platform/rate-limiter.js';
+import { RateLimiter, type ShareGate } from './platform/rate-limiter.js';
 import { DISCOVERED_METADATA, Discovery, listUnfinished } from './polling/discovery.js';
 import { Scheduler, type SchedulerOptions } from './polling/scheduler.js';
 import { type JobKind, Tracker } from './polling/tracker.js';
 import { Bus } from './shared/bus.js';
 import { settlesWithin } from './shared/deadline.js';
 import { PlatformError } from './shared/errors.js';
+import { safeUrl } from './shared/redact.js';
 import { AddBatcher } from './store/group-commit.js';
+import { LeaderElection, type LeaderRole } from './store/leader.js';
+import { openPostgresStore } from './store/postgres.js';
 import { openDataDir, openSqliteStore } from './store/sqlite.js';
-import type { EventBuilder, Store, StoredExport } from './store/store.js';
+import type { ActiveExport, EventBuilder, Store, StoredExport } from './store/store.js';
 
 const require = createRequire(import.meta.url);
 export const VERSION: string = (require('../package.json') as { version: string }).version;
 export const USER_AGENT = `sbg-export-watcher/${VERSION}`;
 
-/** Whether the platform accepted the credentials on the last call (`/readyz`). */
+/**
+ * `/readyz`: whether the platform accepted the credentials on the last call (the leader's concern),
+ * and the replica's role. A follower is ready (it serves the control API); a replica without its
+ * database connection is not.
+ */
 export interface Readiness {
   ok: boolean;
   reason: string;
+  role?: LeaderRole;
 }
 
 export interface DaemonOptions {
@@ -78,6 +102,18 @@ export interface StopReport {
 /** Finished exports and events past retention are pruned this often, in small batches. */
 const PRUNE_EVERY_MS = 60_000;
 const PRUNE_BATCH = 500;
+/**
+ * With replicas, the leader's delivery engine looks at the shared store at least this often, so a
+ * redelivery asked of a follower (written to the store only) is sent within about this long.
+ */
+export const REPLICA_DELIVERY_IDLE_MS = 2000;
+/** With replicas, the leader reloads every active job this often, to drop the ones removed elsewhere. */
+export const REPLICA_FULL_RELOAD_MS = 60_000;
+/** A leader that cannot read the store at takeover tries again after this long (while still leader). */
+const TAKEOVER_RETRY_MS = 1000;
+
+/** What a leadership term aborts its platform calls with when the replica steps down. */
+const STEPPED_DOWN = 'no longer the leader: call dropped';
 
 export class Daemon {
   readonly config: Config;
@@ -91,16 +127,30 @@ export class Daemon {
   readonly api: ControlApi | undefined;
   readonly metrics: Metrics;
   readonly registry: WatchRegistry;
-  /** Present when `WATCHER_DISCOVER` names a kind. */
-  readonly discovery: Discovery | undefined;
+  /** With PostgreSQL: the election that makes this replica the leader or a follower. */
+  readonly election: LeaderElection | undefined;
   readonly #log: Logger;
   readonly #now: () => number;
   readonly #durable: boolean;
   readonly #adds: AddBatcher;
+  readonly #options: DaemonOptions;
   #readiness: Readiness = { ok: false, reason: 'no answer from the platform yet' };
   #pruneTimer: NodeJS.Timeout | undefined;
+  #reloadTimer: NodeJS.Timeout | undefined;
   #startPromise: Promise<string | undefined> | undefined;
   #stopPromise: Promise<StopReport> | undefined;
+  /** Present while leading, when `WATCHER_DISCOVER` names a kind: one per leadership term. */
+  #discovery: Discovery | undefined;
+  #discoveryGate: ShareGate | undefined;
+  /**
+   * A leadership term is in force: this replica checks, sends and prunes (or is starting to).
+   * Always true with SQLite.
+   */
+  #leading: boolean;
+  /** Counts the starts and ends of terms: work of a term that has ended sees a different number. */
+  #term = 0;
+  /** Aborts the current term's platform calls (the quota read, discovery's pages) when it ends. */
+  #termAbort = new AbortController();
 
   /**
    * Opens the store (a data directory that cannot be used, or a database that cannot be read,
@@ -108,17 +158,44 @@ export class Daemon {
    */
   static async open(config: Config, options: DaemonOptions): Promise<Daemon> {
     const memory = options.storage === 'memory';
+    const log = options.log.child({ component: 'store' });
+    if (!memory && config.databaseUrl !== undefined) {
+      const store = await openPostgresStore({
+        url: config.databaseUrl,
+        log,
+        applicationName: applicationName('sbg-export-watcher'),
+      });
+      return new Daemon(config, options, store, true, config.databaseUrl);
+    }
     const path = memory ? ':memory:' : openDataDir(config.dataDir);
-    const store = await openSqliteStore({ path, log: options.log.child({ component: 'store' }) });
-    return new Daemon(config, options, store, !memory);
+    const store = await openSqliteStore({ path, log });
+    return new Daemon(config, options, store, !memory, undefined);
   }
 
-  private constructor(config: Config, options: DaemonOptions, store: Store, durable: boolean) {
+  private constructor(
+    config: Config,
+    options: DaemonOptions,
+    store: Store,
+    durable: boolean,
+    sharedDatabaseUrl: string | undefined,
+  ) {
     if (!config.token) throw new TypeError('Daemon needs a platform token');
     this.config = config;
     this.store = store;
     this.#durable = durable;
+    this.#options = options;
     this.#log = options.log;
+    this.#leading = sharedDatabaseUrl === undefined;
+    this.election =
+      sharedDatabaseUrl === undefined
+        ? undefined
+        : new LeaderElection({
+            url: sharedDatabaseUrl,
+            timeoutMs: config.leaderTimeoutMs,
+            log: options.log.child({ component: 'leader-election' }),
+            applicationName: applicationName('sbg-export-watcher leader'),
+            onChange: (role, previous) => this.#onRole(role, previous),
+          });
     this.#now = options.now ?? Date.now;
     const now = this.#now;
     this.bus = options.bus ?? new Bus(options.log);
@@ -132,6 +209,7 @@ export class Daemon {
       // Three gauges read these counts at each scrape: one query serves them all.
       deliveries: sharedFor(500, () => store.deliveryCounts()),
       now,
+      role: () => this.role,
     });
     this.metrics.attach(this.bus);
     // Readiness follows every attempt, so a maintenance being waited out shows at once.
@@ -164,11 +242,12 @@ export class Daemon {
       now,
       ...(options.webhookRetry ? { retry: options.webhookRetry } : {}),
       ...(options.webhookQuickAttempts ? { quickAttempts: options.webhookQuickAttempts } : {}),
+      ...(this.election ? { maxIdleMs: REPLICA_DELIVERY_IDLE_MS, mayAct: () => this.#mayAct() } : {}),
     });
     const buildEvent = this.#eventBuilder();
     this.scheduler = new Scheduler(
       {
-        checkStatuses: (ids, kind) => this.client.checkStatuses(kind, ids),
+        checkStatuses: (ids, kind, signal) => this.client.checkStatuses(kind, ids, { signal }),
         tracker: this.tracker,
         record: async ({ changes }) => {
           const events = await store.commitChanges(changes, buildEvent, this.deliveries.endpoints, now());
@@ -177,11 +256,11 @@ export class Daemon {
         bus: this.bus,
         now,
         log: options.log.child({ component: 'scheduler' }),
+        ...(this.election ? { mayAct: () => this.#mayAct() } : {}),
       },
       { ...options.scheduler, pollIntervalMs: config.pollIntervalMs, batchSize: config.batchSize },
     );
     this.registry = this.#buildRegistry();
-    this.discovery = this.#buildDiscovery(options);
     this.api = options.api
       ? new ControlApi({
           host: config.http.host,
@@ -198,20 +277,33 @@ export class Daemon {
       : undefined;
   }
 
+  /** Discovery of the current leadership term, when `WATCHER_DISCOVER` names a kind. */
+  get discovery(): Discovery | undefined {
+    return this.#discovery;
+  }
+
+  /** This replica's role: the election's with PostgreSQL, always `leader` with SQLite. */
+  get role(): LeaderRole {
+    return this.election?.role ?? 'leader';
+  }
+
   /**
    * Discovery through its share of the budget: `floor(WATCHER_RATE_BUDGET / 10)` requests per rate
-   * window at most (the configuration requires a budget of at least 10 with it).
+   * window at most (the configuration requires a budget of at least 10 with it). One per term: its
+   * page in flight is dropped through `signal` when the term ends.
    */
-  #buildDiscovery(options: DaemonOptions): Discovery | undefined {
+  #buildDiscovery(options: DaemonOptions, signal: AbortSignal): Discovery | undefined {
     const kinds = this.config.discover;
     if (kinds.length === 0) return undefined;
-    const gate = this.limiter.share(
+    // One share for the process: a new term in the same window does not get a fresh one.
+    this.#discoveryGate ??= this.limiter.share(
       Math.max(1, Math.floor(this.config.rateBudget / DISCOVERY_SHARE_DIVISOR)),
     );
+    const gate = this.#discoveryGate;
     return new Discovery({
       kinds,
       intervalMs: options.discoverIntervalMs ?? this.config.discoverIntervalMs,
-      list: (kind, from) => this.client.listPage(kind, from, gate),
+      list: (kind, from) => this.client.listPage(kind, from, gate, { signal }),
       add: (kind, ids) => this.registry.watch(ids, { ...DISCOVERED_METADATA }, kind),
       gate,
       log: this.#log.child({ component: 'discovery' }),
@@ -254,14 +346,17 @@ export class Daemon {
       watch: async (ids, metadata, kind = 'export') => {
         const result = await this.#adds.add({ ids, metadata, ...(kind === 'import' ? { kind } : {}) });
         if (result.accepted.length > 0) {
-          this.tracker.track(
-            result.accepted.map((id) => ({
-              id,
-              ...(kind === 'import' ? { kind } : {}),
-              state: 'UNKNOWN',
-              misses: 0,
-            })),
-          );
+          // A follower only stores them: the leader reads new ids from the store.
+          if (this.#leading) {
+            this.tracker.track(
+              result.accepted.map((id) => ({
+                id,
+                ...(kind === 'import' ? { kind } : {}),
+                state: 'UNKNOWN',
+                misses: 0,
+              })),
+            );
+          }
           this.#log.info(
             { accepted: result.accepted.length, already_watched: result.alreadyWatched.length },
             `${kind}s added`,
@@ -318,68 +413,235 @@ export class Daemon {
   }
 
   /**
-   * Ready when the platform last accepted the credentials and is not holding every call back: a
-   * 429 (or nothing left of the quota) makes it "rate limited until T" until that time.
+   * The leader is ready when the platform last accepted the credentials and is not holding every
+   * call back: a 429 (or nothing left of the quota) makes it "rate limited until T" until that
+   * time. With replicas, a follower is ready (it serves the control API), and a replica without
+   * its database connection is not. `role` says which.
    */
   get readiness(): Readiness {
+    const role = this.role;
+    if (this.election && role === 'disconnected') {
+      return {
+        ok: false,
+        reason: `no connection to PostgreSQL since ${new Date(this.election.since).toISOString()}: neither leading nor standing by`,
+        role,
+      };
+    }
+    if (this.election && role === 'follower') {
+      return { ok: true, reason: 'another replica leads; this one serves the control API', role };
+    }
     const pausedUntil = this.limiter.pausedUntil();
     if (this.#readiness.ok && pausedUntil !== undefined && pausedUntil > this.#now()) {
       return {
         ok: false,
         reason: `rate limited by the platform until ${new Date(pausedUntil).toISOString()}`,
+        role,
       };
     }
-    return this.#readiness;
+    return { ...this.#readiness, role };
   }
 
   /**
-   * Loads the watched exports (all due at once), resumes deliveries, listens (when the API is on),
-   * reads the quota with `GET /rate_limit` (free), then starts checking. Resolves the control
-   * API's URL. Idempotent.
+   * With SQLite: loads the watched exports (all due at once), resumes deliveries, listens (when the
+   * API is on), reads the quota with `GET /rate_limit` (free), then starts checking. With
+   * PostgreSQL: listens and starts the election; the rest happens when this replica becomes the
+   * leader (`#takeOver`, `#startChecking`). Resolves the control API's URL. Idempotent.
    */
   start(): Promise<string | undefined> {
     this.#startPromise ??= (async () => {
-      const active = await this.store.loadActive();
-      this.tracker.track(active);
-      if (active.length > 0) {
-        const imports = active.filter((a) => a.kind === 'import').length;
-        this.#log.info(
-          { watched: active.length, exports: active.length - imports, imports },
-          'watching exports from the store',
-        );
+      if (this.election) {
+        const url = await this.api?.listen();
+        this.election.start();
+        return url;
       }
-      await this.deliveries.start();
+      const term = this.#term;
+      await this.#takeOver(term);
       const url = await this.api?.listen();
-      const probe = this.client
-        .rateLimit()
-        .then((status) => {
-          this.limiter.observe(status);
-          this.#log.info(
-            {
-              limit: status.limit,
-              remaining: status.remaining,
-              reset_at: isoTime(status.resetAt),
-              budget: this.config.rateBudget,
-            },
-            'platform rate limit read',
-          );
-        })
-        .catch((error: unknown) => {
-          if (!isShutdown(error)) {
-            this.#log.warn(
-              { err_message: (error as Error).message },
-              'could not read the platform rate limit',
-            );
-          }
-        });
-      // Start checking once the quota is known, or after a short wait if the platform is slow.
-      await settlesWithin(probe, 5000);
-      this.scheduler.start();
-      this.discovery?.start();
-      this.#schedulePrune();
+      await this.#startChecking(term);
       return url;
     })();
     return this.#startPromise;
+  }
+
+  /**
+   * Whether this replica may check or send now: leading, by the election's monotonic clock. A
+   * lease that ran out while timers were late (a blocked event loop) steps down here, before the
+   * action, and pauses the scheduler and the delivery engine synchronously.
+   */
+  #mayAct(): boolean {
+    return this.#leading && (this.election?.isLeader ?? true);
+  }
+
+  /** Called by the election, synchronously, on every change of role. */
+  #onRole(role: LeaderRole, previous: LeaderRole): void {
+    if (role === 'leader') {
+      this.#beginTerm();
+    } else if (previous === 'leader') {
+      this.#endTerm(role);
+    }
+  }
+
+  /** Became the leader: loads the store's state and starts checking and sending, in the background. */
+  #beginTerm(): void {
+    if (this.#stopPromise || this.#leading) return;
+    this.#leading = true;
+    this.#termAbort = new AbortController();
+    const term = ++this.#term;
+    this.#log.info('leading: taking over checks and deliveries');
+    const current = () => term === this.#term && !this.#stopPromise;
+    void (async () => {
+      // The store is shared: what another replica (or this one, before) did there is the truth.
+      for (;;) {
+        try {
+          await this.#takeOver(term);
+          break;
+        } catch (error) {
+          if (!current()) return;
+          this.#log.error({ err: error }, 'could not take over from the store; trying again');
+          await new Promise((resolve) => setTimeout(resolve, TAKEOVER_RETRY_MS));
+          if (!current()) return;
+        }
+      }
+      await this.#startChecking(term);
+      if (current()) this.#scheduleReload(term);
+    })().catch((error: unknown) => this.#log.error({ err: error }, 'taking over failed'));
+  }
+
+  /**
+   * Stopped being the leader (follower, or the database connection lost): stops checking and
+   * sending at once, synchronously. Calls to the platform and webhook attempts in flight are
+   * aborted; nothing is lost, the store keeps every id, change, event and pending delivery.
+   */
+  #endTerm(role: LeaderRole): void {
+    if (!this.#leading) return;
+    this.#leading = false;
+    this.#term++;
+    this.#termAbort.abort(new PlatformError('SHUTTING_DOWN', STEPPED_DOWN));
+    this.scheduler.pause();
+    this.deliveries.pause();
+    const discovery = this.#discovery;
+    this.#discovery = undefined;
+    void discovery?.stop();
+    if (this.#pruneTimer) clearInterval(this.#pruneTimer);
+    if (this.#reloadTimer) clearInterval(this.#reloadTimer);
+    this.#pruneTimer = undefined;
+    this.#reloadTimer = undefined;
+    this.#log[this.#stopPromise ? 'info' : 'warn'](
+      { role },
+      'no longer the leader: checks and webhook deliveries stopped',
+    );
+  }
+
+  /**
+   * The first half of a term: the tracker from the store (every watched job due at once), and the
+   * delivery engine on. With replicas, leases that a former leader holds in the store end at
+   * now + L (the election's lease: the longest a former leader may still believe it leads), never
+   * at once; with SQLite, at once (the only process). Throws when the store cannot be read.
+   */
+  async #takeOver(term: number): Promise<void> {
+    // What this process stored before it last stepped down is settled before the store is read.
+    await this.scheduler.recordsSettled();
+    const active = await this.store.loadActive();
+    if (term !== this.#term) return;
+    this.#loadTracker(active);
+    if (active.length > 0) {
+      const imports = active.filter((a) => a.kind === 'import').length;
+      this.#log.info(
+        { watched: active.length, exports: active.length - imports, imports },
+        'watching exports from the store',
+      );
+    }
+    const leaseMs = this.election?.timing.leaseMs ?? 0;
+    await this.deliveries.resume({ releaseLeasesAt: this.#now() + leaseMs });
+  }
+
+  /** The tracker holds exactly `active`: what an earlier term of this process left is dropped. */
+  #loadTracker(active: readonly ActiveExport[]): void {
+    for (const id of [...this.tracker.activeIds()]) this.tracker.untrack(id);
+    this.tracker.track(active);
+  }
+
+  /**
+   * The second half of a term: reads the quota with `GET /rate_limit` (free), then starts
+   * checking, discovery and pruning.
+   */
+  async #startChecking(term: number): Promise<void> {
+    if (term !== this.#term || this.#stopPromise) return;
+    this.#readiness = { ok: false, reason: 'no answer from the platform yet' };
+    const signal = this.#termAbort.signal;
+    const probe = this.client
+      .rateLimit({ signal })
+      .then((status) => {
+        this.limiter.observe(status);
+        this.#log.info(
+          {
+            limit: status.limit,
+            remaining: status.remaining,
+            reset_at: isoTime(status.resetAt),
+            budget: this.config.rateBudget,
+          },
+          'platform rate limit read',
+        );
+      })
+      .catch((error: unknown) => {
+        if (!isShutdown(error)) {
+          this.#log.warn({ err_message: (error as Error).message }, 'could not read the platform rate limit');
+        }
+      });
+    // Start checking once the quota is known, or after a short wait if the platform is slow.
+    await settlesWithin(probe, 5000);
+    if (term !== this.#term || this.#stopPromise) return;
+    this.scheduler.resume();
+    this.#discovery = this.#buildDiscovery(this.#options, signal);
+    this.#discovery?.start();
+    this.#schedulePrune();
+  }
+
+  /**
+   * With replicas, while leading: every poll interval, the jobs still UNKNOWN in the store that
+   * the tracker does not hold (added through another replica; due at once); every
+   * `REPLICA_FULL_RELOAD_MS`, every active job, to also drop those removed through another
+   * replica. One reload at a time; a failed one is logged and tried at the next tick.
+   */
+  #scheduleReload(term: number): void {
+    const every = this.config.pollIntervalMs;
+    const fullEvery = Math.max(1, Math.round(REPLICA_FULL_RELOAD_MS / every));
+    let ticks = 0;
+    let busy = false;
+    this.#reloadTimer = setInterval(() => {
+      if (busy || term !== this.#term) return;
+      busy = true;
+      ticks++;
+      const full = ticks % fullEvery === 0;
+      this.#reload(term, full)
+        .catch((error: unknown) =>
+          this.#log.warn({ err: error }, 'could not read the jobs other replicas added; trying again'),
+        )
+        .finally(() => {
+          busy = false;
+        });
+    }, every);
+    this.#reloadTimer.unref();
+  }
+
+  async #reload(term: number, full: boolean): Promise<void> {
+    // Ids tracked before the query was sent were committed before it, so the answer knows them.
+    const tracked = full ? new Set(this.tracker.activeIds()) : undefined;
+    const found = full ? await this.store.loadActive() : await this.store.loadUnknown();
+    if (term !== this.#term) return;
+    const before = this.tracker.activeCount;
+    this.tracker.track(found);
+    const added = this.tracker.activeCount - before;
+    let removed = 0;
+    if (tracked) {
+      for (const { id } of found) tracked.delete(id);
+      // Gone from the store (removed through another replica), or finished meanwhile.
+      for (const id of tracked) if (this.tracker.untrack(id)) removed++;
+    }
+    if (added > 0) this.scheduler.poke();
+    if (added + removed > 0) {
+      this.#log.info({ added, removed }, 'jobs added or removed through other replicas');
+    }
   }
 
   /** Deletes finished exports and events past retention, a batch at a time, every minute. */
@@ -410,12 +672,13 @@ export class Daemon {
       const left = () => Math.max(0, deadlineMs - (performance.now() - started));
       this.#log.info({ deadline_ms: deadlineMs }, 'stopping');
       if (this.#pruneTimer) clearInterval(this.#pruneTimer);
+      if (this.#reloadTimer) clearInterval(this.#reloadTimer);
       // No new requests to the API, no new checks; calls not yet started are dropped and retry
       // waits cancelled; a check already on the wire may finish, within the deadline.
       const apiClosed = this.api?.close();
       const checksDone = Promise.all([
         this.scheduler.stop(),
-        this.discovery?.stop(),
+        this.#discovery?.stop(),
         this.limiter.stop(),
         this.client.close(),
       ]);
@@ -429,7 +692,15 @@ export class Daemon {
         this.api?.closeAllConnections();
         await apiClosed;
       }
-      const pendingDeliveries = await this.#logWhatIsLeft();
+      // Only now, with nothing left in flight here, may another replica take over.
+      await this.election?.stop();
+      let pendingDeliveries = 0;
+      try {
+        pendingDeliveries = await this.#logWhatIsLeft();
+      } catch (error) {
+        // A database that is gone (PostgreSQL) keeps what it has; only the summary is lost.
+        this.#log.warn({ err: error }, 'could not read what is left in the store');
+      }
       await this.store.close();
       this.#log.info({ watched: this.tracker.activeCount }, 'stopped');
       return { pendingDeliveries };
@@ -447,8 +718,12 @@ export class Daemon {
     const counts = await this.store.deliveryCounts();
     if (this.#durable) {
       if (watched.length + counts.pending > 0) {
+        const where =
+          this.config.databaseUrl === undefined
+            ? { data_dir: this.config.dataDir }
+            : { database: safeUrl(this.config.databaseUrl) };
         this.#log.info(
-          { watched: watched.length, pending_deliveries: counts.pending, data_dir: this.config.dataDir },
+          { watched: watched.length, pending_deliveries: counts.pending, ...where },
           'state kept for the next start: watching and deliveries resume there',
         );
       }
@@ -492,7 +767,8 @@ export class Daemon {
     const mode = this.scheduler.mode;
     if (mode === 'stopping' || mode === 'stopped') return { ok: false, reason: `scheduler is ${mode}` };
     const idleFor = this.#now() - this.scheduler.lastTurnAt;
-    if (mode !== 'idle' && idleFor > 60_000)
+    // A follower's loop does not turn (idle or paused): it is alive all the same.
+    if (mode !== 'idle' && mode !== 'paused' && idleFor > 60_000)
       return { ok: false, reason: `the check loop has not turned for ${idleFor} ms` };
     return { ok: true };
   }
@@ -553,6 +829,15 @@ function sharedFor<T>(ms: number, read: () => Promise<T>): () => Promise<T> {
     if (!last || now - last.at > ms) last = { at: now, value: read() };
     return last.value;
   };
+}
+
+/**
+ * `application_name` for this process's PostgreSQL sessions: `prefix [pid@host]`, printable ASCII,
+ * at most 63 characters (the server's limit), so that `pg_stat_activity` tells replicas apart.
+ */
+function applicationName(prefix: string): string {
+  const name = `${prefix} [${process.pid}@${hostname()}]`.replace(/[^\x20-\x7e]/g, '?');
+  return name.length <= 63 ? name : `${name.slice(0, 62)}]`;
 }
 
 /** Bounds on what shutdown writes to the logs, so a huge backlog cannot flood them. */

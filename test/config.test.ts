@@ -85,6 +85,7 @@ describe('loadConfig defaults', () => {
       WATCHER_HTTP_HOST: '127.0.0.1',
       WATCHER_HTTP_PORT: '8080',
       WATCHER_DATA_DIR: './data',
+      WATCHER_LEADER_TIMEOUT: '15s',
       LOG_LEVEL: 'info',
     });
     for (const name of [
@@ -93,6 +94,7 @@ describe('loadConfig defaults', () => {
       'WATCHER_WEBHOOK_SECRET',
       'WATCHER_API_TOKEN',
       'WATCHER_DISCOVER',
+      'WATCHER_DATABASE_URL',
     ]) {
       expect(name in DEFAULTS).toBe(true);
       expect(DEFAULTS[name as keyof typeof DEFAULTS]).toBeUndefined();
@@ -544,5 +546,51 @@ describe('SB_PROFILE', () => {
     expect(error.problems).toEqual([
       'SB_PROFILE: expected a credentials file /nonexistent/.sevenbridges/credentials with a [cgc] section, got no such file',
     ]);
+  });
+});
+
+describe('WATCHER_DATABASE_URL and WATCHER_LEADER_TIMEOUT', () => {
+  const PASSWORD = 'pgPRIVATE-s3cr3t/pw';
+  const url = `postgres://watcher:${encodeURIComponent(PASSWORD)}@db.internal:5432/watcher?sslmode=require`;
+
+  it('default to SQLite in WATCHER_DATA_DIR, and a 15 s takeover bound', () => {
+    const c = loadConfig({});
+    expect(c.databaseUrl).toBeUndefined();
+    expect(c.leaderTimeoutMs).toBe(15_000);
+  });
+
+  it('take a postgres:// or postgresql:// URL as given, its password as a secret (raw and decoded)', () => {
+    const c = loadConfig({ WATCHER_DATABASE_URL: url, WATCHER_LEADER_TIMEOUT: '3s' });
+    expect(c.databaseUrl).toBe(url);
+    expect(c.leaderTimeoutMs).toBe(3000);
+    expect(c.secrets).toContain(PASSWORD);
+    expect(c.secrets).toContain(encodeURIComponent(PASSWORD));
+    // The user name and the other query values are not secrets: "watcher" is in every log line.
+    expect(c.secrets).not.toContain('watcher');
+    expect(c.secrets).not.toContain('require');
+    const socket = loadConfig({
+      WATCHER_DATABASE_URL: 'postgresql:///watcher?host=/run/postgresql&password=pwQUERY99',
+    });
+    expect(socket.secrets).toContain('pwQUERY99');
+  });
+
+  it.each([
+    ['mysql://watcher:pgPRIVATE@db/watcher', 'mysql://db/watcher'],
+    ['https://watcher:pgPRIVATE@db/watcher', 'https://db/watcher'],
+    ['db.internal:5432/watcher', 'db.internal:'],
+    ['postgres://watcher:pgPRIVATE@/watcher', undefined],
+  ])('refuses %j without echoing a password', (value, shown) => {
+    const error = configError({ WATCHER_DATABASE_URL: value });
+    const lines = linesFor(error, 'WATCHER_DATABASE_URL');
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toContain('postgres://');
+    if (shown !== undefined) expect(lines[0]).toContain(JSON.stringify(shown));
+    else expect(lines[0]).toContain('hidden');
+    expect(`${error.message}\n${JSON.stringify(error)}`).not.toContain('PRIVATE');
+  });
+
+  it.each(['2s', '6m', 'soon', '0'])('refuses WATCHER_LEADER_TIMEOUT %j (3s to 5m)', (value) => {
+    const lines = linesFor(configError({ WATCHER_LEADER_TIMEOUT: value }), 'WATCHER_LEADER_TIMEOUT');
+    expect(lines).toEqual([expect.stringContaining('a duration from 3s to 5m')]);
   });
 });

@@ -239,7 +239,10 @@ interface Harness {
   api: ControlApi;
   url: string;
   registry: MemoryRegistry;
-  probes: { healthy: { ok: boolean; reason?: string }; ready: { ok: boolean; reason?: string } };
+  probes: {
+    healthy: { ok: boolean; reason?: string };
+    ready: { ok: boolean; reason?: string; role?: string };
+  };
   /** Every log line of the API, parsed. */
   lines: Array<{ level: number; msg: string } & Record<string, unknown>>;
 }
@@ -1315,6 +1318,22 @@ describe('health and readiness', () => {
     h.probes.ready = { ok: true };
     r = await call('GET', '/readyz');
     expect(r.status).toBe(200);
+  });
+
+  it("/readyz says the replica's role when the probe gives one, ready or not", async () => {
+    h.probes.ready = { ok: true, role: 'follower' };
+    let r = await call('GET', '/readyz');
+    expect(r.status).toBe(200);
+    expect(r.json).toStrictEqual({ status: 'ok', role: 'follower' });
+
+    h.probes.ready = { ok: false, reason: 'no connection to PostgreSQL', role: 'disconnected' };
+    r = await call('GET', '/readyz');
+    expect(r.status).toBe(503);
+    expect(r.json).toStrictEqual({
+      status: 'unavailable',
+      reason: 'no connection to PostgreSQL',
+      role: 'disconnected',
+    });
   });
 
   it('HEAD /healthz answers 200 without a body', async () => {

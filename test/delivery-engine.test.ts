@@ -22,6 +22,7 @@ import {
   DeliveryEngine,
   type DeliveryEngineOptions,
   type DeliveryOutcome,
+  LEASE_MS,
 } from '../src/delivery/engine.js';
 import { type EventType, eventForTransition } from '../src/delivery/events.js';
 import { parseSecret } from '../src/delivery/signing.js';
@@ -1056,6 +1057,129 @@ describe('close', () => {
       lastStatus: null,
       lastError: null,
     });
+  });
+});
+
+describe('pause and resume (a replica that stops leading)', () => {
+  it('pause() aborts the attempt in flight and stops claiming; resume() sends it again under the same webhook-id', async () => {
+    let accept = false;
+    const { r, url } = await receiver({ respond: () => (accept ? 204 : new Promise<Answer>(() => {})) });
+    const store = await memoryStore();
+    const { engine: e, probe } = engine({ store, urls: [url], concurrencyPerEndpoint: 1 });
+    await commit(store, e.endpoints, ['stuck', 'waiting']);
+    await e.start();
+    await r.waitFor((x) => x.received.length === 1);
+    expect(e.held()).toBe(2);
+
+    e.pause();
+    expect(e.paused).toBe(true);
+    await eventually(() => e.held() === 0, 'the held deliveries let go');
+    expect(probe.attempts.map((a) => [a.webhookId, a.outcome, a.code])).toEqual([
+      [wid('stuck'), 'failure', 'SHUTTING_DOWN'],
+    ]);
+    expect(records().find((l) => l.msg === 'webhook attempt aborted: paused')).toMatchObject({
+      webhook_id: wid('stuck'),
+    });
+    await eventually(
+      async () => (await delivery(store, wid('stuck')))?.attempts === 1,
+      'the outcome written',
+    );
+    // Cut short: due again at once. Never tried: it keeps its lease, for the next leader to end.
+    expect((await delivery(store, wid('stuck')))?.nextAttemptAt).toBeLessThanOrEqual(Date.now());
+    const waiting = await delivery(store, wid('waiting'));
+    expect(waiting).toMatchObject({ status: 'pending', attempts: 0 });
+    expect(waiting?.nextAttemptAt).toBeGreaterThan(Date.now() + LEASE_MS - 60_000);
+
+    // Paused: a new event and a poke send nothing.
+    await commit(store, e.endpoints, ['later']);
+    e.poke();
+    for (let i = 0; i < 20; i++) await turn();
+    expect(r.received).toHaveLength(1);
+
+    accept = true;
+    await e.resume({ releaseLeasesAt: Date.now() });
+    expect(e.paused).toBe(false);
+    await e.settled();
+    expect([...r.acceptedIds()].sort()).toEqual([wid('later'), wid('stuck'), wid('waiting')].sort());
+    expect(r.received.filter((x) => x.id === wid('stuck'))).toHaveLength(2);
+    expect(await delivery(store, wid('stuck'))).toMatchObject({ status: 'delivered', attempts: 2 });
+    expect(await delivery(store, wid('waiting'))).toMatchObject({ status: 'delivered', attempts: 1 });
+  });
+
+  it("resume() ends a former leader's leases at releaseLeasesAt, not before", async () => {
+    useFakeTime();
+    const { r, url } = await receiver();
+    const store = await memoryStore();
+    const { engine: e, probe } = engine({ store, urls: [url] });
+    await commit(store, e.endpoints, ['x']);
+    // Another process claimed it and went away.
+    expect(await store.claimDue(endpointKey(url), T0, 10, T0 + LEASE_MS)).toHaveLength(1);
+    await e.resume({ releaseLeasesAt: T0 + 5_000 });
+    await vi.advanceTimersByTimeAsync(4_999);
+    expect(r.received).toHaveLength(0);
+    await runUntil(probe, () => r.accepted().length === 1);
+    expect(Date.now()).toBe(T0 + 5_000);
+  });
+
+  it('with maxIdleMs, sees a redelivery written to the store by another process within that long', async () => {
+    useFakeTime();
+    const { r, url } = await receiver();
+    const store = await memoryStore();
+    const { engine: e, probe } = engine({ store, urls: [url], maxIdleMs: 2_000 });
+    const [event] = await commit(store, e.endpoints, ['x']);
+    await e.start();
+    await runUntil(probe, () => r.accepted().length === 1);
+    await e.settled();
+    const since = Date.now();
+    // Written by a follower: this engine is not poked.
+    expect(await store.redeliver(event?.id ?? '', e.endpoints, since)).toBe(1);
+    await vi.advanceTimersByTimeAsync(1_000);
+    expect(r.received).toHaveLength(1);
+    await runUntil(probe, () => r.accepted().length === 2);
+    expect(Date.now() - since).toBeLessThanOrEqual(2_000);
+  });
+
+  it('asks mayAct before each attempt: when it says no, nothing is sent, the engine pauses, the lease stays', async () => {
+    let leading = true;
+    const { r, url } = await receiver();
+    const store = await memoryStore();
+    const { engine: e } = engine({ store, urls: [url], mayAct: () => leading });
+    await commit(store, e.endpoints, ['first']);
+    await e.start();
+    await e.settled();
+    expect(r.accepted()).toHaveLength(1);
+    leading = false;
+    await commit(store, e.endpoints, ['second']);
+    e.poke();
+    await eventually(() => e.paused, 'the engine paused itself');
+    await eventually(() => e.held() === 0, 'the held delivery let go');
+    expect(r.received).toHaveLength(1);
+    const second = await delivery(store, wid('second'));
+    expect(second).toMatchObject({ status: 'pending', attempts: 0 });
+    expect(second?.nextAttemptAt).toBeGreaterThan(Date.now() + LEASE_MS - 60_000);
+  });
+
+  it('a pause() during resume() wins; pause() is idempotent; close() while paused', async () => {
+    const { r, url } = await receiver();
+    const store = await memoryStore();
+    const { engine: e } = engine({ store, urls: [url] });
+    e.pause();
+    await e.start();
+    e.pause();
+    e.pause();
+    const resuming = e.resume();
+    e.pause();
+    await resuming;
+    expect(e.paused).toBe(true);
+    await commit(store, e.endpoints, ['x']);
+    e.poke();
+    for (let i = 0; i < 20; i++) await turn();
+    expect(r.received).toHaveLength(0);
+    await e.close(1_000);
+    await e.resume();
+    e.poke();
+    for (let i = 0; i < 20; i++) await turn();
+    expect(r.received).toHaveLength(0);
   });
 });
 

@@ -219,6 +219,17 @@ describe('the watcher against the simulator', () => {
     expect(stack.sim.stats().idsChecked).toBe(0);
   });
 
+  it('is the leader, alone on SQLite: /readyz and the leader gauge say so', async () => {
+    stack = await startStack();
+    await until(async () => (await stack!.get('/readyz')).status === 200);
+    expect((await stack.get('/readyz')).json).toEqual({ status: 'ok', role: 'leader' });
+    expect(stack.daemon.role).toBe('leader');
+    expect(stack.daemon.election).toBeUndefined();
+    const text = await (await request(`${stack.apiUrl}/metrics`)).body.text();
+    expect(text).toContain('sbg_export_watcher_leader{role="leader"} 1');
+    expect(text).toContain('sbg_export_watcher_leader{role="follower"} 0');
+  });
+
   it('reports not ready while the platform refuses the token', async () => {
     stack = await startStack({ env: { SB_AUTH_TOKEN: 'tok_wrong_one' } });
     expect(stack.daemon.readiness.ok).toBe(false);

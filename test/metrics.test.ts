@@ -451,6 +451,28 @@ describe('last successful check', () => {
   });
 });
 
+describe('leader role', () => {
+  it('is 1 for the current role and 0 for the others, every role present; leader without a source', async () => {
+    const g = `${P}leader`;
+    const roles = (text: string) =>
+      Object.fromEntries(
+        samples(text)
+          .filter((x) => x.name === g)
+          .map((x) => [x.labels.role, x.value]),
+      );
+    const { metrics: single } = attached(fakeSources().sources);
+    expect(roles(await scrape(single))).toEqual({ leader: 1, follower: 0, disconnected: 0 });
+
+    let role: 'leader' | 'follower' | 'disconnected' = 'follower';
+    const { metrics } = attached({ ...fakeSources().sources, role: () => role });
+    expect(roles(await scrape(metrics))).toEqual({ leader: 0, follower: 1, disconnected: 0 });
+    role = 'disconnected';
+    expect(roles(await scrape(metrics))).toEqual({ leader: 0, follower: 0, disconnected: 1 });
+    role = 'leader';
+    expect(roles(await scrape(metrics))).toEqual({ leader: 1, follower: 0, disconnected: 0 });
+  });
+});
+
 describe('the registry', () => {
   it('serves the Prometheus text format with the default Node.js process metrics, unprefixed', async () => {
     const metrics = new Metrics(fakeSources().sources);

@@ -233,6 +233,48 @@ describe('RateLimiter', () => {
     await limiter.stop();
   });
 
+  it('drops a call whose signal aborts while it waits: it rejects at once, never runs, spends nothing', async () => {
+    limiter = new RateLimiter({ budget: 2, windowMs: 60_000 });
+    const starts: number[] = [];
+    launch(limiter, 1, starts);
+    await vi.advanceTimersByTimeAsync(HOPS);
+    expect(limiter.snapshot().spent).toBe(1);
+    // The second call waits out the spacing (half a minute): the replica steps down meanwhile.
+    const controller = new AbortController();
+    let ran = false;
+    const waiting = limiter.schedule(async () => {
+      ran = true;
+      return 'ran';
+    }, controller.signal);
+    const reason = new Error('no longer the leader');
+    controller.abort(reason);
+    await expect(waiting).rejects.toBe(reason);
+    await vi.advanceTimersByTimeAsync(30_000);
+    expect(ran).toBe(false);
+    // The budget's second request is still there for the next call, in the same window.
+    expect(limiter.snapshot()).toMatchObject({ spent: 1, window: 0 });
+    launch(limiter, 1, starts);
+    await vi.advanceTimersByTimeAsync(25_000);
+    expect(starts).toHaveLength(2);
+    expect(limiter.snapshot()).toMatchObject({ spent: 2, window: 0 });
+    // Already aborted: not even queued.
+    await expect(limiter.schedule(async () => 'ran', controller.signal)).rejects.toBe(reason);
+    // Through a share, the same.
+    const share = limiter.share(5);
+    await expect(share.schedule(async () => 'ran', controller.signal)).rejects.toBe(reason);
+    expect(share.left()).toBe(5);
+  });
+
+  it('runs a call whose signal never aborts as any other', async () => {
+    limiter = new RateLimiter({ budget: 2, windowMs: 60_000 });
+    const controller = new AbortController();
+    const result = limiter.schedule(async () => 'ran', controller.signal);
+    await vi.advanceTimersByTimeAsync(HOPS);
+    await expect(result).resolves.toBe('ran');
+    controller.abort(new Error('too late to matter'));
+    expect(limiter.snapshot().spent).toBe(1);
+  });
+
   it('validates its options', () => {
     expect(() => new RateLimiter({ budget: 0, windowMs: 1000 })).toThrow(/budget/);
     expect(() => new RateLimiter({ budget: 1, windowMs: 0 })).toThrow(/windowMs/);

@@ -31,9 +31,14 @@ interface Harness {
   /** When set, each call waits for this before answering. */
   gate: { wait?: Promise<void> };
   failNext: unknown[];
+  /** The signal each call was given, in order. */
+  signals: AbortSignal[];
 }
 
-function harness(options: Partial<ConstructorParameters<typeof Scheduler>[1]> = {}): Harness {
+function harness(
+  options: Partial<ConstructorParameters<typeof Scheduler>[1]> = {},
+  mayAct?: () => boolean,
+): Harness {
   const logs: Array<Record<string, unknown>> = [];
   const sink = new Writable({
     write(chunk, _enc, done) {
@@ -56,6 +61,7 @@ function harness(options: Partial<ConstructorParameters<typeof Scheduler>[1]> = 
     extra: new Map(),
     gate: {},
     failNext: [],
+    signals: [],
     scheduler: undefined as unknown as Scheduler,
   };
   const deps: SchedulerDeps = {
@@ -63,14 +69,16 @@ function harness(options: Partial<ConstructorParameters<typeof Scheduler>[1]> = 
     now: () => Date.now(),
     log: pino({ level: 'debug' }, sink),
     bus,
+    ...(mayAct ? { mayAct } : {}),
     record: async (check) => {
       h.records.push(check);
       if (h.recordGate.wait) await h.recordGate.wait;
       const failure = h.recordFails.shift();
       if (failure) throw failure;
     },
-    checkStatuses: async (ids): Promise<CheckResult> => {
+    checkStatuses: async (ids, _kind, signal): Promise<CheckResult> => {
       h.calls.push({ at: Date.now() - T0, ids: [...ids] });
+      h.signals.push(signal);
       if (h.gate.wait) await h.gate.wait;
       const failure = h.failNext.shift();
       if (failure) throw failure;
@@ -431,5 +439,143 @@ describe('Scheduler', () => {
   it('validates its options', () => {
     expect(() => harness({ batchSize: 101 })).toThrow(/batchSize/);
     expect(() => harness({ pollIntervalMs: 0 })).toThrow(/pollIntervalMs/);
+  });
+
+  describe('pause and resume (a replica that stops leading)', () => {
+    it('pause() stops at once: the call in flight is aborted and its answer dropped, no call starts after', async () => {
+      h = harness();
+      const call = gate();
+      h.gate.wait = call.wait;
+      add(h, ['a', 'b']);
+      h.scheduler.start();
+      await vi.advanceTimersByTimeAsync(0);
+      expect(h.calls).toHaveLength(1);
+      const signal = h.signals[0] as AbortSignal;
+      expect(signal.aborted).toBe(false);
+
+      h.state.set('a', 'COMPLETED');
+      h.scheduler.pause();
+      expect(h.scheduler.mode).toBe('paused');
+      expect(signal.aborted).toBe(true);
+      expect(signal.reason).toBeInstanceOf(PlatformError);
+      expect((signal.reason as PlatformError).code).toBe('SHUTTING_DOWN');
+      // The answer comes anyway (a platform that ignores the abort): dropped unread.
+      h.gate.wait = undefined;
+      call.release();
+      await vi.advanceTimersByTimeAsync(60_000);
+      expect(h.calls).toHaveLength(1);
+      expect(h.records).toEqual([]);
+      expect(h.results).toEqual([]);
+      expect(h.notified).toEqual([]);
+      expect(h.tracker.get('a')?.state).toBe('UNKNOWN');
+      // New ids wait too.
+      add(h, ['c']);
+      await vi.advanceTimersByTimeAsync(5000);
+      expect(h.calls).toHaveLength(1);
+      expect(h.logs.some((l) => l.msg === 'checks paused')).toBe(true);
+    });
+
+    it('resume() checks every held id at once, with a fresh signal, nothing counted in flight from before', async () => {
+      h = harness({ maxOutstanding: 1 });
+      const call = gate();
+      h.gate.wait = call.wait;
+      add(h, ['a', 'b']);
+      h.scheduler.start();
+      await vi.advanceTimersByTimeAsync(0);
+      h.scheduler.pause();
+      // Paused while the old call is still unanswered: it no longer holds the only slot or the ids.
+      h.gate.wait = undefined;
+      h.scheduler.resume();
+      expect(h.scheduler.mode).toBe('running');
+      await vi.advanceTimersByTimeAsync(0);
+      expect(h.calls.map((c) => c.ids)).toEqual([
+        ['a', 'b'],
+        ['a', 'b'],
+      ]);
+      expect(h.signals[1]?.aborted).toBe(false);
+      call.release();
+      await vi.advanceTimersByTimeAsync(0);
+      expect(h.tracker.get('a')?.checks).toBe(1);
+      expect(h.results).toHaveLength(1);
+      await vi.advanceTimersByTimeAsync(1000);
+      expect(h.calls).toHaveLength(3);
+    });
+
+    it('forgets the failure pause: after resume() the ids are checked at once', async () => {
+      h = harness({ failurePauseMs: 30_000 });
+      h.failNext.push(new PlatformError('PLATFORM_UNAVAILABLE', 'down'));
+      add(h, ['a']);
+      h.scheduler.start();
+      await vi.advanceTimersByTimeAsync(1000);
+      expect(h.calls).toHaveLength(1);
+      h.scheduler.pause();
+      h.scheduler.resume();
+      await vi.advanceTimersByTimeAsync(0);
+      expect(h.calls).toHaveLength(2);
+    });
+
+    it('lets a store write under way finish; recordsSettled() waits for it', async () => {
+      h = harness();
+      const store = gate();
+      h.recordGate.wait = store.wait;
+      h.state.set('a', 'COMPLETED');
+      add(h, ['a']);
+      h.scheduler.start();
+      await vi.advanceTimersByTimeAsync(0);
+      expect(h.records).toHaveLength(1);
+      h.scheduler.pause();
+      let settled = false;
+      void h.scheduler.recordsSettled().then(() => {
+        settled = true;
+      });
+      await vi.advanceTimersByTimeAsync(0);
+      expect(settled).toBe(false);
+      store.release();
+      await vi.advanceTimersByTimeAsync(0);
+      expect(settled).toBe(true);
+      // Stored, so reported.
+      expect(h.notified.map((t) => [t.exportId, t.to])).toEqual([['a', 'COMPLETED']]);
+      await expect(h.scheduler.recordsSettled()).resolves.toBeUndefined();
+    });
+
+    it('asks mayAct before starting calls, and pauses itself when it says no', async () => {
+      let leading = true;
+      let asked = 0;
+      h = harness({}, () => {
+        asked++;
+        return leading;
+      });
+      add(h, ['a']);
+      h.scheduler.start();
+      await vi.advanceTimersByTimeAsync(0);
+      expect(h.calls).toHaveLength(1);
+      expect(asked).toBeGreaterThan(0);
+      leading = false;
+      await vi.advanceTimersByTimeAsync(5000);
+      expect(h.calls).toHaveLength(1);
+      expect(h.scheduler.mode).toBe('paused');
+      leading = true;
+      h.scheduler.resume();
+      await vi.advanceTimersByTimeAsync(0);
+      expect(h.calls).toHaveLength(2);
+    });
+
+    it('pause() does nothing unless running; resume() from idle starts; stop() from paused stops at once', async () => {
+      h = harness();
+      h.scheduler.pause();
+      expect(h.scheduler.mode).toBe('idle');
+      h.scheduler.resume();
+      expect(h.scheduler.mode).toBe('running');
+      h.scheduler.resume();
+      expect(h.scheduler.mode).toBe('running');
+      h.scheduler.pause();
+      h.scheduler.pause();
+      expect(h.scheduler.mode).toBe('paused');
+      await h.scheduler.stop();
+      expect(h.scheduler.mode).toBe('stopped');
+      h.scheduler.pause();
+      h.scheduler.resume();
+      expect(h.scheduler.mode).toBe('stopped');
+    });
   });
 });

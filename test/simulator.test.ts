@@ -106,6 +106,38 @@ const START_BODY = {
   overwrite: false,
 };
 
+describe('onRequest', () => {
+  it('tells each /v2 request as it arrives: route, token as sent, time; not the admin routes', async () => {
+    const seen: Array<{ route: string; token: string | undefined; at: number }> = [];
+    const sim = await startSim({
+      token: 'tok',
+      onRequest: (r) => {
+        seen.push(r);
+        throw new Error('an observer cannot break the answer');
+      },
+    });
+    const [id] = sim.createExports(1);
+    expect((await call(sim, 'GET', `/storage/exports/${id}`, { token: 'tok' })).status).toBe(200);
+    t += 5;
+    expect((await call(sim, 'GET', '/rate_limit', { token: 'other' })).status).toBe(401);
+    expect(
+      (
+        await call(sim, 'POST', '/bulk/storage/exports/get', {
+          headers: { authorization: 'Bearer tok' },
+          token: null,
+          body: { export_ids: [id] },
+        })
+      ).status,
+    ).toBe(200);
+    await call(sim, 'GET', '/_simulator/stats');
+    expect(seen).toEqual([
+      { route: 'get', token: 'tok', at: T0 },
+      { route: 'rate_limit', token: 'other', at: T0 + 5 },
+      { route: 'bulk_get', token: 'tok', at: T0 + 5 },
+    ]);
+  });
+});
+
 describe('single get', () => {
   it('answers one export with the platform headers', async () => {
     const sim = await startSim();

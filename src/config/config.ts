@@ -55,6 +55,13 @@ export interface Config {
   readonly http: { readonly host: string; readonly port: number };
   readonly apiToken: string | undefined;
   readonly dataDir: string;
+  /**
+   * `WATCHER_DATABASE_URL`: a PostgreSQL database shared by replicas of the daemon (`run`), which
+   * then elect a leader; undefined: SQLite in `dataDir`. Holds the password: never logged.
+   */
+  readonly databaseUrl: string | undefined;
+  /** `WATCHER_LEADER_TIMEOUT`: the takeover bound of the leader election (with PostgreSQL only). */
+  readonly leaderTimeoutMs: number;
   readonly logLevel: LogLevel;
   readonly shutdownTimeoutMs: number;
   /**
@@ -93,6 +100,8 @@ export const DEFAULTS = {
   WATCHER_HTTP_PORT: '8080',
   WATCHER_API_TOKEN: undefined,
   WATCHER_DATA_DIR: './data',
+  WATCHER_DATABASE_URL: undefined,
+  WATCHER_LEADER_TIMEOUT: '15s',
   WATCHER_SHUTDOWN_TIMEOUT: '10s',
   LOG_LEVEL: 'info',
   HTTPS_PROXY: undefined,
@@ -367,6 +376,8 @@ export function loadConfig(env: Env, options: LoadOptions = {}): Config {
     );
   }
   const dataDir = raw('WATCHER_DATA_DIR') ?? DEFAULTS.WATCHER_DATA_DIR;
+  const database = databaseUrl(raw('WATCHER_DATABASE_URL'), problems);
+  const leaderTimeoutMs = duration('WATCHER_LEADER_TIMEOUT', 3000, 5 * 60_000);
 
   const levelText = raw('LOG_LEVEL') ?? 'info';
   const level = levelText.toLowerCase();
@@ -380,6 +391,7 @@ export function loadConfig(env: Env, options: LoadOptions = {}): Config {
   );
   for (const u of [endpoint, ...urls]) secrets.push(...urlSecrets(u));
   for (const u of new Set([proxy?.http, proxy?.https])) if (u !== undefined) secrets.push(...proxySecrets(u));
+  if (database !== undefined) secrets.push(...database.secrets);
   return Object.freeze({
     endpoint,
     token,
@@ -401,12 +413,51 @@ export function loadConfig(env: Env, options: LoadOptions = {}): Config {
     http: Object.freeze({ host, port }),
     apiToken,
     dataDir,
+    databaseUrl: database?.url,
+    leaderTimeoutMs,
     logLevel: level as LogLevel,
     shutdownTimeoutMs,
     profile: usedProfile ? Object.freeze({ name: usedProfile.name, file: usedProfile.file }) : undefined,
     proxy,
     secrets: Object.freeze(secrets),
   });
+}
+
+/**
+ * `WATCHER_DATABASE_URL`: a `postgres://` or `postgresql://` URL, as `pg` reads it (a host may also
+ * come from a `host=` query parameter, for a Unix socket). Its password (in the userinfo, or a
+ * `password=` query parameter) is a secret: a problem line shows the URL without it, or nothing of a
+ * value that does not parse (it may hold the password anywhere). The user name and the other query
+ * values are not secrets, and are not scrubbed from the logs.
+ */
+function databaseUrl(
+  text: string | undefined,
+  problems: string[],
+): { url: string; secrets: string[] } | undefined {
+  if (text === undefined) return undefined;
+  // No example URL here: the CLI's redactor would cut its "user:password@" out of the line.
+  const expects = 'expected a postgres:// or postgresql:// URL (with user, password, host, port, database)';
+  let u: URL;
+  try {
+    u = new URL(text);
+  } catch {
+    problems.push(
+      `WATCHER_DATABASE_URL: ${expects}, got a value that is not a URL (${text.length} characters, hidden)`,
+    );
+    return undefined;
+  }
+  const secrets: string[] = [];
+  for (const password of [u.password, u.searchParams.get('password') ?? '']) {
+    if (password !== '')
+      secrets.push(password, safeDecode(password), encodeURIComponent(safeDecode(password)));
+  }
+  if (u.protocol !== 'postgres:' && u.protocol !== 'postgresql:') {
+    // Without its password; a value with no "//" is not a URL the user meant as one.
+    const shown = text.startsWith(`${u.protocol}//`) ? `${u.protocol}//${u.host}${u.pathname}` : u.protocol;
+    problems.push(`WATCHER_DATABASE_URL: ${expects}, got ${JSON.stringify(shown)}`);
+    return undefined;
+  }
+  return { url: text, secrets: [...new Set(secrets)] };
 }
 
 /** The proxy variables, lower case first (as undici and curl read them); blank means unset. */

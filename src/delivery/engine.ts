@@ -24,6 +24,14 @@
  * Close. `close(deadlineMs)` stops claiming and ends retry waits at once; attempts in flight may
  * finish until the deadline, then they are aborted. Everything unfinished stays pending in the
  * store and is sent at the next start.
+ *
+ * Pause. With replicas, only the leader sends. `pause()` (the replica stepped down) stops at once,
+ * synchronously: no claim is made after it returns, retry and slot waits end, and attempts in
+ * flight are aborted (a receiver may still have got one: it is sent again under the same
+ * webhook-id). What an attempt settled is written as usual; an attempt cut short leaves its
+ * delivery pending, due at once; a delivery held but not yet tried keeps its lease, which the
+ * next leader ends (`resume({ releaseLeasesAt })`). `resume()` makes the engine claim again, as
+ * `start()` does the first time.
  */
 import pRetry from 'p-retry';
 import type { Logger } from 'pino';
@@ -48,11 +56,14 @@ export const DEFAULT_RETRY = { minTimeoutMs: 1_000, maxTimeoutMs: 3_600_000, fac
 /** A Retry-After longer than this ends the quick tier: the wait is kept on disk instead. */
 const QUICK_RETRY_AFTER_MAX_MS = 5_000;
 /** How long a claim holds a delivery; ended at start-up by `releaseLeases`. */
-const LEASE_MS = 15 * 60_000;
+export const LEASE_MS = 15 * 60_000;
 /** Records written in one transaction at most. */
 const FLUSH_BATCH = 500;
-/** The longest an endpoint sleeps without looking at the store (a redelivery wakes it sooner). */
-const MAX_IDLE_MS = 30_000;
+/**
+ * The longest an endpoint sleeps without looking at the store (a redelivery in this process wakes
+ * it sooner), unless `maxIdleMs` says otherwise.
+ */
+export const MAX_IDLE_MS = 30_000;
 
 export type DeliveryOutcome = 'delivered' | 'gone' | 'given_up';
 
@@ -103,8 +114,20 @@ export interface DeliveryEngineOptions {
   retry?: { minTimeoutMs?: number; maxTimeoutMs?: number; factor?: number };
   /** How long outcomes wait to be written with others. Default 20 ms. */
   flushDelayMs?: number;
+  /**
+   * The longest an endpoint sleeps without looking at the store for due deliveries; default
+   * `MAX_IDLE_MS` (30 s). With replicas, a redelivery asked of a follower is written to the shared
+   * store only: the leader sees it at its next look, so the daemon shortens this there.
+   */
+  maxIdleMs?: number;
   /** Jitter source in [0, 1); default Math.random. */
   random?: () => number;
+  /**
+   * Asked before each attempt (with replicas: whether this replica still leads, by the election's
+   * own clock; reading it may step the replica down, and so pause this engine, on the spot). When
+   * false, the attempt is not made and the engine pauses. Absent: always true.
+   */
+  mayAct?: () => boolean;
 }
 
 /** At most `limit` holders; waiters are served in arrival order and leave when their signal aborts. */
@@ -180,8 +203,12 @@ export class DeliveryEngine {
   readonly #quickAttempts: number;
   readonly #dispatcher: Dispatcher;
   readonly #ownedAgent: Dispatcher | undefined;
-  /** Aborted at the close deadline: ends attempts in flight. */
-  readonly #deadline = new AbortController();
+  /** Aborted at the close deadline, or by `pause()`: ends attempts in flight. */
+  #deadline = new AbortController();
+  /** Between `pause()` and the end of the next `resume()`: nothing is claimed. */
+  #paused = false;
+  /** Counts `pause()` calls, so that a `resume()` overtaken by one does not undo it. */
+  #pauses = 0;
   readonly #runs = new Set<Promise<void>>();
   #records: AttemptRecord[] = [];
   #flushTimer: NodeJS.Timeout | undefined;
@@ -253,14 +280,14 @@ export class DeliveryEngine {
   }
 
   /**
-   * Makes deliveries leased by an earlier process due again, warns about deliveries to endpoints
-   * no longer configured, and starts sending.
+   * Makes deliveries leased by an earlier process due again (at `releaseLeasesAt`, default now),
+   * warns about deliveries to endpoints no longer configured, and starts sending.
    */
-  async start(): Promise<void> {
+  async start(options: { releaseLeasesAt?: number } = {}): Promise<void> {
     if (this.#started) return;
     this.#started = true;
     const now = this.#now();
-    await this.#o.store.releaseLeases(now);
+    await this.#o.store.releaseLeases(options.releaseLeasesAt ?? now);
     const orphaned = await this.#o.store.countOrphanedPending(this.#endpoints.map((e) => e.ref.key));
     if (orphaned > 0) {
       this.#o.log.warn(
@@ -271,9 +298,61 @@ export class DeliveryEngine {
     this.poke();
   }
 
+  /**
+   * Stops sending at once (see "Pause" in the file header): no claim after this returns, every
+   * wait ended, every attempt in flight aborted. Idempotent; does nothing once closing.
+   */
+  pause(): void {
+    if (this.#closing) return;
+    // Counted even when already paused: a resume() under way sees it and stays paused.
+    this.#pauses++;
+    if (this.#paused) return;
+    this.#paused = true;
+    for (const e of this.#endpoints) {
+      if (e.timer) clearTimeout(e.timer);
+      e.timer = undefined;
+      for (const held of e.held.values()) held.stop.abort(new Error('webhook delivery stopped: paused'));
+    }
+    this.#deadline.abort(
+      new WatcherError('SHUTTING_DOWN', 'webhook attempt aborted: this replica is not the leader'),
+    );
+    this.#o.log.info({ held: this.held() }, 'webhook deliveries paused');
+  }
+
+  /** Whether `pause()` holds: no claims, no attempts. */
+  get paused(): boolean {
+    return this.#paused;
+  }
+
+  /**
+   * Sends again after `pause()`, or for the first time (as `start()`). First waits for the paused
+   * period's attempts to settle and their outcomes to be written, then ends every lease in the
+   * store at `releaseLeasesAt` (default now): leases of an earlier process, or of a former leader,
+   * whose deliveries then become due at that time. Resolves once claiming has resumed (or a
+   * `pause()` or `close()` came meanwhile, which wins).
+   */
+  async resume(options: { releaseLeasesAt?: number } = {}): Promise<void> {
+    if (this.#closing) return;
+    if (!this.#started) {
+      this.#paused = false;
+      await this.start(options);
+      return;
+    }
+    if (!this.#paused) return;
+    const pauses = this.#pauses;
+    await Promise.allSettled([...this.#runs]);
+    await this.#flushNow();
+    await this.#o.store.releaseLeases(options.releaseLeasesAt ?? this.#now());
+    if (this.#closing || pauses !== this.#pauses) return;
+    this.#deadline = new AbortController();
+    this.#paused = false;
+    this.#o.log.info('webhook deliveries resumed');
+    this.poke();
+  }
+
   /** Looks for due deliveries now: new events were committed, or some were redelivered. */
   poke(): void {
-    if (!this.#started || this.#closing) return;
+    if (!this.#started || this.#closing || this.#paused) return;
     for (const e of this.#endpoints) void this.#pump(e);
   }
 
@@ -345,7 +424,7 @@ export class DeliveryEngine {
         await this.#claim(e);
         // A poke that comes during the due-time lookup is served by another turn, not the idle timer.
         if (!e.again) await this.#sleepUntilDue(e);
-      } while (e.again && !this.#closing);
+      } while (e.again && !this.#closing && !this.#paused);
     } catch (error) {
       e.log.error({ err: error }, 'could not read due webhook deliveries; trying again shortly');
       this.#wakeIn(e, 1000);
@@ -356,24 +435,28 @@ export class DeliveryEngine {
 
   async #claim(e: Endpoint): Promise<void> {
     const window = this.#window;
-    while (!this.#closing && e.held.size < window) {
+    while (!this.#closing && !this.#paused && e.held.size < window) {
       const room = window - e.held.size;
       const now = this.#now();
       const jobs = await this.#o.store.claimDue(e.ref.key, now, room, now + LEASE_MS);
+      // Claimed just as the engine paused or closed: not sent. Their leases end at the next
+      // start or resume (here or in the next leader).
+      if (this.#closing || this.#paused) return;
       for (const job of jobs) this.#hold(e, job);
       if (jobs.length < room) return;
     }
   }
 
   async #sleepUntilDue(e: Endpoint): Promise<void> {
-    if (this.#closing || e.held.size >= this.#window) return;
+    if (this.#closing || this.#paused || e.held.size >= this.#window) return;
     const next = await this.#o.store.nextDueAt(e.ref.key);
-    const wait = next === null ? MAX_IDLE_MS : Math.min(MAX_IDLE_MS, Math.max(0, next - this.#now()));
+    const maxIdle = this.#o.maxIdleMs ?? MAX_IDLE_MS;
+    const wait = next === null ? maxIdle : Math.min(maxIdle, Math.max(0, next - this.#now()));
     this.#wakeIn(e, wait);
   }
 
   #wakeIn(e: Endpoint, ms: number): void {
-    if (this.#closing) return;
+    if (this.#closing || this.#paused) return;
     if (e.timer) clearTimeout(e.timer);
     e.timer = setTimeout(() => {
       e.timer = undefined;
@@ -393,7 +476,7 @@ export class DeliveryEngine {
       e.held.delete(job.eventId);
       this.#o.bus.emit('delivery.depth', { endpoint: e.ref.label, depth: e.held.size });
       // Claims come in batches: a claim is a write transaction, too dear for each delivery.
-      if (!this.#closing && e.held.size <= this.#window / 2) void this.#pump(e);
+      if (!this.#closing && !this.#paused && e.held.size <= this.#window / 2) void this.#pump(e);
     });
     this.#runs.add(run);
   }
@@ -431,6 +514,7 @@ export class DeliveryEngine {
           signal: held.stop.signal,
           shouldRetry: ({ error }) =>
             !this.#closing &&
+            !this.#paused &&
             isRetryable(error) &&
             this.#ageLeft(job) > 0 &&
             (last?.retryAfterMs ?? 0) <= Math.min(QUICK_RETRY_AFTER_MAX_MS, this.#ageLeft(job)),
@@ -440,7 +524,8 @@ export class DeliveryEngine {
       // The outcome is read from `last` below.
     }
     if (attempts === job.attempts && held.stop.signal.aborted && !this.#closing) {
-      // Cancelled before any attempt: the store has already dropped the row.
+      // Cancelled before any attempt: the store has already dropped the row. Or paused before
+      // any attempt: the row keeps its lease, which the next leader ends.
       return;
     }
     this.#settle(e, job, attempts, last);
@@ -449,6 +534,13 @@ export class DeliveryEngine {
   /** One HTTP attempt, holding a slot of the endpoint only while it is in flight. */
   async #attempt(e: Endpoint, held: Held, attempt: number): Promise<AttemptAnswer> {
     await e.slots.acquire(held.stop.signal);
+    if (this.#o.mayAct !== undefined && !this.#o.mayAct()) {
+      e.slots.release();
+      // Not sent, and not counted: the engine pauses (if stepping down has not paused it already),
+      // and the delivery keeps its lease for the next leader.
+      this.pause();
+      throw new WatcherError('SHUTTING_DOWN', 'webhook attempt not made: this replica is not the leader');
+    }
     held.inFlight = true;
     this.#o.bus.emit('delivery.attempt_started', { endpoint: e.ref.label });
     let answer: AttemptAnswer;
@@ -488,7 +580,10 @@ export class DeliveryEngine {
     else if (answer.outcome === 'gone')
       e.log.warn(fields, 'webhook endpoint answered 410 Gone; this event is no longer sent to it');
     else if (answer.error?.code === 'SHUTTING_DOWN')
-      e.log.warn(fields, 'webhook attempt aborted: close deadline passed');
+      e.log.warn(
+        fields,
+        this.#paused ? 'webhook attempt aborted: paused' : 'webhook attempt aborted: close deadline passed',
+      );
     else
       e.log.warn(
         {
@@ -526,8 +621,8 @@ export class DeliveryEngine {
       this.#finished(e, 'gone');
       return;
     }
-    // Stopped by close, or never attempted: due again at once, at the next start.
-    if (this.#closing || !last) {
+    // Stopped by close or pause, or never attempted: due again at once (at the next start).
+    if (this.#closing || this.#paused || !last) {
       pendingAt(now);
       return;
     }

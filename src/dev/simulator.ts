@@ -157,6 +157,19 @@ export interface SimulatorOptions {
   now?: () => number;
   /** Optional: one debug line per request, errors at error. */
   logger?: Logger;
+  /**
+   * Called as each `/v2` request arrives (admin routes excepted), before faults, auth and quota:
+   * which route, which token (as sent; undefined when none), and when (the `now` clock). Tests
+   * tell replicas apart by their tokens this way. What it throws is ignored.
+   */
+  onRequest?: (request: SimulatedRequest) => void;
+}
+
+/** What `onRequest` is told about a request. */
+export interface SimulatedRequest {
+  route: RouteName;
+  token: string | undefined;
+  at: number;
 }
 
 /** Options of a new import: its id, outcome and timing as for an export; where from and to. */
@@ -569,6 +582,7 @@ export class Simulator {
   readonly #bulk: boolean;
   readonly #now: () => number;
   readonly #log: Logger | undefined;
+  readonly #onRequestHook: ((request: SimulatedRequest) => void) | undefined;
   readonly #randExports: () => number;
   readonly #randShuffle: () => number;
   readonly #randFaults: () => number;
@@ -663,6 +677,7 @@ export class Simulator {
     this.#now = options.now ?? Date.now;
     requireOption(typeof this.#now === 'function', 'now', 'a function returning epoch ms', options.now);
     this.#log = options.logger;
+    this.#onRequestHook = options.onRequest;
     const seeded = options.exports ?? 0;
     requireOption(isNonNegativeInteger(seeded), 'exports', 'a non-negative integer', options.exports);
     this.createExports(seeded);
@@ -1072,6 +1087,13 @@ export class Simulator {
     const match = matchRoute(method, path);
     x.route = match.kind === 'route' ? match.name : 'other';
     this.#bump(this.#stats.requests, x.route);
+    if (this.#onRequestHook) {
+      try {
+        this.#onRequestHook({ route: x.route, token: tokenOf(x.req), at: this.#now() });
+      } catch {
+        // A hook is an observer: it cannot change the answer.
+      }
+    }
     if (EXPORT_ROUTES.has(x.route)) x.fault = this.#drawFault();
 
     if (x.fault.slow) {
@@ -1142,13 +1164,7 @@ export class Simulator {
   }
 
   #authorized(req: IncomingMessage): boolean {
-    const header = req.headers['x-sbg-auth-token'];
-    let token = Array.isArray(header) ? header[0] : header;
-    if (token === undefined) {
-      const auth = req.headers.authorization;
-      const m = auth ? /^Bearer\s+(\S+)\s*$/i.exec(auth) : null;
-      token = m?.[1];
-    }
+    const token = tokenOf(req);
     if (token === undefined || token.trim() === '') return false;
     return this.#token === undefined || token === this.#token;
   }
@@ -1561,4 +1577,14 @@ export class Simulator {
     }
     return this.#send(x, 404, platformError(404, 90003, 'Not found.'));
   }
+}
+
+/** The token a request carries: `X-SBG-Auth-Token`, else `Authorization: Bearer`. */
+function tokenOf(req: IncomingMessage): string | undefined {
+  const header = req.headers['x-sbg-auth-token'];
+  const token = Array.isArray(header) ? header[0] : header;
+  if (token !== undefined) return token;
+  const auth = req.headers.authorization;
+  const m = auth ? /^Bearer\s+(\S+)\s*$/i.exec(auth) : null;
+  return m?.[1];
 }

@@ -157,8 +157,11 @@ export interface WatchRegistry {
 export interface HealthProbes {
   /** Liveness: the process is alive and its loop turns. */
   health(): { ok: boolean; reason?: string };
-  /** Readiness: the platform accepted the credentials on the last call. */
-  ready(): { ok: boolean; reason?: string };
+  /**
+   * Readiness: the platform accepted the credentials on the last call. `role`, when given, is shown
+   * in the answer either way (`leader`, `follower`, `disconnected`: the replica's part).
+   */
+  ready(): { ok: boolean; reason?: string; role?: string };
   /** Prometheus text, when metrics are enabled. */
   metrics?(): Promise<{ contentType: string; body: string }>;
 }
@@ -412,11 +415,12 @@ export class ControlApi {
 
   #buildRoutes(): Map<string, Route> {
     const probe =
-      (check: () => { ok: boolean; reason?: string }): Handler =>
+      (check: () => { ok: boolean; reason?: string; role?: string }): Handler =>
       async (_request, reply) => {
         const result = check();
-        if (result.ok) return sendJson(reply, 200, { status: 'ok' });
-        return sendJson(reply, 503, { status: 'unavailable', reason: result.reason ?? 'not ready' });
+        const role = result.role === undefined ? {} : { role: result.role };
+        if (result.ok) return sendJson(reply, 200, { status: 'ok', ...role });
+        return sendJson(reply, 503, { status: 'unavailable', reason: result.reason ?? 'not ready', ...role });
       };
     const health = probe(() => this.#options.probes.health());
     const ready = probe(() => this.#options.probes.ready());

@@ -23,6 +23,7 @@
  * | `sbg_export_watcher_webhook_deliveries` | gauge | `status` | Stored webhook deliveries by status: pending, delivered, failed (given up), gone; finished ones count until `WATCHER_EVENT_RETAIN` drops them. |
  * | `sbg_export_watcher_webhook_oldest_pending_age_seconds` | gauge | none | Age of the oldest event with a pending delivery; 0 when none is pending. |
  * | `sbg_export_watcher_last_successful_check_timestamp_seconds` | gauge | none | Unix time (seconds) at which a check of the platform last succeeded; 0 before the first. |
+ * | `sbg_export_watcher_leader` | gauge | `role` | 1 for this replica's current role, 0 for the others: `leader` (checks the platform and sends webhooks), `follower` (serves the control API, stands by), `disconnected` (no connection to PostgreSQL). Always `leader` with SQLite. |
  *
  * `endpoint` is the webhook URL without credentials, query or fragment (as the webhook
  * dispatcher logs it), so neither the URL's secrets nor the signing secret reach a scrape; there
@@ -41,7 +42,11 @@ import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom
 import type { RateSnapshot } from '../platform/rate-limiter.js';
 import { EXPORT_STATES, type ExportState, type JobKind } from '../polling/tracker.js';
 import type { Bus } from '../shared/bus.js';
+import type { LeaderRole } from '../store/leader.js';
 import { DELIVERY_STATUSES, type DeliveryCounts } from '../store/store.js';
+
+/** Every role `sbg_export_watcher_leader` has a sample for. */
+export const LEADER_ROLES: readonly LeaderRole[] = ['leader', 'follower', 'disconnected'];
 
 export const METRIC_PREFIX = 'sbg_export_watcher_';
 
@@ -169,6 +174,12 @@ const M = {
     labels: [],
     help: 'Unix time in seconds at which a check of the platform last succeeded; 0 before the first.',
   },
+  leader: {
+    name: `${METRIC_PREFIX}leader`,
+    type: 'gauge',
+    labels: ['role'],
+    help: "1 for this replica's current role (leader, follower or disconnected), 0 for the others; leader with SQLite.",
+  },
 } as const satisfies Record<string, MetricDescription>;
 
 /** Every metric this module defines; the README's list and the tests are checked against it. */
@@ -192,6 +203,8 @@ export interface MetricsSources {
   deliveries: () => Promise<DeliveryCounts>;
   /** Epoch ms; default Date.now. */
   now?: () => number;
+  /** This replica's role in the leader election; `leader` when absent (SQLite: one process). */
+  role?: () => LeaderRole;
 }
 
 export class Metrics {
@@ -350,6 +363,16 @@ export class Metrics {
       },
     });
     this.#lastCheck = new Gauge({ name: M.lastCheck.name, help: M.lastCheck.help, registers });
+    new Gauge({
+      name: M.leader.name,
+      help: M.leader.help,
+      labelNames: M.leader.labels,
+      registers,
+      collect() {
+        const current = sources.role?.() ?? 'leader';
+        for (const role of LEADER_ROLES) this.set({ role }, role === current ? 1 : 0);
+      },
+    });
   }
 
   /**

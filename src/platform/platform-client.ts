@@ -45,7 +45,8 @@ export const MAX_ANSWER_BYTES = 8 * 1024 * 1024;
 
 /** What the client needs of the limiter. */
 export interface RequestGate {
-  schedule<T>(fn: () => Promise<T>): Promise<T>;
+  /** Runs `fn` when allowed; when `signal` aborts first, rejects with its reason without running it. */
+  schedule<T>(fn: () => Promise<T>, signal?: AbortSignal): Promise<T>;
   observe(info: RateInfo): void;
   rateLimited(resetAt: number | undefined): void;
 }
@@ -109,6 +110,15 @@ export interface PlatformClientOptions {
   now?: () => number;
   /** Bytes of an answer read before it is dropped; default MAX_ANSWER_BYTES. */
   maxAnswerBytes?: number;
+}
+
+/**
+ * Per call: `signal` drops the call when it aborts, with the signal's reason, wherever it is (queued
+ * in the gate, waiting to retry, or on the wire). The daemon aborts its leader's calls this way
+ * when it steps down. A request aborted on the wire is not reported on the bus (it has no outcome).
+ */
+export interface CallOptions {
+  signal?: AbortSignal | undefined;
 }
 
 export interface RateLimitStatus extends RateInfo {
@@ -177,13 +187,14 @@ export class PlatformClient {
    * interprets the answer. `checkStatuses(ids)` asks about exports.
    */
   checkStatuses(ids: readonly string[]): Promise<CheckResult>;
-  checkStatuses(kind: JobKind, ids: readonly string[]): Promise<CheckResult>;
+  checkStatuses(kind: JobKind, ids: readonly string[], options?: CallOptions): Promise<CheckResult>;
   async checkStatuses(
     kindOrIds: JobKind | readonly string[],
     maybeIds?: readonly string[],
+    options: CallOptions = {},
   ): Promise<CheckResult> {
     const [kind, ids] = kindAndArgument(kindOrIds, maybeIds);
-    const items = await this.bulkGet(kind, ids);
+    const items = await this.bulkGet(kind, ids, options);
     return observationsFromBulk(ids, items);
   }
 
@@ -192,17 +203,25 @@ export class PlatformClient {
    * `bulkGet(ids)` asks about exports.
    */
   bulkGet(ids: readonly string[]): Promise<BulkItem[]>;
-  bulkGet(kind: JobKind, ids: readonly string[]): Promise<BulkItem[]>;
-  async bulkGet(kindOrIds: JobKind | readonly string[], maybeIds?: readonly string[]): Promise<BulkItem[]> {
+  bulkGet(kind: JobKind, ids: readonly string[], options?: CallOptions): Promise<BulkItem[]>;
+  async bulkGet(
+    kindOrIds: JobKind | readonly string[],
+    maybeIds?: readonly string[],
+    options: CallOptions = {},
+  ): Promise<BulkItem[]> {
     const [kind, ids] = kindAndArgument(kindOrIds, maybeIds);
     if (ids.length === 0) return [];
     if (ids.length > 100) throw new RangeError(`bulkGet takes at most 100 ids, got ${ids.length}`);
     const api = KIND_API[kind];
     if (this.bulkSupportedFor(kind)) {
       try {
-        const answer = await this.#call('bulk_get', 'POST', `/bulk/storage/${api.path}/get`, {
-          [api.bulkKey]: ids,
-        });
+        const answer = await this.#call(
+          'bulk_get',
+          'POST',
+          `/bulk/storage/${api.path}/get`,
+          { [api.bulkKey]: ids },
+          { signal: options.signal },
+        );
         this.#bus.emit('platform.bulk', { ids: ids.length });
         const items = (answer.json as { items?: unknown }).items;
         if (!Array.isArray(items)) throw new Error('unreachable: checked in #call');
@@ -221,7 +240,7 @@ export class PlatformClient {
       }
     }
     const items: BulkItem[] = [];
-    for (const id of ids) items.push(await this.getOneItem(kind, id));
+    for (const id of ids) items.push(await this.getOneItem(kind, id, options));
     return items;
   }
 
@@ -230,8 +249,8 @@ export class PlatformClient {
    * items, not errors. `getOneItem(id)` asks about an export.
    */
   getOneItem(id: string): Promise<BulkItem>;
-  getOneItem(kind: JobKind, id: string): Promise<BulkItem>;
-  async getOneItem(kindOrId: string, maybeId?: string): Promise<BulkItem> {
+  getOneItem(kind: JobKind, id: string, options?: CallOptions): Promise<BulkItem>;
+  async getOneItem(kindOrId: string, maybeId?: string, options: CallOptions = {}): Promise<BulkItem> {
     const [kind, id] =
       maybeId === undefined ? (['export', kindOrId] as const) : ([kindOrId as JobKind, maybeId] as const);
     try {
@@ -239,6 +258,8 @@ export class PlatformClient {
         'get',
         'GET',
         `/storage/${KIND_API[kind].path}/${encodeURIComponent(id)}`,
+        undefined,
+        { signal: options.signal },
       );
       return { resource: answer.json };
     } catch (error) {
@@ -259,12 +280,16 @@ export class PlatformClient {
     kind: JobKind,
     from: { state: string } | { next: string },
     gate?: RequestGate,
+    options: CallOptions = {},
   ): Promise<JobPage> {
     const path =
       'next' in from
         ? from.next
         : `/storage/${KIND_API[kind].path}?${new URLSearchParams({ state: from.state, limit: String(LIST_PAGE_LIMIT) })}`;
-    const answer = await this.#call('list', 'GET', path, undefined, { ...(gate ? { gate } : {}) });
+    const answer = await this.#call('list', 'GET', path, undefined, {
+      ...(gate ? { gate } : {}),
+      signal: options.signal,
+    });
     const json = answer.json as { items?: unknown; links?: unknown };
     const items: JobPage['items'] = [];
     for (const item of json.items as unknown[]) {
@@ -305,8 +330,11 @@ export class PlatformClient {
   }
 
   /** `GET /rate_limit`: free of the quota, so it bypasses the limiter, but its headers are read. */
-  async rateLimit(): Promise<RateLimitStatus> {
-    const answer = await this.#call('rate_limit', 'GET', '/rate_limit', undefined, { gated: false });
+  async rateLimit(options: CallOptions = {}): Promise<RateLimitStatus> {
+    const answer = await this.#call('rate_limit', 'GET', '/rate_limit', undefined, {
+      gated: false,
+      signal: options.signal,
+    });
     const rate =
       (answer.json as { rate?: { limit?: unknown; remaining?: unknown; reset?: unknown } }).rate ?? {};
     const info: RateLimitStatus = { body: answer.json };
@@ -329,20 +357,30 @@ export class PlatformClient {
     if (this.#ownsDispatcher) await this.#dispatcher.destroy().catch(() => undefined);
   }
 
-  /** One logical call: retried per the policy above; every attempt passes the limiter (or `gate`). */
+  /**
+   * One logical call: retried per the policy above; every attempt passes the limiter (or `gate`).
+   * `signal` (the caller's) drops it wherever it is; `close` drops its retry waits.
+   */
   #call(
     route: PlatformRoute,
     method: 'GET' | 'POST',
     path: string,
     body?: unknown,
-    { gated = true, gate = this.#gate }: { gated?: boolean; gate?: RequestGate } = {},
+    {
+      gated = true,
+      gate = this.#gate,
+      signal: callSignal,
+    }: { gated?: boolean; gate?: RequestGate; signal?: AbortSignal | undefined } = {},
   ): Promise<Answer> {
+    const signal =
+      callSignal === undefined ? this.#closing.signal : AbortSignal.any([this.#closing.signal, callSignal]);
     const attempt = async (attemptNumber: number): Promise<Answer> => {
-      const once = () => this.#once(route, method, path, body, attemptNumber);
-      if (this.#closing.signal.aborted) throw new AbortError(this.#closing.signal.reason as Error);
+      const once = () => this.#once(route, method, path, body, attemptNumber, callSignal);
+      if (signal.aborted) throw new AbortError(signal.reason as Error);
       try {
-        return await (gated ? gate.schedule(once) : once());
+        return await (gated ? gate.schedule(once, callSignal) : once());
       } catch (error) {
+        if (callSignal?.aborted) throw new AbortError(callSignal.reason as Error);
         if (error instanceof PlatformError && !isRetryable(error)) throw new AbortError(error);
         throw error;
       }
@@ -353,7 +391,7 @@ export class PlatformClient {
       minTimeout: this.#retry.minTimeoutMs,
       maxTimeout: this.#retry.maintenanceMaxDelayMs,
       randomize: true,
-      signal: this.#closing.signal,
+      signal,
       shouldRetry: ({ error, attemptNumber }) => this.#shouldRetry(error, attemptNumber),
       onFailedAttempt: ({ error, attemptNumber }) => {
         this.#log.warn(
@@ -377,11 +415,12 @@ export class PlatformClient {
     path: string,
     body: unknown,
     attemptNumber: number,
+    signal: AbortSignal | undefined,
   ): Promise<Answer> {
     const started = performance.now();
     let outcome: RequestOutcome = 'network';
     try {
-      const answer = await this.#send(method, path, body);
+      const answer = await this.#send(method, path, body, signal);
       outcome = 'ok';
       if (
         (route === 'bulk_get' || route === 'list') &&
@@ -400,7 +439,8 @@ export class PlatformClient {
       throw error;
     } finally {
       const durationMs = Math.round(performance.now() - started);
-      this.#bus.emit('platform.request', { route, outcome, durationMs });
+      // Dropped by the caller: no outcome to report (it would read as an unreachable platform).
+      if (!signal?.aborted) this.#bus.emit('platform.request', { route, outcome, durationMs });
       const asked = body as { export_ids?: unknown[]; import_ids?: unknown[] } | undefined;
       const ids = route === 'bulk_get' ? (asked?.export_ids ?? asked?.import_ids)?.length : undefined;
       this.#log.debug(
@@ -411,7 +451,14 @@ export class PlatformClient {
   }
 
   /** One HTTP exchange. Reads the quota headers, parses the body, maps failures to PlatformError. */
-  async #send(method: 'GET' | 'POST', path: string, body: unknown): Promise<Answer> {
+  async #send(
+    method: 'GET' | 'POST',
+    path: string,
+    body: unknown,
+    signal: AbortSignal | undefined,
+  ): Promise<Answer> {
+    if (signal?.aborted) throw signal.reason;
+    const timeout = AbortSignal.timeout(this.#timeoutMs);
     let response: Dispatcher.ResponseData;
     try {
       response = await request(`${this.#endpoint}${path}`, {
@@ -421,14 +468,21 @@ export class PlatformClient {
         dispatcher: this.#dispatcher,
         headersTimeout: this.#timeoutMs,
         bodyTimeout: this.#timeoutMs,
-        signal: AbortSignal.timeout(this.#timeoutMs),
+        signal: signal === undefined ? timeout : AbortSignal.any([timeout, signal]),
       });
     } catch (error) {
+      if (signal?.aborted) throw signal.reason;
       throw transportError(error);
     }
     const rate = readRateHeaders(response.headers);
     this.#gate.observe(rate);
-    const text = await readCapped(response, this.#maxAnswerBytes);
+    let text: string;
+    try {
+      text = await readCapped(response, this.#maxAnswerBytes);
+    } catch (error) {
+      if (signal?.aborted) throw signal.reason;
+      throw error;
+    }
     let json: unknown;
     let parsed = true;
     try {

@@ -73,7 +73,7 @@ export interface RateLimiterOptions {
 
 /** A gate for a part of the work limited to `max` requests per budget window (`share`). */
 export interface ShareGate {
-  schedule<T>(fn: () => Promise<T>): Promise<T>;
+  schedule<T>(fn: () => Promise<T>, signal?: AbortSignal): Promise<T>;
   observe(info: RateInfo): void;
   rateLimited(resetAt: number | undefined): void;
   /** Requests of the share left in the current budget window. */
@@ -164,10 +164,20 @@ export class RateLimiter {
     });
   }
 
-  /** Runs `fn` when the quota allows; `fn` is one request to the platform. */
-  schedule<T>(fn: () => Promise<T>): Promise<T> {
-    return this.#bottleneck
+  /**
+   * Runs `fn` when the quota allows; `fn` is one request to the platform. When `signal` aborts
+   * first, the call rejects at once with its reason and `fn` never runs: nothing is spent of the
+   * budget (the leader that stepped down drops its queued checks this way).
+   */
+  schedule<T>(fn: () => Promise<T>, signal?: AbortSignal): Promise<T> {
+    if (signal?.aborted) return Promise.reject(signal.reason);
+    const job = this.#bottleneck
       .schedule(async () => {
+        if (signal?.aborted) {
+          // Admitted, but not started: bottleneck took a unit of the reservoir; give it back.
+          this.#apply(this.#now());
+          throw signal.reason;
+        }
         this.#beginCall();
         try {
           return await fn();
@@ -184,6 +194,24 @@ export class RateLimiter {
         }
         throw error;
       });
+    if (signal === undefined) return job;
+    // The job stays queued until bottleneck admits it (then it returns at once, unspent); the
+    // caller is answered now.
+    job.catch(() => undefined);
+    return new Promise<T>((resolve, reject) => {
+      const onAbort = () => reject(signal.reason);
+      signal.addEventListener('abort', onAbort, { once: true });
+      job.then(
+        (value) => {
+          signal.removeEventListener('abort', onAbort);
+          resolve(value);
+        },
+        (error: unknown) => {
+          signal.removeEventListener('abort', onAbort);
+          reject(error);
+        },
+      );
+    });
   }
 
   /**
@@ -201,7 +229,7 @@ export class RateLimiter {
       left: () => Math.max(0, max - used()),
       observe: (info) => this.observe(info),
       rateLimited: (resetAt) => this.rateLimited(resetAt),
-      schedule: <T>(fn: () => Promise<T>): Promise<T> => {
+      schedule: <T>(fn: () => Promise<T>, signal?: AbortSignal): Promise<T> => {
         if (used() >= max) {
           return Promise.reject(
             new PlatformError('SHARE_SPENT', `this window's share of the rate budget (${max}) is spent`),
@@ -211,7 +239,7 @@ export class RateLimiter {
           // Counted in the window the call starts in (#beginCall has just opened it if need be).
           counted = { window: this.#window, used: used() + 1 };
           return fn();
-        });
+        }, signal);
       },
     };
   }

@@ -12,6 +12,12 @@
  *   due id has waited longest.
  * - `unauthorized`: the platform refused the token on a whole call. One call a minute tests it;
  *   the first success returns to `running`.
+ * - `paused`: another replica leads (or this one lost the database): nothing is checked. `pause()`
+ *   is synchronous and complete: no call starts after it returns, every call of the running period
+ *   is aborted through its signal (queued in the limiter, waiting to retry, or on the wire), and
+ *   their answers are dropped unread; the ids keep their stored state. A `record` already under way
+ *   finishes (a transaction is not cut in half). `resume()` starts a new period, with nothing in
+ *   flight, from whatever the tracker holds then (the daemon reloads it from the store first).
  * - `stopping`: no new checks; calls in flight finish. `stopped` once they have.
  *
  * After a successful call, in this order: the tracker previews the observations (nothing changes
@@ -48,16 +54,20 @@ import {
   type WarningReason,
 } from './tracker.js';
 
-export const SCHEDULER_MODES = ['idle', 'running', 'unauthorized', 'stopping', 'stopped'] as const;
+export const SCHEDULER_MODES = ['idle', 'running', 'unauthorized', 'paused', 'stopping', 'stopped'] as const;
 export type SchedulerMode = (typeof SCHEDULER_MODES)[number];
 
 const ALLOWED_MOVES: Readonly<Record<SchedulerMode, readonly SchedulerMode[]>> = {
   idle: ['running', 'stopped'],
-  running: ['unauthorized', 'stopping'],
-  unauthorized: ['running', 'stopping'],
+  running: ['unauthorized', 'paused', 'stopping'],
+  unauthorized: ['running', 'paused', 'stopping'],
+  paused: ['running', 'stopping'],
   stopping: ['stopped'],
   stopped: [],
 };
+
+/** What `pause()` aborts the calls of the running period with. */
+export const PAUSED_REASON = 'checks paused: this replica is not the leader';
 
 /** What one check changed, for the store. */
 export interface CheckRecord {
@@ -67,8 +77,11 @@ export interface CheckRecord {
 
 /** What the scheduler needs from the rest of the daemon. */
 export interface SchedulerDeps {
-  /** Checks ids that are all of `kind` in one call. */
-  checkStatuses(ids: readonly string[], kind: JobKind): Promise<CheckResult>;
+  /**
+   * Checks ids that are all of `kind` in one call. `signal` aborts when the scheduler pauses: the
+   * call should then settle at once, without a request if it has not made one yet.
+   */
+  checkStatuses(ids: readonly string[], kind: JobKind, signal: AbortSignal): Promise<CheckResult>;
   tracker: Tracker;
   /**
    * Stores a check's changes in one transaction, then queues their webhooks; resolves once they
@@ -77,6 +90,12 @@ export interface SchedulerDeps {
   record(check: CheckRecord): Promise<void>;
   /** Gets 'check.result' after every call, and 'transition' for each stored transition. */
   bus: Bus;
+  /**
+   * Asked before calls are started (with replicas: whether this replica still leads, by the
+   * election's own clock; reading it may step the replica down, and so pause this scheduler, on
+   * the spot). When it says false, no call starts and the scheduler pauses. Absent: always true.
+   */
+  mayAct?: () => boolean;
   now: () => number;
   log: Logger;
 }
@@ -117,6 +136,13 @@ export class Scheduler {
   #pokeImmediate: NodeJS.Immediate | undefined;
   #lastTurnAt = 0;
   #stopPromise: Promise<void> | undefined;
+  /**
+   * The running period: `pause()` aborts its calls and starts a new one, so that the answers of
+   * the old one are recognised and dropped.
+   */
+  #period = new AbortController();
+  /** `record` calls under way, of any period: `recordsSettled()` waits for them. */
+  readonly #recording = new Set<Promise<unknown>>();
   readonly #waiters = new Set<{ test: () => boolean; resolve: () => void }>();
 
   constructor(deps: SchedulerDeps, options: SchedulerOptions) {
@@ -148,6 +174,46 @@ export class Scheduler {
     if (this.#mode !== 'idle') return;
     this.#setMode('running');
     this.#pump();
+  }
+
+  /**
+   * Stops checking at once, synchronously (see `paused` in the file header): no call starts after
+   * this, the calls of the running period are aborted and their answers dropped, the failure pause
+   * is forgotten. Does nothing unless running (or unauthorized).
+   */
+  pause(): void {
+    if (!this.#isActive()) return;
+    this.#setMode('paused');
+    this.#clearTimers();
+    const period = this.#period;
+    this.#period = new AbortController();
+    this.#inFlight.clear();
+    this.#outstanding = 0;
+    this.#pausedUntil = 0;
+    this.#consecutiveFailures = 0;
+    period.abort(new PlatformError('SHUTTING_DOWN', PAUSED_REASON));
+    this.#deps.log.info('checks paused');
+    this.#notifyWaiters();
+  }
+
+  /**
+   * Checks again after `pause()` (or for the first time, as `start()`), with nothing in flight;
+   * every id the tracker holds is due as it stands there. Does nothing in another mode.
+   */
+  resume(): void {
+    if (this.#mode === 'idle') {
+      this.start();
+      return;
+    }
+    if (this.#mode !== 'paused') return;
+    this.#setMode('running');
+    this.#deps.log.info('checks resumed');
+    this.#pump();
+  }
+
+  /** Resolves once the `record` calls under way now (of any period) have settled. */
+  async recordsSettled(): Promise<void> {
+    await Promise.allSettled([...this.#recording]);
   }
 
   /** Wakes the loop soon: new ids were added. Calls in the same tick share one pump. */
@@ -203,6 +269,10 @@ export class Scheduler {
   /** The loop's one step: start as many calls as allowed, then sleep until there is more to do. */
   #pump(): void {
     if (!this.#isActive()) return;
+    if (this.#deps.mayAct !== undefined && !this.#deps.mayAct()) {
+      this.pause();
+      return;
+    }
     this.#clearWakeTimer();
     const now = this.#deps.now();
     this.#lastTurnAt = now;
@@ -243,17 +313,21 @@ export class Scheduler {
   #send(batch: string[], kind: JobKind): void {
     this.#outstanding++;
     for (const id of batch) this.#inFlight.add(id);
+    const period = this.#period;
+    const current = () => period === this.#period;
     this.#deps
-      .checkStatuses(batch, kind)
+      .checkStatuses(batch, kind, period.signal)
       .then(
-        (result) => this.#onResult(result, kind),
-        (error: unknown) => this.#onError(batch, error),
+        (result) => (current() ? this.#onResult(result, kind, current) : undefined),
+        (error: unknown) => (current() ? this.#onError(batch, error) : undefined),
       )
       .catch((error: unknown) => {
         // A bug in handling a result must not stall the loop; say so loudly.
         this.#deps.log.error({ err: error }, 'scheduler failed to process a check result');
       })
       .finally(() => {
+        // A call of a period that was paused is no longer counted: pause() forgot it.
+        if (!current()) return;
         this.#outstanding--;
         for (const id of batch) this.#inFlight.delete(id);
         this.#notifyWaiters();
@@ -262,7 +336,7 @@ export class Scheduler {
   }
 
   /** Previews, stores, then commits a call's answer: see the file header for why in this order. */
-  async #onResult(result: CheckResult, kind: JobKind): Promise<void> {
+  async #onResult(result: CheckResult, kind: JobKind, current: () => boolean): Promise<void> {
     const now = this.#deps.now();
     if (this.#mode === 'unauthorized') {
       this.#setMode('running');
@@ -272,7 +346,7 @@ export class Scheduler {
     const { tracker } = this.#deps;
     const outcome = tracker.preview(result.observations, now, kind);
     this.#logWarnings([...result.warnings, ...outcome.warnings]);
-    if (!(await this.#store(outcome))) return;
+    if (!(await this.#store(outcome, current))) return;
     tracker.commit(outcome);
     this.#consecutiveFailures = 0;
     this.#pausedUntil = 0;
@@ -282,19 +356,33 @@ export class Scheduler {
     }
   }
 
-  /** Has the outcome's changes stored; false (logged, paused) when the store refused them. */
-  async #store(outcome: CheckOutcome): Promise<boolean> {
+  /**
+   * Has the outcome's changes stored; false (logged, paused) when the store refused them. A write
+   * under way when the scheduler pauses finishes, and what it stored is committed and reported.
+   */
+  async #store(outcome: CheckOutcome, current: () => boolean): Promise<boolean> {
     if (outcome.changes.length === 0) return true;
+    const writing = this.#deps.record({ changes: outcome.changes, transitions: outcome.transitions });
+    this.#recording.add(writing);
     try {
-      await this.#deps.record({ changes: outcome.changes, transitions: outcome.transitions });
+      await writing;
       return true;
     } catch (error) {
+      if (!current()) {
+        this.#deps.log.warn(
+          { err: error, changes: outcome.changes.length },
+          'could not store the results of a check made before the pause',
+        );
+        return false;
+      }
       const pause = this.#pauseAfterFailure();
       this.#deps.log.error(
         { err: error, changes: outcome.changes.length, pause_ms: pause },
         'could not store the results of a check; the ids stay due',
       );
       return false;
+    } finally {
+      this.#recording.delete(writing);
     }
   }
 

@@ -110,6 +110,11 @@ export interface LeaderElectionOptions {
   /** How often a follower tries the lock and the leader probes, R; 2/15 of `timeoutMs` by default, at most a quarter. */
   retryMs?: number;
   log?: Logger;
+  /**
+   * `application_name` of the election's session (`pg_stat_activity`), at most 63 bytes; default
+   * `sbg-export-watcher leader election`.
+   */
+  applicationName?: string;
   /** Called synchronously on every change of role; what it throws is logged. */
   onChange?: (role: LeaderRole, previous: LeaderRole) => void;
 }
@@ -186,6 +191,7 @@ export class LeaderElection {
   readonly #timing: LeaderTiming;
   readonly #log: Logger | undefined;
   readonly #onChange: ((role: LeaderRole, previous: LeaderRole) => void) | undefined;
+  readonly #applicationName: string;
   readonly #target: { shown: string; scrub: (text: string) => string };
 
   #role: LeaderRole = 'disconnected';
@@ -214,6 +220,7 @@ export class LeaderElection {
     this.#key = key.toString();
     this.#log = options.log;
     this.#onChange = options.onChange;
+    this.#applicationName = options.applicationName ?? 'sbg-export-watcher leader election';
   }
 
   /** The role now. Reading it while leader past the lease steps down first (see `isLeader`). */
@@ -331,7 +338,7 @@ export class LeaderElection {
       // Helps the client notice a dead peer between probes; the probes are what bound it.
       keepAlive: true,
       keepAliveInitialDelayMillis: retryMs,
-      application_name: 'sbg-export-watcher leader election',
+      application_name: this.#applicationName,
     });
   }
 

@@ -33,8 +33,9 @@
  *
  * Several processes: `claimDue` leases rows it has locked with `FOR UPDATE SKIP LOCKED`, so two
  * claims never hand out the same delivery; writers lock the rows they read in id order; `prune`
- * skips rows another process holds. `releaseLeases` releases every lease in the database: it is
- * meant for the start of the only process that sends.
+ * skips rows another process holds. `releaseLeases(at)` ends every lease in the database (the
+ * rows become due at `at`): it is meant for the only process that sends, when it starts sending;
+ * with replicas, the new leader passes takeover + L (see main.ts), not now.
  *
  * Secrets: the URL's password is never logged and never in an error message: the URL is shown
  * without it, and it is cut out of any message the driver or the server gives.
@@ -170,6 +171,11 @@ export interface PostgresStoreOptions {
   log?: Logger;
   /** Connections in the pool; 4 unless given. */
   poolSize?: number;
+  /**
+   * `application_name` of the pool's sessions (`pg_stat_activity`), at most 63 bytes; default
+   * `sbg-export-watcher`. The daemon adds its host and pid, so an operator can tell replicas apart.
+   */
+  applicationName?: string;
 }
 
 /**
@@ -185,7 +191,7 @@ export async function openPostgresStore(options: PostgresStoreOptions): Promise<
     connectionTimeoutMillis: CONNECT_TIMEOUT_MS,
     // TCP keepalives: a server that vanished without closing is noticed rather than waited on.
     keepAlive: true,
-    application_name: 'sbg-export-watcher',
+    application_name: options.applicationName ?? 'sbg-export-watcher',
     types: { getTypeParser: typeParser },
   });
   // A connection that breaks while idle (a server restart) is reported here; unhandled, it would
@@ -206,10 +212,16 @@ export async function openPostgresStore(options: PostgresStoreOptions): Promise<
     );
   }
   let found: number;
+  // Checked out, the client has no pool listener: a broken connection fails the migration's
+  // queries, and must not be an unhandled 'error' event.
+  const ignore = () => undefined;
+  client.on('error', ignore);
   try {
     found = await migrate(client, target.shown);
+    client.off('error', ignore);
     client.release();
   } catch (error) {
+    client.off('error', ignore);
     client.release(true);
     await pool.end().catch(() => undefined);
     if (error instanceof StoreError) throw new StoreError(target.scrub(error.message));
@@ -475,6 +487,18 @@ export class PostgresStore implements Store {
       const { rows } = await this.#query<{ id: string; kind: JobKind; state: ExportState; misses: number }>(
         db,
         `SELECT id, kind, state, misses FROM exports WHERE kind IN ${KINDS_SQL} AND state IN ${ACTIVE_SQL}`,
+      );
+      return rows.map(({ id, kind, state, misses }) =>
+        kind === 'import' ? { id, kind, state, misses } : { id, state, misses },
+      );
+    });
+  }
+
+  async loadUnknown(): Promise<ActiveExport[]> {
+    return this.#use(async (db) => {
+      const { rows } = await this.#query<{ id: string; kind: JobKind; state: ExportState; misses: number }>(
+        db,
+        `SELECT id, kind, state, misses FROM exports WHERE kind IN ${KINDS_SQL} AND state = 'UNKNOWN'`,
       );
       return rows.map(({ id, kind, state, misses }) =>
         kind === 'import' ? { id, kind, state, misses } : { id, state, misses },
@@ -924,17 +948,27 @@ export class PostgresStore implements Store {
       throw this.#failure(error);
     }
     let broken: Error | undefined;
+    // A checked-out client has no pool listener: a connection that breaks now (the server ends
+    // the session, the network drops) would be an unhandled 'error' event, which ends the
+    // process. Its queries fail on their own; the client is dropped at release.
+    const onError = (error: Error) => {
+      broken = error;
+    };
+    client.on('error', onError);
     try {
       await client.query('BEGIN');
       const result = await work(client);
       await client.query('COMMIT');
       return result;
     } catch (error) {
-      await client.query('ROLLBACK').catch((rollback: unknown) => {
-        broken = rollback instanceof Error ? rollback : new Error(String(rollback));
-      });
+      if (broken === undefined) {
+        await client.query('ROLLBACK').catch((rollback: unknown) => {
+          broken = rollback instanceof Error ? rollback : new Error(String(rollback));
+        });
+      }
       throw this.#failure(error);
     } finally {
+      client.off('error', onError);
       client.release(broken);
     }
   }

@@ -396,6 +396,15 @@ export class SqliteStore implements Store {
     );
   }
 
+  async loadUnknown(): Promise<ActiveExport[]> {
+    const rows = this.#sql(
+      `SELECT id, kind, state, misses FROM exports WHERE kind IN ('export', 'import') AND state = 'UNKNOWN'`,
+    ).all() as Array<{ id: string; kind: JobKind; state: ExportState; misses: number }>;
+    return rows.map(({ id, kind, state, misses }) =>
+      kind === 'import' ? { id, kind, state, misses } : { id, state, misses },
+    );
+  }
+
   /**
    * A change that only counts a miss makes no event, so `build` is asked only about changes of
    * state. The history gains an entry per change of state, appended in SQL so the stored history

@@ -235,6 +235,13 @@ export interface Store {
   countExports(kind?: JobKind): Promise<Record<ExportState, number>>;
   /** Every non-terminal job, of both kinds, for the tracker at start-up. */
   loadActive(): Promise<ActiveExport[]>;
+  /**
+   * The jobs of both kinds in state UNKNOWN: added and not yet answered for by the platform. With
+   * replicas, the leader reads these every poll interval to pick up the ids another replica added
+   * (they are always added UNKNOWN, and only the leader moves a job out of it). A query on the
+   * state index, of a set that is small unless a large batch was just added.
+   */
+  loadUnknown(): Promise<ActiveExport[]>;
 
   /**
    * Writes state changes and miss counts, the events `build` makes for them and one pending
@@ -255,7 +262,11 @@ export interface Store {
    * twice; a crash makes them due again when the lease ends, or at `releaseLeases`).
    */
   claimDue(endpointKey: string, now: number, limit: number, leaseUntil: number): Promise<DeliveryJob[]>;
-  /** At start-up: every leased delivery becomes due at `now`. */
+  /**
+   * When this process starts sending (at start-up, or when a replica takes over as the leader):
+   * every leased delivery becomes due at `now` (a leader passes a time a little ahead, when a
+   * former leader may not have stopped yet).
+   */
   releaseLeases(now: number): Promise<void>;
   /** The earliest `nextAttemptAt` among this endpoint's pending deliveries; null when none. */
   nextDueAt(endpointKey: string): Promise<number | null>;

@@ -353,6 +353,39 @@ export function describeStoreContract(
       });
     });
 
+    describe('loadUnknown', () => {
+      it('returns the jobs of both kinds still UNKNOWN, misses included, and nothing else', async () => {
+        await store.addExports(
+          [
+            { ids: ['u', 'm', 'p', 'c'], metadata: null },
+            { ids: ['i', 'ir'], metadata: null, kind: 'import' },
+          ],
+          T0,
+        );
+        const at = T0 + 1;
+        await store.commitChanges(
+          [
+            move('p', 'UNKNOWN', 'PENDING', at),
+            move('c', 'UNKNOWN', 'COMPLETED', at),
+            move('ir', 'UNKNOWN', 'RUNNING', at),
+            move('m', 'UNKNOWN', 'UNKNOWN', at, { misses: 1, lastMiss: NOT_FOUND }),
+          ],
+          build,
+          [],
+          at,
+        );
+        expect(byId(await store.loadUnknown())).toEqual([
+          { id: 'i', kind: 'import', state: 'UNKNOWN', misses: 0 },
+          { id: 'm', state: 'UNKNOWN', misses: 1 },
+          { id: 'u', state: 'UNKNOWN', misses: 0 },
+        ]);
+      });
+
+      it('is empty for an empty store', async () => {
+        expect(await store.loadUnknown()).toEqual([]);
+      });
+    });
+
     describe('commitChanges', () => {
       it('writes the change, its event and one pending delivery per endpoint, due now', async () => {
         await store.addExports([{ ids: ['a'], metadata: { project: 'p' } }], T0);

@@ -8,8 +8,9 @@
  * Needs `WATCHER_TEST_DATABASE_URL` (see `test/helpers/postgres.ts`); skipped without it, failing
  * without a working server when `WATCHER_TEST_REQUIRE_POSTGRES=1`.
  */
+import pg from 'pg';
 import type { Logger } from 'pino';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import type { ExportState } from '../../src/polling/tracker.js';
 import { EXPORT_STATES, isTerminal } from '../../src/polling/tracker.js';
 import {
@@ -93,6 +94,38 @@ await describeWithPostgres('PostgreSQL store', (server) => {
     afterEach(async () => {
       for (const store of stores.splice(0)) await store.close();
       await server.dropDatabase(url);
+    });
+
+    it('survives its sessions being ended in the middle of a transaction: the call fails, the next works', async () => {
+      const store = await openPostgresStore({ url, applicationName: 'watcher-test-cut-me' });
+      stores.push(store);
+      await store.addExports([{ ids: ['a'], metadata: null }], T0);
+      // Another session holds the row: commitChanges waits inside its transaction.
+      const holder = new pg.Client({ connectionString: url });
+      await holder.connect();
+      try {
+        await holder.query('BEGIN');
+        await holder.query(`SELECT 1 FROM exports WHERE id = 'a' FOR UPDATE`);
+        const waiting = store.commitChanges([move('a', 'UNKNOWN', 'RUNNING', T0 + 1)], build, [A], T0 + 1);
+        await vi.waitFor(async () => {
+          const rows = await server.query<{ n: number }>(
+            url,
+            `SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = 'watcher-test-cut-me' AND wait_event_type = 'Lock'`,
+          );
+          expect(rows[0]?.n).toBe(1);
+        });
+        await server.query(
+          url,
+          `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'watcher-test-cut-me'`,
+        );
+        await expect(waiting).rejects.toThrow();
+      } finally {
+        await holder.query('ROLLBACK');
+        await holder.end();
+      }
+      // No unhandled 'error' event ended this process; the pool opens a new session.
+      await store.commitChanges([move('a', 'UNKNOWN', 'RUNNING', T0 + 2)], build, [A], T0 + 2);
+      expect((await store.getExport('a'))?.state).toBe('RUNNING');
     });
 
     it('spells out the active and finished states as the tracker defines them', () => {
