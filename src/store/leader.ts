@@ -90,6 +90,7 @@ import { createHash } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import pg from 'pg';
 import type { Logger } from 'pino';
+import { describeDatabaseUrl } from './rows.js';
 
 export type LeaderRole = 'leader' | 'follower' | 'disconnected';
 
@@ -601,34 +602,13 @@ function destroyClient(client: pg.Client): void {
   }
 }
 
-/**
- * How the URL is shown (without its password, query or fragment) and a function that cuts the
- * password, raw or percent-encoded, out of any text. A URL that does not parse is refused without
- * being repeated. (The same rules as the store's; kept here so the two files stay independent.)
- */
+/** The URL as shown, and the scrubber of its password; a URL that does not parse is refused. */
 function describeTarget(url: string): { shown: string; scrub: (text: string) => string } {
-  let parsed: URL;
-  try {
-    parsed = new URL(url);
-  } catch {
+  const target = describeDatabaseUrl(url);
+  if (!target) {
     throw new RangeError(
       'leader election: the database URL is not a valid URL; write it as postgres://user:password@host:port/database',
     );
   }
-  const secrets = new Set<string>();
-  for (const raw of [parsed.password, parsed.searchParams.get('password') ?? '']) {
-    if (raw === '') continue;
-    secrets.add(raw);
-    secrets.add(encodeURIComponent(raw));
-    try {
-      secrets.add(decodeURIComponent(raw));
-    } catch {
-      // A malformed escape: the raw form is the one to cut.
-    }
-  }
-  const ordered = [...secrets].filter((s) => s.length > 0).sort((a, b) => b.length - a.length);
-  const scrub = (text: string): string => ordered.reduce((t, secret) => t.split(secret).join('***'), text);
-  const host = parsed.host === '' ? 'localhost' : parsed.host;
-  const user = parsed.username === '' ? '' : `${parsed.username}@`;
-  return { shown: scrub(`${parsed.protocol}//${user}${host}${parsed.pathname}`), scrub };
+  return target;
 }

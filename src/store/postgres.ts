@@ -54,6 +54,15 @@ import type { ExportState, JobKind, PlatformExport } from '../polling/tracker.js
 import { EXPORT_STATES } from '../polling/tracker.js';
 import type { PlatformErrorBody } from '../shared/errors.js';
 import {
+  type DeliveryRow,
+  describeDatabaseUrl,
+  fromJson,
+  page,
+  toJson,
+  toStoredDelivery,
+  whereClause,
+} from './rows.js';
+import {
   type ActiveExport,
   type AddRequest,
   type AddResult,
@@ -297,19 +306,6 @@ interface EventRow {
   export_id: string;
   body: string;
   created_at: number;
-}
-
-interface DeliveryRow {
-  event_id: string;
-  endpoint_key: string;
-  endpoint_label: string;
-  status: DeliveryStatus;
-  attempts: number;
-  next_attempt_at: number | null;
-  series_started_at: number;
-  last_status: number | null;
-  last_error: string | null;
-  finished_at: number | null;
 }
 
 const EXPORT_COLUMNS =
@@ -1029,37 +1025,15 @@ const typeParser = ((oid: number, format?: 'text' | 'binary') =>
     ? (value: string) => Number(value)
     : pg.types.getTypeParser(oid, format)) as typeof pg.types.getTypeParser;
 
-/**
- * How the URL is shown (without its password, query or fragment) and a function that cuts the
- * password, raw or percent-encoded, out of any text. A URL that does not parse is refused without
- * being repeated (it may hold the password).
- */
+/** The URL as shown, and the scrubber of its password; a URL that does not parse is refused. */
 function describeTarget(url: string): { shown: string; scrub: (text: string) => string } {
-  let parsed: URL;
-  try {
-    parsed = new URL(url);
-  } catch {
+  const target = describeDatabaseUrl(url);
+  if (!target) {
     throw new StoreError(
       'PostgreSQL database URL: not a valid URL; write it as postgres://user:password@host:port/database',
     );
   }
-  const secrets = new Set<string>();
-  for (const raw of [parsed.password, parsed.searchParams.get('password') ?? '']) {
-    if (raw === '') continue;
-    secrets.add(raw);
-    secrets.add(encodeURIComponent(raw));
-    try {
-      secrets.add(decodeURIComponent(raw));
-    } catch {
-      // A malformed escape: the raw form is the one to cut.
-    }
-  }
-  const ordered = [...secrets].filter((s) => s.length > 0).sort((a, b) => b.length - a.length);
-  const scrub = (text: string): string => ordered.reduce((t, secret) => t.split(secret).join('***'), text);
-  const host = parsed.host === '' ? 'localhost' : parsed.host;
-  const user = parsed.username === '' ? '' : `${parsed.username}@`;
-  const shown = `${parsed.protocol}//${user}${host}${parsed.pathname}`;
-  return { shown: scrub(shown), scrub };
+  return target;
 }
 
 /** One line: the error's code (SQLSTATE or errno) and message; an AggregateError's parts joined. */
@@ -1091,41 +1065,9 @@ function toStoredExport(row: ExportRow): StoredExport {
   };
 }
 
-function toStoredDelivery(row: DeliveryRow): StoredDelivery {
-  return {
-    eventId: row.event_id,
-    endpointKey: row.endpoint_key,
-    endpointLabel: row.endpoint_label,
-    status: row.status,
-    attempts: row.attempts,
-    nextAttemptAt: row.next_attempt_at,
-    seriesStartedAt: row.series_started_at,
-    lastStatus: row.last_status,
-    lastError: row.last_error,
-    finishedAt: row.finished_at,
-  };
-}
-
-/** A page of `limit` items from up to `limit + 1` rows; the extra row only says there is more. */
-function page<R, T>(rows: readonly R[], limit: number, map: (row: R) => T): { items: T[]; more: boolean } {
-  return { items: rows.slice(0, limit).map(map), more: rows.length > limit };
-}
-
-function whereClause(conditions: readonly string[]): string {
-  return conditions.length === 0 ? '' : `WHERE ${conditions.join(' AND ')}`;
-}
-
 /** Code-unit order: for the ids' ASCII alphabet, the "C" collation's byte order. */
 function compareText(a: string, b: string): number {
   return a < b ? -1 : a > b ? 1 : 0;
-}
-
-function toJson(value: unknown): string | null {
-  return value === null ? null : JSON.stringify(value);
-}
-
-function fromJson<T = Record<string, unknown>>(text: string | null): T | null {
-  return text === null ? null : (JSON.parse(text) as T);
 }
 
 /** PostgreSQL text cannot hold U+0000; an error text from elsewhere might. */

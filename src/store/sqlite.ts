@@ -21,6 +21,7 @@ import type { EventType } from '../delivery/events.js';
 import type { ExportState, JobKind, PlatformExport } from '../polling/tracker.js';
 import { EXPORT_STATES } from '../polling/tracker.js';
 import type { PlatformErrorBody } from '../shared/errors.js';
+import { type DeliveryRow, fromJson, page, toJson, toStoredDelivery, whereClause } from './rows.js';
 import {
   type ActiveExport,
   type AddRequest,
@@ -269,19 +270,6 @@ interface EventRow {
   export_id: string;
   body: string;
   created_at: number;
-}
-
-interface DeliveryRow {
-  event_id: string;
-  endpoint_key: string;
-  endpoint_label: string;
-  status: DeliveryStatus;
-  attempts: number;
-  next_attempt_at: number | null;
-  series_started_at: number;
-  last_status: number | null;
-  last_error: string | null;
-  finished_at: number | null;
 }
 
 const EVENT_COLUMNS = 'id, type, export_id, body, created_at';
@@ -761,38 +749,6 @@ function toStoredExport(row: ExportRow): StoredExport {
     error: fromJson<PlatformErrorBody>(row.error),
     lastMiss: fromJson<PlatformErrorBody>(row.last_miss),
   };
-}
-
-function toStoredDelivery(row: DeliveryRow): StoredDelivery {
-  return {
-    eventId: row.event_id,
-    endpointKey: row.endpoint_key,
-    endpointLabel: row.endpoint_label,
-    status: row.status,
-    attempts: row.attempts,
-    nextAttemptAt: row.next_attempt_at,
-    seriesStartedAt: row.series_started_at,
-    lastStatus: row.last_status,
-    lastError: row.last_error,
-    finishedAt: row.finished_at,
-  };
-}
-
-/** A page of `limit` items from up to `limit + 1` rows; the extra row only says there is more. */
-function page<R, T>(rows: readonly R[], limit: number, map: (row: R) => T): { items: T[]; more: boolean } {
-  return { items: rows.slice(0, limit).map(map), more: rows.length > limit };
-}
-
-function whereClause(conditions: readonly string[]): string {
-  return conditions.length === 0 ? '' : `WHERE ${conditions.join(' AND ')}`;
-}
-
-function toJson(value: unknown): string | null {
-  return value === null ? null : JSON.stringify(value);
-}
-
-function fromJson<T = Record<string, unknown>>(text: string | null): T | null {
-  return text === null ? null : (JSON.parse(text) as T);
 }
 
 function errorCode(error: unknown): string {

@@ -1,0 +1,86 @@
+/**
+ * What the SQL implementations of the store share: the delivery row as both databases return it,
+ * its mapping to the port's type, paging and JSON columns.
+ */
+import type { DeliveryStatus, StoredDelivery } from './store.js';
+
+export interface DeliveryRow {
+  event_id: string;
+  endpoint_key: string;
+  endpoint_label: string;
+  status: DeliveryStatus;
+  attempts: number;
+  next_attempt_at: number | null;
+  series_started_at: number;
+  last_status: number | null;
+  last_error: string | null;
+  finished_at: number | null;
+}
+
+export function toStoredDelivery(row: DeliveryRow): StoredDelivery {
+  return {
+    eventId: row.event_id,
+    endpointKey: row.endpoint_key,
+    endpointLabel: row.endpoint_label,
+    status: row.status,
+    attempts: row.attempts,
+    nextAttemptAt: row.next_attempt_at,
+    seriesStartedAt: row.series_started_at,
+    lastStatus: row.last_status,
+    lastError: row.last_error,
+    finishedAt: row.finished_at,
+  };
+}
+
+/** A page of `limit` items from up to `limit + 1` rows; the extra row only says there is more. */
+export function page<R, T>(
+  rows: readonly R[],
+  limit: number,
+  map: (row: R) => T,
+): { items: T[]; more: boolean } {
+  return { items: rows.slice(0, limit).map(map), more: rows.length > limit };
+}
+
+export function whereClause(conditions: readonly string[]): string {
+  return conditions.length === 0 ? '' : `WHERE ${conditions.join(' AND ')}`;
+}
+
+export function toJson(value: unknown): string | null {
+  return value === null ? null : JSON.stringify(value);
+}
+
+export function fromJson<T = Record<string, unknown>>(text: string | null): T | null {
+  return text === null ? null : (JSON.parse(text) as T);
+}
+
+/**
+ * How a database URL is shown (without its password, query or fragment), and a function that
+ * cuts the password, raw or percent-encoded, out of any text; undefined for a URL that does not
+ * parse (the caller refuses it without repeating it: it may hold the password).
+ */
+export function describeDatabaseUrl(
+  url: string,
+): { shown: string; scrub: (text: string) => string } | undefined {
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    return undefined;
+  }
+  const secrets = new Set<string>();
+  for (const raw of [parsed.password, parsed.searchParams.get('password') ?? '']) {
+    if (raw === '') continue;
+    secrets.add(raw);
+    secrets.add(encodeURIComponent(raw));
+    try {
+      secrets.add(decodeURIComponent(raw));
+    } catch {
+      // A malformed escape: the raw form is the one to cut.
+    }
+  }
+  const ordered = [...secrets].filter((s) => s.length > 0).sort((a, b) => b.length - a.length);
+  const scrub = (text: string): string => ordered.reduce((t, secret) => t.split(secret).join('***'), text);
+  const host = parsed.host === '' ? 'localhost' : parsed.host;
+  const user = parsed.username === '' ? '' : `${parsed.username}@`;
+  return { shown: scrub(`${parsed.protocol}//${user}${host}${parsed.pathname}`), scrub };
+}
