@@ -36,7 +36,7 @@ import type { Logger } from 'pino';
 import type { Dispatcher } from 'undici';
 import type { Config } from './config/config.js';
 import { DeliveryEngine, type DeliveryEngineOptions } from './delivery/engine.js';
-import { eventForTransition } from './delivery/events.js';
+import { storedEventBuilder } from './delivery/events.js';
 import { ControlApi, type ExportView, type WatchRegistry } from './http/control-api.js';
 import { Metrics } from './http/metrics.js';
 import { PlatformClient, type RequestOutcome, type RetryPolicy } from './platform/platform-client.js';
@@ -52,7 +52,7 @@ import { AddBatcher } from './store/group-commit.js';
 import { LeaderElection, type LeaderRole } from './store/leader.js';
 import { openPostgresStore } from './store/postgres.js';
 import { openDataDir, openSqliteStore } from './store/sqlite.js';
-import type { ActiveExport, EventBuilder, Store, StoredExport } from './store/store.js';
+import type { ActiveExport, Store, StoredExport } from './store/store.js';
 
 const require = createRequire(import.meta.url);
 export const VERSION: string = (require('../package.json') as { version: string }).version;
@@ -244,7 +244,7 @@ export class Daemon {
       ...(options.webhookQuickAttempts ? { quickAttempts: options.webhookQuickAttempts } : {}),
       ...(this.election ? { maxIdleMs: REPLICA_DELIVERY_IDLE_MS, mayAct: () => this.#mayAct() } : {}),
     });
-    const buildEvent = this.#eventBuilder();
+    const buildEvent = storedEventBuilder(config.webhook.events);
     this.scheduler = new Scheduler(
       {
         checkStatuses: (ids, kind, signal) => this.client.checkStatuses(kind, ids, { signal }),
@@ -317,27 +317,6 @@ export class Daemon {
    */
   listUnfinished(kind: JobKind): Promise<string[]> {
     return listUnfinished((k, from) => this.client.listPage(k, from), kind);
-  }
-
-  /** Events for the subscribed types, serialized once: the bytes every attempt sends and signs. */
-  #eventBuilder(): EventBuilder {
-    const wanted = this.config.webhook.events;
-    return (change, metadata, kind = 'export') => {
-      const event = eventForTransition(
-        {
-          exportId: change.id,
-          kind,
-          from: change.from,
-          to: change.to,
-          at: change.at,
-          export: change.export,
-          error: change.error,
-        },
-        metadata,
-      );
-      if (!event || (wanted !== 'all' && !wanted.has(event.type))) return null;
-      return { id: event.id, type: event.type, exportId: event.exportId, body: JSON.stringify(event.body) };
-    };
   }
 
   #buildRegistry(): WatchRegistry {

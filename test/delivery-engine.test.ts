@@ -24,7 +24,7 @@ import {
   type DeliveryOutcome,
   LEASE_MS,
 } from '../src/delivery/engine.js';
-import { type EventType, eventForTransition } from '../src/delivery/events.js';
+import { type EventType, storedEventBuilder } from '../src/delivery/events.js';
 import { parseSecret } from '../src/delivery/signing.js';
 import { type Answer, type ReceiverOptions, WebhookReceiver } from '../src/dev/receiver.js';
 import type { ExportState } from '../src/polling/tracker.js';
@@ -32,7 +32,6 @@ import { Bus } from '../src/shared/bus.js';
 import { openSqliteStore, type SqliteStore } from '../src/store/sqlite.js';
 import {
   type EndpointRef,
-  type EventBuilder,
   endpointKey,
   type NewEvent,
   type Store,
@@ -160,22 +159,8 @@ function deferred<T>(): { promise: Promise<T>; resolve: (value: T) => void } {
   return { promise, resolve };
 }
 
-/** The daemon's event builder (src/main.ts), for every event type. */
-const buildEvent: EventBuilder = (change, metadata) => {
-  const event = eventForTransition(
-    {
-      exportId: change.id,
-      from: change.from,
-      to: change.to,
-      at: change.at,
-      export: change.export,
-      error: change.error,
-    },
-    metadata,
-  );
-  if (!event) return null;
-  return { id: event.id, type: event.type, exportId: event.exportId, body: JSON.stringify(event.body) };
-};
+/** The daemon's event builder, for every event type. */
+const buildEvent = storedEventBuilder('all');
 
 /**
  * Watches `ids` and commits their move to `to`, with one pending delivery per endpoint, as the

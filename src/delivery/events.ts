@@ -9,6 +9,7 @@
 
 import type { ExportState, JobKind } from '../polling/tracker.js';
 import type { PlatformErrorBody } from '../shared/errors.js';
+import type { EventBuilder } from '../store/store.js';
 
 export const EXPORT_EVENT_TYPES = [
   'export.running',
@@ -155,4 +156,27 @@ export function eventForTransition(
 export function webhookId(jobId: string, type: EventType): string {
   const [kind, suffix] = type.split('.') as [JobKind, string];
   return kind === 'import' ? `evt_import_${jobId}_${suffix}` : `evt_${jobId}_${suffix}`;
+}
+
+/**
+ * The store's event builder: the event of a state change for the subscribed types, serialized
+ * once, so that every attempt sends (and signs) the same bytes.
+ */
+export function storedEventBuilder(wanted: ReadonlySet<EventType> | 'all'): EventBuilder {
+  return (change, metadata, kind = 'export') => {
+    const event = eventForTransition(
+      {
+        exportId: change.id,
+        kind,
+        from: change.from,
+        to: change.to,
+        at: change.at,
+        export: change.export,
+        error: change.error,
+      },
+      metadata,
+    );
+    if (!event || (wanted !== 'all' && !wanted.has(event.type))) return null;
+    return { id: event.id, type: event.type, exportId: event.exportId, body: JSON.stringify(event.body) };
+  };
 }
