@@ -36,7 +36,7 @@
 import pRetry from 'p-retry';
 import type { Logger } from 'pino';
 import type { Agent, Dispatcher } from 'undici';
-import type { Bus } from '../shared/bus.js';
+import type { AttemptResult, Bus, DeliveryOutcome } from '../shared/bus.js';
 import { settlesWithin } from '../shared/deadline.js';
 import { isRetryable, WatcherError } from '../shared/errors.js';
 import { createDispatcher } from '../shared/proxy.js';
@@ -65,7 +65,7 @@ const FLUSH_BATCH = 500;
  */
 export const MAX_IDLE_MS = 30_000;
 
-export type DeliveryOutcome = 'delivered' | 'gone' | 'given_up';
+export type { AttemptResult, DeliveryOutcome };
 
 /** Waits `ms` on the global timer (fake timers drive it in tests); rejects when `signal` aborts. */
 function sleep(ms: number, signal: AbortSignal): Promise<void> {
@@ -81,17 +81,6 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
     }, ms);
     signal.addEventListener('abort', onAbort, { once: true });
   });
-}
-
-export interface AttemptResult {
-  /** The endpoint's label: its URL without credentials, query or fragment. */
-  endpoint: string;
-  webhookId: string;
-  attempt: number;
-  outcome: AttemptAnswer['outcome'];
-  status: number;
-  code: string | undefined;
-  durationMs: number;
 }
 
 export interface DeliveryEngineOptions {

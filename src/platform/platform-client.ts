@@ -26,7 +26,7 @@ import {
   observationsFromBulk,
   type TrackerWarning,
 } from '../polling/tracker.js';
-import { Bus } from '../shared/bus.js';
+import { Bus, type PlatformRoute, type RequestOutcome } from '../shared/bus.js';
 import { isRetryable, PlatformError, type PlatformErrorBody } from '../shared/errors.js';
 import { createDispatcher } from '../shared/proxy.js';
 import type { RateInfo } from './rate-limiter.js';
@@ -51,7 +51,7 @@ export interface RequestGate {
   rateLimited(resetAt: number | undefined): void;
 }
 
-export type PlatformRoute = 'bulk_get' | 'get' | 'list' | 'rate_limit';
+export type { PlatformRoute, RequestOutcome };
 
 /** The platform's paths and bulk body key for each kind (docs/platform-api.md §3–§5). */
 const KIND_API: Readonly<Record<JobKind, { path: string; bulkKey: 'export_ids' | 'import_ids' }>> = {
@@ -68,18 +68,6 @@ export interface JobPage {
   /** The path (under the endpoint) of the page named by `links[rel=next]`; undefined on the last. */
   next: string | undefined;
 }
-export type RequestOutcome =
-  | 'ok'
-  | 'rate_limited'
-  | 'maintenance'
-  | 'server_error'
-  | 'unauthorized'
-  | 'not_found'
-  | 'rejected'
-  | 'bad_response'
-  | 'network'
-  | 'timeout';
-
 export interface RetryPolicy {
   /** Retries of transient errors (5xx, timeouts, bad bodies, network) within one call. */
   retries: number;

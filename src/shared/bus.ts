@@ -5,9 +5,38 @@
  * never stop a check or a delivery.
  */
 import type { Logger } from 'pino';
-import type { AttemptResult, DeliveryOutcome } from '../delivery/engine.js';
-import type { PlatformRoute, RequestOutcome } from '../platform/platform-client.js';
 import type { Transition } from '../polling/tracker.js';
+
+/** The platform routes the client calls. */
+export type PlatformRoute = 'bulk_get' | 'get' | 'list' | 'rate_limit';
+
+/** What one platform request came to. */
+export type RequestOutcome =
+  | 'ok'
+  | 'rate_limited'
+  | 'maintenance'
+  | 'server_error'
+  | 'unauthorized'
+  | 'not_found'
+  | 'rejected'
+  | 'bad_response'
+  | 'network'
+  | 'timeout';
+
+/** How a delivery (one event to one endpoint) ended. */
+export type DeliveryOutcome = 'delivered' | 'gone' | 'given_up';
+
+/** One webhook attempt, as reported. */
+export interface AttemptResult {
+  /** The endpoint's label: its URL without credentials, query or fragment. */
+  endpoint: string;
+  webhookId: string;
+  attempt: number;
+  outcome: 'success' | 'failure' | 'gone';
+  status: number;
+  code: string | undefined;
+  durationMs: number;
+}
 
 export interface WatcherEvents {
   /** Every platform request attempt, with its outcome. */
