@@ -107,6 +107,8 @@ await describeWithPostgres('PostgreSQL store', (server) => {
         await holder.query('BEGIN');
         await holder.query(`SELECT 1 FROM exports WHERE id = 'a' FOR UPDATE`);
         const waiting = store.commitChanges([move('a', 'UNKNOWN', 'RUNNING', T0 + 1)], build, [A], T0 + 1);
+        // Handled from the start: it may reject while the backends are still being terminated.
+        const failed = expect(waiting).rejects.toThrow();
         await vi.waitFor(async () => {
           const rows = await server.query<{ n: number }>(
             url,
@@ -118,7 +120,7 @@ await describeWithPostgres('PostgreSQL store', (server) => {
           url,
           `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'watcher-test-cut-me'`,
         );
-        await expect(waiting).rejects.toThrow();
+        await failed;
       } finally {
         await holder.query('ROLLBACK');
         await holder.end();
