@@ -387,6 +387,12 @@ function isFraction(value: unknown): boolean {
   return typeof value === 'number' && value >= 0 && value <= 1;
 }
 
+/** `n` jobs made by `create`, after checking `n`. */
+function repeatCreate(what: string, n: number, create: () => string): string[] {
+  if (!isNonNegativeInteger(n)) throw new TypeError(`${what}: n must be a non-negative integer; got ${n}`);
+  return Array.from({ length: n }, create);
+}
+
 function isNonNegativeInteger(value: unknown): value is number {
   return typeof value === 'number' && Number.isInteger(value) && value >= 0;
 }
@@ -732,20 +738,7 @@ export class Simulator {
   /** Adds one export, created now; returns its id. Spends no quota. */
   createExport(opts: CreateExportOptions = {}): string {
     const now = this.#now();
-    const id = opts.id ?? this.#newExportId();
-    if (typeof id !== 'string' || id === '')
-      throw new TypeError(`createExport: id must be a non-empty string`);
-    if (this.#exports.has(id) || this.#imports.has(id)) throw new Error(`createExport: ${id} already exists`);
-    for (const key of ['pendingMs', 'runningMs'] as const) {
-      const value = opts[key];
-      if (value !== undefined && !(Number.isFinite(value) && value >= 0)) {
-        throw new TypeError(`createExport: ${key} must be a non-negative number; got ${describe(value)}`);
-      }
-    }
-    if (opts.outcome !== undefined && opts.outcome !== 'COMPLETED' && opts.outcome !== 'FAILED') {
-      throw new TypeError(`createExport: outcome must be COMPLETED or FAILED; got ${describe(opts.outcome)}`);
-    }
-    this.#generated += 1;
+    const id = this.#newJobId('createExport', opts);
     const rec = this.#addRecord(
       id,
       {
@@ -762,30 +755,34 @@ export class Simulator {
   }
 
   createExports(n: number, opts: Omit<CreateExportOptions, 'id'> = {}): string[] {
-    if (!isNonNegativeInteger(n))
-      throw new TypeError(`createExports: n must be a non-negative integer; got ${n}`);
-    const ids: string[] = [];
-    for (let i = 0; i < n; i++) ids.push(this.createExport({ ...opts, id: undefined }));
-    return ids;
+    return repeatCreate('createExports', n, () => this.createExport({ ...opts, id: undefined }));
+  }
+
+  /**
+   * Checks what both kinds of job are created from, and counts the job: the id (given, or a new
+   * one; unique across kinds), its phase times and its outcome. `what` names the caller in errors.
+   */
+  #newJobId(what: string, opts: CreateImportOptions | CreateExportOptions): string {
+    const id = opts.id ?? this.#newExportId();
+    if (typeof id !== 'string' || id === '') throw new TypeError(`${what}: id must be a non-empty string`);
+    if (this.#exports.has(id) || this.#imports.has(id)) throw new Error(`${what}: ${id} already exists`);
+    for (const key of ['pendingMs', 'runningMs'] as const) {
+      const value = opts[key];
+      if (value !== undefined && !(Number.isFinite(value) && value >= 0)) {
+        throw new TypeError(`${what}: ${key} must be a non-negative number; got ${describe(value)}`);
+      }
+    }
+    if (opts.outcome !== undefined && opts.outcome !== 'COMPLETED' && opts.outcome !== 'FAILED') {
+      throw new TypeError(`${what}: outcome must be COMPLETED or FAILED; got ${describe(opts.outcome)}`);
+    }
+    this.#generated += 1;
+    return id;
   }
 
   /** Adds one import, created now; returns its id. Spends no quota. */
   createImport(opts: CreateImportOptions = {}): string {
     const now = this.#now();
-    const id = opts.id ?? this.#newExportId();
-    if (typeof id !== 'string' || id === '')
-      throw new TypeError('createImport: id must be a non-empty string');
-    if (this.#exports.has(id) || this.#imports.has(id)) throw new Error(`createImport: ${id} already exists`);
-    for (const key of ['pendingMs', 'runningMs'] as const) {
-      const value = opts[key];
-      if (value !== undefined && !(Number.isFinite(value) && value >= 0)) {
-        throw new TypeError(`createImport: ${key} must be a non-negative number; got ${describe(value)}`);
-      }
-    }
-    if (opts.outcome !== undefined && opts.outcome !== 'COMPLETED' && opts.outcome !== 'FAILED') {
-      throw new TypeError(`createImport: outcome must be COMPLETED or FAILED; got ${describe(opts.outcome)}`);
-    }
-    this.#generated += 1;
+    const id = this.#newJobId('createImport', opts);
     const location = opts.location ?? `imports/${this.#generated}.vcf`;
     return this.#addImport(
       id,
@@ -802,11 +799,7 @@ export class Simulator {
   }
 
   createImports(n: number, opts: Omit<CreateImportOptions, 'id'> = {}): string[] {
-    if (!isNonNegativeInteger(n))
-      throw new TypeError(`createImports: n must be a non-negative integer; got ${n}`);
-    const ids: string[] = [];
-    for (let i = 0; i < n; i++) ids.push(this.createImport({ ...opts, id: undefined }));
-    return ids;
+    return repeatCreate('createImports', n, () => this.createImport({ ...opts, id: undefined }));
   }
 
   /** The state of an export or an import. */
