@@ -12,7 +12,7 @@ import { request } from 'undici';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { type Answer, WebhookReceiver } from '../src/dev/receiver.js';
 import { Simulator } from '../src/dev/simulator.js';
-import { type CliProcess, killAll, spawnCli } from './helpers/spawn.js';
+import { type CliProcess, daemonEnv, killAll, spawnCli } from './helpers/spawn.js';
 
 const TOKEN = 'tok_durability_7Qe2';
 const SECRET = 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw';
@@ -54,21 +54,8 @@ async function startWorld(respond?: (id: string, attempt: number) => Answer) {
   return { simUrl, hookUrl, sim, receiver, dataDir };
 }
 
-function daemonEnv(simUrl: string, hookUrl: string, dir: string, extra: Record<string, string> = {}) {
-  return {
-    SB_API_ENDPOINT: simUrl,
-    SB_AUTH_TOKEN: TOKEN,
-    WATCHER_DATA_DIR: dir,
-    WATCHER_HTTP_PORT: '0',
-    WATCHER_POLL_INTERVAL: '200ms',
-    WATCHER_RATE_BUDGET: '100000',
-    WATCHER_RATE_WINDOW: '60s',
-    WATCHER_WEBHOOK_URLS: hookUrl,
-    WATCHER_WEBHOOK_SECRET: SECRET,
-    WATCHER_SHUTDOWN_TIMEOUT: '2s',
-    LOG_LEVEL: 'info',
-    ...extra,
-  };
+function durableEnv(simUrl: string, hookUrl: string, dir: string, extra: Record<string, string> = {}) {
+  return daemonEnv(simUrl, hookUrl, SECRET, { SB_AUTH_TOKEN: TOKEN, WATCHER_DATA_DIR: dir, ...extra });
 }
 
 async function startDaemon(env: Record<string, string>): Promise<Running> {
@@ -133,7 +120,7 @@ function expectedEvents(
 describe('kill -9 during a run', () => {
   it('three SIGKILLs in a 1,000-export run: every terminal event delivered, nothing forgotten or wrongly final', async () => {
     const w = await startWorld();
-    const env = daemonEnv(w.simUrl, w.hookUrl, w.dataDir);
+    const env = durableEnv(w.simUrl, w.hookUrl, w.dataDir);
     const ids = w.sim.createExports(1000);
     const unknown = Array.from({ length: 20 }, (_, i) => `gone-${i}`);
     const all = [...ids, ...unknown];
@@ -187,7 +174,7 @@ describe('SIGTERM and restart', () => {
   it('resumes watching where it stopped and sends what the receiver refused before', async () => {
     let accepting = false;
     const w = await startWorld(() => (accepting ? 204 : 503));
-    const env = daemonEnv(w.simUrl, w.hookUrl, w.dataDir);
+    const env = durableEnv(w.simUrl, w.hookUrl, w.dataDir);
     const quick = w.sim.createExports(30, { pendingMs: 100, runningMs: 200, outcome: 'COMPLETED' });
     const slow = w.sim.createExports(20, { pendingMs: 100, runningMs: 60_000 });
     let d = await startDaemon(env);
@@ -224,7 +211,7 @@ describe('replay', () => {
     let accepting = false;
     const w = await startWorld(() => (accepting ? 204 : 503));
     const since = new Date().toISOString();
-    const env = daemonEnv(w.simUrl, w.hookUrl, w.dataDir, { WATCHER_WEBHOOK_MAX_AGE: '1500ms' });
+    const env = durableEnv(w.simUrl, w.hookUrl, w.dataDir, { WATCHER_WEBHOOK_MAX_AGE: '1500ms' });
     const ids = w.sim.createExports(40, { pendingMs: 50, runningMs: 100, outcome: 'COMPLETED' });
     const d = await startDaemon(env);
     await watchIds(d, ids);
@@ -262,7 +249,7 @@ describe('a data directory that cannot be used', () => {
     dataDir = dir;
     const file = join(dir, 'a-file');
     writeFileSync(file, 'not a directory');
-    const proc = spawnCli(['run'], daemonEnv('http://127.0.0.1:9/v2', 'http://127.0.0.1:9/hook', file));
+    const proc = spawnCli(['run'], durableEnv('http://127.0.0.1:9/v2', 'http://127.0.0.1:9/hook', file));
     const { code } = await proc.exited;
     expect(code).toBe(2);
     expect(proc.stderr()).toMatch(/^config: WATCHER_DATA_DIR .*a-file/m);
@@ -275,7 +262,7 @@ describe('a data directory that cannot be used', () => {
     const db = join(dir, 'watcher.db');
     const junk = Buffer.from('SQLite format 3\u0000'.padEnd(4096, '\u00ff'), 'latin1');
     writeFileSync(db, junk);
-    const proc = spawnCli(['run'], daemonEnv('http://127.0.0.1:9/v2', 'http://127.0.0.1:9/hook', dir));
+    const proc = spawnCli(['run'], durableEnv('http://127.0.0.1:9/v2', 'http://127.0.0.1:9/hook', dir));
     const { code } = await proc.exited;
     expect(code).toBe(2);
     expect(proc.stderr()).toContain('watcher.db');

@@ -29,7 +29,7 @@ import { WebhookReceiver } from '../src/dev/receiver.js';
 import { type SimulatedRequest, Simulator } from '../src/dev/simulator.js';
 import { Daemon } from '../src/main.js';
 import { describeWithPostgres } from './helpers/postgres.js';
-import { type CliProcess, killAll, spawnCli } from './helpers/spawn.js';
+import { type CliProcess, daemonEnv, killAll, spawnCli } from './helpers/spawn.js';
 import { CuttableProxy } from './helpers/tcp-proxy.js';
 
 const SECRET = 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw';
@@ -234,20 +234,14 @@ await describeWithPostgres('two replicas on one PostgreSQL database', (server) =
   async function startReplica(name: string): Promise<Replica> {
     started += 1;
     const token = `tok_${name}_${started}_replica`;
-    const proc = spawnCli(['run'], {
-      SB_API_ENDPOINT: simUrl,
-      SB_AUTH_TOKEN: token,
-      WATCHER_DATABASE_URL: databaseUrl,
-      WATCHER_LEADER_TIMEOUT: `${LEADER_TIMEOUT_MS}ms`,
-      WATCHER_HTTP_PORT: '0',
-      WATCHER_POLL_INTERVAL: '200ms',
-      WATCHER_RATE_BUDGET: '100000',
-      WATCHER_RATE_WINDOW: '60s',
-      WATCHER_WEBHOOK_URLS: hookUrl,
-      WATCHER_WEBHOOK_SECRET: SECRET,
-      WATCHER_SHUTDOWN_TIMEOUT: '2s',
-      LOG_LEVEL: 'info',
-    });
+    const proc = spawnCli(
+      ['run'],
+      daemonEnv(simUrl, hookUrl, SECRET, {
+        SB_AUTH_TOKEN: token,
+        WATCHER_DATABASE_URL: databaseUrl,
+        WATCHER_LEADER_TIMEOUT: `${LEADER_TIMEOUT_MS}ms`,
+      }),
+    );
     const line = await proc.waitForLine((l) => l.msg === 'control API listening');
     return { name, token, proc, api: String(line.url), pid: proc.child.pid ?? -1 };
   }

@@ -128,3 +128,27 @@ export function spawnCli(
       }),
   };
 }
+
+/**
+ * A daemon's environment for tests that spawn `run`: loopback platform and receiver, a free port,
+ * fast polling and a budget that never binds; `extra` adds or overrides variables.
+ */
+export function daemonEnv(
+  simUrl: string,
+  hookUrl: string,
+  secret: string,
+  extra: Record<string, string> = {},
+): Record<string, string> {
+  return {
+    SB_API_ENDPOINT: simUrl,
+    WATCHER_HTTP_PORT: '0',
+    WATCHER_POLL_INTERVAL: '200ms',
+    WATCHER_RATE_BUDGET: '100000',
+    WATCHER_RATE_WINDOW: '60s',
+    WATCHER_WEBHOOK_URLS: hookUrl,
+    WATCHER_WEBHOOK_SECRET: secret,
+    WATCHER_SHUTDOWN_TIMEOUT: '2s',
+    LOG_LEVEL: 'info',
+    ...extra,
+  };
+}
