@@ -729,7 +729,9 @@ const CONTROL_API_FLAGS = {
  * What a command that asks the daemon needs: its API, the request limit, where errors go. Reads
  * the configuration for the address and the API token only: no platform token is needed.
  */
-function controlIo(values: ParsedValues, timeoutMs: number, env: () => Env, context: CliContext) {
+/** Where and how `events` and `redeliver` reach the daemon: its control API, with --timeout. */
+function controlIo(values: ParsedValues, env: () => Env, context: CliContext) {
+  const timeoutMs = parseTimeout(values.timeout, CONTROL_DEFAULT_TIMEOUT_MS) ?? CONTROL_DEFAULT_TIMEOUT_MS;
   const config = load(env(), context, { listens: false });
   const apiUrl = typeof values['api-url'] === 'string' ? values['api-url'] : undefined;
   return {
@@ -756,10 +758,9 @@ async function eventsCommand(args: readonly string[], env: () => Env, context: C
     },
     false,
   );
-  const timeoutMs = parseTimeout(values.timeout, CONTROL_DEFAULT_TIMEOUT_MS) ?? CONTROL_DEFAULT_TIMEOUT_MS;
   const query = eventsQuery(values, Date.now());
   return runEvents({
-    ...controlIo(values, timeoutMs, env, context),
+    ...controlIo(values, env, context),
     query,
     json: values.json === true || !process.stdout.isTTY,
     stdout: process.stdout,
@@ -782,9 +783,8 @@ async function redeliverCommand(
     },
     true,
   );
-  const timeoutMs = parseTimeout(values.timeout, CONTROL_DEFAULT_TIMEOUT_MS) ?? CONTROL_DEFAULT_TIMEOUT_MS;
   const plan = redeliverPlan(positionals, values, Date.now());
-  return runRedeliver({ ...controlIo(values, timeoutMs, env, context), plan, stdout: process.stdout });
+  return runRedeliver({ ...controlIo(values, env, context), plan, stdout: process.stdout });
 }
 
 async function simulateCommand(args: readonly string[]): Promise<number> {
