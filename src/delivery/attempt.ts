@@ -6,6 +6,7 @@
  * attempt is signed afresh) and, with a secret, `webhook-signature`.
  */
 import { type Dispatcher, request } from 'undici';
+import { onAbort } from '../shared/deadline.js';
 import { WatcherError, WebhookError } from '../shared/errors.js';
 import { sign } from './signing.js';
 
@@ -53,9 +54,8 @@ export async function sendAttempt(a: AttemptRequest): Promise<AttemptAnswer> {
     () => controller.abort(new WebhookError('WEBHOOK_TIMEOUT', `no answer within ${a.timeoutMs} ms`)),
     a.timeoutMs,
   );
-  const onAbort = () => controller.abort(a.signal.reason);
-  if (a.signal.aborted) onAbort();
-  else a.signal.addEventListener('abort', onAbort, { once: true });
+  // The engine's signal lives as long as the engine: see `onAbort` for why not a listener.
+  const detach = onAbort(a.signal, () => controller.abort(a.signal.reason));
   const started = performance.now();
   let status = 0;
   let error: WebhookError | WatcherError | undefined;
@@ -78,7 +78,7 @@ export async function sendAttempt(a: AttemptRequest): Promise<AttemptAnswer> {
     error = transportFailure(thrown, controller.signal);
   } finally {
     clearTimeout(timer);
-    a.signal.removeEventListener('abort', onAbort);
+    detach();
   }
   const outcome: AttemptOutcome = !error ? 'success' : error.code === 'WEBHOOK_GONE' ? 'gone' : 'failure';
   return {

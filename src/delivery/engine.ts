@@ -37,7 +37,7 @@ import pRetry from 'p-retry';
 import type { Logger } from 'pino';
 import type { Agent, Dispatcher } from 'undici';
 import type { AttemptResult, Bus, DeliveryOutcome } from '../shared/bus.js';
-import { settlesWithin } from '../shared/deadline.js';
+import { onAbort, settlesWithin } from '../shared/deadline.js';
 import { isRetryable, WatcherError } from '../shared/errors.js';
 import { createDispatcher } from '../shared/proxy.js';
 import {
@@ -137,15 +137,14 @@ class Slots {
     }
     return new Promise<void>((resolve, reject) => {
       const grant = () => {
-        signal.removeEventListener('abort', onAbort);
+        detach();
         resolve();
       };
-      const onAbort = () => {
+      this.#waiting.add(grant);
+      const detach = onAbort(signal, () => {
         this.#waiting.delete(grant);
         reject(signal.reason);
-      };
-      this.#waiting.add(grant);
-      signal.addEventListener('abort', onAbort, { once: true });
+      });
     });
   }
 

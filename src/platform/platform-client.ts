@@ -28,6 +28,7 @@ import {
 } from '../polling/tracker.js';
 import { Bus, type PlatformRoute, type RequestOutcome } from '../shared/bus.js';
 import { isRetryable, PlatformError, type PlatformErrorBody } from '../shared/errors.js';
+import { linkedSignal } from '../shared/deadline.js';
 import { createDispatcher } from '../shared/proxy.js';
 import type { RateInfo } from './rate-limiter.js';
 
@@ -360,8 +361,8 @@ export class PlatformClient {
       signal: callSignal,
     }: { gated?: boolean; gate?: RequestGate; signal?: AbortSignal | undefined } = {},
   ): Promise<Answer> {
-    const signal =
-      callSignal === undefined ? this.#closing.signal : AbortSignal.any([this.#closing.signal, callSignal]);
+    const linked = callSignal === undefined ? undefined : linkedSignal([this.#closing.signal, callSignal]);
+    const signal = linked?.signal ?? this.#closing.signal;
     const attempt = async (attemptNumber: number): Promise<Answer> => {
       const once = () => this.#once(route, method, path, body, attemptNumber, callSignal);
       if (signal.aborted) throw new AbortError(signal.reason as Error);
@@ -373,7 +374,7 @@ export class PlatformClient {
         throw error;
       }
     };
-    return pRetry(attempt, {
+    const calling = pRetry(attempt, {
       retries: Number.POSITIVE_INFINITY,
       factor: 2,
       minTimeout: this.#retry.minTimeoutMs,
@@ -388,6 +389,7 @@ export class PlatformClient {
         );
       },
     });
+    return linked === undefined ? calling : calling.finally(linked.dispose);
   }
 
   /** Maintenance is waited out; other transient errors get `retries` tries at short backoff. */
@@ -446,7 +448,22 @@ export class PlatformClient {
     signal: AbortSignal | undefined,
   ): Promise<Answer> {
     if (signal?.aborted) throw signal.reason;
-    const timeout = AbortSignal.timeout(this.#timeoutMs);
+    // The whole exchange, body included, is bounded; the signal is let go of when it ends.
+    const limit = linkedSignal([signal], this.#timeoutMs);
+    try {
+      return await this.#exchange(method, path, body, signal, limit.signal);
+    } finally {
+      limit.dispose();
+    }
+  }
+
+  async #exchange(
+    method: 'GET' | 'POST',
+    path: string,
+    body: unknown,
+    signal: AbortSignal | undefined,
+    limit: AbortSignal,
+  ): Promise<Answer> {
     let response: Dispatcher.ResponseData;
     try {
       response = await request(`${this.#endpoint}${path}`, {
@@ -456,7 +473,7 @@ export class PlatformClient {
         dispatcher: this.#dispatcher,
         headersTimeout: this.#timeoutMs,
         bodyTimeout: this.#timeoutMs,
-        signal: signal === undefined ? timeout : AbortSignal.any([timeout, signal]),
+        signal: limit,
       });
     } catch (error) {
       if (signal?.aborted) throw signal.reason;
