@@ -27,8 +27,8 @@ import {
   type TrackerWarning,
 } from '../polling/tracker.js';
 import { Bus, type PlatformRoute, type RequestOutcome } from '../shared/bus.js';
-import { isRetryable, PlatformError, type PlatformErrorBody } from '../shared/errors.js';
 import { linkedSignal } from '../shared/deadline.js';
+import { isRetryable, PlatformError, type PlatformErrorBody } from '../shared/errors.js';
 import { createDispatcher } from '../shared/proxy.js';
 import type { RateInfo } from './rate-limiter.js';
 
