@@ -415,14 +415,16 @@ describe('Scheduler', () => {
     expect(h.notified.map((t) => `${t.exportId}:${t.from}>${t.to}`)).toEqual(['a:UNKNOWN>COMPLETED']);
   });
 
-  it('counts a call as outstanding until its results are stored', async () => {
-    h = harness({ maxOutstanding: 1, batchSize: 1 });
+  it('frees a call\'s slot while its results wait on the store, and stops only once they are stored', async () => {
+    h = harness({ maxOutstanding: 1, maxStoring: 2, batchSize: 1 });
     const store = gate();
     h.recordGate.wait = store.wait;
     add(h, ['a', 'b']);
     h.scheduler.start();
     await vi.advanceTimersByTimeAsync(10_000);
-    expect(h.calls.map((c) => c.ids)).toEqual([['a']]);
+    // 'a' waits on the store; its slot went to 'b', which waits there too.
+    expect(h.calls.map((c) => c.ids)).toEqual([['a'], ['b']]);
+    expect(h.tracker.get('a')?.state).toBe('UNKNOWN');
     let stopped = false;
     void h.scheduler.stop().then(() => {
       stopped = true;
@@ -434,6 +436,21 @@ describe('Scheduler', () => {
     await vi.advanceTimersByTimeAsync(0);
     expect(stopped).toBe(true);
     expect(h.tracker.get('a')?.state).toBe('RUNNING');
+    expect(h.tracker.get('b')?.state).toBe('RUNNING');
+  });
+
+  it('holds checks back while maxStoring calls wait on the store', async () => {
+    h = harness({ maxOutstanding: 1, maxStoring: 1, batchSize: 1 });
+    const store = gate();
+    h.recordGate.wait = store.wait;
+    add(h, ['a', 'b']);
+    h.scheduler.start();
+    await vi.advanceTimersByTimeAsync(500);
+    expect(h.calls.map((c) => c.ids)).toEqual([['a']]);
+    h.recordGate.wait = undefined;
+    store.release();
+    await vi.advanceTimersByTimeAsync(0);
+    expect(h.calls.map((c) => c.ids)).toEqual([['a'], ['b']]);
   });
 
   it('validates its options', () => {

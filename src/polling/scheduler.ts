@@ -32,9 +32,11 @@
  * Invariants:
  * - At most one check of an export is in flight (`#inFlight`), from the call until its results are
  *   committed or dropped; so no export is in two uncommitted previews.
- * - At most `maxOutstanding` calls are handed to the limiter or being recorded at once, so batches
- *   are formed late, from the ids due at that moment, never sit stale in a queue, and a slow store
- *   holds back new calls.
+ * - At most `maxOutstanding` calls are handed to the limiter at once, so batches are formed late,
+ *   from the ids due at that moment, and never sit stale in a queue. A call whose results are
+ *   being stored no longer counts there (its ids stay in flight until they are committed), so
+ *   the results of several calls can share one commit; at most `maxStoring` calls wait on the
+ *   store, so a slow store holds back new calls.
  * - Terminal exports are never checked: the tracker drops them once their change is committed.
  * - The wake timer (`#wakeTimer`) exists whenever the loop is active: at the latest a heartbeat
  *   later, so `/healthz` sees the loop turn even while every call waits on the quota.
@@ -65,6 +67,15 @@ const ALLOWED_MOVES: Readonly<Record<SchedulerMode, readonly SchedulerMode[]>> =
   stopping: ['stopped'],
   stopped: [],
 };
+
+/** Calls handed to the limiter (queued there or on the wire) at once. */
+export const DEFAULT_MAX_OUTSTANDING = 4;
+/**
+ * Calls whose results are being stored at once, besides those. A call waiting on the store no
+ * longer holds a slot of the limiter's, so the next calls go out while the results of several
+ * share one commit (the store's group commit); past this many, a slow store holds checks back.
+ */
+export const DEFAULT_MAX_STORING = 32;
 
 /** What `pause()` aborts the calls of the running period with. */
 export const PAUSED_REASON = 'checks paused: this replica is not the leader';
@@ -103,8 +114,10 @@ export interface SchedulerDeps {
 export interface SchedulerOptions {
   pollIntervalMs: number;
   batchSize: number;
-  /** Calls handed to the limiter, or having their results stored, at once. */
+  /** Calls handed to the limiter at once (not counting those whose results are being stored). */
   maxOutstanding?: number;
+  /** Calls whose results are being stored at once. */
+  maxStoring?: number;
   /** How often a refused token is tried again. */
   unauthorizedRetryMs?: number;
   /** Pause after a call that failed even after its retries; doubles per failure up to the max. */
@@ -119,6 +132,7 @@ export class Scheduler {
   readonly #interval: number;
   readonly #batchSize: number;
   readonly #maxOutstanding: number;
+  readonly #maxStoring: number;
   readonly #unauthorizedRetryMs: number;
   readonly #failurePauseMs: number;
   readonly #failurePauseMaxMs: number;
@@ -126,7 +140,10 @@ export class Scheduler {
 
   #mode: SchedulerMode = 'idle';
   readonly #inFlight = new Set<string>();
+  /** Calls of the running period not finished: on the wire, queued in the limiter, or storing. */
   #outstanding = 0;
+  /** Of those, calls whose results are being stored. */
+  #storing = 0;
   /** No call starts before this time (after failures, or while unauthorized). */
   #pausedUntil = 0;
   #consecutiveFailures = 0;
@@ -154,7 +171,8 @@ export class Scheduler {
     this.#deps = deps;
     this.#interval = options.pollIntervalMs;
     this.#batchSize = options.batchSize;
-    this.#maxOutstanding = options.maxOutstanding ?? 2;
+    this.#maxOutstanding = options.maxOutstanding ?? DEFAULT_MAX_OUTSTANDING;
+    this.#maxStoring = options.maxStoring ?? DEFAULT_MAX_STORING;
     this.#unauthorizedRetryMs = options.unauthorizedRetryMs ?? 60_000;
     this.#failurePauseMs = options.failurePauseMs ?? 1000;
     this.#failurePauseMaxMs = options.failurePauseMaxMs ?? 60_000;
@@ -189,6 +207,7 @@ export class Scheduler {
     this.#period = new AbortController();
     this.#inFlight.clear();
     this.#outstanding = 0;
+    this.#storing = 0;
     this.#pausedUntil = 0;
     this.#consecutiveFailures = 0;
     period.abort(new PlatformError('SHUTTING_DOWN', PAUSED_REASON));
@@ -279,10 +298,12 @@ export class Scheduler {
     let nextWake = now + this.#heartbeatMs;
     if (now < this.#pausedUntil) {
       nextWake = Math.min(nextWake, this.#pausedUntil);
-    } else if (this.#outstanding < this.#maxOutstanding) {
+    } else if (this.#outstanding - this.#storing < this.#maxOutstanding && this.#storing < this.#maxStoring) {
       // While unauthorized, one probing call at a time.
       let slots =
-        this.#mode === 'unauthorized' ? 1 - this.#outstanding : this.#maxOutstanding - this.#outstanding;
+        this.#mode === 'unauthorized'
+          ? 1 - this.#outstanding
+          : this.#maxOutstanding - (this.#outstanding - this.#storing);
       // One batch per free slot, each of one kind. A short batch means its kind has nothing more
       // due: the next take tries the other kind; an empty one says when the next id falls due.
       // When more is due than there are free slots, the end of a call wakes the loop sooner; the
@@ -364,6 +385,9 @@ export class Scheduler {
     if (outcome.changes.length === 0) return true;
     const writing = this.#deps.record({ changes: outcome.changes, transitions: outcome.transitions });
     this.#recording.add(writing);
+    // The call's slot is free while its results wait on the store: the next call may go.
+    this.#storing++;
+    this.#pump();
     try {
       await writing;
       return true;
@@ -383,6 +407,7 @@ export class Scheduler {
       return false;
     } finally {
       this.#recording.delete(writing);
+      if (current()) this.#storing--;
     }
   }
 
