@@ -88,9 +88,9 @@ function envOf(stage: Stage): Record<string, string> {
       env[key] = value.join(' ');
       continue;
     }
-    for (const pair of args.split(/\s+/)) {
-      const eq = pair.indexOf('=');
-      env[pair.slice(0, eq)] = pair.slice(eq + 1).replace(/^"(.*)"$/, '$1');
+    // KEY=value or KEY="a value with spaces", as Docker reads them.
+    for (const [, key = '', value = ''] of args.matchAll(/([^\s=]+)=("(?:[^"\\]|\\.)*"|\S*)/g)) {
+      env[key] = value.replace(/^"(.*)"$/s, '$1').replace(/\\(.)/g, '$1');
     }
   }
   return env;
@@ -497,6 +497,15 @@ describe('config/sbg-export-watcher.service', () => {
     for (const name of ['sb-auth-token', 'webhook-secret', 'api-token']) {
       expect(UNIT).toContain(`LoadCredential=${name}:/etc/sbg-export-watcher/${name}`);
     }
+  });
+
+  it('starts node with the same flags as the image, those the benchmark measures', () => {
+    const image = /NODE_OPTIONS="([^"]+)"/.exec(readFileSync(join(ROOT, 'Dockerfile'), 'utf8'))?.[1];
+    expect(image).toMatch(/--max-old-space-size=\d+/);
+    expect(service.get('Environment')).toContain(`"NODE_OPTIONS=${image}"`);
+    expect(readFileSync(join(ROOT, 'test', 'bench', 'bench.ts'), 'utf8')).toContain(
+      `const SHIPPED_NODE_FLAGS = '${image}';`,
+    );
   });
 
   it('keeps its state in a StateDirectory under a dynamic user', () => {

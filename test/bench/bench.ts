@@ -73,9 +73,10 @@ interface Options {
 /**
  * How the container image and the systemd unit start node. The heap limit matters beyond its
  * value: V8 sizes its heap from it, and with the default (a quarter of the machine's memory) it
- * keeps ~150 MB more of freed answer-parsing garbage at 100,000 watched exports.
+ * keeps ~150 MB more of freed answer-parsing garbage at 100,000 watched exports; the small young
+ * generation keeps ~30 MB less resident.
  */
-const SHIPPED_NODE_FLAGS = '--max-old-space-size=512';
+const SHIPPED_NODE_FLAGS = '--max-old-space-size=512 --max-semi-space-size=2';
 
 function parseOptions(argv: string[]): Options {
   const { values } = parseArgs({
