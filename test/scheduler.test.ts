@@ -415,7 +415,7 @@ describe('Scheduler', () => {
     expect(h.notified.map((t) => `${t.exportId}:${t.from}>${t.to}`)).toEqual(['a:UNKNOWN>COMPLETED']);
   });
 
-  it('frees a call\'s slot while its results wait on the store, and stops only once they are stored', async () => {
+  it("frees a call's slot while its results wait on the store, and stops only once they are stored", async () => {
     h = harness({ maxOutstanding: 1, maxStoring: 2, batchSize: 1 });
     const store = gate();
     h.recordGate.wait = store.wait;
