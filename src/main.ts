@@ -135,6 +135,8 @@ export class Daemon {
   readonly api: ControlApi | undefined;
   readonly metrics: Metrics;
   readonly registry: WatchRegistry;
+  /** Group commit of the scheduler's check results (CHECK_COMMIT). */
+  readonly #checkResults: CommitBatcher<ExportChange>;
   /** With PostgreSQL: the election that makes this replica the leader or a follower. */
   readonly election: LeaderElection | undefined;
   readonly #log: Logger;
@@ -253,7 +255,7 @@ export class Daemon {
       ...(this.election ? { maxIdleMs: REPLICA_DELIVERY_IDLE_MS, mayAct: () => this.#mayAct() } : {}),
     });
     const buildEvent = storedEventBuilder(config.webhook.events);
-    const checkResults = new CommitBatcher<ExportChange>(async (changes) => {
+    this.#checkResults = new CommitBatcher<ExportChange>(async (changes) => {
       const events = await store.commitChanges(changes, buildEvent, this.deliveries.endpoints, now());
       if (events.length > 0) this.deliveries.poke();
     }, CHECK_COMMIT);
@@ -261,7 +263,7 @@ export class Daemon {
       {
         checkStatuses: (ids, kind, signal) => this.client.checkStatuses(kind, ids, { signal }),
         tracker: this.tracker,
-        record: ({ changes }) => checkResults.add(changes),
+        record: ({ changes }) => this.#checkResults.add(changes),
         bus: this.bus,
         now,
         log: options.log.child({ component: 'scheduler' }),
@@ -506,6 +508,8 @@ export class Daemon {
     this.#term++;
     this.#termAbort.abort(new PlatformError('SHUTTING_DOWN', STEPPED_DOWN));
     this.scheduler.pause();
+    // Observations already made are stored now rather than after the group commit's delay.
+    this.#checkResults.flush();
     this.deliveries.pause();
     const discovery = this.#discovery;
     this.#discovery = undefined;

@@ -71,6 +71,8 @@ export class CommitBatcher<T> {
   /** Exists while a commit is scheduled and not started. */
   #timer: { cancel: () => void } | undefined;
   #running: Promise<void> | undefined;
+  /** Set by `flush()`: what is queued goes without waiting out the delay. */
+  #urgent = false;
 
   constructor(commit: (items: T[]) => Promise<void>, options: { delayMs?: number; maxItems?: number } = {}) {
     this.#commit = commit;
@@ -87,9 +89,20 @@ export class CommitBatcher<T> {
     });
   }
 
+  /**
+   * Commits what is queued without waiting out the delay (after the commit under way, if any):
+   * for a replica that stops leading, whose observations should be stored now, not later.
+   */
+  flush(): void {
+    if (this.#queue.length === 0) return;
+    this.#urgent = true;
+    this.#clearTimer();
+    this.#schedule();
+  }
+
   #schedule(): void {
     if (this.#running !== undefined) return;
-    if (this.#queued >= this.#maxItems) {
+    if (this.#urgent || this.#queued >= this.#maxItems) {
       this.#clearTimer();
       this.#start();
       return;
@@ -111,6 +124,7 @@ export class CommitBatcher<T> {
 
   #start(): void {
     this.#timer = undefined;
+    this.#urgent = false;
     this.#running = this.#flush().finally(() => {
       this.#running = undefined;
       if (this.#queue.length > 0) this.#schedule();

@@ -104,4 +104,24 @@ describe('CommitBatcher', () => {
     await expect(c3).resolves.toBeUndefined();
     expect(c.batches).toEqual([[1, 2], [3]]);
   });
+
+  it('flush() commits what is queued without waiting out the delay, after the commit under way', async () => {
+    const c = committer();
+    const batcher = new CommitBatcher<number>(c.commit, { delayMs: 10_000 });
+    c.holdNext();
+    void batcher.add([1]);
+    batcher.flush();
+    await vi.advanceTimersByTimeAsync(0);
+    expect(c.batches).toEqual([[1]]);
+    void batcher.add([2]);
+    batcher.flush();
+    await vi.advanceTimersByTimeAsync(0);
+    expect(c.batches).toEqual([[1]]);
+    c.release();
+    await vi.advanceTimersByTimeAsync(0);
+    expect(c.batches).toEqual([[1], [2]]);
+    expect(vi.getTimerCount()).toBe(0);
+    batcher.flush();
+    expect(vi.getTimerCount()).toBe(0);
+  });
 });
