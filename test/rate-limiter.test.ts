@@ -275,6 +275,21 @@ describe('RateLimiter', () => {
     expect(limiter.snapshot().spent).toBe(1);
   });
 
+  it('a call that throws instead of rejecting rejects with its error and leaves nothing in flight', async () => {
+    limiter = new RateLimiter({ budget: 5, windowMs: 60_000 });
+    const boom = new Error('thrown, not rejected');
+    const result = limiter.schedule((): Promise<string> => {
+      throw boom;
+    });
+    const settled = expect(result).rejects.toBe(boom);
+    await vi.advanceTimersByTimeAsync(HOPS);
+    await settled;
+    expect(limiter.snapshot()).toMatchObject({ spent: 1, inFlight: 0 });
+    const next = limiter.schedule(async () => 'ran');
+    await vi.advanceTimersByTimeAsync(HOPS + 60_000 / 6);
+    await expect(next).resolves.toBe('ran');
+  });
+
   it('validates its options', () => {
     expect(() => new RateLimiter({ budget: 0, windowMs: 1000 })).toThrow(/budget/);
     expect(() => new RateLimiter({ budget: 1, windowMs: 0 })).toThrow(/windowMs/);

@@ -214,7 +214,16 @@ export class RateLimiter {
           return Promise.resolve();
         }
         this.#beginCall();
-        return fn().then(
+        let running: Promise<T>;
+        try {
+          running = fn();
+        } catch (error) {
+          // A function that throws instead of rejecting is a call that failed at once.
+          this.#inFlight--;
+          settle({ error });
+          return Promise.resolve();
+        }
+        return running.then(
           (value) => {
             this.#inFlight--;
             settle({ value });
