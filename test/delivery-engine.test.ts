@@ -32,6 +32,7 @@ import { Bus } from '../src/shared/bus.js';
 import { openSqliteStore, type SqliteStore } from '../src/store/sqlite.js';
 import {
   type EndpointRef,
+  type ExportChange,
   endpointKey,
   type NewEvent,
   type Store,
@@ -174,10 +175,19 @@ async function commit(
 ): Promise<NewEvent[]> {
   const now = Date.now();
   await store.addExports([{ ids, metadata: { ticket: 'T-1' } }], now);
+  const from = to === 'RUNNING' ? ('PENDING' as const) : ('RUNNING' as const);
+  // The store applies a change only from the state it holds: bring each job to `from` first,
+  // without an event, as the checks before this one would have.
+  const before: ExportChange[] = [];
+  for (const id of ids) {
+    const stored = (await store.getExport(id))?.state;
+    if (stored !== undefined && stored !== from) before.push(plainMove(id, stored, from));
+  }
+  if (before.length > 0) await store.commitChanges(before, () => null, [], now);
   return store.commitChanges(
     ids.map((id) => ({
       id,
-      from: to === 'RUNNING' ? ('PENDING' as const) : ('RUNNING' as const),
+      from,
       to,
       at: AT,
       misses: 0,
@@ -189,6 +199,10 @@ async function commit(
     endpoints,
     now,
   );
+}
+
+function plainMove(id: string, from: ExportState, to: ExportState): ExportChange {
+  return { id, from, to, at: AT, misses: 0, lastMiss: null, export: null, error: null };
 }
 
 const wid = (exportId: string, type: EventType = 'export.completed') =>

@@ -668,7 +668,7 @@ describe('wired to the real client and delivery engine over loopback HTTP', () =
       [
         {
           id: 'exp-1',
-          from: 'RUNNING',
+          from: 'UNKNOWN',
           to: 'COMPLETED',
           at: createdAt,
           misses: 0,

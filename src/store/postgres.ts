@@ -521,18 +521,27 @@ export class PostgresStore implements Store {
       if (changes.length === 0) return [];
       return this.#transaction(db, async (client) => {
         const ids = [...new Set(changes.map((c) => c.id))].sort(compareText);
-        const { rows } = await this.#query<{ id: string; metadata: string | null; kind: JobKind }>(
+        const { rows } = await this.#query<{
+          id: string;
+          metadata: string | null;
+          kind: JobKind;
+          state: ExportState;
+        }>(
           client,
-          'SELECT id, metadata, kind FROM exports WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE',
+          'SELECT id, metadata, kind, state FROM exports WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE',
           [ids],
         );
         const storedOf = new Map(rows.map((row) => [row.id, row]));
+        /** Each job's state as the changes so far leave it. */
+        const stateOf = new Map(rows.map((row) => [row.id, row.state]));
 
         const folded = new Map<string, FoldedChange>();
         const events = new Map<string, NewEvent>();
         for (const change of changes) {
           const stored = storedOf.get(change.id);
-          if (!stored) continue;
+          // Stored in another state than the change starts from: written by someone else since.
+          if (!stored || stateOf.get(change.id) !== change.from) continue;
+          stateOf.set(change.id, change.to);
           const fold = folded.get(change.id) ?? newFold(change.id);
           folded.set(change.id, fold);
           fold.misses = change.misses;

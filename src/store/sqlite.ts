@@ -412,10 +412,10 @@ export class SqliteStore implements Store {
         previous_state = @from, state = @to, state_changed_at = @at,
         history = json_insert(history, '$[#]', json_object('state', @to, 'at', @at)),
         misses = @misses, last_miss = @lastMiss, platform = coalesce(@platform, platform), error = @error
-      WHERE id = @id`);
+      WHERE id = @id AND state = @from`);
     const countMiss = this.#sql(`
       UPDATE exports SET misses = @misses, last_miss = @lastMiss, platform = coalesce(@platform, platform)
-      WHERE id = @id`);
+      WHERE id = @id AND state = @from`);
     const insertEvent = this.#sql(`
       INSERT INTO events (id, export_id, type, body, created_at) VALUES (?, ?, ?, ?, ?)
       ON CONFLICT (id) DO NOTHING`);
@@ -432,8 +432,8 @@ export class SqliteStore implements Store {
           continue;
         }
         const row = metadataOf.get(change.id) as { metadata: string | null; kind: JobKind } | undefined;
-        if (!row) continue;
-        move.run(params);
+        // Stored in another state than the change starts from: written by someone else since.
+        if (!row || move.run(params).changes === 0) continue;
         const event = build(change, fromJson(row.metadata), row.kind);
         if (!event) continue;
         if (insertEvent.run(event.id, event.exportId, event.type, event.body, now).changes === 0) continue;

@@ -247,7 +247,10 @@ export interface Store {
    * Writes state changes and miss counts, the events `build` makes for them and one pending
    * delivery (due `now`) per endpoint for each event, in one transaction. An event whose id is
    * already stored is not written again. Returns the events written. `build` gets the job's stored
-   * metadata and kind.
+   * metadata and kind. A change applies only while the job is stored in the state it starts from
+   * (`from`; changes of one job in one call follow each other): one that starts from another state
+   * was observed by a process whose view is stale (a former leader writing late) and changes
+   * nothing, so no record moves back and no second outcome is written.
    */
   commitChanges(
     changes: readonly ExportChange[],

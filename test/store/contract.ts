@@ -443,9 +443,9 @@ export function describeStoreContract(
         expect((await store.getExport('b'))?.state).toBe('PENDING');
       });
 
-      it('writes an event only once: a second commit under the same event id adds nothing', async () => {
+      it('writes an event only once: the same change again, in one call or the next, adds nothing', async () => {
         await store.addExports([{ ids: ['a'], metadata: null }], T0);
-        const change = move('a', 'RUNNING', 'COMPLETED', T0 + 1);
+        const change = move('a', 'UNKNOWN', 'COMPLETED', T0 + 1);
         const first = await store.commitChanges([change, change], build, [A, B], T0 + 1);
         expect(first.map((e) => e.id)).toEqual([eventId('a', 'COMPLETED')]);
         const again = await store.commitChanges([change], build, [A, B, C], T0 + 2);
@@ -454,6 +454,38 @@ export function describeStoreContract(
         expect(event?.createdAt).toBe(T0 + 1);
         expect(event?.deliveries.map((d) => d.endpointKey).sort()).toEqual([A.key, B.key].sort());
         expect((await store.deliveryCounts()).pending).toBe(2);
+      });
+
+      it('applies a change only while the job is in the state it starts from: a late writer moves nothing back', async () => {
+        await store.addExports([{ ids: ['a', 'b'], metadata: null }], T0);
+        await store.commitChanges(
+          [move('a', 'UNKNOWN', 'RUNNING', T0 + 1), move('a', 'RUNNING', 'FAILED', T0 + 2)],
+          build,
+          [A],
+          T0 + 2,
+        );
+        // A former leader's view: 'a' RUNNING (it is FAILED), 'b' RUNNING (it is UNKNOWN).
+        const late = await store.commitChanges(
+          [
+            move('a', 'RUNNING', 'COMPLETED', T0 + 3),
+            move('a', 'RUNNING', 'RUNNING', T0 + 3, { misses: 1 }),
+            move('b', 'RUNNING', 'COMPLETED', T0 + 3),
+          ],
+          build,
+          [A],
+          T0 + 3,
+        );
+        expect(late).toEqual([]);
+        expect(await store.getExport('a')).toMatchObject({
+          state: 'FAILED',
+          previousState: 'RUNNING',
+          misses: 0,
+        });
+        expect(await store.getExport('b')).toMatchObject({ state: 'UNKNOWN', misses: 0 });
+        expect(await store.getEvent(eventId('a', 'COMPLETED'))).toBeUndefined();
+        expect((await store.eventsOfExport('a')).map((e) => e.id).sort()).toEqual(
+          [eventId('a', 'FAILED'), eventId('a', 'RUNNING')].sort(),
+        );
       });
 
       it('writes nothing when the builder throws: the whole call is one transaction', async () => {
@@ -543,9 +575,9 @@ export function describeStoreContract(
         await store.addExports([{ ids: ['x', 'y', 'z', 'w'], metadata: null }], T0);
         for (const [i, id] of ['z', 'x', 'y'].entries()) {
           const at = T0 + (i + 1) * SECOND;
-          await store.commitChanges([move(id, 'RUNNING', 'COMPLETED', at)], build, [A], at);
+          await store.commitChanges([move(id, 'UNKNOWN', 'COMPLETED', at)], build, [A], at);
         }
-        await store.commitChanges([move('w', 'RUNNING', 'COMPLETED', T0)], build, [B], T0);
+        await store.commitChanges([move('w', 'UNKNOWN', 'COMPLETED', T0)], build, [B], T0);
       });
 
       it('hands out due deliveries of one endpoint, oldest due first, at most `limit`', async () => {

@@ -141,7 +141,7 @@ await describeWithPostgres('PostgreSQL store', (server) => {
       const ids = Array.from({ length: 300 }, (_, i) => `x${String(i).padStart(3, '0')}`);
       await first.addExports([{ ids, metadata: null }], T0);
       await first.commitChanges(
-        ids.map((id) => move(id, 'RUNNING', 'COMPLETED', T0)),
+        ids.map((id) => move(id, 'UNKNOWN', 'COMPLETED', T0)),
         build,
         [A],
         T0,
@@ -423,11 +423,12 @@ await describeWithPostgres('PostgreSQL store', (server) => {
       }
       await sqlite.close();
       expect(results[1]).toEqual(results[0]);
+      // The second RUNNING -> FAILED starts from a state 'a' has left: it changes nothing.
       expect(results[1]?.a).toMatchObject({
         state: 'FAILED',
         previousState: 'RUNNING',
-        misses: 0,
-        error: null,
+        misses: 2,
+        error: boom,
       });
     });
 
