@@ -54,10 +54,12 @@ import type { ExportState, JobKind, PlatformExport } from '../polling/tracker.js
 import { EXPORT_STATES } from '../polling/tracker.js';
 import type { PlatformErrorBody } from '../shared/errors.js';
 import {
+  type ActiveRow,
   type DeliveryRow,
   describeDatabaseUrl,
   fromJson,
   page,
+  toActiveExport,
   toJson,
   toStoredDelivery,
   whereClause,
@@ -478,27 +480,21 @@ export class PostgresStore implements Store {
   }
 
   async loadActive(): Promise<ActiveExport[]> {
-    return this.#use(async (db) => {
-      // Both kinds named, so that the (kind, state, id) index serves the query.
-      const { rows } = await this.#query<{ id: string; kind: JobKind; state: ExportState; misses: number }>(
-        db,
-        `SELECT id, kind, state, misses FROM exports WHERE kind IN ${KINDS_SQL} AND state IN ${ACTIVE_SQL}`,
-      );
-      return rows.map(({ id, kind, state, misses }) =>
-        kind === 'import' ? { id, kind, state, misses } : { id, state, misses },
-      );
-    });
+    return this.#loadJobs(`state IN ${ACTIVE_SQL}`);
   }
 
   async loadUnknown(): Promise<ActiveExport[]> {
+    return this.#loadJobs(`state = 'UNKNOWN'`);
+  }
+
+  /** Jobs of both kinds whose state meets `stateCondition` (both kinds named: the index serves it). */
+  #loadJobs(stateCondition: string): Promise<ActiveExport[]> {
     return this.#use(async (db) => {
-      const { rows } = await this.#query<{ id: string; kind: JobKind; state: ExportState; misses: number }>(
+      const { rows } = await this.#query<ActiveRow>(
         db,
-        `SELECT id, kind, state, misses FROM exports WHERE kind IN ${KINDS_SQL} AND state = 'UNKNOWN'`,
+        `SELECT id, kind, state, misses FROM exports WHERE kind IN ${KINDS_SQL} AND ${stateCondition}`,
       );
-      return rows.map(({ id, kind, state, misses }) =>
-        kind === 'import' ? { id, kind, state, misses } : { id, state, misses },
-      );
+      return rows.map(toActiveExport);
     });
   }
 

@@ -2,7 +2,21 @@
  * What the SQL implementations of the store share: the delivery row as both databases return it,
  * its mapping to the port's type, paging and JSON columns.
  */
-import type { DeliveryStatus, StoredDelivery } from './store.js';
+import type { ExportState, JobKind } from '../polling/tracker.js';
+import type { ActiveExport, DeliveryStatus, StoredDelivery } from './store.js';
+
+/** The columns `loadActive` and `loadUnknown` read. */
+export interface ActiveRow {
+  id: string;
+  kind: JobKind;
+  state: ExportState;
+  misses: number;
+}
+
+/** An active job as the port gives it: `kind` only for imports (exports are the default). */
+export function toActiveExport({ id, kind, state, misses }: ActiveRow): ActiveExport {
+  return kind === 'import' ? { id, kind, state, misses } : { id, state, misses };
+}
 
 export interface DeliveryRow {
   event_id: string;

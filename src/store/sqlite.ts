@@ -21,7 +21,16 @@ import type { EventType } from '../delivery/events.js';
 import type { ExportState, JobKind, PlatformExport } from '../polling/tracker.js';
 import { EXPORT_STATES } from '../polling/tracker.js';
 import type { PlatformErrorBody } from '../shared/errors.js';
-import { type DeliveryRow, fromJson, page, toJson, toStoredDelivery, whereClause } from './rows.js';
+import {
+  type ActiveRow,
+  type DeliveryRow,
+  fromJson,
+  page,
+  toActiveExport,
+  toJson,
+  toStoredDelivery,
+  whereClause,
+} from './rows.js';
 import {
   type ActiveExport,
   type AddRequest,
@@ -376,21 +385,19 @@ export class SqliteStore implements Store {
   }
 
   async loadActive(): Promise<ActiveExport[]> {
-    const rows = this.#sql(
-      `SELECT id, kind, state, misses FROM exports WHERE kind IN ('export', 'import') AND state IN ${ACTIVE_SQL}`,
-    ).all() as Array<{ id: string; kind: JobKind; state: ExportState; misses: number }>;
-    return rows.map(({ id, kind, state, misses }) =>
-      kind === 'import' ? { id, kind, state, misses } : { id, state, misses },
-    );
+    return this.#loadJobs(`state IN ${ACTIVE_SQL}`);
   }
 
   async loadUnknown(): Promise<ActiveExport[]> {
+    return this.#loadJobs(`state = 'UNKNOWN'`);
+  }
+
+  /** Jobs of both kinds whose state meets `stateCondition` (both kinds named: the index serves it). */
+  #loadJobs(stateCondition: string): ActiveExport[] {
     const rows = this.#sql(
-      `SELECT id, kind, state, misses FROM exports WHERE kind IN ('export', 'import') AND state = 'UNKNOWN'`,
-    ).all() as Array<{ id: string; kind: JobKind; state: ExportState; misses: number }>;
-    return rows.map(({ id, kind, state, misses }) =>
-      kind === 'import' ? { id, kind, state, misses } : { id, state, misses },
-    );
+      `SELECT id, kind, state, misses FROM exports WHERE kind IN ('export', 'import') AND ${stateCondition}`,
+    ).all() as ActiveRow[];
+    return rows.map(toActiveExport);
   }
 
   /**
