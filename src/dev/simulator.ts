@@ -313,6 +313,32 @@ const NAME_TAKEN: Omit<PlatformError, 'more_info'> = {
 };
 
 /** mulberry32: a small, fast, seedable PRNG; good enough for test schedules, not for secrets. */
+/**
+ * The File object a finished job names in `result`: the exported file on the volume, or the
+ * imported file in its project (created when the import finished).
+ */
+function fileObject(
+  rec: ExportRecord,
+  base: string,
+  { name, project, createdAt }: { name: string; project: string; createdAt: number },
+): Record<string, unknown> {
+  return {
+    href: `${base}/files/${rec.file}`,
+    id: rec.file,
+    name,
+    size: rec.size,
+    project,
+    parent: null,
+    type: 'file',
+    created_on: iso(createdAt),
+    modified_on: iso(rec.finishedAt),
+    storage: { type: 'VOLUME', volume: rec.volume, location: rec.location },
+    origin: {},
+    tags: [],
+    metadata: {},
+  };
+}
+
 export function mulberry32(seed: number): () => number {
   let a = seed >>> 0;
   return () => {
@@ -948,21 +974,11 @@ export class Simulator {
       finished_on: isTerminal(state) ? iso(rec.finishedAt) : null,
       result:
         state === 'COMPLETED'
-          ? {
-              href: `${base}/files/${rec.file}`,
-              id: rec.file,
+          ? fileObject(rec, base, {
               name,
-              size: rec.size,
               project: rec.project ?? 'sim-user/sim-project',
-              parent: null,
-              type: 'file',
-              created_on: iso(rec.finishedAt),
-              modified_on: iso(rec.finishedAt),
-              storage: { type: 'VOLUME', volume: rec.volume, location: rec.location },
-              origin: {},
-              tags: [],
-              metadata: {},
-            }
+              createdAt: rec.finishedAt,
+            })
           : null,
       error: state === 'FAILED' ? { ...rec.failure, more_info: MORE_INFO } : null,
     };
@@ -992,21 +1008,11 @@ export class Simulator {
       finished_on: isTerminal(state) ? iso(rec.finishedAt) : null,
       result:
         state === 'COMPLETED'
-          ? {
-              href: `${base}/files/${rec.file}`,
-              id: rec.file,
+          ? fileObject(rec, base, {
               name: rec.location.slice(rec.location.lastIndexOf('/') + 1),
-              size: rec.size,
               project: 'sim-user/sim-project',
-              parent: null,
-              type: 'file',
-              created_on: iso(rec.createdAt),
-              modified_on: iso(rec.finishedAt),
-              storage: { type: 'VOLUME', volume: rec.volume, location: rec.location },
-              origin: {},
-              tags: [],
-              metadata: {},
-            }
+              createdAt: rec.createdAt,
+            })
           : null,
       error: state === 'FAILED' ? { ...rec.failure, more_info: MORE_INFO } : null,
     };
