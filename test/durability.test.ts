@@ -8,10 +8,10 @@
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { request } from 'undici';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { type Answer, WebhookReceiver } from '../src/dev/receiver.js';
 import { Simulator } from '../src/dev/simulator.js';
+import { callJson } from './helpers/http.js';
 import { type CliProcess, daemonEnv, killAll, spawnCli } from './helpers/spawn.js';
 
 const TOKEN = 'tok_durability_7Qe2';
@@ -69,19 +69,12 @@ async function kill9(d: Running): Promise<void> {
   await d.proc.exited;
 }
 
-async function call(method: 'GET' | 'POST', url: string, body?: unknown) {
-  const res = await request(url, {
-    method,
-    headers: body === undefined ? {} : { 'content-type': 'application/json' },
-    ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-  });
-  const text = await res.body.text();
-  return { status: res.statusCode, json: text ? (JSON.parse(text) as Record<string, unknown>) : {} };
-}
-
 async function watchIds(d: Running, ids: readonly string[]): Promise<void> {
   for (let i = 0; i < ids.length; i += 250) {
-    const res = await call('POST', `${d.api}/v1/exports`, { ids: ids.slice(i, i + 250), metadata: { n: i } });
+    const res = await callJson('POST', `${d.api}/v1/exports`, {
+      ids: ids.slice(i, i + 250),
+      metadata: { n: i },
+    });
     expect(res.status).toBe(202);
   }
 }
@@ -92,7 +85,7 @@ async function allRecords(d: Running): Promise<Array<{ id: string; state: string
   let cursor: string | null = null;
   do {
     const query: string = cursor ? `&cursor=${cursor}` : '';
-    const page = await call('GET', `${d.api}/v1/exports?limit=1000${query}`);
+    const page = await callJson('GET', `${d.api}/v1/exports?limit=1000${query}`);
     out.push(...(page.json.items as Array<{ id: string; state: string }>));
     cursor = page.json.next_cursor as string | null;
   } while (cursor);
@@ -201,7 +194,7 @@ describe('SIGTERM and restart', () => {
       watched: 20,
     });
     await w.receiver.waitFor((r) => quick.every((id) => r.acceptedIds().has(`evt_${id}_completed`)), 30_000);
-    const slowRecord = await call('GET', `${d.api}/v1/exports/${slow[0]}`);
+    const slowRecord = await callJson('GET', `${d.api}/v1/exports/${slow[0]}`);
     expect(slowRecord.json.state).toBe('RUNNING');
   }, 90_000);
 });
@@ -216,7 +209,7 @@ describe('replay', () => {
     const d = await startDaemon(env);
     await watchIds(d, ids);
     const failedIds = async () => {
-      const res = await call('GET', `${d.api}/v1/events?status=failed&limit=1000`);
+      const res = await callJson('GET', `${d.api}/v1/events?status=failed&limit=1000`);
       return (res.json.items as Array<{ id: string }>).map((e) => e.id);
     };
     // Given up once past the max age: the daemon's log says when, the store follows its batch.
@@ -226,7 +219,7 @@ describe('replay', () => {
     expect(w.receiver.acceptedIds().size).toBe(0);
 
     accepting = true;
-    const res = await call('POST', `${d.api}/v1/events/redeliver`, { since, status: 'failed' });
+    const res = await callJson('POST', `${d.api}/v1/events/redeliver`, { since, status: 'failed' });
     expect(res.status).toBe(202);
     expect(res.json).toEqual({ deliveries: ids.length });
     const wanted = ids.map((id) => `evt_${id}_completed`);
@@ -235,7 +228,7 @@ describe('replay', () => {
     // Outcomes are written in batches, a few milliseconds after the receiver answered.
     await vi.waitFor(
       async () => {
-        const delivered = await call('GET', `${d.api}/v1/events?status=delivered&limit=1000`);
+        const delivered = await callJson('GET', `${d.api}/v1/events?status=delivered&limit=1000`);
         expect(delivered.json.items).toHaveLength(ids.length);
       },
       { timeout: 5000 },

@@ -28,6 +28,7 @@ import { loadConfig } from '../src/config/config.js';
 import { WebhookReceiver } from '../src/dev/receiver.js';
 import { type SimulatedRequest, Simulator } from '../src/dev/simulator.js';
 import { Daemon } from '../src/main.js';
+import { callJson } from './helpers/http.js';
 import { describeWithPostgres } from './helpers/postgres.js';
 import { type CliProcess, daemonEnv, killAll, spawnCli } from './helpers/spawn.js';
 import { CuttableProxy } from './helpers/tcp-proxy.js';
@@ -110,19 +111,9 @@ function percentile(values: readonly number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))] ?? NaN;
 }
 
-async function call(method: 'GET' | 'POST', url: string, body?: unknown) {
-  const res = await request(url, {
-    method,
-    headers: body === undefined ? {} : { 'content-type': 'application/json' },
-    ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-  });
-  const text = await res.body.text();
-  return { status: res.statusCode, json: text ? (JSON.parse(text) as Record<string, unknown>) : {} };
-}
-
 async function roleOf(r: Replica): Promise<string | undefined> {
   try {
-    return (await call('GET', `${r.api}/readyz`)).json.role as string | undefined;
+    return (await callJson('GET', `${r.api}/readyz`)).json.role as string | undefined;
   } catch {
     return undefined;
   }
@@ -162,7 +153,10 @@ async function attemptsOf(r: Replica): Promise<number> {
 
 async function watchIds(r: Replica, ids: readonly string[]): Promise<void> {
   for (let i = 0; i < ids.length; i += 250) {
-    const res = await call('POST', `${r.api}/v1/exports`, { ids: ids.slice(i, i + 250), metadata: { n: i } });
+    const res = await callJson('POST', `${r.api}/v1/exports`, {
+      ids: ids.slice(i, i + 250),
+      metadata: { n: i },
+    });
     expect(res.status).toBe(202);
   }
 }
@@ -259,8 +253,11 @@ await describeWithPostgres('two replicas on one PostgreSQL database', (server) =
     const [a, b] = await Promise.all([startReplica('a'), startReplica('b')]);
     const leader = await leaderOf([a, b]);
     const follower = leader === a ? b : a;
-    expect((await call('GET', `${follower.api}/readyz`)).json).toEqual({ status: 'ok', role: 'follower' });
-    expect((await call('GET', `${leader.api}/readyz`)).json).toEqual({ status: 'ok', role: 'leader' });
+    expect((await callJson('GET', `${follower.api}/readyz`)).json).toEqual({
+      status: 'ok',
+      role: 'follower',
+    });
+    expect((await callJson('GET', `${leader.api}/readyz`)).json).toEqual({ status: 'ok', role: 'leader' });
     const metrics = await request(`${follower.api}/metrics`);
     const text = await metrics.body.text();
     expect(text).toContain('sbg_export_watcher_leader{role="follower"} 1');
@@ -307,7 +304,7 @@ await describeWithPostgres('two replicas on one PostgreSQL database', (server) =
     const records: Array<{ id: string; state: string }> = [];
     let cursor: string | null = null;
     do {
-      const page = await call(
+      const page = await callJson(
         'GET',
         `${follower.api}/v1/exports?limit=1000${cursor ? `&cursor=${cursor}` : ''}`,
       );
@@ -376,7 +373,7 @@ await describeWithPostgres('two replicas on one PostgreSQL database', (server) =
     const sentBefore = hooks.received.filter((h) => h.id === event).length;
     const attemptsBefore = await Promise.all([attemptsOf(leader), attemptsOf(follower)]);
     const askedAt = Date.now();
-    const res = await call('POST', `${leader.api}/v1/events/${event}/redeliver`);
+    const res = await callJson('POST', `${leader.api}/v1/events/${event}/redeliver`);
     expect(res.status).toBe(202);
     await hooks.waitFor((r) => r.received.filter((h) => h.id === event).length > sentBefore, 15_000);
     const redeliveredIn = Date.now() - askedAt;
@@ -431,7 +428,7 @@ await describeWithPostgres('two replicas on one PostgreSQL database', (server) =
       expect(steppedDownAt - cutAt).toBeLessThanOrEqual(leaseMs + STEP_DOWN_BOUND_MS);
       expect(daemon.scheduler.mode).toBe('paused');
       expect(daemon.deliveries.paused).toBe(true);
-      const ready = await call('GET', `${api}/readyz`);
+      const ready = await callJson('GET', `${api}/readyz`);
       expect(ready.status).toBe(503);
       expect(ready.json).toMatchObject({ status: 'unavailable', role: 'disconnected' });
       expect(String(ready.json.reason)).toContain('no connection to PostgreSQL');
