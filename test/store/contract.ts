@@ -113,6 +113,17 @@ function byId<T extends { id: string }>(items: readonly T[]): T[] {
   return [...items].sort((a, b) => (a.id < b.id ? -1 : 1));
 }
 
+/** Runs `open`, expecting a StoreError; returns its message. */
+export async function storeErrorOf(open: () => unknown): Promise<string> {
+  try {
+    await open();
+  } catch (error) {
+    expect(error).toBeInstanceOf(StoreError);
+    return (error as StoreError).message;
+  }
+  throw new Error('expected a StoreError, but it opened');
+}
+
 export function describeStoreContract(
   name: string,
   open: () => Promise<Store>,

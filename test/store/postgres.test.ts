@@ -32,7 +32,7 @@ import {
   StoreError,
 } from '../../src/store/store.js';
 import { describeWithPostgres } from '../helpers/postgres.js';
-import { describeStoreContract } from './contract.js';
+import { describeStoreContract, storeErrorOf } from './contract.js';
 
 const T0 = 1_700_000_000_000;
 const HOUR = 3_600_000;
@@ -51,17 +51,6 @@ const build: EventBuilder = (change, metadata, kind = 'export') =>
 
 function move(id: string, from: ExportState, to: ExportState, at: number, extra: Partial<ExportChange> = {}) {
   return { id, from, to, at, misses: 0, lastMiss: null, export: null, error: null, ...extra };
-}
-
-/** Runs `open`, expecting a StoreError; returns its message. */
-async function storeErrorOf(open: () => Promise<unknown>): Promise<string> {
-  try {
-    await open();
-  } catch (error) {
-    expect(error).toBeInstanceOf(StoreError);
-    return (error as StoreError).message;
-  }
-  throw new Error('expected a StoreError, but it opened');
 }
 
 await describeWithPostgres('PostgreSQL store', (server) => {

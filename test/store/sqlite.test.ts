@@ -32,7 +32,7 @@ import {
   type SqliteStore,
 } from '../../src/store/sqlite.js';
 import { endpointKey, StoreError } from '../../src/store/store.js';
-import { describeStoreContract } from './contract.js';
+import { describeStoreContract, storeErrorOf } from './contract.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
 const TSX = pathToFileURL(join(ROOT, 'node_modules', 'tsx', 'dist', 'loader.mjs')).href;
@@ -66,17 +66,6 @@ async function databaseWithExports(count: number): Promise<string> {
   await store.addExports([{ ids, metadata: { padding: 'x'.repeat(200) } }], T0);
   await store.close();
   return path;
-}
-
-/** Runs `open`, expecting a StoreError; returns its message. */
-async function storeErrorOf(open: () => unknown): Promise<string> {
-  try {
-    await open();
-  } catch (error) {
-    expect(error).toBeInstanceOf(StoreError);
-    return (error as StoreError).message;
-  }
-  throw new Error('expected a StoreError, but it opened');
 }
 
 describe('SQLite store', () => {
