@@ -48,11 +48,18 @@ import { Bus } from './shared/bus.js';
 import { settlesWithin } from './shared/deadline.js';
 import { PlatformError } from './shared/errors.js';
 import { safeUrl } from './shared/redact.js';
-import { AddBatcher, CommitBatcher } from './store/group-commit.js';
+import { GroupCommit } from './store/group-commit.js';
 import { LeaderElection, type LeaderRole } from './store/leader.js';
 import { openPostgresStore } from './store/postgres.js';
 import { openDataDir, openSqliteStore } from './store/sqlite.js';
-import type { ActiveExport, ExportChange, Store, StoredExport } from './store/store.js';
+import type {
+  ActiveExport,
+  AddRequest,
+  AddResult,
+  ExportChange,
+  Store,
+  StoredExport,
+} from './store/store.js';
 
 const require = createRequire(import.meta.url);
 export const VERSION: string = (require('../package.json') as { version: string }).version;
@@ -121,7 +128,11 @@ const STEPPED_DOWN = 'no longer the leader: call dropped';
  * checks themselves are seconds apart), and when many exports finish together their transitions
  * share fsyncs and index pages instead of paying for them per call of 100.
  */
-const CHECK_COMMIT = { delayMs: 100, maxItems: 5000 };
+const CHECK_COMMIT = {
+  delayMs: 100,
+  maxItems: 5000,
+  sizeOf: (changes: readonly ExportChange[]) => changes.length,
+};
 
 export class Daemon {
   readonly config: Config;
@@ -136,13 +147,13 @@ export class Daemon {
   readonly metrics: Metrics;
   readonly registry: WatchRegistry;
   /** Group commit of the scheduler's check results (CHECK_COMMIT). */
-  readonly #checkResults: CommitBatcher<ExportChange>;
+  readonly #checkResults: GroupCommit<readonly ExportChange[], undefined>;
   /** With PostgreSQL: the election that makes this replica the leader or a follower. */
   readonly election: LeaderElection | undefined;
   readonly #log: Logger;
   readonly #now: () => number;
   readonly #durable: boolean;
-  readonly #adds: AddBatcher;
+  readonly #adds: GroupCommit<AddRequest, AddResult>;
   readonly #options: DaemonOptions;
   #readiness: Readiness = { ok: false, reason: 'no answer from the platform yet' };
   #pruneTimer: NodeJS.Timeout | undefined;
@@ -209,7 +220,7 @@ export class Daemon {
     this.#now = options.now ?? Date.now;
     const now = this.#now;
     this.bus = options.bus ?? new Bus(options.log);
-    this.#adds = new AddBatcher(store, now);
+    this.#adds = new GroupCommit((requests: AddRequest[]) => store.addExports(requests, now()));
 
     this.tracker = new Tracker({});
     this.metrics = new Metrics({
@@ -255,9 +266,10 @@ export class Daemon {
       ...(this.election ? { maxIdleMs: REPLICA_DELIVERY_IDLE_MS, mayAct: () => this.#mayAct() } : {}),
     });
     const buildEvent = storedEventBuilder(config.webhook.events);
-    this.#checkResults = new CommitBatcher<ExportChange>(async (changes) => {
-      const events = await store.commitChanges(changes, buildEvent, this.deliveries.endpoints, now());
+    this.#checkResults = new GroupCommit(async (calls: Array<readonly ExportChange[]>) => {
+      const events = await store.commitChanges(calls.flat(), buildEvent, this.deliveries.endpoints, now());
       if (events.length > 0) this.deliveries.poke();
+      return calls.map(() => undefined);
     }, CHECK_COMMIT);
     this.scheduler = new Scheduler(
       {

@@ -1,72 +1,32 @@
 /**
- * Group commit for `POST /v1/exports`: requests that arrive in the same event-loop turn share one
- * `addExports` transaction, and each is answered only once that transaction has committed. Under
- * a burst of small requests this turns one fsync per request into one per turn.
- */
-import type { AddRequest, AddResult, Store } from './store.js';
-
-interface Waiting {
-  request: AddRequest;
-  resolve: (result: AddResult) => void;
-  reject: (error: unknown) => void;
-}
-
-export class AddBatcher {
-  readonly #store: Store;
-  readonly #now: () => number;
-  #queue: Waiting[] = [];
-  #scheduled = false;
-
-  constructor(store: Store, now: () => number) {
-    this.#store = store;
-    this.#now = now;
-  }
-
-  /** Resolves with this request's result once its rows are committed. */
-  add(request: AddRequest): Promise<AddResult> {
-    return new Promise((resolve, reject) => {
-      this.#queue.push({ request, resolve, reject });
-      if (this.#scheduled) return;
-      this.#scheduled = true;
-      setImmediate(() => void this.#flush());
-    });
-  }
-
-  async #flush(): Promise<void> {
-    const batch = this.#queue;
-    this.#queue = [];
-    this.#scheduled = false;
-    try {
-      const results = await this.#store.addExports(
-        batch.map((w) => w.request),
-        this.#now(),
-      );
-      batch.forEach((w, i) => {
-        const result = results[i];
-        if (result) w.resolve(result);
-        else w.reject(new Error('the store returned no result for a request'));
-      });
-    } catch (error) {
-      for (const w of batch) w.reject(error);
-    }
-  }
-}
-
-/**
- * Group commit for the results of checks: the changes of every call whose answer was handled in
- * the same event-loop turn, or while the previous commit was running, share one transaction, and
- * each call's `add` resolves (or rejects) with it. A durable commit costs an fsync (~10–20 ms on a
- * virtual disk) during which, with SQLite, the thread does nothing else: when 100,000 exports
- * finish at once, one commit per call of 100 held the checks and the webhooks back for seconds.
+ * Group commit: requests that arrive close together share one transaction, and each is answered
+ * (with its own result) only once that transaction has committed. A durable commit costs an
+ * fsync (~10–20 ms on a virtual disk) during which, with SQLite, the thread does nothing else, so
+ * one per request is what a burst cannot afford. Two uses in the daemon:
+ * - `POST /v1/exports` (`addExports`): the requests of one event-loop turn;
+ * - the results of checks (`commitChanges`): the calls answered within 100 ms. When 100,000 exports
+ *   finished at once, one commit per call of 100 held the checks and the webhooks back for seconds.
+ *
  * Commits run one at a time; what arrives meanwhile waits for the next. With `delayMs`, a commit
- * waits that long after the first item queued for it (or until `maxItems` are queued), so that
- * calls answered a few milliseconds apart share it too.
+ * waits that long after the first request queued for it (or until requests of `maxItems` in all,
+ * by `sizeOf`, are queued), so that requests a few milliseconds apart share it too.
  */
-export class CommitBatcher<T> {
-  readonly #commit: (items: T[]) => Promise<void>;
+
+export interface GroupCommitOptions<T> {
+  /** How long a commit waits for more requests; 0 (the default): until the end of the turn. */
+  delayMs?: number;
+  /** Commit at once when the queued requests hold this many items. */
+  maxItems?: number;
+  /** The items a request holds, for `maxItems`; 1 by default. */
+  sizeOf?: (request: T) => number;
+}
+
+export class GroupCommit<T, R> {
+  readonly #commit: (requests: T[]) => Promise<R[]>;
   readonly #delayMs: number;
   readonly #maxItems: number;
-  #queue: Array<{ items: readonly T[]; resolve: () => void; reject: (error: unknown) => void }> = [];
+  readonly #sizeOf: (request: T) => number;
+  #queue: Array<{ request: T; resolve: (result: R) => void; reject: (error: unknown) => void }> = [];
   #queued = 0;
   /** Exists while a commit is scheduled and not started. */
   #timer: { cancel: () => void } | undefined;
@@ -74,17 +34,19 @@ export class CommitBatcher<T> {
   /** Set by `flush()`: what is queued goes without waiting out the delay. */
   #urgent = false;
 
-  constructor(commit: (items: T[]) => Promise<void>, options: { delayMs?: number; maxItems?: number } = {}) {
+  /** `commit` gets the queued requests in order and answers with one result per request, in order. */
+  constructor(commit: (requests: T[]) => Promise<R[]>, options: GroupCommitOptions<T> = {}) {
     this.#commit = commit;
     this.#delayMs = options.delayMs ?? 0;
     this.#maxItems = options.maxItems ?? Number.POSITIVE_INFINITY;
+    this.#sizeOf = options.sizeOf ?? (() => 1);
   }
 
-  /** Resolves once `items` are committed; rejects, with every caller of that commit, if it fails. */
-  add(items: readonly T[]): Promise<void> {
-    return new Promise<void>((resolve, reject) => {
-      this.#queue.push({ items, resolve, reject });
-      this.#queued += items.length;
+  /** Resolves with this request's result once it is committed; rejects, with every request of that commit, if it fails. */
+  add(request: T): Promise<R> {
+    return new Promise<R>((resolve, reject) => {
+      this.#queue.push({ request, resolve, reject });
+      this.#queued += this.#sizeOf(request);
       this.#schedule();
     });
   }
@@ -136,8 +98,11 @@ export class CommitBatcher<T> {
     this.#queue = [];
     this.#queued = 0;
     try {
-      await this.#commit(batch.flatMap((w) => w.items));
-      for (const w of batch) w.resolve();
+      const results = await this.#commit(batch.map((w) => w.request));
+      batch.forEach((w, i) => {
+        if (i < results.length) w.resolve(results[i] as R);
+        else w.reject(new Error('the store returned no result for a request'));
+      });
     } catch (error) {
       for (const w of batch) w.reject(error);
     }
