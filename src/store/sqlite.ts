@@ -290,8 +290,12 @@ export class SqliteStore implements Store {
   #db: Database.Database | undefined;
   readonly #statements = new Map<string, Database.Statement>();
 
+  /** Runs its argument in a transaction: one wrapper for all, where `db.transaction` makes one per call. */
+  readonly #inTransaction: (work: () => unknown) => unknown;
+
   constructor(db: Database.Database) {
     this.#db = db;
+    this.#inTransaction = db.transaction((work: () => unknown) => work());
   }
 
   /**
@@ -703,7 +707,8 @@ export class SqliteStore implements Store {
   }
 
   #transaction<T>(work: () => T): T {
-    return this.#open().transaction(work)();
+    this.#open();
+    return this.#inTransaction(work) as T;
   }
 
   /**
@@ -713,12 +718,12 @@ export class SqliteStore implements Store {
    * machine an fsync costs ~10 ms, and claims and outcomes come with every few deliveries.
    */
   #lightTransaction<T>(work: () => T): T {
-    const db = this.#open();
-    db.pragma('synchronous = OFF');
+    // Prepared once: `db.pragma()` prepares its statement anew at every call.
+    this.#sql('PRAGMA synchronous = OFF').run();
     try {
-      return db.transaction(work)();
+      return this.#transaction(work);
     } finally {
-      db.pragma('synchronous = FULL');
+      this.#sql('PRAGMA synchronous = FULL').run();
     }
   }
 
