@@ -1335,6 +1335,11 @@ describe('hygiene', () => {
 
     expect(r.accepted()).toHaveLength(1);
     expect(r.received.every((x) => x.verified)).toBe(true);
+    // The query is the endpoint's own: it is sent, as configured, with every attempt.
+    expect(new Set(r.received.map((x) => x.target))).toEqual(
+      new Set([`${new URL(url).pathname}?token=tok_abcdef`]),
+    );
+    expect(r.received[0]?.headers.authorization).toBeUndefined();
     const all = logLines.join('\n');
     expect(all).toContain(url);
     expect(all).not.toContain('hunter2');

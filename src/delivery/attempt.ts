@@ -5,7 +5,8 @@
  * Headers are Standard Webhooks': `webhook-id`, `webhook-timestamp` (this attempt's time, so each
  * attempt is signed afresh) and, with a secret, `webhook-signature`.
  */
-import { type Dispatcher, request } from 'undici';
+import { EventEmitter } from 'node:events';
+import type { Dispatcher } from 'undici';
 import { onAbort } from '../shared/deadline.js';
 import { WatcherError, WebhookError } from '../shared/errors.js';
 import { sign } from './signing.js';
@@ -39,6 +40,49 @@ export interface AttemptRequest {
   nowMs: number;
 }
 
+/**
+ * One attempt's abort signal, in the `EventEmitter` shape undici takes besides `AbortSignal`
+ * (`aborted`, `reason`, an `abort` event). An `AbortController` per attempt, with the listener
+ * undici adds to it, cost ~25 µs of CPU per request on its own (a loopback benchmark of 30,000
+ * POSTs: 89 µs per request with one, 63 with this); the attempt needs nothing else of it.
+ */
+class AttemptSignal extends EventEmitter {
+  aborted = false;
+  reason: unknown;
+
+  abort(reason: unknown): void {
+    if (this.aborted) return;
+    this.aborted = true;
+    this.reason = reason;
+    this.emit('abort');
+  }
+}
+
+/** Where a webhook URL's requests go, as undici's dispatcher takes it: origin, then path and query. */
+interface Target {
+  origin: string;
+  path: string;
+}
+
+/** Parsed targets by URL: the configured endpoints, a handful. Bounded all the same. */
+const targets = new Map<string, Target>();
+const MAX_TARGETS = 64;
+
+/**
+ * The origin and path of `url`, parsed once per URL (what `undici.request(url)` would parse at
+ * every call). Credentials in the URL are not sent, as with `undici.request`.
+ */
+function targetOf(url: string): Target {
+  let target = targets.get(url);
+  if (target === undefined) {
+    const u = new URL(url);
+    target = { origin: u.origin, path: `${u.pathname}${u.search}` };
+    if (targets.size >= MAX_TARGETS) targets.clear();
+    targets.set(url, target);
+  }
+  return target;
+}
+
 /** Sends one attempt; never throws. */
 export async function sendAttempt(a: AttemptRequest): Promise<AttemptAnswer> {
   const timestampSec = Math.floor(a.nowMs / 1000);
@@ -49,23 +93,25 @@ export async function sendAttempt(a: AttemptRequest): Promise<AttemptAnswer> {
     'webhook-timestamp': String(timestampSec),
   };
   if (a.secretKey) headers['webhook-signature'] = sign(a.secretKey, a.webhookId, timestampSec, a.body);
-  const controller = new AbortController();
+  const signal = new AttemptSignal();
   const timer = setTimeout(
-    () => controller.abort(new WebhookError('WEBHOOK_TIMEOUT', `no answer within ${a.timeoutMs} ms`)),
+    () => signal.abort(new WebhookError('WEBHOOK_TIMEOUT', `no answer within ${a.timeoutMs} ms`)),
     a.timeoutMs,
   );
   // The engine's signal lives as long as the engine: see `onAbort` for why not a listener.
-  const detach = onAbort(a.signal, () => controller.abort(a.signal.reason));
+  const detach = onAbort(a.signal, () => signal.abort(a.signal.reason));
   const started = performance.now();
   let status = 0;
   let error: WebhookError | WatcherError | undefined;
   try {
-    const response = await request(a.url, {
+    const { origin, path } = targetOf(a.url);
+    const response = await a.dispatcher.request({
+      origin,
+      path,
       method: 'POST',
       headers,
       body: a.body,
-      dispatcher: a.dispatcher,
-      signal: controller.signal,
+      signal,
       // Our own timer is the limit; keep undici's from cutting in earlier or later.
       headersTimeout: a.timeoutMs,
       bodyTimeout: a.timeoutMs,
@@ -75,7 +121,7 @@ export async function sendAttempt(a: AttemptRequest): Promise<AttemptAnswer> {
     // The status decides; the body is read only to free the connection, within the same limit.
     await response.body.dump({ limit: MAX_RESPONSE_BODY_BYTES }).catch(() => undefined);
   } catch (thrown) {
-    error = transportFailure(thrown, controller.signal);
+    error = transportFailure(thrown, signal);
   } finally {
     clearTimeout(timer);
     detach();
@@ -107,7 +153,7 @@ function statusFailure(
 }
 
 /** The failure an exception from undici means. */
-function transportFailure(error: unknown, signal: AbortSignal): WebhookError | WatcherError {
+function transportFailure(error: unknown, signal: AttemptSignal): WebhookError | WatcherError {
   if (signal.aborted && signal.reason instanceof WatcherError) return signal.reason;
   const code = (error as { code?: unknown } | null)?.code;
   if (

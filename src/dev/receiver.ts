@@ -39,6 +39,8 @@ export interface ReceivedWebhook {
   /** The parsed body, or undefined when it is not JSON. */
   json: unknown;
   headers: Record<string, string | string[] | undefined>;
+  /** The request target as sent: path and query. */
+  target: string;
   /** Epoch ms per `now`. */
   receivedAt: number;
   /** The status answered, once answered. */
@@ -177,6 +179,7 @@ export class WebhookReceiver {
       body,
       json: parseJson(body),
       headers: { ...req.headers },
+      target: req.url ?? '',
       receivedAt,
       status: undefined,
     };
