@@ -18,7 +18,7 @@
  */
 import pRetry, { AbortError } from 'p-retry';
 import type { Logger } from 'pino';
-import { type Dispatcher, request } from 'undici';
+import type { Dispatcher } from 'undici';
 import {
   type BulkItem,
   type JobKind,
@@ -27,7 +27,7 @@ import {
   type TrackerWarning,
 } from '../polling/tracker.js';
 import { Bus, type PlatformRoute, type RequestOutcome } from '../shared/bus.js';
-import { linkedSignal } from '../shared/deadline.js';
+import { linkedSignal, type RequestSignal, requestSignal } from '../shared/deadline.js';
 import { isRetryable, PlatformError, type PlatformErrorBody } from '../shared/errors.js';
 import { createDispatcher } from '../shared/proxy.js';
 import type { RateInfo } from './rate-limiter.js';
@@ -126,6 +126,8 @@ interface Answer {
 
 export class PlatformClient {
   readonly #endpoint: string;
+  /** The endpoint's origin and path, parsed at the first request (what `undici.request` parsed at every one). */
+  #target: { origin: string; base: string } | undefined;
   readonly #headers: Record<string, string>;
   readonly #gate: RequestGate;
   readonly #log: Logger;
@@ -449,7 +451,7 @@ export class PlatformClient {
   ): Promise<Answer> {
     if (signal?.aborted) throw signal.reason;
     // The whole exchange, body included, is bounded; the signal is let go of when it ends.
-    const limit = linkedSignal([signal], this.#timeoutMs);
+    const limit = requestSignal([signal], this.#timeoutMs);
     try {
       return await this.#exchange(method, path, body, signal, limit.signal);
     } finally {
@@ -462,15 +464,17 @@ export class PlatformClient {
     path: string,
     body: unknown,
     signal: AbortSignal | undefined,
-    limit: AbortSignal,
+    limit: RequestSignal,
   ): Promise<Answer> {
     let response: Dispatcher.ResponseData;
     try {
-      response = await request(`${this.#endpoint}${path}`, {
+      this.#target ??= targetOf(this.#endpoint);
+      response = await this.#dispatcher.request({
+        origin: this.#target.origin,
+        path: `${this.#target.base}${path}`,
         method,
         headers: this.#headers,
         body: body === undefined ? null : JSON.stringify(body),
-        dispatcher: this.#dispatcher,
         headersTimeout: this.#timeoutMs,
         bodyTimeout: this.#timeoutMs,
         signal: limit,
@@ -659,4 +663,10 @@ function outcomeOf(error: unknown): RequestOutcome {
 function errorText(error: unknown): string {
   const e = error as { code?: string; message?: string };
   return e.code ?? e.message ?? String(error);
+}
+
+/** An endpoint URL as undici's dispatcher takes it; credentials in it are not sent (as before). */
+function targetOf(endpoint: string): { origin: string; base: string } {
+  const url = new URL(endpoint);
+  return { origin: url.origin, base: url.pathname.replace(/\/+$/, '') };
 }

@@ -3,6 +3,7 @@
  * wait "until this settles, or at most so long". Time is read through the global timers, so fake
  * timers drive it in tests.
  */
+import { EventEmitter } from 'node:events';
 
 /**
  * Whether `promise` settles (either way) within `ms`. It is left to settle on its own when the
@@ -66,10 +67,15 @@ export function onAbort(signal: AbortSignal, fn: () => void): () => void {
 const abortCallbacks = new WeakMap<AbortSignal, Set<() => void>>();
 
 /** A signal that follows some others and an optional time limit; `dispose` when done with it. */
-export interface LinkedSignal {
-  readonly signal: AbortSignal;
+export interface LinkedSignal<S = AbortSignal> {
+  readonly signal: S;
   /** Detaches from the sources and clears the timer. Idempotent. */
   dispose(): void;
+}
+
+/** What `timeoutMs` aborts with when no other reason is given: what `AbortSignal.timeout` uses. */
+function timeoutError(): DOMException {
+  return new DOMException('The operation was aborted due to timeout', 'TimeoutError');
 }
 
 /**
@@ -85,6 +91,48 @@ export function linkedSignal(
   timeoutMs?: number,
 ): LinkedSignal {
   const controller = new AbortController();
+  return { signal: controller.signal, dispose: link(controller, sources, timeoutMs, timeoutError) };
+}
+
+/**
+ * One HTTP request's abort signal, in the `EventEmitter` shape undici takes besides `AbortSignal`
+ * (`aborted`, `reason`, an `abort` event). An `AbortController` per request, with the listener
+ * undici adds to its signal, cost ~25 µs of CPU per request (a loopback benchmark of 30,000 POSTs:
+ * 89 µs per request with one, 63 with this); a request needs nothing else of it. For undici only:
+ * what takes an `AbortSignal` (p-retry, `onAbort`) gets a `linkedSignal`.
+ */
+export class RequestSignal extends EventEmitter {
+  aborted = false;
+  reason: unknown;
+
+  abort(reason: unknown): void {
+    if (this.aborted) return;
+    this.aborted = true;
+    this.reason = reason;
+    this.emit('abort');
+  }
+}
+
+/**
+ * A `RequestSignal` that follows `sources` and `timeoutMs` as `linkedSignal` does; on the time
+ * limit it aborts with `timeoutReason()` (default: a `TimeoutError`).
+ */
+export function requestSignal(
+  sources: ReadonlyArray<AbortSignal | undefined>,
+  timeoutMs: number,
+  timeoutReason: () => unknown = timeoutError,
+): LinkedSignal<RequestSignal> {
+  const signal = new RequestSignal();
+  return { signal, dispose: link(signal, sources, timeoutMs, timeoutReason) };
+}
+
+/** Aborts `target` with the first source's reason or at the time limit; returns the dispose. */
+function link(
+  target: { abort(reason: unknown): void },
+  sources: ReadonlyArray<AbortSignal | undefined>,
+  timeoutMs: number | undefined,
+  timeoutReason: () => unknown,
+): () => void {
   const detach: Array<() => void> = [];
   let timer: NodeJS.Timeout | undefined;
   const dispose = () => {
@@ -96,23 +144,23 @@ export function linkedSignal(
   for (const source of sources) {
     if (source === undefined) continue;
     if (source.aborted) {
-      controller.abort(source.reason);
+      target.abort(source.reason);
       dispose();
-      return { signal: controller.signal, dispose };
+      return dispose;
     }
     detach.push(
       onAbort(source, () => {
-        controller.abort(source.reason);
+        target.abort(source.reason);
         dispose();
       }),
     );
   }
   if (timeoutMs !== undefined) {
     timer = setTimeout(() => {
-      controller.abort(new DOMException('The operation was aborted due to timeout', 'TimeoutError'));
+      target.abort(timeoutReason());
       dispose();
     }, timeoutMs);
     timer.unref();
   }
-  return { signal: controller.signal, dispose };
+  return dispose;
 }
