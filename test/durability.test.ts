@@ -5,13 +5,14 @@
  * directory; what the receiver got and what the control API says are checked against the
  * simulator's truth.
  */
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { type Answer, WebhookReceiver } from '../src/dev/receiver.js';
 import { Simulator } from '../src/dev/simulator.js';
 import { callJson } from './helpers/http.js';
+import { readOnlyDir } from './helpers/read-only-dir.js';
 import { type CliProcess, daemonEnv, killAll, spawnCli } from './helpers/spawn.js';
 
 const TOKEN = 'tok_durability_7Qe2';
@@ -248,6 +249,25 @@ describe('a data directory that cannot be used', () => {
     expect(proc.stderr()).toMatch(/^config: WATCHER_DATA_DIR .*a-file/m);
     expect(proc.stderr()).not.toContain('    at ');
   });
+
+  const readOnly = readOnlyDir();
+  it.skipIf(readOnly === undefined)(
+    'a directory it cannot write in: exit 2 naming it, nothing written',
+    async () => {
+      const dir = readOnly?.path ?? '';
+      try {
+        const before = readdirSync(dir);
+        const proc = spawnCli(['run'], durableEnv('http://127.0.0.1:9/v2', 'http://127.0.0.1:9/hook', dir));
+        const { code } = await proc.exited;
+        expect(code).toBe(2);
+        expect(proc.stderr()).toContain(`config: WATCHER_DATA_DIR ${dir}: cannot write there (EACCES)`);
+        expect(proc.stderr().trim().split('\n')).toHaveLength(1);
+        expect(readdirSync(dir)).toEqual(before);
+      } finally {
+        readOnly?.cleanup();
+      }
+    },
+  );
 
   it('a corrupt database: exit 2 naming the file, which is left as it was', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'sbg-corrupt-'));

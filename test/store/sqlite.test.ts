@@ -5,7 +5,6 @@
 import { execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import {
-  chmodSync,
   existsSync,
   mkdirSync,
   mkdtempSync,
@@ -32,13 +31,13 @@ import {
   type SqliteStore,
 } from '../../src/store/sqlite.js';
 import { endpointKey, StoreError } from '../../src/store/store.js';
+import { readOnlyDir } from '../helpers/read-only-dir.js';
 import { describeStoreContract, storeErrorOf } from './contract.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
 const TSX = pathToFileURL(join(ROOT, 'node_modules', 'tsx', 'dist', 'loader.mjs')).href;
 const STORE_MODULE = pathToFileURL(join(ROOT, 'src', 'store', 'sqlite.ts')).href;
 const T0 = 1_700_000_000_000;
-const IS_ROOT = process.getuid?.() === 0;
 
 const scratch = mkdtempSync(join(tmpdir(), 'sqlite-store-'));
 let dirs = 0;
@@ -384,16 +383,20 @@ describe('openDataDir', () => {
     expect(() => openDataDir(dir)).toThrow(`WATCHER_DATA_DIR ${dir}: cannot create it (ENOTDIR)`);
   });
 
-  // chmod does not stop root from writing, so as root there is no read-only directory to try.
-  it.skipIf(IS_ROOT)('refuses a directory it cannot write in (skipped as root)', () => {
-    const dir = emptyDir();
-    chmodSync(dir, 0o555);
-    try {
-      expect(() => openDataDir(dir)).toThrow(`WATCHER_DATA_DIR ${dir}: cannot write there (EACCES)`);
-    } finally {
-      chmodSync(dir, 0o755);
-    }
-  });
+  const readOnly = readOnlyDir();
+  it.skipIf(readOnly === undefined)(
+    'refuses a directory it cannot write in, and writes nothing there',
+    () => {
+      const dir = readOnly?.path ?? '';
+      try {
+        const before = readdirSync(dir);
+        expect(() => openDataDir(dir)).toThrow(`WATCHER_DATA_DIR ${dir}: cannot write there (EACCES)`);
+        expect(readdirSync(dir)).toEqual(before);
+      } finally {
+        readOnly?.cleanup();
+      }
+    },
+  );
 });
 
 function byIdSorted<T extends { id: string }>(items: readonly T[]): T[] {
