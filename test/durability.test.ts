@@ -12,7 +12,7 @@ import { afterEach, describe, expect, it, vi } from 'vitest';
 import { type Answer, WebhookReceiver } from '../src/dev/receiver.js';
 import { Simulator } from '../src/dev/simulator.js';
 import { callJson } from './helpers/http.js';
-import { readOnlyDir } from './helpers/read-only-dir.js';
+import { readOnlyDir } from './helpers/no-access.js';
 import { type CliProcess, daemonEnv, killAll, spawnCli } from './helpers/spawn.js';
 
 const TOKEN = 'tok_durability_7Qe2';

@@ -12,6 +12,7 @@ import { credentialsFile, parseCredentials, resolveProfile } from '../src/config
 import { Simulator } from '../src/dev/simulator.js';
 import { ConfigError } from '../src/shared/errors.js';
 import { Redactor } from '../src/shared/redact.js';
+import { canMakeUnreadable, makeUnreadable } from './helpers/no-access.js';
 import { killAll, spawnCli } from './helpers/spawn.js';
 
 const DEFAULT_TOKEN = 'a1b2c3d4e5f60718293a4b5c6d7e8f90';
@@ -307,9 +308,9 @@ describe('problems', () => {
     ]);
   });
 
-  it.skipIf(process.getuid?.() === 0)('an unreadable file', () => {
+  it.skipIf(!canMakeUnreadable)('an unreadable file', () => {
     const file = writeCredentials(PYTHON_CLIENT_FILE);
-    chmodSync(file, 0o000);
+    makeUnreadable(file);
     expect(problemsOf({ SB_PROFILE: 'cgc' })).toEqual([
       `SB_PROFILE: expected a readable credentials file ${file}, got EACCES`,
     ]);

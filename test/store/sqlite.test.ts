@@ -31,7 +31,7 @@ import {
   type SqliteStore,
 } from '../../src/store/sqlite.js';
 import { endpointKey, StoreError } from '../../src/store/store.js';
-import { readOnlyDir } from '../helpers/read-only-dir.js';
+import { readOnlyDir } from '../helpers/no-access.js';
 import { describeStoreContract, storeErrorOf } from './contract.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');

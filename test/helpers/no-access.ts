@@ -1,0 +1,89 @@
+/**
+ * Places this process cannot use, whoever it runs as. Root reads and writes through any file
+ * mode, so for root they come from sysfs, which refuses new files to everyone and has write-only
+ * attributes that no one can read. Where neither a mode nor sysfs can do it (a system without
+ * sysfs, run as root), the helpers say so and the test is skipped.
+ */
+import { chmodSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+export interface ReadOnlyDir {
+  path: string;
+  /** Gives a directory made here its mode back and removes it; nothing for sysfs. */
+  cleanup(): void;
+}
+
+/** Directories of a read-only (for everyone) filesystem that exist on Linux. */
+const SYSFS_DIRS = ['/sys/kernel', '/sys'];
+
+/** A directory this process cannot write in: mode 0555 for a user, a sysfs directory for root. */
+export function readOnlyDir(): ReadOnlyDir | undefined {
+  if (process.getuid?.() !== 0) {
+    const path = mkdtempSync(join(tmpdir(), 'sbg-readonly-'));
+    chmodSync(path, 0o555);
+    return {
+      path,
+      cleanup: () => {
+        chmodSync(path, 0o755);
+        rmSync(path, { recursive: true, force: true });
+      },
+    };
+  }
+  for (const path of SYSFS_DIRS) {
+    if (isDirectory(path) && !canCreateIn(path)) return { path, cleanup: () => undefined };
+  }
+  return undefined;
+}
+
+/** Write-only sysfs attributes that every Linux with sysfs has (every bus has a `uevent`). */
+const WRITE_ONLY_SYSFS_FILES = ['/sys/bus/platform/uevent', '/sys/bus/cpu/uevent'];
+
+const isRoot = process.getuid?.() === 0;
+const writeOnlyFile = isRoot ? WRITE_ONLY_SYSFS_FILES.find((f) => !canRead(f)) : undefined;
+
+/** Whether `makeUnreadable` can work here. */
+export const canMakeUnreadable = !isRoot || writeOnlyFile !== undefined;
+
+/**
+ * Makes the file at `path` one this process cannot read: mode 0000 for a user; for root, the file
+ * is replaced by a symbolic link to a write-only sysfs attribute (a regular file, EACCES to read).
+ */
+export function makeUnreadable(path: string): void {
+  if (!isRoot) {
+    chmodSync(path, 0o000);
+    return;
+  }
+  if (writeOnlyFile === undefined)
+    throw new Error('no unreadable file at hand: check canMakeUnreadable first');
+  rmSync(path);
+  symlinkSync(writeOnlyFile, path);
+}
+
+function canRead(path: string): boolean {
+  try {
+    readFileSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function isDirectory(path: string): boolean {
+  try {
+    return statSync(path).isDirectory();
+  } catch {
+    return false;
+  }
+}
+
+function canCreateIn(dir: string): boolean {
+  const probe = join(dir, `.sbg-probe-${process.pid}`);
+  try {
+    writeFileSync(probe, '', { flag: 'wx' });
+  } catch {
+    return false;
+  }
+  rmSync(probe, { force: true });
+  return true;
+}
