@@ -11,7 +11,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config/config.js';
 import { WebhookReceiver } from '../src/dev/receiver.js';
 import { Simulator } from '../src/dev/simulator.js';
-import { createDispatcher, describeProxy, proxyLabel, useProxy } from '../src/shared/proxy.js';
+import { createDispatcher, describeProxy, proxyLabel, requestTarget, useProxy } from '../src/shared/proxy.js';
 import { Redactor } from '../src/shared/redact.js';
 import { killAll, spawnCli } from './helpers/spawn.js';
 
@@ -349,6 +349,20 @@ describe('createDispatcher', () => {
     await answer.body.dump();
     await other.close();
     expect(proxy.forwarded.get(new URL(simUrl).host)).toBe(1);
+  });
+});
+
+describe('requestTarget', () => {
+  it('is the origin, and the path with the query, without credentials or fragment', () => {
+    expect(requestTarget('https://u:p@hooks.example:8443/in/x?t=1&u=2#f')).toEqual({
+      origin: 'https://hooks.example:8443',
+      path: '/in/x?t=1&u=2',
+    });
+    expect(requestTarget('http://127.0.0.1:9000')).toEqual({ origin: 'http://127.0.0.1:9000', path: '/' });
+  });
+
+  it('refuses what is not a URL', () => {
+    expect(() => requestTarget('not a url')).toThrow(TypeError);
   });
 });
 

@@ -8,6 +8,7 @@
 import type { Dispatcher } from 'undici';
 import { type RequestSignal, requestSignal } from '../shared/deadline.js';
 import { WatcherError, WebhookError } from '../shared/errors.js';
+import type { RequestTarget } from '../shared/proxy.js';
 import { sign } from './signing.js';
 
 /** Bytes of a response body read before the connection is dropped instead. */
@@ -27,7 +28,8 @@ export interface AttemptAnswer {
 }
 
 export interface AttemptRequest {
-  url: string;
+  /** The endpoint's URL, parsed once (`requestTarget`). */
+  target: RequestTarget;
   webhookId: string;
   body: string;
   secretKey: Buffer | undefined;
@@ -37,31 +39,6 @@ export interface AttemptRequest {
   /** Aborts the attempt (a close deadline); its reason becomes the error when it is a WatcherError. */
   signal: AbortSignal;
   nowMs: number;
-}
-
-/** Where a webhook URL's requests go, as undici's dispatcher takes it: origin, then path and query. */
-interface Target {
-  origin: string;
-  path: string;
-}
-
-/** Parsed targets by URL: the configured endpoints, a handful. Bounded all the same. */
-const targets = new Map<string, Target>();
-const MAX_TARGETS = 64;
-
-/**
- * The origin and path of `url`, parsed once per URL (what `undici.request(url)` would parse at
- * every call). Credentials in the URL are not sent, as with `undici.request`.
- */
-function targetOf(url: string): Target {
-  let target = targets.get(url);
-  if (target === undefined) {
-    const u = new URL(url);
-    target = { origin: u.origin, path: `${u.pathname}${u.search}` };
-    if (targets.size >= MAX_TARGETS) targets.clear();
-    targets.set(url, target);
-  }
-  return target;
 }
 
 /** Sends one attempt; never throws. */
@@ -85,10 +62,8 @@ export async function sendAttempt(a: AttemptRequest): Promise<AttemptAnswer> {
   let status = 0;
   let error: WebhookError | WatcherError | undefined;
   try {
-    const { origin, path } = targetOf(a.url);
     const response = await a.dispatcher.request({
-      origin,
-      path,
+      ...a.target,
       method: 'POST',
       headers,
       body: a.body,

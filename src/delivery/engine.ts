@@ -39,7 +39,7 @@ import type { Agent, Dispatcher } from 'undici';
 import type { AttemptResult, Bus, DeliveryOutcome } from '../shared/bus.js';
 import { onAbort, settlesWithin } from '../shared/deadline.js';
 import { isRetryable, WatcherError } from '../shared/errors.js';
-import { createDispatcher } from '../shared/proxy.js';
+import { createDispatcher, type RequestTarget, requestTarget } from '../shared/proxy.js';
 import {
   type AttemptRecord,
   type DeliveryJob,
@@ -163,6 +163,8 @@ class Slots {
 interface Endpoint {
   /** As configured: where requests go. Never logged, since it may carry a token. */
   readonly url: string;
+  /** The URL parsed once, as the dispatcher takes it. */
+  readonly target: RequestTarget;
   readonly ref: EndpointRef;
   readonly slots: Slots;
   /** Claimed deliveries by webhook-id: waiting for a slot, in flight, or in a quick retry wait. */
@@ -235,6 +237,7 @@ export class DeliveryEngine {
       }
       endpoints.push({
         url,
+        target: requestTarget(url),
         ref,
         slots: new Slots(this.#concurrency),
         held: new Map(),
@@ -534,7 +537,7 @@ export class DeliveryEngine {
     let answer: AttemptAnswer;
     try {
       answer = await sendAttempt({
-        url: e.url,
+        target: e.target,
         webhookId: held.job.eventId,
         body: held.job.body,
         secretKey: this.#o.secretKey,

@@ -29,7 +29,7 @@ import {
 import { Bus, type PlatformRoute, type RequestOutcome } from '../shared/bus.js';
 import { linkedSignal, type RequestSignal, requestSignal } from '../shared/deadline.js';
 import { isRetryable, PlatformError, type PlatformErrorBody } from '../shared/errors.js';
-import { createDispatcher } from '../shared/proxy.js';
+import { createDispatcher, type RequestTarget, requestTarget } from '../shared/proxy.js';
 import type { RateInfo } from './rate-limiter.js';
 
 /** Codes of a 404/403 that speak of the job asked for, not of the route (docs/platform-api.md §6). */
@@ -126,8 +126,8 @@ interface Answer {
 
 export class PlatformClient {
   readonly #endpoint: string;
-  /** The endpoint's origin and path, parsed at the first request (what `undici.request` parsed at every one). */
-  #target: { origin: string; base: string } | undefined;
+  /** The endpoint parsed once; its path (`/v2`, or empty) prefixes every request's. */
+  readonly #target: RequestTarget;
   readonly #headers: Record<string, string>;
   readonly #gate: RequestGate;
   readonly #log: Logger;
@@ -145,6 +145,8 @@ export class PlatformClient {
 
   constructor(options: PlatformClientOptions) {
     this.#endpoint = options.endpoint.replace(/\/+$/, '');
+    const target = requestTarget(this.#endpoint);
+    this.#target = { origin: target.origin, path: target.path.replace(/\/+$/, '') };
     this.#headers = {
       'x-sbg-auth-token': options.token,
       accept: 'application/json',
@@ -468,10 +470,9 @@ export class PlatformClient {
   ): Promise<Answer> {
     let response: Dispatcher.ResponseData;
     try {
-      this.#target ??= targetOf(this.#endpoint);
       response = await this.#dispatcher.request({
         origin: this.#target.origin,
-        path: `${this.#target.base}${path}`,
+        path: `${this.#target.path}${path}`,
         method,
         headers: this.#headers,
         body: body === undefined ? null : JSON.stringify(body),
@@ -663,10 +664,4 @@ function outcomeOf(error: unknown): RequestOutcome {
 function errorText(error: unknown): string {
   const e = error as { code?: string; message?: string };
   return e.code ?? e.message ?? String(error);
-}
-
-/** An endpoint URL as undici's dispatcher takes it; credentials in it are not sent (as before). */
-function targetOf(endpoint: string): { origin: string; base: string } {
-  const url = new URL(endpoint);
-  return { origin: url.origin, base: url.pathname.replace(/\/+$/, '') };
 }

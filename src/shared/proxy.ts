@@ -91,3 +91,20 @@ export function describeProxy(
     no_proxy: settings.noProxy === '' ? null : settings.noProxy,
   };
 }
+
+/** Where a URL's requests go, as a dispatcher's `request` takes it. */
+export interface RequestTarget {
+  origin: string;
+  /** The path and the query. */
+  path: string;
+}
+
+/**
+ * `url` as a dispatcher's `request({ origin, path })` takes it: what `undici.request(url)` parses
+ * at every call, parsed once by a caller that sends to the same URL again and again. Credentials
+ * in the URL are not part of it (undici does not send them either).
+ */
+export function requestTarget(url: string): RequestTarget {
+  const u = new URL(url);
+  return { origin: u.origin, path: `${u.pathname}${u.search}` };
+}
