@@ -726,10 +726,10 @@ const CONTROL_API_FLAGS = {
 } as const;
 
 /**
- * What a command that asks the daemon needs: its API, the request limit, where errors go. Reads
- * the configuration for the address and the API token only: no platform token is needed.
+ * What `events` and `redeliver` need to ask the daemon: its control API, the request limit
+ * (--timeout), where errors go. Reads the configuration for the address and the API token only:
+ * no platform token is needed.
  */
-/** Where and how `events` and `redeliver` reach the daemon: its control API, with --timeout. */
 function controlIo(values: ParsedValues, env: () => Env, context: CliContext) {
   const timeoutMs = parseTimeout(values.timeout, CONTROL_DEFAULT_TIMEOUT_MS) ?? CONTROL_DEFAULT_TIMEOUT_MS;
   const config = load(env(), context, { listens: false });

@@ -312,7 +312,6 @@ const NAME_TAKEN: Omit<PlatformError, 'more_info'> = {
   message: 'A file with this name already exists in the destination.',
 };
 
-/** mulberry32: a small, fast, seedable PRNG; good enough for test schedules, not for secrets. */
 /**
  * The File object a finished job names in `result`: the exported file on the volume, or the
  * imported file in its project (created when the import finished).
@@ -339,6 +338,7 @@ function fileObject(
   };
 }
 
+/** mulberry32: a small, fast, seedable PRNG; good enough for test schedules, not for secrets. */
 export function mulberry32(seed: number): () => number {
   let a = seed >>> 0;
   return () => {

@@ -214,24 +214,21 @@ export class RateLimiter {
           return Promise.resolve();
         }
         this.#beginCall();
+        const ended = (outcome: { value: T } | { error: unknown }) => {
+          this.#inFlight--;
+          settle(outcome);
+        };
         let running: Promise<T>;
         try {
           running = fn();
         } catch (error) {
           // A function that throws instead of rejecting is a call that failed at once.
-          this.#inFlight--;
-          settle({ error });
+          ended({ error });
           return Promise.resolve();
         }
         return running.then(
-          (value) => {
-            this.#inFlight--;
-            settle({ value });
-          },
-          (error: unknown) => {
-            this.#inFlight--;
-            settle({ error });
-          },
+          (value) => ended({ value }),
+          (error: unknown) => ended({ error }),
         );
       };
       this.#bottleneck.schedule(task).catch((error: unknown) => {

@@ -144,6 +144,10 @@ export class Scheduler {
   #outstanding = 0;
   /** Of those, calls whose results are being stored. */
   #storing = 0;
+  /** Calls queued in the limiter or on the wire: the outstanding ones not storing. */
+  get #onLimiter(): number {
+    return this.#outstanding - this.#storing;
+  }
   /** No call starts before this time (after failures, or while unauthorized). */
   #pausedUntil = 0;
   #consecutiveFailures = 0;
@@ -298,12 +302,10 @@ export class Scheduler {
     let nextWake = now + this.#heartbeatMs;
     if (now < this.#pausedUntil) {
       nextWake = Math.min(nextWake, this.#pausedUntil);
-    } else if (this.#outstanding - this.#storing < this.#maxOutstanding && this.#storing < this.#maxStoring) {
+    } else if (this.#onLimiter < this.#maxOutstanding && this.#storing < this.#maxStoring) {
       // While unauthorized, one probing call at a time.
       let slots =
-        this.#mode === 'unauthorized'
-          ? 1 - this.#outstanding
-          : this.#maxOutstanding - (this.#outstanding - this.#storing);
+        this.#mode === 'unauthorized' ? 1 - this.#outstanding : this.#maxOutstanding - this.#onLimiter;
       // One batch per free slot, each of one kind. A short batch means its kind has nothing more
       // due: the next take tries the other kind; an empty one says when the next id falls due.
       // When more is due than there are free slots, the end of a call wakes the loop sooner; the

@@ -58,7 +58,6 @@ export class GroupCommit<T, R> {
   flush(): void {
     if (this.#queue.length === 0) return;
     this.#urgent = true;
-    this.#clearTimer();
     this.#schedule();
   }
 
