@@ -12,7 +12,7 @@ import { afterEach, describe, expect, it, vi } from 'vitest';
 import { type Answer, WebhookReceiver } from '../src/dev/receiver.js';
 import { Simulator } from '../src/dev/simulator.js';
 import { callJson } from './helpers/http.js';
-import { readOnlyDir } from './helpers/no-access.js';
+import { canMakeReadOnlyDir, readOnlyDir } from './helpers/no-access.js';
 import { type CliProcess, daemonEnv, killAll, spawnCli } from './helpers/spawn.js';
 
 const TOKEN = 'tok_durability_7Qe2';
@@ -250,11 +250,10 @@ describe('a data directory that cannot be used', () => {
     expect(proc.stderr()).not.toContain('    at ');
   });
 
-  const readOnly = readOnlyDir();
-  it.skipIf(readOnly === undefined)(
+  it.skipIf(!canMakeReadOnlyDir)(
     'a directory it cannot write in: exit 2 naming it, nothing written',
     async () => {
-      const dir = readOnly?.path ?? '';
+      const { path: dir, cleanup } = readOnlyDir();
       try {
         const before = readdirSync(dir);
         const proc = spawnCli(['run'], durableEnv('http://127.0.0.1:9/v2', 'http://127.0.0.1:9/hook', dir));
@@ -264,7 +263,7 @@ describe('a data directory that cannot be used', () => {
         expect(proc.stderr().trim().split('\n')).toHaveLength(1);
         expect(readdirSync(dir)).toEqual(before);
       } finally {
-        readOnly?.cleanup();
+        cleanup();
       }
     },
   );

@@ -5,7 +5,7 @@ import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { type ReceiverOptions, WebhookReceiver } from '../src/dev/receiver.js';
 import { Simulator, type SimulatorOptions } from '../src/dev/simulator.js';
-import { killAll, spawnCli } from './helpers/spawn.js';
+import { daemonEnv, killAll, spawnCli } from './helpers/spawn.js';
 
 const TOKEN = 'tok_process_test_7d3e';
 const SECRET = 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw';
@@ -31,21 +31,9 @@ async function receiver(respond?: ReceiverOptions['respond']) {
   return { receiver: r, url };
 }
 
-function daemonEnv(
-  simUrl: string,
-  hookUrl: string,
-  extra: Record<string, string> = {},
-): Record<string, string> {
-  return {
-    SB_API_ENDPOINT: simUrl,
-    SB_AUTH_TOKEN: TOKEN,
-    WATCHER_WEBHOOK_URLS: hookUrl,
-    WATCHER_WEBHOOK_SECRET: SECRET,
-    WATCHER_HTTP_PORT: '0',
-    WATCHER_POLL_INTERVAL: '200ms',
-    LOG_LEVEL: 'debug',
-    ...extra,
-  };
+/** `run`'s environment here: the shared one, with this file's token and debug lines. */
+function runEnv(simUrl: string, hookUrl: string, extra: Record<string, string> = {}): Record<string, string> {
+  return daemonEnv(simUrl, hookUrl, SECRET, { SB_AUTH_TOKEN: TOKEN, LOG_LEVEL: 'debug', ...extra });
 }
 
 describe('sbg-export-watcher run', () => {
@@ -55,7 +43,7 @@ describe('sbg-export-watcher run', () => {
     const ids = sim.createExports(3);
     const daemon = spawnCli(
       ['run', '--id', ids[0]!, '--id', ids[1]!, '--id', ids[2]!],
-      daemonEnv(simUrl, hookUrl),
+      runEnv(simUrl, hookUrl),
     );
     const listening = await daemon.waitForLine((l) => l.msg === 'control API listening');
     expect(String(listening.url)).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
@@ -83,7 +71,7 @@ describe('sbg-export-watcher run', () => {
     const [id] = sim.createExports(1);
     const daemon = spawnCli(
       ['run', '--id', id!],
-      daemonEnv(simUrl, hookUrl, { WATCHER_SHUTDOWN_TIMEOUT: '30s' }),
+      runEnv(simUrl, hookUrl, { WATCHER_SHUTDOWN_TIMEOUT: '30s' }),
     );
     // The delivery has reached the receiver, which holds its answer.
     await hooks.waitFor((r) => r.received.length === 1, 30_000);
@@ -103,7 +91,7 @@ describe('sbg-export-watcher run', () => {
     const [id] = sim.createExports(1);
     const daemon = spawnCli(
       ['run', '--id', id!],
-      daemonEnv(simUrl, hookUrl, { WATCHER_SHUTDOWN_TIMEOUT: '500ms' }),
+      runEnv(simUrl, hookUrl, { WATCHER_SHUTDOWN_TIMEOUT: '500ms' }),
     );
     await hooks.waitFor((r) => r.received.length === 1, 30_000);
     daemon.child.kill('SIGTERM');
@@ -121,7 +109,7 @@ describe('sbg-export-watcher run', () => {
     const [id] = sim.createExports(1);
     const daemon = spawnCli(
       ['run', '--id', id!],
-      daemonEnv(simUrl, hookUrl, { WATCHER_SHUTDOWN_TIMEOUT: '10m' }),
+      runEnv(simUrl, hookUrl, { WATCHER_SHUTDOWN_TIMEOUT: '10m' }),
     );
     await hooks.waitFor((r) => r.received.length === 1, 30_000);
     daemon.child.kill('SIGTERM');

@@ -8,6 +8,8 @@ import { chmodSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, wr
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
+const isRoot = process.getuid?.() === 0;
+
 export interface ReadOnlyDir {
   path: string;
   /** Gives a directory made here its mode back and removes it; nothing for sysfs. */
@@ -16,10 +18,17 @@ export interface ReadOnlyDir {
 
 /** Directories of a read-only (for everyone) filesystem that exist on Linux. */
 const SYSFS_DIRS = ['/sys/kernel', '/sys'];
+const sysfsDir = isRoot ? SYSFS_DIRS.find((d) => isDirectory(d) && !canCreateIn(d)) : undefined;
 
-/** A directory this process cannot write in: mode 0555 for a user, a sysfs directory for root. */
-export function readOnlyDir(): ReadOnlyDir | undefined {
-  if (process.getuid?.() !== 0) {
+/** Whether `readOnlyDir` can work here. */
+export const canMakeReadOnlyDir = !isRoot || sysfsDir !== undefined;
+
+/**
+ * A directory this process cannot write in: a new one with mode 0555 for a user, a sysfs directory
+ * for root. Call it in the test that uses it, and `cleanup` after.
+ */
+export function readOnlyDir(): ReadOnlyDir {
+  if (!isRoot) {
     const path = mkdtempSync(join(tmpdir(), 'sbg-readonly-'));
     chmodSync(path, 0o555);
     return {
@@ -30,16 +39,14 @@ export function readOnlyDir(): ReadOnlyDir | undefined {
       },
     };
   }
-  for (const path of SYSFS_DIRS) {
-    if (isDirectory(path) && !canCreateIn(path)) return { path, cleanup: () => undefined };
-  }
-  return undefined;
+  if (sysfsDir === undefined)
+    throw new Error('no read-only directory at hand: check canMakeReadOnlyDir first');
+  return { path: sysfsDir, cleanup: () => undefined };
 }
 
 /** Write-only sysfs attributes that every Linux with sysfs has (every bus has a `uevent`). */
 const WRITE_ONLY_SYSFS_FILES = ['/sys/bus/platform/uevent', '/sys/bus/cpu/uevent'];
 
-const isRoot = process.getuid?.() === 0;
 const writeOnlyFile = isRoot ? WRITE_ONLY_SYSFS_FILES.find((f) => !canRead(f)) : undefined;
 
 /** Whether `makeUnreadable` can work here. */

@@ -31,7 +31,7 @@ import {
   type SqliteStore,
 } from '../../src/store/sqlite.js';
 import { endpointKey, StoreError } from '../../src/store/store.js';
-import { readOnlyDir } from '../helpers/no-access.js';
+import { canMakeReadOnlyDir, readOnlyDir } from '../helpers/no-access.js';
 import { describeStoreContract, storeErrorOf } from './contract.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
@@ -383,20 +383,16 @@ describe('openDataDir', () => {
     expect(() => openDataDir(dir)).toThrow(`WATCHER_DATA_DIR ${dir}: cannot create it (ENOTDIR)`);
   });
 
-  const readOnly = readOnlyDir();
-  it.skipIf(readOnly === undefined)(
-    'refuses a directory it cannot write in, and writes nothing there',
-    () => {
-      const dir = readOnly?.path ?? '';
-      try {
-        const before = readdirSync(dir);
-        expect(() => openDataDir(dir)).toThrow(`WATCHER_DATA_DIR ${dir}: cannot write there (EACCES)`);
-        expect(readdirSync(dir)).toEqual(before);
-      } finally {
-        readOnly?.cleanup();
-      }
-    },
-  );
+  it.skipIf(!canMakeReadOnlyDir)('refuses a directory it cannot write in, and writes nothing there', () => {
+    const { path: dir, cleanup } = readOnlyDir();
+    try {
+      const before = readdirSync(dir);
+      expect(() => openDataDir(dir)).toThrow(`WATCHER_DATA_DIR ${dir}: cannot write there (EACCES)`);
+      expect(readdirSync(dir)).toEqual(before);
+    } finally {
+      cleanup();
+    }
+  });
 });
 
 function byIdSorted<T extends { id: string }>(items: readonly T[]): T[] {
