@@ -905,6 +905,30 @@ function finishDelay(ctx: Context, ingestMs: number | undefined): number {
 
 // -------------------------------------------------------------------------------------------
 
+/** What phase 2 takes to add and check one export here, for phase 3 run alone (`--finish-only`). */
+const GUESSED_INGEST_MS_PER_EXPORT = 0.15;
+
+/** Phases 1, 2 and 4, on one daemon; answers phase 2's ingest time, if it got that far. */
+async function measureSteadyState(ctx: Context, results: Results): Promise<number | undefined> {
+  const dataDir = join(scratch(), 'watched');
+  mkdirSync(dataDir);
+  let daemon: Daemon | undefined;
+  let ingestMs: number | undefined;
+  await phase('1. idle', ['idleRss'], results, async () => {
+    daemon = await startDaemon(ctx, dataDir, 'daemon');
+    await measureIdle(ctx, daemon, results);
+  });
+  await phase('2. watched', ['watchedRss', 'sweepCpu', 'sweepWall'], results, async () => {
+    if (!daemon) throw new Error('no daemon (phase 1 failed)');
+    ingestMs = await measureWatched(ctx, daemon, results);
+  });
+  await phase('4. restart', ['restartReady'], results, async () => {
+    if (!daemon) throw new Error('no daemon (phase 1 failed)');
+    await measureRestart(ctx, daemon, results);
+  });
+  return ingestMs;
+}
+
 async function run(opts: Options): Promise<Results> {
   const results: Results = new Map();
   const receiver = new Receiver();
@@ -920,36 +944,15 @@ async function run(opts: Options): Promise<Results> {
       receiverUrl,
       webhookSecret: `whsec_${randomBytes(32).toString('base64')}`,
     };
-    const dataDir = join(scratch(), 'watched');
-    mkdirSync(dataDir);
-    let daemon: Daemon | undefined;
-    let ingestMs: number | undefined;
-    if (!opts.finishOnly) await phases1to4();
+    // Alone, phase 3 guesses phase 2's ingest time.
+    const ingestMs = opts.finishOnly
+      ? opts.exports * GUESSED_INGEST_MS_PER_EXPORT
+      : await measureSteadyState(ctx, results);
     const keys = ['deliveryRate', 'finishToDelivered', 'burstCpu', 'peakRss'] as const;
     await phase('3. all finishing at once', keys, results, () =>
-      // Alone, phase 3 guesses phase 2's ingest time: ~0.15 ms per export here.
-      measureFinish(
-        ctx,
-        finishDelay(ctx, ingestMs ?? (opts.finishOnly ? opts.exports * 0.15 : undefined)),
-        results,
-      ),
+      measureFinish(ctx, finishDelay(ctx, ingestMs), results),
     );
     await sim.proc.stop();
-
-    async function phases1to4(): Promise<void> {
-      await phase('1. idle', ['idleRss'], results, async () => {
-        daemon = await startDaemon(ctx, dataDir, 'daemon');
-        await measureIdle(ctx, daemon, results);
-      });
-      await phase('2. watched', ['watchedRss', 'sweepCpu', 'sweepWall'], results, async () => {
-        if (!daemon) throw new Error('no daemon (phase 1 failed)');
-        ingestMs = await measureWatched(ctx, daemon, results);
-      });
-      await phase('4. restart', ['restartReady'], results, async () => {
-        if (!daemon) throw new Error('no daemon (phase 1 failed)');
-        await measureRestart(ctx, daemon, results);
-      });
-    }
   } finally {
     receiver.close();
   }
