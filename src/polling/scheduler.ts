@@ -144,10 +144,6 @@ export class Scheduler {
   #outstanding = 0;
   /** Of those, calls whose results are being stored. */
   #storing = 0;
-  /** Calls queued in the limiter or on the wire: the outstanding ones not storing. */
-  get #onLimiter(): number {
-    return this.#outstanding - this.#storing;
-  }
   /** No call starts before this time (after failures, or while unauthorized). */
   #pausedUntil = 0;
   #consecutiveFailures = 0;
@@ -300,12 +296,13 @@ export class Scheduler {
     const now = this.#deps.now();
     this.#lastTurnAt = now;
     let nextWake = now + this.#heartbeatMs;
+    // Calls queued in the limiter or on the wire: the outstanding ones not storing.
+    const onLimiter = this.#outstanding - this.#storing;
     if (now < this.#pausedUntil) {
       nextWake = Math.min(nextWake, this.#pausedUntil);
-    } else if (this.#onLimiter < this.#maxOutstanding && this.#storing < this.#maxStoring) {
+    } else if (onLimiter < this.#maxOutstanding && this.#storing < this.#maxStoring) {
       // While unauthorized, one probing call at a time.
-      let slots =
-        this.#mode === 'unauthorized' ? 1 - this.#outstanding : this.#maxOutstanding - this.#onLimiter;
+      let slots = this.#mode === 'unauthorized' ? 1 - this.#outstanding : this.#maxOutstanding - onLimiter;
       // One batch per free slot, each of one kind. A short batch means its kind has nothing more
       // due: the next take tries the other kind; an empty one says when the next id falls due.
       // When more is due than there are free slots, the end of a call wakes the loop sooner; the
