@@ -542,6 +542,77 @@ describe('observationsFromBulk: anonymous errors are attributed only one for one
   });
 });
 
+describe('observationsFromBulk: an error item that names an id is never anonymous', () => {
+  /** Three checks of [a, b] answered alike, as the scheduler would fold them in. */
+  function threeChecks(items: Parameters<typeof observationsFromBulk>[1]) {
+    const t = tracker('a', 'b');
+    const outcomes = [1, 2, 3].map((i) =>
+      t.apply(observationsFromBulk(['a', 'b'], items).observations, T0 + i),
+    );
+    return { t, outcomes };
+  }
+
+  it('an error naming an id a resource already answered is ignored, not pinned on another id', () => {
+    const items = [{ resource: exp('a', 'RUNNING') }, { error: { status: 404, code: 9008, id: 'a' } }];
+    const { observations, warnings } = observationsFromBulk(['a', 'b'], items);
+    expect(observations.find((o) => o.id === 'a')?.kind).toBe('resource');
+    expect(observations.find((o) => o.id === 'b')).toEqual({ kind: 'unanswered', id: 'b' });
+    // One warning for the whole answer, whatever the number of such items.
+    expect(warnings).toEqual([
+      { reason: 'unexpected_resource', detail: { count: 1, sample_ids: ['a'], error_items: 1 } },
+    ]);
+    const { t, outcomes } = threeChecks(items);
+    expect(outcomes.flatMap((o) => o.transitions).map((x) => [x.exportId, x.to])).toEqual([['a', 'RUNNING']]);
+    expect(t.get('a')).toMatchObject({ state: 'RUNNING', misses: 0 });
+    expect(t.get('b')).toMatchObject({ state: 'UNKNOWN', misses: 0, lastMiss: null, checks: 3 });
+  });
+
+  it('an error naming an id that was not asked is ignored, not pinned on another id', () => {
+    const items = [{ resource: exp('a', 'RUNNING') }, { error: { status: 404, code: 9008, id: 'zzz' } }];
+    const { observations, warnings } = observationsFromBulk(['a', 'b'], items);
+    expect(observations.find((o) => o.id === 'b')).toEqual({ kind: 'unanswered', id: 'b' });
+    expect(warnings).toEqual([
+      { reason: 'unexpected_resource', detail: { count: 1, sample_ids: ['zzz'], error_items: 1 } },
+    ]);
+    const { t, outcomes } = threeChecks(items);
+    expect(outcomes.flatMap((o) => o.changes).filter((c) => c.id === 'b')).toEqual([]);
+    expect(t.get('b')).toMatchObject({ state: 'UNKNOWN', misses: 0, lastMiss: null });
+  });
+
+  it('a stray named error turns off one-for-one attribution for the whole answer', () => {
+    const { observations, warnings } = observationsFromBulk(
+      ['a', 'b', 'c'],
+      [{ resource: exp('a', 'RUNNING') }, { error: { code: 9008, id: 7 } }, { error: { code: 9008 } }],
+    );
+    expect(observations.filter((o) => o.id !== 'a').map((o) => o.kind)).toEqual(['unanswered', 'unanswered']);
+    expect(warnings.map((w) => w.reason).sort()).toEqual(['unattributed_errors', 'unexpected_resource']);
+  });
+
+  it('an id named by two error items is matched to neither', () => {
+    const { observations, warnings } = observationsFromBulk(
+      ['a', 'b'],
+      [
+        { resource: exp('a', 'RUNNING') },
+        { error: { status: 500, code: 90000, id: 'b' } },
+        { error: { status: 404, code: 9008, id: 'b' } },
+      ],
+    );
+    expect(observations.find((o) => o.id === 'b')).toEqual({ kind: 'unanswered', id: 'b' });
+    expect(warnings).toEqual([
+      { reason: 'unexpected_resource', detail: { count: 2, sample_ids: ['b', 'b'], error_items: 2 } },
+    ]);
+  });
+
+  it('without ids, one not-found error for the one unanswered id still makes it LOST in 3 checks', () => {
+    const { t, outcomes } = threeChecks([{ resource: exp('a', 'RUNNING') }, { error: NOT_FOUND }]);
+    expect(outcomes[2]?.transitions).toEqual([
+      expect.objectContaining({ exportId: 'b', to: 'LOST', error: NOT_FOUND }),
+    ]);
+    expect(t.has('b')).toBe(false);
+    expect(t.get('a')).toMatchObject({ state: 'RUNNING' });
+  });
+});
+
 describe('why an export ended badly', () => {
   it('a LOST transition and change carry the last "no such job" error', () => {
     const t = tracker('x');

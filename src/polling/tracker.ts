@@ -25,7 +25,8 @@
  * - LOST means the platform said "no such job" or "no access" on `lostAfter` consecutive checks;
  *   any answer with the resource resets that count. Such a "missing" observation comes only from
  *   an error that is this export's own: one that names it, or one of as many anonymous error items
- *   as there are unanswered ids in an answer that is otherwise whole (`observationsFromBulk`).
+ *   as there are unanswered ids in an answer that is otherwise whole and names no id it cannot
+ *   speak for (`observationsFromBulk`).
  * - Due order (`DueQueue`, one per kind): never-checked exports first, in the order tracked, then
  *   the others by their last committed check. A check that failed, or whose results were not
  *   stored, moves nothing. One `takeDue` answers ids of one kind only (a bulk call carries one
@@ -504,9 +505,13 @@ export interface BulkItem {
  * Turns a bulk answer into observations. Items are matched to ids by `resource.id`, never by
  * position: the platform promises no order, and its error items need not carry the id.
  *
- * An error item that names a requested id speaks for that id. Anonymous error items are
- * attributed only when they account for the unanswered ids one for one: the answer has exactly
- * one item per id asked, and as many anonymous errors as ids no resource or named error answered.
+ * An error item that names a requested id speaks for that id. One that carries an id is never
+ * anonymous: if that id was not asked, was answered by a resource, or is named by another error
+ * item too, the item is ignored (with the unexpected resources' warning), and so is every
+ * anonymous error of that answer, since an answer that misnames its errors cannot be trusted to
+ * line its unnamed ones up either. Otherwise anonymous error items are attributed only when they
+ * account for the unanswered ids one for one: the answer has exactly one item per id asked, and
+ * as many anonymous errors as ids no resource or named error answered.
  * Even then, which error belongs to which id is known only when they all mean "no such job" (or
  * there is one of each); a mixed set cannot be told apart and leaves the ids due. Anything else (one error for a whole
  * call, too few or too many items) says nothing reliable about any single id: the ids stay due,
@@ -537,25 +542,51 @@ export function observationsFromBulk(
       errors.push(item.error as PlatformErrorBody);
     }
   }
+  // An error item that names its id (some deployments may) is matched directly. One that names
+  // an id it cannot speak for is dropped, never pooled with the anonymous ones: one for one, it
+  // would be pinned on whichever asked id is left, and count toward a LOST the platform never said.
+  const namedErrors = new Map<string, PlatformErrorBody[]>();
+  const anonymous: PlatformErrorBody[] = [];
+  let strayErrors = 0;
+  for (const e of errors) {
+    const named = (e as { id?: unknown }).id;
+    if (named === undefined || named === null) {
+      anonymous.push(e);
+    } else if (typeof named === 'string' && wanted.has(named) && !answered.has(named)) {
+      const same = namedErrors.get(named);
+      if (same) same.push(e);
+      else namedErrors.set(named, [e]);
+    } else {
+      strayErrors++;
+      unexpected.add(typeof named === 'string' ? named : String(named));
+    }
+  }
+  // An id named by several error items: which of them speaks for it is unknown, so none does.
+  const byId = new Map<string, PlatformErrorBody>();
+  for (const [id, named] of namedErrors) {
+    const [only] = named;
+    if (named.length === 1 && only) {
+      byId.set(id, only);
+      continue;
+    }
+    strayErrors += named.length;
+    for (let i = 0; i < named.length; i++) unexpected.add(id);
+  }
   if (unexpected.count > 0) {
-    warnings.push({ reason: 'unexpected_resource', detail: unexpected.detail() });
+    const detail = unexpected.detail();
+    warnings.push({
+      reason: 'unexpected_resource',
+      detail: strayErrors > 0 ? { ...detail, error_items: strayErrors } : detail,
+    });
   }
   const unanswered = requested.filter((id) => !answered.has(id));
   if (unanswered.length === 0) return { observations, warnings };
-  // An error item that names its id (some deployments may) is matched directly.
-  const byId = new Map<string, PlatformErrorBody>();
-  const anonymous: PlatformErrorBody[] = [];
-  for (const e of errors) {
-    const named = (e as { id?: unknown }).id;
-    if (typeof named === 'string' && wanted.has(named) && !answered.has(named) && !byId.has(named)) {
-      byId.set(named, e);
-    } else {
-      anonymous.push(e);
-    }
-  }
   const unnamed = unanswered.filter((id) => !byId.has(id));
   const oneForOne =
-    anonymous.length > 0 && anonymous.length === unnamed.length && items.length === requested.length;
+    strayErrors === 0 &&
+    anonymous.length > 0 &&
+    anonymous.length === unnamed.length &&
+    items.length === requested.length;
   // One for one, they belong to those ids; which to which is known when all mean the same
   // ("missing"), or when there is only one of each.
   const attributable = oneForOne && (anonymous.every(meansMissing) || unnamed.length === 1);
