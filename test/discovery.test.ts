@@ -253,6 +253,46 @@ describe('Discovery', () => {
     await limiter.stop();
   });
 
+  it('ends a listing whose next link loops, even across resumed rounds, so the next listing is still read', async () => {
+    const asked: string[] = [];
+    const added: string[] = [];
+    const { lines, log } = logSink();
+    // One page per round, as when each window's share is one call.
+    let pagesLeft = 0;
+    const discovery = new Discovery({
+      kinds: ['export'],
+      intervalMs: 10_000,
+      gate: { max: 1, left: () => pagesLeft },
+      log,
+      list: async (_kind, from) => {
+        if (pagesLeft-- <= 0) throw new PlatformError('SHARE_SPENT', "this window's share is spent");
+        const at = 'state' in from ? from.state : from.next;
+        asked.push(at);
+        return at === 'RUNNING'
+          ? { items: [{ id: 'running-1', state: 'RUNNING' }], next: undefined }
+          : {
+              items: [{ id: 'pending-1', state: 'PENDING' }],
+              next: '/storage/exports?state=PENDING&offset=0',
+            };
+      },
+      add: async (_kind, ids) => {
+        added.push(...ids);
+        return { accepted: [...ids] };
+      },
+    });
+    const reports: Array<RoundReport | undefined> = [];
+    for (let round = 0; round < 4; round++) {
+      pagesLeft = 1;
+      reports.push(await discovery.runRound());
+    }
+    expect(asked).toEqual(['PENDING', '/storage/exports?state=PENDING&offset=0', 'RUNNING', 'PENDING']);
+    expect(reports.map((r) => r?.complete)).toEqual([false, false, true, false]);
+    expect(added).toContain('running-1');
+    expect(
+      lines.filter((l) => String(l.msg).startsWith('discovery listing links back to a page already read')),
+    ).toEqual([expect.objectContaining({ level: 40, kind: 'export', state: 'PENDING', pages: 2 })]);
+  });
+
   it('listUnfinished reads every page of both states, and stops at a next link that loops', async () => {
     const listing = fakeListing({
       export: { PENDING: 250, RUNNING: 20 },

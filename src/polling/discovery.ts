@@ -12,6 +12,11 @@
  * a long listing makes progress from interval to interval instead of reading its first pages again);
  * a round that reaches the end of every listing makes the next one start afresh.
  *
+ * Loops. A next link to a page this listing already read (or a listing longer than any real
+ * account) ends that listing with a warning, as in `listUnfinished`; the pages read are
+ * remembered across the rounds that resume the listing, so a link that loops cannot spend every
+ * window's share on one page and keep the next listings from ever being read.
+ *
  * Failures. A page that fails (after the client's retries) or an add the store refuses ends the
  * round with a warning; the next round tries the same page again. Nothing here changes a job's
  * state: a discovered job is added UNKNOWN and checked in bulk like the rest.
@@ -63,6 +68,8 @@ export interface RoundReport {
 interface Position {
   list: number;
   next: string | undefined;
+  /** The next links this listing has followed so far, across the rounds that resumed it. */
+  seen: Set<string>;
 }
 
 export class Discovery {
@@ -127,7 +134,7 @@ export class Discovery {
       added: { export: 0, import: 0 },
       complete: false,
     };
-    let at: Position = this.#resume ?? { list: 0, next: undefined };
+    let at: Position = this.#resume ?? { list: 0, next: undefined, seen: new Set() };
     const resumed = this.#resume !== undefined;
     this.#resume = undefined;
     while (at.list < this.#lists.length && !this.#stopped) {
@@ -171,8 +178,18 @@ export class Discovery {
           break;
         }
       }
-      at =
-        page.next === undefined ? { list: at.list + 1, next: undefined } : { list: at.list, next: page.next };
+      if (page.next !== undefined && !at.seen.has(page.next) && at.seen.size < MAX_LIST_PAGES) {
+        at.seen.add(page.next);
+        at = { list: at.list, next: page.next, seen: at.seen };
+        continue;
+      }
+      if (page.next !== undefined) {
+        log.warn(
+          { kind, state, pages: at.seen.size + 1 },
+          'discovery listing links back to a page already read, or is longer than any account; ending that listing',
+        );
+      }
+      at = { list: at.list + 1, next: undefined, seen: new Set() };
     }
     if (this.#stopped && report.stopped === undefined && at.list < this.#lists.length) return report;
     report.complete = at.list >= this.#lists.length;
