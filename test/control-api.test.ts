@@ -5,6 +5,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { EventType } from '../src/delivery/events.js';
 import {
   ControlApi,
+  DEFAULT_ANSWER_STALL_TIMEOUT_MS,
   DEFAULT_CONNECTION_HEADROOM,
   DEFAULT_EVENT_PAGE_LIMIT,
   DEFAULT_HEADERS_TIMEOUT_MS,
@@ -378,6 +379,7 @@ describe('ControlApi: listen', () => {
     expect(DEFAULT_HEADERS_TIMEOUT_MS).toBe(10_000);
     expect(DEFAULT_REQUEST_TIMEOUT_MS).toBe(30_000);
     expect(DEFAULT_KEEP_ALIVE_TIMEOUT_MS).toBe(5000);
+    expect(DEFAULT_ANSWER_STALL_TIMEOUT_MS).toBe(30_000);
     expect(DEFAULT_PAGE_LIMIT).toBe(1000);
     expect(MAX_PAGE_LIMIT).toBe(10_000);
     expect(DEFAULT_EVENT_PAGE_LIMIT).toBe(100);
@@ -810,6 +812,56 @@ describe('reading and removing exports', () => {
     expectError(await call('GET', '/v1/exports/q?events=0'), 400, 'invalid_request');
     expectError(await call('DELETE', '/v1/exports/q?force=1'), 400, 'invalid_request');
     expect(h.registry.exports.has('q')).toBe(true);
+  });
+
+  describe('a body sent to a route that takes none is refused before anything is done', () => {
+    const twoMegabytes = Buffer.alloc(2_000_000, 0x20);
+
+    beforeEach(async () => {
+      await call('POST', '/v1/exports', { json: { ids: ['victim'] } });
+      h.registry.calls.length = 0;
+    });
+
+    it('DELETE with a 2 MB JSON body: 413, and the export stays watched', async () => {
+      const r = await call('DELETE', '/v1/exports/victim', {
+        body: twoMegabytes,
+        headers: { 'content-type': 'application/json' },
+      });
+      expectError(r, 413, 'payload_too_large');
+      expect(h.registry.calls).toEqual([]);
+      expect(h.registry.exports.has('victim')).toBe(true);
+    });
+
+    it('GET with a 2 MB text/html body: 413, and the registry is not asked', async () => {
+      const r = await call('GET', '/v1/exports', {
+        body: twoMegabytes,
+        headers: { 'content-type': 'text/html' },
+      });
+      expectError(r, 413, 'payload_too_large');
+      expect(h.registry.calls).toEqual([]);
+      expect(ids(await call('GET', '/v1/exports'))).toEqual(['victim']);
+    });
+
+    it('a small body, declared or streamed, is a 400 saying the route takes none', async () => {
+      const declared = await call('DELETE', '/v1/exports/victim', { json: {} });
+      expect(expectError(declared, 400, 'invalid_request').message).toMatch(/takes no body/);
+      // A stream is sent chunked, without a content-length.
+      const streamed = await call('DELETE', '/v1/exports/victim', {
+        body: Readable.from([Buffer.from('{}')]),
+        headers: { 'content-type': 'application/json' },
+      });
+      expect(expectError(streamed, 400, 'invalid_request').message).toMatch(/takes no body/);
+      expect(expectError(await call('GET', '/healthz', { body: 'x' }), 400).message).toMatch(/takes no body/);
+      expect(h.registry.calls).toEqual([]);
+      expect(h.registry.exports.has('victim')).toBe(true);
+      // An empty body is no body: still served.
+      const empty = await call('DELETE', '/v1/exports/victim', {
+        body: '',
+        headers: { 'content-type': 'application/json', 'content-length': '0' },
+      });
+      expect(empty.status).toBe(204);
+      expect(h.registry.exports.has('victim')).toBe(false);
+    });
   });
 });
 

@@ -18,12 +18,18 @@
  *      check (there is nothing to authorize in a target that names nothing);
  *   2. the bearer token, for `/v1/*` when `apiToken` is set (401);
  *   3. the route (404) and the method (405);
- *   4. the content type, for a body (415);
- *   5. for `/v1/*`, a free slot among `maxRequestsInProgress` (503 `too_busy`, connection closed).
+ *   4. an `Expect` other than `100-continue` (417);
+ *   5. the body as announced: over 1 MiB (413); any body to a route that takes none (400); a
+ *      content type other than JSON (415);
+ *   6. for `/v1/*`, a free slot among `maxRequestsInProgress` (503 `too_busy`, connection closed).
+ * Node's own handling of `Expect` (an immediate `100 Continue`, or a bare 417) is replaced, so that
+ * a client is invited to send its body only once the request has passed all of these.
  * An answer given while the client is still sending a body closes the connection, so nobody waits
- * on a body that will not be read. `/healthz`, `/readyz` and `/metrics` take no slot, and the
- * connection guard (connection-guard.ts) keeps room for a new connection under a flood, so a
- * liveness probe is answered while `/v1` is saturated.
+ * on a body that will not be read. An answer the client stops reading is bounded too: when its
+ * writing makes no progress for `answerStallTimeoutMs`, the connection is closed (a slot is held
+ * until the answer is handed off or the connection is gone). `/healthz`, `/readyz` and `/metrics`
+ * take no slot, and the connection guard (connection-guard.ts) keeps room for a new connection
+ * under a flood, so a liveness probe is answered while `/v1` is saturated.
  *
  * The registry behind the routes is asynchronous (it reads and writes the store); a registry that
  * fails is a failure of our own: a 500 and one error line.
@@ -99,6 +105,12 @@ export const DEFAULT_HEADERS_TIMEOUT_MS = 10_000;
 export const DEFAULT_REQUEST_TIMEOUT_MS = 30_000;
 /** How long an idle keep-alive connection stays open. */
 export const DEFAULT_KEEP_ALIVE_TIMEOUT_MS = 5000;
+/**
+ * How long writing an answer may make no progress (a client that stopped reading) before the
+ * connection is closed: such a client would otherwise hold its `/v1` slot and its connection for
+ * as long as it likes.
+ */
+export const DEFAULT_ANSWER_STALL_TIMEOUT_MS = 30_000;
 /** `Retry-After` of a 503 `too_busy`, in seconds. */
 export const TOO_BUSY_RETRY_AFTER_SECONDS = 1;
 
@@ -186,6 +198,8 @@ export interface ControlApiOptions {
   requestTimeoutMs?: number | undefined;
   /** Default `DEFAULT_KEEP_ALIVE_TIMEOUT_MS`. */
   keepAliveTimeoutMs?: number | undefined;
+  /** Default `DEFAULT_ANSWER_STALL_TIMEOUT_MS`. */
+  answerStallTimeoutMs?: number | undefined;
 }
 
 /** The connection guard's figures, and `/v1` requests in progress. */
@@ -200,6 +214,7 @@ interface Limits {
   headersTimeoutMs: number;
   requestTimeoutMs: number;
   keepAliveTimeoutMs: number;
+  answerStallTimeoutMs: number;
 }
 
 /**
@@ -387,6 +402,7 @@ export class ControlApi {
         headers_timeout_ms: this.#limits.headersTimeoutMs,
         request_timeout_ms: this.#limits.requestTimeoutMs,
         keep_alive_timeout_ms: this.#limits.keepAliveTimeoutMs,
+        answer_stall_timeout_ms: this.#limits.answerStallTimeoutMs,
       },
       'control API listening',
     );
@@ -479,7 +495,18 @@ export class ControlApi {
     for (const method of ALL_METHODS) {
       if (!app.supportedMethods.includes(method)) app.addHttpMethod(method, { hasBody: true });
     }
-    app.addHook('onRequest', async (request, reply) => this.#admit(request, reply));
+    // Node would answer an `Expect` header itself, before any check of ours: `100 Continue` at once
+    // (inviting a body the token check may then refuse) or a bare 417 without our error shape.
+    // With these listeners it hands such requests over; #admit decides, and sends `100 Continue`
+    // only to a request it has admitted.
+    const server = app.server;
+    const handOver = (req: IncomingMessage, res: ServerResponse) => server.emit('request', req, res);
+    server.on('checkContinue', handOver);
+    server.on('checkExpectation', handOver);
+    app.addHook('onRequest', async (request, reply) => {
+      this.#watchAnswer(request, reply);
+      return this.#admit(request, reply);
+    });
     app.addHook('onSend', async (request, reply, payload) => {
       if (bodyPending(request.raw)) reply.header('connection', 'close');
       return payload;
@@ -488,7 +515,8 @@ export class ControlApi {
     app.setNotFoundHandler(async () => {
       throw new HttpError(404, 'not_found', 'no such route');
     });
-    // Routes that take no body never read one (Node discards what is left after the answer).
+    // Routes that take no body never read one: #admit refuses a request to them that announces a
+    // body, before it is read. This parser is only reached by an empty one (`content-length: 0`).
     app.removeAllContentTypeParsers();
     app.addContentTypeParser('*', (_request, _payload, done) => done(null, undefined));
     const route = (scope: FastifyInstance, url: string, spec: Route) =>
@@ -525,7 +553,7 @@ export class ControlApi {
     return '/';
   }
 
-  /** Steps 1 to 5 of the header comment: everything decided before a body is read. */
+  /** Steps 1 to 6 of the header comment: everything decided before a body is read. */
   async #admit(request: FastifyRequest, reply: FastifyReply): Promise<void> {
     const badTarget = this.#badTargets.get(request.raw);
     if (badTarget !== undefined) {
@@ -537,8 +565,62 @@ export class ControlApi {
     if (!route) throw new HttpError(404, 'not_found', `no route ${request.method} ${clip(path)}`);
     const method = request.method;
     if (!route.handlers[method]) throw methodNotAllowed(Object.keys(route.handlers).join(', '));
-    if (route.json?.includes(method)) checkContentType(request.headers['content-type']);
+    const expectation = request.headers.expect;
+    const expectsContinue = expectation !== undefined && /^\s*100-continue\s*$/i.test(expectation);
+    if (expectation !== undefined && !expectsContinue) {
+      throw new HttpError(
+        417,
+        'expectation_failed',
+        `unsupported expectation ${JSON.stringify(clip(expectation))}; only "100-continue" is`,
+      );
+    }
+    const takesBody = route.json?.includes(method) === true;
+    checkAnnouncedBody(request.raw, takesBody, `${method} ${clip(path)}`);
+    if (takesBody) checkContentType(request.headers['content-type']);
     if (route.v1) this.#takeSlot(reply);
+    // Only now is the client told to send its body (HTTP/1.1 only: 1.0 has no interim answers).
+    const raw = request.raw;
+    if (expectsContinue && raw.httpVersion === '1.1' && bodyPending(raw)) reply.raw.writeContinue();
+  }
+
+  /**
+   * Bounds the writing of this request's answer: once handed off, it must make progress (bytes
+   * taken by the kernel) at least every `answerStallTimeoutMs`, or the connection is closed. A
+   * client that stops reading would otherwise keep its slot, its connection and the unsent answer
+   * in memory for as long as it stays connected. Time spent before the answer exists (reading the
+   * request, the registry) is not counted here.
+   */
+  #watchAnswer(request: FastifyRequest, reply: FastifyReply): void {
+    const res = reply.raw;
+    const socket = request.raw.socket;
+    const stallMs = this.#limits.answerStallTimeoutMs;
+    let lastPending = Number.POSITIVE_INFINITY;
+    let lastProgress = performance.now();
+    const timer = setInterval(
+      () => {
+        const now = performance.now();
+        if (!res.writableEnded) {
+          lastProgress = now;
+          return;
+        }
+        const pending = unsentBytes(socket);
+        if (pending < lastPending) {
+          lastPending = pending;
+          lastProgress = now;
+          return;
+        }
+        if (now - lastProgress < stallMs) return;
+        clearInterval(timer);
+        this.#options.log.debug(
+          { method: request.method, path: clip(pathOf(request.originalUrl)), unsent_bytes: pending },
+          'client stopped reading its answer; connection closed',
+        );
+        socket.destroy();
+      },
+      clamp(Math.floor(stallMs / 4), 10, 5000),
+    );
+    timer.unref();
+    res.once('close', () => clearInterval(timer));
   }
 
   #takeSlot(reply: FastifyReply): void {
@@ -553,8 +635,17 @@ export class ControlApi {
       );
     }
     this.#inProgress++;
-    // 'close' comes once the answer is sent or the connection is gone, whichever is first.
-    reply.raw.once('close', () => this.#inProgress--);
+    // The slot is for the work of answering: it is free once the answer is handed off ('finish'),
+    // or the connection is gone ('close'), whichever comes first. Reading the answer is the
+    // client's business, bounded by #watchAnswer.
+    let held = true;
+    const free = () => {
+      if (!held) return;
+      held = false;
+      this.#inProgress--;
+    };
+    reply.raw.once('finish', free);
+    reply.raw.once('close', free);
   }
 
   #authorize(req: IncomingMessage): void {
@@ -1177,6 +1268,31 @@ function idParam(request: FastifyRequest): string {
   return (request.params as { id?: string }).id ?? '';
 }
 
+/**
+ * Refuses, before a byte of it is read, a body announced (a `content-length` above 0, or any
+ * `transfer-encoding`) over the size limit, or to a route that takes none: such a route would
+ * otherwise act on the request and leave the body unread.
+ */
+function checkAnnouncedBody(req: IncomingMessage, takesBody: boolean, route: string): void {
+  const declared = Number(req.headers['content-length'] ?? 0);
+  if (declared > MAX_BODY_BYTES) {
+    throw new HttpError(413, 'payload_too_large', `the body is larger than ${MAX_BODY_BYTES} bytes`);
+  }
+  if (takesBody || (req.headers['transfer-encoding'] === undefined && !(declared > 0))) return;
+  throw new HttpError(400, 'invalid_request', `${route} takes no body; send the request without one`);
+}
+
+/**
+ * Bytes of answers on this connection not yet taken by the kernel. libuv's queue (`writeQueueSize`
+ * of the handle, not part of Node's documented API) shrinks as a large write goes out piece by
+ * piece; `writableLength` only when a whole write completes, which makes it the coarser fallback.
+ */
+function unsentBytes(socket: Socket): number {
+  const queued = (socket as Socket & { _handle?: { writeQueueSize?: unknown } | null })._handle
+    ?.writeQueueSize;
+  return typeof queued === 'number' ? queued + socket.writableLength : socket.writableLength;
+}
+
 /** The client has sent, or announced, a body that has not all arrived. */
 function bodyPending(req: IncomingMessage): boolean {
   const declared = req.headers['content-length'];
@@ -1213,6 +1329,7 @@ function resolveLimits(options: ControlApiOptions): Limits {
     headersTimeoutMs: options.headersTimeoutMs ?? DEFAULT_HEADERS_TIMEOUT_MS,
     requestTimeoutMs: options.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS,
     keepAliveTimeoutMs: options.keepAliveTimeoutMs ?? DEFAULT_KEEP_ALIVE_TIMEOUT_MS,
+    answerStallTimeoutMs: options.answerStallTimeoutMs ?? DEFAULT_ANSWER_STALL_TIMEOUT_MS,
   };
   const problems: string[] = [];
   for (const [name, value] of Object.entries(limits)) {

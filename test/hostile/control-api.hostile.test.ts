@@ -2,7 +2,8 @@
  * Hostile clients against the control API, over real loopback HTTP (raw node:net sockets where a
  * request must be malformed or slow). Each test reproduces one finding of the issue: 5xx answers to
  * malformed requests, a connection flood that starved `/healthz`, a stack overflow on deep
- * metadata, one 56 MB listing, and an error line per aborted upload. Limits are made small through
+ * metadata, one 56 MB listing, an error line per aborted upload, clients that stop reading their
+ * answer and keep their `/v1` slot, and `Expect` headers answered before the token check. Limits are made small through
  * `ControlApiOptions` where a test has to reach them.
  */
 import type { Socket } from 'node:net';
@@ -14,6 +15,7 @@ import {
   type ControlApiOptions,
   DEFAULT_PAGE_LIMIT,
   type ExportView,
+  MAX_BODY_BYTES,
   MAX_METADATA_DEPTH,
   MAX_PAGE_LIMIT,
   type WatchRegistry,
@@ -205,6 +207,38 @@ function slowUpload(socket: Socket): void {
     `POST /v1/exports HTTP/1.1\r\nHost: x\r\n${AUTH}content-type: application/json\r\n` +
       'content-length: 1000\r\n\r\n{"ids": [',
   );
+}
+
+/** Everything the server sends on `socket` until it closes the connection (latin1). */
+function readToClose(socket: Socket): Promise<string> {
+  return new Promise((resolve) => {
+    const chunks: Buffer[] = [];
+    socket.on('data', (chunk: Buffer) => chunks.push(chunk));
+    socket.once('close', () => resolve(Buffer.concat(chunks).toString('latin1')));
+  });
+}
+
+/** Resolves with what `socket` received once it holds `text`; rejects if it closes first. */
+function waitForText(socket: Socket, text: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let received = '';
+    const onData = (chunk: Buffer) => {
+      received += chunk.toString('latin1');
+      if (!received.includes(text)) return;
+      done();
+      resolve(received);
+    };
+    const onClose = () => {
+      done();
+      reject(new Error(`closed before ${JSON.stringify(text)}; got ${JSON.stringify(received)}`));
+    };
+    const done = () => {
+      socket.off('data', onData);
+      socket.off('close', onClose);
+    };
+    socket.on('data', onData);
+    socket.once('close', onClose);
+  });
 }
 
 const warnOrWorse = (h: Harness) => h.lines.filter((l) => l.level >= 40);
@@ -562,5 +596,151 @@ describe('aborted uploads', () => {
     }
     expect(h.registry.size).toBe(0);
     expect((await call(h, 'POST', '/v1/exports', { ids: ['after-the-aborts'] })).status).toBe(202);
+  });
+});
+
+describe('clients that stop reading their answer', () => {
+  it('are cut off once the answer makes no progress, which frees their /v1 slots', async () => {
+    // 10,000 records of 1.5 KB of metadata: a page of some 18 MB, several times what loopback's
+    // socket buffers take in for a client that reads nothing.
+    const registry = new MemoryRegistry();
+    const ids = Array.from({ length: MAX_PAGE_LIMIT }, (_, i) => `big-${String(i).padStart(5, '0')}`);
+    registry.add(ids, 'UNKNOWN', { pad: 'x'.repeat(1500) });
+    const slots = 4;
+    const h = await start({ maxRequestsInProgress: slots, answerStallTimeoutMs: 300 }, registry);
+
+    // As many clients as there are slots ask for the largest page and never read a byte of it.
+    const stalled: Socket[] = [];
+    for (let i = 0; i < slots; i++) {
+      const socket = hold(await openSocket(h.port));
+      socket.pause();
+      socket.write(`GET /v1/exports?limit=${MAX_PAGE_LIMIT} HTTP/1.1\r\nHost: x\r\n${AUTH}\r\n`);
+      stalled.push(socket);
+    }
+    // Without the bound they would hold every slot (and their connections) until they disconnect.
+    await until(
+      () => h.api.stats().open === 0 && h.api.stats().requestsInProgress === 0,
+      'the stalled answers cut off and their slots freed',
+    );
+    expect(
+      h.lines.filter((l) => l.msg === 'client stopped reading its answer; connection closed'),
+    ).toHaveLength(slots);
+
+    // Each of them got the start of its answer, not all of it: the answer was cut, not finished.
+    for (const socket of stalled) {
+      const text = readToClose(socket);
+      socket.resume();
+      const received = await text;
+      const head = received.slice(0, received.indexOf('\r\n\r\n'));
+      expect(head).toMatch(/^HTTP\/1\.1 200 /);
+      const length = Number(/\r\ncontent-length: (\d+)/i.exec(head)?.[1]);
+      expect(length).toBeGreaterThan(10_000_000);
+      expect(received.length - head.length - 4).toBeLessThan(length);
+    }
+
+    const served = await call(h, 'GET', '/v1/exports?limit=2');
+    expect(served.status).toBe(200);
+    expect(served.json.items.map((i: { id: string }) => i.id)).toEqual(ids.slice(0, 2));
+    expect(h.api.stats().requestsInProgress).toBe(0);
+    expect(warnOrWorse(h)).toEqual([]);
+  });
+
+  it('a client that reads slowly but steadily gets its whole answer', async () => {
+    const registry = new MemoryRegistry();
+    registry.add(
+      Array.from({ length: MAX_PAGE_LIMIT }, (_, i) => `slow-${i}`),
+      'UNKNOWN',
+      { pad: 'x'.repeat(1500) },
+    );
+    const stallMs = 400;
+    const h = await start({ answerStallTimeoutMs: stallMs }, registry);
+    const socket = hold(await openSocket(h.port));
+    socket.pause();
+    const text = readToClose(socket);
+    const started = performance.now();
+    socket.write(
+      `GET /v1/exports?limit=${MAX_PAGE_LIMIT} HTTP/1.1\r\nHost: x\r\n${AUTH}Connection: close\r\n\r\n`,
+    );
+    // A burst of reading every 100 ms, a quarter of the stall bound: progress, however slow.
+    const bursts = setInterval(() => {
+      socket.resume();
+      setImmediate(() => socket.pause());
+    }, 100);
+    cleanup.push(() => clearInterval(bursts));
+    const received = await text;
+    clearInterval(bursts);
+    // Reading took well over the bound: a deadline on the whole answer would have cut it.
+    expect(performance.now() - started).toBeGreaterThan(2 * stallMs);
+    const head = received.slice(0, received.indexOf('\r\n\r\n'));
+    const length = Number(/\r\ncontent-length: (\d+)/i.exec(head)?.[1]);
+    expect(length).toBeGreaterThan(10_000_000);
+    expect(received.length - head.length - 4).toBe(length);
+  });
+});
+
+describe('Expect headers', () => {
+  const upload = (expectation: string, auth: string, body: string) =>
+    `POST /v1/exports HTTP/1.1\r\nHost: x\r\n${auth}Expect: ${expectation}\r\n` +
+    `content-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n`;
+
+  it('an unknown expectation is a 401 without the token, then a 417 in the error shape; nothing is added', async () => {
+    const h = await start();
+    const get = (auth: string) =>
+      rawExchange(
+        h.port,
+        `GET /v1/exports HTTP/1.1\r\nHost: x\r\n${auth}Expect: foo\r\nConnection: close\r\n\r\n`,
+      );
+    const unauthorized = await get('');
+    expect(unauthorized.status).toBe(401);
+    expect(expectErrorShape(unauthorized.json).code).toBe('unauthorized');
+    const refused = await get(AUTH);
+    expect(refused.status).toBe(417);
+    expect(expectErrorShape(refused.json).code).toBe('expectation_failed');
+
+    const body = JSON.stringify({ ids: ['expected'] });
+    const post = await rawExchange(h.port, `${upload('foo', AUTH, body)}${body}`);
+    expect(post.status).toBe(417);
+    expect(expectErrorShape(post.json).code).toBe('expectation_failed');
+    expect(h.registry.size).toBe(0);
+    // Probes are checked the same way, without a token.
+    expect(
+      (
+        await rawExchange(
+          h.port,
+          'GET /healthz HTTP/1.1\r\nHost: x\r\nExpect: foo\r\nConnection: close\r\n\r\n',
+        )
+      ).status,
+    ).toBe(417);
+  });
+
+  it('100-continue invites the body only once the request is admitted', async () => {
+    const h = await start();
+    const body = JSON.stringify({ ids: ['continued'] });
+
+    // No token: a 401 and the connection closed, never a 100 that asks for the body.
+    const unauthorized = hold(await openSocket(h.port));
+    const refusedText = readToClose(unauthorized);
+    unauthorized.write(upload('100-continue', '', 'x'.repeat(2_000_000)));
+    const refused = await refusedText;
+    expect(refused).not.toContain(' 100 ');
+    expect(refused).toMatch(/^HTTP\/1\.1 401 /);
+
+    // A declared body over the limit: 413 at once, with the token too.
+    const tooBig = hold(await openSocket(h.port));
+    const tooBigText = readToClose(tooBig);
+    tooBig.write(upload('100-continue', AUTH, 'x'.repeat(MAX_BODY_BYTES + 1)));
+    const tooBigAnswer = await tooBigText;
+    expect(tooBigAnswer).not.toContain(' 100 ');
+    expect(tooBigAnswer).toMatch(/^HTTP\/1\.1 413 /);
+
+    // Admitted: 100 Continue, then the body is read and acted on.
+    const admitted = hold(await openSocket(h.port));
+    const interim = waitForText(admitted, '\r\n\r\n');
+    admitted.write(upload('100-continue', AUTH, body));
+    expect(await interim).toBe('HTTP/1.1 100 Continue\r\n\r\n');
+    const answer = nextResponse(admitted);
+    admitted.write(body);
+    expect((await answer).status).toBe(202);
+    expect(h.registry.ids()).toEqual(['continued']);
   });
 });
