@@ -959,6 +959,78 @@ describe('cancel', () => {
   });
 });
 
+describe('a redelivery asked while the same delivery is held', () => {
+  /** Commits x, starts the engine, and waits until its first attempt is on the wire and held. */
+  async function heldFirstAttempt(options: Partial<EngineOptions> = {}) {
+    const hold = deferred<Answer>();
+    let first = true;
+    const { r, url } = await receiver({
+      respond: () => {
+        if (!first) return 204;
+        first = false;
+        return hold.promise;
+      },
+    });
+    const store = await memoryStore();
+    const { engine: e, probe } = engine({ store, urls: [url], retry: { minTimeoutMs: 1 }, ...options });
+    const [event] = await commit(store, e.endpoints, ['x']);
+    await e.start();
+    await r.waitFor((x) => x.received.length === 1);
+    const seriesStartedAt = (await delivery(store, wid('x')))?.seriesStartedAt ?? 0;
+    expect(event?.id).toBe(wid('x'));
+    return { hold, r, store, e, probe, seriesStartedAt };
+  }
+
+  /** Redelivers x in a new series, then waits until the engine's claim has leased it. */
+  async function redeliverWhileHeld(store: Store, e: DeliveryEngine, after: number): Promise<number> {
+    await eventually(() => Date.now() > after, 'the clock past the first series');
+    const at = Date.now();
+    expect(await store.redeliver(wid('x'), e.endpoints, at)).toBe(1);
+    e.poke();
+    await eventually(
+      async () => ((await delivery(store, wid('x')))?.nextAttemptAt ?? 0) > at + LEASE_MS / 2,
+      'the new series claimed',
+    );
+    return at;
+  }
+
+  it('sends the new series once the held attempt ends, even when that attempt ends the old series', async () => {
+    // A max age of 1 ms: the held attempt's failure gives its own series up at once.
+    const { hold, r, store, e, probe, seriesStartedAt } = await heldFirstAttempt({ maxAgeMs: 1 });
+    const redeliveredAt = await redeliverWhileHeld(store, e, seriesStartedAt);
+    hold.resolve(500);
+    await e.settled();
+    expect(r.received.map((x) => [x.id, x.status])).toEqual([
+      [wid('x'), 500],
+      [wid('x'), 204],
+    ]);
+    expect(await delivery(store, wid('x'))).toMatchObject({
+      status: 'delivered',
+      attempts: 1,
+      seriesStartedAt: redeliveredAt,
+      lastStatus: 204,
+    });
+    expect(probe.finished.map((f) => f.outcome)).toEqual(['delivered']);
+    expect(records().some((line) => String(line.msg).startsWith('webhook delivery given up'))).toBe(false);
+  });
+
+  it('stops retrying the old series and writes none of its outcome', async () => {
+    const { hold, r, store, e, probe, seriesStartedAt } = await heldFirstAttempt();
+    const redeliveredAt = await redeliverWhileHeld(store, e, seriesStartedAt);
+    hold.resolve(503);
+    await e.settled();
+    // One attempt of the old series (no quick retry of it), then the new series' first.
+    expect(r.received.map((x) => x.status)).toEqual([503, 204]);
+    expect(probe.attempts.map((a) => a.attempt)).toEqual([1, 1]);
+    expect(await delivery(store, wid('x'))).toMatchObject({
+      status: 'delivered',
+      attempts: 1,
+      seriesStartedAt: redeliveredAt,
+    });
+    expect(e.held()).toBe(0);
+  });
+});
+
 describe('close', () => {
   it('is idempotent, ends retry waits at once, lets an attempt in flight finish, and leaves the rest pending for the next engine', async () => {
     const hold = deferred<Answer>();

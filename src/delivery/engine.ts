@@ -181,6 +181,11 @@ interface Held {
   /** Ends a slot or retry wait (close, cancel). */
   readonly stop: AbortController;
   inFlight: boolean;
+  /**
+   * A claim of the same delivery in a newer series (a redelivery reset the row while this run held
+   * it): this run stops retrying, writes nothing, and the new series starts when it ends.
+   */
+  next?: DeliveryJob;
 }
 
 export class DeliveryEngine {
@@ -354,7 +359,9 @@ export class DeliveryEngine {
   cancel(exportId: string): void {
     for (const e of this.#endpoints) {
       for (const held of e.held.values()) {
-        if (held.job.exportId === exportId) held.stop.abort(new Error('webhook delivery cancelled'));
+        if (held.job.exportId !== exportId) continue;
+        held.next = undefined;
+        held.stop.abort(new Error('webhook delivery cancelled'));
       }
     }
   }
@@ -457,8 +464,16 @@ export class DeliveryEngine {
   }
 
   #hold(e: Endpoint, job: DeliveryJob): void {
-    // A claim never returns what this process holds, unless a redelivery reset it meanwhile.
-    if (e.held.has(job.eventId)) return;
+    // A claim never returns what this process holds, unless a redelivery reset it meanwhile: then
+    // the new series waits for the held run, which stops at its attempt in flight, if any.
+    const current = e.held.get(job.eventId);
+    if (current) {
+      if (current.job.seriesStartedAt !== job.seriesStartedAt) {
+        current.next = job;
+        current.stop.abort(new Error('webhook delivery superseded by a redelivery'));
+      }
+      return;
+    }
     const held: Held = { job, stop: new AbortController(), inFlight: false };
     e.held.set(job.eventId, held);
     this.#o.bus.emit('delivery.depth', { endpoint: e.ref.label, depth: e.held.size });
@@ -466,6 +481,8 @@ export class DeliveryEngine {
       this.#runs.delete(run);
       e.held.delete(job.eventId);
       this.#o.bus.emit('delivery.depth', { endpoint: e.ref.label, depth: e.held.size });
+      // Closing or paused: the new series keeps its claim's lease, which the next start ends.
+      if (held.next && !this.#closing && !this.#paused) this.#hold(e, held.next);
       // Claims come in batches: a claim is a write transaction, too dear for each delivery.
       if (!this.#closing && !this.#paused && e.held.size <= this.#window / 2) void this.#pump(e);
     });
@@ -514,6 +531,8 @@ export class DeliveryEngine {
     } catch {
       // The outcome is read from `last` below.
     }
+    // Superseded by a redelivery: this series' outcome is not written (the store would refuse it).
+    if (held.next) return;
     if (attempts === job.attempts && held.stop.signal.aborted && !this.#closing) {
       // Cancelled before any attempt: the store has already dropped the row. Or paused before
       // any attempt: the row keeps its lease, which the next leader ends.
@@ -594,6 +613,7 @@ export class DeliveryEngine {
     const base = {
       eventId: job.eventId,
       endpointKey: job.endpointKey,
+      seriesStartedAt: job.seriesStartedAt,
       attempts,
       lastStatus: last ? last.status : null,
       lastError: last?.error ? `${last.error.code}: ${last.error.message}` : null,

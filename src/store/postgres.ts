@@ -692,10 +692,12 @@ export class PostgresStore implements Store {
             status = u.status, attempts = u.attempts, next_attempt_at = u.next_attempt_at, leased = false,
             last_status = u.last_status, last_error = u.last_error, finished_at = u.finished_at
           FROM unnest($1::text[], $2::text[], $3::text[], $4::integer[], $5::bigint[], $6::integer[],
-                      $7::text[], $8::bigint[])
-            AS u(event_id, endpoint_key, status, attempts, next_attempt_at, last_status, last_error, finished_at),
+                      $7::text[], $8::bigint[], $9::bigint[])
+            AS u(event_id, endpoint_key, status, attempts, next_attempt_at, last_status, last_error, finished_at,
+                 series_started_at),
             relaxed
-          WHERE d.event_id = u.event_id AND d.endpoint_key = u.endpoint_key`,
+          WHERE d.event_id = u.event_id AND d.endpoint_key = u.endpoint_key
+            AND d.series_started_at = u.series_started_at`,
         [
           rows.map((r) => r.eventId),
           rows.map((r) => r.endpointKey),
@@ -705,6 +707,7 @@ export class PostgresStore implements Store {
           rows.map((r) => r.lastStatus),
           rows.map((r) => (r.lastError === null ? null : withoutNul(r.lastError))),
           rows.map((r) => (pending(r) ? null : r.finishedAt)),
+          rows.map((r) => r.seriesStartedAt),
         ],
       );
     });

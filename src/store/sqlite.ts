@@ -503,13 +503,14 @@ export class SqliteStore implements Store {
       UPDATE deliveries SET
         status = @status, attempts = @attempts, next_attempt_at = @nextAttemptAt, leased = 0,
         last_status = @lastStatus, last_error = @lastError, finished_at = @finishedAt
-      WHERE event_id = @eventId AND endpoint_key = @endpointKey`);
+      WHERE event_id = @eventId AND endpoint_key = @endpointKey AND series_started_at = @seriesStartedAt`);
     this.#lightTransaction(() => {
       for (const r of records) {
         const pending = r.status === 'pending';
         update.run({
           eventId: r.eventId,
           endpointKey: r.endpointKey,
+          seriesStartedAt: r.seriesStartedAt,
           status: r.status,
           attempts: r.attempts,
           nextAttemptAt: pending ? r.nextAttemptAt : null,

@@ -174,10 +174,16 @@ export interface DeliveryJob {
   seriesStartedAt: number;
 }
 
-/** The outcome of one attempt, or of a series, to write. */
+/**
+ * The outcome of one attempt, or of a series, to write. It belongs to the series its claim
+ * started in: once a redelivery has started another series on the row, it is not written (an old
+ * attempt's failure must not end, or push back, the series asked for since).
+ */
 export interface AttemptRecord {
   eventId: string;
   endpointKey: string;
+  /** The series this outcome belongs to (`DeliveryJob.seriesStartedAt` of its claim). */
+  seriesStartedAt: number;
   status: DeliveryStatus;
   attempts: number;
   /** For `pending`: when to try again. */

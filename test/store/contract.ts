@@ -71,7 +71,10 @@ function move(
   return { id, from, to, at, misses: 0, lastMiss: null, export: null, error: null, ...extra };
 }
 
-function delivered(eventId: string, ref: EndpointRef, at: number): AttemptRecord {
+/** An outcome as a test states it: of the delivery's current series unless it says otherwise. */
+type Outcome = Omit<AttemptRecord, 'seriesStartedAt'> & { seriesStartedAt?: number };
+
+function delivered(eventId: string, ref: EndpointRef, at: number): Outcome {
   return final(eventId, ref, 'delivered', at, 200);
 }
 
@@ -81,7 +84,7 @@ function final(
   status: 'delivered' | 'failed' | 'gone',
   at: number,
   lastStatus: number,
-): AttemptRecord {
+): Outcome {
   return {
     eventId,
     endpointKey: ref.key,
@@ -140,6 +143,21 @@ export function describeStoreContract(
       await store.close();
       await cleanup?.();
     });
+
+    /**
+     * `recordAttempts` with each outcome in its delivery's current series (as the engine's claim
+     * would have it), unless it names one; a delivery not stored gets series 0.
+     */
+    async function recordOutcomes(outcomes: readonly Outcome[]): Promise<void> {
+      const records: AttemptRecord[] = [];
+      for (const o of outcomes) {
+        const current = (await store.getEvent(o.eventId))?.deliveries.find(
+          (d) => d.endpointKey === o.endpointKey,
+        );
+        records.push({ ...o, seriesStartedAt: o.seriesStartedAt ?? current?.seriesStartedAt ?? 0 });
+      }
+      await store.recordAttempts(records);
+    }
 
     /** Adds ids and moves each through `states` (from UNKNOWN), one commit per step, `at` apart. */
     async function watchThrough(
@@ -634,7 +652,7 @@ export function describeStoreContract(
         const now = T0 + 10 * SECOND;
         const [z] = await store.claimDue(A.key, now, 1, now + HOUR);
         const [x] = await store.claimDue(A.key, now, 1, now + HOUR);
-        await store.recordAttempts([
+        await recordOutcomes([
           {
             eventId: x?.eventId ?? '',
             endpointKey: A.key,
@@ -660,7 +678,7 @@ export function describeStoreContract(
         expect(await store.nextDueAt(A.key)).toBe(T0 + SECOND);
         expect(await store.nextDueAt(B.key)).toBe(T0);
         expect(await store.nextDueAt(C.key)).toBeNull();
-        await store.recordAttempts([delivered(eventId('w', 'COMPLETED'), B, T0 + 1)]);
+        await recordOutcomes([delivered(eventId('w', 'COMPLETED'), B, T0 + 1)]);
         expect(await store.nextDueAt(B.key)).toBeNull();
       });
     });
@@ -674,7 +692,7 @@ export function describeStoreContract(
       it('writes a retry: pending, not due before its next attempt', async () => {
         const now = T0 + 10 * SECOND;
         await store.claimDue(A.key, now, 10, now + HOUR);
-        await store.recordAttempts([
+        await recordOutcomes([
           {
             eventId: id,
             endpointKey: A.key,
@@ -705,7 +723,7 @@ export function describeStoreContract(
         ['gone', 410],
       ] as const)('writes a final outcome (%s): never due again', async (status, lastStatus) => {
         const now = T0 + 10 * SECOND;
-        await store.recordAttempts([final(id, A, status, now, lastStatus)]);
+        await recordOutcomes([final(id, A, status, now, lastStatus)]);
         const delivery = (await store.getEvent(id))?.deliveries.find((d) => d.endpointKey === A.key);
         expect(delivery).toEqual({
           ...freshDelivery(id, A, T0 + SECOND),
@@ -721,7 +739,7 @@ export function describeStoreContract(
       });
 
       it('skips records of deliveries that do not exist, and writes the rest', async () => {
-        await store.recordAttempts([
+        await recordOutcomes([
           delivered('evt_nothing', A, T0 + 2),
           delivered(id, C, T0 + 2),
           delivered(id, B, T0 + 2),
@@ -736,8 +754,39 @@ export function describeStoreContract(
         expect(await store.getEvent('evt_nothing')).toBeUndefined();
       });
 
+      it('drops an outcome of an earlier series: a redelivery started another since the claim', async () => {
+        const claimedAt = T0 + 10 * SECOND;
+        const [job] = await store.claimDue(A.key, claimedAt, 10, claimedAt + HOUR);
+        expect(job?.seriesStartedAt).toBe(T0 + SECOND);
+        const redeliveredAt = T0 + 20 * SECOND;
+        expect(await store.redeliver(id, [A], redeliveredAt)).toBe(1);
+        // The claim's attempt answers after the redelivery: a failure that ends its (old) series.
+        await store.recordAttempts([
+          { ...final(id, A, 'failed', redeliveredAt + 1, 500), seriesStartedAt: job?.seriesStartedAt ?? 0 },
+        ]);
+        const stored = (await store.getEvent(id))?.deliveries.find((d) => d.endpointKey === A.key);
+        expect(stored).toMatchObject({
+          status: 'pending',
+          attempts: 0,
+          nextAttemptAt: redeliveredAt,
+          seriesStartedAt: redeliveredAt,
+          finishedAt: null,
+        });
+        expect(
+          (await store.claimDue(A.key, redeliveredAt, 10, redeliveredAt + HOUR)).map((j) => j.eventId),
+        ).toEqual([id]);
+        // The new series' own outcome is written.
+        await store.recordAttempts([
+          { ...delivered(id, A, redeliveredAt + 2), seriesStartedAt: redeliveredAt },
+        ]);
+        expect((await store.getEvent(id))?.deliveries.find((d) => d.endpointKey === A.key)).toMatchObject({
+          status: 'delivered',
+          finishedAt: redeliveredAt + 2,
+        });
+      });
+
       it('accepts an empty batch', async () => {
-        await store.recordAttempts([]);
+        await recordOutcomes([]);
         expect((await store.deliveryCounts()).pending).toBe(2);
       });
     });
@@ -745,7 +794,7 @@ export function describeStoreContract(
     describe('countOrphanedPending', () => {
       it('counts pending deliveries to endpoints not in the given keys', async () => {
         await watchThrough(['a', 'b'], ['COMPLETED'], [A, B]);
-        await store.recordAttempts([delivered(eventId('a', 'COMPLETED'), B, T0 + 2)]);
+        await recordOutcomes([delivered(eventId('a', 'COMPLETED'), B, T0 + 2)]);
         expect(await store.countOrphanedPending([A.key, B.key])).toBe(0);
         expect(await store.countOrphanedPending([A.key])).toBe(1);
         expect(await store.countOrphanedPending([B.key])).toBe(2);
@@ -777,7 +826,7 @@ export function describeStoreContract(
           [A],
           T0 + 3 * SECOND,
         );
-        await store.recordAttempts([
+        await recordOutcomes([
           delivered(eventId('a', 'COMPLETED'), A, T0 + 4 * SECOND),
           final(eventId('c', 'FAILED'), A, 'failed', T0 + 4 * SECOND, 500),
         ]);
@@ -874,10 +923,7 @@ export function describeStoreContract(
 
       beforeEach(async () => {
         await watchThrough(['a'], ['COMPLETED'], [A, B]);
-        await store.recordAttempts([
-          delivered(id, A, T0 + 2 * SECOND),
-          final(id, B, 'gone', T0 + 2 * SECOND, 410),
-        ]);
+        await recordOutcomes([delivered(id, A, T0 + 2 * SECOND), final(id, B, 'gone', T0 + 2 * SECOND, 410)]);
       });
 
       const statusOf = async (ref: EndpointRef) =>
@@ -925,7 +971,7 @@ export function describeStoreContract(
         const bAt = T0 + 10 * SECOND;
         await store.commitChanges([move('b', 'UNKNOWN', 'FAILED', bAt)], build, [A, B], bAt);
         const bId = eventId('b', 'FAILED');
-        await store.recordAttempts([final(bId, A, 'gone', bAt, 410), final(bId, B, 'gone', bAt, 410)]);
+        await recordOutcomes([final(bId, A, 'gone', bAt, 410), final(bId, B, 'gone', bAt, 410)]);
 
         expect(await store.redeliverSince(bAt, 'gone', now)).toBe(2);
         expect((await store.getEvent(bId))?.deliveries.map((d) => [d.status, d.nextAttemptAt])).toEqual([
@@ -958,7 +1004,7 @@ export function describeStoreContract(
           const at = T0 + (i + 1) * SECOND;
           await store.commitChanges([move(id, 'UNKNOWN', 'COMPLETED', at)], build, [A, B], at);
         }
-        await store.recordAttempts([
+        await recordOutcomes([
           delivered(eventId('a', 'COMPLETED'), A, T0 + 5 * SECOND),
           final(eventId('a', 'COMPLETED'), B, 'failed', T0 + 5 * SECOND, 500),
           final(eventId('b', 'COMPLETED'), A, 'gone', T0 + 5 * SECOND, 410),
@@ -1008,7 +1054,7 @@ export function describeStoreContract(
           at,
         );
         await store.commitChanges([move('d', 'UNKNOWN', 'COMPLETED', at)], build, [], at);
-        await store.recordAttempts([
+        await recordOutcomes([
           delivered(eventId('a', 'COMPLETED'), A, at),
           delivered(eventId('a', 'COMPLETED'), B, at),
           final(eventId('b', 'COMPLETED'), A, 'failed', at, 500),
@@ -1018,7 +1064,7 @@ export function describeStoreContract(
         // A recent event, delivered: too young to go.
         const recent = at + 2 * HOUR;
         await store.commitChanges([move('new', 'UNKNOWN', 'COMPLETED', recent)], build, [A], recent);
-        await store.recordAttempts([delivered(eventId('new', 'COMPLETED'), A, recent)]);
+        await recordOutcomes([delivered(eventId('new', 'COMPLETED'), A, recent)]);
 
         const now = at + 2 * HOUR;
         const result = await store.prune(now, { ...policy, retainMs: 1000 * HOUR });
@@ -1054,7 +1100,7 @@ export function describeStoreContract(
       it('deletes the export and cancels its pending deliveries; final ones stay for replay', async () => {
         await store.addExports([{ ids: ['a', 'b'], metadata: null }], T0);
         await store.commitChanges([move('a', 'UNKNOWN', 'RUNNING', T0 + 1)], build, [A, B], T0 + 1);
-        await store.recordAttempts([
+        await recordOutcomes([
           delivered(eventId('a', 'RUNNING'), A, T0 + 2),
           final(eventId('a', 'RUNNING'), B, 'gone', T0 + 2, 410),
         ]);
@@ -1064,7 +1110,7 @@ export function describeStoreContract(
           [A, B],
           T0 + 3,
         );
-        await store.recordAttempts([delivered(eventId('a', 'COMPLETED'), A, T0 + 4)]);
+        await recordOutcomes([delivered(eventId('a', 'COMPLETED'), A, T0 + 4)]);
 
         expect(await store.removeExport('a')).toEqual({ removed: true, cancelledDeliveries: 1 });
         expect(await store.getExport('a')).toBeUndefined();
@@ -1300,7 +1346,7 @@ export function describeStoreContract(
           () => store.claimDue(A.key, T0, 1, T0),
           () => store.releaseLeases(T0),
           () => store.nextDueAt(A.key),
-          () => store.recordAttempts([delivered('e', A, T0)]),
+          () => store.recordAttempts([{ ...delivered('e', A, T0), seriesStartedAt: T0 }]),
           () => store.countOrphanedPending([]),
           () => store.getEvent('e'),
           () => store.listEvents({ limit: 1 }),

@@ -318,6 +318,7 @@ await describeWithPostgres('PostgreSQL store', (server) => {
         {
           eventId,
           endpointKey: A.key,
+          seriesStartedAt: T0,
           status: 'failed',
           attempts: 9,
           nextAttemptAt: null,
@@ -381,6 +382,7 @@ await describeWithPostgres('PostgreSQL store', (server) => {
         const outcome = (status: AttemptRecord['status'], attempts: number): AttemptRecord => ({
           eventId: 'evt_a_failed',
           endpointKey: A.key,
+          seriesStartedAt: T0 + 7,
           status,
           attempts,
           nextAttemptAt: status === 'pending' ? T0 + 100 : null,
@@ -453,6 +455,7 @@ await describeWithPostgres('PostgreSQL store', (server) => {
         ['c', 'd', 'e', A.key, B.key].map((key) => ({
           eventId: e.id,
           endpointKey: key,
+          seriesStartedAt: T0 + 1,
           status: 'delivered' as const,
           attempts: 1,
           nextAttemptAt: null,

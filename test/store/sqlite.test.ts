@@ -329,6 +329,7 @@ describe('SQLite store', () => {
         {
           eventId: 'evt',
           endpointKey: 'k',
+          seriesStartedAt: T0,
           status: 'failed',
           attempts: 9,
           nextAttemptAt: null,
