@@ -586,6 +586,21 @@ describe('imports end to end, against the simulator over loopback', () => {
       error: { code: 'kind_conflict', details: [{ field: 'ids[1]', problem: 'is watched as an import' }] },
     });
     expect((await s.get('/v1/exports/brand-new')).status).toBe(404);
+    // So is an export whose webhook-ids a watched import has (`evt_import_<id>_…`).
+    const twin = await s.post('/v1/exports', { ids: [`import_${completed[1]}`] });
+    expect(twin.status).toBe(409);
+    expect(twin.json).toMatchObject({
+      error: {
+        code: 'kind_conflict',
+        details: [
+          {
+            field: 'ids[0]',
+            problem: `is watched as an import, or shares its webhook-ids with the import "${completed[1]}"`,
+          },
+        ],
+      },
+    });
+    expect((await s.get(`/v1/exports/import_${completed[1]}`)).status).toBe(404);
 
     // Metrics: the imports gauge, the exports gauge as before.
     const metrics = await (await request(`${s.apiUrl}/metrics`)).body.text();

@@ -67,6 +67,7 @@ import {
   type ExportPageQuery,
   type StoredDelivery,
   type StoredEvent,
+  webhookTwin,
 } from '../store/store.js';
 import { ConnectionGuard, type ConnectionStats } from './connection-guard.js';
 
@@ -1363,14 +1364,21 @@ function jobNotFound(id: string, kind: JobKind): HttpError {
   return new HttpError(404, `${kind}_not_found`, `${kind} ${JSON.stringify(clip(id))} is not watched`);
 }
 
-/** 409: ids watched as the other kind; nothing of the request was added. */
+/**
+ * 409: ids watched as the other kind, or whose webhook-ids a job of the other kind has
+ * (`webhookTwin`); nothing of the request was added.
+ */
 function kindConflict(ids: readonly string[], conflicts: readonly string[], kind: JobKind): HttpError {
   const other = kind === 'export' ? 'import' : 'export';
   const conflicting = new Set(conflicts);
   const details: Problem[] = [];
   ids.forEach((id, i) => {
-    if (conflicting.has(id) && details.length < 20)
-      details.push({ field: `ids[${i}]`, problem: `is watched as an ${other}` });
+    if (!conflicting.has(id) || details.length >= 20) return;
+    const twin = webhookTwin(id, kind);
+    const problem = twin
+      ? `is watched as an ${other}, or shares its webhook-ids with the ${other} ${JSON.stringify(twin.id)}`
+      : `is watched as an ${other}`;
+    details.push({ field: `ids[${i}]`, problem });
   });
   if (conflicts.length > details.length) {
     details.push({ field: 'ids', problem: `${conflicts.length - details.length} more not listed` });

@@ -84,6 +84,7 @@ import {
   type StoredEvent,
   type StoredExport,
   StoreError,
+  webhookTwin,
 } from './store.js';
 
 /** States written literally into SQL, as in `sqlite.ts`; the tests check them against the tracker. */
@@ -357,7 +358,17 @@ export class PostgresStore implements Store {
     requests: readonly AddRequest[],
     now: number,
   ): Promise<AddResult[]> {
-    const unique = [...new Set(requests.flatMap((r) => r.ids))];
+    // The ids asked, and those of their webhook twins (`webhookTwin`), which refuse them too.
+    const unique = [
+      ...new Set(
+        requests.flatMap(({ ids, kind }) =>
+          ids.flatMap((id) => {
+            const twin = webhookTwin(id, kind);
+            return twin ? [id, twin.id] : [id];
+          }),
+        ),
+      ),
+    ];
     const stored = new Map<string, JobKind>();
     if (unique.length > 0) {
       const { rows } = await this.#query<{ id: string; kind: JobKind }>(
@@ -373,8 +384,10 @@ export class PostgresStore implements Store {
       const alreadyWatched: string[] = [];
       const conflicts: string[] = [];
       for (const id of new Set(ids)) {
+        const twin = webhookTwin(id, kind);
         const found = stored.get(id);
-        if (found === undefined) accepted.push(id);
+        if (twin && stored.get(twin.id) === twin.kind) conflicts.push(id);
+        else if (found === undefined) accepted.push(id);
         else (found === kind ? alreadyWatched : conflicts).push(id);
       }
       if (conflicts.length > 0) return { accepted: [], alreadyWatched: [], conflicts };

@@ -51,6 +51,7 @@ import {
   type StoredEvent,
   type StoredExport,
   StoreError,
+  webhookTwin,
 } from './store.js';
 
 /** The database's file name in the data directory. */
@@ -317,6 +318,11 @@ export class SqliteStore implements Store {
         const result: AddResult = { accepted: [], alreadyWatched: [] };
         const conflicts: string[] = [];
         for (const id of new Set(ids)) {
+          const twin = webhookTwin(id, kind);
+          if (twin && (kindOf.get(twin.id) as { kind: JobKind } | undefined)?.kind === twin.kind) {
+            conflicts.push(id);
+            continue;
+          }
           if (insert.run(id, kind, json, now, now, history).changes === 1) {
             result.accepted.push(id);
             continue;

@@ -20,7 +20,8 @@
  * Times are epoch milliseconds. Ids are job ids (`^[A-Za-z0-9_-]{1,128}$`) and webhook-ids.
  *
  * Kinds. A watched job is an export or an import (`JobKind`). A job's id is unique across kinds:
- * an id stored as one kind is refused as the other (`AddResult.conflicts`). Every `kind` the port
+ * an id stored as one kind is refused as the other (`AddResult.conflicts`), and so is a job whose
+ * webhook-ids would be those of a stored job of the other kind (`webhookTwin`). Every `kind` the port
  * takes is optional and means `export` when absent; every record it returns carries `kind` only for
  * an import (absent means an export), so that everything written before imports existed reads and
  * compares as it did.
@@ -311,6 +312,17 @@ export interface Store {
 /** Raised when the data directory or database cannot be used; the CLI exits 2 with its message. */
 export class StoreError extends Error {
   override readonly name = 'StoreError';
+}
+
+/**
+ * The job of the other kind whose webhook-ids this job's would equal: an import's are
+ * `evt_import_<id>_…` and an export's `evt_<id>_…` (see `webhookId` in delivery/events.ts), so the
+ * export `import_X` and the import `X` would share every one. Both cannot be watched: the second
+ * one's events would be refused as already stored, and its outcomes lost.
+ */
+export function webhookTwin(id: string, kind: JobKind = 'export'): { id: string; kind: JobKind } | undefined {
+  if (kind === 'import') return { id: `import_${id}`, kind: 'export' };
+  return id.startsWith('import_') ? { id: id.slice('import_'.length), kind: 'import' } : undefined;
 }
 
 /** The stored key of an endpoint URL: stable, and reveals nothing of a token in the URL. */

@@ -5,7 +5,7 @@
  * Times are fixed epoch milliseconds passed in, as the daemon passes `now`; nothing here sleeps.
  */
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import type { EventType } from '../../src/delivery/events.js';
+import { type EventType, webhookId } from '../../src/delivery/events.js';
 import type { ExportState, PlatformExport } from '../../src/polling/tracker.js';
 import type { PlatformErrorBody } from '../../src/shared/errors.js';
 import {
@@ -18,6 +18,7 @@ import {
   type Store,
   type StoredDelivery,
   StoreError,
+  webhookTwin,
 } from '../../src/store/store.js';
 
 const T0 = 1_700_000_000_000;
@@ -1246,6 +1247,40 @@ export function describeStoreContract(
         // Refused ids were not kept: they can be added later as their own kind.
         const [later] = await store.addExports([{ ids: ['n1'], metadata: null }], T0 + 2);
         expect(later).toEqual({ accepted: ['n1'], alreadyWatched: [] });
+      });
+
+      it('refuses a job whose webhook-ids a stored job of the other kind has, in either order', async () => {
+        // The export `import_abc` and the import `abc` would both send `evt_import_abc_<suffix>`.
+        await store.addExports([{ ids: ['abc'], metadata: null, kind: 'import' }], T0);
+        await store.addExports([{ ids: ['import_xyz'], metadata: null }], T0);
+        const results = await store.addExports(
+          [
+            { ids: ['e1', 'import_abc'], metadata: null },
+            { ids: ['i1', 'xyz'], metadata: null, kind: 'import' },
+            // Twins within one call: the first is added, the second refused.
+            { ids: ['import_new'], metadata: null },
+            { ids: ['new'], metadata: null, kind: 'import' },
+            // Not twins: an export named like an import's webhook prefix but of no stored import.
+            { ids: ['import_free'], metadata: null },
+          ],
+          T0 + 1,
+        );
+        expect(results).toEqual([
+          { accepted: [], alreadyWatched: [], conflicts: ['import_abc'] },
+          { accepted: [], alreadyWatched: [], conflicts: ['xyz'] },
+          { accepted: ['import_new'], alreadyWatched: [] },
+          { accepted: [], alreadyWatched: [], conflicts: ['new'] },
+          { accepted: ['import_free'], alreadyWatched: [] },
+        ]);
+        expect(await store.getExport('import_abc')).toBeUndefined();
+        expect(await store.getExport('e1')).toBeUndefined();
+        expect(await store.getExport('xyz', 'import')).toBeUndefined();
+        expect(await store.getExport('new', 'import')).toBeUndefined();
+        expect(webhookTwin('import_abc')).toEqual({ id: 'abc', kind: 'import' });
+        expect(webhookTwin('abc', 'import')).toEqual({ id: 'import_abc', kind: 'export' });
+        expect(webhookTwin('abc')).toBeUndefined();
+        // What makes them twins: the ids their events would be sent under.
+        expect(webhookId('import_abc', 'export.completed')).toBe(webhookId('abc', 'import.completed'));
       });
 
       it('loads the active jobs of both kinds, an import with its kind', async () => {
