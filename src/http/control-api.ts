@@ -21,7 +21,10 @@
  *   4. an `Expect` other than `100-continue` (417);
  *   5. the body as announced: over 1 MiB (413); any body to a route that takes none (400); a
  *      content type other than JSON (415);
- *   6. for `/v1/*`, a free slot among `maxRequestsInProgress` (503 `too_busy`, connection closed).
+ *   6. for `/v1/*`, a free slot among `maxRequestsInProgress` (503 `too_busy`, connection closed);
+ *      a page of more than `DEFAULT_PAGE_LIMIT` records takes a slot per started thousand, since
+ *      building and serializing it is synchronous work (~0.2 s for 10,000 records) that the
+ *      event loop, and `/healthz` with it, waits behind.
  * Node's own handling of `Expect` (an immediate `100 Continue`, or a bare 417) is replaced, so that
  * a client is invited to send its body only once the request has passed all of these.
  * An answer given while the client is still sending a body closes the connection, so nobody waits
@@ -323,6 +326,8 @@ export class ControlApi {
   readonly #answered = new WeakSet<Socket>();
   /** `/v1/*` requests admitted and not yet answered. */
   #inProgress = 0;
+  /** Slots the `/v1` requests in progress hold: one each, more for a large page (`slotsFor`). */
+  #slotsInUse = 0;
   #url: string | undefined;
   #closePromise: Promise<void> | undefined;
 
@@ -578,7 +583,7 @@ export class ControlApi {
     const takesBody = route.json?.includes(method) === true;
     checkAnnouncedBody(request.raw, takesBody, `${method} ${clip(path)}`);
     if (takesBody) checkContentType(request.headers['content-type']);
-    if (route.v1) this.#takeSlot(reply);
+    if (route.v1) this.#takeSlot(reply, slotsFor(request.query));
     // Only now is the client told to send its body (HTTP/1.1 only: 1.0 has no interim answers).
     const raw = request.raw;
     if (expectsContinue && raw.httpVersion === '1.1' && bodyPending(raw)) reply.raw.writeContinue();
@@ -624,18 +629,20 @@ export class ControlApi {
     res.once('close', () => clearInterval(timer));
   }
 
-  #takeSlot(reply: FastifyReply): void {
+  #takeSlot(reply: FastifyReply, wanted: number): void {
     const max = this.#limits.maxRequestsInProgress;
-    if (this.#inProgress >= max) {
+    const slots = Math.min(wanted, max);
+    if (this.#slotsInUse + slots > max) {
       throw new HttpError(
         503,
         'too_busy',
-        `${max} requests are already in progress; retry in ${TOO_BUSY_RETRY_AFTER_SECONDS} s`,
+        `the ${max} request slots are taken (a page of more than ${DEFAULT_PAGE_LIMIT} records takes one per thousand); retry in ${TOO_BUSY_RETRY_AFTER_SECONDS} s`,
         undefined,
         { 'retry-after': String(TOO_BUSY_RETRY_AFTER_SECONDS), connection: 'close' },
       );
     }
     this.#inProgress++;
+    this.#slotsInUse += slots;
     // The slot is for the work of answering: it is free once the answer is handed off ('finish'),
     // or the connection is gone ('close'), whichever comes first. Reading the answer is the
     // client's business, bounded by #watchAnswer.
@@ -644,6 +651,7 @@ export class ControlApi {
       if (!held) return;
       held = false;
       this.#inProgress--;
+      this.#slotsInUse -= slots;
     };
     reply.raw.once('finish', free);
     reply.raw.once('close', free);
@@ -1267,6 +1275,16 @@ function queryOf(url: string): string {
 
 function idParam(request: FastifyRequest): string {
   return (request.params as { id?: string }).id ?? '';
+}
+
+/**
+ * The `/v1` slots a request takes: one, or one per started `DEFAULT_PAGE_LIMIT` records of the page
+ * its `limit` asks for. An unreadable `limit` takes one: the route answers it 400.
+ */
+function slotsFor(query: unknown): number {
+  const limit = Number((query as { limit?: unknown } | undefined)?.limit);
+  if (!Number.isInteger(limit) || limit <= DEFAULT_PAGE_LIMIT || limit > MAX_PAGE_LIMIT) return 1;
+  return Math.ceil(limit / DEFAULT_PAGE_LIMIT);
 }
 
 /**

@@ -425,6 +425,27 @@ describe('a flood of connections', () => {
     expect((await call(h, 'POST', '/v1/exports', { ids: ['after-the-flood'] })).status).toBe(202);
   });
 
+  it('a page of more than 1,000 records takes a slot per started thousand', async () => {
+    const h = await start({ maxRequestsInProgress: 4, headersTimeoutMs: 120_000, requestTimeoutMs: 120_000 });
+    const stalled: Socket[] = [];
+    for (let i = 1; i <= 2; i++) {
+      const socket = hold(await openSocket(h.port));
+      slowUpload(socket);
+      stalled.push(socket);
+      await until(() => h.api.stats().requestsInProgress === i, `${i} uploads in progress`);
+    }
+    // Two slots left: a page of 2,001 records needs three, one of 2,000 two.
+    const refused = await call(h, 'GET', '/v1/exports?limit=2001');
+    expect(refused.status).toBe(503);
+    expect(expectErrorShape(refused.json).code).toBe('too_busy');
+    expect((await call(h, 'GET', '/v1/exports?limit=2000')).status).toBe(200);
+    expect((await call(h, 'GET', `/v1/exports?limit=${MAX_PAGE_LIMIT + 1}`)).status).toBe(400);
+    // With all four free, the largest page is served: its share is capped at the whole.
+    for (const socket of stalled) socket.destroy();
+    await until(() => h.api.stats().requestsInProgress === 0, 'slots released');
+    expect((await call(h, 'GET', `/v1/exports?limit=${MAX_PAGE_LIMIT}`)).status).toBe(200);
+  });
+
   it('connections that stall (before, within or after their headers) get 408 and are closed', async () => {
     const h = await start({ headersTimeoutMs: 300, requestTimeoutMs: 600 });
     const silent = hold(await openSocket(h.port));
@@ -606,12 +627,13 @@ describe('clients that stop reading their answer', () => {
     const registry = new MemoryRegistry();
     const ids = Array.from({ length: MAX_PAGE_LIMIT }, (_, i) => `big-${String(i).padStart(5, '0')}`);
     registry.add(ids, 'UNKNOWN', { pad: 'x'.repeat(1500) });
-    const slots = 4;
-    const h = await start({ maxRequestsInProgress: slots, answerStallTimeoutMs: 300 }, registry);
+    const clients = 4;
+    // A page of 10,000 records takes ten slots: the clients below take them all.
+    const h = await start({ maxRequestsInProgress: clients * 10, answerStallTimeoutMs: 300 }, registry);
 
-    // As many clients as there are slots ask for the largest page and never read a byte of it.
+    // Clients ask for the largest page, as many as the slots allow, and never read a byte of it.
     const stalled: Socket[] = [];
-    for (let i = 0; i < slots; i++) {
+    for (let i = 0; i < clients; i++) {
       const socket = hold(await openSocket(h.port));
       socket.pause();
       socket.write(`GET /v1/exports?limit=${MAX_PAGE_LIMIT} HTTP/1.1\r\nHost: x\r\n${AUTH}\r\n`);
@@ -624,7 +646,7 @@ describe('clients that stop reading their answer', () => {
     );
     expect(
       h.lines.filter((l) => l.msg === 'client stopped reading its answer; connection closed'),
-    ).toHaveLength(slots);
+    ).toHaveLength(clients);
 
     // Each of them got the start of its answer, not all of it: the answer was cut, not finished.
     for (const socket of stalled) {
