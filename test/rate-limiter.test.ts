@@ -113,6 +113,38 @@ describe('RateLimiter', () => {
     expect(starts.length).toBeGreaterThan(0);
   });
 
+  it('lets one call through to ask, not every held call, when no reset was given', async () => {
+    limiter = new RateLimiter({ budget: 100, windowMs: 60_000, resetMarginMs: 0 });
+    limiter.observe({ limit: 1000, remaining: 0 });
+    const starts: number[] = [];
+    launch(limiter, 4, starts);
+    await vi.advanceTimersByTimeAsync(1000 + HOPS);
+    expect(starts).toHaveLength(1);
+    // Its answer: still nothing left, still no reset. One more asks a second later.
+    limiter.observe({ limit: 1000, remaining: 0 });
+    await vi.advanceTimersByTimeAsync(900);
+    expect(starts).toHaveLength(1);
+    await vi.advanceTimersByTimeAsync(100 + HOPS);
+    expect(starts).toHaveLength(2);
+    // The platform answers that quota is back: the rest go.
+    limiter.observe({ limit: 1000, remaining: 500, resetAt: T0 + 60_000 });
+    await vi.advanceTimersByTimeAsync(2000);
+    expect(starts).toHaveLength(4);
+  });
+
+  it('falls back to its own budget when a probe is answered without quota headers', async () => {
+    limiter = new RateLimiter({ budget: 100, windowMs: 60_000, resetMarginMs: 0 });
+    limiter.observe({ limit: 1000, remaining: 0 });
+    const starts: number[] = [];
+    launch(limiter, 3, starts);
+    await vi.advanceTimersByTimeAsync(1000 + HOPS);
+    expect(starts).toHaveLength(1);
+    limiter.observe({});
+    await vi.advanceTimersByTimeAsync(5000);
+    expect(starts).toHaveLength(3);
+    expect(limiter.snapshot().platformRemaining).toBeUndefined();
+  });
+
   it('pauses every call until the reset after a 429', async () => {
     limiter = new RateLimiter({ budget: 100, windowMs: 300_000, resetMarginMs: 0 });
     const starts: number[] = [];

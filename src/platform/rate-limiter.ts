@@ -140,6 +140,8 @@ export class RateLimiter {
   #platformTimer: NodeJS.Timeout | undefined;
   #rateLimited = 0;
   #spacingMs = 0;
+  /** From a probe (`#onPlatformReset`) until the next answer: one call goes, unspaced. */
+  #probing = false;
   #stopped = false;
   /**
    * What was last written into bottleneck, and the calls started since. Bottleneck takes a unit of
@@ -276,6 +278,7 @@ export class RateLimiter {
   /** Reads the quota headers of an answer. Call it for every answer, successful or not. */
   observe(info: RateInfo): void {
     const now = this.#now();
+    this.#probing = false;
     if (info.limit !== undefined) this.#platformLimit = info.limit;
     const reported = this.#believable(info.resetAt, now);
     const resetAt = reported !== undefined && reported > now ? reported : undefined;
@@ -285,6 +288,10 @@ export class RateLimiter {
       const others = Math.max(0, this.#inFlight - 1);
       this.#platformRemaining = Math.max(0, info.remaining - others);
       this.#setPlatformReset(resetAt, now);
+    } else if (this.#platformRemaining === 0 && this.#platformTimer === undefined) {
+      // Spent down to nothing by our own count, with no reset to wait for, and the platform no
+      // longer says what is left: our own budget governs again, as before its first report.
+      this.#platformRemaining = undefined;
     }
     this.#apply(now);
   }
@@ -293,6 +300,7 @@ export class RateLimiter {
   rateLimited(resetAt: number | undefined): void {
     const now = this.#now();
     this.#rateLimited++;
+    this.#probing = false;
     this.#platformRemaining = 0;
     const reported = this.#believable(resetAt, now);
     const until = reported !== undefined && reported > now ? reported : now + this.#fallbackPauseMs;
@@ -423,18 +431,24 @@ export class RateLimiter {
     this.#pausedUntil = undefined;
     if (this.#stopped) return;
     // With no reset to wait for and nothing left, ask again shortly rather than never.
-    const at = resetAt !== undefined ? resetAt + this.#resetMarginMs : now + UNKNOWN_RESET_PROBE_MS;
-    if (resetAt === undefined && this.#platformRemaining !== 0) return;
+    const probe = resetAt === undefined;
+    const at = probe ? now + UNKNOWN_RESET_PROBE_MS : resetAt + this.#resetMarginMs;
+    if (probe && this.#platformRemaining !== 0) return;
     this.#pausedUntil = at;
-    this.#platformTimer = setTimeout(() => this.#onPlatformReset(), Math.max(0, at - now));
+    this.#platformTimer = setTimeout(() => this.#onPlatformReset(probe), Math.max(0, at - now));
   }
 
-  #onPlatformReset(): void {
+  /**
+   * After a reset, what is left is unknown until the platform answers again. After a probe (the
+   * platform said nothing is left and not until when), one call goes, whose answer says what is
+   * left: not every call held, which would meet a 429 together.
+   */
+  #onPlatformReset(probe: boolean): void {
     this.#platformTimer = undefined;
     this.#platformResetAt = undefined;
     this.#pausedUntil = undefined;
-    // Unknown until the platform answers again.
-    this.#platformRemaining = undefined;
+    this.#platformRemaining = probe ? 1 : undefined;
+    this.#probing = probe;
     this.#log?.debug('platform rate window reset');
     this.#apply(this.#now());
   }
@@ -466,6 +480,11 @@ export class RateLimiter {
 
   /** Spreads what is allowed over what is left of the window that binds. */
   #updateSpacing(now: number): void {
+    if (this.#probing) {
+      // Spread over the window, one call would wait half of it: the probe goes at once.
+      this.#spacingMs = 0;
+      return;
+    }
     const allowance = this.#allowance();
     const budgetLeft = Math.max(0, this.#budget - this.#spent);
     const platformBinds =
