@@ -12,6 +12,15 @@
  * - 401/403 on a whole call and other 4xx are not retried: trying again at once cannot help.
  * When the bulk endpoint answers 404 or 405, this client falls back to single gets for a while.
  *
+ * One bad id never costs the others their answer (`bulkGet`):
+ * - A bulk call refused as a whole for a job-level reason (403/9005 "no access to the job",
+ *   404/9008 "no such job": `PLATFORM_NOT_FOUND`) is about some id in it, not about the call:
+ *   that call alone is answered by single gets of its ids, and bulk stays on for everyone else.
+ * - Among single gets, an id whose GET fails for a reason of its own (a job-level code, or another
+ *   4xx that is not about the token or the quota) becomes an error item naming that id. What
+ *   concerns the whole account (401, a 403 without a job code, 429) or the platform (5xx,
+ *   timeouts, network, after their retries) still fails the whole call, as before.
+ *
  * Exports and imports (docs/platform-api.md §3–§5) are asked about through the same methods with a
  * kind: one call carries one kind (`/bulk/storage/exports/get` with `export_ids`, or
  * `/bulk/storage/imports/get` with `import_ids`), and both share the one gate (the limiter).
@@ -22,6 +31,7 @@ import type { Dispatcher } from 'undici';
 import {
   type BulkItem,
   type JobKind,
+  meansMissing,
   type Observation,
   observationsFromBulk,
   type TrackerWarning,
@@ -224,6 +234,9 @@ export class PlatformClient {
           this.#bus.emit('platform.bulk_mismatch', { asked: ids.length, items: items.length });
         return items as BulkItem[];
       } catch (error) {
+        if (error instanceof PlatformError && error.code === 'PLATFORM_NOT_FOUND') {
+          return this.#splitRefusedBulk(kind, ids, error, options);
+        }
         if (!(error instanceof PlatformError && (error.status === 404 || error.status === 405))) throw error;
         this.#bulkUnsupportedUntil[kind] = this.#now() + BULK_RETRY_AFTER_MS;
         this.#log.warn(
@@ -232,8 +245,56 @@ export class PlatformClient {
         );
       }
     }
+    return this.#getEach(kind, ids, options);
+  }
+
+  /**
+   * A bulk call the platform refused as a whole with a job-level code (403/9005, 404/9008): some id
+   * in it is missing or not ours, and the platform will not say which. The call is answered by
+   * single gets of its ids instead, so the others get their answers and the bad id gets an error
+   * item naming it (a miss toward LOST). Bulk stays on: the next call without that id is a bulk call.
+   *
+   * Spend: at most `ids.length` single gets (the batch size, ≤ 100) on top of the refused bulk
+   * call, each through the limiter like any request. It does not repeat hot: every id is answered,
+   * so the scheduler counts the batch checked and none of its ids is due again before the poll
+   * interval; and a missing id is LOST, never checked again, after `lostAfter` (3) such checks, so
+   * one bad id costs at most 3 × (1 + batch size) requests in all. A lone id is answered from the
+   * refusal itself (it can only be about that id): no extra call.
+   */
+  async #splitRefusedBulk(
+    kind: JobKind,
+    ids: readonly string[],
+    refusal: PlatformError,
+    options: CallOptions,
+  ): Promise<BulkItem[]> {
+    const [only] = ids;
+    if (ids.length === 1 && only !== undefined) return [perJobErrorItem(only, refusal)];
+    this.#log.warn(
+      { kind, ids: ids.length, status: refusal.status, platform_code: refusal.body?.code },
+      `bulk ${kind} call refused for a job in it; asking its ids one by one`,
+    );
+    return this.#getEach(kind, ids, options);
+  }
+
+  /**
+   * Single gets of `ids`, one after another, each through the limiter. An id whose get fails for a
+   * reason of its own is an error item naming it; an error about the token, the quota or the
+   * platform as a whole fails the call (`isPerJobError`).
+   */
+  async #getEach(kind: JobKind, ids: readonly string[], options: CallOptions): Promise<BulkItem[]> {
     const items: BulkItem[] = [];
-    for (const id of ids) items.push(await this.getOneItem(kind, id, options));
+    for (const id of ids) {
+      try {
+        items.push(await this.getOneItem(kind, id, options));
+      } catch (error) {
+        if (options.signal?.aborted || !isPerJobError(error)) throw error;
+        this.#log.debug(
+          { kind, id, status: error.status, platform_code: error.body?.code },
+          `single get of one ${kind} refused; the others are still asked`,
+        );
+        items.push(perJobErrorItem(id, error));
+      }
+    }
     return items;
   }
 
@@ -256,10 +317,9 @@ export class PlatformClient {
       );
       return { resource: answer.json };
     } catch (error) {
-      if (error instanceof PlatformError && error.code === 'PLATFORM_NOT_FOUND') {
-        // The id is named, so the tracker attributes it to this export alone.
-        return { error: { status: error.status, ...error.body, id } };
-      }
+      // The id is named, so the tracker attributes it to this export alone.
+      if (error instanceof PlatformError && error.code === 'PLATFORM_NOT_FOUND')
+        return perJobErrorItem(id, error);
       throw error;
     }
   }
@@ -611,6 +671,35 @@ export function readRateHeaders(headers: Record<string, string | string[] | unde
   if (remaining !== undefined) info.remaining = remaining;
   if (reset !== undefined) info.resetAt = reset * 1000;
   return info;
+}
+
+/**
+ * Whether a failed single get speaks of that one job, so the other ids of its call still count:
+ * "no such job" / "no access" (`PLATFORM_NOT_FOUND`), or another 4xx the client does not take as
+ * about the token or the quota (`PLATFORM_REJECTED`: 400, a 404 without a job code, 409...). Not:
+ * 401 or a 403 without a job code (the token), 429 (the quota), nor 5xx, timeouts, network errors or
+ * bad bodies, which were retried and concern the platform, not the job.
+ */
+function isPerJobError(error: unknown): error is PlatformError {
+  return (
+    error instanceof PlatformError &&
+    (error.code === 'PLATFORM_NOT_FOUND' || error.code === 'PLATFORM_REJECTED')
+  );
+}
+
+/**
+ * The error item, named with its id, for one job the platform refused. A job-level refusal keeps
+ * the platform's status and body (the tracker counts 9005/9008 toward LOST). Any other must never
+ * read as a miss: a 404 without a job code is also what a wrong route or a proxy answers (the
+ * tracker would take a bare 404 item as the job's), so its HTTP status is kept under another name.
+ */
+function perJobErrorItem(id: string, error: PlatformError): BulkItem {
+  const item: PlatformErrorBody & { id: string } = { status: error.status, ...error.body, id };
+  if (error.code !== 'PLATFORM_NOT_FOUND' && meansMissing(item)) {
+    const { status: _status, ...rest } = item;
+    return { error: { ...rest, http_status: error.status, message: item.message ?? error.message } };
+  }
+  return { error: item };
 }
 
 /** `(kind, x)` or, for the signatures that predate kinds, `(x)` about exports. */

@@ -31,6 +31,8 @@ export class HostilePlatform {
   bytesWritten = 0;
   /** Every request's headers, newest last. */
   readonly seenHeaders: Array<IncomingMessage['headers']> = [];
+  /** Every request's route, path and parsed body, newest last. */
+  readonly seen: Array<{ route: Route; path: string; json: unknown }> = [];
   handler: Handler;
   readonly #server: Server;
   readonly #sockets = new Set<Socket>();
@@ -84,6 +86,7 @@ export class HostilePlatform {
             : 'other';
     this.requests[route]++;
     this.seenHeaders.push(req.headers);
+    this.seen.push({ route, path, json });
     const socket = req.socket;
     const before = socket.bytesWritten;
     res.once('close', () => {

@@ -1,0 +1,267 @@
+/**
+ * One bad id must never starve the other ids of its call. Two ways a platform can make it try,
+ * each against a real daemon over loopback HTTP:
+ * - a bulk call refused as a whole with a job-level code (403/9005, 404/9008) because of one id;
+ * - in single-get mode (bulk answered 405), one id whose GET fails with a 4xx of its own.
+ * Each test also bounds the requests the bad id costs, so isolating it never loops hot.
+ */
+import { Writable } from 'node:stream';
+import { afterEach, describe, expect, it } from 'vitest';
+import { type Env, loadConfig } from '../../src/config/config.js';
+import { Daemon } from '../../src/main.js';
+import { createLogger } from '../../src/shared/log.js';
+import { Redactor } from '../../src/shared/redact.js';
+import { askedIds, exportObject, type Handler, HostilePlatform, okHandler } from './hostile-platform.js';
+
+const TOKEN = 'tok_HOSTILE_batch_5e1f';
+
+interface Watcher {
+  daemon: Daemon;
+  lines: Array<Record<string, unknown>>;
+}
+
+const open: Array<{ close(): Promise<unknown> }> = [];
+afterEach(async () => {
+  for (const o of open.splice(0).reverse()) await o.close();
+});
+
+async function platform(handler: Handler): Promise<HostilePlatform> {
+  const p = new HostilePlatform(handler);
+  await p.start();
+  open.push(p);
+  return p;
+}
+
+async function watcher(endpoint: string, env: Env = {}): Promise<Watcher> {
+  const config = loadConfig(
+    {
+      SB_API_ENDPOINT: endpoint,
+      SB_AUTH_TOKEN: TOKEN,
+      WATCHER_HTTP_PORT: '0',
+      WATCHER_POLL_INTERVAL: '100ms',
+      WATCHER_RATE_BUDGET: '1000',
+      WATCHER_RATE_WINDOW: '60s',
+      LOG_LEVEL: 'debug',
+      ...env,
+    },
+    { requireToken: true },
+  );
+  const lines: Array<Record<string, unknown>> = [];
+  const sink = new Writable({
+    write(chunk, _encoding, done) {
+      lines.push(JSON.parse(String(chunk)) as Record<string, unknown>);
+      done();
+    },
+  });
+  const log = createLogger({ level: 'debug', destination: sink, redactor: new Redactor(config.secrets) });
+  const daemon = await Daemon.open(config, {
+    log,
+    api: false,
+    storage: 'memory',
+    platformRetry: { retries: 1, minTimeoutMs: 10, maintenanceMaxDelayMs: 100 },
+    scheduler: { failurePauseMs: 20, failurePauseMaxMs: 100 },
+  });
+  await daemon.start();
+  open.push({ close: () => daemon.stop(1000) });
+  return { daemon, lines };
+}
+
+/** Fails the test after `ms` instead of waiting out vitest's minute: the unfixed code never gets there. */
+async function within(ms: number, what: string, waiting: Promise<void>): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`not within ${ms} ms: ${what}`)), ms);
+  });
+  try {
+    await Promise.race([waiting, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+const idOf = (path: string) => decodeURIComponent(path.split('/').pop() ?? '');
+const NO_ACCESS = {
+  status: 403,
+  body: { status: 403, code: 9005, message: 'Insufficient privileges to access the requested job.' },
+};
+const NO_SUCH_JOB = {
+  status: 404,
+  body: { status: 404, code: 9008, message: 'Requested job does not exist.' },
+};
+
+/** Bulk calls that asked about `id`, and single gets of `id`, so far. */
+function asks(p: HostilePlatform, id: string): { bulk: number; get: number } {
+  let bulk = 0;
+  let get = 0;
+  for (const r of p.seen) {
+    if (r.route === 'bulk_get' && askedIds(r.json).includes(id)) bulk++;
+    if (r.route === 'get' && idOf(r.path) === id) get++;
+  }
+  return { bulk, get };
+}
+
+function checksOf(w: Watcher, id: string): number {
+  return w.daemon.tracker.get(id)?.checks ?? 0;
+}
+
+const GOOD = ['g1', 'g2', 'g3', 'h1', 'h2', 'h3', 'h4'];
+const BATCH = 4;
+/** Checks of a job the platform denies before it is LOST (SPEC "Tracking"). */
+const LOST_AFTER = 3;
+
+describe('a bulk call refused as a whole because of one id', () => {
+  /** A platform that refuses any bulk call naming `bad` with `refusal`, and answers gets one by one. */
+  function refusing(bad: string, refusal: typeof NO_ACCESS): Handler {
+    return ({ route, json, path }) => {
+      if (route === 'bulk_get') {
+        const asked = askedIds(json);
+        if (asked.includes(bad)) return refusal;
+        return { body: { items: asked.map((id) => ({ resource: exportObject(id, 'RUNNING') })) } };
+      }
+      if (route === 'get')
+        return idOf(path) === bad ? refusal : { body: exportObject(idOf(path), 'RUNNING') };
+      return okHandler()({ route, json, path, headers: {} });
+    };
+  }
+
+  it('403/9005 for one foreign id: the rest of its batch is answered, the foreign id becomes LOST', async () => {
+    const p = await platform(refusing('foreign', NO_ACCESS));
+    const w = await watcher(p.url, { WATCHER_BATCH_SIZE: String(BATCH) });
+    await w.daemon.registry.watch(['foreign', ...GOOD], null);
+    const { scheduler, tracker } = w.daemon;
+    await within(
+      10_000,
+      'every good id RUNNING and foreign LOST',
+      scheduler.until(
+        () => tracker.countByState().RUNNING === GOOD.length && tracker.get('foreign') === undefined,
+      ),
+    );
+    const lost = await w.daemon.registry.get('foreign');
+    expect(lost).toMatchObject({ state: 'LOST', error: { code: 9005 } });
+    expect(lost?.history.map((h) => h.state)).toEqual(['UNKNOWN', 'LOST']);
+    for (const id of GOOD) expect(tracker.get(id)?.state).toBe('RUNNING');
+
+    // Let the good ids be checked a few more times: the foreign one is never asked about again.
+    const settled = checksOf(w, 'g1');
+    await within(
+      10_000,
+      'three more checks of g1',
+      scheduler.until(() => checksOf(w, 'g1') >= settled + 3),
+    );
+    // The bound: foreign was in exactly LOST_AFTER bulk calls (each one a check of it, and a
+    // LOST job is never checked again); each of those was answered by at most BATCH single gets.
+    // Nothing else is ever asked singly, and bulk stays on for everyone.
+    expect(asks(p, 'foreign').bulk).toBe(LOST_AFTER);
+    expect(asks(p, 'foreign').get).toBeLessThanOrEqual(LOST_AFTER);
+    expect(p.requests.get).toBeLessThanOrEqual(LOST_AFTER * BATCH);
+    expect(w.daemon.client.bulkSupported).toBe(true);
+    expect(scheduler.mode).toBe('running');
+    expect(w.lines.filter((l) => l.msg === 'check failed after retries; ids stay due')).toEqual([]);
+    // One warning per refused call, naming the reason, never one per id.
+    const split = w.lines.filter((l) => String(l.msg).includes('asking its ids one by one'));
+    expect(split.length).toBeGreaterThan(0);
+    expect(split.length).toBeLessThanOrEqual(LOST_AFTER);
+    expect(split[0]).toMatchObject({ level: 'warn', status: 403, platform_code: 9005 });
+  });
+
+  it('404/9008 on a whole call is not "no bulk endpoint": bulk stays on, the ghost becomes LOST', async () => {
+    const p = await platform(refusing('ghost', NO_SUCH_JOB));
+    const w = await watcher(p.url, { WATCHER_BATCH_SIZE: String(BATCH) });
+    await w.daemon.registry.watch(['ghost', ...GOOD], null);
+    const { scheduler, tracker } = w.daemon;
+    await within(
+      10_000,
+      'every good id RUNNING and ghost LOST',
+      scheduler.until(
+        () => tracker.countByState().RUNNING === GOOD.length && tracker.get('ghost') === undefined,
+      ),
+    );
+    expect(await w.daemon.registry.get('ghost')).toMatchObject({ state: 'LOST', error: { code: 9008 } });
+    const settled = checksOf(w, 'g1');
+    const bulkBefore = p.requests.bulk_get;
+    const getsBefore = p.requests.get;
+    await within(
+      10_000,
+      'three more checks of g1',
+      scheduler.until(() => checksOf(w, 'g1') >= settled + 3),
+    );
+    // The good ids go on in bulk calls; no single get after the ghost is gone.
+    expect(w.daemon.client.bulkSupported).toBe(true);
+    expect(p.requests.bulk_get).toBeGreaterThan(bulkBefore);
+    expect(p.requests.get).toBe(getsBefore);
+    expect(asks(p, 'ghost').bulk).toBe(LOST_AFTER);
+    expect(p.requests.get).toBeLessThanOrEqual(LOST_AFTER * BATCH);
+  });
+
+  it('a token the single gets refuse (401) still fails the call as a whole', async () => {
+    const p = await platform(({ route, json, path }) => {
+      if (route === 'bulk_get') return NO_ACCESS;
+      if (route === 'get')
+        return { status: 401, body: { status: 401, code: 90001, message: 'Unauthorized' } };
+      return okHandler()({ route, json, path, headers: {} });
+    });
+    const w = await watcher(p.url, { WATCHER_BATCH_SIZE: String(BATCH) });
+    await w.daemon.registry.watch(['foreign', 'g1', 'g2'], null);
+    await within(
+      5000,
+      'unauthorized mode',
+      w.daemon.scheduler.until(() => w.daemon.scheduler.mode === 'unauthorized'),
+    );
+    // Nothing was decided from a call the platform refused the token on.
+    expect(w.daemon.tracker.countByState().UNKNOWN).toBe(3);
+    expect(w.daemon.tracker.get('foreign')?.misses).toBe(0);
+  });
+});
+
+describe('single gets (bulk answered 405): one id whose GET fails', () => {
+  function fallback(answers: Record<string, { status: number; body?: unknown }>): Handler {
+    return ({ route, json, path }) => {
+      if (route === 'bulk_get') return { status: 405, body: { status: 405, message: 'Method not allowed' } };
+      if (route === 'get') return answers[idOf(path)] ?? { body: exportObject(idOf(path), 'RUNNING') };
+      return okHandler()({ route, json, path, headers: {} });
+    };
+  }
+
+  it("a 404/90003, a 400 and a bare 404 are that id's alone; a 403/9005 still makes it LOST", async () => {
+    const p = await platform(
+      fallback({
+        generic: { status: 404, body: { status: 404, code: 90003, message: 'Not found' } },
+        invalid: { status: 400, body: { status: 400, code: 9000, message: 'Bad request' } },
+        bare: { status: 404, body: '' },
+        foreign: NO_ACCESS,
+      }),
+    );
+    const w = await watcher(p.url);
+    const bad = ['generic', 'invalid', 'bare'];
+    await w.daemon.registry.watch([...bad, 'foreign', 'g1', 'g2', 'g3'], null);
+    const { scheduler, tracker } = w.daemon;
+    await within(
+      10_000,
+      'g1..g3 RUNNING and foreign LOST',
+      scheduler.until(() => tracker.countByState().RUNNING === 3 && tracker.get('foreign') === undefined),
+    );
+    expect(await w.daemon.registry.get('foreign')).toMatchObject({ state: 'LOST', error: { code: 9005 } });
+    const settled = checksOf(w, 'g1');
+    await within(
+      10_000,
+      'four more checks of g1',
+      scheduler.until(() => checksOf(w, 'g1') >= settled + 4),
+    );
+
+    for (const id of bad) {
+      // Checked (so not due again at once), never counted a miss: the platform never said
+      // "no such job" of it, and a bare 404 is also what a wrong route answers.
+      expect(tracker.get(id)).toMatchObject({ state: 'UNKNOWN', misses: 0 });
+      expect(checksOf(w, id)).toBeGreaterThan(0);
+      // Not hot: one GET per check, like any other id (+1 for a call in flight at the end).
+      expect(asks(p, id).get).toBeLessThanOrEqual(asks(p, 'g1').get + 1);
+    }
+    expect(scheduler.mode).toBe('running');
+    expect(w.daemon.client.bulkSupported).toBe(false);
+    expect(p.requests.bulk_get).toBe(1);
+    expect(w.lines.filter((l) => l.msg === 'check failed after retries; ids stay due')).toEqual([]);
+    const itemErrors = w.lines.filter((l) => l.reason === 'item_error');
+    expect(itemErrors.length).toBeGreaterThan(0);
+    expect(itemErrors[0]?.sample_ids).toEqual(expect.arrayContaining(bad));
+  });
+});
