@@ -823,12 +823,14 @@ export class PostgresStore implements Store {
 
   async redeliverSince(since: number, status: DeliveryStatus, now: number): Promise<number> {
     return this.#use(async (db) => {
+      // The events are locked (FOR KEY SHARE, as `redeliver` does): a prune running meanwhile
+      // skips them, instead of deleting the deliveries this has just made pending again.
       const result = await this.#query(
         db,
         `UPDATE deliveries SET
             status = 'pending', attempts = 0, next_attempt_at = $3, leased = false, series_started_at = $3,
             finished_at = NULL
-          WHERE status = $2 AND event_id IN (SELECT id FROM events WHERE created_at >= $1)`,
+          WHERE status = $2 AND event_id IN (SELECT id FROM events WHERE created_at >= $1 FOR KEY SHARE)`,
         [since, status, now],
       );
       return result.rowCount ?? 0;

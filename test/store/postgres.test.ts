@@ -119,6 +119,56 @@ await describeWithPostgres('PostgreSQL store', (server) => {
       expect((await store.getExport('a'))?.state).toBe('RUNNING');
     });
 
+    it('keeps what redeliverSince makes pending from a prune that runs meanwhile', async () => {
+      const store = await openPostgresStore({ url, applicationName: 'watcher-test-redeliver' });
+      stores.push(store);
+      const ids = ['x1', 'x2', 'x3'];
+      await store.addExports([{ ids, metadata: null }], T0);
+      const events = await store.commitChanges(
+        ids.map((id) => move(id, 'UNKNOWN', 'COMPLETED', T0)),
+        build,
+        [A],
+        T0,
+      );
+      await store.recordAttempts(
+        events.map((e) => ({
+          eventId: e.id,
+          endpointKey: A.key,
+          seriesStartedAt: T0,
+          status: 'failed' as const,
+          attempts: 3,
+          nextAttemptAt: null,
+          lastStatus: 500,
+          lastError: 'HTTP 500',
+          finishedAt: T0,
+        })),
+      );
+      // Another session holds the last delivery: redeliverSince waits in the middle of its update,
+      // the other rows already pending again, while a prune of every finished event runs.
+      const holder = new pg.Client({ connectionString: url });
+      await holder.connect();
+      try {
+        await holder.query('BEGIN');
+        await holder.query('SELECT 1 FROM deliveries WHERE event_id = $1 FOR UPDATE', [events[2]?.id]);
+        const redelivering = store.redeliverSince(T0, 'failed', T0 + 10);
+        await vi.waitFor(async () => {
+          const rows = await server.query<{ n: number }>(
+            url,
+            `SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = 'watcher-test-redeliver' AND wait_event_type = 'Lock'`,
+          );
+          expect(rows[0]?.n).toBe(1);
+        });
+        const pruned = await store.prune(T0 + 10, { retainMs: HOUR, eventRetainMs: 5, batch: 100 });
+        await holder.query('ROLLBACK');
+        expect(await redelivering).toBe(3);
+        expect(pruned.events).toBe(0);
+      } finally {
+        await holder.end();
+      }
+      expect((await store.deliveryCounts()).pending).toBe(3);
+      expect((await store.listEvents({ limit: 10 })).items).toHaveLength(3);
+    });
+
     it('spells out the active and finished states as the tracker defines them', () => {
       expect([...ACTIVE_STATES]).toEqual(EXPORT_STATES.filter((s) => !isTerminal(s)));
       expect([...FINISHED_STATES]).toEqual(EXPORT_STATES.filter((s) => isTerminal(s)));
