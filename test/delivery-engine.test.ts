@@ -1210,7 +1210,7 @@ describe('pause and resume (a replica that stops leading)', () => {
     expect(Date.now() - since).toBeLessThanOrEqual(2_000);
   });
 
-  it('asks mayAct before each attempt: when it says no, nothing is sent, the engine pauses, the lease stays', async () => {
+  it('asks mayAct before each claim: when it says no, nothing is claimed and the engine pauses', async () => {
     let leading = true;
     const { r, url } = await receiver();
     const store = await memoryStore();
@@ -1220,11 +1220,34 @@ describe('pause and resume (a replica that stops leading)', () => {
     await e.settled();
     expect(r.accepted()).toHaveLength(1);
     leading = false;
+    const committedAt = Date.now();
     await commit(store, e.endpoints, ['second']);
     e.poke();
     await eventually(() => e.paused, 'the engine paused itself');
-    await eventually(() => e.held() === 0, 'the held delivery let go');
+    expect(e.held()).toBe(0);
     expect(r.received).toHaveLength(1);
+    // Not leased: the next leader (which ended the leases it found at takeover) can send it now.
+    const second = await delivery(store, wid('second'));
+    expect(second).toMatchObject({ status: 'pending', attempts: 0 });
+    expect(second?.nextAttemptAt).toBeLessThanOrEqual(committedAt + 1000);
+  });
+
+  it('asks mayAct before each attempt: a delivery claimed while leading is not sent after, and keeps its lease', async () => {
+    let leading = true;
+    const hold = deferred<Answer>();
+    const { r, url } = await receiver({ respond: (req) => (req.id === wid('first') ? hold.promise : 204) });
+    const store = await memoryStore();
+    const { engine: e } = engine({ store, urls: [url], concurrencyPerEndpoint: 1, mayAct: () => leading });
+    await commit(store, e.endpoints, ['first', 'second']);
+    await e.start();
+    await r.waitFor((x) => x.received.length === 1);
+    // Both claimed; the second waits for the one slot.
+    expect(e.held()).toBe(2);
+    leading = false;
+    hold.resolve(204);
+    await eventually(() => e.paused, 'the engine paused itself');
+    await eventually(() => e.held() === 0, 'the held deliveries let go');
+    expect(r.received.map((x) => x.id)).toEqual([wid('first')]);
     const second = await delivery(store, wid('second'));
     expect(second).toMatchObject({ status: 'pending', attempts: 0 });
     expect(second?.nextAttemptAt).toBeGreaterThan(Date.now() + LEASE_MS - 60_000);

@@ -434,6 +434,12 @@ export class DeliveryEngine {
   async #claim(e: Endpoint): Promise<void> {
     const window = this.#window;
     while (!this.#closing && !this.#paused && e.held.size < window) {
+      // A replica that may no longer act claims nothing: its leases would keep the deliveries from
+      // the new leader, which has already ended the leases it found, for LEASE_MS.
+      if (this.#o.mayAct !== undefined && !this.#o.mayAct()) {
+        this.pause();
+        return;
+      }
       const room = window - e.held.size;
       const now = this.#now();
       const jobs = await this.#o.store.claimDue(e.ref.key, now, room, now + LEASE_MS);
