@@ -260,6 +260,7 @@ async function migrate(client: pg.PoolClient, shown: string): Promise<number> {
   await client.query('BEGIN');
   try {
     await client.query('SELECT pg_advisory_xact_lock($1)', [MIGRATION_LOCK]);
+    await refuseForeignMigrations(client, shown);
     await client.query(`
       CREATE TABLE IF NOT EXISTS schema_migrations (
         version integer PRIMARY KEY,
@@ -286,6 +287,27 @@ async function migrate(client: pg.PoolClient, shown: string): Promise<number> {
     await client.query('ROLLBACK').catch(() => undefined);
     throw error;
   }
+}
+
+/**
+ * `schema_migrations` is a common name (golang-migrate, Rails, Flyway-like tools keep one): a table
+ * of that name that is not ours (other columns or types) means a database shared with another
+ * tool, whose versions would be read as ours. Refused with a clear message, untouched.
+ */
+async function refuseForeignMigrations(client: pg.PoolClient, shown: string): Promise<void> {
+  const { rows } = await client.query<{ column_name: string; data_type: string }>(
+    `SELECT column_name, data_type FROM information_schema.columns
+      WHERE table_name = 'schema_migrations' AND table_schema = current_schema()
+      ORDER BY column_name`,
+  );
+  if (rows.length === 0) return;
+  const found = rows.map((r) => `${r.column_name} ${r.data_type}`).join(', ');
+  if (found === 'applied_at timestamp with time zone, version integer') return;
+  throw new StoreError(
+    `PostgreSQL database ${shown} has a schema_migrations table that is not sbg-export-watcher's ` +
+      `(${found}): another tool uses this database or schema; it was left untouched: give the ` +
+      'watcher a database of its own, or a schema of its own (?options=-c%20search_path%3Dwatcher)',
+  );
 }
 
 interface ExportRow {

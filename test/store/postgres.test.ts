@@ -310,6 +310,25 @@ await describeWithPostgres('PostgreSQL store', (server) => {
       expect(rows[0]?.n).toBe('1');
     });
 
+    it("refuses a database whose schema_migrations is another tool's, and leaves it as it was", async () => {
+      // golang-migrate's table, in a database that tool already manages.
+      await server.query(
+        url,
+        'CREATE TABLE schema_migrations (version bigint PRIMARY KEY, dirty boolean NOT NULL)',
+      );
+      await server.query(url, 'INSERT INTO schema_migrations VALUES (20240101000000, false)');
+      const message = await storeErrorOf(() => open());
+      expect(message).toContain("has a schema_migrations table that is not sbg-export-watcher's");
+      expect(message).toContain('dirty boolean, version bigint');
+      expect(message).toContain('left untouched');
+      expect(message).not.toContain(new URL(url).password);
+      const tables = await server.query<{ n: number }>(
+        url,
+        `SELECT count(*)::int AS n FROM information_schema.tables WHERE table_schema = current_schema()`,
+      );
+      expect(tables[0]?.n).toBe(1);
+    });
+
     it('survives the server ending its idle connections, and carries on with new ones', async () => {
       const warnings: unknown[] = [];
       const log = { warn: (o: unknown) => warnings.push(o), info: () => undefined } as unknown as Logger;
