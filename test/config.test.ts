@@ -243,7 +243,7 @@ describe('durations', () => {
 
 describe('problems name their variable', () => {
   const cases: Array<[string, string]> = [
-    ['SB_API_ENDPOINT', 'mailto:someone@example.org'],
+    ['SB_API_ENDPOINT', 'mailto:someone.example.org'],
     ['WATCHER_POLL_INTERVAL', 'soon'],
     ['WATCHER_POLL_INTERVAL', '-1s'],
     ['WATCHER_RATE_BUDGET', 'lots'],
@@ -364,6 +364,28 @@ describe('secrets never appear in problems', () => {
       if (secret !== 'whsec_') expect(error.message).not.toContain(secret);
     },
   );
+
+  it.each([
+    ['WATCHER_WEBHOOK_URLS', 'http//u:pw3Secret@host/x?k=sec4Query'],
+    ['SB_API_ENDPOINT', 'alice:S3cretPw@api.example.org/v2'],
+    ['SB_API_ENDPOINT', 'api.example.org/v2?token=Tk9Query'],
+  ])('never echoes what may be credentials in a %s that is not a URL', (name, value) => {
+    const error = configError({ [name]: value });
+    const lines = linesFor(error, name);
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toContain('not a URL (hidden: it may hold credentials)');
+    const everything = `${error.message}\n${error.problems.join('\n')}\n${JSON.stringify(error)}`;
+    for (const fragment of ['pw3Secret', 'sec4Query', 'S3cretPw', 'Tk9Query', 'alice']) {
+      expect(everything).not.toContain(fragment);
+    }
+  });
+
+  it('says when it hid part of a URL it shows', () => {
+    const error = configError({ SB_API_ENDPOINT: 'https://api.example/v2?token=Tk9Query' });
+    const [line] = linesFor(error, 'SB_API_ENDPOINT');
+    expect(line).toContain('"https://api.example/v2" (credentials, query and fragment hidden)');
+    expect(line).not.toContain('Tk9Query');
+  });
 
   it('accepts a valid webhook secret and decodes its key', () => {
     expect(loadConfig({ WATCHER_WEBHOOK_SECRET: VALID_SECRET }).webhook.secretKey).toEqual(

@@ -197,10 +197,16 @@ export function loadConfig(env: Env, options: LoadOptions = {}): Config {
     const v = env[name];
     return v === undefined || v.trim() === '' ? DEFAULTS[name] : v.trim();
   };
-  const shown = (name: VariableName, value: string): string =>
-    SECRET_VARIABLES.has(name)
-      ? `a value of ${value.length} characters (hidden)`
-      : JSON.stringify(URL_VARIABLES.has(name) ? safeUrl(value) : value);
+  const shown = (name: VariableName, value: string): string => {
+    if (SECRET_VARIABLES.has(name)) return `a value of ${value.length} characters (hidden)`;
+    if (!URL_VARIABLES.has(name)) return JSON.stringify(value);
+    const safe = safeUrl(value);
+    // Not a URL to scrub (no "scheme://"), yet with what could be credentials or a query in it.
+    if (safe === value && /[@?#]/.test(value)) {
+      return `a value of ${value.length} characters that is not a URL (hidden: it may hold credentials)`;
+    }
+    return safe === value ? JSON.stringify(safe) : `${JSON.stringify(safe)} (credentials, query and fragment hidden)`;
+  };
   const problem = (name: VariableName, expects: string, value: string | undefined): void => {
     problems.push(
       `${name}: expected ${expects}, got ${value === undefined ? 'nothing' : shown(name, value)}`,
