@@ -489,10 +489,15 @@ function parseCommand(command: PlatformCommand, args: readonly string[]) {
 /** The environment with the configuration flags given applied over it. */
 function withFlags(env: Env, values: ParsedValues): Env {
   const merged: Record<string, string | undefined> = { ...env };
-  for (const [flag, [variable]] of Object.entries(VARIABLE_FLAGS)) {
+  for (const [flag, [variable, placeholder]] of Object.entries(VARIABLE_FLAGS)) {
     const v = values[flag];
     if (v === undefined) continue;
-    merged[variable] = Array.isArray(v) ? v.join(',') : String(v);
+    // Blank would read as unset, and the default (not the environment) would win: refused.
+    const given = Array.isArray(v) ? v.map(String) : [String(v)];
+    if (given.some((x) => x.trim() === '')) {
+      throw new UsageError(`--${flag}: expected ${placeholder}, got an empty value`);
+    }
+    merged[variable] = given.join(',');
   }
   return merged;
 }
