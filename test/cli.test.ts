@@ -22,6 +22,7 @@ import {
   runCli as runCliInProcess,
 } from '../src/cli.js';
 import { type Config, loadConfig } from '../src/config/config.js';
+import { Simulator } from '../src/dev/simulator.js';
 import type { ExportView } from '../src/http/control-api.js';
 import type { DaemonOptions } from '../src/main.js';
 import type { RequestOutcome } from '../src/platform/platform-client.js';
@@ -273,6 +274,23 @@ describe('main', () => {
     const error = await main(['get', 'bad id'], {}).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(UsageError);
     expect((error as UsageError).message).toContain('"bad id"');
+  });
+
+  it('refuses an empty configuration flag instead of falling back to the default over the environment', async () => {
+    const env = {
+      SB_AUTH_TOKEN: 't',
+      SB_API_ENDPOINT: 'http://127.0.0.1:9/v2',
+      WATCHER_POLL_INTERVAL: 'soon',
+    };
+    for (const [args, flag] of [
+      [['get', '--endpoint', '', 'abc'], '--endpoint'],
+      [['watch', '--poll-interval', ' ', 'abc'], '--poll-interval'],
+      [['run', '--webhook-url', 'http://127.0.0.1:9/h', '--webhook-url', ''], '--webhook-url'],
+    ] as const) {
+      const error = await main([...args], env).catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(UsageError);
+      expect((error as UsageError).message).toMatch(new RegExp(`^${flag}: expected .+, got an empty value$`));
+    }
   });
 
   it('rejects an invalid --id for run', async () => {
@@ -688,6 +706,33 @@ describe('get', () => {
 
     expect(await withDeadline(Promise.resolve(5), 1000, onTimeout)).toBe(5);
     expect(vi.getTimerCount()).toBe(0);
+  });
+
+  it('runGet says when its own rate budget, not the platform, kept it waiting', async () => {
+    const sim = new Simulator({ seed: 3 });
+    const url = await sim.start();
+    try {
+      const config = loadConfig(
+        { SB_API_ENDPOINT: url, SB_AUTH_TOKEN: 'tok', WATCHER_RATE_BUDGET: '2', WATCHER_RATE_WINDOW: '1h' },
+        { listens: false },
+      );
+      // 300 ids: three bulk calls, which a budget of 2 per hour spreads 20 minutes apart.
+      const ids = Array.from({ length: 300 }, (_, i) => `exp-${i}`);
+      const error = await runGet({
+        config,
+        ids,
+        json: true,
+        stdout: new PassThrough(),
+        log: pino({ level: 'silent' }),
+        timeoutMs: 1000,
+      }).catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(DeadlineError);
+      expect((error as DeadlineError).message).toBe(
+        'gave up after 1s (--timeout): 1 call was still waiting for the rate budget (WATCHER_RATE_BUDGET: 2 requests spread over 1h): ask for fewer ids at once, or allow more',
+      );
+    } finally {
+      await sim.close();
+    }
   });
 
   it('runGet aborts the request in flight at --timeout', async () => {

@@ -87,12 +87,20 @@ export async function runGet(options: GetOptions): Promise<number> {
   let rows: StateRow[];
   try {
     rows = await withDeadline(fetchStates(source, options.ids), options.timeoutMs, () => {
+      // Read before stopping: whether calls were waiting for our own budget, not the platform.
+      const { queued } = limiter.snapshot();
       // Nothing more is sent; what is on the wire is dropped.
       aborting = Promise.all([limiter.stop(), client.destroy()]);
-      const why = lastOutcome === undefined ? undefined : outcomeProblem(lastOutcome, config.endpoint);
-      return new DeadlineError(
-        `gave up after ${formatDuration(options.timeoutMs)} (--timeout): ${why ?? `no answer from the platform at ${config.endpoint}`}`,
-      );
+      const why =
+        (lastOutcome === undefined ? undefined : outcomeProblem(lastOutcome, config.endpoint)) ??
+        (queued > 0
+          ? `${queued} ${queued === 1 ? 'call was' : 'calls were'} still waiting for the rate budget ` +
+            `(WATCHER_RATE_BUDGET: ${config.rateBudget} requests spread over ` +
+            `${formatDuration(config.rateWindowMs)}): ask for fewer ids at once, or allow more`
+          : lastOutcome === undefined
+            ? `no answer from the platform at ${config.endpoint}`
+            : 'the platform answers, but not every id was answered in time');
+      return new DeadlineError(`gave up after ${formatDuration(options.timeoutMs)} (--timeout): ${why}`);
     });
   } finally {
     await aborting;
@@ -187,7 +195,12 @@ export function formatTable(rows: readonly StateRow[], kind: JobKind = 'export')
     ];
   });
   const header = ['ID', 'STATE', 'STARTED', 'FINISHED', 'DESTINATION', 'ERROR'];
-  const widths = header.map((h, i) => Math.max(h.length, ...table.map((r) => (r[i] ?? '').length)));
+  // A loop, not Math.max(...cells): spreading one argument per row overflows the stack on a long list.
+  const widths = header.map((h, i) => {
+    let width = h.length;
+    for (const r of table) width = Math.max(width, (r[i] ?? '').length);
+    return width;
+  });
   const line = (cols: readonly string[]) =>
     cols
       .map((c, i) => c.padEnd(widths[i] ?? 0))

@@ -97,6 +97,7 @@ export interface RateSnapshot {
   platformResetAt: number | undefined;
   spacingMs: number;
   inFlight: number;
+  /** Calls waiting to start: not yet admitted, or admitted and waiting out the spacing. */
   queued: number;
   rateLimited: number;
 }
@@ -333,7 +334,7 @@ export class RateLimiter {
       platformResetAt: this.#platformResetAt,
       spacingMs: this.#spacingMs,
       inFlight: this.#inFlight,
-      queued: (counts.RECEIVED ?? 0) + (counts.QUEUED ?? 0),
+      queued: (counts.RECEIVED ?? 0) + (counts.QUEUED ?? 0) + (counts.RUNNING ?? 0),
       rateLimited: this.#rateLimited,
     };
   }
