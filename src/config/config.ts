@@ -205,7 +205,9 @@ export function loadConfig(env: Env, options: LoadOptions = {}): Config {
     if (safe === value && /[@?#]/.test(value)) {
       return `a value of ${value.length} characters that is not a URL (hidden: it may hold credentials)`;
     }
-    return safe === value ? JSON.stringify(safe) : `${JSON.stringify(safe)} (credentials, query and fragment hidden)`;
+    return safe === value
+      ? JSON.stringify(safe)
+      : `${JSON.stringify(safe)} (credentials, query and fragment hidden)`;
   };
   const problem = (name: VariableName, expects: string, value: string | undefined): void => {
     problems.push(
