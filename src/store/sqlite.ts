@@ -12,8 +12,8 @@
  * SQLite database, is damaged, or carries a newer schema is refused with a `StoreError` before
  * anything is written to it.
  */
-import { existsSync, mkdirSync, unlinkSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, mkdirSync, type Stats, statSync, unlinkSync, writeFileSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import Database from 'better-sqlite3';
 import type { Logger } from 'pino';
@@ -162,9 +162,8 @@ export function openDataDir(dataDir: string): string {
         'point WATCHER_DATA_DIR at a directory this user can write, or fix its permissions',
     );
   try {
-    mkdirSync(dataDir, { recursive: true });
+    makeDirectories(dataDir);
   } catch (error) {
-    // mkdir -p fails with EEXIST only when the path exists and is not a directory.
     throw problem(errorCode(error) === 'EEXIST' ? 'it is not a directory' : 'cannot create it', error);
   }
   const probe = join(dataDir, `.write-probe-${process.pid}`);
@@ -175,6 +174,33 @@ export function openDataDir(dataDir: string): string {
     throw problem('cannot write there', error);
   }
   return join(dataDir, DB_FILE);
+}
+
+/**
+ * `mkdir -p`, one level at a time: Node's own recursive mkdir spins for ever on a path it cannot
+ * create under a pseudo-filesystem (`/proc/x` answers ENOENT, and it retries the parent, which
+ * exists, without end). Throws EEXIST when the path, or a part of it, exists and is not a directory.
+ */
+function makeDirectories(dir: string): void {
+  const missing: string[] = [];
+  for (let at = resolve(dir); ; ) {
+    let found: Stats | undefined;
+    try {
+      found = statSync(at);
+    } catch (error) {
+      if (errorCode(error) !== 'ENOENT') throw error;
+    }
+    if (found !== undefined) {
+      if (!found.isDirectory())
+        throw Object.assign(new Error(`${at} is not a directory`), { code: 'EEXIST' });
+      break;
+    }
+    missing.push(at);
+    const parent = dirname(at);
+    if (parent === at) break;
+    at = parent;
+  }
+  for (const d of missing.reverse()) mkdirSync(d);
 }
 
 /**

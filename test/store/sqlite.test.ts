@@ -384,6 +384,19 @@ describe('openDataDir', () => {
     expect(() => openDataDir(dir)).toThrow(`WATCHER_DATA_DIR ${dir}: cannot create it (ENOTDIR)`);
   });
 
+  it('creates the missing levels of a nested path', () => {
+    const dir = join(file, '..', 'a', 'b', 'c');
+    expect(openDataDir(dir)).toBe(join(dir, 'watcher.db'));
+    expect(statSync(dir).isDirectory()).toBe(true);
+  });
+
+  // Node's recursive mkdir spins for ever on such a path (ENOENT, then the parent, which exists).
+  it.skipIf(!existsSync('/proc/self'))('refuses a path it cannot create under /proc, at once', () => {
+    expect(() => openDataDir('/proc/sbg-watcher-nope/data')).toThrow(
+      'WATCHER_DATA_DIR /proc/sbg-watcher-nope/data: cannot create it (ENOENT)',
+    );
+  });
+
   it.skipIf(!canMakeReadOnlyDir)('refuses a directory it cannot write in, and writes nothing there', () => {
     const { path: dir, cleanup } = readOnlyDir();
     try {
