@@ -40,8 +40,9 @@
  * `destination.location` are required (400, code 90000, when missing); `properties` are checked
  * (9022 canned ACL, 9023 SSE algorithm, 9024 storage class). A file moved by an earlier export
  * (started without `copy_only=true`, not FAILED) is an alias now and "cannot be exported again":
- * 403, code 9006. A destination already holding a file from a COMPLETED export, with
- * `overwrite: false`, is accepted and the new export later ends FAILED with 9107.
+ * 403, code 9006. A destination that an earlier export, not FAILED, is writing or has written
+ * (it need not have finished yet), with `overwrite: false`, is accepted and the new export later
+ * ends FAILED with 9107 (when the platform decides this is not documented).
  *
  * Auth: `X-SBG-Auth-Token: <t>` or `Authorization: Bearer <t>`. With the `token` option the token
  * must equal it; without, any non-empty token passes. Otherwise 401, code 90001; no quota spent.
