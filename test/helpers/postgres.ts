@@ -75,7 +75,18 @@ export class TestPostgres {
   async dropDatabase(url: string): Promise<void> {
     const name = decodeURIComponent(new URL(url).pathname.slice(1));
     if (!this.#created.delete(name)) return;
-    await this.#admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+    // FORCE ends the sessions still open, but PostgreSQL refuses (42501) when one of them is an
+    // autovacuum worker and the role may not signal it: a busy test database gets one at times.
+    // Such a worker is short-lived; trying again shortly is enough.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.#admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+        return;
+      } catch (error) {
+        if ((error as { code?: unknown }).code !== '42501' || attempt === 20) throw error;
+        await new Promise((resolve) => setTimeout(resolve, 250));
+      }
+    }
   }
 
   /** Drops every database still here, and disconnects. */
