@@ -583,40 +583,65 @@ async function runCommand(args: readonly string[], env: () => Env, context: CliC
     redactor: context.redactor,
   });
   logProxy(log, config);
-  const daemon = await Daemon.open(config, { log, api: true });
-
+  // Signals are handled from here on, also while the store opens: a first one stops the daemon
+  // (at once when it exists, or as soon as it does) and exits 0; a second exits 130.
+  let daemon: Daemon | undefined;
   let signals = 0;
-  let onSignal: (signal: NodeJS.Signals) => void = () => undefined;
+  let exitWith: (code: number) => void = () => undefined;
   const stopped = new Promise<number>((resolve) => {
-    onSignal = (signal: NodeJS.Signals) => {
-      signals++;
-      if (signals > 1) {
-        log.warn({ signal }, 'second signal: exiting at once');
-        process.exit(130);
-      }
-      log.info({ signal }, 'signal received; shutting down');
-      daemon.stop().then(
-        () => resolve(0),
-        (error: unknown) => {
-          log.error({ err: error }, 'error while stopping');
-          resolve(1);
-        },
-      );
-    };
-    process.on('SIGTERM', onSignal);
-    process.on('SIGINT', onSignal);
+    exitWith = resolve;
   });
+  const stop = (d: Daemon) =>
+    d.stop().then(
+      () => exitWith(0),
+      (error: unknown) => {
+        log.error({ err: error }, 'error while stopping');
+        exitWith(1);
+      },
+    );
+  const onSignal = (signal: NodeJS.Signals) => {
+    signals++;
+    if (signals > 1) {
+      log.warn({ signal }, 'second signal: exiting at once');
+      process.exit(130);
+    }
+    log.info({ signal }, 'signal received; shutting down');
+    if (daemon) void stop(daemon);
+  };
+  const unhandle = () => {
+    process.off('SIGTERM', onSignal);
+    process.off('SIGINT', onSignal);
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+  try {
+    daemon = await Daemon.open(config, { log, api: true });
+  } catch (error) {
+    unhandle();
+    throw error;
+  }
+  // Stopped during start-up: the ids given here are not added (nothing was acknowledged for them).
+  const stoppedEarly = (): Promise<number> => {
+    const given = ids.length + importIds.length;
+    if (given > 0) {
+      log.warn({ ids: given }, 'stopped during start-up: the ids given on the command line were not added');
+    }
+    return stopped;
+  };
+  if (signals > 0) {
+    void stop(daemon);
+    return stoppedEarly();
+  }
 
   try {
     await daemon.start();
   } catch (error) {
     // Nothing has started but the attempt to listen: report it (which port, which flag) and exit.
-    process.off('SIGTERM', onSignal);
-    process.off('SIGINT', onSignal);
+    unhandle();
     throw listenError(error, config.http.host, config.http.port);
   }
   // A signal during start-up has already begun the shutdown.
-  if (signals > 0) return stopped;
+  if (signals > 0) return stoppedEarly();
   log.info(
     {
       version: VERSION,

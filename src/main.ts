@@ -160,6 +160,9 @@ export class Daemon {
   #reloadTimer: NodeJS.Timeout | undefined;
   #startPromise: Promise<string | undefined> | undefined;
   #stopPromise: Promise<StopReport> | undefined;
+  /** Settles when `stop()` is first called: start-up's waits end there instead of running out. */
+  readonly #stopAsked: Promise<void>;
+  #askStop: () => void = () => undefined;
   /** Present while leading, when `WATCHER_DISCOVER` names a kind: one per leadership term. */
   #discovery: Discovery | undefined;
   #discoveryGate: ShareGate | undefined;
@@ -217,6 +220,9 @@ export class Daemon {
             applicationName: applicationName('sbg-export-watcher leader'),
             onChange: (role, previous) => this.#onRole(role, previous),
           });
+    this.#stopAsked = new Promise<void>((resolve) => {
+      this.#askStop = resolve;
+    });
     this.#now = options.now ?? Date.now;
     const now = this.#now;
     this.bus = options.bus ?? new Bus(options.log);
@@ -593,7 +599,7 @@ export class Daemon {
         }
       });
     // Start checking once the quota is known, or after a short wait if the platform is slow.
-    await settlesWithin(probe, 5000);
+    await settlesWithin(Promise.race([probe, this.#stopAsked]), 5000);
     if (term !== this.#term || this.#stopPromise) return;
     this.scheduler.resume();
     this.#discovery = this.#buildDiscovery(this.#options, signal);
@@ -671,6 +677,7 @@ export class Daemon {
    * Idempotent.
    */
   stop(deadlineMs = this.config.shutdownTimeoutMs): Promise<StopReport> {
+    this.#askStop();
     this.#stopPromise ??= (async () => {
       const started = performance.now();
       const left = () => Math.max(0, deadlineMs - (performance.now() - started));

@@ -1,6 +1,8 @@
 /**
  * The CLI as a process against the simulator: `run` and its shutdown paths, and `watch`.
  */
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { type ReceiverOptions, WebhookReceiver } from '../src/dev/receiver.js';
@@ -101,6 +103,35 @@ describe('sbg-export-watcher run', () => {
       (l) => l.msg === 'state kept for the next start: watching and deliveries resume there',
     );
     expect(line).toMatchObject({ level: 'info', pending_deliveries: 1, watched: 0 });
+  });
+
+  it('on SIGTERM during start-up (the platform not answering), exits 0 within the shutdown timeout', async () => {
+    // Takes every request and never answers: start-up waits on its rate-limit probe (up to 5 s).
+    const silent = createServer(() => undefined);
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+    cleanups.push(async () => {
+      silent.closeAllConnections();
+      await new Promise<void>((resolve) => silent.close(() => resolve()));
+    });
+    const simUrl = `http://127.0.0.1:${(silent.address() as AddressInfo).port}/v2`;
+    const { url: hookUrl } = await receiver();
+    const daemon = spawnCli(
+      ['run', '--id', 'never-added'],
+      runEnv(simUrl, hookUrl, { WATCHER_SHUTDOWN_TIMEOUT: '500ms' }),
+    );
+    await daemon.waitForLine((l) => l.msg === 'control API listening');
+    const signalled = performance.now();
+    daemon.child.kill('SIGTERM');
+    const { code } = await daemon.exited;
+    expect(code).toBe(0);
+    // Not held until the probe's wait runs out: the stop ends it.
+    expect(performance.now() - signalled).toBeLessThan(3000);
+    expect(daemon.lines.some((l) => l.msg === 'sbg-export-watcher started')).toBe(false);
+    expect(
+      daemon.lines.find(
+        (l) => l.msg === 'stopped during start-up: the ids given on the command line were not added',
+      ),
+    ).toMatchObject({ level: 'warn', ids: 1 });
   });
 
   it('exits at once on a second signal while draining', async () => {
