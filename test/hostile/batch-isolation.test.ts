@@ -5,66 +5,17 @@
  * - in single-get mode (bulk answered 405), one id whose GET fails with a 4xx of its own.
  * Each test also bounds the requests the bad id costs, so isolating it never loops hot.
  */
-import { Writable } from 'node:stream';
 import { afterEach, describe, expect, it } from 'vitest';
-import { type Env, loadConfig } from '../../src/config/config.js';
-import { Daemon } from '../../src/main.js';
-import { createLogger } from '../../src/shared/log.js';
-import { Redactor } from '../../src/shared/redact.js';
-import { askedIds, exportObject, type Handler, HostilePlatform, okHandler } from './hostile-platform.js';
+import type { Env } from '../../src/config/config.js';
+import { askedIds, exportObject, type Handler, type HostilePlatform, okHandler } from './hostile-platform.js';
+import { closeAll, startPlatform, startWatcher, type Watcher } from './hostile-watcher.js';
 
 const TOKEN = 'tok_HOSTILE_batch_5e1f';
 
-interface Watcher {
-  daemon: Daemon;
-  lines: Array<Record<string, unknown>>;
-}
+afterEach(closeAll);
 
-const open: Array<{ close(): Promise<unknown> }> = [];
-afterEach(async () => {
-  for (const o of open.splice(0).reverse()) await o.close();
-});
-
-async function platform(handler: Handler): Promise<HostilePlatform> {
-  const p = new HostilePlatform(handler);
-  await p.start();
-  open.push(p);
-  return p;
-}
-
-async function watcher(endpoint: string, env: Env = {}): Promise<Watcher> {
-  const config = loadConfig(
-    {
-      SB_API_ENDPOINT: endpoint,
-      SB_AUTH_TOKEN: TOKEN,
-      WATCHER_HTTP_PORT: '0',
-      WATCHER_POLL_INTERVAL: '100ms',
-      WATCHER_RATE_BUDGET: '1000',
-      WATCHER_RATE_WINDOW: '60s',
-      LOG_LEVEL: 'debug',
-      ...env,
-    },
-    { requireToken: true },
-  );
-  const lines: Array<Record<string, unknown>> = [];
-  const sink = new Writable({
-    write(chunk, _encoding, done) {
-      lines.push(JSON.parse(String(chunk)) as Record<string, unknown>);
-      done();
-    },
-  });
-  const log = createLogger({ level: 'debug', destination: sink, redactor: new Redactor(config.secrets) });
-  const daemon = await Daemon.open(config, {
-    log,
-    api: false,
-    storage: 'memory',
-    platformRetry: { retries: 1, minTimeoutMs: 10, maintenanceMaxDelayMs: 100 },
-    scheduler: { failurePauseMs: 20, failurePauseMaxMs: 100 },
-  });
-  await daemon.start();
-  open.push({ close: () => daemon.stop(1000) });
-  return { daemon, lines };
-}
+const platform = startPlatform;
+const watcher = (endpoint: string, env: Env = {}): Promise<Watcher> => startWatcher(endpoint, TOKEN, env);
 
 /** Fails the test after `ms` instead of waiting out vitest's minute: the unfixed code never gets there. */
 async function within(ms: number, what: string, waiting: Promise<void>): Promise<void> {

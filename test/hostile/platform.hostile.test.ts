@@ -6,73 +6,19 @@
 import { Writable } from 'node:stream';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
-import { type Env, loadConfig } from '../../src/config/config.js';
-import { Daemon } from '../../src/main.js';
+import type { Env } from '../../src/config/config.js';
 import { MAX_ANSWER_BYTES } from '../../src/platform/platform-client.js';
 import { createLogger } from '../../src/shared/log.js';
 import { Redactor } from '../../src/shared/redact.js';
-import { askedIds, endlessBody, exportObject, HostilePlatform, okHandler } from './hostile-platform.js';
+import { askedIds, endlessBody, exportObject, okHandler } from './hostile-platform.js';
+import { closeAll, startPlatform, startWatcher, type Watcher } from './hostile-watcher.js';
 
 const TOKEN = 'tok_HOSTILE_9c2e4b7a1d';
 
-interface Watcher {
-  daemon: Daemon;
-  apiUrl: string;
-  /** Every log line, parsed. */
-  lines: Array<Record<string, unknown>>;
-  /** Every log line as written. */
-  raw: string[];
-}
+afterEach(closeAll);
 
-const open: Array<{ close(): Promise<unknown> }> = [];
-afterEach(async () => {
-  for (const o of open.splice(0).reverse()) await o.close();
-});
-
-async function platform(handler = okHandler()): Promise<HostilePlatform> {
-  const p = new HostilePlatform(handler);
-  await p.start();
-  open.push(p);
-  return p;
-}
-
-/** A daemon as `run` builds it: the production logger and redactor, writing to memory. */
-async function watcher(endpoint: string, env: Env = {}): Promise<Watcher> {
-  const config = loadConfig(
-    {
-      SB_API_ENDPOINT: endpoint,
-      SB_AUTH_TOKEN: TOKEN,
-      WATCHER_HTTP_PORT: '0',
-      WATCHER_POLL_INTERVAL: '100ms',
-      WATCHER_RATE_BUDGET: '1000',
-      WATCHER_RATE_WINDOW: '60s',
-      LOG_LEVEL: 'debug',
-      ...env,
-    },
-    { requireToken: true },
-  );
-  const raw: string[] = [];
-  const lines: Array<Record<string, unknown>> = [];
-  const sink = new Writable({
-    write(chunk, _encoding, done) {
-      const text = String(chunk);
-      raw.push(text);
-      lines.push(JSON.parse(text) as Record<string, unknown>);
-      done();
-    },
-  });
-  const log = createLogger({ level: 'debug', destination: sink, redactor: new Redactor(config.secrets) });
-  const daemon = await Daemon.open(config, {
-    log,
-    api: true,
-    storage: 'memory',
-    platformRetry: { retries: 1, minTimeoutMs: 10, maintenanceMaxDelayMs: 100 },
-    scheduler: { failurePauseMs: 20, failurePauseMaxMs: 100 },
-  });
-  const apiUrl = (await daemon.start()) as string;
-  open.push({ close: () => daemon.stop(1000) });
-  return { daemon, apiUrl, lines, raw };
-}
+const platform = startPlatform;
+const watcher = (endpoint: string, env: Env = {}): Promise<Watcher> => startWatcher(endpoint, TOKEN, env);
 
 async function get(url: string): Promise<{ status: number; text: string }> {
   const res = await request(url);
