@@ -436,10 +436,7 @@ export class DeliveryEngine {
     while (!this.#closing && !this.#paused && e.held.size < window) {
       // A replica that may no longer act claims nothing: its leases would keep the deliveries from
       // the new leader, which has already ended the leases it found, for LEASE_MS.
-      if (this.#o.mayAct !== undefined && !this.#o.mayAct()) {
-        this.pause();
-        return;
-      }
+      if (this.#steppedDown()) return;
       const room = window - e.held.size;
       const now = this.#now();
       const jobs = await this.#o.store.claimDue(e.ref.key, now, room, now + LEASE_MS);
@@ -449,6 +446,16 @@ export class DeliveryEngine {
       for (const job of jobs) this.#hold(e, job);
       if (jobs.length < room) return;
     }
+  }
+
+  /**
+   * Whether this replica may no longer act (`mayAct`); if so the engine pauses, unless stepping
+   * down has paused it already.
+   */
+  #steppedDown(): boolean {
+    if (this.#o.mayAct === undefined || this.#o.mayAct()) return false;
+    this.pause();
+    return true;
   }
 
   async #sleepUntilDue(e: Endpoint): Promise<void> {
@@ -550,11 +557,9 @@ export class DeliveryEngine {
   /** One HTTP attempt, holding a slot of the endpoint only while it is in flight. */
   async #attempt(e: Endpoint, held: Held, attempt: number): Promise<AttemptAnswer> {
     await e.slots.acquire(held.stop.signal);
-    if (this.#o.mayAct !== undefined && !this.#o.mayAct()) {
+    if (this.#steppedDown()) {
       e.slots.release();
-      // Not sent, and not counted: the engine pauses (if stepping down has not paused it already),
-      // and the delivery keeps its lease for the next leader.
-      this.pause();
+      // Not sent, and not counted; the delivery keeps its lease for the next leader.
       throw new WatcherError('SHUTTING_DOWN', 'webhook attempt not made: this replica is not the leader');
     }
     held.inFlight = true;
