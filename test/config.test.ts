@@ -380,6 +380,21 @@ describe('secrets never appear in problems', () => {
     }
   });
 
+  it('never echoes a URL password typed with a raw # or ?', () => {
+    const error = configError({
+      SB_API_ENDPOINT: 'https://admin:S3cretPassw0rd#x@api.example.com/v2',
+      WATCHER_WEBHOOK_URLS: 'https://hook:W3bh00kPass?x@hooks.example.com:99999/',
+      HTTPS_PROXY: 'http://proxyuser:Pr0xyPass#1@proxy.example:3128',
+    });
+    for (const name of ['SB_API_ENDPOINT', 'WATCHER_WEBHOOK_URLS', 'HTTPS_PROXY']) {
+      expect(linesFor(error, name)).toHaveLength(1);
+    }
+    const everything = `${error.message}\n${error.problems.join('\n')}\n${JSON.stringify(error)}`;
+    for (const fragment of ['S3cretPassw0rd', 'W3bh00kPass', 'Pr0xyPass', 'admin', 'proxyuser']) {
+      expect(everything).not.toContain(fragment);
+    }
+  });
+
   it('says when it hid part of a URL it shows', () => {
     const error = configError({ SB_API_ENDPOINT: 'https://api.example/v2?token=Tk9Query' });
     const [line] = linesFor(error, 'SB_API_ENDPOINT');

@@ -20,6 +20,16 @@ describe('safeUrl', () => {
     expect(JSON.parse(cleaned).url).toBe('https://h.example/p');
   });
 
+  it('drops a password typed with a raw ? or # whole, never reading it as the host', () => {
+    expect(safeUrl('https://admin:S3cretPassw0rd#x@api.example.com/v2')).toBe('https://api.example.com/v2');
+    expect(safeUrl('got "https://hook:W3bh00kPass?x@hooks.example.com:99999/" here')).toBe(
+      'got "https://hooks.example.com:99999/" here',
+    );
+    expect(safeUrl('http://proxyuser:Pr0xyPass#1@proxy.example:3128')).toBe('http://proxy.example:3128');
+    // A path's @ is not userinfo.
+    expect(safeUrl('https://h.example/users/@me?x=1')).toBe('https://h.example/users/@me');
+  });
+
   it('leaves text without URLs alone', () => {
     expect(safeUrl('no url here: a@b, c?d')).toBe('no url here: a@b, c?d');
   });

@@ -22,9 +22,13 @@ export const MIN_SECRET_LENGTH = 6;
 /**
  * A URL: scheme, optional userinfo, authority, path; then an optional query and fragment, which
  * are dropped. Stops at whitespace, quotes, backslashes (JSON escapes) and angle brackets.
+ * The userinfo may hold a raw `?` or `#` (a password typed unencoded: `https://u:pa#ss@host`):
+ * everything up to the last `@` before the path is taken for it and dropped, so such a password
+ * is not read as the host and kept. A query holding `@` right after the host (`https://h?a=b@c`)
+ * is then dropped as if it were userinfo: the safe direction.
  */
 const URL_PATTERN =
-  /\b([a-zA-Z][a-zA-Z0-9+.-]*:\/\/)(?:[^\s"'\\<>/?#@]*@)?([^\s"'\\<>/?#]*)([^\s"'\\<>?#]*)(?:\?(?:[^\s"'\\<>#]|\\.)*)?(?:#[^\s"'\\<>]*)?/g;
+  /\b([a-zA-Z][a-zA-Z0-9+.-]*:\/\/)(?:[^\s"'\\<>/@]*@)?([^\s"'\\<>/?#]*)([^\s"'\\<>?#]*)(?:\?(?:[^\s"'\\<>#]|\\.)*)?(?:#[^\s"'\\<>]*)?/g;
 
 /** `https://u:p@host/path?q#f` → `https://host/path`; text that is not a URL is returned scrubbed the same way. */
 export function safeUrl(url: string): string {
