@@ -17,6 +17,7 @@ import { RateLimiter } from '../src/platform/rate-limiter.js';
 import { Discovery, listUnfinished, type RoundReport } from '../src/polling/discovery.js';
 import type { JobKind } from '../src/polling/tracker.js';
 import { ConfigError, PlatformError } from '../src/shared/errors.js';
+import { openSqliteStore } from '../src/store/sqlite.js';
 import { killAll, spawnCli } from './helpers/spawn.js';
 import { SECRET, TOKEN } from './helpers/stack.js';
 
@@ -251,6 +252,43 @@ describe('Discovery', () => {
     expect(await discovery.runRound()).toMatchObject({ complete: true, pages: 2, found: { export: 50 } });
     expect(asked).toEqual(['PENDING', 'export:PENDING:100', 'export:PENDING:100', 'RUNNING']);
     await limiter.stop();
+  });
+
+  it('adds the rest of a page when one of its ids is watched as the other kind', async () => {
+    const store = await openSqliteStore({ path: ':memory:' });
+    try {
+      const [held] = await store.addExports([{ ids: ['IMP1'], metadata: null, kind: 'export' }], T0);
+      expect(held?.accepted).toEqual(['IMP1']);
+      const limiter = new RateLimiter({ budget: 100, windowMs: 10_000 });
+      const { lines, log } = logSink();
+      const discovery = new Discovery({
+        kinds: ['import'],
+        intervalMs: 10_000,
+        gate: limiter.share(10),
+        log,
+        list: async (_kind, from) =>
+          'state' in from && from.state === 'PENDING'
+            ? { items: ['IMP1', 'IMP2', 'IMP3'].map((id) => ({ id, state: 'PENDING' })), next: undefined }
+            : { items: [], next: undefined },
+        add: async (kind, ids) => {
+          const [result] = await store.addExports(
+            [{ ids, metadata: { discovered: true }, kind }],
+            Date.now(),
+          );
+          return result!;
+        },
+      });
+      expect(await discovery.runRound()).toMatchObject({ complete: true, added: { import: 2 } });
+      expect(await store.getExport('IMP2', 'import')).toMatchObject({ id: 'IMP2', state: 'UNKNOWN' });
+      expect(await store.getExport('IMP3', 'import')).toMatchObject({ id: 'IMP3', state: 'UNKNOWN' });
+      expect(await store.getExport('IMP1', 'import')).toBeUndefined();
+      expect(
+        lines.find((l) => l.msg === 'discovered imports whose ids are watched as the other kind; not added'),
+      ).toMatchObject({ count: 1, sample_ids: ['IMP1'] });
+      await limiter.stop();
+    } finally {
+      await store.close();
+    }
   });
 
   it('ends a listing whose next link loops, even across resumed rounds, so the next listing is still read', async () => {

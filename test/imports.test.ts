@@ -459,6 +459,51 @@ describe('PlatformClient with imports', () => {
     next = '/v2/storage/exports?offset=100';
     expect((await other.listPage('import', { state: 'RUNNING' })).next).toBeUndefined();
   });
+
+  it('leaves out listed ids that are not job ids, with one warning a page', async () => {
+    const { createServer } = await import('node:http');
+    const { Writable } = await import('node:stream');
+    const odd = ['job.1', '', 'x'.repeat(129), 'a b', 'évé', '../x'];
+    const server = createServer((_req, res) => {
+      res.setHeader('content-type', 'application/json');
+      const items = [{ id: 'ok_1', state: 'PENDING' }, ...odd.map((id) => ({ id, state: 'PENDING' }))];
+      res.end(JSON.stringify({ items: [...items, { id: 'ok-2', state: 'RUNNING' }], links: [] }));
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    cleanups.push(() => new Promise((r) => server.close(() => r(undefined))));
+    const lines: Array<Record<string, unknown>> = [];
+    const log = pino(
+      { level: 'info' },
+      new Writable({
+        write(chunk, _e, done) {
+          lines.push(JSON.parse(String(chunk)));
+          done();
+        },
+      }),
+    );
+    const limiter = new RateLimiter({ budget: 10, windowMs: 60_000 });
+    cleanups.push(() => limiter.stop());
+    const other = new PlatformClient({
+      endpoint: `http://127.0.0.1:${(server.address() as { port: number }).port}/v2`,
+      token: 't',
+      gate: limiter,
+      userAgent: 't',
+      log,
+    });
+    cleanups.push(() => other.close());
+    const page = await other.listPage('export', { state: 'PENDING' });
+    expect(page.items).toEqual([
+      { id: 'ok_1', state: 'PENDING' },
+      { id: 'ok-2', state: 'RUNNING' },
+    ]);
+    const warnings = lines.filter((l) => l.level === 40);
+    expect(warnings).toHaveLength(1);
+    expect(warnings[0]).toMatchObject({
+      msg: 'the platform listed exports whose ids are not job ids; left out',
+      count: odd.length,
+      sample_ids: ['job.1', '', `${'x'.repeat(64)}…`],
+    });
+  });
 });
 
 describe('imports end to end, against the simulator over loopback', () => {

@@ -55,6 +55,7 @@ import {
 import type { Logger } from 'pino';
 import { kindOfEventType } from '../delivery/events.js';
 import {
+  EXPORT_ID_PATTERN,
   EXPORT_STATES,
   type ExportState,
   isExportState,
@@ -74,7 +75,7 @@ import {
 } from '../store/store.js';
 import { ConnectionGuard, type ConnectionStats } from './connection-guard.js';
 
-export const EXPORT_ID_PATTERN = /^[A-Za-z0-9_-]{1,128}$/;
+export { EXPORT_ID_PATTERN };
 export const MAX_BODY_BYTES = 1024 * 1024;
 export const MAX_IDS_PER_REQUEST = 10_000;
 export const MAX_METADATA_BYTES = 4096;

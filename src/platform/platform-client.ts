@@ -30,6 +30,7 @@ import type { Logger } from 'pino';
 import type { Dispatcher } from 'undici';
 import {
   type BulkItem,
+  EXPORT_ID_PATTERN,
   type JobKind,
   meansMissing,
   type Observation,
@@ -345,10 +346,24 @@ export class PlatformClient {
     });
     const json = answer.json as { items?: unknown; links?: unknown };
     const items: JobPage['items'] = [];
+    // An id that is not a job id (`EXPORT_ID_PATTERN`) could not be shown, paged past or removed
+    // through the control API: it is left out, with one warning a page.
+    const odd: string[] = [];
+    let oddCount = 0;
     for (const item of json.items as unknown[]) {
       const v = item as { id?: unknown; state?: unknown } | null;
-      if (v && typeof v.id === 'string' && typeof v.state === 'string')
+      if (!v || typeof v.id !== 'string' || typeof v.state !== 'string') continue;
+      if (EXPORT_ID_PATTERN.test(v.id)) {
         items.push({ id: v.id, state: v.state });
+      } else if (++oddCount <= 3) {
+        odd.push(v.id.length > 64 ? `${v.id.slice(0, 64)}…` : v.id);
+      }
+    }
+    if (oddCount > 0) {
+      this.#log.warn(
+        { kind, count: oddCount, sample_ids: odd, pattern: EXPORT_ID_PATTERN.source },
+        `the platform listed ${kind}s whose ids are not job ids; left out`,
+      );
     }
     return { items, next: this.#nextPath(json.links, kind) };
   }

@@ -18,7 +18,10 @@
  * window's share on one page and keep the next listings from ever being read.
  *
  * Failures. A page that fails (after the client's retries) or an add the store refuses ends the
- * round with a warning; the next round tries the same page again. Nothing here changes a job's
+ * round with a warning; the next round tries the same page again. Ids the store holds as the
+ * other kind are refused with the whole add (the store's rule for a request); they are logged and
+ * the rest of the page is added without them. The client leaves out listed ids that are not job
+ * ids. Nothing here changes a job's
  * state: a discovered job is added UNKNOWN and checked in bulk like the rest.
  *
  * `listUnfinished` is the same listing without a share, read to its end once: `watch --all`.
@@ -163,14 +166,20 @@ export class Discovery {
       report.found[kind] += ids.length;
       if (ids.length > 0) {
         try {
-          const result = await this.#deps.add(kind, ids);
-          report.added[kind] += result.accepted.length;
-          if (result.conflicts && result.conflicts.length > 0) {
+          let result = await this.#deps.add(kind, ids);
+          const conflicts = result.conflicts ?? [];
+          if (conflicts.length > 0) {
             log.warn(
-              { kind, count: result.conflicts.length, sample_ids: result.conflicts.slice(0, 5) },
+              { kind, count: conflicts.length, sample_ids: conflicts.slice(0, 5) },
               `discovered ${kind}s whose ids are watched as the other kind; not added`,
             );
+            // The store adds a request whole or not at one: the rest of the page goes again
+            // without them (once; one that became a conflict meanwhile waits for the next round).
+            const refused = new Set(conflicts);
+            const rest = ids.filter((id) => !refused.has(id));
+            if (rest.length > 0) result = await this.#deps.add(kind, rest);
           }
+          report.added[kind] += result.accepted.length;
         } catch (error) {
           this.#resume = at;
           report.stopped = 'error';

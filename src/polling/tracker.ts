@@ -60,6 +60,12 @@ const RANK: Readonly<Record<ExportState, number>> = {
 export const JOB_KINDS = ['export', 'import'] as const;
 export type JobKind = (typeof JOB_KINDS)[number];
 
+/**
+ * What the watcher takes for a job id, from a client or from the platform's listings: the
+ * platform's ids are of this shape, and every route and cursor of the control API relies on it.
+ */
+export const EXPORT_ID_PATTERN = /^[A-Za-z0-9_-]{1,128}$/;
+
 export function isJobKind(value: unknown): value is JobKind {
   return value === 'export' || value === 'import';
 }
