@@ -451,7 +451,34 @@ describe('WATCHER_BATCH_SIZE', () => {
 describe('WATCHER_HTTP_HOST and WATCHER_API_TOKEN', () => {
   it.each(['127.0.0.1', '127.0.0.53', 'localhost', 'LOCALHOST', '::1', '[::1]'])('%s is loopback', (host) => {
     expect(isLoopbackHost(host)).toBe(true);
-    expect(loadConfig({ WATCHER_HTTP_HOST: host }).http.host).toBe(host);
+    // Listened on as the address: node's listen cannot resolve "[::1]".
+    expect(loadConfig({ WATCHER_HTTP_HOST: host }).http.host).toBe(host.replace(/^\[(.*)\]$/, '$1'));
+  });
+
+  it.each([
+    'http://127.0.0.1',
+    '127.0.0.1:8080',
+    'host/path',
+    'a b',
+    '-bad.example',
+    '[not-ipv6]',
+    'é.example',
+  ])('refuses %s as a host to listen on, in one line', (host) => {
+    const error = configError({ WATCHER_HTTP_HOST: host });
+    expect(error.problems).toEqual([
+      `WATCHER_HTTP_HOST: expected an IP address or a host name to listen on, like 127.0.0.1, 0.0.0.0 or ::, got ${JSON.stringify(host)}`,
+    ]);
+  });
+
+  it('refuses tokens that no header can carry', () => {
+    const error = configError({
+      SB_AUTH_TOKEN: 'abcdef0123456789\u200babcdef',
+      WATCHER_API_TOKEN: 'apitoken\u00e9123',
+    });
+    expect(error.problems).toEqual([
+      'SB_AUTH_TOKEN: expected a token of visible ASCII characters, without spaces, got a value of 23 characters (hidden)',
+      'WATCHER_API_TOKEN: expected a token of visible ASCII characters, without spaces, got a value of 12 characters (hidden)',
+    ]);
   });
 
   it.each(['0.0.0.0', '::', '192.168.1.20', 'watcher.example.org', '128.0.0.1'])(

@@ -64,6 +64,10 @@ describe('WATCHER_DISCOVER and WATCHER_DISCOVER_INTERVAL', () => {
       'WATCHER_RATE_BUDGET: expected at least 10 when WATCHER_DISCOVER is set (discovery may use a tenth of the budget), got "9"',
     ]);
     expect(() => loadConfig({ WATCHER_DISCOVER: 'exports', WATCHER_RATE_BUDGET: '10' })).not.toThrow();
+    // One line for one bad value, not a second one about the number it could not read.
+    expect(problems({ WATCHER_DISCOVER: 'exports', WATCHER_RATE_BUDGET: '5OO' })).toEqual([
+      'WATCHER_RATE_BUDGET: expected a whole number from 1 to 1000000, got "5OO"',
+    ]);
     expect(() => loadConfig({ WATCHER_DISCOVER: 'bad' })).toThrow(ConfigError);
   });
 });

@@ -342,7 +342,7 @@ describe('problems', () => {
     const file = writeCredentials('[a]\napi_endpoint = cgc\nauth_token = tok with PRIVATE spaces\n');
     const problems = problemsOf({ SB_PROFILE: 'a' });
     expect(problems).toEqual([
-      `SB_PROFILE: expected auth_token in the [a] section of ${file} to be a token without spaces, got a value of 23 characters (hidden)`,
+      `SB_PROFILE: expected auth_token in the [a] section of ${file} to be a token of visible ASCII characters, without spaces, got a value of 23 characters (hidden)`,
     ]);
     expect(problems.join('\n')).not.toContain('PRIVATE');
   });

@@ -5,6 +5,7 @@
  * root passes `process.env` in; everything else receives the parsed object.
  */
 
+import { isIP } from 'node:net';
 import { homedir } from 'node:os';
 import { DEFAULT_EVENT_TYPES, EVENT_TYPES, type EventType } from '../delivery/events.js';
 import { parseSecret } from '../delivery/signing.js';
@@ -183,6 +184,13 @@ export function formatDuration(ms: number): string {
   return `${ms}ms`;
 }
 
+/** A token as a header carries it: visible ASCII, no spaces. */
+const TOKEN_TEXT = /^[\x21-\x7e]+$/;
+const TOKEN_EXPECTED = 'a token of visible ASCII characters, without spaces';
+/** A DNS host name (labels of letters, digits and hyphens), as `listen` resolves it. */
+const HOST_NAME =
+  /^(?=.{1,253}\.?$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$/;
+
 export function isLoopbackHost(host: string): boolean {
   const h = host.replace(/^\[|\]$/g, '').toLowerCase();
   if (h === 'localhost' || h === '::1') return true;
@@ -292,11 +300,13 @@ export function loadConfig(env: Env, options: LoadOptions = {}): Config {
         undefined,
       );
     }
-  } else if (token !== undefined && /\s/.test(token)) {
-    if (tokenProfile === undefined) problem('SB_AUTH_TOKEN', 'a token without spaces', token);
+  } else if (token !== undefined && !TOKEN_TEXT.test(token)) {
+    // It goes in a header: a space or a character no header can carry (a pasted zero-width space)
+    // would fail every request later, reported as an unreachable platform.
+    if (tokenProfile === undefined) problem('SB_AUTH_TOKEN', TOKEN_EXPECTED, token);
     else
       problems.push(
-        `SB_PROFILE: expected ${profileKey(tokenProfile, 'auth_token')} to be a token without spaces, got a value of ${token.length} characters (hidden)`,
+        `SB_PROFILE: expected ${profileKey(tokenProfile, 'auth_token')} to be ${TOKEN_EXPECTED}, got a value of ${token.length} characters (hidden)`,
       );
   }
   const usedProfile = endpointProfile ?? tokenProfile;
@@ -304,7 +314,9 @@ export function loadConfig(env: Env, options: LoadOptions = {}): Config {
   const proxy = proxySettings(env, problems);
 
   const pollIntervalMs = duration('WATCHER_POLL_INTERVAL', 100, DAY);
+  const budgetProblems = problems.length;
   const rateBudget = integer('WATCHER_RATE_BUDGET', 1, 1_000_000);
+  const budgetParsed = problems.length === budgetProblems;
   const rateWindowMs = duration('WATCHER_RATE_WINDOW', 1000, DAY);
   const batchSize = integer('WATCHER_BATCH_SIZE', 1, 100);
 
@@ -324,7 +336,8 @@ export function loadConfig(env: Env, options: LoadOptions = {}): Config {
     }
   }
   const discoverIntervalMs = duration('WATCHER_DISCOVER_INTERVAL', 10_000, DAY);
-  if (discover.length > 0 && rateBudget < DISCOVER_MIN_BUDGET) {
+  // A budget that did not parse has its line already.
+  if (discover.length > 0 && budgetParsed && rateBudget < DISCOVER_MIN_BUDGET) {
     problems.push(
       `WATCHER_RATE_BUDGET: expected at least ${DISCOVER_MIN_BUDGET} when WATCHER_DISCOVER is set (discovery may use a tenth of the budget), got ${JSON.stringify(raw('WATCHER_RATE_BUDGET'))}`,
     );
@@ -375,10 +388,24 @@ export function loadConfig(env: Env, options: LoadOptions = {}): Config {
   const retainMs = duration('WATCHER_RETAIN', 0, 365 * DAY);
   const eventRetainMs = duration('WATCHER_EVENT_RETAIN', 0, 365 * DAY);
 
-  const host = raw('WATCHER_HTTP_HOST') ?? DEFAULTS.WATCHER_HTTP_HOST;
+  const hostText = raw('WATCHER_HTTP_HOST') ?? DEFAULTS.WATCHER_HTTP_HOST;
+  // An address or a host name to listen on, nothing more: "[::1]" is taken as ::1.
+  const bracketed = /^\[(.*)\]$/.exec(hostText)?.[1];
+  const host = bracketed !== undefined && isIP(bracketed) === 6 ? bracketed : hostText;
+  const hostOk = isIP(host) !== 0 || HOST_NAME.test(host);
+  if (!hostOk) {
+    problem(
+      'WATCHER_HTTP_HOST',
+      'an IP address or a host name to listen on, like 127.0.0.1, 0.0.0.0 or ::',
+      hostText,
+    );
+  }
   const port = integer('WATCHER_HTTP_PORT', 0, 65_535);
   const apiToken = raw('WATCHER_API_TOKEN');
-  if ((options.listens ?? true) && !isLoopbackHost(host) && apiToken === undefined) {
+  // Clients send it in a header: one they cannot send would lock every client out.
+  if (apiToken !== undefined && !TOKEN_TEXT.test(apiToken))
+    problem('WATCHER_API_TOKEN', TOKEN_EXPECTED, apiToken);
+  if ((options.listens ?? true) && hostOk && !isLoopbackHost(host) && apiToken === undefined) {
     problems.push(
       `WATCHER_API_TOKEN: expected a token, because WATCHER_HTTP_HOST ${JSON.stringify(host)} is not a loopback address, got nothing`,
     );
