@@ -402,6 +402,26 @@ describe('a delivery', () => {
     ).toEqual([expect.objectContaining({ level: 40, endpoint: url })]);
   });
 
+  it('gives receivers that differ only in query or credentials labels of their own', async () => {
+    const store = await memoryStore();
+    const { r, url } = await receiver();
+    const a = `${url}?tenant=a`;
+    const b = `${url}?tenant=b`;
+    const c = url.replace('http://', 'http://user:pw12345@');
+    const { engine: e, bus } = engine({ store, urls: [a, b, c] });
+    const labels = e.endpoints.map((x) => x.label);
+    expect(labels).toEqual([a, b, c].map((u) => `${url} [${endpointKey(u).slice(0, 8)}]`));
+    expect(new Set(labels).size).toBe(3);
+    for (const label of labels) expect(label).not.toMatch(/tenant|pw12345|user/);
+    const finished: string[] = [];
+    bus.on('delivery.finished', ({ endpoint }) => finished.push(endpoint));
+    await commit(store, e.endpoints, ['exp-1']);
+    await e.start();
+    await e.settled();
+    expect(r.received).toHaveLength(3);
+    expect(finished.sort()).toEqual([...labels].sort());
+  });
+
   it('does not lose a poke that comes while it looks up the next due time', async () => {
     const store = await memoryStore();
     const { r, url } = await receiver();
