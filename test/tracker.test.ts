@@ -1,5 +1,6 @@
 import { describe, expect, it, vi } from 'vitest';
 import {
+  type BulkItem,
   EXPORT_STATES,
   type ExportState,
   meansMissing,
@@ -167,6 +168,31 @@ describe('Tracker.apply', () => {
     expect(r.transitions).toHaveLength(1);
     expect(r.transitions[0]).toMatchObject({ from: 'PENDING', to: 'LOST', at: T0 + 6 });
     expect(t.has('x')).toBe(false);
+  });
+
+  it('a job returned without a readable state resets the misses: it exists', () => {
+    for (const state of [undefined, null, 7, { deep: 'x'.repeat(100) }]) {
+      const t = tracker('x');
+      const check = (items: BulkItem[], at: number) =>
+        t.apply(observationsFromBulk(['x'], items).observations, at);
+      check([{ error: NOT_FOUND }], T0 + 1);
+      check([{ error: NOT_FOUND }], T0 + 2);
+      const odd = check(
+        [{ resource: { id: 'x', href: 'h', ...(state === undefined ? {} : { state }) } }],
+        T0 + 3,
+      );
+      expect(odd.transitions).toEqual([]);
+      expect(odd.warnings).toEqual([
+        expect.objectContaining({
+          exportId: 'x',
+          reason: 'unknown_state',
+          detail: { state: expect.any(String) },
+        }),
+      ]);
+      expect(String(odd.warnings[0]?.detail.state).length).toBeLessThanOrEqual(65);
+      expect(t.get('x')).toMatchObject({ state: 'UNKNOWN', misses: 0 });
+      expect(check([{ error: NOT_FOUND }], T0 + 4).transitions).toEqual([]);
+    }
   });
 
   it('honours lostAfter', () => {

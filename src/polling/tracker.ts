@@ -651,8 +651,16 @@ function platformError(value: unknown): PlatformErrorBody | null {
     : null;
 }
 
+/**
+ * A resource with an id. One without a readable state still says the job exists (its misses
+ * reset): its state is then the text of what came, `(none)` when nothing did, which is never one
+ * of the four and so changes nothing (an `unknown_state` warning).
+ */
 function asExport(value: unknown): PlatformExport | null {
   if (!value || typeof value !== 'object') return null;
   const v = value as Record<string, unknown>;
-  return typeof v.id === 'string' && typeof v.state === 'string' ? (v as PlatformExport) : null;
+  if (typeof v.id !== 'string') return null;
+  if (typeof v.state === 'string') return v as PlatformExport;
+  const shown = v.state === undefined ? '(none)' : JSON.stringify(v.state);
+  return { ...v, id: v.id, state: shown.length > 64 ? `${shown.slice(0, 64)}…` : shown };
 }
