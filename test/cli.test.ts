@@ -825,8 +825,9 @@ describe('watch', () => {
   }
 
   /** A daemon that does nothing by itself: the test plays the platform through its hooks. */
-  function fake() {
+  function fake(deliveriesSettled: () => Promise<void> = async () => undefined) {
     let hooks: DaemonOptions | undefined;
+    let given: Config | undefined;
     const records = new Map<string, ExportView>();
     let settle!: () => void;
     const settled = new Promise<void>((resolve) => {
@@ -839,15 +840,17 @@ describe('watch', () => {
       },
       tracker: { countByState: noCounts },
       scheduler: { onSettled: () => settled },
-      deliveries: { settled: async () => undefined },
+      deliveries: { settled: deliveriesSettled },
       start: async () => undefined,
       stop: async () => ({ pendingDeliveries: 0 }),
     };
     return {
-      create: async (_config: Config, options: DaemonOptions) => {
+      create: async (c: Config, options: DaemonOptions) => {
+        given = c;
         hooks = options;
         return daemon;
       },
+      config: () => given,
       outcome: (outcome: RequestOutcome) =>
         hooks?.bus?.emit('platform.request', { route: 'bulk_get', outcome, durationMs: 1 }),
       finish: (id: string, to: ExportState, error: ExportView['error'] = null) => {
@@ -876,7 +879,11 @@ describe('watch', () => {
     return { stream, lines: () => all.split('\n').filter((l) => l !== '') };
   }
 
-  function start(ids: string[], f: ReturnType<typeof fake>, extra: { timeoutMs?: number } = {}) {
+  function start(
+    ids: string[],
+    f: ReturnType<typeof fake>,
+    extra: { timeoutMs?: number; config?: Config } = {},
+  ) {
     const out = text();
     const err = text();
     const controller = new AbortController();
@@ -953,6 +960,48 @@ describe('watch', () => {
     expect(warnings(lines)[0]).toMatch(/still trying \(Ctrl-C stops\)$/);
     expect(lines.join('\n')).not.toContain('interrupted');
     expect(vi.getTimerCount()).toBe(0);
+  });
+
+  it('waits for the ids given only: no discovery, and no other job counted or printed', async () => {
+    const f = fake();
+    const discovering = loadConfig(
+      { SB_AUTH_TOKEN: 'tok', WATCHER_SHUTDOWN_TIMEOUT: '0', WATCHER_DISCOVER: 'exports' },
+      { requireToken: true, listens: false },
+    );
+    expect(discovering.discover).toEqual(['export']);
+    const w = start(['a'], f, { config: discovering });
+    await vi.advanceTimersByTimeAsync(0);
+    expect(f.config()?.discover).toEqual([]);
+    f.finish('someone-elses', 'FAILED');
+    f.finish('a', 'COMPLETED');
+    f.settle();
+    expect(await w.done).toBe(0);
+    expect(w.out.lines()).toHaveLength(1);
+    expect(w.out.lines()[0]).toMatch(/^a\b/);
+    expect(w.out.lines().join('\n')).not.toContain('someone-elses');
+  });
+
+  it('Ctrl-C while the last webhooks are being sent exits 130 at once', async () => {
+    const f = fake(() => new Promise<void>(() => undefined));
+    const patient = loadConfig(
+      { SB_AUTH_TOKEN: 'tok', WATCHER_SHUTDOWN_TIMEOUT: '1h' },
+      { requireToken: true, listens: false },
+    );
+    const w = start(['a'], f, { config: patient });
+    await vi.advanceTimersByTimeAsync(0);
+    f.finish('a', 'COMPLETED');
+    f.settle();
+    await vi.advanceTimersByTimeAsync(1000);
+    let code: number | undefined;
+    void w.done.then((c) => {
+      code = c;
+    });
+    await vi.advanceTimersByTimeAsync(1000);
+    expect(code).toBeUndefined();
+    w.controller.abort(130);
+    await vi.advanceTimersByTimeAsync(0);
+    expect(code).toBe(130);
+    expect(w.err.lines().at(-1)).toBe('interrupted while the last webhook deliveries were being sent');
   });
 
   it('a refused token says so, and only that', async () => {

@@ -96,6 +96,9 @@ export async function runWatch(options: WatchOptions): Promise<number> {
   /** What is watched, by kind; with --all, filled once the platform has listed them. */
   const jobs: Record<JobKind, string[]> = { export: [], import: [] };
   jobs[idKind] = [...new Set(options.ids)];
+  /** The same, as sets, for the transitions. */
+  const watching: Record<JobKind, Set<string>> = { export: new Set(), import: new Set() };
+  watching[idKind] = new Set(jobs[idKind]);
   const total = () => jobs.export.length + jobs.import.length;
   const started = now();
   let finished = 0;
@@ -128,6 +131,8 @@ export async function runWatch(options: WatchOptions): Promise<number> {
     if (outcome === 'unauthorized') refused();
   });
   bus.on('transition', (t) => {
+    // Only the jobs asked for (the daemon below runs no discovery; this holds whatever it runs).
+    if (!watching[t.kind ?? 'export'].has(t.exportId)) return;
     progress.change(t);
     if (!isTerminal(t.to)) return;
     finished++;
@@ -143,7 +148,11 @@ export async function runWatch(options: WatchOptions): Promise<number> {
   });
   const createDaemon =
     options.createDaemon ?? ((config, o) => Daemon.open(config, { ...o, storage: 'memory' }));
-  const daemon = await createDaemon(options.config, { log: options.log, now, bus });
+  // `watch` waits for the jobs it is given (or, with --all, listed once): WATCHER_DISCOVER, meant
+  // for `run`, must not add others to wait for, print and count.
+  const config: Config =
+    options.config.discover.length > 0 ? { ...options.config, discover: [] } : options.config;
+  const daemon = await createDaemon(config, { log: options.log, now, bus });
 
   const interrupted = new Promise<Ending>((resolve) => {
     const end = () => resolve({ kind: 'signal', code: Number(options.signal.reason) || 130 });
@@ -163,7 +172,10 @@ export async function runWatch(options: WatchOptions): Promise<number> {
     if (options.all) {
       const list = daemon.listUnfinished?.bind(daemon);
       if (!list) throw new Error('watch --all: this daemon cannot list jobs');
-      for (const kind of options.all) jobs[kind] = await list(kind);
+      for (const kind of options.all) {
+        jobs[kind] = await list(kind);
+        watching[kind] = new Set(jobs[kind]);
+      }
       progress.total = total();
       if (total() === 0) {
         say(`no unfinished ${options.all.map((k) => `${k}s`).join(' or ')} to watch`);
@@ -228,7 +240,17 @@ export async function runWatch(options: WatchOptions): Promise<number> {
   }
   // Deliveries of the outcomes get up to WATCHER_SHUTDOWN_TIMEOUT to finish (a receiver that is
   // down must not hold a script for WATCHER_WEBHOOK_MAX_AGE); what is left is logged at error.
-  if (code < 128) await settlesWithin(daemon.deliveries.settled(), options.config.shutdownTimeoutMs);
+  // A signal meanwhile stops the wait: Ctrl-C is 130 (SIGTERM 143) whenever it comes.
+  if (code < 128) {
+    const waited = await Promise.race([
+      settlesWithin(daemon.deliveries.settled(), options.config.shutdownTimeoutMs).then(() => undefined),
+      interrupted,
+    ]);
+    if (waited?.kind === 'signal') {
+      code = waited.code;
+      say('interrupted while the last webhook deliveries were being sent');
+    }
+  }
   const { pendingDeliveries } = await daemon.stop(0);
   if (pendingDeliveries > 0) say(`${pendingDeliveries} webhook deliveries not done`);
   return code;
