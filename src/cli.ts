@@ -863,8 +863,9 @@ async function simulateCommand(args: readonly string[]): Promise<number> {
     const v = values[flag];
     if (v === undefined) return undefined;
     const ms = parseDuration(String(v));
-    if (Number.isNaN(ms) || ms <= 0)
-      problems.push(`--${flag}: expected a duration like 500ms or 5s, got ${JSON.stringify(v)}`);
+    // At most a timer's longest wait (~24.8 days): node fires a longer one at once.
+    if (Number.isNaN(ms) || ms <= 0 || ms > 2_147_483_647)
+      problems.push(`--${flag}: expected a duration like 500ms or 5s, up to 24d, got ${JSON.stringify(v)}`);
     return ms;
   };
   const range = (flag: string): [number, number] | undefined => {
@@ -889,6 +890,9 @@ async function simulateCommand(args: readonly string[]): Promise<number> {
   if (seedImports !== undefined) options.imports = seedImports;
   if (typeof values.token === 'string') {
     if (values.token.trim() === '') problems.push('--token: expected a non-empty token, got nothing');
+    // Sent in a header, which cannot carry spaces at its ends or other than visible ASCII.
+    else if (!/^[\x21-\x7e]+$/.test(values.token))
+      problems.push('--token: expected a token of visible ASCII characters, without spaces');
     options.token = values.token;
   }
   const limit = int('quota', 1, 10_000_000);

@@ -110,6 +110,26 @@ describe('the process', () => {
     expect(r.stdout).toContain('--version');
   });
 
+  it('simulate refuses a token no header can carry and a --slow no timer can wait, in one line each', async () => {
+    const r = await runCli([
+      'simulate',
+      '--port',
+      '0',
+      '--token',
+      ' tok',
+      '--slow-rate',
+      '1',
+      '--slow',
+      '25d',
+    ]);
+    expect(r.code).toBe(2);
+    expect(lines(r.stderr)).toEqual([
+      expect.stringMatching(/--token: expected a token of visible ASCII characters, without spaces$/),
+      expect.stringMatching(/--slow: expected a duration like 500ms or 5s, up to 24d, got "25d"$/),
+    ]);
+    expect(r.stderr).not.toContain('" tok"');
+  });
+
   it('run --help describes its flags and exits 0', async () => {
     const r = await runCli(['run', '--help']);
     expect(r.code).toBe(0);

@@ -304,6 +304,34 @@ describe('the simulator serves imports', () => {
       result: null,
     });
     expect((await call(s, 'POST', '/storage/imports', { source: {} })).status).toBe(400);
+    // Into a folder: echoed as the parent it is, never as a project, and not listed as one.
+    const intoFolder = await call(s, 'POST', '/storage/imports', {
+      source: { volume: 'me/bucket', location: 'in/y.bam' },
+      destination: { parent: '5f0c1a2b3c4d5e6f70819203' },
+      preserve_folder_structure: true,
+    });
+    expect(intoFolder.status).toBe(201);
+    expect(intoFolder.json.destination).toEqual({ parent: '5f0c1a2b3c4d5e6f70819203', name: 'y.bam' });
+    expect(intoFolder.json.preserve_folder_structure).toBe(true);
+    expect(created.json).not.toHaveProperty('preserve_folder_structure');
+    expect((await call(s, 'GET', '/storage/imports?project=5f0c1a2b3c4d5e6f70819203')).json.items).toEqual(
+      [],
+    );
+    for (const bad of [
+      { source: { volume: 'me/bucket', location: 'a' }, destination: { project: 'p/q', parent: 'f' } },
+      {
+        source: { volume: 'me/bucket', location: 'a' },
+        destination: { parent: 'f' },
+        preserve_folder_structure: 1,
+      },
+      { source: { volume: 'me/bucket', location: 'l'.repeat(1025) }, destination: { project: 'p/q' } },
+      {
+        source: { volume: 'me/bucket', location: 'a' },
+        destination: { project: 'p/q', name: 'n'.repeat(1025) },
+      },
+    ]) {
+      expect((await call(s, 'POST', '/storage/imports', bad)).status).toBe(400);
+    }
     const one = await call(s, 'GET', `/storage/imports/${ids[0]}`);
     expect(one.json).toMatchObject({ id: ids[0], state: 'PENDING' });
     expect((await call(s, 'GET', `/storage/exports/${ids[0]}`)).status).toBe(404);
@@ -317,7 +345,7 @@ describe('the simulator serves imports', () => {
     expect(items.filter((i) => i.error?.code === 9008)).toHaveLength(1);
     expect((await call(s, 'POST', '/bulk/storage/imports/get', { export_ids: ids })).status).toBe(400);
 
-    // The four created at T0 have finished (one of them may have FAILED); 150 new ones are PENDING.
+    // The five created at T0 have finished (some may have FAILED); 150 new ones are PENDING.
     s.createImports(150);
     const page1 = await call(s, 'GET', '/storage/imports?state=PENDING&limit=100');
     expect(page1.json.items).toHaveLength(100);
@@ -326,20 +354,20 @@ describe('the simulator serves imports', () => {
     const page2 = await call(s, 'GET', next!.href);
     expect(page2.json.items).toHaveLength(50);
     expect((page2.json.links as Array<{ rel: string }>).some((l) => l.rel === 'next')).toBe(false);
-    expect((await call(s, 'GET', '/storage/imports?state=COMPLETED,FAILED')).json.items).toHaveLength(4);
+    expect((await call(s, 'GET', '/storage/imports?state=COMPLETED,FAILED')).json.items).toHaveLength(5);
     expect((await call(s, 'GET', '/storage/exports')).json.items).toEqual([]);
 
     const stats = s.stats();
-    expect(stats.imports).toBe(154);
+    expect(stats.imports).toBe(155);
     expect(stats.exports).toBe(0);
     expect(stats.importBulkIdsPerCall).toEqual([4]);
     expect(stats.bulkIdsPerCall).toEqual([]);
     expect(stats.wrongKindIds).toBe(1);
     expect(stats.requests).toMatchObject({
-      import_create: 2,
+      import_create: 7,
       import_get: 1,
       import_bulk_get: 2,
-      import_list: 3,
+      import_list: 4,
       get: 1,
       list: 1,
     });

@@ -470,6 +470,51 @@ describe('starting exports', () => {
     expect(sim.stats().exports).toBe(0);
   });
 
+  it('refuses what would make its later answers fail or huge: nested properties, names over 1 KiB', async () => {
+    const sim = await startSim();
+    // Too deep for JSON.stringify to serialise again: sent as text.
+    const nested = `${'['.repeat(10_000)}"x"${']'.repeat(10_000)}`;
+    const withNested = JSON.stringify({ ...START_BODY, properties: { x: 'NESTED' } }).replace(
+      '"NESTED"',
+      nested,
+    );
+    const deep = await call<PlatformError>(sim, 'POST', '/storage/exports', { raw: withNested });
+    expect(deep.status).toBe(400);
+    const cases: unknown[] = [
+      { ...START_BODY, properties: { x: { y: 1 } } },
+      { ...START_BODY, properties: Object.fromEntries(Array.from({ length: 33 }, (_, i) => [`k${i}`, i])) },
+      { ...START_BODY, properties: { x: 'p'.repeat(1025) } },
+      { ...START_BODY, source: { file: 'f'.repeat(1025) } },
+      { ...START_BODY, destination: { volume: 'a/b', location: 'l'.repeat(1025) } },
+      { ...START_BODY, destination: { volume: 'a/b', location: 'é'.repeat(513) } },
+    ];
+    for (const body of cases) {
+      const r = await call<PlatformError>(sim, 'POST', '/storage/exports', { body });
+      expect(r.status, JSON.stringify(body).slice(0, 80)).toBe(400);
+      expect(r.json).toMatchObject({ status: 400, code: 90000 });
+    }
+    const bulk = await call<{ items: Array<{ error?: PlatformError }> }>(
+      sim,
+      'POST',
+      '/bulk/storage/exports/create',
+      {
+        raw: `{"items":[${withNested}]}`,
+      },
+    );
+    expect(bulk.json.items[0]?.error).toMatchObject({ status: 400, code: 90000 });
+    expect(sim.stats().exports).toBe(0);
+    // At the bounds: kept and served.
+    const ok = await call<{ id: string }>(sim, 'POST', '/storage/exports', {
+      body: {
+        ...START_BODY,
+        destination: { volume: 'a/b', location: 'l'.repeat(1024) },
+        properties: { custom: 'p'.repeat(1024), n: 1, b: true, z: null },
+      },
+    });
+    expect(ok.status).toBe(201);
+    expect((await call(sim, 'GET', `/storage/exports/${ok.json.id}`)).status).toBe(200);
+  });
+
   it('refuses to export a moved file again, but not a copied one', async () => {
     const sim = await startSim({ failRate: 0 });
     const first = await call(sim, 'POST', '/storage/exports', { body: START_BODY });
@@ -883,6 +928,9 @@ describe('lifecycle and scale', () => {
     expect(() => new Simulator({ quota: { limit: 0 } })).toThrow(/quota\.limit/);
     expect(() => new Simulator({ timing: { pendingMs: [5, 1] } })).toThrow(/timing\.pendingMs/);
     expect(() => new Simulator({ faults: { errorRate: -1 } })).toThrow(/faults\.errorRate/);
+    // Longer than a timer can wait: node would answer at once instead.
+    expect(() => new Simulator({ faults: { slowMs: 2_147_483_648 } })).toThrow(/faults\.slowMs/);
+    expect(() => new Simulator({ faults: { slowMs: 2_147_483_647 } })).not.toThrow();
     const sim = new Simulator();
     expect(() => sim.createExport({ id: 'a' })).not.toThrow();
     expect(() => sim.createExport({ id: 'a' })).toThrow(/exists/);

@@ -237,7 +237,10 @@ export interface ImportObject {
   id: string;
   state: ExportState;
   source: { volume: string; location: string };
-  destination: { project: string; name: string };
+  /** As started: into a project's root, or into a folder (`parent`). */
+  destination: { project: string; name: string } | { parent: string; name: string };
+  /** Echoed when the start gave it. */
+  preserve_folder_structure?: boolean;
   overwrite: boolean;
   started_on: string | null;
   finished_on: string | null;
@@ -300,6 +303,20 @@ const CANNED_ACLS: readonly unknown[] = [
   'bucket-owner-read',
   'bucket-owner-full-control',
 ];
+/**
+ * The longest file id, volume id, location or name a start takes (S3's key limit): every answer
+ * about the job repeats them, so one huge value must not make answers of hundreds of megabytes.
+ */
+const MAX_NAME_BYTES = 1024;
+/** Keys of a start's `properties` at most. */
+const MAX_PROPERTIES = 32;
+/** The longest wait a node timer takes. */
+const MAX_TIMER_MS = 2_147_483_647;
+
+function tooLong(text: string): boolean {
+  return text.length > MAX_NAME_BYTES || Buffer.byteLength(text) > MAX_NAME_BYTES;
+}
+
 const DEFAULT_PROPERTIES = { sse_algorithm: 'AES256', aws_storage_class: 'STANDARD', aws_canned_acl: null };
 const LOCATION_TAKEN: Omit<PlatformError, 'more_info'> = {
   status: 409,
@@ -453,10 +470,11 @@ function validateFaults(faults: FaultOptions, prefix: string): FaultOptions {
     );
   }
   if (faults.slowMs !== undefined) {
+    // A timer's longest wait: past it, node would fire at once instead.
     requireOption(
-      isNonNegativeInteger(faults.slowMs),
+      isNonNegativeInteger(faults.slowMs) && faults.slowMs <= MAX_TIMER_MS,
       `${prefix}.slowMs`,
-      'a non-negative integer',
+      `a whole number of milliseconds from 0 to ${MAX_TIMER_MS} (about 24.8 days)`,
       faults.slowMs,
     );
   }
@@ -931,7 +949,16 @@ export class Simulator {
   /** An import: timing and outcome drawn as for an export (same PRNG stream). */
   #addImport(
     id: string,
-    spec: { volume: string; location: string; project: string; name: string; overwrite: boolean },
+    spec: {
+      volume: string;
+      location: string;
+      /** One of the two: where the file lands. */
+      project?: string;
+      parent?: string;
+      name: string;
+      overwrite: boolean;
+      preserveFolderStructure?: boolean;
+    },
     now: number,
     opts: { outcome?: ExportOutcome; pendingMs?: number; runningMs?: number } = {},
   ): ExportRecord {
@@ -942,12 +969,18 @@ export class Simulator {
     const rec: ExportRecord = {
       id,
       kind: 'import',
-      project: spec.project,
+      ...(spec.project !== undefined ? { project: spec.project } : {}),
       file: this.#newFileId(),
       volume: spec.volume,
       location: spec.location,
       overwrite: spec.overwrite,
-      properties: { name: spec.name },
+      properties: {
+        name: spec.name,
+        ...(spec.parent !== undefined ? { parent: spec.parent } : {}),
+        ...(spec.preserveFolderStructure !== undefined
+          ? { preserve_folder_structure: spec.preserveFolderStructure }
+          : {}),
+      },
       createdAt: now,
       runningAt: now + pendingMs,
       finishedAt: now + pendingMs + runningMs,
@@ -964,12 +997,17 @@ export class Simulator {
     const state = stateAt(rec, now);
     const base = this.#hrefBase();
     const name = String(rec.properties.name);
+    const { parent, preserve_folder_structure: preserve } = rec.properties;
     return {
       href: `${base}/storage/imports/${rec.id}`,
       id: rec.id,
       state,
       source: { volume: rec.volume, location: rec.location },
-      destination: { project: rec.project ?? 'sim-user/sim-project', name },
+      destination:
+        typeof parent === 'string'
+          ? { parent, name }
+          : { project: rec.project ?? 'sim-user/sim-project', name },
+      ...(typeof preserve === 'boolean' ? { preserve_folder_structure: preserve } : {}),
       overwrite: rec.overwrite,
       started_on: now >= rec.runningAt ? iso(rec.runningAt) : null,
       finished_on: isTerminal(state) ? iso(rec.finishedAt) : null,
@@ -1027,6 +1065,7 @@ export class Simulator {
     if (!isObject(source) || typeof source.file !== 'string' || source.file === '') {
       return bad('source.file is required: the id of the file to export.');
     }
+    if (tooLong(source.file)) return bad(`source.file is longer than ${MAX_NAME_BYTES} bytes.`);
     if (!isObject(destination)) return bad('destination is required: {"volume", "location"}.');
     if (typeof destination.volume !== 'string' || !/^[^/\s]+\/[^/\s]+$/.test(destination.volume)) {
       return bad('destination.volume is required: a volume id of the form owner/volume_name.');
@@ -1034,9 +1073,29 @@ export class Simulator {
     if (typeof destination.location !== 'string' || destination.location === '') {
       return bad('destination.location is required: the key of the new file on the volume.');
     }
+    if (tooLong(destination.volume) || tooLong(destination.location)) {
+      return bad(`destination.volume and destination.location take at most ${MAX_NAME_BYTES} bytes each.`);
+    }
     if (overwrite !== undefined && typeof overwrite !== 'boolean') return bad('overwrite must be a boolean.');
     if (properties !== undefined && properties !== null && !isObject(properties)) {
       return bad('properties must be an object.');
+    }
+    // Flat, small values only: what is kept is served in every later answer, so it must always
+    // serialise, and stay small.
+    if (
+      isObject(properties) &&
+      (Object.keys(properties).length > MAX_PROPERTIES ||
+        !Object.values(properties).every(
+          (value) =>
+            value === null ||
+            typeof value === 'boolean' ||
+            typeof value === 'number' ||
+            (typeof value === 'string' && !tooLong(value)),
+        ))
+    ) {
+      return bad(
+        `properties takes at most ${MAX_PROPERTIES} keys whose values are strings (up to ${MAX_NAME_BYTES} bytes), numbers, booleans or null.`,
+      );
     }
     const props = { ...DEFAULT_PROPERTIES, ...(properties ?? {}) };
     if (!SSE_ALGORITHMS.includes(props.sse_algorithm)) {
@@ -1469,13 +1528,27 @@ export class Simulator {
     if (typeof source.location !== 'string' || source.location === '') {
       return bad('source.location is required: the key of the file on the volume.');
     }
+    if (tooLong(source.volume) || tooLong(source.location)) {
+      return bad(`source.volume and source.location take at most ${MAX_NAME_BYTES} bytes each.`);
+    }
     if (!isObject(destination)) return bad('destination is required: {"project", "name"?} or {"parent"}.');
-    const target = destination.project ?? destination.parent;
+    const { project, parent } = destination;
+    if (project !== undefined && parent !== undefined) {
+      return bad('destination takes project or parent, not both.');
+    }
+    const target = project ?? parent;
     if (typeof target !== 'string' || target === '') {
       return bad('destination.project (or destination.parent) is required.');
     }
+    const { preserve_folder_structure: preserve } = v;
+    if (preserve !== undefined && typeof preserve !== 'boolean') {
+      return bad('preserve_folder_structure must be a boolean.');
+    }
     if (destination.name !== undefined && (typeof destination.name !== 'string' || destination.name === '')) {
       return bad('destination.name must be a non-empty string.');
+    }
+    if (tooLong(target) || (typeof destination.name === 'string' && tooLong(destination.name))) {
+      return bad(`destination.project, parent and name take at most ${MAX_NAME_BYTES} bytes each.`);
     }
     if (overwrite !== undefined && typeof overwrite !== 'boolean') return bad('overwrite must be a boolean.');
     const location = source.location;
@@ -1485,9 +1558,10 @@ export class Simulator {
       {
         volume: source.volume,
         location,
-        project: target,
+        ...(parent !== undefined ? { parent: target } : { project: target }),
         name: (destination.name as string | undefined) ?? location.slice(location.lastIndexOf('/') + 1),
         overwrite: overwrite ?? false,
+        ...(preserve !== undefined ? { preserveFolderStructure: preserve } : {}),
       },
       now,
     );
