@@ -668,12 +668,29 @@ describe('imports end to end, against the simulator over loopback', () => {
         details: [
           {
             field: 'ids[0]',
-            problem: `is watched as an import, or shares its webhook-ids with the import "${completed[1]}"`,
+            problem: `shares its webhook-ids with the import "${completed[1]}", which is watched`,
           },
         ],
       },
     });
     expect((await s.get(`/v1/exports/import_${completed[1]}`)).status).toBe(404);
+    // The other way round: an import whose webhook-ids a watched export has; and one that is
+    // plainly watched as an export, named as such (no export "import_<id>" exists).
+    expect((await s.post('/v1/exports', { ids: ['import_twin1', 'plainX1'] })).status).toBe(202);
+    const back = await s.post('/v1/imports', { ids: ['twin1', 'plainX1'] });
+    expect(back.status).toBe(409);
+    expect(back.json).toMatchObject({
+      error: {
+        code: 'kind_conflict',
+        details: [
+          {
+            field: 'ids[0]',
+            problem: 'shares its webhook-ids with the export "import_twin1", which is watched',
+          },
+          { field: 'ids[1]', problem: 'is watched as an export' },
+        ],
+      },
+    });
 
     // Metrics: the imports gauge, the exports gauge as before.
     const metrics = await (await request(`${s.apiUrl}/metrics`)).body.text();

@@ -692,7 +692,11 @@ export class ControlApi {
     const result = await (kind === 'export'
       ? registry.watch(ids, metadata)
       : registry.watch(ids, metadata, kind));
-    if (result.conflicts && result.conflicts.length > 0) throw kindConflict(ids, result.conflicts, kind);
+    if (result.conflicts && result.conflicts.length > 0) {
+      throw await kindConflict(ids, result.conflicts, kind, (id, k) =>
+        (k === 'export' ? registry.get(id) : registry.get(id, k)).then((view) => view !== undefined),
+      );
+    }
     return sendJson(reply, 202, { accepted: result.accepted, already_watched: result.alreadyWatched });
   }
 
@@ -1387,25 +1391,34 @@ function jobNotFound(id: string, kind: JobKind): HttpError {
  * 409: ids watched as the other kind, or whose webhook-ids a job of the other kind has
  * (`webhookTwin`); nothing of the request was added.
  */
-function kindConflict(ids: readonly string[], conflicts: readonly string[], kind: JobKind): HttpError {
+async function kindConflict(
+  ids: readonly string[],
+  conflicts: readonly string[],
+  kind: JobKind,
+  held: (id: string, kind: JobKind) => Promise<boolean>,
+): Promise<HttpError> {
   const other = kind === 'export' ? 'import' : 'export';
   const conflicting = new Set(conflicts);
   const details: Problem[] = [];
-  ids.forEach((id, i) => {
-    if (!conflicting.has(id) || details.length >= 20) return;
+  for (const [i, id] of ids.entries()) {
+    if (!conflicting.has(id)) continue;
+    if (details.length >= 20) break;
+    // Which of the two it is, as far as the store says now (a record may go meanwhile).
     const twin = webhookTwin(id, kind);
-    const problem = twin
-      ? `is watched as an ${other}, or shares its webhook-ids with the ${other} ${JSON.stringify(twin.id)}`
-      : `is watched as an ${other}`;
+    const asOther = await held(id, other).catch(() => false);
+    const problem =
+      twin && !asOther && (await held(twin.id, twin.kind).catch(() => false))
+        ? `shares its webhook-ids with the ${twin.kind} ${JSON.stringify(twin.id)}, which is watched`
+        : `is watched as an ${other}`;
     details.push({ field: `ids[${i}]`, problem });
-  });
+  }
   if (conflicts.length > details.length) {
     details.push({ field: 'ids', problem: `${conflicts.length - details.length} more not listed` });
   }
   return new HttpError(
     409,
     'kind_conflict',
-    `${conflicts.length} of the ids ${conflicts.length === 1 ? 'is' : 'are'} watched as ${other}s (an id names one job); nothing was added`,
+    `${conflicts.length} of the ids ${conflicts.length === 1 ? 'is' : 'are'} taken by ${other}s watched (an id names one job, and its webhook-ids belong to it); nothing was added`,
     details,
   );
 }
