@@ -249,6 +249,21 @@ function inspect(path: string): number {
     const rows = db.pragma('quick_check') as Array<{ quick_check: string }>;
     const problem = rows.map((r) => r.quick_check).find((r) => r !== 'ok');
     if (problem !== undefined) throw damaged(path, `integrity check: ${oneLine(problem)}`);
+    if (version === 0) {
+      // The migrations create the tables and set the version in one transaction: version 0 with
+      // tables in it is another program's database, which must not be written into.
+      const names = db
+        .prepare("SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name LIMIT 4")
+        .pluck()
+        .all() as string[];
+      if (names.length > 0) {
+        const shown = names.slice(0, 3).map((n) => JSON.stringify(n.slice(0, 64)));
+        throw new StoreError(
+          `database ${path} holds another program's tables (${shown.join(', ')}${names.length > 3 ? ', …' : ''}) ` +
+            'and no sbg-export-watcher schema; it was left untouched: give WATCHER_DATA_DIR a directory of its own',
+        );
+      }
+    }
     return version;
   } catch (error) {
     if (error instanceof StoreError) throw error;

@@ -197,6 +197,24 @@ describe('SQLite store', () => {
     expect(files.map((f) => readFileSync(f))).toEqual(before);
   });
 
+  it("refuses another program's database (tables, no schema version) and leaves it as it was", async () => {
+    const path = join(emptyDir(), 'watcher.db');
+    const raw = new Database(path);
+    raw.exec("CREATE TABLE foo (x TEXT); INSERT INTO foo VALUES ('theirs')");
+    raw.close();
+    const before = readFileSync(path);
+    const message = await storeErrorOf(() => openSqliteStore({ path }));
+    expect(message).toBe(
+      `database ${path} holds another program's tables ("foo") and no sbg-export-watcher schema; it was left untouched: give WATCHER_DATA_DIR a directory of its own`,
+    );
+    expect(readFileSync(path)).toEqual(before);
+    // An empty database (no tables yet) is ours to set up.
+    const empty = join(emptyDir(), 'empty.db');
+    new Database(empty).close();
+    const store = await openSqliteStore({ path: empty });
+    await store.close();
+  });
+
   it('brings a schema-1 database (before kinds) up to date: its rows are exports, imports can be added', async () => {
     const path = join(emptyDir(), 'v1.db');
     const raw = new Database(path);
