@@ -28,6 +28,7 @@ import type { DaemonOptions } from '../src/main.js';
 import type { RequestOutcome } from '../src/platform/platform-client.js';
 import { EXPORT_STATES, type ExportState } from '../src/polling/tracker.js';
 import { ConfigError, DeadlineError, ListenError, PlatformError, UsageError } from '../src/shared/errors.js';
+import { useProxy } from '../src/shared/proxy.js';
 
 const ROOT = resolve(fileURLToPath(new URL('..', import.meta.url)));
 const CLI = join(ROOT, 'src', 'cli.ts');
@@ -647,6 +648,33 @@ describe('runCli: what is printed for a failure', () => {
     expect(code).toBe(1);
     expect(err.text()).toBe(
       `error: could not reach the platform at http://127.0.0.1:${port}/v2 (ECONNREFUSED); check SB_API_ENDPOINT or --endpoint, and the network\n`,
+    );
+  });
+
+  it('names the proxy when the platform cannot be reached through one, never its credentials', async () => {
+    const server = createServer();
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    const { port } = server.address() as AddressInfo;
+    await new Promise<void>((r) => server.close(() => r()));
+    const err = stderr();
+    let code: number;
+    try {
+      code = await runCliInProcess(
+        ['get', 'x', '--timeout', '10s'],
+        {
+          SB_API_ENDPOINT: 'http://127.0.0.1:9/v2',
+          SB_AUTH_TOKEN: 'tok_secret_value',
+          HTTP_PROXY: `http://puser:proxy_Pw_77@127.0.0.1:${port}`,
+        },
+        { stderr: err },
+      );
+    } finally {
+      // The in-process CLI sets the proxy for the process, as the real one does.
+      useProxy(undefined);
+    }
+    expect(code).toBe(1);
+    expect(err.text()).toBe(
+      `error: could not reach the platform at http://127.0.0.1:9/v2 (ECONNREFUSED); check SB_API_ENDPOINT or --endpoint, and the network (a proxy is set for it unless NO_PROXY covers it: http://127.0.0.1:${port}; check HTTPS_PROXY, HTTP_PROXY and NO_PROXY too)\n`,
     );
   });
 

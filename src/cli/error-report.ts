@@ -10,6 +10,7 @@
 import { formatDuration } from '../config/config.js';
 import type { RequestOutcome } from '../platform/platform-client.js';
 import { ConfigError, ListenError, PlatformError, UsageError, WatcherError } from '../shared/errors.js';
+import { proxyInUse, proxyLabel } from '../shared/proxy.js';
 import { StoreError } from '../store/store.js';
 
 export interface ErrorReport {
@@ -97,6 +98,17 @@ export function listenError(
   return new ListenError(`cannot listen on ${where}: ${why}`, { host, port, cause: error });
 }
 
+/**
+ * When a proxy is set for the endpoint's scheme, the failure may be the proxy's: say which one
+ * (`scheme://host:port`, never its credentials). NO_PROXY may still send the endpoint direct.
+ */
+function proxyNote(endpoint: string | undefined): string {
+  const proxy = proxyInUse();
+  const url = endpoint?.startsWith('http://') ? proxy?.http : proxy?.https;
+  if (url === undefined) return '';
+  return ` (a proxy is set for it unless NO_PROXY covers it: ${proxyLabel(url)}; check HTTPS_PROXY, HTTP_PROXY and NO_PROXY too)`;
+}
+
 /** One line about a platform call that failed, with the fix where there is one. */
 export function platformProblem(error: PlatformError, endpoint: string | undefined): string {
   const at = endpoint ? ` at ${endpoint}` : '';
@@ -112,9 +124,9 @@ export function platformProblem(error: PlatformError, endpoint: string | undefin
       }
       return `the platform${at} rejected the request (${status}); ${endpointFix}`;
     case 'PLATFORM_NETWORK':
-      return `could not reach the platform${at} (${causeCode(error)}); ${endpointFix}, and the network`;
+      return `could not reach the platform${at} (${causeCode(error)}); ${endpointFix}, and the network${proxyNote(endpoint)}`;
     case 'PLATFORM_TIMEOUT':
-      return `the platform${at} did not answer in time; ${endpointFix}, and the network`;
+      return `the platform${at} did not answer in time; ${endpointFix}, and the network${proxyNote(endpoint)}`;
     case 'PLATFORM_MAINTENANCE':
       return 'the platform is in maintenance; try again later';
     case 'PLATFORM_UNAVAILABLE':
