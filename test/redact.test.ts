@@ -28,6 +28,19 @@ describe('safeUrl', () => {
     expect(safeUrl('http://proxyuser:Pr0xyPass#1@proxy.example:3128')).toBe('http://proxy.example:3128');
     // A path's @ is not userinfo.
     expect(safeUrl('https://h.example/users/@me?x=1')).toBe('https://h.example/users/@me');
+    // The userinfo runs to the last @ before the path.
+    expect(safeUrl('https://admin:pa@ss@host.example/v2')).toBe('https://host.example/v2');
+  });
+
+  it('never keeps a query, even one with an @ right after the host', () => {
+    expect(safeUrl('https://api.example.com?user=me@corp.example&token=S3cretTok')).toBe(
+      'https://corp.example',
+    );
+    expect(safeUrl('https://hooks.example.com#x@y&sig=SECRET123')).toBe('https://y');
+    expect(safeUrl('got "https://h?a=b@c&token=X/p?q=1" here')).toBe('got "https://c/p" here');
+    expect(safeUrl('http://[::1]:8080/x?t=1 and https://bücher.example/a')).toBe(
+      'http://[::1]:8080/x and https://bücher.example/a',
+    );
   });
 
   it('leaves text without URLs alone', () => {

@@ -20,15 +20,18 @@ export const REDACTED = '[redacted]';
 export const MIN_SECRET_LENGTH = 6;
 
 /**
- * A URL: scheme, optional userinfo, authority, path; then an optional query and fragment, which
- * are dropped. Stops at whitespace, quotes, backslashes (JSON escapes) and angle brackets.
- * The userinfo may hold a raw `?` or `#` (a password typed unencoded: `https://u:pa#ss@host`):
- * everything up to the last `@` before the path is taken for it and dropped, so such a password
- * is not read as the host and kept. A query holding `@` right after the host (`https://h?a=b@c`)
- * is then dropped as if it were userinfo: the safe direction.
+ * A URL: scheme, optional userinfo, host, path; then an optional query and fragment. Kept: the
+ * scheme, the host and the path; everything else is dropped. Stops at whitespace, quotes,
+ * backslashes (JSON escapes) and angle brackets.
+ * - The userinfo runs to the last `@` before the path, and may hold a raw `?` or `#` (a password
+ *   typed unencoded: `https://u:pa#ss@host`), so such a password is never read as the host.
+ * - The host is what a host can be made of (letters, digits, `.-_~%:[]`, non-ASCII letters);
+ *   whatever follows it before the path (`&token=x` after a misread `@`) is dropped, not kept.
+ * A query holding `@` right after the host (`https://h?a=b@c&t=x`) therefore reads as userinfo
+ * and shows as `https://c`: the wrong host, never the query.
  */
 const URL_PATTERN =
-  /\b([a-zA-Z][a-zA-Z0-9+.-]*:\/\/)(?:[^\s"'\\<>/@]*@)?([^\s"'\\<>/?#]*)([^\s"'\\<>?#]*)(?:\?(?:[^\s"'\\<>#]|\\.)*)?(?:#[^\s"'\\<>]*)?/g;
+  /\b([a-zA-Z][a-zA-Z0-9+.-]*:\/\/)(?:[^\s"'\\<>/]*@)?([A-Za-z0-9._~%:[\]\u00a0-\uffff-]*)[^\s"'\\<>/?#]*((?:\/[^\s"'\\<>?#]*)?)(?:\?(?:[^\s"'\\<>#]|\\.)*)?(?:#[^\s"'\\<>]*)?/g;
 
 /** `https://u:p@host/path?q#f` → `https://host/path`; text that is not a URL is returned scrubbed the same way. */
 export function safeUrl(url: string): string {
