@@ -232,17 +232,18 @@ export class DeliveryEngine {
     this.#dispatcher = options.dispatcher ?? (this.#ownedAgent as Agent);
     const endpoints: Endpoint[] = [];
     // Labels (in metrics, logs and the API) leave out credentials and query, so two receivers
-    // that differ only there would share one: those get their key's start as well.
+    // that differ only there would share one: those get their place in the list as well (never
+    // anything derived from the URL, which would let its secret be guessed offline).
     const labelUrls = new Map<string, Set<string>>();
     for (const url of options.urls) {
       const label = endpointLabel(url);
       labelUrls.set(label, (labelUrls.get(label) ?? new Set()).add(url));
     }
-    for (const url of options.urls) {
+    for (const [index, url] of options.urls.entries()) {
       const key = endpointKey(url);
       const label = endpointLabel(url);
       const shared = (labelUrls.get(label)?.size ?? 0) > 1;
-      const ref = { key, label: shared ? `${label} [${key.slice(0, 8)}]` : label };
+      const ref = { key, label: shared ? `${label} [#${index + 1}]` : label };
       if (endpoints.some((e) => e.url === url)) {
         options.log.warn(
           { endpoint: ref.label },

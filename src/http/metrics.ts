@@ -27,8 +27,8 @@
  *
  * `endpoint` is the webhook URL without credentials, query or fragment (as the webhook
  * dispatcher logs it), so neither the URL's secrets nor the signing secret reach a scrape; there
- * are as many values as configured endpoints (URLs that would share one get the start of their
- * key as well: `DeliveryEngine`).
+ * are as many values as configured endpoints (URLs that would share one get their place in the
+ * list as well: `DeliveryEngine`).
  *
  * Alongside these come prom-client's default Node.js process metrics (`process_*`, `nodejs_*`),
  * without a prefix so that stock Node.js dashboards and alerts work unchanged.
