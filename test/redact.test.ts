@@ -32,6 +32,12 @@ describe('safeUrl', () => {
     expect(safeUrl('https://admin:pa@ss@host.example/v2')).toBe('https://host.example/v2');
   });
 
+  it('keeps the punctuation of prose after a host', () => {
+    expect(safeUrl('at http://127.0.0.1:33337; check it (https://h.example), then')).toBe(
+      'at http://127.0.0.1:33337; check it (https://h.example), then',
+    );
+  });
+
   it('never keeps a query, even one with an @ right after the host', () => {
     expect(safeUrl('https://api.example.com?user=me@corp.example&token=S3cretTok')).toBe(
       'https://corp.example',

@@ -153,6 +153,7 @@ export async function fetchStates(source: StatesSource, ids: readonly string[]):
 function rowOf(o: Observation): StateRow {
   if (o.kind === 'resource') return { id: o.id, state: o.resource.state, export: o.resource };
   if (o.kind === 'missing') return { id: o.id, state: 'NOT_FOUND', export: null, error: errorOf(o.error) };
+  if (o.kind === 'unreadable') return { id: o.id, state: 'UNANSWERED', export: null };
   return { id: o.id, state: 'UNANSWERED', export: null, ...(o.error ? { error: errorOf(o.error) } : {}) };
 }
 

@@ -103,7 +103,12 @@ export type Observation =
   /** The platform said the job does not exist or is not accessible. */
   | { kind: 'missing'; id: string; error: PlatformErrorBody }
   /** The call succeeded but said nothing usable about this id: checked, no change. */
-  | { kind: 'unanswered'; id: string; error?: PlatformErrorBody };
+  | { kind: 'unanswered'; id: string; error?: PlatformErrorBody }
+  /**
+   * A resource for this id whose state is not text: the job exists (its misses reset), its state
+   * is unknown; `state` describes what came, for the warning.
+   */
+  | { kind: 'unreadable'; id: string; state: string };
 
 export interface Transition {
   /** The job's id (an export's or an import's; see `kind`). */
@@ -373,6 +378,10 @@ export class Tracker {
     }
     draft.misses = 0;
     draft.lastMiss = null;
+    if (o.kind === 'unreadable') {
+      warnings.push({ exportId: o.id, reason: 'unknown_state', detail: { state: o.state } });
+      return;
+    }
     const reported = o.resource.state;
     if (!(PLATFORM_STATES as readonly string[]).includes(reported)) {
       warnings.push({ exportId: o.id, reason: 'unknown_state', detail: { state: reported } });
@@ -537,13 +546,19 @@ export function observationsFromBulk(
   for (const item of items) {
     if (!item || typeof item !== 'object') continue;
     const resource = asExport(item.resource);
-    if (resource) {
-      if (!wanted.has(resource.id) || answered.has(resource.id)) {
-        unexpected.add(resource.id);
+    const unreadable = resource ? null : unreadableResource(item.resource);
+    if (resource || unreadable) {
+      const id = (resource ?? unreadable)?.id as string;
+      if (!wanted.has(id) || answered.has(id)) {
+        unexpected.add(id);
         continue;
       }
-      answered.add(resource.id);
-      observations.push({ kind: 'resource', id: resource.id, resource });
+      answered.add(id);
+      observations.push(
+        resource
+          ? { kind: 'resource', id, resource }
+          : { kind: 'unreadable', id, state: unreadable?.state ?? '' },
+      );
     } else if (item.error && typeof item.error === 'object') {
       errors.push(item.error as PlatformErrorBody);
     }
@@ -651,16 +666,29 @@ function platformError(value: unknown): PlatformErrorBody | null {
     : null;
 }
 
-/**
- * A resource with an id. One without a readable state still says the job exists (its misses
- * reset): its state is then the text of what came, `(none)` when nothing did, which is never one
- * of the four and so changes nothing (an `unknown_state` warning).
- */
 function asExport(value: unknown): PlatformExport | null {
   if (!value || typeof value !== 'object') return null;
   const v = value as Record<string, unknown>;
-  if (typeof v.id !== 'string') return null;
-  if (typeof v.state === 'string') return v as PlatformExport;
-  const shown = v.state === undefined ? '(none)' : JSON.stringify(v.state);
-  return { ...v, id: v.id, state: shown.length > 64 ? `${shown.slice(0, 64)}…` : shown };
+  return typeof v.id === 'string' && typeof v.state === 'string' ? (v as PlatformExport) : null;
+}
+
+/**
+ * The id of a resource whose state is not text (missing, null, a number, an object): it still says
+ * the job exists. `state` describes what came by its type alone, never serialising it (it may be
+ * nested past what JSON.stringify can take).
+ */
+function unreadableResource(value: unknown): { id: string; state: string } | null {
+  if (!value || typeof value !== 'object') return null;
+  const v = value as Record<string, unknown>;
+  if (typeof v.id !== 'string' || typeof v.state === 'string') return null;
+  const s = v.state;
+  const state =
+    s === undefined
+      ? '(none)'
+      : s === null
+        ? '(null)'
+        : typeof s === 'number' || typeof s === 'boolean'
+          ? `(${typeof s} ${String(s)})`
+          : `(${Array.isArray(s) ? 'array' : typeof s})`;
+  return { id: v.id, state };
 }

@@ -21,21 +21,26 @@ export const MIN_SECRET_LENGTH = 6;
 
 /**
  * A URL: scheme, optional userinfo, host, path; then an optional query and fragment. Kept: the
- * scheme, the host and the path; everything else is dropped. Stops at whitespace, quotes,
- * backslashes (JSON escapes) and angle brackets.
+ * scheme, the host and the path; the userinfo, query and fragment are dropped. Stops at
+ * whitespace, quotes, backslashes (JSON escapes) and angle brackets.
  * - The userinfo runs to the last `@` before the path, and may hold a raw `?` or `#` (a password
  *   typed unencoded: `https://u:pa#ss@host`), so such a password is never read as the host.
- * - The host is what a host can be made of (letters, digits, `.-_~%:[]`, non-ASCII letters);
- *   whatever follows it before the path (`&token=x` after a misread `@`) is dropped, not kept.
+ * - After a userinfo, the host is only what a host can be made of (letters, digits, `.-_~%:[]`,
+ *   non-ASCII letters), and whatever follows it before the path (`&token=x` after a misread `@`)
+ *   is dropped. Without one, the text up to the path stays as it was (`https://host;` in prose).
  * A query holding `@` right after the host (`https://h?a=b@c&t=x`) therefore reads as userinfo
  * and shows as `https://c`: the wrong host, never the query.
  */
 const URL_PATTERN =
-  /\b([a-zA-Z][a-zA-Z0-9+.-]*:\/\/)(?:[^\s"'\\<>/]*@)?([A-Za-z0-9._~%:[\]\u00a0-\uffff-]*)[^\s"'\\<>/?#]*((?:\/[^\s"'\\<>?#]*)?)(?:\?(?:[^\s"'\\<>#]|\\.)*)?(?:#[^\s"'\\<>]*)?/g;
+  /\b([a-zA-Z][a-zA-Z0-9+.-]*:\/\/)([^\s"'\\<>/]*@)?([A-Za-z0-9._~%:[\]\u00a0-\uffff-]*)([^\s"'\\<>/?#]*)((?:\/[^\s"'\\<>?#]*)?)(?:\?(?:[^\s"'\\<>#]|\\.)*)?(?:#[^\s"'\\<>]*)?/g;
 
 /** `https://u:p@host/path?q#f` → `https://host/path`; text that is not a URL is returned scrubbed the same way. */
 export function safeUrl(url: string): string {
-  return url.replace(URL_PATTERN, '$1$2$3');
+  return url.replace(
+    URL_PATTERN,
+    (_all, scheme: string, userinfo: string | undefined, host: string, rest: string, path: string) =>
+      `${scheme}${host}${userinfo === undefined ? rest : ''}${path}`,
+  );
 }
 
 /** Secret-looking parts of a URL: its password, its username, and its query values. */
