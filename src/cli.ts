@@ -519,7 +519,11 @@ function load(env: Env, context: CliContext, options: Parameters<typeof loadConf
  * The configuration of a command that talks to the platform (run, watch, get): the endpoint and
  * token may come from a credentials profile, and the dispatchers it creates use its proxy.
  */
-function loadForPlatform(env: Env, context: CliContext, options: { listens?: boolean } = {}): Config {
+function loadForPlatform(
+  env: Env,
+  context: CliContext,
+  options: { listens?: boolean; discovers?: boolean } = {},
+): Config {
   const config = load(env, context, { ...options, requireToken: true, profiles: true });
   useProxy(config.proxy);
   return config;
@@ -694,7 +698,10 @@ async function watchCommand(args: readonly string[], env: () => Env, context: Cl
     : await collectIds({ positionals, files: strings(values['ids-file']) }, idsInput(context));
   if (!all && ids.length === 0) throw new UsageError(noIds('watch'));
   // Progress owns the terminal: logs stay quiet unless asked for.
-  const config = loadForPlatform(quietByDefault(withFlags(env(), values)), context, { listens: false });
+  const config = loadForPlatform(quietByDefault(withFlags(env(), values)), context, {
+    listens: false,
+    discovers: false,
+  });
   const log = createLogger({
     level: config.logLevel,
     destination: process.stderr,
@@ -731,7 +738,10 @@ async function getCommand(args: readonly string[], env: () => Env, context: CliC
   const kind = parseKind(values.kind) ?? 'export';
   const ids = await collectIds({ positionals, files: strings(values['ids-file']) }, idsInput(context));
   if (ids.length === 0) throw new UsageError(noIds('get'));
-  const config = loadForPlatform(quietByDefault(withFlags(env(), values)), context, { listens: false });
+  const config = loadForPlatform(quietByDefault(withFlags(env(), values)), context, {
+    listens: false,
+    discovers: false,
+  });
   const log = createLogger({
     level: config.logLevel,
     destination: process.stderr,

@@ -651,6 +651,22 @@ describe('runCli: what is printed for a failure', () => {
     );
   });
 
+  it('get and watch do not stop on a WATCHER_DISCOVER meant for run', async () => {
+    const env = {
+      SB_API_ENDPOINT: 'http://127.0.0.1:9/v2',
+      SB_AUTH_TOKEN: 'tok_secret_value',
+      WATCHER_DISCOVER: 'bogus',
+    };
+    const err = stderr();
+    expect(await runCliInProcess(['get', 'x', '--timeout', '5s'], env, { stderr: err })).toBe(1);
+    expect(err.text()).toMatch(/^error: could not reach the platform/);
+    // watch writes its own lines to the process's stderr: its exit code says it ran (1: timed out),
+    // where a configuration error would be 2.
+    const werr = stderr();
+    expect(await runCliInProcess(['watch', 'x', '--timeout', '1s'], env, { stderr: werr })).toBe(1);
+    expect(werr.text()).not.toContain('WATCHER_DISCOVER');
+  });
+
   it('names the proxy when the platform cannot be reached through one, never its credentials', async () => {
     const server = createServer();
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
@@ -1008,6 +1024,13 @@ describe('watch', () => {
     expect(warnings(lines)[0]).toMatch(/still trying \(Ctrl-C stops\)$/);
     expect(lines.join('\n')).not.toContain('interrupted');
     expect(vi.getTimerCount()).toBe(0);
+  });
+
+  it('does not read WATCHER_DISCOVER (meant for run): a bad value or a small budget is no error', () => {
+    const env = { SB_AUTH_TOKEN: 'tok', WATCHER_DISCOVER: 'bogus', WATCHER_DISCOVER_INTERVAL: 'soon' };
+    expect(() => loadConfig(env, { requireToken: true })).toThrow(ConfigError);
+    const c = loadConfig({ ...env, WATCHER_RATE_BUDGET: '5' }, { requireToken: true, discovers: false });
+    expect(c.discover).toEqual([]);
   });
 
   it('waits for the ids given only: no discovery, and no other job counted or printed', async () => {

@@ -484,6 +484,7 @@ describe('starting exports', () => {
       { ...START_BODY, properties: { x: { y: 1 } } },
       { ...START_BODY, properties: Object.fromEntries(Array.from({ length: 33 }, (_, i) => [`k${i}`, i])) },
       { ...START_BODY, properties: { x: 'p'.repeat(1025) } },
+      { ...START_BODY, properties: { ['k'.repeat(129)]: 1 } },
       { ...START_BODY, source: { file: 'f'.repeat(1025) } },
       { ...START_BODY, destination: { volume: 'a/b', location: 'l'.repeat(1025) } },
       { ...START_BODY, destination: { volume: 'a/b', location: 'é'.repeat(513) } },

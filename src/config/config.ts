@@ -143,6 +143,12 @@ export interface LoadOptions {
    * the environment given, else the user's home directory.
    */
   profiles?: boolean | { home?: string };
+  /**
+   * Whether this command runs discovery (default true). `watch` and `get` do not: for them
+   * WATCHER_DISCOVER and WATCHER_DISCOVER_INTERVAL are not read, so a value meant for `run` can
+   * neither stop them nor add jobs.
+   */
+  discovers?: boolean;
 }
 
 /** `WATCHER_DISCOVER` names, singular or plural, by the kind they stand for. */
@@ -321,7 +327,8 @@ export function loadConfig(env: Env, options: LoadOptions = {}): Config {
   const batchSize = integer('WATCHER_BATCH_SIZE', 1, 100);
 
   // WATCHER_DISCOVER: exports, imports or both, comma-separated; unset (or blank) is off.
-  const discoverText = raw('WATCHER_DISCOVER');
+  const discovers = options.discovers ?? true;
+  const discoverText = discovers ? raw('WATCHER_DISCOVER') : undefined;
   const discover: JobKind[] = [];
   if (discoverText !== undefined) {
     const names = discoverText
@@ -335,7 +342,7 @@ export function loadConfig(env: Env, options: LoadOptions = {}): Config {
       for (const k of kinds) if (k !== undefined && !discover.includes(k)) discover.push(k);
     }
   }
-  const discoverIntervalMs = duration('WATCHER_DISCOVER_INTERVAL', 10_000, DAY);
+  const discoverIntervalMs = discovers ? duration('WATCHER_DISCOVER_INTERVAL', 10_000, DAY) : 5 * 60_000;
   // A budget that did not parse has its line already.
   if (discover.length > 0 && budgetParsed && rateBudget < DISCOVER_MIN_BUDGET) {
     problems.push(

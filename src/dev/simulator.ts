@@ -308,8 +308,9 @@ const CANNED_ACLS: readonly unknown[] = [
  * about the job repeats them, so one huge value must not make answers of hundreds of megabytes.
  */
 const MAX_NAME_BYTES = 1024;
-/** Keys of a start's `properties` at most. */
+/** Keys of a start's `properties` at most, and their longest. */
 const MAX_PROPERTIES = 32;
+const MAX_PROPERTY_KEY = 128;
 /** The longest wait a node timer takes. */
 const MAX_TIMER_MS = 2_147_483_647;
 
@@ -1085,6 +1086,9 @@ export class Simulator {
     if (
       isObject(properties) &&
       (Object.keys(properties).length > MAX_PROPERTIES ||
+        Object.keys(properties).some(
+          (key) => key.length > MAX_PROPERTY_KEY || Buffer.byteLength(key) > MAX_PROPERTY_KEY,
+        ) ||
         !Object.values(properties).every(
           (value) =>
             value === null ||
@@ -1094,7 +1098,7 @@ export class Simulator {
         ))
     ) {
       return bad(
-        `properties takes at most ${MAX_PROPERTIES} keys whose values are strings (up to ${MAX_NAME_BYTES} bytes), numbers, booleans or null.`,
+        `properties takes at most ${MAX_PROPERTIES} keys of up to ${MAX_PROPERTY_KEY} bytes whose values are strings (up to ${MAX_NAME_BYTES} bytes), numbers, booleans or null.`,
       );
     }
     const props = { ...DEFAULT_PROPERTIES, ...(properties ?? {}) };
