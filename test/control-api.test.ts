@@ -1569,6 +1569,9 @@ describe('parseRfc3339', () => {
     // A fraction finer than a millisecond rounds up: "at or after" takes in no earlier millisecond.
     ['2024-01-02T03:04:05.678000001Z', T0 + 1],
     ['2024-01-02T03:04:05.678000Z', T0],
+    // RFC 3339 sets no limit to the digits of a fraction.
+    ['2024-01-02T03:04:05.6780000000000000000001Z', T0 + 1],
+    ['2024-01-02T03:04:05.6780000000000000000000Z', T0],
   ])('%s', (text, ms) => {
     expect(parseRfc3339(text)).toBe(ms);
   });
@@ -1593,7 +1596,6 @@ describe('parseRfc3339', () => {
     '2024-01-02T03:04:05+24:00',
     '2024-01-02T03:04:05+0200',
     '2024-01-02T03:04:05.Z',
-    '2024-01-02T03:04:05.1234567890Z',
     ' 2024-01-02T03:04:05Z',
   ])('refuses %j', (text) => {
     expect(parseRfc3339(text)).toBeUndefined();

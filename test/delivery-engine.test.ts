@@ -1494,6 +1494,18 @@ describe('hygiene', () => {
     expect(parseRetryAfter('-3', now)).toBeUndefined();
     expect(parseRetryAfter('2025-01-01', now)).toBeUndefined();
     expect(parseRetryAfter('soon', now)).toBeUndefined();
+    // The obsolete forms HTTP still allows; loose text Date.parse would take, refused.
+    expect(parseRetryAfter('Wednesday, 01-Jan-25 00:02:00 GMT', now)).toBe(120_000);
+    expect(parseRetryAfter('Wed Jan  1 00:03:00 2025', now)).toBe(180_000);
+    for (const junk of [
+      'x 3000',
+      'soon 2099',
+      'Wed, 01 Jan 2025',
+      'Jan 1 2099',
+      '01 Jan 2025 00:01:00 GMT',
+    ]) {
+      expect(parseRetryAfter(junk, now), junk).toBeUndefined();
+    }
     expect(parseRetryAfter('', now)).toBeUndefined();
     expect(parseRetryAfter(undefined, now)).toBeUndefined();
   });

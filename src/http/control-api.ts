@@ -1116,8 +1116,7 @@ function deliveryStatus(value: unknown): DeliveryStatus | undefined {
 
 const RFC3339_PROBLEM = 'must be an RFC 3339 date-time with a time zone, like 2026-11-22T05:33:04Z';
 
-const RFC3339 =
-  /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:(Z)|([+-])(\d{2}):(\d{2}))$/i;
+const RFC3339 = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:(Z)|([+-])(\d{2}):(\d{2}))$/i;
 
 /**
  * An RFC 3339 date-time (with `T`, seconds and a time zone, as section 5.6 requires) as epoch
