@@ -1,4 +1,5 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { readRateHeaders } from '../src/platform/platform-client.js';
 import { RateLimiter } from '../src/platform/rate-limiter.js';
 
 const T0 = Date.UTC(2026, 0, 1, 12, 0, 0);
@@ -159,6 +160,83 @@ describe('RateLimiter', () => {
     expect(starts).toHaveLength(3);
     expect(starts[1]).toBeGreaterThanOrEqual(45_000);
     expect(limiter.snapshot().rateLimited).toBe(1);
+  });
+
+  it('starts none of the calls it had admitted before a 429, until the reset', async () => {
+    // Spacing ~99 ms: calls bottleneck admitted wait it out, and a 429 comes meanwhile.
+    limiter = new RateLimiter({ budget: 100, windowMs: 10_000, resetMarginMs: 0 });
+    const starts: number[] = [];
+    launch(limiter, 4, starts);
+    await vi.advanceTimersByTimeAsync(HOPS);
+    expect(starts).toHaveLength(1);
+    limiter.rateLimited(T0 + 5000);
+    await vi.advanceTimersByTimeAsync(4900);
+    expect(starts).toHaveLength(1);
+    await vi.advanceTimersByTimeAsync(1000);
+    expect(starts).toHaveLength(4);
+    expect(Math.min(...starts.slice(1))).toBeGreaterThanOrEqual(5000);
+    expect(limiter.snapshot().spent).toBeLessThanOrEqual(100);
+  });
+
+  it('never spends one call over its budget, whatever bottleneck had admitted', async () => {
+    limiter = new RateLimiter({ budget: 3, windowMs: 3000, resetMarginMs: 0 });
+    const starts: number[] = [];
+    launch(limiter, 8, starts);
+    await vi.advanceTimersByTimeAsync(2999);
+    expect(starts).toHaveLength(3);
+    expect(limiter.snapshot().spent).toBe(3);
+  });
+
+  it('takes a fraction of a request left as none left, and asks again as it does at 0', async () => {
+    limiter = new RateLimiter({ budget: 100, windowMs: 60_000, resetMarginMs: 0 });
+    limiter.observe({ limit: 1000, remaining: 0.5 });
+    expect(limiter.snapshot().platformRemaining).toBe(0);
+    expect(limiter.pausedUntil()).toBe(T0 + 1000);
+    const starts: number[] = [];
+    launch(limiter, 2, starts);
+    await vi.advanceTimersByTimeAsync(1000 + HOPS);
+    expect(starts).toHaveLength(1);
+  });
+
+  it('probes again when a probe gets no answer at all (a dropped connection)', async () => {
+    limiter = new RateLimiter({ budget: 100, windowMs: 60_000, resetMarginMs: 0 });
+    limiter.observe({ limit: 1000, remaining: 0 });
+    let tries = 0;
+    const failing = () =>
+      limiter!
+        .schedule(async () => {
+          tries++;
+          throw new Error('socket hang up');
+        })
+        .catch(() => 'failed');
+    void failing();
+    void failing();
+    await vi.advanceTimersByTimeAsync(1000 + HOPS);
+    expect(tries).toBe(1);
+    // No answer, so no observe: another probe a second later, not a limiter stuck for good.
+    await vi.advanceTimersByTimeAsync(1000 + HOPS);
+    expect(tries).toBe(2);
+  });
+
+  it('does not let resets it does not believe, or ones that keep moving, hold its window open', async () => {
+    limiter = new RateLimiter({ budget: 10, windowMs: 60_000, resetMarginMs: 0 });
+    const starts: number[] = [];
+    launch(limiter, 20, starts);
+    // Every answer: a reset too far ahead to believe (a platform clock an hour ahead).
+    for (let t = 0; t < 60_000; t += 5000) {
+      limiter.observe({ limit: 1000, remaining: 900, resetAt: Date.now() + 3_600_000 });
+      await vi.advanceTimersByTimeAsync(5000);
+    }
+    await vi.advanceTimersByTimeAsync(HOPS);
+    expect(limiter.snapshot().window).toBe(1);
+    // Believable resets that move later at every answer lengthen a window once, not forever.
+    const before = limiter.snapshot().window;
+    for (let t = 0; t < 130_000; t += 5000) {
+      limiter.observe({ limit: 1000, remaining: 900, resetAt: Date.now() + 59_000 });
+      await vi.advanceTimersByTimeAsync(5000);
+    }
+    expect(limiter.snapshot().window).toBeGreaterThanOrEqual(before + 1);
+    expect(starts.length).toBeGreaterThan(10);
   });
 
   it('pauses for the fallback time after a 429 without a reset', async () => {
@@ -325,5 +403,27 @@ describe('RateLimiter', () => {
   it('validates its options', () => {
     expect(() => new RateLimiter({ budget: 0, windowMs: 1000 })).toThrow(/budget/);
     expect(() => new RateLimiter({ budget: 1, windowMs: 0 })).toThrow(/windowMs/);
+  });
+});
+
+describe('readRateHeaders', () => {
+  it('reads whole requests left, the most cautious of repeated headers, and ignores junk', () => {
+    expect(
+      readRateHeaders({
+        'x-ratelimit-limit': '1000',
+        'x-ratelimit-remaining': '998',
+        'x-ratelimit-reset': '1700000000',
+      }),
+    ).toEqual({ limit: 1000, remaining: 998, resetAt: 1_700_000_000_000 });
+    expect(readRateHeaders({ 'x-ratelimit-remaining': '0.5' })).toEqual({ remaining: 0 });
+    expect(readRateHeaders({ 'x-ratelimit-remaining': '-3' })).toEqual({ remaining: 0 });
+    expect(
+      readRateHeaders({
+        'x-ratelimit-remaining': ['900', '0'],
+        'x-ratelimit-reset': ['1700000000', '1700000060'],
+      }),
+    ).toEqual({ remaining: 0, resetAt: 1_700_000_060_000 });
+    expect(readRateHeaders({ 'x-ratelimit-remaining': ['soon', '7'] })).toEqual({ remaining: 7 });
+    expect(readRateHeaders({ 'x-ratelimit-remaining': ' ', 'x-ratelimit-limit': 'lots' })).toEqual({});
   });
 });

@@ -671,20 +671,24 @@ async function readCapped(response: Dispatcher.ResponseData, limit: number): Pro
 
 /** `X-RateLimit-Limit`, `-Remaining` and `-Reset` (epoch seconds), where present and numeric. */
 export function readRateHeaders(headers: Record<string, string | string[] | undefined>): RateInfo {
-  const num = (name: string): number | undefined => {
+  // Every value of a header sent more than once, so the most cautious one can be taken.
+  const nums = (name: string): number[] => {
     const v = headers[name];
-    const text = Array.isArray(v) ? v[0] : v;
-    if (text === undefined || text.trim() === '') return undefined;
-    const n = Number(text);
-    return Number.isFinite(n) ? n : undefined;
+    const texts = Array.isArray(v) ? v : v === undefined ? [] : [v];
+    return texts
+      .filter((t) => t.trim() !== '')
+      .map(Number)
+      .filter((n) => Number.isFinite(n));
   };
   const info: RateInfo = {};
-  const limit = num('x-ratelimit-limit');
-  const remaining = num('x-ratelimit-remaining');
-  const reset = num('x-ratelimit-reset');
-  if (limit !== undefined) info.limit = limit;
-  if (remaining !== undefined) info.remaining = remaining;
-  if (reset !== undefined) info.resetAt = reset * 1000;
+  const limit = nums('x-ratelimit-limit');
+  // Whole requests: "0.5 left" is none left (a fraction would keep the limiter from ever admitting
+  // a call, and from probing as it does at 0); less than none is none.
+  const remaining = nums('x-ratelimit-remaining');
+  const reset = nums('x-ratelimit-reset');
+  if (limit.length > 0) info.limit = Math.min(...limit);
+  if (remaining.length > 0) info.remaining = Math.max(0, Math.floor(Math.min(...remaining)));
+  if (reset.length > 0) info.resetAt = Math.max(...reset) * 1000;
   return info;
 }
 

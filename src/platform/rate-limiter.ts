@@ -143,6 +143,8 @@ export class RateLimiter {
   #spacingMs = 0;
   /** From a probe (`#onPlatformReset`) until the next answer: one call goes, unspaced. */
   #probing = false;
+  /** Whether the current budget window was lengthened to meet a platform reset (once a window). */
+  #lengthened = false;
   #stopped = false;
   /**
    * What was last written into bottleneck, and the calls started since. Bottleneck takes a unit of
@@ -216,9 +218,25 @@ export class RateLimiter {
           settle({ error: signal.reason });
           return Promise.resolve();
         }
+        if (this.#allowance() < 1) {
+          // Admitted under an allowance that has fallen since (a 429, "0 left", the budget spent
+          // by the calls admitted with it): back in the queue, and bottleneck's unit given back.
+          this.#written = undefined;
+          this.#apply(this.#now());
+          this.#bottleneck.schedule(task).catch(dropped);
+          return Promise.resolve();
+        }
         this.#beginCall();
         const ended = (outcome: { value: T } | { error: unknown }) => {
           this.#inFlight--;
+          // A probe that got no answer at all (a dropped connection): nothing will say what is
+          // left, so another probe is due, as after an answer that said nothing is left.
+          if (this.#probing && this.#platformRemaining === 0 && this.#platformTimer === undefined) {
+            this.#probing = false;
+            const now = this.#now();
+            this.#setPlatformReset(undefined, now);
+            this.#apply(now);
+          }
           settle(outcome);
         };
         let running: Promise<T>;
@@ -234,7 +252,7 @@ export class RateLimiter {
           (error: unknown) => ended({ error }),
         );
       };
-      this.#bottleneck.schedule(task).catch((error: unknown) => {
+      const dropped = (error: unknown) => {
         // A call dropped because the limiter stopped is a shutdown, not a failure to retry.
         settle({
           error:
@@ -242,7 +260,8 @@ export class RateLimiter {
               ? new PlatformError('SHUTTING_DOWN', 'call dropped: the rate limiter stopped', { cause: error })
               : error,
         });
-      });
+      };
+      this.#bottleneck.schedule(task).catch(dropped);
     });
   }
 
@@ -283,15 +302,21 @@ export class RateLimiter {
     if (info.limit !== undefined) this.#platformLimit = info.limit;
     const reported = this.#believable(info.resetAt, now);
     const resetAt = reported !== undefined && reported > now ? reported : undefined;
-    if (resetAt !== undefined) this.#alignBudgetWindow(resetAt, now);
+    // Only a reset the platform reported moves the budget window; the fallback stands in for one
+    // that was not believed, on every answer, and would push the window's end on and on.
+    if (resetAt !== undefined && resetAt === info.resetAt) this.#alignBudgetWindow(resetAt, now);
     if (info.remaining !== undefined) {
       // The answering call is still counted in flight; the others may not be in `remaining` yet.
       const others = Math.max(0, this.#inFlight - 1);
-      this.#platformRemaining = Math.max(0, info.remaining - others);
+      // Whole requests (a caller other than the client may pass what it read as is).
+      this.#platformRemaining = Math.max(0, Math.floor(info.remaining) - others);
       this.#setPlatformReset(resetAt, now);
-    } else if (this.#platformRemaining === 0 && this.#platformTimer === undefined) {
-      // Spent down to nothing by our own count, with no reset to wait for, and the platform no
-      // longer says what is left: our own budget governs again, as before its first report.
+    } else if (this.#platformRemaining === 0 && this.#platformResetAt === undefined) {
+      // Spent down to nothing by our own count, with no reset to wait for (at most a probe), and
+      // the platform no longer says what is left: our own budget governs again, as before its
+      // first report.
+      this.#clearTimer('platform');
+      this.#pausedUntil = undefined;
       this.#platformRemaining = undefined;
     }
     this.#apply(now);
@@ -378,7 +403,12 @@ export class RateLimiter {
       if (this.#spent === 0) this.#openBudgetWindow(resetAt, now);
       return;
     }
-    if (resetAt > this.#budgetEnd) this.#openBudgetWindow(resetAt, now);
+    // Once a window: resets that keep moving later (a platform clock running ahead, a sliding
+    // window) would otherwise keep the budget from ever refilling.
+    if (resetAt > this.#budgetEnd && !this.#lengthened) {
+      this.#lengthened = true;
+      this.#openBudgetWindow(resetAt, now);
+    }
   }
 
   #openBudgetWindow(end: number, now: number): void {
@@ -396,6 +426,7 @@ export class RateLimiter {
     // Windows follow each other at their own length; calls in flight count in the new one.
     this.#spent = this.#inFlight;
     this.#window++;
+    this.#lengthened = false;
     this.#openBudgetWindow(Math.max(previousEnd, now) + this.#windowMs, now);
     this.#log?.debug({ budget: this.#budget }, 'rate budget window reset');
     this.#apply(now);
