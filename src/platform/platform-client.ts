@@ -41,6 +41,7 @@ import { Bus, type PlatformRoute, type RequestOutcome } from '../shared/bus.js';
 import { linkedSignal, type RequestSignal, requestSignal } from '../shared/deadline.js';
 import { isRetryable, PlatformError, type PlatformErrorBody } from '../shared/errors.js';
 import { createDispatcher, type RequestTarget, requestTarget } from '../shared/proxy.js';
+import { REDACTED } from '../shared/redact.js';
 import type { RateInfo } from './rate-limiter.js';
 
 /** Codes of a 404/403 that speak of the job asked for, not of the route (docs/platform-api.md §6). */
@@ -94,6 +95,9 @@ export const DEFAULT_RETRY: RetryPolicy = {
   minTimeoutMs: 500,
   maintenanceMaxDelayMs: 300_000,
 };
+
+/** Tokens at least this long are looked for in answers (see `#withoutToken`). */
+const MIN_ECHOED_TOKEN = 16;
 
 export interface PlatformClientOptions {
   endpoint: string;
@@ -153,6 +157,8 @@ export class PlatformClient {
   readonly #bulkUnsupportedUntil: Record<JobKind, number> = { export: 0, import: 0 };
   readonly #now: () => number;
   readonly #maxAnswerBytes: number;
+  /** The token as it would appear inside a JSON string; undefined when too short to look for. */
+  readonly #tokenInJson: string | undefined;
 
   constructor(options: PlatformClientOptions) {
     this.#endpoint = options.endpoint.replace(/\/+$/, '');
@@ -175,6 +181,8 @@ export class PlatformClient {
     this.#bus = options.bus ?? new Bus();
     this.#now = options.now ?? Date.now;
     this.#maxAnswerBytes = options.maxAnswerBytes ?? MAX_ANSWER_BYTES;
+    this.#tokenInJson =
+      options.token.length >= MIN_ECHOED_TOKEN ? JSON.stringify(options.token).slice(1, -1) : undefined;
   }
 
   /** Whether the exports' bulk endpoint is in use (not replaced by single gets after a 404/405). */
@@ -519,6 +527,18 @@ export class PlatformClient {
     }
   }
 
+  /**
+   * The answer's text with the token, should the platform echo it (in an error message, say),
+   * replaced: what is parsed from it is stored and served (a LOST record's error, its webhook),
+   * where the log scrubber does not reach. Only for a token long enough not to match by chance
+   * (real ones are 32 characters); matched as it appears inside a JSON string.
+   */
+  #withoutToken(text: string): string {
+    const echoed = this.#tokenInJson;
+    if (echoed === undefined || !text.includes(echoed)) return text;
+    return text.split(echoed).join(REDACTED);
+  }
+
   /** One HTTP exchange. Reads the quota headers, parses the body, maps failures to PlatformError. */
   async #send(
     method: 'GET' | 'POST',
@@ -571,7 +591,7 @@ export class PlatformClient {
     let json: unknown;
     let parsed = true;
     try {
-      json = text === '' ? null : JSON.parse(text);
+      json = text === '' ? null : JSON.parse(this.#withoutToken(text));
     } catch {
       parsed = false;
     }
