@@ -31,6 +31,8 @@ interface Harness {
   /** When set, each call waits for this before answering. */
   gate: { wait?: Promise<void> };
   failNext: unknown[];
+  /** When set and it returns an error, the call fails with it after 100 ms of fake time. */
+  failWhen?: (ids: readonly string[]) => unknown;
   /** The signal each call was given, in order. */
   signals: AbortSignal[];
 }
@@ -82,6 +84,11 @@ function harness(
       if (h.gate.wait) await h.gate.wait;
       const failure = h.failNext.shift();
       if (failure) throw failure;
+      const always = h.failWhen?.(ids);
+      if (always) {
+        await new Promise((resolve) => setTimeout(resolve, 100));
+        throw always;
+      }
       const observations: Observation[] = ids.map((id) => ({
         kind: 'resource',
         id,
@@ -346,6 +353,42 @@ describe('Scheduler', () => {
       'b@3000',
       'c@3000',
     ]);
+  });
+
+  it('takes apart a batch that keeps failing while others succeed, so its other ids are checked', async () => {
+    h = harness({ pollIntervalMs: 10_000, failurePauseMs: 100, failurePauseMaxMs: 100 });
+    const error = new PlatformError('PLATFORM_UNAVAILABLE', 'platform answered 500', { status: 500 });
+    h.failWhen = (ids) => (ids.includes('e0') ? error : undefined);
+    add(h, range(300));
+    h.scheduler.start();
+    await vi.advanceTimersByTimeAsync(9000);
+    const checked = (id: string) => h!.calls.some((c) => c.ids.includes(id) && !c.ids.includes('e0'));
+    // Every id but the one the platform fails on was answered, within one poll interval.
+    expect(range(300).filter((id) => !checked(id))).toEqual(['e0']);
+    // Halved down to e0 alone (100, 50, 25, 12, 6, 3, 1), then tried after the poll interval.
+    const withE0 = h.calls.filter((c) => c.ids.includes('e0')).map((c) => c.ids.length);
+    expect(withE0).toEqual([100, 50, 25, 12, 6, 3, 1]);
+    expect(h.logs.find((l) => l.msg?.toString().includes('it is checked on its own'))).toMatchObject({
+      export_id: 'e0',
+      retry_in_ms: 10_000,
+    });
+    await vi.advanceTimersByTimeAsync(12_000);
+    expect(h.calls.filter((c) => c.ids.length === 1 && c.ids[0] === 'e0')).toHaveLength(2);
+    // Once the platform answers for it, it is back among the others.
+    h.failWhen = undefined;
+    await vi.advanceTimersByTimeAsync(45_000);
+    expect(h.calls.some((c) => c.ids.includes('e0') && c.ids.length > 1)).toBe(true);
+  });
+
+  it('takes nothing apart during an outage, when no call is answered', async () => {
+    h = harness({ pollIntervalMs: 10_000, failurePauseMs: 100, failurePauseMaxMs: 100 });
+    const error = new PlatformError('PLATFORM_UNAVAILABLE', 'platform answered 500', { status: 500 });
+    h.failWhen = () => error;
+    add(h, range(300));
+    h.scheduler.start();
+    await vi.advanceTimersByTimeAsync(5000);
+    expect(h.calls.length).toBeGreaterThan(10);
+    expect(h.calls.every((c) => c.ids.length === 100)).toBe(true);
   });
 
   it('emits check.result after every call', async () => {

@@ -77,6 +77,23 @@ export const DEFAULT_MAX_OUTSTANDING = 4;
  */
 export const DEFAULT_MAX_STORING = 32;
 
+/**
+ * Isolated batches (see `Scheduler#isolate`): at most this many ids are held apart at once, and a
+ * single id that keeps failing is tried again after the poll interval, doubling up to this.
+ */
+const MAX_ISOLATED_IDS = 1000;
+const MAX_ISOLATED_RETRY_MS = 5 * 60_000;
+
+/** A batch that failed while other calls succeeded, checked apart from the rest. */
+interface IsolatedGroup {
+  ids: string[];
+  kind: JobKind;
+  /** Not sent again before this (epoch ms). */
+  notBefore: number;
+  failures: number;
+  sending: boolean;
+}
+
 /** What `pause()` aborts the calls of the running period with. */
 export const PAUSED_REASON = 'checks paused: this replica is not the leader';
 
@@ -140,6 +157,11 @@ export class Scheduler {
 
   #mode: SchedulerMode = 'idle';
   readonly #inFlight = new Set<string>();
+  /** Ids of isolated groups: skipped by the normal batches (see `#isolate`). */
+  readonly #isolated = new Map<string, IsolatedGroup>();
+  #groups: IsolatedGroup[] = [];
+  /** Calls answered so far: whether others succeeded while a batch was failing. */
+  #answered = 0;
   /** Calls of the running period not finished: on the wire, queued in the limiter, or storing. */
   #outstanding = 0;
   /** Of those, calls whose results are being stored. */
@@ -307,6 +329,23 @@ export class Scheduler {
       // due: the next take tries the other kind; an empty one says when the next id falls due.
       // When more is due than there are free slots, the end of a call wakes the loop sooner; the
       // heartbeat still turns it, so liveness holds while calls wait on the quota.
+      for (const group of this.#groups) {
+        if (slots <= 0) break;
+        if (group.sending) continue;
+        if (group.notBefore > now) {
+          nextWake = Math.min(nextWake, group.notBefore);
+          continue;
+        }
+        const ids = group.ids.filter((id) => this.#deps.tracker.has(id));
+        if (ids.length === 0) {
+          this.#release(group);
+          continue;
+        }
+        group.ids = ids;
+        group.sending = true;
+        this.#send(ids, group.kind, group);
+        slots--;
+      }
       while (slots > 0) {
         const { kind = 'export', due, nextDueAt } = this.#dueIds(now, this.#batchSize);
         if (due.length === 0) {
@@ -327,19 +366,43 @@ export class Scheduler {
    * due. At most `capacity` of them: what one call can take.
    */
   #dueIds(now: number, capacity: number): { kind?: JobKind; due: string[]; nextDueAt: number | undefined } {
-    return this.#deps.tracker.takeDue(now, this.#interval, capacity, (id) => this.#inFlight.has(id));
+    return this.#deps.tracker.takeDue(
+      now,
+      this.#interval,
+      capacity,
+      (id) => this.#inFlight.has(id) || this.#isolated.has(id),
+    );
   }
 
-  #send(batch: string[], kind: JobKind): void {
+  #send(batch: string[], kind: JobKind, group?: IsolatedGroup): void {
     this.#outstanding++;
     for (const id of batch) this.#inFlight.add(id);
     const period = this.#period;
     const current = () => period === this.#period;
+    const answeredBefore = this.#answered;
     this.#deps
       .checkStatuses(batch, kind, period.signal)
       .then(
-        (result) => (current() ? this.#onResult(result, kind, current) : undefined),
-        (error: unknown) => (current() ? this.#onError(batch, error) : undefined),
+        (result) => {
+          this.#answered++;
+          if (group) this.#release(group);
+          return current() ? this.#onResult(result, kind, current) : undefined;
+        },
+        (error: unknown) => {
+          if (group) group.sending = false;
+          if (!current()) return undefined;
+          // Others were answered while this one failed: it is this batch, not the platform. An id
+          // already alone waits its own time whatever the others did.
+          const alone = this.#answered > answeredBefore;
+          const isolate = group
+            ? alone || group.ids.length === 1
+              ? group
+              : undefined
+            : alone
+              ? null
+              : undefined;
+          return this.#onError(batch, error, kind, isolate);
+        },
       )
       .catch((error: unknown) => {
         // A bug in handling a result must not stall the loop; say so loudly.
@@ -410,7 +473,11 @@ export class Scheduler {
     }
   }
 
-  #onError(batch: readonly string[], error: unknown): void {
+  /**
+   * `isolate`: set when other calls were answered while this one failed (null for a normal
+   * batch, the group for an isolated one), so the failure is this batch's own.
+   */
+  #onError(batch: readonly string[], error: unknown, kind: JobKind, isolate?: IsolatedGroup | null): void {
     this.#deps.bus.emit('check.result', { ok: false, error });
     if (!this.#isActive()) return; // stopping: the call was dropped or aborted
     const now = this.#deps.now();
@@ -434,6 +501,51 @@ export class Scheduler {
       { ids: batch.length, code, err_message: (error as Error)?.message, pause_ms: pause },
       'check failed after retries; ids stay due',
     );
+    if (isolate !== undefined) this.#isolate(batch, kind, isolate, now);
+  }
+
+  /**
+   * A batch that keeps failing while others succeed (one job the platform cannot answer for, a
+   * 500 for the whole call) would be formed again and again from the head of the due order, and
+   * its other ids never checked. So it is taken apart: its ids are skipped by the normal batches
+   * and tried in halves, each half that is answered going back to the normal order, until the
+   * ids that fail are alone; one of those is tried again after the poll interval, doubling up to
+   * 5 minutes. During an outage nothing is answered, so nothing is taken apart. At most
+   * `MAX_ISOLATED_IDS` ids are held apart; beyond that a batch stays as it is.
+   */
+  #isolate(batch: readonly string[], kind: JobKind, group: IsolatedGroup | null, now: number): void {
+    // Counted for an id alone: the halvings before do not lengthen its wait.
+    const failures = group !== null && group.ids.length === 1 ? group.failures + 1 : 1;
+    if (group) this.#release(group);
+    const ids = batch.filter((id) => this.#deps.tracker.has(id) && !this.#isolated.has(id));
+    if (ids.length === 0 || this.#isolated.size + ids.length > MAX_ISOLATED_IDS) return;
+    const halves = ids.length > 1 ? [ids.slice(0, ids.length >> 1), ids.slice(ids.length >> 1)] : [ids];
+    const notBefore =
+      ids.length > 1
+        ? now
+        : now + Math.min(MAX_ISOLATED_RETRY_MS, this.#interval * 2 ** Math.min(20, failures - 1));
+    for (const part of halves) {
+      const held: IsolatedGroup = {
+        ids: part,
+        kind,
+        notBefore,
+        failures: ids.length > 1 ? 0 : failures,
+        sending: false,
+      };
+      this.#groups.push(held);
+      for (const id of part) this.#isolated.set(id, held);
+    }
+    if (ids.length === 1) {
+      this.#deps.log.warn(
+        { [`${kind}_id`]: ids[0], failures, retry_in_ms: notBefore - now },
+        `a check of this ${kind} fails while others are answered; it is checked on its own`,
+      );
+    }
+  }
+
+  #release(group: IsolatedGroup): void {
+    this.#groups = this.#groups.filter((g) => g !== group);
+    for (const id of group.ids) if (this.#isolated.get(id) === group) this.#isolated.delete(id);
   }
 
   /** Pauses new calls after a failure, doubling per consecutive failure; returns the pause. */
