@@ -488,35 +488,46 @@ describe('PlatformClient with imports', () => {
     expect((await other.listPage('import', { state: 'RUNNING' })).next).toBeUndefined();
   });
 
-  it('never keeps the token the platform echoes in an answer: it would be stored and sent on', async () => {
-    const { createServer } = await import('node:http');
-    const token = 'tok_ECHOED_0123456789abcdef';
-    const server = createServer((_req, res) => {
-      res.setHeader('content-type', 'application/json');
-      const message = `no job for token ${token}`;
-      res.end(JSON.stringify({ items: [{ error: { status: 404, code: 9008, message } }] }));
-    });
-    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
-    cleanups.push(() => new Promise((r) => server.close(() => r(undefined))));
-    const limiter = new RateLimiter({ budget: 10, windowMs: 60_000 });
-    cleanups.push(() => limiter.stop());
-    const c = new PlatformClient({
-      endpoint: `http://127.0.0.1:${(server.address() as { port: number }).port}/v2`,
-      token,
-      gate: limiter,
-      userAgent: 't',
-      log: pino({ level: 'silent' }),
-    });
-    cleanups.push(() => c.close());
-    const { observations } = await c.checkStatuses(['exp1']);
-    expect(observations).toEqual([
-      {
-        kind: 'missing',
-        id: 'exp1',
-        error: { status: 404, code: 9008, message: 'no job for token [redacted]' },
-      },
-    ]);
-  });
+  it.each([
+    ['as written', 'tok_ECHOED_0123456789abcdef', (t: string) => t],
+    ['with \\/ escapes', 'abcd/efgh/ijkl/mnop/qrst', (t: string) => t.replaceAll('/', '\\/')],
+    [
+      'with \\u escapes',
+      'abcd<efgh>ijkl&mnop',
+      (t: string) => t.replace('<', '\\u003c').replace('&', '\\u0026'),
+    ],
+  ])(
+    'never keeps the token the platform echoes in an answer (%s): it would be stored and sent on',
+    async (_name, token, spell) => {
+      const { createServer } = await import('node:http');
+      const server = createServer((_req, res) => {
+        res.setHeader('content-type', 'application/json');
+        res.end(
+          `{"items":[{"error":{"status":404,"code":9008,"message":"no job for token ${spell(token)}"}}]}`,
+        );
+      });
+      await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+      cleanups.push(() => new Promise((r) => server.close(() => r(undefined))));
+      const limiter = new RateLimiter({ budget: 10, windowMs: 60_000 });
+      cleanups.push(() => limiter.stop());
+      const c = new PlatformClient({
+        endpoint: `http://127.0.0.1:${(server.address() as { port: number }).port}/v2`,
+        token,
+        gate: limiter,
+        userAgent: 't',
+        log: pino({ level: 'silent' }),
+      });
+      cleanups.push(() => c.close());
+      const { observations } = await c.checkStatuses(['exp1']);
+      expect(observations).toEqual([
+        {
+          kind: 'missing',
+          id: 'exp1',
+          error: { status: 404, code: 9008, message: 'no job for token [redacted]' },
+        },
+      ]);
+    },
+  );
 
   it('leaves out listed ids that are not job ids, with one warning a page', async () => {
     const { createServer } = await import('node:http');

@@ -137,13 +137,80 @@ describe('RateLimiter', () => {
     limiter = new RateLimiter({ budget: 100, windowMs: 60_000, resetMarginMs: 0 });
     limiter.observe({ limit: 1000, remaining: 0 });
     const starts: number[] = [];
-    launch(limiter, 3, starts);
+    // As the client does: the answer is observed before its call ends.
+    const answered = () =>
+      limiter!.schedule(async () => {
+        starts.push(Date.now() - T0);
+        limiter!.observe({});
+      });
+    for (let i = 0; i < 3; i++) void answered();
     await vi.advanceTimersByTimeAsync(1000 + HOPS);
-    expect(starts).toHaveLength(1);
-    limiter.observe({});
+    expect(starts.length).toBeGreaterThanOrEqual(1);
     await vi.advanceTimersByTimeAsync(5000);
     expect(starts).toHaveLength(3);
     expect(limiter.snapshot().platformRemaining).toBeUndefined();
+  });
+
+  it('holds calls while a probe is pending, whatever a headerless answer says', async () => {
+    limiter = new RateLimiter({ budget: 100, windowMs: 60_000, resetMarginMs: 0 });
+    limiter.observe({ limit: 1000, remaining: 0 });
+    const starts: number[] = [];
+    launch(limiter, 5, starts);
+    // A proxy's 502 to some earlier call: no quota headers.
+    limiter.observe({});
+    await vi.advanceTimersByTimeAsync(900);
+    expect(starts).toEqual([]);
+    expect(limiter.pausedUntil()).toBe(T0 + 1000);
+  });
+
+  it('sends one probe at a time, even when older calls end without an answer meanwhile', async () => {
+    limiter = new RateLimiter({ budget: 100, windowMs: 60_000, resetMarginMs: 0 });
+    const hangs: Array<() => void> = [];
+    const starts: number[] = [];
+    const hanging = () =>
+      limiter!
+        .schedule(
+          () =>
+            new Promise<void>((_resolve, reject) => {
+              starts.push(Date.now() - T0);
+              hangs.push(() => reject(new Error('socket hang up')));
+            }),
+        )
+        .catch(() => 'failed');
+    void hanging();
+    void hanging();
+    await vi.advanceTimersByTimeAsync(1000);
+    expect(starts).toHaveLength(2);
+    limiter.observe({ limit: 1000, remaining: 0 });
+    for (let i = 0; i < 6; i++) void hanging();
+    await vi.advanceTimersByTimeAsync(1000 + HOPS);
+    expect(starts).toHaveLength(3); // the probe, hanging
+    hangs[0]!();
+    await vi.advanceTimersByTimeAsync(1000 + HOPS);
+    hangs[1]!();
+    await vi.advanceTimersByTimeAsync(1000 + HOPS);
+    expect(starts).toHaveLength(3);
+    // The probe itself ends without an answer: the next one a second later.
+    hangs[2]!();
+    await vi.advanceTimersByTimeAsync(1000 + HOPS);
+    expect(starts).toHaveLength(4);
+    for (const end of hangs) end();
+    await vi.advanceTimersByTimeAsync(HOPS);
+  });
+
+  it('asks again when calls counted against what the platform said end without an answer', async () => {
+    limiter = new RateLimiter({ budget: 100, windowMs: 60_000, resetMarginMs: 0 });
+    limiter.observe({ limit: 1000, remaining: 2 });
+    let tries = 0;
+    for (let i = 0; i < 3; i++)
+      void limiter
+        .schedule(async () => {
+          tries++;
+          throw new Error('socket hang up');
+        })
+        .catch(() => 'failed');
+    await vi.advanceTimersByTimeAsync(10 * 60_000);
+    expect(tries).toBe(3);
   });
 
   it('pauses every call until the reset after a 429', async () => {

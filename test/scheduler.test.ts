@@ -380,6 +380,38 @@ describe('Scheduler', () => {
     expect(h.calls.some((c) => c.ids.includes('e0') && c.ids.length > 1)).toBe(true);
   });
 
+  it('keeps checking the healthy ids while isolated groups fail, whatever they do', async () => {
+    h = harness({ pollIntervalMs: 60_000, failurePauseMs: 100, failurePauseMaxMs: 100 });
+    const error = new PlatformError('PLATFORM_UNAVAILABLE', 'platform answered 500', { status: 500 });
+    // Both halves of two batches hold a failing id.
+    const bad = new Set(['e0', 'e50', 'e100', 'e150']);
+    h.failWhen = (ids) => (ids.some((id) => bad.has(id)) ? error : undefined);
+    add(h, range(400));
+    h.scheduler.start();
+    await vi.advanceTimersByTimeAsync(10 * 60_000);
+    const times = h.calls.filter((c) => c.ids.includes('e300')).map((c) => c.at);
+    expect(times.length).toBeGreaterThanOrEqual(9);
+    // Every healthy id answered about once a minute, and the bad ones each alone in the end.
+    const healthy = range(400).filter((id) => !bad.has(id));
+    for (const id of healthy) expect(h.calls.some((c) => c.ids.includes(id) && c.at > 8 * 60_000)).toBe(true);
+    for (const id of bad) expect(h.calls.some((c) => c.ids.length === 1 && c.ids[0] === id)).toBe(true);
+  });
+
+  it("takes nothing apart when a whole kind's route fails while the other kind is answered", async () => {
+    h = harness({ pollIntervalMs: 10_000, failurePauseMs: 100, failurePauseMaxMs: 100 });
+    const error = new PlatformError('PLATFORM_UNAVAILABLE', 'platform answered 500', { status: 500 });
+    h.failWhen = (ids) => (ids.some((id) => id.startsWith('e')) ? error : undefined);
+    add(h, range(300));
+    h.tracker.track(range(50, 'i').map((id) => ({ id, kind: 'import', state: 'UNKNOWN', misses: 0 })));
+    h.scheduler.poke();
+    h.scheduler.start();
+    await vi.advanceTimersByTimeAsync(5000);
+    const exportCalls = h.calls.filter((c) => c.ids[0]?.startsWith('e'));
+    expect(exportCalls.length).toBeGreaterThan(3);
+    expect(exportCalls.every((c) => c.ids.length === 100)).toBe(true);
+    expect(h.calls.some((c) => c.ids[0]?.startsWith('i'))).toBe(true);
+  });
+
   it('takes nothing apart during an outage, when no call is answered', async () => {
     h = harness({ pollIntervalMs: 10_000, failurePauseMs: 100, failurePauseMaxMs: 100 });
     const error = new PlatformError('PLATFORM_UNAVAILABLE', 'platform answered 500', { status: 500 });

@@ -157,7 +157,8 @@ export class PlatformClient {
   readonly #bulkUnsupportedUntil: Record<JobKind, number> = { export: 0, import: 0 };
   readonly #now: () => number;
   readonly #maxAnswerBytes: number;
-  /** The token as it would appear inside a JSON string; undefined when too short to look for. */
+  /** The token, when long enough to look for in answers; and as `JSON.stringify` writes it. */
+  readonly #token: string | undefined;
   readonly #tokenInJson: string | undefined;
 
   constructor(options: PlatformClientOptions) {
@@ -181,8 +182,8 @@ export class PlatformClient {
     this.#bus = options.bus ?? new Bus();
     this.#now = options.now ?? Date.now;
     this.#maxAnswerBytes = options.maxAnswerBytes ?? MAX_ANSWER_BYTES;
-    this.#tokenInJson =
-      options.token.length >= MIN_ECHOED_TOKEN ? JSON.stringify(options.token).slice(1, -1) : undefined;
+    this.#token = options.token.length >= MIN_ECHOED_TOKEN ? options.token : undefined;
+    this.#tokenInJson = this.#token === undefined ? undefined : JSON.stringify(this.#token).slice(1, -1);
   }
 
   /** Whether the exports' bulk endpoint is in use (not replaced by single gets after a 404/405). */
@@ -528,15 +529,36 @@ export class PlatformClient {
   }
 
   /**
-   * The answer's text with the token, should the platform echo it (in an error message, say),
-   * replaced: what is parsed from it is stored and served (a LOST record's error, its webhook),
-   * where the log scrubber does not reach. Only for a token long enough not to match by chance
-   * (real ones are 32 characters); matched as it appears inside a JSON string.
+   * The parsed answer with the token, should the platform echo it (in an error message, say),
+   * replaced in every string and key: what is parsed is stored and served (a LOST record's error,
+   * its webhook), where the log scrubber does not reach. Only for a token long enough not to match
+   * by chance (real ones are 32 characters). The text is looked at first, so an answer is walked
+   * only when it holds the token as written or any JSON escape (`\/`, `\u003c`...) that could
+   * spell it otherwise; the walk is iterative (an answer may nest deeper than the stack).
    */
-  #withoutToken(text: string): string {
-    const echoed = this.#tokenInJson;
-    if (echoed === undefined || !text.includes(echoed)) return text;
-    return text.split(echoed).join(REDACTED);
+  #withoutToken(text: string, json: unknown): unknown {
+    const token = this.#token;
+    if (token === undefined || !(text.includes(this.#tokenInJson as string) || text.includes('\\')))
+      return json;
+    const clean = (v: string) => (v.includes(token) ? v.split(token).join(REDACTED) : v);
+    if (typeof json === 'string') return clean(json);
+    const stack: unknown[] = [json];
+    while (stack.length > 0) {
+      const node = stack.pop();
+      if (node === null || typeof node !== 'object') continue;
+      const record = node as Record<string, unknown>;
+      for (const key of Object.keys(record)) {
+        const value = record[key];
+        if (typeof value === 'string') record[key] = clean(value);
+        else if (value !== null && typeof value === 'object') stack.push(value);
+        const cleaned = clean(key);
+        if (cleaned !== key) {
+          record[cleaned] = record[key];
+          delete record[key];
+        }
+      }
+    }
+    return json;
   }
 
   /** One HTTP exchange. Reads the quota headers, parses the body, maps failures to PlatformError. */
@@ -591,7 +613,7 @@ export class PlatformClient {
     let json: unknown;
     let parsed = true;
     try {
-      json = text === '' ? null : JSON.parse(this.#withoutToken(text));
+      json = text === '' ? null : this.#withoutToken(text, JSON.parse(text));
     } catch {
       parsed = false;
     }

@@ -143,6 +143,8 @@ export class RateLimiter {
   #spacingMs = 0;
   /** From a probe (`#onPlatformReset`) until the next answer: one call goes, unspaced. */
   #probing = false;
+  /** While the probe's own call is out: no other probe is armed. */
+  #probeInFlight = false;
   /** Whether the current budget window was lengthened to meet a platform reset (once a window). */
   #lengthened = false;
   #stopped = false;
@@ -226,12 +228,21 @@ export class RateLimiter {
           this.#bottleneck.schedule(task).catch(dropped);
           return Promise.resolve();
         }
+        const probe = this.#probing;
+        if (probe) this.#probeInFlight = true;
         this.#beginCall();
         const ended = (outcome: { value: T } | { error: unknown }) => {
           this.#inFlight--;
-          // A probe that got no answer at all (a dropped connection): nothing will say what is
-          // left, so another probe is due, as after an answer that said nothing is left.
-          if (this.#probing && this.#platformRemaining === 0 && this.#platformTimer === undefined) {
+          if (probe) this.#probeInFlight = false;
+          // Nothing left by the platform's count, no reset to wait for, no probe out: a call that
+          // ended without an answer (a dropped connection, a timeout) left no one to say what is
+          // left, so a probe is due, as after an answer that said nothing is left.
+          if (
+            !this.#probeInFlight &&
+            this.#platformRemaining === 0 &&
+            this.#platformTimer === undefined &&
+            this.#platformResetAt === undefined
+          ) {
             this.#probing = false;
             const now = this.#now();
             this.#setPlatformReset(undefined, now);
@@ -311,12 +322,10 @@ export class RateLimiter {
       // Whole requests (a caller other than the client may pass what it read as is).
       this.#platformRemaining = Math.max(0, Math.floor(info.remaining) - others);
       this.#setPlatformReset(resetAt, now);
-    } else if (this.#platformRemaining === 0 && this.#platformResetAt === undefined) {
-      // Spent down to nothing by our own count, with no reset to wait for (at most a probe), and
-      // the platform no longer says what is left: our own budget governs again, as before its
-      // first report.
-      this.#clearTimer('platform');
-      this.#pausedUntil = undefined;
+    } else if (this.#platformRemaining === 0 && this.#platformTimer === undefined) {
+      // Spent down to nothing by our own count, with no reset or probe to wait for, and the
+      // platform no longer says what is left: our own budget governs again, as before its first
+      // report. (While a probe is pending, a headerless answer, a proxy's 502 say, changes nothing.)
       this.#platformRemaining = undefined;
     }
     this.#apply(now);

@@ -160,8 +160,10 @@ export class Scheduler {
   /** Ids of isolated groups: skipped by the normal batches (see `#isolate`). */
   readonly #isolated = new Map<string, IsolatedGroup>();
   #groups: IsolatedGroup[] = [];
-  /** Calls answered so far: whether others succeeded while a batch was failing. */
-  #answered = 0;
+  /** Calls answered so far, by kind: whether others of its kind succeeded while a batch failed. */
+  readonly #answered: Record<JobKind, number> = { export: 0, import: 0 };
+  /** When a call of each kind was last answered (epoch ms). */
+  readonly #answeredAt: Record<JobKind, number> = { export: 0, import: 0 };
   /** Calls of the running period not finished: on the wire, queued in the limiter, or storing. */
   #outstanding = 0;
   /** Of those, calls whose results are being stored. */
@@ -329,8 +331,10 @@ export class Scheduler {
       // due: the next take tries the other kind; an empty one says when the next id falls due.
       // When more is due than there are free slots, the end of a call wakes the loop sooner; the
       // heartbeat still turns it, so liveness holds while calls wait on the quota.
+      // Half the free slots at most (one at least) go to isolated groups: normal batches keep going.
+      let groupSlots = Math.max(1, slots >> 1);
       for (const group of this.#groups) {
-        if (slots <= 0) break;
+        if (slots <= 0 || groupSlots <= 0) break;
         if (group.sending) continue;
         if (group.notBefore > now) {
           nextWake = Math.min(nextWake, group.notBefore);
@@ -345,6 +349,7 @@ export class Scheduler {
         group.sending = true;
         this.#send(ids, group.kind, group);
         slots--;
+        groupSlots--;
       }
       while (slots > 0) {
         const { kind = 'export', due, nextDueAt } = this.#dueIds(now, this.#batchSize);
@@ -379,29 +384,23 @@ export class Scheduler {
     for (const id of batch) this.#inFlight.add(id);
     const period = this.#period;
     const current = () => period === this.#period;
-    const answeredBefore = this.#answered;
+    const answeredBefore = this.#answered[kind];
     this.#deps
       .checkStatuses(batch, kind, period.signal)
       .then(
         (result) => {
-          this.#answered++;
+          this.#answered[kind]++;
+          this.#answeredAt[kind] = this.#deps.now();
           if (group) this.#release(group);
           return current() ? this.#onResult(result, kind, current) : undefined;
         },
         (error: unknown) => {
           if (group) group.sending = false;
           if (!current()) return undefined;
-          // Others were answered while this one failed: it is this batch, not the platform. An id
-          // already alone waits its own time whatever the others did.
-          const alone = this.#answered > answeredBefore;
-          const isolate = group
-            ? alone || group.ids.length === 1
-              ? group
-              : undefined
-            : alone
-              ? null
-              : undefined;
-          return this.#onError(batch, error, kind, isolate);
+          // Others of its kind were answered while this one failed: it is this batch, not the
+          // platform (nor that kind's route).
+          const alone = this.#answered[kind] > answeredBefore;
+          return this.#onError(batch, error, kind, group, alone);
         },
       )
       .catch((error: unknown) => {
@@ -474,10 +473,16 @@ export class Scheduler {
   }
 
   /**
-   * `isolate`: set when other calls were answered while this one failed (null for a normal
-   * batch, the group for an isolated one), so the failure is this batch's own.
+   * `group`: the isolated group the call was made for; `alone`: other calls of its kind were
+   * answered while it failed, so the failure is this batch's own.
    */
-  #onError(batch: readonly string[], error: unknown, kind: JobKind, isolate?: IsolatedGroup | null): void {
+  #onError(
+    batch: readonly string[],
+    error: unknown,
+    kind: JobKind,
+    group?: IsolatedGroup,
+    alone = false,
+  ): void {
     this.#deps.bus.emit('check.result', { ok: false, error });
     if (!this.#isActive()) return; // stopping: the call was dropped or aborted
     const now = this.#deps.now();
@@ -501,7 +506,18 @@ export class Scheduler {
       { ids: batch.length, code, err_message: (error as Error)?.message, pause_ms: pause },
       'check failed after retries; ids stay due',
     );
-    if (isolate !== undefined) this.#isolate(batch, kind, isolate, now);
+    if (group) {
+      // An id alone waits its own time whatever the others did. A larger group is taken further
+      // apart while its kind was answered within the last poll interval (the others may simply
+      // not be due meanwhile); after that (an outage) it waits a poll interval as it is.
+      if (alone || group.ids.length === 1 || now - this.#answeredAt[kind] <= this.#interval) {
+        this.#isolate(batch, kind, group, now);
+      } else {
+        group.notBefore = now + this.#interval;
+      }
+    } else if (alone) {
+      this.#isolate(batch, kind, null, now);
+    }
   }
 
   /**
