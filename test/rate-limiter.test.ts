@@ -6,6 +6,26 @@ const T0 = Date.UTC(2026, 0, 1, 12, 0, 0);
 /** Bottleneck hops through a few zero-delay timers before a call starts; fake time counts each as 1 ms. */
 const HOPS = 20;
 
+/**
+ * Schedules `n` calls that record when they started and, like the platform client, observe their
+ * answer's quota headers before they end: `answer()` at the time of the call.
+ */
+function answering(
+  limiter: RateLimiter,
+  n: number,
+  starts: number[],
+  answer: () => Parameters<RateLimiter['observe']>[0],
+): void {
+  for (let i = 0; i < n; i++) {
+    void limiter
+      .schedule(async () => {
+        starts.push(Date.now() - T0);
+        limiter.observe(answer());
+      })
+      .catch(() => 'dropped');
+  }
+}
+
 /** Schedules `n` calls that record when they started and finish at once. */
 function launch(limiter: RateLimiter, n: number, starts: number[]): Promise<unknown>[] {
   return Array.from({ length: n }, () =>
@@ -118,17 +138,18 @@ describe('RateLimiter', () => {
     limiter = new RateLimiter({ budget: 100, windowMs: 60_000, resetMarginMs: 0 });
     limiter.observe({ limit: 1000, remaining: 0 });
     const starts: number[] = [];
-    launch(limiter, 4, starts);
+    let answer: Parameters<RateLimiter['observe']>[0] = { limit: 1000, remaining: 0 };
+    answering(limiter, 4, starts, () => answer);
     await vi.advanceTimersByTimeAsync(1000 + HOPS);
-    expect(starts).toHaveLength(1);
     // Its answer: still nothing left, still no reset. One more asks a second later.
-    limiter.observe({ limit: 1000, remaining: 0 });
+    expect(starts).toHaveLength(1);
     await vi.advanceTimersByTimeAsync(900);
     expect(starts).toHaveLength(1);
     await vi.advanceTimersByTimeAsync(100 + HOPS);
     expect(starts).toHaveLength(2);
     // The platform answers that quota is back: the rest go.
-    limiter.observe({ limit: 1000, remaining: 500, resetAt: T0 + 60_000 });
+    answer = { limit: 1000, remaining: 500, resetAt: T0 + 60_000 };
+    await vi.advanceTimersByTimeAsync(1000 + HOPS);
     await vi.advanceTimersByTimeAsync(2000);
     expect(starts).toHaveLength(4);
   });
@@ -198,6 +219,43 @@ describe('RateLimiter', () => {
     await vi.advanceTimersByTimeAsync(HOPS);
   });
 
+  it('keeps one probe on the wire, whatever older calls answer meanwhile (headerless, or stale "0 left")', async () => {
+    limiter = new RateLimiter({ budget: 100, windowMs: 60_000, resetMarginMs: 0 });
+    const hangs: Array<() => void> = [];
+    const starts: number[] = [];
+    const hanging = () =>
+      limiter!
+        .schedule(
+          () =>
+            new Promise<void>((_resolve, reject) => {
+              starts.push(Date.now() - T0);
+              hangs.push(() => reject(new Error('socket hang up')));
+            }),
+        )
+        .catch(() => 'failed');
+    void hanging();
+    void hanging();
+    await vi.advanceTimersByTimeAsync(1000);
+    limiter.observe({ limit: 1000, remaining: 0 });
+    for (let i = 0; i < 6; i++) void hanging();
+    await vi.advanceTimersByTimeAsync(1000 + HOPS);
+    expect(starts).toHaveLength(3); // A, B and the probe
+    // A's answer: a proxy's 502, no quota headers. B's: a stale "0 left".
+    limiter.observe({});
+    limiter.observe({ limit: 1000, remaining: 0 });
+    await vi.advanceTimersByTimeAsync(5000);
+    expect(starts).toHaveLength(3);
+    expect(limiter.snapshot().platformRemaining).toBe(0);
+    // The probe ends unanswered: one more, a second later, and still one at a time.
+    hangs[2]!();
+    await vi.advanceTimersByTimeAsync(1000 + HOPS);
+    expect(starts).toHaveLength(4);
+    await vi.advanceTimersByTimeAsync(5000);
+    expect(starts).toHaveLength(4);
+    for (const end of hangs) end();
+    await vi.advanceTimersByTimeAsync(HOPS);
+  });
+
   it('asks again when calls counted against what the platform said end without an answer', async () => {
     limiter = new RateLimiter({ budget: 100, windowMs: 60_000, resetMarginMs: 0 });
     limiter.observe({ limit: 1000, remaining: 2 });
@@ -260,7 +318,7 @@ describe('RateLimiter', () => {
     expect(limiter.snapshot().platformRemaining).toBe(0);
     expect(limiter.pausedUntil()).toBe(T0 + 1000);
     const starts: number[] = [];
-    launch(limiter, 2, starts);
+    answering(limiter, 2, starts, () => ({ limit: 1000, remaining: 0.5 }));
     await vi.advanceTimersByTimeAsync(1000 + HOPS);
     expect(starts).toHaveLength(1);
   });

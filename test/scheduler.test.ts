@@ -31,8 +31,13 @@ interface Harness {
   /** When set, each call waits for this before answering. */
   gate: { wait?: Promise<void> };
   failNext: unknown[];
-  /** When set and it returns an error, the call fails with it after 100 ms of fake time. */
+  /** When set and it returns an error, the call fails with it after `failDelayMs` (100 ms). */
   failWhen?: (ids: readonly string[]) => unknown;
+  failDelayMs?: number;
+  /** When set, an answered call takes this long. */
+  answerDelayMs?: number;
+  /** Calls on the wire now, and the most at once that held an id `failWhen` fails on. */
+  wire: Set<readonly string[]>;
   /** The signal each call was given, in order. */
   signals: AbortSignal[];
 }
@@ -64,6 +69,7 @@ function harness(
     gate: {},
     failNext: [],
     signals: [],
+    wire: new Set(),
     scheduler: undefined as unknown as Scheduler,
   };
   const deps: SchedulerDeps = {
@@ -85,9 +91,15 @@ function harness(
       const failure = h.failNext.shift();
       if (failure) throw failure;
       const always = h.failWhen?.(ids);
-      if (always) {
-        await new Promise((resolve) => setTimeout(resolve, 100));
-        throw always;
+      h.wire.add(ids);
+      try {
+        if (always) {
+          await new Promise((resolve) => setTimeout(resolve, h.failDelayMs ?? 100));
+          throw always;
+        }
+        if (h.answerDelayMs) await new Promise((resolve) => setTimeout(resolve, h.answerDelayMs));
+      } finally {
+        h.wire.delete(ids);
       }
       const observations: Observation[] = ids.map((id) => ({
         kind: 'resource',
@@ -395,6 +407,52 @@ describe('Scheduler', () => {
     const healthy = range(400).filter((id) => !bad.has(id));
     for (const id of healthy) expect(h.calls.some((c) => c.ids.includes(id) && c.at > 8 * 60_000)).toBe(true);
     for (const id of bad) expect(h.calls.some((c) => c.ids.length === 1 && c.ids[0] === id)).toBe(true);
+  });
+
+  it('ends every group, even when nothing else of its kind is left to answer', async () => {
+    h = harness({ pollIntervalMs: 1000, batchSize: 4, failurePauseMs: 100, failurePauseMaxMs: 100 });
+    const error = new PlatformError('PLATFORM_UNAVAILABLE', 'platform answered 500', { status: 500 });
+    h.failWhen = (ids) => (ids.includes('e0') || ids.includes('e2') ? error : undefined);
+    // A failing call outlasts the poll interval (the client's retries): by the time it fails,
+    // the last answer of its kind is older than that.
+    h.failDelayMs = 1200;
+    for (const id of ['f0', 'f1', 'f2', 'f3']) h.state.set(id, 'COMPLETED');
+    add(h, ['e0', 'e1', 'e2', 'e3', 'f0', 'f1', 'f2', 'f3']);
+    h.scheduler.start();
+    await vi.advanceTimersByTimeAsync(60_000);
+    const answered = (id: string) =>
+      h!.calls.some((c) => c.ids.includes(id) && !c.ids.includes('e0') && !c.ids.includes('e2'));
+    expect(answered('e1')).toBe(true);
+    expect(answered('e3')).toBe(true);
+  });
+
+  it('gives isolated groups half the call slots at most, counted over their calls out', async () => {
+    h = harness({ pollIntervalMs: 10_000 });
+    const error = new PlatformError('PLATFORM_UNAVAILABLE', 'platform answered 500', { status: 500 });
+    const bad = new Set(Array.from({ length: 10 }, (_, i) => `e${7 + i * 300}`));
+    h.failWhen = (ids) => (ids.some((id) => bad.has(id)) ? error : undefined);
+    h.failDelayMs = 10_000;
+    h.answerDelayMs = 300;
+    add(h, range(3000));
+    h.scheduler.start();
+    let most = 0;
+    for (let t = 0; t < 600; t++) {
+      await vi.advanceTimersByTimeAsync(1000);
+      most = Math.max(most, h.scheduler.isolation.callsOut);
+    }
+    expect(most).toBe(2);
+    const firstAnswered = new Map<string, number>();
+    for (const c of h.calls) {
+      if (c.ids.some((id) => bad.has(id))) continue;
+      for (const id of c.ids) if (!firstAnswered.has(id)) firstAnswered.set(id, c.at);
+    }
+    // Every healthy id answered within the run; those whose first batch held no failing id (the
+    // bad ones are in batches 0, 3, 6...) within two minutes (the bad batches fail once each first).
+    expect(firstAnswered.size).toBe(3000 - bad.size);
+    const clean = range(3000).filter((_, i) => Math.floor(i / 100) % 3 !== 0);
+    expect(Math.max(...clean.map((id) => firstAnswered.get(id) ?? Number.POSITIVE_INFINITY))).toBeLessThan(
+      120_000,
+    );
   });
 
   it("takes nothing apart when a whole kind's route fails while the other kind is answered", async () => {

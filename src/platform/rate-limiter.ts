@@ -143,8 +143,8 @@ export class RateLimiter {
   #spacingMs = 0;
   /** From a probe (`#onPlatformReset`) until the next answer: one call goes, unspaced. */
   #probing = false;
-  /** While the probe's own call is out: no other probe is armed. */
-  #probeInFlight = false;
+  /** Probe calls out (0 or 1): while one is out, no other probe starts. */
+  #probesOut = 0;
   /** Whether the current budget window was lengthened to meet a platform reset (once a window). */
   #lengthened = false;
   #stopped = false;
@@ -229,25 +229,12 @@ export class RateLimiter {
           return Promise.resolve();
         }
         const probe = this.#probing;
-        if (probe) this.#probeInFlight = true;
+        if (probe) this.#probesOut++;
         this.#beginCall();
         const ended = (outcome: { value: T } | { error: unknown }) => {
           this.#inFlight--;
-          if (probe) this.#probeInFlight = false;
-          // Nothing left by the platform's count, no reset to wait for, no probe out: a call that
-          // ended without an answer (a dropped connection, a timeout) left no one to say what is
-          // left, so a probe is due, as after an answer that said nothing is left.
-          if (
-            !this.#probeInFlight &&
-            this.#platformRemaining === 0 &&
-            this.#platformTimer === undefined &&
-            this.#platformResetAt === undefined
-          ) {
-            this.#probing = false;
-            const now = this.#now();
-            this.#setPlatformReset(undefined, now);
-            this.#apply(now);
-          }
+          if (probe) this.#probesOut--;
+          this.#afterCall(probe, 'value' in outcome);
           settle(outcome);
         };
         let running: Promise<T>;
@@ -322,10 +309,11 @@ export class RateLimiter {
       // Whole requests (a caller other than the client may pass what it read as is).
       this.#platformRemaining = Math.max(0, Math.floor(info.remaining) - others);
       this.#setPlatformReset(resetAt, now);
-    } else if (this.#platformRemaining === 0 && this.#platformTimer === undefined) {
+    } else if (this.#platformRemaining === 0 && this.#platformTimer === undefined && this.#probesOut === 0) {
       // Spent down to nothing by our own count, with no reset or probe to wait for, and the
       // platform no longer says what is left: our own budget governs again, as before its first
-      // report. (While a probe is pending, a headerless answer, a proxy's 502 say, changes nothing.)
+      // report. While a probe is pending or out, a headerless answer (a proxy's 502 to an older
+      // call, say) changes nothing: the probe's end decides (`#afterCall`).
       this.#platformRemaining = undefined;
     }
     this.#apply(now);
@@ -484,8 +472,41 @@ export class RateLimiter {
    * platform said nothing is left and not until when), one call goes, whose answer says what is
    * left: not every call held, which would meet a 429 together.
    */
+  /**
+   * When the platform's count is 0 with no reset and nothing armed to ask again (no answer with
+   * quota headers came since): the probe, answered without quota headers (it succeeded), means
+   * the platform does not report them: our own budget governs again. Otherwise (the probe failed
+   * unanswered, or a call counted against the platform's figure ended without an answer) a probe
+   * is due, as after an answer that said nothing is left; never while a probe is out.
+   */
+  #afterCall(probe: boolean, succeeded: boolean): void {
+    if (
+      this.#platformRemaining !== 0 ||
+      this.#platformTimer !== undefined ||
+      this.#platformResetAt !== undefined ||
+      this.#probesOut > 0 ||
+      this.#stopped
+    ) {
+      return;
+    }
+    const now = this.#now();
+    this.#probing = false;
+    if (probe && succeeded) {
+      this.#platformRemaining = undefined;
+      this.#pausedUntil = undefined;
+    } else {
+      this.#setPlatformReset(undefined, now);
+    }
+    this.#apply(now);
+  }
+
   #onPlatformReset(probe: boolean): void {
     this.#platformTimer = undefined;
+    if (probe && this.#probesOut > 0) {
+      // The probe out will say what is left, or arm the next one as it ends: not a second one now.
+      this.#setPlatformReset(undefined, this.#now());
+      return;
+    }
     this.#platformResetAt = undefined;
     this.#pausedUntil = undefined;
     this.#platformRemaining = probe ? 1 : undefined;

@@ -160,6 +160,8 @@ export class Scheduler {
   /** Ids of isolated groups: skipped by the normal batches (see `#isolate`). */
   readonly #isolated = new Map<string, IsolatedGroup>();
   #groups: IsolatedGroup[] = [];
+  /** Calls of isolated groups not finished: at most half of `maxOutstanding` (one at least). */
+  #groupsOut = 0;
   /** Calls answered so far, by kind: whether others of its kind succeeded while a batch failed. */
   readonly #answered: Record<JobKind, number> = { export: 0, import: 0 };
   /** When a call of each kind was last answered (epoch ms). */
@@ -205,6 +207,11 @@ export class Scheduler {
 
   get mode(): SchedulerMode {
     return this.#mode;
+  }
+
+  /** Ids held apart after failing batches (see `#isolate`), their groups, and those groups' calls out. */
+  get isolation(): { ids: number; groups: number; callsOut: number } {
+    return { ids: this.#isolated.size, groups: this.#groups.length, callsOut: this.#groupsOut };
   }
 
   /** When the loop last ran (epoch ms); `/healthz` reads it. */
@@ -331,8 +338,9 @@ export class Scheduler {
       // due: the next take tries the other kind; an empty one says when the next id falls due.
       // When more is due than there are free slots, the end of a call wakes the loop sooner; the
       // heartbeat still turns it, so liveness holds while calls wait on the quota.
-      // Half the free slots at most (one at least) go to isolated groups: normal batches keep going.
-      let groupSlots = Math.max(1, slots >> 1);
+      // Isolated groups have half the call slots at most (one at least), counted over their calls
+      // out, not over the slots free now: normal batches keep going.
+      let groupSlots = Math.max(1, this.#maxOutstanding >> 1) - this.#groupsOut;
       for (const group of this.#groups) {
         if (slots <= 0 || groupSlots <= 0) break;
         if (group.sending) continue;
@@ -385,6 +393,7 @@ export class Scheduler {
     const period = this.#period;
     const current = () => period === this.#period;
     const answeredBefore = this.#answered[kind];
+    if (group) this.#groupsOut++;
     this.#deps
       .checkStatuses(batch, kind, period.signal)
       .then(
@@ -408,6 +417,7 @@ export class Scheduler {
         this.#deps.log.error({ err: error }, 'scheduler failed to process a check result');
       })
       .finally(() => {
+        if (group) this.#groupsOut--;
         // A call of a period that was paused is no longer counted: pause() forgot it.
         if (!current()) return;
         this.#outstanding--;
@@ -506,18 +516,13 @@ export class Scheduler {
       { ids: batch.length, code, err_message: (error as Error)?.message, pause_ms: pause },
       'check failed after retries; ids stay due',
     );
-    if (group) {
-      // An id alone waits its own time whatever the others did. A larger group is taken further
-      // apart while its kind was answered within the last poll interval (the others may simply
-      // not be due meanwhile); after that (an outage) it waits a poll interval as it is.
-      if (alone || group.ids.length === 1 || now - this.#answeredAt[kind] <= this.#interval) {
-        this.#isolate(batch, kind, group, now);
-      } else {
-        group.notBefore = now + this.#interval;
-      }
-    } else if (alone) {
-      this.#isolate(batch, kind, null, now);
-    }
+    // The platform answers this kind: others were answered while this call failed, or within the
+    // last poll interval (failing calls may hold every slot meanwhile, and the others may simply
+    // not be due). Then a failing batch is taken apart. A group is taken further apart whatever
+    // the others did, so that every group ends, a poll interval later when that evidence is stale.
+    const answering = alone || now - this.#answeredAt[kind] <= this.#interval;
+    if (group) this.#isolate(batch, kind, group, now, answering ? 0 : this.#interval);
+    else if (answering) this.#isolate(batch, kind, null, now, 0);
   }
 
   /**
@@ -529,7 +534,13 @@ export class Scheduler {
    * 5 minutes. During an outage nothing is answered, so nothing is taken apart. At most
    * `MAX_ISOLATED_IDS` ids are held apart; beyond that a batch stays as it is.
    */
-  #isolate(batch: readonly string[], kind: JobKind, group: IsolatedGroup | null, now: number): void {
+  #isolate(
+    batch: readonly string[],
+    kind: JobKind,
+    group: IsolatedGroup | null,
+    now: number,
+    delayMs: number,
+  ): void {
     // Counted for an id alone: the halvings before do not lengthen its wait.
     const failures = group !== null && group.ids.length === 1 ? group.failures + 1 : 1;
     if (group) this.#release(group);
@@ -538,7 +549,7 @@ export class Scheduler {
     const halves = ids.length > 1 ? [ids.slice(0, ids.length >> 1), ids.slice(ids.length >> 1)] : [ids];
     const notBefore =
       ids.length > 1
-        ? now
+        ? now + delayMs
         : now + Math.min(MAX_ISOLATED_RETRY_MS, this.#interval * 2 ** Math.min(20, failures - 1));
     for (const part of halves) {
       const held: IsolatedGroup = {
