@@ -256,6 +256,37 @@ describe('RateLimiter', () => {
     await vi.advanceTimersByTimeAsync(HOPS);
   });
 
+  it('keeps the probe a probe when an older call answers headerless before it can start', async () => {
+    limiter = new RateLimiter({ budget: 100, windowMs: 60_000, resetMarginMs: 0 }); // 4 at once
+    const hangs: Array<() => void> = [];
+    const starts: number[] = [];
+    const hanging = () =>
+      limiter!
+        .schedule(
+          () =>
+            new Promise<void>((_resolve, reject) => {
+              starts.push(Date.now() - T0);
+              hangs.push(() => reject(new Error('socket hang up')));
+            }),
+        )
+        .catch(() => 'failed');
+    for (let i = 0; i < 4; i++) void hanging(); // every concurrency slot
+    await vi.advanceTimersByTimeAsync(2000);
+    expect(starts).toHaveLength(4);
+    limiter.observe({ limit: 1000, remaining: 0 });
+    for (let i = 0; i < 6; i++) void hanging();
+    await vi.advanceTimersByTimeAsync(1000 + HOPS); // the probe waits for a slot
+    limiter.observe({}); // an older call's 502, no quota headers
+    hangs[0]!();
+    await vi.advanceTimersByTimeAsync(HOPS);
+    expect(starts).toHaveLength(5); // the probe, hanging
+    hangs[1]!(); // another older call ends unanswered: not a reason for a second probe
+    await vi.advanceTimersByTimeAsync(31_000);
+    expect(starts).toHaveLength(5);
+    for (const end of hangs.slice(2)) end();
+    await vi.advanceTimersByTimeAsync(HOPS);
+  });
+
   it('asks again when calls counted against what the platform said end without an answer', async () => {
     limiter = new RateLimiter({ budget: 100, windowMs: 60_000, resetMarginMs: 0 });
     limiter.observe({ limit: 1000, remaining: 2 });

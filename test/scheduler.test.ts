@@ -455,6 +455,30 @@ describe('Scheduler', () => {
     );
   });
 
+  it('lets go of an id unwatched while its group waits: watched again, it is checked', async () => {
+    h = harness({
+      pollIntervalMs: 10_000,
+      batchSize: 4,
+      maxOutstanding: 2,
+      failurePauseMs: 10,
+      failurePauseMaxMs: 10,
+    });
+    const error = new PlatformError('PLATFORM_UNAVAILABLE', 'platform answered 500', { status: 500 });
+    h.failWhen = (ids) => (ids.includes('e0') ? error : undefined);
+    add(h, range(8));
+    h.scheduler.start();
+    await vi.advanceTimersByTimeAsync(150);
+    // [e0..e3] failed while [e4..e7] was answered: halves [e0,e1] (on the wire) and [e2,e3].
+    expect(h.scheduler.isolation).toMatchObject({ ids: 4, groups: 2 });
+    h.tracker.untrack('e3');
+    await vi.advanceTimersByTimeAsync(60_000);
+    expect(h.scheduler.isolation).toMatchObject({ ids: 1, groups: 1 }); // e0 alone
+    add(h, ['e3']);
+    const before = h.calls.length;
+    await vi.advanceTimersByTimeAsync(60_000);
+    expect(h.calls.slice(before).some((c) => c.ids.includes('e3'))).toBe(true);
+  });
+
   it("takes nothing apart when a whole kind's route fails while the other kind is answered", async () => {
     h = harness({ pollIntervalMs: 10_000, failurePauseMs: 100, failurePauseMaxMs: 100 });
     const error = new PlatformError('PLATFORM_UNAVAILABLE', 'platform answered 500', { status: 500 });

@@ -296,7 +296,9 @@ export class RateLimiter {
   /** Reads the quota headers of an answer. Call it for every answer, successful or not. */
   observe(info: RateInfo): void {
     const now = this.#now();
-    this.#probing = false;
+    // Only an answer that says what is left ends a probe's turn: a headerless one (an older
+    // call's, a proxy's 502) must not turn the pending probe into an ordinary call.
+    if (info.remaining !== undefined) this.#probing = false;
     if (info.limit !== undefined) this.#platformLimit = info.limit;
     const reported = this.#believable(info.resetAt, now);
     const resetAt = reported !== undefined && reported > now ? reported : undefined;

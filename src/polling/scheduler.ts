@@ -348,7 +348,12 @@ export class Scheduler {
           nextWake = Math.min(nextWake, group.notBefore);
           continue;
         }
+        // Ids no longer tracked (unwatched, or finished elsewhere) leave the group, and are no
+        // longer held apart: watched again, they are checked like any other.
         const ids = group.ids.filter((id) => this.#deps.tracker.has(id));
+        for (const id of group.ids) {
+          if (!this.#deps.tracker.has(id) && this.#isolated.get(id) === group) this.#isolated.delete(id);
+        }
         if (ids.length === 0) {
           this.#release(group);
           continue;
