@@ -22,7 +22,14 @@ import { eventsQuery, redeliverPlan, runEvents, runRedeliver } from './cli/event
 import { GET_DEFAULT_TIMEOUT_MS, runGet } from './cli/get.js';
 import { collectIds } from './cli/ids-input.js';
 import { runWatch } from './cli/watch.js';
-import { type Config, type Env, loadConfig, parseDuration, type VariableName } from './config/config.js';
+import {
+  type Config,
+  type Env,
+  loadConfig,
+  parseDuration,
+  TOKEN_TEXT,
+  type VariableName,
+} from './config/config.js';
 import { type FaultOptions, Simulator, type SimulatorOptions } from './dev/simulator.js';
 import { Daemon, VERSION } from './main.js';
 import type { JobKind } from './polling/tracker.js';
@@ -901,7 +908,7 @@ async function simulateCommand(args: readonly string[]): Promise<number> {
   if (typeof values.token === 'string') {
     if (values.token.trim() === '') problems.push('--token: expected a non-empty token, got nothing');
     // Sent in a header, which cannot carry spaces at its ends or other than visible ASCII.
-    else if (!/^[\x21-\x7e]+$/.test(values.token))
+    else if (!TOKEN_TEXT.test(values.token))
       problems.push('--token: expected a token of visible ASCII characters, without spaces');
     options.token = values.token;
   }

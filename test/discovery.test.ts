@@ -18,6 +18,7 @@ import { Discovery, listUnfinished, type RoundReport } from '../src/polling/disc
 import type { JobKind } from '../src/polling/tracker.js';
 import { ConfigError, PlatformError } from '../src/shared/errors.js';
 import { openSqliteStore } from '../src/store/sqlite.js';
+import { logSink } from './helpers/log-sink.js';
 import { killAll, spawnCli } from './helpers/spawn.js';
 import { SECRET, TOKEN } from './helpers/stack.js';
 
@@ -121,20 +122,6 @@ function fakeListing(counts: Record<JobKind, Record<'PENDING' | 'RUNNING', numbe
 describe('Discovery', () => {
   beforeEach(() => vi.useFakeTimers({ now: T0 }));
   afterEach(() => vi.useRealTimers());
-
-  function logSink() {
-    const lines: Array<Record<string, unknown>> = [];
-    const log = pino(
-      { level: 'info' },
-      new Writable({
-        write(chunk, _e, done) {
-          lines.push(JSON.parse(String(chunk)));
-          done();
-        },
-      }),
-    );
-    return { lines, log };
-  }
 
   it('never starts more than floor(budget / 10) list calls in a budget window; stops a round and resumes it next interval', async () => {
     const budget = 20;

@@ -17,6 +17,7 @@ import { RateLimiter } from '../src/platform/rate-limiter.js';
 import { Scheduler } from '../src/polling/scheduler.js';
 import { type JobKind, type Observation, Tracker } from '../src/polling/tracker.js';
 import { Bus } from '../src/shared/bus.js';
+import { logSink } from './helpers/log-sink.js';
 import { killAll, spawnCli } from './helpers/spawn.js';
 import { SECRET, type Stack, startStack, TOKEN } from './helpers/stack.js';
 
@@ -392,6 +393,28 @@ describe('PlatformClient with imports', () => {
     for (const c of cleanups.splice(0).reverse()) await c();
   });
 
+  /** A client of a loopback server that answers every request with `body`. */
+  async function clientOf(body: string, options: { token?: string; log?: pino.Logger } = {}) {
+    const { createServer } = await import('node:http');
+    const server = createServer((_req, res) => {
+      res.setHeader('content-type', 'application/json');
+      res.end(body);
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    cleanups.push(() => new Promise((r) => server.close(() => r(undefined))));
+    const limiter = new RateLimiter({ budget: 10, windowMs: 60_000 });
+    cleanups.push(() => limiter.stop());
+    const c = new PlatformClient({
+      endpoint: `http://127.0.0.1:${(server.address() as { port: number }).port}/v2`,
+      token: options.token ?? 't',
+      gate: limiter,
+      userAgent: 't',
+      log: options.log ?? pino({ level: 'silent' }),
+    });
+    cleanups.push(() => c.close());
+    return c;
+  }
+
   async function client(options: ConstructorParameters<typeof Simulator>[0] = {}) {
     const sim = new Simulator({ seed: 9, ...options });
     const base = await sim.start();
@@ -499,25 +522,10 @@ describe('PlatformClient with imports', () => {
   ])(
     'never keeps the token the platform echoes in an answer (%s): it would be stored and sent on',
     async (_name, token, spell) => {
-      const { createServer } = await import('node:http');
-      const server = createServer((_req, res) => {
-        res.setHeader('content-type', 'application/json');
-        res.end(
-          `{"items":[{"error":{"status":404,"code":9008,"message":"no job for token ${spell(token)}"}}]}`,
-        );
-      });
-      await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
-      cleanups.push(() => new Promise((r) => server.close(() => r(undefined))));
-      const limiter = new RateLimiter({ budget: 10, windowMs: 60_000 });
-      cleanups.push(() => limiter.stop());
-      const c = new PlatformClient({
-        endpoint: `http://127.0.0.1:${(server.address() as { port: number }).port}/v2`,
-        token,
-        gate: limiter,
-        userAgent: 't',
-        log: pino({ level: 'silent' }),
-      });
-      cleanups.push(() => c.close());
+      const c = await clientOf(
+        `{"items":[{"error":{"status":404,"code":9008,"message":"no job for token ${spell(token)}"}}]}`,
+        { token },
+      );
       const { observations } = await c.checkStatuses(['exp1']);
       expect(observations).toEqual([
         {
@@ -530,36 +538,13 @@ describe('PlatformClient with imports', () => {
   );
 
   it('leaves out listed ids that are not job ids, with one warning a page', async () => {
-    const { createServer } = await import('node:http');
-    const { Writable } = await import('node:stream');
     const odd = ['job.1', '', 'x'.repeat(129), 'a b', 'évé', '../x'];
-    const server = createServer((_req, res) => {
-      res.setHeader('content-type', 'application/json');
-      const items = [{ id: 'ok_1', state: 'PENDING' }, ...odd.map((id) => ({ id, state: 'PENDING' }))];
-      res.end(JSON.stringify({ items: [...items, { id: 'ok-2', state: 'RUNNING' }], links: [] }));
-    });
-    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
-    cleanups.push(() => new Promise((r) => server.close(() => r(undefined))));
-    const lines: Array<Record<string, unknown>> = [];
-    const log = pino(
-      { level: 'info' },
-      new Writable({
-        write(chunk, _e, done) {
-          lines.push(JSON.parse(String(chunk)));
-          done();
-        },
-      }),
+    const items = [{ id: 'ok_1', state: 'PENDING' }, ...odd.map((id) => ({ id, state: 'PENDING' }))];
+    const { lines, log } = logSink();
+    const other = await clientOf(
+      JSON.stringify({ items: [...items, { id: 'ok-2', state: 'RUNNING' }], links: [] }),
+      { log },
     );
-    const limiter = new RateLimiter({ budget: 10, windowMs: 60_000 });
-    cleanups.push(() => limiter.stop());
-    const other = new PlatformClient({
-      endpoint: `http://127.0.0.1:${(server.address() as { port: number }).port}/v2`,
-      token: 't',
-      gate: limiter,
-      userAgent: 't',
-      log,
-    });
-    cleanups.push(() => other.close());
     const page = await other.listPage('export', { state: 'PENDING' });
     expect(page.items).toEqual([
       { id: 'ok_1', state: 'PENDING' },

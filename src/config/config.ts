@@ -191,7 +191,7 @@ export function formatDuration(ms: number): string {
 }
 
 /** A token as a header carries it: visible ASCII, no spaces. */
-const TOKEN_TEXT = /^[\x21-\x7e]+$/;
+export const TOKEN_TEXT = /^[\x21-\x7e]+$/;
 const TOKEN_EXPECTED = 'a token of visible ASCII characters, without spaces';
 /** A DNS host name (labels of letters, digits and hyphens), as `listen` resolves it. */
 const HOST_NAME =

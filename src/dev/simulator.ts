@@ -314,8 +314,8 @@ const MAX_PROPERTY_KEY = 128;
 /** The longest wait a node timer takes. */
 const MAX_TIMER_MS = 2_147_483_647;
 
-function tooLong(text: string): boolean {
-  return text.length > MAX_NAME_BYTES || Buffer.byteLength(text) > MAX_NAME_BYTES;
+function tooLong(text: string, max = MAX_NAME_BYTES): boolean {
+  return text.length > max || Buffer.byteLength(text) > max;
 }
 
 const DEFAULT_PROPERTIES = { sse_algorithm: 'AES256', aws_storage_class: 'STANDARD', aws_canned_acl: null };
@@ -1086,9 +1086,7 @@ export class Simulator {
     if (
       isObject(properties) &&
       (Object.keys(properties).length > MAX_PROPERTIES ||
-        Object.keys(properties).some(
-          (key) => key.length > MAX_PROPERTY_KEY || Buffer.byteLength(key) > MAX_PROPERTY_KEY,
-        ) ||
+        Object.keys(properties).some((key) => tooLong(key, MAX_PROPERTY_KEY)) ||
         !Object.values(properties).every(
           (value) =>
             value === null ||
