@@ -1,8 +1,9 @@
 /**
- * One bad id must never starve the other ids of its call. Two ways a platform can make it try,
+ * One bad id must never starve the other ids of its call. Three ways a platform can make it try,
  * each against a real daemon over loopback HTTP:
  * - a bulk call refused as a whole with a job-level code (403/9005, 404/9008) because of one id;
- * - in single-get mode (bulk answered 405), one id whose GET fails with a 4xx of its own.
+ * - in single-get mode (bulk answered 405), one id whose GET fails with a 4xx of its own;
+ * - a bulk call answered 500 whenever it names one id (the scheduler takes the batch apart).
  * Each test also bounds the requests the bad id costs, so isolating it never loops hot.
  */
 import { afterEach, describe, expect, it } from 'vitest';
@@ -214,5 +215,82 @@ describe('single gets (bulk answered 405): one id whose GET fails', () => {
     const itemErrors = w.lines.filter((l) => l.reason === 'item_error');
     expect(itemErrors.length).toBeGreaterThan(0);
     expect(itemErrors[0]?.sample_ids).toEqual(expect.arrayContaining(bad));
+  });
+});
+
+describe('a bulk call answered 500 whenever it names one id', () => {
+  const SERVER_ERROR = { status: 500, body: { status: 500, code: 0, message: 'Internal server error' } };
+
+  it('the id is checked on its own, backing off; the rest keep their pace; healed, it rejoins', async () => {
+    let healed = false;
+    const p = await platform(({ route, json, path }) => {
+      if (route === 'bulk_get') {
+        const asked = askedIds(json);
+        if (asked.includes('poison') && !healed) return SERVER_ERROR;
+        return { body: { items: asked.map((id) => ({ resource: exportObject(id, 'RUNNING') })) } };
+      }
+      return okHandler()({ route, json, path, headers: {} });
+    });
+    const w = await watcher(p.url, { WATCHER_BATCH_SIZE: String(BATCH) });
+    await w.daemon.registry.watch(['poison', ...GOOD], null);
+    const { scheduler, tracker } = w.daemon;
+    const alone = () =>
+      w.lines.filter((l) => l.export_id === 'poison' && String(l.msg).includes('on its own'));
+
+    // Taken apart down to the one id that fails, while every other id is answered.
+    await within(
+      10_000,
+      'every good id RUNNING and poison held apart alone',
+      scheduler.until(
+        () =>
+          tracker.countByState().RUNNING === GOOD.length &&
+          scheduler.isolation.ids === 1 &&
+          alone().length >= 1,
+      ),
+    );
+    const isolatedAt = p.seen.length;
+    const checksBefore = checksOf(w, 'g1');
+
+    // Three failures alone: each wait doubles from the poll interval (100, 200, 400 ms).
+    await within(
+      10_000,
+      'three failures of poison alone',
+      scheduler.until(() => alone().length >= 3),
+    );
+    expect(alone().map((l) => l.failures)).toEqual([1, 2, 3].slice(0, alone().length));
+    expect(alone().map((l) => l.retry_in_ms)).toEqual([100, 200, 400].slice(0, alone().length));
+    // Since it was held apart, every call that names it names it alone, and it cost no more
+    // than its own calls (a try and one retry each).
+    const later = p.seen.slice(isolatedAt).filter((r) => r.route === 'bulk_get');
+    const naming = later.filter((r) => askedIds(r.json).includes('poison'));
+    for (const r of naming) expect(askedIds(r.json)).toEqual(['poison']);
+    expect(naming.length).toBeLessThanOrEqual(2 * alone().length);
+    // The good ids were checked all along, at the poll interval, far more often than poison.
+    expect(checksOf(w, 'g1') - checksBefore).toBeGreaterThanOrEqual(3);
+    // Nothing decided from a failing call: poison is neither final nor counted missing.
+    expect(tracker.get('poison')).toMatchObject({ state: 'UNKNOWN', misses: 0 });
+    expect(scheduler.mode).toBe('running');
+
+    healed = true;
+    await within(
+      10_000,
+      'poison answered and back in the normal order',
+      scheduler.until(() => tracker.get('poison')?.state === 'RUNNING' && scheduler.isolation.ids === 0),
+    );
+    expect(scheduler.isolation).toEqual({ ids: 0, groups: 0, callsOut: 0 });
+    // Back in the normal order: asked with the others again.
+    const rejoined = p.seen.length;
+    await within(
+      10_000,
+      'poison checked in a batch with others',
+      scheduler.until(() =>
+        p.seen
+          .slice(rejoined)
+          .some(
+            (r) =>
+              r.route === 'bulk_get' && askedIds(r.json).includes('poison') && askedIds(r.json).length > 1,
+          ),
+      ),
+    );
   });
 });
