@@ -309,6 +309,7 @@ Point SB_API_ENDPOINT at it. Runs until SIGINT or SIGTERM.
   --no-bulk             the bulk endpoint answers 405 (clients must fall back)
   --maintenance-rate F  fraction of requests answered 503 maintenance
   --error-rate F        fraction answered 500
+  --error-ids ID,...    every get or bulk get naming one of these ids is answered 500
   --truncate-rate F     fraction answered with a cut-off body
   --slow-rate F         fraction answered late
   --slow DURATION       how late (default 2s)
@@ -852,6 +853,7 @@ async function simulateCommand(args: readonly string[]): Promise<number> {
       'no-bulk': { type: 'boolean' },
       'maintenance-rate': { type: 'string' },
       'error-rate': { type: 'string' },
+      'error-ids': { type: 'string' },
       'truncate-rate': { type: 'string' },
       'slow-rate': { type: 'string' },
       slow: { type: 'string' },
@@ -942,6 +944,17 @@ async function simulateCommand(args: readonly string[]): Promise<number> {
   }
   const slowMs = duration('slow');
   if (slowMs !== undefined) faults.slowMs = slowMs;
+  if (typeof values['error-ids'] === 'string') {
+    const errorIds = values['error-ids']
+      .split(',')
+      .map((id) => id.trim())
+      .filter((id) => id !== '');
+    if (errorIds.length === 0 || errorIds.length > 1000 || errorIds.some((id) => id.length > 128)) {
+      problems.push('--error-ids: expected 1 to 1000 comma-separated ids of at most 128 characters each');
+    } else {
+      faults.errorIds = errorIds;
+    }
+  }
   if (Object.keys(faults).length > 0) options.faults = faults;
   if (problems.length > 0) throw new ConfigError(problems);
 

@@ -131,6 +131,16 @@ describe('the process', () => {
     expect(r.stderr).not.toContain('" tok"');
   });
 
+  it('simulate refuses an --error-ids list it cannot hold, in one line', async () => {
+    const r = await runCli(['simulate', '--port', '0', '--error-ids', `ok,${'x'.repeat(129)}`]);
+    expect(r.code).toBe(2);
+    expect(lines(r.stderr)).toEqual([
+      expect.stringMatching(
+        /--error-ids: expected 1 to 1000 comma-separated ids of at most 128 characters each$/,
+      ),
+    ]);
+  });
+
   it('run --help describes its flags and exits 0', async () => {
     const r = await runCli(['run', '--help']);
     expect(r.code).toBe(0);

@@ -728,6 +728,43 @@ describe('faults', () => {
     expect((await call(sim, 'GET', '/storage/exports')).status).toBe(200);
   });
 
+  it('answers 500 to every get and bulk get naming one of errorIds, and only to those', async () => {
+    const sim = await startSim();
+    const [bad, good] = sim.createExports(2) as [string, string];
+    sim.setFaults({ errorIds: [bad] });
+    const bulk = (ids: string[]) =>
+      call<PlatformError>(sim, 'POST', '/bulk/storage/exports/get', { body: { export_ids: ids } });
+    const failed = await bulk([good, bad]);
+    expect(failed.status).toBe(500);
+    expect(failed.json).toMatchObject({ status: 500, code: 90004 });
+    // The call reached the application: quota spent, as for a drawn 500.
+    expect(header(failed, 'x-ratelimit-remaining')).toBe('999');
+    expect((await call(sim, 'GET', `/storage/exports/${bad}`)).status).toBe(500);
+    // Calls that do not name it are answered; the id itself is fine once the fault is off.
+    const answered = await bulk([good]);
+    expect(answered.status).toBe(200);
+    expect((await call(sim, 'GET', `/storage/exports/${good}`)).status).toBe(200);
+    expect(sim.stats().faults.errorId).toBe(2);
+    expect(sim.stats().faults.error).toBe(0);
+    expect((await call(sim, 'GET', '/_simulator/faults', { token: null })).json).toEqual({ errorIds: [bad] });
+    sim.setFaults({});
+    expect((await bulk([good, bad])).status).toBe(200);
+    expect(sim.stats().faults.errorId).toBe(2);
+  });
+
+  it('refuses errorIds that are not a list of at most 1,000 short ids', () => {
+    const sim = new Simulator();
+    for (const errorIds of [
+      ['a', ''],
+      ['x'.repeat(129)],
+      Array.from({ length: 1001 }, (_, i) => `id${i}`),
+      'a',
+    ]) {
+      expect(() => sim.setFaults({ errorIds } as never)).toThrow(/faults\.errorIds/);
+    }
+    expect(() => sim.setFaults({ errorIds: ['x'.repeat(128)] })).not.toThrow();
+  });
+
   it('cuts a 200 body mid-JSON and ends the connection (truncated)', async () => {
     const sim = await startSim({ faults: { truncateRate: 1 } });
     const id = sim.createExport({ pendingMs: 0, runningMs: 0 });

@@ -62,6 +62,8 @@
  *   maintenance (maintenanceRate, or any request before `maintenanceUntil`) 503 `{"code": 0}`,
  *               checked before auth and quota, spends nothing
  *   error       (errorRate) 500 with a platform error body, after the quota is spent
+ *   errorId     (errorIds) the same 500, for every get or bulk get that names one of these ids:
+ *               not drawn, so a client can be shown one job that fails its whole call
  *   truncated   (truncateRate) a 2xx whose Content-Length promises the whole body but only half is
  *               written before the connection is destroyed
  *   malformed   (malformedRate) a 2xx that is a complete HTTP message whose JSON is cut in half
@@ -90,7 +92,7 @@ export type ExportState = 'PENDING' | 'RUNNING' | 'COMPLETED' | 'FAILED';
 export type ExportOutcome = 'COMPLETED' | 'FAILED';
 /** The two kinds of job the simulator serves. */
 export type SimJobKind = 'export' | 'import';
-export type FaultKind = 'maintenance' | 'error' | 'truncated' | 'malformed' | 'slow';
+export type FaultKind = 'maintenance' | 'error' | 'errorId' | 'truncated' | 'malformed' | 'slow';
 /**
  * Route names used in `stats().requests`; `other` is an unknown route or a wrong method. The
  * export routes keep their names of old; the import routes are prefixed `import_`.
@@ -115,6 +117,11 @@ export interface FaultOptions {
   maintenanceUntil?: number;
   /** Fraction answered 500 with a platform error body. */
   errorRate?: number;
+  /**
+   * Job ids the platform cannot answer for: a single get of one, or a bulk get naming one, is
+   * answered 500 (after the quota is spent), whatever else the call asks. At most 1,000.
+   */
+  errorIds?: string[];
   /** Fraction answered 2xx with a body cut off mid-JSON, then the connection ends. */
   truncateRate?: number;
   /** Fraction answered 2xx with a complete HTTP message whose JSON body is cut off. */
@@ -280,7 +287,17 @@ const EXPORT_ROUTES: ReadonlySet<RouteName> = new Set([
   'import_bulk_get',
   'import_create',
 ]);
-const FAULT_KINDS: readonly FaultKind[] = ['maintenance', 'error', 'truncated', 'malformed', 'slow'];
+const FAULT_KINDS: readonly FaultKind[] = [
+  'maintenance',
+  'error',
+  'errorId',
+  'truncated',
+  'malformed',
+  'slow',
+];
+/** `errorIds` holds at most this many ids, each of at most `MAX_ERROR_ID_LENGTH` characters. */
+const MAX_ERROR_IDS = 1000;
+const MAX_ERROR_ID_LENGTH = 128;
 const ID_ALPHABET = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';
 const SSE_ALGORITHMS: readonly unknown[] = ['AES256', 'aws:kms', null];
 const STORAGE_CLASSES: readonly unknown[] = [
@@ -462,6 +479,17 @@ function validateFaults(faults: FaultOptions, prefix: string): FaultOptions {
     if (value !== undefined)
       requireOption(isFraction(value), `${prefix}.${key}`, 'a number from 0 to 1', value);
   }
+  if (faults.errorIds !== undefined) {
+    const ids: unknown = faults.errorIds;
+    requireOption(
+      Array.isArray(ids) &&
+        ids.length <= MAX_ERROR_IDS &&
+        ids.every((id) => typeof id === 'string' && id !== '' && id.length <= MAX_ERROR_ID_LENGTH),
+      `${prefix}.errorIds`,
+      `an array of at most ${MAX_ERROR_IDS} ids (non-empty strings of at most ${MAX_ERROR_ID_LENGTH} characters)`,
+      ids,
+    );
+  }
   if (faults.maintenanceUntil !== undefined) {
     requireOption(
       Number.isFinite(faults.maintenanceUntil),
@@ -479,7 +507,7 @@ function validateFaults(faults: FaultOptions, prefix: string): FaultOptions {
       faults.slowMs,
     );
   }
-  return { ...faults };
+  return { ...faults, ...(faults.errorIds ? { errorIds: [...faults.errorIds] } : {}) };
 }
 
 /**
@@ -639,6 +667,8 @@ export class Simulator {
   readonly #randShuffle: () => number;
   readonly #randFaults: () => number;
   #faults: FaultOptions;
+  /** `#faults.errorIds`, for lookups. */
+  #errorIds: ReadonlySet<string> = new Set();
   /** Insertion order is creation order, which the list route pages over. */
   readonly #exports = new Map<string, ExportRecord>();
   /** Imports, likewise. Ids never repeat across the two maps. */
@@ -726,6 +756,7 @@ export class Simulator {
     this.#shuffle = options.shuffle ?? true;
     this.#bulk = options.bulk ?? true;
     this.#faults = validateFaults(options.faults ?? {}, 'faults');
+    this.#errorIds = new Set(this.#faults.errorIds);
     this.#now = options.now ?? Date.now;
     requireOption(typeof this.#now === 'function', 'now', 'a function returning epoch ms', options.now);
     this.#log = options.logger;
@@ -873,6 +904,7 @@ export class Simulator {
   /** Replaces the fault options (it does not merge): `setFaults({})` turns every fault off. */
   setFaults(faults: FaultOptions): void {
     this.#faults = validateFaults(faults, 'faults');
+    this.#errorIds = new Set(this.#faults.errorIds);
   }
 
   stats(): SimulatorStats {
@@ -1392,6 +1424,7 @@ export class Simulator {
 
   #routeGet(x: Exchange, id: string, kind: SimJobKind) {
     const now = this.#now();
+    if (this.#errorIds.has(id)) return this.#sendErrorId(x);
     const rec = this.#lookup(id, now, kind);
     if (!rec) return this.#send(x, 404, platformError(404, 9008, 'Requested job does not exist.'));
     const obj = this.#objectOf(rec, now);
@@ -1478,6 +1511,9 @@ export class Simulator {
         platformError(400, 90000, `At most ${MAX_BULK} ${kind} ids per call; got ${ids.length}.`),
       );
     }
+    if (this.#errorIds.size > 0 && (ids as string[]).some((id) => this.#errorIds.has(id))) {
+      return this.#sendErrorId(x);
+    }
     const now = this.#now();
     const served: ExportRecord[] = [];
     const items = (ids as string[]).map((id) => {
@@ -1489,6 +1525,12 @@ export class Simulator {
     });
     if (this.#shuffle) this.#shuffleInPlace(items);
     this.#send(x, 200, { items }, { served });
+  }
+
+  /** The answer to a call that names one of `errorIds`. */
+  #sendErrorId(x: Exchange): void {
+    this.#stats.faults.errorId += 1;
+    this.#send(x, 500, platformError(500, 90004, 'Internal server error.'));
   }
 
   #shuffleInPlace<T>(items: T[]): void {
