@@ -197,6 +197,30 @@ describe('the watcher against the simulator', () => {
     expectNoSecretsIn(stack);
   });
 
+  it('delivers every other export while one fails each call naming it, and that one once it heals', async () => {
+    stack = await startStack({ sim: { timing: SHORT }, env: { WATCHER_BATCH_SIZE: '10' } });
+    const ids = stack.sim.createExports(40);
+    const bad = ids[0] as string;
+    stack.sim.setFaults({ errorIds: [bad] });
+    expect((await stack.post('/v1/exports', { ids })).status).toBe(202);
+    await stack.receiver.waitFor((r) => r.acceptedIds().size >= ids.length - 1, 60_000);
+    const events = terminalEvents(stack.receiver);
+    expect(events.has(bad)).toBe(false);
+    expect(events.size).toBe(ids.length - 1);
+    // Held apart, never final: the platform never said anything about it.
+    expect(stack.daemon.scheduler.isolation.ids).toBe(1);
+    expect(stack.daemon.tracker.get(bad)).toMatchObject({ state: 'UNKNOWN', misses: 0 });
+    expect(stack.sim.stats().faults.errorId).toBeGreaterThan(0);
+
+    stack.sim.setFaults({});
+    await stack.receiver.waitFor((r) => r.acceptedIds().size >= ids.length, 60_000);
+    expect(terminalEvents(stack.receiver).get(bad)?.[0]?.body.data.state).toMatch(/^(COMPLETED|FAILED)$/);
+    expect(stack.daemon.scheduler.isolation).toEqual({ ids: 0, groups: 0, callsOut: 0 });
+    expect(stack.sim.stats().checksAfterTerminal).toBe(0);
+    verifyAll(stack);
+    expectNoSecretsIn(stack);
+  });
+
   it('falls back to single gets when the bulk endpoint is missing', async () => {
     stack = await startStack({ sim: { timing: SHORT, bulk: false } });
     const ids = stack.sim.createExports(15);
