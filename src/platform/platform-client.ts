@@ -56,6 +56,15 @@ const BULK_RETRY_AFTER_MS = 10 * 60_000;
  */
 export const MAX_ANSWER_BYTES = 8 * 1024 * 1024;
 
+/**
+ * The deepest an answer may nest objects and arrays. A job's object nests about four levels; what
+ * is parsed is stored, logged and sent on, by code that recurses (`JSON.stringify`, the logger) and
+ * overflows the stack some thousands of levels down, which would fail every commit the job's change
+ * shares. So a deeper 2xx answer is a bad answer (retried; a batch that keeps failing is taken apart
+ * down to the job), and a deeper error body is not read.
+ */
+export const MAX_ANSWER_DEPTH = 128;
+
 /** What the client needs of the limiter. */
 export interface RequestGate {
   /** Runs `fn` when allowed; when `signal` aborts first, rejects with its reason without running it. */
@@ -610,15 +619,28 @@ export class PlatformClient {
       if (signal?.aborted) throw signal.reason;
       throw error;
     }
-    let json: unknown;
+    let json: unknown = null;
     let parsed = true;
+    let tooDeep = false;
     try {
-      json = text === '' ? null : this.#withoutToken(text, JSON.parse(text));
+      if (text !== '') {
+        const value: unknown = JSON.parse(text);
+        tooDeep = nestsDeeperThan(value, MAX_ANSWER_DEPTH);
+        if (!tooDeep) json = this.#withoutToken(text, value);
+      }
     } catch {
       parsed = false;
     }
+    if (tooDeep) parsed = false;
     const status = response.statusCode;
     if (status >= 200 && status < 300) {
+      if (tooDeep) {
+        throw new PlatformError(
+          'PLATFORM_BAD_RESPONSE',
+          `answer to ${method} ${path} nests deeper than ${MAX_ANSWER_DEPTH} levels`,
+          { status },
+        );
+      }
       if (!parsed || json === null || typeof json !== 'object') {
         throw new PlatformError('PLATFORM_BAD_RESPONSE', `answer to ${method} ${path} is not a JSON object`, {
           status,
@@ -814,4 +836,34 @@ function outcomeOf(error: unknown): RequestOutcome {
 function errorText(error: unknown): string {
   const e = error as { code?: string; message?: string };
   return e.code ?? e.message ?? String(error);
+}
+
+/** Whether `value` nests objects and arrays deeper than `limit`. Iterative; stops at the first too deep. */
+export function nestsDeeperThan(value: unknown, limit: number): boolean {
+  if (value === null || typeof value !== 'object') return false;
+  const nodes: object[] = [value];
+  const depths: number[] = [1];
+  while (nodes.length > 0) {
+    const node = nodes.pop() as object;
+    const depth = depths.pop() as number;
+    if (depth > limit) return true;
+    if (Array.isArray(node)) {
+      for (let i = 0; i < node.length; i++) {
+        const child: unknown = node[i];
+        if (child !== null && typeof child === 'object') {
+          nodes.push(child);
+          depths.push(depth + 1);
+        }
+      }
+    } else {
+      for (const key in node) {
+        const child: unknown = (node as Record<string, unknown>)[key];
+        if (child !== null && typeof child === 'object') {
+          nodes.push(child);
+          depths.push(depth + 1);
+        }
+      }
+    }
+  }
+  return false;
 }

@@ -7,7 +7,7 @@ import { Writable } from 'node:stream';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { Env } from '../../src/config/config.js';
-import { MAX_ANSWER_BYTES } from '../../src/platform/platform-client.js';
+import { MAX_ANSWER_BYTES, MAX_ANSWER_DEPTH } from '../../src/platform/platform-client.js';
 import { createLogger } from '../../src/shared/log.js';
 import { Redactor } from '../../src/shared/redact.js';
 import { askedIds, endlessBody, exportObject, okHandler } from './hostile-platform.js';
@@ -212,6 +212,47 @@ describe('resources a platform could exhaust', () => {
       process.off('warning', onWarning);
     }
   });
+});
+
+describe('answers nested deeper than anything that stores or logs them can take', () => {
+  /** Nesting far past MAX_ANSWER_DEPTH, and past what JSON.stringify's recursion survives. */
+  const DEEP = `${'['.repeat(20_000)}1${']'.repeat(20_000)}`;
+
+  /** Every export COMPLETED; `bad` carries `deep` where the handler puts it. */
+  function answering(bad: string, deepItem: (resource: string) => string) {
+    return platform(({ route, json, path }) => {
+      if (route !== 'bulk_get') return okHandler('COMPLETED')({ route, json, path, headers: {} });
+      const items = askedIds(json).map((id) => {
+        const resource = JSON.stringify(exportObject(id, 'COMPLETED'));
+        return id === bad ? deepItem(resource) : `{"resource": ${resource}}`;
+      });
+      return { body: `{"items": [${items.join(',')}]}` };
+    });
+  }
+
+  // Unfixed, every commit the bad export's change shares fails (JSON.stringify overflows the
+  // stack), so nothing is ever stored and this waits out the test's timeout.
+  it.each([
+    ['a platform object', (resource: string) => `{"resource": ${resource.slice(0, -1)}, "result": ${DEEP}}}`],
+    ['an item error', () => `{"error": {"status": 500, "code": 0, "detail": ${DEEP}}}`],
+  ])(
+    '%s 20,000 levels deep: every other export of the call is stored, that one held apart',
+    async (_what, deepItem) => {
+      const p = await answering('exp-7', deepItem);
+      const w = await watcher(p.url);
+      await w.daemon.registry.watch(ids(150), null);
+      const { scheduler, tracker } = w.daemon;
+      await scheduler.until(() => tracker.activeCount === 1 && scheduler.isolation.ids === 1);
+      expect(tracker.get('exp-7')).toMatchObject({ state: 'UNKNOWN', misses: 0 });
+      expect((await w.daemon.store.countExports()).COMPLETED).toBe(149);
+      const bad = w.lines.filter((l) =>
+        String(l.err_message ?? '').includes(`nests deeper than ${MAX_ANSWER_DEPTH} levels`),
+      );
+      expect(bad.length).toBeGreaterThan(0);
+      expect(w.lines.filter((l) => l.msg === 'scheduler failed to process a check result')).toEqual([]);
+      expect(w.lines.filter((l) => String(l.msg).startsWith('could not store'))).toEqual([]);
+    },
+  );
 });
 
 describe('secrets', () => {
