@@ -409,7 +409,8 @@ export class Daemon {
         return { deliveries: count };
       },
       redeliverSince: async (since, status) => {
-        const count = await this.store.redeliverSince(since, status, this.#now());
+        const keys = this.deliveries.endpoints.map((e) => e.key);
+        const count = await this.store.redeliverSince(since, status, this.#now(), keys);
         this.#log.info(
           { since: new Date(since).toISOString(), status, deliveries: count },
           'webhook deliveries redelivered',

@@ -7,6 +7,8 @@ import { connect } from 'node:net';
 import { Webhook } from 'standardwebhooks';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
+import { storedEventBuilder } from '../src/delivery/events.js';
+import { endpointKey } from '../src/store/store.js';
 import { SECRET, type Stack, startStack, TOKEN, terminalEvents } from './helpers/stack.js';
 
 const SHORT = { pendingMs: [100, 800] as [number, number], runningMs: [200, 1500] as [number, number] };
@@ -219,6 +221,50 @@ describe('the watcher against the simulator', () => {
     expect(stack.sim.stats().checksAfterTerminal).toBe(0);
     verifyAll(stack);
     expectNoSecretsIn(stack);
+  });
+
+  it('redelivers since a time to the configured endpoints only: none to a URL no longer configured', async () => {
+    stack = await startStack();
+    const { store, deliveries } = stack.daemon;
+    const old = {
+      key: endpointKey('https://old.example/hooks?token=rotated'),
+      label: 'https://old.example/hooks',
+    };
+    const at = Date.now() - 60_000;
+    await store.addExports([{ ids: ['x'], metadata: null }], at);
+    await store.commitChanges(
+      [
+        {
+          id: 'x',
+          from: 'UNKNOWN',
+          to: 'COMPLETED',
+          at,
+          misses: 0,
+          lastMiss: null,
+          export: null,
+          error: null,
+        },
+      ],
+      storedEventBuilder('all'),
+      [old, ...deliveries.endpoints],
+      at,
+    );
+    const failed = { seriesStartedAt: at, attempts: 9, nextAttemptAt: null, lastStatus: 503, finishedAt: at };
+    await store.recordAttempts(
+      [old, ...deliveries.endpoints].map((e) => ({
+        ...failed,
+        eventId: 'evt_x_completed',
+        endpointKey: e.key,
+        status: 'failed' as const,
+        lastError: 'HTTP 503',
+      })),
+    );
+    const r = await stack.post('/v1/events/redeliver', { since: new Date(at - 1000).toISOString() });
+    expect(r).toEqual({ status: 202, json: { deliveries: 1 } });
+    await stack.receiver.waitFor((rec) => rec.acceptedIds().has('evt_x_completed'), 10_000);
+    expect(await store.countOrphanedPending(deliveries.endpoints.map((e) => e.key))).toBe(0);
+    const kept = (await store.getEvent('evt_x_completed'))?.deliveries.find((d) => d.endpointKey === old.key);
+    expect(kept).toMatchObject({ status: 'failed', lastStatus: 503 });
   });
 
   it('falls back to single gets when the bulk endpoint is missing', async () => {

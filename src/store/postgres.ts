@@ -171,6 +171,12 @@ const RELAXED = `relaxed AS MATERIALIZED (SELECT set_config('synchronous_commit'
 
 /** The advisory lock that serializes migrations across processes (any fixed number will do). */
 const MIGRATION_LOCK = 0x5b6_e4a7;
+/**
+ * The advisory lock that serializes the `addExports` calls that name an id with a webhook twin (an
+ * import, or an export `import_…`): twins have different ids, so the primary key does not stop two
+ * processes from inserting both at once.
+ */
+const TWIN_LOCK = 0x5b6_e4a8;
 const DEFAULT_POOL_SIZE = 4;
 /** How many times `addExports` settles a call afresh after another process raced it. */
 const ADD_ATTEMPTS = 5;
@@ -391,6 +397,9 @@ export class PostgresStore implements Store {
         ),
       ),
     ];
+    if (requests.some(({ ids, kind }) => ids.some((id) => webhookTwin(id, kind) !== undefined))) {
+      await this.#query(client, 'SELECT pg_advisory_xact_lock($1)', [TWIN_LOCK]);
+    }
     const stored = new Map<string, JobKind>();
     if (unique.length > 0) {
       const { rows } = await this.#query<{ id: string; kind: JobKind }>(
@@ -725,7 +734,9 @@ export class PostgresStore implements Store {
         `WITH ${RELAXED}
           UPDATE deliveries AS d SET
             status = u.status, attempts = u.attempts, next_attempt_at = u.next_attempt_at, leased = false,
-            last_status = u.last_status, last_error = u.last_error, finished_at = u.finished_at
+            last_status = CASE WHEN d.attempts = u.attempts THEN d.last_status ELSE u.last_status END,
+            last_error = CASE WHEN d.attempts = u.attempts THEN d.last_error ELSE u.last_error END,
+            finished_at = u.finished_at
           FROM unnest($1::text[], $2::text[], $3::text[], $4::integer[], $5::bigint[], $6::integer[],
                       $7::text[], $8::bigint[], $9::bigint[])
             AS u(event_id, endpoint_key, status, attempts, next_attempt_at, last_status, last_error, finished_at,
@@ -843,7 +854,12 @@ export class PostgresStore implements Store {
     });
   }
 
-  async redeliverSince(since: number, status: DeliveryStatus, now: number): Promise<number> {
+  async redeliverSince(
+    since: number,
+    status: DeliveryStatus,
+    now: number,
+    endpointKeys?: readonly string[],
+  ): Promise<number> {
     return this.#use(async (db) => {
       // The events are locked (FOR KEY SHARE, as `redeliver` does): a prune running meanwhile
       // skips them, instead of deleting the deliveries this has just made pending again.
@@ -852,8 +868,9 @@ export class PostgresStore implements Store {
         `UPDATE deliveries SET
             status = 'pending', attempts = 0, next_attempt_at = $3, leased = false, series_started_at = $3,
             finished_at = NULL
-          WHERE status = $2 AND event_id IN (SELECT id FROM events WHERE created_at >= $1 FOR KEY SHARE)`,
-        [since, status, now],
+          WHERE status = $2 AND event_id IN (SELECT id FROM events WHERE created_at >= $1 FOR KEY SHARE)
+            AND ($4::text[] IS NULL OR endpoint_key = ANY($4::text[]))`,
+        [since, status, now, endpointKeys ?? null],
       );
       return result.rowCount ?? 0;
     });

@@ -544,12 +544,15 @@ export class SqliteStore implements Store {
   /**
    * Writing an outcome ends the claim's lease. A final row keeps no next attempt time, and a
    * pending one no finish time, whatever the record carries: `claimDue` and the listings rely on it.
+   * A record that counts no new attempt (the claim ended before one) keeps the last status and error.
    */
   async recordAttempts(records: readonly AttemptRecord[]): Promise<void> {
     const update = this.#sql(`
       UPDATE deliveries SET
         status = @status, attempts = @attempts, next_attempt_at = @nextAttemptAt, leased = 0,
-        last_status = @lastStatus, last_error = @lastError, finished_at = @finishedAt
+        last_status = CASE WHEN attempts = @attempts THEN last_status ELSE @lastStatus END,
+        last_error = CASE WHEN attempts = @attempts THEN last_error ELSE @lastError END,
+        finished_at = @finishedAt
       WHERE event_id = @eventId AND endpoint_key = @endpointKey AND series_started_at = @seriesStartedAt`);
     this.#lightTransaction(() => {
       for (const r of records) {
@@ -639,15 +642,22 @@ export class SqliteStore implements Store {
     });
   }
 
-  async redeliverSince(since: number, status: DeliveryStatus, now: number): Promise<number> {
+  async redeliverSince(
+    since: number,
+    status: DeliveryStatus,
+    now: number,
+    endpointKeys?: readonly string[],
+  ): Promise<number> {
     return this.#sql(`
       UPDATE deliveries SET
         status = 'pending', attempts = 0, next_attempt_at = @now, leased = 0, series_started_at = @now,
         finished_at = NULL
-      WHERE status = @status AND event_id IN (SELECT id FROM events WHERE created_at >= @since)`).run({
+      WHERE status = @status AND event_id IN (SELECT id FROM events WHERE created_at >= @since)
+        AND (@keys IS NULL OR endpoint_key IN (SELECT value FROM json_each(@keys)))`).run({
       since,
       status,
       now,
+      keys: endpointKeys === undefined ? null : JSON.stringify(endpointKeys),
     }).changes;
   }
 
@@ -685,16 +695,38 @@ export class SqliteStore implements Store {
       now - policy.retainMs,
       policy.batch,
     );
-    const events = await this.#deleteInBatches(
-      `DELETE FROM events WHERE id IN (
-         SELECT id FROM events
-         WHERE created_at <= @cutoff
-           AND NOT EXISTS (SELECT 1 FROM deliveries WHERE event_id = events.id AND status = 'pending')
-         LIMIT @batch)`,
-      now - policy.eventRetainMs,
-      policy.batch,
-    );
+    const events = await this.#pruneEvents(now - policy.eventRetainMs, policy.batch);
     return { exports, events };
+  }
+
+  /**
+   * Events in time order, each batch resuming after the last one it deleted: the events kept
+   * (a delivery still pending) are read once per run, not once per batch.
+   */
+  async #pruneEvents(cutoff: number, batch: number): Promise<number> {
+    const find = this.#sql(`
+      SELECT id, created_at AS at FROM events
+      WHERE created_at <= @cutoff AND (created_at, id) > (@afterAt, @afterId)
+        AND NOT EXISTS (SELECT 1 FROM deliveries WHERE event_id = events.id AND status = 'pending')
+      ORDER BY created_at, id LIMIT @batch`);
+    const remove = this.#sql('DELETE FROM events WHERE id IN (SELECT value FROM json_each(?))');
+    let after = { at: Number.MIN_SAFE_INTEGER, id: '' };
+    let total = 0;
+    for (;;) {
+      const found = this.#transaction(() => {
+        const rows = find.all({ cutoff, batch, afterAt: after.at, afterId: after.id }) as Array<{
+          id: string;
+          at: number;
+        }>;
+        if (rows.length > 0) remove.run(JSON.stringify(rows.map((r) => r.id)));
+        return rows;
+      });
+      total += found.length;
+      const last = found.at(-1);
+      if (found.length < batch || last === undefined) return total;
+      after = last;
+      await nextTurn();
+    }
   }
 
   /** Folds the WAL back into the database file, then closes. Closing again does nothing. */
@@ -762,12 +794,15 @@ export class SqliteStore implements Store {
   /**
    * A transaction whose loss in a crash is harmless by design: a lease (a restart releases them
    * all) or a batch of delivery outcomes (a lost one means a resend under the same webhook-id).
-   * It skips the fsync; the next durable commit syncs the write-ahead log with it. On this
-   * machine an fsync costs ~10 ms, and claims and outcomes come with every few deliveries.
+   * It skips the fsync of its commit; the next durable commit syncs the write-ahead log with it.
+   * On this machine an fsync costs ~10 ms, and claims and outcomes come with every few deliveries.
+   * NORMAL, not OFF: a checkpoint that such a commit sets off still syncs the database file before
+   * the log is reused (with OFF it did not, and the log's next writes overwrote frames holding
+   * earlier durable commits that the unsynced file did not yet hold for sure).
    */
   #lightTransaction<T>(work: () => T): T {
     // Prepared once: `db.pragma()` prepares its statement anew at every call.
-    this.#sql('PRAGMA synchronous = OFF').run();
+    this.#sql('PRAGMA synchronous = NORMAL').run();
     try {
       return this.#transaction(work);
     } finally {

@@ -298,9 +298,16 @@ export interface Store {
   redeliver(eventId: string, endpoints: readonly EndpointRef[], now: number): Promise<number | undefined>;
   /**
    * Starts a new series for every delivery in `status` whose event was created at or after
-   * `since`. Returns the deliveries reset.
+   * `since`, to the endpoints in `endpointKeys` when given (the configured ones: a delivery to an
+   * endpoint no longer configured could never be sent, and pending, its event is never pruned).
+   * Returns the deliveries reset.
    */
-  redeliverSince(since: number, status: DeliveryStatus, now: number): Promise<number>;
+  redeliverSince(
+    since: number,
+    status: DeliveryStatus,
+    now: number,
+    endpointKeys?: readonly string[],
+  ): Promise<number>;
   deliveryCounts(): Promise<DeliveryCounts>;
 
   /** Deletes what is past retention, `batch` rows at a time; returns how many of each. */

@@ -739,6 +739,39 @@ export function describeStoreContract(
         expect(await store.claimDue(B.key, now + HOUR, 10, now + 2 * HOUR)).toHaveLength(1);
       });
 
+      it('keeps the last status and error when a record counts no new attempt (a claim let go untried)', async () => {
+        const now = T0 + 10 * SECOND;
+        const retry = {
+          eventId: id,
+          endpointKey: A.key,
+          status: 'pending' as const,
+          attempts: 3,
+          nextAttemptAt: now,
+          lastStatus: 503,
+          lastError: 'HTTP 503',
+          finishedAt: null,
+        };
+        await recordOutcomes([retry]);
+        await store.claimDue(A.key, now, 10, now + HOUR);
+        // Let go at shutdown before it was tried: the same attempts, nothing known of an answer.
+        await recordOutcomes([{ ...retry, nextAttemptAt: now + SECOND, lastStatus: null, lastError: null }]);
+        const delivery = (await store.getEvent(id))?.deliveries.find((d) => d.endpointKey === A.key);
+        expect(delivery).toMatchObject({
+          status: 'pending',
+          attempts: 3,
+          nextAttemptAt: now + SECOND,
+          lastStatus: 503,
+          lastError: 'HTTP 503',
+        });
+        // A record that does count an attempt writes its own.
+        await recordOutcomes([{ ...retry, attempts: 4, lastStatus: 0, lastError: 'connection refused' }]);
+        expect((await store.getEvent(id))?.deliveries.find((d) => d.endpointKey === A.key)).toMatchObject({
+          attempts: 4,
+          lastStatus: 0,
+          lastError: 'connection refused',
+        });
+      });
+
       it('skips records of deliveries that do not exist, and writes the rest', async () => {
         await recordOutcomes([
           delivered('evt_nothing', A, T0 + 2),
@@ -986,6 +1019,16 @@ export function describeStoreContract(
         expect(await statusOf(A)).toMatchObject({ status: 'delivered' });
         expect(await store.redeliverSince(T0, 'failed', now)).toBe(0);
       });
+
+      it('starts new series only to the endpoints given, when given: none to one no longer configured', async () => {
+        // a: delivered at A, gone at B. Only A is configured now.
+        expect(await store.redeliverSince(T0, 'gone', now, [A.key])).toBe(0);
+        expect(await statusOf(B)).toMatchObject({ status: 'gone' });
+        expect(await store.redeliverSince(T0, 'gone', now, [A.key, B.key])).toBe(1);
+        expect(await statusOf(B)).toMatchObject({ status: 'pending', nextAttemptAt: now });
+        expect(await store.redeliverSince(T0, 'delivered', now, [])).toBe(0);
+        expect(await statusOf(A)).toMatchObject({ status: 'delivered' });
+      });
     });
 
     describe('deliveryCounts', () => {
@@ -1084,6 +1127,39 @@ export function describeStoreContract(
         expect((await store.listEvents({ limit: 10 })).items.map((e) => e.id)).toEqual([
           eventId('c', 'COMPLETED'),
         ]);
+      });
+
+      it('deletes, in small batches, the events behind many older ones still pending, and only those', async () => {
+        // Seven old events still pending (an endpoint gone from the configuration), then five
+        // delivered ones, interleaved in time with two more pending: batches of 2 go past them all.
+        const pending = ['p1', 'p2', 'p3', 'p4', 'p5', 'p6', 'p7'];
+        const done = ['d1', 'd2', 'd3', 'd4', 'd5'];
+        await store.addExports([{ ids: [...pending, ...done, 'p8', 'p9'], metadata: null }], T0);
+        await store.commitChanges(
+          pending.map((id) => move(id, 'UNKNOWN', 'COMPLETED', T0 + SECOND)),
+          build,
+          [B],
+          T0 + SECOND,
+        );
+        for (const [i, id] of [...done, 'p8', 'p9'].entries()) {
+          const at = T0 + (2 + i) * SECOND;
+          await store.commitChanges(
+            [move(id, 'UNKNOWN', 'COMPLETED', at)],
+            build,
+            [id.startsWith('p') ? B : A],
+            at,
+          );
+        }
+        await recordOutcomes(done.map((id) => delivered(eventId(id, 'COMPLETED'), A, T0 + 20 * SECOND)));
+        const result = await store.prune(T0 + 10 * HOUR, { ...policy, retainMs: 1000 * HOUR, batch: 2 });
+        expect(result).toEqual({ exports: 0, events: 5 });
+        expect((await store.listEvents({ limit: 100 })).items.map((e) => e.exportId).sort()).toEqual(
+          [...pending, 'p8', 'p9'].sort(),
+        );
+        expect(await store.prune(T0 + 10 * HOUR, { ...policy, retainMs: 1000 * HOUR, batch: 2 })).toEqual({
+          exports: 0,
+          events: 0,
+        });
       });
 
       it("keeps a pruned export's events: they have their own retention", async () => {

@@ -228,6 +228,42 @@ await describeWithPostgres('PostgreSQL store', (server) => {
       expect((await first.countExports()).UNKNOWN).toBe(6000);
     });
 
+    it('accepts only one of an export import_X and an import X added at once: their webhook-ids are one', async () => {
+      const first = await openPostgresStore({ url, applicationName: 'watcher-twin-race' });
+      const second = await openPostgresStore({ url, applicationName: 'watcher-twin-race' });
+      stores.push(first, second);
+      // Another session lets both stores read (and find no twin) but holds both inserts.
+      const holder = new pg.Client({ connectionString: url });
+      await holder.connect();
+      let results: Awaited<ReturnType<PostgresStore['addExports']>>[];
+      try {
+        await holder.query('BEGIN');
+        await holder.query('LOCK TABLE exports IN SHARE MODE');
+        const adding = Promise.all([
+          first.addExports([{ ids: ['import_t1'], metadata: null }], T0),
+          second.addExports([{ ids: ['t1'], metadata: null, kind: 'import' }], T0),
+        ]);
+        await vi.waitFor(async () => {
+          const rows = await server.query<{ n: number }>(
+            url,
+            `SELECT count(*)::int AS n FROM pg_stat_activity
+              WHERE application_name = 'watcher-twin-race' AND wait_event_type = 'Lock'`,
+          );
+          expect(rows[0]?.n).toBe(2);
+        });
+        await holder.query('ROLLBACK');
+        results = await adding;
+      } finally {
+        await holder.end();
+      }
+      const accepted = results.flatMap(([r]) => r?.accepted ?? []);
+      const conflicts = results.flatMap(([r]) => r?.conflicts ?? []);
+      expect({ accepted: accepted.length, conflicts: conflicts.length }).toEqual({
+        accepted: 1,
+        conflicts: 1,
+      });
+    });
+
     it('brings a database at schema 1 (before kinds) up to date: its rows read as exports', async () => {
       await server.query(
         url,
