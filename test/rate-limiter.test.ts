@@ -310,6 +310,18 @@ describe('RateLimiter', () => {
     expect(limiter.snapshot().rateLimited).toBe(1);
   });
 
+  it('asks again shortly, with one call, after a 429 whose reset has just passed', async () => {
+    limiter = new RateLimiter({ budget: 1000, windowMs: 300_000, resetMarginMs: 0 });
+    // Answered just before the platform's window rolled over, read just after (the header is in
+    // whole seconds): the 429's reset is a second in the past.
+    limiter.rateLimited(T0 - 1000);
+    expect(limiter.pausedUntil()).toBe(T0 + 1000);
+    const starts: number[] = [];
+    answering(limiter, 3, starts, () => ({ limit: 1000, remaining: 0 }));
+    await vi.advanceTimersByTimeAsync(1000 + HOPS);
+    expect(starts).toHaveLength(1);
+  });
+
   it('starts none of the calls it had admitted before a 429, until the reset', async () => {
     // Spacing ~99 ms: calls bottleneck admitted wait it out, and a 429 comes meanwhile.
     limiter = new RateLimiter({ budget: 100, windowMs: 10_000, resetMarginMs: 0 });

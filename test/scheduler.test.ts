@@ -426,6 +426,22 @@ describe('Scheduler', () => {
     expect(answered('e3')).toBe(true);
   });
 
+  it('does not let failing batches that hold every call slot starve the ids behind them', async () => {
+    // Defaults: batches of 100, 4 calls at once. One failing id in each of the first four batches.
+    h = harness({ pollIntervalMs: 60_000, batchSize: 100 });
+    const error = new PlatformError('PLATFORM_UNAVAILABLE', 'platform answered 500', { status: 500 });
+    const bad = new Set(['e0', 'e100', 'e200', 'e300']);
+    h.failWhen = (ids) => (ids.some((id) => bad.has(id)) ? error : undefined);
+    add(h, range(500));
+    h.scheduler.start();
+    await vi.advanceTimersByTimeAsync(30 * 60_000);
+    // e400..e499 share no call with a failing id: the platform answers them whenever asked.
+    expect(h.calls.some((c) => c.ids.includes('e499'))).toBe(true);
+    expect(h.tracker.get('e499')?.state).toBe('RUNNING');
+    // And with that evidence, the failing batches are taken apart down to the bad ids.
+    for (const id of bad) expect(h.calls.some((c) => c.ids.length === 1 && c.ids[0] === id)).toBe(true);
+  });
+
   it('gives isolated groups half the call slots at most, counted over their calls out', async () => {
     h = harness({ pollIntervalMs: 10_000 });
     const error = new PlatformError('PLATFORM_UNAVAILABLE', 'platform answered 500', { status: 500 });

@@ -106,6 +106,8 @@ export interface RateSnapshot {
 const UNKNOWN_RESET_PROBE_MS = 1000;
 /** The platform's documented rate window: 1000 requests per 5 minutes. */
 export const PLATFORM_WINDOW_MS = 5 * 60_000;
+/** A 429's reset at most this far in the past has just passed: the window rolled over meanwhile. */
+const JUST_PASSED_MS = 10_000;
 /** How much further than a window a reported reset may lie and still be believed. */
 const RESET_SLACK_MS = 60_000;
 
@@ -328,10 +330,18 @@ export class RateLimiter {
     this.#probing = false;
     this.#platformRemaining = 0;
     const reported = this.#believable(resetAt, now);
-    const until = reported !== undefined && reported > now ? reported : now + this.#fallbackPauseMs;
+    // A reset that has just passed means the window rolled over while the answer came back (the
+    // header is in whole seconds): one probe shortly, as after "nothing left" with no reset, not
+    // the fallback pause. One long past (a clock far off) still gets the fallback.
+    const passed = reported !== undefined && reported <= now && now - reported <= JUST_PASSED_MS;
+    const until = passed
+      ? undefined
+      : reported !== undefined && reported > now
+        ? reported
+        : now + this.#fallbackPauseMs;
     this.#setPlatformReset(until, now);
     this.#log?.warn(
-      { reset_at: new Date(until).toISOString() },
+      { reset_at: new Date(until ?? this.#pausedUntil ?? now).toISOString() },
       'platform rate limit reached; pausing until reset',
     );
     this.#apply(now);

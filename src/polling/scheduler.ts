@@ -166,6 +166,13 @@ export class Scheduler {
   readonly #answered: Record<JobKind, number> = { export: 0, import: 0 };
   /** When a call of each kind was last answered (epoch ms). */
   readonly #answeredAt: Record<JobKind, number> = { export: 0, import: 0 };
+  /**
+   * Ids of normal batches that failed while nothing of their kind was answered (at most a round
+   * of calls' worth): the next batches pass over them while other ids are due, so failing batches
+   * at the head of the due order cannot hold every slot for good, and the others get the answers
+   * that `#isolate` needs as evidence.
+   */
+  readonly #passedOver: Record<JobKind, Set<string>> = { export: new Set(), import: new Set() };
   /** Calls of the running period not finished: on the wire, queued in the limiter, or storing. */
   #outstanding = 0;
   /** Of those, calls whose results are being stored. */
@@ -241,6 +248,8 @@ export class Scheduler {
     this.#storing = 0;
     this.#pausedUntil = 0;
     this.#consecutiveFailures = 0;
+    this.#passedOver.export.clear();
+    this.#passedOver.import.clear();
     period.abort(new PlatformError('SHUTTING_DOWN', PAUSED_REASON));
     this.#deps.log.info('checks paused');
     this.#notifyWaiters();
@@ -365,7 +374,13 @@ export class Scheduler {
         groupSlots--;
       }
       while (slots > 0) {
-        const { kind = 'export', due, nextDueAt } = this.#dueIds(now, this.#batchSize);
+        let { kind = 'export', due, nextDueAt } = this.#dueIds(now, this.#batchSize);
+        if (due.length === 0 && this.#passedOver.export.size + this.#passedOver.import.size > 0) {
+          // Nothing else is due: the ids passed over go again.
+          this.#passedOver.export.clear();
+          this.#passedOver.import.clear();
+          ({ kind = 'export', due, nextDueAt } = this.#dueIds(now, this.#batchSize));
+        }
         if (due.length === 0) {
           if (nextDueAt !== undefined) nextWake = Math.min(nextWake, nextDueAt);
           break;
@@ -388,7 +403,11 @@ export class Scheduler {
       now,
       this.#interval,
       capacity,
-      (id) => this.#inFlight.has(id) || this.#isolated.has(id),
+      (id) =>
+        this.#inFlight.has(id) ||
+        this.#isolated.has(id) ||
+        this.#passedOver.export.has(id) ||
+        this.#passedOver.import.has(id),
     );
   }
 
@@ -405,6 +424,8 @@ export class Scheduler {
         (result) => {
           this.#answered[kind]++;
           this.#answeredAt[kind] = this.#deps.now();
+          // Its kind is answered: a batch of it that fails from now on is taken apart instead.
+          this.#passedOver[kind].clear();
           if (group) this.#release(group);
           return current() ? this.#onResult(result, kind, current) : undefined;
         },
@@ -528,6 +549,9 @@ export class Scheduler {
     const answering = alone || now - this.#answeredAt[kind] <= this.#interval;
     if (group) this.#isolate(batch, kind, group, now, answering ? 0 : this.#interval);
     else if (answering) this.#isolate(batch, kind, null, now, 0);
+    else if (this.#passedOver[kind].size < this.#maxOutstanding * this.#batchSize) {
+      for (const id of batch) this.#passedOver[kind].add(id);
+    }
   }
 
   /**
