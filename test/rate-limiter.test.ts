@@ -322,6 +322,24 @@ describe('RateLimiter', () => {
     expect(starts).toHaveLength(1);
   });
 
+  it('does not let calls aborted while held delay the live calls queued after them', async () => {
+    limiter = new RateLimiter({ budget: 100, windowMs: 60_000, resetMarginMs: 0 });
+    limiter.rateLimited(T0 + 10_000);
+    // Twenty terms that each queued four checks and stepped down while the quota held them.
+    for (let term = 0; term < 20; term++) {
+      const controller = new AbortController();
+      for (let i = 0; i < 4; i++)
+        void limiter.schedule(async () => 'ran', controller.signal).catch(() => 'aborted');
+      controller.abort(new Error('stepped down'));
+    }
+    expect(limiter.snapshot().queued).toBe(0);
+    const starts: number[] = [];
+    launch(limiter, 1, starts);
+    expect(limiter.snapshot().queued).toBe(1);
+    await vi.advanceTimersByTimeAsync(60_000);
+    expect(starts[0]).toBeLessThan(10_000 + HOPS);
+  });
+
   it('starts none of the calls it had admitted before a 429, until the reset', async () => {
     // Spacing ~99 ms: calls bottleneck admitted wait it out, and a 429 comes meanwhile.
     limiter = new RateLimiter({ budget: 100, windowMs: 10_000, resetMarginMs: 0 });

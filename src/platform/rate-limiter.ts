@@ -102,6 +102,12 @@ export interface RateSnapshot {
   rateLimited: number;
 }
 
+/** A call waiting for bottleneck to admit a job (`RateLimiter#admit`). */
+interface WaitingCall {
+  start(): Promise<void>;
+  drop(error: unknown): void;
+}
+
 /** How long to wait before asking again when the platform says nothing is left but not until when. */
 const UNKNOWN_RESET_PROBE_MS = 1000;
 /** The platform's documented rate window: 1000 requests per 5 minutes. */
@@ -159,6 +165,8 @@ export class RateLimiter {
    */
   #written: { allowance: number; spacingMs: number } | undefined;
   #startedSinceWrite = 0;
+  /** Calls not started yet, in the order they were scheduled (see `#admit`). */
+  readonly #waiting = new Set<WaitingCall>();
 
   constructor(options: RateLimiterOptions) {
     if (!Number.isInteger(options.budget) || options.budget < 1) {
@@ -211,25 +219,7 @@ export class RateLimiter {
         if ('value' in outcome) to.resolve(outcome.value);
         else to.reject(outcome.error);
       };
-      // The job stays queued until bottleneck admits it (then it returns at once, unspent); the
-      // caller is answered now.
-      if (signal) detach = onAbort(signal, () => settle({ error: signal.reason }));
-      const task = (): Promise<void> => {
-        if (signal?.aborted) {
-          // Admitted, but not started: bottleneck took a unit of the reservoir; give it back.
-          this.#written = undefined;
-          this.#apply(this.#now());
-          settle({ error: signal.reason });
-          return Promise.resolve();
-        }
-        if (this.#allowance() < 1) {
-          // Admitted under an allowance that has fallen since (a 429, "0 left", the budget spent
-          // by the calls admitted with it): back in the queue, and bottleneck's unit given back.
-          this.#written = undefined;
-          this.#apply(this.#now());
-          this.#bottleneck.schedule(task).catch(dropped);
-          return Promise.resolve();
-        }
+      const start = (): Promise<void> => {
         const probe = this.#probing;
         if (probe) this.#probesOut++;
         this.#beginCall();
@@ -252,18 +242,49 @@ export class RateLimiter {
           (error: unknown) => ended({ error }),
         );
       };
-      const dropped = (error: unknown) => {
-        // A call dropped because the limiter stopped is a shutdown, not a failure to retry.
-        settle({
-          error:
-            this.#stopped && error instanceof Bottleneck.BottleneckError
-              ? new PlatformError('SHUTTING_DOWN', 'call dropped: the rate limiter stopped', { cause: error })
-              : error,
+      const waiting: WaitingCall = { start, drop: (error) => settle({ error }) };
+      this.#waiting.add(waiting);
+      // Aborted while it waits: out of the line at once, so that it costs later calls no spacing.
+      if (signal)
+        detach = onAbort(signal, () => {
+          this.#waiting.delete(waiting);
+          settle({ error: signal.reason });
         });
-      };
-      this.#bottleneck.schedule(task).catch(dropped);
+      this.#bottleneck.schedule(this.#admit).catch(this.#tokenDropped);
     });
   }
+
+  /**
+   * One bottleneck job per call scheduled, but not tied to it: the job admitted starts the call
+   * that has waited longest. A call aborted while it waited leaves the line at once, and its job,
+   * admitted when no call is left waiting, gives its unit back.
+   */
+  readonly #admit = (): Promise<void> => {
+    const next = this.#waiting.values().next().value;
+    if (next === undefined || this.#allowance() < 1) {
+      // No call left for it (aborted), or admitted under an allowance that has fallen since (a 429,
+      // "0 left", the budget spent by the calls admitted with it): bottleneck's unit given back, and
+      // the waiting call keeps its place for the next job.
+      this.#written = undefined;
+      this.#apply(this.#now());
+      if (next !== undefined) this.#bottleneck.schedule(this.#admit).catch(this.#tokenDropped);
+      return Promise.resolve();
+    }
+    this.#waiting.delete(next);
+    return next.start();
+  };
+
+  /** A job dropped because the limiter stopped: the calls still waiting are a shutdown. */
+  readonly #tokenDropped = (error: unknown): void => {
+    const shutdown =
+      this.#stopped && error instanceof Bottleneck.BottleneckError
+        ? new PlatformError('SHUTTING_DOWN', 'call dropped: the rate limiter stopped', { cause: error })
+        : error;
+    const next = this.#waiting.values().next().value;
+    if (next === undefined) return;
+    this.#waiting.delete(next);
+    next.drop(shutdown);
+  };
 
   /**
    * A gate for work that may start at most `max` requests per budget window, out of the same
@@ -356,7 +377,6 @@ export class RateLimiter {
   }
 
   snapshot(): RateSnapshot {
-    const counts = this.#bottleneck.counts();
     return {
       budget: this.#budget,
       window: this.#window,
@@ -368,7 +388,7 @@ export class RateLimiter {
       platformResetAt: this.#platformResetAt,
       spacingMs: this.#spacingMs,
       inFlight: this.#inFlight,
-      queued: (counts.RECEIVED ?? 0) + (counts.QUEUED ?? 0) + (counts.RUNNING ?? 0),
+      queued: this.#waiting.size,
       rateLimited: this.#rateLimited,
     };
   }
@@ -383,6 +403,9 @@ export class RateLimiter {
     this.#clearTimer('budget');
     this.#clearTimer('platform');
     await this.#bottleneck.stop({ dropWaitingJobs: true, dropErrorMessage: 'rate limiter stopped' });
+    for (const waiting of this.#waiting)
+      waiting.drop(new PlatformError('SHUTTING_DOWN', 'call dropped: the rate limiter stopped'));
+    this.#waiting.clear();
   }
 
   #beginCall(): void {
