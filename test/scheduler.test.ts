@@ -442,6 +442,27 @@ describe('Scheduler', () => {
     for (const id of bad) expect(h.calls.some((c) => c.ids.length === 1 && c.ids[0] === id)).toBe(true);
   });
 
+  it('holds a failed batch back at most a poll interval: the other kind being busy does not starve it', async () => {
+    // 30 exports (one call), 2,000 imports: with 4 calls of 1 s each at a 1 s poll interval,
+    // imports are due at every turn (the budget-bound case: more due than can be sent).
+    h = harness({ pollIntervalMs: 1000, batchSize: 100 });
+    h.answerDelayMs = 1000;
+    h.tracker.track(range(30, 'x').map((id) => ({ id, state: 'UNKNOWN', misses: 0 })));
+    h.tracker.track(
+      range(2000, 'i').map((id) => ({ id, kind: 'import' as const, state: 'UNKNOWN', misses: 0 })),
+    );
+    // The exports' very first call fails once (a transient 500, after the client's retries).
+    h.failNext.push(new PlatformError('PLATFORM_UNAVAILABLE', 'platform answered 500', { status: 500 }));
+    h.scheduler.start();
+    await vi.advanceTimersByTimeAsync(0);
+    expect(h.calls[0]?.ids[0]).toBe('x0');
+    await vi.advanceTimersByTimeAsync(60_000);
+    const exportCalls = h.calls.filter((c) => c.ids[0]?.startsWith('x'));
+    // Before the change: due again after the 1 s failure pause, then every poll interval.
+    expect(exportCalls.length).toBeGreaterThan(10);
+    expect(h.tracker.get('x0')?.state).toBe('RUNNING');
+  });
+
   it('gives isolated groups half the call slots at most, counted over their calls out', async () => {
     h = harness({ pollIntervalMs: 10_000 });
     const error = new PlatformError('PLATFORM_UNAVAILABLE', 'platform answered 500', { status: 500 });

@@ -507,7 +507,8 @@ export class PlatformClient {
     const started = performance.now();
     let outcome: RequestOutcome = 'network';
     try {
-      const answer = await this.#send(method, path, body, signal);
+      // A listing is read for ids and states only, and is neither stored nor logged: any depth will do.
+      const answer = await this.#send(method, path, body, signal, route !== 'list');
       outcome = 'ok';
       if (
         (route === 'bulk_get' || route === 'list') &&
@@ -576,12 +577,13 @@ export class PlatformClient {
     path: string,
     body: unknown,
     signal: AbortSignal | undefined,
+    limitDepth = true,
   ): Promise<Answer> {
     if (signal?.aborted) throw signal.reason;
     // The whole exchange, body included, is bounded; the signal is let go of when it ends.
     const limit = requestSignal([signal], this.#timeoutMs);
     try {
-      return await this.#exchange(method, path, body, signal, limit.signal);
+      return await this.#exchange(method, path, body, signal, limit.signal, limitDepth);
     } finally {
       limit.dispose();
     }
@@ -593,6 +595,7 @@ export class PlatformClient {
     body: unknown,
     signal: AbortSignal | undefined,
     limit: RequestSignal,
+    limitDepth: boolean,
   ): Promise<Answer> {
     let response: Dispatcher.ResponseData;
     try {
@@ -625,7 +628,7 @@ export class PlatformClient {
     try {
       if (text !== '') {
         const value: unknown = JSON.parse(text);
-        tooDeep = nestsDeeperThan(value, MAX_ANSWER_DEPTH);
+        tooDeep = limitDepth && nestsDeeperThan(value, MAX_ANSWER_DEPTH);
         if (!tooDeep) json = this.#withoutToken(text, value);
       }
     } catch {

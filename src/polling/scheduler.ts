@@ -173,6 +173,8 @@ export class Scheduler {
    * that `#isolate` needs as evidence.
    */
   readonly #passedOver: Record<JobKind, Set<string>> = { export: new Set(), import: new Set() };
+  /** When the ids of each kind began to be passed over: they go again a poll interval later. */
+  readonly #passedOverSince: Record<JobKind, number> = { export: 0, import: 0 };
   /** Calls of the running period not finished: on the wire, queued in the limiter, or storing. */
   #outstanding = 0;
   /** Of those, calls whose results are being stored. */
@@ -373,6 +375,11 @@ export class Scheduler {
         slots--;
         groupSlots--;
       }
+      for (const kind of ['export', 'import'] as const) {
+        // Never longer than a poll interval: the other kind may keep something due for good.
+        if (this.#passedOver[kind].size > 0 && now - this.#passedOverSince[kind] >= this.#interval)
+          this.#passedOver[kind].clear();
+      }
       while (slots > 0) {
         let { kind = 'export', due, nextDueAt } = this.#dueIds(now, this.#batchSize);
         if (due.length === 0 && this.#passedOver.export.size + this.#passedOver.import.size > 0) {
@@ -550,6 +557,7 @@ export class Scheduler {
     if (group) this.#isolate(batch, kind, group, now, answering ? 0 : this.#interval);
     else if (answering) this.#isolate(batch, kind, null, now, 0);
     else if (this.#passedOver[kind].size < this.#maxOutstanding * this.#batchSize) {
+      if (this.#passedOver[kind].size === 0) this.#passedOverSince[kind] = now;
       for (const id of batch) this.#passedOver[kind].add(id);
     }
   }

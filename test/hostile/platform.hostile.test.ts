@@ -255,6 +255,23 @@ describe('answers nested deeper than anything that stores or logs them can take'
   );
 });
 
+describe('a listing page with one job nested deep', () => {
+  it('is still read: listings are read for ids and states only, never stored or logged', async () => {
+    const deep = `${'['.repeat(20_000)}1${']'.repeat(20_000)}`;
+    const p = await platform(({ route, json, path }) =>
+      route === 'list'
+        ? {
+            body: `{"items": [{"id": "exp-1", "state": "RUNNING"}, {"id": "exp-2", "state": "RUNNING", "result": ${deep}}, {"id": "exp-3", "state": "PENDING"}], "links": []}`,
+          }
+        : okHandler()({ route, json, path, headers: {} }),
+    );
+    const w = await watcher(p.url);
+    const page = await w.daemon.client.listPage('export', { state: 'RUNNING' });
+    expect(page.items.map((i) => i.id)).toEqual(['exp-1', 'exp-2', 'exp-3']);
+    expect(p.requests.list).toBe(1);
+  });
+});
+
 describe('secrets', () => {
   it('a 401 that echoes the token never puts it in the logs', async () => {
     const p = await platform(() => ({
