@@ -531,6 +531,42 @@ describe('Scheduler', () => {
     expect(h.calls.some((c) => c.ids[0]?.startsWith('i'))).toBe(true);
   });
 
+  it('finds one failing id in a kind that fits in one batch: halves are asked until one is answered', async () => {
+    // Twenty exports, one batch: every call of the kind fails while e7 is in it, so no other call
+    // of the kind is ever answered at the same time, which would otherwise look like an outage.
+    h = harness({ pollIntervalMs: 10_000 });
+    const error = new PlatformError('PLATFORM_UNAVAILABLE', 'platform answered 500', { status: 500 });
+    h.failWhen = (ids) => (ids.includes('e7') ? error : undefined);
+    add(h, range(20));
+    h.scheduler.start();
+    await vi.advanceTimersByTimeAsync(120_000);
+    for (const id of range(20)) if (id !== 'e7') expect(h.tracker.get(id)?.state).toBe('RUNNING');
+    expect(h.tracker.get('e7')).toMatchObject({ state: 'UNKNOWN', misses: 0 });
+    expect(h.scheduler.isolation).toMatchObject({ ids: 1, groups: 1 });
+    // The first call answered was of half the kind.
+    expect(h.calls.find((c) => !c.ids.includes('e7'))?.ids).toHaveLength(10);
+  });
+
+  it('asks a small kind in halves during an outage, and in whole batches again once answered', async () => {
+    h = harness({ pollIntervalMs: 10_000, failurePauseMs: 100, failurePauseMaxMs: 100 });
+    const error = new PlatformError('PLATFORM_UNAVAILABLE', 'platform answered 500', { status: 500 });
+    let down = true;
+    h.failWhen = () => (down ? error : undefined);
+    add(h, range(20));
+    h.scheduler.start();
+    await vi.advanceTimersByTimeAsync(5000);
+    // One whole call, then halves, never smaller: an outage costs two calls a round, not twenty.
+    expect(h.calls[0]?.ids).toHaveLength(20);
+    expect(h.calls.slice(1).every((c) => c.ids.length === 10)).toBe(true);
+    expect(h.scheduler.isolation.ids).toBe(0);
+    down = false;
+    await vi.advanceTimersByTimeAsync(1000);
+    expect(h.tracker.countByState().RUNNING).toBe(20);
+    const before = h.calls.length;
+    await vi.advanceTimersByTimeAsync(20_000);
+    expect(h.calls.slice(before).some((c) => c.ids.length === 20)).toBe(true);
+  });
+
   it('takes nothing apart during an outage, when no call is answered', async () => {
     h = harness({ pollIntervalMs: 10_000, failurePauseMs: 100, failurePauseMaxMs: 100 });
     const error = new PlatformError('PLATFORM_UNAVAILABLE', 'platform answered 500', { status: 500 });

@@ -173,6 +173,17 @@ export class Scheduler {
    * that `#isolate` needs as evidence.
    */
   readonly #passedOver: Record<JobKind, Set<string>> = { export: new Set(), import: new Set() };
+  /**
+   * The most ids a normal batch of each kind takes, below the batch size while a kind small enough
+   * for one batch keeps failing with nothing of it answered: passing over cannot help there (no
+   * other id of the kind is due), and an outage looks the same. Each such failure halves it, so
+   * calls of half the ids go out and one answered gives the evidence `#isolate` needs; any answer
+   * of the kind restores the batch size.
+   */
+  readonly #batchCap: Record<JobKind, number> = {
+    export: Number.POSITIVE_INFINITY,
+    import: Number.POSITIVE_INFINITY,
+  };
   /** When the ids of each kind began to be passed over: they go again a poll interval later. */
   readonly #passedOverSince: Record<JobKind, number> = { export: 0, import: 0 };
   /** Calls of the running period not finished: on the wire, queued in the limiter, or storing. */
@@ -252,6 +263,8 @@ export class Scheduler {
     this.#consecutiveFailures = 0;
     this.#passedOver.export.clear();
     this.#passedOver.import.clear();
+    this.#batchCap.export = Number.POSITIVE_INFINITY;
+    this.#batchCap.import = Number.POSITIVE_INFINITY;
     period.abort(new PlatformError('SHUTTING_DOWN', PAUSED_REASON));
     this.#deps.log.info('checks paused');
     this.#notifyWaiters();
@@ -392,6 +405,8 @@ export class Scheduler {
           if (nextDueAt !== undefined) nextWake = Math.min(nextWake, nextDueAt);
           break;
         }
+        // The ids left out stay due, first in line for the next batch.
+        if (due.length > this.#batchCap[kind]) due = due.slice(0, this.#batchCap[kind]);
         this.#send(due, kind);
         slots--;
       }
@@ -433,6 +448,7 @@ export class Scheduler {
           this.#answeredAt[kind] = this.#deps.now();
           // Its kind is answered: a batch of it that fails from now on is taken apart instead.
           this.#passedOver[kind].clear();
+          this.#batchCap[kind] = Number.POSITIVE_INFINITY;
           if (group) this.#release(group);
           return current() ? this.#onResult(result, kind, current) : undefined;
         },
@@ -556,7 +572,9 @@ export class Scheduler {
     const answering = alone || now - this.#answeredAt[kind] <= this.#interval;
     if (group) this.#isolate(batch, kind, group, now, answering ? 0 : this.#interval);
     else if (answering) this.#isolate(batch, kind, null, now, 0);
-    else if (this.#passedOver[kind].size < this.#maxOutstanding * this.#batchSize) {
+    else if (batch.length > 1 && batch.length >= this.#deps.tracker.activeCountOf(kind)) {
+      this.#batchCap[kind] = batch.length >> 1;
+    } else if (this.#passedOver[kind].size < this.#maxOutstanding * this.#batchSize) {
       if (this.#passedOver[kind].size === 0) this.#passedOverSince[kind] = now;
       for (const id of batch) this.#passedOver[kind].add(id);
     }

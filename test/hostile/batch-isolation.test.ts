@@ -221,6 +221,30 @@ describe('single gets (bulk answered 405): one id whose GET fails', () => {
 describe('a bulk call answered 500 whenever it names one id', () => {
   const SERVER_ERROR = { status: 500, body: { status: 500, code: 0, message: 'Internal server error' } };
 
+  it('every id in one batch: halves are asked until one is answered, then the id is set apart', async () => {
+    const p = await platform(({ route, json, path }) => {
+      if (route === 'bulk_get') {
+        const asked = askedIds(json);
+        if (asked.includes('poison')) return SERVER_ERROR;
+        return { body: { items: asked.map((id) => ({ resource: exportObject(id, 'RUNNING') })) } };
+      }
+      return okHandler()({ route, json, path, headers: {} });
+    });
+    // The default batch size: all eight ids fit in one call, so no other call is answered meanwhile.
+    const w = await watcher(p.url);
+    await w.daemon.registry.watch(['poison', ...GOOD], null);
+    const { scheduler, tracker } = w.daemon;
+    await within(
+      10_000,
+      'every good id RUNNING and poison held apart alone',
+      scheduler.until(() => tracker.countByState().RUNNING === GOOD.length && scheduler.isolation.ids === 1),
+    );
+    expect(tracker.get('poison')).toMatchObject({ state: 'UNKNOWN', misses: 0 });
+    const sizes = p.seen.filter((r) => r.route === 'bulk_get').map((r) => askedIds(r.json).length);
+    expect(sizes[0]).toBe(8);
+    expect(Math.max(...sizes)).toBe(8);
+  });
+
   it('the id is checked on its own, backing off; the rest keep their pace; healed, it rejoins', async () => {
     let healed = false;
     const p = await platform(({ route, json, path }) => {
