@@ -567,6 +567,42 @@ describe('Scheduler', () => {
     expect(h.calls.slice(before).some((c) => c.ids.length === 20)).toBe(true);
   });
 
+  it('finds a second failing id in a small kind beside one already held apart', async () => {
+    h = harness({ pollIntervalMs: 10_000 });
+    const error = new PlatformError('PLATFORM_UNAVAILABLE', 'platform answered 500', { status: 500 });
+    const bad = new Set(['e7']);
+    h.failWhen = (ids) => (ids.some((id) => bad.has(id)) ? error : undefined);
+    add(h, range(20));
+    h.scheduler.start();
+    await vi.advanceTimersByTimeAsync(120_000);
+    expect(h.scheduler.isolation).toMatchObject({ ids: 1, groups: 1 });
+    // Another replica leads for a while; back, the 19 ids not held apart are due in one batch,
+    // and meanwhile a second job became one the platform cannot answer for.
+    h.scheduler.pause();
+    await vi.advanceTimersByTimeAsync(30_000);
+    bad.add('e3');
+    h.scheduler.resume();
+    await vi.advanceTimersByTimeAsync(300_000);
+    const now = Date.now();
+    for (const id of range(20)) {
+      if (id === 'e7' || id === 'e3') continue;
+      expect(now - (h.tracker.get(id)?.lastCheckedAt ?? 0), id).toBeLessThan(30_000);
+    }
+  });
+
+  it('asks an odd-sized small kind in at most two calls a round during an outage', async () => {
+    h = harness({ pollIntervalMs: 10_000, failurePauseMs: 100, failurePauseMaxMs: 100 });
+    const error = new PlatformError('PLATFORM_UNAVAILABLE', 'platform answered 500', { status: 500 });
+    h.failWhen = () => error;
+    add(h, range(21));
+    h.scheduler.start();
+    await vi.advanceTimersByTimeAsync(5000);
+    const perRound = new Map<number, number>();
+    for (const c of h.calls) perRound.set(c.at, (perRound.get(c.at) ?? 0) + 1);
+    expect(perRound.size).toBeGreaterThan(5);
+    expect(Math.max(...perRound.values())).toBeLessThanOrEqual(2);
+  });
+
   it('takes nothing apart during an outage, when no call is answered', async () => {
     h = harness({ pollIntervalMs: 10_000, failurePauseMs: 100, failurePauseMaxMs: 100 });
     const error = new PlatformError('PLATFORM_UNAVAILABLE', 'platform answered 500', { status: 500 });

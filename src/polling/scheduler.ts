@@ -572,8 +572,13 @@ export class Scheduler {
     const answering = alone || now - this.#answeredAt[kind] <= this.#interval;
     if (group) this.#isolate(batch, kind, group, now, answering ? 0 : this.#interval);
     else if (answering) this.#isolate(batch, kind, null, now, 0);
-    else if (batch.length > 1 && batch.length >= this.#deps.tracker.activeCountOf(kind)) {
-      this.#batchCap[kind] = batch.length >> 1;
+    else if (
+      batch.length > 1 &&
+      // Ids held apart are never in a normal batch: beside them, the rest is the whole kind.
+      batch.length >= this.#deps.tracker.activeCountOf(kind) - this.#isolatedOf(kind)
+    ) {
+      // Rounded up: a kind of 2n + 1 ids costs two calls a round, not three.
+      this.#batchCap[kind] = (batch.length + 1) >> 1;
     } else if (this.#passedOver[kind].size < this.#maxOutstanding * this.#batchSize) {
       if (this.#passedOver[kind].size === 0) this.#passedOverSince[kind] = now;
       for (const id of batch) this.#passedOver[kind].add(id);
@@ -623,6 +628,13 @@ export class Scheduler {
         `a check of this ${kind} fails while others are answered; it is checked on its own`,
       );
     }
+  }
+
+  /** Ids of one kind held apart: never in a normal batch. O(groups), on a failure only. */
+  #isolatedOf(kind: JobKind): number {
+    let n = 0;
+    for (const g of this.#groups) if (g.kind === kind) n += g.ids.length;
+    return n;
   }
 
   #release(group: IsolatedGroup): void {
