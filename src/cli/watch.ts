@@ -94,12 +94,9 @@ export async function runWatch(options: WatchOptions): Promise<number> {
   const endpoint = options.config.endpoint;
   const idKind = options.kind ?? 'export';
   /** What is watched, by kind; with --all, filled once the platform has listed them. */
-  const jobs: Record<JobKind, string[]> = { export: [], import: [] };
-  jobs[idKind] = [...new Set(options.ids)];
-  /** The same, as sets, for the transitions. */
-  const watching: Record<JobKind, Set<string>> = { export: new Set(), import: new Set() };
-  watching[idKind] = new Set(jobs[idKind]);
-  const total = () => jobs.export.length + jobs.import.length;
+  const jobs: Record<JobKind, ReadonlySet<string>> = { export: new Set(), import: new Set() };
+  jobs[idKind] = new Set(options.ids);
+  const total = () => jobs.export.size + jobs.import.size;
   const started = now();
   let finished = 0;
   let failed = 0;
@@ -132,7 +129,7 @@ export async function runWatch(options: WatchOptions): Promise<number> {
   });
   bus.on('transition', (t) => {
     // Only the jobs asked for (the daemon below runs no discovery; this holds whatever it runs).
-    if (!watching[t.kind ?? 'export'].has(t.exportId)) return;
+    if (!jobs[t.kind ?? 'export'].has(t.exportId)) return;
     progress.change(t);
     if (!isTerminal(t.to)) return;
     finished++;
@@ -172,10 +169,7 @@ export async function runWatch(options: WatchOptions): Promise<number> {
     if (options.all) {
       const list = daemon.listUnfinished?.bind(daemon);
       if (!list) throw new Error('watch --all: this daemon cannot list jobs');
-      for (const kind of options.all) {
-        jobs[kind] = await list(kind);
-        watching[kind] = new Set(jobs[kind]);
-      }
+      for (const kind of options.all) jobs[kind] = new Set(await list(kind));
       progress.total = total();
       if (total() === 0) {
         say(`no unfinished ${options.all.map((k) => `${k}s`).join(' or ')} to watch`);
@@ -183,10 +177,11 @@ export async function runWatch(options: WatchOptions): Promise<number> {
       }
     }
     for (const kind of ['export', 'import'] as const) {
-      if (jobs[kind].length === 0) continue;
+      if (jobs[kind].size === 0) continue;
+      const ids = [...jobs[kind]];
       const result = await (kind === 'export'
-        ? daemon.registry.watch(jobs[kind], null)
-        : daemon.registry.watch(jobs[kind], null, kind));
+        ? daemon.registry.watch(ids, null)
+        : daemon.registry.watch(ids, null, kind));
       if (result.conflicts && result.conflicts.length > 0) {
         throw new UsageError(
           `${result.conflicts.length} of the ${kind} ids ${result.conflicts.length === 1 ? 'is' : 'are'} also given as ${kind === 'export' ? 'import' : 'export'}s: ${result.conflicts.slice(0, 5).join(', ')}`,
@@ -257,8 +252,8 @@ export async function runWatch(options: WatchOptions): Promise<number> {
 }
 
 /** "export(s)", "import(s)", or "job(s)" when both kinds are watched. */
-function jobNoun(jobs: Readonly<Record<JobKind, readonly string[]>>, n: number): string {
-  const word = jobs.import.length === 0 ? 'export' : jobs.export.length === 0 ? 'import' : 'job';
+function jobNoun(jobs: Readonly<Record<JobKind, ReadonlySet<string>>>, n: number): string {
+  const word = jobs.import.size === 0 ? 'export' : jobs.export.size === 0 ? 'import' : 'job';
   return n === 1 ? word : `${word}s`;
 }
 
@@ -375,12 +370,15 @@ class Progress {
     this.#total = total;
   }
 
-  start(counts: () => Record<ExportState, number>, jobs: Readonly<Record<JobKind, readonly string[]>>): void {
+  start(
+    counts: () => Record<ExportState, number>,
+    jobs: Readonly<Record<JobKind, ReadonlySet<string>>>,
+  ): void {
     this.#counts = counts;
     if (!this.#options.stderrTty) {
       const both =
-        jobs.export.length > 0 && jobs.import.length > 0
-          ? ` (${jobs.export.length} export${jobs.export.length === 1 ? '' : 's'}, ${jobs.import.length} import${jobs.import.length === 1 ? '' : 's'})`
+        jobs.export.size > 0 && jobs.import.size > 0
+          ? ` (${jobs.export.size} export${jobs.export.size === 1 ? '' : 's'}, ${jobs.import.size} import${jobs.import.size === 1 ? '' : 's'})`
           : '';
       this.#options.stderr.write(`watching ${this.#total} ${jobNoun(jobs, this.#total)}${both}\n`);
       return;

@@ -277,9 +277,7 @@ export class RateLimiter {
   /** A job dropped because the limiter stopped: the calls still waiting are a shutdown. */
   readonly #tokenDropped = (error: unknown): void => {
     const shutdown =
-      this.#stopped && error instanceof Bottleneck.BottleneckError
-        ? new PlatformError('SHUTTING_DOWN', 'call dropped: the rate limiter stopped', { cause: error })
-        : error;
+      this.#stopped && error instanceof Bottleneck.BottleneckError ? droppedByStop(error) : error;
     const next = this.#waiting.values().next().value;
     if (next === undefined) return;
     this.#waiting.delete(next);
@@ -354,12 +352,9 @@ export class RateLimiter {
     // A reset that has just passed means the window rolled over while the answer came back (the
     // header is in whole seconds): one probe shortly, as after "nothing left" with no reset, not
     // the fallback pause. One long past (a clock far off) still gets the fallback.
-    const passed = reported !== undefined && reported <= now && now - reported <= JUST_PASSED_MS;
-    const until = passed
-      ? undefined
-      : reported !== undefined && reported > now
-        ? reported
-        : now + this.#fallbackPauseMs;
+    let until: number | undefined = now + this.#fallbackPauseMs;
+    if (reported !== undefined && reported > now) until = reported;
+    else if (reported !== undefined && now - reported <= JUST_PASSED_MS) until = undefined;
     this.#setPlatformReset(until, now);
     this.#log?.warn(
       { reset_at: new Date(until ?? this.#pausedUntil ?? now).toISOString() },
@@ -403,8 +398,7 @@ export class RateLimiter {
     this.#clearTimer('budget');
     this.#clearTimer('platform');
     await this.#bottleneck.stop({ dropWaitingJobs: true, dropErrorMessage: 'rate limiter stopped' });
-    for (const waiting of this.#waiting)
-      waiting.drop(new PlatformError('SHUTTING_DOWN', 'call dropped: the rate limiter stopped'));
+    for (const waiting of this.#waiting) waiting.drop(droppedByStop());
     this.#waiting.clear();
   }
 
@@ -503,11 +497,6 @@ export class RateLimiter {
   }
 
   /**
-   * After a reset, what is left is unknown until the platform answers again. After a probe (the
-   * platform said nothing is left and not until when), one call goes, whose answer says what is
-   * left: not every call held, which would meet a 429 together.
-   */
-  /**
    * When the platform's count is 0 with no reset and nothing armed to ask again (no answer with
    * quota headers came since): the probe, answered without quota headers (it succeeded), means
    * the platform does not report them: our own budget governs again. Otherwise (the probe failed
@@ -535,6 +524,11 @@ export class RateLimiter {
     this.#apply(now);
   }
 
+  /**
+   * After a reset, what is left is unknown until the platform answers again. After a probe (the
+   * platform said nothing is left and not until when), one call goes, whose answer says what is
+   * left: not every call held, which would meet a 429 together.
+   */
   #onPlatformReset(probe: boolean): void {
     this.#platformTimer = undefined;
     if (probe && this.#probesOut > 0) {
@@ -604,4 +598,13 @@ export class RateLimiter {
       this.#platformTimer = undefined;
     }
   }
+}
+
+/** What a call gets when the limiter stops before starting it: a shutdown, not a failure to retry. */
+function droppedByStop(cause?: unknown): PlatformError {
+  return new PlatformError(
+    'SHUTTING_DOWN',
+    'call dropped: the rate limiter stopped',
+    cause === undefined ? {} : { cause },
+  );
 }

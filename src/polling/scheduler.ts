@@ -261,10 +261,8 @@ export class Scheduler {
     this.#storing = 0;
     this.#pausedUntil = 0;
     this.#consecutiveFailures = 0;
-    this.#passedOver.export.clear();
-    this.#passedOver.import.clear();
-    this.#batchCap.export = Number.POSITIVE_INFINITY;
-    this.#batchCap.import = Number.POSITIVE_INFINITY;
+    this.#forgetUnansweredFailures('export');
+    this.#forgetUnansweredFailures('import');
     period.abort(new PlatformError('SHUTTING_DOWN', PAUSED_REASON));
     this.#deps.log.info('checks paused');
     this.#notifyWaiters();
@@ -374,9 +372,10 @@ export class Scheduler {
         }
         // Ids no longer tracked (unwatched, or finished elsewhere) leave the group, and are no
         // longer held apart: watched again, they are checked like any other.
-        const ids = group.ids.filter((id) => this.#deps.tracker.has(id));
+        const ids: string[] = [];
         for (const id of group.ids) {
-          if (!this.#deps.tracker.has(id) && this.#isolated.get(id) === group) this.#isolated.delete(id);
+          if (this.#deps.tracker.has(id)) ids.push(id);
+          else if (this.#isolated.get(id) === group) this.#isolated.delete(id);
         }
         if (ids.length === 0) {
           this.#release(group);
@@ -447,8 +446,7 @@ export class Scheduler {
           this.#answered[kind]++;
           this.#answeredAt[kind] = this.#deps.now();
           // Its kind is answered: a batch of it that fails from now on is taken apart instead.
-          this.#passedOver[kind].clear();
-          this.#batchCap[kind] = Number.POSITIVE_INFINITY;
+          this.#forgetUnansweredFailures(kind);
           if (group) this.#release(group);
           return current() ? this.#onResult(result, kind, current) : undefined;
         },
@@ -628,6 +626,12 @@ export class Scheduler {
         `a check of this ${kind} fails while others are answered; it is checked on its own`,
       );
     }
+  }
+
+  /** Ends what failures with nothing of `kind` answered set up: ids passed over, the batch cap. */
+  #forgetUnansweredFailures(kind: JobKind): void {
+    this.#passedOver[kind].clear();
+    this.#batchCap[kind] = Number.POSITIVE_INFINITY;
   }
 
   /** Ids of one kind held apart: never in a normal batch. O(groups), on a failure only. */

@@ -555,19 +555,17 @@ export function observationsFromBulk(
   for (const item of items) {
     if (!item || typeof item !== 'object') continue;
     const resource = asExport(item.resource);
-    const unreadable = resource ? null : unreadableResource(item.resource);
-    if (resource || unreadable) {
-      const id = (resource ?? unreadable)?.id as string;
+    const observed: Observation | null = resource
+      ? { kind: 'resource', id: resource.id, resource }
+      : unreadableResource(item.resource);
+    if (observed) {
+      const { id } = observed;
       if (!wanted.has(id) || answered.has(id)) {
         unexpected.add(id);
         continue;
       }
       answered.add(id);
-      observations.push(
-        resource
-          ? { kind: 'resource', id, resource }
-          : { kind: 'unreadable', id, state: unreadable?.state ?? '' },
-      );
+      observations.push(observed);
     } else if (item.error && typeof item.error === 'object') {
       errors.push(item.error as PlatformErrorBody);
     }
@@ -682,11 +680,11 @@ function asExport(value: unknown): PlatformExport | null {
 }
 
 /**
- * The id of a resource whose state is not text (missing, null, a number, an object): it still says
+ * The observation of a resource whose state is not text (missing, null, a number, an object): it still says
  * the job exists. `state` describes what came by its type alone, never serialising it (it may be
  * nested past what JSON.stringify can take).
  */
-function unreadableResource(value: unknown): { id: string; state: string } | null {
+function unreadableResource(value: unknown): Extract<Observation, { kind: 'unreadable' }> | null {
   if (!value || typeof value !== 'object') return null;
   const v = value as Record<string, unknown>;
   if (typeof v.id !== 'string' || typeof v.state === 'string') return null;
@@ -699,5 +697,5 @@ function unreadableResource(value: unknown): { id: string; state: string } | nul
         : typeof s === 'number' || typeof s === 'boolean'
           ? `(${typeof s} ${String(s)})`
           : `(${Array.isArray(s) ? 'array' : typeof s})`;
-  return { id: v.id, state };
+  return { kind: 'unreadable', id: v.id, state };
 }

@@ -858,7 +858,7 @@ export class PostgresStore implements Store {
     since: number,
     status: DeliveryStatus,
     now: number,
-    endpointKeys?: readonly string[],
+    endpointKeys: readonly string[],
   ): Promise<number> {
     return this.#use(async (db) => {
       // The events are locked (FOR KEY SHARE, as `redeliver` does): a prune running meanwhile
@@ -869,8 +869,8 @@ export class PostgresStore implements Store {
             status = 'pending', attempts = 0, next_attempt_at = $3, leased = false, series_started_at = $3,
             finished_at = NULL
           WHERE status = $2 AND event_id IN (SELECT id FROM events WHERE created_at >= $1 FOR KEY SHARE)
-            AND ($4::text[] IS NULL OR endpoint_key = ANY($4::text[]))`,
-        [since, status, now, endpointKeys ?? null],
+            AND endpoint_key = ANY($4::text[])`,
+        [since, status, now, endpointKeys],
       );
       return result.rowCount ?? 0;
     });

@@ -646,18 +646,18 @@ export class SqliteStore implements Store {
     since: number,
     status: DeliveryStatus,
     now: number,
-    endpointKeys?: readonly string[],
+    endpointKeys: readonly string[],
   ): Promise<number> {
     return this.#sql(`
       UPDATE deliveries SET
         status = 'pending', attempts = 0, next_attempt_at = @now, leased = 0, series_started_at = @now,
         finished_at = NULL
       WHERE status = @status AND event_id IN (SELECT id FROM events WHERE created_at >= @since)
-        AND (@keys IS NULL OR endpoint_key IN (SELECT value FROM json_each(@keys)))`).run({
+        AND endpoint_key IN (SELECT value FROM json_each(@keys))`).run({
       since,
       status,
       now,
-      keys: endpointKeys === undefined ? null : JSON.stringify(endpointKeys),
+      keys: JSON.stringify(endpointKeys),
     }).changes;
   }
 

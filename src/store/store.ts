@@ -298,7 +298,7 @@ export interface Store {
   redeliver(eventId: string, endpoints: readonly EndpointRef[], now: number): Promise<number | undefined>;
   /**
    * Starts a new series for every delivery in `status` whose event was created at or after
-   * `since`, to the endpoints in `endpointKeys` when given (the configured ones: a delivery to an
+   * `since`, to the endpoints in `endpointKeys` only (the configured ones: a delivery to an
    * endpoint no longer configured could never be sent, and pending, its event is never pruned).
    * Returns the deliveries reset.
    */
@@ -306,7 +306,7 @@ export interface Store {
     since: number,
     status: DeliveryStatus,
     now: number,
-    endpointKeys?: readonly string[],
+    endpointKeys: readonly string[],
   ): Promise<number>;
   deliveryCounts(): Promise<DeliveryCounts>;
 
