@@ -14,6 +14,7 @@ import { runCli } from '../src/cli.js';
 import type { EventType } from '../src/delivery/events.js';
 import { ControlApi, eventToJson, type WatchRegistry } from '../src/http/control-api.js';
 import type { DeliveryStatus, EventQuery, StoredEvent } from '../src/store/store.js';
+import { closedPort } from './helpers/ports.js';
 import { killAll, spawnCli } from './helpers/spawn.js';
 
 const TOKEN = 'replay-token-5c1e9a';
@@ -490,15 +491,6 @@ describe('parsing', () => {
     });
   });
 });
-
-/** A port nothing listens on: one the system handed out, then closed. */
-async function closedPort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const port = (server.address() as { port: number }).port;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
 
 /** A server that accepts connections and never answers. */
 async function silentServer(): Promise<{ port: number; close: () => Promise<void> }> {

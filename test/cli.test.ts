@@ -29,6 +29,7 @@ import type { RequestOutcome } from '../src/platform/platform-client.js';
 import { EXPORT_STATES, type ExportState } from '../src/polling/tracker.js';
 import { ConfigError, DeadlineError, ListenError, PlatformError, UsageError } from '../src/shared/errors.js';
 import { useProxy } from '../src/shared/proxy.js';
+import { closedPort } from './helpers/ports.js';
 
 const ROOT = resolve(fileURLToPath(new URL('..', import.meta.url)));
 const CLI = join(ROOT, 'src', 'cli.ts');
@@ -645,10 +646,7 @@ describe('runCli: what is printed for a failure', () => {
 
   it('scrubs the configuration secrets and URL credentials from the line', async () => {
     // A closed port: the platform cannot be reached, and the error line names the endpoint.
-    const server = createServer();
-    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
-    const { port } = server.address() as AddressInfo;
-    await new Promise<void>((r) => server.close(() => r()));
+    const port = await closedPort();
     const err = stderr();
     const code = await runCliInProcess(
       ['get', 'x', '--timeout', '10s'],
@@ -678,10 +676,7 @@ describe('runCli: what is printed for a failure', () => {
   });
 
   it('names the proxy when the platform cannot be reached through one, never its credentials', async () => {
-    const server = createServer();
-    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
-    const { port } = server.address() as AddressInfo;
-    await new Promise<void>((r) => server.close(() => r()));
+    const port = await closedPort();
     const err = stderr();
     let code: number;
     try {

@@ -679,44 +679,25 @@ describe('imports end to end, against the simulator over loopback', () => {
     expect((await s.get(`/v1/events?export_id=a&import_id=b`)).status).toBe(400);
 
     // An id watched as one kind is refused as the other, whole.
-    const conflict = await s.post('/v1/exports', { ids: ['brand-new', completed[1]] });
-    expect(conflict.status).toBe(409);
-    expect(conflict.json).toMatchObject({
-      error: { code: 'kind_conflict', details: [{ field: 'ids[1]', problem: 'is watched as an import' }] },
-    });
+    expectKindConflict(await s.post('/v1/exports', { ids: ['brand-new', completed[1]] }), [
+      { field: 'ids[1]', problem: 'is watched as an import' },
+    ]);
     expect((await s.get('/v1/exports/brand-new')).status).toBe(404);
     // So is an export whose webhook-ids a watched import has (`evt_import_<id>_…`).
-    const twin = await s.post('/v1/exports', { ids: [`import_${completed[1]}`] });
-    expect(twin.status).toBe(409);
-    expect(twin.json).toMatchObject({
-      error: {
-        code: 'kind_conflict',
-        details: [
-          {
-            field: 'ids[0]',
-            problem: `shares its webhook-ids with the import "${completed[1]}", which is watched`,
-          },
-        ],
+    expectKindConflict(await s.post('/v1/exports', { ids: [`import_${completed[1]}`] }), [
+      {
+        field: 'ids[0]',
+        problem: `shares its webhook-ids with the import "${completed[1]}", which is watched`,
       },
-    });
+    ]);
     expect((await s.get(`/v1/exports/import_${completed[1]}`)).status).toBe(404);
     // The other way round: an import whose webhook-ids a watched export has; and one that is
     // plainly watched as an export, named as such (no export "import_<id>" exists).
     expect((await s.post('/v1/exports', { ids: ['import_twin1', 'plainX1'] })).status).toBe(202);
-    const back = await s.post('/v1/imports', { ids: ['twin1', 'plainX1'] });
-    expect(back.status).toBe(409);
-    expect(back.json).toMatchObject({
-      error: {
-        code: 'kind_conflict',
-        details: [
-          {
-            field: 'ids[0]',
-            problem: 'shares its webhook-ids with the export "import_twin1", which is watched',
-          },
-          { field: 'ids[1]', problem: 'is watched as an export' },
-        ],
-      },
-    });
+    expectKindConflict(await s.post('/v1/imports', { ids: ['twin1', 'plainX1'] }), [
+      { field: 'ids[0]', problem: 'shares its webhook-ids with the export "import_twin1", which is watched' },
+      { field: 'ids[1]', problem: 'is watched as an export' },
+    ]);
 
     // Metrics: the imports gauge, the exports gauge as before.
     const metrics = await (await request(`${s.apiUrl}/metrics`)).body.text();
@@ -932,4 +913,13 @@ async function until(test: () => Promise<boolean>, deadlineMs = 20_000): Promise
     if (performance.now() > end) throw new Error('condition not reached before the deadline');
     await new Promise((resolve) => setTimeout(resolve, 20));
   }
+}
+
+/** A 409 `kind_conflict` answer with these details: nothing of the request was added. */
+function expectKindConflict(
+  r: { status: number; json: unknown },
+  details: Array<{ field: string; problem: string }>,
+): void {
+  expect(r.status).toBe(409);
+  expect(r.json).toMatchObject({ error: { code: 'kind_conflict', details } });
 }

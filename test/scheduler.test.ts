@@ -36,11 +36,19 @@ interface Harness {
   failDelayMs?: number;
   /** When set, an answered call takes this long. */
   answerDelayMs?: number;
-  /** Calls on the wire now, and the most at once that held an id `failWhen` fails on. */
-  wire: Set<readonly string[]>;
   /** The signal each call was given, in order. */
   signals: AbortSignal[];
 }
+
+/** A 500 the platform client gives up on (after its retries). */
+const SERVER_ERROR = new PlatformError('PLATFORM_UNAVAILABLE', 'platform answered 500', { status: 500 });
+
+/** A `failWhen` that fails every call naming one of `bad` (read at each call: it may grow). */
+const failingOn = (bad: ReadonlySet<string>) => (ids: readonly string[]) =>
+  ids.some((id) => bad.has(id)) ? SERVER_ERROR : undefined;
+
+/** Whether `id` was asked about alone, in a call of its own. */
+const askedAlone = (h: Harness, id: string) => h.calls.some((c) => c.ids.length === 1 && c.ids[0] === id);
 
 function harness(
   options: Partial<ConstructorParameters<typeof Scheduler>[1]> = {},
@@ -69,7 +77,6 @@ function harness(
     gate: {},
     failNext: [],
     signals: [],
-    wire: new Set(),
     scheduler: undefined as unknown as Scheduler,
   };
   const deps: SchedulerDeps = {
@@ -91,7 +98,6 @@ function harness(
       const failure = h.failNext.shift();
       if (failure) throw failure;
       const always = h.failWhen?.(ids);
-      h.wire.add(ids);
       try {
         if (always) {
           await new Promise((resolve) => setTimeout(resolve, h.failDelayMs ?? 100));
@@ -99,7 +105,6 @@ function harness(
         }
         if (h.answerDelayMs) await new Promise((resolve) => setTimeout(resolve, h.answerDelayMs));
       } finally {
-        h.wire.delete(ids);
       }
       const observations: Observation[] = ids.map((id) => ({
         kind: 'resource',
@@ -241,7 +246,7 @@ describe('Scheduler', () => {
 
   it('after a failed call, pauses and then checks the same ids again', async () => {
     h = harness({ failurePauseMs: 2000 });
-    h.failNext.push(new PlatformError('PLATFORM_UNAVAILABLE', 'platform answered 500', { status: 500 }));
+    h.failNext.push(SERVER_ERROR);
     add(h, ['a']);
     h.scheduler.start();
     await vi.advanceTimersByTimeAsync(1999);
@@ -354,7 +359,7 @@ describe('Scheduler', () => {
     add(h, ['a', 'b', 'c']);
     h.scheduler.start();
     await vi.advanceTimersByTimeAsync(0);
-    h.failNext.push(new PlatformError('PLATFORM_UNAVAILABLE', 'platform answered 500', { status: 500 }));
+    h.failNext.push(SERVER_ERROR);
     await vi.advanceTimersByTimeAsync(3000);
     expect(h.calls.map((c) => `${c.ids[0]}@${c.at}`)).toEqual([
       'a@0',
@@ -369,8 +374,7 @@ describe('Scheduler', () => {
 
   it('takes apart a batch that keeps failing while others succeed, so its other ids are checked', async () => {
     h = harness({ pollIntervalMs: 10_000, failurePauseMs: 100, failurePauseMaxMs: 100 });
-    const error = new PlatformError('PLATFORM_UNAVAILABLE', 'platform answered 500', { status: 500 });
-    h.failWhen = (ids) => (ids.includes('e0') ? error : undefined);
+    h.failWhen = (ids) => (ids.includes('e0') ? SERVER_ERROR : undefined);
     add(h, range(300));
     h.scheduler.start();
     await vi.advanceTimersByTimeAsync(9000);
@@ -394,10 +398,9 @@ describe('Scheduler', () => {
 
   it('keeps checking the healthy ids while isolated groups fail, whatever they do', async () => {
     h = harness({ pollIntervalMs: 60_000, failurePauseMs: 100, failurePauseMaxMs: 100 });
-    const error = new PlatformError('PLATFORM_UNAVAILABLE', 'platform answered 500', { status: 500 });
     // Both halves of two batches hold a failing id.
     const bad = new Set(['e0', 'e50', 'e100', 'e150']);
-    h.failWhen = (ids) => (ids.some((id) => bad.has(id)) ? error : undefined);
+    h.failWhen = failingOn(bad);
     add(h, range(400));
     h.scheduler.start();
     await vi.advanceTimersByTimeAsync(10 * 60_000);
@@ -406,13 +409,12 @@ describe('Scheduler', () => {
     // Every healthy id answered about once a minute, and the bad ones each alone in the end.
     const healthy = range(400).filter((id) => !bad.has(id));
     for (const id of healthy) expect(h.calls.some((c) => c.ids.includes(id) && c.at > 8 * 60_000)).toBe(true);
-    for (const id of bad) expect(h.calls.some((c) => c.ids.length === 1 && c.ids[0] === id)).toBe(true);
+    for (const id of bad) expect(askedAlone(h, id)).toBe(true);
   });
 
   it('ends every group, even when nothing else of its kind is left to answer', async () => {
     h = harness({ pollIntervalMs: 1000, batchSize: 4, failurePauseMs: 100, failurePauseMaxMs: 100 });
-    const error = new PlatformError('PLATFORM_UNAVAILABLE', 'platform answered 500', { status: 500 });
-    h.failWhen = (ids) => (ids.includes('e0') || ids.includes('e2') ? error : undefined);
+    h.failWhen = (ids) => (ids.includes('e0') || ids.includes('e2') ? SERVER_ERROR : undefined);
     // A failing call outlasts the poll interval (the client's retries): by the time it fails,
     // the last answer of its kind is older than that.
     h.failDelayMs = 1200;
@@ -429,9 +431,8 @@ describe('Scheduler', () => {
   it('does not let failing batches that hold every call slot starve the ids behind them', async () => {
     // Defaults: batches of 100, 4 calls at once. One failing id in each of the first four batches.
     h = harness({ pollIntervalMs: 60_000, batchSize: 100 });
-    const error = new PlatformError('PLATFORM_UNAVAILABLE', 'platform answered 500', { status: 500 });
     const bad = new Set(['e0', 'e100', 'e200', 'e300']);
-    h.failWhen = (ids) => (ids.some((id) => bad.has(id)) ? error : undefined);
+    h.failWhen = failingOn(bad);
     add(h, range(500));
     h.scheduler.start();
     await vi.advanceTimersByTimeAsync(30 * 60_000);
@@ -439,23 +440,23 @@ describe('Scheduler', () => {
     expect(h.calls.some((c) => c.ids.includes('e499'))).toBe(true);
     expect(h.tracker.get('e499')?.state).toBe('RUNNING');
     // And with that evidence, the failing batches are taken apart down to the bad ids.
-    for (const id of bad) expect(h.calls.some((c) => c.ids.length === 1 && c.ids[0] === id)).toBe(true);
+    for (const id of bad) expect(askedAlone(h, id)).toBe(true);
   });
 
   it('holds a failed batch back at most a poll interval: the other kind being busy does not starve it', async () => {
-    // 30 exports (one call), 2,000 imports: with 4 calls of 1 s each at a 1 s poll interval,
-    // imports are due at every turn (the budget-bound case: more due than can be sent).
+    // 130 exports (two calls, so not a kind that fits in one), 2,000 imports: with 4 calls of 1 s
+    // each at a 1 s poll interval, imports are due at every turn (more due than can be sent).
     h = harness({ pollIntervalMs: 1000, batchSize: 100 });
     h.answerDelayMs = 1000;
-    h.tracker.track(range(30, 'x').map((id) => ({ id, state: 'UNKNOWN', misses: 0 })));
+    h.tracker.track(range(130, 'x').map((id) => ({ id, state: 'UNKNOWN', misses: 0 })));
     h.tracker.track(
       range(2000, 'i').map((id) => ({ id, kind: 'import' as const, state: 'UNKNOWN', misses: 0 })),
     );
-    // The exports' very first call fails once (a transient 500, after the client's retries).
-    h.failNext.push(new PlatformError('PLATFORM_UNAVAILABLE', 'platform answered 500', { status: 500 }));
+    // Both export calls fail once (a transient 500, after the client's retries): passed over.
+    h.failNext.push(SERVER_ERROR, SERVER_ERROR);
     h.scheduler.start();
     await vi.advanceTimersByTimeAsync(0);
-    expect(h.calls[0]?.ids[0]).toBe('x0');
+    expect(h.calls.slice(0, 2).map((c) => c.ids[0])).toEqual(['x0', 'x100']);
     await vi.advanceTimersByTimeAsync(60_000);
     const exportCalls = h.calls.filter((c) => c.ids[0]?.startsWith('x'));
     // Before the change: due again after the 1 s failure pause, then every poll interval.
@@ -465,9 +466,8 @@ describe('Scheduler', () => {
 
   it('gives isolated groups half the call slots at most, counted over their calls out', async () => {
     h = harness({ pollIntervalMs: 10_000 });
-    const error = new PlatformError('PLATFORM_UNAVAILABLE', 'platform answered 500', { status: 500 });
     const bad = new Set(Array.from({ length: 10 }, (_, i) => `e${7 + i * 300}`));
-    h.failWhen = (ids) => (ids.some((id) => bad.has(id)) ? error : undefined);
+    h.failWhen = failingOn(bad);
     h.failDelayMs = 10_000;
     h.answerDelayMs = 300;
     add(h, range(3000));
@@ -500,8 +500,7 @@ describe('Scheduler', () => {
       failurePauseMs: 10,
       failurePauseMaxMs: 10,
     });
-    const error = new PlatformError('PLATFORM_UNAVAILABLE', 'platform answered 500', { status: 500 });
-    h.failWhen = (ids) => (ids.includes('e0') ? error : undefined);
+    h.failWhen = (ids) => (ids.includes('e0') ? SERVER_ERROR : undefined);
     add(h, range(8));
     h.scheduler.start();
     await vi.advanceTimersByTimeAsync(150);
@@ -518,8 +517,7 @@ describe('Scheduler', () => {
 
   it("takes nothing apart when a whole kind's route fails while the other kind is answered", async () => {
     h = harness({ pollIntervalMs: 10_000, failurePauseMs: 100, failurePauseMaxMs: 100 });
-    const error = new PlatformError('PLATFORM_UNAVAILABLE', 'platform answered 500', { status: 500 });
-    h.failWhen = (ids) => (ids.some((id) => id.startsWith('e')) ? error : undefined);
+    h.failWhen = (ids) => (ids.some((id) => id.startsWith('e')) ? SERVER_ERROR : undefined);
     add(h, range(300));
     h.tracker.track(range(50, 'i').map((id) => ({ id, kind: 'import', state: 'UNKNOWN', misses: 0 })));
     h.scheduler.poke();
@@ -535,8 +533,7 @@ describe('Scheduler', () => {
     // Twenty exports, one batch: every call of the kind fails while e7 is in it, so no other call
     // of the kind is ever answered at the same time, which would otherwise look like an outage.
     h = harness({ pollIntervalMs: 10_000 });
-    const error = new PlatformError('PLATFORM_UNAVAILABLE', 'platform answered 500', { status: 500 });
-    h.failWhen = (ids) => (ids.includes('e7') ? error : undefined);
+    h.failWhen = (ids) => (ids.includes('e7') ? SERVER_ERROR : undefined);
     add(h, range(20));
     h.scheduler.start();
     await vi.advanceTimersByTimeAsync(120_000);
@@ -549,9 +546,8 @@ describe('Scheduler', () => {
 
   it('asks a small kind in halves during an outage, and in whole batches again once answered', async () => {
     h = harness({ pollIntervalMs: 10_000, failurePauseMs: 100, failurePauseMaxMs: 100 });
-    const error = new PlatformError('PLATFORM_UNAVAILABLE', 'platform answered 500', { status: 500 });
     let down = true;
-    h.failWhen = () => (down ? error : undefined);
+    h.failWhen = () => (down ? SERVER_ERROR : undefined);
     add(h, range(20));
     h.scheduler.start();
     await vi.advanceTimersByTimeAsync(5000);
@@ -569,9 +565,8 @@ describe('Scheduler', () => {
 
   it('finds a second failing id in a small kind beside one already held apart', async () => {
     h = harness({ pollIntervalMs: 10_000 });
-    const error = new PlatformError('PLATFORM_UNAVAILABLE', 'platform answered 500', { status: 500 });
     const bad = new Set(['e7']);
-    h.failWhen = (ids) => (ids.some((id) => bad.has(id)) ? error : undefined);
+    h.failWhen = failingOn(bad);
     add(h, range(20));
     h.scheduler.start();
     await vi.advanceTimersByTimeAsync(120_000);
@@ -592,8 +587,7 @@ describe('Scheduler', () => {
 
   it('asks an odd-sized small kind in at most two calls a round during an outage', async () => {
     h = harness({ pollIntervalMs: 10_000, failurePauseMs: 100, failurePauseMaxMs: 100 });
-    const error = new PlatformError('PLATFORM_UNAVAILABLE', 'platform answered 500', { status: 500 });
-    h.failWhen = () => error;
+    h.failWhen = () => SERVER_ERROR;
     add(h, range(21));
     h.scheduler.start();
     await vi.advanceTimersByTimeAsync(5000);
@@ -605,8 +599,7 @@ describe('Scheduler', () => {
 
   it('takes nothing apart during an outage, when no call is answered', async () => {
     h = harness({ pollIntervalMs: 10_000, failurePauseMs: 100, failurePauseMaxMs: 100 });
-    const error = new PlatformError('PLATFORM_UNAVAILABLE', 'platform answered 500', { status: 500 });
-    h.failWhen = () => error;
+    h.failWhen = () => SERVER_ERROR;
     add(h, range(300));
     h.scheduler.start();
     await vi.advanceTimersByTimeAsync(5000);
@@ -616,7 +609,7 @@ describe('Scheduler', () => {
 
   it('emits check.result after every call', async () => {
     h = harness({ failurePauseMs: 1000 });
-    const failure = new PlatformError('PLATFORM_UNAVAILABLE', 'platform answered 500', { status: 500 });
+    const failure = SERVER_ERROR;
     h.failNext.push(failure);
     add(h, ['a']);
     h.scheduler.start();

@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { DemoSummary } from '../../src/cli/demo.js';
 import { Simulator } from '../../src/dev/simulator.js';
+import { closedPort } from '../helpers/ports.js';
 import { type CliProcess, killAll, spawnCli } from '../helpers/spawn.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
@@ -61,14 +62,6 @@ function answer(status: number, body: unknown): RequestListener {
 }
 
 /** A port that was open a moment ago and is closed now: connections are refused. */
-async function closedPort(): Promise<number> {
-  const server = createServer();
-  await listen(server);
-  const { port } = server.address() as AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
-
 async function finish(p: CliProcess): Promise<{ code: number | null; out: string; err: string }> {
   const { code } = await p.exited;
   return { code, out: p.stdout(), err: p.stderr() };

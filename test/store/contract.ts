@@ -1007,20 +1007,20 @@ export function describeStoreContract(
         const bId = eventId('b', 'FAILED');
         await recordOutcomes([final(bId, A, 'gone', bAt, 410), final(bId, B, 'gone', bAt, 410)]);
 
-        expect(await store.redeliverSince(bAt, 'gone', now)).toBe(2);
+        expect(await store.redeliverSince(bAt, 'gone', now, [A.key, B.key])).toBe(2);
         expect((await store.getEvent(bId))?.deliveries.map((d) => [d.status, d.nextAttemptAt])).toEqual([
           ['pending', now],
           ['pending', now],
         ]);
         expect(await statusOf(B)).toMatchObject({ status: 'gone' });
 
-        expect(await store.redeliverSince(T0, 'gone', now)).toBe(1);
+        expect(await store.redeliverSince(T0, 'gone', now, [A.key, B.key])).toBe(1);
         expect(await statusOf(B)).toMatchObject({ status: 'pending', attempts: 0, seriesStartedAt: now });
         expect(await statusOf(A)).toMatchObject({ status: 'delivered' });
-        expect(await store.redeliverSince(T0, 'failed', now)).toBe(0);
+        expect(await store.redeliverSince(T0, 'failed', now, [A.key, B.key])).toBe(0);
       });
 
-      it('starts new series only to the endpoints given, when given: none to one no longer configured', async () => {
+      it('starts new series only to the endpoints given: none to one no longer configured', async () => {
         // a: delivered at A, gone at B. Only A is configured now.
         expect(await store.redeliverSince(T0, 'gone', now, [A.key])).toBe(0);
         expect(await statusOf(B)).toMatchObject({ status: 'gone' });
@@ -1463,7 +1463,7 @@ export function describeStoreContract(
           () => store.listEvents({ limit: 1 }),
           () => store.eventsOfExport('a'),
           () => store.redeliver('e', [A], T0),
-          () => store.redeliverSince(T0, 'failed', T0),
+          () => store.redeliverSince(T0, 'failed', T0, [A.key]),
           () => store.deliveryCounts(),
           () => store.prune(T0, { retainMs: 0, eventRetainMs: 0, batch: 10 }),
         ];

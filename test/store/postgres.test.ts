@@ -150,7 +150,7 @@ await describeWithPostgres('PostgreSQL store', (server) => {
       try {
         await holder.query('BEGIN');
         await holder.query('SELECT 1 FROM deliveries WHERE event_id = $1 FOR UPDATE', [events[2]?.id]);
-        const redelivering = store.redeliverSince(T0, 'failed', T0 + 10);
+        const redelivering = store.redeliverSince(T0, 'failed', T0 + 10, [A.key]);
         await vi.waitFor(async () => {
           const rows = await server.query<{ n: number }>(
             url,
