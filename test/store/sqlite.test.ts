@@ -27,6 +27,7 @@ import {
   MIGRATIONS,
   openDataDir,
   openSqliteStore,
+  PAGE_SIZE,
   SCHEMA_VERSION,
   type SqliteStore,
 } from '../../src/store/sqlite.js';
@@ -73,7 +74,7 @@ describe('SQLite store', () => {
     expect([...FINISHED_STATES]).toEqual(EXPORT_STATES.filter((s) => isTerminal(s)));
   });
 
-  it('keeps everything across close and reopen, in WAL mode at the latest schema', async () => {
+  it('keeps everything across close and reopen, in WAL mode at the latest schema and its page size', async () => {
     const path = openDataDir(freshDir());
     const ref = { key: endpointKey('https://a.example/'), label: 'https://a.example/' };
     let store: SqliteStore = await openSqliteStore({ path });
@@ -113,6 +114,8 @@ describe('SQLite store', () => {
     try {
       expect(raw.pragma('journal_mode', { simple: true })).toBe('wal');
       expect(raw.pragma('user_version', { simple: true })).toBe(SCHEMA_VERSION);
+      expect(PAGE_SIZE).not.toBe(4096);
+      expect(raw.pragma('page_size', { simple: true })).toBe(PAGE_SIZE);
     } finally {
       raw.close();
     }
@@ -215,7 +218,7 @@ describe('SQLite store', () => {
     await store.close();
   });
 
-  it('brings a schema-1 database (before kinds) up to date: its rows are exports, imports can be added', async () => {
+  it('brings a schema-1 database (before kinds) up to date, in its own page size: its rows are exports, imports can be added', async () => {
     const path = join(emptyDir(), 'v1.db');
     const raw = new Database(path);
     raw.exec(MIGRATIONS[0] as string);
@@ -243,6 +246,8 @@ describe('SQLite store', () => {
     try {
       expect(after.pragma('user_version', { simple: true })).toBe(SCHEMA_VERSION);
       expect(SCHEMA_VERSION).toBe(2);
+      // A file keeps the page size it was made with (SQLite's default here).
+      expect(after.pragma('page_size', { simple: true })).toBe(4096);
       const indexes = after
         .prepare(
           "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'exports' AND sql IS NOT NULL",
