@@ -746,6 +746,7 @@ async function measureSweep(ctx: Context, d: Daemon, results: Results): Promise<
     }
   }
   set(results, 'watchedRss', memory(d.proc.pid).rss);
+  progress(`watched: RSS ${results.get('watchedRss')?.text} after the sweeps`);
   const median = [...sweeps].sort((a, b) => a.cpu - b.cpu)[Math.floor(sweeps.length / 2)];
   if (failure === undefined && median) {
     set(results, 'sweepCpu', median.cpu);
