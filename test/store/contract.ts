@@ -10,6 +10,7 @@ import type { ExportState, PlatformExport } from '../../src/polling/tracker.js';
 import type { PlatformErrorBody } from '../../src/shared/errors.js';
 import {
   type AttemptRecord,
+  type DeliveryStatus,
   type EndpointRef,
   type EventBuilder,
   type ExportChange,
@@ -1060,6 +1061,77 @@ export function describeStoreContract(
           gone: 1,
           oldestPendingAt: T0 + 2 * SECOND,
         });
+      });
+
+      it('agrees with the deliveries listed after every kind of write', async () => {
+        /** The counts as the listing shows them, beside what `deliveryCounts` says. */
+        const expectCountsAsListed = async (expected: Record<DeliveryStatus, number>) => {
+          const listed = { pending: 0, delivered: 0, failed: 0, gone: 0 };
+          for (const e of (await store.listEvents({ limit: 100 })).items) {
+            for (const d of e.deliveries) listed[d.status]++;
+          }
+          expect(listed).toEqual(expected);
+          expect(await store.deliveryCounts()).toMatchObject(expected);
+        };
+        const at = T0 + SECOND;
+        await store.addExports([{ ids: ['a', 'b', 'c', 'd'], metadata: null }], T0);
+        await store.commitChanges(
+          ['a', 'b', 'c', 'd'].map((id) => move(id, 'UNKNOWN', 'COMPLETED', at)),
+          build,
+          [A, B],
+          at,
+        );
+        await expectCountsAsListed({ pending: 8, delivered: 0, failed: 0, gone: 0 });
+        const [a, b, c, d] = ['a', 'b', 'c', 'd'].map((id) => eventId(id, 'COMPLETED')) as [
+          string,
+          string,
+          string,
+          string,
+        ];
+        // A claim leases rows without changing their status.
+        expect(await store.claimDue(A.key, at, 10, at + HOUR)).toHaveLength(4);
+        await expectCountsAsListed({ pending: 8, delivered: 0, failed: 0, gone: 0 });
+        await recordOutcomes([
+          delivered(a, A, at),
+          delivered(b, A, at),
+          final(c, A, 'failed', at, 500),
+          final(d, A, 'gone', at, 410),
+          // A retry stays pending; an outcome of another series changes nothing.
+          {
+            ...final(a, B, 'failed', at, 500),
+            status: 'pending',
+            nextAttemptAt: at + SECOND,
+            finishedAt: null,
+          },
+          { ...delivered(b, B, at), seriesStartedAt: at - 1 },
+        ]);
+        await expectCountsAsListed({ pending: 4, delivered: 2, failed: 1, gone: 1 });
+        // A redelivery to every endpoint: one row goes back to pending, one is new (endpoint C).
+        expect(await store.redeliver(a, [A, C], at + 2 * SECOND)).toBe(2);
+        await expectCountsAsListed({ pending: 6, delivered: 1, failed: 1, gone: 1 });
+        expect(await store.redeliverSince(T0, 'failed', at + 3 * SECOND, [A.key, B.key, C.key])).toBe(1);
+        await expectCountsAsListed({ pending: 7, delivered: 1, failed: 0, gone: 1 });
+        // Removing an export cancels its pending deliveries; its final ones stay.
+        expect(await store.removeExport('d')).toEqual({ removed: true, cancelledDeliveries: 1 });
+        await expectCountsAsListed({ pending: 6, delivered: 1, failed: 0, gone: 1 });
+        // Pruning deletes the events left with only final deliveries, and those (a cascade).
+        await recordOutcomes([delivered(b, B, at)]);
+        await expectCountsAsListed({ pending: 5, delivered: 2, failed: 0, gone: 1 });
+        const policy = { retainMs: 1000 * HOUR, eventRetainMs: HOUR, batch: 10 };
+        expect(await store.prune(at + 2 * HOUR, policy)).toEqual({ exports: 0, events: 2 });
+        await expectCountsAsListed({ pending: 5, delivered: 0, failed: 0, gone: 0 });
+        // A commit that fails half-way writes nothing, and counts nothing.
+        await store.addExports([{ ids: ['e', 'f'], metadata: null }], T0);
+        const later = at + 3 * HOUR;
+        const failing: EventBuilder = (change, metadata, kind) => {
+          if (change.id === 'f') throw new Error('no event for f');
+          return build(change, metadata, kind);
+        };
+        const both = ['e', 'f'].map((id) => move(id, 'UNKNOWN', 'COMPLETED', later));
+        await expect(store.commitChanges(both, failing, [A], later)).rejects.toThrow('no event for f');
+        await expectCountsAsListed({ pending: 5, delivered: 0, failed: 0, gone: 0 });
+        await store.commitChanges(both, build, [A, B], later);
+        await expectCountsAsListed({ pending: 9, delivered: 0, failed: 0, gone: 0 });
       });
     });
 

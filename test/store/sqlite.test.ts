@@ -261,6 +261,40 @@ describe('SQLite store', () => {
     }
   });
 
+  it('counts by status the deliveries a database held before the process opened it', async () => {
+    const path = join(emptyDir(), 'held.db');
+    const raw = new Database(path);
+    for (const sql of MIGRATIONS) raw.exec(sql);
+    const statuses = ['pending', 'pending', 'delivered', 'failed', 'gone', 'delivered', 'delivered'];
+    for (const [i, status] of statuses.entries()) {
+      raw
+        .prepare(
+          "INSERT INTO events (id, export_id, type, body, created_at) VALUES (?, ?, 'export.completed', '{}', ?)",
+        )
+        .run(`evt_${i}`, `x${i}`, T0 + i);
+      raw
+        .prepare(
+          `INSERT INTO deliveries (event_id, endpoint_key, endpoint_label, status, attempts, series_started_at)
+           VALUES (?, 'k', 'https://a.example/', ?, 1, ?)`,
+        )
+        .run(`evt_${i}`, status, T0);
+    }
+    raw.pragma(`user_version = ${SCHEMA_VERSION}`);
+    raw.close();
+    const store = await openSqliteStore({ path });
+    try {
+      expect(await store.deliveryCounts()).toEqual({
+        pending: 2,
+        delivered: 3,
+        failed: 1,
+        gone: 1,
+        oldestPendingAt: T0,
+      });
+    } finally {
+      await store.close();
+    }
+  });
+
   it('brings a database at an older schema (0: empty) up to the latest', async () => {
     const path = join(emptyDir(), 'empty.db');
     new Database(path).close();
