@@ -916,18 +916,45 @@ export class PostgresStore implements Store {
         now - policy.retainMs,
         policy.batch,
       );
-      const events = await this.#deleteInBatches(
-        db,
-        `DELETE FROM events WHERE id IN (
-          SELECT id FROM events
-          WHERE created_at <= $1
-            AND NOT EXISTS (SELECT 1 FROM deliveries WHERE event_id = events.id AND status = 'pending')
-          LIMIT $2 FOR UPDATE SKIP LOCKED)`,
-        now - policy.eventRetainMs,
-        policy.batch,
-      );
+      const events = await this.#pruneEvents(db, now - policy.eventRetainMs, policy.batch);
       return { exports, events };
     });
+  }
+
+  /**
+   * Events in time order, a window of `batch` at a time, each starting after the last, up to the
+   * cutoff: an event kept (a delivery still pending, or locked by a redelivery under way) is read
+   * once per run, not once per batch. Both statements are shaped so that no plan reads more than
+   * its window, statistics or not: the window has no upper bound for the planner to count rows
+   * under (the cutoff is applied here), so it walks the time index and stops; the pending check
+   * reads the event's own deliveries (by their primary key), not every pending one.
+   */
+  async #pruneEvents(db: pg.Pool, cutoff: number, batch: number): Promise<number> {
+    let after: { at: number; id: string } = { at: Number.MIN_SAFE_INTEGER, id: '' };
+    let total = 0;
+    for (;;) {
+      const { rows } = await this.#query<{ id: string; at: number }>(
+        db,
+        'SELECT id, created_at AS at FROM events WHERE (created_at, id) > ($1, $2) ORDER BY created_at, id LIMIT $3',
+        [after.at, after.id, batch],
+      );
+      const old = rows.filter((e) => e.at <= cutoff);
+      if (old.length > 0) {
+        const deleted = await this.#query(
+          db,
+          `DELETE FROM events WHERE id IN (
+             SELECT id FROM events
+             WHERE id = ANY($1::text[])
+               AND 'pending' <> ALL (SELECT status FROM deliveries WHERE event_id = events.id)
+             FOR UPDATE SKIP LOCKED)`,
+          [old.map((e) => e.id)],
+        );
+        total += deleted.rowCount ?? 0;
+      }
+      const last = old.at(-1);
+      if (old.length < batch || last === undefined) return total;
+      after = last;
+    }
   }
 
   /**
