@@ -596,8 +596,14 @@ async function runCommand(args: readonly string[], env: () => Env, context: CliC
   });
   logProxy(log, config);
   // Signals are handled from here on, also while the store opens: a first one stops the daemon
-  // (at once when it exists, or as soon as it does) and exits 0; a second exits 130.
+  // (at once when it exists), or ends a store still opening (a database that does not answer
+  // would otherwise hold it until its connect timeout, then report a failure nobody asked
+  // about), and exits 0; a second exits 130.
   let daemon: Daemon | undefined;
+  let stopOpening: () => void = () => undefined;
+  const openingStopped = new Promise<undefined>((resolve) => {
+    stopOpening = () => resolve(undefined);
+  });
   let signals = 0;
   let exitWith: (code: number) => void = () => undefined;
   const stopped = new Promise<number>((resolve) => {
@@ -619,6 +625,7 @@ async function runCommand(args: readonly string[], env: () => Env, context: CliC
     }
     log.info({ signal }, 'signal received; shutting down');
     if (daemon) void stop(daemon);
+    else stopOpening();
   };
   const unhandle = () => {
     process.off('SIGTERM', onSignal);
@@ -626,20 +633,35 @@ async function runCommand(args: readonly string[], env: () => Env, context: CliC
   };
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
-  try {
-    daemon = await Daemon.open(config, { log, api: true });
-  } catch (error) {
-    unhandle();
-    throw error;
-  }
   // Stopped during start-up: the ids given here are not added (nothing was acknowledged for them).
-  const stoppedEarly = (): Promise<number> => {
+  const warnNotAdded = (): void => {
     const given = ids.length + importIds.length;
     if (given > 0) {
       log.warn({ ids: given }, 'stopped during start-up: the ids given on the command line were not added');
     }
+  };
+  const stoppedEarly = (): Promise<number> => {
+    warnNotAdded();
     return stopped;
   };
+  const opening = Daemon.open(config, { log, api: true });
+  try {
+    daemon = await Promise.race([opening, openingStopped]);
+  } catch (error) {
+    unhandle();
+    throw error;
+  }
+  if (daemon === undefined) {
+    // Nothing was started; the process exits now, which drops the connection still being made.
+    // Should the store open meanwhile, it is closed.
+    opening.then(
+      (late) => late.stop().catch(() => undefined),
+      () => undefined,
+    );
+    log.info('stopped while the store was opening');
+    warnNotAdded();
+    return 0;
+  }
   if (signals > 0) {
     void stop(daemon);
     return stoppedEarly();

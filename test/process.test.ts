@@ -2,7 +2,7 @@
  * The CLI as a process against the simulator: `run` and its shutdown paths, and `watch`.
  */
 import { createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { type AddressInfo, createServer as createNetServer, type Socket } from 'node:net';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { type ReceiverOptions, WebhookReceiver } from '../src/dev/receiver.js';
@@ -132,6 +132,45 @@ describe('sbg-export-watcher run', () => {
         (l) => l.msg === 'stopped during start-up: the ids given on the command line were not added',
       ),
     ).toMatchObject({ level: 'warn', ids: 1 });
+  });
+
+  it('on SIGTERM while a PostgreSQL store is opening (a server that never answers), exits 0 without waiting for it', async () => {
+    // Takes the connection and says nothing: the store's open waits for its 10 s connect timeout.
+    let connected: () => void = () => undefined;
+    const reached = new Promise<void>((resolve) => {
+      connected = resolve;
+    });
+    const silent = createNetServer(() => connected());
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+    const sockets = new Set<Socket>();
+    silent.on('connection', (socket) => sockets.add(socket));
+    cleanups.push(async () => {
+      for (const socket of sockets) socket.destroy();
+      await new Promise<void>((resolve) => silent.close(() => resolve()));
+    });
+    const port = (silent.address() as AddressInfo).port;
+    const { url: hookUrl } = await receiver();
+    const daemon = spawnCli(
+      ['run', '--id', 'never-added'],
+      runEnv('http://127.0.0.1:9/v2', hookUrl, {
+        WATCHER_DATABASE_URL: `postgres://watcher:pw_process_test@127.0.0.1:${port}/watcher`,
+      }),
+    );
+    await reached;
+    const signalled = performance.now();
+    daemon.child.kill('SIGTERM');
+    const { code } = await daemon.exited;
+    expect(code).toBe(0);
+    // Not held until the connect timeout (10 s), and no failure to connect reported.
+    expect(performance.now() - signalled).toBeLessThan(5000);
+    expect(daemon.stderr()).toBe('');
+    expect(daemon.lines.some((l) => l.msg === 'stopped while the store was opening')).toBe(true);
+    expect(
+      daemon.lines.find(
+        (l) => l.msg === 'stopped during start-up: the ids given on the command line were not added',
+      ),
+    ).toMatchObject({ level: 'warn', ids: 1 });
+    expect(daemon.lines.some((l) => l.msg === 'sbg-export-watcher started')).toBe(false);
   });
 
   it('exits at once on a second signal while draining', async () => {
