@@ -719,10 +719,14 @@ export class SqliteStore implements Store {
       for (const { status, n } of rows) counted[status] = n;
       this.#counts = counted;
     }
-    const oldest = this.#sql(`
-      SELECT min(e.created_at) AS at
-      FROM deliveries AS d CROSS JOIN events AS e ON e.id = d.event_id
-      WHERE d.status = 'pending'`).get() as { at: number | null };
+    // Reads every pending delivery's event: nothing to read when none is pending (the usual case).
+    const oldest =
+      this.#counts.pending === 0
+        ? { at: null }
+        : (this.#sql(`
+            SELECT min(e.created_at) AS at
+            FROM deliveries AS d CROSS JOIN events AS e ON e.id = d.event_id
+            WHERE d.status = 'pending'`).get() as { at: number | null });
     return { ...this.#counts, oldestPendingAt: oldest.at };
   }
 
