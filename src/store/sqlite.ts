@@ -711,23 +711,26 @@ export class SqliteStore implements Store {
   }
 
   async deliveryCounts(): Promise<DeliveryCounts> {
-    if (this.#counts === undefined) {
-      const counted = { pending: 0, delivered: 0, failed: 0, gone: 0 };
+    let counts = this.#counts;
+    if (counts === undefined) {
+      counts = { pending: 0, delivered: 0, failed: 0, gone: 0 };
       const rows = this.#sql(
         'SELECT status, count(*) AS n FROM deliveries GROUP BY status',
       ).all() as StatusCount[];
-      for (const { status, n } of rows) counted[status] = n;
-      this.#counts = counted;
+      for (const { status, n } of rows) counts[status] = n;
+      // Counted inside a transaction (a call from a builder), the count holds rows that may yet
+      // roll back: answered, not kept.
+      if (!this.#open().inTransaction) this.#counts = counts;
     }
     // Reads every pending delivery's event: nothing to read when none is pending (the usual case).
     const oldest =
-      this.#counts.pending === 0
+      counts.pending === 0
         ? { at: null }
         : (this.#sql(`
             SELECT min(e.created_at) AS at
             FROM deliveries AS d CROSS JOIN events AS e ON e.id = d.event_id
             WHERE d.status = 'pending'`).get() as { at: number | null });
-    return { ...this.#counts, oldestPendingAt: oldest.at };
+    return { ...counts, oldestPendingAt: oldest.at };
   }
 
   /**
@@ -848,15 +851,18 @@ export class SqliteStore implements Store {
   #transaction<T>(work: () => T): T {
     this.#open();
     const counts = this.#counts;
-    if (counts === undefined || this.#countDelta !== undefined) return this.#inTransaction(work) as T;
+    if (counts === undefined) return this.#inTransaction(work) as T;
+    // A nested one (a savepoint) adds to its parent's delta, and only if it did not roll back.
+    const parent = this.#countDelta;
     const delta = { pending: 0, delivered: 0, failed: 0, gone: 0 };
     this.#countDelta = delta;
     try {
       const result = this.#inTransaction(work) as T;
-      for (const status of DELIVERY_STATUSES) counts[status] += delta[status];
+      const into = parent ?? counts;
+      for (const status of DELIVERY_STATUSES) into[status] += delta[status];
       return result;
     } finally {
-      this.#countDelta = undefined;
+      this.#countDelta = parent;
     }
   }
 

@@ -31,7 +31,13 @@ import {
   SCHEMA_VERSION,
   type SqliteStore,
 } from '../../src/store/sqlite.js';
-import { endpointKey, StoreError } from '../../src/store/store.js';
+import {
+  type EventBuilder,
+  type ExportChange,
+  endpointKey,
+  type NewEvent,
+  StoreError,
+} from '../../src/store/store.js';
 import { canMakeReadOnlyDir, readOnlyDir } from '../helpers/no-access.js';
 import { describeStoreContract, storeErrorOf } from './contract.js';
 
@@ -261,6 +267,58 @@ describe('SQLite store', () => {
     }
   });
 
+  it('keeps no delivery count taken inside a transaction that then rolls back', async () => {
+    const store = await openSqliteStore({ path: ':memory:' });
+    try {
+      const ref = { key: endpointKey('https://a.example/'), label: 'https://a.example/' };
+      await store.addExports([{ ids: ['a', 'b'], metadata: null }], T0);
+      const changes = ['a', 'b'].map((id) => completed(id, T0 + 1));
+      // The first count is asked while the commit is under way (a's delivery written), and the
+      // commit then fails.
+      const build: EventBuilder = (change) => {
+        if (change.id === 'b') {
+          void store.deliveryCounts();
+          throw new Error('no event for b');
+        }
+        return plainEvent(change);
+      };
+      await expect(store.commitChanges(changes, build, [ref], T0 + 1)).rejects.toThrow('no event for b');
+      expect((await store.listEvents({ limit: 10 })).items).toEqual([]);
+      expect(await store.deliveryCounts()).toEqual({
+        pending: 0,
+        delivered: 0,
+        failed: 0,
+        gone: 0,
+        oldestPendingAt: null,
+      });
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('counts nothing of a nested write rolled back to its savepoint', async () => {
+    const store = await openSqliteStore({ path: ':memory:' });
+    try {
+      const ref = { key: endpointKey('https://a.example/'), label: 'https://a.example/' };
+      await store.addExports([{ ids: ['a', 'b'], metadata: null }], T0);
+      await store.commitChanges([completed('a', T0 + 1)], plainEvent, [ref], T0 + 1);
+      expect((await store.deliveryCounts()).pending).toBe(1);
+      // Inside b's commit, a redelivery of a to a new endpoint fails half-way (no label): its
+      // savepoint rolls back, the error is caught, and the commit goes on.
+      const nested: EventBuilder = (change) => {
+        const bad = { key: endpointKey('https://c.example/'), label: undefined as unknown as string };
+        store.redeliver('evt_a', [bad], T0 + 2).catch(() => undefined);
+        return plainEvent(change);
+      };
+      await store.commitChanges([completed('b', T0 + 2)], nested, [ref], T0 + 2);
+      const listed = (await store.listEvents({ limit: 10 })).items.flatMap((e) => e.deliveries);
+      expect(listed).toHaveLength(2);
+      expect((await store.deliveryCounts()).pending).toBe(2);
+    } finally {
+      await store.close();
+    }
+  });
+
   it('counts by status the deliveries a database held before the process opened it', async () => {
     const path = join(emptyDir(), 'held.db');
     const raw = new Database(path);
@@ -468,4 +526,14 @@ describe('openDataDir', () => {
 
 function byIdSorted<T extends { id: string }>(items: readonly T[]): T[] {
   return [...items].sort((a, b) => (a.id < b.id ? -1 : 1));
+}
+
+/** UNKNOWN to COMPLETED, with nothing else to say. */
+function completed(id: string, at: number): ExportChange {
+  return { id, from: 'UNKNOWN', to: 'COMPLETED', at, misses: 0, lastMiss: null, export: null, error: null };
+}
+
+/** An event for a change, as tests that do not care about its body write it. */
+function plainEvent(change: ExportChange): NewEvent {
+  return { id: `evt_${change.id}`, type: 'export.completed', exportId: change.id, body: '{}' };
 }
