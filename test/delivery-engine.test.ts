@@ -1433,7 +1433,7 @@ describe('bus events', () => {
 });
 
 describe('hygiene', () => {
-  it('never logs or stores the credentials and token of an endpoint URL: only its label', async () => {
+  it("sends an endpoint URL's credentials as HTTP Basic; never logs or stores them or its token: only its label", async () => {
     const { r, url } = await receiver({
       secret: SECRET,
       respond: (_req, attempt) => (attempt === 1 ? 500 : 204),
@@ -1456,10 +1456,14 @@ describe('hygiene', () => {
     expect(new Set(r.received.map((x) => x.target))).toEqual(
       new Set([`${new URL(url).pathname}?token=tok_abcdef`]),
     );
-    expect(r.received[0]?.headers.authorization).toBeUndefined();
+    // The credentials are sent as HTTP Basic, as curl sends them, and shown nowhere.
+    expect(new Set(r.received.map((x) => x.headers.authorization))).toEqual(
+      new Set([`Basic ${Buffer.from('user:hunter2').toString('base64')}`]),
+    );
     const all = logLines.join('\n');
     expect(all).toContain(url);
     expect(all).not.toContain('hunter2');
+    expect(all).not.toContain(Buffer.from('user:hunter2').toString('base64'));
     expect(all).not.toContain('tok_abcdef');
     expect(JSON.stringify([probe.attempts, probe.finished, probe.depths])).not.toMatch(/hunter2|tok_abcdef/);
 
@@ -1471,6 +1475,7 @@ describe('hygiene', () => {
     const bytes = readFileSync(path).toString('latin1');
     expect(bytes).toContain(url);
     expect(bytes).not.toContain('hunter2');
+    expect(bytes).not.toContain(Buffer.from('user:hunter2').toString('base64'));
     expect(bytes).not.toContain('tok_abcdef');
     // afterEach checks the secret and the signatures.
   });

@@ -11,7 +11,14 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config/config.js';
 import { WebhookReceiver } from '../src/dev/receiver.js';
 import { Simulator } from '../src/dev/simulator.js';
-import { createDispatcher, describeProxy, proxyLabel, requestTarget, useProxy } from '../src/shared/proxy.js';
+import {
+  basicAuthorization,
+  createDispatcher,
+  describeProxy,
+  proxyLabel,
+  requestTarget,
+  useProxy,
+} from '../src/shared/proxy.js';
 import { Redactor } from '../src/shared/redact.js';
 import { killAll, spawnCli } from './helpers/spawn.js';
 
@@ -363,6 +370,24 @@ describe('requestTarget', () => {
 
   it('refuses what is not a URL', () => {
     expect(() => requestTarget('not a url')).toThrow(TypeError);
+  });
+});
+
+describe('basicAuthorization', () => {
+  const basic = (text: string) => `Basic ${Buffer.from(text).toString('base64')}`;
+
+  it("is HTTP Basic of the URL's user and password, percent-decoded, as curl sends them", () => {
+    expect(basicAuthorization('https://alice:s3cret@hooks.example/in')).toBe(basic('alice:s3cret'));
+    expect(basicAuthorization('https://al%40ice:p%3Ass%20w@hooks.example/')).toBe(basic('al@ice:p:ss w'));
+    expect(basicAuthorization('https://alice@hooks.example/')).toBe(basic('alice:'));
+    expect(basicAuthorization('https://:token@hooks.example/')).toBe(basic(':token'));
+    // Not valid percent-encoding: sent as written.
+    expect(basicAuthorization('https://u:100%zz@hooks.example/')).toBe(basic('u:100%zz'));
+  });
+
+  it('is undefined for a URL without credentials', () => {
+    expect(basicAuthorization('https://hooks.example/in?token=t')).toBeUndefined();
+    expect(basicAuthorization('http://127.0.0.1:9000')).toBeUndefined();
   });
 });
 

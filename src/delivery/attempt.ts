@@ -30,6 +30,8 @@ export interface AttemptAnswer {
 export interface AttemptRequest {
   /** The endpoint's URL, parsed once (`requestTarget`). */
   target: RequestTarget;
+  /** `Authorization` for the URL's credentials (`basicAuthorization`), if it has any. */
+  authorization?: string | undefined;
   webhookId: string;
   body: string;
   secretKey: Buffer | undefined;
@@ -50,6 +52,7 @@ export async function sendAttempt(a: AttemptRequest): Promise<AttemptAnswer> {
     'webhook-id': a.webhookId,
     'webhook-timestamp': String(timestampSec),
   };
+  if (a.authorization !== undefined) headers.authorization = a.authorization;
   if (a.secretKey) headers['webhook-signature'] = sign(a.secretKey, a.webhookId, timestampSec, a.body);
   // Follows the engine's signal (a close deadline, a pause) and bounds the whole exchange.
   const limit = requestSignal(

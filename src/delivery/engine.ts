@@ -39,7 +39,7 @@ import type { Agent, Dispatcher } from 'undici';
 import type { AttemptResult, Bus, DeliveryOutcome } from '../shared/bus.js';
 import { onAbort, settlesWithin } from '../shared/deadline.js';
 import { isRetryable, WatcherError } from '../shared/errors.js';
-import { createDispatcher, type RequestTarget, requestTarget } from '../shared/proxy.js';
+import { basicAuthorization, createDispatcher, type RequestTarget, requestTarget } from '../shared/proxy.js';
 import {
   type AttemptRecord,
   type DeliveryJob,
@@ -165,6 +165,8 @@ interface Endpoint {
   readonly url: string;
   /** The URL parsed once, as the dispatcher takes it. */
   readonly target: RequestTarget;
+  /** HTTP Basic from the URL's credentials, sent with every attempt; never logged. */
+  readonly authorization: string | undefined;
   readonly ref: EndpointRef;
   readonly slots: Slots;
   /** Claimed deliveries by webhook-id: waiting for a slot, in flight, or in a quick retry wait. */
@@ -254,6 +256,7 @@ export class DeliveryEngine {
       endpoints.push({
         url,
         target: requestTarget(url),
+        authorization: basicAuthorization(url),
         ref,
         slots: new Slots(this.#concurrency),
         held: new Map(),
@@ -579,6 +582,7 @@ export class DeliveryEngine {
     try {
       answer = await sendAttempt({
         target: e.target,
+        authorization: e.authorization,
         webhookId: held.job.eventId,
         body: held.job.body,
         secretKey: this.#o.secretKey,

@@ -102,9 +102,26 @@ export interface RequestTarget {
 /**
  * `url` as a dispatcher's `request({ origin, path })` takes it: what `undici.request(url)` parses
  * at every call, parsed once by a caller that sends to the same URL again and again. Credentials
- * in the URL are not part of it (undici does not send them either).
+ * in the URL are not part of it (undici does not send them either): see `basicAuthorization`.
  */
 export function requestTarget(url: string): RequestTarget {
   const u = new URL(url);
   return { origin: u.origin, path: `${u.pathname}${u.search}` };
+}
+
+/**
+ * The `Authorization` header a URL's credentials (`https://user:password@host/…`) stand for, as
+ * curl sends them: HTTP Basic, user and password percent-decoded. Undefined without credentials.
+ */
+export function basicAuthorization(url: string): string | undefined {
+  const u = new URL(url);
+  if (u.username === '' && u.password === '') return undefined;
+  const decode = (part: string) => {
+    try {
+      return decodeURIComponent(part);
+    } catch {
+      return part;
+    }
+  };
+  return `Basic ${Buffer.from(`${decode(u.username)}:${decode(u.password)}`).toString('base64')}`;
 }
