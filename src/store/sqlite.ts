@@ -12,6 +12,7 @@
  * SQLite database, is damaged, or carries a newer schema is refused with a `StoreError` before
  * anything is written to it.
  */
+import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, type Stats, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { setImmediate as nextTurn } from 'node:timers/promises';
@@ -178,7 +179,9 @@ export function openDataDir(dataDir: string): string {
   } catch (error) {
     throw problem(errorCode(error) === 'EEXIST' ? 'it is not a directory' : 'cannot create it', error);
   }
-  const probe = join(dataDir, `.write-probe-${process.pid}`);
+  // Unique: a probe left by a process killed right here must not fail the next start, which in a
+  // container often has the same pid.
+  const probe = join(dataDir, `.write-probe-${process.pid}-${randomBytes(6).toString('hex')}`);
   try {
     writeFileSync(probe, '', { flag: 'wx' });
     unlinkSync(probe);
@@ -261,20 +264,27 @@ function inspect(path: string): number {
     const rows = db.pragma('quick_check') as Array<{ quick_check: string }>;
     const problem = rows.map((r) => r.quick_check).find((r) => r !== 'ok');
     if (problem !== undefined) throw damaged(path, `integrity check: ${oneLine(problem)}`);
-    if (version === 0) {
-      // The migrations create the tables and set the version in one transaction: version 0 with
-      // tables in it is another program's database, which must not be written into.
+    // The migrations create the tables and set the version in one transaction: version 0 with
+    // tables in it, or a version this code wrote without this program's tables (other programs set
+    // user_version too), is another program's database, which must not be written into. What a
+    // newer version holds is not known here: it is refused as newer (by the caller).
+    if (version > SCHEMA_VERSION) return version;
+    const foreign = version === 0 ? hasTables(db) : ownTables(db) < OWN_TABLES.length;
+    if (foreign) {
       const names = db
         .prepare("SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name LIMIT 4")
         .pluck()
         .all() as string[];
-      if (names.length > 0) {
-        const shown = names.slice(0, 3).map((n) => JSON.stringify(n.slice(0, 64)));
-        throw new StoreError(
-          `database ${path} holds another program's tables (${shown.join(', ')}${names.length > 3 ? ', …' : ''}) ` +
-            'and no sbg-export-watcher schema; it was left untouched: give WATCHER_DATA_DIR a directory of its own',
-        );
-      }
+      const shown = names.slice(0, 3).map((n) => JSON.stringify(n.slice(0, 64)));
+      const tables =
+        names.length === 0
+          ? 'no tables'
+          : `another program's tables (${shown.join(', ')}${names.length > 3 ? ', …' : ''})`;
+      throw new StoreError(
+        `database ${path} holds ${tables} and no sbg-export-watcher schema` +
+          `${version === 0 ? '' : ` (though its user_version is ${version})`}; it was left untouched: ` +
+          'give WATCHER_DATA_DIR a directory of its own',
+      );
     }
     return version;
   } catch (error) {
@@ -284,6 +294,22 @@ function inspect(path: string): number {
   } finally {
     db.close();
   }
+}
+
+/** The tables every schema version of this program has. */
+const OWN_TABLES = ['exports', 'events', 'deliveries'] as const;
+const OWN_TABLES_SQL = `(${OWN_TABLES.map((t) => `'${t}'`).join(', ')})`;
+
+/** How many of `OWN_TABLES` the database has. */
+function ownTables(db: Database.Database): number {
+  return db
+    .prepare(`SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ${OWN_TABLES_SQL}`)
+    .pluck()
+    .get() as number;
+}
+
+function hasTables(db: Database.Database): boolean {
+  return db.prepare("SELECT 1 FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' LIMIT 1").get() !== undefined;
 }
 
 function damaged(path: string, reason: string): StoreError {

@@ -206,6 +206,29 @@ describe('SQLite store', () => {
     expect(files.map((f) => readFileSync(f))).toEqual(before);
   });
 
+  it.each([1, 2])(
+    "refuses another program's database that sets user_version %i (its tables, not ours) and leaves it as it was",
+    async (version) => {
+      const dir = emptyDir();
+      const path = join(dir, 'watcher.db');
+      const raw = new Database(path);
+      raw.exec(
+        "CREATE TABLE accounts (id INTEGER PRIMARY KEY, name TEXT); INSERT INTO accounts VALUES (1, 'theirs')",
+      );
+      raw.pragma(`user_version = ${version}`);
+      raw.close();
+      const before = readFileSync(path);
+      const message = await storeErrorOf(() => openSqliteStore({ path }));
+      expect(message).toBe(
+        `database ${path} holds another program's tables ("accounts") and no sbg-export-watcher schema ` +
+          `(though its user_version is ${version}); it was left untouched: give WATCHER_DATA_DIR a directory of its own`,
+      );
+      // Not switched to WAL, nothing beside it.
+      expect(readFileSync(path)).toEqual(before);
+      expect(readdirSync(dir)).toEqual(['watcher.db']);
+    },
+  );
+
   it("refuses another program's database (tables, no schema version) and leaves it as it was", async () => {
     const path = join(emptyDir(), 'watcher.db');
     const raw = new Database(path);
@@ -472,6 +495,13 @@ describe('openDataDir', () => {
   beforeAll(() => {
     file = join(emptyDir(), 'a-file');
     writeFileSync(file, 'not a directory');
+  });
+
+  it('is not stopped by a write probe that a process killed with the same pid left behind', () => {
+    const dir = emptyDir();
+    writeFileSync(join(dir, `.write-probe-${process.pid}`), '');
+    expect(openDataDir(dir)).toBe(join(dir, 'watcher.db'));
+    expect(readdirSync(dir)).toEqual([`.write-probe-${process.pid}`]);
   });
 
   it('creates a missing directory, parents included, and leaves no probe behind', () => {
