@@ -1,8 +1,11 @@
 /**
  * The CLI as a process against the simulator: `run` and its shutdown paths, and `watch`.
  */
+import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { type AddressInfo, createServer as createNetServer, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { type ReceiverOptions, WebhookReceiver } from '../src/dev/receiver.js';
@@ -171,6 +174,38 @@ describe('sbg-export-watcher run', () => {
       ),
     ).toMatchObject({ level: 'warn', ids: 1 });
     expect(daemon.lines.some((l) => l.msg === 'sbg-export-watcher started')).toBe(false);
+  });
+
+  it('refuses a second daemon on the same data directory (exit 2), which changes nothing of the first', async () => {
+    const { sim, url: simUrl } = await simulator();
+    const { receiver: hooks, url: hookUrl } = await receiver();
+    const home = mkdtempSync(join(tmpdir(), 'two-daemons-'));
+    cleanups.push(async () => rmSync(home, { recursive: true, force: true }));
+    const env = runEnv(simUrl, hookUrl, { WATCHER_DATA_DIR: join(home, 'data'), HOME: home });
+    const [id] = sim.createExports(1);
+    const first = spawnCli(['run'], env);
+    const api = String((await first.waitForLine((l) => l.msg === 'control API listening')).url);
+
+    const second = spawnCli(['run', '--id', id!], env);
+    const { code } = await second.exited;
+    expect(code).toBe(2);
+    expect(second.stderr()).toContain(
+      `database ${join(home, 'data', 'watcher.db')} is in use by another process`,
+    );
+    expect(second.stderr().trim().split('\n')).toHaveLength(1);
+
+    // The first goes on: it takes an id and delivers its outcome, once.
+    const added = await request(`${api}/v1/exports`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ ids: [id] }),
+    });
+    expect(added.statusCode).toBe(202);
+    await added.body.dump();
+    await hooks.waitFor((r) => r.acceptedIds().size === 1, 30_000);
+    first.child.kill('SIGTERM');
+    expect((await first.exited).code).toBe(0);
+    expect(hooks.received).toHaveLength(1);
   });
 
   it('exits at once on a second signal while draining', async () => {

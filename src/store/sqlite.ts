@@ -231,16 +231,59 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Sqli
         `this version knows up to ${SCHEMA_VERSION}); it was left untouched: run that newer version`,
     );
   }
-  const db = connect(path, { readonly: false });
+  // Taken once the file is known to be ours (or absent): a refused file gets nothing beside it.
+  const lock = path === ':memory:' ? undefined : lockDatabase(path);
+  let db: Database.Database;
+  try {
+    db = connect(path, { readonly: false });
+  } catch (error) {
+    lock?.close();
+    throw error;
+  }
   try {
     configure(db, path, log);
     migrate(db, found);
   } catch (error) {
     db.close();
+    lock?.close();
     throw new StoreError(`database ${path}: cannot use it (${errorCode(error)}: ${oneLine(error)})`);
   }
   log?.info({ path, schema: SCHEMA_VERSION, migrated_from: found }, 'store opened');
-  return new SqliteStore(db);
+  return new SqliteStore(db, lock);
+}
+
+/**
+ * One daemon per database: an exclusive lock held for the store's life, on a file of its own beside
+ * the database (`watcher.db.lock`; a lock on the database itself would also shut out `sqlite3
+ * .backup`). It is SQLite's lock, the kernel's POSIX lock underneath, so a killed process leaves
+ * none behind; the file stays (deleting a lock file races with the next one to take it). A second
+ * daemon on the same data directory would otherwise release the first one's leases as a dead
+ * process's and send its webhooks in flight again, and both would spend the rate budget.
+ */
+function lockDatabase(path: string): Database.Database {
+  const file = `${path}.lock`;
+  let lock: Database.Database;
+  try {
+    lock = new Database(file, { timeout: 0 });
+  } catch (error) {
+    throw new StoreError(
+      `database ${path}: cannot open its lock file ${file} (${errorCode(error)}: ${oneLine(error)})`,
+    );
+  }
+  try {
+    lock.pragma('locking_mode = EXCLUSIVE');
+    lock.exec('BEGIN EXCLUSIVE');
+    return lock;
+  } catch (error) {
+    lock.close();
+    if (/^SQLITE_BUSY/.test(errorCode(error))) {
+      throw new StoreError(
+        `database ${path} is in use by another process (another sbg-export-watcher on the same ` +
+          'WATCHER_DATA_DIR?): one daemon per data directory; stop the other, or give this one a directory of its own',
+      );
+    }
+    throw new StoreError(`database ${path}: cannot lock it (${errorCode(error)}: ${oneLine(error)})`);
+  }
 }
 
 /** `busy_timeout`: how long a statement waits for a lock another connection holds (a backup, say). */
@@ -315,7 +358,7 @@ function hasTables(db: Database.Database): boolean {
 function damaged(path: string, reason: string): StoreError {
   return new StoreError(
     `database ${path} is not a usable SQLite database (${reason}); it was left untouched: ` +
-      'move it aside to start afresh, or restore a backup',
+      'move it aside (with its -wal and -shm files) to start afresh, or restore a backup in its place (removing them)',
   );
 }
 
@@ -389,8 +432,12 @@ export class SqliteStore implements Store {
   /** Runs its argument in a transaction: one wrapper for all, where `db.transaction` makes one per call. */
   readonly #inTransaction: (work: () => unknown) => unknown;
 
-  constructor(db: Database.Database) {
+  /** Held while the store is open (`lockDatabase`); none for `:memory:`. */
+  readonly #lock: Database.Database | undefined;
+
+  constructor(db: Database.Database, lock?: Database.Database) {
     this.#db = db;
+    this.#lock = lock;
     this.#inTransaction = db.transaction((work: () => unknown) => work());
   }
 
@@ -827,6 +874,7 @@ export class SqliteStore implements Store {
       db.pragma('wal_checkpoint(TRUNCATE)');
     } finally {
       db.close();
+      this.#lock?.close();
     }
   }
 

@@ -342,6 +342,26 @@ describe('SQLite store', () => {
     }
   });
 
+  it('refuses a second store on a database that is open, and opens it once the first is closed', async () => {
+    const path = openDataDir(freshDir());
+    const first = await openSqliteStore({ path });
+    await first.addExports([{ ids: ['a'], metadata: null }], T0);
+    const message = await storeErrorOf(() => openSqliteStore({ path }));
+    expect(message).toBe(
+      `database ${path} is in use by another process (another sbg-export-watcher on the same ` +
+        'WATCHER_DATA_DIR?): one daemon per data directory; stop the other, or give this one a directory of its own',
+    );
+    // The refused open changed nothing: the first store goes on.
+    await first.addExports([{ ids: ['b'], metadata: null }], T0);
+    await first.close();
+    const second = await openSqliteStore({ path });
+    try {
+      expect(byIdSorted(await second.loadActive()).map((e) => e.id)).toEqual(['a', 'b']);
+    } finally {
+      await second.close();
+    }
+  });
+
   it('counts by status the deliveries a database held before the process opened it', async () => {
     const path = join(emptyDir(), 'held.db');
     const raw = new Database(path);
