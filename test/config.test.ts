@@ -514,6 +514,19 @@ describe('the result', () => {
     expect(c.http.port).toBe(8080);
   });
 
+  it("counts a webhook URL's credentials as secrets, the Basic value it is sent as included", () => {
+    const c = loadConfig({
+      WATCHER_WEBHOOK_URLS: 'https://hook-user:h%40ok-Pass-7@a.example/x?token=tok-Q-42',
+    });
+    expect(c.secrets).toEqual(
+      expect.arrayContaining([
+        'h%40ok-Pass-7',
+        'tok-Q-42',
+        Buffer.from('hook-user:h@ok-Pass-7').toString('base64'),
+      ]),
+    );
+  });
+
   it('leaves the environment object it is given unchanged', () => {
     const env = { WATCHER_BATCH_SIZE: '7' };
     loadConfig(env);

@@ -383,6 +383,10 @@ describe('basicAuthorization', () => {
     expect(basicAuthorization('https://:token@hooks.example/')).toBe(basic(':token'));
     // Not valid percent-encoding: sent as written.
     expect(basicAuthorization('https://u:100%zz@hooks.example/')).toBe(basic('u:100%zz'));
+    // An escape that is not UTF-8 is its byte (curl sends u:p%E4ss as 75 3a 70 e4 73 73); text
+    // that is not ASCII is sent as UTF-8.
+    expect(basicAuthorization('https://u:p%E4ss@hooks.example/')).toBe('Basic dTpw5HNz');
+    expect(basicAuthorization('https://u:pä@hooks.example/')).toBe(basic('u:pä'));
   });
 
   it('is undefined for a URL without credentials', () => {

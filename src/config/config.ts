@@ -11,7 +11,7 @@ import { DEFAULT_EVENT_TYPES, EVENT_TYPES, type EventType } from '../delivery/ev
 import { parseSecret } from '../delivery/signing.js';
 import type { JobKind } from '../polling/tracker.js';
 import { ConfigError } from '../shared/errors.js';
-import type { ProxySettings } from '../shared/proxy.js';
+import { basicAuthorization, type ProxySettings } from '../shared/proxy.js';
 import { safeUrl, urlSecrets } from '../shared/redact.js';
 import { credentialsFile, type Profile, profileKey, resolveProfile } from './profiles.js';
 
@@ -432,6 +432,11 @@ export function loadConfig(env: Env, options: LoadOptions = {}): Config {
     (s): s is string => s !== undefined,
   );
   for (const u of [endpoint, ...urls]) secrets.push(...urlSecrets(u));
+  // What a webhook URL's credentials are sent as (HTTP Basic): never in a log line either.
+  for (const u of urls) {
+    const basic = basicAuthorization(u);
+    if (basic !== undefined) secrets.push(basic.slice('Basic '.length));
+  }
   for (const u of new Set([proxy?.http, proxy?.https])) if (u !== undefined) secrets.push(...proxySecrets(u));
   if (database !== undefined) secrets.push(...database.secrets);
   return Object.freeze({

@@ -111,17 +111,21 @@ export function requestTarget(url: string): RequestTarget {
 
 /**
  * The `Authorization` header a URL's credentials (`https://user:password@host/…`) stand for, as
- * curl sends them: HTTP Basic, user and password percent-decoded. Undefined without credentials.
+ * curl sends them: HTTP Basic of the user and password with each `%XX` decoded to its byte (so an
+ * escape that is not UTF-8, `%E4`, is the byte 0xE4, and a `%` not followed by two hex digits
+ * stays as written). Undefined without credentials.
  */
 export function basicAuthorization(url: string): string | undefined {
   const u = new URL(url);
   if (u.username === '' && u.password === '') return undefined;
-  const decode = (part: string) => {
-    try {
-      return decodeURIComponent(part);
-    } catch {
-      return part;
-    }
-  };
-  return `Basic ${Buffer.from(`${decode(u.username)}:${decode(u.password)}`).toString('base64')}`;
+  // The URL parser leaves only ASCII here (anything else it percent-encodes as UTF-8).
+  const bytes = (part: string) =>
+    Buffer.from(
+      part.replace(/%([0-9a-fA-F]{2})/g, (_escape, hex: string) =>
+        String.fromCharCode(Number.parseInt(hex, 16)),
+      ),
+      'latin1',
+    );
+  const credentials = Buffer.concat([bytes(u.username), Buffer.from(':'), bytes(u.password)]);
+  return `Basic ${credentials.toString('base64')}`;
 }
