@@ -128,6 +128,13 @@ function add(h: Harness, ids: string[]): void {
 const range = (n: number, prefix = 'e') => Array.from({ length: n }, (_, i) => `${prefix}${i}`);
 
 /** A promise and the function that resolves it. */
+/** The most calls that started at the same moment: a round, as a pause's end sends them. */
+function callsPerRound(h: Harness): number {
+  const perRound = new Map<number, number>();
+  for (const c of h.calls) perRound.set(c.at, (perRound.get(c.at) ?? 0) + 1);
+  return Math.max(0, ...perRound.values());
+}
+
 function gate(): { wait: Promise<void>; release: () => void } {
   let release!: () => void;
   const wait = new Promise<void>((resolve) => {
@@ -525,8 +532,10 @@ describe('Scheduler', () => {
     await vi.advanceTimersByTimeAsync(5000);
     const exportCalls = h.calls.filter((c) => c.ids[0]?.startsWith('e'));
     expect(exportCalls.length).toBeGreaterThan(3);
-    expect(exportCalls.every((c) => c.ids.length === 100)).toBe(true);
+    // Asked in smaller batches as nothing of the kind is answered, but nothing held apart.
+    expect(h.scheduler.isolation.ids).toBe(0);
     expect(h.calls.some((c) => c.ids[0]?.startsWith('i'))).toBe(true);
+    for (const id of range(50, 'i')) expect(h.tracker.get(id)?.state).toBe('RUNNING');
   });
 
   it('finds one failing id in a kind that fits in one batch: halves are asked until one is answered', async () => {
@@ -551,9 +560,12 @@ describe('Scheduler', () => {
     add(h, range(20));
     h.scheduler.start();
     await vi.advanceTimersByTimeAsync(5000);
-    // One whole call, then halves, never smaller: an outage costs two calls a round, not twenty.
+    // One whole call, then halves, halved again while nothing is answered: an outage costs at most
+    // a call per call slot a round (4), never a call per id.
     expect(h.calls[0]?.ids).toHaveLength(20);
-    expect(h.calls.slice(1).every((c) => c.ids.length === 10)).toBe(true);
+    expect(h.calls[1]?.ids).toHaveLength(10);
+    expect(h.calls.slice(1).every((c) => c.ids.length <= 10)).toBe(true);
+    expect(callsPerRound(h)).toBeLessThanOrEqual(4);
     expect(h.scheduler.isolation.ids).toBe(0);
     down = false;
     await vi.advanceTimersByTimeAsync(1000);
@@ -561,6 +573,73 @@ describe('Scheduler', () => {
     const before = h.calls.length;
     await vi.advanceTimersByTimeAsync(20_000);
     expect(h.calls.slice(before).some((c) => c.ids.length === 20)).toBe(true);
+  });
+
+  it('checks every healthy id when every batch of a kind holds a failing id', async () => {
+    // Nothing of the kind is ever answered while both batches fail: smaller batches give the
+    // evidence that takes the failing ones apart.
+    h = harness({ pollIntervalMs: 10_000, failurePauseMs: 100, failurePauseMaxMs: 100 });
+    const bad = new Set(['e7', 'e150']);
+    h.failWhen = failingOn(bad);
+    add(h, range(200));
+    h.scheduler.start();
+    await vi.advanceTimersByTimeAsync(10 * 60_000);
+    const healthy = range(200).filter((id) => !bad.has(id));
+    expect(healthy.filter((id) => h!.tracker.get(id)?.state !== 'RUNNING')).toEqual([]);
+    expect(h.scheduler.isolation).toMatchObject({ ids: 2, groups: 2 });
+  });
+
+  it('halves a small kind again while a failing id is in each half', async () => {
+    h = harness({ pollIntervalMs: 10_000, failurePauseMs: 100, failurePauseMaxMs: 100 });
+    const bad = new Set(['e3', 'e15']);
+    h.failWhen = failingOn(bad);
+    add(h, range(20));
+    h.scheduler.start();
+    await vi.advanceTimersByTimeAsync(10 * 60_000);
+    expect(h.calls.some((c) => c.ids.length < 10)).toBe(true);
+    const healthy = range(20).filter((id) => !bad.has(id));
+    expect(healthy.filter((id) => h!.tracker.get(id)?.state !== 'RUNNING')).toEqual([]);
+  });
+
+  it('after a pause, checks an id that was held apart at once, as every other id', async () => {
+    h = harness({ pollIntervalMs: 10_000 });
+    const bad = new Set(['e7']);
+    h.failWhen = failingOn(bad);
+    add(h, range(20));
+    h.scheduler.start();
+    await vi.advanceTimersByTimeAsync(10 * 60_000);
+    expect(h.scheduler.isolation).toMatchObject({ ids: 1, groups: 1 });
+    h.scheduler.pause();
+    expect(h.scheduler.isolation).toMatchObject({ ids: 0, groups: 0 });
+    await vi.advanceTimersByTimeAsync(1000);
+    bad.clear();
+    h.scheduler.resume();
+    const before = h.calls.length;
+    await vi.advanceTimersByTimeAsync(10_000);
+    expect(h.calls.slice(before).some((c) => c.ids.includes('e7'))).toBe(true);
+    expect(h.tracker.get('e7')?.state).toBe('RUNNING');
+  });
+
+  it("backs off one kind's failing calls (1 s doubling to 60 s) while the other kind is answered", async () => {
+    h = harness({ pollIntervalMs: 10_000 });
+    h.failWhen = (ids) => (ids.some((id) => id.startsWith('i')) ? SERVER_ERROR : undefined);
+    add(h, range(200));
+    h.tracker.track(
+      range(50, 'i').map((id) => ({ id, kind: 'import' as const, state: 'UNKNOWN', misses: 0 })),
+    );
+    h.scheduler.start();
+    await vi.advanceTimersByTimeAsync(10 * 60_000);
+    // Rounds 1, 2, 4, ... 32 s apart, then one a minute: 16 in 10 minutes, a call per slot at most.
+    const importCalls = h.calls.filter((c) => c.ids[0]?.startsWith('i'));
+    const rounds = [...new Set(importCalls.map((c) => c.at))];
+    expect(rounds.length).toBeLessThanOrEqual(17);
+    expect(rounds.slice(-3).every((at, i, all) => i === 0 || at - (all[i - 1] as number) >= 60_000)).toBe(
+      true,
+    );
+    expect(importCalls.length).toBeLessThanOrEqual(4 * rounds.length);
+    // The exports were checked every poll interval all along.
+    for (const id of range(200))
+      expect(Date.now() - (h.tracker.get(id)?.lastCheckedAt ?? 0)).toBeLessThan(20_000);
   });
 
   it('finds a second failing id in a small kind beside one already held apart', async () => {
@@ -585,16 +664,16 @@ describe('Scheduler', () => {
     }
   });
 
-  it('asks an odd-sized small kind in at most two calls a round during an outage', async () => {
+  it('asks an odd-sized small kind in at most a call per slot a round during an outage', async () => {
     h = harness({ pollIntervalMs: 10_000, failurePauseMs: 100, failurePauseMaxMs: 100 });
     h.failWhen = () => SERVER_ERROR;
     add(h, range(21));
     h.scheduler.start();
     await vi.advanceTimersByTimeAsync(5000);
-    const perRound = new Map<number, number>();
-    for (const c of h.calls) perRound.set(c.at, (perRound.get(c.at) ?? 0) + 1);
-    expect(perRound.size).toBeGreaterThan(5);
-    expect(Math.max(...perRound.values())).toBeLessThanOrEqual(2);
+    expect(new Set(h.calls.map((c) => c.at)).size).toBeGreaterThan(5);
+    // Halves rounded up: 21, then 11 + 10, ...
+    expect(h.calls.slice(0, 3).map((c) => c.ids.length)).toEqual([21, 11, 10]);
+    expect(callsPerRound(h)).toBeLessThanOrEqual(4);
   });
 
   it('takes nothing apart during an outage, when no call is answered', async () => {
@@ -604,7 +683,8 @@ describe('Scheduler', () => {
     h.scheduler.start();
     await vi.advanceTimersByTimeAsync(5000);
     expect(h.calls.length).toBeGreaterThan(10);
-    expect(h.calls.every((c) => c.ids.length === 100)).toBe(true);
+    expect(h.scheduler.isolation.ids).toBe(0);
+    expect(callsPerRound(h)).toBeLessThanOrEqual(4);
   });
 
   it('emits check.result after every call', async () => {

@@ -190,9 +190,18 @@ export class Scheduler {
   #outstanding = 0;
   /** Of those, calls whose results are being stored. */
   #storing = 0;
-  /** No call starts before this time (after failures, or while unauthorized). */
+  /** No call starts before this time (after the store failed, or while unauthorized). */
   #pausedUntil = 0;
   #consecutiveFailures = 0;
+  /**
+   * No call of a kind starts before this time after calls of that kind failed, doubling per
+   * failure; only an answer of that kind ends it, so one kind's route being down backs its calls
+   * off while the other kind is answered.
+   */
+  readonly #kindPausedUntil: Record<JobKind, number> = { export: 0, import: 0 };
+  readonly #kindFailures: Record<JobKind, number> = { export: 0, import: 0 };
+  /** The longest batch of each kind passed over since its ids last went again (`#passedOver`). */
+  readonly #passedOverBatch: Record<JobKind, number> = { export: 0, import: 0 };
   /** Exists while running and waiting for the next due time, a pause's end, or a heartbeat. */
   #wakeTimer: NodeJS.Timeout | undefined;
   /** Exists between a poke and the pump it schedules, so bursts of new ids form full batches. */
@@ -261,8 +270,15 @@ export class Scheduler {
     this.#storing = 0;
     this.#pausedUntil = 0;
     this.#consecutiveFailures = 0;
-    this.#forgetUnansweredFailures('export');
-    this.#forgetUnansweredFailures('import');
+    // The next period starts from what the tracker holds then (see resume): nothing held apart.
+    // Calls of isolated groups still out are aborted with the period; they release nothing now.
+    this.#groups = [];
+    this.#isolated.clear();
+    for (const kind of ['export', 'import'] as const) {
+      this.#forgetUnansweredFailures(kind);
+      this.#kindPausedUntil[kind] = 0;
+      this.#kindFailures[kind] = 0;
+    }
     period.abort(new PlatformError('SHUTTING_DOWN', PAUSED_REASON));
     this.#deps.log.info('checks paused');
     this.#notifyWaiters();
@@ -366,8 +382,9 @@ export class Scheduler {
       for (const group of this.#groups) {
         if (slots <= 0 || groupSlots <= 0) break;
         if (group.sending) continue;
-        if (group.notBefore > now) {
-          nextWake = Math.min(nextWake, group.notBefore);
+        const notBefore = Math.max(group.notBefore, this.#kindPausedUntil[group.kind]);
+        if (notBefore > now) {
+          nextWake = Math.min(nextWake, notBefore);
           continue;
         }
         // Ids no longer tracked (unwatched, or finished elsewhere) leave the group, and are no
@@ -392,13 +409,24 @@ export class Scheduler {
         if (this.#passedOver[kind].size > 0 && now - this.#passedOverSince[kind] >= this.#interval)
           this.#passedOver[kind].clear();
       }
-      while (slots > 0) {
-        let { kind = 'export', due, nextDueAt } = this.#dueIds(now, this.#batchSize);
+      // A kind whose calls failed waits out its pause; the other goes on.
+      const held = (['export', 'import'] as const).filter((kind) => this.#kindPausedUntil[kind] > now);
+      for (const kind of held) nextWake = Math.min(nextWake, this.#kindPausedUntil[kind]);
+      const only = held.length === 0 ? undefined : held[0] === 'export' ? 'import' : 'export';
+      while (slots > 0 && held.length < 2) {
+        let { kind = 'export', due, nextDueAt } = this.#dueIds(now, this.#batchSize, only);
         if (due.length === 0 && this.#passedOver.export.size + this.#passedOver.import.size > 0) {
-          // Nothing else is due: the ids passed over go again.
-          this.#passedOver.export.clear();
-          this.#passedOver.import.clear();
-          ({ kind = 'export', due, nextDueAt } = this.#dueIds(now, this.#batchSize));
+          // Nothing else is due: every id due failed with nothing of its kind answered (an outage,
+          // or a failing id in every batch). The ids passed over go again, in batches of half the
+          // size each time this happens, so that one answered gives `#isolate` its evidence.
+          for (const k of ['export', 'import'] as const) {
+            if (this.#passedOver[k].size === 0) continue;
+            const failed = Math.min(this.#batchCap[k], this.#passedOverBatch[k]);
+            if (failed > 1) this.#batchCap[k] = (failed + 1) >> 1;
+            this.#passedOver[k].clear();
+            this.#passedOverBatch[k] = 0;
+          }
+          ({ kind = 'export', due, nextDueAt } = this.#dueIds(now, this.#batchSize, only));
         }
         if (due.length === 0) {
           if (nextDueAt !== undefined) nextWake = Math.min(nextWake, nextDueAt);
@@ -419,7 +447,11 @@ export class Scheduler {
    * first (never-checked ones first of all, in the order tracked); and when the next one falls
    * due. At most `capacity` of them: what one call can take.
    */
-  #dueIds(now: number, capacity: number): { kind?: JobKind; due: string[]; nextDueAt: number | undefined } {
+  #dueIds(
+    now: number,
+    capacity: number,
+    only?: JobKind,
+  ): { kind?: JobKind; due: string[]; nextDueAt: number | undefined } {
     return this.#deps.tracker.takeDue(
       now,
       this.#interval,
@@ -429,6 +461,7 @@ export class Scheduler {
         this.#isolated.has(id) ||
         this.#passedOver.export.has(id) ||
         this.#passedOver.import.has(id),
+      only,
     );
   }
 
@@ -445,6 +478,8 @@ export class Scheduler {
         (result) => {
           this.#answered[kind]++;
           this.#answeredAt[kind] = this.#deps.now();
+          this.#kindPausedUntil[kind] = 0;
+          this.#kindFailures[kind] = 0;
           // Its kind is answered: a batch of it that fails from now on is taken apart instead.
           this.#forgetUnansweredFailures(kind);
           if (group) this.#release(group);
@@ -558,7 +593,7 @@ export class Scheduler {
       );
       return;
     }
-    const pause = this.#pauseAfterFailure();
+    const pause = this.#pauseKindAfterFailure(kind, now);
     this.#deps.log.error(
       { ids: batch.length, code, err_message: (error as Error)?.message, pause_ms: pause },
       'check failed after retries; ids stay due',
@@ -580,6 +615,7 @@ export class Scheduler {
     } else if (this.#passedOver[kind].size < this.#maxOutstanding * this.#batchSize) {
       if (this.#passedOver[kind].size === 0) this.#passedOverSince[kind] = now;
       for (const id of batch) this.#passedOver[kind].add(id);
+      this.#passedOverBatch[kind] = Math.max(this.#passedOverBatch[kind], batch.length);
     }
   }
 
@@ -631,6 +667,7 @@ export class Scheduler {
   /** Ends what failures with nothing of `kind` answered set up: ids passed over, the batch cap. */
   #forgetUnansweredFailures(kind: JobKind): void {
     this.#passedOver[kind].clear();
+    this.#passedOverBatch[kind] = 0;
     this.#batchCap[kind] = Number.POSITIVE_INFINITY;
   }
 
@@ -646,7 +683,18 @@ export class Scheduler {
     for (const id of group.ids) if (this.#isolated.get(id) === group) this.#isolated.delete(id);
   }
 
-  /** Pauses new calls after a failure, doubling per consecutive failure; returns the pause. */
+  /** Pauses new calls of `kind` after one failed, doubling per failure until one is answered. */
+  #pauseKindAfterFailure(kind: JobKind, now: number): number {
+    this.#kindFailures[kind]++;
+    const pause = Math.min(
+      this.#failurePauseMaxMs,
+      this.#failurePauseMs * 2 ** Math.min(20, this.#kindFailures[kind] - 1),
+    );
+    this.#kindPausedUntil[kind] = now + pause;
+    return pause;
+  }
+
+  /** Pauses new calls after the store failed, doubling per consecutive failure; returns the pause. */
   #pauseAfterFailure(): number {
     this.#consecutiveFailures++;
     const pause = Math.min(

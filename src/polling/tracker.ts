@@ -294,10 +294,20 @@ export class Tracker {
    * `nextDueAt`: when the first id not due yet falls due, if nothing else is due now; undefined
    * when the walk stopped at `max` (more may be due), when another kind has ids due now, or when
    * nothing is held.
+   *
+   * `only`: ids of that kind alone (the other one is held back), as if the tracker held no other.
    */
-  takeDue(now: number, intervalMs: number, max: number, skip: (id: string) => boolean): DueIds {
+  takeDue(
+    now: number,
+    intervalMs: number,
+    max: number,
+    skip: (id: string) => boolean,
+    only?: JobKind,
+  ): DueIds {
     const exports = this.#due.export;
     const imports = this.#due.import;
+    if (only === 'export') return exports.take(now, intervalMs, max, skip);
+    if (only === 'import') return { kind: 'import', ...imports.take(now, intervalMs, max, skip) };
     // One kind held (the usual case): its walk, with nothing looked at twice.
     if (imports.isEmpty()) return exports.take(now, intervalMs, max, skip);
     if (exports.isEmpty()) return { kind: 'import', ...imports.take(now, intervalMs, max, skip) };
