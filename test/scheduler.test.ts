@@ -589,6 +589,34 @@ describe('Scheduler', () => {
     expect(h.scheduler.isolation).toMatchObject({ ids: 2, groups: 2 });
   });
 
+  it.each([
+    ['exports', 'e'],
+    ['imports', 'i'],
+  ] as const)(
+    'passes over a failing batch of %s alone, so that the healthy ids behind it are checked',
+    async (_kinds, prefix) => {
+      h = harness({ pollIntervalMs: 60_000, batchSize: 2, maxOutstanding: 1 });
+      h.failWhen = failingOn(new Set([`${prefix}0`]));
+      const ids = range(6, prefix);
+      if (prefix === 'e') add(h, ids);
+      else h.tracker.track(ids.map((id) => ({ id, kind: 'import' as const, state: 'UNKNOWN', misses: 0 })));
+      h.scheduler.start();
+      await vi.advanceTimersByTimeAsync(5 * 60_000);
+      for (const id of ids.slice(1)) expect(h.tracker.get(id)?.state, id).toBe('RUNNING');
+    },
+  );
+
+  it('halves a failing kind once a round, not once per failed call', async () => {
+    h = harness({ pollIntervalMs: 10_000, failurePauseMs: 100, failurePauseMaxMs: 100 });
+    h.failWhen = () => SERVER_ERROR;
+    add(h, range(40));
+    h.scheduler.start();
+    await vi.advanceTimersByTimeAsync(1000);
+    // 40 in one call; then halves of 20; then quarters of 10 ...
+    expect(h.calls.slice(0, 3).map((c) => c.ids.length)).toEqual([40, 20, 20]);
+    expect(h.calls.slice(3, 7).map((c) => c.ids.length)).toEqual([10, 10, 10, 10]);
+  });
+
   it('halves a small kind again while a failing id is in each half', async () => {
     h = harness({ pollIntervalMs: 10_000, failurePauseMs: 100, failurePauseMaxMs: 100 });
     const bad = new Set(['e3', 'e15']);

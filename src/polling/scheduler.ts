@@ -412,14 +412,17 @@ export class Scheduler {
       // A kind whose calls failed waits out its pause; the other goes on.
       const held = (['export', 'import'] as const).filter((kind) => this.#kindPausedUntil[kind] > now);
       for (const kind of held) nextWake = Math.min(nextWake, this.#kindPausedUntil[kind]);
-      const only = held.length === 0 ? undefined : held[0] === 'export' ? 'import' : 'export';
+      const only: JobKind | undefined =
+        held.length === 0 ? undefined : held[0] === 'export' ? 'import' : 'export';
       while (slots > 0 && held.length < 2) {
         let { kind = 'export', due, nextDueAt } = this.#dueIds(now, this.#batchSize, only);
-        if (due.length === 0 && this.#passedOver.export.size + this.#passedOver.import.size > 0) {
+        // Kinds waiting out a failure pause are not asked now: nothing is due of them yet.
+        const open: readonly JobKind[] = only === undefined ? ['export', 'import'] : [only];
+        if (due.length === 0 && open.some((k) => this.#passedOver[k].size > 0)) {
           // Nothing else is due: every id due failed with nothing of its kind answered (an outage,
           // or a failing id in every batch). The ids passed over go again, in batches of half the
           // size each time this happens, so that one answered gives `#isolate` its evidence.
-          for (const k of ['export', 'import'] as const) {
+          for (const k of open) {
             if (this.#passedOver[k].size === 0) continue;
             const failed = Math.min(this.#batchCap[k], this.#passedOverBatch[k]);
             if (failed > 1) this.#batchCap[k] = (failed + 1) >> 1;
