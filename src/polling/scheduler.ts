@@ -174,11 +174,11 @@ export class Scheduler {
    */
   readonly #passedOver: Record<JobKind, Set<string>> = { export: new Set(), import: new Set() };
   /**
-   * The most ids a normal batch of each kind takes, below the batch size while a kind small enough
-   * for one batch keeps failing with nothing of it answered: passing over cannot help there (no
-   * other id of the kind is due), and an outage looks the same. Each such failure halves it, so
-   * calls of half the ids go out and one answered gives the evidence `#isolate` needs; any answer
-   * of the kind restores the batch size.
+   * The most ids a normal batch of each kind takes: below the batch size while the ids passed over
+   * go again with nothing of their kind answered meanwhile (`#goAgain`: an outage, a failing id in
+   * every batch, or a kind small enough for one batch look the same). Each time halves it, so calls
+   * of fewer ids go out and one answered gives the evidence `#isolate` needs; any answer of the
+   * kind restores the batch size.
    */
   readonly #batchCap: Record<JobKind, number> = {
     export: Number.POSITIVE_INFINITY,
@@ -407,28 +407,19 @@ export class Scheduler {
       for (const kind of ['export', 'import'] as const) {
         // Never longer than a poll interval: the other kind may keep something due for good.
         if (this.#passedOver[kind].size > 0 && now - this.#passedOverSince[kind] >= this.#interval)
-          this.#passedOver[kind].clear();
+          this.#goAgain(kind);
       }
-      // A kind whose calls failed waits out its pause; the other goes on.
-      const held = (['export', 'import'] as const).filter((kind) => this.#kindPausedUntil[kind] > now);
-      for (const kind of held) nextWake = Math.min(nextWake, this.#kindPausedUntil[kind]);
-      const only: JobKind | undefined =
-        held.length === 0 ? undefined : held[0] === 'export' ? 'import' : 'export';
-      while (slots > 0 && held.length < 2) {
+      // A kind whose calls failed waits out its pause; the other goes on. Only the kinds not
+      // waiting are asked, and only theirs can be said to have nothing else due.
+      const open = (['export', 'import'] as const).filter((kind) => this.#kindPausedUntil[kind] <= now);
+      for (const kind of ['export', 'import'] as const)
+        if (!open.includes(kind)) nextWake = Math.min(nextWake, this.#kindPausedUntil[kind]);
+      const only = open.length === 1 ? open[0] : undefined;
+      while (slots > 0 && open.length > 0) {
         let { kind = 'export', due, nextDueAt } = this.#dueIds(now, this.#batchSize, only);
-        // Kinds waiting out a failure pause are not asked now: nothing is due of them yet.
-        const open: readonly JobKind[] = only === undefined ? ['export', 'import'] : [only];
         if (due.length === 0 && open.some((k) => this.#passedOver[k].size > 0)) {
-          // Nothing else is due: every id due failed with nothing of its kind answered (an outage,
-          // or a failing id in every batch). The ids passed over go again, in batches of half the
-          // size each time this happens, so that one answered gives `#isolate` its evidence.
-          for (const k of open) {
-            if (this.#passedOver[k].size === 0) continue;
-            const failed = Math.min(this.#batchCap[k], this.#passedOverBatch[k]);
-            if (failed > 1) this.#batchCap[k] = (failed + 1) >> 1;
-            this.#passedOver[k].clear();
-            this.#passedOverBatch[k] = 0;
-          }
+          // Nothing else is due: every id due failed with nothing of its kind answered.
+          for (const k of open) if (this.#passedOver[k].size > 0) this.#goAgain(k);
           ({ kind = 'export', due, nextDueAt } = this.#dueIds(now, this.#batchSize, only));
         }
         if (due.length === 0) {
@@ -608,14 +599,7 @@ export class Scheduler {
     const answering = alone || now - this.#answeredAt[kind] <= this.#interval;
     if (group) this.#isolate(batch, kind, group, now, answering ? 0 : this.#interval);
     else if (answering) this.#isolate(batch, kind, null, now, 0);
-    else if (
-      batch.length > 1 &&
-      // Ids held apart are never in a normal batch: beside them, the rest is the whole kind.
-      batch.length >= this.#deps.tracker.activeCountOf(kind) - this.#isolatedOf(kind)
-    ) {
-      // Rounded up: a kind of 2n + 1 ids costs two calls a round, not three.
-      this.#batchCap[kind] = (batch.length + 1) >> 1;
-    } else if (this.#passedOver[kind].size < this.#maxOutstanding * this.#batchSize) {
+    else if (this.#passedOver[kind].size < this.#maxOutstanding * this.#batchSize) {
       if (this.#passedOver[kind].size === 0) this.#passedOverSince[kind] = now;
       for (const id of batch) this.#passedOver[kind].add(id);
       this.#passedOverBatch[kind] = Math.max(this.#passedOverBatch[kind], batch.length);
@@ -674,11 +658,16 @@ export class Scheduler {
     this.#batchCap[kind] = Number.POSITIVE_INFINITY;
   }
 
-  /** Ids of one kind held apart: never in a normal batch. O(groups), on a failure only. */
-  #isolatedOf(kind: JobKind): number {
-    let n = 0;
-    for (const g of this.#groups) if (g.kind === kind) n += g.ids.length;
-    return n;
+  /**
+   * The ids of `kind` passed over go again, nothing of their kind having been answered since they
+   * failed (else `#forgetUnansweredFailures` would have let them go): in batches of half the
+   * longest that failed, rounded up (a kind of 2n + 1 ids costs two calls a round, not three).
+   */
+  #goAgain(kind: JobKind): void {
+    const failed = Math.min(this.#batchCap[kind], this.#passedOverBatch[kind]);
+    if (failed > 1) this.#batchCap[kind] = (failed + 1) >> 1;
+    this.#passedOver[kind].clear();
+    this.#passedOverBatch[kind] = 0;
   }
 
   #release(group: IsolatedGroup): void {

@@ -207,8 +207,6 @@ export class Tracker {
   };
   #seq = 0;
   readonly #counts = zeroCounts();
-  /** Active jobs of each kind. */
-  readonly #kindCounts: Record<JobKind, number> = { export: 0, import: 0 };
   /**
    * Previews not yet committed, with what committing them writes. Weak, so that a preview whose
    * store write failed is simply forgotten.
@@ -231,7 +229,6 @@ export class Tracker {
       this.#entries.set(id, entry);
       this.#due[kind].addUnchecked(entry);
       this.#counts[state]++;
-      this.#kindCounts[kind]++;
     }
   }
 
@@ -264,11 +261,6 @@ export class Tracker {
 
   get activeCount(): number {
     return this.#entries.size;
-  }
-
-  /** Active jobs of one kind. O(1). */
-  activeCountOf(kind: JobKind): number {
-    return this.#kindCounts[kind];
   }
 
   /** Active exports by state; terminal states are always 0 here (the store counts those). */
@@ -444,7 +436,6 @@ export class Tracker {
     this.#entries.delete(entry.id);
     this.#due[entry.kind].remove(entry);
     this.#counts[entry.state]--;
-    this.#kindCounts[entry.kind]--;
   }
 }
 
