@@ -38,6 +38,7 @@ import {
   type Store,
   type StoredDelivery,
 } from '../src/store/store.js';
+import { move } from './helpers/changes.js';
 
 // Real timers, captured before any test installs fake ones.
 const realSetTimeout = globalThis.setTimeout;
@@ -185,16 +186,11 @@ async function commit(
   }
   if (before.length > 0) await store.commitChanges(before, () => null, [], now);
   return store.commitChanges(
-    ids.map((id) => ({
-      id,
-      from,
-      to,
-      at: AT,
-      misses: 0,
-      lastMiss: null,
-      export: { id, state: to, destination: { volume: 'vol', location: 'a/b.bam' } },
-      error: null,
-    })),
+    ids.map((id) =>
+      move(id, from, to, AT, {
+        export: { id, state: to, destination: { volume: 'vol', location: 'a/b.bam' } },
+      }),
+    ),
     buildEvent,
     endpoints,
     now,
@@ -202,7 +198,7 @@ async function commit(
 }
 
 function plainMove(id: string, from: ExportState, to: ExportState): ExportChange {
-  return { id, from, to, at: AT, misses: 0, lastMiss: null, export: null, error: null };
+  return move(id, from, to, AT);
 }
 
 const wid = (exportId: string, type: EventType = 'export.completed') =>

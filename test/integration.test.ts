@@ -9,6 +9,7 @@ import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { storedEventBuilder } from '../src/delivery/events.js';
 import { endpointKey } from '../src/store/store.js';
+import { move } from './helpers/changes.js';
 import { SECRET, type Stack, startStack, TOKEN, terminalEvents } from './helpers/stack.js';
 
 const SHORT = { pendingMs: [100, 800] as [number, number], runningMs: [200, 1500] as [number, number] };
@@ -233,18 +234,7 @@ describe('the watcher against the simulator', () => {
     const at = Date.now() - 60_000;
     await store.addExports([{ ids: ['x'], metadata: null }], at);
     await store.commitChanges(
-      [
-        {
-          id: 'x',
-          from: 'UNKNOWN',
-          to: 'COMPLETED',
-          at,
-          misses: 0,
-          lastMiss: null,
-          export: null,
-          error: null,
-        },
-      ],
+      [move('x', 'UNKNOWN', 'COMPLETED', at)],
       storedEventBuilder('all'),
       [old, ...deliveries.endpoints],
       at,

@@ -69,6 +69,7 @@ import {
   type AddRequest,
   type AddResult,
   type AttemptRecord,
+  byStatus,
   type DeliveryCounts,
   type DeliveryJob,
   type DeliveryStatus,
@@ -888,15 +889,7 @@ export class PostgresStore implements Store {
           FROM deliveries AS d JOIN events AS e ON e.id = d.event_id
           WHERE d.status = 'pending'`,
       );
-      const counts: DeliveryCounts = {
-        pending: 0,
-        delivered: 0,
-        failed: 0,
-        gone: 0,
-        oldestPendingAt: oldest.rows[0]?.at ?? null,
-      };
-      for (const { status, n } of rows) counts[status] = n;
-      return counts;
+      return { ...byStatus(rows), oldestPendingAt: oldest.rows[0]?.at ?? null };
     });
   }
 

@@ -37,6 +37,7 @@ import {
   type AddRequest,
   type AddResult,
   type AttemptRecord,
+  byStatus,
   DELIVERY_STATUSES,
   type DeliveryCounts,
   type DeliveryJob,
@@ -233,23 +234,21 @@ export async function openSqliteStore(options: SqliteStoreOptions): Promise<Sqli
   }
   // Taken once the file is known to be ours (or absent): a refused file gets nothing beside it.
   const lock = path === ':memory:' ? undefined : lockDatabase(path);
-  let db: Database.Database;
   try {
-    db = connect(path, { readonly: false });
+    const db = connect(path, { readonly: false });
+    try {
+      configure(db, path, log);
+      migrate(db, found);
+    } catch (error) {
+      db.close();
+      throw new StoreError(`database ${path}: cannot use it (${errorCode(error)}: ${oneLine(error)})`);
+    }
+    log?.info({ path, schema: SCHEMA_VERSION, migrated_from: found }, 'store opened');
+    return new SqliteStore(db, lock);
   } catch (error) {
     lock?.close();
     throw error;
   }
-  try {
-    configure(db, path, log);
-    migrate(db, found);
-  } catch (error) {
-    db.close();
-    lock?.close();
-    throw new StoreError(`database ${path}: cannot use it (${errorCode(error)}: ${oneLine(error)})`);
-  }
-  log?.info({ path, schema: SCHEMA_VERSION, migrated_from: found }, 'store opened');
-  return new SqliteStore(db, lock);
 }
 
 /**
@@ -312,12 +311,12 @@ function inspect(path: string): number {
     // user_version too), is another program's database, which must not be written into. What a
     // newer version holds is not known here: it is refused as newer (by the caller).
     if (version > SCHEMA_VERSION) return version;
-    const foreign = version === 0 ? hasTables(db) : ownTables(db) < OWN_TABLES.length;
+    const names = db
+      .prepare("SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name")
+      .pluck()
+      .all() as string[];
+    const foreign = version === 0 ? names.length > 0 : !OWN_TABLES.every((t) => names.includes(t));
     if (foreign) {
-      const names = db
-        .prepare("SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name LIMIT 4")
-        .pluck()
-        .all() as string[];
       const shown = names.slice(0, 3).map((n) => JSON.stringify(n.slice(0, 64)));
       const tables =
         names.length === 0
@@ -339,21 +338,8 @@ function inspect(path: string): number {
   }
 }
 
-/** The tables every schema version of this program has. */
+/** The tables every schema version of this program has (names of tables and indexes are one namespace). */
 const OWN_TABLES = ['exports', 'events', 'deliveries'] as const;
-const OWN_TABLES_SQL = `(${OWN_TABLES.map((t) => `'${t}'`).join(', ')})`;
-
-/** How many of `OWN_TABLES` the database has. */
-function ownTables(db: Database.Database): number {
-  return db
-    .prepare(`SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ${OWN_TABLES_SQL}`)
-    .pluck()
-    .get() as number;
-}
-
-function hasTables(db: Database.Database): boolean {
-  return db.prepare("SELECT 1 FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' LIMIT 1").get() !== undefined;
-}
 
 function damaged(path: string, reason: string): StoreError {
   return new StoreError(
@@ -786,11 +772,9 @@ export class SqliteStore implements Store {
   async deliveryCounts(): Promise<DeliveryCounts> {
     let counts = this.#counts;
     if (counts === undefined) {
-      counts = { pending: 0, delivered: 0, failed: 0, gone: 0 };
-      const rows = this.#sql(
-        'SELECT status, count(*) AS n FROM deliveries GROUP BY status',
-      ).all() as StatusCount[];
-      for (const { status, n } of rows) counts[status] = n;
+      counts = byStatus(
+        this.#sql('SELECT status, count(*) AS n FROM deliveries GROUP BY status').all() as StatusCount[],
+      );
       // Counted inside a transaction (a call from a builder), the count holds rows that may yet
       // roll back: answered, not kept.
       if (!this.#open().inTransaction) this.#counts = counts;
@@ -928,7 +912,7 @@ export class SqliteStore implements Store {
     if (counts === undefined) return this.#inTransaction(work) as T;
     // A nested one (a savepoint) adds to its parent's delta, and only if it did not roll back.
     const parent = this.#countDelta;
-    const delta = { pending: 0, delivered: 0, failed: 0, gone: 0 };
+    const delta = byStatus();
     this.#countDelta = delta;
     try {
       const result = this.#inTransaction(work) as T;

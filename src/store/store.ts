@@ -139,6 +139,15 @@ export interface EndpointRef {
 export const DELIVERY_STATUSES = ['pending', 'delivered', 'failed', 'gone'] as const;
 export type DeliveryStatus = (typeof DELIVERY_STATUSES)[number];
 
+/** Deliveries by status, from `SELECT status, count(*) AS n … GROUP BY status` rows (0 for the rest). */
+export function byStatus(
+  rows: Iterable<{ status: DeliveryStatus; n: number }> = [],
+): Record<DeliveryStatus, number> {
+  const counts = { pending: 0, delivered: 0, failed: 0, gone: 0 };
+  for (const { status, n } of rows) counts[status] = n;
+  return counts;
+}
+
 export interface StoredDelivery {
   eventId: string;
   endpointKey: string;

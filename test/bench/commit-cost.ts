@@ -15,7 +15,7 @@ import { parseArgs } from 'node:util';
 import { storedEventBuilder } from '../../src/delivery/events.js';
 import type { PlatformExport } from '../../src/polling/tracker.js';
 import { openDataDir, openSqliteStore } from '../../src/store/sqlite.js';
-import type { ExportChange } from '../../src/store/store.js';
+import { move } from '../helpers/changes.js';
 
 const { values } = parseArgs({
   options: {
@@ -66,16 +66,9 @@ for (const batch of batches) {
     const t0 = performance.now();
     for (let i = 0; i < n; i += batch) {
       const at = Date.now();
-      const changes: ExportChange[] = ids.slice(i, i + batch).map((id) => ({
-        id,
-        from: 'UNKNOWN',
-        to: 'COMPLETED',
-        at,
-        misses: 0,
-        lastMiss: null,
-        export: platformObject(id),
-        error: null,
-      }));
+      const changes = ids
+        .slice(i, i + batch)
+        .map((id) => move(id, 'UNKNOWN', 'COMPLETED', at, { export: platformObject(id) }));
       await store.commitChanges(changes, build, endpoints, at);
     }
     const wallMs = performance.now() - t0;

@@ -20,7 +20,8 @@ import { parseArgs } from 'node:util';
 import pg from 'pg';
 import { openPostgresStore } from '../../src/store/postgres.js';
 import { openDataDir, openSqliteStore } from '../../src/store/sqlite.js';
-import type { AttemptRecord, EventBuilder, ExportChange, Store } from '../../src/store/store.js';
+import type { AttemptRecord, EventBuilder, Store } from '../../src/store/store.js';
+import { move } from '../helpers/changes.js';
 
 const { values } = parseArgs({
   options: {
@@ -77,16 +78,7 @@ try {
     for (let i = 0; i < group.length; i += CHUNK) {
       const part = group.slice(i, i + CHUNK);
       await store.addExports([{ ids: part, metadata: null }], T0);
-      const changes: ExportChange[] = part.map((id) => ({
-        id,
-        from: 'UNKNOWN',
-        to: 'COMPLETED',
-        at,
-        misses: 0,
-        lastMiss: null,
-        export: null,
-        error: null,
-      }));
+      const changes = part.map((id) => move(id, 'UNKNOWN', 'COMPLETED', at));
       await store.commitChanges(changes, build, [ref], at);
     }
   }

@@ -13,7 +13,6 @@ import {
   type DeliveryStatus,
   type EndpointRef,
   type EventBuilder,
-  type ExportChange,
   endpointKey,
   type NewEvent,
   type Store,
@@ -21,6 +20,7 @@ import {
   StoreError,
   webhookTwin,
 } from '../../src/store/store.js';
+import { move } from '../helpers/changes.js';
 
 const T0 = 1_700_000_000_000;
 const SECOND = 1000;
@@ -61,17 +61,6 @@ function platform(id: string, state: string, extra: Record<string, unknown> = {}
 }
 
 const NOT_FOUND: PlatformErrorBody = { status: 404, code: 9008, message: 'export job not found' };
-
-/** A change of state with nothing else to say; `extra` fills in the rest. */
-function move(
-  id: string,
-  from: ExportState,
-  to: ExportState,
-  at: number,
-  extra: Partial<ExportChange> = {},
-): ExportChange {
-  return { id, from, to, at, misses: 0, lastMiss: null, export: null, error: null, ...extra };
-}
 
 /** An outcome as a test states it: of the delivery's current series unless it says otherwise. */
 type Outcome = Omit<AttemptRecord, 'seriesStartedAt'> & { seriesStartedAt?: number };

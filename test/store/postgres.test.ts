@@ -11,7 +11,6 @@
 import pg from 'pg';
 import type { Logger } from 'pino';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import type { ExportState } from '../../src/polling/tracker.js';
 import { EXPORT_STATES, isTerminal } from '../../src/polling/tracker.js';
 import {
   ACTIVE_STATES,
@@ -31,6 +30,7 @@ import {
   type Store,
   StoreError,
 } from '../../src/store/store.js';
+import { move } from '../helpers/changes.js';
 import { describeWithPostgres } from '../helpers/postgres.js';
 import { describeStoreContract, storeErrorOf } from './contract.js';
 
@@ -48,10 +48,6 @@ const build: EventBuilder = (change, metadata, kind = 'export') =>
         exportId: change.id,
         body: JSON.stringify({ export_id: change.id, state: change.to, at: change.at, metadata }),
       };
-
-function move(id: string, from: ExportState, to: ExportState, at: number, extra: Partial<ExportChange> = {}) {
-  return { id, from, to, at, misses: 0, lastMiss: null, export: null, error: null, ...extra };
-}
 
 await describeWithPostgres('PostgreSQL store', (server) => {
   // Each contract test in a schema of its own; the tests below that need a database get one.

@@ -38,6 +38,7 @@ import {
   type NewEvent,
   StoreError,
 } from '../../src/store/store.js';
+import { move } from '../helpers/changes.js';
 import { canMakeReadOnlyDir, readOnlyDir } from '../helpers/no-access.js';
 import { describeStoreContract, storeErrorOf } from './contract.js';
 
@@ -366,19 +367,17 @@ describe('SQLite store', () => {
     const path = join(emptyDir(), 'held.db');
     const raw = new Database(path);
     for (const sql of MIGRATIONS) raw.exec(sql);
+    const event = raw.prepare(
+      "INSERT INTO events (id, export_id, type, body, created_at) VALUES (?, ?, 'export.completed', '{}', ?)",
+    );
+    const delivery = raw.prepare(
+      `INSERT INTO deliveries (event_id, endpoint_key, endpoint_label, status, attempts, series_started_at)
+       VALUES (?, 'k', 'https://a.example/', ?, 1, ?)`,
+    );
     const statuses = ['pending', 'pending', 'delivered', 'failed', 'gone', 'delivered', 'delivered'];
     for (const [i, status] of statuses.entries()) {
-      raw
-        .prepare(
-          "INSERT INTO events (id, export_id, type, body, created_at) VALUES (?, ?, 'export.completed', '{}', ?)",
-        )
-        .run(`evt_${i}`, `x${i}`, T0 + i);
-      raw
-        .prepare(
-          `INSERT INTO deliveries (event_id, endpoint_key, endpoint_label, status, attempts, series_started_at)
-           VALUES (?, 'k', 'https://a.example/', ?, 1, ?)`,
-        )
-        .run(`evt_${i}`, status, T0);
+      event.run(`evt_${i}`, `x${i}`, T0 + i);
+      delivery.run(`evt_${i}`, status, T0);
     }
     raw.pragma(`user_version = ${SCHEMA_VERSION}`);
     raw.close();
@@ -580,7 +579,7 @@ function byIdSorted<T extends { id: string }>(items: readonly T[]): T[] {
 
 /** UNKNOWN to COMPLETED, with nothing else to say. */
 function completed(id: string, at: number): ExportChange {
-  return { id, from: 'UNKNOWN', to: 'COMPLETED', at, misses: 0, lastMiss: null, export: null, error: null };
+  return move(id, 'UNKNOWN', 'COMPLETED', at);
 }
 
 /** An event for a change, as tests that do not care about its body write it. */
