@@ -30,7 +30,13 @@ import {
   TOKEN_TEXT,
   type VariableName,
 } from './config/config.js';
-import { type FaultOptions, Simulator, type SimulatorOptions } from './dev/simulator.js';
+import {
+  type FaultOptions,
+  MAX_ERROR_ID_LENGTH,
+  MAX_ERROR_IDS,
+  Simulator,
+  type SimulatorOptions,
+} from './dev/simulator.js';
 import { Daemon, VERSION } from './main.js';
 import type { JobKind } from './polling/tracker.js';
 import { ConfigError, UsageError } from './shared/errors.js';
@@ -971,8 +977,14 @@ async function simulateCommand(args: readonly string[]): Promise<number> {
       .split(',')
       .map((id) => id.trim())
       .filter((id) => id !== '');
-    if (errorIds.length === 0 || errorIds.length > 1000 || errorIds.some((id) => id.length > 128)) {
-      problems.push('--error-ids: expected 1 to 1000 comma-separated ids of at most 128 characters each');
+    if (
+      errorIds.length === 0 ||
+      errorIds.length > MAX_ERROR_IDS ||
+      errorIds.some((id) => id.length > MAX_ERROR_ID_LENGTH)
+    ) {
+      problems.push(
+        `--error-ids: expected 1 to ${MAX_ERROR_IDS} comma-separated ids of at most ${MAX_ERROR_ID_LENGTH} characters each`,
+      );
     } else {
       faults.errorIds = errorIds;
     }

@@ -160,12 +160,10 @@ describe('sbg-export-watcher run', () => {
       }),
     );
     await reached;
-    const signalled = performance.now();
     daemon.child.kill('SIGTERM');
     const { code } = await daemon.exited;
+    // Not held until the connect timeout (10 s), which would end in a failure to connect (exit 2).
     expect(code).toBe(0);
-    // Not held until the connect timeout (10 s), and no failure to connect reported.
-    expect(performance.now() - signalled).toBeLessThan(5000);
     expect(daemon.stderr()).toBe('');
     expect(daemon.lines.some((l) => l.msg === 'stopped while the store was opening')).toBe(true);
     expect(

@@ -296,8 +296,8 @@ const FAULT_KINDS: readonly FaultKind[] = [
   'slow',
 ];
 /** `errorIds` holds at most this many ids, each of at most `MAX_ERROR_ID_LENGTH` characters. */
-const MAX_ERROR_IDS = 1000;
-const MAX_ERROR_ID_LENGTH = 128;
+export const MAX_ERROR_IDS = 1000;
+export const MAX_ERROR_ID_LENGTH = 128;
 const ID_ALPHABET = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';
 const SSE_ALGORITHMS: readonly unknown[] = ['AES256', 'aws:kms', null];
 const STORAGE_CLASSES: readonly unknown[] = [
