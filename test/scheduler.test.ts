@@ -745,6 +745,71 @@ describe('Scheduler', () => {
     expect(callsPerRound(h)).toBeLessThanOrEqual(4);
   });
 
+  it('takes nothing apart in an outage that starts within a poll interval of an answer', async () => {
+    h = harness({ pollIntervalMs: 60_000 });
+    let down = false;
+    h.failWhen = () => (down ? SERVER_ERROR : undefined);
+    add(h, range(100, 'a'));
+    h.scheduler.start();
+    await vi.advanceTimersByTimeAsync(30_000);
+    add(h, range(100, 'b'));
+    await vi.advanceTimersByTimeAsync(15_000);
+    // 15 s after the last answer: the first failures are well within a poll interval of it.
+    down = true;
+    await vi.advanceTimersByTimeAsync(15 * 60_000);
+    expect(h.calls.length).toBeGreaterThan(10);
+    expect(h.scheduler.isolation.ids).toBe(0);
+    // Back up: whole batches again, every id answered.
+    down = false;
+    await vi.advanceTimersByTimeAsync(3 * 60_000);
+    expect(notRunning(h, [...range(100, 'a'), ...range(100, 'b')])).toEqual([]);
+    expect(h.scheduler.isolation.ids).toBe(0);
+    expect(h.calls.at(-1)?.ids).toHaveLength(100);
+  });
+
+  it('lets go of a batch taken apart as an outage began, once its halves fail with nothing answered', async () => {
+    h = harness({ pollIntervalMs: 60_000 });
+    // The client's retries: the outage begins while the second batch is being retried.
+    h.failDelayMs = 3000;
+    let down = false;
+    h.failWhen = (ids) =>
+      down || (ids.includes('a100') && Date.now() - T0 === 60_000) ? SERVER_ERROR : undefined;
+    add(h, range(200, 'a'));
+    h.scheduler.start();
+    await vi.advanceTimersByTimeAsync(60_001);
+    down = true;
+    await vi.advanceTimersByTimeAsync(3000);
+    // The first batch was answered while the second failed: the second is taken apart.
+    expect(h.scheduler.isolation).toMatchObject({ ids: 100, groups: 2 });
+    await vi.advanceTimersByTimeAsync(15 * 60_000);
+    expect(h.scheduler.isolation.ids).toBe(0);
+    expect(callsPerRound(h)).toBeLessThanOrEqual(4);
+    down = false;
+    await vi.advanceTimersByTimeAsync(2 * 60_000);
+    expect(notRunning(h, range(200, 'a'))).toEqual([]);
+    expect(h.scheduler.isolation.ids).toBe(0);
+  });
+
+  it('takes a batch apart that starts failing within a poll interval of an answer, its kind otherwise quiet', async () => {
+    // Nothing else of the kind is out when the batch fails, so no answer comes meanwhile: the
+    // evidence is the answer of a smaller batch after it.
+    h = harness({ pollIntervalMs: 60_000, failurePauseMs: 100, failurePauseMaxMs: 100 });
+    const bad = new Set<string>();
+    h.failWhen = failingOn(bad);
+    add(h, range(100, 'a'));
+    h.scheduler.start();
+    await vi.advanceTimersByTimeAsync(30_000);
+    add(h, range(100, 'b'));
+    await vi.advanceTimersByTimeAsync(20_000);
+    bad.add('a7');
+    await vi.advanceTimersByTimeAsync(15_000);
+    const answeredSince = (id: string) =>
+      h!.calls.some((c) => c.at >= 60_000 && c.ids.includes(id) && !c.ids.includes('a7'));
+    expect(range(100, 'a').filter((id) => !answeredSince(id))).toEqual(['a7']);
+    expect(askedAlone(h, 'a7')).toBe(true);
+    expect(h.scheduler.isolation.ids).toBe(1);
+  });
+
   it('emits check.result after every call', async () => {
     h = harness({ failurePauseMs: 1000 });
     const failure = SERVER_ERROR;

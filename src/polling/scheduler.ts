@@ -92,6 +92,8 @@ interface IsolatedGroup {
   notBefore: number;
   failures: number;
   sending: boolean;
+  /** Calls of its kind answered when it was formed: whether any has been since. */
+  answeredBefore: number;
 }
 
 /** What `pause()` aborts the calls of the running period with. */
@@ -594,16 +596,26 @@ export class Scheduler {
     );
     // The platform answers this kind: others were answered while this call failed, or within the
     // last poll interval (failing calls may hold every slot meanwhile, and the others may simply
-    // not be due). Then a failing batch is taken apart. A group is taken further apart whatever
-    // the others did, so that every group ends, a poll interval later when that evidence is stale.
+    // not be due). Then a failing batch is taken apart. An answer within the last poll interval is
+    // weak evidence, though (an outage may have begun since), so a group is taken further apart
+    // only when something of its kind was answered since the group was formed, a poll interval
+    // later when that is stale; otherwise the group is let go and its ids are passed over, as a
+    // batch failing in an outage is. Either way every group ends.
     const answering = alone || now - this.#answeredAt[kind] <= this.#interval;
-    if (group) this.#isolate(batch, kind, group, now, answering ? 0 : this.#interval);
+    if (group && this.#answered[kind] === group.answeredBefore) {
+      this.#release(group);
+      this.#passOver(batch, kind, now);
+    } else if (group) this.#isolate(batch, kind, group, now, answering ? 0 : this.#interval);
     else if (answering) this.#isolate(batch, kind, null, now, 0);
-    else if (this.#passedOver[kind].size < this.#maxOutstanding * this.#batchSize) {
-      if (this.#passedOver[kind].size === 0) this.#passedOverSince[kind] = now;
-      for (const id of batch) this.#passedOver[kind].add(id);
-      this.#passedOverBatch[kind] = Math.max(this.#passedOverBatch[kind], batch.length);
-    }
+    else this.#passOver(batch, kind, now);
+  }
+
+  /** The ids of a batch that failed with nothing of its kind answered (see `#passedOver`). */
+  #passOver(batch: readonly string[], kind: JobKind, now: number): void {
+    if (this.#passedOver[kind].size >= this.#maxOutstanding * this.#batchSize) return;
+    if (this.#passedOver[kind].size === 0) this.#passedOverSince[kind] = now;
+    for (const id of batch) this.#passedOver[kind].add(id);
+    this.#passedOverBatch[kind] = Math.max(this.#passedOverBatch[kind], batch.length);
   }
 
   /**
@@ -612,7 +624,7 @@ export class Scheduler {
    * its other ids never checked. So it is taken apart: its ids are skipped by the normal batches
    * and tried in halves, each half that is answered going back to the normal order, until the
    * ids that fail are alone; one of those is tried again after the poll interval, doubling up to
-   * 5 minutes. During an outage nothing is answered, so nothing is taken apart. At most
+   * 5 minutes. During an outage nothing is answered, so nothing stays apart (see `#onError`). At most
    * `MAX_ISOLATED_IDS` ids are held apart; beyond that a batch stays as it is.
    */
   #isolate(
@@ -639,6 +651,7 @@ export class Scheduler {
         notBefore,
         failures: ids.length > 1 ? 0 : failures,
         sending: false,
+        answeredBefore: this.#answered[kind],
       };
       this.#groups.push(held);
       for (const id of part) this.#isolated.set(id, held);
