@@ -414,6 +414,17 @@ export class SqliteStore implements Store {
   #counts: Record<DeliveryStatus, number> | undefined;
   /** What the transaction under way changed in `#counts`: applied only once it commits. */
   #countDelta: Record<DeliveryStatus, number> | undefined;
+  /**
+   * No pending delivery's event is older than this (kept with `#counts`): the oldest-pending
+   * metric reads the events from here on, in time order, up to the first with a pending delivery,
+   * instead of every pending delivery (~110 ms a scrape at 100,000 pending). A backlog drains from
+   * its oldest end, so a scrape reads about what was delivered since the last one. A write that
+   * adds pending deliveries to new events lowers it to their time; one that makes an older event's
+   * delivery pending again (a redelivery, a retry recorded after a final outcome) forgets it, and
+   * the next scrape reads them all once. Lowered or forgotten inside a transaction that then rolls
+   * back, it is only lower than it need be.
+   */
+  #oldestFloor: number | undefined;
 
   /** Runs its argument in a transaction: one wrapper for all, where `db.transaction` makes one per call. */
   readonly #inTransaction: (work: () => unknown) => unknown;
@@ -584,7 +595,7 @@ export class SqliteStore implements Store {
         if (!event) continue;
         if (insertEvent.run(event.id, event.exportId, event.type, event.body, now).changes === 0) continue;
         for (const e of endpoints) insertDelivery.run(event.id, e.key, e.label, now, now);
-        this.#counted('pending', endpoints.length);
+        this.#counted('pending', endpoints.length, now);
         written.push(event);
       }
       return written;
@@ -779,15 +790,30 @@ export class SqliteStore implements Store {
       // roll back: answered, not kept.
       if (!this.#open().inTransaction) this.#counts = counts;
     }
-    // Reads every pending delivery's event: nothing to read when none is pending (the usual case).
-    const oldest =
-      counts.pending === 0
-        ? { at: null }
-        : (this.#sql(`
-            SELECT min(e.created_at) AS at
-            FROM deliveries AS d CROSS JOIN events AS e ON e.id = d.event_id
-            WHERE d.status = 'pending'`).get() as { at: number | null });
-    return { ...counts, oldestPendingAt: oldest.at };
+    return { ...counts, oldestPendingAt: counts.pending === 0 ? null : this.#oldestPendingAt() };
+  }
+
+  /** The creation time of the oldest event with a pending delivery (see `#oldestFloor`). */
+  #oldestPendingAt(): number | null {
+    const floor = this.#oldestFloor;
+    let at: number | null = null;
+    if (floor !== undefined) {
+      at = (this.#sql(`
+        SELECT created_at FROM events AS e INDEXED BY events_by_time
+        WHERE created_at >= ?
+          AND EXISTS (SELECT 1 FROM deliveries AS d WHERE d.event_id = e.id AND d.status = 'pending')
+        ORDER BY created_at LIMIT 1`)
+        .pluck()
+        .get(floor) ?? null) as number | null;
+    }
+    // No floor yet, or none found past it (it cannot be, but the full read is the answer then).
+    at ??= this.#sql(`
+      SELECT min(e.created_at) FROM deliveries AS d CROSS JOIN events AS e ON e.id = d.event_id
+      WHERE d.status = 'pending'`)
+      .pluck()
+      .get() as number | null;
+    if (this.#counts !== undefined && !this.#open().inTransaction) this.#oldestFloor = at ?? undefined;
+    return at;
   }
 
   /**
@@ -925,9 +951,12 @@ export class SqliteStore implements Store {
   }
 
   /** `by` deliveries more (or fewer) in `status`: in the transaction under way, else at once. */
-  #counted(status: DeliveryStatus, by: number): void {
+  #counted(status: DeliveryStatus, by: number, eventsCreatedAt?: number): void {
     if (this.#counts === undefined || by === 0) return;
     (this.#countDelta ?? this.#counts)[status] += by;
+    if (status !== 'pending' || by < 0 || this.#oldestFloor === undefined) return;
+    if (eventsCreatedAt === undefined) this.#oldestFloor = undefined;
+    else this.#oldestFloor = Math.min(this.#oldestFloor, eventsCreatedAt);
   }
 
   /** `n` deliveries moved from one status to another. */

@@ -1122,6 +1122,63 @@ export function describeStoreContract(
         await store.commitChanges(both, build, [A, B], later);
         await expectCountsAsListed({ pending: 9, delivered: 0, failed: 0, gone: 0 });
       });
+
+      it('gives the oldest pending event after every kind of write, older events coming back included', async () => {
+        /** The oldest pending event's time as the listing shows it, and what `deliveryCounts` says. */
+        const expectOldest = async (expected: number | null) => {
+          let listed: number | null = null;
+          for (const e of (await store.listEvents({ limit: 100 })).items) {
+            if (e.deliveries.some((d) => d.status === 'pending'))
+              listed = listed === null ? e.createdAt : Math.min(listed, e.createdAt);
+          }
+          expect(listed).toBe(expected);
+          expect((await store.deliveryCounts()).oldestPendingAt).toBe(expected);
+        };
+        const t = (n: number) => T0 + n * SECOND;
+        await store.addExports([{ ids: ['a', 'b', 'c', 'd', 'e', 'f'], metadata: null }], T0);
+        for (const [i, id] of ['a', 'b', 'c'].entries()) {
+          await store.commitChanges([move(id, 'UNKNOWN', 'COMPLETED', t(i + 1))], build, [A], t(i + 1));
+        }
+        const [a, b, c, d] = ['a', 'b', 'c', 'd'].map((id) => eventId(id, 'COMPLETED')) as [
+          string,
+          string,
+          string,
+          string,
+        ];
+        await expectOldest(t(1));
+        await recordOutcomes([delivered(a, A, t(5))]);
+        await expectOldest(t(2));
+        await recordOutcomes([delivered(b, A, t(5)), delivered(c, A, t(5))]);
+        await expectOldest(null);
+        await store.commitChanges([move('d', 'UNKNOWN', 'COMPLETED', t(10))], build, [A], t(10));
+        await expectOldest(t(10));
+        // An older event pending again: redelivered by id, then since a time.
+        expect(await store.redeliver(a, [A], t(11))).toBe(1);
+        await expectOldest(t(1));
+        await recordOutcomes([delivered(a, A, t(12))]);
+        await expectOldest(t(10));
+        expect(await store.redeliver(b, [B], t(13))).toBe(1);
+        await expectOldest(t(2));
+        await recordOutcomes([delivered(b, B, t(14))]);
+        await expectOldest(t(10));
+        expect(await store.redeliverSince(t(3), 'delivered', t(15), [A.key])).toBe(1);
+        await expectOldest(t(3));
+        // An outcome of the same series that leaves the row pending (a retry) after a final one.
+        await recordOutcomes([delivered(c, A, t(16)), delivered(d, A, t(16))]);
+        await expectOldest(null);
+        await recordOutcomes([
+          { ...final(c, A, 'failed', t(17), 500), status: 'pending', nextAttemptAt: t(18), finishedAt: null },
+        ]);
+        await expectOldest(t(3));
+        await recordOutcomes([delivered(c, A, t(18))]);
+        await store.commitChanges([move('f', 'UNKNOWN', 'COMPLETED', t(20))], build, [A], t(20));
+        await expectOldest(t(20));
+        // The clock gone back: a new event older than one pending.
+        await store.commitChanges([move('e', 'UNKNOWN', 'COMPLETED', t(2))], build, [A], t(2));
+        await expectOldest(t(2));
+        expect(await store.removeExport('e')).toEqual({ removed: true, cancelledDeliveries: 1 });
+        await expectOldest(t(20));
+      });
     });
 
     describe('prune', () => {
