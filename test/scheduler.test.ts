@@ -810,6 +810,62 @@ describe('Scheduler', () => {
     expect(h.scheduler.isolation.ids).toBe(1);
   });
 
+  it('checks the healthy ids again after an outage that outlasts the halvings, failing ids having been held apart', async () => {
+    // Defaults: batches of 100, 4 calls at once, failure pause 1 s doubling to 60 s.
+    h = harness({ pollIntervalMs: 10_000 });
+    const bad = new Set(['e24', 'e43', 'e116', 'e162']);
+    let down = false;
+    h.failWhen = (ids) => (down || ids.some((id) => bad.has(id)) ? SERVER_ERROR : undefined);
+    add(h, range(200));
+    h.scheduler.start();
+    await vi.advanceTimersByTimeAsync(5 * 60_000);
+    expect(h.scheduler.isolation).toMatchObject({ ids: 4, groups: 4 });
+    down = true;
+    await vi.advanceTimersByTimeAsync(15 * 60_000);
+    down = false;
+    await vi.advanceTimersByTimeAsync(10 * 60_000);
+    const stale = range(200).filter(
+      (id) => !bad.has(id) && Date.now() - (h!.tracker.get(id)?.lastCheckedAt ?? 0) > 60_000,
+    );
+    expect(stale).toEqual([]);
+  });
+
+  it('keeps backing off an id that fails alone while its kind is answered, its failure quicker than their answers', async () => {
+    // A whole call failing at once on the bad id (a 4xx the client does not retry), answers taking 1 s.
+    h = harness({ pollIntervalMs: 60_000 });
+    h.failDelayMs = 100;
+    h.answerDelayMs = 1000;
+    h.failWhen = failingOn(new Set(['e0']));
+    add(h, range(2));
+    h.scheduler.start();
+    await vi.advanceTimersByTimeAsync(10 * 60_000);
+    expect(h.tracker.get('e1')?.state).toBe('RUNNING');
+    const before = h.calls.length;
+    await vi.advanceTimersByTimeAsync(20 * 60_000);
+    // Tried alone after the poll interval, doubling up to 5 minutes: about 4 times in 20 minutes.
+    const withE0 = h.calls.slice(before).filter((c) => c.ids.includes('e0'));
+    expect(withE0.length).toBeLessThanOrEqual(6);
+  });
+
+  it('takes a failing id apart when its calls fail faster than the others are answered', async () => {
+    // One id fails the whole call at once (a 4xx the client does not retry); answers take 1 s.
+    h = harness({ pollIntervalMs: 10_000 });
+    h.failDelayMs = 100;
+    h.answerDelayMs = 1000;
+    h.failWhen = failingOn(new Set(['e0']));
+    add(h, range(100));
+    h.scheduler.start();
+    await vi.advanceTimersByTimeAsync(10 * 60_000);
+    const stale = range(100).filter(
+      (id) => id !== 'e0' && Date.now() - (h!.tracker.get(id)?.lastCheckedAt ?? 0) > 60_000,
+    );
+    expect(stale).toEqual([]);
+    expect(askedAlone(h, 'e0')).toBe(true);
+    const before = h.calls.length;
+    await vi.advanceTimersByTimeAsync(10 * 60_000);
+    expect(h.calls.slice(before).filter((c) => c.ids.includes('e0')).length).toBeLessThanOrEqual(4);
+  });
+
   it('emits check.result after every call', async () => {
     h = harness({ failurePauseMs: 1000 });
     const failure = SERVER_ERROR;

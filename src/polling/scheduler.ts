@@ -596,13 +596,15 @@ export class Scheduler {
     );
     // The platform answers this kind: others were answered while this call failed, or within the
     // last poll interval (failing calls may hold every slot meanwhile, and the others may simply
-    // not be due). Then a failing batch is taken apart. An answer within the last poll interval is
-    // weak evidence, though (an outage may have begun since), so a group is taken further apart
-    // only when something of its kind was answered since the group was formed, a poll interval
-    // later when that is stale; otherwise the group is let go and its ids are passed over, as a
-    // batch failing in an outage is. Either way every group ends.
+    // not be due). Then a failing batch is taken apart, and a group further apart. A group of
+    // several ids whose call fails with none of that evidence and nothing of its kind answered
+    // since it was formed (an outage that began after the answers that formed it) is let go
+    // instead, its ids passed over as a batch failing in an outage is: halving it a poll interval
+    // later, again and again, would take the kind apart for as long as the outage lasts. An id
+    // alone keeps its group and backoff through an outage: let go, it would be first in the due
+    // order when the outage ends. Either way every group ends.
     const answering = alone || now - this.#answeredAt[kind] <= this.#interval;
-    if (group && this.#answered[kind] === group.answeredBefore) {
+    if (group && group.ids.length > 1 && !answering && this.#answered[kind] === group.answeredBefore) {
       this.#release(group);
       this.#passOver(batch, kind, now);
     } else if (group) this.#isolate(batch, kind, group, now, answering ? 0 : this.#interval);
