@@ -4,7 +4,8 @@
  * exit codes.
  */
 import { mkdtempSync, writeFileSync } from 'node:fs';
-import { createServer, type Server, type Socket } from 'node:net';
+import { createServer as createHttpServer, type Server as HttpServer } from 'node:http';
+import { type AddressInfo, createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
@@ -383,6 +384,71 @@ describe('finding the daemon and its token', () => {
       /^error: the daemon at http:\/\/127\.0\.0\.1:\d+\/x refused to list events \(40[14]/,
     );
     expect(r.stderr).not.toContain('Url-Pass-31');
+  });
+});
+
+describe('answers that are not what the control API says', () => {
+  let fake: HttpServer | undefined;
+  afterEach(async () => {
+    await new Promise<void>((resolve) => (fake ? fake.close(() => resolve()) : resolve()));
+    fake = undefined;
+  });
+
+  /** A server answering every request with `answer(url)` as JSON; resolves its URL. */
+  async function fakeDaemon(answer: (url: URL) => { status: number; text: string }): Promise<string> {
+    fake = createHttpServer((req, res) => {
+      req.resume();
+      const { status, text } = answer(new URL(req.url ?? '/', 'http://x'));
+      res.writeHead(status, { 'content-type': 'application/json' }).end(text);
+    });
+    await new Promise<void>((resolve) => fake?.listen(0, '127.0.0.1', () => resolve()));
+    return `http://127.0.0.1:${(fake.address() as AddressInfo).port}`;
+  }
+
+  it.each([
+    ['events', 200, 'null', []],
+    ['events', 500, '[]', []],
+    ['redeliver', 202, 'null', ['evt_a_completed']],
+    ['redeliver', 404, '"event_not_found"', ['evt_a_completed']],
+    ['redeliver', 202, '7', ['--since', '1h']],
+  ] as const)(
+    '%s: a %s answer of JSON %s is one error line and exit 1',
+    async (command, status, text, extra) => {
+      const url = await fakeDaemon(() => ({ status, text }));
+      const r = await cli([command, ...extra, '--api-url', url]);
+      expect(r.stderr).toMatch(
+        /^error: .* did not answer like the watcher's control API \(\d+, "application\/json"\)/,
+      );
+      expect(r.stderr.trim().split('\n')).toHaveLength(1);
+      expect(r.code).toBe(1);
+    },
+  );
+
+  it.each([
+    ['an item that is null', '{"items":[null],"next_cursor":null}'],
+    ['a delivery that is null', '{"items":[{"id":"evt_a","deliveries":[null]}],"next_cursor":null}'],
+    ['deliveries that are not a list', '{"items":[{"id":"evt_a","deliveries":"all"}],"next_cursor":null}'],
+  ])('events: %s is one error line and exit 1, as a table or as JSON', async (_what, text) => {
+    const url = await fakeDaemon(() => ({ status: 200, text }));
+    for (const io of [[], ['--json']]) {
+      const r = await cli(['events', ...io, '--api-url', url]);
+      expect(r.stderr).toMatch(/^error: .* answered GET \/v1\/events with an item that is not an event\n$/);
+      expect(r.code).toBe(1);
+    }
+  });
+
+  it('events --all: stops when the cursors go round, A then B then A again', async () => {
+    let asked = 0;
+    const url = await fakeDaemon((req) => {
+      asked++;
+      // Ends by itself after 50 pages, so that a regression fails on the count, not by hanging.
+      const next = asked >= 50 ? null : req.searchParams.get('cursor') === 'A' ? 'B' : 'A';
+      return { status: 200, text: JSON.stringify({ items: [], next_cursor: next }) };
+    });
+    const r = await cli(['events', '--all', '--api-url', url]);
+    expect(r.stderr).toMatch(/answered a page it had answered before\n$/);
+    expect(r.code).toBe(1);
+    expect(asked).toBe(3);
   });
 });
 

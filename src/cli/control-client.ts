@@ -135,7 +135,8 @@ export class ControlClient {
     }
     if (status === 401) throw this.#unauthorized();
     const body = /^application\/json\b/i.test(contentType) ? parseOr(text) : undefined;
-    if (body === undefined) {
+    // Every answer of the control API is an object, errors included.
+    if (typeof body !== 'object' || body === null || Array.isArray(body)) {
       throw new ControlApiError(
         `${this.where} did not answer like the watcher's control API (${status}, ${JSON.stringify(contentType || 'no content type')}); ${this.#target.fix}`,
       );

@@ -166,6 +166,8 @@ export async function runEvents(options: EventsOptions): Promise<number> {
     const rows: EventItem[] = [];
     let cursor: string | null = null;
     let more = false;
+    // A cursor seen before means the pages go round: following them would never end.
+    const seen = new Set<string>();
     do {
       const page = await eventPage(client, options.query, cursor);
       if (options.json) {
@@ -174,9 +176,10 @@ export async function runEvents(options: EventsOptions): Promise<number> {
         rows.push(...page.items);
       }
       more = page.nextCursor !== null;
-      if (more && page.nextCursor === cursor) {
-        throw new ControlApiError(`the daemon at ${client.where} answered the same page twice`);
+      if (page.nextCursor !== null && seen.has(page.nextCursor)) {
+        throw new ControlApiError(`the daemon at ${client.where} answered a page it had answered before`);
       }
+      if (page.nextCursor !== null) seen.add(page.nextCursor);
       cursor = page.nextCursor;
     } while (options.query.all && more);
     if (!options.json) {
@@ -207,6 +210,18 @@ async function eventPage(
     throw new ControlApiError(
       `the daemon at ${client.where} answered GET /v1/events without items and next_cursor`,
     );
+  }
+  const isObject = (value: unknown) => typeof value === 'object' && value !== null && !Array.isArray(value);
+  for (const item of body.items as unknown[]) {
+    const deliveries = isObject(item) ? (item as { deliveries?: unknown }).deliveries : undefined;
+    if (
+      !isObject(item) ||
+      !(deliveries === undefined || (Array.isArray(deliveries) && deliveries.every(isObject)))
+    ) {
+      throw new ControlApiError(
+        `the daemon at ${client.where} answered GET /v1/events with an item that is not an event`,
+      );
+    }
   }
   return { items: body.items as EventItem[], nextCursor };
 }
