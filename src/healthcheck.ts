@@ -4,9 +4,13 @@
  * a refused connection, no answer within the timeout). It uses node:http alone, so the image needs
  * neither curl nor wget. It is a program of its own, not part of the daemon: the daemon listens on
  * WATCHER_HTTP_HOST (0.0.0.0 in the image), which 127.0.0.1 reaches from inside the container.
- * With WATCHER_HTTP_PORT=0 the port is chosen at start-up and this check cannot know it.
+ * The port is WATCHER_HTTP_PORT from the environment or from `.env` in the working directory, as
+ * the daemon reads it. With WATCHER_HTTP_PORT=0 the port is chosen at start-up and this check
+ * cannot know it.
  */
+import { readFileSync } from 'node:fs';
 import { request } from 'node:http';
+import { parse as parseDotenv } from 'dotenv';
 
 /** Below the HEALTHCHECK's own --timeout, so a hung daemon is reported here, not killed there. */
 const TIMEOUT_MS = 3000;
@@ -16,7 +20,18 @@ function done(code: 0 | 1, message?: string): never {
   process.exit(code);
 }
 
-const rawPort = process.env.WATCHER_HTTP_PORT?.trim() || '8080';
+/** WATCHER_HTTP_PORT as the daemon reads it: the environment, else `.env` in the working directory. */
+function configuredPort(): string | undefined {
+  const set = process.env.WATCHER_HTTP_PORT?.trim();
+  if (set) return set;
+  try {
+    return parseDotenv(readFileSync('.env')).WATCHER_HTTP_PORT?.trim() || undefined;
+  } catch {
+    return undefined; // no .env (or none readable: the daemon would not have started)
+  }
+}
+
+const rawPort = configuredPort() ?? '8080';
 const port = Number(rawPort);
 if (!Number.isInteger(port) || port < 1 || port > 65_535) {
   done(1, `WATCHER_HTTP_PORT: expected a port from 1 to 65535, got ${JSON.stringify(rawPort)}`);

@@ -395,6 +395,46 @@ describe('secrets never appear in problems', () => {
     }
   });
 
+  it.each([
+    // The password holds a "/": the authority ends there, and the rest reads as a path.
+    ['HTTPS_PROXY', 'http://proxyuser:Pr0xy/S3cret@proxy.example:3128', ['Pr0xy', 'S3cret', 'proxyuser']],
+    // Split at the comma: "https://hook:W3bh00kPass" reads as a host with a port that is not one.
+    ['WATCHER_WEBHOOK_URLS', 'https://hook:W3bh00kPass,word@hooks.example.com/in', ['W3bh00kPass']],
+    // As dotenv leaves a value cut at an unquoted "#".
+    ['SB_API_ENDPOINT', 'https://admin:S3cretPassw0rd', ['S3cretPassw0rd', 'admin']],
+  ])('shows only the scheme of a %s that does not parse, whatever cut it', (name, value, fragments) => {
+    const error = configError({ [name]: value });
+    // The list is split at its commas: the piece after the comma has a line of its own.
+    const [first] = linesFor(error, name);
+    expect(first).toMatch(/starting with "https?:\/\/" that is not a URL \(the rest hidden/);
+    const everything = `${error.message}\n${error.problems.join('\n')}\n${JSON.stringify(error)}`;
+    for (const fragment of fragments) expect(everything).not.toContain(fragment);
+  });
+
+  it('still shows a value without a scheme that cannot hold credentials, to help find the typo', () => {
+    const error = configError({ SB_API_ENDPOINT: 'sbg-uss', WATCHER_WEBHOOK_URLS: 'hooks.example.org/in' });
+    expect(linesFor(error, 'SB_API_ENDPOINT')[0]).toContain('got "sbg-uss"');
+    expect(linesFor(error, 'WATCHER_WEBHOOK_URLS')[0]).toContain('got "hooks.example.org/in"');
+  });
+
+  it('scrubs a secret set in another variable by mistake, or in a URL path, from every problem line', () => {
+    const token = '0123456789abcdef0123456789abcdef';
+    const apiToken = 'apiTokenZ9y8x7w6v5';
+    const error = configError({
+      SB_AUTH_TOKEN: token,
+      WATCHER_API_TOKEN: apiToken,
+      SB_API_ENDPOINT: token,
+      WATCHER_WEBHOOK_URLS: `hooks.example.org/in/${apiToken}`,
+      WATCHER_WEBHOOK_SECRET: VALID_SECRET,
+      LOG_LEVEL: VALID_SECRET,
+    });
+    expect(linesFor(error, 'SB_API_ENDPOINT')).toHaveLength(1);
+    expect(linesFor(error, 'WATCHER_WEBHOOK_URLS')).toHaveLength(1);
+    expect(linesFor(error, 'LOG_LEVEL')).toHaveLength(1);
+    const everything = `${error.message}\n${error.problems.join('\n')}\n${JSON.stringify(error)}`;
+    for (const secret of [token, apiToken, VALID_SECRET]) expect(everything).not.toContain(secret);
+  });
+
   it('says when it hid part of a URL it shows', () => {
     const error = configError({ SB_API_ENDPOINT: 'https://api.example/v2?token=Tk9Query' });
     const [line] = linesFor(error, 'SB_API_ENDPOINT');
@@ -573,10 +613,22 @@ describe('HTTPS_PROXY, HTTP_PROXY and NO_PROXY', () => {
   });
 
   it.each([
-    ['HTTPS_PROXY', 'ftp://u:pw-Secret-1@files.example:21', '"ftp://files.example:21"'],
+    [
+      'HTTPS_PROXY',
+      'ftp://u:pw-Secret-1@files.example:21',
+      '"ftp://files.example:21" (credentials, query and fragment hidden)',
+    ],
     ['http_proxy', 'socks5://proxy.example:1080', '"socks5://proxy.example:1080"'],
-    ['HTTP_PROXY', 'http://', '"http://"'],
-    ['HTTP_PROXY', 'u:pw-Secret-1@bad host:1', '"http://bad host:1"'],
+    [
+      'HTTP_PROXY',
+      'http://',
+      'a value of 7 characters starting with "http://" that is not a URL (the rest hidden: it may hold credentials)',
+    ],
+    [
+      'HTTP_PROXY',
+      'u:pw-Secret-1@bad host:1',
+      'a value of 31 characters starting with "http://" that is not a URL (the rest hidden: it may hold credentials)',
+    ],
   ])('%s=%j is one problem line naming it, without credentials', (name, value, shown) => {
     const error = configError({ [name]: value });
     expect(error.problems).toEqual([

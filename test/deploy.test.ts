@@ -379,6 +379,29 @@ describe('the image commands, run against a local build', () => {
       expect(result.code, result.stderr).toBe(0);
     });
 
+    it('reads WATCHER_HTTP_PORT from .env in the working directory, as the daemon does', async () => {
+      const port = await listen((_req, res) => {
+        res.writeHead(200, { 'content-type': 'application/json' }).end('{"status":"ok"}');
+      });
+      const dotenv = join(app, '.env');
+      writeFileSync(dotenv, `WATCHER_HTTP_PORT=${port}\n`);
+      try {
+        const { WATCHER_HTTP_PORT: _set, ...withoutPort } = imageEnv;
+        const result = await start(local(healthcheckCommand), withoutPort).finished;
+        expect(result.code, result.stderr).toBe(0);
+        // The environment still wins.
+        const closed = await closedPort();
+        const overridden = await start(local(healthcheckCommand), {
+          ...withoutPort,
+          WATCHER_HTTP_PORT: String(closed),
+        }).finished;
+        expect(overridden.code).toBe(1);
+        expect(overridden.stderr).toContain(`:${closed}/healthz`);
+      } finally {
+        rmSync(dotenv, { force: true });
+      }
+    });
+
     it('exits 1 when /healthz answers 503', async () => {
       const port = await listen((_req, res) => {
         res.writeHead(503).end('{"status":"stopping"}');

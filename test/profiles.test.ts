@@ -104,6 +104,15 @@ describe('parseCredentials', () => {
     expect(sections.get('b')).toEqual({ api_endpoint: 'cavatica', auth_token: 't2' });
   });
 
+  it('takes a section header as configparser does: indented, or followed by a comment', () => {
+    const sections = parseCredentials(
+      '  [default]\napi_endpoint = sbg-us\nauth_token = aaaa\n\n[cgc] # production\napi_endpoint = cgc\nauth_token = cccc\n',
+    );
+    expect([...sections.keys()].sort()).toEqual(['cgc', 'default']);
+    expect(sections.get('default')).toEqual({ api_endpoint: 'sbg-us', auth_token: 'aaaa' });
+    expect(sections.get('cgc')).toEqual({ api_endpoint: 'cgc', auth_token: 'cccc' });
+  });
+
   it('reads a key without a value as empty', () => {
     expect(parseCredentials('[a]\nauth_token =\napi_endpoint\n').get('a')).toEqual({
       auth_token: '',
@@ -330,12 +339,19 @@ describe('problems', () => {
     const file = writeCredentials('[a]\napi_endpoint = ftp://u:pw-in-url@files.example/v2\nauth_token = t\n');
     const problems = problemsOf({ SB_PROFILE: 'a' });
     expect(problems).toEqual([
-      `SB_PROFILE: expected api_endpoint in the [a] section of ${file} to be an http(s) URL or one of ${Object.keys(ENDPOINT_PRESETS).join(', ')}, got "ftp://files.example/v2"`,
+      `SB_PROFILE: expected api_endpoint in the [a] section of ${file} to be an http(s) URL or one of ${Object.keys(ENDPOINT_PRESETS).join(', ')}, got "ftp://files.example/v2" (credentials, query and fragment hidden)`,
     ]);
     writeCredentials('[a]\napi_endpoint = https://x.example/v2?k=v\nauth_token = t\n');
     expect(problemsOf({ SB_PROFILE: 'a' })[0]).toContain(
       'to be a base URL without a query string or fragment',
     );
+  });
+
+  it('a profile endpoint that is no URL, with what may be credentials in it, is not shown', () => {
+    writeCredentials('[a]\napi_endpoint = alice:S3cretPw@api.example.org/v2\nauth_token = t\n');
+    const [line] = problemsOf({ SB_PROFILE: 'a' });
+    expect(line).toMatch(/^SB_PROFILE: .*not a URL \(hidden: it may hold credentials\)$/);
+    expect(line).not.toContain('S3cretPw');
   });
 
   it('a profile token with spaces is named, never shown', () => {

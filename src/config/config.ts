@@ -12,7 +12,7 @@ import { parseSecret } from '../delivery/signing.js';
 import type { JobKind } from '../polling/tracker.js';
 import { ConfigError } from '../shared/errors.js';
 import { basicAuthorization, type ProxySettings } from '../shared/proxy.js';
-import { safeUrl, urlSecrets } from '../shared/redact.js';
+import { Redactor, safeUrl, urlSecrets } from '../shared/redact.js';
 import { credentialsFile, type Profile, profileKey, resolveProfile } from './profiles.js';
 
 /** Platform deployments by preset name (docs/platform-api.md §1). */
@@ -204,6 +204,31 @@ export function isLoopbackHost(host: string): boolean {
   return octets?.slice(1).every((o) => Number(o) <= 255) ?? false;
 }
 
+/**
+ * A URL variable's value for a problem line. A URL that parses is shown without its credentials,
+ * query and fragment. One that does not cannot be scrubbed reliably (a password holding a "/",
+ * or a value cut at a "," or a "#" that leaves "https://user:password"), so only its scheme is
+ * shown; without a scheme it is shown unless it holds an "@", "?" or "#".
+ */
+function shownUrl(value: string): string {
+  const scheme = /^[a-z][a-z0-9+.-]*:\/\//i.exec(value)?.[0];
+  if (scheme === undefined) {
+    // Not a URL to scrub, yet with what could be credentials or a query in it.
+    return /[@?#]/.test(value)
+      ? `a value of ${value.length} characters that is not a URL (hidden: it may hold credentials)`
+      : JSON.stringify(value);
+  }
+  try {
+    new URL(value);
+  } catch {
+    return `a value of ${value.length} characters starting with ${JSON.stringify(scheme)} that is not a URL (the rest hidden: it may hold credentials)`;
+  }
+  const safe = safeUrl(value);
+  return safe === value
+    ? JSON.stringify(safe)
+    : `${JSON.stringify(safe)} (credentials, query and fragment hidden)`;
+}
+
 /** Parses and validates; throws ConfigError listing every problem. */
 export function loadConfig(env: Env, options: LoadOptions = {}): Config {
   const problems: string[] = [];
@@ -211,18 +236,12 @@ export function loadConfig(env: Env, options: LoadOptions = {}): Config {
     const v = env[name];
     return v === undefined || v.trim() === '' ? DEFAULTS[name] : v.trim();
   };
-  const shown = (name: VariableName, value: string): string => {
-    if (SECRET_VARIABLES.has(name)) return `a value of ${value.length} characters (hidden)`;
-    if (!URL_VARIABLES.has(name)) return JSON.stringify(value);
-    const safe = safeUrl(value);
-    // Not a URL to scrub (no "scheme://"), yet with what could be credentials or a query in it.
-    if (safe === value && /[@?#]/.test(value)) {
-      return `a value of ${value.length} characters that is not a URL (hidden: it may hold credentials)`;
-    }
-    return safe === value
-      ? JSON.stringify(safe)
-      : `${JSON.stringify(safe)} (credentials, query and fragment hidden)`;
-  };
+  const shown = (name: VariableName, value: string): string =>
+    SECRET_VARIABLES.has(name)
+      ? `a value of ${value.length} characters (hidden)`
+      : URL_VARIABLES.has(name)
+        ? shownUrl(value)
+        : JSON.stringify(value);
   const problem = (name: VariableName, expects: string, value: string | undefined): void => {
     problems.push(
       `${name}: expected ${expects}, got ${value === undefined ? 'nothing' : shown(name, value)}`,
@@ -279,7 +298,7 @@ export function loadConfig(env: Env, options: LoadOptions = {}): Config {
     if (endpointProfile === undefined) problem('SB_API_ENDPOINT', expects, endpointText);
     else
       problems.push(
-        `SB_PROFILE: expected ${profileKey(endpointProfile, 'api_endpoint')} to be ${expects}, got ${JSON.stringify(safeUrl(endpointText))}`,
+        `SB_PROFILE: expected ${profileKey(endpointProfile, 'api_endpoint')} to be ${expects}, got ${shownUrl(endpointText)}`,
       );
   };
   let endpoint = ENDPOINT_PRESETS[endpointText.toLowerCase()] ?? endpointText;
@@ -427,7 +446,13 @@ export function loadConfig(env: Env, options: LoadOptions = {}): Config {
     problem('LOG_LEVEL', `one of ${LOG_LEVELS.join(', ')}`, levelText);
   const shutdownTimeoutMs = duration('WATCHER_SHUTDOWN_TIMEOUT', 0, HOUR);
 
-  if (problems.length > 0) throw new ConfigError(problems);
+  if (problems.length > 0) {
+    // A secret may also be in another variable's value (set to the wrong variable, or in a URL's
+    // path): every problem line is scrubbed of the secrets read.
+    // The webhook secret's key: "whsec_" alone is no secret, and is in the problem line's words.
+    const redactor = new Redactor([token, apiToken, secretText?.slice('whsec_'.length)]);
+    throw new ConfigError(problems.map((line) => redactor.scrub(line)));
+  }
   const secrets = [token, apiToken, secretText, secretText?.slice('whsec_'.length)].filter(
     (s): s is string => s !== undefined,
   );
@@ -540,7 +565,7 @@ function proxySettings(env: Env, problems: string[]): ProxySettings | undefined 
     }
     if (ok) return text;
     problems.push(
-      `${found.name}: expected a proxy URL like http://proxy.example:3128 (http or https, credentials allowed), got ${JSON.stringify(safeUrl(text))}`,
+      `${found.name}: expected a proxy URL like http://proxy.example:3128 (http or https, credentials allowed), got ${shownUrl(text)}`,
     );
     return undefined;
   };

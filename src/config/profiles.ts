@@ -75,14 +75,18 @@ export function parseCredentials(text: string): Map<string, Section> {
 }
 
 /**
- * The file's text as `ini` reads it the way configparser would: without a byte-order mark, and
- * with `key: value` written `key = value` (configparser splits a line at its first `=` or `:`).
+ * The file's text as `ini` reads it the way configparser would: without a byte-order mark, with
+ * `key: value` written `key = value` (configparser splits a line at its first `=` or `:`), and a
+ * section header as configparser takes it, indented or not, up to its last `]`, whatever follows
+ * (`[cgc] # production`), where `ini` would take such a line for a key of the section before.
  */
 function normalize(text: string): string {
   return text
     .replace(/^\uFEFF/, '')
     .split(/\r?\n|\r/)
     .map((line) => {
+      const header = /^\s*\[(.+)\]/.exec(line)?.[1];
+      if (header !== undefined) return `[${header}]`;
       if (/^\s*[[;#]/.test(line)) return line;
       const colon = line.indexOf(':');
       const equals = line.indexOf('=');
