@@ -420,6 +420,20 @@ describe('POST /v1/exports', () => {
     expect(one.json.metadata).toEqual(metadata);
   });
 
+  it('keeps metadata exactly as sent: UTF-8 text, the largest exact integers', async () => {
+    const body = Buffer.from(
+      '{"ids": ["u1"], "metadata": {"name": "café ✓", "max": 9007199254740991, "min": -9007199254740991, "x": 1.5}}',
+    );
+    const r = await call('POST', '/v1/exports', { body, headers: { 'content-type': 'application/json' } });
+    expect(r.status).toBe(202);
+    expect((await call('GET', '/v1/exports/u1')).json.metadata).toEqual({
+      name: 'café ✓',
+      max: Number.MAX_SAFE_INTEGER,
+      min: Number.MIN_SAFE_INTEGER,
+      x: 1.5,
+    });
+  });
+
   it('accepts null metadata as none', async () => {
     const r = await call('POST', '/v1/exports', { json: { ids: ['n1'], metadata: null } });
     expect(r.status).toBe(202);
@@ -485,6 +499,17 @@ describe('POST /v1/exports', () => {
         'metadata',
       ],
       ['an unknown field', '{"ids": ["good-1"], "callback_url": "http://x"}', 'callback_url'],
+      // Numbers JSON.parse cannot hold: echoed in events, they would be other numbers, or null.
+      [
+        'metadata with an integer beyond 2^53',
+        '{"ids": ["good-1"], "metadata": {"order": 12345678901234567890}}',
+        'metadata',
+      ],
+      [
+        'metadata with a number too large for a double',
+        '{"ids": ["good-1"], "metadata": {"n": [1e400]}}',
+        'metadata',
+      ],
     ];
 
     it.each(bodies)('%s', async (_name, body, field) => {
@@ -494,6 +519,17 @@ describe('POST /v1/exports', () => {
       expect(h.registry.size).toBe(1);
       expect(h.registry.exports.has('good-1')).toBe(false);
       expect(h.registry.exports.get('pre-existing')?.state).toBe('UNKNOWN');
+    });
+
+    it('a body that is not UTF-8 (not taken as a replacement character)', async () => {
+      const body = Buffer.concat([
+        Buffer.from('{"ids": ["good-1"], "metadata": {"name": "caf'),
+        Buffer.from([0xe9]),
+        Buffer.from('"}}'),
+      ]);
+      const r = await call('POST', '/v1/exports', { body, headers: { 'content-type': 'application/json' } });
+      expect(expectError(r, 400, 'invalid_json').message).toBe('the body is not valid UTF-8');
+      expect(h.registry.exports.has('good-1')).toBe(false);
     });
 
     it('more than 10,000 ids', async () => {

@@ -545,7 +545,7 @@ export class ControlApi {
       // Any content type reaches this parser: #admit has already refused the ones that are not
       // JSON, before a byte of the body was read. fastify enforces the size limit (413). The text
       // is parsed by the handler, as only it knows whether an empty body is acceptable.
-      scope.addContentTypeParser('*', { parseAs: 'string' }, (_request, body, done) => {
+      scope.addContentTypeParser('*', { parseAs: 'buffer' }, (_request, body, done) => {
         done(null, body);
       });
       for (const [url, spec] of withBody) route(scope, url, spec);
@@ -890,7 +890,26 @@ export function validateAddRequest(
         problem: `must be nested at most ${MAX_METADATA_DEPTH} levels deep`,
       });
     } else {
-      const size = Buffer.byteLength(JSON.stringify(body.metadata));
+      // A number JSON.parse could not hold exactly (an integer beyond ±2^53, or out of the range
+      // of a double) would be echoed in events as another number, or as null.
+      let inexact: string | undefined;
+      const text = JSON.stringify(body.metadata, (key, value: unknown) => {
+        if (
+          inexact === undefined &&
+          typeof value === 'number' &&
+          (!Number.isFinite(value) || (Number.isInteger(value) && !Number.isSafeInteger(value)))
+        ) {
+          inexact = key;
+        }
+        return value;
+      });
+      if (inexact !== undefined) {
+        details.push({
+          field: 'metadata',
+          problem: `holds a number that cannot be echoed exactly (at key ${JSON.stringify(clip(inexact))}: an integer beyond ±2^53, or too large for a double); send it as a string`,
+        });
+      }
+      const size = Buffer.byteLength(text);
       if (size > MAX_METADATA_BYTES) {
         details.push({
           field: 'metadata',
@@ -1189,10 +1208,21 @@ function decodeEventCursor(cursor: string): { createdAt: number; id: string } | 
   return encodeEventCursor(position) === cursor ? position : undefined;
 }
 
-/** The body's text; none (no content type, no length: fastify skips the parser) is empty. */
+/**
+ * The body's text; none (no content type, no length: fastify skips the parser) is empty. Bytes
+ * that are not UTF-8 are refused, not replaced: what is stored (metadata is echoed in events)
+ * would not be what was sent. A byte-order mark is kept, so that JSON.parse refuses it.
+ */
 function bodyText(request: FastifyRequest): string {
-  return typeof request.body === 'string' ? request.body : '';
+  if (!Buffer.isBuffer(request.body)) return '';
+  try {
+    return UTF8.decode(request.body);
+  } catch {
+    throw new HttpError(400, 'invalid_json', 'the body is not valid UTF-8');
+  }
 }
+
+const UTF8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
 function parseJsonBody(text: string): unknown {
   if (text.trim() === '')
