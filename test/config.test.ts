@@ -9,6 +9,7 @@ import {
   parseDuration,
 } from '../src/config/config.js';
 import { ConfigError } from '../src/shared/errors.js';
+import { describeDatabaseUrl } from '../src/store/rows.js';
 
 /** Runs loadConfig expecting a ConfigError; returns it. */
 function configError(env: Env, options: { requireToken?: boolean } = {}): ConfigError {
@@ -701,13 +702,26 @@ describe('WATCHER_DATABASE_URL and WATCHER_LEADER_TIMEOUT', () => {
       WATCHER_DATABASE_URL: 'postgresql:///watcher?host=/run/postgresql&password=pwQUERY99',
     });
     expect(socket.secrets).toContain('pwQUERY99');
+    // With user and password, and no host (a Unix socket directory in host=, or pg's default):
+    // pg and libpq read it; the WHATWG URL parser alone would not.
+    for (const hostless of [
+      'postgres://watcher:pwHOSTLESS9@/watcher?host=/var/run/postgresql',
+      'postgresql://watcher:pwHOSTLESS9@/watcher',
+    ]) {
+      const c = loadConfig({ WATCHER_DATABASE_URL: hostless });
+      expect(c.databaseUrl).toBe(hostless);
+      expect(c.secrets).toContain('pwHOSTLESS9');
+      expect(describeDatabaseUrl(hostless)?.shown).toBe(
+        `${hostless.split(':')[0]}://watcher@localhost/watcher`,
+      );
+    }
   });
 
   it.each([
     ['mysql://watcher:pgPRIVATE@db/watcher', 'mysql://db/watcher'],
     ['https://watcher:pgPRIVATE@db/watcher', 'https://db/watcher'],
     ['db.internal:5432/watcher', 'db.internal:'],
-    ['postgres://watcher:pgPRIVATE@/watcher', undefined],
+    ['postgres://watcher:pgPRIVATE@db:99999/watcher', undefined],
   ])('refuses %j without echoing a password', (value, shown) => {
     const error = configError({ WATCHER_DATABASE_URL: value });
     const lines = linesFor(error, 'WATCHER_DATABASE_URL');

@@ -13,6 +13,7 @@ import type { JobKind } from '../polling/tracker.js';
 import { ConfigError } from '../shared/errors.js';
 import { basicAuthorization, type ProxySettings } from '../shared/proxy.js';
 import { Redactor, safeUrl, urlSecrets } from '../shared/redact.js';
+import { parseDatabaseUrl } from '../store/rows.js';
 import { credentialsFile, type Profile, profileKey, resolveProfile } from './profiles.js';
 
 /** Platform deployments by preset name (docs/platform-api.md §1). */
@@ -509,15 +510,14 @@ function databaseUrl(
   if (text === undefined) return undefined;
   // No example URL here: the CLI's redactor would cut its "user:password@" out of the line.
   const expects = 'expected a postgres:// or postgresql:// URL (with user, password, host, port, database)';
-  let u: URL;
-  try {
-    u = new URL(text);
-  } catch {
+  const read = parseDatabaseUrl(text);
+  if (read === undefined) {
     problems.push(
       `WATCHER_DATABASE_URL: ${expects}, got a value that is not a URL (${text.length} characters, hidden)`,
     );
     return undefined;
   }
+  const u = read.url;
   const secrets: string[] = [];
   for (const password of [u.password, u.searchParams.get('password') ?? '']) {
     if (password !== '')
@@ -525,7 +525,9 @@ function databaseUrl(
   }
   if (u.protocol !== 'postgres:' && u.protocol !== 'postgresql:') {
     // Without its password; a value with no "//" is not a URL the user meant as one.
-    const shown = text.startsWith(`${u.protocol}//`) ? `${u.protocol}//${u.host}${u.pathname}` : u.protocol;
+    const shown = text.startsWith(`${u.protocol}//`)
+      ? `${u.protocol}//${read.host}${u.pathname}`
+      : u.protocol;
     problems.push(`WATCHER_DATABASE_URL: ${expects}, got ${JSON.stringify(shown)}`);
     return undefined;
   }

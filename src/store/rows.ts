@@ -67,6 +67,30 @@ export function fromJson<T = Record<string, unknown>>(text: string | null): T | 
   return text === null ? null : (JSON.parse(text) as T);
 }
 
+/** Stands in for the missing host of `postgres://user:password@/db`, which URL cannot parse. */
+const NO_HOST = 'no-host.invalid';
+
+/**
+ * A database URL as the WHATWG URL parser reads it, and its host ('' for none). pg and libpq take
+ * `postgres://user:password@/db?host=/run/postgresql` (no host: a Unix socket directory in
+ * `host=`, or the default), which URL refuses, as it refuses credentials without a host: such a
+ * URL is read with a placeholder host instead. Undefined for a text that is not a URL.
+ */
+export function parseDatabaseUrl(text: string): { url: URL; host: string } | undefined {
+  try {
+    const url = new URL(text);
+    return { url, host: url.host };
+  } catch {
+    const hostless = /^(postgres(?:ql)?:\/\/[^/?#]*@)([/?#].*)?$/i.exec(text);
+    if (!hostless) return undefined;
+    try {
+      return { url: new URL(`${hostless[1]}${NO_HOST}${hostless[2] ?? ''}`), host: '' };
+    } catch {
+      return undefined;
+    }
+  }
+}
+
 /**
  * How a database URL is shown (without its password, query or fragment), and a function that
  * cuts the password, raw or percent-encoded, out of any text; undefined for a URL that does not
@@ -75,12 +99,9 @@ export function fromJson<T = Record<string, unknown>>(text: string | null): T | 
 export function describeDatabaseUrl(
   url: string,
 ): { shown: string; scrub: (text: string) => string } | undefined {
-  let parsed: URL;
-  try {
-    parsed = new URL(url);
-  } catch {
-    return undefined;
-  }
+  const read = parseDatabaseUrl(url);
+  if (read === undefined) return undefined;
+  const parsed = read.url;
   const secrets = new Set<string>();
   for (const raw of [parsed.password, parsed.searchParams.get('password') ?? '']) {
     if (raw === '') continue;
@@ -94,7 +115,7 @@ export function describeDatabaseUrl(
   }
   const ordered = [...secrets].filter((s) => s.length > 0).sort((a, b) => b.length - a.length);
   const scrub = (text: string): string => ordered.reduce((t, secret) => t.split(secret).join('***'), text);
-  const host = parsed.host === '' ? 'localhost' : parsed.host;
+  const host = read.host === '' ? 'localhost' : read.host;
   const user = parsed.username === '' ? '' : `${parsed.username}@`;
   return { shown: scrub(`${parsed.protocol}//${user}${host}${parsed.pathname}`), scrub };
 }
