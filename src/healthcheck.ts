@@ -22,8 +22,9 @@ function done(code: 0 | 1, message?: string): never {
 
 /** WATCHER_HTTP_PORT as the daemon reads it: the environment, else `.env` in the working directory. */
 function configuredPort(): string | undefined {
-  const set = process.env.WATCHER_HTTP_PORT?.trim();
-  if (set) return set;
+  // Set, even blank (the default then), it wins over .env, as in the daemon.
+  const set = process.env.WATCHER_HTTP_PORT;
+  if (set !== undefined) return set.trim() || undefined;
   try {
     return parseDotenv(readFileSync('.env')).WATCHER_HTTP_PORT?.trim() || undefined;
   } catch {

@@ -220,6 +220,15 @@ describe('events', () => {
     expect(registry.of('events').map((args) => (args[0] as EventQuery).limit)).toEqual([1000]);
   });
 
+  it('formats a table even of fields that are objects, not what the daemon sends', () => {
+    const odd = [
+      { id: { toString: 1 }, type: 'x', created_at: 'y', deliveries: [{ status: { toString: null } }] },
+    ];
+    const table = formatEvents(odd as never);
+    expect(table).toContain('{"toString":1}');
+    expect(table).toContain('{"toString":null}');
+  });
+
   it('formats a table: one line per event and endpoint, control characters removed', () => {
     const table = formatEvents([
       {

@@ -436,6 +436,23 @@ describe('secrets never appear in problems', () => {
     for (const secret of [token, apiToken, VALID_SECRET]) expect(everything).not.toContain(secret);
   });
 
+  it('scrubs a webhook secret pasted without its prefix, wherever else it was set', () => {
+    const key = Buffer.from('0123456789abcdef0123456789abcdef').toString('base64');
+    const error = configError({ WATCHER_WEBHOOK_SECRET: key, LOG_LEVEL: key });
+    expect(linesFor(error, 'LOG_LEVEL')).toHaveLength(1);
+    expect(error.problems.join('\n')).not.toContain(key.slice(0, 6));
+  });
+
+  it.each([
+    'https://api.example.org/v2 ?token=QuerySecret99',
+    "https://api.example.org/v2'?token=QuerySecret99",
+    'https://api.example.org\\v2?token=QuerySecret99',
+  ])('shows a URL that parses without its query, whatever its characters: %j', (value) => {
+    const [line] = linesFor(configError({ SB_API_ENDPOINT: value }), 'SB_API_ENDPOINT');
+    expect(line).toContain('(credentials, query and fragment hidden)');
+    expect(line).not.toContain('QuerySecret99');
+  });
+
   it('says when it hid part of a URL it shows', () => {
     const error = configError({ SB_API_ENDPOINT: 'https://api.example/v2?token=Tk9Query' });
     const [line] = linesFor(error, 'SB_API_ENDPOINT');
@@ -617,7 +634,7 @@ describe('HTTPS_PROXY, HTTP_PROXY and NO_PROXY', () => {
     [
       'HTTPS_PROXY',
       'ftp://u:pw-Secret-1@files.example:21',
-      '"ftp://files.example:21" (credentials, query and fragment hidden)',
+      '"ftp://files.example" (credentials, query and fragment hidden)',
     ],
     ['http_proxy', 'socks5://proxy.example:1080', '"socks5://proxy.example:1080"'],
     [
@@ -722,6 +739,9 @@ describe('WATCHER_DATABASE_URL and WATCHER_LEADER_TIMEOUT', () => {
     ['https://watcher:pgPRIVATE@db/watcher', 'https://db/watcher'],
     ['db.internal:5432/watcher', 'db.internal:'],
     ['postgres://watcher:pgPRIVATE@db:99999/watcher', undefined],
+    // No host and no path after it: pg cannot read these either.
+    ['postgres://watcher:pgPRIVATE@?host=/run/postgresql', undefined],
+    ['postgresql://watcher:pgPRIVATE@', undefined],
   ])('refuses %j without echoing a password', (value, shown) => {
     const error = configError({ WATCHER_DATABASE_URL: value });
     const lines = linesFor(error, 'WATCHER_DATABASE_URL');

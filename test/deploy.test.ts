@@ -380,7 +380,9 @@ describe('the image commands, run against a local build', () => {
     });
 
     it('reads WATCHER_HTTP_PORT from .env in the working directory, as the daemon does', async () => {
+      let asked = 0;
       const port = await listen((_req, res) => {
+        asked++;
         res.writeHead(200, { 'content-type': 'application/json' }).end('{"status":"ok"}');
       });
       const dotenv = join(app, '.env');
@@ -397,6 +399,11 @@ describe('the image commands, run against a local build', () => {
         }).finished;
         expect(overridden.code).toBe(1);
         expect(overridden.stderr).toContain(`:${closed}/healthz`);
+        // Set but blank, it means the default, as in the daemon: .env does not fill it.
+        const blank = await start(local(healthcheckCommand), { ...withoutPort, WATCHER_HTTP_PORT: '' })
+          .finished;
+        expect(asked).toBe(1);
+        if (blank.code !== 0) expect(blank.stderr).toContain(':8080/healthz');
       } finally {
         rmSync(dotenv, { force: true });
       }

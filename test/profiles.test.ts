@@ -113,6 +113,14 @@ describe('parseCredentials', () => {
     expect(sections.get('cgc')).toEqual({ api_endpoint: 'cgc', auth_token: 'cccc' });
   });
 
+  it('keeps a line indented under a key in that key, even one starting with "[", as configparser does', () => {
+    const sections = parseCredentials(
+      '[default]\napi_endpoint = sbg-us\nadvance_access =\n    [beta]\nauth_token = abcdef0123456789\n',
+    );
+    expect([...sections.keys()]).toEqual(['default']);
+    expect(sections.get('default')?.auth_token).toBe('abcdef0123456789');
+  });
+
   it('reads a key without a value as empty', () => {
     expect(parseCredentials('[a]\nauth_token =\napi_endpoint\n').get('a')).toEqual({
       auth_token: '',

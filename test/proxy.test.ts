@@ -269,7 +269,7 @@ describe('watch through HTTP_PROXY', () => {
     const { code } = await watch.exited;
     expect(code).toBe(2);
     expect(watch.stderr()).toBe(
-      'config: HTTPS_PROXY: expected a proxy URL like http://proxy.example:3128 (http or https, credentials allowed), got "ftp://proxy.example:21" (credentials, query and fragment hidden)\n',
+      'config: HTTPS_PROXY: expected a proxy URL like http://proxy.example:3128 (http or https, credentials allowed), got "ftp://proxy.example" (credentials, query and fragment hidden)\n',
     );
   });
 });

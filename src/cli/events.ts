@@ -256,7 +256,8 @@ export function formatEvents(events: readonly EventItem[]): string {
 /** A value from the daemon as one cell: printable, `-` when empty. */
 function cell(value: unknown): string {
   if (value === undefined || value === null || value === '') return '-';
-  return oneLine(String(value)) || '-';
+  // An object (not what the daemon sends) as its JSON: String() may throw on one.
+  return oneLine(typeof value === 'object' ? JSON.stringify(value) : String(value)) || '-';
 }
 
 export interface RedeliverOptions extends ControlCommandIo {

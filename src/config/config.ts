@@ -12,7 +12,7 @@ import { parseSecret } from '../delivery/signing.js';
 import type { JobKind } from '../polling/tracker.js';
 import { ConfigError } from '../shared/errors.js';
 import { basicAuthorization, type ProxySettings } from '../shared/proxy.js';
-import { Redactor, safeUrl, urlSecrets } from '../shared/redact.js';
+import { Redactor, urlSecrets } from '../shared/redact.js';
 import { parseDatabaseUrl } from '../store/rows.js';
 import { credentialsFile, type Profile, profileKey, resolveProfile } from './profiles.js';
 
@@ -219,15 +219,18 @@ function shownUrl(value: string): string {
       ? `a value of ${value.length} characters that is not a URL (hidden: it may hold credentials)`
       : JSON.stringify(value);
   }
+  let u: URL;
   try {
-    new URL(value);
+    u = new URL(value);
   } catch {
     return `a value of ${value.length} characters starting with ${JSON.stringify(scheme)} that is not a URL (the rest hidden: it may hold credentials)`;
   }
-  const safe = safeUrl(value);
-  return safe === value
-    ? JSON.stringify(safe)
-    : `${JSON.stringify(safe)} (credentials, query and fragment hidden)`;
+  // Built from the parsed URL: a text scrubber may stop short of where the parser went on.
+  if (u.username === '' && u.password === '' && u.search === '' && u.hash === '' && !/[@?#]/.test(value)) {
+    return JSON.stringify(value);
+  }
+  const path = u.pathname === '/' ? '' : u.pathname;
+  return `${JSON.stringify(`${u.protocol}//${u.host}${path}`)} (credentials, query and fragment hidden)`;
 }
 
 /** Parses and validates; throws ConfigError listing every problem. */
@@ -450,8 +453,10 @@ export function loadConfig(env: Env, options: LoadOptions = {}): Config {
   if (problems.length > 0) {
     // A secret may also be in another variable's value (set to the wrong variable, or in a URL's
     // path): every problem line is scrubbed of the secrets read.
-    // The webhook secret's key: "whsec_" alone is no secret, and is in the problem line's words.
-    const redactor = new Redactor([token, apiToken, secretText?.slice('whsec_'.length)]);
+    // The webhook secret, whole and its key ("whsec_" alone is no secret: it is in the lines' words).
+    const redactor = new Redactor(
+      [token, apiToken, secretText, secretText?.slice('whsec_'.length)].filter((s) => s !== 'whsec_'),
+    );
     throw new ConfigError(problems.map((line) => redactor.scrub(line)));
   }
   const secrets = [token, apiToken, secretText, secretText?.slice('whsec_'.length)].filter(

@@ -78,16 +78,24 @@ export function parseCredentials(text: string): Map<string, Section> {
  * The file's text as `ini` reads it the way configparser would: without a byte-order mark, with
  * `key: value` written `key = value` (configparser splits a line at its first `=` or `:`), and a
  * section header as configparser takes it, indented or not, up to its last `]`, whatever follows
- * (`[cgc] # production`), where `ini` would take such a line for a key of the section before.
+ * (`[cgc] # production`), where `ini` would take such a line for a key of the section before; but
+ * not a line indented deeper than the key before it, which continues that key's value.
  */
 function normalize(text: string): string {
+  // The indentation of the last key line: a line indented deeper continues its value (configparser),
+  // even one that starts with "[".
+  let keyIndent: number | undefined;
   return text
     .replace(/^\uFEFF/, '')
     .split(/\r?\n|\r/)
     .map((line) => {
+      const indent = line.length - line.trimStart().length;
+      if (line.trim() === '' || (keyIndent !== undefined && indent > keyIndent)) return line;
+      keyIndent = undefined;
       const header = /^\s*\[(.+)\]/.exec(line)?.[1];
       if (header !== undefined) return `[${header}]`;
       if (/^\s*[[;#]/.test(line)) return line;
+      keyIndent = indent;
       const colon = line.indexOf(':');
       const equals = line.indexOf('=');
       return colon > 0 && (equals < 0 || colon < equals)

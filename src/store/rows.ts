@@ -81,10 +81,11 @@ export function parseDatabaseUrl(text: string): { url: URL; host: string } | und
     const url = new URL(text);
     return { url, host: url.host };
   } catch {
-    const hostless = /^(postgres(?:ql)?:\/\/[^/?#]*@)([/?#].*)?$/i.exec(text);
+    // Only with a path after the "@", the one form pg reads without a host.
+    const hostless = /^(postgres(?:ql)?:\/\/[^/?#]*@)(\/.*)$/i.exec(text);
     if (!hostless) return undefined;
     try {
-      return { url: new URL(`${hostless[1]}${NO_HOST}${hostless[2] ?? ''}`), host: '' };
+      return { url: new URL(`${hostless[1]}${NO_HOST}${hostless[2]}`), host: '' };
     } catch {
       return undefined;
     }
