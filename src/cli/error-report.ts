@@ -112,7 +112,7 @@ function proxyNote(endpoint: string | undefined): string {
 /** One line about a platform call that failed, with the fix where there is one. */
 export function platformProblem(error: PlatformError, endpoint: string | undefined): string {
   const at = endpoint ? ` at ${endpoint}` : '';
-  const said = error.body?.message ? `: ${quote(error.body.message)}` : '';
+  const said = error.body?.message ? `: ${quote(textOf(error.body.message))}` : '';
   const status = error.status > 0 ? `${error.status}${said}` : '';
   const endpointFix = 'check SB_API_ENDPOINT or --endpoint';
   switch (error.code) {
@@ -168,6 +168,20 @@ export function outcomeProblem(outcome: RequestOutcome, endpoint: string | undef
       return "the platform's rate limit is spent";
     case 'unauthorized':
       return 'the platform refused the token (check SB_AUTH_TOKEN)';
+  }
+}
+
+/**
+ * A value from outside (a platform's error field) as text: a string as it is, anything else as its
+ * JSON (String() may throw on an object), nothing for null or undefined.
+ */
+export function textOf(value: unknown): string {
+  if (value === undefined || value === null) return '';
+  if (typeof value === 'string') return value;
+  try {
+    return JSON.stringify(value) ?? '';
+  } catch {
+    return '';
   }
 }
 

@@ -26,7 +26,7 @@ import { RateLimiter } from '../platform/rate-limiter.js';
 import { type BulkItem, type JobKind, type Observation, observationsFromBulk } from '../polling/tracker.js';
 import { Bus } from '../shared/bus.js';
 import { DeadlineError, type PlatformErrorBody } from '../shared/errors.js';
-import { outcomeProblem } from './error-report.js';
+import { outcomeProblem, textOf } from './error-report.js';
 
 export const GET_DEFAULT_TIMEOUT_MS = 60_000;
 
@@ -174,8 +174,7 @@ export function rowJson(row: StateRow, kind: JobKind = 'export'): Record<string,
 }
 
 export function formatTable(rows: readonly StateRow[], kind: JobKind = 'export'): string {
-  const cell = (v: unknown) =>
-    v === undefined || v === null || v === '' ? '-' : printable(typeof v === 'string' ? v : String(v));
+  const cell = (v: unknown) => (v === undefined || v === null || v === '' ? '-' : printable(textOf(v)));
   const table = rows.map((r) => {
     const e = r.export ?? {};
     const dest = e.destination as
@@ -192,7 +191,7 @@ export function formatTable(rows: readonly StateRow[], kind: JobKind = 'export')
       cell(e.started_on),
       cell(e.finished_on),
       dest ? printable(where) : '-',
-      err ? printable(`${err.code ?? ''} ${err.message ?? ''}`.trim()) || '-' : '-',
+      err ? printable(`${textOf(err.code)} ${textOf(err.message)}`.trim()) || '-' : '-',
     ];
   });
   const header = ['ID', 'STATE', 'STARTED', 'FINISHED', 'DESTINATION', 'ERROR'];

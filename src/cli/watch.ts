@@ -34,7 +34,7 @@ import { Bus } from '../shared/bus.js';
 import { settlesWithin } from '../shared/deadline.js';
 import { UsageError } from '../shared/errors.js';
 import { Redactor } from '../shared/redact.js';
-import { oneLine, outcomeProblem, roundedDuration } from './error-report.js';
+import { oneLine, outcomeProblem, roundedDuration, textOf } from './error-report.js';
 
 /** A warning on stderr after this long without a successful check, and again after each as long. */
 export const STALL_WARNING_MS = 5 * 60_000;
@@ -277,7 +277,7 @@ export function formatFinished(view: ExportView, options: Pick<WatchOptions, 'js
     code?: unknown;
     message?: unknown;
   } | null;
-  const text = error ? oneLine(`${error.code ?? ''} ${error.message ?? ''}`) : '';
+  const text = error ? oneLine(`${textOf(error.code)} ${textOf(error.message)}`.trim()) : '';
   return `${record.id}  ${record.state}${text ? `  ${text}` : ''}\n`;
 }
 

@@ -510,14 +510,22 @@ export class PlatformClient {
       // A listing is read for ids and states only, and is neither stored nor logged: any depth will do.
       const answer = await this.#send(method, path, body, signal, route !== 'list');
       outcome = 'ok';
-      if (
-        (route === 'bulk_get' || route === 'list') &&
-        !Array.isArray((answer.json as { items?: unknown } | null)?.items)
-      ) {
+      const items = (answer.json as { items?: unknown } | null)?.items;
+      if ((route === 'bulk_get' || route === 'list') && !Array.isArray(items)) {
         outcome = 'bad_response';
         throw new PlatformError(
           'PLATFORM_BAD_RESPONSE',
           `${route === 'list' ? 'list' : 'bulk'} answer has no items array`,
+          { status: answer.status },
+        );
+      }
+      // A page is asked for 100 items at most: one of far more (under the size cap, ~200,000)
+      // would all be added to the watch list at once.
+      if (route === 'list' && (items as unknown[]).length > LIST_PAGE_LIMIT) {
+        outcome = 'bad_response';
+        throw new PlatformError(
+          'PLATFORM_BAD_RESPONSE',
+          `list answer has ${(items as unknown[]).length} items; at most ${LIST_PAGE_LIMIT} were asked for`,
           { status: answer.status },
         );
       }
@@ -651,7 +659,7 @@ export class PlatformClient {
       }
       return { status, json };
     }
-    const errorBody = parsed && json && typeof json === 'object' ? (json as PlatformErrorBody) : undefined;
+    const errorBody = parsed && json && typeof json === 'object' ? errorBodyOf(json) : undefined;
     throw this.#statusError(status, errorBody, rate, method, path);
   }
 
@@ -869,4 +877,14 @@ export function nestsDeeperThan(value: unknown, limit: number): boolean {
     }
   }
   return false;
+}
+
+/**
+ * An error answer's body with the fields this client reads checked: a message that is not text
+ * (a converted object may even throw) is dropped, so that a 429 or a maintenance 503 is still told
+ * apart by its status and code whatever else the body holds.
+ */
+function errorBodyOf(json: object): PlatformErrorBody {
+  const { message, ...rest } = json as PlatformErrorBody & { message?: unknown };
+  return typeof message === 'string' ? { ...rest, message } : rest;
 }

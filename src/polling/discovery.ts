@@ -187,8 +187,8 @@ export class Discovery {
           break;
         }
       }
-      if (page.next !== undefined && !at.seen.has(page.next) && at.seen.size < MAX_LIST_PAGES) {
-        at.seen.add(page.next);
+      if (page.next !== undefined && !at.seen.has(pageKey(page.next)) && at.seen.size < MAX_LIST_PAGES) {
+        at.seen.add(pageKey(page.next));
         at = { list: at.list, next: page.next, seen: at.seen };
         continue;
       }
@@ -239,8 +239,8 @@ export async function listUnfinished(read: PageReader, kind: JobKind): Promise<s
         if ((UNFINISHED_STATES as readonly string[]).includes(item.state)) ids.add(item.id);
       }
       // A next page already read (a link that loops) or a listing past any real account ends it.
-      if (page.next === undefined || seen.has(page.next) || seen.size >= MAX_LIST_PAGES) break;
-      seen.add(page.next);
+      if (page.next === undefined || seen.has(pageKey(page.next)) || seen.size >= MAX_LIST_PAGES) break;
+      seen.add(pageKey(page.next));
       page = await read(kind, { next: page.next });
     }
   }
@@ -249,6 +249,17 @@ export async function listUnfinished(read: PageReader, kind: JobKind): Promise<s
 
 /** Pages of one state read by `listUnfinished` at most: a million jobs. */
 export const MAX_LIST_PAGES = 10_000;
+
+/**
+ * What names a page of a listing, to tell a link back to a page already read: its `offset` when it
+ * has one (the platform pages by offset), whatever else its query holds (a link that comes back to
+ * the same offset with a parameter changed each time is still a loop); else the whole link.
+ */
+export function pageKey(next: string): string {
+  const query = next.indexOf('?');
+  const offset = query < 0 ? null : new URLSearchParams(next.slice(query + 1)).get('offset');
+  return offset === null ? next : `offset=${offset}`;
+}
 
 function isCode(error: unknown, code: string): boolean {
   return error instanceof PlatformError && error.code === code;
