@@ -17,6 +17,7 @@ import { formatDuration } from '../config/config.js';
 import { UsageError } from '../shared/errors.js';
 import type { Redactor } from '../shared/redact.js';
 import { safeUrl } from '../shared/redact.js';
+import { isPlainObject } from '../shared/values.js';
 import { oneLine } from './error-report.js';
 
 /** A request's limit when `--timeout` is not given. */
@@ -136,7 +137,7 @@ export class ControlClient {
     if (status === 401) throw this.#unauthorized();
     const body = /^application\/json\b/i.test(contentType) ? parseOr(text) : undefined;
     // Every answer of the control API is an object, errors included.
-    if (typeof body !== 'object' || body === null || Array.isArray(body)) {
+    if (!isPlainObject(body)) {
       throw new ControlApiError(
         `${this.where} did not answer like the watcher's control API (${status}, ${JSON.stringify(contentType || 'no content type')}); ${this.#target.fix}`,
       );

@@ -19,6 +19,7 @@ import {
   WEBHOOK_ID_PATTERN,
 } from '../http/control-api.js';
 import { UsageError } from '../shared/errors.js';
+import { isPlainObject } from '../shared/values.js';
 import { DELIVERY_STATUSES, type DeliveryStatus } from '../store/store.js';
 import {
   type ApiAnswer,
@@ -27,7 +28,7 @@ import {
   type ControlCommandIo,
   withControlApi,
 } from './control-client.js';
-import { oneLine } from './error-report.js';
+import { oneLine, textOf } from './error-report.js';
 
 /** `events` without `--all`: one page of this many. */
 export const EVENTS_DEFAULT_LIMIT = 100;
@@ -211,12 +212,11 @@ async function eventPage(
       `the daemon at ${client.where} answered GET /v1/events without items and next_cursor`,
     );
   }
-  const isObject = (value: unknown) => typeof value === 'object' && value !== null && !Array.isArray(value);
   for (const item of body.items as unknown[]) {
-    const deliveries = isObject(item) ? (item as { deliveries?: unknown }).deliveries : undefined;
+    const deliveries = isPlainObject(item) ? item.deliveries : undefined;
     if (
-      !isObject(item) ||
-      !(deliveries === undefined || (Array.isArray(deliveries) && deliveries.every(isObject)))
+      !isPlainObject(item) ||
+      !(deliveries === undefined || (Array.isArray(deliveries) && deliveries.every(isPlainObject)))
     ) {
       throw new ControlApiError(
         `the daemon at ${client.where} answered GET /v1/events with an item that is not an event`,
@@ -257,7 +257,7 @@ export function formatEvents(events: readonly EventItem[]): string {
 function cell(value: unknown): string {
   if (value === undefined || value === null || value === '') return '-';
   // An object (not what the daemon sends) as its JSON: String() may throw on one.
-  return oneLine(typeof value === 'object' ? JSON.stringify(value) : String(value)) || '-';
+  return oneLine(textOf(value)) || '-';
 }
 
 export interface RedeliverOptions extends ControlCommandIo {

@@ -24,6 +24,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { decode } from 'ini';
+import { isPlainObject } from '../shared/values.js';
 
 /** Where the file is, under the home directory (as `os.path.expanduser('~')` finds it). */
 export const CREDENTIALS_PATH = ['.sevenbridges', 'credentials'] as const;
@@ -54,7 +55,7 @@ export function parseCredentials(text: string): Map<string, Section> {
     let hasValues = false;
     let hasChildren = false;
     for (const [key, value] of Object.entries(node)) {
-      if (isNode(value)) {
+      if (isPlainObject(value)) {
         hasChildren = true;
         walk(value, [...path, key]);
       } else if (path.length > 0) {
@@ -103,10 +104,6 @@ function normalize(text: string): string {
         : line;
     })
     .join('\n');
-}
-
-function isNode(value: unknown): value is Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
 
 function scalar(value: unknown): string {

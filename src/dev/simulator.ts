@@ -87,6 +87,7 @@ import { randomUUID } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from 'pino';
+import { isPlainObject } from '../shared/values.js';
 
 export type ExportState = 'PENDING' | 'RUNNING' | 'COMPLETED' | 'FAILED';
 export type ExportOutcome = 'COMPLETED' | 'FAILED';
@@ -428,10 +429,6 @@ function platformError(status: number, code: number, message: string): PlatformE
   return { status, code, message, more_info: MORE_INFO };
 }
 
-function isObject(value: unknown): value is Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
-}
-
 function describe(value: unknown): string {
   if (value === undefined) return 'undefined';
   try {
@@ -473,7 +470,7 @@ function isRange(value: unknown): value is [number, number] {
 }
 
 function validateFaults(faults: FaultOptions, prefix: string): FaultOptions {
-  requireOption(isObject(faults), prefix, 'an object', faults);
+  requireOption(isPlainObject(faults), prefix, 'an object', faults);
   for (const key of ['maintenanceRate', 'errorRate', 'truncateRate', 'malformedRate', 'slowRate'] as const) {
     const value = faults[key];
     if (value !== undefined)
@@ -689,7 +686,7 @@ export class Simulator {
   readonly #delays = new Map<NodeJS.Timeout, () => void>();
 
   constructor(options: SimulatorOptions = {}) {
-    requireOption(isObject(options), 'options', 'an object', options);
+    requireOption(isPlainObject(options), 'options', 'an object', options);
     this.#host = options.host ?? '127.0.0.1';
     requireOption(
       typeof this.#host === 'string' && this.#host !== '',
@@ -1093,13 +1090,13 @@ export class Simulator {
   /** Validates one start body (single or bulk item): the spec, or the error to answer. */
   #parseStart(body: unknown): { ok: true; spec: StartSpec } | { ok: false; error: PlatformError } {
     const bad = (message: string) => ({ ok: false as const, error: platformError(400, 90000, message) });
-    if (!isObject(body)) return bad('The export must be a JSON object.');
+    if (!isPlainObject(body)) return bad('The export must be a JSON object.');
     const { source, destination, overwrite, properties } = body;
-    if (!isObject(source) || typeof source.file !== 'string' || source.file === '') {
+    if (!isPlainObject(source) || typeof source.file !== 'string' || source.file === '') {
       return bad('source.file is required: the id of the file to export.');
     }
     if (tooLong(source.file)) return bad(`source.file is longer than ${MAX_NAME_BYTES} bytes.`);
-    if (!isObject(destination)) return bad('destination is required: {"volume", "location"}.');
+    if (!isPlainObject(destination)) return bad('destination is required: {"volume", "location"}.');
     if (typeof destination.volume !== 'string' || !/^[^/\s]+\/[^/\s]+$/.test(destination.volume)) {
       return bad('destination.volume is required: a volume id of the form owner/volume_name.');
     }
@@ -1110,13 +1107,13 @@ export class Simulator {
       return bad(`destination.volume and destination.location take at most ${MAX_NAME_BYTES} bytes each.`);
     }
     if (overwrite !== undefined && typeof overwrite !== 'boolean') return bad('overwrite must be a boolean.');
-    if (properties !== undefined && properties !== null && !isObject(properties)) {
+    if (properties !== undefined && properties !== null && !isPlainObject(properties)) {
       return bad('properties must be an object.');
     }
     // Flat, small values only: what is kept is served in every later answer, so it must always
     // serialise, and stay small.
     if (
-      isObject(properties) &&
+      isPlainObject(properties) &&
       (Object.keys(properties).length > MAX_PROPERTIES ||
         Object.keys(properties).some((key) => tooLong(key, MAX_PROPERTY_KEY)) ||
         !Object.values(properties).every(
@@ -1497,7 +1494,7 @@ export class Simulator {
     const body = await this.#body(x);
     if (!body) return;
     const key = `${kind}_ids`;
-    const ids = isObject(body.value) ? body.value[key] : undefined;
+    const ids = isPlainObject(body.value) ? body.value[key] : undefined;
     if (!Array.isArray(ids) || !ids.every((id) => typeof id === 'string')) {
       return this.#send(x, 400, platformError(400, 90000, `${key} is required: an array of ${kind} ids.`));
     }
@@ -1564,9 +1561,13 @@ export class Simulator {
     if (!body) return;
     const bad = (message: string) => this.#send(x, 400, platformError(400, 90000, message));
     const v = body.value;
-    if (!isObject(v)) return bad('The import must be a JSON object.');
+    if (!isPlainObject(v)) return bad('The import must be a JSON object.');
     const { source, destination, overwrite } = v;
-    if (!isObject(source) || typeof source.volume !== 'string' || !/^[^/\s]+\/[^/\s]+$/.test(source.volume)) {
+    if (
+      !isPlainObject(source) ||
+      typeof source.volume !== 'string' ||
+      !/^[^/\s]+\/[^/\s]+$/.test(source.volume)
+    ) {
       return bad('source.volume is required: a volume id of the form owner/volume_name.');
     }
     if (typeof source.location !== 'string' || source.location === '') {
@@ -1575,7 +1576,8 @@ export class Simulator {
     if (tooLong(source.volume) || tooLong(source.location)) {
       return bad(`source.volume and source.location take at most ${MAX_NAME_BYTES} bytes each.`);
     }
-    if (!isObject(destination)) return bad('destination is required: {"project", "name"?} or {"parent"}.');
+    if (!isPlainObject(destination))
+      return bad('destination is required: {"project", "name"?} or {"parent"}.');
     const { project, parent } = destination;
     if (project !== undefined && parent !== undefined) {
       return bad('destination takes project or parent, not both.');
@@ -1617,7 +1619,7 @@ export class Simulator {
     if (copyOnly === undefined) return;
     const body = await this.#body(x);
     if (!body) return;
-    const list = isObject(body.value) ? body.value.items : undefined;
+    const list = isPlainObject(body.value) ? body.value.items : undefined;
     if (!Array.isArray(list)) {
       return this.#send(
         x,
@@ -1671,7 +1673,7 @@ export class Simulator {
       if (!body) return;
       const v = body.value;
       if (
-        !isObject(v) ||
+        !isPlainObject(v) ||
         !Number.isInteger(v.count) ||
         (v.count as number) < 1 ||
         (v.count as number) > 100_000

@@ -64,6 +64,7 @@ import {
 } from '../polling/tracker.js';
 import type { PlatformErrorBody } from '../shared/errors.js';
 import { safeUrl } from '../shared/redact.js';
+import { isPlainObject } from '../shared/values.js';
 import {
   DELIVERY_STATUSES,
   type DeliveryStatus,
@@ -1464,10 +1465,6 @@ function unknownEndpoint(endpoint: string): HttpError {
     `unknown endpoint ${JSON.stringify(clip(safeUrl(endpoint)))}: not one of the configured webhook URLs (WATCHER_WEBHOOK_URLS)`,
     [{ field: 'endpoint', problem: 'unknown endpoint' }],
   );
-}
-
-function isPlainObject(value: unknown): value is Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
 
 /** A client's text, shortened for an error message. */
