@@ -450,18 +450,17 @@ export function loadConfig(env: Env, options: LoadOptions = {}): Config {
     problem('LOG_LEVEL', `one of ${LOG_LEVELS.join(', ')}`, levelText);
   const shutdownTimeoutMs = duration('WATCHER_SHUTDOWN_TIMEOUT', 0, HOUR);
 
+  // The tokens and the webhook secret, whole and its key ("whsec_" alone is no secret: it is in
+  // the problem lines' words).
+  const secrets = [token, apiToken, secretText, secretText?.slice('whsec_'.length)].filter(
+    (s): s is string => s !== undefined && s !== 'whsec_',
+  );
   if (problems.length > 0) {
     // A secret may also be in another variable's value (set to the wrong variable, or in a URL's
     // path): every problem line is scrubbed of the secrets read.
-    // The webhook secret, whole and its key ("whsec_" alone is no secret: it is in the lines' words).
-    const redactor = new Redactor(
-      [token, apiToken, secretText, secretText?.slice('whsec_'.length)].filter((s) => s !== 'whsec_'),
-    );
+    const redactor = new Redactor(secrets);
     throw new ConfigError(problems.map((line) => redactor.scrub(line)));
   }
-  const secrets = [token, apiToken, secretText, secretText?.slice('whsec_'.length)].filter(
-    (s): s is string => s !== undefined,
-  );
   for (const u of [endpoint, ...urls]) secrets.push(...urlSecrets(u));
   // What a webhook URL's credentials are sent as (HTTP Basic): never in a log line either.
   for (const u of urls) {
