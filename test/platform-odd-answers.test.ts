@@ -22,36 +22,49 @@ afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
 
-async function clientOf(status: number, body: string, headers: Record<string, string> = {}) {
-  let requests = 0;
+interface Answer {
+  status: number;
+  body: string;
+  headers?: Record<string, string>;
+}
+
+/** A loopback server giving the nth request (from 1) `answer(n)` as JSON; resolves the API's base URL. */
+async function serve(answer: (n: number) => Answer): Promise<string> {
+  let n = 0;
   const server = createServer((_req, res) => {
-    requests++;
+    const { status, body, headers } = answer(++n);
     res.writeHead(status, { 'content-type': 'application/json', ...headers });
     res.end(body);
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
   cleanups.push(() => new Promise((r) => server.close(() => r(undefined))));
+  return `http://127.0.0.1:${(server.address() as { port: number }).port}/v2`;
+}
+
+/** A platform client (with its limiter) against `serve(answer)`. */
+async function clientOf(answer: (n: number) => Answer, retries = 1) {
   const limiter = new RateLimiter({ budget: 100, windowMs: 60_000 });
   cleanups.push(() => limiter.stop());
   const client = new PlatformClient({
-    endpoint: `http://127.0.0.1:${(server.address() as { port: number }).port}/v2`,
+    endpoint: await serve(answer),
     token: 't',
     gate: limiter,
     userAgent: 't',
     log: pino({ level: 'silent' }),
-    retry: { retries: 1, minTimeoutMs: 1, maintenanceMaxDelayMs: 5 },
+    retry: { retries, minTimeoutMs: 1, maintenanceMaxDelayMs: 5 },
   });
   cleanups.push(() => client.close());
-  return { client, limiter, requests: () => requests };
+  return { client, limiter };
 }
 
 describe('an error body whose message is not text', () => {
   it('a 429 is still a 429: the limiter is told, and the caller gets PLATFORM_RATE_LIMITED', async () => {
     const reset = String(Math.ceil(Date.now() / 1000) + 60);
-    const { client, limiter } = await clientOf(429, '{"status":429,"code":1000,"message":{"toString":1}}', {
-      'x-ratelimit-remaining': '0',
-      'x-ratelimit-reset': reset,
-    });
+    const { client, limiter } = await clientOf(() => ({
+      status: 429,
+      body: '{"status":429,"code":1000,"message":{"toString":1}}',
+      headers: { 'x-ratelimit-remaining': '0', 'x-ratelimit-reset': reset },
+    }));
     const error = await client.checkStatuses('export', ['a']).catch((e: unknown) => e);
     expect({
       error: error instanceof PlatformError ? error.code : String(error),
@@ -60,42 +73,19 @@ describe('an error body whose message is not text', () => {
   });
 
   it('a maintenance 503 {"code": 0} is still maintenance: waited out, then answered', async () => {
-    let n = 0;
-    const server = createServer((_req, res) => {
-      n++;
-      if (n <= 2) {
-        res.writeHead(503, { 'content-type': 'application/json' });
-        res.end('{"code":0,"message":{"toString":1}}');
-        return;
-      }
-      res.writeHead(200, { 'content-type': 'application/json' });
-      res.end('{"items":[{"id":"j1","state":"PENDING"}],"links":[]}');
-    });
-    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
-    cleanups.push(() => new Promise((r) => server.close(() => r(undefined))));
-    const limiter = new RateLimiter({ budget: 100, windowMs: 60_000 });
-    cleanups.push(() => limiter.stop());
-    const client = new PlatformClient({
-      endpoint: `http://127.0.0.1:${(server.address() as { port: number }).port}/v2`,
-      token: 't',
-      gate: limiter,
-      userAgent: 't',
-      log: pino({ level: 'silent' }),
-      retry: { retries: 0, minTimeoutMs: 1, maintenanceMaxDelayMs: 5 },
-    });
-    cleanups.push(() => client.close());
+    const { client } = await clientOf(
+      (n) =>
+        n <= 2
+          ? { status: 503, body: '{"code":0,"message":{"toString":1}}' }
+          : { status: 200, body: '{"items":[{"id":"j1","state":"PENDING"}],"links":[]}' },
+      0,
+    );
     const page = await client.listPage('export', { state: 'PENDING' });
     expect(page.items).toEqual([{ id: 'j1', state: 'PENDING' }]);
   });
 
   it('`get` reports a 401 whose message is a number in one line, exit 1 (runCli never rejects)', async () => {
-    const server = createServer((_req, res) => {
-      res.writeHead(401, { 'content-type': 'application/json' });
-      res.end('{"status":401,"code":90001,"message":5}');
-    });
-    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
-    cleanups.push(() => new Promise((r) => server.close(() => r(undefined))));
-    const endpoint = `http://127.0.0.1:${(server.address() as { port: number }).port}/v2`;
+    const endpoint = await serve(() => ({ status: 401, body: '{"status":401,"code":90001,"message":5}' }));
     let stderr = '';
     const code = await runCli(
       ['get', 'abc123'],
@@ -127,23 +117,7 @@ describe('`get` table output of a platform object with odd fields', () => {
 it('a list page asked for 100 items that answers 200,000 is not taken whole', async () => {
   const items = Array.from({ length: 200_000 }, (_, i) => ({ id: `j${i}`, state: 'PENDING' }));
   const body = JSON.stringify({ items, links: [] });
-  const server = createServer((_req, res) => {
-    res.setHeader('content-type', 'application/json');
-    res.end(body);
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
-  cleanups.push(() => new Promise((r) => server.close(() => r(undefined))));
-  const limiter = new RateLimiter({ budget: 100, windowMs: 60_000 });
-  cleanups.push(() => limiter.stop());
-  const c = new PlatformClient({
-    endpoint: `http://127.0.0.1:${(server.address() as { port: number }).port}/v2`,
-    token: 't',
-    gate: limiter,
-    userAgent: 't',
-    log: pino({ level: 'silent' }),
-    retry: { retries: 0, minTimeoutMs: 1 },
-  });
-  cleanups.push(() => c.close());
+  const { client: c } = await clientOf(() => ({ status: 200, body }), 0);
   const page = await c.listPage('export', { state: 'PENDING' }).catch((e: unknown) => e);
   // Refused as a bad answer: never 200,000 ids handed to discovery.
   expect(page).toMatchObject({ code: 'PLATFORM_BAD_RESPONSE' });

@@ -20,8 +20,8 @@ import { parseArgs } from 'node:util';
 import pg from 'pg';
 import { openPostgresStore } from '../../src/store/postgres.js';
 import { openDataDir, openSqliteStore } from '../../src/store/sqlite.js';
-import type { AttemptRecord, EventBuilder, Store } from '../../src/store/store.js';
-import { move } from '../helpers/changes.js';
+import type { AttemptRecord, Store } from '../../src/store/store.js';
+import { move, NOWHERE, plainEvent } from '../helpers/changes.js';
 
 const { values } = parseArgs({
   options: {
@@ -61,13 +61,6 @@ try {
       : await openPostgresStore({ url });
   // Opened first: the store creates the tables of an empty database.
   if (url !== undefined) await sql('TRUNCATE exports, events, deliveries');
-  const ref = { key: 'bench', label: 'http://127.0.0.1:1/hooks' };
-  const build: EventBuilder = (change) => ({
-    id: `evt_${change.id}`,
-    type: 'export.completed',
-    exportId: change.id,
-    body: '{}',
-  });
   const ids = (prefix: string, n: number) =>
     Array.from({ length: n }, (_, i) => `${prefix}${String(i).padStart(8, '0')}`);
   // Held ones first (older), then the ones to delete: every batch of the old way read the held again.
@@ -79,14 +72,14 @@ try {
       const part = group.slice(i, i + CHUNK);
       await store.addExports([{ ids: part, metadata: null }], T0);
       const changes = part.map((id) => move(id, 'UNKNOWN', 'COMPLETED', at));
-      await store.commitChanges(changes, build, [ref], at);
+      await store.commitChanges(changes, plainEvent, [NOWHERE], at);
     }
   }
   const doomedIds = ids('z', doomed);
   for (let i = 0; i < doomedIds.length; i += CHUNK) {
     const records: AttemptRecord[] = doomedIds.slice(i, i + CHUNK).map((id) => ({
       eventId: `evt_${id}`,
-      endpointKey: ref.key,
+      endpointKey: NOWHERE.key,
       seriesStartedAt: T0 + 1,
       status: 'delivered',
       attempts: 1,

@@ -13,8 +13,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { openDataDir, openSqliteStore } from '../../src/store/sqlite.js';
-import type { AttemptRecord, EventBuilder } from '../../src/store/store.js';
-import { move } from '../helpers/changes.js';
+import type { AttemptRecord } from '../../src/store/store.js';
+import { move, NOWHERE, plainEvent } from '../helpers/changes.js';
 
 const { values } = parseArgs({
   options: {
@@ -35,13 +35,6 @@ const PER_COMMIT = 50;
 const dir = mkdtempSync(join(tmpdir(), 'scrape-cost-'));
 const store = await openSqliteStore({ path: openDataDir(dir) });
 try {
-  const ref = { key: 'bench', label: 'http://127.0.0.1:1/hooks' };
-  const build: EventBuilder = (change) => ({
-    id: `evt_${change.id}`,
-    type: 'export.completed',
-    exportId: change.id,
-    body: '{}',
-  });
   const ids = Array.from({ length: pending }, (_, i) => `e${String(i).padStart(8, '0')}`);
   for (let i = 0; i < ids.length; i += CHUNK) {
     await store.addExports([{ ids: ids.slice(i, i + CHUNK), metadata: null }], T0);
@@ -49,7 +42,7 @@ try {
     for (let j = i; j < Math.min(i + CHUNK, ids.length); j += PER_COMMIT) {
       const at = T0 + j;
       const changes = ids.slice(j, j + PER_COMMIT).map((id) => move(id, 'UNKNOWN', 'COMPLETED', at));
-      await store.commitChanges(changes, build, [ref], at);
+      await store.commitChanges(changes, plainEvent, [NOWHERE], at);
     }
   }
   const scrape = async (what: string) => {
@@ -63,7 +56,7 @@ try {
   await scrape('first scrape');
   const records: AttemptRecord[] = ids.slice(0, drained).map((id, i) => ({
     eventId: `evt_${id}`,
-    endpointKey: ref.key,
+    endpointKey: NOWHERE.key,
     seriesStartedAt: T0 + i - (i % PER_COMMIT),
     status: 'delivered',
     attempts: 1,
@@ -75,7 +68,7 @@ try {
   await store.recordAttempts(records);
   await scrape(`after ${drained} delivered`);
   await scrape('nothing changed');
-  await store.redeliver(`evt_${ids[0]}`, [ref], T0 + pending);
+  await store.redeliver(`evt_${ids[0]}`, [NOWHERE], T0 + pending);
   await scrape('after a redelivery');
 } finally {
   await store.close();

@@ -31,14 +31,8 @@ import {
   SCHEMA_VERSION,
   type SqliteStore,
 } from '../../src/store/sqlite.js';
-import {
-  type EventBuilder,
-  type ExportChange,
-  endpointKey,
-  type NewEvent,
-  StoreError,
-} from '../../src/store/store.js';
-import { move } from '../helpers/changes.js';
+import { type EventBuilder, type ExportChange, endpointKey, StoreError } from '../../src/store/store.js';
+import { move, plainEvent } from '../helpers/changes.js';
 import { canMakeReadOnlyDir, readOnlyDir } from '../helpers/no-access.js';
 import { describeStoreContract, storeErrorOf } from './contract.js';
 
@@ -99,7 +93,7 @@ describe('SQLite store', () => {
           error: null,
         },
       ],
-      (c) => ({ id: `evt_${c.id}`, type: 'export.completed', exportId: c.id, body: '{}' }),
+      plainEvent,
       [ref],
       T0 + 1,
     );
@@ -580,9 +574,4 @@ function byIdSorted<T extends { id: string }>(items: readonly T[]): T[] {
 /** UNKNOWN to COMPLETED, with nothing else to say. */
 function completed(id: string, at: number): ExportChange {
   return move(id, 'UNKNOWN', 'COMPLETED', at);
-}
-
-/** An event for a change, as tests that do not care about its body write it. */
-function plainEvent(change: ExportChange): NewEvent {
-  return { id: `evt_${change.id}`, type: 'export.completed', exportId: change.id, body: '{}' };
 }
