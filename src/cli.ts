@@ -342,6 +342,8 @@ export interface CliContext {
   /** Scrubs every line printed about an error; seeded with the configuration's secrets once loaded. */
   redactor: Redactor;
   config?: Config;
+  /** Problems found reading the environment, reported with the configuration's own. */
+  problems?: readonly string[];
   /** Where `-` reads ids from; default process.stdin. */
   stdin?: Readable & { isTTY?: boolean };
 }
@@ -355,7 +357,17 @@ export async function main(
   env: Env | (() => Env),
   context: CliContext = { redactor: new Redactor() },
 ): Promise<number> {
-  const readEnv = typeof env === 'function' ? env : () => env;
+  const given = typeof env === 'function' ? env : () => env;
+  // A credential file that cannot be read is reported with the configuration's other problems.
+  const readEnv = (): Env => {
+    try {
+      return given();
+    } catch (error) {
+      if (!(error instanceof ConfigError) || error.partial === undefined) throw error;
+      context.problems = error.problems;
+      return error.partial;
+    }
+  };
   const [first, ...rest] = argv;
   if (first === undefined || first === '--help' || first === '-h' || first === 'help') {
     process.stdout.write(`${HELP.main}\n`);
@@ -454,7 +466,7 @@ export function withCredentials(env: Env): Env {
         problems.push(`${variable}: expected a readable credential file ${dir}/${file}, got ${code}`);
     }
   }
-  if (problems.length > 0) throw new ConfigError(problems);
+  if (problems.length > 0) throw new ConfigError(problems, filled);
   return filled;
 }
 
@@ -523,7 +535,7 @@ function quietByDefault(env: Env): Env {
 
 /** Loads the configuration and makes its secrets known to the error report's redactor. */
 function load(env: Env, context: CliContext, options: Parameters<typeof loadConfig>[1]): Config {
-  const config = loadConfig(env, options);
+  const config = loadConfig(env, { ...options, ...(context.problems ? { problems: context.problems } : {}) });
   context.config = config;
   context.redactor.add(config.secrets);
   return config;

@@ -74,4 +74,24 @@ describe('withCredentials ($CREDENTIALS_DIRECTORY, systemd LoadCredential=)', ()
     }
     expect(err).toBe('');
   });
+
+  it("reports an unreadable credential with the configuration's other problems, one line each", async () => {
+    for (const file of ['sb-auth-token', 'api-token']) mkdirSync(join(dir, file));
+    // A profile with a token must not stand in for a credential file that is there but unreadable.
+    mkdirSync(join(dir, '.sevenbridges'));
+    writeFileSync(join(dir, '.sevenbridges', 'credentials'), '[default]\nauth_token = tok-from-profile\n');
+    const env = () =>
+      readEnvironment(
+        { CREDENTIALS_DIRECTORY: dir, HOME: dir, WATCHER_BATCH_SIZE: '500', WATCHER_HTTP_HOST: '0.0.0.0' },
+        dir,
+      );
+    let err = '';
+    const stderr = { write: (t: string) => (err += t) };
+    expect(await runCli(['run'], env, { stderr })).toBe(2);
+    expect(err.split('\n').filter(Boolean)).toEqual([
+      `config: SB_AUTH_TOKEN: expected a readable credential file ${dir}/sb-auth-token, got EISDIR`,
+      `config: WATCHER_API_TOKEN: expected a readable credential file ${dir}/api-token, got EISDIR`,
+      `config: WATCHER_BATCH_SIZE: expected a whole number from 1 to 100, got "500"`,
+    ]);
+  });
 });

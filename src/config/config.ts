@@ -150,6 +150,12 @@ export interface LoadOptions {
    * neither stop them nor add jobs.
    */
   discovers?: boolean;
+  /**
+   * Problems already found with some variables (a credential file that cannot be read), each line
+   * starting with the variable's name: reported first, and those variables count as given (no
+   * profile fills them in, no second line about them).
+   */
+  problems?: readonly string[];
 }
 
 /** `WATCHER_DISCOVER` names, singular or plural, by the kind they stand for. */
@@ -235,7 +241,8 @@ function shownUrl(value: string): string {
 
 /** Parses and validates; throws ConfigError listing every problem. */
 export function loadConfig(env: Env, options: LoadOptions = {}): Config {
-  const problems: string[] = [];
+  const problems: string[] = [...(options.problems ?? [])];
+  const reported = new Set(problems.map((line) => line.slice(0, line.indexOf(':'))));
   const raw = (name: VariableName): string | undefined => {
     const v = env[name];
     return v === undefined || v.trim() === '' ? DEFAULTS[name] : v.trim();
@@ -247,6 +254,7 @@ export function loadConfig(env: Env, options: LoadOptions = {}): Config {
         ? shownUrl(value)
         : JSON.stringify(value);
   const problem = (name: VariableName, expects: string, value: string | undefined): void => {
+    if (reported.has(name)) return;
     problems.push(
       `${name}: expected ${expects}, got ${value === undefined ? 'nothing' : shown(name, value)}`,
     );
@@ -276,7 +284,7 @@ export function loadConfig(env: Env, options: LoadOptions = {}): Config {
   };
 
   // The platform's endpoint and token: each variable wins over the profile's key on its own.
-  const isSet = (name: VariableName): boolean => (env[name]?.trim() ?? '') !== '';
+  const isSet = (name: VariableName): boolean => reported.has(name) || (env[name]?.trim() ?? '') !== '';
   let profile: Profile | undefined;
   let profileFailed = false;
   let profilesHome: string | undefined;
@@ -435,7 +443,13 @@ export function loadConfig(env: Env, options: LoadOptions = {}): Config {
   // Clients send it in a header: one they cannot send would lock every client out.
   if (apiToken !== undefined && !TOKEN_TEXT.test(apiToken))
     problem('WATCHER_API_TOKEN', TOKEN_EXPECTED, apiToken);
-  if ((options.listens ?? true) && hostOk && !isLoopbackHost(host) && apiToken === undefined) {
+  if (
+    (options.listens ?? true) &&
+    hostOk &&
+    !isLoopbackHost(host) &&
+    apiToken === undefined &&
+    !reported.has('WATCHER_API_TOKEN')
+  ) {
     problems.push(
       `WATCHER_API_TOKEN: expected a token, because WATCHER_HTTP_HOST ${JSON.stringify(host)} is not a loopback address, got nothing`,
     );

@@ -37,9 +37,16 @@ export class WatcherError extends Error {
 /** One line per problem; raised before anything starts, and the CLI exits 2 on it. */
 export class ConfigError extends WatcherError {
   readonly problems: readonly string[];
-  constructor(problems: readonly string[]) {
+  /**
+   * The environment as far as it could be read, when the problems are in some variables only
+   * (an unreadable credential file): the configuration is then loaded from it, so that its own
+   * problems are reported with these, one line each, rather than one run at a time.
+   */
+  readonly partial: Readonly<Record<string, string | undefined>> | undefined;
+  constructor(problems: readonly string[], partial?: Readonly<Record<string, string | undefined>>) {
     super('CONFIG_INVALID', `invalid configuration:\n${problems.join('\n')}`);
     this.problems = problems;
+    this.partial = partial;
   }
 }
 
