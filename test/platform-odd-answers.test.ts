@@ -173,3 +173,21 @@ it('watch prints a finished export whose error fields are objects, without throw
   const line = formatFinished(view as never, { json: false, stdoutTty: true });
   expect(line).toBe('j1  FAILED  {"n":1} {"toString":1}\n');
 });
+
+describe('a bulk answer with an odd error item', () => {
+  it('an error item whose id is an object that cannot be printed leaves the other ids their answers', async () => {
+    const body = JSON.stringify({
+      items: [
+        { resource: { id: 'a', state: 'COMPLETED' } },
+        { resource: { id: 'b', state: 'RUNNING' } },
+        { error: { status: 404, code: 9008, id: { toString: 1 } } },
+      ],
+    });
+    const { client } = await clientOf(() => ({ status: 200, body }));
+    const { observations } = await client.checkStatuses('export', ['a', 'b']);
+    expect(observations.map((o) => [o.id, o.kind])).toEqual([
+      ['a', 'resource'],
+      ['b', 'resource'],
+    ]);
+  });
+});

@@ -269,6 +269,23 @@ describe('Scheduler', () => {
     expect(h.logs.some((l) => l.msg === 'check failed after retries; ids stay due')).toBe(true);
   });
 
+  it('a pause lasts no longer than the longest wait (5 min) when the wall clock steps back an hour', async () => {
+    h = harness({ failurePauseMs: 2000 });
+    h.failNext.push(SERVER_ERROR);
+    add(h, ['a']);
+    h.scheduler.start();
+    await vi.advanceTimersByTimeAsync(0);
+    expect(h.calls).toHaveLength(1);
+    // An NTP correction: the wall clock goes back an hour; timers keep their own time.
+    vi.setSystemTime(Date.now() - 3_600_000);
+    await vi.advanceTimersByTimeAsync(5 * 60_000 + 2000);
+    expect(h.calls).toHaveLength(2);
+    expect(h.tracker.get('a')?.state).toBe('RUNNING');
+    // Checked by the new clock, it is checked every interval again.
+    await vi.advanceTimersByTimeAsync(3000);
+    expect(h.calls.length).toBeGreaterThanOrEqual(5);
+  });
+
   it('after a 429, leaves the pause to the limiter and keeps the ids due', async () => {
     h = harness({ failurePauseMs: 60_000 });
     h.failNext.push(new PlatformError('PLATFORM_RATE_LIMITED', 'rate limit exceeded', { status: 429 }));

@@ -312,6 +312,17 @@ describe('Tracker.preview and commit', () => {
 });
 
 describe('Tracker.takeDue', () => {
+  it('an id last checked "in the future" (the wall clock stepped back) is due at once, not after the step', () => {
+    const t = tracker('a', 'b');
+    t.apply([seen('a', 'RUNNING'), seen('b', 'RUNNING')], T0);
+    // The clock steps back an hour; five seconds later both are due, not in an hour.
+    const later = T0 - 3_600_000 + 5_000;
+    expect(dueAt(t, later)).toEqual({ due: ['a', 'b'], nextDueAt: undefined });
+    // Checked again by the new clock, they fall due an interval later.
+    t.apply([seen('a', 'RUNNING'), seen('b', 'RUNNING')], later);
+    expect(dueAt(t, later + 10)).toEqual({ due: [], nextDueAt: later + 1000 });
+  });
+
   it('never-checked ids first, in the order tracked, then the longest-unchecked', () => {
     const t = tracker('a', 'b', 'c', 'd');
     t.apply([seen('c', 'RUNNING')], T0 + 10);
@@ -510,6 +521,45 @@ describe('observationsFromBulk', () => {
     // One warning for the whole answer, with a count and sample ids: never one line per item.
     expect(warnings).toEqual([
       { reason: 'unexpected_resource', detail: { count: 2, sample_ids: ['a', 'zzz'] } },
+    ]);
+  });
+
+  it('two resources for one id that disagree speak for neither state: the id stays unanswered', () => {
+    for (const [first, second] of [
+      ['FAILED', 'RUNNING'],
+      ['RUNNING', 'COMPLETED'],
+    ] as const) {
+      const t = tracker('a');
+      t.apply([seen('a', 'RUNNING')], T0);
+      const { observations } = observationsFromBulk(
+        ['a'],
+        [{ resource: exp('a', first) }, { resource: exp('a', second) }],
+      );
+      expect(observations).toEqual([{ kind: 'unanswered', id: 'a' }]);
+      expect(t.apply(observations, T0 + 1000).transitions).toEqual([]);
+      expect(t.get('a')?.state).toBe('RUNNING');
+    }
+    // Twice the same state: the first speaks for it.
+    const { observations } = observationsFromBulk(
+      ['a'],
+      [{ resource: exp('a', 'COMPLETED') }, { resource: exp('a', 'COMPLETED') }],
+    );
+    expect(observations).toEqual([expect.objectContaining({ id: 'a', kind: 'resource' })]);
+  });
+
+  it('an error item naming an id that is no text (an object that cannot be printed) costs nothing else', () => {
+    const items = [
+      { resource: exp('a', 'RUNNING') },
+      { resource: exp('b', 'COMPLETED') },
+      { error: { status: 404, code: 9008, id: { toString: 1 } } },
+    ] as unknown as BulkItem[];
+    const { observations, warnings } = observationsFromBulk(['a', 'b'], items);
+    expect(observations.map((o) => [o.id, o.kind])).toEqual([
+      ['a', 'resource'],
+      ['b', 'resource'],
+    ]);
+    expect(warnings).toEqual([
+      { reason: 'unexpected_resource', detail: { count: 1, error_items: 1, sample_ids: ['(object)'] } },
     ]);
   });
 });

@@ -111,7 +111,7 @@ export class DueQueue<T extends DueEntry> {
       if (!skip(e.id)) return { entry: e, unchecked: true };
     }
     for (let e = this.#checked.first(); e; e = this.#checked.after(e)) {
-      const dueAt = e.lastCheckedAt! + intervalMs;
+      const dueAt = dueTime(e, now, intervalMs);
       if (dueAt > now) return { entry: undefined, nextDueAt: dueAt };
       if (!skip(e.id)) return { entry: e, unchecked: false };
     }
@@ -128,10 +128,20 @@ export class DueQueue<T extends DueEntry> {
       if (!skip(e.id)) due.push(e.id);
     }
     for (let e = this.#checked.first(); e && due.length < max; e = this.#checked.after(e)) {
-      const dueAt = e.lastCheckedAt! + intervalMs;
+      const dueAt = dueTime(e, now, intervalMs);
       if (dueAt > now) return { due, nextDueAt: dueAt };
       if (!skip(e.id)) due.push(e.id);
     }
     return { due, nextDueAt: undefined };
   }
+}
+
+/**
+ * When a checked entry falls due. A last check later than `now` means the wall clock stepped back
+ * since: the entry is due at once (checked again, it takes its place by the new clock), rather
+ * than held, with every entry behind it, for as long as the step.
+ */
+function dueTime(e: DueEntry, now: number, intervalMs: number): number {
+  const last = e.lastCheckedAt as number;
+  return last > now ? now : last + intervalMs;
 }

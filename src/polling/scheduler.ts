@@ -366,6 +366,7 @@ export class Scheduler {
     this.#clearWakeTimer();
     const now = this.#deps.now();
     this.#lastTurnAt = now;
+    this.#boundWaits(now);
     let nextWake = now + this.#heartbeatMs;
     // Calls queued in the limiter or on the wire: the outstanding ones not storing.
     const onLimiter = this.#outstanding - this.#storing;
@@ -688,6 +689,27 @@ export class Scheduler {
   #release(group: IsolatedGroup): void {
     this.#groups = this.#groups.filter((g) => g !== group);
     for (const id of group.ids) if (this.#isolated.get(id) === group) this.#isolated.delete(id);
+  }
+
+  /**
+   * No wait reaches further than the longest one ever set: after the wall clock steps back (an
+   * NTP correction), a pause or a held group would otherwise last as long as the step.
+   */
+  #boundWaits(now: number): void {
+    const longest = Math.max(
+      this.#failurePauseMaxMs,
+      this.#unauthorizedRetryMs,
+      MAX_ISOLATED_RETRY_MS,
+      this.#interval,
+    );
+    const bound = (until: number): number => Math.min(until, now + longest);
+    this.#pausedUntil = bound(this.#pausedUntil);
+    for (const kind of ['export', 'import'] as const) {
+      this.#kindPausedUntil[kind] = bound(this.#kindPausedUntil[kind]);
+      // A round of passed-over ids "started in the future" would never end.
+      this.#passedOverSince[kind] = Math.min(this.#passedOverSince[kind], now);
+    }
+    for (const group of this.#groups) group.notBefore = bound(group.notBefore);
   }
 
   /** Pauses new calls of `kind` after one failed, doubling per failure until one is answered. */

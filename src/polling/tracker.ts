@@ -553,6 +553,8 @@ export function observationsFromBulk(
   const warnings: TrackerWarning[] = [];
   const unexpected = new Tally();
   const errors: PlatformErrorBody[] = [];
+  const byResource = new Map<string, Observation>();
+  const contradicted = new Set<string>();
   for (const item of items) {
     if (!item || typeof item !== 'object') continue;
     const resource = asExport(item.resource);
@@ -563,12 +565,23 @@ export function observationsFromBulk(
       const { id } = observed;
       if (!wanted.has(id) || answered.has(id)) {
         unexpected.add(id);
+        // Two resources for one id that disagree on its state: neither speaks for it (as for an
+        // id named by several error items), whichever came first.
+        const first = byResource.get(id);
+        if (first && stateOf(first) !== stateOf(observed)) contradicted.add(id);
         continue;
       }
       answered.add(id);
+      byResource.set(id, observed);
       observations.push(observed);
     } else if (item.error && typeof item.error === 'object') {
       errors.push(item.error as PlatformErrorBody);
+    }
+  }
+  if (contradicted.size > 0) {
+    for (let i = 0; i < observations.length; i++) {
+      const o = observations[i] as Observation;
+      if (contradicted.has(o.id)) observations[i] = { kind: 'unanswered', id: o.id };
     }
   }
   // An error item that names its id (some deployments may) is matched directly. One that names
@@ -587,7 +600,7 @@ export function observationsFromBulk(
       else namedErrors.set(named, [e]);
     } else {
       strayErrors++;
-      unexpected.add(typeof named === 'string' ? named : String(named));
+      unexpected.add(typeof named === 'string' ? named : describeValue(named));
     }
   }
   // An id named by several error items: which of them speaks for it is unknown, so none does.
@@ -665,6 +678,22 @@ class Tally {
   detail(): { count: number; sample_ids: string[] } {
     return { count: this.count, sample_ids: [...this.#sample] };
   }
+}
+
+/**
+ * A value from an answer, for a log line, by its type alone: `String()` of a parsed object can
+ * throw (`{"toString": 1}`) and would fail the whole answer.
+ */
+function describeValue(value: unknown): string {
+  if (typeof value === 'number' || typeof value === 'boolean') return String(value);
+  return `(${value === null ? 'null' : Array.isArray(value) ? 'array' : typeof value})`;
+}
+
+/** The state a resource observation reports, for telling duplicates apart. */
+function stateOf(o: Observation): string | undefined {
+  if (o.kind === 'resource') return o.resource.state;
+  if (o.kind === 'unreadable') return `unreadable ${o.state}`;
+  return undefined;
 }
 
 /** The platform's error object on a FAILED job, when it is one. */
