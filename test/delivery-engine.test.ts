@@ -1127,6 +1127,40 @@ describe('close', () => {
     expect(await delivery(second, wid('stuck'))).toMatchObject({ status: 'delivered', attempts: 2 });
   });
 
+  it('keeps the Retry-After of an attempt answered while closing, and gives it up when it reaches past the max age', async () => {
+    useFakeTime();
+    const holds = new Map([
+      [wid('hour'), deferred<Answer>()],
+      [wid('twodays'), deferred<Answer>()],
+    ]);
+    const { r, url } = await receiver({ respond: (req) => holds.get(req.id)?.promise ?? 500 });
+    const store = await memoryStore();
+    const { engine: e } = engine({ store, urls: [url] });
+    await commit(store, e.endpoints, ['hour', 'twodays']);
+    await e.start();
+    await r.waitFor((x) => x.received.length === 2);
+
+    // Shutdown starts while both are on the wire; the receiver answers well within the deadline.
+    const closing = e.close(30_000);
+    holds.get(wid('hour'))?.resolve({ status: 503, headers: { 'retry-after': '3600' } });
+    holds.get(wid('twodays'))?.resolve({ status: 503, headers: { 'retry-after': String(2 * 86_400) } });
+    await closing;
+
+    // The next start does not try before the hour the receiver asked for.
+    expect(await delivery(store, wid('hour'))).toMatchObject({
+      status: 'pending',
+      attempts: 1,
+      lastStatus: 503,
+      nextAttemptAt: T0 + HOUR,
+    });
+    // Past the 24 h max age: given up, as it is when not closing.
+    expect(await delivery(store, wid('twodays'))).toMatchObject({
+      status: 'failed',
+      attempts: 1,
+      lastStatus: 503,
+    });
+  });
+
   it('leaves a delivery still waiting for a slot pending, with no attempt counted', async () => {
     const hold = deferred<Answer>();
     const { r, url } = await receiver({ respond: (req) => (req.id === wid('first') ? hold.promise : 204) });
@@ -1193,6 +1227,26 @@ describe('pause and resume (a replica that stops leading)', () => {
     expect(r.received.filter((x) => x.id === wid('stuck'))).toHaveLength(2);
     expect(await delivery(store, wid('stuck'))).toMatchObject({ status: 'delivered', attempts: 2 });
     expect(await delivery(store, wid('waiting'))).toMatchObject({ status: 'delivered', attempts: 1 });
+  });
+
+  it("keeps the Retry-After of an answer when paused in the quick tier's wait for it", async () => {
+    useFakeTime();
+    const { url } = await receiver({ respond: () => ({ status: 503, headers: { 'retry-after': '5' } }) });
+    const store = await memoryStore();
+    const { engine: e, probe } = engine({ store, urls: [url] });
+    await commit(store, e.endpoints, ['x']);
+    await e.start();
+    await probe.until(() => probe.attempts.length === 1);
+    expect(e.held()).toBe(1);
+    e.pause();
+    await eventually(() => e.held() === 0, 'the held delivery let go');
+    await e.close(0); // writes what the pause let go
+    // The next leader waits the 5 s the receiver asked for, not nothing.
+    expect(await delivery(store, wid('x'))).toMatchObject({
+      status: 'pending',
+      lastStatus: 503,
+      nextAttemptAt: T0 + 5_000,
+    });
   });
 
   it("resume() ends a former leader's leases at releaseLeasesAt, not before", async () => {

@@ -658,11 +658,14 @@ export class DeliveryEngine {
       this.#finished(e, 'gone');
       return;
     }
-    // Stopped by close or pause, or never attempted: due again at once (at the next start).
-    if (this.#closing || this.#paused || !last) {
+    // Never attempted, or an attempt cut short by close or pause: due again at once (at the next
+    // start, or on the next leader).
+    if (!last || last.error?.code === 'SHUTTING_DOWN') {
       pendingAt(now);
       return;
     }
+    // An answer, also one that came in while closing or pausing: its Retry-After and the max age
+    // hold as always (a receiver that asked for an hour is not tried again at the next start).
     const ageLeft = this.#ageLeft(job);
     const retryAfter = last.retryAfterMs ?? 0;
     if (ageLeft <= 0 || retryAfter >= ageLeft) {
@@ -670,7 +673,8 @@ export class DeliveryEngine {
       this.#givenUp(e, job, attempts, last, retryAfter >= ageLeft && ageLeft > 0);
       return;
     }
-    const delay = Math.max(this.#backoff(attempts), retryAfter);
+    // Stopping, the backoff is not waited: the next start (or leader) tries as soon as allowed.
+    const delay = this.#closing || this.#paused ? retryAfter : Math.max(this.#backoff(attempts), retryAfter);
     pendingAt(now + Math.min(delay, ageLeft));
   }
 
