@@ -377,7 +377,7 @@ export async function main(
     process.stdout.write(`${VERSION}\n`);
     return 0;
   }
-  if (!(first in HELP) || first === 'main') {
+  if (!Object.hasOwn(HELP, first) || first === 'main') {
     throw new UsageError(`unknown command "${first}"; try: sbg-export-watcher --help`);
   }
   const command = first as Command;

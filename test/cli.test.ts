@@ -293,6 +293,10 @@ describe('the process', () => {
 describe('main', () => {
   it('rejects an unknown command with a UsageError', async () => {
     await expect(main(['nope'], {})).rejects.toBeInstanceOf(UsageError);
+    // Names every object has are no commands either.
+    for (const name of ['constructor', 'toString', 'hasOwnProperty', '__proto__']) {
+      await expect(main([name], {})).rejects.toThrow(`unknown command "${name}"`);
+    }
   });
 
   it('rejects run without a token with a ConfigError naming SB_AUTH_TOKEN', async () => {

@@ -173,7 +173,15 @@ describe('SB_API_ENDPOINT', () => {
     );
   });
 
-  it.each(['not a url', 'ftp://example.org/v2', 'cgc-typo', 'example.org/v2'])('rejects %j', (value) => {
+  it.each([
+    'not a url',
+    'ftp://example.org/v2',
+    'cgc-typo',
+    'example.org/v2',
+    'constructor',
+    '__proto__',
+    'toString',
+  ])('rejects %j', (value) => {
     const error = configError({ SB_API_ENDPOINT: value });
     const lines = linesFor(error, 'SB_API_ENDPOINT');
     expect(lines).toHaveLength(1);
@@ -742,6 +750,10 @@ describe('WATCHER_DATABASE_URL and WATCHER_LEADER_TIMEOUT', () => {
     // No host and no path after it: pg cannot read these either.
     ['postgres://watcher:pgPRIVATE@?host=/run/postgresql', undefined],
     ['postgresql://watcher:pgPRIVATE@', undefined],
+    // One slash too few or too many: no host, and "user:password@host/db" read as the database's
+    // name (pg would ask the local server for it, and the name would be shown).
+    ['postgres:/watcher:pgPRIVATE@db.example:5432/watcher', undefined],
+    ['postgres:///watcher:pgPRIVATE@db.example:5432/watcher', undefined],
   ])('refuses %j without echoing a password', (value, shown) => {
     const error = configError({ WATCHER_DATABASE_URL: value });
     const lines = linesFor(error, 'WATCHER_DATABASE_URL');

@@ -11,8 +11,9 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { type Answer, WebhookReceiver } from '../src/dev/receiver.js';
 import { Simulator } from '../src/dev/simulator.js';
+import { openSqliteStore } from '../src/store/sqlite.js';
 import { callJson } from './helpers/http.js';
-import { canMakeReadOnlyDir, readOnlyDir } from './helpers/no-access.js';
+import { canMakeReadOnlyDir, makeUnwritable, readOnlyDir } from './helpers/no-access.js';
 import { type CliProcess, daemonEnv, killAll, spawnCli } from './helpers/spawn.js';
 
 const TOKEN = 'tok_durability_7Qe2';
@@ -267,6 +268,27 @@ describe('a data directory that cannot be used', () => {
       }
     },
   );
+
+  it("a database file it cannot write (another user's): exit 2 naming it, before anything starts", async (ctx) => {
+    const dir = mkdtempSync(join(tmpdir(), 'sbg-rodb-'));
+    dataDir = dir;
+    const db = join(dir, 'watcher.db');
+    const store = await openSqliteStore({ path: db });
+    await store.addExports([{ ids: ['a1'], metadata: null }], Date.now());
+    await store.close();
+    const undo = makeUnwritable(db);
+    if (undo === undefined) return ctx.skip();
+    try {
+      const proc = spawnCli(['run'], durableEnv('http://127.0.0.1:9/v2', 'http://127.0.0.1:9/hook', dir));
+      const { code } = await proc.exited;
+      expect(code).toBe(2);
+      expect(proc.stderr()).toMatch(/^config: database .*watcher\.db: .*SQLITE_READONLY/m);
+      expect(proc.stderr().trim().split('\n')).toHaveLength(1);
+      expect(proc.stdout()).not.toContain('control API listening');
+    } finally {
+      undo();
+    }
+  });
 
   it('a corrupt database: exit 2 naming the file, which is left as it was', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'sbg-corrupt-'));

@@ -239,6 +239,15 @@ function shownUrl(value: string): string {
   return `${JSON.stringify(`${u.protocol}//${u.host}${path}`)} (credentials, query and fragment hidden)`;
 }
 
+/** The user's home directory, or undefined when it has none (no $HOME and no passwd entry). */
+function userHome(): string | undefined {
+  try {
+    return homedir();
+  } catch {
+    return undefined;
+  }
+}
+
 /** Parses and validates; throws ConfigError listing every problem. */
 export function loadConfig(env: Env, options: LoadOptions = {}): Config {
   const problems: string[] = [...(options.problems ?? [])];
@@ -290,7 +299,7 @@ export function loadConfig(env: Env, options: LoadOptions = {}): Config {
   let profilesHome: string | undefined;
   if (options.profiles) {
     const home = (typeof options.profiles === 'object' ? options.profiles.home : undefined) ?? env.HOME;
-    profilesHome = home?.trim() ? home : homedir();
+    profilesHome = home?.trim() ? home : userHome();
     const result = resolveProfile({
       name: raw('SB_PROFILE'),
       home: profilesHome,
@@ -313,7 +322,9 @@ export function loadConfig(env: Env, options: LoadOptions = {}): Config {
         `SB_PROFILE: expected ${profileKey(endpointProfile, 'api_endpoint')} to be ${expects}, got ${shownUrl(endpointText)}`,
       );
   };
-  let endpoint = ENDPOINT_PRESETS[endpointText.toLowerCase()] ?? endpointText;
+  const preset = endpointText.toLowerCase();
+  let endpoint =
+    (Object.hasOwn(ENDPOINT_PRESETS, preset) ? ENDPOINT_PRESETS[preset] : undefined) ?? endpointText;
   if (!isHttpUrl(endpoint)) {
     endpointProblem(`an http(s) URL or one of ${Object.keys(ENDPOINT_PRESETS).join(', ')}`);
   } else if (/[?#]/.test(endpoint)) {
@@ -547,6 +558,14 @@ function databaseUrl(
       ? `${u.protocol}//${read.host}${u.pathname}`
       : u.protocol;
     problems.push(`WATCHER_DATABASE_URL: ${expects}, got ${JSON.stringify(shown)}`);
+    return undefined;
+  }
+  // Without its "//" (or with one slash too many), a URL has no authority: "user:password@host"
+  // is read as the path, the database's name, and would be shown as one.
+  if (!/^postgres(?:ql)?:\/\//i.test(text) || u.pathname.includes('@')) {
+    problems.push(
+      `WATCHER_DATABASE_URL: ${expects}, got a value without a host part after "//" (${text.length} characters, hidden)`,
+    );
     return undefined;
   }
   return { url: text, secrets: [...new Set(secrets)] };

@@ -115,8 +115,8 @@ function scalar(value: unknown): string {
 export interface ProfileRequest {
   /** SB_PROFILE, or undefined when it is not set. */
   name: string | undefined;
-  /** The directory that holds `.sevenbridges`. */
-  home: string;
+  /** The directory that holds `.sevenbridges`; undefined when the user has none. */
+  home: string | undefined;
   /** SB_API_ENDPOINT is set: it wins over the profile's `api_endpoint`. */
   endpointGiven: boolean;
   /** SB_AUTH_TOKEN is set (or came from $CREDENTIALS_DIRECTORY): it wins over `auth_token`. */
@@ -150,8 +150,15 @@ export function resolveProfile(request: ProfileRequest): ProfileResult {
   const explicit = request.name !== undefined;
   if (!explicit && (request.endpointGiven || request.tokenGiven)) return { profile: undefined, problems: [] };
   const name = request.name ?? DEFAULT_PROFILE;
-  const file = credentialsFile(request.home);
   const fail = (line: string): ProfileResult => ({ profile: undefined, problems: [`SB_PROFILE: ${line}`] });
+  if (request.home === undefined) {
+    return explicit
+      ? fail(
+          `expected a home directory holding ${join('~', ...CREDENTIALS_PATH)} with a [${name}] section, got none (HOME is not set and the user has no home directory)`,
+        )
+      : { profile: undefined, problems: [] };
+  }
+  const file = credentialsFile(request.home);
 
   let text: string;
   try {

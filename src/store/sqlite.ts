@@ -272,6 +272,9 @@ function lockDatabase(path: string): Database.Database {
   try {
     lock.pragma('locking_mode = EXCLUSIVE');
     lock.exec('BEGIN EXCLUSIVE');
+    // A file this process may not write is opened read-only, and BEGIN EXCLUSIVE then takes no
+    // lock at all: a write (never committed) says so.
+    lock.pragma('user_version = 1');
     return lock;
   } catch (error) {
     lock.close();
@@ -281,7 +284,9 @@ function lockDatabase(path: string): Database.Database {
           'WATCHER_DATA_DIR?): one daemon per data directory; stop the other, or give this one a directory of its own',
       );
     }
-    throw new StoreError(`database ${path}: cannot lock it (${errorCode(error)}: ${oneLine(error)})`);
+    throw new StoreError(
+      `database ${path}: cannot lock it with ${file} (${errorCode(error)}: ${oneLine(error)})`,
+    );
   }
 }
 
@@ -362,11 +367,27 @@ function configure(db: Database.Database, path: string, log: Logger | undefined)
 
 /** Applies the migrations the file lacks, all in one transaction with the version bump. */
 function migrate(db: Database.Database, from: number): void {
-  if (from === SCHEMA_VERSION) return;
+  if (from === SCHEMA_VERSION) {
+    assertWritable(db);
+    return;
+  }
   db.transaction(() => {
     for (const sql of MIGRATIONS.slice(from)) db.exec(sql);
     db.pragma(`user_version = ${SCHEMA_VERSION}`);
   })();
+}
+
+/**
+ * SQLite opens a file it may not write (another user's, read-only, immutable) read-only without a
+ * word; every later write would fail. A write rolled back finds it now: nothing reaches the file.
+ */
+function assertWritable(db: Database.Database): void {
+  db.exec('BEGIN IMMEDIATE');
+  try {
+    db.pragma(`user_version = ${SCHEMA_VERSION}`);
+  } finally {
+    if (db.inTransaction) db.exec('ROLLBACK');
+  }
 }
 
 interface ExportRow {

@@ -4,6 +4,7 @@
  * attributes that no one can read. Where neither a mode nor sysfs can do it (a system without
  * sysfs, run as root), the helpers say so and the test is skipped.
  */
+import { execFileSync } from 'node:child_process';
 import { chmodSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -65,6 +66,24 @@ export function makeUnreadable(path: string): void {
     throw new Error('no unreadable file at hand: check canMakeUnreadable first');
   rmSync(path);
   symlinkSync(writeOnlyFile, path);
+}
+
+/**
+ * Makes the existing file at `path` one this process can read but not write: mode 0444 for a user;
+ * for root, the immutable attribute (`chattr +i`, where the filesystem and capabilities allow).
+ * Returns what gives it back, or undefined when this system cannot (the test is then skipped).
+ */
+export function makeUnwritable(path: string): (() => void) | undefined {
+  if (!isRoot) {
+    chmodSync(path, 0o444);
+    return () => chmodSync(path, 0o644);
+  }
+  try {
+    execFileSync('chattr', ['+i', path], { stdio: 'ignore' });
+  } catch {
+    return undefined;
+  }
+  return () => execFileSync('chattr', ['-i', path], { stdio: 'ignore' });
 }
 
 function canRead(path: string): boolean {

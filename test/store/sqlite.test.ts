@@ -33,7 +33,7 @@ import {
 } from '../../src/store/sqlite.js';
 import { type EventBuilder, type ExportChange, endpointKey, StoreError } from '../../src/store/store.js';
 import { move, plainEvent } from '../helpers/changes.js';
-import { canMakeReadOnlyDir, readOnlyDir } from '../helpers/no-access.js';
+import { canMakeReadOnlyDir, makeUnwritable, readOnlyDir } from '../helpers/no-access.js';
 import { describeStoreContract, storeErrorOf } from './contract.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
@@ -354,6 +354,40 @@ describe('SQLite store', () => {
       expect(byIdSorted(await second.loadActive()).map((e) => e.id)).toEqual(['a', 'b']);
     } finally {
       await second.close();
+    }
+  });
+
+  it('refuses a database file it cannot write (opened read-only, it would fail at the first write)', async (ctx) => {
+    const path = await databaseWithExports(1);
+    const undo = makeUnwritable(path);
+    if (undo === undefined) return ctx.skip();
+    try {
+      const message = await storeErrorOf(() => openSqliteStore({ path }));
+      expect(message).toMatch(new RegExp(`^database ${path}: .*SQLITE_READONLY`));
+    } finally {
+      undo();
+    }
+    // Given back its mode, it opens with what it held.
+    const store = await openSqliteStore({ path });
+    try {
+      expect((await store.loadActive()).map((e) => e.id)).toEqual(['export_0']);
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('refuses to start without its lock: a lock file it cannot write gives none', async (ctx) => {
+    const path = await databaseWithExports(1);
+    const undo = makeUnwritable(`${path}.lock`);
+    if (undo === undefined) return ctx.skip();
+    try {
+      // SQLite would open it read-only, where BEGIN EXCLUSIVE takes no lock: two daemons at once.
+      const message = await storeErrorOf(() => openSqliteStore({ path }));
+      expect(message).toBe(
+        `database ${path}: cannot lock it with ${path}.lock (SQLITE_READONLY: attempt to write a readonly database)`,
+      );
+    } finally {
+      undo();
     }
   });
 
