@@ -271,6 +271,9 @@ function lockDatabase(path: string): Database.Database {
   }
   try {
     lock.pragma('locking_mode = EXCLUSIVE');
+    // The write below is never committed: its journal kept in memory leaves no file beside the
+    // lock, and the lock file itself is never changed.
+    lock.pragma('journal_mode = MEMORY');
     lock.exec('BEGIN EXCLUSIVE');
     // A file this process may not write is opened read-only, and BEGIN EXCLUSIVE then takes no
     // lock at all: a write (never committed) says so.
