@@ -229,6 +229,19 @@ describe('events', () => {
     expect(table).toContain('{"toString":null}');
   });
 
+  it('formats a long listing (events --all on a terminal) without overflowing the stack', () => {
+    const delivery = { endpoint: HOOK_LABEL, status: 'delivered', attempts: 1, last_status: 204 };
+    const events = Array.from({ length: 200_000 }, (_, i) => ({
+      id: `evt_${i}_completed`,
+      type: 'export.completed',
+      created_at: '2026-11-22T05:33:04.386Z',
+      deliveries: [delivery],
+    }));
+    const lines = formatEvents(events).split('\n');
+    expect(lines).toHaveLength(200_002);
+    expect(lines[200_000]).toMatch(/^evt_199999_completed {2}export\.completed/);
+  });
+
   it('formats a table: one line per event and endpoint, control characters removed', () => {
     const table = formatEvents([
       {

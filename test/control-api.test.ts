@@ -1469,6 +1469,14 @@ describe('bearer authentication', () => {
     expect(h.registry.calls).toEqual([]);
   });
 
+  it('a /v1 path written with percent-encoding is a /v1 path: 401 without the token', async () => {
+    for (const path of ['/%76%31/unknown', '/%76%31/exports/a/b', '/v%31/nothing']) {
+      const r = await call('GET', path);
+      expectError(r, 401, 'unauthorized');
+      expect(String(r.headers['www-authenticate'])).toMatch(/^Bearer\b/);
+    }
+  });
+
   it('the right token is let through', async () => {
     const headers = { authorization: `Bearer ${TOKEN}` };
     let r = await call('POST', '/v1/exports', { headers, json: { ids: ['auth-ok'] } });
@@ -1520,6 +1528,23 @@ describe('close', () => {
 });
 
 describe('validateAddRequest', () => {
+  it('names at most 20 unknown fields, and how many more there are (a 1 MiB body holds 90,000)', () => {
+    const body: Record<string, unknown> = { ids: ['abc'] };
+    for (let i = 0; i < 90_000; i++) body[`k${i}`] = 0;
+    expect(Buffer.byteLength(JSON.stringify(body))).toBeLessThan(MAX_BODY_BYTES);
+    const error = (() => {
+      try {
+        validateAddRequest(body);
+      } catch (e) {
+        return e as { details: Array<{ field: string; problem: string }> };
+      }
+      return undefined;
+    })();
+    expect(error?.details).toHaveLength(21);
+    expect(error?.details[0]).toEqual({ field: 'k0', problem: 'unknown field' });
+    expect(error?.details[20]).toEqual({ field: 'body', problem: '89980 more unknown fields not listed' });
+  });
+
   it('returns the ids and metadata of a valid body', () => {
     expect(validateAddRequest({ ids: ['a', 'b'] })).toEqual({ ids: ['a', 'b'], metadata: null });
     expect(validateAddRequest({ ids: ['a'], metadata: { x: 1 } })).toEqual({

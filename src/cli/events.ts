@@ -244,7 +244,12 @@ export function formatEvents(events: readonly EventItem[]): string {
       ]);
     });
   }
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  // A loop, not Math.max(...cells): spreading one argument per row overflows the stack on a long list.
+  const widths = header.map((h, i) => {
+    let width = h.length;
+    for (const r of rows) width = Math.max(width, (r[i] ?? '').length);
+    return width;
+  });
   const line = (cols: readonly string[]) =>
     cols
       .map((c, i) => c.padEnd(widths[i] ?? 0))

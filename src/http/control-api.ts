@@ -569,7 +569,9 @@ export class ControlApi {
     }
     const route = request.is404 ? undefined : this.#routes.get(request.routeOptions.url ?? '');
     const path = pathOf(request.originalUrl);
-    if (route ? route.v1 : path === '/v1' || path.startsWith('/v1/')) this.#authorize(request.raw);
+    // Decided on the target as routed (its canonical form), not as written: `/%76%31/x` is `/v1/x`.
+    const routed = pathOf(request.url);
+    if (route ? route.v1 : routed === '/v1' || routed.startsWith('/v1/')) this.#authorize(request.raw);
     if (!route) throw new HttpError(404, 'not_found', `no route ${request.method} ${clip(path)}`);
     const method = request.method;
     if (!route.handlers[method]) throw methodNotAllowed(Object.keys(route.handlers).join(', '));
@@ -862,8 +864,15 @@ export function validateAddRequest(
     throw new HttpError(400, 'invalid_request', 'the body must be a JSON object like {"ids": ["..."]}');
   }
   const details: Array<{ field: string; problem: string }> = [];
-  for (const key of Object.keys(body)) {
-    if (key !== 'ids' && key !== 'metadata') details.push({ field: clip(key), problem: 'unknown field' });
+  const unknownFields = Object.keys(body).filter((key) => key !== 'ids' && key !== 'metadata');
+  for (const key of unknownFields.slice(0, MAX_UNKNOWN_LISTED)) {
+    details.push({ field: clip(key), problem: 'unknown field' });
+  }
+  if (unknownFields.length > MAX_UNKNOWN_LISTED) {
+    details.push({
+      field: 'body',
+      problem: `${unknownFields.length - MAX_UNKNOWN_LISTED} more unknown fields not listed`,
+    });
   }
   const ids = body.ids;
   if (!Array.isArray(ids)) {
