@@ -1161,20 +1161,38 @@ describe('close', () => {
     });
   });
 
-  it('leaves a delivery still waiting for a slot pending, with no attempt counted', async () => {
+  it('gives a delivery still waiting for a slot its first attempt within the deadline, and no retry', async () => {
     const hold = deferred<Answer>();
-    const { r, url } = await receiver({ respond: (req) => (req.id === wid('first') ? hold.promise : 204) });
+    const { r, url } = await receiver({
+      respond: (req) => (req.id === wid('first') ? hold.promise : req.id === wid('fails') ? 500 : 204),
+    });
     const store = await memoryStore();
     const { engine: e } = engine({ store, urls: [url], concurrencyPerEndpoint: 1 });
-    await commit(store, e.endpoints, ['first', 'second']);
+    await commit(store, e.endpoints, ['first', 'second', 'fails']);
     await e.start();
     await r.waitFor((x) => x.received.length === 1);
     const closing = e.close(30_000);
     hold.resolve(204);
     await closing;
-    expect(r.received.map((x) => x.id)).toEqual([wid('first')]);
+    expect(r.received.map((x) => x.id).sort()).toEqual([wid('fails'), wid('first'), wid('second')].sort());
     expect(await delivery(store, wid('first'))).toMatchObject({ status: 'delivered' });
-    expect(await delivery(store, wid('second'))).toMatchObject({
+    expect(await delivery(store, wid('second'))).toMatchObject({ status: 'delivered' });
+    // Tried once while closing, refused, and left pending for the next start rather than retried.
+    expect(await delivery(store, wid('fails'))).toMatchObject({ status: 'pending', attempts: 1 });
+  });
+
+  it('leaves a delivery still waiting for a slot pending at the deadline, with no attempt counted', async () => {
+    const { r, url } = await receiver({ respond: () => new Promise<Answer>(() => undefined) });
+    const store = await memoryStore();
+    const { engine: e } = engine({ store, urls: [url], concurrencyPerEndpoint: 1 });
+    await commit(store, e.endpoints, ['first', 'second']);
+    await e.start();
+    await r.waitFor((x) => x.received.length === 1);
+    await e.close(200);
+    expect(r.received).toHaveLength(1);
+    expect(
+      await delivery(store, r.received[0]!.id === wid('first') ? wid('second') : wid('first')),
+    ).toMatchObject({
       status: 'pending',
       attempts: 0,
       lastStatus: null,

@@ -1,6 +1,7 @@
 /**
- * What a stopping daemon leaves in its logs: the ids still watched and every undelivered event
- * with its body, so nothing owed is unrecoverable from the logs.
+ * What a stopping daemon finishes (the checks on the wire, first attempts of the events it holds)
+ * and what it leaves in its logs: the ids still watched and every undelivered event with its
+ * body, so nothing owed is unrecoverable from the logs.
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { MAX_IDS_LOGGED_AT_STOP } from '../src/main.js';
@@ -49,4 +50,63 @@ describe('stopping with work left', () => {
     const summary = lines(stack).find((l) => l.msg === 'stopped with deliveries not done');
     expect(summary).toMatchObject({ undelivered: 2, events: 2, events_not_listed: 0 });
   });
+});
+
+describe('stop (first SIGTERM) drains what the README says it drains', () => {
+  it('a check on the wire at the signal, answered well within the deadline, is stored and its event sent', async () => {
+    let sawCheck!: () => void;
+    const onWire = new Promise<void>((resolve) => {
+      sawCheck = resolve;
+    });
+    stack = await startStack({
+      sim: {
+        onRequest: ({ route }) => {
+          if (route === 'bulk_get' || route === 'get') sawCheck();
+        },
+      },
+    });
+    const { sim, receiver, daemon } = stack;
+    const [id] = sim.createExports(1, { outcome: 'COMPLETED', pendingMs: 0, runningMs: 0 });
+    // Every check takes 400 ms: the stop comes while the check that sees COMPLETED is on the wire.
+    sim.setFaults({ slowRate: 1, slowMs: 400 });
+    expect((await stack.post('/v1/exports', { ids: [id] })).status).toBe(202);
+    await onWire;
+    const { pendingDeliveries } = await daemon.stop(10_000);
+    expect(sim.stateOf(id!)).toBe('COMPLETED');
+    // The answer came back 400 ms into a 10 s deadline: its result is stored...
+    expect(
+      stack.logs.some((l) => l.includes('"msg":"export state changed"') && l.includes('"to":"COMPLETED"')),
+    ).toBe(true);
+    // ...not thrown away as "platform client closed".
+    expect(stack.logs.some((l) => l.includes('platform client closed'))).toBe(false);
+    expect(receiver.uniqueIds()).toEqual(new Set([`evt_${id}_completed`]));
+    expect(pendingDeliveries).toBe(0);
+  }, 60_000);
+
+  it('events held behind the 8 busy slots get their first attempt once the slots free up, within the deadline', async () => {
+    let release!: () => void;
+    const gate = new Promise<number>((resolve) => {
+      release = () => resolve(204);
+    });
+    stack = await startStack({ receiver: { respond: () => gate } });
+    const { sim, receiver, daemon } = stack;
+    const ids = sim.createExports(12, { outcome: 'COMPLETED', pendingMs: 50, runningMs: 100 });
+    const held12 = new Promise<void>((resolve) =>
+      daemon.bus.on('delivery.depth', ({ depth }) => {
+        if (depth >= 12) resolve();
+      }),
+    );
+    expect((await stack.post('/v1/exports', { ids })).status).toBe(202);
+    // All 12 events are held by the engine; 8 attempts are on the wire (the endpoint's slots).
+    await held12;
+    await receiver.waitFor((r) => r.received.length === 8, 30_000);
+    expect(receiver.received).toHaveLength(8);
+    // SIGTERM with a 10 s deadline; the receiver answers right after.
+    const stopping = daemon.stop(10_000);
+    release();
+    const { pendingDeliveries } = await stopping;
+    // The four events never tried got their first attempt within the deadline.
+    expect(receiver.uniqueIds().size).toBe(12);
+    expect(pendingDeliveries).toBe(0);
+  }, 60_000);
 });

@@ -183,6 +183,8 @@ interface Held {
   /** Ends a slot or retry wait (close, cancel). */
   readonly stop: AbortController;
   inFlight: boolean;
+  /** An attempt of this claim has been made (or is on the wire). */
+  tried?: boolean;
   /**
    * A claim of the same delivery in a newer series (a redelivery reset the row while this run held
    * it): this run stops retrying, writes nothing, and the new series starts when it ends.
@@ -403,11 +405,18 @@ export class DeliveryEngine {
       if (e.timer) clearTimeout(e.timer);
       e.timer = undefined;
       for (const held of e.held.values()) {
-        if (!held.inFlight) held.stop.abort(new Error('webhook delivery stopped: closing'));
+        // An event never tried yet (an outcome seen by the last checks, or one waiting for a
+        // slot) still gets its first attempt within the deadline; a retry does not.
+        if (!held.inFlight && (held.tried || held.job.attempts > 0)) {
+          held.stop.abort(new Error('webhook delivery stopped: closing'));
+        }
       }
     }
     const inTime = await settlesWithin(Promise.allSettled(this.#runs), deadlineMs);
     if (!inTime) {
+      for (const e of this.#endpoints) {
+        for (const held of e.held.values()) held.stop.abort(new Error('webhook delivery stopped: closing'));
+      }
       this.#deadline.abort(
         new WatcherError('SHUTTING_DOWN', `webhook attempt aborted at the ${deadlineMs} ms close deadline`),
       );
@@ -577,6 +586,7 @@ export class DeliveryEngine {
       throw new WatcherError('SHUTTING_DOWN', 'webhook attempt not made: this replica is not the leader');
     }
     held.inFlight = true;
+    held.tried = true;
     this.#o.bus.emit('delivery.attempt_started', { endpoint: e.ref.label });
     let answer: AttemptAnswer;
     try {

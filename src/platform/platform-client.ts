@@ -471,7 +471,17 @@ export class PlatformClient {
         throw error;
       }
     };
-    const calling = pRetry(attempt, {
+    // p-retry throws the signal's reason after an attempt that succeeded once the signal is
+    // aborted: close() (a shutdown) would throw away an answer that came back in time, though a
+    // check on the wire is let finish and its results stored. Such an answer is kept; one the
+    // caller dropped (its own signal) is not.
+    let answered: { answer: Answer } | undefined;
+    const keep = async (attemptNumber: number): Promise<Answer> => {
+      const answer = await attempt(attemptNumber);
+      answered = { answer };
+      return answer;
+    };
+    const retrying = pRetry(keep, {
       retries: Number.POSITIVE_INFINITY,
       factor: 2,
       minTimeout: this.#retry.minTimeoutMs,
@@ -480,11 +490,16 @@ export class PlatformClient {
       signal,
       shouldRetry: ({ error, attemptNumber }) => this.#shouldRetry(error, attemptNumber),
       onFailedAttempt: ({ error, attemptNumber }) => {
+        if (answered !== undefined) return;
         this.#log.warn(
           { route, attempt: attemptNumber, code: (error as PlatformError).code, err_message: error.message },
           'platform request failed',
         );
       },
+    });
+    const calling = retrying.catch((error: unknown) => {
+      if (answered !== undefined && !callSignal?.aborted) return answered.answer;
+      throw error;
     });
     return linked === undefined ? calling : calling.finally(linked.dispose);
   }
