@@ -1072,7 +1072,25 @@ function isEntryPoint(): boolean {
   }
 }
 
+/** The exit code of a process that SIGPIPE ended: what a shell reports for other tools in `| head`. */
+export const BROKEN_PIPE_EXIT = 128 + 13;
+
+/**
+ * A reader that went away (`watch … | head -1`) ends the process at once and quietly, as SIGPIPE
+ * ends other tools (node ignores the signal and fails the write instead, which would otherwise
+ * end it with a stack trace). Nothing more could be said on that stream anyway; the daemon's
+ * state is on disk.
+ */
+function exitOnBrokenPipe(stream: NodeJS.WriteStream): void {
+  stream.on('error', (error: NodeJS.ErrnoException) => {
+    if (error.code === 'EPIPE') process.exit(BROKEN_PIPE_EXIT);
+    throw error;
+  });
+}
+
 if (isEntryPoint()) {
+  exitOnBrokenPipe(process.stdout);
+  exitOnBrokenPipe(process.stderr);
   // The environment is read inside the command, so a broken .env or credential is reported like
   // any configuration problem, and --help and --version never read it.
   runCli(process.argv.slice(2), () => readEnvironment(process.env)).then(

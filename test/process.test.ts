@@ -299,6 +299,27 @@ describe('sbg-export-watcher watch', () => {
   });
 });
 
+describe('a reader that goes away (| head)', () => {
+  it('ends `watch` at once and quietly with 141, as SIGPIPE ends other tools', async () => {
+    // Finishing over ~3 s, checked every 100 ms: lines go on being written after the reader left.
+    const { sim, url } = await simulator({
+      timing: { pendingMs: [50, 3000], runningMs: [50, 100] },
+      failRate: 0,
+    });
+    const ids = sim.createExports(200);
+    const watch = spawnCli(['watch', '--json', ...ids], {
+      SB_API_ENDPOINT: url,
+      SB_AUTH_TOKEN: TOKEN,
+      WATCHER_POLL_INTERVAL: '100ms',
+    });
+    watch.child.stdout?.once('data', () => watch.child.stdout?.destroy());
+    const { code } = await watch.exited;
+    expect(code).toBe(141);
+    expect(watch.stderr()).not.toContain('EPIPE');
+    expect(watch.stderr()).not.toMatch(/^\s+at /m);
+  });
+});
+
 describe('sbg-export-watcher get', () => {
   it('prints one JSON object per id and exits 0 when all are found', async () => {
     const { sim, url } = await simulator({
