@@ -467,6 +467,9 @@ export class PostgresStore implements Store {
           kind,
         ]);
         if (removed.rowCount === 0) return { removed: false, cancelledDeliveries: 0 };
+        // Its events first (in id order), then their deliveries: a redelivery locks an event, then
+        // its deliveries, and would otherwise deadlock with this when the event goes too.
+        await this.#query(client, 'SELECT id FROM events WHERE export_id = $1 ORDER BY id FOR UPDATE', [id]);
         const cancelled = await this.#query(
           client,
           `DELETE FROM deliveries
@@ -726,24 +729,51 @@ export class PostgresStore implements Store {
   async recordAttempts(records: readonly AttemptRecord[]): Promise<void> {
     return this.#use(async (db) => {
       if (records.length === 0) return;
-      const last = new Map<string, AttemptRecord>();
-      for (const r of records) last.set(`${r.eventId}\u0000${r.endpointKey}`, r);
+      // Folded per delivery and series, as if written one after the other: only the series stored
+      // applies (the others' records are skipped, wherever they are in the batch); the last record
+      // sets the row; the status and error are the last record's that counted a new attempt over
+      // the record before it (`decided`), else the stored ones unless the first counted one.
+      const last = new Map<string, AttemptRecord & { decided: boolean }>();
+      for (const r of records) {
+        const key = `${r.eventId}\u0000${r.endpointKey}\u0000${r.seriesStartedAt}`;
+        const before = last.get(key);
+        last.set(
+          key,
+          before === undefined
+            ? { ...r, decided: false }
+            : before.attempts === r.attempts
+              ? { ...r, lastStatus: before.lastStatus, lastError: before.lastError, decided: before.decided }
+              : { ...r, decided: true },
+        );
+      }
       const rows = [...last.values()];
       const pending = (r: AttemptRecord) => r.status === 'pending';
       await this.#query(
         db,
-        `WITH ${RELAXED}
+        `WITH ${RELAXED},
+          u AS MATERIALIZED (
+            SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::integer[], $5::bigint[], $6::integer[],
+                                 $7::text[], $8::bigint[], $9::bigint[], $10::boolean[])
+              AS u(event_id, endpoint_key, status, attempts, next_attempt_at, last_status, last_error, finished_at,
+                   series_started_at, decided)
+          ),
+          -- The rows are locked in key order, as every writer of several deliveries does, so that a
+          -- redelivery (or another process's outcomes) under way at once cannot deadlock with this.
+          locked AS MATERIALIZED (
+            SELECT d.event_id, d.endpoint_key FROM deliveries AS d
+              JOIN u ON d.event_id = u.event_id AND d.endpoint_key = u.endpoint_key
+                AND d.series_started_at = u.series_started_at
+            ORDER BY d.event_id, d.endpoint_key
+            FOR NO KEY UPDATE OF d
+          )
           UPDATE deliveries AS d SET
             status = u.status, attempts = u.attempts, next_attempt_at = u.next_attempt_at, leased = false,
-            last_status = CASE WHEN d.attempts = u.attempts THEN d.last_status ELSE u.last_status END,
-            last_error = CASE WHEN d.attempts = u.attempts THEN d.last_error ELSE u.last_error END,
+            last_status = CASE WHEN d.attempts = u.attempts AND NOT u.decided THEN d.last_status ELSE u.last_status END,
+            last_error = CASE WHEN d.attempts = u.attempts AND NOT u.decided THEN d.last_error ELSE u.last_error END,
             finished_at = u.finished_at
-          FROM unnest($1::text[], $2::text[], $3::text[], $4::integer[], $5::bigint[], $6::integer[],
-                      $7::text[], $8::bigint[], $9::bigint[])
-            AS u(event_id, endpoint_key, status, attempts, next_attempt_at, last_status, last_error, finished_at,
-                 series_started_at),
-            relaxed
+          FROM u, locked, relaxed
           WHERE d.event_id = u.event_id AND d.endpoint_key = u.endpoint_key
+            AND locked.event_id = d.event_id AND locked.endpoint_key = d.endpoint_key
             AND d.series_started_at = u.series_started_at`,
         [
           rows.map((r) => r.eventId),
@@ -755,6 +785,7 @@ export class PostgresStore implements Store {
           rows.map((r) => (r.lastError === null ? null : withoutNul(r.lastError))),
           rows.map((r) => (pending(r) ? null : r.finishedAt)),
           rows.map((r) => r.seriesStartedAt),
+          rows.map((r) => r.decided),
         ],
       );
     });
@@ -836,7 +867,10 @@ export class PostgresStore implements Store {
         ]);
         if (exists.rowCount === 0) return undefined;
         // One row per endpoint key (the last label given): an upsert may touch a row only once.
-        const byKey = new Map(endpoints.map((e) => [e.key, e.label]));
+        // In key order: rows are locked in the order they are written (see `recordAttempts`).
+        const byKey = new Map(
+          endpoints.map((e): [string, string] => [e.key, e.label]).sort(([x], [y]) => compareText(x, y)),
+        );
         if (byKey.size > 0) {
           await this.#query(
             client,
@@ -863,14 +897,23 @@ export class PostgresStore implements Store {
   ): Promise<number> {
     return this.#use(async (db) => {
       // The events are locked (FOR KEY SHARE, as `redeliver` does): a prune running meanwhile
-      // skips them, instead of deleting the deliveries this has just made pending again.
+      // skips them, instead of deleting the deliveries this has just made pending again. Events
+      // and then deliveries are locked in key order, as `removeExport`, `recordAttempts` and
+      // `redeliver` lock theirs, so that none of them under way at once can deadlock with this.
       const result = await this.#query(
         db,
-        `UPDATE deliveries SET
+        `WITH target AS MATERIALIZED (
+            SELECT d.event_id, d.endpoint_key FROM deliveries AS d
+            WHERE d.status = $2 AND d.endpoint_key = ANY($4::text[])
+              AND d.event_id IN (SELECT id FROM events WHERE created_at >= $1 ORDER BY id FOR KEY SHARE)
+            ORDER BY d.event_id, d.endpoint_key
+            FOR NO KEY UPDATE OF d
+          )
+          UPDATE deliveries AS d SET
             status = 'pending', attempts = 0, next_attempt_at = $3, leased = false, series_started_at = $3,
             finished_at = NULL
-          WHERE status = $2 AND event_id IN (SELECT id FROM events WHERE created_at >= $1 FOR KEY SHARE)
-            AND endpoint_key = ANY($4::text[])`,
+          FROM target AS t
+          WHERE d.event_id = t.event_id AND d.endpoint_key = t.endpoint_key AND d.status = $2`,
         [since, status, now, endpointKeys],
       );
       return result.rowCount ?? 0;

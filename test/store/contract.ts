@@ -1559,6 +1559,59 @@ export function describeStoreContract(
       });
     });
 
+    describe('recordAttempts: a batch applied as if one record after the other', () => {
+      it('recordAttempts: in one batch, an outcome of the current series is kept when a late one of an earlier series follows it', async () => {
+        await watchThrough(['a'], ['COMPLETED'], [A]);
+        const id = eventId('a', 'COMPLETED');
+        const claimedAt = T0 + 10 * SECOND;
+        const [old] = await store.claimDue(A.key, claimedAt, 10, claimedAt + HOUR);
+        expect(old?.seriesStartedAt).toBe(T0 + SECOND);
+        const redeliveredAt = T0 + 20 * SECOND;
+        await store.redeliver(id, [A], redeliveredAt);
+        const [fresh] = await store.claimDue(A.key, redeliveredAt, 10, redeliveredAt + HOUR);
+        expect(fresh?.seriesStartedAt).toBe(redeliveredAt);
+        // The new series' attempt answers first; the old claim's attempt answers next; one flush.
+        await store.recordAttempts([
+          { ...delivered(id, A, redeliveredAt + 1), seriesStartedAt: redeliveredAt },
+          { ...final(id, A, 'failed', redeliveredAt + 2, 500), seriesStartedAt: T0 + SECOND },
+        ]);
+        expect((await store.getEvent(id))?.deliveries[0]).toMatchObject({
+          status: 'delivered',
+          seriesStartedAt: redeliveredAt,
+          finishedAt: redeliveredAt + 1,
+          lastStatus: 200,
+        });
+      });
+
+      it('recordAttempts: a batch with two records of one delivery ends as if written one after the other', async () => {
+        await watchThrough(['a'], ['COMPLETED'], [A]);
+        const id = eventId('a', 'COMPLETED');
+        const now = T0 + 10 * SECOND;
+        const retry = {
+          eventId: id,
+          endpointKey: A.key,
+          status: 'pending' as const,
+          attempts: 3,
+          nextAttemptAt: now,
+          lastStatus: 503,
+          lastError: 'HTTP 503',
+          finishedAt: null,
+        };
+        // The retry, then the same delivery let go untried (no new attempt), in one batch.
+        await recordOutcomes([
+          retry,
+          { ...retry, nextAttemptAt: now + SECOND, lastStatus: null, lastError: null },
+        ]);
+        expect((await store.getEvent(id))?.deliveries[0]).toMatchObject({
+          status: 'pending',
+          attempts: 3,
+          nextAttemptAt: now + SECOND,
+          lastStatus: 503,
+          lastError: 'HTTP 503',
+        });
+      });
+    });
+
     describe('close', () => {
       it('makes every later call reject with a StoreError; closing again is harmless', async () => {
         await store.addExports([{ ids: ['a'], metadata: null }], T0);

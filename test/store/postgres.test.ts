@@ -165,6 +165,182 @@ await describeWithPostgres('PostgreSQL store', (server) => {
       expect((await store.listEvents({ limit: 10 })).items).toHaveLength(3);
     });
 
+    /** Two stores, as two replicas are, each with its own application name for pg_stat_activity. */
+    async function replicas(...names: string[]): Promise<PostgresStore[]> {
+      const opened = await Promise.all(names.map((n) => openPostgresStore({ url, applicationName: n })));
+      stores.push(...opened);
+      return opened;
+    }
+
+    /** Resolves once `n` sessions of these application names wait on a lock, or `done()` holds. */
+    const lockWaiters = (names: readonly string[], n: number, done: () => boolean = () => false) =>
+      vi.waitFor(async () => {
+        const rows = await server.query<{ n: number }>(
+          url,
+          `SELECT count(*)::int AS n FROM pg_stat_activity
+            WHERE application_name = ANY($1::text[]) AND wait_event_type = 'Lock'`,
+          [names],
+        );
+        expect(done() || (rows[0]?.n ?? 0) >= n).toBe(true);
+      });
+
+    /**
+     * A third session holding rows for a moment (the leader's claim, say): `start` starts the calls
+     * and resolves once they wait on those rows, so that they are all under way at once when it
+     * lets go; resolves with what its `finish` gives then.
+     */
+    async function whileHeld<T>(
+      lock: string,
+      params: unknown[],
+      start: () => Promise<() => Promise<T>>,
+    ): Promise<T> {
+      const holder = new pg.Client({ connectionString: url });
+      await holder.connect();
+      try {
+        await holder.query('BEGIN');
+        await holder.query(lock, params);
+        const finish = await start();
+        await holder.query('ROLLBACK');
+        return await finish();
+      } finally {
+        await holder.end();
+      }
+    }
+
+    /** A call's result, or its error's text: a deadlock (40P01) shows as "deadlock detected". */
+    const settled = <T>(p: Promise<T>): Promise<T | string> => p.catch((error: unknown) => String(error));
+
+    const outcome = (eventId: string, ref: EndpointRef, seriesStartedAt = T0): AttemptRecord => ({
+      eventId,
+      endpointKey: ref.key,
+      seriesStartedAt,
+      status: 'pending',
+      attempts: 1,
+      nextAttemptAt: T0 + 4000,
+      lastStatus: 503,
+      lastError: 'HTTP 503',
+      finishedAt: null,
+    });
+
+    // Every writer of several deliveries locks them in key order, and events before deliveries:
+    // the leader writing outcomes (in the order attempts ended) while another replica's API
+    // redelivers or removes cannot deadlock (40P01, a 500 or a lost batch of outcomes).
+    const [first, second] = [A, B].sort((x, y) => (x.key < y.key ? -1 : 1)) as [EndpointRef, EndpointRef];
+    const APPS = ['watcher-test-outcomes', 'watcher-test-redeliver'];
+
+    it('a batch of outcomes and a redelivery of the same event at once do not deadlock', async () => {
+      const [leader, replica] = (await replicas(...APPS)) as [PostgresStore, PostgresStore];
+      await leader.addExports([{ ids: ['a'], metadata: null }], T0);
+      await leader.commitChanges([move('a', 'UNKNOWN', 'COMPLETED', T0)], build, [first, second], T0);
+      const results = await whileHeld(
+        'SELECT 1 FROM deliveries WHERE event_id = $1 AND endpoint_key = $2 FOR UPDATE',
+        ['evt_a_completed', second.key],
+        async () => {
+          const recording = settled(
+            leader.recordAttempts([outcome('evt_a_completed', second), outcome('evt_a_completed', first)]),
+          );
+          await lockWaiters(APPS, 1);
+          const redelivering = settled(replica.redeliver('evt_a_completed', [first, second], T0 + 10));
+          await lockWaiters(APPS, 2);
+          return () => Promise.all([recording, redelivering]);
+        },
+      );
+      expect(results).toEqual([undefined, 2]);
+      const again = { status: 'pending', attempts: 0, seriesStartedAt: T0 + 10, lastStatus: 503 };
+      expect((await leader.getEvent('evt_a_completed'))?.deliveries).toEqual([
+        expect.objectContaining(again),
+        expect.objectContaining(again),
+      ]);
+    });
+
+    it('a batch of outcomes and a redeliverSince of pending deliveries at once do not deadlock', async () => {
+      const [leader, replica] = (await replicas(...APPS)) as [PostgresStore, PostgresStore];
+      await leader.addExports([{ ids: ['a', 'b'], metadata: null }], T0);
+      await leader.commitChanges(
+        [move('a', 'UNKNOWN', 'COMPLETED', T0), move('b', 'UNKNOWN', 'COMPLETED', T0)],
+        build,
+        [first, second],
+        T0,
+      );
+      const results = await whileHeld(
+        'SELECT 1 FROM deliveries WHERE event_id = $1 AND endpoint_key = $2 FOR UPDATE',
+        ['evt_a_completed', second.key],
+        async () => {
+          const recording = settled(
+            leader.recordAttempts([outcome('evt_a_completed', second), outcome('evt_b_completed', first)]),
+          );
+          await lockWaiters(APPS, 1);
+          // POST /v1/events/redeliver {"status": "pending"} on the other replica.
+          const redelivering = settled(
+            replica.redeliverSince(T0, 'pending', T0 + 10, [first.key, second.key]),
+          );
+          await lockWaiters(APPS, 2);
+          return () => Promise.all([recording, redelivering]);
+        },
+      );
+      expect(results).toEqual([undefined, 4]);
+      const deliveries = (await leader.listEvents({ limit: 10 })).items.flatMap((e) => e.deliveries);
+      expect(deliveries.map((d) => [d.status, d.attempts, d.seriesStartedAt])).toEqual(
+        Array.from({ length: 4 }, () => ['pending', 0, T0 + 10]),
+      );
+    });
+
+    it('removing an export while one of its events is redelivered does not deadlock', async () => {
+      const names = ['watcher-test-remove', 'watcher-test-redeliver'];
+      const [remover, replica] = (await replicas(...names)) as [PostgresStore, PostgresStore];
+      await remover.addExports([{ ids: ['a'], metadata: null }], T0);
+      await remover.commitChanges([move('a', 'UNKNOWN', 'COMPLETED', T0)], build, [A], T0);
+      // DELETE /v1/exports/a on one replica, POST /v1/events/evt_a_completed/redeliver on another.
+      const [removed, redelivered] = await whileHeld(
+        'SELECT 1 FROM deliveries WHERE event_id = $1 FOR UPDATE',
+        ['evt_a_completed'],
+        async () => {
+          const removing = settled(remover.removeExport('a'));
+          await lockWaiters(names, 1);
+          const redelivering = settled(replica.redeliver('evt_a_completed', [A], T0 + 10));
+          await lockWaiters(names, 2);
+          return () => Promise.all([removing, redelivering]);
+        },
+      );
+      expect(removed).toEqual({ removed: true, cancelledDeliveries: 1 });
+      // The event went with the export (it had no delivery left): nothing to redeliver (404).
+      expect(redelivered).toBeUndefined();
+      expect(await remover.getEvent('evt_a_completed')).toBeUndefined();
+    });
+
+    it('removing an export while its failed deliveries are redelivered (since) does not deadlock', async () => {
+      const names = ['watcher-test-remove', 'watcher-test-redeliver'];
+      const [remover, replica] = (await replicas(...names)) as [PostgresStore, PostgresStore];
+      await remover.addExports([{ ids: ['a'], metadata: null }], T0);
+      await remover.commitChanges([move('a', 'UNKNOWN', 'RUNNING', T0 + 1)], build, [A], T0 + 1);
+      await remover.commitChanges([move('a', 'RUNNING', 'COMPLETED', T0 + 2)], build, [A], T0 + 2);
+      const failed = (eventId: string, at: number): AttemptRecord => ({
+        ...outcome(eventId, A, at),
+        status: 'failed',
+        attempts: 3,
+        nextAttemptAt: null,
+        finishedAt: T0 + 3,
+      });
+      await remover.recordAttempts([failed('evt_a_running', T0 + 1), failed('evt_a_completed', T0 + 2)]);
+      const done = new Set<string>();
+      const [removed, redelivered] = await whileHeld(
+        'SELECT 1 FROM events WHERE id = $1 FOR UPDATE',
+        ['evt_a_completed'],
+        async () => {
+          // Each call waits for the held event, or has finished without it.
+          const removing = settled(remover.removeExport('a')).finally(() => done.add('remove'));
+          await lockWaiters(names, 1, () => done.has('remove'));
+          const redelivering = settled(replica.redeliverSince(T0, 'failed', T0 + 10, [A.key])).finally(() =>
+            done.add('redeliver'),
+          );
+          await lockWaiters(names, done.has('remove') ? 1 : 2, () => done.has('redeliver'));
+          return () => Promise.all([removing, redelivering]);
+        },
+      );
+      expect(removed).toMatchObject({ removed: true });
+      expect(typeof redelivered).toBe('number');
+    });
+
     it('spells out the active and finished states as the tracker defines them', () => {
       expect([...ACTIVE_STATES]).toEqual(EXPORT_STATES.filter((s) => !isTerminal(s)));
       expect([...FINISHED_STATES]).toEqual(EXPORT_STATES.filter((s) => isTerminal(s)));
