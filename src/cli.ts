@@ -523,6 +523,10 @@ function withFlags(env: Env, values: ParsedValues): Env {
     if (given.some((x) => x.trim() === '')) {
       throw new UsageError(`--${flag}: expected ${placeholder}, got an empty value`);
     }
+    // The variable holds a comma-separated list: a comma inside one URL would cut it in two.
+    if (flag === 'webhook-url' && given.some((x) => x.includes(','))) {
+      throw new UsageError(`--webhook-url: a URL here cannot hold a comma; write it as %2C`);
+    }
     merged[variable] = given.join(',');
   }
   return merged;
@@ -548,7 +552,7 @@ function load(env: Env, context: CliContext, options: Parameters<typeof loadConf
 function loadForPlatform(
   env: Env,
   context: CliContext,
-  options: { listens?: boolean; discovers?: boolean } = {},
+  options: { listens?: boolean; discovers?: boolean; stores?: boolean } = {},
 ): Config {
   const config = load(env, context, { ...options, requireToken: true, profiles: true });
   useProxy(config.proxy);
@@ -749,6 +753,7 @@ async function watchCommand(args: readonly string[], env: () => Env, context: Cl
   const config = loadForPlatform(quietByDefault(withFlags(env(), values)), context, {
     listens: false,
     discovers: false,
+    stores: false,
   });
   const log = createLogger({
     level: config.logLevel,
@@ -789,6 +794,7 @@ async function getCommand(args: readonly string[], env: () => Env, context: CliC
   const config = loadForPlatform(quietByDefault(withFlags(env(), values)), context, {
     listens: false,
     discovers: false,
+    stores: false,
   });
   const log = createLogger({
     level: config.logLevel,
@@ -820,7 +826,7 @@ const CONTROL_API_FLAGS = {
  */
 function controlIo(values: ParsedValues, env: () => Env, context: CliContext) {
   const timeoutMs = parseTimeout(values.timeout, CONTROL_DEFAULT_TIMEOUT_MS) ?? CONTROL_DEFAULT_TIMEOUT_MS;
-  const config = load(env(), context, { listens: false });
+  const config = load(env(), context, { listens: false, stores: false });
   const apiUrl = typeof values['api-url'] === 'string' ? values['api-url'] : undefined;
   return {
     target: controlApiTarget(apiUrl, config),

@@ -329,6 +329,20 @@ describe('main', () => {
     }
   });
 
+  it('refuses a --webhook-url holding a comma (it would be cut in two), naming the flag', async () => {
+    const env = { SB_AUTH_TOKEN: 't', SB_API_ENDPOINT: 'http://127.0.0.1:9/v2' };
+    for (const command of ['run', 'watch'] as const) {
+      const args = command === 'run' ? ['run'] : ['watch', 'abc'];
+      const error = await main([...args, '--webhook-url', 'http://127.0.0.1:9/h?ids=1,2'], env).catch(
+        (e: unknown) => e,
+      );
+      expect(error).toBeInstanceOf(UsageError);
+      expect((error as UsageError).message).toBe(
+        '--webhook-url: a URL here cannot hold a comma; write it as %2C',
+      );
+    }
+  });
+
   it('rejects an invalid --id for run', async () => {
     const error = await main(['run', '--id', 'ok', '--id', 'x'.repeat(129)], { SB_AUTH_TOKEN: 't' }).catch(
       (e: unknown) => e,
@@ -663,11 +677,15 @@ describe('runCli: what is printed for a failure', () => {
     );
   });
 
-  it('get and watch do not stop on a WATCHER_DISCOVER meant for run', async () => {
+  it.each([
+    ['WATCHER_DISCOVER', 'bogus'],
+    ['WATCHER_DATABASE_URL', 'mysql://u:p@h/db'],
+    ['WATCHER_LEADER_TIMEOUT', '1s'],
+  ])('get and watch do not stop on a %s meant for run', async (name, value) => {
     const env = {
       SB_API_ENDPOINT: 'http://127.0.0.1:9/v2',
       SB_AUTH_TOKEN: 'tok_secret_value',
-      WATCHER_DISCOVER: 'bogus',
+      [name]: value,
     };
     const err = stderr();
     expect(await runCliInProcess(['get', 'x', '--timeout', '5s'], env, { stderr: err })).toBe(1);
@@ -676,7 +694,7 @@ describe('runCli: what is printed for a failure', () => {
     // where a configuration error would be 2.
     const werr = stderr();
     expect(await runCliInProcess(['watch', 'x', '--timeout', '1s'], env, { stderr: werr })).toBe(1);
-    expect(werr.text()).not.toContain('WATCHER_DISCOVER');
+    expect(werr.text()).not.toContain(name);
   });
 
   it('names the proxy when the platform cannot be reached through one, never its credentials', async () => {

@@ -936,6 +936,13 @@ describe('admin routes', () => {
     expect(
       (await call(sim, 'POST', '/_simulator/faults', { token: null, body: { errorRate: 7 } })).status,
     ).toBe(400);
+    // A key that is no fault (a typo, or `bulk`, fixed at start) is refused, not taken and ignored.
+    for (const body of [{ errorIDs: ['x'] }, { bulk: true }]) {
+      const refused = await call(sim, 'POST', '/_simulator/faults', { token: null, body });
+      expect(refused.status).toBe(400);
+      expect(JSON.stringify(refused.json)).toContain(Object.keys(body)[0]);
+    }
+    expect((await call(sim, 'GET', '/_simulator/faults', { token: null })).json).toEqual({ errorRate: 1 });
 
     const rate = await call<RateLimitBody>(sim, 'GET', '/rate_limit');
     expect(rate.json.rate.remaining).toBe(998);

@@ -151,6 +151,12 @@ export interface LoadOptions {
    */
   discovers?: boolean;
   /**
+   * Whether this command keeps its state where WATCHER_DATABASE_URL says (`run`; default true).
+   * The others (`watch`, `get`, `events`, `redeliver`) do not read it or WATCHER_LEADER_TIMEOUT,
+   * so a value meant for `run` cannot stop them.
+   */
+  stores?: boolean;
+  /**
    * Problems already found with some variables (a credential file that cannot be read), each line
    * starting with the variable's name: reported first, and those variables count as given (no
    * profile fills them in, no second line about them).
@@ -466,8 +472,11 @@ export function loadConfig(env: Env, options: LoadOptions = {}): Config {
     );
   }
   const dataDir = raw('WATCHER_DATA_DIR') ?? DEFAULTS.WATCHER_DATA_DIR;
-  const database = databaseUrl(raw('WATCHER_DATABASE_URL'), problems);
-  const leaderTimeoutMs = duration('WATCHER_LEADER_TIMEOUT', 3000, 5 * 60_000);
+  const stores = options.stores ?? true;
+  const database = stores ? databaseUrl(raw('WATCHER_DATABASE_URL'), problems) : undefined;
+  const leaderTimeoutMs = stores
+    ? duration('WATCHER_LEADER_TIMEOUT', 3000, 5 * 60_000)
+    : parseDuration(DEFAULTS.WATCHER_LEADER_TIMEOUT as string);
 
   const levelText = raw('LOG_LEVEL') ?? 'info';
   const level = levelText.toLowerCase();

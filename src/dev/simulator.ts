@@ -469,8 +469,23 @@ function isRange(value: unknown): value is [number, number] {
   );
 }
 
+/** Every fault option, by name: one not listed (a typo, `bulk`) would be taken and do nothing. */
+const FAULT_KEYS: ReadonlySet<string> = new Set<keyof FaultOptions>([
+  'maintenanceRate',
+  'maintenanceUntil',
+  'errorRate',
+  'errorIds',
+  'truncateRate',
+  'malformedRate',
+  'slowRate',
+  'slowMs',
+]);
+
 function validateFaults(faults: FaultOptions, prefix: string): FaultOptions {
   requireOption(isPlainObject(faults), prefix, 'an object', faults);
+  for (const key of Object.keys(faults)) {
+    requireOption(FAULT_KEYS.has(key), `${prefix}.${key}`, `one of ${[...FAULT_KEYS].join(', ')}`, key);
+  }
   for (const key of ['maintenanceRate', 'errorRate', 'truncateRate', 'malformedRate', 'slowRate'] as const) {
     const value = faults[key];
     if (value !== undefined)
