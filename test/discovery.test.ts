@@ -123,6 +123,32 @@ describe('Discovery', () => {
   beforeEach(() => vi.useFakeTimers({ now: T0 }));
   afterEach(() => vi.useRealTimers());
 
+  it('a wall clock that steps back during a round does not hold the next round for the length of the step', async () => {
+    const { log } = logSink();
+    let rounds = 0;
+    const discovery = new Discovery({
+      kinds: ['export'],
+      intervalMs: 10_000,
+      gate: { left: () => 10, max: 10 },
+      log,
+      list: async (_kind, from) => {
+        if ('state' in from && from.state === 'PENDING') {
+          rounds++;
+          // An NTP correction while the round's first page is on the wire: back an hour.
+          if (rounds === 1) vi.setSystemTime(Date.now() - 3_600_000);
+        }
+        return { items: [], next: undefined };
+      },
+      add: async (_kind, ids) => ({ accepted: [...ids] }),
+    });
+    discovery.start();
+    await vi.advanceTimersByTimeAsync(0);
+    expect(rounds).toBe(1);
+    await vi.advanceTimersByTimeAsync(10_000);
+    expect(rounds).toBe(2);
+    await discovery.stop();
+  });
+
   it('never starts more than floor(budget / 10) list calls in a budget window; stops a round and resumes it next interval', async () => {
     const budget = 20;
     const windowMs = 10_000;

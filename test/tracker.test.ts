@@ -312,6 +312,21 @@ describe('Tracker.preview and commit', () => {
 });
 
 describe('Tracker.takeDue', () => {
+  it('after a step back shorter than the interval, ids checked "in the future" are due at once, behind ids not due', () => {
+    const t = tracker('a', 'b');
+    t.apply([seen('a', 'RUNNING')], T0);
+    t.apply([seen('b', 'RUNNING')], T0 + 600);
+    // The clock steps back 400 ms, to T0 + 300: b was checked "in the future", a was not.
+    expect(dueAt(t, T0 + 300)).toEqual({ due: ['b'], nextDueAt: T0 + 1000 });
+    // Not taken (its kind paused, say) until the clock passed its check again: still due, and
+    // not in the way of a.
+    expect(dueAt(t, T0 + 700).due).toEqual(['b']);
+    expect(dueAt(t, T0 + 1000).due).toEqual(['b', 'a']);
+    // Checked again, it takes its place by the new clock.
+    t.apply([seen('b', 'RUNNING')], T0 + 1000);
+    expect(dueAt(t, T0 + 1000)).toEqual({ due: ['a'], nextDueAt: T0 + 2000 });
+  });
+
   it('an id last checked "in the future" (the wall clock stepped back) is due at once, not after the step', () => {
     const t = tracker('a', 'b');
     t.apply([seen('a', 'RUNNING'), seen('b', 'RUNNING')], T0);
@@ -524,7 +539,7 @@ describe('observationsFromBulk', () => {
     ]);
   });
 
-  it('two resources for one id that disagree speak for neither state: the id stays unanswered', () => {
+  it('two resources for one id that disagree speak for neither state: the state stays as it was', () => {
     for (const [first, second] of [
       ['FAILED', 'RUNNING'],
       ['RUNNING', 'COMPLETED'],
@@ -535,7 +550,7 @@ describe('observationsFromBulk', () => {
         ['a'],
         [{ resource: exp('a', first) }, { resource: exp('a', second) }],
       );
-      expect(observations).toEqual([{ kind: 'unanswered', id: 'a' }]);
+      expect(observations).toEqual([{ kind: 'unreadable', id: 'a', state: '(contradicting)' }]);
       expect(t.apply(observations, T0 + 1000).transitions).toEqual([]);
       expect(t.get('a')?.state).toBe('RUNNING');
     }
@@ -545,6 +560,23 @@ describe('observationsFromBulk', () => {
       [{ resource: exp('a', 'COMPLETED') }, { resource: exp('a', 'COMPLETED') }],
     );
     expect(observations).toEqual([expect.objectContaining({ id: 'a', kind: 'resource' })]);
+  });
+
+  it('two resources that disagree still say the job exists: its misses are reset, so no LOST follows', () => {
+    const t = new Tracker({ lostAfter: 3 });
+    t.track([{ id: 'a', state: 'RUNNING', misses: 0 }]);
+    t.apply([missing('a')], T0);
+    t.apply([missing('a')], T0 + 1000);
+    expect(t.get('a')?.misses).toBe(2);
+    const { observations } = observationsFromBulk(
+      ['a'],
+      [{ resource: exp('a', 'RUNNING') }, { resource: exp('a', 'FAILED') }],
+    );
+    t.apply(observations, T0 + 2000);
+    expect(t.get('a')?.misses).toBe(0);
+    // One more miss is the first, not the third in a row.
+    expect(t.apply([missing('a')], T0 + 3000).transitions).toEqual([]);
+    expect(t.get('a')?.state).toBe('RUNNING');
   });
 
   it('an error item naming an id that is no text (an object that cannot be printed) costs nothing else', () => {

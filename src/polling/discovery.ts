@@ -123,7 +123,10 @@ export class Discovery {
     const started = this.#now();
     void this.runRound().then(() => {
       if (this.#stopped) return;
-      const wait = Math.max(0, started + this.#deps.intervalMs - this.#now());
+      // Never longer than the interval: a wall clock that stepped back during the round would
+      // otherwise hold the next one for as long as the step.
+      const { intervalMs } = this.#deps;
+      const wait = Math.min(intervalMs, Math.max(0, started + intervalMs - this.#now()));
       this.#timer = setTimeout(() => this.#loop(), wait);
       this.#timer.unref();
     });

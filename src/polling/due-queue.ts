@@ -60,6 +60,18 @@ class Fifo<T extends Link> {
   after(link: Link): T | undefined {
     return link.next === this.#sentinel ? undefined : (link.next as T);
   }
+
+  /** Puts `entries` (unlinked) at the head, in their order. */
+  pushFront(entries: readonly T[]): void {
+    let at: Link = this.#sentinel;
+    for (const entry of entries) {
+      entry.prev = at;
+      entry.next = at.next;
+      at.next.prev = entry;
+      at.next = entry;
+      at = entry;
+    }
+  }
 }
 
 export interface DueIds {
@@ -77,6 +89,13 @@ export interface DueIds {
 export class DueQueue<T extends DueEntry> {
   readonly #unchecked = new Fifo<T>();
   readonly #checked = new Fifo<T>();
+  /** The latest check committed: a `now` before it means the wall clock stepped back. */
+  #latest = Number.NEGATIVE_INFINITY;
+  /**
+   * Entries checked "in the future" when the wall clock stepped back: due until checked again.
+   * Empty but for the turns after a step (no field on every entry: 100,000 are held).
+   */
+  readonly #steppedBack = new Set<T>();
 
   /** Adds a never-checked entry: due at once, after the never-checked ones already here. */
   addUnchecked(entry: T): void {
@@ -86,11 +105,45 @@ export class DueQueue<T extends DueEntry> {
   /** Moves an entry whose check was just committed to the tail of the checked ones. */
   moveToChecked(entry: T): void {
     unlink(entry);
+    this.#steppedBack.delete(entry);
+    this.#latest = Math.max(this.#latest, entry.lastCheckedAt ?? this.#latest);
     this.#checked.push(entry);
   }
 
   remove(entry: T): void {
     unlink(entry);
+    this.#steppedBack.delete(entry);
+  }
+
+  /**
+   * After the wall clock stepped back, the entries last checked after `now` go to the head of the
+   * checked ones, due until checked again: behind an entry not due yet, they would be held for as
+   * long as the step. Costs O(checked) once per step.
+   */
+  #stepBack(now: number): void {
+    if (now >= this.#latest) return;
+    this.#latest = now;
+    const ahead: T[] = [];
+    for (let e = this.#checked.first(); e; ) {
+      const next = this.#checked.after(e);
+      if (this.#steppedBack.has(e) || (e.lastCheckedAt as number) > now) {
+        unlink(e);
+        this.#steppedBack.add(e);
+        ahead.push(e);
+      }
+      e = next;
+    }
+    this.#checked.pushFront(ahead);
+  }
+
+  /**
+   * When a checked entry falls due. One moved ahead by a step back of the clock, or last checked
+   * later than `now`, is due at once (checked again, it takes its place by the new clock).
+   */
+  #dueTime(e: T, now: number, intervalMs: number): number {
+    const last = e.lastCheckedAt as number;
+    if (last > now || (this.#steppedBack.size > 0 && this.#steppedBack.has(e))) return now;
+    return last + intervalMs;
   }
 
   /** Whether no entry is held. O(1). */
@@ -110,8 +163,9 @@ export class DueQueue<T extends DueEntry> {
     for (let e = this.#unchecked.first(); e; e = this.#unchecked.after(e)) {
       if (!skip(e.id)) return { entry: e, unchecked: true };
     }
+    this.#stepBack(now);
     for (let e = this.#checked.first(); e; e = this.#checked.after(e)) {
-      const dueAt = dueTime(e, now, intervalMs);
+      const dueAt = this.#dueTime(e, now, intervalMs);
       if (dueAt > now) return { entry: undefined, nextDueAt: dueAt };
       if (!skip(e.id)) return { entry: e, unchecked: false };
     }
@@ -127,21 +181,12 @@ export class DueQueue<T extends DueEntry> {
     for (let e = this.#unchecked.first(); e && due.length < max; e = this.#unchecked.after(e)) {
       if (!skip(e.id)) due.push(e.id);
     }
+    this.#stepBack(now);
     for (let e = this.#checked.first(); e && due.length < max; e = this.#checked.after(e)) {
-      const dueAt = dueTime(e, now, intervalMs);
+      const dueAt = this.#dueTime(e, now, intervalMs);
       if (dueAt > now) return { due, nextDueAt: dueAt };
       if (!skip(e.id)) due.push(e.id);
     }
     return { due, nextDueAt: undefined };
   }
-}
-
-/**
- * When a checked entry falls due. A last check later than `now` means the wall clock stepped back
- * since: the entry is due at once (checked again, it takes its place by the new clock), rather
- * than held, with every entry behind it, for as long as the step.
- */
-function dueTime(e: DueEntry, now: number, intervalMs: number): number {
-  const last = e.lastCheckedAt as number;
-  return last > now ? now : last + intervalMs;
 }

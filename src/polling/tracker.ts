@@ -581,7 +581,10 @@ export function observationsFromBulk(
   if (contradicted.size > 0) {
     for (let i = 0; i < observations.length; i++) {
       const o = observations[i] as Observation;
-      if (contradicted.has(o.id)) observations[i] = { kind: 'unanswered', id: o.id };
+      // The job exists (both resources say so, and its misses reset), its state is unknown.
+      if (contradicted.has(o.id)) {
+        observations[i] = { kind: 'unreadable', id: o.id, state: '(contradicting)' };
+      }
     }
   }
   // An error item that names its id (some deployments may) is matched directly. One that names
