@@ -2,7 +2,7 @@
  * What the SQL implementations of the store share: the delivery row as both databases return it,
  * its mapping to the port's type, paging and JSON columns.
  */
-import type { ExportState, JobKind } from '../polling/tracker.js';
+import { EXPORT_STATES, type ExportState, type JobKind } from '../polling/tracker.js';
 import type { ActiveExport, DeliveryStatus, StoredDelivery } from './store.js';
 
 /** The columns `loadActive` and `loadUnknown` read. */
@@ -13,9 +13,24 @@ export interface ActiveRow {
   misses: number;
 }
 
+/**
+ * Each state as one string: a database driver makes a new string per row, and the tracker keeps
+ * the state of each of (say) 100,000 jobs for as long as it watches them.
+ */
+const STATE_TEXT = new Map<string, ExportState>(EXPORT_STATES.map((s) => [s, s]));
+
+/** `ActiveRow`'s columns as an array, in that order (better-sqlite3's raw rows). */
+export type RawActiveRow = [id: string, kind: JobKind, state: ExportState, misses: number];
+
 /** An active job as the port gives it: `kind` only for imports (exports are the default). */
 export function toActiveExport({ id, kind, state, misses }: ActiveRow): ActiveExport {
-  return kind === 'import' ? { id, kind, state, misses } : { id, state, misses };
+  return activeExport(id, kind, state, misses);
+}
+
+/** The same from a row's columns in `ActiveRow`'s order (a driver's raw rows). */
+export function activeExport(id: string, kind: JobKind, state: ExportState, misses: number): ActiveExport {
+  const shared = STATE_TEXT.get(state) ?? state;
+  return kind === 'import' ? { id, kind: 'import', state: shared, misses } : { id, state: shared, misses };
 }
 
 export interface DeliveryRow {

