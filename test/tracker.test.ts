@@ -327,6 +327,34 @@ describe('Tracker.takeDue', () => {
     expect(dueAt(t, T0 + 1000)).toEqual({ due: ['a'], nextDueAt: T0 + 2000 });
   });
 
+  it('an export checked "in the future" is not held for the step behind a backlog of imports', () => {
+    const t = new Tracker({});
+    const imports = ['i1', 'i2', 'i3', 'i4', 'i5'];
+    t.track([{ id: 'e', state: 'UNKNOWN', misses: 0 }]);
+    t.track(imports.map((id) => ({ id, kind: 'import' as const, state: 'UNKNOWN' as const, misses: 0 })));
+    t.apply(
+      imports.map((id) => seen(id, 'RUNNING')),
+      T0 - 2000,
+      'import',
+    );
+    t.apply([seen('e', 'RUNNING')], T0 + 600_000);
+    // The wall clock steps back ten minutes, to T0. One id per turn, a turn every 300 ms, a 1 s
+    // interval: the imports are always due (a backlog, as under the rate budget).
+    const taken: string[] = [];
+    for (let turn = 0; turn < 40; turn++) {
+      const now = T0 + turn * 300;
+      const { kind = 'export', due } = t.takeDue(now, 1000, 1, never);
+      for (const id of due) {
+        taken.push(id);
+        t.apply([seen(id, 'RUNNING')], now, kind);
+      }
+    }
+    // e has been due since the step (T0): the imports that fell due before it go first, then e,
+    // not after twelve seconds of imports that fell due after it.
+    expect(taken.indexOf('e')).toBeGreaterThanOrEqual(0);
+    expect(taken.indexOf('e')).toBeLessThanOrEqual(imports.length);
+  });
+
   it('an id last checked "in the future" (the wall clock stepped back) is due at once, not after the step', () => {
     const t = tracker('a', 'b');
     t.apply([seen('a', 'RUNNING'), seen('b', 'RUNNING')], T0);

@@ -93,9 +93,10 @@ export class DueQueue<T extends DueEntry> {
   #latest = Number.NEGATIVE_INFINITY;
   /**
    * Entries checked "in the future" when the wall clock stepped back: due until checked again.
-   * Empty but for the turns after a step (no field on every entry: 100,000 are held).
+   * Empty but for the turns after a step (no field on every entry: 100,000 are held). Each with
+   * when the step was seen: when it fell due, for `first` to tell which of two kinds waited longer.
    */
-  readonly #steppedBack = new Set<T>();
+  readonly #steppedBack = new Map<T, number>();
 
   /** Adds a never-checked entry: due at once, after the never-checked ones already here. */
   addUnchecked(entry: T): void {
@@ -128,7 +129,7 @@ export class DueQueue<T extends DueEntry> {
       const next = this.#checked.after(e);
       if (this.#steppedBack.has(e) || (e.lastCheckedAt as number) > now) {
         unlink(e);
-        this.#steppedBack.add(e);
+        if (!this.#steppedBack.has(e)) this.#steppedBack.set(e, now);
         ahead.push(e);
       }
       e = next;
@@ -146,6 +147,18 @@ export class DueQueue<T extends DueEntry> {
     return last + intervalMs;
   }
 
+  /**
+   * When a due checked entry fell due: one moved ahead by a step back of the clock, when the step
+   * was seen (not its last check, "in the future"), so that it does not wait behind the other
+   * kind's entries for as long as the step.
+   */
+  #fellDue(e: T, now: number, intervalMs: number): number {
+    const stepped = this.#steppedBack.size > 0 ? this.#steppedBack.get(e) : undefined;
+    if (stepped !== undefined) return Math.min(stepped, now);
+    const last = e.lastCheckedAt as number;
+    return last > now ? now : last + intervalMs;
+  }
+
   /** Whether no entry is held. O(1). */
   isEmpty(): boolean {
     return this.#unchecked.isEmpty() && this.#checked.isEmpty();
@@ -159,15 +172,15 @@ export class DueQueue<T extends DueEntry> {
     now: number,
     intervalMs: number,
     skip: (id: string) => boolean,
-  ): { entry: T; unchecked: boolean } | { entry: undefined; nextDueAt: number | undefined } {
+  ): { entry: T; unchecked: boolean; dueAt: number } | { entry: undefined; nextDueAt: number | undefined } {
     for (let e = this.#unchecked.first(); e; e = this.#unchecked.after(e)) {
-      if (!skip(e.id)) return { entry: e, unchecked: true };
+      if (!skip(e.id)) return { entry: e, unchecked: true, dueAt: Number.NEGATIVE_INFINITY };
     }
     this.#stepBack(now);
     for (let e = this.#checked.first(); e; e = this.#checked.after(e)) {
       const dueAt = this.#dueTime(e, now, intervalMs);
       if (dueAt > now) return { entry: undefined, nextDueAt: dueAt };
-      if (!skip(e.id)) return { entry: e, unchecked: false };
+      if (!skip(e.id)) return { entry: e, unchecked: false, dueAt: this.#fellDue(e, now, intervalMs) };
     }
     return { entry: undefined, nextDueAt: undefined };
   }

@@ -304,14 +304,14 @@ export class Tracker {
     if (imports.isEmpty()) return exports.take(now, intervalMs, max, skip);
     if (exports.isEmpty()) return { kind: 'import', ...imports.take(now, intervalMs, max, skip) };
     const heads = JOB_KINDS.map((kind) => ({ kind, head: this.#due[kind].first(now, intervalMs, skip) }));
-    let chosen: { kind: JobKind; entry: Entry; unchecked: boolean } | undefined;
+    let chosen: { kind: JobKind; entry: Entry; unchecked: boolean; dueAt: number } | undefined;
     let nextDueAt: number | undefined;
     for (const { kind, head } of heads) {
       if (head.entry === undefined) {
         if (head.nextDueAt !== undefined) nextDueAt = Math.min(nextDueAt ?? head.nextDueAt, head.nextDueAt);
         continue;
       }
-      const candidate = { kind, entry: head.entry, unchecked: head.unchecked };
+      const candidate = { kind, entry: head.entry, unchecked: head.unchecked, dueAt: head.dueAt };
       if (!chosen || waitedLonger(candidate, chosen)) chosen = candidate;
     }
     if (!chosen) return { due: [], nextDueAt };
@@ -444,12 +444,13 @@ export class Tracker {
  * kind), never-checked ones in the order tracked, checked ones by when they fell due.
  */
 function waitedLonger(
-  a: { entry: Entry; unchecked: boolean },
-  b: { entry: Entry; unchecked: boolean },
+  a: { entry: Entry; unchecked: boolean; dueAt: number },
+  b: { entry: Entry; unchecked: boolean; dueAt: number },
 ): boolean {
   if (a.unchecked !== b.unchecked) return a.unchecked;
   if (a.unchecked) return a.entry.seq < b.entry.seq;
-  return (a.entry.lastCheckedAt ?? 0) < (b.entry.lastCheckedAt ?? 0);
+  // When each fell due (an id checked "in the future" before a step back of the clock: at the step).
+  return a.dueAt < b.dueAt;
 }
 
 function zeroCounts(): Record<ExportState, number> {

@@ -470,6 +470,14 @@ export class PostgresStore implements Store {
         // Its events first (in id order), then their deliveries: a redelivery locks an event, then
         // its deliveries, and would otherwise deadlock with this when the event goes too.
         await this.#query(client, 'SELECT id FROM events WHERE export_id = $1 ORDER BY id FOR UPDATE', [id]);
+        // Their deliveries in key order too, before the delete takes them in whatever order its plan
+        // reads: a batch of outcomes locks deliveries (and no event) in key order.
+        await this.#query(
+          client,
+          `SELECT 1 FROM deliveries WHERE event_id IN (SELECT id FROM events WHERE export_id = $1)
+            ORDER BY event_id, endpoint_key FOR UPDATE`,
+          [id],
+        );
         const cancelled = await this.#query(
           client,
           `DELETE FROM deliveries
@@ -703,7 +711,16 @@ export class PostgresStore implements Store {
     return this.#use(async (db) => {
       await this.#query(
         db,
-        `UPDATE deliveries SET next_attempt_at = $1, leased = false WHERE status = 'pending' AND leased`,
+        // In key order, as every writer of several deliveries locks them: a former leader's outcomes
+        // (or a redelivery, a removal) under way at once cannot deadlock with this.
+        `WITH target AS MATERIALIZED (
+            SELECT event_id, endpoint_key FROM deliveries WHERE status = 'pending' AND leased
+            ORDER BY event_id, endpoint_key
+            FOR NO KEY UPDATE
+          )
+          UPDATE deliveries AS d SET next_attempt_at = $1, leased = false
+          FROM target AS t
+          WHERE d.event_id = t.event_id AND d.endpoint_key = t.endpoint_key AND d.status = 'pending' AND d.leased`,
         [now],
       );
     });

@@ -341,6 +341,65 @@ await describeWithPostgres('PostgreSQL store', (server) => {
       expect(typeof redelivered).toBe('number');
     });
 
+    it('removing an export while a batch of outcomes of its events is written does not deadlock', async () => {
+      const names = ['watcher-test-remove', 'watcher-test-outcomes'];
+      const [remover, leader] = (await replicas(...names)) as [PostgresStore, PostgresStore];
+      await remover.addExports([{ ids: ['a'], metadata: null }], T0);
+      // evt_a_running is written first (earlier, and first on disk), but sorts after evt_a_completed.
+      await remover.commitChanges([move('a', 'UNKNOWN', 'RUNNING', T0 + 1)], build, [A], T0 + 1);
+      await remover.commitChanges([move('a', 'RUNNING', 'COMPLETED', T0 + 2)], build, [A], T0 + 2);
+      const [removed, recorded] = await whileHeld(
+        'SELECT 1 FROM deliveries WHERE event_id = $1 FOR UPDATE',
+        ['evt_a_completed'],
+        async () => {
+          // The leader writes the outcomes of both deliveries (they were claimed, pending, leased).
+          const recording = settled(
+            leader.recordAttempts([
+              outcome('evt_a_running', A, T0 + 1),
+              outcome('evt_a_completed', A, T0 + 2),
+            ]),
+          );
+          await lockWaiters(names, 1);
+          // DELETE /v1/exports/a on another replica.
+          const removing = settled(remover.removeExport('a'));
+          await lockWaiters(names, 2);
+          return () => Promise.all([removing, recording]);
+        },
+      );
+      expect(recorded).toBeUndefined();
+      expect(removed).toMatchObject({ removed: true });
+    });
+
+    it('a former leader writing outcomes while the new leader releases leases does not deadlock', async () => {
+      const names = ['watcher-test-outcomes', 'watcher-test-resume'];
+      const [former, leader] = (await replicas(...names)) as [PostgresStore, PostgresStore];
+      await former.addExports([{ ids: ['a'], metadata: null }], T0);
+      // evt_a_running is written (and claimed) first, but sorts after evt_a_completed.
+      await former.commitChanges([move('a', 'UNKNOWN', 'RUNNING', T0 + 1)], build, [A], T0 + 1);
+      await former.commitChanges([move('a', 'RUNNING', 'COMPLETED', T0 + 2)], build, [A], T0 + 2);
+      const claimed = await former.claimDue(A.key, T0 + 10, 10, T0 + 60_000);
+      expect(claimed.map((j) => j.eventId)).toEqual(['evt_a_running', 'evt_a_completed']);
+      const [recorded, released] = await whileHeld(
+        'SELECT 1 FROM deliveries WHERE event_id = $1 FOR UPDATE',
+        ['evt_a_completed'],
+        async () => {
+          // The former leader's attempts end; the new leader resumes (deliveries.resume).
+          const recording = settled(
+            former.recordAttempts([
+              outcome('evt_a_running', A, T0 + 1),
+              outcome('evt_a_completed', A, T0 + 2),
+            ]),
+          );
+          await lockWaiters(names, 1);
+          const releasing = settled(leader.releaseLeases(T0 + 20));
+          await lockWaiters(names, 2);
+          return () => Promise.all([recording, releasing]);
+        },
+      );
+      expect(recorded).toBeUndefined();
+      expect(released).toBeUndefined();
+    });
+
     it('spells out the active and finished states as the tracker defines them', () => {
       expect([...ACTIVE_STATES]).toEqual(EXPORT_STATES.filter((s) => !isTerminal(s)));
       expect([...FINISHED_STATES]).toEqual(EXPORT_STATES.filter((s) => isTerminal(s)));
