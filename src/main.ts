@@ -583,7 +583,8 @@ export class Daemon {
     const probe = this.client
       .rateLimit({ signal })
       .then((status) => {
-        this.limiter.observe(status);
+        // Free of the quota: not one of the calls in flight.
+        this.limiter.observe(status, false);
         this.#log.info(
           {
             limit: status.limit,

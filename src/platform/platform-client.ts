@@ -69,7 +69,11 @@ export const MAX_ANSWER_DEPTH = 128;
 export interface RequestGate {
   /** Runs `fn` when allowed; when `signal` aborts first, rejects with its reason without running it. */
   schedule<T>(fn: () => Promise<T>, signal?: AbortSignal): Promise<T>;
-  observe(info: RateInfo): void;
+  /**
+   * Reads an answer's quota headers. `fromCall` is false for the answer of a call that did not pass
+   * `schedule` (the free `GET /rate_limit`): it is not among the calls in flight.
+   */
+  observe(info: RateInfo, fromCall?: boolean): void;
   rateLimited(resetAt: number | undefined): void;
 }
 
@@ -461,7 +465,7 @@ export class PlatformClient {
     const linked = callSignal === undefined ? undefined : linkedSignal([this.#closing.signal, callSignal]);
     const signal = linked?.signal ?? this.#closing.signal;
     const attempt = async (attemptNumber: number): Promise<Answer> => {
-      const once = () => this.#once(route, method, path, body, attemptNumber, callSignal);
+      const once = () => this.#once(route, method, path, body, attemptNumber, callSignal, gated);
       if (signal.aborted) throw new AbortError(signal.reason as Error);
       try {
         return await (gated ? gate.schedule(once, callSignal) : once());
@@ -518,12 +522,13 @@ export class PlatformClient {
     body: unknown,
     attemptNumber: number,
     signal: AbortSignal | undefined,
+    gated: boolean,
   ): Promise<Answer> {
     const started = performance.now();
     let outcome: RequestOutcome = 'network';
     try {
       // A listing is read for ids and states only, and is neither stored nor logged: any depth will do.
-      const answer = await this.#send(method, path, body, signal, route !== 'list');
+      const answer = await this.#send(method, path, body, signal, route !== 'list', gated);
       outcome = 'ok';
       const items = (answer.json as { items?: unknown } | null)?.items;
       if ((route === 'bulk_get' || route === 'list') && !Array.isArray(items)) {
@@ -601,12 +606,13 @@ export class PlatformClient {
     body: unknown,
     signal: AbortSignal | undefined,
     limitDepth = true,
+    gated = true,
   ): Promise<Answer> {
     if (signal?.aborted) throw signal.reason;
     // The whole exchange, body included, is bounded; the signal is let go of when it ends.
     const limit = requestSignal([signal], this.#timeoutMs);
     try {
-      return await this.#exchange(method, path, body, signal, limit.signal, limitDepth);
+      return await this.#exchange(method, path, body, signal, limit.signal, limitDepth, gated);
     } finally {
       limit.dispose();
     }
@@ -619,6 +625,7 @@ export class PlatformClient {
     signal: AbortSignal | undefined,
     limit: RequestSignal,
     limitDepth: boolean,
+    gated: boolean,
   ): Promise<Answer> {
     let response: Dispatcher.ResponseData;
     try {
@@ -637,12 +644,20 @@ export class PlatformClient {
       throw transportError(error);
     }
     const rate = readRateHeaders(response.headers);
-    this.#gate.observe(rate);
+    this.#gate.observe(rate, gated);
     let text: string;
     try {
       text = await readCapped(response, this.#maxAnswerBytes);
     } catch (error) {
       if (signal?.aborted) throw signal.reason;
+      // A 429 or a 401 means what it means whatever its body: one whose body could not be read
+      // (cut off, too slow, too large) must still pause the calls until the reset, or stop them,
+      // not be retried at once as a bad answer. Other statuses need their body's code (a 503's 0,
+      // a 403's or 404's 9005/9008): those stay bad answers, retried.
+      const status = response.statusCode;
+      if ((status === 429 || status === 401) && error instanceof PlatformError) {
+        throw this.#statusError(status, undefined, rate, method, path);
+      }
       throw error;
     }
     let json: unknown = null;

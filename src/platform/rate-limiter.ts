@@ -75,7 +75,7 @@ export interface RateLimiterOptions {
 /** A gate for a part of the work limited to `max` requests per budget window (`share`). */
 export interface ShareGate {
   schedule<T>(fn: () => Promise<T>, signal?: AbortSignal): Promise<T>;
-  observe(info: RateInfo): void;
+  observe(info: RateInfo, fromCall?: boolean): void;
   rateLimited(resetAt: number | undefined): void;
   /** Requests of the share left in the current budget window. */
   left(): number;
@@ -297,7 +297,7 @@ export class RateLimiter {
     return {
       max,
       left: () => Math.max(0, max - used()),
-      observe: (info) => this.observe(info),
+      observe: (info, fromCall) => this.observe(info, fromCall),
       rateLimited: (resetAt) => this.rateLimited(resetAt),
       schedule: <T>(fn: () => Promise<T>, signal?: AbortSignal): Promise<T> => {
         if (used() >= max) {
@@ -314,8 +314,12 @@ export class RateLimiter {
     };
   }
 
-  /** Reads the quota headers of an answer. Call it for every answer, successful or not. */
-  observe(info: RateInfo): void {
+  /**
+   * Reads the quota headers of an answer. Call it for every answer, successful or not. `fromCall`:
+   * the answer is to a call this limiter started (still counted in flight while its answer is
+   * read); false for one that did not pass it (the free `GET /rate_limit`, or its body).
+   */
+  observe(info: RateInfo, fromCall = true): void {
     const now = this.#now();
     // Only an answer that says what is left ends a probe's turn: a headerless one (an older
     // call's, a proxy's 502) must not turn the pending probe into an ordinary call.
@@ -328,10 +332,28 @@ export class RateLimiter {
     if (resetAt !== undefined && resetAt === info.resetAt) this.#alignBudgetWindow(resetAt, now);
     if (info.remaining !== undefined) {
       // The answering call is still counted in flight; the others may not be in `remaining` yet.
-      const others = Math.max(0, this.#inFlight - 1);
+      const others = Math.max(0, this.#inFlight - (fromCall ? 1 : 0));
       // Whole requests (a caller other than the client may pass what it read as is).
-      this.#platformRemaining = Math.max(0, Math.floor(info.remaining) - others);
-      this.#setPlatformReset(resetAt, now);
+      const reportedLeft = Math.max(0, Math.floor(info.remaining) - others);
+      const known = this.#platformRemaining;
+      const knownReset = this.#platformResetAt;
+      if (
+        known !== undefined &&
+        knownReset !== undefined &&
+        (resetAt === undefined || resetAt <= knownReset)
+      ) {
+        // The same platform window (or an older one): what is left there only ever falls. The
+        // platform counts a request when it arrives, so a slow call's answer read after a later
+        // call's (or after a 429) says more is left than is: it may lower the count, never raise
+        // it, and never lift a pause before the reset already known.
+        if (reportedLeft < known) {
+          this.#platformRemaining = reportedLeft;
+          this.#setPlatformReset(knownReset, now);
+        }
+      } else {
+        this.#platformRemaining = reportedLeft;
+        this.#setPlatformReset(resetAt, now);
+      }
     } else if (this.#platformRemaining === 0 && this.#platformTimer === undefined && this.#probesOut === 0) {
       // Spent down to nothing by our own count, with no reset or probe to wait for, and the
       // platform no longer says what is left: our own budget governs again, as before its first
