@@ -190,6 +190,26 @@ describe('Scheduler', () => {
     expect(new Set(h.calls.flatMap((c) => c.ids)).size).toBe(250);
   });
 
+  it('lets ids registered at different moments share calls: a call with room takes ids due within half an interval', async () => {
+    h = harness({ pollIntervalMs: 10_000 });
+    h.scheduler.start();
+    // 50 ids, one every 200 ms (as other systems register them, one at a time).
+    for (let i = 0; i < 50; i++) {
+      add(h, [`x${i}`]);
+      await vi.advanceTimersByTimeAsync(200);
+    }
+    const before = h.calls.length;
+    await vi.advanceTimersByTimeAsync(30_000);
+    // Once they share calls: one call a round for all 50, not 50 calls of one id.
+    const lastRound = h.calls.slice(before).filter((c) => c.at >= 30_000);
+    expect(lastRound.map((c) => c.ids.length)).toEqual([50]);
+    expect(h.calls.length - before).toBeLessThanOrEqual(6);
+    // None is checked more often than the interval asks once merged, nor less often.
+    const times = h.calls.filter((c) => c.ids.includes('x0')).map((c) => c.at);
+    const gaps = times.slice(1).map((t, i) => t - (times[i] as number));
+    expect(Math.max(...gaps)).toBeLessThanOrEqual(10_000);
+  });
+
   it('never has two checks of one export in flight', async () => {
     h = harness({ maxOutstanding: 2 });
     let release!: () => void;

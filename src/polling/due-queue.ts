@@ -187,17 +187,25 @@ export class DueQueue<T extends DueEntry> {
 
   /**
    * Up to `max` ids due at `now`, skipping those for which `skip(id)` holds. `skip` is asked only
-   * about due entries, so it runs at most `max` + (skipped entries) times.
+   * about due entries, so it runs at most `max` + (skipped entries) times. When at least one id is
+   * due, the room left is filled with ids falling due within `earlyMs` (checked a little early,
+   * they share this call from then on, instead of each going in a call of its own at its own time).
    */
-  take(now: number, intervalMs: number, max: number, skip: (id: string) => boolean): DueIds {
+  take(now: number, intervalMs: number, max: number, skip: (id: string) => boolean, earlyMs = 0): DueIds {
     const due: string[] = [];
     for (let e = this.#unchecked.first(); e && due.length < max; e = this.#unchecked.after(e)) {
       if (!skip(e.id)) due.push(e.id);
     }
     this.#stepBack(now);
+    // How far past `now` an entry may fall due and still be taken: once something is due (a call
+    // goes out anyway), its room is filled with entries falling due within `earlyMs`.
+    let horizon = now;
     for (let e = this.#checked.first(); e && due.length < max; e = this.#checked.after(e)) {
       const dueAt = this.#dueTime(e, now, intervalMs);
-      if (dueAt > now) return { due, nextDueAt: dueAt };
+      if (dueAt > horizon) {
+        if (due.length === 0 || dueAt > now + earlyMs) return { due, nextDueAt: dueAt };
+        horizon = now + earlyMs;
+      }
       if (!skip(e.id)) due.push(e.id);
     }
     return { due, nextDueAt: undefined };

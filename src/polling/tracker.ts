@@ -288,6 +288,9 @@ export class Tracker {
    * nothing is held.
    *
    * `only`: ids of that kind alone (the other one is held back), as if the tracker held no other.
+   *
+   * `earlyMs`: when something is due, the batch's room is filled with ids of its kind falling due
+   * within that long (see `DueQueue.take`).
    */
   takeDue(
     now: number,
@@ -295,14 +298,15 @@ export class Tracker {
     max: number,
     skip: (id: string) => boolean,
     only?: JobKind,
+    earlyMs = 0,
   ): DueIds {
     const exports = this.#due.export;
     const imports = this.#due.import;
-    if (only === 'export') return exports.take(now, intervalMs, max, skip);
-    if (only === 'import') return { kind: 'import', ...imports.take(now, intervalMs, max, skip) };
+    if (only === 'export') return exports.take(now, intervalMs, max, skip, earlyMs);
+    if (only === 'import') return { kind: 'import', ...imports.take(now, intervalMs, max, skip, earlyMs) };
     // One kind held (the usual case): its walk, with nothing looked at twice.
-    if (imports.isEmpty()) return exports.take(now, intervalMs, max, skip);
-    if (exports.isEmpty()) return { kind: 'import', ...imports.take(now, intervalMs, max, skip) };
+    if (imports.isEmpty()) return exports.take(now, intervalMs, max, skip, earlyMs);
+    if (exports.isEmpty()) return { kind: 'import', ...imports.take(now, intervalMs, max, skip, earlyMs) };
     const heads = JOB_KINDS.map((kind) => ({ kind, head: this.#due[kind].first(now, intervalMs, skip) }));
     let chosen: { kind: JobKind; entry: Entry; unchecked: boolean; dueAt: number } | undefined;
     let nextDueAt: number | undefined;
@@ -315,7 +319,7 @@ export class Tracker {
       if (!chosen || waitedLonger(candidate, chosen)) chosen = candidate;
     }
     if (!chosen) return { due: [], nextDueAt };
-    const taken = this.#due[chosen.kind].take(now, intervalMs, max, skip);
+    const taken = this.#due[chosen.kind].take(now, intervalMs, max, skip, earlyMs);
     const otherDue = heads.some(({ kind, head }) => kind !== chosen.kind && head.entry !== undefined);
     let next: number | undefined;
     if (taken.due.length < max && !otherDue) {
