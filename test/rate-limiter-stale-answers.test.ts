@@ -87,6 +87,78 @@ describe('a stale answer (a slow call read after a later one)', () => {
     // 3 were left at the start of the window: at most 3 calls before the reset.
     expect(starts.length).toBeLessThanOrEqual(3);
   });
+
+  it('a stale answer does not lift a pause when the reset is one not believed (the fallback)', async () => {
+    limiter = new RateLimiter({ budget: 100, windowMs: 300_000, resetMarginMs: 0 });
+    // A reset header that cannot be believed (milliseconds sent as seconds: days ahead).
+    const broken = T0 * 1000;
+    const starts: number[] = [];
+    const slow = slowCall(limiter, starts);
+    await vi.advanceTimersByTimeAsync(20);
+    const fast = slowCall(limiter, starts);
+    await vi.advanceTimersByTimeAsync(3000);
+    expect(starts).toHaveLength(2);
+    fast.answer({ limit: 1000, remaining: 0, resetAt: broken });
+    await fast.done;
+    const pausedUntil = limiter.pausedUntil();
+    expect(pausedUntil).toBeDefined();
+    await vi.advanceTimersByTimeAsync(2000);
+    // The slow call, counted first by the platform (4 left then), is read now.
+    slow.answer({ limit: 1000, remaining: 4, resetAt: broken });
+    await slow.done;
+    for (let i = 0; i < 4; i++) slowCall(limiter, starts);
+    await vi.advanceTimersByTimeAsync(60_000);
+    // The platform said nothing is left: held until the (fallback) reset.
+    expect(starts).toHaveLength(2);
+    expect(limiter.pausedUntil()).toBe(pausedUntil);
+  });
+
+  it('a 429 that named no reset is held only until the reset a later answer names', async () => {
+    limiter = new RateLimiter({ budget: 100, windowMs: 300_000, resetMarginMs: 0 });
+    const starts: number[] = [];
+    const a = slowCall(limiter, starts);
+    await vi.advanceTimersByTimeAsync(20);
+    const b = slowCall(limiter, starts);
+    await vi.advanceTimersByTimeAsync(3000);
+    expect(starts).toHaveLength(2);
+    // b meets a 429 without X-RateLimit-Reset: the fallback pause (5 minutes).
+    b.answer({});
+    limiter.rateLimited(undefined);
+    await b.done;
+    expect(limiter.pausedUntil()).toBe(Date.now() + 300_000);
+    // a's answer says nothing is left either, and when the platform's window resets: in 20 s.
+    const reset = Date.now() + 20_000;
+    a.answer({ limit: 1000, remaining: 0, resetAt: reset });
+    await a.done;
+    expect(limiter.pausedUntil()).toBe(reset);
+    slowCall(limiter, starts);
+    await vi.advanceTimersByTimeAsync(25_000);
+    expect(starts).toHaveLength(3);
+  });
+
+  it("an old window's answer, read after the new window's, does not pause the new window", async () => {
+    limiter = new RateLimiter({ budget: 1000, windowMs: 300_000, resetMarginMs: 0 });
+    const oldReset = T0 + 10_000;
+    limiter.observe({ limit: 1000, remaining: 5, resetAt: oldReset }, false);
+    const starts: number[] = [];
+    // A slow call goes in the old window: the platform counts it there (its last request: 0 left).
+    const slow = slowCall(limiter, starts);
+    await vi.advanceTimersByTimeAsync(15_000);
+    // The old window is over; a call of the new one is answered: 999 left until the new reset.
+    const newReset = oldReset + 300_000;
+    const fresh = slowCall(limiter, starts);
+    await vi.advanceTimersByTimeAsync(100);
+    expect(starts).toHaveLength(2);
+    fresh.answer({ limit: 1000, remaining: 999, resetAt: newReset });
+    await fresh.done;
+    // The slow call's answer, written in the old window, is read now.
+    slow.answer({ limit: 1000, remaining: 0, resetAt: oldReset });
+    await slow.done;
+    expect(limiter.pausedUntil()).toBeUndefined();
+    for (let i = 0; i < 3; i++) slowCall(limiter, starts);
+    await vi.advanceTimersByTimeAsync(10_000);
+    expect(starts).toHaveLength(5);
+  });
 });
 
 describe('through the client, on loopback', () => {

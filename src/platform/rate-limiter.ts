@@ -337,18 +337,28 @@ export class RateLimiter {
       const reportedLeft = Math.max(0, Math.floor(info.remaining) - others);
       const known = this.#platformRemaining;
       const knownReset = this.#platformResetAt;
-      if (
-        known !== undefined &&
+      // A reset the platform reported (not the fallback standing in for one not believed, which
+      // lies a fallback pause past every answer's `now` and would pass for a newer window).
+      const believed = resetAt !== undefined && resetAt === info.resetAt;
+      // A reported reset already past, while a later one is known: the answer of a call counted in
+      // an older window (a slow one), which says nothing of the current window's count.
+      const older =
+        reported !== undefined &&
+        reported === info.resetAt &&
+        reported <= now &&
         knownReset !== undefined &&
-        (resetAt === undefined || resetAt <= knownReset)
-      ) {
+        reported < knownReset;
+      if (known !== undefined && knownReset !== undefined && (older || !believed || resetAt <= knownReset)) {
         // The same platform window (or an older one): what is left there only ever falls. The
         // platform counts a request when it arrives, so a slow call's answer read after a later
         // call's (or after a 429) says more is left than is: it may lower the count, never raise
-        // it, and never lift a pause before the reset already known.
-        if (reportedLeft < known) {
-          this.#platformRemaining = reportedLeft;
-          this.#setPlatformReset(knownReset, now);
+        // it, and never lift a pause before the reset already known. A reported reset earlier than
+        // the known one (the fallback of a 429 that named none) is when the count is forgotten.
+        const left = older ? known : Math.min(known, reportedLeft);
+        const until = believed && resetAt < knownReset ? resetAt : knownReset;
+        if (left < known || until < knownReset) {
+          this.#platformRemaining = left;
+          this.#setPlatformReset(until, now);
         }
       } else {
         this.#platformRemaining = reportedLeft;
