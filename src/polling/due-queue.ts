@@ -138,21 +138,12 @@ export class DueQueue<T extends DueEntry> {
   }
 
   /**
-   * When a checked entry falls due. One moved ahead by a step back of the clock, or last checked
-   * later than `now`, is due at once (checked again, it takes its place by the new clock).
+   * When a checked entry falls (or fell) due. One moved ahead by a step back of the clock fell due
+   * when the step was seen, and one last checked later than `now` is due now: either way at once
+   * (checked again, it takes its place by the new clock), and not behind the other kind's entries
+   * for as long as the step.
    */
   #dueTime(e: T, now: number, intervalMs: number): number {
-    const last = e.lastCheckedAt as number;
-    if (last > now || (this.#steppedBack.size > 0 && this.#steppedBack.has(e))) return now;
-    return last + intervalMs;
-  }
-
-  /**
-   * When a due checked entry fell due: one moved ahead by a step back of the clock, when the step
-   * was seen (not its last check, "in the future"), so that it does not wait behind the other
-   * kind's entries for as long as the step.
-   */
-  #fellDue(e: T, now: number, intervalMs: number): number {
     const stepped = this.#steppedBack.size > 0 ? this.#steppedBack.get(e) : undefined;
     if (stepped !== undefined) return Math.min(stepped, now);
     const last = e.lastCheckedAt as number;
@@ -180,7 +171,7 @@ export class DueQueue<T extends DueEntry> {
     for (let e = this.#checked.first(); e; e = this.#checked.after(e)) {
       const dueAt = this.#dueTime(e, now, intervalMs);
       if (dueAt > now) return { entry: undefined, nextDueAt: dueAt };
-      if (!skip(e.id)) return { entry: e, unchecked: false, dueAt: this.#fellDue(e, now, intervalMs) };
+      if (!skip(e.id)) return { entry: e, unchecked: false, dueAt };
     }
     return { entry: undefined, nextDueAt: undefined };
   }

@@ -155,6 +155,8 @@ export class Scheduler {
   readonly #unauthorizedRetryMs: number;
   readonly #failurePauseMs: number;
   readonly #failurePauseMaxMs: number;
+  /** The longest wait the scheduler ever sets: no wait reaches further (see `#boundWaits`). */
+  readonly #longestWaitMs: number;
   readonly #heartbeatMs: number;
 
   #mode: SchedulerMode = 'idle';
@@ -234,6 +236,12 @@ export class Scheduler {
     this.#failurePauseMs = options.failurePauseMs ?? 1000;
     this.#failurePauseMaxMs = options.failurePauseMaxMs ?? 60_000;
     this.#heartbeatMs = options.heartbeatMs ?? 5000;
+    this.#longestWaitMs = Math.max(
+      this.#failurePauseMaxMs,
+      this.#unauthorizedRetryMs,
+      MAX_ISOLATED_RETRY_MS,
+      this.#interval,
+    );
   }
 
   get mode(): SchedulerMode {
@@ -699,13 +707,7 @@ export class Scheduler {
    * NTP correction), a pause or a held group would otherwise last as long as the step.
    */
   #boundWaits(now: number): void {
-    const longest = Math.max(
-      this.#failurePauseMaxMs,
-      this.#unauthorizedRetryMs,
-      MAX_ISOLATED_RETRY_MS,
-      this.#interval,
-    );
-    const bound = (until: number): number => Math.min(until, now + longest);
+    const bound = (until: number): number => Math.min(until, now + this.#longestWaitMs);
     this.#pausedUntil = bound(this.#pausedUntil);
     for (const kind of ['export', 'import'] as const) {
       this.#kindPausedUntil[kind] = bound(this.#kindPausedUntil[kind]);
