@@ -4,14 +4,12 @@
  * it rejects with the signal's reason, makes no further request, and reports no outcome on the bus
  * (an aborted request is not a platform failure). Real HTTP on loopback, a real limiter.
  */
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
-import pino from 'pino';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import { afterEach, describe, expect, it } from 'vitest';
-import { PlatformClient } from '../src/platform/platform-client.js';
 import { RateLimiter } from '../src/platform/rate-limiter.js';
 import { Bus, type WatcherEvents } from '../src/shared/bus.js';
 import { PlatformError } from '../src/shared/errors.js';
+import { loopbackPlatform, platformClient } from './helpers/platform.js';
 
 const cleanups: Array<() => unknown> = [];
 afterEach(async () => {
@@ -19,38 +17,19 @@ afterEach(async () => {
 });
 
 /** A platform whose every answer `respond` decides; counts the requests it got. */
-async function platform(respond: (req: IncomingMessage, res: ServerResponse) => void) {
-  const seen: string[] = [];
-  const server: Server = createServer((req, res) => {
-    seen.push(`${req.method} ${req.url}`);
-    respond(req, res);
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  cleanups.push(
-    () =>
-      new Promise<void>((resolve) => {
-        server.closeAllConnections();
-        server.close(() => resolve());
-      }),
-  );
-  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/v2`, seen };
-}
+const platform = (respond: (req: IncomingMessage, res: ServerResponse) => void) =>
+  loopbackPlatform(cleanups, respond);
 
 function client(endpoint: string, limiter = new RateLimiter({ budget: 1000, windowMs: 60_000 })) {
   const bus = new Bus();
   const outcomes: Array<WatcherEvents['platform.request']> = [];
   bus.on('platform.request', (r) => outcomes.push(r));
-  const c = new PlatformClient({
-    endpoint,
-    token: 'tok_abort_test_1',
-    gate: limiter,
-    userAgent: 'sbg-export-watcher/test',
-    log: pino({ level: 'silent' }),
+  const { client: c } = platformClient(cleanups, endpoint, {
+    limiter,
     bus,
+    token: 'tok_abort_test_1',
     retry: { retries: 3, minTimeoutMs: 200, maintenanceMaxDelayMs: 60_000 },
   });
-  cleanups.push(() => limiter.stop());
-  cleanups.push(() => c.destroy());
   return { client: c, outcomes, limiter };
 }
 

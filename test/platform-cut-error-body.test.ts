@@ -3,54 +3,37 @@
  * timeout): the status line and headers came, and a 429 is a 429 whatever its body. It must stop
  * the calls (the limiter is told), not be retried at once as a malformed answer.
  */
-import { createServer } from 'node:http';
-import pino from 'pino';
 import { afterEach, expect, it } from 'vitest';
-import { PlatformClient } from '../src/platform/platform-client.js';
 import { RateLimiter } from '../src/platform/rate-limiter.js';
 import { PlatformError } from '../src/shared/errors.js';
+import { type Cleanups, loopbackPlatform, platformClient } from './helpers/platform.js';
 
-const cleanups: Array<() => Promise<unknown>> = [];
+const cleanups: Cleanups = [];
 afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
 
 /** Answers every request `status` with a body declared as 200 bytes, cut off after 10. */
 async function cutOff(status: number): Promise<{ endpoint: string; requests: () => number }> {
-  let n = 0;
-  const server = createServer((req, res) => {
-    n++;
+  const { url, seen } = await loopbackPlatform(cleanups, (req, res) => {
     res.writeHead(status, { 'content-type': 'application/json', 'content-length': '200' });
     res.write('{"status":');
     // The rest never comes: the connection is reset once the headers and 10 bytes are out.
     setImmediate(() => req.socket.destroy());
   });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
-  cleanups.push(() => new Promise((r) => server.close(() => r(undefined))));
-  return {
-    endpoint: `http://127.0.0.1:${(server.address() as { port: number }).port}/v2`,
-    requests: () => n,
-  };
+  return { endpoint: url, requests: () => seen.length };
 }
 
-async function clientFor(endpoint: string) {
-  const limiter = new RateLimiter({ budget: 100, windowMs: 60_000 });
-  cleanups.push(() => limiter.stop());
-  const client = new PlatformClient({
-    endpoint,
+const clientFor = (endpoint: string) =>
+  platformClient(cleanups, endpoint, {
+    limiter: new RateLimiter({ budget: 100, windowMs: 60_000 }),
     token: 'a-token-of-32-characters-0123456',
-    gate: limiter,
-    userAgent: 't',
-    log: pino({ level: 'silent' }),
     retry: { retries: 4, minTimeoutMs: 1, maintenanceMaxDelayMs: 5 },
   });
-  cleanups.push(() => client.destroy());
-  return { client, limiter };
-}
 
 it('a 429 whose body is cut off is a 429: the limiter pauses, no retry is sent', async () => {
   const platform = await cutOff(429);
-  const { client, limiter } = await clientFor(platform.endpoint);
+  const { client, limiter } = clientFor(platform.endpoint);
   const error = await client.checkStatuses(['e1', 'e2']).catch((e: unknown) => e);
   expect(error).toBeInstanceOf(PlatformError);
   expect((error as PlatformError).code).toBe('PLATFORM_RATE_LIMITED');
@@ -61,7 +44,7 @@ it('a 429 whose body is cut off is a 429: the limiter pauses, no retry is sent',
 
 it('a 401 whose body is cut off is a refused token, not a malformed answer retried 4 times', async () => {
   const platform = await cutOff(401);
-  const { client } = await clientFor(platform.endpoint);
+  const { client } = clientFor(platform.endpoint);
   const error = await client.checkStatuses(['e1', 'e2']).catch((e: unknown) => e);
   expect((error as PlatformError).code).toBe('PLATFORM_UNAUTHORIZED');
   expect(platform.requests()).toBe(1);

@@ -3,14 +3,11 @@
  * flight. What it says is left must be lowered by every counted call in flight (none of them may
  * be counted in it yet), not by all but one as for the answer of a counted call.
  */
-import { createServer, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
-import pino from 'pino';
+import type { ServerResponse } from 'node:http';
 import { afterEach, expect, it } from 'vitest';
-import { PlatformClient } from '../src/platform/platform-client.js';
-import { RateLimiter } from '../src/platform/rate-limiter.js';
+import { type Cleanups, loopbackPlatform, platformClient } from './helpers/platform.js';
 
-const cleanups: Array<() => unknown> = [];
+const cleanups: Cleanups = [];
 afterEach(async () => {
   for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
 });
@@ -22,7 +19,7 @@ it('the free quota read counts every call in flight against what it says is left
   const twoHeld = new Promise<void>((resolve) => {
     sawHeld = resolve;
   });
-  const server = createServer((req, res) => {
+  const { url } = await loopbackPlatform(cleanups, (req, res) => {
     if (req.url?.endsWith('/rate_limit')) {
       res
         .writeHead(200, {
@@ -38,25 +35,7 @@ it('the free quota read counts every call in flight against what it says is left
     held.push(res);
     if (held.length === 2) sawHeld();
   });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  cleanups.push(
-    () =>
-      new Promise<void>((resolve) => {
-        server.closeAllConnections();
-        server.close(() => resolve());
-      }),
-  );
-  const limiter = new RateLimiter({ budget: 1000, windowMs: 60_000 });
-  const client = new PlatformClient({
-    endpoint: `http://127.0.0.1:${(server.address() as AddressInfo).port}/v2`,
-    token: 'tok_rate_read_test_1',
-    gate: limiter,
-    userAgent: 't',
-    log: pino({ level: 'silent' }),
-    retry: { retries: 0, minTimeoutMs: 1, maintenanceMaxDelayMs: 5 },
-  });
-  cleanups.push(() => limiter.stop());
-  cleanups.push(() => client.destroy());
+  const { client, limiter } = platformClient(cleanups, url, { token: 'tok_rate_read_test_1' });
 
   const checks = [client.checkStatuses(['e1']), client.checkStatuses(['e2'])].map((p) => p.catch(() => 'x'));
   await twoHeld;

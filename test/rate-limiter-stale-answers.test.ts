@@ -43,17 +43,23 @@ describe('a stale answer (a slow call read after a later one)', () => {
     return { answer: (info: Parameters<RateLimiter['observe']>[0]) => answer(info), done: p };
   }
 
+  /** Two slow calls on the wire, the first started before the second (as the platform counts them). */
+  async function twoOnTheWire(l: RateLimiter, starts: number[]) {
+    const first = slowCall(l, starts);
+    await vi.advanceTimersByTimeAsync(HOPS);
+    const second = slowCall(l, starts);
+    await vi.advanceTimersByTimeAsync(3000);
+    expect(starts).toHaveLength(2);
+    return [first, second] as const;
+  }
+
   it('does not lift the pause of a 429 before the reset', async () => {
     limiter = new RateLimiter({ budget: 100, windowMs: 300_000, resetMarginMs: 0 });
     const reset = T0 + 60_000;
     const starts: number[] = [];
     // A slow call goes first (the platform counts it: 4 left), then a fast one meets a 429 (the
     // user's other tools spent the rest meanwhile).
-    const slow = slowCall(limiter, starts);
-    await vi.advanceTimersByTimeAsync(HOPS);
-    const fast = slowCall(limiter, starts);
-    await vi.advanceTimersByTimeAsync(3000);
-    expect(starts).toHaveLength(2);
+    const [slow, fast] = await twoOnTheWire(limiter, starts);
     fast.answer({ limit: 1000, remaining: 0, resetAt: reset });
     limiter.rateLimited(reset);
     await fast.done;
@@ -93,11 +99,7 @@ describe('a stale answer (a slow call read after a later one)', () => {
     // A reset header that cannot be believed (milliseconds sent as seconds: days ahead).
     const broken = T0 * 1000;
     const starts: number[] = [];
-    const slow = slowCall(limiter, starts);
-    await vi.advanceTimersByTimeAsync(20);
-    const fast = slowCall(limiter, starts);
-    await vi.advanceTimersByTimeAsync(3000);
-    expect(starts).toHaveLength(2);
+    const [slow, fast] = await twoOnTheWire(limiter, starts);
     fast.answer({ limit: 1000, remaining: 0, resetAt: broken });
     await fast.done;
     const pausedUntil = limiter.pausedUntil();
@@ -116,11 +118,7 @@ describe('a stale answer (a slow call read after a later one)', () => {
   it('a 429 that named no reset is held only until the reset a later answer names', async () => {
     limiter = new RateLimiter({ budget: 100, windowMs: 300_000, resetMarginMs: 0 });
     const starts: number[] = [];
-    const a = slowCall(limiter, starts);
-    await vi.advanceTimersByTimeAsync(20);
-    const b = slowCall(limiter, starts);
-    await vi.advanceTimersByTimeAsync(3000);
-    expect(starts).toHaveLength(2);
+    const [a, b] = await twoOnTheWire(limiter, starts);
     // b meets a 429 without X-RateLimit-Reset: the fallback pause (5 minutes).
     b.answer({});
     limiter.rateLimited(undefined);

@@ -88,6 +88,20 @@ function final(
   };
 }
 
+/** A third attempt refused with a 503, the delivery pending again at `at`. */
+function refusedThird(eventId: string, ref: EndpointRef, at: number): Outcome {
+  return {
+    eventId,
+    endpointKey: ref.key,
+    status: 'pending',
+    attempts: 3,
+    nextAttemptAt: at,
+    lastStatus: 503,
+    lastError: 'HTTP 503',
+    finishedAt: null,
+  };
+}
+
 function freshDelivery(eventId: string, ref: EndpointRef, at: number): StoredDelivery {
   return {
     eventId,
@@ -731,16 +745,7 @@ export function describeStoreContract(
 
       it('keeps the last status and error when a record counts no new attempt (a claim let go untried)', async () => {
         const now = T0 + 10 * SECOND;
-        const retry = {
-          eventId: id,
-          endpointKey: A.key,
-          status: 'pending' as const,
-          attempts: 3,
-          nextAttemptAt: now,
-          lastStatus: 503,
-          lastError: 'HTTP 503',
-          finishedAt: null,
-        };
+        const retry = refusedThird(id, A, now);
         await recordOutcomes([retry]);
         await store.claimDue(A.key, now, 10, now + HOUR);
         // Let go at shutdown before it was tried: the same attempts, nothing known of an answer.
@@ -1587,16 +1592,7 @@ export function describeStoreContract(
         await watchThrough(['a'], ['COMPLETED'], [A]);
         const id = eventId('a', 'COMPLETED');
         const now = T0 + 10 * SECOND;
-        const retry = {
-          eventId: id,
-          endpointKey: A.key,
-          status: 'pending' as const,
-          attempts: 3,
-          nextAttemptAt: now,
-          lastStatus: 503,
-          lastError: 'HTTP 503',
-          finishedAt: null,
-        };
+        const retry = refusedThird(id, A, now);
         // The retry, then the same delivery let go untried (no new attempt), in one batch.
         await recordOutcomes([
           retry,

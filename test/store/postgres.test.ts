@@ -210,6 +210,32 @@ await describeWithPostgres('PostgreSQL store', (server) => {
     /** A call's result, or its error's text: a deadlock (40P01) shows as "deadlock detected". */
     const settled = <T>(p: Promise<T>): Promise<T | string> => p.catch((error: unknown) => String(error));
 
+    /**
+     * Starts `first`, then, once it waits on the rows a third session holds (see `whileHeld`),
+     * `second`, then lets go: both under way at once. Resolves with what each settled to.
+     */
+    const raceWhileHeld = <A, B>(
+      lock: string,
+      params: unknown[],
+      names: readonly string[],
+      first: () => Promise<A>,
+      second: () => Promise<B>,
+    ) =>
+      whileHeld(lock, params, async () => {
+        const a = settled(first());
+        await lockWaiters(names, 1);
+        const b = settled(second());
+        await lockWaiters(names, 2);
+        return () => Promise.all([a, b]);
+      });
+
+    /** Export `a` watched, then RUNNING (at T0 + 1), then COMPLETED (at T0 + 2): two events to A. */
+    async function runningThenCompleted(store: PostgresStore): Promise<void> {
+      await store.addExports([{ ids: ['a'], metadata: null }], T0);
+      await store.commitChanges([move('a', 'UNKNOWN', 'RUNNING', T0 + 1)], build, [A], T0 + 1);
+      await store.commitChanges([move('a', 'RUNNING', 'COMPLETED', T0 + 2)], build, [A], T0 + 2);
+    }
+
     const outcome = (eventId: string, ref: EndpointRef, seriesStartedAt = T0): AttemptRecord => ({
       eventId,
       endpointKey: ref.key,
@@ -232,18 +258,12 @@ await describeWithPostgres('PostgreSQL store', (server) => {
       const [leader, replica] = (await replicas(...APPS)) as [PostgresStore, PostgresStore];
       await leader.addExports([{ ids: ['a'], metadata: null }], T0);
       await leader.commitChanges([move('a', 'UNKNOWN', 'COMPLETED', T0)], build, [first, second], T0);
-      const results = await whileHeld(
+      const results = await raceWhileHeld(
         'SELECT 1 FROM deliveries WHERE event_id = $1 AND endpoint_key = $2 FOR UPDATE',
         ['evt_a_completed', second.key],
-        async () => {
-          const recording = settled(
-            leader.recordAttempts([outcome('evt_a_completed', second), outcome('evt_a_completed', first)]),
-          );
-          await lockWaiters(APPS, 1);
-          const redelivering = settled(replica.redeliver('evt_a_completed', [first, second], T0 + 10));
-          await lockWaiters(APPS, 2);
-          return () => Promise.all([recording, redelivering]);
-        },
+        APPS,
+        () => leader.recordAttempts([outcome('evt_a_completed', second), outcome('evt_a_completed', first)]),
+        () => replica.redeliver('evt_a_completed', [first, second], T0 + 10),
       );
       expect(results).toEqual([undefined, 2]);
       const again = { status: 'pending', attempts: 0, seriesStartedAt: T0 + 10, lastStatus: 503 };
@@ -262,21 +282,13 @@ await describeWithPostgres('PostgreSQL store', (server) => {
         [first, second],
         T0,
       );
-      const results = await whileHeld(
+      const results = await raceWhileHeld(
         'SELECT 1 FROM deliveries WHERE event_id = $1 AND endpoint_key = $2 FOR UPDATE',
         ['evt_a_completed', second.key],
-        async () => {
-          const recording = settled(
-            leader.recordAttempts([outcome('evt_a_completed', second), outcome('evt_b_completed', first)]),
-          );
-          await lockWaiters(APPS, 1);
-          // POST /v1/events/redeliver {"status": "pending"} on the other replica.
-          const redelivering = settled(
-            replica.redeliverSince(T0, 'pending', T0 + 10, [first.key, second.key]),
-          );
-          await lockWaiters(APPS, 2);
-          return () => Promise.all([recording, redelivering]);
-        },
+        APPS,
+        () => leader.recordAttempts([outcome('evt_a_completed', second), outcome('evt_b_completed', first)]),
+        // POST /v1/events/redeliver {"status": "pending"} on the other replica.
+        () => replica.redeliverSince(T0, 'pending', T0 + 10, [first.key, second.key]),
       );
       expect(results).toEqual([undefined, 4]);
       const deliveries = (await leader.listEvents({ limit: 10 })).items.flatMap((e) => e.deliveries);
@@ -291,16 +303,12 @@ await describeWithPostgres('PostgreSQL store', (server) => {
       await remover.addExports([{ ids: ['a'], metadata: null }], T0);
       await remover.commitChanges([move('a', 'UNKNOWN', 'COMPLETED', T0)], build, [A], T0);
       // DELETE /v1/exports/a on one replica, POST /v1/events/evt_a_completed/redeliver on another.
-      const [removed, redelivered] = await whileHeld(
+      const [removed, redelivered] = await raceWhileHeld(
         'SELECT 1 FROM deliveries WHERE event_id = $1 FOR UPDATE',
         ['evt_a_completed'],
-        async () => {
-          const removing = settled(remover.removeExport('a'));
-          await lockWaiters(names, 1);
-          const redelivering = settled(replica.redeliver('evt_a_completed', [A], T0 + 10));
-          await lockWaiters(names, 2);
-          return () => Promise.all([removing, redelivering]);
-        },
+        names,
+        () => remover.removeExport('a'),
+        () => replica.redeliver('evt_a_completed', [A], T0 + 10),
       );
       expect(removed).toEqual({ removed: true, cancelledDeliveries: 1 });
       // The event went with the export (it had no delivery left): nothing to redeliver (404).
@@ -311,9 +319,7 @@ await describeWithPostgres('PostgreSQL store', (server) => {
     it('removing an export while its failed deliveries are redelivered (since) does not deadlock', async () => {
       const names = ['watcher-test-remove', 'watcher-test-redeliver'];
       const [remover, replica] = (await replicas(...names)) as [PostgresStore, PostgresStore];
-      await remover.addExports([{ ids: ['a'], metadata: null }], T0);
-      await remover.commitChanges([move('a', 'UNKNOWN', 'RUNNING', T0 + 1)], build, [A], T0 + 1);
-      await remover.commitChanges([move('a', 'RUNNING', 'COMPLETED', T0 + 2)], build, [A], T0 + 2);
+      await runningThenCompleted(remover);
       const failed = (eventId: string, at: number): AttemptRecord => ({
         ...outcome(eventId, A, at),
         status: 'failed',
@@ -344,27 +350,17 @@ await describeWithPostgres('PostgreSQL store', (server) => {
     it('removing an export while a batch of outcomes of its events is written does not deadlock', async () => {
       const names = ['watcher-test-remove', 'watcher-test-outcomes'];
       const [remover, leader] = (await replicas(...names)) as [PostgresStore, PostgresStore];
-      await remover.addExports([{ ids: ['a'], metadata: null }], T0);
       // evt_a_running is written first (earlier, and first on disk), but sorts after evt_a_completed.
-      await remover.commitChanges([move('a', 'UNKNOWN', 'RUNNING', T0 + 1)], build, [A], T0 + 1);
-      await remover.commitChanges([move('a', 'RUNNING', 'COMPLETED', T0 + 2)], build, [A], T0 + 2);
-      const [removed, recorded] = await whileHeld(
+      await runningThenCompleted(remover);
+      const [recorded, removed] = await raceWhileHeld(
         'SELECT 1 FROM deliveries WHERE event_id = $1 FOR UPDATE',
         ['evt_a_completed'],
-        async () => {
-          // The leader writes the outcomes of both deliveries (they were claimed, pending, leased).
-          const recording = settled(
-            leader.recordAttempts([
-              outcome('evt_a_running', A, T0 + 1),
-              outcome('evt_a_completed', A, T0 + 2),
-            ]),
-          );
-          await lockWaiters(names, 1);
-          // DELETE /v1/exports/a on another replica.
-          const removing = settled(remover.removeExport('a'));
-          await lockWaiters(names, 2);
-          return () => Promise.all([removing, recording]);
-        },
+        names,
+        // The leader writes the outcomes of both deliveries (they were claimed, pending, leased).
+        () =>
+          leader.recordAttempts([outcome('evt_a_running', A, T0 + 1), outcome('evt_a_completed', A, T0 + 2)]),
+        // DELETE /v1/exports/a on another replica.
+        () => remover.removeExport('a'),
       );
       expect(recorded).toBeUndefined();
       expect(removed).toMatchObject({ removed: true });
@@ -373,28 +369,18 @@ await describeWithPostgres('PostgreSQL store', (server) => {
     it('a former leader writing outcomes while the new leader releases leases does not deadlock', async () => {
       const names = ['watcher-test-outcomes', 'watcher-test-resume'];
       const [former, leader] = (await replicas(...names)) as [PostgresStore, PostgresStore];
-      await former.addExports([{ ids: ['a'], metadata: null }], T0);
       // evt_a_running is written (and claimed) first, but sorts after evt_a_completed.
-      await former.commitChanges([move('a', 'UNKNOWN', 'RUNNING', T0 + 1)], build, [A], T0 + 1);
-      await former.commitChanges([move('a', 'RUNNING', 'COMPLETED', T0 + 2)], build, [A], T0 + 2);
+      await runningThenCompleted(former);
       const claimed = await former.claimDue(A.key, T0 + 10, 10, T0 + 60_000);
       expect(claimed.map((j) => j.eventId)).toEqual(['evt_a_running', 'evt_a_completed']);
-      const [recorded, released] = await whileHeld(
+      const [recorded, released] = await raceWhileHeld(
         'SELECT 1 FROM deliveries WHERE event_id = $1 FOR UPDATE',
         ['evt_a_completed'],
-        async () => {
-          // The former leader's attempts end; the new leader resumes (deliveries.resume).
-          const recording = settled(
-            former.recordAttempts([
-              outcome('evt_a_running', A, T0 + 1),
-              outcome('evt_a_completed', A, T0 + 2),
-            ]),
-          );
-          await lockWaiters(names, 1);
-          const releasing = settled(leader.releaseLeases(T0 + 20));
-          await lockWaiters(names, 2);
-          return () => Promise.all([recording, releasing]);
-        },
+        names,
+        // The former leader's attempts end; the new leader resumes (deliveries.resume).
+        () =>
+          former.recordAttempts([outcome('evt_a_running', A, T0 + 1), outcome('evt_a_completed', A, T0 + 2)]),
+        () => leader.releaseLeases(T0 + 20),
       );
       expect(recorded).toBeUndefined();
       expect(released).toBeUndefined();
