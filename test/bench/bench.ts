@@ -9,6 +9,7 @@
  *   npm run bench -- --phase-timeout 5m  # give each phase longer (default 2m)
  *   npm run bench -- --node-flags ''     # the daemon without the heap limit the image sets
  *   npm run bench -- --finish-only       # phase 3 alone: the quickest A/B of the delivery path
+ *   npm run bench -- --sweep-only        # phases 1, 2 and 4: the quickest A/B of the sweep
  *
  * Everything talks to 127.0.0.1 only. Every child is killed on exit, error and SIGINT/SIGTERM.
  * Progress goes to stderr, the table (and the JSON) to stdout.
@@ -72,6 +73,8 @@ interface Options {
   nodeFlags: string[];
   /** Phase 3 only (its finish time then comes from the phase timeout, not phase 2's ingest). */
   finishOnly: boolean;
+  /** Phases 1, 2 and 4 only (no finish). */
+  sweepOnly: boolean;
 }
 
 /**
@@ -91,6 +94,7 @@ function parseOptions(argv: string[]): Options {
       'phase-timeout': { type: 'string', default: '2m' },
       'node-flags': { type: 'string', default: SHIPPED_NODE_FLAGS },
       'finish-only': { type: 'boolean', default: false },
+      'sweep-only': { type: 'boolean', default: false },
     },
   });
   const exports = Number(values.exports);
@@ -102,7 +106,17 @@ function parseOptions(argv: string[]): Options {
     throw new Error(`--phase-timeout: expected a duration like 90s or 5m, got ${values['phase-timeout']}`);
   }
   const nodeFlags = values['node-flags'].split(/\s+/).filter((f) => f !== '');
-  return { exports, json: values.json, phaseTimeoutMs, nodeFlags, finishOnly: values['finish-only'] };
+  if (values['finish-only'] && values['sweep-only']) {
+    throw new Error('--finish-only and --sweep-only: choose one');
+  }
+  return {
+    exports,
+    json: values.json,
+    phaseTimeoutMs,
+    nodeFlags,
+    finishOnly: values['finish-only'],
+    sweepOnly: values['sweep-only'],
+  };
 }
 
 function parseDuration(text: string): number {
@@ -281,10 +295,16 @@ function memory(pid: number): { rss: number; hwm: number } {
 
 /** User + system CPU seconds of a process, all its threads. */
 function cpuSeconds(pid: number, ticksPerSecond: number): number {
+  const { user, system } = cpuTimes(pid, ticksPerSecond);
+  return user + system;
+}
+
+/** User and system CPU seconds of a process, all its threads. */
+function cpuTimes(pid: number, ticksPerSecond: number): { user: number; system: number } {
   const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
   // Fields after the command name (which may hold spaces), starting at field 3: utime is 14, stime 15.
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(fields[11]) + Number(fields[12])) / ticksPerSecond;
+  return { user: Number(fields[11]) / ticksPerSecond, system: Number(fields[12]) / ticksPerSecond };
 }
 
 // -------------------------------------------------------------------------------------------
@@ -721,7 +741,7 @@ async function measureSweep(ctx: Context, d: Daemon, results: Results): Promise<
   let failure: string | undefined;
   for (let i = 1; i <= SWEEPS && failure === undefined; i++) {
     const startCount = await simIdsChecked(ctx.sim);
-    const startCpu = cpuSeconds(d.proc.pid, ctx.ticks);
+    const startCpu = cpuTimes(d.proc.pid, ctx.ticks);
     const startWall = performance.now();
     let count = startCount;
     const done = await pollUntil(
@@ -737,10 +757,15 @@ async function measureSweep(ctx: Context, d: Daemon, results: Results): Promise<
       },
     );
     const wall = (performance.now() - startWall) / 1000;
-    const cpu = cpuSeconds(d.proc.pid, ctx.ticks) - startCpu;
+    const endCpu = cpuTimes(d.proc.pid, ctx.ticks);
+    const user = endCpu.user - startCpu.user;
+    const system = endCpu.system - startCpu.system;
+    const cpu = user + system;
     if (done) {
       sweeps.push({ cpu, wall });
-      progress(`sweep ${i} of ${SWEEPS}: ${cpu.toFixed(2)} s CPU, ${wall.toFixed(1)} s wall`);
+      progress(
+        `sweep ${i} of ${SWEEPS}: ${cpu.toFixed(2)} s CPU (user ${user.toFixed(2)}, system ${system.toFixed(2)}), ${wall.toFixed(1)} s wall`,
+      );
     } else {
       failure = `timed out after ${seconds(ctx.opts.phaseTimeoutMs)} (${count - startCount} of ${n} checked, ${cpu.toFixed(1)} s CPU)`;
     }
@@ -950,9 +975,10 @@ async function run(opts: Options): Promise<Results> {
       ? opts.exports * GUESSED_INGEST_MS_PER_EXPORT
       : await measureSteadyState(ctx, results);
     const keys = ['deliveryRate', 'finishToDelivered', 'burstCpu', 'peakRss'] as const;
-    await phase('3. all finishing at once', keys, results, () =>
-      measureFinish(ctx, finishDelay(ctx, ingestMs), results),
-    );
+    if (!opts.sweepOnly)
+      await phase('3. all finishing at once', keys, results, () =>
+        measureFinish(ctx, finishDelay(ctx, ingestMs), results),
+      );
     await sim.proc.stop();
   } finally {
     receiver.close();
