@@ -16,7 +16,7 @@ import { join } from 'node:path';
 import pino from 'pino';
 import { Webhook } from 'standardwebhooks';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { endpointLabel, parseRetryAfter } from '../src/delivery/attempt.js';
+import { endpointLabel } from '../src/delivery/attempt.js';
 import {
   type AttemptResult,
   DeliveryEngine,
@@ -29,6 +29,7 @@ import { parseSecret } from '../src/delivery/signing.js';
 import { type Answer, type ReceiverOptions, WebhookReceiver } from '../src/dev/receiver.js';
 import type { ExportState } from '../src/polling/tracker.js';
 import { Bus } from '../src/shared/bus.js';
+import { parseRetryAfter } from '../src/shared/retry-after.js';
 import { openSqliteStore, type SqliteStore } from '../src/store/sqlite.js';
 import {
   type EndpointRef,

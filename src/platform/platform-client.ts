@@ -42,6 +42,7 @@ import { linkedSignal, type RequestSignal, requestSignal } from '../shared/deadl
 import { isRetryable, PlatformError, type PlatformErrorBody } from '../shared/errors.js';
 import { createDispatcher, type RequestTarget, requestTarget } from '../shared/proxy.js';
 import { REDACTED } from '../shared/redact.js';
+import { parseRetryAfter } from '../shared/retry-after.js';
 import type { RateInfo } from './rate-limiter.js';
 
 /** Codes of a 404/403 that speak of the job asked for, not of the route (docs/platform-api.md §6). */
@@ -656,7 +657,7 @@ export class PlatformClient {
       // a 403's or 404's 9005/9008): those stay bad answers, retried.
       const status = response.statusCode;
       if ((status === 429 || status === 401) && error instanceof PlatformError) {
-        throw this.#statusError(status, undefined, rate, method, path);
+        throw this.#statusError(status, undefined, rate, method, path, response.headers['retry-after']);
       }
       throw error;
     }
@@ -690,7 +691,7 @@ export class PlatformClient {
       return { status, json };
     }
     const errorBody = parsed && json && typeof json === 'object' ? errorBodyOf(json) : undefined;
-    throw this.#statusError(status, errorBody, rate, method, path);
+    throw this.#statusError(status, errorBody, rate, method, path, response.headers['retry-after']);
   }
 
   #statusError(
@@ -699,11 +700,17 @@ export class PlatformClient {
     rate: RateInfo,
     method: string,
     path: string,
+    retryAfter?: string | string[],
   ): PlatformError {
     const said = body?.message ? `: ${body.message}` : '';
     const details = { status, ...(body ? { body } : {}), ...(rate.resetAt ? { resetAt: rate.resetAt } : {}) };
     if (status === 429) {
-      this.#gate.rateLimited(rate.resetAt);
+      // The platform names its reset in X-RateLimit-Reset. A 429 without it (from a gateway in
+      // front of the platform, say) may still say when to come back: a `Retry-After`, which the
+      // limiter weighs as it would a reset (one too far ahead gets the fallback pause instead).
+      const now = this.#now();
+      const after = rate.resetAt === undefined ? parseRetryAfter(retryAfter, now) : undefined;
+      this.#gate.rateLimited(rate.resetAt ?? (after === undefined ? undefined : now + after));
       return new PlatformError('PLATFORM_RATE_LIMITED', `rate limit exceeded${said}`, details);
     }
     if (status === 503 && body?.code === 0) {
