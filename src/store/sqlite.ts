@@ -616,6 +616,14 @@ export class SqliteStore implements Store {
       INSERT INTO deliveries (event_id, endpoint_key, endpoint_label, status, attempts, next_attempt_at,
                               series_started_at)
       VALUES (?, ?, ?, 'pending', 0, ?, ?)`);
+    // The event is stored already: the job was removed (or pruned) and watched again, and a
+    // removal cancels pending deliveries but keeps the event for replay. The endpoints left with
+    // no delivery of it get one; those that already hold one keep it (same webhook-id).
+    const insertMissingDelivery = this.#sql(`
+      INSERT INTO deliveries (event_id, endpoint_key, endpoint_label, status, attempts, next_attempt_at,
+                              series_started_at)
+      VALUES (?, ?, ?, 'pending', 0, ?, ?)
+      ON CONFLICT (event_id, endpoint_key) DO NOTHING`);
     return this.#transaction(() => {
       const written: NewEvent[] = [];
       for (const change of changes) {
@@ -629,7 +637,16 @@ export class SqliteStore implements Store {
         if (!row || move.run(params).changes === 0) continue;
         const event = build(change, fromJson(row.metadata), row.kind);
         if (!event) continue;
-        if (insertEvent.run(event.id, event.exportId, event.type, event.body, now).changes === 0) continue;
+        if (insertEvent.run(event.id, event.exportId, event.type, event.body, now).changes === 0) {
+          let added = 0;
+          for (const e of endpoints)
+            added += insertMissingDelivery.run(event.id, e.key, e.label, now, now).changes;
+          if (added === 0) continue;
+          // Pending again for an older event: the oldest-pending floor is forgotten.
+          this.#counted('pending', added);
+          written.push(event);
+          continue;
+        }
         for (const e of endpoints) insertDelivery.run(event.id, e.key, e.label, now, now);
         this.#counted('pending', endpoints.length, now);
         written.push(event);

@@ -1340,6 +1340,50 @@ export function describeStoreContract(
         expect(again).toEqual({ accepted: ['a'], alreadyWatched: [] });
         expect(await store.getExport('a')).toMatchObject({ state: 'UNKNOWN', metadata: { second: true } });
       });
+
+      it('an id watched again after its removal sends its outcome where the removal cancelled it', async () => {
+        await store.addExports([{ ids: ['a'], metadata: null }], T0);
+        await store.commitChanges([move('a', 'UNKNOWN', 'COMPLETED', T0 + 1)], build, [A, B], T0 + 1);
+        // A took it; B was down.
+        await recordOutcomes([delivered(eventId('a', 'COMPLETED'), A, T0 + 2)]);
+        expect(await store.removeExport('a')).toEqual({ removed: true, cancelledDeliveries: 1 });
+
+        // Watched again, it completes again under the same webhook-id (the event is kept for replay).
+        await store.addExports([{ ids: ['a'], metadata: null }], T0 + HOUR);
+        const written = await store.commitChanges(
+          [move('a', 'UNKNOWN', 'COMPLETED', T0 + HOUR + 1)],
+          build,
+          [A, B, C],
+          T0 + HOUR + 1,
+        );
+        expect(written.map((e) => e.id)).toEqual([eventId('a', 'COMPLETED')]);
+        expect(await store.getExport('a')).toMatchObject({ state: 'COMPLETED' });
+        // B, and C (configured since), get it; A, which took it, does not get it again.
+        for (const endpoint of [B, C]) {
+          expect(await store.claimDue(endpoint.key, T0 + 2 * HOUR, 10, T0 + 3 * HOUR)).toEqual([
+            expect.objectContaining({ eventId: eventId('a', 'COMPLETED'), exportId: 'a' }),
+          ]);
+        }
+        expect(await store.claimDue(A.key, T0 + 2 * HOUR, 10, T0 + 3 * HOUR)).toEqual([]);
+        expect(await store.deliveryCounts()).toMatchObject({ pending: 2, delivered: 1 });
+      });
+
+      it('a change seen twice after a re-watch adds no delivery twice', async () => {
+        await store.addExports([{ ids: ['a'], metadata: null }], T0);
+        await store.commitChanges([move('a', 'UNKNOWN', 'COMPLETED', T0 + 1)], build, [A], T0 + 1);
+        await recordOutcomes([delivered(eventId('a', 'COMPLETED'), A, T0 + 2)]);
+        await store.removeExport('a');
+        await store.addExports([{ ids: ['a'], metadata: null }], T0 + HOUR);
+        // Every endpoint already holds a delivery of that event: nothing is written, nothing pending.
+        const written = await store.commitChanges(
+          [move('a', 'UNKNOWN', 'COMPLETED', T0 + HOUR + 1)],
+          build,
+          [A],
+          T0 + HOUR + 1,
+        );
+        expect(written).toEqual([]);
+        expect(await store.deliveryCounts()).toMatchObject({ pending: 0, delivered: 1 });
+      });
     });
 
     describe('kinds: exports and imports', () => {
