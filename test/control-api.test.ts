@@ -1662,3 +1662,120 @@ describe('parseRfc3339', () => {
     expect(parseRfc3339(text)).toBeUndefined();
   });
 });
+
+describe('odd headers on the routes that read a body', () => {
+  beforeEach(async () => {
+    h = await startApi();
+  });
+
+  it('a charset other than UTF-8 is a 415, not read as UTF-8 (the metadata would change)', async () => {
+    // "Ã©" in ISO-8859-1 is the two bytes C3 A9, which UTF-8 reads as "é".
+    const latin1 = Buffer.from('{"ids": ["good-1"], "metadata": {"name": "Ã©"}}', 'latin1');
+    for (const [type, body] of [
+      ['application/json; charset=iso-8859-1', latin1],
+      ['application/json;charset="windows-1252"', latin1],
+      ['application/json; charset=utf-16le', Buffer.from('{"ids": ["good-1"]}', 'utf16le')],
+    ] as const) {
+      const r = await call('POST', '/v1/exports', { body, headers: { 'content-type': type } });
+      expect(expectError(r, 415, 'unsupported_media_type').message).toMatch(/charset/);
+    }
+    expect(h.registry.calls).toEqual([]);
+    for (const type of ['application/json; charset=utf-8', 'application/json; charset="UTF-8"']) {
+      const r = await call('POST', '/v1/exports', {
+        json: { ids: ['good-1'] },
+        headers: { 'content-type': type },
+      });
+      expect(r.status).toBe(202);
+    }
+  });
+
+  it('a media type that only begins with "json" is a 415', async () => {
+    for (const type of ['application/json-seq', 'application/json.v2', 'application/json-x; charset=utf-8']) {
+      const r = await call('POST', '/v1/exports', {
+        json: { ids: ['good-1'] },
+        headers: { 'content-type': type },
+      });
+      expectError(r, 415, 'unsupported_media_type');
+    }
+    expect(h.registry.calls).toEqual([]);
+    const r = await call('POST', '/v1/exports', {
+      json: { ids: ['good-1'] },
+      headers: { 'content-type': 'application/vnd.watcher+json' },
+    });
+    expect(r.status).toBe(202);
+  });
+
+  it('a content coding other than identity is a 415 naming it; the encoded bytes are not acted on', async () => {
+    const { gzipSync } = await import('node:zlib');
+    let r = await call('POST', '/v1/exports', {
+      body: gzipSync('{"ids": ["good-1"]}'),
+      headers: { 'content-type': 'application/json', 'content-encoding': 'gzip' },
+    });
+    expect(expectError(r, 415, 'unsupported_media_type').message).toMatch(/content-encoding "gzip"/);
+    // Bytes that happen to read as JSON are not taken at face value either.
+    r = await call('POST', '/v1/exports', {
+      body: '{"ids": ["good-1"]}',
+      headers: { 'content-type': 'application/json', 'content-encoding': 'br' },
+    });
+    expectError(r, 415, 'unsupported_media_type');
+    h.registry.addEvent('a1', 'export.completed', T0, ['failed']);
+    r = await call('POST', '/v1/events/redeliver', {
+      body: JSON.stringify({ since: T0_ISO }),
+      headers: { 'content-type': 'application/json', 'content-encoding': 'deflate' },
+    });
+    expectError(r, 415, 'unsupported_media_type');
+    expect(h.registry.calls).toEqual([]);
+    r = await call('POST', '/v1/exports', {
+      json: { ids: ['good-1'] },
+      headers: { 'content-encoding': 'identity' },
+    });
+    expect(r.status).toBe(202);
+  });
+
+  it('two Content-Type headers are a 400, whichever comes first', async () => {
+    for (const types of [
+      ['application/json', 'text/plain'],
+      ['text/plain', 'application/json'],
+    ]) {
+      const res = await request(`${h.url}/v1/exports`, {
+        method: 'POST',
+        headers: ['content-type', types[0] as string, 'content-type', types[1] as string],
+        body: '{"ids": ["good-1"]}',
+        dispatcher: agent,
+      });
+      const text = await res.body.text();
+      expect(res.statusCode).toBe(400);
+      expect(JSON.parse(text).error.code).toBe('invalid_request');
+    }
+    expect(h.registry.calls).toEqual([]);
+  });
+});
+
+describe('repeated Authorization headers', () => {
+  const TOKEN = 'api-token-Kx93vQ';
+  beforeEach(async () => {
+    h = await startApi(TOKEN);
+    h.registry.exports.set('keep-me', view('keep-me', null, T0));
+  });
+
+  it('are a 400 that echoes neither value, whichever holds the token; nothing is done', async () => {
+    for (const pair of [
+      [`Bearer ${TOKEN}`, 'Bearer someone-else'],
+      ['Bearer someone-else', `Bearer ${TOKEN}`],
+      [`Bearer ${TOKEN}`, `Bearer ${TOKEN}`],
+    ]) {
+      const res = await request(`${h.url}/v1/exports/keep-me`, {
+        method: 'DELETE',
+        headers: ['authorization', pair[0] as string, 'authorization', pair[1] as string],
+        dispatcher: agent,
+      });
+      const text = await res.body.text();
+      expect(res.statusCode).toBe(400);
+      expect(JSON.parse(text).error.code).toBe('invalid_request');
+      expect(text).not.toContain(TOKEN);
+      expect(text).not.toContain('someone-else');
+    }
+    expect(h.registry.exports.has('keep-me')).toBe(true);
+    expect(h.registry.calls).toEqual([]);
+  });
+});

@@ -313,7 +313,13 @@ const ALL_METHODS = METHODS.filter((m) => m !== 'CONNECT');
 
 /** How long a connection that sent a malformed request may take to read our answer. */
 const CLIENT_ERROR_LINGER_MS = 1000;
-const JSON_CONTENT_TYPE = /^application\/(.+\+)?json\b/i;
+/**
+ * `application/json` or a `+json` type, with parameters or none: `application/json-seq` or
+ * `application/json.x` is another media type. Node has already trimmed the value.
+ */
+const JSON_CONTENT_TYPE = /^application\/(?:[A-Za-z0-9!#$&^_.+-]+\+)?json[ \t]*(?:;(.*))?$/i;
+/** A `charset` parameter of a content type, its value possibly quoted. */
+const CHARSET_PARAMETER = /(?:^|;)[ \t]*charset[ \t]*=[ \t]*("?)([^";]*)\1[ \t]*(?=;|$)/i;
 
 export class ControlApi {
   readonly #options: ControlApiOptions;
@@ -586,7 +592,11 @@ export class ControlApi {
     }
     const takesBody = route.json?.includes(method) === true;
     checkAnnouncedBody(request.raw, takesBody, `${method} ${clip(path)}`);
-    if (takesBody) checkContentType(request.headers['content-type']);
+    if (takesBody) {
+      refuseRepeated(request.raw, 'content-type');
+      checkContentType(request.headers['content-type']);
+      checkContentEncoding(request.headers['content-encoding']);
+    }
     if (route.v1) this.#takeSlot(reply, slotsFor(request.query));
     // Only now is the client told to send its body (HTTP/1.1 only: 1.0 has no interim answers).
     const raw = request.raw;
@@ -663,6 +673,9 @@ export class ControlApi {
 
   #authorize(req: IncomingMessage): void {
     if (!this.#tokenBuffer) return;
+    // Node keeps the first of repeated Authorization lines and drops the rest: a request that
+    // says two things about who sends it is malformed, whichever of them holds the token.
+    refuseRepeated(req, 'authorization');
     const header = req.headers.authorization ?? '';
     const match = /^Bearer\s+(.+)$/i.exec(header);
     const given = Buffer.from(match?.[1]?.trim() ?? '');
@@ -1245,12 +1258,45 @@ function parseJsonBody(text: string): unknown {
 }
 
 function checkContentType(type: string | undefined): void {
-  if (type === undefined || type === '' || JSON_CONTENT_TYPE.test(type)) return;
+  if (type === undefined || type === '') return;
+  const match = JSON_CONTENT_TYPE.exec(type);
+  if (!match) {
+    throw new HttpError(
+      415,
+      'unsupported_media_type',
+      `content-type must be application/json, got ${JSON.stringify(clip(type))}`,
+    );
+  }
+  // The body is read as UTF-8 (RFC 8259); bytes meant in another charset would be stored as other
+  // text than was sent, or refused as something they are not.
+  const charset = CHARSET_PARAMETER.exec(match[1] ?? '')?.[2];
+  if (charset !== undefined && !/^utf-?8$/i.test(charset)) {
+    throw new HttpError(
+      415,
+      'unsupported_media_type',
+      `the body must be UTF-8 JSON; content-type names charset ${JSON.stringify(clip(charset))}`,
+    );
+  }
+}
+
+/**
+ * Bodies are read as sent: a body in any content coding but `identity` would be taken for the JSON
+ * it encodes (and refused as "not valid UTF-8", or acted on as raw bytes).
+ */
+function checkContentEncoding(encoding: string | undefined): void {
+  if (encoding === undefined || /^(?:identity)?$/i.test(encoding.trim())) return;
   throw new HttpError(
     415,
     'unsupported_media_type',
-    `content-type must be application/json, got ${JSON.stringify(clip(type))}`,
+    `content-encoding ${JSON.stringify(clip(encoding))} is not supported; send the body uncompressed`,
   );
+}
+
+/** A header that may appear once, sent more than once: a 400 that does not echo the values. */
+function refuseRepeated(req: IncomingMessage, name: string): void {
+  const count = req.headersDistinct[name]?.length ?? 0;
+  if (count <= 1) return;
+  throw new HttpError(400, 'invalid_request', `the request has ${count} ${name} headers; send at most one`);
 }
 
 /** fastify's own errors, as ours; undefined for a failure that is not the client's. */
