@@ -14,7 +14,7 @@ import { Simulator } from '../src/dev/simulator.js';
 import { Daemon } from '../src/main.js';
 import type { JobPage } from '../src/platform/platform-client.js';
 import { RateLimiter } from '../src/platform/rate-limiter.js';
-import { Discovery, listUnfinished, type RoundReport } from '../src/polling/discovery.js';
+import { Discovery, listUnfinished, pageKey, type RoundReport } from '../src/polling/discovery.js';
 import type { JobKind } from '../src/polling/tracker.js';
 import { ConfigError, PlatformError } from '../src/shared/errors.js';
 import { openSqliteStore } from '../src/store/sqlite.js';
@@ -271,6 +271,35 @@ describe('Discovery', () => {
     await limiter.stop();
   });
 
+  it('a listing that keeps failing (imports refused for good) does not keep the others from ever being read again', async () => {
+    const listing = fakeListing({ export: { PENDING: 3, RUNNING: 0 }, import: { PENDING: 0, RUNNING: 0 } });
+    const asked: string[] = [];
+    const { lines, log } = logSink();
+    const discovery = new Discovery({
+      kinds: ['export', 'import'],
+      intervalMs: 10_000,
+      gate: { left: () => 10, max: 10 },
+      log,
+      list: async (kind, from) => {
+        asked.push(`${kind}:${'state' in from ? from.state : from.next}`);
+        if (kind === 'import') throw new PlatformError('PLATFORM_NOT_FOUND', 'platform answered 404');
+        return listing.read(kind, from);
+      },
+      add: async (_kind, ids) => ({ accepted: [...ids] }),
+    });
+    const reports: Array<RoundReport | undefined> = [];
+    for (let round = 0; round < 6; round++) reports.push(await discovery.runRound());
+    // Exports started meanwhile are still found: their listing is read round after round.
+    const exportRounds = asked.filter((a) => a === 'export:PENDING').length;
+    expect(exportRounds).toBeGreaterThanOrEqual(4);
+    expect(reports.every((r) => r?.complete === false)).toBe(true);
+    expect(
+      lines.filter(
+        (l) => l.msg === 'discovery could not list jobs again; that listing is skipped until the next pass',
+      ),
+    ).not.toHaveLength(0);
+  });
+
   it('adds the rest of a page when one of its ids is watched as the other kind', async () => {
     const store = await openSqliteStore({ path: ':memory:' });
     try {
@@ -362,6 +391,43 @@ describe('Discovery', () => {
     };
     expect(await listUnfinished(looping, 'export')).toEqual(['x']);
     expect(reads).toBe(4);
+  });
+
+  it('listUnfinished does not miss a still-PENDING job when one before it leaves the listing between pages', async () => {
+    // The platform (and the simulator) lists oldest first, by offset, filtered by state.
+    const jobs = Array.from({ length: 250 }, (_, i) => ({ id: `e${i}`, state: 'PENDING' }));
+    let pagesRead = 0;
+    const read = async (_kind: JobKind, from: { state: string } | { next: string }): Promise<JobPage> => {
+      const q = new URLSearchParams('state' in from ? `state=${from.state}` : from.next.split('?')[1]);
+      const state = q.get('state') as string;
+      const offset = Number(q.get('offset') ?? 0);
+      const listed = jobs.filter((j) => j.state === state);
+      const items = listed.slice(offset, offset + 100).map((j) => ({ ...j }));
+      // The oldest export starts running once the first page has been read.
+      if (++pagesRead === 1) (jobs[0] as { state: string }).state = 'RUNNING';
+      const next =
+        offset + 100 < listed.length ? `/storage/exports?state=${state}&offset=${offset + 100}` : undefined;
+      return { items, next };
+    };
+    const ids = await listUnfinished(read, 'export');
+    // e100 was PENDING all along: it moved up onto the first page after that page was read.
+    expect(ids).toContain('e100');
+    expect(new Set(ids).size).toBe(250);
+  });
+
+  it('listUnfinished stops at a next link back to the same offset spelled another way (0100, +100)', async () => {
+    let reads = 0;
+    const spelled = async (): Promise<JobPage> => {
+      reads++;
+      // The same page at offset 100 each time, its offset written with one more leading zero.
+      return {
+        items: [{ id: 'x', state: 'PENDING' }],
+        next: `/storage/exports?offset=${'0'.repeat(reads)}100`,
+      };
+    };
+    expect(await listUnfinished(spelled, 'export')).toEqual(['x']);
+    expect(reads).toBeLessThanOrEqual(6);
+    expect(pageKey('/storage/exports?offset=%2B100&limit=100')).toBe(pageKey('/storage/exports?offset=100'));
   });
 });
 

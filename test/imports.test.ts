@@ -511,6 +511,41 @@ describe('PlatformClient with imports', () => {
     expect((await other.listPage('import', { state: 'RUNNING' })).next).toBeUndefined();
   });
 
+  it("keeps the listing's state and page size on a next link that drops or changes them", async () => {
+    const { createServer } = await import('node:http');
+    const seen: string[] = [];
+    let next = '';
+    const server = createServer((req, res) => {
+      seen.push(req.url ?? '');
+      res.setHeader('content-type', 'application/json');
+      res.end(JSON.stringify({ items: [], links: [{ rel: 'next', href: next }] }));
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    cleanups.push(() => new Promise((r) => server.close(() => r(undefined))));
+    // Budget enough that the limiter does not space the calls seconds apart.
+    const limiter = new RateLimiter({ budget: 1000, windowMs: 60_000 });
+    cleanups.push(() => limiter.stop());
+    const other = new PlatformClient({
+      endpoint: `http://127.0.0.1:${(server.address() as { port: number }).port}/v2`,
+      token: 't',
+      gate: limiter,
+      userAgent: 't',
+      log: pino({ level: 'silent' }),
+    });
+    cleanups.push(() => other.close());
+    // Every job of every state, one a page: not the listing of unfinished imports asked for.
+    next = 'https://elsewhere.example/v2/storage/imports?offset=100&limit=1&state=COMPLETED';
+    const first = await other.listPage('import', { state: 'RUNNING' });
+    next = 'https://elsewhere.example/v2/storage/imports?offset=101';
+    const second = await other.listPage('import', { next: first.next! });
+    await other.listPage('import', { next: second.next! });
+    expect(seen).toEqual([
+      '/v2/storage/imports?state=RUNNING&limit=100',
+      '/v2/storage/imports?offset=100&limit=100&state=RUNNING',
+      '/v2/storage/imports?offset=101&state=RUNNING&limit=100',
+    ]);
+  });
+
   it.each([
     ['as written', 'tok_ECHOED_0123456789abcdef', (t: string) => t],
     ['with \\/ escapes', 'abcd/efgh/ijkl/mnop/qrst', (t: string) => t.replaceAll('/', '\\/')],

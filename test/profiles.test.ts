@@ -121,6 +121,36 @@ describe('parseCredentials', () => {
     expect(sections.get('default')?.auth_token).toBe('abcdef0123456789');
   });
 
+  it("never gives a section's keys to the section before it, whatever its header holds", () => {
+    // configparser takes a header up to its last "]": the name holds the "]", ";" or "#" as written.
+    const text =
+      `[default]\napi_endpoint = sbg-us\nauth_token = ${DEFAULT_TOKEN}\n\n` +
+      `[cgc] ; from the [Developer] tab\napi_endpoint = cgc\nauth_token = ${OTHER_TOKEN}\n` +
+      '[team#1]\nauth_token = t1\n[a;b]\nauth_token = t2\n';
+    const sections = parseCredentials(text);
+    expect(sections.get('default')).toEqual({ api_endpoint: 'sbg-us', auth_token: DEFAULT_TOKEN });
+    expect([...sections.keys()]).toEqual(['default', 'cgc] ; from the [Developer', 'team#1', 'a;b']);
+    expect(sections.get('team#1')).toEqual({ auth_token: 't1' });
+    expect(sections.get('a;b')).toEqual({ auth_token: 't2' });
+    expect(sections.has('team')).toBe(false);
+  });
+
+  it('keeps an empty section that has a dotted child; with [DEFAULT] it is a whole profile', () => {
+    const sections = parseCredentials(
+      '[DEFAULT]\napi_endpoint = cgc\nauth_token = t0\n[cgc]\n[cgc.prod]\nauth_token = t1\n',
+    );
+    expect(sections.get('cgc')).toEqual({ api_endpoint: 'cgc', auth_token: 't0' });
+    expect(sections.get('cgc.prod')).toEqual({ api_endpoint: 'cgc', auth_token: 't1' });
+  });
+
+  it('keeps a ";" or "#" inside a value, as configparser does: the token sent is the one written', () => {
+    const sections = parseCredentials(
+      '[default]\nauth_token = tok;part#2\\x\napi_endpoint = cgc   # a preset name\n[b]\nauth_token: ab#cd ; note\n',
+    );
+    expect(sections.get('default')).toEqual({ auth_token: 'tok;part#2\\x', api_endpoint: 'cgc' });
+    expect(sections.get('b')).toEqual({ auth_token: 'ab#cd' });
+  });
+
   it('reads a key without a value as empty', () => {
     expect(parseCredentials('[a]\nauth_token =\napi_endpoint\n').get('a')).toEqual({
       auth_token: '',
@@ -139,6 +169,16 @@ describe('which value wins', () => {
     expect(c.endpoint).toBe(US);
     expect(c.token).toBe(DEFAULT_TOKEN);
     expect(c.profile).toEqual({ name: 'default', file });
+  });
+
+  it('[default] keeps its own token when the next section\'s header has a comment holding a "]"', () => {
+    writeCredentials(
+      `[default]\napi_endpoint = https://api.sbgenomics.com/v2\nauth_token = ${DEFAULT_TOKEN}\n\n` +
+        `[cgc]   # token from the [Developer] tab\napi_endpoint = cgc\nauth_token = ${OTHER_TOKEN}\n`,
+    );
+    const c = load({});
+    expect(c.endpoint).toBe(US);
+    expect(c.token).toBe(DEFAULT_TOKEN);
   });
 
   it('SB_PROFILE picks another section', () => {

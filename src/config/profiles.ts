@@ -48,26 +48,19 @@ export type Section = Readonly<Record<string, string>>;
  * is an empty string.
  */
 export function parseCredentials(text: string): Map<string, Section> {
-  const tree = decode(normalize(text)) as Record<string, unknown>;
+  const { text: normalized, names } = normalize(text);
+  const tree = decode(normalized) as Record<string, unknown>;
   const sections = new Map<string, Record<string, string>>();
-  const walk = (node: Record<string, unknown>, path: readonly string[]): void => {
+  // Each header comes back under its placeholder (`s<n>`, in file order); a name given twice is one
+  // section, its keys together, as configparser reads it when not strict.
+  names.forEach((name, n) => {
+    const node = tree[`s${n}`];
     const values: Record<string, string> = {};
-    let hasValues = false;
-    let hasChildren = false;
-    for (const [key, value] of Object.entries(node)) {
-      if (isPlainObject(value)) {
-        hasChildren = true;
-        walk(value, [...path, key]);
-      } else if (path.length > 0) {
-        hasValues = true;
-        values[key.trim().toLowerCase()] = scalar(value);
-      }
-      // Keys before the first section: configparser refuses them; they belong to no profile.
+    if (isPlainObject(node)) {
+      for (const [key, value] of Object.entries(node)) values[key.trim().toLowerCase()] = scalar(value);
     }
-    // `[a.b]` alone comes back from `ini` as {a: {b: {...}}}: `a` is no section of its own.
-    if (path.length > 0 && (hasValues || !hasChildren)) sections.set(path.join('.'), values);
-  };
-  walk(tree, []);
+    sections.set(name, values);
+  });
 
   const defaults = sections.get(DEFAULTS_SECTION);
   sections.delete(DEFAULTS_SECTION);
@@ -81,29 +74,54 @@ export function parseCredentials(text: string): Map<string, Section> {
  * section header as configparser takes it, indented or not, up to its last `]`, whatever follows
  * (`[cgc] # production`), where `ini` would take such a line for a key of the section before; but
  * not a line indented deeper than the key before it, which continues that key's value.
+ *
+ * Every header is written as a placeholder `[s<n>]` (`names[n]` is its name, trimmed): `ini` would
+ * cut a name at a `;` or `#`, unquote it, split it at its dots, and not take a name holding a `]`
+ * for a header at all, which would put that section's keys in the section before it. Lines before
+ * the first header belong to no section (configparser refuses them) and are left out.
  */
-function normalize(text: string): string {
+function normalize(text: string): { text: string; names: string[] } {
+  const names: string[] = [];
   // The indentation of the last key line: a line indented deeper continues its value (configparser),
   // even one that starts with "[".
   let keyIndent: number | undefined;
-  return text
+  let inSection = false;
+  const lines = text
     .replace(/^\uFEFF/, '')
     .split(/\r?\n|\r/)
     .map((line) => {
       const indent = line.length - line.trimStart().length;
-      if (line.trim() === '' || (keyIndent !== undefined && indent > keyIndent)) return line;
+      if (line.trim() === '' || (keyIndent !== undefined && indent > keyIndent)) return inSection ? line : '';
       keyIndent = undefined;
       const header = /^\s*\[(.+)\]/.exec(line)?.[1];
-      if (header !== undefined) return `[${header}]`;
+      if (header !== undefined) {
+        const name = header.trim();
+        let n = names.indexOf(name);
+        if (n < 0) n = names.push(name) - 1;
+        inSection = true;
+        return `[s${n}]`;
+      }
+      if (!inSection) return '';
       if (/^\s*[[;#]/.test(line)) return line;
       keyIndent = indent;
       const colon = line.indexOf(':');
       const equals = line.indexOf('=');
-      return colon > 0 && (equals < 0 || colon < equals)
-        ? `${line.slice(0, colon)}=${line.slice(colon + 1)}`
-        : line;
-    })
-    .join('\n');
+      const at = colon > 0 && (equals < 0 || colon < equals) ? colon : equals;
+      return at < 0 ? line : `${line.slice(0, at)}=${iniValue(line.slice(at + 1))}`;
+    });
+  return { text: lines.join('\n'), names };
+}
+
+/**
+ * A value as `ini` is to read it: a ";" or "#" inside it (`abc;def`, as a token may hold) is kept,
+ * as configparser keeps it, where `ini` would cut the value there; one after a space or tab still
+ * starts a comment (`cgc   # a preset name`). Backslashes are doubled (`ini` halves them). A
+ * quoted value is left to `ini`, which unquotes it.
+ */
+function iniValue(text: string): string {
+  const v = text.trim();
+  if (v.length >= 2 && (v[0] === '"' || v[0] === "'") && v.at(-1) === v[0]) return text;
+  return text.replace(/\\/g, '\\\\').replace(/(?<=\S)[;#]/g, '\\$&');
 }
 
 function scalar(value: unknown): string {

@@ -388,16 +388,21 @@ export class PlatformClient {
         `the platform listed ${kind}s whose ids are not job ids; left out`,
       );
     }
-    return { items, next: this.#nextPath(json.links, kind) };
+    // The state asked for stays that of every page of the listing (see `#nextPath`).
+    const state =
+      'next' in from ? new URLSearchParams(path.slice(path.indexOf('?') + 1)).get('state') : from.state;
+    return { items, next: this.#nextPath(json.links, kind, state) };
   }
 
   /**
    * The next page named by `links[rel=next]`, as a path under this client's endpoint: the link's
    * query on this list's own path. Only the query is taken from the link, never its host, so the
    * token goes nowhere but the configured endpoint. A link to another resource is not followed (a
-   * warning, and the listing ends there).
+   * warning, and the listing ends there). The listing's own `state` and page size are kept: a link
+   * that drops or changes them would turn a listing of unfinished jobs into one of every job the
+   * user ever ran (or of one a page), read page by page out of discovery's share.
    */
-  #nextPath(links: unknown, kind: JobKind): string | undefined {
+  #nextPath(links: unknown, kind: JobKind, state: string | null): string | undefined {
     if (!Array.isArray(links)) return undefined;
     const link = links.find((l) => (l as { rel?: unknown } | null)?.rel === 'next') as
       | { href?: unknown }
@@ -411,6 +416,8 @@ export class PlatformClient {
       url = undefined;
     }
     if (url?.pathname.replace(/\/+$/, '').endsWith(list) && url.search.length > 1) {
+      if (state !== null) url.searchParams.set('state', state);
+      url.searchParams.set('limit', String(LIST_PAGE_LIMIT));
       return `${list}${url.search}`;
     }
     this.#log.warn(

@@ -18,11 +18,14 @@
  * window's share on one page and keep the next listings from ever being read.
  *
  * Failures. A page that fails (after the client's retries) or an add the store refuses ends the
- * round with a warning; the next round tries the same page again. Ids the store holds as the
- * other kind are refused with the whole add (the store's rule for a request); they are logged and
- * the rest of the page is added without them. The client leaves out listed ids that are not job
- * ids. Nothing here changes a job's
- * state: a discovered job is added UNKNOWN and checked in bulk like the rest.
+ * round with a warning; the next round tries the same page again. A page that fails again is given
+ * up for this pass, and the round goes on with the next listing; while that listing keeps failing,
+ * its failure no longer ends a round (a listing the platform refuses for good, say imports on a
+ * deployment without them, would otherwise keep every other listing from ever being read). Ids
+ * the store holds as the other kind are refused with the whole add (the store's rule for a
+ * request); they are logged and the rest of the page is added without them. The client leaves out
+ * listed ids that are not job ids. Nothing here changes a job's state: a discovered job is added
+ * UNKNOWN and checked in bulk like the rest.
  *
  * `listUnfinished` is the same listing without a share, read to its end once: `watch --all`.
  */
@@ -73,6 +76,8 @@ interface Position {
   next: string | undefined;
   /** The next links this listing has followed so far, across the rounds that resumed it. */
   seen: Set<string>;
+  /** Set when this page failed in the round before: another failure gives the listing up. */
+  failed?: boolean;
 }
 
 export class Discovery {
@@ -81,6 +86,8 @@ export class Discovery {
   readonly #now: () => number;
   /** Set when a round stopped early: the next one starts there. */
   #resume: Position | undefined;
+  /** Listings (by index) given up after failing twice in a row; one success clears it. */
+  readonly #failing = new Set<number>();
   /** Exists between rounds while started. */
   #timer: NodeJS.Timeout | undefined;
   /** Exists while a round runs. */
@@ -150,18 +157,33 @@ export class Discovery {
         page = await this.#deps.list(kind, at.next === undefined ? { state } : { next: at.next });
       } catch (error) {
         if (isCode(error, 'SHUTTING_DOWN')) return undefined;
-        this.#resume = at;
         if (isCode(error, 'SHARE_SPENT')) {
+          this.#resume = at;
           report.stopped = 'share_spent';
-        } else {
-          report.stopped = 'error';
-          log.warn(
-            { kind, state, code: (error as PlatformError).code, err_message: (error as Error).message },
-            'discovery could not list jobs; trying again next round',
-          );
+          break;
         }
+        report.stopped = 'error';
+        const failure = {
+          kind,
+          state,
+          code: (error as PlatformError).code,
+          err_message: (error as Error).message,
+        };
+        if (at.failed || this.#failing.has(at.list)) {
+          this.#failing.add(at.list);
+          log.warn(
+            failure,
+            'discovery could not list jobs again; that listing is skipped until the next pass',
+          );
+          at = { list: at.list + 1, next: undefined, seen: new Set() };
+          continue;
+        }
+        this.#resume = { ...at, failed: true };
+        log.warn(failure, 'discovery could not list jobs; trying again next round');
         break;
       }
+      this.#failing.delete(at.list);
+      if (at.failed) at = { list: at.list, next: at.next, seen: at.seen };
       report.pages++;
       const ids = page.items
         .filter((item) => (UNFINISHED_STATES as readonly string[]).includes(item.state))
@@ -204,7 +226,7 @@ export class Discovery {
       at = { list: at.list + 1, next: undefined, seen: new Set() };
     }
     if (this.#stopped && report.stopped === undefined && at.list < this.#lists.length) return report;
-    report.complete = at.list >= this.#lists.length;
+    report.complete = at.list >= this.#lists.length && report.stopped === undefined;
     log.info(
       {
         kinds: this.#deps.kinds,
@@ -230,25 +252,47 @@ export class Discovery {
 /**
  * Every unfinished job of `kind` (PENDING, then RUNNING), every page read: `watch --all`. A job
  * that moves from PENDING to RUNNING while the pages are read may be listed twice (ids are
- * de-duplicated) or, with offset paging, missed (it is finished or nearly so).
+ * de-duplicated). With offset paging, a job that leaves a listing (PENDING to RUNNING, RUNNING to
+ * COMPLETED) on a page already read moves every job after it one place up, and the job that moves
+ * from the next page's first place onto the page already read is not listed at all, though it is
+ * as unfinished as ever (the platform lists oldest first). So a listing of more than one page is
+ * read again, until a reading finds no job the ones before it missed (at most `MAX_LIST_PASSES`
+ * readings): a job missed once is listed the next time unless jobs before it leave again.
  */
 export async function listUnfinished(read: PageReader, kind: JobKind): Promise<string[]> {
   const ids = new Set<string>();
   for (const state of UNFINISHED_STATES) {
-    let page = await read(kind, { state });
-    const seen = new Set<string>();
-    for (;;) {
-      for (const item of page.items) {
-        if ((UNFINISHED_STATES as readonly string[]).includes(item.state)) ids.add(item.id);
+    for (let pass = 1; pass <= MAX_LIST_PASSES; pass++) {
+      const before = ids.size;
+      let page = await read(kind, { state });
+      let pages = 1;
+      let broken = false;
+      const seen = new Set<string>();
+      for (;;) {
+        for (const item of page.items) {
+          if ((UNFINISHED_STATES as readonly string[]).includes(item.state)) ids.add(item.id);
+        }
+        if (page.next === undefined) break;
+        // A next page already read (a link that loops) or a listing past any real account ends it,
+        // and it is not read again.
+        if (seen.has(pageKey(page.next)) || seen.size >= MAX_LIST_PAGES) {
+          broken = true;
+          break;
+        }
+        seen.add(pageKey(page.next));
+        page = await read(kind, { next: page.next });
+        pages++;
       }
-      // A next page already read (a link that loops) or a listing past any real account ends it.
-      if (page.next === undefined || seen.has(pageKey(page.next)) || seen.size >= MAX_LIST_PAGES) break;
-      seen.add(pageKey(page.next));
-      page = await read(kind, { next: page.next });
+      // One page is read whole at once: nothing on it moved past. Nor did anything when a reading
+      // after the first found nothing new.
+      if (broken || pages === 1 || (pass > 1 && ids.size === before)) break;
     }
   }
   return [...ids];
 }
+
+/** Readings of one state's listing by `listUnfinished` at most (see there). */
+export const MAX_LIST_PASSES = 3;
 
 /** Pages of one state read by `listUnfinished` at most: a million jobs. */
 export const MAX_LIST_PAGES = 10_000;
@@ -261,7 +305,9 @@ export const MAX_LIST_PAGES = 10_000;
 export function pageKey(next: string): string {
   const query = next.indexOf('?');
   const offset = query < 0 ? null : new URLSearchParams(next.slice(query + 1)).get('offset');
-  return offset === null ? next : `offset=${offset}`;
+  if (offset === null) return next;
+  // As a number: `0100`, `+100` and ` 100` are the page at 100 too, to a server that reads the number.
+  return `offset=${/^\s*\+?0*(\d+)\s*$/.exec(offset)?.[1] ?? offset}`;
 }
 
 function isCode(error: unknown, code: string): boolean {
