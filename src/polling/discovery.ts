@@ -27,7 +27,8 @@
  * listed ids that are not job ids. Nothing here changes a job's state: a discovered job is added
  * UNKNOWN and checked in bulk like the rest.
  *
- * `listUnfinished` is the same listing without a share, read to its end once: `watch --all`.
+ * `listUnfinished` is the same listing without a share, read to its end (a listing of more than one
+ * page up to `MAX_LIST_PASSES` times): `watch --all`.
  */
 import type { Logger } from 'pino';
 import type { JobPage } from '../platform/platform-client.js';

@@ -657,18 +657,28 @@ export class PostgresStore implements Store {
         if (endpoints.length === 0) return candidates.filter((e) => fresh.has(e.id));
         // An event stored already: the job was removed (or pruned) and watched again, and a removal
         // cancels pending deliveries but keeps the event for replay. The endpoints left with no
-        // delivery of it get one; those that hold one keep it (the same webhook-id). In event id
-        // order, the order in which a redelivery locks events.
+        // delivery of it get one; those that hold one keep it (the same webhook-id). Not when the
+        // stored event is another job's (an export `import_x` and an import `x` share webhook-ids).
+        // In event id order, the order in which a redelivery locks events.
         const added = await this.#query<{ event_id: string }>(
           client,
           `INSERT INTO deliveries (event_id, endpoint_key, endpoint_label, status, attempts, next_attempt_at,
                                     series_started_at)
             SELECT e.id, p.key, p.label, 'pending', 0, $4, $4
-            FROM unnest($1::text[]) AS e(id) CROSS JOIN unnest($2::text[], $3::text[]) AS p(key, label)
+            FROM unnest($1::text[], $5::text[], $6::text[]) AS e(id, export_id, type)
+              CROSS JOIN unnest($2::text[], $3::text[]) AS p(key, label)
+            WHERE EXISTS (SELECT 1 FROM events AS s WHERE s.id = e.id AND s.export_id = e.export_id AND s.type = e.type)
             ORDER BY e.id, p.key
             ON CONFLICT (event_id, endpoint_key) DO NOTHING
             RETURNING event_id`,
-          [candidates.map((e) => e.id), endpoints.map((e) => e.key), endpoints.map((e) => e.label), now],
+          [
+            candidates.map((e) => e.id),
+            endpoints.map((e) => e.key),
+            endpoints.map((e) => e.label),
+            now,
+            candidates.map((e) => e.exportId),
+            candidates.map((e) => e.type),
+          ],
         );
         const delivered = new Set(added.rows.map((row) => row.event_id));
         return candidates.filter((e) => fresh.has(e.id) || delivered.has(e.id));

@@ -624,6 +624,9 @@ export class SqliteStore implements Store {
                               series_started_at)
       VALUES (?, ?, ?, 'pending', 0, ?, ?)
       ON CONFLICT (event_id, endpoint_key) DO NOTHING`);
+    // Another job's event may hold the webhook-id (an export `import_x` and an import `x` share
+    // theirs; the store refuses the second only while the first is watched): it is not sent again.
+    const storedEvent = this.#sql('SELECT export_id, type FROM events WHERE id = ?');
     return this.#transaction(() => {
       const written: NewEvent[] = [];
       for (const change of changes) {
@@ -638,6 +641,8 @@ export class SqliteStore implements Store {
         const event = build(change, fromJson(row.metadata), row.kind);
         if (!event) continue;
         if (insertEvent.run(event.id, event.exportId, event.type, event.body, now).changes === 0) {
+          const stored = storedEvent.get(event.id) as { export_id: string; type: string } | undefined;
+          if (stored?.export_id !== event.exportId || stored.type !== event.type) continue;
           let added = 0;
           for (const e of endpoints)
             added += insertMissingDelivery.run(event.id, e.key, e.label, now, now).changes;

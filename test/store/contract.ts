@@ -1396,6 +1396,33 @@ export function describeStoreContract(
         return { id, type, exportId: change.id, body: JSON.stringify({ type, id: change.id, metadata }) };
       };
 
+      it("a job watched after another job's removal is not sent that job's stored event under a shared webhook-id", async () => {
+        // The export `import_x` and the import `x` have the same webhook-ids (`evt_import_x_…`):
+        // the store refuses the second while the first is watched, not once it is removed.
+        await store.addExports([{ ids: ['import_x'], metadata: null }], T0);
+        await store.commitChanges(
+          [move('import_x', 'UNKNOWN', 'COMPLETED', T0 + 1)],
+          buildKind,
+          [A, B],
+          T0 + 1,
+        );
+        await recordOutcomes([delivered('evt_import_x_completed', A, T0 + 2)]);
+        expect(await store.removeExport('import_x')).toEqual({ removed: true, cancelledDeliveries: 1 });
+        expect(await store.addExports([{ ids: ['x'], metadata: null, kind: 'import' }], T0 + HOUR)).toEqual([
+          { accepted: ['x'], alreadyWatched: [] },
+        ]);
+        await store.commitChanges(
+          [move('x', 'UNKNOWN', 'COMPLETED', T0 + HOUR + 1)],
+          buildKind,
+          [A, B],
+          T0 + HOUR + 1,
+        );
+        expect(await store.getExport('x', 'import')).toMatchObject({ state: 'COMPLETED' });
+        // B is not sent the removed export's `export.completed` as the import's outcome.
+        expect(await store.claimDue(B.key, T0 + 2 * HOUR, 10, T0 + 3 * HOUR)).toEqual([]);
+        expect(await store.deliveryCounts()).toMatchObject({ pending: 0 });
+      });
+
       it('adds imports with their kind; reads, pages and counts each kind apart, exports as before', async () => {
         const results = await store.addExports(
           [
