@@ -18,7 +18,7 @@ import type { Logger } from 'pino';
 import { CONTROL_DEFAULT_TIMEOUT_MS, controlApiTarget } from './cli/control-client.js';
 import { runDemo } from './cli/demo.js';
 import { describeError, listenError } from './cli/error-report.js';
-import { eventsQuery, redeliverPlan, runEvents, runRedeliver } from './cli/events.js';
+import { eventsQuery, redeliverPlan, runEvents, runRedeliver, webhookUrlSecrets } from './cli/events.js';
 import { GET_DEFAULT_TIMEOUT_MS, runGet } from './cli/get.js';
 import { collectIds } from './cli/ids-input.js';
 import { runWatch } from './cli/watch.js';
@@ -256,8 +256,8 @@ Prints the current state of each job (one bulk call per 100 ids): a table on a t
 one JSON object per line otherwise or with --json ({"id", "state", "export"}, or "import" for
 an import). Logs go to stderr, at error unless LOG_LEVEL or --log-level is set.
 
-Exit codes: 0 every export found; 1 an id not found, or a runtime failure (the platform cannot be
-reached, refuses the token, or --timeout passed); 2 usage or configuration error.
+Exit codes: 0 every export found; 1 an id not found or unanswered, or a runtime failure (the
+platform cannot be reached, refuses the token, or --timeout passed); 2 usage or configuration error.
 
 ${flagHelp('get')}`,
   events: `Usage: sbg-export-watcher events [options]
@@ -878,6 +878,9 @@ async function redeliverCommand(
     true,
   );
   const plan = redeliverPlan(positionals, values, Date.now());
+  // The daemon quotes an endpoint it does not know: its credentials are never printed back.
+  if (plan.kind === 'ids' && plan.endpoint !== undefined)
+    context.redactor.add(webhookUrlSecrets(plan.endpoint));
   return runRedeliver({ ...controlIo(values, env, context), plan, stdout: process.stdout });
 }
 

@@ -307,6 +307,16 @@ describe('redeliver', () => {
     expect(r.stderr).not.toContain('key-SECRET-9');
   });
 
+  it.each(['https//u:Other-Pass-9@other.example/x', 'u:Other-Pass-9@other.example/x'])(
+    'a mistyped --webhook-url %j is refused without printing its password',
+    async (url) => {
+      const r = await cli(withApi('redeliver', 'evt_b2_failed', '--webhook-url', url));
+      expect(r.code).toBe(1);
+      expect(r.stderr).toMatch(/refused to redeliver evt_b2_failed \(400 unknown_endpoint\)/);
+      expect(r.stderr).not.toContain('Other-Pass-9');
+    },
+  );
+
   it('queues the deliveries in a status since a time, failed by default', async () => {
     let r = await cli(withApi('redeliver', '--since', '2026-11-22T05:00:00Z'));
     expect(r.code).toBe(0);
@@ -447,6 +457,23 @@ describe('answers that are not what the control API says', () => {
   );
 
   it.each([
+    [
+      'the platform (SB_API_ENDPOINT, not the daemon)',
+      '{"status":401,"code":90001,"message":"Unauthorized."}',
+    ],
+    ['a proxy in front of something else', '{"message":"login required"}'],
+  ])('a 401 from %s is not blamed on WATCHER_API_TOKEN', async (_what, text) => {
+    const url = await fakeDaemon(() => ({ status: 401, text }));
+    for (const env of [{}, { WATCHER_API_TOKEN: TOKEN }] as Array<Record<string, string>>) {
+      const r = await cli(['events', '--api-url', url], env);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toBe(
+        `error: ${url} did not answer like the watcher's control API (401, "application/json"); check --api-url\n`,
+      );
+    }
+  });
+
+  it.each([
     ['an item that is null', '{"items":[null],"next_cursor":null}'],
     ['a delivery that is null', '{"items":[{"id":"evt_a","deliveries":[null]}],"next_cursor":null}'],
     ['deliveries that are not a list', '{"items":[{"id":"evt_a","deliveries":"all"}],"next_cursor":null}'],
@@ -510,6 +537,24 @@ describe('usage errors exit 2 before the daemon is asked', () => {
     expect(stderr).toMatch(/^usage: /);
     expect(stderr).toMatch(message);
     expect(registry.calls).toEqual([]);
+  });
+
+  it.each([
+    'user:Api-Pass-93@127.0.0.1:8080',
+    'http//user:Api-Pass-93@127.0.0.1:8080',
+    'http:/user:Api-Pass-93@127.0.0.1:8080?x',
+  ])('a wrong --api-url %j is a usage error that never prints its password', async (url) => {
+    let stderr = '';
+    const code = await runCli(
+      ['events', '--api-url', url],
+      {},
+      {
+        stderr: { write: (text: string) => (stderr += text) },
+      },
+    );
+    expect(code).toBe(2);
+    expect(stderr).toMatch(/^usage: --api-url: expected the daemon's control API base URL/);
+    expect(stderr).not.toContain('Api-Pass-93');
   });
 
   it('the program itself exits 2 with one usage line', async () => {

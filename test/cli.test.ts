@@ -856,6 +856,43 @@ describe('get', () => {
     }
   });
 
+  it('runGet exits 1 when the platform says nothing usable about the ids (an endpoint without /v2)', async () => {
+    const sim = new Simulator({ seed: 3 });
+    const url = await sim.start();
+    try {
+      const ids = sim.createExports(2);
+      // The base URL without /v2: the bulk route is 404, and so is each single get.
+      const config = loadConfig(
+        { SB_API_ENDPOINT: url.replace(/\/v2$/, ''), SB_AUTH_TOKEN: 'tok' },
+        { listens: false },
+      );
+      let printed = '';
+      const stdout = new Writable({
+        write(chunk, _encoding, done) {
+          printed += String(chunk);
+          done();
+        },
+      });
+      const code = await runGet({
+        config,
+        ids,
+        json: true,
+        stdout,
+        log: pino({ level: 'silent' }),
+        timeoutMs: 10_000,
+      });
+      const rows = printed
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l) as { state: string });
+      expect(rows.map((r) => r.state)).toEqual(['UNANSWERED', 'UNANSWERED']);
+      // Not "every export found": a script must not take this for success.
+      expect(code).toBe(1);
+    } finally {
+      await sim.close();
+    }
+  });
+
   it('shows the code and message of a NOT_FOUND row, in JSON and in the table', async () => {
     const rows = await fetchStates(
       {

@@ -1122,6 +1122,20 @@ describe('POST /v1/events/{webhook-id}/redeliver', () => {
     for (const secret of ['hunter2-secret', 'k3y-value', 'someone']) expect(r.text).not.toContain(secret);
   });
 
+  it('answers 400 unknown_endpoint for a mistyped endpoint URL without the password it holds', async () => {
+    for (const endpoint of [
+      'https//someone:hunter2-secret@elsewhere.example/x',
+      'someone:hunter2-secret@elsewhere.example/x',
+    ]) {
+      const r = await call(
+        'POST',
+        `/v1/events/evt_a1_completed/redeliver?endpoint=${encodeURIComponent(endpoint)}`,
+      );
+      expectError(r, 400, 'unknown_endpoint');
+      expect(r.text).not.toContain('hunter2-secret');
+    }
+  });
+
   it('answers 404 event_not_found for an event that is not stored', async () => {
     const error = expectError(
       await call('POST', '/v1/events/evt_zz_completed/redeliver'),

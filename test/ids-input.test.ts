@@ -164,6 +164,15 @@ describe('ids input bounds', () => {
     ]);
   });
 
+  it('shows the invisible characters that make a pasted id invalid', async () => {
+    // A zero-width space (web pages), a no-break space inside, a right-to-left override.
+    const stdin = Readable.from(['exp-1\u200b\nexp\u00a02\n\u202eexp-3\n']);
+    const error = await usageError(collectIds({ positionals: ['-'] }, { stdin }));
+    expect(error.message).toBe(
+      'invalid export ids "exp-1\\u200b", "exp\\u00a02", "\\u202eexp-3": ids match ^[A-Za-z0-9_-]{1,128}$',
+    );
+  });
+
   it('get reports a broken bound as one usage line and exit 2', async () => {
     const file = join(dir, 'get-long.txt');
     writeFileSync(file, `ok\n${'z'.repeat(10_000)}\n`);

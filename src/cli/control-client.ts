@@ -16,7 +16,7 @@ import type { Config } from '../config/config.js';
 import { formatDuration } from '../config/config.js';
 import { UsageError } from '../shared/errors.js';
 import type { Redactor } from '../shared/redact.js';
-import { safeUrl } from '../shared/redact.js';
+import { safeUrl, shownUrl } from '../shared/redact.js';
 import { isPlainObject } from '../shared/values.js';
 import { oneLine } from './error-report.js';
 
@@ -81,7 +81,8 @@ function parseApiUrl(text: string): string {
   }
   if (!url || (url.protocol !== 'http:' && url.protocol !== 'https:') || url.search || url.hash) {
     throw new UsageError(
-      `--api-url: expected the daemon's control API base URL, like http://127.0.0.1:8080, got ${JSON.stringify(safeUrl(text))}`,
+      // As configuration shows a URL: one that does not parse may still hold a password.
+      `--api-url: expected the daemon's control API base URL, like http://127.0.0.1:8080, got ${shownUrl(text)}`,
     );
   }
   return url.href.replace(/\/+$/, '');
@@ -134,14 +135,16 @@ export class ControlClient {
     } catch (error) {
       throw this.#networkError(error);
     }
-    if (status === 401) throw this.#unauthorized();
     const body = /^application\/json\b/i.test(contentType) ? parseOr(text) : undefined;
-    // Every answer of the control API is an object, errors included.
-    if (!isPlainObject(body)) {
+    // Every answer of the control API is an object, errors included. A 401 is the daemon's
+    // refusal of the API token only when it is the daemon's own error: anything else answering
+    // 401 there (the platform, a proxy, another service) means the address is wrong, not the token.
+    if (!isPlainObject(body) || (status === 401 && errorCodeOf(body) !== 'unauthorized')) {
       throw new ControlApiError(
         `${this.where} did not answer like the watcher's control API (${status}, ${JSON.stringify(contentType || 'no content type')}); ${this.#target.fix}`,
       );
     }
+    if (status === 401) throw this.#unauthorized();
     return { status, body };
   }
 
@@ -189,6 +192,12 @@ export class ControlClient {
         : `the daemon at ${this.where} refused the API token: WATCHER_API_TOKEN is wrong (it must be the daemon's own)`,
     );
   }
+}
+
+/** The control API's error code in an answer (`{"error": {"code": ...}}`), if it has one. */
+function errorCodeOf(body: Record<string, unknown>): unknown {
+  const error = body.error;
+  return isPlainObject(error) ? error.code : undefined;
 }
 
 function parseOr(text: string): unknown {

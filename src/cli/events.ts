@@ -19,6 +19,7 @@ import {
   WEBHOOK_ID_PATTERN,
 } from '../http/control-api.js';
 import { UsageError } from '../shared/errors.js';
+import { urlSecrets } from '../shared/redact.js';
 import { isPlainObject } from '../shared/values.js';
 import { DELIVERY_STATUSES, type DeliveryStatus } from '../store/store.js';
 import {
@@ -108,6 +109,22 @@ export function redeliverPlan(
   }
   const ids = [...new Set(positionals)];
   return endpoint === undefined ? { kind: 'ids', ids } : { kind: 'ids', ids, endpoint };
+}
+
+/**
+ * What in a `--webhook-url` may be a credential, for the error report's redactor: the daemon
+ * quotes an endpoint it does not know, and one whose scheme was mistyped (`https//user:pass@host`,
+ * `user:pass@host`) is no URL that the redactor would strip of its userinfo.
+ */
+export function webhookUrlSecrets(text: string): string[] {
+  const found = urlSecrets(text);
+  const at = text.lastIndexOf('@');
+  if (at > 0) {
+    // The userinfo: what comes before the "@", after whatever scheme and slashes were typed.
+    const userinfo = text.slice(0, at).replace(/^.*\//, '');
+    found.push(userinfo, ...userinfo.split(':'));
+  }
+  return found;
 }
 
 function parseLimit(text: string): number {

@@ -5,7 +5,7 @@
  * A one-shot command must end: transient failures get two quick retries (about a second in all)
  * instead of the daemon's longer backoff, and the whole command gives up at `--timeout` (default
  * 60 s), aborting whatever is in flight. Maintenance is waited out until then.
- * Exit: 0 every export found; 1 any NOT_FOUND, or a runtime failure.
+ * Exit: 0 every export found; 1 any NOT_FOUND or UNANSWERED, or a runtime failure.
  *
  * `--kind import` asks about imports instead (`/bulk/storage/imports/get`, `/storage/imports/{id}`):
  * the same rows, with the platform's object as `import` in JSON, and the import's destination
@@ -112,7 +112,9 @@ export async function runGet(options: GetOptions): Promise<number> {
   } else {
     options.stdout.write(formatTable(rows, kind));
   }
-  return rows.every((r) => r.state !== 'NOT_FOUND') ? 0 : 1;
+  // Found means the platform said the job's state: NOT_FOUND, and UNANSWERED (nothing usable, as
+  // from an endpoint without /v2, where the single get of one id fails outright) are not.
+  return rows.every((r) => r.state !== 'NOT_FOUND' && r.state !== 'UNANSWERED') ? 0 : 1;
 }
 
 /**

@@ -159,12 +159,21 @@ export async function readIdsStream(
 export function checkIds(ids: readonly string[]): void {
   const bad = ids.filter((id) => !EXPORT_ID_PATTERN.test(id));
   if (bad.length === 0) return;
-  const shown = bad
-    .slice(0, BAD_IDS_SHOWN)
-    .map((b) => JSON.stringify(b.length > 140 ? `${b.slice(0, 140)}…` : b));
+  const shown = bad.slice(0, BAD_IDS_SHOWN).map((b) => visible(b.length > 140 ? `${b.slice(0, 140)}…` : b));
   const more = bad.length > BAD_IDS_SHOWN ? ` and ${bad.length - BAD_IDS_SHOWN} more` : '';
   throw new UsageError(
     `invalid export id${bad.length > 1 ? 's' : ''} ${shown.join(', ')}${more}: ids match ^[A-Za-z0-9_-]{1,128}$`,
+  );
+}
+
+/**
+ * A bad id quoted for the error, with what a terminal would not show escaped as `\uXXXX`: JSON
+ * escapes control characters, not a zero-width space, a no-break space or a bidi override, and an
+ * id pasted with one would read as valid in the message.
+ */
+function visible(id: string): string {
+  return JSON.stringify(id).replace(/[\p{Cc}\p{Cf}\p{Z}]/gu, (c) =>
+    c === ' ' ? c : `\\u${(c.codePointAt(0) ?? 0).toString(16).padStart(4, '0')}`,
   );
 }
 

@@ -12,7 +12,7 @@ import { parseSecret } from '../delivery/signing.js';
 import type { JobKind } from '../polling/tracker.js';
 import { ConfigError } from '../shared/errors.js';
 import { basicAuthorization, type ProxySettings } from '../shared/proxy.js';
-import { Redactor, urlSecrets } from '../shared/redact.js';
+import { Redactor, shownUrl, urlSecrets } from '../shared/redact.js';
 import { parseDatabaseUrl } from '../store/rows.js';
 import { credentialsFile, type Profile, profileKey, resolveProfile } from './profiles.js';
 
@@ -215,34 +215,6 @@ export function isLoopbackHost(host: string): boolean {
   if (h === 'localhost' || h === '::1') return true;
   const octets = /^127\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.exec(h);
   return octets?.slice(1).every((o) => Number(o) <= 255) ?? false;
-}
-
-/**
- * A URL variable's value for a problem line. A URL that parses is shown without its credentials,
- * query and fragment. One that does not cannot be scrubbed reliably (a password holding a "/",
- * or a value cut at a "," or a "#" that leaves "https://user:password"), so only its scheme is
- * shown; without a scheme it is shown unless it holds an "@", "?" or "#".
- */
-function shownUrl(value: string): string {
-  const scheme = /^[a-z][a-z0-9+.-]*:\/\//i.exec(value)?.[0];
-  if (scheme === undefined) {
-    // Not a URL to scrub, yet with what could be credentials or a query in it.
-    return /[@?#]/.test(value)
-      ? `a value of ${value.length} characters that is not a URL (hidden: it may hold credentials)`
-      : JSON.stringify(value);
-  }
-  let u: URL;
-  try {
-    u = new URL(value);
-  } catch {
-    return `a value of ${value.length} characters starting with ${JSON.stringify(scheme)} that is not a URL (the rest hidden: it may hold credentials)`;
-  }
-  // Built from the parsed URL: a text scrubber may stop short of where the parser went on.
-  if (u.username === '' && u.password === '' && u.search === '' && u.hash === '' && !/[@?#]/.test(value)) {
-    return JSON.stringify(value);
-  }
-  const path = u.pathname === '/' ? '' : u.pathname;
-  return `${JSON.stringify(`${u.protocol}//${u.host}${path}`)} (credentials, query and fragment hidden)`;
 }
 
 /** The user's home directory, or undefined when it has none (no $HOME and no passwd entry). */

@@ -63,7 +63,7 @@ import {
   type PlatformExport,
 } from '../polling/tracker.js';
 import type { PlatformErrorBody } from '../shared/errors.js';
-import { safeUrl } from '../shared/redact.js';
+import { safeUrl, shownUrl } from '../shared/redact.js';
 import { isPlainObject } from '../shared/values.js';
 import {
   DELIVERY_STATUSES,
@@ -1517,7 +1517,8 @@ function unknownEndpoint(endpoint: string): HttpError {
   return new HttpError(
     400,
     'unknown_endpoint',
-    `unknown endpoint ${JSON.stringify(clip(safeUrl(endpoint)))}: not one of the configured webhook URLs (WATCHER_WEBHOOK_URLS)`,
+    // Shown as configuration shows a URL: one mistyped (`https//user:password@...`) still holds its password.
+    `unknown endpoint ${clip(shownUrl(endpoint), 300)}: not one of the configured webhook URLs (WATCHER_WEBHOOK_URLS)`,
     [{ field: 'endpoint', problem: 'unknown endpoint' }],
   );
 }

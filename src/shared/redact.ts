@@ -101,3 +101,31 @@ function safeDecode(text: string): string {
     return text;
   }
 }
+
+/**
+ * A URL variable's value for a problem line. A URL that parses is shown without its credentials,
+ * query and fragment. One that does not cannot be scrubbed reliably (a password holding a "/",
+ * or a value cut at a "," or a "#" that leaves "https://user:password"), so only its scheme is
+ * shown; without a scheme it is shown unless it holds an "@", "?" or "#".
+ */
+export function shownUrl(value: string): string {
+  const scheme = /^[a-z][a-z0-9+.-]*:\/\//i.exec(value)?.[0];
+  if (scheme === undefined) {
+    // Not a URL to scrub, yet with what could be credentials or a query in it.
+    return /[@?#]/.test(value)
+      ? `a value of ${value.length} characters that is not a URL (hidden: it may hold credentials)`
+      : JSON.stringify(value);
+  }
+  let u: URL;
+  try {
+    u = new URL(value);
+  } catch {
+    return `a value of ${value.length} characters starting with ${JSON.stringify(scheme)} that is not a URL (the rest hidden: it may hold credentials)`;
+  }
+  // Built from the parsed URL: a text scrubber may stop short of where the parser went on.
+  if (u.username === '' && u.password === '' && u.search === '' && u.hash === '' && !/[@?#]/.test(value)) {
+    return JSON.stringify(value);
+  }
+  const path = u.pathname === '/' ? '' : u.pathname;
+  return `${JSON.stringify(`${u.protocol}//${u.host}${path}`)} (credentials, query and fragment hidden)`;
+}
