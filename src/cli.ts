@@ -1097,13 +1097,52 @@ function exitOnBrokenPipe(stream: NodeJS.WriteStream): void {
   });
 }
 
+/**
+ * The exit code of a command that returned `code`: 141 when a write to one of `streams` failed
+ * because its reader went away. A command that ends right after such a write (`get … | head -1`)
+ * returns before the stream's 'error' event, which `exitOnBrokenPipe` waits for, is emitted; the
+ * failure is already recorded on the stream.
+ */
+export function exitCodeAfterOutput(
+  code: number,
+  streams: ReadonlyArray<{ readonly errored?: Error | null }> = [process.stdout, process.stderr],
+): number {
+  const brokenPipe = streams.some(
+    (s) => (s.errored as NodeJS.ErrnoException | null | undefined)?.code === 'EPIPE',
+  );
+  return brokenPipe ? BROKEN_PIPE_EXIT : code;
+}
+
+/** How long an exit waits for queued output at most: a reader that never reads must not hold it. */
+const OUTPUT_FLUSH_TIMEOUT_MS = 10_000;
+
+/**
+ * Resolves once everything written to `stream` so far has been handed to the system, or failed,
+ * or after `OUTPUT_FLUSH_TIMEOUT_MS`.
+ */
+function flushed(stream: NodeJS.WriteStream): Promise<void> {
+  if (stream.destroyed || stream.writableLength === 0) return Promise.resolve();
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, OUTPUT_FLUSH_TIMEOUT_MS);
+    stream.write('', () => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+}
+
 if (isEntryPoint()) {
   exitOnBrokenPipe(process.stdout);
   exitOnBrokenPipe(process.stderr);
   // The environment is read inside the command, so a broken .env or credential is reported like
   // any configuration problem, and --help and --version never read it.
   runCli(process.argv.slice(2), () => readEnvironment(process.env)).then(
-    (code) => process.exit(code),
+    async (code) => {
+      // stdout to a socket (a parent's pipe from Node, for one) is written asynchronously: exiting
+      // at once would drop what is still queued, and hide a reader that went away.
+      await Promise.all([flushed(process.stdout), flushed(process.stderr)]);
+      process.exit(exitCodeAfterOutput(code));
+    },
     (error: unknown) => {
       process.stderr.write(`error: ${String(error)}\n`);
       process.exit(1);

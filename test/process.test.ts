@@ -320,6 +320,37 @@ describe('a reader that goes away (| head)', () => {
   });
 });
 
+describe('a reader that goes away (| head), one-shot commands', () => {
+  it('ends `get` with 141 when its output is cut off, not with the exit code of a full answer', async () => {
+    // ~600 KB of JSON lines: far more than a pipe holds, so writes fail once the reader left.
+    const { sim, url } = await simulator();
+    const ids = sim.createExports(1000);
+    const get = spawnCli(['get', '--json', ...ids], { SB_API_ENDPOINT: url, SB_AUTH_TOKEN: TOKEN });
+    get.child.stdout?.once('data', () => get.child.stdout?.destroy());
+    const { code } = await get.exited;
+    expect(code).toBe(141);
+    expect(get.stderr()).not.toContain('EPIPE');
+    expect(get.stderr()).not.toMatch(/^\s+at /m);
+  });
+});
+
+describe('output to a slow reader', () => {
+  it('`get` writes every line before it exits, though its reader is not reading yet', async () => {
+    // A Node parent's pipe is a socket, written asynchronously: ~600 KB are still queued when
+    // the command is done.
+    const { sim, url } = await simulator();
+    const ids = sim.createExports(1000);
+    const get = spawnCli(['get', '--json', ...ids], { SB_API_ENDPOINT: url, SB_AUTH_TOKEN: TOKEN });
+    const closed = new Promise((resolve) => get.child.once('close', resolve));
+    get.child.stdout?.pause();
+    setTimeout(() => get.child.stdout?.resume(), 1000);
+    const { code } = await get.exited;
+    await closed; // everything the child wrote has been read
+    expect(code).toBe(0);
+    expect(get.stdout().trim().split('\n')).toHaveLength(1000);
+  });
+});
+
 describe('sbg-export-watcher get', () => {
   it('prints one JSON object per id and exits 0 when all are found', async () => {
     const { sim, url } = await simulator({
