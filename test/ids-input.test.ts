@@ -173,6 +173,15 @@ describe('ids input bounds', () => {
     );
   });
 
+  it('escapes an invisible character beyond the BMP so that the quoted id reads back as it was', async () => {
+    // U+E0041 (a tag character) is invisible; "\ue0041" would read as U+E004 followed by a "1".
+    const stdin = Readable.from(['exp-1\u{E0041}\n']);
+    const error = await usageError(collectIds({ positionals: ['-'] }, { stdin }));
+    expect(error.message).toBe('invalid export id "exp-1\\udb40\\udc41": ids match ^[A-Za-z0-9_-]{1,128}$');
+    const quoted = /"(.*)"/.exec(error.message)?.[1] ?? '';
+    expect(JSON.parse(`"${quoted}"`)).toBe('exp-1\u{E0041}');
+  });
+
   it('get reports a broken bound as one usage line and exit 2', async () => {
     const file = join(dir, 'get-long.txt');
     writeFileSync(file, `ok\n${'z'.repeat(10_000)}\n`);

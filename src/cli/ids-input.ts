@@ -172,8 +172,15 @@ export function checkIds(ids: readonly string[]): void {
  * id pasted with one would read as valid in the message.
  */
 function visible(id: string): string {
+  // Escaped per UTF-16 unit, as JSON does: a character beyond U+FFFF (a tag character) is a pair,
+  // never `\u` with five digits, which reads as another character and a digit.
   return JSON.stringify(id).replace(/[\p{Cc}\p{Cf}\p{Z}]/gu, (c) =>
-    c === ' ' ? c : `\\u${(c.codePointAt(0) ?? 0).toString(16).padStart(4, '0')}`,
+    c === ' '
+      ? c
+      : Array.from(
+          { length: c.length },
+          (_, i) => `\\u${c.charCodeAt(i).toString(16).padStart(4, '0')}`,
+        ).join(''),
   );
 }
 

@@ -423,7 +423,10 @@ export class DeliveryEngine {
       await Promise.allSettled(this.#runs);
     }
     await this.#flushNow();
-    if (this.#ownedAgent) await (inTime ? this.#ownedAgent.close() : this.#ownedAgent.destroy());
+    // Every attempt has ended by now (its answer read, or cut off), so the agent holds only idle
+    // connections and connects an attempt gave up on (a TLS handshake that never ends), which a
+    // graceful close() would wait for until undici's own connect timeout, past the deadline.
+    if (this.#ownedAgent) await this.#ownedAgent.destroy();
   }
 
   async #pendingHere(): Promise<number> {
