@@ -848,7 +848,13 @@ export class SqliteStore implements Store {
       // roll back: answered, not kept.
       if (!this.#open().inTransaction) this.#counts = counts;
     }
-    return { ...counts, oldestPendingAt: counts.pending === 0 ? null : this.#oldestPendingAt() };
+    if (counts.pending === 0) {
+      // Nothing pending: whatever becomes pending later lowers (or forgets) the floor as it is
+      // written, so the next scrape reads from there, not from before everything delivered since.
+      if (this.#counts !== undefined && !this.#open().inTransaction) this.#oldestFloor = Number.MAX_VALUE;
+      return { ...counts, oldestPendingAt: null };
+    }
+    return { ...counts, oldestPendingAt: this.#oldestPendingAt() };
   }
 
   /** The creation time of the oldest event with a pending delivery (see `#oldestFloor`). */

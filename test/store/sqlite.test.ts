@@ -355,6 +355,62 @@ describe('SQLite store', () => {
     }
   });
 
+  it('a scrape after a time with nothing pending reads no event delivered before that time', async () => {
+    // The oldest-pending figure reads events from a floor on; record where each scrape starts.
+    const statement = Object.getPrototypeOf(new Database(':memory:').prepare('SELECT 1')) as {
+      get: (...args: unknown[]) => unknown;
+    };
+    const get = statement.get;
+    const floors: number[] = [];
+    statement.get = function (this: { source: string }, ...args: unknown[]) {
+      if (this.source.includes('INDEXED BY events_by_time')) floors.push(args[0] as number);
+      return get.apply(this, args);
+    };
+    const store = await openSqliteStore({ path: ':memory:' });
+    try {
+      const ref = { key: endpointKey('https://a.example/'), label: 'https://a.example/' };
+      const deliver = (id: string, at: number) =>
+        store.recordAttempts([
+          {
+            eventId: `evt_${id}`,
+            endpointKey: ref.key,
+            seriesStartedAt: at,
+            status: 'delivered',
+            attempts: 1,
+            nextAttemptAt: null,
+            lastStatus: 200,
+            lastError: null,
+            finishedAt: at,
+          },
+        ]);
+      await store.addExports([{ ids: ['first'], metadata: null }], T0);
+      await store.commitChanges([completed('first', T0 + 1)], plainEvent, [ref], T0 + 1);
+      expect((await store.deliveryCounts()).oldestPendingAt).toBe(T0 + 1);
+      await deliver('first', T0 + 1);
+      expect((await store.deliveryCounts()).pending).toBe(0);
+      // 500 events come and are delivered between two scrapes that see nothing pending.
+      const ids = Array.from({ length: 500 }, (_, i) => `d${i}`);
+      await store.addExports([{ ids, metadata: null }], T0);
+      for (const [i, id] of ids.entries()) {
+        await store.commitChanges([completed(id, T0 + 10 + i)], plainEvent, [ref], T0 + 10 + i);
+        await deliver(id, T0 + 10 + i);
+      }
+      expect((await store.deliveryCounts()).pending).toBe(0);
+      // Then one event stays pending: the scrape reads from it, not from the 500 delivered before.
+      await store.addExports([{ ids: ['late'], metadata: null }], T0);
+      await store.commitChanges([completed('late', T0 + 10_000)], plainEvent, [ref], T0 + 10_000);
+      floors.length = 0;
+      expect((await store.deliveryCounts()).oldestPendingAt).toBe(T0 + 10_000);
+      const read = (await store.listEvents({ limit: 1000 })).items.filter(
+        (e) => floors.length === 0 || e.createdAt >= (floors[0] as number),
+      );
+      expect(read.map((e) => e.id)).toEqual(['evt_late']);
+    } finally {
+      statement.get = get;
+      await store.close();
+    }
+  });
+
   it('refuses a second store on a database that is open, and opens it once the first is closed', async () => {
     const path = openDataDir(freshDir());
     const first = await openSqliteStore({ path });
