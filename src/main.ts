@@ -388,7 +388,7 @@ export class Daemon {
       get: async (id, kind = 'export') => {
         const record = await this.store.getExport(id, kind);
         if (!record) return undefined;
-        return { ...view(record), events: await this.store.eventsOfExport(id) };
+        return { ...view(record), events: await this.store.eventsOfExport(id, kind) };
       },
       page: async (query) => {
         const { items, more } = await this.store.pageExports(query);

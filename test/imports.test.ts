@@ -750,6 +750,28 @@ describe('imports end to end, against the simulator over loopback', () => {
     expect(s.logs.join('')).not.toContain(TOKEN);
   });
 
+  it("GET /v1/imports/{id} shows the import's events, not those of a removed export that had its id", async () => {
+    stack = await startStack({ sim: { timing: SHORT } });
+    const s = stack;
+    const [id] = s.sim.createExports(1, { outcome: 'COMPLETED' });
+    expect((await s.post('/v1/exports', { ids: [id] })).status).toBe(202);
+    await s.receiver.waitFor((r) => r.acceptedIds().has(`evt_${id}_completed`), 60_000);
+    // Its delivery recorded: the export's event is kept for replay when it is removed.
+    await vi.waitFor(
+      async () => {
+        const delivered = await s.get(`/v1/events?export_id=${id}&status=delivered`);
+        expect((delivered.json as { items: unknown[] }).items).toHaveLength(1);
+      },
+      { timeout: 10_000, interval: 50 },
+    );
+    expect((await request(`${s.apiUrl}/v1/exports/${id}`, { method: 'DELETE' })).statusCode).toBe(204);
+    // The id is watched again, as an import: its record has no event yet, as /v1/events says.
+    expect((await s.post('/v1/imports', { ids: [id] })).status).toBe(202);
+    const record = (await s.get(`/v1/imports/${id}`)).json as { events: Array<{ id: string }> };
+    expect(((await s.get(`/v1/events?import_id=${id}`)).json as { items: unknown[] }).items).toEqual([]);
+    expect(record.events.map((e) => e.id)).toEqual([]);
+  });
+
   it('exports and imports share the one budget, and every call carries one kind', async () => {
     // A budget far below the work: each kind alone could spend all of it.
     const budget = 10;

@@ -57,6 +57,7 @@ import {
   type ActiveRow,
   type DeliveryRow,
   describeDatabaseUrl,
+  eventCreatedAt,
   fromJson,
   page,
   toActiveExport,
@@ -638,11 +639,18 @@ export class PostgresStore implements Store {
 
         const candidates = [...events.values()];
         if (candidates.length === 0) return [];
+        const lastCreated = new Map<string, number>();
+        const createdAt = candidates.map((e) => {
+          const at = eventCreatedAt(lastCreated, e.exportId, now);
+          lastCreated.set(e.exportId, at);
+          return at;
+        });
         const inserted = await this.#query<{ id: string }>(
           client,
           `INSERT INTO events (id, export_id, type, body, created_at)
-            SELECT u.id, u.export_id, u.type, u.body, $5
-            FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS u(id, export_id, type, body)
+            SELECT u.id, u.export_id, u.type, u.body, u.created_at
+            FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[])
+              AS u(id, export_id, type, body, created_at)
             ON CONFLICT (id) DO NOTHING
             RETURNING id`,
           [
@@ -650,7 +658,7 @@ export class PostgresStore implements Store {
             candidates.map((e) => e.exportId),
             candidates.map((e) => e.type),
             candidates.map((e) => e.body),
-            now,
+            createdAt,
           ],
         );
         const fresh = new Set(inserted.rows.map((row) => row.id));
@@ -836,51 +844,63 @@ export class PostgresStore implements Store {
   }
 
   async getEvent(id: string): Promise<StoredEvent | undefined> {
-    return this.#use(async (db) => {
-      const { rows } = await this.#query<EventRow>(db, `SELECT ${EVENT_COLUMNS} FROM events WHERE id = $1`, [
-        id,
-      ]);
-      return (await this.#withDeliveries(db, rows))[0];
-    });
+    return this.#use((pool) =>
+      this.#snapshot(pool, async (db) => {
+        const { rows } = await this.#query<EventRow>(
+          db,
+          `SELECT ${EVENT_COLUMNS} FROM events WHERE id = $1`,
+          [id],
+        );
+        return (await this.#withDeliveries(db, rows))[0];
+      }),
+    );
   }
 
   async listEvents(query: EventQuery): Promise<{ items: StoredEvent[]; more: boolean }> {
-    return this.#use(async (db) => {
-      const values: unknown[] = [];
-      const where: string[] = [];
-      if (query.exportId !== undefined) where.push(`export_id = $${values.push(query.exportId)}`);
-      if (query.kind !== undefined) where.push(`starts_with(type, $${values.push(query.kind)}::text || '.')`);
-      if (query.since !== undefined) where.push(`created_at >= $${values.push(query.since)}`);
-      if (query.after !== undefined) {
-        const at = `$${values.push(query.after.createdAt)}::bigint`;
-        where.push(`(created_at, id) < (${at}, $${values.push(query.after.id)}::text)`);
-      }
-      if (query.status !== undefined) {
-        where.push(
-          `EXISTS (SELECT 1 FROM deliveries WHERE event_id = events.id AND status = $${values.push(query.status)})`,
-        );
-      }
-      const limit = `$${values.push(query.limit + 1)}`;
-      const { rows } = await this.#query<EventRow>(
-        db,
-        `SELECT ${EVENT_COLUMNS} FROM events ${whereClause(where)}
+    return this.#use((pool) =>
+      this.#snapshot(pool, async (db) => {
+        const values: unknown[] = [];
+        const where: string[] = [];
+        if (query.exportId !== undefined) where.push(`export_id = $${values.push(query.exportId)}`);
+        if (query.kind !== undefined)
+          where.push(`starts_with(type, $${values.push(query.kind)}::text || '.')`);
+        if (query.since !== undefined) where.push(`created_at >= $${values.push(query.since)}`);
+        if (query.after !== undefined) {
+          const at = `$${values.push(query.after.createdAt)}::bigint`;
+          where.push(`(created_at, id) < (${at}, $${values.push(query.after.id)}::text)`);
+        }
+        if (query.status !== undefined) {
+          where.push(
+            `EXISTS (SELECT 1 FROM deliveries WHERE event_id = events.id AND status = $${values.push(query.status)})`,
+          );
+        }
+        const limit = `$${values.push(query.limit + 1)}`;
+        const { rows } = await this.#query<EventRow>(
+          db,
+          `SELECT ${EVENT_COLUMNS} FROM events ${whereClause(where)}
           ORDER BY created_at DESC, id DESC LIMIT ${limit}`,
-        values,
-      );
-      const { items, more } = page(rows, query.limit, (r) => r);
-      return { items: await this.#withDeliveries(db, items), more };
-    });
+          values,
+        );
+        const { items, more } = page(rows, query.limit, (r) => r);
+        return { items: await this.#withDeliveries(db, items), more };
+      }),
+    );
   }
 
-  async eventsOfExport(exportId: string): Promise<StoredEvent[]> {
-    return this.#use(async (db) => {
-      const { rows } = await this.#query<EventRow>(
-        db,
-        `SELECT ${EVENT_COLUMNS} FROM events WHERE export_id = $1 ORDER BY created_at, id`,
-        [exportId],
-      );
-      return this.#withDeliveries(db, rows);
-    });
+  async eventsOfExport(exportId: string, kind?: JobKind): Promise<StoredEvent[]> {
+    return this.#use((pool) =>
+      this.#snapshot(pool, async (db) => {
+        const values: unknown[] = [exportId];
+        const where = ['export_id = $1'];
+        if (kind !== undefined) where.push(`starts_with(type, $${values.push(kind)}::text || '.')`);
+        const { rows } = await this.#query<EventRow>(
+          db,
+          `SELECT ${EVENT_COLUMNS} FROM events ${whereClause(where)} ORDER BY created_at, id`,
+          values,
+        );
+        return this.#withDeliveries(db, rows);
+      }),
+    );
   }
 
   /**
@@ -1094,7 +1114,11 @@ export class PostgresStore implements Store {
   }
 
   /** `work` inside BEGIN ... COMMIT on one connection; a connection that fails to roll back is dropped. */
-  async #transaction<T>(db: pg.Pool, work: (client: pg.PoolClient) => Promise<T>): Promise<T> {
+  async #transaction<T>(
+    db: pg.Pool,
+    work: (client: pg.PoolClient) => Promise<T>,
+    begin = 'BEGIN',
+  ): Promise<T> {
     let client: pg.PoolClient;
     try {
       client = await db.connect();
@@ -1110,7 +1134,7 @@ export class PostgresStore implements Store {
     };
     client.on('error', onError);
     try {
-      await client.query('BEGIN');
+      await client.query(begin);
       const result = await work(client);
       await client.query('COMMIT');
       return result;
@@ -1125,6 +1149,15 @@ export class PostgresStore implements Store {
       client.off('error', onError);
       client.release(broken);
     }
+  }
+
+  /**
+   * `work` reading one snapshot: events and their deliveries are two statements, and a write
+   * committed between them (an outcome, retention) would otherwise show an event listed for a
+   * delivery status with another one, or with no delivery at all, as SQLite never does.
+   */
+  #snapshot<T>(db: pg.Pool, work: (client: pg.PoolClient) => Promise<T>): Promise<T> {
+    return this.#transaction(db, work, 'BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
   }
 
   /** An error with the password cut out of its message. */

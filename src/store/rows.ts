@@ -135,3 +135,13 @@ export function describeDatabaseUrl(
   const user = parsed.username === '' ? '' : `${parsed.username}@`;
   return { shown: scrub(`${parsed.protocol}//${user}${host}${parsed.pathname}`), scrub };
 }
+
+/**
+ * When an event of this job is created at `now`: `now`, or a millisecond after the job's last event
+ * built in the same call (two checks of one job committed together), so that its events list in the
+ * order of its transitions, not in the order of their ids (`evt_x_failed` before `evt_x_running`).
+ */
+export function eventCreatedAt(lastCreated: ReadonlyMap<string, number>, jobId: string, now: number): number {
+  const last = lastCreated.get(jobId);
+  return last === undefined || last < now ? now : last + 1;
+}

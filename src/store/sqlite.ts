@@ -25,6 +25,7 @@ import type { PlatformErrorBody } from '../shared/errors.js';
 import {
   activeExport,
   type DeliveryRow,
+  eventCreatedAt,
   fromJson,
   page,
   type RawActiveRow,
@@ -629,6 +630,8 @@ export class SqliteStore implements Store {
     const storedEvent = this.#sql('SELECT export_id, type FROM events WHERE id = ?');
     return this.#transaction(() => {
       const written: NewEvent[] = [];
+      /** The creation time of the last event built for each job in this call. */
+      const lastCreated = new Map<string, number>();
       for (const change of changes) {
         const params = changeParams(change);
         if (change.from === change.to) {
@@ -640,7 +643,9 @@ export class SqliteStore implements Store {
         if (!row || move.run(params).changes === 0) continue;
         const event = build(change, fromJson(row.metadata), row.kind);
         if (!event) continue;
-        if (insertEvent.run(event.id, event.exportId, event.type, event.body, now).changes === 0) {
+        const createdAt = eventCreatedAt(lastCreated, event.exportId, now);
+        lastCreated.set(event.exportId, createdAt);
+        if (insertEvent.run(event.id, event.exportId, event.type, event.body, createdAt).changes === 0) {
           const stored = storedEvent.get(event.id) as { export_id: string; type: string } | undefined;
           if (stored?.export_id !== event.exportId || stored.type !== event.type) continue;
           let added = 0;
@@ -653,7 +658,7 @@ export class SqliteStore implements Store {
           continue;
         }
         for (const e of endpoints) insertDelivery.run(event.id, e.key, e.label, now, now);
-        this.#counted('pending', endpoints.length, now);
+        this.#counted('pending', endpoints.length, createdAt);
         written.push(event);
       }
       return written;
@@ -776,10 +781,14 @@ export class SqliteStore implements Store {
     return { items: this.#withDeliveries(items), more };
   }
 
-  async eventsOfExport(exportId: string): Promise<StoredEvent[]> {
+  async eventsOfExport(exportId: string, kind?: JobKind): Promise<StoredEvent[]> {
+    const where = [
+      'export_id = @exportId',
+      ...(kind === undefined ? [] : ["substr(type, 1, length(@kind) + 1) = @kind || '.'"]),
+    ];
     const rows = this.#sql(
-      `SELECT ${EVENT_COLUMNS} FROM events WHERE export_id = ? ORDER BY created_at, id`,
-    ).all(exportId) as EventRow[];
+      `SELECT ${EVENT_COLUMNS} FROM events ${whereClause(where)} ORDER BY created_at, id`,
+    ).all({ exportId, kind }) as EventRow[];
     return this.#withDeliveries(rows);
   }
 

@@ -297,8 +297,12 @@ export interface Store {
   getEvent(id: string): Promise<StoredEvent | undefined>;
   /** Newest first: ordered by (createdAt, id) descending. */
   listEvents(query: EventQuery): Promise<{ items: StoredEvent[]; more: boolean }>;
-  /** Events of one export with their deliveries, oldest first. */
-  eventsOfExport(exportId: string): Promise<StoredEvent[]>;
+  /**
+   * Events of one job with their deliveries, oldest first: of this kind only (their type starts
+   * with `export.` or `import.`), of both kinds when absent. A job removed keeps its events for
+   * replay, and its id may then be watched as the other kind: a job's record shows its own.
+   */
+  eventsOfExport(exportId: string, kind?: JobKind): Promise<StoredEvent[]>;
   /**
    * Starts a new attempt series, due `now`, for one event's deliveries to `endpoints` (rows are
    * created for endpoints that never had one). Returns the deliveries reset; undefined when the

@@ -4,6 +4,7 @@
  *
  * Times are fixed epoch milliseconds passed in, as the daemon passes `now`; nothing here sleeps.
  */
+import pg from 'pg';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { type EventType, webhookId } from '../../src/delivery/events.js';
 import type { ExportState, PlatformExport } from '../../src/polling/tracker.js';
@@ -935,6 +936,40 @@ export function describeStoreContract(
         expect(combined.more).toBe(false);
       });
 
+      it("lists one job's events in the order of its transitions when one call stores several", async () => {
+        // Two checks of `d` answered in one commit (a commit that waited behind a slow one):
+        // RUNNING, then FAILED. Their events must not read as FAILED first.
+        await store.addExports([{ ids: ['d'], metadata: null }], T0);
+        const at = T0 + 10 * SECOND;
+        await store.commitChanges(
+          [move('d', 'UNKNOWN', 'RUNNING', at - 5), move('d', 'RUNNING', 'FAILED', at - 1)],
+          build,
+          [A],
+          at,
+        );
+        expect((await store.eventsOfExport('d')).map((e) => e.id)).toEqual([
+          eventId('d', 'RUNNING'),
+          eventId('d', 'FAILED'),
+        ]);
+        // Newest first, one by one with the cursor: the outcome, then what came before it.
+        const walked: string[] = [];
+        let after: { createdAt: number; id: string } | undefined;
+        for (;;) {
+          const page = await store.listEvents({ exportId: 'd', limit: 1, after });
+          walked.push(...ids(page));
+          const last = page.items.at(-1);
+          if (!page.more || !last) break;
+          after = { createdAt: last.createdAt, id: last.id };
+        }
+        expect(walked).toEqual([eventId('d', 'FAILED'), eventId('d', 'RUNNING')]);
+        expect(ids(await store.listEvents({ limit: 2 }))).toEqual([
+          eventId('d', 'FAILED'),
+          eventId('d', 'RUNNING'),
+        ]);
+        // Created when stored, at the earliest: `since` the commit takes both in.
+        expect(ids(await store.listEvents({ since: at, limit: 10 }))).toHaveLength(2);
+      });
+
       it("lists one export's events oldest first, or none", async () => {
         const events = await store.eventsOfExport('a');
         expect(events.map((e) => [e.id, e.createdAt])).toEqual([
@@ -1423,6 +1458,31 @@ export function describeStoreContract(
         expect(await store.deliveryCounts()).toMatchObject({ pending: 0 });
       });
 
+      it("lists a job's own events: not those of a removed job of the other kind that had its id", async () => {
+        await store.addExports([{ ids: ['x'], metadata: null }], T0);
+        await store.commitChanges([move('x', 'UNKNOWN', 'COMPLETED', T0 + 1)], buildKind, [A], T0 + 1);
+        await recordOutcomes([delivered('evt_x_completed', A, T0 + 2)]);
+        // Removed, its delivered event kept for replay; the id is then watched as an import.
+        expect(await store.removeExport('x')).toEqual({ removed: true, cancelledDeliveries: 0 });
+        await store.addExports([{ ids: ['x'], metadata: null, kind: 'import' }], T0 + HOUR);
+        await store.commitChanges(
+          [move('x', 'UNKNOWN', 'RUNNING', T0 + HOUR + 1)],
+          buildKind,
+          [A],
+          T0 + HOUR + 1,
+        );
+
+        const types = async (kind?: 'export' | 'import') =>
+          (await store.eventsOfExport('x', kind)).map((e) => e.type);
+        // What GET /v1/imports/x shows, as GET /v1/events?import_id=x lists it.
+        expect(await types('import')).toEqual(['import.running']);
+        expect(
+          (await store.listEvents({ exportId: 'x', kind: 'import', limit: 10 })).items.map((e) => e.type),
+        ).toEqual(['import.running']);
+        expect(await types('export')).toEqual(['export.completed']);
+        expect(await types()).toEqual(['export.completed', 'import.running']);
+      });
+
       it('adds imports with their kind; reads, pages and counts each kind apart, exports as before', async () => {
         const results = await store.addExports(
           [
@@ -1676,6 +1736,69 @@ export function describeStoreContract(
           lastStatus: 503,
           lastError: 'HTTP 503',
         });
+      });
+    });
+
+    describe('listings read in one snapshot', () => {
+      /**
+       * Runs `write` while `listing` is under way, between its reads where the store makes more
+       * than one (PostgreSQL: the events, then their deliveries); where a listing is one read
+       * (SQLite), the write comes after it.
+       */
+      async function writeDuring<T>(listing: () => Promise<T>, write: () => Promise<unknown>): Promise<T> {
+        let fired = false;
+        type Query = (this: unknown, ...args: unknown[]) => unknown;
+        // A statement run on the pool, or on a connection taken from it (a transaction); not the
+        // pool's own use of a connection (with a callback), which the first already sees.
+        const spies = [pg.Pool.prototype, pg.Client.prototype].map((proto) => {
+          const original = proto.query as unknown as Query;
+          const query: Query = function (this: unknown, ...args: unknown[]) {
+            if (typeof args.at(-1) === 'function') return original.apply(this, args);
+            return (async () => {
+              const result = await original.apply(this, args);
+              const text = (args[0] as { text?: unknown } | undefined)?.text;
+              if (!fired && typeof text === 'string' && /FROM events\b/.test(text)) {
+                fired = true;
+                await write();
+              }
+              return result;
+            })();
+          };
+          return vi.spyOn(proto, 'query').mockImplementation(query as unknown as typeof proto.query);
+        });
+        try {
+          const result = await listing();
+          if (!fired) await write();
+          return result;
+        } finally {
+          for (const spy of spies) spy.mockRestore();
+        }
+      }
+
+      it('an event listed by delivery status shows the delivery it was listed for, though it changes meanwhile', async () => {
+        await watchThrough(['a', 'b'], ['COMPLETED'], [A]);
+        const page = await writeDuring(
+          () => store.listEvents({ status: 'pending', limit: 10 }),
+          () => recordOutcomes([delivered(eventId('a', 'COMPLETED'), A, T0 + 10 * SECOND)]),
+        );
+        expect(page.items.map((e) => e.id)).toEqual([eventId('b', 'COMPLETED'), eventId('a', 'COMPLETED')]);
+        for (const event of page.items) {
+          expect(event.deliveries.map((d) => d.status)).toEqual(['pending']);
+        }
+        expect((await store.getEvent(eventId('a', 'COMPLETED')))?.deliveries[0]?.status).toBe('delivered');
+      });
+
+      it('an event listed while retention deletes it is shown with its deliveries, not with none', async () => {
+        await watchThrough(['a', 'b'], ['COMPLETED'], [A]);
+        await recordOutcomes([delivered(eventId('a', 'COMPLETED'), A, T0 + 2 * SECOND)]);
+        const page = await writeDuring(
+          () => store.listEvents({ status: 'delivered', limit: 10 }),
+          () => store.prune(T0 + 10 * HOUR, { retainMs: 1000 * HOUR, eventRetainMs: HOUR, batch: 10 }),
+        );
+        expect(page.items.map((e) => [e.id, e.deliveries.map((d) => d.status)])).toEqual([
+          [eventId('a', 'COMPLETED'), ['delivered']],
+        ]);
+        expect(await store.getEvent(eventId('a', 'COMPLETED'))).toBeUndefined();
       });
     });
 
