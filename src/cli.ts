@@ -939,10 +939,11 @@ async function simulateCommand(args: readonly string[]): Promise<number> {
   const range = (flag: string): [number, number] | undefined => {
     const v = values[flag];
     if (v === undefined) return undefined;
-    const [a, b = a] = String(v).split('-');
+    const parts = String(v).split('-');
+    const [a, b = a] = parts;
     const min = parseDuration(a ?? '');
     const max = parseDuration(b ?? '');
-    if (Number.isNaN(min) || Number.isNaN(max) || min > max) {
+    if (parts.length > 2 || Number.isNaN(min) || Number.isNaN(max) || min > max) {
       problems.push(`--${flag}: expected MIN-MAX durations like 1s-5s, got ${JSON.stringify(v)}`);
       return undefined;
     }

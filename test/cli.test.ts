@@ -132,6 +132,15 @@ describe('the process', () => {
     expect(r.stderr).not.toContain('" tok"');
   });
 
+  it('simulate refuses a --pending or --running of more than MIN-MAX, in one line each', async () => {
+    const r = await runCli(['simulate', '--port', '0', '--pending', '1s-5s-9s', '--running', '2s-3s-1s']);
+    expect(r.code).toBe(2);
+    expect(lines(r.stderr)).toEqual([
+      expect.stringMatching(/--pending: expected MIN-MAX durations like 1s-5s, got "1s-5s-9s"$/),
+      expect.stringMatching(/--running: expected MIN-MAX durations like 1s-5s, got "2s-3s-1s"$/),
+    ]);
+  });
+
   it('simulate refuses an --error-ids list it cannot hold, in one line', async () => {
     const r = await runCli(['simulate', '--port', '0', '--error-ids', `ok,${'x'.repeat(129)}`]);
     expect(r.code).toBe(2);

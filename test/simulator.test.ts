@@ -1,3 +1,4 @@
+import { connect } from 'node:net';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
@@ -1008,5 +1009,65 @@ describe('lifecycle and scale', () => {
     expect(stats.idsChecked).toBe(5000);
     expect(stats.checksAfterTerminal).toBe(0);
     expect(stats.quotaSpent).toBe(100);
+  });
+});
+
+/** Sends `text` as it is on a new connection and reads the answer until the server closes it. */
+function rawExchange(
+  sim: Simulator,
+  text: string,
+): Promise<{ status: number; headers: Record<string, string>; body: string }> {
+  const { port } = new URL(sim.baseUrl);
+  return new Promise((resolve, reject) => {
+    const socket = connect(Number(port), '127.0.0.1');
+    let out = '';
+    socket.setEncoding('utf8');
+    socket.on('data', (d: string) => {
+      out += d;
+    });
+    socket.on('error', reject);
+    socket.on('close', () => {
+      const [head = '', ...rest] = out.split('\r\n\r\n');
+      const [statusLine = '', ...lines] = head.split('\r\n');
+      const headers: Record<string, string> = {};
+      for (const line of lines) {
+        const at = line.indexOf(':');
+        headers[line.slice(0, at).trim().toLowerCase()] = line.slice(at + 1).trim();
+      }
+      resolve({ status: Number(statusLine.split(' ')[1]), headers, body: rest.join('\r\n\r\n') });
+    });
+    socket.write(text);
+  });
+}
+
+describe('requests it cannot take apart', () => {
+  it('answers a request target that is no URL as a bad request (400, 90000), counted, not as its own failure', async () => {
+    const sim = await startSim();
+    const r = await rawExchange(
+      sim,
+      'GET //[/v2/rate_limit HTTP/1.1\r\nHost: x\r\nX-SBG-Auth-Token: tok\r\nConnection: close\r\n\r\n',
+    );
+    expect(r.status).toBe(400);
+    expect(JSON.parse(r.body)).toMatchObject({ status: 400, code: 90000 });
+    expect(r.headers['x-ratelimit-limit']).toBe('1000');
+    expect(sim.stats().requests).toEqual({ other: 1 });
+    expect(sim.stats().statuses).toEqual({ '400': 1 });
+    // Still serving.
+    expect((await call(sim, 'GET', '/rate_limit')).status).toBe(200);
+  });
+
+  it('answers a request the HTTP parser refuses with a platform error body and the rate-limit headers', async () => {
+    const sim = await startSim();
+    const r = await rawExchange(
+      sim,
+      'GET /v2/rate_limit HTTP/1.1\r\nHost: x\r\nX-SBG-Auth-Token: t\u0001k\r\n\r\n',
+    );
+    expect(r.status).toBe(400);
+    expect(JSON.parse(r.body)).toMatchObject({ status: 400, code: 90000, more_info: expect.any(String) });
+    expect(r.headers['x-ratelimit-limit']).toBe('1000');
+    expect(r.headers['x-ratelimit-remaining']).toBe('1000');
+    expect(r.headers['x-ratelimit-reset']).toBe(String((T0 + 300_000) / 1000));
+    expect(sim.stats().statuses).toEqual({ '400': 1 });
+    expect((await call(sim, 'GET', '/rate_limit')).status).toBe(200);
   });
 });

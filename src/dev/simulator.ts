@@ -84,8 +84,15 @@
  * 500 → 90004.
  */
 import { randomUUID } from 'node:crypto';
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import {
+  createServer,
+  type IncomingMessage,
+  type Server,
+  type ServerResponse,
+  STATUS_CODES,
+} from 'node:http';
 import type { AddressInfo } from 'node:net';
+import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { isPlainObject } from '../shared/values.js';
 
@@ -786,6 +793,9 @@ export class Simulator {
     if (this.#closing) return Promise.reject(new Error('Simulator: start() after close()'));
     this.#starting ??= new Promise<string>((resolve, reject) => {
       const server = createServer((req, res) => this.#onRequest(req, res));
+      server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) =>
+        this.#onClientError(err, socket),
+      );
       this.#server = server;
       server.once('error', reject);
       server.listen(this.#port, this.#host, () => {
@@ -1185,11 +1195,18 @@ export class Simulator {
 
   async #handle(x: Exchange): Promise<void> {
     const method = x.req.method ?? 'GET';
-    const url = new URL(x.req.url ?? '/', 'http://simulator.invalid');
-    const path = url.pathname.length > 1 ? url.pathname.replace(/\/+$/, '') : url.pathname;
+    // A request target that is no URL (`//[`, a port past 65535) is the client's error, answered
+    // 400 below like any other bad request: not a failure of the simulator's own.
+    let url: URL | undefined;
+    try {
+      url = new URL(x.req.url ?? '/', 'http://simulator.invalid');
+    } catch {
+      url = undefined;
+    }
+    const path = !url ? '' : url.pathname.length > 1 ? url.pathname.replace(/\/+$/, '') : url.pathname;
     if (path.startsWith('/_simulator/')) return this.#handleAdmin(x, method, path);
 
-    const match = matchRoute(method, path);
+    const match: RouteMatch = url ? matchRoute(method, path) : { kind: 'none' };
     x.route = match.kind === 'route' ? match.name : 'other';
     this.#bump(this.#stats.requests, x.route);
     if (this.#onRequestHook) {
@@ -1222,6 +1239,7 @@ export class Simulator {
     }
     this.#stats.quotaSpent += 1;
 
+    if (!url) return this.#send(x, 400, platformError(400, 90000, 'The request target is not a valid URL.'));
     if (match.kind === 'none') return this.#send(x, 404, platformError(404, 90003, 'Not found.'));
     if (match.kind === 'method') {
       const message = path.startsWith('/v2/storage/exports/')
@@ -1352,6 +1370,42 @@ export class Simulator {
     res.writeHead(status, { ...headers, 'Content-Length': String(Buffer.byteLength(text)) });
     res.end(text);
     for (const rec of opts.served ?? []) rec.terminalServed = true;
+  }
+
+  /**
+   * A request node's parser refused (a bad header, headers too large, too slow to arrive): answered
+   * as node would (400, 431, 408, then the connection closes), but with a platform error body and
+   * the rate-limit headers every answer carries. Counted as a request of no route.
+   */
+  #onClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
+    // An answer already under way on this connection must not be interleaved with another.
+    const inFlight = (socket as unknown as { _httpMessage?: { headersSent?: boolean } })._httpMessage;
+    if (err.code === 'ECONNRESET' || !socket.writable || inFlight?.headersSent) {
+      socket.destroy();
+      return;
+    }
+    const status =
+      err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
+    const message =
+      status === 431
+        ? 'The request headers are too large.'
+        : status === 408
+          ? 'The request did not arrive in time.'
+          : 'The request could not be parsed.';
+    const text = JSON.stringify(platformError(status, 90000, message));
+    const headers: Record<string, string> = {
+      'Content-Type': 'application/json; charset=utf-8',
+      'X-Request-Id': randomUUID(),
+      ...this.#rateHeaders(this.#now()),
+      'Content-Length': String(Buffer.byteLength(text)),
+      Connection: 'close',
+    };
+    this.#bump(this.#stats.requests, 'other');
+    this.#bump(this.#stats.statuses, String(status));
+    const head = Object.entries(headers)
+      .map(([name, value]) => `${name}: ${value}\r\n`)
+      .join('');
+    socket.end(`HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\n${head}\r\n${text}`);
   }
 
   #sendRateLimit(x: Exchange, now: number): void {
