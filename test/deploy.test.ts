@@ -22,6 +22,7 @@ import { isBuiltin } from 'node:module';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
+import { parse as parseDotenv } from 'dotenv';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { DEFAULTS, parseDuration } from '../src/config/config.js';
 import { closedPort } from './helpers/ports.js';
@@ -317,10 +318,10 @@ describe('the image commands, run against a local build', () => {
   const healthcheck = (port: number): Promise<Finished> =>
     start(local(healthcheckCommand), { ...imageEnv, WATCHER_HTTP_PORT: String(port) }).finished;
 
-  const listen = async (handler: Parameters<typeof createServer>[1]): Promise<number> => {
+  const listen = async (handler: Parameters<typeof createServer>[1], host = '127.0.0.1'): Promise<number> => {
     const server = createServer(handler);
     servers.push(server);
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    await new Promise<void>((resolve) => server.listen(0, host, resolve));
     return (server.address() as AddressInfo).port;
   };
 
@@ -409,6 +410,54 @@ describe('the image commands, run against a local build', () => {
       }
     });
 
+    it('asks the address WATCHER_HTTP_HOST names when it is not a wildcard, from the environment or .env', async () => {
+      // A daemon bound to one loopback address (or ::1, or an interface's address) is not reached
+      // on 127.0.0.1.
+      const healthz: Parameters<typeof createServer>[1] = (req, res) => {
+        const ok = req.method === 'GET' && req.url === '/healthz';
+        res
+          .writeHead(ok ? 200 : 404, { 'content-type': 'application/json' })
+          .end(ok ? '{"status":"ok"}' : '{}');
+      };
+      const port = await listen(healthz, '127.0.0.2');
+      const fromEnv = await start(local(healthcheckCommand), {
+        ...imageEnv,
+        WATCHER_HTTP_HOST: '127.0.0.2',
+        WATCHER_HTTP_PORT: String(port),
+      }).finished;
+      expect(fromEnv.code, fromEnv.stderr).toBe(0);
+
+      const dotenv = join(app, '.env');
+      writeFileSync(dotenv, `WATCHER_HTTP_HOST=127.0.0.2\nWATCHER_HTTP_PORT=${port}\n`);
+      try {
+        const { WATCHER_HTTP_HOST: _host, WATCHER_HTTP_PORT: _port, ...without } = imageEnv;
+        const fromFile = await start(local(healthcheckCommand), without).finished;
+        expect(fromFile.code, fromFile.stderr).toBe(0);
+      } finally {
+        rmSync(dotenv, { force: true });
+      }
+
+      // "[::1]" is ::1, as the daemon reads it; and :: (every interface) is reached on loopback.
+      const v6 = await listen(healthz, '::1').catch(() => undefined); // no IPv6 here
+      if (v6 !== undefined) {
+        for (const host of ['::1', '[::1]']) {
+          const result = await start(local(healthcheckCommand), {
+            ...imageEnv,
+            WATCHER_HTTP_HOST: host,
+            WATCHER_HTTP_PORT: String(v6),
+          }).finished;
+          expect(result.code, `${host}: ${result.stderr}`).toBe(0);
+        }
+      }
+      const wildcard = await listen(healthz);
+      const result = await start(local(healthcheckCommand), {
+        ...imageEnv,
+        WATCHER_HTTP_HOST: '::',
+        WATCHER_HTTP_PORT: String(wildcard),
+      }).finished;
+      expect(result.code, result.stderr).toBe(0);
+    });
+
     it('exits 1 when /healthz answers 503', async () => {
       const port = await listen((_req, res) => {
         res.writeHead(503).end('{"status":"stopping"}');
@@ -445,6 +494,26 @@ describe('the image commands, run against a local build', () => {
       expect(result.code).toBe(2);
       expect(result.stderr).toMatch(/WATCHER_API_TOKEN/);
       expect(result.stdout).not.toMatch(/listening/);
+    });
+
+    it('with config/.env.example as its env_file (README compose) or a Kubernetes secret, still listens on every interface', async () => {
+      // compose's env_file and envFrom put every assignment of the file over the image's ENV: one of
+      // a variable the image sets would move the daemon off what its published port reaches.
+      const example = parseDotenv(readFileSync(join(ROOT, 'config', '.env.example')));
+      const daemon = start(daemonCommand(), {
+        ...imageEnv,
+        ...example,
+        // What a user fills in.
+        SB_AUTH_TOKEN: 'tok_deploy_test_platform',
+        WATCHER_API_TOKEN: 'api_deploy_test_7f3b91',
+        SB_API_ENDPOINT: `http://127.0.0.1:${await closedPort()}/v2`,
+        WATCHER_HTTP_PORT: '0',
+        WATCHER_DATA_DIR: join(tmp, 'data'),
+      });
+      const listening = await daemon.logLine((l) => l.msg === 'control API listening');
+      expect(String(listening.url)).toMatch(/^http:\/\/0\.0\.0\.0:\d+$/);
+      daemon.child.kill('SIGTERM');
+      expect((await daemon.finished).code).toBe(0);
     });
 
     it('with a token: starts, passes its health check, guards /v1, and exits 0 on SIGTERM', async () => {
