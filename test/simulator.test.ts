@@ -1,6 +1,6 @@
-import { connect } from 'node:net';
+import { connect, Server as NetServer, type Socket } from 'node:net';
 import { request } from 'undici';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import {
   type ExportObject,
   type PlatformError,
@@ -1069,5 +1069,48 @@ describe('requests it cannot take apart', () => {
     expect(r.headers['x-ratelimit-reset']).toBe(String((T0 + 300_000) / 1000));
     expect(sim.stats().statuses).toEqual({ '400': 1 });
     expect((await call(sim, 'GET', '/rate_limit')).status).toBe(200);
+  });
+});
+
+describe('a client that keeps its side open after a refused request', () => {
+  it('has its connection closed by the simulator, as node closes it, not held until the client goes', async () => {
+    // The server's side of each connection, as the listening server hands it over.
+    const accepted: Socket[] = [];
+    type Emit = (this: NetServer, event: string | symbol, ...args: unknown[]) => boolean;
+    const emit = NetServer.prototype.emit as Emit;
+    const spy = vi.spyOn(NetServer.prototype, 'emit').mockImplementation(function (
+      this: NetServer,
+      event: string | symbol,
+      ...args: unknown[]
+    ) {
+      if (event === 'connection') accepted.push(args[0] as Socket);
+      return emit.call(this, event, ...args);
+    } as Emit as typeof NetServer.prototype.emit);
+    const sim = await startSim();
+    const { port } = new URL(sim.baseUrl);
+    // allowHalfOpen: the client reads the answer to its end and keeps writing open, as a client
+    // that never closes its connections does.
+    const client = connect({ port: Number(port), host: '127.0.0.1', allowHalfOpen: true });
+    try {
+      let out = '';
+      client.setEncoding('utf8');
+      client.on('data', (d: string) => {
+        out += d;
+      });
+      const ended = new Promise<void>((resolve) => client.once('end', () => resolve()));
+      client.write('GET /v2/rate_limit HTTP/1.1\r\nHost: x\r\nX-SBG-Auth-Token: t\u0001k\r\n\r\n');
+      await ended;
+      expect(out.startsWith('HTTP/1.1 400 ')).toBe(true);
+      const [server] = accepted;
+      expect(server).toBeDefined();
+      const closed = server!.destroyed
+        ? Promise.resolve('closed')
+        : new Promise<string>((resolve) => server!.once('close', () => resolve('closed')));
+      const held = new Promise<string>((resolve) => setTimeout(() => resolve('still open'), 3_000));
+      expect(await Promise.race([closed, held])).toBe('closed');
+    } finally {
+      spy.mockRestore();
+      client.destroy();
+    }
   });
 });

@@ -96,6 +96,9 @@ import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { isPlainObject } from '../shared/values.js';
 
+/** How long a connection answered for a request the parser refused stays open for its answer to be read. */
+const CLIENT_ERROR_LINGER_MS = 100;
+
 export type ExportState = 'PENDING' | 'RUNNING' | 'COMPLETED' | 'FAILED';
 export type ExportOutcome = 'COMPLETED' | 'FAILED';
 /** The two kinds of job the simulator serves. */
@@ -1406,6 +1409,11 @@ export class Simulator {
       .map(([name, value]) => `${name}: ${value}\r\n`)
       .join('');
     socket.end(`HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\n${head}\r\n${text}`);
+    // The server's sockets are half-open ones: ended, this one would stay open until the client
+    // closes its side (or node's headers timeout finds it, up to 90 s later), where node's own
+    // answer destroys it. Destroyed once the answer is out, a moment later, so that no reset
+    // (unread bytes of the refused request) overtakes the answer on its way to the client.
+    socket.once('finish', () => setTimeout(() => socket.destroy(), CLIENT_ERROR_LINGER_MS).unref());
   }
 
   #sendRateLimit(x: Exchange, now: number): void {
