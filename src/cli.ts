@@ -18,7 +18,7 @@ import type { Logger } from 'pino';
 import { CONTROL_DEFAULT_TIMEOUT_MS, controlApiTarget } from './cli/control-client.js';
 import { runDemo } from './cli/demo.js';
 import { describeError, listenError } from './cli/error-report.js';
-import { eventsQuery, redeliverPlan, runEvents, runRedeliver, webhookUrlSecrets } from './cli/events.js';
+import { eventsQuery, redeliverPlan, runEvents, runRedeliver } from './cli/events.js';
 import { GET_DEFAULT_TIMEOUT_MS, runGet } from './cli/get.js';
 import { collectIds } from './cli/ids-input.js';
 import { runWatch } from './cli/watch.js';
@@ -42,7 +42,7 @@ import type { JobKind } from './polling/tracker.js';
 import { ConfigError, UsageError } from './shared/errors.js';
 import { createLogger } from './shared/log.js';
 import { describeProxy, useProxy } from './shared/proxy.js';
-import { Redactor, safeUrl } from './shared/redact.js';
+import { Redactor, safeUrl, urlSecrets } from './shared/redact.js';
 
 export { readIdsFile } from './cli/ids-input.js';
 
@@ -879,8 +879,7 @@ async function redeliverCommand(
   );
   const plan = redeliverPlan(positionals, values, Date.now());
   // The daemon quotes an endpoint it does not know: its credentials are never printed back.
-  if (plan.kind === 'ids' && plan.endpoint !== undefined)
-    context.redactor.add(webhookUrlSecrets(plan.endpoint));
+  if (plan.kind === 'ids' && plan.endpoint !== undefined) context.redactor.add(urlSecrets(plan.endpoint));
   return runRedeliver({ ...controlIo(values, env, context), plan, stdout: process.stdout });
 }
 

@@ -95,14 +95,20 @@ async function setup(url: string, timeoutMs: number) {
   return { store, engine, attempts, firstAttempt };
 }
 
+/** On fake time from T0, an engine started against a silent server, its first connection made. */
+async function sendingToSilent(timeoutMs: number) {
+  vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'Date', 'performance'] });
+  vi.setSystemTime(T0);
+  const { url, connected } = await silentServer();
+  const sending = await setup(url, timeoutMs);
+  await sending.engine.start();
+  await connected;
+  return sending;
+}
+
 describe('a receiver whose TLS handshake never ends (https to a port that stays silent)', () => {
   it('is cut off at the attempt timeout, not at undici’s own 10 s connect timeout', async () => {
-    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'Date', 'performance'] });
-    vi.setSystemTime(T0);
-    const { url, connected } = await silentServer();
-    const { engine, attempts, firstAttempt } = await setup(url, 2_000);
-    await engine.start();
-    await connected;
+    const { engine, attempts, firstAttempt } = await sendingToSilent(2_000);
     await vi.advanceTimersByTimeAsync(2_000);
     expect(await within(firstAttempt, 2_000, 'still in flight')).toBeUndefined();
     expect(attempts.map((a) => [a.webhookId, a.outcome, a.status, a.code])).toEqual([
@@ -115,12 +121,7 @@ describe('a receiver whose TLS handshake never ends (https to a port that stays 
   });
 
   it('does not hold close() past its deadline, and the delivery stays pending', async () => {
-    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'Date', 'performance'] });
-    vi.setSystemTime(T0);
-    const { url, connected } = await silentServer();
-    const { store, engine, attempts } = await setup(url, 60_000);
-    await engine.start();
-    await connected;
+    const { store, engine, attempts } = await sendingToSilent(60_000);
     const closing = engine.close(1_000);
     await vi.advanceTimersByTimeAsync(1_000);
     expect(await within(closing, 2_000, 'still closing')).toBeUndefined();

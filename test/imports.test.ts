@@ -18,6 +18,7 @@ import { Scheduler } from '../src/polling/scheduler.js';
 import { type JobKind, type Observation, Tracker } from '../src/polling/tracker.js';
 import { Bus } from '../src/shared/bus.js';
 import { logSink } from './helpers/log-sink.js';
+import { loopbackPlatform, platformClient } from './helpers/platform.js';
 import { killAll, spawnCli } from './helpers/spawn.js';
 import { SECRET, type Stack, startStack, TOKEN } from './helpers/stack.js';
 
@@ -512,27 +513,12 @@ describe('PlatformClient with imports', () => {
   });
 
   it("keeps the listing's state and page size on a next link that drops or changes them", async () => {
-    const { createServer } = await import('node:http');
-    const seen: string[] = [];
     let next = '';
-    const server = createServer((req, res) => {
-      seen.push(req.url ?? '');
+    const { url, seen } = await loopbackPlatform(cleanups, (_req, res) => {
       res.setHeader('content-type', 'application/json');
       res.end(JSON.stringify({ items: [], links: [{ rel: 'next', href: next }] }));
     });
-    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
-    cleanups.push(() => new Promise((r) => server.close(() => r(undefined))));
-    // Budget enough that the limiter does not space the calls seconds apart.
-    const limiter = new RateLimiter({ budget: 1000, windowMs: 60_000 });
-    cleanups.push(() => limiter.stop());
-    const other = new PlatformClient({
-      endpoint: `http://127.0.0.1:${(server.address() as { port: number }).port}/v2`,
-      token: 't',
-      gate: limiter,
-      userAgent: 't',
-      log: pino({ level: 'silent' }),
-    });
-    cleanups.push(() => other.close());
+    const { client: other } = platformClient(cleanups, url);
     // Every job of every state, one a page: not the listing of unfinished imports asked for.
     next = 'https://elsewhere.example/v2/storage/imports?offset=100&limit=1&state=COMPLETED';
     const first = await other.listPage('import', { state: 'RUNNING' });
@@ -540,9 +526,9 @@ describe('PlatformClient with imports', () => {
     const second = await other.listPage('import', { next: first.next! });
     await other.listPage('import', { next: second.next! });
     expect(seen).toEqual([
-      '/v2/storage/imports?state=RUNNING&limit=100',
-      '/v2/storage/imports?offset=100&limit=100&state=RUNNING',
-      '/v2/storage/imports?offset=101&state=RUNNING&limit=100',
+      'GET /v2/storage/imports?state=RUNNING&limit=100',
+      'GET /v2/storage/imports?offset=100&limit=100&state=RUNNING',
+      'GET /v2/storage/imports?offset=101&state=RUNNING&limit=100',
     ]);
   });
 

@@ -7,6 +7,7 @@ import {
   Simulator,
   type SimulatorOptions,
 } from '../src/dev/simulator.js';
+import { rawExchange } from './hostile/probe-control-api.js';
 
 const T0 = 1_700_000_000_000;
 /** The simulators' clock: tests move it instead of sleeping. */
@@ -1012,39 +1013,16 @@ describe('lifecycle and scale', () => {
   });
 });
 
-/** Sends `text` as it is on a new connection and reads the answer until the server closes it. */
-function rawExchange(
-  sim: Simulator,
-  text: string,
-): Promise<{ status: number; headers: Record<string, string>; body: string }> {
-  const { port } = new URL(sim.baseUrl);
-  return new Promise((resolve, reject) => {
-    const socket = connect(Number(port), '127.0.0.1');
-    let out = '';
-    socket.setEncoding('utf8');
-    socket.on('data', (d: string) => {
-      out += d;
-    });
-    socket.on('error', reject);
-    socket.on('close', () => {
-      const [head = '', ...rest] = out.split('\r\n\r\n');
-      const [statusLine = '', ...lines] = head.split('\r\n');
-      const headers: Record<string, string> = {};
-      for (const line of lines) {
-        const at = line.indexOf(':');
-        headers[line.slice(0, at).trim().toLowerCase()] = line.slice(at + 1).trim();
-      }
-      resolve({ status: Number(statusLine.split(' ')[1]), headers, body: rest.join('\r\n\r\n') });
-    });
-    socket.write(text);
-  });
+/** The simulator's port, for raw exchanges. */
+function portOf(sim: Simulator): number {
+  return Number(new URL(sim.baseUrl).port);
 }
 
 describe('requests it cannot take apart', () => {
   it('answers a request target that is no URL as a bad request (400, 90000), counted, not as its own failure', async () => {
     const sim = await startSim();
     const r = await rawExchange(
-      sim,
+      portOf(sim),
       'GET //[/v2/rate_limit HTTP/1.1\r\nHost: x\r\nX-SBG-Auth-Token: tok\r\nConnection: close\r\n\r\n',
     );
     expect(r.status).toBe(400);
@@ -1059,7 +1037,7 @@ describe('requests it cannot take apart', () => {
   it('answers a request the HTTP parser refuses with a platform error body and the rate-limit headers', async () => {
     const sim = await startSim();
     const r = await rawExchange(
-      sim,
+      portOf(sim),
       'GET /v2/rate_limit HTTP/1.1\r\nHost: x\r\nX-SBG-Auth-Token: t\u0001k\r\n\r\n',
     );
     expect(r.status).toBe(400);
@@ -1087,10 +1065,9 @@ describe('a client that keeps its side open after a refused request', () => {
       return emit.call(this, event, ...args);
     } as Emit as typeof NetServer.prototype.emit);
     const sim = await startSim();
-    const { port } = new URL(sim.baseUrl);
     // allowHalfOpen: the client reads the answer to its end and keeps writing open, as a client
     // that never closes its connections does.
-    const client = connect({ port: Number(port), host: '127.0.0.1', allowHalfOpen: true });
+    const client = connect({ port: portOf(sim), host: '127.0.0.1', allowHalfOpen: true });
     try {
       let out = '';
       client.setEncoding('utf8');

@@ -195,8 +195,8 @@ export class ControlClient {
 }
 
 /** The control API's error code in an answer (`{"error": {"code": ...}}`), if it has one. */
-function errorCodeOf(body: Record<string, unknown>): unknown {
-  const error = body.error;
+export function errorCodeOf(body: unknown): unknown {
+  const error = isPlainObject(body) ? body.error : undefined;
   return isPlainObject(error) ? error.code : undefined;
 }
 

@@ -19,7 +19,6 @@ import {
   WEBHOOK_ID_PATTERN,
 } from '../http/control-api.js';
 import { UsageError } from '../shared/errors.js';
-import { urlSecrets } from '../shared/redact.js';
 import { isPlainObject } from '../shared/values.js';
 import { DELIVERY_STATUSES, type DeliveryStatus } from '../store/store.js';
 import {
@@ -27,6 +26,7 @@ import {
   ControlApiError,
   type ControlClient,
   type ControlCommandIo,
+  errorCodeOf,
   withControlApi,
 } from './control-client.js';
 import { oneLine, textOf } from './error-report.js';
@@ -109,22 +109,6 @@ export function redeliverPlan(
   }
   const ids = [...new Set(positionals)];
   return endpoint === undefined ? { kind: 'ids', ids } : { kind: 'ids', ids, endpoint };
-}
-
-/**
- * What in a `--webhook-url` may be a credential, for the error report's redactor: the daemon
- * quotes an endpoint it does not know, and one whose scheme was mistyped (`https//user:pass@host`,
- * `user:pass@host`) is no URL that the redactor would strip of its userinfo.
- */
-export function webhookUrlSecrets(text: string): string[] {
-  const found = urlSecrets(text);
-  const at = text.lastIndexOf('@');
-  if (at > 0) {
-    // The userinfo: what comes before the "@", after whatever scheme and slashes were typed.
-    const userinfo = text.slice(0, at).replace(/^.*\//, '');
-    found.push(userinfo, ...userinfo.split(':'));
-  }
-  return found;
 }
 
 function parseLimit(text: string): number {
@@ -306,7 +290,7 @@ export async function runRedeliver(options: RedeliverOptions): Promise<number> {
     const query = plan.endpoint === undefined ? '' : `?endpoint=${encodeURIComponent(plan.endpoint)}`;
     for (const id of plan.ids) {
       const answer = await client.send('POST', `/v1/events/${id}/redeliver${query}`);
-      if (answer.status === 404 && errorCode(answer) === 'event_not_found') {
+      if (answer.status === 404 && errorCodeOf(answer.body) === 'event_not_found') {
         unknown++;
         options.stderr.write(`error: the daemon has no event ${id} (a wrong id, or pruned)\n`);
         continue;
@@ -322,10 +306,6 @@ function deliveries(client: ControlClient, answer: ApiAnswer): number {
   const n = (answer.body as { deliveries?: unknown }).deliveries;
   if (typeof n === 'number' && Number.isSafeInteger(n) && n >= 0) return n;
   throw new ControlApiError(`the daemon at ${client.where} answered a redelivery without its count`);
-}
-
-function errorCode(answer: ApiAnswer): unknown {
-  return (answer.body as { error?: { code?: unknown } }).error?.code;
 }
 
 function plural(n: number): string {

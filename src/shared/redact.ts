@@ -43,13 +43,20 @@ export function safeUrl(url: string): string {
   );
 }
 
-/** Secret-looking parts of a URL: its password, its username, and its query values. */
+/**
+ * Secret-looking parts of a URL: its password, its username, and its query values. Of a value that
+ * does not parse (a mistyped `https//user:password@host`), what stands before its last "@", after
+ * whatever scheme and slashes were typed, and each part of it.
+ */
 export function urlSecrets(url: string): string[] {
   let u: URL;
   try {
     u = new URL(url);
   } catch {
-    return [];
+    const at = url.lastIndexOf('@');
+    if (at <= 0) return [];
+    const userinfo = url.slice(0, at).replace(/^.*\//, '');
+    return [userinfo, ...userinfo.split(':')];
   }
   const found: string[] = [];
   for (const part of [u.password, u.username]) {

@@ -613,14 +613,10 @@ export class SqliteStore implements Store {
     const insertEvent = this.#sql(`
       INSERT INTO events (id, export_id, type, body, created_at) VALUES (?, ?, ?, ?, ?)
       ON CONFLICT (id) DO NOTHING`);
+    // Without a conflict for a new event. For one stored already (the job was removed or pruned
+    // and watched again: a removal cancels pending deliveries but keeps the event for replay), the
+    // endpoints left with no delivery of it get one; those that hold one keep it (same webhook-id).
     const insertDelivery = this.#sql(`
-      INSERT INTO deliveries (event_id, endpoint_key, endpoint_label, status, attempts, next_attempt_at,
-                              series_started_at)
-      VALUES (?, ?, ?, 'pending', 0, ?, ?)`);
-    // The event is stored already: the job was removed (or pruned) and watched again, and a
-    // removal cancels pending deliveries but keeps the event for replay. The endpoints left with
-    // no delivery of it get one; those that already hold one keep it (same webhook-id).
-    const insertMissingDelivery = this.#sql(`
       INSERT INTO deliveries (event_id, endpoint_key, endpoint_label, status, attempts, next_attempt_at,
                               series_started_at)
       VALUES (?, ?, ?, 'pending', 0, ?, ?)
@@ -645,20 +641,17 @@ export class SqliteStore implements Store {
         if (!event) continue;
         const createdAt = eventCreatedAt(lastCreated, event.exportId, now);
         lastCreated.set(event.exportId, createdAt);
-        if (insertEvent.run(event.id, event.exportId, event.type, event.body, createdAt).changes === 0) {
+        const fresh =
+          insertEvent.run(event.id, event.exportId, event.type, event.body, createdAt).changes > 0;
+        if (!fresh) {
           const stored = storedEvent.get(event.id) as { export_id: string; type: string } | undefined;
           if (stored?.export_id !== event.exportId || stored.type !== event.type) continue;
-          let added = 0;
-          for (const e of endpoints)
-            added += insertMissingDelivery.run(event.id, e.key, e.label, now, now).changes;
-          if (added === 0) continue;
-          // Pending again for an older event: the oldest-pending floor is forgotten.
-          this.#counted('pending', added);
-          written.push(event);
-          continue;
         }
-        for (const e of endpoints) insertDelivery.run(event.id, e.key, e.label, now, now);
-        this.#counted('pending', endpoints.length, createdAt);
+        let added = 0;
+        for (const e of endpoints) added += insertDelivery.run(event.id, e.key, e.label, now, now).changes;
+        if (!fresh && added === 0) continue;
+        // Pending again for an older event: the oldest-pending floor is forgotten.
+        this.#counted('pending', added, fresh ? createdAt : undefined);
         written.push(event);
       }
       return written;
