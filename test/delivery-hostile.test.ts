@@ -3,7 +3,6 @@
  * ends. Fake timers drive the attempt timeout and the close deadline as in
  * delivery-engine.test.ts; a real-time guard only bounds how long the test waits for an outcome.
  */
-import { createServer, type Server, type Socket } from 'node:net';
 import pino from 'pino';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { type AttemptResult, DeliveryEngine } from '../src/delivery/engine.js';
@@ -12,6 +11,7 @@ import { parseSecret } from '../src/delivery/signing.js';
 import { Bus } from '../src/shared/bus.js';
 import { openSqliteStore, type SqliteStore } from '../src/store/sqlite.js';
 import { move } from './helpers/changes.js';
+import { silentServer } from './helpers/silent-server.js';
 
 const realSetTimeout = globalThis.setTimeout;
 const realClearTimeout = globalThis.clearTimeout;
@@ -23,30 +23,6 @@ afterEach(async () => {
   vi.useRealTimers();
   for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
 });
-
-/** A TCP server that accepts connections and never says a word: a TLS handshake to it never ends. */
-async function silentServer(): Promise<{ url: string; connected: Promise<void> }> {
-  const sockets = new Set<Socket>();
-  let onConnection!: () => void;
-  const connected = new Promise<void>((resolve) => {
-    onConnection = resolve;
-  });
-  const server: Server = createServer((socket) => {
-    sockets.add(socket);
-    socket.on('error', () => undefined);
-    onConnection();
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  cleanups.push(
-    () =>
-      new Promise<void>((resolve) => {
-        for (const socket of sockets) socket.destroy();
-        server.close(() => resolve());
-      }),
-  );
-  const { port } = server.address() as { port: number };
-  return { url: `https://127.0.0.1:${port}/hooks`, connected };
-}
 
 /** `promise`'s value, or `fallback` after `ms` of real time. */
 function within<T, F>(promise: Promise<T>, ms: number, fallback: F): Promise<T | F> {
@@ -99,7 +75,7 @@ async function setup(url: string, timeoutMs: number) {
 async function sendingToSilent(timeoutMs: number) {
   vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'Date', 'performance'] });
   vi.setSystemTime(T0);
-  const { url, connected } = await silentServer();
+  const { url, connected } = await silentServer(cleanups, '/hooks');
   const sending = await setup(url, timeoutMs);
   await sending.engine.start();
   await connected;

@@ -10,6 +10,7 @@ import { RateLimiter } from '../src/platform/rate-limiter.js';
 import { Bus, type WatcherEvents } from '../src/shared/bus.js';
 import { PlatformError } from '../src/shared/errors.js';
 import { loopbackPlatform, platformClient } from './helpers/platform.js';
+import { silentServer } from './helpers/silent-server.js';
 
 const cleanups: Array<() => unknown> = [];
 afterEach(async () => {
@@ -104,5 +105,40 @@ describe("a platform call's signal", () => {
     controller.abort(stepDown());
     expect(outcomes.map((o) => o.outcome)).toEqual(['ok']);
     await expect(c.rateLimit({ signal: controller.signal })).rejects.toBeInstanceOf(PlatformError);
+  });
+});
+
+describe('a platform whose TLS handshake never ends (https to a port that stays silent)', () => {
+  const realSetTimeout = globalThis.setTimeout;
+  /** How the call settled, or 'pending' after `ms` of real time. */
+  const settled = (call: Promise<unknown>, ms: number) =>
+    Promise.race([
+      call.then(
+        () => 'answered',
+        (error: unknown) => error,
+      ),
+      new Promise((resolve) => realSetTimeout(() => resolve('pending'), ms)),
+    ]);
+
+  it("is cut off at the client's timeout, not at undici's own 10 s connect timeout", async () => {
+    // Real time: the limiter's own timers would not run under fake ones. 500 ms against 10 s.
+    const { url, connected } = await silentServer(cleanups, '/v2');
+    const { client: c } = platformClient(cleanups, url, { timeoutMs: 500 });
+    const call = c.checkStatuses('export', ['a']);
+    await connected;
+    const error = await settled(call, 5_000);
+    expect(error).toBeInstanceOf(PlatformError);
+    expect(error).toMatchObject({ code: 'PLATFORM_TIMEOUT' });
+  });
+
+  it('drops the call at once when its signal aborts (a leader stepping down, a close)', async () => {
+    const { url, connected } = await silentServer(cleanups, '/v2');
+    const { client: c } = platformClient(cleanups, url, { timeoutMs: 60_000 });
+    const controller = new AbortController();
+    const call = c.checkStatuses('export', ['a'], { signal: controller.signal });
+    await connected;
+    const reason = stepDown();
+    controller.abort(reason);
+    expect(await settled(call, 2_000)).toBe(reason);
   });
 });

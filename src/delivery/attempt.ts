@@ -6,7 +6,7 @@
  * attempt is signed afresh) and, with a secret, `webhook-signature`.
  */
 import type { Dispatcher } from 'undici';
-import { type RequestSignal, requestSignal } from '../shared/deadline.js';
+import { type RequestSignal, requestSignal, untilAborted } from '../shared/deadline.js';
 import { WatcherError, WebhookError } from '../shared/errors.js';
 import type { RequestTarget } from '../shared/proxy.js';
 import { parseRetryAfter } from '../shared/retry-after.js';
@@ -96,46 +96,6 @@ export async function sendAttempt(a: AttemptRequest): Promise<AttemptAnswer> {
     retryAfterMs: error instanceof WebhookError ? error.retryAfterMs : undefined,
     durationMs: Math.round(performance.now() - started),
   };
-}
-
-/**
- * `request`, or a rejection with the signal's reason as soon as it aborts. undici holds an abort
- * that comes before the connection is up (a TCP or TLS handshake that never ends) until the
- * connect is done or its own connect timeout (10 s) fires: the attempt's timeout, a close deadline
- * and a pause would all wait for that. The request is then left to end on its own; an answer that
- * still comes is dropped.
- */
-function untilAborted(
-  request: Promise<Dispatcher.ResponseData>,
-  signal: RequestSignal,
-): Promise<Dispatcher.ResponseData> {
-  const drop = () => {
-    request.then(
-      (late) => late.body.destroy(),
-      () => undefined,
-    );
-  };
-  if (signal.aborted) {
-    drop();
-    return Promise.reject(signal.reason);
-  }
-  return new Promise((resolve, reject) => {
-    const onAbort = () => {
-      drop();
-      reject(signal.reason);
-    };
-    signal.once('abort', onAbort);
-    request.then(
-      (response) => {
-        signal.off('abort', onAbort);
-        resolve(response);
-      },
-      (error: unknown) => {
-        signal.off('abort', onAbort);
-        reject(error);
-      },
-    );
-  });
 }
 
 /** The failure a response status means, or undefined for a 2xx. */

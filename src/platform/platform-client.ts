@@ -38,7 +38,7 @@ import {
   type TrackerWarning,
 } from '../polling/tracker.js';
 import { Bus, type PlatformRoute, type RequestOutcome } from '../shared/bus.js';
-import { linkedSignal, type RequestSignal, requestSignal } from '../shared/deadline.js';
+import { linkedSignal, type RequestSignal, requestSignal, untilAborted } from '../shared/deadline.js';
 import { isRetryable, PlatformError, type PlatformErrorBody } from '../shared/errors.js';
 import { createDispatcher, type RequestTarget, requestTarget } from '../shared/proxy.js';
 import { REDACTED } from '../shared/redact.js';
@@ -637,16 +637,19 @@ export class PlatformClient {
   ): Promise<Answer> {
     let response: Dispatcher.ResponseData;
     try {
-      response = await this.#dispatcher.request({
-        origin: this.#target.origin,
-        path: `${this.#target.path}${path}`,
-        method,
-        headers: this.#headers,
-        body: body === undefined ? null : JSON.stringify(body),
-        headersTimeout: this.#timeoutMs,
-        bodyTimeout: this.#timeoutMs,
-        signal: limit,
-      });
+      response = await untilAborted(
+        this.#dispatcher.request({
+          origin: this.#target.origin,
+          path: `${this.#target.path}${path}`,
+          method,
+          headers: this.#headers,
+          body: body === undefined ? null : JSON.stringify(body),
+          headersTimeout: this.#timeoutMs,
+          bodyTimeout: this.#timeoutMs,
+          signal: limit,
+        }),
+        limit,
+      );
     } catch (error) {
       if (signal?.aborted) throw signal.reason;
       throw transportError(error);

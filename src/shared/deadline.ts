@@ -164,3 +164,43 @@ function link(
   }
   return dispose;
 }
+
+/**
+ * An undici `request`, or a rejection with the signal's reason as soon as it aborts. undici holds
+ * an abort that comes before the connection is up (a TCP or TLS handshake that never ends) until
+ * the connect is done or its own connect timeout (10 s) fires: a request's timeout, a close
+ * deadline, a pause and a leader stepping down would all wait for that. The request is then left
+ * to end on its own; an answer that still comes is dropped.
+ */
+export function untilAborted<T extends { body: { destroy(): unknown } }>(
+  request: Promise<T>,
+  signal: RequestSignal,
+): Promise<T> {
+  const drop = () => {
+    request.then(
+      (late) => late.body.destroy(),
+      () => undefined,
+    );
+  };
+  if (signal.aborted) {
+    drop();
+    return Promise.reject(signal.reason);
+  }
+  return new Promise((resolve, reject) => {
+    const onAbort = () => {
+      drop();
+      reject(signal.reason);
+    };
+    signal.once('abort', onAbort);
+    request.then(
+      (response) => {
+        signal.off('abort', onAbort);
+        resolve(response);
+      },
+      (error: unknown) => {
+        signal.off('abort', onAbort);
+        reject(error);
+      },
+    );
+  });
+}

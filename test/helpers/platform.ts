@@ -36,7 +36,9 @@ export async function loopbackPlatform(
 export function platformClient(
   cleanups: Cleanups,
   endpoint: string,
-  options: Partial<Pick<PlatformClientOptions, 'retry' | 'bus' | 'token'>> & { limiter?: RateLimiter } = {},
+  options: Partial<Pick<PlatformClientOptions, 'retry' | 'bus' | 'token' | 'timeoutMs'>> & {
+    limiter?: RateLimiter;
+  } = {},
 ): { client: PlatformClient; limiter: RateLimiter } {
   const { limiter = new RateLimiter({ budget: 1000, windowMs: 60_000 }), ...rest } = options;
   const client = new PlatformClient({
