@@ -379,6 +379,20 @@ describe('webhook deliveries', () => {
     expect(value(text, `${h}_bucket`, { endpoint: other, le: '0.01' })).toBe(1);
   });
 
+  it('counts an attempt cut short here (close deadline, pause, lost leadership) as aborted, without its time', async () => {
+    const { metrics, bus } = attached();
+    bus.emit('delivery.attempt', { ...attempt(HOOK, 'failure', 30_000), status: 0, code: 'SHUTTING_DOWN' });
+    bus.emit('delivery.attempt', attempt(HOOK, 'success', 40));
+    const text = await scrape(metrics);
+    const a = `${P}webhook_attempts_total`;
+    expect(value(text, a, { endpoint: HOOK, outcome: 'aborted' })).toBe(1);
+    expect(value(text, a, { endpoint: HOOK, outcome: 'success' })).toBe(1);
+    expect(samples(text).filter((s) => s.name === a)).toHaveLength(2);
+    const h = `${P}webhook_attempt_duration_seconds`;
+    expect(value(text, `${h}_count`, { endpoint: HOOK })).toBe(1);
+    expect(value(text, `${h}_sum`, { endpoint: HOOK })).toBeCloseTo(0.04, 9);
+  });
+
   it("reads pending deliveries from the store's counts at scrape time", async () => {
     const { state, sources } = fakeSources();
     const metrics = new Metrics(sources);

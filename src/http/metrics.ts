@@ -17,7 +17,7 @@
  * | `sbg_export_watcher_platform_rate_limit_remaining` | gauge | none | The platform's `X-RateLimit-Remaining` as last reported, less the requests this daemon started since. Absent until the platform reports it, and after a window ends until it reports again. |
  * | `sbg_export_watcher_rate_budget_remaining` | gauge | none | Requests left of this daemon's own `WATCHER_RATE_BUDGET` in the current rate window. |
  * | `sbg_export_watcher_webhook_deliveries_total` | counter | `endpoint`, `result` | Webhook deliveries (one event to one endpoint) that ended in this process. `result`: delivered, gone (410), given_up (past `WATCHER_WEBHOOK_MAX_AGE`). |
- * | `sbg_export_watcher_webhook_attempts_total` | counter | `endpoint`, `outcome` | Webhook HTTP attempts. `outcome`: success (2xx), failure (anything to retry), gone (410). |
+ * | `sbg_export_watcher_webhook_attempts_total` | counter | `endpoint`, `outcome` | Webhook HTTP attempts. `outcome`: success (2xx), failure (anything to retry), gone (410), aborted (cut short by a close deadline, a pause or a lost leadership; made again later). |
  * | `sbg_export_watcher_webhook_attempt_duration_seconds` | histogram | `endpoint` | Time of one webhook attempt. Buckets 10 ms to 60 s. |
  * | `sbg_export_watcher_webhook_deliveries_pending` | gauge | none | Webhook deliveries not finished yet, over all endpoints (stored as pending: due, in flight, or waiting for a retry). |
  * | `sbg_export_watcher_webhook_deliveries` | gauge | `status` | Stored webhook deliveries by status: pending, delivered, failed (given up), gone; finished ones count until `WATCHER_EVENT_RETAIN` drops them. |
@@ -143,7 +143,7 @@ const M = {
     name: `${METRIC_PREFIX}webhook_attempts_total`,
     type: 'counter',
     labels: ['endpoint', 'outcome'],
-    help: 'Webhook HTTP attempts: success (2xx), failure (to be retried) or gone (410).',
+    help: 'Webhook HTTP attempts: success (2xx), failure (to be retried), gone (410) or aborted (cut short here).',
   },
   attemptDuration: {
     name: `${METRIC_PREFIX}webhook_attempt_duration_seconds`,
@@ -393,6 +393,12 @@ export class Metrics {
       this.#bulkMismatch.inc({ kind: items < asked ? 'fewer_items' : 'more_items' });
     });
     bus.on('delivery.attempt', (result) => {
+      // An attempt cut short by a close deadline, a pause or a lost leadership says nothing about
+      // the receiver: counted apart, and its time is not the receiver's.
+      if (result.code === 'SHUTTING_DOWN') {
+        this.#attempts.inc({ endpoint: result.endpoint, outcome: 'aborted' });
+        return;
+      }
       this.#attempts.inc({ endpoint: result.endpoint, outcome: result.outcome });
       this.#attemptDuration.observe({ endpoint: result.endpoint }, seconds(result.durationMs));
     });
