@@ -46,6 +46,7 @@ import Bottleneck from 'bottleneck';
 import type { Logger } from 'pino';
 import { onAbort } from '../shared/deadline.js';
 import { PlatformError } from '../shared/errors.js';
+import { Fifo, isLinked, Link, unlink } from '../shared/fifo.js';
 
 export interface RateInfo {
   limit?: number;
@@ -102,10 +103,14 @@ export interface RateSnapshot {
   rateLimited: number;
 }
 
-/** A call waiting for bottleneck to admit a job (`RateLimiter#admit`). */
-interface WaitingCall {
-  start(): Promise<void>;
-  drop(error: unknown): void;
+/** A call waiting for bottleneck to admit a job (`RateLimiter#admit`), in the line of waiting calls. */
+class WaitingCall extends Link {
+  constructor(
+    readonly start: () => Promise<void>,
+    readonly drop: (error: unknown) => void,
+  ) {
+    super();
+  }
 }
 
 /** How long to wait before asking again when the platform says nothing is left but not until when. */
@@ -165,8 +170,14 @@ export class RateLimiter {
    */
   #written: { allowance: number; spacingMs: number } | undefined;
   #startedSinceWrite = 0;
-  /** Calls not started yet, in the order they were scheduled (see `#admit`). */
-  readonly #waiting = new Set<WaitingCall>();
+  /**
+   * Calls not started yet, in the order they were scheduled (see `#admit`). Not a `Set`: one that
+   * reached the old generation kept every call that went through it, each with the answer its
+   * caller stored, alive until the next full collection (see `shared/fifo.ts`), which made young
+   * collections copy and promote about every answer.
+   */
+  readonly #waiting = new Fifo<WaitingCall>();
+  #queued = 0;
 
   constructor(options: RateLimiterOptions) {
     if (!Number.isInteger(options.budget) || options.budget < 1) {
@@ -242,12 +253,12 @@ export class RateLimiter {
           (error: unknown) => ended({ error }),
         );
       };
-      const waiting: WaitingCall = { start, drop: (error) => settle({ error }) };
-      this.#waiting.add(waiting);
+      const waiting = new WaitingCall(start, (error) => settle({ error }));
+      this.#enqueue(waiting);
       // Aborted while it waits: out of the line at once, so that it costs later calls no spacing.
       if (signal)
         detach = onAbort(signal, () => {
-          this.#waiting.delete(waiting);
+          this.#dequeue(waiting);
           settle({ error: signal.reason });
         });
       this.#bottleneck.schedule(this.#admit).catch(this.#tokenDropped);
@@ -260,7 +271,7 @@ export class RateLimiter {
    * admitted when no call is left waiting, gives its unit back.
    */
   readonly #admit = (): Promise<void> => {
-    const next = this.#waiting.values().next().value;
+    const next = this.#waiting.first();
     if (next === undefined || this.#allowance() < 1) {
       // No call left for it (aborted), or admitted under an allowance that has fallen since (a 429,
       // "0 left", the budget spent by the calls admitted with it): bottleneck's unit given back, and
@@ -270,17 +281,28 @@ export class RateLimiter {
       if (next !== undefined) this.#bottleneck.schedule(this.#admit).catch(this.#tokenDropped);
       return Promise.resolve();
     }
-    this.#waiting.delete(next);
+    this.#dequeue(next);
     return next.start();
   };
+
+  #enqueue(waiting: WaitingCall): void {
+    this.#waiting.push(waiting);
+    this.#queued++;
+  }
+
+  #dequeue(waiting: WaitingCall): void {
+    if (!isLinked(waiting)) return;
+    unlink(waiting);
+    this.#queued--;
+  }
 
   /** A job dropped because the limiter stopped: the calls still waiting are a shutdown. */
   readonly #tokenDropped = (error: unknown): void => {
     const shutdown =
       this.#stopped && error instanceof Bottleneck.BottleneckError ? droppedByStop(error) : error;
-    const next = this.#waiting.values().next().value;
+    const next = this.#waiting.first();
     if (next === undefined) return;
-    this.#waiting.delete(next);
+    this.#dequeue(next);
     next.drop(shutdown);
   };
 
@@ -415,7 +437,7 @@ export class RateLimiter {
       platformResetAt: this.#platformResetAt,
       spacingMs: this.#spacingMs,
       inFlight: this.#inFlight,
-      queued: this.#waiting.size,
+      queued: this.#queued,
       rateLimited: this.#rateLimited,
     };
   }
@@ -430,8 +452,10 @@ export class RateLimiter {
     this.#clearTimer('budget');
     this.#clearTimer('platform');
     await this.#bottleneck.stop({ dropWaitingJobs: true, dropErrorMessage: 'rate limiter stopped' });
-    for (const waiting of this.#waiting) waiting.drop(droppedByStop());
-    this.#waiting.clear();
+    for (let waiting = this.#waiting.first(); waiting !== undefined; waiting = this.#waiting.first()) {
+      this.#dequeue(waiting);
+      waiting.drop(droppedByStop());
+    }
   }
 
   #beginCall(): void {

@@ -3,8 +3,8 @@
  * O(picked + skipped), never O(active): at 100,000 exports, scanning them all on every turn of the
  * scheduler made one sweep quadratic.
  *
- * Two FIFO queues of intrusive links (circular, doubly linked, each with a sentinel), so that
- * appending, moving and removing an entry are O(1) and allocate nothing:
+ * Two FIFO queues of intrusive links (`shared/fifo.ts`), so that appending, moving and removing
+ * an entry are O(1) and allocate nothing:
  * - `unchecked`: exports never checked, in the order they were added. All of them are due.
  * - `checked`: exports checked at least once, in the order their checks were committed.
  *
@@ -19,60 +19,10 @@
  *   that is not due yet. When two calls' results are committed out of order, the later-committed
  *   ids wait behind the earlier ones, at most by the time the slower commit took.
  */
-
-/** A link of a circular list. A lone link points at itself: unlinking it again is harmless. */
-export class Link {
-  prev: Link = this;
-  next: Link = this;
-}
+import { Fifo, type Link, unlink } from '../shared/fifo.js';
 
 /** What the queue needs of an entry: its id, and when it was last checked. */
 export type DueEntry = Link & { readonly id: string; readonly lastCheckedAt: number | null };
-
-/** Removes a link from whichever list holds it. */
-function unlink(link: Link): void {
-  link.prev.next = link.next;
-  link.next.prev = link.prev;
-  link.prev = link;
-  link.next = link;
-}
-
-/** A FIFO of links behind one sentinel. */
-class Fifo<T extends Link> {
-  readonly #sentinel = new Link();
-
-  push(entry: T): void {
-    const last = this.#sentinel.prev;
-    entry.prev = last;
-    entry.next = this.#sentinel;
-    last.next = entry;
-    this.#sentinel.prev = entry;
-  }
-
-  first(): T | undefined {
-    return this.after(this.#sentinel);
-  }
-
-  isEmpty(): boolean {
-    return this.#sentinel.next === this.#sentinel;
-  }
-
-  after(link: Link): T | undefined {
-    return link.next === this.#sentinel ? undefined : (link.next as T);
-  }
-
-  /** Puts `entries` (unlinked) at the head, in their order. */
-  pushFront(entries: readonly T[]): void {
-    let at: Link = this.#sentinel;
-    for (const entry of entries) {
-      entry.prev = at;
-      entry.next = at.next;
-      at.next.prev = entry;
-      at.next = entry;
-      at = entry;
-    }
-  }
-}
 
 export interface DueIds {
   /** The kind of every id in `due`, when the tracker holds imports: present for imports only. */

@@ -33,8 +33,9 @@
  *   kind), picking the kind whose head has waited longest.
  */
 import type { PlatformErrorBody } from '../shared/errors.js';
+import { Link } from '../shared/fifo.js';
 import type { ActiveExport, ExportChange } from '../store/store.js';
-import { type DueIds, DueQueue, Link } from './due-queue.js';
+import { type DueIds, DueQueue } from './due-queue.js';
 
 export const PLATFORM_STATES = ['PENDING', 'RUNNING', 'COMPLETED', 'FAILED'] as const;
 export type PlatformState = (typeof PLATFORM_STATES)[number];

@@ -4,6 +4,7 @@
  * timers drive it in tests.
  */
 import { EventEmitter } from 'node:events';
+import { Fifo, Link, unlink } from './fifo.js';
 
 /**
  * Whether `promise` settles (either way) within `ms`. It is left to settle on its own when the
@@ -30,10 +31,12 @@ export async function settlesWithin(promise: Promise<unknown>, ms: number): Prom
 /**
  * Calls `fn` once when `signal` aborts (at once if it already has); the returned function takes it
  * back. For long-lived signals that get a listener per request: each signal gets one real
- * listener, and the callbacks sit in a `Set`. An `EventTarget` keeps its listeners in a linked
- * list whose removed nodes still point at their neighbours; once a node has reached the old
- * generation, every younger node it points at (and all that node holds: a request, its answer)
- * survives young collections until the next full one. A `Set` forgets a deleted entry outright.
+ * listener, and the callbacks wait in a list of intrusive links (`shared/fifo.ts`). An
+ * `EventTarget` keeps its listeners in a linked list whose removed nodes still point at their
+ * neighbours, and a `Set` with this much churn leaves its old tables behind when it rehashes: once
+ * one of those has reached the old generation, every younger callback it points at (and all that
+ * callback holds: a request, its answer) survives young collections until the next full one. A
+ * removed link points at nothing but itself.
  */
 export function onAbort(signal: AbortSignal, fn: () => void): () => void {
   if (signal.aborted) {
@@ -42,29 +45,36 @@ export function onAbort(signal: AbortSignal, fn: () => void): () => void {
   }
   let callbacks = abortCallbacks.get(signal);
   if (callbacks === undefined) {
-    const set = new Set<() => void>();
-    callbacks = set;
-    abortCallbacks.set(signal, set);
+    const line = new Fifo<AbortCallback>();
+    callbacks = line;
+    abortCallbacks.set(signal, line);
     signal.addEventListener(
       'abort',
       () => {
         abortCallbacks.delete(signal);
-        for (const callback of set) callback();
-        set.clear();
+        for (let callback = line.first(); callback !== undefined; callback = line.first()) {
+          unlink(callback);
+          callback.fn();
+        }
       },
       { once: true },
     );
   }
-  const set = callbacks;
-  // A wrapper, so that the same function registered twice is two registrations.
-  const entry = () => fn();
-  set.add(entry);
+  // A link of its own, so that the same function registered twice is two registrations.
+  const callback = new AbortCallback(fn);
+  callbacks.push(callback);
   return () => {
-    set.delete(entry);
+    unlink(callback);
   };
 }
 
-const abortCallbacks = new WeakMap<AbortSignal, Set<() => void>>();
+class AbortCallback extends Link {
+  constructor(readonly fn: () => void) {
+    super();
+  }
+}
+
+const abortCallbacks = new WeakMap<AbortSignal, Fifo<AbortCallback>>();
 
 /** A signal that follows some others and an optional time limit; `dispose` when done with it. */
 export interface LinkedSignal<S = AbortSignal> {

@@ -9,6 +9,8 @@
  *   npm run build && node --expose-gc --import tsx test/bench/calls.ts
  *   node --expose-gc --import tsx test/bench/calls.ts --gate spaced # the limiter's spacing, no limiter
  *   node --expose-gc --import tsx test/bench/calls.ts --gate none   # back to back, no limiter
+ *   node --expose-gc --import tsx test/bench/calls.ts --signal      # each call with one long-lived
+ *                                                                   # signal, as the scheduler's
  *
  * `limiter` less `spaced` is what the limiter itself (bottleneck, and the bookkeeping around it)
  * costs a call; `spaced` less `none` is what spacing calls out costs (each answer wakes the
@@ -30,7 +32,11 @@ const CALLS = 1000;
 const IDS = 10_000;
 
 const GATES = ['limiter', 'spaced', 'none'];
-const { values } = parseArgs({ options: { gate: { type: 'string', default: 'limiter' } } });
+const { values } = parseArgs({
+  options: { gate: { type: 'string', default: 'limiter' }, signal: { type: 'boolean', default: false } },
+});
+/** The signal every call is made with (`--signal`): the scheduler passes one per running period. */
+const callOptions = values.signal ? { signal: new AbortController().signal } : {};
 if (!GATES.includes(values.gate)) {
   process.stderr.write(`calls: --gate is one of ${GATES.join(', ')}\n`);
   process.exit(2);
@@ -113,7 +119,7 @@ try {
       Array.from({ length: 4 }, async () => {
         while (next < CALLS) {
           const from = (next++ % (IDS / 100)) * 100;
-          await client.checkStatuses('export', ids.slice(from, from + 100));
+          await client.checkStatuses('export', ids.slice(from, from + 100), callOptions);
           peak = Math.max(peak, oldUsed() - base);
         }
       }),
@@ -127,7 +133,9 @@ try {
   }
   await client.close();
   if (gate instanceof RateLimiter) await gate.stop();
-  process.stdout.write(`gate: ${values.gate}\n${rows.join('\n')}\n`);
+  process.stdout.write(
+    `gate: ${values.gate}${values.signal ? ', with a long-lived signal' : ''}\n${rows.join('\n')}\n`,
+  );
 } finally {
   stop();
 }
