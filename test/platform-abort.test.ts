@@ -141,4 +141,16 @@ describe('a platform whose TLS handshake never ends (https to a port that stays 
     controller.abort(reason);
     expect(await settled(call, 2_000)).toBe(reason);
   });
+
+  it("lets close() end once no call is in flight, not at undici's connect timeout for a handshake given up on", async () => {
+    // The call ends at its 300 ms timeout; the handshake it gave up on is still held by undici's
+    // pool until its own 10 s connect timeout, and a graceful close of the pool waited for it: a
+    // shutdown then ran into its deadline ("checks still in flight") with no check in flight.
+    const { url, connected } = await silentServer(cleanups, '/v2');
+    const { client: c } = platformClient(cleanups, url, { timeoutMs: 300 });
+    const call = c.checkStatuses('export', ['a']);
+    await connected;
+    expect(await settled(call, 5_000)).toMatchObject({ code: 'PLATFORM_TIMEOUT' });
+    expect(await settled(c.close(), 2_000)).toBe('answered');
+  });
 });

@@ -167,6 +167,9 @@ export class PlatformClient {
   readonly #bus: Bus;
   /** Aborts retry waits on close. */
   readonly #closing = new AbortController();
+  /** Exchanges not ended yet, and what `close()` waits on until there are none. */
+  #exchanges = 0;
+  #idle: Array<() => void> = [];
   /** Set when a bulk endpoint answered 404 or 405: single gets until then (epoch ms), per kind. */
   readonly #bulkUnsupportedUntil: Record<JobKind, number> = { export: 0, import: 0 };
   readonly #now: () => number;
@@ -442,11 +445,18 @@ export class PlatformClient {
     return info;
   }
 
-  /** Aborts retry waits; closes the connection pool it created. Idempotent. */
+  /**
+   * Aborts retry waits; lets exchanges on the wire end, then closes the connection pool it
+   * created. Idempotent. Once no exchange is left, the pool holds only idle connections and
+   * connects a call gave up on (a TLS handshake that never ends, `untilAborted`), which a graceful
+   * close would wait for until undici's own connect timeout: it is destroyed instead.
+   */
   async close(): Promise<void> {
     if (this.#closing.signal.aborted) return;
     this.#closing.abort(new PlatformError('SHUTTING_DOWN', 'platform client closed'));
-    if (this.#ownsDispatcher) await this.#dispatcher.close();
+    if (!this.#ownsDispatcher) return;
+    while (this.#exchanges > 0) await new Promise<void>((resolve) => this.#idle.push(resolve));
+    await this.#dispatcher.destroy().catch(() => undefined);
   }
 
   /** Aborts requests still on the wire (after a shutdown deadline). */
@@ -619,10 +629,12 @@ export class PlatformClient {
     if (signal?.aborted) throw signal.reason;
     // The whole exchange, body included, is bounded; the signal is let go of when it ends.
     const limit = requestSignal([signal], this.#timeoutMs);
+    this.#exchanges++;
     try {
       return await this.#exchange(method, path, body, signal, limit.signal, limitDepth, gated);
     } finally {
       limit.dispose();
+      if (--this.#exchanges === 0) for (const resolve of this.#idle.splice(0)) resolve();
     }
   }
 
