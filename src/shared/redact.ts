@@ -31,16 +31,61 @@ export const MIN_SECRET_LENGTH = 6;
  * A query holding `@` right after the host (`https://h?a=b@c&t=x`) therefore reads as userinfo
  * and shows as `https://c`: the wrong host, never the query.
  */
-const URL_PATTERN =
+export const URL_PATTERN =
   /\b([a-zA-Z][a-zA-Z0-9+.-]*:\/\/)([^\s"'\\<>/]*@)?([A-Za-z0-9._~%:[\]\u00a0-\uffff-]*)([^\s"'\\<>/?#]*)((?:\/[^\s"'\\<>?#]*)?)(?:\?(?:[^\s"'\\<>#]|\\.)*)?(?:#[^\s"'\\<>]*)?/g;
 
-/** `https://u:p@host/path?q#f` → `https://host/path`; text that is not a URL is returned scrubbed the same way. */
-export function safeUrl(url: string): string {
-  return url.replace(
-    URL_PATTERN,
-    (_all, scheme: string, userinfo: string | undefined, host: string, rest: string, path: string) =>
-      `${scheme}${host}${userinfo === undefined ? rest : ''}${path}`,
-  );
+/** `URL_PATTERN` matched at one position only (sticky): see `safeUrl`. */
+const URL_AT = new RegExp(URL_PATTERN.source, 'y');
+const SCHEME_CHAR = /[a-zA-Z0-9+.-]/;
+const LETTER = /[a-zA-Z]/;
+const WORD_CHAR = /\w/;
+
+/**
+ * `https://u:p@host/path?q#f` → `https://host/path`; text that is not a URL is returned scrubbed the same way.
+ *
+ * The same matches as `text.replace(URL_PATTERN, ...)`, found in time linear in the text. Left to
+ * the regex engine, a scheme is tried at every word boundary, each try running to the end of its
+ * run of scheme characters: a line holding `a.a.a.…` (a platform's state string, say) cost time
+ * quadratic in its length (seconds for 100 KB, hours for a few MB) with the event loop held. So a
+ * match is only tried where one can start: for each `://`, at the first word boundary before a
+ * letter in the run of scheme characters that ends there (a later start in the same run ends at
+ * the same place, so the regex could match nowhere earlier).
+ */
+export function safeUrl(text: string): string {
+  let out = '';
+  let done = 0;
+  let from = 0;
+  for (;;) {
+    const sep = text.indexOf('://', from);
+    if (sep < 0) break;
+    from = sep + 1;
+    let start = sep;
+    // A match ends before a character that is not a scheme character: no run crosses `done`.
+    while (start > done && SCHEME_CHAR.test(text[start - 1] as string)) start--;
+    let at = -1;
+    for (let i = start; i < sep; i++) {
+      if (LETTER.test(text[i] as string) && (i === 0 || !WORD_CHAR.test(text[i - 1] as string))) {
+        at = i;
+        break;
+      }
+    }
+    if (at < 0) continue;
+    URL_AT.lastIndex = at;
+    const m = URL_AT.exec(text);
+    if (!m) continue;
+    const [all, scheme, userinfo, host, rest, path] = m as unknown as [
+      string,
+      string,
+      string | undefined,
+      string,
+      string,
+      string,
+    ];
+    out += `${text.slice(done, at)}${scheme}${host}${userinfo === undefined ? rest : ''}${path}`;
+    done = at + all.length;
+    from = Math.max(from, done);
+  }
+  return done === 0 ? text : out + text.slice(done);
 }
 
 /**
