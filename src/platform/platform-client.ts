@@ -40,6 +40,7 @@ import {
 import { Bus, type PlatformRoute, type RequestOutcome } from '../shared/bus.js';
 import { linkedSignal, type RequestSignal, requestSignal, untilAborted } from '../shared/deadline.js';
 import { isRetryable, PlatformError, type PlatformErrorBody } from '../shared/errors.js';
+import { clipText } from '../shared/log-value.js';
 import { createDispatcher, type RequestTarget, requestTarget } from '../shared/proxy.js';
 import { REDACTED } from '../shared/redact.js';
 import { parseRetryAfter } from '../shared/retry-after.js';
@@ -109,6 +110,9 @@ export const DEFAULT_RETRY: RetryPolicy = {
   minTimeoutMs: 500,
   maintenanceMaxDelayMs: 300_000,
 };
+
+/** The most characters of a platform error message carried into an error's text. */
+const MAX_ERROR_MESSAGE = 500;
 
 /** Tokens at least this long are looked for in answers (see `#withoutToken`). */
 const MIN_ECHOED_TOKEN = 16;
@@ -724,7 +728,9 @@ export class PlatformClient {
     path: string,
     retryAfter?: string | string[],
   ): PlatformError {
-    const said = body?.message ? `: ${body.message}` : '';
+    // The platform's message goes into the error's text, and so into log lines (every attempt)
+    // and problem reports: bounded, whatever length came.
+    const said = body?.message ? `: ${clipText(String(body.message), MAX_ERROR_MESSAGE)}` : '';
     const details = { status, ...(body ? { body } : {}), ...(rate.resetAt ? { resetAt: rate.resetAt } : {}) };
     if (status === 429) {
       // The platform names its reset in X-RateLimit-Reset. A 429 without it (from a gateway in

@@ -45,6 +45,7 @@ import type { Logger } from 'pino';
 import type { CheckResult } from '../platform/platform-client.js';
 import type { Bus } from '../shared/bus.js';
 import { PlatformError } from '../shared/errors.js';
+import { clipText, forLog } from '../shared/log-value.js';
 import type { ExportChange } from '../store/store.js';
 import {
   type CheckOutcome,
@@ -743,10 +744,12 @@ export class Scheduler {
     const kind = t.kind ?? 'export';
     const line = { [`${kind}_id`]: t.exportId, from: t.from, to: t.to };
     const msg = `${kind} state changed`;
+    // The platform's error as it came may be as long as its answer: the line shows it bounded
+    // (the record and the event keep it whole).
     if (t.to === 'FAILED') {
-      this.#deps.log.warn({ ...line, error: t.export?.error ?? null }, msg);
+      this.#deps.log.warn({ ...line, error: forLog(t.export?.error ?? null) }, msg);
     } else if (t.to === 'LOST') {
-      this.#deps.log.warn({ ...line, error: t.error }, msg);
+      this.#deps.log.warn({ ...line, error: forLog(t.error) }, msg);
     } else {
       this.#deps.log.info(line, msg);
     }
@@ -808,12 +811,17 @@ export function summarizeWarnings(warnings: readonly TrackerWarning[]): WarningS
     let summary = byReason.get(w.reason);
     if (!summary) {
       summary = { reason: w.reason, count: 0, sample_ids: [] };
-      if (Object.keys(rest).length > 0) summary.example = rest;
+      // What came from the answer (a state, an error body) is shown bounded: see forLog.
+      if (Object.keys(rest).length > 0) summary.example = forLog(rest) as Record<string, unknown>;
       byReason.set(w.reason, summary);
     }
     summary.count += typeof count === 'number' ? count : 1;
     const ids = Array.isArray(sample_ids) ? (sample_ids as string[]) : w.exportId ? [w.exportId] : [];
-    for (const id of ids) if (summary.sample_ids.length < SAMPLE_IDS) summary.sample_ids.push(id);
+    for (const id of ids) {
+      if (summary.sample_ids.length >= SAMPLE_IDS) break;
+      // An id the platform named (one not asked for) may be as long as its answer.
+      summary.sample_ids.push(typeof id === 'string' ? clipText(id) : String(forLog(id)));
+    }
   }
   return [...byReason.values()];
 }

@@ -1,0 +1,140 @@
+/**
+ * What a hostile platform's answer can do to the daemon's log lines: the strings, extra fields and
+ * error bodies it sends must not make a line as long as the answer, nor hold the event loop while
+ * a line is scrubbed. Real daemon, production logger and redactor, loopback platform.
+ */
+import { afterEach, describe, expect, it } from 'vitest';
+import { askedIds, exportObject, type Handler, okHandler } from './hostile-platform.js';
+import { closeAll, startPlatform, startWatcher } from './hostile-watcher.js';
+
+const TOKEN = 'tok_LOGBOUNDS_7e1f0c9a2b';
+/** What one log line may take, whatever the platform sends (the bound the fix keeps, with room). */
+const MAX_LINE = 16 * 1024;
+
+afterEach(closeAll);
+
+const huge = (c: string, n = 1 << 20) => c.repeat(n);
+
+/** A bulk handler for `answer(asked)`, the rest as a well-behaved platform. */
+const bulk =
+  (answer: (asked: string[]) => unknown[]): Handler =>
+  (request) =>
+    request.route === 'bulk_get' ? { body: { items: answer(askedIds(request.json)) } } : okHandler()(request);
+
+const manyKeys = () => Object.fromEntries(Array.from({ length: 50_000 }, (_, i) => [`k${i}`, i]));
+
+const cases: Array<[string, string, Handler]> = [
+  [
+    'an unknown state of 1 MiB',
+    'unknown_state',
+    bulk((asked) => asked.map((id) => ({ resource: exportObject(id, huge('s')) }))),
+  ],
+  [
+    'an unasked id of 1 MiB',
+    'unexpected_resource',
+    bulk((asked) => [
+      ...asked.map((id) => ({ resource: exportObject(id, 'RUNNING') })),
+      ...['a', 'b', 'c', 'd', 'e'].map((c) => ({ resource: { id: huge(c), state: 'RUNNING' } })),
+    ]),
+  ],
+  [
+    'a named error item with a 1 MiB message',
+    'item_error',
+    bulk((asked) => asked.map((id) => ({ error: { id, status: 500, code: 1, message: huge('m') } }))),
+  ],
+  [
+    'an anonymous error item with a 1 MiB message',
+    'unattributed_errors',
+    bulk(() => [{ error: { status: 500, code: 1, message: huge('m') } }]),
+  ],
+  [
+    'an error item with 50,000 extra fields',
+    'unattributed_errors',
+    bulk(() => [{ error: { status: 500, code: 1, ...manyKeys() } }]),
+  ],
+];
+
+describe('a warning about an odd answer is one line of bounded size', () => {
+  it.each(cases)(
+    '%s: the %s line is at most 16 KiB',
+    async (_name, reason, handler) => {
+      const p = await startPlatform(handler);
+      const w = await startWatcher(p.url, TOKEN);
+      await w.daemon.registry.watch(['exp-0', 'exp-1'], null);
+      await w.daemon.scheduler.until(() => w.lines.some((l) => l.reason === reason));
+      const line = w.raw.find((r) => r.includes(`"reason":"${reason}"`)) as string;
+      expect(line.length).toBeLessThanOrEqual(MAX_LINE);
+      // The export is not made final by any of it (a final one is no longer tracked).
+      expect(['UNKNOWN', 'RUNNING']).toContain(w.daemon.tracker.get('exp-0')?.state);
+    },
+    30_000,
+  );
+});
+
+describe('a FAILED export whose platform error is huge', () => {
+  it('its transition line is bounded (the stored record keeps the whole error)', async () => {
+    const error = {
+      status: 500,
+      code: 9107,
+      message: huge('f'),
+      more_info: huge('i', 1 << 16),
+      ...manyKeys(),
+    };
+    const p = await startPlatform(
+      bulk((asked) => asked.map((id) => ({ resource: { ...exportObject(id, 'FAILED'), error } }))),
+    );
+    const w = await startWatcher(p.url, TOKEN);
+    await w.daemon.registry.watch(['exp-0'], null);
+    await w.daemon.scheduler.until(() => w.lines.some((l) => l.msg === 'export state changed'));
+    const line = w.raw.find((r) => r.includes('"msg":"export state changed"')) as string;
+    expect(JSON.parse(line)).toMatchObject({ to: 'FAILED', level: 'warn', error: { code: 9107 } });
+    expect(line.length).toBeLessThanOrEqual(MAX_LINE);
+    const record = await w.daemon.registry.get('exp-0');
+    expect((record?.error as { message?: string } | null)?.message).toHaveLength(1 << 20);
+  }, 30_000);
+});
+
+describe('a failing call whose error body carries a huge message', () => {
+  it('each "platform request failed" and "check failed" line is bounded', async () => {
+    const p = await startPlatform((request) =>
+      request.route === 'bulk_get'
+        ? { status: 500, body: { status: 500, code: 90004, message: huge('e') } }
+        : okHandler()(request),
+    );
+    const w = await startWatcher(p.url, TOKEN);
+    await w.daemon.registry.watch(['exp-0'], null);
+    await w.daemon.scheduler.until(() =>
+      w.lines.some((l) => l.msg === 'check failed after retries; ids stay due'),
+    );
+    const failed = w.raw.filter(
+      (r) => r.includes('platform request failed') || r.includes('check failed after'),
+    );
+    expect(failed.length).toBeGreaterThan(1);
+    for (const line of failed) expect(line.length).toBeLessThanOrEqual(MAX_LINE);
+  }, 30_000);
+});
+
+describe('scrubbing a line that holds a hostile string', () => {
+  it('a 160,000-character state of "a.a.a..." and a URL does not hold the event loop', async () => {
+    const state = `${'a.'.repeat(80_000)} see https://x.invalid/`;
+    const p = await startPlatform(
+      bulk((asked) => asked.map((id) => ({ resource: exportObject(id, state) }))),
+    );
+    const w = await startWatcher(p.url, TOKEN);
+    let last = performance.now();
+    let longest = 0;
+    const ticker = setInterval(() => {
+      const now = performance.now();
+      longest = Math.max(longest, now - last);
+      last = now;
+    }, 5);
+    try {
+      await w.daemon.registry.watch(['exp-0'], null);
+      await w.daemon.scheduler.until(() => w.lines.some((l) => l.reason === 'unknown_state'));
+      await new Promise((r) => setTimeout(r, 50));
+    } finally {
+      clearInterval(ticker);
+    }
+    expect(longest).toBeLessThan(1000);
+  }, 60_000);
+});
