@@ -603,13 +603,44 @@ function idsInput(context: CliContext) {
   return { stdin: context.stdin ?? process.stdin, stderr: process.stderr };
 }
 
+/**
+ * `work`, or the first SIGTERM or SIGINT that comes before it settles (its handlers are removed
+ * once either happens). Reading ids from a pipe whose writer never closes it (`producer | … -`)
+ * must not leave the process to the default handling of a signal, which kills it with the signal
+ * instead of the exit code the command documents.
+ */
+async function orSignal<T>(work: Promise<T>): Promise<{ value: T } | { signal: NodeJS.Signals }> {
+  let onSignal: (signal: NodeJS.Signals) => void = () => undefined;
+  const signalled = new Promise<{ signal: NodeJS.Signals }>((resolve) => {
+    onSignal = (signal) => resolve({ signal });
+  });
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+  // Lost to a signal, its failure is nobody's concern any more.
+  work.catch(() => undefined);
+  try {
+    return await Promise.race([work.then((value) => ({ value })), signalled]);
+  } finally {
+    process.off('SIGTERM', onSignal);
+    process.off('SIGINT', onSignal);
+  }
+}
+
 async function runCommand(args: readonly string[], env: () => Env, context: CliContext): Promise<number> {
   const { values } = parseCommand('run', args);
-  const ids = await collectIds(
-    { ids: strings(values.id), files: strings(values['ids-file']) },
-    idsInput(context),
+  // A first signal while the ids are read: nothing has started, and run exits 0 on it.
+  const read = await orSignal(
+    (async () => {
+      const exportIds = await collectIds(
+        { ids: strings(values.id), files: strings(values['ids-file']) },
+        idsInput(context),
+      );
+      const imports = await collectIds({ ids: strings(values['import-id']) }, idsInput(context));
+      return { exportIds, imports };
+    })(),
   );
-  const importIds = await collectIds({ ids: strings(values['import-id']) }, idsInput(context));
+  if ('signal' in read) return 0;
+  const { exportIds: ids, imports: importIds } = read.value;
   const config = loadForPlatform(withFlags(env(), values), context);
   const log = createLogger({
     level: config.logLevel,
@@ -745,9 +776,14 @@ async function watchCommand(args: readonly string[], env: () => Env, context: Cl
   if (all && (positionals.length > 0 || strings(values['ids-file']).length > 0)) {
     throw new UsageError('watch --all takes no ids: it watches every unfinished job of yours');
   }
-  const ids = all
-    ? []
-    : await collectIds({ positionals, files: strings(values['ids-file']) }, idsInput(context));
+  const read = all
+    ? { value: [] as string[] }
+    : await orSignal(collectIds({ positionals, files: strings(values['ids-file']) }, idsInput(context)));
+  if ('signal' in read) {
+    process.stderr.write('interrupted while the ids were being read; nothing was watched\n');
+    return read.signal === 'SIGINT' ? 130 : 143;
+  }
+  const ids = read.value;
   if (!all && ids.length === 0) throw new UsageError(noIds('watch'));
   // Progress owns the terminal: logs stay quiet unless asked for.
   const config = loadForPlatform(quietByDefault(withFlags(env(), values)), context, {

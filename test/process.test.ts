@@ -10,7 +10,7 @@ import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { type ReceiverOptions, WebhookReceiver } from '../src/dev/receiver.js';
 import { Simulator, type SimulatorOptions } from '../src/dev/simulator.js';
-import { daemonEnv, killAll, spawnCli } from './helpers/spawn.js';
+import { type CliProcess, daemonEnv, killAll, spawnCli } from './helpers/spawn.js';
 
 const TOKEN = 'tok_process_test_7d3e';
 const SECRET = 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw';
@@ -296,6 +296,49 @@ describe('sbg-export-watcher watch', () => {
     const { code } = await watch.exited;
     expect(code).toBe(130);
     expect(watch.stderr()).toContain('interrupted before every export finished');
+  });
+});
+
+describe('a signal while the ids are read from an open standard input (producer | … -)', () => {
+  /**
+   * Writes 1 MiB of ids to the process's open standard input and resolves once the pipe took it
+   * all: the pipe holds 64 KiB, so the process has read the rest and is reading, waiting for more.
+   */
+  function fedAndReading(p: CliProcess): Promise<void> {
+    const ids = Array.from({ length: 95_000 }, (_, i) => `exp-${i.toString().padStart(6, '0')}\n`).join('');
+    return new Promise((resolve, reject) =>
+      p.child.stdin?.write(ids, (error) => (error ? reject(error) : resolve())),
+    );
+  }
+
+  it("run --ids-file -: a first SIGTERM exits 0, as for run's other stops", async () => {
+    const { url } = await simulator();
+    const run = spawnCli(
+      ['run', '--ids-file', '-'],
+      { SB_API_ENDPOINT: url, SB_AUTH_TOKEN: TOKEN, WATCHER_HTTP_PORT: '0' },
+      { stdin: '', stdinOpen: true },
+    );
+    await fedAndReading(run);
+    run.child.kill('SIGTERM');
+    expect(await run.exited).toEqual({ code: 0, signal: null });
+  });
+
+  it('watch -: SIGTERM exits 143 and Ctrl-C 130, saying nothing was watched', async () => {
+    const { url } = await simulator();
+    for (const [signal, code] of [
+      ['SIGTERM', 143],
+      ['SIGINT', 130],
+    ] as const) {
+      const watch = spawnCli(
+        ['watch', '-'],
+        { SB_API_ENDPOINT: url, SB_AUTH_TOKEN: TOKEN },
+        { stdin: '', stdinOpen: true },
+      );
+      await fedAndReading(watch);
+      watch.child.kill(signal);
+      expect(await watch.exited).toEqual({ code, signal: null });
+      expect(watch.stderr()).toBe('interrupted while the ids were being read; nothing was watched\n');
+    }
   });
 });
 

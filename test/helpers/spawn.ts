@@ -52,6 +52,8 @@ export interface SpawnOptions {
   cwd?: string;
   /** Written to the child's standard input, which is then closed. */
   stdin?: string;
+  /** With `stdin`: the input is left open after it, as by a producer still writing. */
+  stdinOpen?: boolean;
 }
 
 export function spawnCli(
@@ -70,7 +72,10 @@ export function spawnCli(
     stdio: [options.stdin === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
   });
   running.add(child);
-  if (options.stdin !== undefined) child.stdin?.end(options.stdin);
+  if (options.stdin !== undefined) {
+    if (options.stdinOpen) child.stdin?.write(options.stdin);
+    else child.stdin?.end(options.stdin);
+  }
   const lines: Array<Record<string, unknown>> = [];
   let out = '';
   let err = '';
