@@ -159,6 +159,8 @@ export class Daemon {
   #pruneTimer: NodeJS.Timeout | undefined;
   #reloadTimer: NodeJS.Timeout | undefined;
   #startPromise: Promise<string | undefined> | undefined;
+  /** The control API's listen, once start() has asked for it. */
+  #listening: Promise<string | undefined> | undefined;
   #stopPromise: Promise<StopReport> | undefined;
   /** Settles when `stop()` is first called: start-up's waits end there instead of running out. */
   readonly #stopAsked: Promise<void>;
@@ -459,17 +461,27 @@ export class Daemon {
   start(): Promise<string | undefined> {
     this.#startPromise ??= (async () => {
       if (this.election) {
-        const url = await this.api?.listen();
+        const url = await this.#listen();
+        // Stopped meanwhile: no election to start (stop() has already ended it).
+        if (this.#stopPromise) return url;
         this.election.start();
         return url;
       }
       const term = this.#term;
       await this.#takeOver(term);
-      const url = await this.api?.listen();
+      // Stopped meanwhile: the control API must not start listening on a daemon that is closed.
+      if (this.#stopPromise) return undefined;
+      const url = await this.#listen();
       await this.#startChecking(term);
       return url;
     })();
     return this.#startPromise;
+  }
+
+  /** The control API's listen, kept so that a stop asked meanwhile closes it once it listens. */
+  #listen(): Promise<string | undefined> {
+    this.#listening ??= this.api ? this.api.listen() : Promise.resolve(undefined);
+    return this.#listening;
   }
 
   /**
@@ -688,7 +700,15 @@ export class Daemon {
       if (this.#reloadTimer) clearInterval(this.#reloadTimer);
       // No new requests to the API, no new checks; calls not yet started are dropped and retry
       // waits cancelled; a check already on the wire may finish, within the deadline.
-      const apiClosed = this.api?.close();
+      // A listen under way (start-up) is let finish first: closing before it would leave the
+      // server listening after the daemon stopped.
+      const api = this.api;
+      const apiClosed = api
+        ? (this.#listening ?? Promise.resolve(undefined)).then(
+            () => api.close(),
+            () => api.close(),
+          )
+        : undefined;
       const checksDone = Promise.all([
         this.scheduler.stop(),
         this.#discovery?.stop(),

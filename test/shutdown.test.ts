@@ -3,9 +3,13 @@
  * and what it leaves in its logs: the ids still watched and every undelivered event with its
  * body, so nothing owed is unrecoverable from the logs.
  */
+import { connect } from 'node:net';
+import pino from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
-import { MAX_IDS_LOGGED_AT_STOP } from '../src/main.js';
-import { type Stack, startStack } from './helpers/stack.js';
+import { loadConfig } from '../src/config/config.js';
+import { Simulator } from '../src/dev/simulator.js';
+import { Daemon, MAX_IDS_LOGGED_AT_STOP } from '../src/main.js';
+import { type Stack, startStack, TOKEN } from './helpers/stack.js';
 
 let stack: Stack | undefined;
 afterEach(async () => {
@@ -109,4 +113,47 @@ describe('stop (first SIGTERM) drains what the README says it drains', () => {
     expect(receiver.uniqueIds().size).toBe(12);
     expect(pendingDeliveries).toBe(0);
   }, 60_000);
+});
+
+describe('a stop asked while start-up is under way', () => {
+  /** Whether something accepts connections at the control API's address, if it ever had one. */
+  function accepting(url: string | undefined): Promise<boolean> {
+    if (url === undefined) return Promise.resolve(false);
+    return new Promise((resolve) => {
+      const socket = connect(Number(new URL(url).port), '127.0.0.1');
+      socket.once('connect', () => {
+        socket.destroy();
+        resolve(true);
+      });
+      socket.once('error', () => resolve(false));
+    });
+  }
+
+  it('leaves no control API listening, wherever start-up was (0 to 50 ms in)', async () => {
+    const sim = new Simulator({ seed: 5, token: TOKEN });
+    const url = await sim.start();
+    try {
+      const config = loadConfig(
+        { SB_API_ENDPOINT: url, SB_AUTH_TOKEN: TOKEN, WATCHER_HTTP_PORT: '0' },
+        { requireToken: true },
+      );
+      for (const delayMs of [0, 1, 2, 5, 10, 20, 50]) {
+        const daemon = await Daemon.open(config, {
+          log: pino({ level: 'silent' }),
+          api: true,
+          storage: 'memory',
+        });
+        const started = daemon.start().catch(() => undefined);
+        if (delayMs > 0) await new Promise((resolve) => setTimeout(resolve, delayMs));
+        await daemon.stop(1_000);
+        await started;
+        const open = await accepting(daemon.api?.url);
+        // Closed either way, so that a failure does not leave a server behind.
+        await daemon.api?.close();
+        expect(open, `stop ${delayMs} ms into start-up`).toBe(false);
+      }
+    } finally {
+      await sim.close();
+    }
+  });
 });
