@@ -38,6 +38,14 @@ describe('forLog', () => {
     expect(Object.keys(shown).length - 1 + Number.parseInt(left, 10)).toBe(50_000);
   });
 
+  it('counts empty arrays and objects, and long numbers, against the budget', () => {
+    // Not one character of string or key: each `[]` or `{}` still takes room in the line.
+    for (const filler of [() => [], () => ({}), () => 0.12345678901234566]) {
+      const shown = forLog({ details: Array.from({ length: 100_000 }, filler) });
+      expect(JSON.stringify(shown).length).toBeLessThan(LOG_VALUE_BUDGET + 2 * MAX_LOG_TEXT);
+    }
+  });
+
   it('counts the items of a long array past the budget', () => {
     const shown = forLog(Array.from({ length: 10_000 }, (_, i) => `item ${i}`)) as string[];
     const last = shown.at(-1) as string;

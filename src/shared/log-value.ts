@@ -34,13 +34,17 @@ function bounded(value: unknown, depth: number, left: { chars: number }): unknow
     return text;
   }
   if (value === null || typeof value !== 'object') {
-    left.chars -= 8;
+    // What it takes in the line (a number may take 24 characters), and a separator.
+    left.chars -= (typeof value === 'number' || typeof value === 'boolean' ? String(value).length : 4) + 1;
     return value;
   }
   if (depth >= MAX_LOG_DEPTH) {
-    left.chars -= 8;
+    left.chars -= 10;
     return Array.isArray(value) ? '(array)' : '(object)';
   }
+  // Its brackets and a separator: an empty array or object holds no string or key, yet a value
+  // of many of them would otherwise be shown whole.
+  left.chars -= 3;
   if (Array.isArray(value)) {
     const out: unknown[] = [];
     for (let i = 0; i < value.length; i++) {

@@ -94,6 +94,22 @@ describe('a FAILED export whose platform error is huge', () => {
   }, 30_000);
 });
 
+describe('a FAILED export whose platform error holds many empty arrays', () => {
+  it('its transition line is bounded: an empty array or object counts against the budget too', async () => {
+    // 500,000 `[]`: 1.5 MB of answer, and not one character of string or key in it.
+    const error = { status: 500, code: 9107, details: Array.from({ length: 500_000 }, () => []) };
+    const p = await startPlatform(
+      bulk((asked) => asked.map((id) => ({ resource: { ...exportObject(id, 'FAILED'), error } }))),
+    );
+    const w = await startWatcher(p.url, TOKEN);
+    await w.daemon.registry.watch(['exp-0'], null);
+    await w.daemon.scheduler.until(() => w.lines.some((l) => l.msg === 'export state changed'));
+    const line = w.raw.find((r) => r.includes('"msg":"export state changed"')) as string;
+    expect(JSON.parse(line)).toMatchObject({ to: 'FAILED', level: 'warn', error: { code: 9107 } });
+    expect(line.length).toBeLessThanOrEqual(MAX_LINE);
+  }, 30_000);
+});
+
 describe('a failing call whose error body carries a huge message', () => {
   it('each "platform request failed" and "check failed" line is bounded', async () => {
     const p = await startPlatform((request) =>
