@@ -460,6 +460,8 @@ export class Daemon {
    */
   start(): Promise<string | undefined> {
     this.#startPromise ??= (async () => {
+      // Asked after a stop: nothing is started (a server listening now would never be closed).
+      if (this.#stopPromise) return undefined;
       if (this.election) {
         const url = await this.#listen();
         // Stopped meanwhile: no election to start (stop() has already ended it).

@@ -302,7 +302,8 @@ describe('sbg-export-watcher watch', () => {
 describe('a signal while the ids are read from an open standard input (producer | … -)', () => {
   /**
    * Writes 1 MiB of ids to the process's open standard input and resolves once the pipe took it
-   * all: the pipe holds 64 KiB, so the process has read the rest and is reading, waiting for more.
+   * all: the socket pair holds about 200 KiB, so the process has read the rest and is reading,
+   * waiting for more.
    */
   function fedAndReading(p: CliProcess): Promise<void> {
     const ids = Array.from({ length: 95_000 }, (_, i) => `exp-${i.toString().padStart(6, '0')}\n`).join('');

@@ -392,6 +392,23 @@ await describeWithPostgres('two replicas on one PostgreSQL database', (server) =
     );
   }, 120_000);
 
+  it('a replica asked to start after it was stopped listens nowhere and joins no election', async () => {
+    const config = loadConfig(
+      {
+        SB_API_ENDPOINT: simUrl,
+        SB_AUTH_TOKEN: 'tok_started_after_stop',
+        WATCHER_DATABASE_URL: databaseUrl,
+        WATCHER_HTTP_PORT: '0',
+      },
+      { requireToken: true },
+    );
+    const daemon = await Daemon.open(config, { log: pino({ level: 'silent' }), api: true });
+    await daemon.stop(1000);
+    expect(await daemon.start()).toBeUndefined();
+    expect(daemon.api?.url).toBeUndefined();
+    expect(daemon.role).not.toBe('leader');
+  });
+
   it('a leader whose network to the database goes silent steps down within the lease; /readyz is 503 disconnected', async () => {
     const s = sim as Simulator;
     const target = new URL(databaseUrl);
