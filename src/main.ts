@@ -379,7 +379,7 @@ export class Daemon {
         const { removed, cancelledDeliveries } = await this.store.removeExport(id, kind);
         if (removed) {
           this.tracker.untrack(id);
-          this.deliveries.cancel(id);
+          this.deliveries.cancel(id, kind);
           this.#log.info(
             { [`${kind}_id`]: id, deliveries_cancelled: cancelledDeliveries },
             `${kind} no longer watched`,

@@ -978,6 +978,28 @@ describe('cancel', () => {
   });
 });
 
+describe('cancel of one kind', () => {
+  it("leaves the held deliveries of the other kind's job that has the same id", async () => {
+    // The export x was removed (its event kept) and x then watched as an import; the export's
+    // event, redelivered, waits for the endpoint's one slot when the import x is removed.
+    const hold = deferred<Answer>();
+    const { r, url } = await receiver({ respond: (req) => (req.id === wid('a') ? hold.promise : 204) });
+    const store = await memoryStore();
+    const { engine: e, probe } = engine({ store, urls: [url], concurrencyPerEndpoint: 1 });
+    await commit(store, e.endpoints, ['a', 'x']);
+    await e.start();
+    await r.waitFor((x) => x.received.length === 1);
+    expect(e.held()).toBe(2);
+    e.cancel('x', 'import');
+    e.cancel('a', 'import');
+    hold.resolve(204);
+    await eventually(async () => (await store.deliveryCounts()).delivered === 2, 'both delivered');
+    expect(r.received.map((x) => x.id)).toEqual([wid('a'), wid('x')]);
+    expect(probe.started).toBe(2);
+    expect(e.held()).toBe(0);
+  });
+});
+
 describe('a redelivery asked while the same delivery is held', () => {
   /** Commits x, starts the engine, and waits until its first attempt is on the wire and held. */
   async function heldFirstAttempt(options: Partial<EngineOptions> = {}) {

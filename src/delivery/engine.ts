@@ -46,6 +46,7 @@ import {
   type DeliveryStatus,
   type EndpointRef,
   endpointKey,
+  type JobKind,
   type Store,
 } from '../store/store.js';
 import { type AttemptAnswer, endpointLabel, sendAttempt } from './attempt.js';
@@ -369,13 +370,16 @@ export class DeliveryEngine {
   }
 
   /**
-   * Ends the waits of an export's held deliveries (its export was un-watched and the store has
-   * dropped its pending rows). Attempts in flight finish but are not retried.
+   * Ends the waits of a job's held deliveries (the job, of this kind, was un-watched and the store
+   * has dropped its pending rows). Attempts in flight finish but are not retried. The events of a
+   * removed job of the other kind that had the same id are not its own: their deliveries go on.
    */
-  cancel(exportId: string): void {
+  cancel(exportId: string, kind: JobKind = 'export'): void {
+    // Its webhook-ids (`webhookId`): `evt_<id>_<suffix>` for an export, `evt_import_<id>_<suffix>` for an import.
+    const own = kind === 'import' ? `evt_import_${exportId}_` : `evt_${exportId}_`;
     for (const e of this.#endpoints) {
       for (const held of e.held.values()) {
-        if (held.job.exportId !== exportId) continue;
+        if (held.job.exportId !== exportId || !held.job.eventId.startsWith(own)) continue;
         held.next = undefined;
         held.stop.abort(new Error('webhook delivery cancelled'));
       }

@@ -468,28 +468,34 @@ export class PostgresStore implements Store {
           kind,
         ]);
         if (removed.rowCount === 0) return { removed: false, cancelledDeliveries: 0 };
+        // Its own kind's events only: a removed job of the other kind that had this id keeps its
+        // events, and the deliveries owed for them (a redelivery, say).
+        const ownEvents = `export_id = $1 AND starts_with(type, $2::text || '.')`;
         // Its events first (in id order), then their deliveries: a redelivery locks an event, then
         // its deliveries, and would otherwise deadlock with this when the event goes too.
-        await this.#query(client, 'SELECT id FROM events WHERE export_id = $1 ORDER BY id FOR UPDATE', [id]);
+        await this.#query(client, `SELECT id FROM events WHERE ${ownEvents} ORDER BY id FOR UPDATE`, [
+          id,
+          kind,
+        ]);
         // Their deliveries in key order too, before the delete takes them in whatever order its plan
         // reads: a batch of outcomes locks deliveries (and no event) in key order.
         await this.#query(
           client,
-          `SELECT 1 FROM deliveries WHERE event_id IN (SELECT id FROM events WHERE export_id = $1)
+          `SELECT 1 FROM deliveries WHERE event_id IN (SELECT id FROM events WHERE ${ownEvents})
             ORDER BY event_id, endpoint_key FOR UPDATE`,
-          [id],
+          [id, kind],
         );
         const cancelled = await this.#query(
           client,
           `DELETE FROM deliveries
-            WHERE status = 'pending' AND event_id IN (SELECT id FROM events WHERE export_id = $1)`,
-          [id],
+            WHERE status = 'pending' AND event_id IN (SELECT id FROM events WHERE ${ownEvents})`,
+          [id, kind],
         );
         await this.#query(
           client,
           `DELETE FROM events
-            WHERE export_id = $1 AND NOT EXISTS (SELECT 1 FROM deliveries WHERE event_id = events.id)`,
-          [id],
+            WHERE ${ownEvents} AND NOT EXISTS (SELECT 1 FROM deliveries WHERE event_id = events.id)`,
+          [id, kind],
         );
         return { removed: true, cancelledDeliveries: cancelled.rowCount ?? 0 };
       });

@@ -517,17 +517,20 @@ export class SqliteStore implements Store {
     kind: JobKind = 'export',
   ): Promise<{ removed: boolean; cancelledDeliveries: number }> {
     const deleteExport = this.#sql('DELETE FROM exports WHERE id = ? AND kind = ?');
+    // Its own kind's events only: a removed job of the other kind that had this id keeps its
+    // events, and the deliveries owed for them (a redelivery, say).
+    const ownEvents = "export_id = @id AND substr(type, 1, length(@kind) + 1) = @kind || '.'";
     const cancelPending = this.#sql(`
       DELETE FROM deliveries
-      WHERE status = 'pending' AND event_id IN (SELECT id FROM events WHERE export_id = ?)`);
+      WHERE status = 'pending' AND event_id IN (SELECT id FROM events WHERE ${ownEvents})`);
     const deleteBareEvents = this.#sql(`
       DELETE FROM events
-      WHERE export_id = ? AND NOT EXISTS (SELECT 1 FROM deliveries WHERE event_id = events.id)`);
+      WHERE ${ownEvents} AND NOT EXISTS (SELECT 1 FROM deliveries WHERE event_id = events.id)`);
     return this.#transaction(() => {
       if (deleteExport.run(id, kind).changes === 0) return { removed: false, cancelledDeliveries: 0 };
-      const cancelledDeliveries = cancelPending.run(id).changes;
+      const cancelledDeliveries = cancelPending.run({ id, kind }).changes;
       this.#counted('pending', -cancelledDeliveries);
-      deleteBareEvents.run(id);
+      deleteBareEvents.run({ id, kind });
       return { removed: true, cancelledDeliveries };
     });
   }

@@ -1483,6 +1483,34 @@ export function describeStoreContract(
         expect(await types()).toEqual(['export.completed', 'import.running']);
       });
 
+      it('removing a job leaves the deliveries owed for a removed job of the other kind that had its id', async () => {
+        // The export `x` finished and was removed (its delivered event kept for replay); the id is
+        // then watched as an import, and meanwhile the export's event is redelivered.
+        await store.addExports([{ ids: ['x'], metadata: null }], T0);
+        await store.commitChanges([move('x', 'UNKNOWN', 'COMPLETED', T0 + 1)], buildKind, [A], T0 + 1);
+        await recordOutcomes([delivered('evt_x_completed', A, T0 + 2)]);
+        expect(await store.removeExport('x')).toEqual({ removed: true, cancelledDeliveries: 0 });
+        await store.addExports([{ ids: ['x'], metadata: null, kind: 'import' }], T0 + HOUR);
+        await store.commitChanges(
+          [move('x', 'UNKNOWN', 'RUNNING', T0 + HOUR + 1)],
+          buildKind,
+          [A],
+          T0 + HOUR + 1,
+        );
+        expect(await store.redeliver('evt_x_completed', [A], T0 + HOUR + 2)).toBe(1);
+
+        // Removing the import cancels the import's pending delivery, not the export's redelivery.
+        expect(await store.removeExport('x', 'import')).toEqual({ removed: true, cancelledDeliveries: 1 });
+        expect(await store.getEvent('evt_import_x_running')).toBeUndefined();
+        expect((await store.getEvent('evt_x_completed'))?.deliveries.map((d) => d.status)).toEqual([
+          'pending',
+        ]);
+        expect(await store.claimDue(A.key, T0 + 2 * HOUR, 10, T0 + 3 * HOUR)).toEqual([
+          expect.objectContaining({ eventId: 'evt_x_completed', exportId: 'x' }),
+        ]);
+        expect(await store.deliveryCounts()).toMatchObject({ pending: 1, delivered: 0 });
+      });
+
       it('adds imports with their kind; reads, pages and counts each kind apart, exports as before', async () => {
         const results = await store.addExports(
           [
