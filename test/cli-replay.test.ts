@@ -13,7 +13,7 @@ import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from
 import { formatEvents, parseSince, redeliverPlan } from '../src/cli/events.js';
 import { runCli } from '../src/cli.js';
 import type { EventType } from '../src/delivery/events.js';
-import { ControlApi, eventToJson, type WatchRegistry } from '../src/http/control-api.js';
+import { ControlApi, eventToJson, parseRfc3339, type WatchRegistry } from '../src/http/control-api.js';
 import type { DeliveryStatus, EventQuery, StoredEvent } from '../src/store/store.js';
 import { closedPort } from './helpers/ports.js';
 import { killAll, spawnCli } from './helpers/spawn.js';
@@ -605,6 +605,15 @@ describe('parsing', () => {
     expect(parseSince('90s', now)).toBe('2026-11-22T11:58:30.000Z');
     for (const bad of ['', '2', 'h', '-2h', '2026-11-22', 'now'])
       expect(() => parseSince(bad, now)).toThrow(/--since/);
+  });
+
+  it('--since: a time an offset carries out of years 0000 to 9999 is sent as the daemon reads it', () => {
+    const now = Date.UTC(2026, 10, 22, 12, 0, 0);
+    for (const edge of ['0000-01-01T00:00:00+01:00', '9999-12-31T23:30:00-01:00']) {
+      const sent = parseSince(edge, now);
+      expect(parseRfc3339(sent)).toBe(parseRfc3339(edge));
+    }
+    expect(parseSince('0000-01-01T00:00:00Z', now)).toBe('0000-01-01T00:00:00.000Z');
   });
 
   it('redeliver: ids are de-duplicated, --webhook-url kept as given', () => {

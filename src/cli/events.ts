@@ -140,7 +140,12 @@ function parseStatus(text: string): DeliveryStatus {
  */
 export function parseSince(text: string, now: number): string {
   const at = parseRfc3339(text);
-  if (at !== undefined) return new Date(at).toISOString();
+  if (at !== undefined) {
+    const iso = new Date(at).toISOString();
+    // An offset can carry a time of year 0000 or 9999 into year -1 or 10000, which ISO writes
+    // with six digits and a sign, and RFC 3339 (the daemon) does not read: sent as given.
+    return parseRfc3339(iso) === at ? iso : text;
+  }
   const back = /^\d+(\.\d+)?(ms|s|m|h|d)$/.test(text) ? parseDuration(text) : Number.NaN;
   if (Number.isFinite(back) && back <= now) return new Date(now - back).toISOString();
   throw new UsageError(
