@@ -1034,22 +1034,41 @@ export class PostgresStore implements Store {
         [after.at, after.id, batch],
       );
       const old = rows.filter((e) => e.at <= cutoff);
-      if (old.length > 0) {
-        const deleted = await this.#query(
+      if (old.length > 0)
+        total += await this.#deleteSettledEvents(
           db,
-          `DELETE FROM events WHERE id IN (
-             SELECT id FROM events
-             WHERE id = ANY($1::text[])
-               AND 'pending' <> ALL (SELECT status FROM deliveries WHERE event_id = events.id)
-             FOR UPDATE SKIP LOCKED)`,
-          [old.map((e) => e.id)],
+          old.map((e) => e.id),
         );
-        total += deleted.rowCount ?? 0;
-      }
       const last = old.at(-1);
       if (old.length < batch || last === undefined) return total;
       after = last;
     }
+  }
+
+  /**
+   * Deletes those of `ids` with no pending delivery, skipping any another transaction holds (a
+   * redelivery under way). Locked first, then checked in a statement of its own: checked in the
+   * statement that locks them, the check would read a snapshot taken before a redelivery that
+   * committed a moment later (its lock already gone, the event row itself unchanged), and the
+   * delete would cascade to the delivery it had just made pending. A redelivery that comes after
+   * the lock waits for this commit, then finds no event.
+   */
+  async #deleteSettledEvents(db: pg.Pool, ids: readonly string[]): Promise<number> {
+    return this.#transaction(db, async (client) => {
+      const locked = await this.#query<{ id: string }>(
+        client,
+        'SELECT id FROM events WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE SKIP LOCKED',
+        [ids],
+      );
+      if (locked.rows.length === 0) return 0;
+      const deleted = await this.#query(
+        client,
+        `DELETE FROM events WHERE id = ANY($1::text[])
+           AND 'pending' <> ALL (SELECT status FROM deliveries WHERE event_id = events.id)`,
+        [locked.rows.map((row) => row.id)],
+      );
+      return deleted.rowCount ?? 0;
+    });
   }
 
   /**

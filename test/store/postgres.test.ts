@@ -115,6 +115,65 @@ await describeWithPostgres('PostgreSQL store', (server) => {
       expect((await store.getExport('a'))?.state).toBe('RUNNING');
     });
 
+    it('never deletes a delivery a redelivery made pending while a prune ran (redeliveries all along it)', async () => {
+      // A prune checked an event for pending deliveries in its statement's snapshot, then locked
+      // it: a redelivery committed in between was not seen, and the delete cascaded to the
+      // delivery it had just answered for. The window is the statement's length; here 5,000 old
+      // events are pruned at once while the last 300 are redelivered over and over. Every
+      // redelivery answered must still be there after the prune, or have been refused after it.
+      const store = await openPostgresStore({ url, applicationName: 'watcher-test-prune-race' });
+      stores.push(store);
+      const ids = Array.from({ length: 5_000 }, (_, i) => `p${String(i).padStart(5, '0')}`);
+      await store.addExports([{ ids, metadata: null }], T0);
+      const events = await store.commitChanges(
+        ids.map((id) => move(id, 'UNKNOWN', 'COMPLETED', T0)),
+        build,
+        [A],
+        T0,
+      );
+      await store.recordAttempts(
+        events.map((e) => ({
+          eventId: e.id,
+          endpointKey: A.key,
+          seriesStartedAt: T0,
+          status: 'failed' as const,
+          attempts: 3,
+          nextAttemptAt: null,
+          lastStatus: 500,
+          lastError: 'HTTP 500',
+          finishedAt: T0,
+        })),
+      );
+      const targets = events.slice(-300).map((e) => e.id);
+      const answered = new Set<string>();
+      let pruning = true;
+      const pruned = store.prune(T0 + 100, { retainMs: HOUR, eventRetainMs: 5, batch: 5_000 }).finally(() => {
+        pruning = false;
+      });
+      let at = T0 + 10;
+      const redeliverAll = async (offset: number) => {
+        let rounds = 0;
+        // At least one pass, and on until the prune is over.
+        while (pruning || rounds === 0) {
+          for (let i = offset; i < targets.length; i += 4) {
+            const id = targets[i] as string;
+            at += 1;
+            if ((await store.redeliver(id, [A], at)) !== undefined) answered.add(id);
+          }
+          rounds += 1;
+        }
+      };
+      await Promise.all([0, 1, 2, 3].map(redeliverAll));
+      expect((await pruned).events).toBeGreaterThan(4_000);
+      const lost: string[] = [];
+      for (const id of answered) {
+        const event = await store.getEvent(id);
+        if (event?.deliveries.some((d) => d.status === 'pending') !== true) lost.push(id);
+      }
+      expect(answered.size).toBeGreaterThan(0);
+      expect(lost).toEqual([]);
+    }, 60_000);
+
     it('keeps what redeliverSince makes pending from a prune that runs meanwhile', async () => {
       const store = await openPostgresStore({ url, applicationName: 'watcher-test-redeliver' });
       stores.push(store);
