@@ -60,6 +60,7 @@ import {
   eventCreatedAt,
   fromJson,
   page,
+  storableText,
   toActiveExport,
   toJson,
   toStoredDelivery,
@@ -645,6 +646,16 @@ export class PostgresStore implements Store {
 
         const candidates = [...events.values()];
         if (candidates.length === 0) return [];
+        // The events stored already (a job watched again) are locked before anything is written
+        // against them: `ON CONFLICT DO NOTHING` locks no row, and a prune could otherwise delete
+        // such an event (all its deliveries final) between the insert and the deliveries below,
+        // which would then find no event, and the job's outcome would be stored with no delivery.
+        // KEY SHARE, in id order, as a redelivery locks events; the prune skips what is locked.
+        await this.#query(
+          client,
+          'SELECT 1 FROM events WHERE id = ANY($1::text[]) ORDER BY id FOR KEY SHARE',
+          [candidates.map((e) => e.id)],
+        );
         const lastCreated = new Map<string, number>();
         const createdAt = candidates.map((e) => {
           const at = eventCreatedAt(lastCreated, e.exportId, now);
@@ -829,7 +840,7 @@ export class PostgresStore implements Store {
           rows.map((r) => r.attempts),
           rows.map((r) => (pending(r) ? r.nextAttemptAt : null)),
           rows.map((r) => r.lastStatus),
-          rows.map((r) => (r.lastError === null ? null : withoutNul(r.lastError))),
+          rows.map((r) => (r.lastError === null ? null : storableText(r.lastError))),
           rows.map((r) => (pending(r) ? null : r.finishedAt)),
           rows.map((r) => r.seriesStartedAt),
           rows.map((r) => r.decided),
@@ -981,17 +992,25 @@ export class PostgresStore implements Store {
 
   async deliveryCounts(): Promise<DeliveryCounts> {
     return this.#use(async (db) => {
-      const { rows } = await this.#query<{ status: DeliveryStatus; n: number }>(
+      // One statement, so one snapshot: the oldest pending time goes with the counts (two would
+      // answer a pending count with no oldest time, or an oldest time with none pending, when a
+      // write commits between them). One row per status, each with the oldest time; one row with
+      // no status when there is no delivery at all.
+      const { rows } = await this.#query<{
+        status: DeliveryStatus | null;
+        n: number | null;
+        at: number | null;
+      }>(
         db,
-        'SELECT status, count(*) AS n FROM deliveries GROUP BY status',
+        `WITH counts AS (SELECT status, count(*) AS n FROM deliveries GROUP BY status)
+          SELECT c.status, c.n, o.at
+          FROM (SELECT min(e.created_at) AS at
+                  FROM deliveries AS d JOIN events AS e ON e.id = d.event_id
+                  WHERE d.status = 'pending') AS o
+            LEFT JOIN counts AS c ON true`,
       );
-      const oldest = await this.#query<{ at: number | null }>(
-        db,
-        `SELECT min(e.created_at) AS at
-          FROM deliveries AS d JOIN events AS e ON e.id = d.event_id
-          WHERE d.status = 'pending'`,
-      );
-      return { ...byStatus(rows), oldestPendingAt: oldest.rows[0]?.at ?? null };
+      const counts = rows.flatMap(({ status, n }) => (status === null ? [] : [{ status, n: n ?? 0 }]));
+      return { ...byStatus(counts), oldestPendingAt: rows[0]?.at ?? null };
     });
   }
 
@@ -1284,11 +1303,6 @@ function toStoredExport(row: ExportRow): StoredExport {
 /** Code-unit order: for the ids' ASCII alphabet, the "C" collation's byte order. */
 function compareText(a: string, b: string): number {
   return a < b ? -1 : a > b ? 1 : 0;
-}
-
-/** PostgreSQL text cannot hold U+0000; an error text from elsewhere might. */
-function withoutNul(text: string): string {
-  return text.includes('\u0000') ? text.replaceAll('\u0000', '\uFFFD') : text;
 }
 
 function oneLine(error: unknown): string {

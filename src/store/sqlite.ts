@@ -29,6 +29,7 @@ import {
   fromJson,
   page,
   type RawActiveRow,
+  storableText,
   toJson,
   toStoredDelivery,
   whereClause,
@@ -631,6 +632,8 @@ export class SqliteStore implements Store {
       const written: NewEvent[] = [];
       /** The creation time of the last event built for each job in this call. */
       const lastCreated = new Map<string, number>();
+      /** The events built so far in this call: one built again is the same event, stored once. */
+      const built = new Set<string>();
       for (const change of changes) {
         const params = changeParams(change);
         if (change.from === change.to) {
@@ -642,6 +645,10 @@ export class SqliteStore implements Store {
         if (!row || move.run(params).changes === 0) continue;
         const event = build(change, fromJson(row.metadata), row.kind);
         if (!event) continue;
+        // Built again (RUNNING, PENDING, RUNNING in one call): it takes no creation time of its own,
+        // so the job's next event is a millisecond after the first, as PostgreSQL stores them.
+        if (built.has(event.id)) continue;
+        built.add(event.id);
         const createdAt = eventCreatedAt(lastCreated, event.exportId, now);
         lastCreated.set(event.exportId, createdAt);
         const fresh =
@@ -731,7 +738,7 @@ export class SqliteStore implements Store {
           attempts: r.attempts,
           nextAttemptAt: pending ? r.nextAttemptAt : null,
           lastStatus: r.lastStatus,
-          lastError: r.lastError,
+          lastError: r.lastError === null ? null : storableText(r.lastError),
           finishedAt: pending ? null : r.finishedAt,
         });
       }

@@ -1830,6 +1830,124 @@ export function describeStoreContract(
       });
     });
 
+    describe('answers that hold while other writes run', () => {
+      /**
+       * Runs `write` as soon as a statement matching `pattern` that `call` makes has returned, so
+       * that it falls between that statement and the next where the store makes several
+       * (PostgreSQL); where a call is one synchronous piece of work (SQLite), the write comes after.
+       */
+      async function writeAfter<T>(
+        pattern: RegExp,
+        call: () => Promise<T>,
+        write: () => Promise<unknown>,
+      ): Promise<T> {
+        let fired = false;
+        type Query = (this: unknown, ...args: unknown[]) => unknown;
+        const spies = [pg.Pool.prototype, pg.Client.prototype].map((proto) => {
+          const original = proto.query as unknown as Query;
+          const query: Query = function (this: unknown, ...args: unknown[]) {
+            if (typeof args.at(-1) === 'function') return original.apply(this, args);
+            return (async () => {
+              const result = await original.apply(this, args);
+              const text = (args[0] as { text?: unknown } | undefined)?.text;
+              if (!fired && typeof text === 'string' && pattern.test(text)) {
+                fired = true;
+                await write();
+              }
+              return result;
+            })();
+          };
+          return vi.spyOn(proto, 'query').mockImplementation(query as unknown as typeof proto.query);
+        });
+        try {
+          const result = await call();
+          if (!fired) await write();
+          return result;
+        } finally {
+          for (const spy of spies) spy.mockRestore();
+        }
+      }
+
+      it('deliveryCounts: the oldest pending time goes with the counts it answers, though a delivery ends meanwhile', async () => {
+        await watchThrough(['a'], ['COMPLETED'], [A]);
+        const counts = await writeAfter(
+          /GROUP BY status/,
+          () => store.deliveryCounts(),
+          () => recordOutcomes([delivered(eventId('a', 'COMPLETED'), A, T0 + 10 * SECOND)]),
+        );
+        // Either before the outcome (one pending, of `a`'s event) or after it (none): never a mix.
+        expect([
+          { pending: 1, delivered: 0, failed: 0, gone: 0, oldestPendingAt: T0 + SECOND },
+          { pending: 0, delivered: 1, failed: 0, gone: 0, oldestPendingAt: null },
+        ]).toContainEqual(counts);
+        expect(await store.deliveryCounts()).toMatchObject({
+          pending: 0,
+          delivered: 1,
+          oldestPendingAt: null,
+        });
+      });
+
+      it('a job watched again sends its outcome though retention deletes the stored event meanwhile', async () => {
+        await watchThrough(['a'], ['COMPLETED'], [A, B]);
+        // A took it; B was down, and the removal cancelled B's delivery: only a final one is left.
+        await recordOutcomes([delivered(eventId('a', 'COMPLETED'), A, T0 + 2 * SECOND)]);
+        await store.removeExport('a');
+        const now = T0 + 10 * HOUR;
+        await store.addExports([{ ids: ['a'], metadata: null }], now);
+        // The stored event is past its retention, with no pending delivery: a prune may take it.
+        const written = await writeAfter(
+          /INSERT INTO events/,
+          () => store.commitChanges([move('a', 'UNKNOWN', 'COMPLETED', now)], build, [A, B], now),
+          () => store.prune(now, { retainMs: 1000 * HOUR, eventRetainMs: HOUR, batch: 10 }),
+        );
+        expect(written.map((e) => e.id)).toEqual([eventId('a', 'COMPLETED')]);
+        expect(await store.getExport('a')).toMatchObject({ state: 'COMPLETED' });
+        // B gets it, whether the prune came before the commit (a new event) or after (the old one).
+        expect(await store.claimDue(B.key, now, 10, now + HOUR)).toEqual([
+          expect.objectContaining({ eventId: eventId('a', 'COMPLETED'), exportId: 'a' }),
+        ]);
+      });
+    });
+
+    describe('commitChanges: one event built twice in one call', () => {
+      it("takes one creation time for it: the job's next event is a millisecond later, not two", async () => {
+        // RUNNING, PENDING, RUNNING again (the same webhook-id, stored once) and COMPLETED.
+        await store.addExports([{ ids: ['d'], metadata: null }], T0);
+        const at = T0 + 10 * SECOND;
+        const written = await store.commitChanges(
+          [
+            move('d', 'UNKNOWN', 'RUNNING', at - 4),
+            move('d', 'RUNNING', 'PENDING', at - 3),
+            move('d', 'PENDING', 'RUNNING', at - 2),
+            move('d', 'RUNNING', 'COMPLETED', at - 1),
+          ],
+          build,
+          [A],
+          at,
+        );
+        expect(written.map((e) => e.id)).toEqual([eventId('d', 'RUNNING'), eventId('d', 'COMPLETED')]);
+        expect((await store.eventsOfExport('d')).map((e) => [e.id, e.createdAt])).toEqual([
+          [eventId('d', 'RUNNING'), at],
+          [eventId('d', 'COMPLETED'), at + 1],
+        ]);
+      });
+    });
+
+    describe('recordAttempts: an error text with what a database cannot keep', () => {
+      it('keeps it alike in every store: U+0000 and each lone surrogate become one U+FFFD', async () => {
+        await watchThrough(['a'], ['COMPLETED'], [A]);
+        // An error text comes from elsewhere (a network error's message): it may hold anything.
+        await recordOutcomes([
+          {
+            ...final(eventId('a', 'COMPLETED'), A, 'failed', T0 + 5 * SECOND, 500),
+            lastError: 'a\u0000b\ud800c\udc00d\ud83d\ude00',
+          },
+        ]);
+        const [delivery] = (await store.getEvent(eventId('a', 'COMPLETED')))?.deliveries ?? [];
+        expect(delivery?.lastError).toBe('a\ufffdb\ufffdc\ufffdd\ud83d\ude00');
+      });
+    });
+
     describe('close', () => {
       it('makes every later call reject with a StoreError; closing again is harmless', async () => {
         await store.addExports([{ ids: ['a'], metadata: null }], T0);
