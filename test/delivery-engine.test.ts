@@ -1000,6 +1000,28 @@ describe('cancel of one kind', () => {
   });
 });
 
+describe('cancel of an export whose id is `import`', () => {
+  it('leaves the held deliveries of the import `import` (its webhook-ids start `evt_import_`)', async () => {
+    // An export `import` has the webhook-ids `evt_import_<suffix>`, a prefix of the import
+    // `import`'s `evt_import_import_<suffix>`: removing the export must not stop the import's.
+    const hold = deferred<Answer>();
+    const { r, url } = await receiver({ respond: (req) => (req.id === wid('a') ? hold.promise : 204) });
+    const store = await memoryStore();
+    const { engine: e } = engine({ store, urls: [url], concurrencyPerEndpoint: 1 });
+    await commit(store, e.endpoints, ['a']);
+    const now = Date.now();
+    await store.addExports([{ ids: ['import'], metadata: null, kind: 'import' }], now);
+    await store.commitChanges([move('import', 'UNKNOWN', 'COMPLETED', AT)], buildEvent, e.endpoints, now);
+    await e.start();
+    await r.waitFor((x) => x.received.length === 1);
+    expect(e.held()).toBe(2);
+    e.cancel('import', 'export');
+    hold.resolve(204);
+    await eventually(async () => (await store.deliveryCounts()).delivered === 2, 'both delivered');
+    expect(r.received.map((x) => x.id)).toEqual([wid('a'), 'evt_import_import_completed']);
+  });
+});
+
 describe('a redelivery asked while the same delivery is held', () => {
   /** Commits x, starts the engine, and waits until its first attempt is on the wire and held. */
   async function heldFirstAttempt(options: Partial<EngineOptions> = {}) {

@@ -50,6 +50,7 @@ import {
   type Store,
 } from '../store/store.js';
 import { type AttemptAnswer, endpointLabel, sendAttempt } from './attempt.js';
+import { EVENT_TYPES, kindOfEventType, webhookId } from './events.js';
 
 export const DEFAULT_CONCURRENCY_PER_ENDPOINT = 8;
 export const DEFAULT_QUICK_ATTEMPTS = 3;
@@ -375,11 +376,14 @@ export class DeliveryEngine {
    * removed job of the other kind that had the same id are not its own: their deliveries go on.
    */
   cancel(exportId: string, kind: JobKind = 'export'): void {
-    // Its webhook-ids (`webhookId`): `evt_<id>_<suffix>` for an export, `evt_import_<id>_<suffix>` for an import.
-    const own = kind === 'import' ? `evt_import_${exportId}_` : `evt_${exportId}_`;
+    // Its webhook-ids (`webhookId`), exactly: a prefix would not do, as the export `import`'s
+    // `evt_import_` starts every webhook-id of the import `import` (`evt_import_import_<suffix>`).
+    const own = new Set(
+      EVENT_TYPES.filter((t) => kindOfEventType(t) === kind).map((t) => webhookId(exportId, t)),
+    );
     for (const e of this.#endpoints) {
       for (const held of e.held.values()) {
-        if (held.job.exportId !== exportId || !held.job.eventId.startsWith(own)) continue;
+        if (held.job.exportId !== exportId || !own.has(held.job.eventId)) continue;
         held.next = undefined;
         held.stop.abort(new Error('webhook delivery cancelled'));
       }
