@@ -646,16 +646,6 @@ export class PostgresStore implements Store {
 
         const candidates = [...events.values()];
         if (candidates.length === 0) return [];
-        // The events stored already (a job watched again) are locked before anything is written
-        // against them: `ON CONFLICT DO NOTHING` locks no row, and a prune could otherwise delete
-        // such an event (all its deliveries final) between the insert and the deliveries below,
-        // which would then find no event, and the job's outcome would be stored with no delivery.
-        // KEY SHARE, in id order, as a redelivery locks events; the prune skips what is locked.
-        await this.#query(
-          client,
-          'SELECT 1 FROM events WHERE id = ANY($1::text[]) ORDER BY id FOR KEY SHARE',
-          [candidates.map((e) => e.id)],
-        );
         const lastCreated = new Map<string, number>();
         const createdAt = candidates.map((e) => {
           const at = eventCreatedAt(lastCreated, e.exportId, now);
@@ -664,10 +654,21 @@ export class PostgresStore implements Store {
         });
         const inserted = await this.#query<{ id: string }>(
           client,
-          `INSERT INTO events (id, export_id, type, body, created_at)
+          // The events stored already (a job watched again) are locked first, by this statement
+          // (no round trip of its own: this runs for every batch of changes): `ON CONFLICT DO
+          // NOTHING` locks no row, and a prune could otherwise delete such an event (all its
+          // deliveries final) before the deliveries below, which would then find no event, and the
+          // job's outcome would be stored with no delivery. KEY SHARE, in id order, as a redelivery
+          // locks events; the prune skips what is locked. The count, an InitPlan, reads (and so
+          // locks) every one of them before the first row is inserted.
+          `WITH stored AS MATERIALIZED (
+              SELECT id FROM events WHERE id = ANY($1::text[]) ORDER BY id FOR KEY SHARE
+            )
+            INSERT INTO events (id, export_id, type, body, created_at)
             SELECT u.id, u.export_id, u.type, u.body, u.created_at
             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[])
               AS u(id, export_id, type, body, created_at)
+            WHERE (SELECT count(*) FROM stored) >= 0
             ON CONFLICT (id) DO NOTHING
             RETURNING id`,
           [
