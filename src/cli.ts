@@ -630,17 +630,16 @@ async function runCommand(args: readonly string[], env: () => Env, context: CliC
   const { values } = parseCommand('run', args);
   // A first signal while the ids are read: nothing has started, and run exits 0 on it.
   const read = await orSignal(
-    (async () => {
-      const exportIds = await collectIds(
+    (async () => ({
+      ids: await collectIds(
         { ids: strings(values.id), files: strings(values['ids-file']) },
         idsInput(context),
-      );
-      const imports = await collectIds({ ids: strings(values['import-id']) }, idsInput(context));
-      return { exportIds, imports };
-    })(),
+      ),
+      importIds: await collectIds({ ids: strings(values['import-id']) }, idsInput(context)),
+    }))(),
   );
   if ('signal' in read) return 0;
-  const { exportIds: ids, imports: importIds } = read.value;
+  const { ids, importIds } = read.value;
   const config = loadForPlatform(withFlags(env(), values), context);
   const log = createLogger({
     level: config.logLevel,

@@ -482,7 +482,7 @@ export class Daemon {
 
   /** The control API's listen, kept so that a stop asked meanwhile closes it once it listens. */
   #listen(): Promise<string | undefined> {
-    this.#listening ??= this.api ? this.api.listen() : Promise.resolve(undefined);
+    this.#listening ??= Promise.resolve(this.api?.listen());
     return this.#listening;
   }
 
@@ -705,12 +705,7 @@ export class Daemon {
       // A listen under way (start-up) is let finish first: closing before it would leave the
       // server listening after the daemon stopped.
       const api = this.api;
-      const apiClosed = api
-        ? (this.#listening ?? Promise.resolve(undefined)).then(
-            () => api.close(),
-            () => api.close(),
-          )
-        : undefined;
+      const apiClosed = api && Promise.allSettled([this.#listening]).then(() => api.close());
       const checksDone = Promise.all([
         this.scheduler.stop(),
         this.#discovery?.stop(),

@@ -959,15 +959,27 @@ describe('cancel', () => {
     expect(await store.getEvent(wid('x'))).toBeUndefined();
   });
 
-  it('ends a wait for a slot without an attempt', async () => {
+  /**
+   * One slot, held by `a`'s attempt (the receiver answers it when `hold` is resolved), and the
+   * events `more` commits waiting behind it: two deliveries held.
+   */
+  async function heldBehindA(more: (store: Store, endpoints: readonly EndpointRef[]) => Promise<unknown>) {
     const hold = deferred<Answer>();
     const { r, url } = await receiver({ respond: (req) => (req.id === wid('a') ? hold.promise : 204) });
     const store = await memoryStore();
     const { engine: e, probe } = engine({ store, urls: [url], concurrencyPerEndpoint: 1 });
-    await commit(store, e.endpoints, ['a', 'x']);
+    await commit(store, e.endpoints, ['a']);
+    await more(store, e.endpoints);
     await e.start();
     await r.waitFor((x) => x.received.length === 1);
     expect(e.held()).toBe(2);
+    return { hold, r, store, e, probe };
+  }
+
+  it('ends a wait for a slot without an attempt', async () => {
+    const { hold, r, store, e, probe } = await heldBehindA((store, endpoints) =>
+      commit(store, endpoints, ['x']),
+    );
     await store.removeExport('x');
     e.cancel('x');
     await eventually(() => e.held() === 1, 'the cancelled delivery let go');
@@ -976,20 +988,13 @@ describe('cancel', () => {
     expect(r.received.map((x) => x.id)).toEqual([wid('a')]);
     expect(probe.started).toBe(1);
   });
-});
 
-describe('cancel of one kind', () => {
   it("leaves the held deliveries of the other kind's job that has the same id", async () => {
     // The export x was removed (its event kept) and x then watched as an import; the export's
     // event, redelivered, waits for the endpoint's one slot when the import x is removed.
-    const hold = deferred<Answer>();
-    const { r, url } = await receiver({ respond: (req) => (req.id === wid('a') ? hold.promise : 204) });
-    const store = await memoryStore();
-    const { engine: e, probe } = engine({ store, urls: [url], concurrencyPerEndpoint: 1 });
-    await commit(store, e.endpoints, ['a', 'x']);
-    await e.start();
-    await r.waitFor((x) => x.received.length === 1);
-    expect(e.held()).toBe(2);
+    const { hold, r, store, e, probe } = await heldBehindA((store, endpoints) =>
+      commit(store, endpoints, ['x']),
+    );
     e.cancel('x', 'import');
     e.cancel('a', 'import');
     hold.resolve(204);
@@ -998,23 +1003,15 @@ describe('cancel of one kind', () => {
     expect(probe.started).toBe(2);
     expect(e.held()).toBe(0);
   });
-});
 
-describe('cancel of an export whose id is `import`', () => {
-  it('leaves the held deliveries of the import `import` (its webhook-ids start `evt_import_`)', async () => {
+  it('leaves the held deliveries of the import `import` when the export `import` goes', async () => {
     // An export `import` has the webhook-ids `evt_import_<suffix>`, a prefix of the import
     // `import`'s `evt_import_import_<suffix>`: removing the export must not stop the import's.
-    const hold = deferred<Answer>();
-    const { r, url } = await receiver({ respond: (req) => (req.id === wid('a') ? hold.promise : 204) });
-    const store = await memoryStore();
-    const { engine: e } = engine({ store, urls: [url], concurrencyPerEndpoint: 1 });
-    await commit(store, e.endpoints, ['a']);
-    const now = Date.now();
-    await store.addExports([{ ids: ['import'], metadata: null, kind: 'import' }], now);
-    await store.commitChanges([move('import', 'UNKNOWN', 'COMPLETED', AT)], buildEvent, e.endpoints, now);
-    await e.start();
-    await r.waitFor((x) => x.received.length === 1);
-    expect(e.held()).toBe(2);
+    const { hold, r, store, e } = await heldBehindA(async (store, endpoints) => {
+      const now = Date.now();
+      await store.addExports([{ ids: ['import'], metadata: null, kind: 'import' }], now);
+      await store.commitChanges([move('import', 'UNKNOWN', 'COMPLETED', AT)], buildEvent, endpoints, now);
+    });
     e.cancel('import', 'export');
     hold.resolve(204);
     await eventually(async () => (await store.deliveryCounts()).delivered === 2, 'both delivered');

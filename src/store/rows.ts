@@ -74,9 +74,6 @@ export function whereClause(conditions: readonly string[]): string {
   return conditions.length === 0 ? '' : `WHERE ${conditions.join(' AND ')}`;
 }
 
-/** A lone surrogate: half of a pair, without its other half (UTF-8 cannot encode it). */
-const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g;
-
 /**
  * A text from elsewhere (an attempt's error) as both stores keep it: U+0000, which PostgreSQL text
  * cannot hold, and each lone surrogate, which UTF-8 cannot encode, become one U+FFFD. Left to the
@@ -84,8 +81,7 @@ const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[
  * as three U+FFFD (from PostgreSQL, one).
  */
 export function storableText(text: string): string {
-  const withoutNul = text.includes('\u0000') ? text.replaceAll('\u0000', '\uFFFD') : text;
-  return withoutNul.replace(LONE_SURROGATE, '\uFFFD');
+  return text.replaceAll('\u0000', '\uFFFD').toWellFormed();
 }
 
 export function toJson(value: unknown): string | null {

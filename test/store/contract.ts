@@ -1767,45 +1767,50 @@ export function describeStoreContract(
       });
     });
 
-    describe('listings read in one snapshot', () => {
-      /**
-       * Runs `write` while `listing` is under way, between its reads where the store makes more
-       * than one (PostgreSQL: the events, then their deliveries); where a listing is one read
-       * (SQLite), the write comes after it.
-       */
-      async function writeDuring<T>(listing: () => Promise<T>, write: () => Promise<unknown>): Promise<T> {
-        let fired = false;
-        type Query = (this: unknown, ...args: unknown[]) => unknown;
-        // A statement run on the pool, or on a connection taken from it (a transaction); not the
-        // pool's own use of a connection (with a callback), which the first already sees.
-        const spies = [pg.Pool.prototype, pg.Client.prototype].map((proto) => {
-          const original = proto.query as unknown as Query;
-          const query: Query = function (this: unknown, ...args: unknown[]) {
-            if (typeof args.at(-1) === 'function') return original.apply(this, args);
-            return (async () => {
-              const result = await original.apply(this, args);
-              const text = (args[0] as { text?: unknown } | undefined)?.text;
-              if (!fired && typeof text === 'string' && /FROM events\b/.test(text)) {
-                fired = true;
-                await write();
-              }
-              return result;
-            })();
-          };
-          return vi.spyOn(proto, 'query').mockImplementation(query as unknown as typeof proto.query);
-        });
-        try {
-          const result = await listing();
-          if (!fired) await write();
-          return result;
-        } finally {
-          for (const spy of spies) spy.mockRestore();
-        }
+    /**
+     * Runs `write` as soon as a statement matching `pattern` that `call` makes has returned, so
+     * that it falls between that statement and the next where the store makes several
+     * (PostgreSQL); where a call is one synchronous piece of work (SQLite), the write comes after.
+     */
+    async function writeAfter<T>(
+      pattern: RegExp,
+      call: () => Promise<T>,
+      write: () => Promise<unknown>,
+    ): Promise<T> {
+      let fired = false;
+      type Query = (this: unknown, ...args: unknown[]) => unknown;
+      // A statement run on the pool, or on a connection taken from it (a transaction); not the
+      // pool's own use of a connection (with a callback), which the first already sees.
+      const spies = [pg.Pool.prototype, pg.Client.prototype].map((proto) => {
+        const original = proto.query as unknown as Query;
+        const query: Query = function (this: unknown, ...args: unknown[]) {
+          if (typeof args.at(-1) === 'function') return original.apply(this, args);
+          return (async () => {
+            const result = await original.apply(this, args);
+            const text = (args[0] as { text?: unknown } | undefined)?.text;
+            if (!fired && typeof text === 'string' && pattern.test(text)) {
+              fired = true;
+              await write();
+            }
+            return result;
+          })();
+        };
+        return vi.spyOn(proto, 'query').mockImplementation(query as unknown as typeof proto.query);
+      });
+      try {
+        const result = await call();
+        if (!fired) await write();
+        return result;
+      } finally {
+        for (const spy of spies) spy.mockRestore();
       }
+    }
 
+    describe('listings read in one snapshot', () => {
       it('an event listed by delivery status shows the delivery it was listed for, though it changes meanwhile', async () => {
         await watchThrough(['a', 'b'], ['COMPLETED'], [A]);
-        const page = await writeDuring(
+        const page = await writeAfter(
+          /FROM events\b/,
           () => store.listEvents({ status: 'pending', limit: 10 }),
           () => recordOutcomes([delivered(eventId('a', 'COMPLETED'), A, T0 + 10 * SECOND)]),
         );
@@ -1819,7 +1824,8 @@ export function describeStoreContract(
       it('an event listed while retention deletes it is shown with its deliveries, not with none', async () => {
         await watchThrough(['a', 'b'], ['COMPLETED'], [A]);
         await recordOutcomes([delivered(eventId('a', 'COMPLETED'), A, T0 + 2 * SECOND)]);
-        const page = await writeDuring(
+        const page = await writeAfter(
+          /FROM events\b/,
           () => store.listEvents({ status: 'delivered', limit: 10 }),
           () => store.prune(T0 + 10 * HOUR, { retainMs: 1000 * HOUR, eventRetainMs: HOUR, batch: 10 }),
         );
@@ -1831,43 +1837,6 @@ export function describeStoreContract(
     });
 
     describe('answers that hold while other writes run', () => {
-      /**
-       * Runs `write` as soon as a statement matching `pattern` that `call` makes has returned, so
-       * that it falls between that statement and the next where the store makes several
-       * (PostgreSQL); where a call is one synchronous piece of work (SQLite), the write comes after.
-       */
-      async function writeAfter<T>(
-        pattern: RegExp,
-        call: () => Promise<T>,
-        write: () => Promise<unknown>,
-      ): Promise<T> {
-        let fired = false;
-        type Query = (this: unknown, ...args: unknown[]) => unknown;
-        const spies = [pg.Pool.prototype, pg.Client.prototype].map((proto) => {
-          const original = proto.query as unknown as Query;
-          const query: Query = function (this: unknown, ...args: unknown[]) {
-            if (typeof args.at(-1) === 'function') return original.apply(this, args);
-            return (async () => {
-              const result = await original.apply(this, args);
-              const text = (args[0] as { text?: unknown } | undefined)?.text;
-              if (!fired && typeof text === 'string' && pattern.test(text)) {
-                fired = true;
-                await write();
-              }
-              return result;
-            })();
-          };
-          return vi.spyOn(proto, 'query').mockImplementation(query as unknown as typeof proto.query);
-        });
-        try {
-          const result = await call();
-          if (!fired) await write();
-          return result;
-        } finally {
-          for (const spy of spies) spy.mockRestore();
-        }
-      }
-
       it('deliveryCounts: the oldest pending time goes with the counts it answers, though a delivery ends meanwhile', async () => {
         await watchThrough(['a'], ['COMPLETED'], [A]);
         const counts = await writeAfter(

@@ -115,15 +115,8 @@ await describeWithPostgres('PostgreSQL store', (server) => {
       expect((await store.getExport('a'))?.state).toBe('RUNNING');
     });
 
-    it('never deletes a delivery a redelivery made pending while a prune ran (redeliveries all along it)', async () => {
-      // A prune checked an event for pending deliveries in its statement's snapshot, then locked
-      // it: a redelivery committed in between was not seen, and the delete cascaded to the
-      // delivery it had just answered for. The window is the statement's length; here 5,000 old
-      // events are pruned at once while the last 300 are redelivered over and over. Every
-      // redelivery answered must still be there after the prune, or have been refused after it.
-      const store = await openPostgresStore({ url, applicationName: 'watcher-test-prune-race' });
-      stores.push(store);
-      const ids = Array.from({ length: 5_000 }, (_, i) => `p${String(i).padStart(5, '0')}`);
+    /** Watches `ids`, has each COMPLETED at T0, and its delivery to A given up (failed) then. */
+    async function completedAndFailed(store: PostgresStore, ids: readonly string[]) {
       await store.addExports([{ ids, metadata: null }], T0);
       const events = await store.commitChanges(
         ids.map((id) => move(id, 'UNKNOWN', 'COMPLETED', T0)),
@@ -144,6 +137,19 @@ await describeWithPostgres('PostgreSQL store', (server) => {
           finishedAt: T0,
         })),
       );
+      return events;
+    }
+
+    it('never deletes a delivery a redelivery made pending while a prune ran (redeliveries all along it)', async () => {
+      // A prune checked an event for pending deliveries in its statement's snapshot, then locked
+      // it: a redelivery committed in between was not seen, and the delete cascaded to the
+      // delivery it had just answered for. The window is the statement's length; here 5,000 old
+      // events are pruned at once while the last 300 are redelivered over and over. Every
+      // redelivery answered must still be there after the prune, or have been refused after it.
+      const store = await openPostgresStore({ url, applicationName: 'watcher-test-prune-race' });
+      stores.push(store);
+      const ids = Array.from({ length: 5_000 }, (_, i) => `p${String(i).padStart(5, '0')}`);
+      const events = await completedAndFailed(store, ids);
       const targets = events.slice(-300).map((e) => e.id);
       const answered = new Set<string>();
       let pruning = true;
@@ -178,26 +184,7 @@ await describeWithPostgres('PostgreSQL store', (server) => {
       const store = await openPostgresStore({ url, applicationName: 'watcher-test-redeliver' });
       stores.push(store);
       const ids = ['x1', 'x2', 'x3'];
-      await store.addExports([{ ids, metadata: null }], T0);
-      const events = await store.commitChanges(
-        ids.map((id) => move(id, 'UNKNOWN', 'COMPLETED', T0)),
-        build,
-        [A],
-        T0,
-      );
-      await store.recordAttempts(
-        events.map((e) => ({
-          eventId: e.id,
-          endpointKey: A.key,
-          seriesStartedAt: T0,
-          status: 'failed' as const,
-          attempts: 3,
-          nextAttemptAt: null,
-          lastStatus: 500,
-          lastError: 'HTTP 500',
-          finishedAt: T0,
-        })),
-      );
+      const events = await completedAndFailed(store, ids);
       // Another session holds the last delivery: redeliverSince waits in the middle of its update,
       // the other rows already pending again, while a prune of every finished event runs.
       const holder = new pg.Client({ connectionString: url });
