@@ -258,6 +258,9 @@ export class Daemon {
       bus: this.bus,
       ...(options.platformDispatcher ? { dispatcher: options.platformDispatcher } : {}),
       ...(options.platformRetry ? { retry: options.platformRetry } : {}),
+      // Checked before each request goes out, not only when the scheduler turns: a call that
+      // waited in the limiter or for a retry must not go out once the lease has run out.
+      ...(this.election ? { mayAct: () => this.#mayAct() } : {}),
     });
     this.deliveries = new DeliveryEngine({
       store,
@@ -506,7 +509,13 @@ export class Daemon {
 
   /** Became the leader: loads the store's state and starts checking and sending, in the background. */
   #beginTerm(): void {
-    if (this.#stopPromise || this.#leading) return;
+    if (this.#stopPromise) {
+      // Won the lock while stopping (a former leader's term ended during the drain): no term
+      // starts, so give the lock back at once rather than hold it until the stop ends.
+      if (!this.#leading) void this.election?.stop();
+      return;
+    }
+    if (this.#leading) return;
     this.#leading = true;
     this.#termAbort = new AbortController();
     const term = ++this.#term;
@@ -698,6 +707,10 @@ export class Daemon {
       const started = performance.now();
       const left = () => Math.max(0, deadlineMs - (performance.now() - started));
       this.#log.info({ deadline_ms: deadlineMs }, 'stopping');
+      // Not leading: nothing of this replica's is in flight that another must wait for, and the
+      // lock, were it taken while this one drains its control API, would not be led with. Leave
+      // the election now, so that another replica can lead at once.
+      if (!this.#leading) void this.election?.stop();
       if (this.#pruneTimer) clearInterval(this.#pruneTimer);
       if (this.#reloadTimer) clearInterval(this.#reloadTimer);
       // No new requests to the API, no new checks; calls not yet started are dropped and retry

@@ -132,6 +132,15 @@ export interface PlatformClientOptions {
   now?: () => number;
   /** Bytes of an answer read before it is dropped; default MAX_ANSWER_BYTES. */
   maxAnswerBytes?: number;
+  /**
+   * Asked right before every request goes on the wire (with replicas: whether this replica still
+   * leads, by the election's own clock; reading it may step the replica down, and so abort the
+   * call, on the spot). When false the request is not sent and the call fails with
+   * `SHUTTING_DOWN`. A call queued in the limiter or waiting to retry while the event loop was
+   * blocked past the lease would otherwise go out when its timer fires, before the election's.
+   * Absent: always true.
+   */
+  mayAct?: () => boolean;
 }
 
 /**
@@ -178,6 +187,7 @@ export class PlatformClient {
   readonly #bulkUnsupportedUntil: Record<JobKind, number> = { export: 0, import: 0 };
   readonly #now: () => number;
   readonly #maxAnswerBytes: number;
+  readonly #mayAct: (() => boolean) | undefined;
   /** The token, when long enough to look for in answers; and as `JSON.stringify` writes it. */
   readonly #token: string | undefined;
   readonly #tokenInJson: string | undefined;
@@ -203,6 +213,7 @@ export class PlatformClient {
     this.#bus = options.bus ?? new Bus();
     this.#now = options.now ?? Date.now;
     this.#maxAnswerBytes = options.maxAnswerBytes ?? MAX_ANSWER_BYTES;
+    this.#mayAct = options.mayAct;
     this.#token = options.token.length >= MIN_ECHOED_TOKEN ? options.token : undefined;
     this.#tokenInJson = this.#token === undefined ? undefined : JSON.stringify(this.#token).slice(1, -1);
   }
@@ -546,6 +557,12 @@ export class PlatformClient {
     signal: AbortSignal | undefined,
     gated: boolean,
   ): Promise<Answer> {
+    // Not sent at all, and so not reported: this replica no longer leads (see `mayAct`).
+    if (this.#mayAct !== undefined && !this.#mayAct()) {
+      // Stepping down (just now, in mayAct) has aborted the caller's signal: its reason wins.
+      if (signal?.aborted) throw signal.reason;
+      throw new PlatformError('SHUTTING_DOWN', 'no longer the leader: request not sent');
+    }
     const started = performance.now();
     let outcome: RequestOutcome = 'network';
     try {
