@@ -742,6 +742,17 @@ describe('WATCHER_DATABASE_URL and WATCHER_LEADER_TIMEOUT', () => {
     }
   });
 
+  it('cuts a database password out of messages, but not a short one, which would mask its letters', () => {
+    const message = 'password authentication failed for user "watcher" at db.example';
+    const long = describeDatabaseUrl('postgres://watcher:atabase@db.example/watcher');
+    expect(long?.scrub(`${message}: atabase`)).toBe(`${message}: ***`);
+    for (const short of ['a', 'e', 'at', 'watc']) {
+      const target = describeDatabaseUrl(`postgres://watcher:${short}@db.example/watcher`);
+      expect(target?.shown).toBe('postgres://watcher@db.example/watcher');
+      expect(target?.scrub(message)).toBe(message);
+    }
+  });
+
   it.each([
     ['mysql://watcher:pgPRIVATE@db/watcher', 'mysql://db/watcher'],
     ['https://watcher:pgPRIVATE@db/watcher', 'https://db/watcher'],

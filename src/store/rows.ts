@@ -3,6 +3,7 @@
  * its mapping to the port's type, paging and JSON columns.
  */
 import { EXPORT_STATES, type ExportState, type JobKind } from '../polling/tracker.js';
+import { MIN_SECRET_LENGTH } from '../shared/redact.js';
 import type { ActiveExport, DeliveryStatus, StoredDelivery } from './store.js';
 
 /** The columns `loadActive` and `loadUnknown` read. */
@@ -119,7 +120,8 @@ export function parseDatabaseUrl(text: string): { url: URL; host: string } | und
 
 /**
  * How a database URL is shown (without its password, query or fragment), and a function that
- * cuts the password, raw or percent-encoded, out of any text; undefined for a URL that does not
+ * cuts the password (of MIN_SECRET_LENGTH characters or more), raw or percent-encoded, out of any
+ * text; undefined for a URL that does not
  * parse (the caller refuses it without repeating it: it may hold the password).
  */
 export function describeDatabaseUrl(
@@ -139,7 +141,11 @@ export function describeDatabaseUrl(
       // A malformed escape: the raw form is the one to cut.
     }
   }
-  const ordered = [...secrets].filter((s) => s.length > 0).sort((a, b) => b.length - a.length);
+  // A short password is cut only where a URL carries it (the log scrubber drops every URL's
+  // userinfo): cut everywhere, a one-letter password would mask that letter in every message.
+  const ordered = [...secrets]
+    .filter((s) => s.length >= MIN_SECRET_LENGTH)
+    .sort((a, b) => b.length - a.length);
   const scrub = (text: string): string => ordered.reduce((t, secret) => t.split(secret).join('***'), text);
   const host = read.host === '' ? 'localhost' : read.host;
   const user = parsed.username === '' ? '' : `${parsed.username}@`;
