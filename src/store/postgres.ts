@@ -951,7 +951,8 @@ export class PostgresStore implements Store {
               ON CONFLICT (event_id, endpoint_key) DO UPDATE SET
                 endpoint_label = excluded.endpoint_label, status = 'pending', attempts = 0,
                 next_attempt_at = excluded.next_attempt_at, leased = false,
-                series_started_at = excluded.series_started_at, finished_at = NULL`,
+                series_started_at = GREATEST(excluded.series_started_at, deliveries.series_started_at + 1),
+                finished_at = NULL`,
             [eventId, [...byKey.keys()], [...byKey.values()], now],
           );
         }
@@ -981,8 +982,8 @@ export class PostgresStore implements Store {
             FOR NO KEY UPDATE OF d
           )
           UPDATE deliveries AS d SET
-            status = 'pending', attempts = 0, next_attempt_at = $3, leased = false, series_started_at = $3,
-            finished_at = NULL
+            status = 'pending', attempts = 0, next_attempt_at = $3, leased = false,
+            series_started_at = GREATEST($3, d.series_started_at + 1), finished_at = NULL
           FROM target AS t
           WHERE d.event_id = t.event_id AND d.endpoint_key = t.endpoint_key AND d.status = $2`,
         [since, status, now, endpointKeys],

@@ -811,7 +811,8 @@ export class SqliteStore implements Store {
       VALUES (@eventId, @key, @label, 'pending', 0, @now, @now)
       ON CONFLICT (event_id, endpoint_key) DO UPDATE SET
         endpoint_label = excluded.endpoint_label, status = 'pending', attempts = 0,
-        next_attempt_at = @now, leased = 0, series_started_at = @now, finished_at = NULL`);
+        next_attempt_at = @now, leased = 0, series_started_at = max(@now, deliveries.series_started_at + 1),
+        finished_at = NULL`);
     const statusOf = this.#sql(
       'SELECT status FROM deliveries WHERE event_id = ? AND endpoint_key = ?',
     ).pluck();
@@ -837,8 +838,8 @@ export class SqliteStore implements Store {
   ): Promise<number> {
     const restarted = this.#sql(`
       UPDATE deliveries SET
-        status = 'pending', attempts = 0, next_attempt_at = @now, leased = 0, series_started_at = @now,
-        finished_at = NULL
+        status = 'pending', attempts = 0, next_attempt_at = @now, leased = 0,
+        series_started_at = max(@now, series_started_at + 1), finished_at = NULL
       WHERE status = @status AND event_id IN (SELECT id FROM events WHERE created_at >= @since)
         AND endpoint_key IN (SELECT value FROM json_each(@keys))`).run({
       since,

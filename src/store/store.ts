@@ -157,7 +157,11 @@ export interface StoredDelivery {
   attempts: number;
   /** When the next attempt is due (pending only); null otherwise. */
   nextAttemptAt: number | null;
-  /** When the current series started: its max age counts from here. */
+  /**
+   * When the current series started: its max age counts from here. It also names the series, so
+   * a new one starts a millisecond after the one it replaces at the least (a redelivery in the
+   * same millisecond, or after the clock stepped back).
+   */
   seriesStartedAt: number;
   /** The last attempt's HTTP status; 0 when no answer came; null before any attempt. */
   lastStatus: number | null;

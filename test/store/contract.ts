@@ -1011,6 +1011,26 @@ export function describeStoreContract(
         });
       });
 
+      it('starts a newer series than the one it replaces, also in the same millisecond', async () => {
+        // A series is known by its start: two with one start would take an old attempt's late
+        // result for the new series'. The new one starts a millisecond after the old, at least.
+        expect(await store.redeliver(id, [A], now)).toBe(1);
+        const [first] = await store.claimDue(A.key, now, 10, now + HOUR);
+        expect(first?.seriesStartedAt).toBe(now);
+        expect(await store.redeliver(id, [A], now)).toBe(1);
+        expect(await statusOf(A)).toMatchObject({ status: 'pending', attempts: 0, seriesStartedAt: now + 1 });
+        // The first series' attempt answers late: dropped, the new series stays owed.
+        await store.recordAttempts([{ ...delivered(id, A, now), seriesStartedAt: now }]);
+        expect(await statusOf(A)).toMatchObject({ status: 'pending', finishedAt: null });
+        const [second] = await store.claimDue(A.key, now, 10, now + HOUR);
+        expect(second?.seriesStartedAt).toBe(now + 1);
+        // The same for every delivery restarted by status, and after a clock step back.
+        await store.recordAttempts([{ ...final(id, A, 'gone', now, 410), seriesStartedAt: now + 1 }]);
+        expect(await store.redeliverSince(T0, 'gone', now - HOUR, [A.key, B.key])).toBe(2);
+        expect(await statusOf(A)).toMatchObject({ status: 'pending', seriesStartedAt: now + 2 });
+        expect(await statusOf(B)).toMatchObject({ status: 'pending', seriesStartedAt: T0 + SECOND + 1 });
+      });
+
       it('leaves the deliveries to other endpoints as they are', async () => {
         expect(await store.redeliver(id, [B], now)).toBe(1);
         expect(await statusOf(A)).toMatchObject({ status: 'delivered', finishedAt: T0 + 2 * SECOND });
