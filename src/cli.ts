@@ -21,6 +21,7 @@ import { describeError, listenError } from './cli/error-report.js';
 import { eventsQuery, redeliverPlan, runEvents, runRedeliver } from './cli/events.js';
 import { GET_DEFAULT_TIMEOUT_MS, runGet } from './cli/get.js';
 import { collectIds } from './cli/ids-input.js';
+import { exitProcess, isHungUpTerminal, onStopSignals, signalExitCode } from './cli/signals.js';
 import { runWatch } from './cli/watch.js';
 import {
   type Config,
@@ -223,8 +224,9 @@ The daemon. Ids given here are watched from the start (--id and --ids-file are e
 --import-id imports); more arrive through the control API (POST /v1/exports, POST /v1/imports).
 With --discover (WATCHER_DISCOVER) it also finds the user's own unfinished exports and/or imports
 every WATCHER_DISCOVER_INTERVAL (default 5m), through at most a tenth of the rate budget, and
-watches them with the metadata {"discovered": true}. Stops on SIGTERM or SIGINT: no new checks,
-deliveries in flight get up to WATCHER_SHUTDOWN_TIMEOUT, then exit 0. A second signal exits at once.
+watches them with the metadata {"discovered": true}. Stops on SIGTERM, SIGINT or SIGHUP: no new checks,
+deliveries in flight get up to WATCHER_SHUTDOWN_TIMEOUT, then exit 0 (after SIGHUP, the process
+ends by that signal: 129 in a shell). A second signal exits at once.
 
 ${flagHelp('run')}`,
   watch: `Usage: sbg-export-watcher watch [ID...] [--ids-file FILE]... [--kind import] [options]
@@ -243,7 +245,8 @@ WATCHER_WEBHOOK_URLS is set. Logs go to stderr, at error unless LOG_LEVEL or --l
 When no check has succeeded for 5 minutes, a warning on stderr says why (and again every 5 minutes).
 
 Exit codes: 0 all COMPLETED; 1 any FAILED or LOST, the token refused, or --timeout passed;
-2 usage or configuration error; 130 interrupted (Ctrl-C); 143 terminated (SIGTERM).
+2 usage or configuration error; 130 interrupted (Ctrl-C); 143 terminated (SIGTERM);
+after SIGHUP (the terminal closed), the process ends by that signal: 129 in a shell.
 
 ${flagHelp('watch')}`,
   get: `Usage: sbg-export-watcher get [ID...] [--ids-file FILE]... [--kind import] [options]
@@ -300,7 +303,7 @@ Exit codes: 0 queued; 1 an id the daemon does not know, or the daemon could not 
   simulate: `Usage: sbg-export-watcher simulate [options]
 
 Serves a simulator of the platform's export and import API on 127.0.0.1 and prints its base URL.
-Point SB_API_ENDPOINT at it. Runs until SIGINT or SIGTERM.
+Point SB_API_ENDPOINT at it. Runs until SIGINT, SIGTERM or SIGHUP.
 
   --port N              port (default 0: a free one)
   --exports N           seed N exports at start (default 0)
@@ -604,25 +607,23 @@ function idsInput(context: CliContext) {
 }
 
 /**
- * `work`, or the first SIGTERM or SIGINT that comes before it settles (its handlers are removed
- * once either happens). Reading ids from a pipe whose writer never closes it (`producer | … -`)
- * must not leave the process to the default handling of a signal, which kills it with the signal
- * instead of the exit code the command documents.
+ * `work`, or the first stop signal (see cli/signals.ts) that comes before it settles (its handlers
+ * are removed once either happens). Reading ids from a pipe whose writer never closes it
+ * (`producer | … -`) must not leave the process to the default handling of a signal, which kills
+ * it with the signal instead of the exit code the command documents.
  */
 async function orSignal<T>(work: Promise<T>): Promise<{ value: T } | { signal: NodeJS.Signals }> {
   let onSignal: (signal: NodeJS.Signals) => void = () => undefined;
   const signalled = new Promise<{ signal: NodeJS.Signals }>((resolve) => {
     onSignal = (signal) => resolve({ signal });
   });
-  process.on('SIGTERM', onSignal);
-  process.on('SIGINT', onSignal);
+  const unhandle = onStopSignals(onSignal);
   // Lost to a signal, its failure is nobody's concern any more.
   work.catch(() => undefined);
   try {
     return await Promise.race([work.then((value) => ({ value })), signalled]);
   } finally {
-    process.off('SIGTERM', onSignal);
-    process.off('SIGINT', onSignal);
+    unhandle();
   }
 }
 
@@ -673,18 +674,14 @@ async function runCommand(args: readonly string[], env: () => Env, context: CliC
     signals++;
     if (signals > 1) {
       log.warn({ signal }, 'second signal: exiting at once');
-      process.exit(130);
+      exitProcess(130);
+      return;
     }
     log.info({ signal }, 'signal received; shutting down');
     if (daemon) void stop(daemon);
     else stopOpening();
   };
-  const unhandle = () => {
-    process.off('SIGTERM', onSignal);
-    process.off('SIGINT', onSignal);
-  };
-  process.on('SIGTERM', onSignal);
-  process.on('SIGINT', onSignal);
+  const unhandle = onStopSignals(onSignal);
   // Stopped during start-up: the ids given here are not added (nothing was acknowledged for them).
   const warnNotAdded = (): void => {
     const given = ids.length + importIds.length;
@@ -780,7 +777,7 @@ async function watchCommand(args: readonly string[], env: () => Env, context: Cl
     : await orSignal(collectIds({ positionals, files: strings(values['ids-file']) }, idsInput(context)));
   if ('signal' in read) {
     process.stderr.write('interrupted while the ids were being read; nothing was watched\n');
-    return read.signal === 'SIGINT' ? 130 : 143;
+    return signalExitCode(read.signal);
   }
   const ids = read.value;
   if (!all && ids.length === 0) throw new UsageError(noIds('watch'));
@@ -798,11 +795,10 @@ async function watchCommand(args: readonly string[], env: () => Env, context: Cl
   logProxy(log, config);
   const controller = new AbortController();
   const onSignal = (signal: NodeJS.Signals) => {
-    if (controller.signal.aborted) process.exit(signal === 'SIGINT' ? 130 : 143);
-    controller.abort(signal === 'SIGINT' ? 130 : 143);
+    if (controller.signal.aborted) return exitProcess(signalExitCode(signal));
+    controller.abort(signalExitCode(signal));
   };
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
+  onStopSignals(onSignal);
   return runWatch({
     config,
     ids,
@@ -1056,9 +1052,12 @@ async function simulateCommand(args: readonly string[]): Promise<number> {
     });
   });
   process.stdout.write(`${url}\n`);
+  // A second signal (a close that hangs) is left to its default action: it ends the process.
   await new Promise<void>((resolve) => {
-    process.once('SIGINT', () => resolve());
-    process.once('SIGTERM', () => resolve());
+    const unhandle = onStopSignals(() => {
+      unhandle();
+      resolve();
+    });
   });
   await simulator.close();
   return 0;
@@ -1128,6 +1127,8 @@ export const BROKEN_PIPE_EXIT = 128 + 13;
 function exitOnBrokenPipe(stream: NodeJS.WriteStream): void {
   stream.on('error', (error: NodeJS.ErrnoException) => {
     if (error.code === 'EPIPE') process.exit(BROKEN_PIPE_EXIT);
+    // A terminal that hung up: the SIGHUP that comes with it stops the command (cli/signals.ts).
+    if (isHungUpTerminal(error)) return;
     throw error;
   });
 }
@@ -1176,7 +1177,7 @@ if (isEntryPoint()) {
       // stdout to a socket (a parent's pipe from Node, for one) is written asynchronously: exiting
       // at once would drop what is still queued, and hide a reader that went away.
       await Promise.all([flushed(process.stdout), flushed(process.stderr)]);
-      process.exit(exitCodeAfterOutput(code));
+      exitProcess(exitCodeAfterOutput(code));
     },
     (error: unknown) => {
       process.stderr.write(`error: ${String(error)}\n`);

@@ -1,16 +1,22 @@
 /**
  * The CLI as a process against the simulator: `run` and its shutdown paths, and `watch`.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { execFile } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { type AddressInfo, createServer as createNetServer, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { type ReceiverOptions, WebhookReceiver } from '../src/dev/receiver.js';
 import { Simulator, type SimulatorOptions } from '../src/dev/simulator.js';
-import { type CliProcess, daemonEnv, killAll, spawnCli } from './helpers/spawn.js';
+import { type CliProcess, cliCommand, cliEnv, daemonEnv, killAll, spawnCli } from './helpers/spawn.js';
+
+const execFileAsync = promisify(execFile);
+/** Runs a command on a pseudo-terminal and hangs it up (see the script). */
+const HANGUP = join(import.meta.dirname, 'helpers', 'hangup.py');
 
 const TOKEN = 'tok_process_test_7d3e';
 const SECRET = 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw';
@@ -340,6 +346,70 @@ describe('a signal while the ids are read from an open standard input (producer 
       expect(await watch.exited).toEqual({ code, signal: null });
       expect(watch.stderr()).toBe('interrupted while the ids were being read; nothing was watched\n');
     }
+  });
+});
+
+describe('SIGHUP (the terminal closed, the session ended)', () => {
+  const pendingLong = {
+    timing: { pendingMs: [60_000, 60_000] as [number, number], runningMs: [1000, 1000] as [number, number] },
+  };
+
+  it('run stops as on SIGTERM, then ends by SIGHUP', async () => {
+    const { sim, url: simUrl } = await simulator(pendingLong);
+    const { url: hookUrl } = await receiver();
+    const daemon = spawnCli(['run', '--id', sim.createExport()], runEnv(simUrl, hookUrl));
+    await daemon.waitForLine((l) => l.msg === 'control API listening');
+    daemon.child.kill('SIGHUP');
+    expect(await daemon.exited).toEqual({ code: null, signal: 'SIGHUP' });
+    expect(daemon.lines.find((l) => l.msg === 'signal received; shutting down')).toMatchObject({
+      signal: 'SIGHUP',
+    });
+    expect(daemon.lines.some((l) => l.msg === 'stopped')).toBe(true);
+  });
+
+  it('watch says what was left, then ends by SIGHUP', async () => {
+    const { sim, url } = await simulator(pendingLong);
+    const watch = spawnCli(['watch', sim.createExport()], {
+      SB_API_ENDPOINT: url,
+      SB_AUTH_TOKEN: TOKEN,
+      WATCHER_POLL_INTERVAL: '200ms',
+      LOG_LEVEL: 'info',
+    });
+    await new Promise<void>((resolve) => {
+      const check = () => {
+        if (watch.stderr().includes('-> PENDING')) resolve();
+      };
+      watch.child.stderr?.on('data', check);
+      check();
+    });
+    watch.child.kill('SIGHUP');
+    expect(await watch.exited).toEqual({ code: null, signal: 'SIGHUP' });
+    expect(watch.stderr()).toContain('interrupted before every export finished (1 of 1 not finished)');
+  });
+
+  it('run on a terminal that hangs up: its stop completes (the store closed cleanly), then it ends by SIGHUP', async () => {
+    // On a real terminal, unlike a signal sent by kill: every write to it fails from then on, and
+    // Node's exit aborts on restoring its mode.
+    const { sim, url } = await simulator(pendingLong);
+    const dir = mkdtempSync(join(tmpdir(), 'sbg-hangup-'));
+    cleanups.push(async () => rmSync(dir, { recursive: true, force: true }));
+    const env = cliEnv({
+      SB_API_ENDPOINT: url,
+      SB_AUTH_TOKEN: TOKEN,
+      WATCHER_DATA_DIR: join(dir, 'data'),
+      HOME: dir,
+      WATCHER_HTTP_PORT: '0',
+      LOG_LEVEL: 'info',
+    });
+    const { stdout } = await execFileAsync(
+      'python3',
+      [HANGUP, 'control API listening', '60', ...cliCommand(['run', '--id', sim.createExport()])],
+      { env, timeout: 90_000 },
+    );
+    expect(JSON.parse(stdout)).toEqual({ signal: 1 });
+    // SQLite removes its write-ahead log when the last connection closes: the stop ran to its end.
+    expect(existsSync(join(dir, 'data', 'watcher.db'))).toBe(true);
+    expect(existsSync(join(dir, 'data', 'watcher.db-wal'))).toBe(false);
   });
 });
 

@@ -14,7 +14,7 @@
  * - every export terminal: 0 all COMPLETED, 1 any FAILED or LOST;
  * - the platform refused the token: 1 (waiting cannot cure it);
  * - `--timeout` passed: 1, saying how many exports were not finished;
- * - SIGINT 130, SIGTERM 143 ("interrupted before every export finished").
+ * - SIGINT 130, SIGTERM 143, SIGHUP 129 ("interrupted before every export finished").
  */
 import type { Writable } from 'node:stream';
 import type { Logger } from 'pino';
@@ -67,7 +67,7 @@ export interface WatchOptions {
   /** Whether stdout is a terminal (readable lines unless --json). */
   stdoutTty: boolean;
   log: Logger;
-  /** Aborted on SIGINT/SIGTERM; its reason is the exit code to use. */
+  /** Aborted on a stop signal (cli/signals.ts); its reason is the exit code to use. */
   signal: AbortSignal;
   now?: () => number;
   /** Give up after this long (`--timeout`); undefined waits as long as it takes. */
@@ -235,7 +235,7 @@ export async function runWatch(options: WatchOptions): Promise<number> {
   }
   // Deliveries of the outcomes get up to WATCHER_SHUTDOWN_TIMEOUT to finish (a receiver that is
   // down must not hold a script for WATCHER_WEBHOOK_MAX_AGE); what is left is logged at error.
-  // A signal meanwhile stops the wait: Ctrl-C is 130 (SIGTERM 143) whenever it comes.
+  // A signal meanwhile stops the wait: Ctrl-C is 130 (SIGTERM 143, SIGHUP 129) whenever it comes.
   if (code < 128) {
     const waited = await Promise.race([
       settlesWithin(daemon.deliveries.settled(), options.config.shutdownTimeoutMs).then(() => undefined),

@@ -47,6 +47,23 @@ function withScratch(env: Record<string, string>): Record<string, string> {
   return { WATCHER_DATA_DIR: join(dir, 'data'), HOME: dir, ...env };
 }
 
+/** `env` over this process's environment less the machine's own watcher variables, with scratch dirs. */
+export function cliEnv(env: Record<string, string>): Record<string, string> {
+  const clean = Object.fromEntries(
+    Object.entries(process.env).filter(
+      (entry): entry is [string, string] =>
+        entry[1] !== undefined &&
+        !/^(SB_|WATCHER_|LOG_LEVEL|NODE_OPTIONS|CREDENTIALS_DIRECTORY)/.test(entry[0]),
+    ),
+  );
+  return { ...clean, ...withScratch(env) };
+}
+
+/** The command line that runs the CLI from source with `args`, as `spawnCli` runs it. */
+export function cliCommand(args: readonly string[]): string[] {
+  return [process.execPath, '--import', TSX, CLI, ...args];
+}
+
 export interface SpawnOptions {
   /** Working directory; default the repository root. */
   cwd?: string;
@@ -61,14 +78,10 @@ export function spawnCli(
   env: Record<string, string>,
   options: SpawnOptions = {},
 ): CliProcess {
-  const clean = Object.fromEntries(
-    Object.entries(process.env).filter(
-      ([k]) => !/^(SB_|WATCHER_|LOG_LEVEL|NODE_OPTIONS|CREDENTIALS_DIRECTORY)/.test(k),
-    ),
-  );
-  const child = spawn(process.execPath, ['--import', TSX, CLI, ...args], {
+  const [node, ...argv] = cliCommand(args);
+  const child = spawn(node as string, argv, {
     cwd: options.cwd ?? ROOT,
-    env: { ...clean, ...withScratch(env) },
+    env: cliEnv(env),
     stdio: [options.stdin === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
   });
   running.add(child);
