@@ -192,6 +192,11 @@ interface Held {
    * it): this run stops retrying, writes nothing, and the new series starts when it ends.
    */
   next?: DeliveryJob;
+  /**
+   * Cancelled (`cancel`): the store has deleted its row, so its outcome is written nowhere; a row
+   * inserted since for the same event (the job watched again) may carry the same series start.
+   */
+  cancelled?: boolean;
 }
 
 export class DeliveryEngine {
@@ -385,6 +390,7 @@ export class DeliveryEngine {
       for (const held of e.held.values()) {
         if (held.job.exportId !== exportId || !own.has(held.job.eventId)) continue;
         held.next = undefined;
+        held.cancelled = true;
         held.stop.abort(new Error('webhook delivery cancelled'));
       }
     }
@@ -515,7 +521,8 @@ export class DeliveryEngine {
     // the new series waits for the held run, which stops at its attempt in flight, if any.
     const current = e.held.get(job.eventId);
     if (current) {
-      if (current.job.seriesStartedAt !== job.seriesStartedAt) {
+      // A cancelled run's row is gone: a claim of the same event is a new row, whatever its series.
+      if (current.cancelled || current.job.seriesStartedAt !== job.seriesStartedAt) {
         current.next = job;
         current.stop.abort(new Error('webhook delivery superseded by a redelivery'));
       }
@@ -580,6 +587,11 @@ export class DeliveryEngine {
     }
     // Superseded by a redelivery: this series' outcome is not written (the store would refuse it).
     if (held.next) return;
+    if (held.cancelled) {
+      // Nothing to write: `settled()` waiters, woken by writes, look again.
+      this.#wakeSettledWaiters();
+      return;
+    }
     if (attempts === job.attempts && held.stop.signal.aborted && !this.#closing) {
       // Cancelled before any attempt: the store has already dropped the row. Or paused before
       // any attempt: the row keeps its lease, which the next leader ends.
@@ -774,9 +786,13 @@ export class DeliveryEngine {
           this.#o.log.error({ err: error, count: batch.length }, 'could not store webhook outcomes');
         }
       }
-      for (const wake of this.#settledWaiters) wake();
-      this.#settledWaiters.clear();
+      this.#wakeSettledWaiters();
     });
     return this.#flushing;
+  }
+
+  #wakeSettledWaiters(): void {
+    for (const wake of this.#settledWaiters) wake();
+    this.#settledWaiters.clear();
   }
 }
