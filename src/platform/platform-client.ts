@@ -70,7 +70,7 @@ export const MAX_ANSWER_DEPTH = 128;
 /** What the client needs of the limiter. */
 export interface RequestGate {
   /** Runs `fn` when allowed; when `signal` aborts first, rejects with its reason without running it. */
-  schedule<T>(fn: () => Promise<T>, signal?: AbortSignal): Promise<T>;
+  schedule<T>(fn: () => Promise<T>, signal?: AbortSignal, mayStart?: () => boolean): Promise<T>;
   /**
    * Reads an answer's quota headers. `fromCall` is false for the answer of a call that did not pass
    * `schedule` (the free `GET /rate_limit`): it is not among the calls in flight.
@@ -501,7 +501,7 @@ export class PlatformClient {
       const once = () => this.#once(route, method, path, body, attemptNumber, callSignal, gated);
       if (signal.aborted) throw new AbortError(signal.reason as Error);
       try {
-        return await (gated ? gate.schedule(once, callSignal) : once());
+        return await (gated ? gate.schedule(once, callSignal, this.#mayAct) : once());
       } catch (error) {
         if (callSignal?.aborted) throw new AbortError(callSignal.reason as Error);
         if (error instanceof PlatformError && !isRetryable(error)) throw new AbortError(error);

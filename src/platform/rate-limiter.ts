@@ -75,7 +75,7 @@ export interface RateLimiterOptions {
 
 /** A gate for a part of the work limited to `max` requests per budget window (`share`). */
 export interface ShareGate {
-  schedule<T>(fn: () => Promise<T>, signal?: AbortSignal): Promise<T>;
+  schedule<T>(fn: () => Promise<T>, signal?: AbortSignal, mayStart?: () => boolean): Promise<T>;
   observe(info: RateInfo, fromCall?: boolean): void;
   rateLimited(resetAt: number | undefined): void;
   /** Requests of the share left in the current budget window. */
@@ -207,7 +207,7 @@ export class RateLimiter {
    * first, the call rejects at once with its reason and `fn` never runs: nothing is spent of the
    * budget (the leader that stepped down drops its queued checks this way).
    */
-  schedule<T>(fn: () => Promise<T>, signal?: AbortSignal): Promise<T> {
+  schedule<T>(fn: () => Promise<T>, signal?: AbortSignal, mayStart?: () => boolean): Promise<T> {
     if (signal?.aborted) return Promise.reject(signal.reason);
     // Bottleneck is a gate here: its job waits for the call but never carries the call's result.
     // Its queues are linked lists, and a job that lived long enough to reach the old generation
@@ -231,6 +231,18 @@ export class RateLimiter {
         else to.reject(outcome.error);
       };
       const start = (): Promise<void> => {
+        // Asked when its turn comes, before it is counted: a call refused here is not sent, and
+        // spends nothing (bottleneck's unit is given back, as for a call aborted while it waited).
+        if (mayStart !== undefined && !mayStart()) {
+          this.#written = undefined;
+          this.#apply(this.#now());
+          settle({
+            error: signal?.aborted
+              ? signal.reason
+              : new PlatformError('SHUTTING_DOWN', 'call not started: this replica may no longer act'),
+          });
+          return Promise.resolve();
+        }
         const probe = this.#probing;
         if (probe) this.#probesOut++;
         this.#beginCall();
@@ -321,17 +333,21 @@ export class RateLimiter {
       left: () => Math.max(0, max - used()),
       observe: (info, fromCall) => this.observe(info, fromCall),
       rateLimited: (resetAt) => this.rateLimited(resetAt),
-      schedule: <T>(fn: () => Promise<T>, signal?: AbortSignal): Promise<T> => {
+      schedule: <T>(fn: () => Promise<T>, signal?: AbortSignal, mayStart?: () => boolean): Promise<T> => {
         if (used() >= max) {
           return Promise.reject(
             new PlatformError('SHARE_SPENT', `this window's share of the rate budget (${max}) is spent`),
           );
         }
-        return this.schedule(() => {
-          // Counted in the window the call starts in (#beginCall has just opened it if need be).
-          counted = { window: this.#window, used: used() + 1 };
-          return fn();
-        }, signal);
+        return this.schedule(
+          () => {
+            // Counted in the window the call starts in (#beginCall has just opened it if need be).
+            counted = { window: this.#window, used: used() + 1 };
+            return fn();
+          },
+          signal,
+          mayStart,
+        );
       },
     };
   }
