@@ -205,7 +205,9 @@ export class RateLimiter {
   /**
    * Runs `fn` when the quota allows; `fn` is one request to the platform. When `signal` aborts
    * first, the call rejects at once with its reason and `fn` never runs: nothing is spent of the
-   * budget (the leader that stepped down drops its queued checks this way).
+   * budget (the leader that stepped down drops its queued checks this way). `mayStart`, when
+   * given, is asked when the call's turn comes: false refuses it the same way (with the signal's
+   * reason if asking aborted it, else `SHUTTING_DOWN`), before anything is counted.
    */
   schedule<T>(fn: () => Promise<T>, signal?: AbortSignal, mayStart?: () => boolean): Promise<T> {
     if (signal?.aborted) return Promise.reject(signal.reason);
