@@ -270,7 +270,9 @@ function deliveryToJson(d: StoredDelivery): Record<string, unknown> {
     endpoint: safeUrl(d.endpointLabel),
     status: d.status,
     attempts: d.attempts,
-    next_attempt_at: iso(d.nextAttemptAt),
+    // A claimed delivery's stored time is its lease's end (15 minutes out), not its next attempt:
+    // one is under way, and the next, if any, is not stored yet.
+    next_attempt_at: d.leased ? null : iso(d.nextAttemptAt),
     series_started_at: iso(d.seriesStartedAt),
     last_status: d.lastStatus,
     last_error: d.lastError === null ? null : safeUrl(d.lastError),
@@ -1085,7 +1087,12 @@ function parseEventQuery(query: QueryParams): EventQuery {
     );
   }
   const sinceText = query.one('since');
-  const since = sinceText === undefined ? undefined : parseRfc3339(sinceText);
+  // A "+" of an offset typed raw in the query (`since=...T06:00:00+01:00`, as curl sends it) arrives
+  // as a space, form-decoded: in that place it can mean nothing else.
+  const since =
+    sinceText === undefined
+      ? undefined
+      : parseRfc3339(sinceText.replace(/(?<=T\d{2}:\d{2}:\d{2}(?:\.\d+)?) (?=\d{2}:\d{2}$)/i, '+'));
   if (sinceText !== undefined && since === undefined) {
     query.problem('since', `${RFC3339_PROBLEM}; got ${JSON.stringify(clip(sinceText))}`);
   }
@@ -1164,7 +1171,8 @@ const RFC3339 = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:
  * An RFC 3339 date-time (with `T`, seconds and a time zone, as section 5.6 requires) as epoch
  * milliseconds; undefined when it is not one or names no real time (February 30, 25:00). A
  * fraction finer than milliseconds is rounded up, so that "at or after" never takes in an earlier
- * millisecond. Leap seconds (:60) are refused: the store's times have none.
+ * millisecond. A leap second (:60, only at the end of a UTC day) reads as the next day's first second
+ * (23:59:60.5Z as 00:00:00.500Z): the store's times have none.
  */
 export function parseRfc3339(text: string): number | undefined {
   const m = RFC3339.exec(text);
@@ -1181,12 +1189,17 @@ export function parseRfc3339(text: string): number | undefined {
   const offsetHours = Number(m[10] ?? 0);
   const offsetMinutes = Number(m[11] ?? 0);
   if (month < 1 || month > 12 || day < 1 || day > daysInMonth(year, month)) return undefined;
-  if (hour > 23 || minute > 59 || second > 59 || offsetHours > 23 || offsetMinutes > 59) return undefined;
+  if (hour > 23 || minute > 59 || second > 60 || offsetHours > 23 || offsetMinutes > 59) return undefined;
+  const sign = m[9] === '-' ? -1 : 1;
+  // A leap second (RFC 3339 5.7) can only be the last second of a UTC day: 23:59:60Z, or the local
+  // time an offset makes of it; it reads as the next day's first second.
+  const utcMinute = (((hour * 60 + minute - sign * (offsetHours * 60 + offsetMinutes)) % 1440) + 1440) % 1440;
+  if (second === 60 && utcMinute !== 1439) return undefined;
   const date = new Date(0);
   date.setUTCFullYear(year, month - 1, day);
   date.setUTCHours(hour, minute, second, Number(fraction.slice(0, 3).padEnd(3, '0')));
   const finer = /[1-9]/.test(fraction.slice(3)) ? 1 : 0;
-  const offset = (m[9] === '-' ? -1 : 1) * (offsetHours * 60 + offsetMinutes) * 60_000;
+  const offset = sign * (offsetHours * 60 + offsetMinutes) * 60_000;
   return date.getTime() + finer - offset;
 }
 

@@ -348,7 +348,7 @@ const EXPORT_COLUMNS =
 const EVENT_COLUMNS = 'id, type, export_id, body, created_at';
 const DELIVERY_COLUMNS =
   'event_id, endpoint_key, endpoint_label, status, attempts, next_attempt_at, series_started_at, ' +
-  'last_status, last_error, finished_at';
+  'last_status, last_error, finished_at, leased';
 
 /** Runs a statement: the pool, or one connection inside a transaction. */
 type Queryable = pg.Pool | pg.PoolClient;

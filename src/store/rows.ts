@@ -45,6 +45,8 @@ export interface DeliveryRow {
   last_status: number | null;
   last_error: string | null;
   finished_at: number | null;
+  /** A claim holds the row (1 or true): its `next_attempt_at` is then the lease's end, no attempt's time. */
+  leased: number | boolean;
 }
 
 export function toStoredDelivery(row: DeliveryRow): StoredDelivery {
@@ -59,6 +61,7 @@ export function toStoredDelivery(row: DeliveryRow): StoredDelivery {
     lastStatus: row.last_status,
     lastError: row.last_error,
     finishedAt: row.finished_at,
+    ...(row.leased ? { leased: true } : {}),
   };
 }
 

@@ -432,7 +432,7 @@ interface StatusCount {
 const EVENT_COLUMNS = 'id, type, export_id, body, created_at';
 const DELIVERY_COLUMNS =
   'event_id, endpoint_key, endpoint_label, status, attempts, next_attempt_at, series_started_at, ' +
-  'last_status, last_error, finished_at';
+  'last_status, last_error, finished_at, leased';
 
 export class SqliteStore implements Store {
   #db: Database.Database | undefined;

@@ -155,8 +155,17 @@ export interface StoredDelivery {
   status: DeliveryStatus;
   /** Attempts in the current series (a redelivery starts a new series at 0). */
   attempts: number;
-  /** When the next attempt is due (pending only); null otherwise. */
+  /**
+   * When the next attempt is due (pending only); null otherwise. While a claim holds the delivery
+   * (`leased`), the lease's end.
+   */
   nextAttemptAt: number | null;
+  /**
+   * Present (true) while a claim holds the delivery: an attempt is under way, or the quick retries
+   * in memory, and `nextAttemptAt` is the lease's end (when a crashed claim is taken up again), not
+   * an attempt's time. Absent otherwise.
+   */
+  leased?: true;
   /**
    * When the current series started: its max age counts from here. It also names the series, so
    * a new one starts a millisecond after the one it replaces at the least (a redelivery in the

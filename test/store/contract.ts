@@ -652,6 +652,17 @@ export function describeStoreContract(
 
         const after = await store.claimDue(A.key, lease, 10, lease + HOUR);
         expect(after.map((j) => j.exportId).sort()).toEqual(['x', 'y', 'z']);
+        // A claimed delivery reads as leased (its next_attempt_at is the lease's end); once its
+        // outcome is written, it no longer does.
+        const [first] = after;
+        const leased = async () =>
+          (await store.getEvent(first?.eventId ?? ''))?.deliveries.find((d) => d.endpointKey === A.key)
+            ?.leased;
+        expect(await leased()).toBe(true);
+        await store.recordAttempts([
+          { ...delivered(first?.eventId ?? '', A, lease + 1), seriesStartedAt: first?.seriesStartedAt ?? 0 },
+        ]);
+        expect(await leased()).toBeUndefined();
       });
 
       it('makes every leased delivery due at once on releaseLeases, and only those', async () => {
