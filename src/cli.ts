@@ -276,7 +276,8 @@ otherwise or with --json.
   --since T             only events created at or after T: an RFC 3339 time like
                         2026-11-22T05:00:00Z, or a duration back from now like 30m, 2h, 7d
   --limit N             events per request, 1 to 1000 (default 100; 1000 with --all)
-  --all                 follow the pages to the last event (otherwise: the first page only)
+  --all                 follow the pages to the last event (otherwise: the first page only,
+                        and a line on stderr says when more follow)
   --json                one JSON object per event, even on a terminal
 ${CONTROL_API_HELP}
 

@@ -199,6 +199,8 @@ describe('events', () => {
     expect(r.code).toBe(0);
     expect(jsonLines(r.stdout).map((l) => l.id)).toEqual(['evt_d4_completed', 'evt_c3_lost']);
     expect(registry.of('events')).toHaveLength(1);
+    // JSON lines (stdout not a terminal) say on stderr that the listing is cut, as the table does.
+    expect(r.stderr).toBe('more events follow: --all lists them all\n');
 
     registry.calls.length = 0;
     r = await cli(withApi('events', '--all', '--limit', '2'));
@@ -213,6 +215,7 @@ describe('events', () => {
     const queries = registry.of('events').map((args) => args[0] as EventQuery);
     expect(queries.map((q) => q.limit)).toEqual([2, 2, 2]);
     expect(queries.map((q) => q.after?.id)).toEqual([undefined, 'evt_c3_lost', 'evt_a1_completed']);
+    expect(r.stderr).toBe('');
 
     registry.calls.length = 0;
     r = await cli(withApi('events', '--all', '--status', 'failed'));

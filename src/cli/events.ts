@@ -189,10 +189,9 @@ export async function runEvents(options: EventsOptions): Promise<number> {
       if (page.nextCursor !== null) seen.add(page.nextCursor);
       cursor = page.nextCursor;
     } while (options.query.all && more);
-    if (!options.json) {
-      options.stdout.write(formatEvents(rows));
-      if (more) options.stderr.write('more events follow: --all lists them all\n');
-    }
+    if (!options.json) options.stdout.write(formatEvents(rows));
+    // On stderr in either form: a script reading the JSON lines must not take a page for the whole.
+    if (more) options.stderr.write('more events follow: --all lists them all\n');
     return 0;
   });
 }
