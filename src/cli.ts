@@ -21,7 +21,13 @@ import { describeError, listenError } from './cli/error-report.js';
 import { eventsQuery, redeliverPlan, runEvents, runRedeliver } from './cli/events.js';
 import { GET_DEFAULT_TIMEOUT_MS, runGet } from './cli/get.js';
 import { collectIds } from './cli/ids-input.js';
-import { exitProcess, isHungUpTerminal, onStopSignals, signalExitCode } from './cli/signals.js';
+import {
+  exitProcess,
+  isHungUpTerminal,
+  onStopSignals,
+  signalExitCode,
+  terminalHungUp,
+} from './cli/signals.js';
 import { runWatch } from './cli/watch.js';
 import {
   type Config,
@@ -226,7 +232,8 @@ With --discover (WATCHER_DISCOVER) it also finds the user's own unfinished expor
 every WATCHER_DISCOVER_INTERVAL (default 5m), through at most a tenth of the rate budget, and
 watches them with the metadata {"discovered": true}. Stops on SIGTERM, SIGINT or SIGHUP: no new checks,
 deliveries in flight get up to WATCHER_SHUTDOWN_TIMEOUT, then exit 0 (after SIGHUP, the process
-ends by that signal: 129 in a shell). A second signal exits at once.
+ends by that signal: 129 in a shell). A second signal exits at once (a second SIGHUP, the same
+hang-up told twice, is ignored).
 
 ${flagHelp('run')}`,
   watch: `Usage: sbg-export-watcher watch [ID...] [--ids-file FILE]... [--kind import] [options]
@@ -682,7 +689,9 @@ async function runCommand(args: readonly string[], env: () => Env, context: CliC
     if (daemon) void stop(daemon);
     else stopOpening();
   };
-  const unhandle = onStopSignals(onSignal);
+  const unhandle = onStopSignals(onSignal, {
+    onHangUpAgain: () => log.info('SIGHUP again (the same hang-up): ignored'),
+  });
   // Stopped during start-up: the ids given here are not added (nothing was acknowledged for them).
   const warnNotAdded = (): void => {
     const given = ids.length + importIds.length;
@@ -1128,8 +1137,9 @@ export const BROKEN_PIPE_EXIT = 128 + 13;
 function exitOnBrokenPipe(stream: NodeJS.WriteStream): void {
   stream.on('error', (error: NodeJS.ErrnoException) => {
     if (error.code === 'EPIPE') process.exit(BROKEN_PIPE_EXIT);
-    // A terminal that hung up: the SIGHUP that comes with it stops the command (cli/signals.ts).
-    if (isHungUpTerminal(error)) return;
+    // A terminal that hung up: the command stops as on the SIGHUP that comes with it, raised here
+    // when none came (cli/signals.ts).
+    if (isHungUpTerminal(stream, error)) return terminalHungUp();
     throw error;
   });
 }
@@ -1182,7 +1192,7 @@ if (isEntryPoint()) {
     },
     (error: unknown) => {
       process.stderr.write(`error: ${String(error)}\n`);
-      process.exit(1);
+      exitProcess(1);
     },
   );
 }

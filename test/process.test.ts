@@ -411,6 +411,53 @@ describe('SIGHUP (the terminal closed, the session ended)', () => {
     expect(existsSync(join(dir, 'data', 'watcher.db'))).toBe(true);
     expect(existsSync(join(dir, 'data', 'watcher.db-wal'))).toBe(false);
   });
+
+  it('run: the second SIGHUP of one hang-up (bash forwards one, the kernel sends another) does not cut its drain short', async () => {
+    // An interactive bash whose terminal closes sends SIGHUP to its foreground job, then exits; the
+    // kernel then sends SIGHUP again to the terminal's foreground process group (2 runs in 5 here).
+    const { sim, url: simUrl } = await simulator();
+    let release!: () => void;
+    const held = new Promise<number>((resolve) => {
+      release = () => resolve(204);
+    });
+    const { receiver: hooks, url: hookUrl } = await receiver(() => held);
+    const daemon = spawnCli(
+      ['run', '--id', sim.createExport()],
+      runEnv(simUrl, hookUrl, { WATCHER_SHUTDOWN_TIMEOUT: '30s' }),
+    );
+    await hooks.waitFor((r) => r.received.length === 1, 30_000);
+    daemon.child.kill('SIGHUP');
+    await daemon.waitForLine((l) => l.msg === 'stopping');
+    daemon.child.kill('SIGHUP');
+    const second = await daemon.waitForLine(
+      (l) =>
+        l.msg === 'second signal: exiting at once' || l.msg === 'SIGHUP again (the same hang-up): ignored',
+    );
+    expect(second.msg).toBe('SIGHUP again (the same hang-up): ignored');
+    release();
+    expect(await daemon.exited).toEqual({ code: null, signal: 'SIGHUP' });
+    expect(hooks.received[0]?.status).toBe(204);
+    expect(daemon.lines.some((l) => l.msg === 'stopped')).toBe(true);
+  });
+
+  it('watch on a terminal that hangs up without a SIGHUP reaching it (a job its shell did not tell) stops as on SIGHUP', async () => {
+    // Its writes fail with EIO from then on; it must not go on polling for an hour writing nowhere,
+    // then die by SIGABRT at exit (Node aborts restoring a hung-up terminal's mode).
+    const { sim, url } = await simulator(pendingLong);
+    const env = cliEnv({ SB_API_ENDPOINT: url, SB_AUTH_TOKEN: TOKEN, WATCHER_POLL_INTERVAL: '200ms' });
+    const { stdout } = await execFileAsync(
+      'python3',
+      [
+        HANGUP,
+        '--no-sighup',
+        'pending 1',
+        '40',
+        ...cliCommand(['watch', '--timeout', '8s', sim.createExport()]),
+      ],
+      { env, timeout: 55_000 },
+    );
+    expect(JSON.parse(stdout)).toEqual({ signal: 1 });
+  });
 });
 
 describe('a reader that goes away (| head)', () => {

@@ -15,17 +15,50 @@ export type StopSignal = (typeof STOP_SIGNALS)[number];
 
 /** Set once a SIGHUP came: the process then ends by that signal (see `exitProcess`). */
 let hungUp = false;
+/** Set once `terminalHungUp` raised a SIGHUP for a hang-up that came without one. */
+let hangUpRaised = false;
 
-/** Calls `handler` on each stop signal until the returned function is called. */
-export function onStopSignals(handler: (signal: NodeJS.Signals) => void): () => void {
+export interface StopSignalOptions {
+  /** Called, instead of `handler`, for a SIGHUP after the first: the same hang-up, told twice. */
+  onHangUpAgain?: () => void;
+}
+
+/**
+ * Calls `handler` on each stop signal until the returned function is called. A SIGHUP after the
+ * first is not passed on: one hang-up often comes twice (an interactive bash forwards it to its
+ * foreground job, then the kernel sends it again to that job's process group when bash exits),
+ * and must not count as a second signal, which would cut the stop short.
+ */
+export function onStopSignals(
+  handler: (signal: NodeJS.Signals) => void,
+  options: StopSignalOptions = {},
+): () => void {
   const handle = (signal: NodeJS.Signals): void => {
-    if (signal === 'SIGHUP') hungUp = true;
+    if (signal === 'SIGHUP') {
+      if (hungUp) {
+        options.onHangUpAgain?.();
+        return;
+      }
+      hungUp = true;
+    }
     handler(signal);
   };
   for (const signal of STOP_SIGNALS) process.on(signal, handle);
   return () => {
     for (const signal of STOP_SIGNALS) process.off(signal, handle);
   };
+}
+
+/**
+ * The terminal of a standard stream hung up (a write failed with EIO) but no SIGHUP came (the
+ * terminal is not the process's controlling one: a job its shell did not tell). Raises one, so
+ * that the command stops as on a hang-up rather than run on writing nowhere, then ends by SIGHUP
+ * (Node's own exit would abort restoring the terminal's mode).
+ */
+export function terminalHungUp(): void {
+  if (hungUp || hangUpRaised) return;
+  hangUpRaised = true;
+  process.kill(process.pid, 'SIGHUP');
 }
 
 /**
@@ -44,11 +77,15 @@ export function exitProcess(code: number): void {
 }
 
 /**
- * A standard stream's write failed because its terminal hung up (EIO), or was made after that:
- * nothing more can be shown there, and the command's stop must go on without it.
+ * A write to `stream` failed because its terminal hung up (EIO on a terminal), or was made after
+ * that: nothing more can be shown there, and the command's stop must go on without it. EIO on a
+ * file or a pipe is a real failure, not this.
  */
-export function isHungUpTerminal(error: NodeJS.ErrnoException): boolean {
-  return error.code === 'EIO' || error.code === 'ERR_STREAM_DESTROYED';
+export function isHungUpTerminal(
+  stream: { readonly isTTY?: boolean },
+  error: NodeJS.ErrnoException,
+): boolean {
+  return stream.isTTY === true && (error.code === 'EIO' || error.code === 'ERR_STREAM_DESTROYED');
 }
 
 /** The exit code that reports a stop by `signal`, as shells report it: 128 + its number (SIGINT 130). */
