@@ -434,9 +434,18 @@ export async function runCli(
 }
 
 /** The real environment wins over `.env` in the working directory. */
-export function readEnvironment(processEnv: NodeJS.ProcessEnv, cwd = process.cwd()): Env {
+export function readEnvironment(processEnv: NodeJS.ProcessEnv, cwd?: string): Env {
   let fromFile: Record<string, string> = {};
-  const path = join(cwd, '.env');
+  let dir: string;
+  try {
+    dir = cwd ?? process.cwd();
+  } catch (error) {
+    // A working directory removed under the process: there is no telling whether it held a .env.
+    throw new ConfigError([
+      `.env: expected a working directory to read .env from, got ${(error as NodeJS.ErrnoException).code ?? (error as Error).message} (it no longer exists; start from another directory)`,
+    ]);
+  }
+  const path = join(dir, '.env');
   try {
     fromFile = parseDotenv(readFileSync(path));
   } catch (error) {

@@ -184,10 +184,15 @@ const UNITS: Readonly<Record<string, number>> = { ms: 1, s: 1000, m: 60_000, h: 
 
 /** `250ms`, `10s`, `5m`, `1h`, `1d`, or a bare number of milliseconds. Returns NaN when malformed. */
 export function parseDuration(text: string): number {
+  return Math.round(exactDuration(text));
+}
+
+/** The milliseconds a duration stands for, before rounding (NaN when malformed). */
+function exactDuration(text: string): number {
   const match = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$/.exec(text);
   if (!match) return Number.NaN;
   const value = Number(match[1]) * (UNITS[match[2] ?? 'ms'] ?? 1);
-  return Number.isFinite(value) ? Math.round(value) : Number.NaN;
+  return Number.isFinite(value) ? value : Number.NaN;
 }
 
 /** Formats milliseconds the way they are written in configuration, for logs and help. */
@@ -249,8 +254,10 @@ export function loadConfig(env: Env, options: LoadOptions = {}): Config {
 
   const duration = (name: VariableName, min: number, max: number = MAX_TIMER_MS): number => {
     const text = raw(name) ?? '';
-    const ms = parseDuration(text);
-    if (Number.isNaN(ms) || ms < min || ms > max) {
+    // Bounds hold for the value written, not for it rounded to a whole millisecond.
+    const exact = exactDuration(text);
+    const ms = Math.round(exact);
+    if (Number.isNaN(exact) || exact < min || exact > max) {
       problem(
         name,
         `a duration from ${formatDuration(min)} to ${formatDuration(max)} (like 250ms, 10s, 5m, 1h, or milliseconds)`,
@@ -534,10 +541,13 @@ function databaseUrl(
       secrets.push(password, safeDecode(password), encodeURIComponent(safeDecode(password)));
   }
   if (u.protocol !== 'postgres:' && u.protocol !== 'postgresql:') {
-    // Without its password; a value with no "//" is not a URL the user meant as one.
-    const shown = text.startsWith(`${u.protocol}//`)
-      ? `${u.protocol}//${read.host}${u.pathname}`
-      : u.protocol;
+    // Without its password; a value with no "//" is not a URL the user meant as one, and one whose
+    // "@" the parser did not take for the end of credentials has them in its host or path.
+    const misread = text.includes('@') && u.username === '' && u.password === '';
+    const shown =
+      text.startsWith(`${u.protocol}//`) && !misread
+        ? `${u.protocol}//${read.host}${u.pathname}`
+        : u.protocol;
     problems.push(`WATCHER_DATABASE_URL: ${expects}, got ${JSON.stringify(shown)}`);
     return undefined;
   }
@@ -619,6 +629,9 @@ function safeDecode(text: string): string {
 }
 
 function isHttpUrl(text: string): boolean {
+  // The URL parser drops tabs and newlines wherever they are: the URL used would not be the one given.
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: finding them is the point
+  if (/[\u0000-\u001f\u007f]/.test(text)) return false;
   try {
     const u = new URL(text);
     return (u.protocol === 'http:' || u.protocol === 'https:') && u.hostname !== '';

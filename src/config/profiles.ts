@@ -48,7 +48,7 @@ export type Section = Readonly<Record<string, string>>;
  * is an empty string.
  */
 export function parseCredentials(text: string): Map<string, Section> {
-  const { text: normalized, names } = normalize(text);
+  const { text: normalized, names, continued } = normalize(text);
   const tree = decode(normalized) as Record<string, unknown>;
   const sections = new Map<string, Record<string, string>>();
   // Each header comes back under its placeholder (`s<n>`, in file order); a name given twice is one
@@ -58,6 +58,10 @@ export function parseCredentials(text: string): Map<string, Section> {
     const values: Record<string, string> = {};
     if (isPlainObject(node)) {
       for (const [key, value] of Object.entries(node)) values[key.trim().toLowerCase()] = scalar(value);
+    }
+    // A value continued on deeper-indented lines holds them, one a line, as configparser joins them.
+    for (const c of continued) {
+      if (c.section === n && Object.hasOwn(values, c.key)) values[c.key] = `${values[c.key]}\n${c.text}`;
     }
     sections.set(name, values);
   });
@@ -80,24 +84,40 @@ export function parseCredentials(text: string): Map<string, Section> {
  * for a header at all, which would put that section's keys in the section before it. Lines before
  * the first header belong to no section (configparser refuses them) and are left out.
  */
-function normalize(text: string): { text: string; names: string[] } {
+function normalize(text: string): {
+  text: string;
+  names: string[];
+  continued: { section: number; key: string; text: string }[];
+} {
   const names: string[] = [];
+  const continued: { section: number; key: string; text: string }[] = [];
   // The indentation of the last key line: a line indented deeper continues its value (configparser),
-  // even one that starts with "[".
+  // even one that starts with "[". It is left out of what `ini` reads (which would take it for a key
+  // of its own) and added to that value afterwards.
   let keyIndent: number | undefined;
+  let lastKey: { section: number; key: string } | undefined;
   let inSection = false;
+  let section = -1;
   const lines = text
     .replace(/^\uFEFF/, '')
     .split(/\r?\n|\r/)
     .map((line) => {
       const indent = line.length - line.trimStart().length;
-      if (line.trim() === '' || (keyIndent !== undefined && indent > keyIndent)) return inSection ? line : '';
+      if (line.trim() === '') return inSection ? line : '';
+      // A comment line, however indented, is skipped and ends nothing (configparser).
+      if (inSection && /^\s*[;#]/.test(line)) return '';
+      if (keyIndent !== undefined && indent > keyIndent) {
+        if (lastKey !== undefined) continued.push({ ...lastKey, text: line.trim() });
+        return '';
+      }
       keyIndent = undefined;
+      lastKey = undefined;
       const header = /^\s*\[(.+)\]/.exec(line)?.[1];
       if (header !== undefined) {
         const name = header.trim();
         let n = names.indexOf(name);
         if (n < 0) n = names.push(name) - 1;
+        section = n;
         inSection = true;
         return `[s${n}]`;
       }
@@ -107,9 +127,10 @@ function normalize(text: string): { text: string; names: string[] } {
       const colon = line.indexOf(':');
       const equals = line.indexOf('=');
       const at = colon > 0 && (equals < 0 || colon < equals) ? colon : equals;
+      lastKey = { section, key: (at < 0 ? line : line.slice(0, at)).trim().toLowerCase() };
       return at < 0 ? line : `${line.slice(0, at)}=${iniValue(line.slice(at + 1))}`;
     });
-  return { text: lines.join('\n'), names };
+  return { text: lines.join('\n'), names, continued };
 }
 
 /**

@@ -168,12 +168,16 @@ export function shownUrl(value: string): string {
       ? `a value of ${value.length} characters that is not a URL (hidden: it may hold credentials)`
       : JSON.stringify(value);
   }
+  const unparsed = `a value of ${value.length} characters starting with ${JSON.stringify(scheme)} that is not a URL (the rest hidden: it may hold credentials)`;
   let u: URL;
   try {
     u = new URL(value);
   } catch {
-    return `a value of ${value.length} characters starting with ${JSON.stringify(scheme)} that is not a URL (the rest hidden: it may hold credentials)`;
+    return unparsed;
   }
+  // An "@" the parser did not take for the end of credentials: they were read as the host, port or
+  // path (`htps:///user:pw@host`, `https://user:12/pw@host`), where they would be shown.
+  if (value.includes('@') && u.username === '' && u.password === '') return unparsed;
   // Built from the parsed URL: a text scrubber may stop short of where the parser went on.
   if (u.username === '' && u.password === '' && u.search === '' && u.hash === '' && !/[@?#]/.test(value)) {
     return JSON.stringify(value);

@@ -1,0 +1,132 @@
+/**
+ * Configuration at its edges: URLs whose credentials the parser misreads (never echoed), durations
+ * just past their bounds, a working directory removed under the process, control characters in
+ * URLs, and continuation lines in the credentials file (read as Python's configparser reads them).
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { readEnvironment, runCli } from '../src/cli.js';
+import { type Env, loadConfig } from '../src/config/config.js';
+import { parseCredentials } from '../src/config/profiles.js';
+import { ConfigError } from '../src/shared/errors.js';
+
+function problems(env: Env): string[] {
+  try {
+    loadConfig(env);
+  } catch (error) {
+    expect(error).toBeInstanceOf(ConfigError);
+    return [...(error as ConfigError).problems];
+  }
+  throw new Error(`expected a ConfigError for ${JSON.stringify(env)}`);
+}
+
+async function cli(args: string[], env: Env | (() => Env)): Promise<{ code: number; err: string }> {
+  let err = '';
+  const code = await runCli(args, env, { stderr: { write: (t: string) => (err += t) } });
+  return { code, err };
+}
+
+const PASSWORD = 'Hunter2-Secret-pw';
+
+describe('a URL whose credentials the parser misreads as host or path is echoed whole', () => {
+  // A scheme typo plus one slash too many, or a password that starts with digits and holds a "/",
+  // "?" or "#": the WHATWG parser reads "user:<digits>" as host:port, or the userinfo as the path.
+  // The line says "(credentials, query and fragment hidden)" and shows the password.
+  it.each([
+    ['SB_API_ENDPOINT', `htps:///user:${PASSWORD}@api.example/v2`],
+    ['SB_API_ENDPOINT', `ftp://user:1234/${PASSWORD}@api.example/v2`],
+    ['SB_API_ENDPOINT', `https://user:1234/${PASSWORD}@api.example/v2?x=1`],
+    ['WATCHER_WEBHOOK_URLS', `https://ok.example/x,htps://user:1234/${PASSWORD}@hooks.example/y`],
+    ['HTTPS_PROXY', `socks5:///user:${PASSWORD}@proxy.example:1080`],
+  ])('%s=%j', (name, value) => {
+    const lines = problems({ [name]: value });
+    expect(lines.length).toBeGreaterThan(0);
+    for (const line of lines) expect(line).not.toContain(PASSWORD);
+  });
+
+  it('through the CLI too (the report scrubs no further)', async () => {
+    const { code, err } = await cli(['get', 'x1'], {
+      SB_AUTH_TOKEN: 'tok-123456',
+      HOME: '/nonexistent',
+      SB_API_ENDPOINT: `htps:///user:${PASSWORD}@api.example/v2`,
+    });
+    expect(code).toBe(2);
+    expect(err).not.toContain(PASSWORD);
+  });
+
+  it('WATCHER_DATABASE_URL with a mistyped scheme shows the database password', () => {
+    for (const value of [
+      `postgress:///user:${PASSWORD}@db.example/watcher`,
+      `mysql://user:1234/${PASSWORD}@db.example/watcher`,
+    ]) {
+      const lines = problems({ WATCHER_DATABASE_URL: value });
+      expect(lines).toHaveLength(1);
+      expect(lines[0]).not.toContain(PASSWORD);
+    }
+  });
+});
+
+describe('a duration past its bound is accepted once rounded to a whole millisecond', () => {
+  it.each([
+    ['WATCHER_POLL_INTERVAL', '99.5'], // below 100ms
+    ['WATCHER_POLL_INTERVAL', '86400000.4'], // above 1d
+    ['WATCHER_SHUTDOWN_TIMEOUT', '3600000.4'], // above 1h
+    ['WATCHER_RATE_WINDOW', '999.5ms'], // below 1s
+  ])('%s=%j', (name, value) => {
+    expect(problems({ [name]: value })).toHaveLength(1);
+  });
+});
+
+describe('a working directory that no longer exists', () => {
+  let dir: string | undefined;
+  afterEach(() => {
+    vi.restoreAllMocks();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('is one configuration line, not a stack trace', async () => {
+    // What node does in a directory removed under it (reproduced with the built CLI:
+    // `mkdir d && cd d && rmdir ../d && node dist/cli.js get x` prints a stack and exits 1).
+    vi.spyOn(process, 'cwd').mockImplementation(() => {
+      throw Object.assign(new Error('ENOENT: no such file or directory, uv_cwd'), {
+        code: 'ENOENT',
+        errno: -2,
+        syscall: 'uv_cwd',
+      });
+    });
+    dir = mkdtempSync(join(tmpdir(), 'hunt4-'));
+    const home = dir;
+    const { code, err } = await cli(['get', 'x1'], () =>
+      readEnvironment({ HOME: home, SB_AUTH_TOKEN: 'tok-123456' }),
+    );
+    expect(err).not.toMatch(/\n\s+at /);
+    expect(err.split('\n').filter(Boolean)).toHaveLength(1);
+    expect(err).toMatch(/^config: /);
+    expect(code).toBe(2);
+  });
+});
+
+describe('credentials file: a line indented deeper than the key before it', () => {
+  it('continues that key (configparser), it is no key of its own', () => {
+    // configparser reads api_endpoint = "https://api.example/v2\nauth_token = tok-from-continuation"
+    // and no auth_token (the Python client then has no token); profiles.ts's own comment says so.
+    const sections = parseCredentials(
+      '[default]\napi_endpoint = https://api.example/v2\n    auth_token = tok-from-continuation\n',
+    );
+    expect(sections.get('default')?.auth_token).toBeUndefined();
+  });
+});
+
+describe('a URL with a tab or newline inside', () => {
+  // The WHATWG parser drops ASCII tabs and newlines wherever they are, so the check passes and the
+  // requests go to another URL than the one configured (https://api.example/v2foo/...).
+  it.each([
+    ['SB_API_ENDPOINT', 'https://api.example/v2\nfoo'],
+    ['SB_API_ENDPOINT', 'https://api.exa\tmple/v2'],
+    ['WATCHER_WEBHOOK_URLS', 'https://hooks.example/a\nb'],
+  ])('%s=%j is refused', (name, value) => {
+    expect(problems({ [name]: value })).toHaveLength(1);
+  });
+});
