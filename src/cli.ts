@@ -32,6 +32,7 @@ import { runWatch } from './cli/watch.js';
 import {
   type Config,
   type Env,
+  exactDuration,
   loadConfig,
   parseDuration,
   TOKEN_TEXT,
@@ -591,8 +592,10 @@ const MAX_TIMEOUT_MS = 24 * 86_400_000;
 /** `--timeout DURATION`, or `fallback` when it is not given. */
 export function parseTimeout(value: unknown, fallback: number | undefined): number | undefined {
   if (value === undefined) return fallback;
-  const ms = parseDuration(String(value));
-  if (Number.isNaN(ms) || ms < 1 || ms > MAX_TIMEOUT_MS) {
+  // Bounds hold for the value written, not for it rounded to a whole millisecond.
+  const exact = exactDuration(String(value));
+  const ms = Math.round(exact);
+  if (Number.isNaN(exact) || exact < 1 || exact > MAX_TIMEOUT_MS) {
     throw new UsageError(
       `--timeout: expected a duration from 1ms to 24d (like 250ms, 10s, 5m, 1h, or milliseconds), got ${JSON.stringify(value)}`,
     );

@@ -188,7 +188,7 @@ export function parseDuration(text: string): number {
 }
 
 /** The milliseconds a duration stands for, before rounding (NaN when malformed). */
-function exactDuration(text: string): number {
+export function exactDuration(text: string): number {
   const match = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$/.exec(text);
   if (!match) return Number.NaN;
   const value = Number(match[1]) * (UNITS[match[2] ?? 'ms'] ?? 1);
@@ -527,7 +527,7 @@ function databaseUrl(
   if (text === undefined) return undefined;
   // No example URL here: the CLI's redactor would cut its "user:password@" out of the line.
   const expects = 'expected a postgres:// or postgresql:// URL (with user, password, host, port, database)';
-  const read = parseDatabaseUrl(text);
+  const read = hasControlCharacter(text) ? undefined : parseDatabaseUrl(text);
   if (read === undefined) {
     problems.push(
       `WATCHER_DATABASE_URL: ${expects}, got a value that is not a URL (${text.length} characters, hidden)`,
@@ -543,7 +543,9 @@ function databaseUrl(
   if (u.protocol !== 'postgres:' && u.protocol !== 'postgresql:') {
     // Without its password; a value with no "//" is not a URL the user meant as one, and one whose
     // "@" the parser did not take for the end of credentials has them in its host or path.
-    const misread = text.includes('@') && u.username === '' && u.password === '';
+    const misread =
+      text.includes('@') &&
+      ((u.username === '' && u.password === '') || /@/.test(u.pathname + u.search + u.hash));
     const shown =
       text.startsWith(`${u.protocol}//`) && !misread
         ? `${u.protocol}//${read.host}${u.pathname}`
@@ -588,6 +590,7 @@ function proxySettings(env: Env, problems: string[]): ProxySettings | undefined 
     const text = found.value.includes('://') ? found.value : `http://${found.value}`;
     let ok = false;
     try {
+      if (hasControlCharacter(text)) throw new Error('control character');
       const u = new URL(text);
       ok = (u.protocol === 'http:' || u.protocol === 'https:') && u.hostname !== '';
     } catch {
@@ -628,10 +631,14 @@ function safeDecode(text: string): string {
   }
 }
 
-function isHttpUrl(text: string): boolean {
-  // The URL parser drops tabs and newlines wherever they are: the URL used would not be the one given.
+/** The URL parser drops tabs and newlines wherever they are: the URL used would not be the one given. */
+function hasControlCharacter(text: string): boolean {
   // biome-ignore lint/suspicious/noControlCharactersInRegex: finding them is the point
-  if (/[\u0000-\u001f\u007f]/.test(text)) return false;
+  return /[\u0000-\u001f\u007f]/.test(text);
+}
+
+function isHttpUrl(text: string): boolean {
+  if (hasControlCharacter(text)) return false;
   try {
     const u = new URL(text);
     return (u.protocol === 'http:' || u.protocol === 'https:') && u.hostname !== '';

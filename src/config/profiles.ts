@@ -59,10 +59,16 @@ export function parseCredentials(text: string): Map<string, Section> {
     if (isPlainObject(node)) {
       for (const [key, value] of Object.entries(node)) values[key.trim().toLowerCase()] = scalar(value);
     }
-    // A value continued on deeper-indented lines holds them, one a line, as configparser joins them.
+    // A value continued on deeper-indented lines holds them, one a line, as configparser joins them
+    // (blank lines inside included, trailing ones dropped: configparser rstrips the joined value).
+    const joined = new Set<string>();
     for (const c of continued) {
-      if (c.section === n && Object.hasOwn(values, c.key)) values[c.key] = `${values[c.key]}\n${c.text}`;
+      if (c.section === n && Object.hasOwn(values, c.key)) {
+        values[c.key] = `${values[c.key]}\n${c.text}`;
+        joined.add(c.key);
+      }
     }
+    for (const key of joined) values[key] = (values[key] as string).trimEnd();
     sections.set(name, values);
   });
 
@@ -103,7 +109,11 @@ function normalize(text: string): {
     .split(/\r?\n|\r/)
     .map((line) => {
       const indent = line.length - line.trimStart().length;
-      if (line.trim() === '') return inSection ? line : '';
+      if (line.trim() === '') {
+        // An empty line inside a value is kept in it (configparser's empty_lines_in_values).
+        if (inSection && lastKey !== undefined) continued.push({ ...lastKey, text: '' });
+        return inSection ? line : '';
+      }
       // A comment line, however indented, is skipped and ends nothing (configparser).
       if (inSection && /^\s*[;#]/.test(line)) return '';
       if (keyIndent !== undefined && indent > keyIndent) {
@@ -127,7 +137,13 @@ function normalize(text: string): {
       const colon = line.indexOf(':');
       const equals = line.indexOf('=');
       const at = colon > 0 && (equals < 0 || colon < equals) ? colon : equals;
-      lastKey = { section, key: (at < 0 ? line : line.slice(0, at)).trim().toLowerCase() };
+      const key = (at < 0 ? line : line.slice(0, at)).trim().toLowerCase();
+      // A key given again replaces its value, continuation lines and all (configparser, not strict).
+      for (let i = continued.length - 1; i >= 0; i--) {
+        const c = continued[i];
+        if (c !== undefined && c.section === section && c.key === key) continued.splice(i, 1);
+      }
+      lastKey = { section, key };
       return at < 0 ? line : `${line.slice(0, at)}=${iniValue(line.slice(at + 1))}`;
     });
   return { text: lines.join('\n'), names, continued };

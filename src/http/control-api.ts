@@ -1200,7 +1200,10 @@ export function parseRfc3339(text: string): number | undefined {
   date.setUTCHours(hour, minute, second, Number(fraction.slice(0, 3).padEnd(3, '0')));
   const finer = /[1-9]/.test(fraction.slice(3)) ? 1 : 0;
   const offset = sign * (offsetHours * 60 + offsetMinutes) * 60_000;
-  return date.getTime() + finer - offset;
+  const at = date.getTime() + finer - offset;
+  // And only at the end of a month (RFC 3339 5.7): the second it reads as is a month's first.
+  if (second === 60 && new Date(at).getUTCDate() !== 1) return undefined;
+  return at;
 }
 
 function daysInMonth(year: number, month: number): number {

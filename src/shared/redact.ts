@@ -177,7 +177,13 @@ export function shownUrl(value: string): string {
   }
   // An "@" the parser did not take for the end of credentials: they were read as the host, port or
   // path (`htps:///user:pw@host`, `https://user:12/pw@host`), where they would be shown.
-  if (value.includes('@') && u.username === '' && u.password === '') return unparsed;
+  // So is an "@" after the credentials it did take (a password "p@ss/word" unencoded: `ss` read as
+  // the host, `/word@host` as the path).
+  if (
+    value.includes('@') &&
+    ((u.username === '' && u.password === '') || /@/.test(u.pathname + u.search + u.hash))
+  )
+    return unparsed;
   // Built from the parsed URL: a text scrubber may stop short of where the parser went on.
   if (u.username === '' && u.password === '' && u.search === '' && u.hash === '' && !/[@?#]/.test(value)) {
     return JSON.stringify(value);
