@@ -19,7 +19,7 @@ import type { JobKind } from '../src/polling/tracker.js';
 import { ConfigError, PlatformError } from '../src/shared/errors.js';
 import { openSqliteStore } from '../src/store/sqlite.js';
 import { logSink } from './helpers/log-sink.js';
-import { killAll, spawnCli } from './helpers/spawn.js';
+import { type CliProcess, killAll, spawnCli } from './helpers/spawn.js';
 import { SECRET, TOKEN } from './helpers/stack.js';
 
 const T0 = Date.UTC(2026, 0, 1, 12);
@@ -626,17 +626,45 @@ describe('watch --all', () => {
     killAll();
     await Promise.all(sims.splice(0).map((s) => s.close()));
   });
-  async function sim(): Promise<{ sim: Simulator; env: Record<string, string> }> {
+  /**
+   * Pending for an hour of the simulator's clock: however long the CLI takes to start, such jobs
+   * are unfinished when listed; `finishOnceListed` moves the clock past their end once they are.
+   */
+  const LONG = { pendingMs: 3_600_000, runningMs: 1000 };
+
+  /** Once `watch --all` says what it is watching (the listing is done), ends every LONG job. */
+  async function finishOnceListed(p: CliProcess, advance: (ms: number) => void): Promise<void> {
+    await new Promise<void>((resolve) => {
+      const check = () => {
+        if (/watching \d+ /.test(p.stderr())) resolve();
+      };
+      p.child.stderr?.on('data', check);
+      check();
+    });
+    advance(LONG.pendingMs + LONG.runningMs);
+  }
+
+  /** The simulator's clock runs `ahead` ms ahead of the real one; `advance` moves it on. */
+  async function sim(): Promise<{
+    sim: Simulator;
+    env: Record<string, string>;
+    advance: (ms: number) => void;
+  }> {
+    let ahead = 0;
     const s = new Simulator({
       seed: 33,
       token: TOKEN,
       timing: { pendingMs: [1500, 2500], runningMs: [300, 900] },
+      now: () => Date.now() + ahead,
     });
     sims.push(s);
     const url = await s.start();
     // A budget that spaces calls 10 ms apart, so the listing at start takes no time to speak of.
     return {
       sim: s,
+      advance: (ms) => {
+        ahead += ms;
+      },
       env: {
         SB_API_ENDPOINT: url,
         SB_AUTH_TOKEN: TOKEN,
@@ -648,11 +676,12 @@ describe('watch --all', () => {
   }
 
   it('waits for every unfinished export and import of the user, listed once at start, and ends when they are finished', async () => {
-    const { sim: s, env } = await sim();
+    const { sim: s, env, advance } = await sim();
     s.createExports(2, { pendingMs: 0, runningMs: 0, outcome: 'COMPLETED' });
-    const exports = s.createExports(3, { outcome: 'COMPLETED' });
-    const imports = s.createImports(2, { outcome: 'COMPLETED' });
+    const exports = s.createExports(3, { ...LONG, outcome: 'COMPLETED' });
+    const imports = s.createImports(2, { ...LONG, outcome: 'COMPLETED' });
     const p = spawnCli(['watch', '--all', '--json'], env);
+    await finishOnceListed(p, advance);
     const { code } = await p.exited;
     expect(code).toBe(0);
     const records = p
@@ -668,13 +697,14 @@ describe('watch --all', () => {
   });
 
   it('with --kind, only that kind; exit 1 when one of them FAILED', async () => {
-    const { sim: s, env } = await sim();
+    const { sim: s, env, advance } = await sim();
     s.createExports(2);
     const imports = [
-      ...s.createImports(1, { outcome: 'COMPLETED' }),
-      ...s.createImports(1, { outcome: 'FAILED' }),
+      ...s.createImports(1, { ...LONG, outcome: 'COMPLETED' }),
+      ...s.createImports(1, { ...LONG, outcome: 'FAILED' }),
     ];
     const p = spawnCli(['watch', '--all', '--kind', 'import', '--json'], env);
+    await finishOnceListed(p, advance);
     expect((await p.exited).code).toBe(1);
     const ids = p
       .stdout()
