@@ -32,7 +32,7 @@ import {
 } from '../polling/tracker.js';
 import { Bus } from '../shared/bus.js';
 import { settlesWithin } from '../shared/deadline.js';
-import { UsageError } from '../shared/errors.js';
+import { PlatformError, UsageError } from '../shared/errors.js';
 import { Redactor } from '../shared/redact.js';
 import { oneLine, outcomeProblem, roundedDuration, textOf } from './error-report.js';
 
@@ -169,19 +169,52 @@ export async function runWatch(options: WatchOptions): Promise<number> {
     if (options.all) {
       const list = daemon.listUnfinished?.bind(daemon);
       if (!list) throw new Error('watch --all: this daemon cannot list jobs');
-      for (const kind of options.all) jobs[kind] = new Set(await list(kind));
+      // A deployment without one kind's list route (imports, say) answers 404 there: with both
+      // kinds asked for, the other is still watched; only when every listing fails is it an error.
+      const failures: Array<{ kind: JobKind; error: Error }> = [];
+      for (const kind of options.all) {
+        try {
+          jobs[kind] = new Set(await list(kind));
+        } catch (error) {
+          const missing =
+            error instanceof PlatformError &&
+            error.code === 'PLATFORM_REJECTED' &&
+            (error.status === 404 || error.status === 405);
+          if (!missing || options.all.length === 1) throw error;
+          failures.push({ kind, error });
+        }
+      }
+      // Not one listing was read: the endpoint, not a kind, is the likelier cause.
+      if (failures.length === options.all.length) throw failures[0]?.error;
+      for (const { kind, error } of failures) {
+        say(
+          `warning: the platform has no listing of ${kind}s (${error.message}); only the other kind is watched`,
+        );
+      }
       progress.total = total();
       if (total() === 0) {
         say(`no unfinished ${options.all.map((k) => `${k}s`).join(' or ')} to watch`);
         return { kind: 'settled' };
       }
     }
+    const watchIds = (kind: JobKind, ids: string[]) =>
+      kind === 'export' ? daemon.registry.watch(ids, null) : daemon.registry.watch(ids, null, kind);
     for (const kind of ['export', 'import'] as const) {
       if (jobs[kind].size === 0) continue;
       const ids = [...jobs[kind]];
-      const result = await (kind === 'export'
-        ? daemon.registry.watch(ids, null)
-        : daemon.registry.watch(ids, null, kind));
+      let result = await watchIds(kind, ids);
+      if (options.all && result.conflicts && result.conflicts.length > 0) {
+        // Listed by the platform, not given by the user: those are left out, the rest watched
+        // (the store adds a request whole or not at all).
+        const refused = new Set(result.conflicts);
+        say(
+          `warning: the platform listed ${refused.size} ${kind}${refused.size === 1 ? '' : 's'} whose ids are watched as the other kind; not watched: ${result.conflicts.slice(0, 5).join(', ')}`,
+        );
+        jobs[kind] = new Set(ids.filter((id) => !refused.has(id)));
+        progress.total = total();
+        result =
+          jobs[kind].size > 0 ? await watchIds(kind, [...jobs[kind]]) : { accepted: [], alreadyWatched: [] };
+      }
       if (result.conflicts && result.conflicts.length > 0) {
         throw new UsageError(
           `${result.conflicts.length} of the ${kind} ids ${result.conflicts.length === 1 ? 'is' : 'are'} also given as ${kind === 'export' ? 'import' : 'export'}s: ${result.conflicts.slice(0, 5).join(', ')}`,

@@ -393,11 +393,13 @@ export class PlatformClient {
     let oddCount = 0;
     for (const item of json.items as unknown[]) {
       const v = item as { id?: unknown; state?: unknown } | null;
-      if (!v || typeof v.id !== 'string' || typeof v.state !== 'string') continue;
-      if (EXPORT_ID_PATTERN.test(v.id)) {
+      if (!v || typeof v !== 'object' || typeof v.state !== 'string') continue;
+      if (typeof v.id === 'string' && EXPORT_ID_PATTERN.test(v.id)) {
         items.push({ id: v.id, state: v.state });
-      } else if (++oddCount <= 3) {
-        odd.push(v.id.length > 64 ? `${v.id.slice(0, 64)}…` : v.id);
+      } else if (v.id !== undefined && ++oddCount <= 3) {
+        // Not a job id either: a number, an object (shown by its type), an over-long string.
+        const shown = typeof v.id === 'string' ? v.id : `(${v.id === null ? 'null' : typeof v.id})`;
+        odd.push(shown.length > 64 ? `${shown.slice(0, 64)}…` : shown);
       }
     }
     if (oddCount > 0) {

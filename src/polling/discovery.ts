@@ -213,12 +213,14 @@ export class Discovery {
           break;
         }
       }
-      if (page.next !== undefined && !at.seen.has(pageKey(page.next)) && at.seen.size < MAX_LIST_PAGES) {
-        at.seen.add(pageKey(page.next));
-        at = { list: at.list, next: page.next, seen: at.seen };
+      // An empty page is the end of an offset-paged listing, whatever next page it names.
+      const next = page.items.length === 0 ? undefined : page.next;
+      if (next !== undefined && !at.seen.has(pageKey(next)) && at.seen.size < MAX_LIST_PAGES) {
+        at.seen.add(pageKey(next));
+        at = { list: at.list, next, seen: at.seen };
         continue;
       }
-      if (page.next !== undefined) {
+      if (next !== undefined) {
         log.warn(
           { kind, state, pages: at.seen.size + 1 },
           'discovery listing links back to a page already read, or is longer than any account; ending that listing',
@@ -273,7 +275,8 @@ export async function listUnfinished(read: PageReader, kind: JobKind): Promise<s
         for (const item of page.items) {
           if ((UNFINISHED_STATES as readonly string[]).includes(item.state)) ids.add(item.id);
         }
-        if (page.next === undefined) break;
+        // An empty page is the end of an offset-paged listing, whatever next page it names.
+        if (page.next === undefined || page.items.length === 0) break;
         // A next page already read (a link that loops) or a listing past any real account ends it,
         // and it is not read again.
         if (seen.has(pageKey(page.next)) || seen.size >= MAX_LIST_PAGES) {
@@ -307,8 +310,10 @@ export function pageKey(next: string): string {
   const query = next.indexOf('?');
   const offset = query < 0 ? null : new URLSearchParams(next.slice(query + 1)).get('offset');
   if (offset === null) return next;
-  // As a number: `0100`, `+100` and ` 100` are the page at 100 too, to a server that reads the number.
-  return `offset=${/^\s*\+?0*(\d+)\s*$/.exec(offset)?.[1] ?? offset}`;
+  // As a number: `0100`, `+100`, ` 100`, `100.0`, `1e2` and `0x64` are the page at 100 too, to a
+  // server that reads the number (the simulator reads it with `Number`).
+  const number = Number(offset);
+  return `offset=${Number.isFinite(number) ? String(number) : offset}`;
 }
 
 function isCode(error: unknown, code: string): boolean {

@@ -1,0 +1,82 @@
+/**
+ * Listing edges of discovery and `watch --all`.
+ */
+import { describe, expect, it } from 'vitest';
+import type { JobPage } from '../src/platform/platform-client.js';
+import { Discovery, listUnfinished, pageKey } from '../src/polling/discovery.js';
+import { PlatformError } from '../src/shared/errors.js';
+import { logSink } from './helpers/log-sink.js';
+
+describe('a next link back to an offset already read, its number written another way', () => {
+  it('pageKey takes 100.0, 1e2 and 0x64 as the page at 100, as a server that reads the number does', () => {
+    // The simulator reads the offset with Number(): each of these is the page at 100 there.
+    for (const spelled of ['100.0', '100.00', '1e2', '10e1', '0x64']) {
+      expect(Number(spelled)).toBe(100);
+      expect(pageKey(`/storage/exports?state=PENDING&offset=${spelled}`)).toBe(
+        pageKey('/storage/exports?state=PENDING&offset=100'),
+      );
+    }
+  });
+
+  it('listUnfinished ends a listing whose next link comes back to offset 100 as 100.0, 100.00, ...', async () => {
+    let reads = 0;
+    const spelled = async (): Promise<JobPage> => {
+      reads++;
+      // The same page at offset 100 each time, written with one more trailing zero.
+      return {
+        items: [{ id: 'x', state: 'PENDING' }],
+        next: `/storage/exports?state=PENDING&offset=100.${'0'.repeat(reads)}`,
+      };
+    };
+    expect(await listUnfinished(spelled, 'export')).toEqual(['x']);
+    // PENDING and RUNNING: the first page, the page at 100, then the link back to it ends each.
+    expect(reads).toBeLessThanOrEqual(6);
+  });
+
+  it('discovery does not spend pass after pass of its share on one page whose offset is respelled', async () => {
+    let reads = 0;
+    const asked: string[] = [];
+    const { log } = logSink();
+    const discovery = new Discovery({
+      kinds: ['export'],
+      intervalMs: 10_000,
+      gate: { left: () => 10, max: 10 },
+      log,
+      list: async (_kind, from) => {
+        reads++;
+        if (reads > 50) throw new PlatformError('SHARE_SPENT', "this window's share is spent");
+        asked.push('state' in from ? from.state : from.next);
+        if ('state' in from && from.state === 'RUNNING')
+          return { items: [{ id: 'running-1', state: 'RUNNING' }], next: undefined };
+        return {
+          items: [{ id: 'pending-1', state: 'PENDING' }],
+          next: `/storage/exports?state=PENDING&offset=1${'0'.repeat(reads + 1)}e-${reads - 1}`,
+        };
+      },
+      add: async (_kind, ids) => ({ accepted: [...ids] }),
+    });
+    const report = await discovery.runRound();
+    // The RUNNING listing is reached in the same round, after a few pages at most.
+    expect(asked).toContain('RUNNING');
+    expect(report?.complete).toBe(true);
+  });
+});
+
+describe('an empty page that promises more', () => {
+  it('listUnfinished ends the listing there instead of following fresh offsets 10,000 pages deep', async () => {
+    let reads = 0;
+    // One job, then empty pages, each naming the next offset: an offset-paged listing has nothing
+    // past an empty page (the platform pages by offset, docs/platform-api.md §3).
+    const read = async (_kind: unknown, from: { state: string } | { next: string }): Promise<JobPage> => {
+      reads++;
+      const offset = 'state' in from ? 0 : Number(new URLSearchParams(from.next.split('?')[1]).get('offset'));
+      return {
+        items: offset === 0 ? [{ id: 'only-1', state: 'PENDING' }] : [],
+        next: `/storage/exports?state=PENDING&offset=${offset + 100}`,
+      };
+    };
+    expect(await listUnfinished(read, 'export')).toEqual(['only-1']);
+    // Each state: the first page and the empty one after it (and a second reading of both).
+    expect(reads).toBeLessThanOrEqual(8);
+  });
+});

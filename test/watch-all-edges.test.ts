@@ -1,0 +1,98 @@
+/**
+ * `watch --all` against a platform whose listings name one id as both an export and an import.
+ */
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import { killAll, spawnCli } from './helpers/spawn.js';
+import { TOKEN } from './helpers/stack.js';
+
+const servers: Server[] = [];
+afterEach(async () => {
+  killAll();
+  await Promise.all(servers.splice(0).map((s) => new Promise((r) => s.close(r))));
+});
+
+/** Lists `exports` and `imports` (one page each, whatever the state asked for); every bulk get answers COMPLETED. */
+async function platform(lists: { exports: string[]; imports: string[] | 'no route' }): Promise<string> {
+  const server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      const url = new URL(req.url ?? '/', 'http://127.0.0.1');
+      const send = (status: number, body: unknown) => {
+        const text = JSON.stringify(body);
+        res.writeHead(status, {
+          'content-type': 'application/json',
+          'content-length': Buffer.byteLength(text),
+        });
+        res.end(text);
+      };
+      const path = url.pathname;
+      if (path.endsWith('/rate_limit'))
+        return send(200, { rate: { limit: 1000, remaining: 1000, reset: 0 } });
+      const list = /\/storage\/(exports|imports)$/.exec(path);
+      if (list && req.method === 'GET' && !(list[1] === 'imports' && lists.imports === 'no route')) {
+        const state = url.searchParams.get('state');
+        const ids = list[1] === 'exports' ? lists.exports : (lists.imports as string[]);
+        return send(200, { items: state === 'RUNNING' ? ids.map((id) => ({ id, state })) : [], links: [] });
+      }
+      const bulk = /\/bulk\/storage\/(exports|imports)\/get$/.exec(path);
+      if (bulk) {
+        const body = JSON.parse(Buffer.concat(chunks).toString('utf8')) as Record<string, string[]>;
+        const ids = body.export_ids ?? body.import_ids ?? [];
+        return send(200, { items: ids.map((id) => ({ resource: { id, state: 'COMPLETED' } })) });
+      }
+      send(404, { status: 404, code: 90003, message: 'Not found' });
+    });
+  });
+  servers.push(server);
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return `http://127.0.0.1:${(server.address() as AddressInfo).port}/v2`;
+}
+
+describe('watch --all', () => {
+  it('watches the rest when the platform lists one id as both an export and an import (no usage error)', async () => {
+    const url = await platform({ exports: ['SHARED1', 'E2'], imports: ['SHARED1', 'I2'] });
+    const p = spawnCli(['watch', '--all', '--json'], {
+      SB_API_ENDPOINT: url,
+      SB_AUTH_TOKEN: TOKEN,
+      WATCHER_POLL_INTERVAL: '200ms',
+      WATCHER_RATE_BUDGET: '1000',
+      WATCHER_RATE_WINDOW: '10s',
+    });
+    const { code } = await p.exited;
+    // Exit 2 is "usage or configuration error": the user gave no ids at all.
+    expect(p.stderr()).not.toMatch(/also given as/);
+    expect(code).not.toBe(2);
+    const ids = p
+      .stdout()
+      .trim()
+      .split('\n')
+      .filter((l) => l !== '')
+      .map((l) => (JSON.parse(l) as { id: string }).id);
+    expect(ids).toEqual(expect.arrayContaining(['E2', 'I2']));
+  });
+
+  it('on a deployment without imports (404 on /storage/imports), still watches the exports it listed', async () => {
+    const url = await platform({ exports: ['E1', 'E2'], imports: 'no route' });
+    const p = spawnCli(['watch', '--all', '--json'], {
+      SB_API_ENDPOINT: url,
+      SB_AUTH_TOKEN: TOKEN,
+      WATCHER_POLL_INTERVAL: '200ms',
+      WATCHER_RATE_BUDGET: '1000',
+      WATCHER_RATE_WINDOW: '10s',
+    });
+    const { code } = await p.exited;
+    // The endpoint is right (the exports were listed): blaming it is wrong.
+    expect(p.stderr()).not.toMatch(/check SB_API_ENDPOINT/);
+    expect(code).toBe(0);
+    const ids = p
+      .stdout()
+      .trim()
+      .split('\n')
+      .filter((l) => l !== '')
+      .map((l) => (JSON.parse(l) as { id: string }).id);
+    expect(ids.sort()).toEqual(['E1', 'E2']);
+  });
+});
