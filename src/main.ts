@@ -232,8 +232,9 @@ export class Daemon {
 
     this.tracker = new Tracker({});
     this.metrics = new Metrics({
-      exportsByState: () => store.countExports('export'),
-      importsByState: () => store.countExports('import'),
+      // Each counts the table (O(watched)); a burst of scrapes (the route is open) shares them too.
+      exportsByState: sharedFor(500, () => store.countExports('export')),
+      importsByState: sharedFor(500, () => store.countExports('import')),
       rateLimit: () => this.limiter.snapshot(),
       // Three gauges read these counts at each scrape: one query serves them all.
       deliveries: sharedFor(500, () => store.deliveryCounts()),

@@ -37,7 +37,9 @@
  * daemons in one process never collide. Counters and histograms are fed by the daemon's events
  * (`attach(bus)`); gauges of current state are read from the sources given to the constructor at
  * scrape time (the store's counts among them), so they cost nothing between scrapes and are never
- * stale.
+ * stale. A store-backed source that fails or takes longer than `storeTimeoutMs` leaves its gauges
+ * out of that scrape (no sample, rather than a zero or a stale value); the rest is served, so a
+ * replica without its database still shows `leader{role="disconnected"} 1`.
  */
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
 import type { RateSnapshot } from '../platform/rate-limiter.js';
@@ -190,7 +192,8 @@ export const METRIC_DESCRIPTIONS: readonly MetricDescription[] = Object.values(M
  * What the rate gauges read from the limiter at scrape time. `RateLimiter.snapshot()` satisfies
  * it as is: pass `() => limiter.snapshot()`.
  */
-export type RateLimitSource = Pick<RateSnapshot, 'budget' | 'spent' | 'platformRemaining'>;
+export type RateLimitSource = Pick<RateSnapshot, 'budget' | 'spent' | 'platformRemaining'> &
+  Partial<Pick<RateSnapshot, 'probing'>>;
 
 /** Where the gauges of current state are read from, at every scrape. */
 export interface MetricsSources {
@@ -206,6 +209,38 @@ export interface MetricsSources {
   now?: () => number;
   /** This replica's role in the leader election; `leader` when absent (SQLite: one process). */
   role?: () => LeaderRole;
+  /**
+   * How long a scrape waits for a store-backed source (ms; default `STORE_READ_TIMEOUT_MS`). One
+   * that fails or takes longer leaves its gauges out of that scrape; the rest is served.
+   */
+  storeTimeoutMs?: number;
+}
+
+/** A scrape waits this long for the store's counts (PostgreSQL over a silent network: forever). */
+export const STORE_READ_TIMEOUT_MS = 5000;
+
+/** `read()`'s value, or undefined when it fails or has not settled within `ms`. */
+async function within<T>(ms: number, read: () => Promise<T>): Promise<T | undefined> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<undefined>((resolve) => {
+    timer = setTimeout(() => resolve(undefined), ms);
+    timer.unref();
+  });
+  try {
+    const reading = Promise.resolve()
+      .then(read)
+      .catch(() => undefined);
+    return await Promise.race([reading, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** No sample at all: for a gauge whose source could not be read in this scrape. */
+function clear(gauge: Gauge<string>, labelled: boolean): void {
+  gauge.reset();
+  // An unlabelled gauge's reset leaves a 0 sample, which would read as a value.
+  if (!labelled) gauge.remove();
 }
 
 export class Metrics {
@@ -230,6 +265,14 @@ export class Metrics {
       }
     }
     this.#now = sources.now;
+    const storeMs = sources.storeTimeoutMs ?? STORE_READ_TIMEOUT_MS;
+    const exportsByState = () => within(storeMs, sources.exportsByState);
+    const importsByState = () =>
+      within(
+        storeMs,
+        async () => (await sources.importsByState?.()) ?? ({} as Partial<Record<ExportState, number>>),
+      );
+    const deliveries = () => within(storeMs, sources.deliveries);
     const registry = new Registry();
     this.registry = registry;
     collectDefaultMetrics({ register: registry });
@@ -241,7 +284,8 @@ export class Metrics {
       labelNames: M.exports.labels,
       registers,
       async collect() {
-        const counts = await sources.exportsByState();
+        const counts = await exportsByState();
+        if (counts === undefined) return clear(this, true);
         // Every state, zeros included, so a state that empties shows 0 rather than vanishing.
         for (const state of EXPORT_STATES) this.set({ state }, counts[state] ?? 0);
       },
@@ -252,7 +296,8 @@ export class Metrics {
       labelNames: M.imports.labels,
       registers,
       async collect() {
-        const counts: Partial<Record<ExportState, number>> = (await sources.importsByState?.()) ?? {};
+        const counts: Partial<Record<ExportState, number>> | undefined = await importsByState();
+        if (counts === undefined) return clear(this, true);
         for (const state of EXPORT_STATES) this.set({ state }, counts[state] ?? 0);
       },
     });
@@ -301,9 +346,10 @@ export class Metrics {
       help: M.platformRemaining.help,
       registers,
       collect() {
-        const remaining = sources.rateLimit().platformRemaining;
-        // Absent rather than a made-up number while the platform has not said.
-        if (remaining === undefined) this.remove();
+        const { platformRemaining: remaining, probing } = sources.rateLimit();
+        // Absent rather than a made-up number while the platform has not said (a probe's count
+        // of 1 is the limiter's own, not the platform's).
+        if (remaining === undefined || probing === true) this.remove();
         else this.set(remaining);
       },
     });
@@ -340,7 +386,9 @@ export class Metrics {
       help: M.deliveriesPending.help,
       registers,
       async collect() {
-        this.set((await sources.deliveries()).pending);
+        const counts = await deliveries();
+        if (counts === undefined) return clear(this, false);
+        this.set(counts.pending);
       },
     });
     new Gauge({
@@ -349,7 +397,8 @@ export class Metrics {
       labelNames: M.deliveriesStored.labels,
       registers,
       async collect() {
-        const counts = await sources.deliveries();
+        const counts = await deliveries();
+        if (counts === undefined) return clear(this, true);
         for (const status of DELIVERY_STATUSES) this.set({ status }, counts[status]);
       },
     });
@@ -359,7 +408,9 @@ export class Metrics {
       help: M.oldestPending.help,
       registers,
       async collect() {
-        const { oldestPendingAt } = await sources.deliveries();
+        const counts = await deliveries();
+        if (counts === undefined) return clear(this, false);
+        const { oldestPendingAt } = counts;
         this.set(oldestPendingAt === null ? 0 : Math.max(0, (now() - oldestPendingAt) / 1000));
       },
     });

@@ -92,6 +92,11 @@ export interface RateSnapshot {
   allowance: number;
   platformLimit: number | undefined;
   platformRemaining: number | undefined;
+  /**
+   * The platform said nothing is left and not until when: one probe call is let go, on a count of
+   * 1 that is this limiter's own (`platformRemaining` then), until an answer says what is left.
+   */
+  probing: boolean;
   /** End of the current budget window. */
   windowEndsAt: number | undefined;
   /** The platform's reported reset, while its count is known. */
@@ -451,6 +456,7 @@ export class RateLimiter {
       allowance: this.#allowance(),
       platformLimit: this.#platformLimit,
       platformRemaining: this.#platformRemaining,
+      probing: this.#probing,
       windowEndsAt: this.#budgetEnd,
       platformResetAt: this.#platformResetAt,
       spacingMs: this.#spacingMs,
