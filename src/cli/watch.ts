@@ -191,6 +191,16 @@ export async function runWatch(options: WatchOptions): Promise<number> {
           `warning: the platform has no listing of ${kind}s (${error.message}); only the other kind is watched`,
         );
       }
+      // Listed as both kinds: which one it is cannot be told, so neither is watched (README).
+      const both = [...jobs.export].filter((id) => jobs.import.has(id));
+      if (both.length > 0) {
+        const shared = new Set(both);
+        for (const kind of ['export', 'import'] as const)
+          jobs[kind] = new Set([...jobs[kind]].filter((id) => !shared.has(id)));
+        say(
+          `warning: the platform listed ${both.length} job${both.length === 1 ? '' : 's'} as both an export and an import; not watched: ${both.slice(0, 5).join(', ')}`,
+        );
+      }
       progress.total = total();
       if (total() === 0) {
         say(`no unfinished ${options.all.map((k) => `${k}s`).join(' or ')} to watch`);

@@ -95,6 +95,11 @@ export interface JobPage {
   items: Array<{ id: string; state: string }>;
   /** The path (under the endpoint) of the page named by `links[rel=next]`; undefined on the last. */
   next: string | undefined;
+  /**
+   * How many items the platform's page held, before those that are not jobs the client can name
+   * were left out (`items` may be empty on a page that was not). Absent: `items.length`.
+   */
+  listed?: number;
 }
 export interface RetryPolicy {
   /** Retries of transient errors (5xx, timeouts, bad bodies, network) within one call. */
@@ -411,7 +416,11 @@ export class PlatformClient {
     // The state asked for stays that of every page of the listing (see `#nextPath`).
     const state =
       'next' in from ? new URLSearchParams(path.slice(path.indexOf('?') + 1)).get('state') : from.state;
-    return { items, next: this.#nextPath(json.links, kind, state) };
+    return {
+      items,
+      next: this.#nextPath(json.links, kind, state),
+      listed: Array.isArray(json.items) ? json.items.length : items.length,
+    };
   }
 
   /**

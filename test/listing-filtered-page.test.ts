@@ -1,0 +1,79 @@
+/**
+ * A platform page whose items the client filters out (ids that are not job ids) is not an
+ * empty page of the platform's: the listing goes on to the next page, where real jobs are.
+ */
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import { Discovery, listUnfinished } from '../src/polling/discovery.js';
+import { logSink } from './helpers/log-sink.js';
+import { closeAll, startWatcher } from './hostile/hostile-watcher.js';
+
+const TOKEN = 'tok_LIST_filtered_7a1c';
+const servers: Server[] = [];
+afterEach(async () => {
+  await closeAll();
+  await Promise.all(servers.splice(0).map((s) => new Promise((r) => s.close(r))));
+});
+
+/** PENDING exports: offset 0 holds only odd ids (not job ids), offset 100 holds a real one. */
+async function platform(): Promise<string> {
+  const server = createServer((req, res) => {
+    const url = new URL(req.url ?? '/', 'http://127.0.0.1');
+    const send = (status: number, body: unknown) => {
+      const text = JSON.stringify(body);
+      res.writeHead(status, {
+        'content-type': 'application/json',
+        'content-length': Buffer.byteLength(text),
+      });
+      res.end(text);
+    };
+    if (url.pathname.endsWith('/rate_limit'))
+      return send(200, { rate: { limit: 1000, remaining: 1000, reset: 0 } });
+    if (url.pathname.endsWith('/storage/exports') && url.searchParams.get('state') === 'PENDING') {
+      const offset = Number(url.searchParams.get('offset') ?? '0');
+      if (offset === 0)
+        return send(200, {
+          items: [
+            { id: 'legacy.job.1', state: 'PENDING' },
+            { id: 'legacy.job.2', state: 'PENDING' },
+          ],
+          links: [{ rel: 'next', href: `${url.pathname}?state=PENDING&limit=100&offset=100` }],
+        });
+      if (offset === 100) return send(200, { items: [{ id: 'real-job-1', state: 'PENDING' }], links: [] });
+    }
+    if (url.pathname.endsWith('/storage/exports') || url.pathname.endsWith('/storage/imports'))
+      return send(200, { items: [], links: [] });
+    send(404, { status: 404, code: 90003, message: 'Not found' });
+  });
+  servers.push(server);
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return `http://127.0.0.1:${(server.address() as AddressInfo).port}/v2`;
+}
+
+describe('a page whose every item the client left out, more pages following', () => {
+  it('listUnfinished (watch --all) still reads the next page and finds the real job', async () => {
+    const w = await startWatcher(await platform(), TOKEN);
+    const ids = await listUnfinished((kind, from) => w.daemon.client.listPage(kind, from), 'export');
+    expect(ids).toEqual(['real-job-1']);
+  });
+
+  it('discovery still reads the next page and adds the real job', async () => {
+    const w = await startWatcher(await platform(), TOKEN);
+    const added: string[] = [];
+    const { log } = logSink();
+    const discovery = new Discovery({
+      kinds: ['export'],
+      intervalMs: 10_000,
+      gate: { left: () => 100, max: 100 },
+      log,
+      list: (kind, from) => w.daemon.client.listPage(kind, from),
+      add: async (_kind, ids) => {
+        added.push(...ids);
+        return { accepted: [...ids] };
+      },
+    });
+    await discovery.runRound();
+    expect(added).toEqual(['real-job-1']);
+  });
+});
