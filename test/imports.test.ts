@@ -499,6 +499,7 @@ describe('PlatformClient with imports', () => {
     expect(page).toEqual({
       items: [{ id: 'a', state: 'PENDING' }],
       next: '/storage/imports?offset=100&limit=100&state=PENDING',
+      listed: 1,
     });
     await other.listPage('import', { next: page.next! });
     expect(seen).toEqual([
