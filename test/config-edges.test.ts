@@ -7,10 +7,11 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { readEnvironment, runCli } from '../src/cli.js';
+import { parseTimeout, readEnvironment, runCli } from '../src/cli.js';
 import { type Env, loadConfig } from '../src/config/config.js';
 import { parseCredentials } from '../src/config/profiles.js';
 import { ConfigError } from '../src/shared/errors.js';
+import { shownUrl } from '../src/shared/redact.js';
 
 function problems(env: Env): string[] {
   try {
@@ -29,6 +30,13 @@ async function cli(args: string[], env: Env | (() => Env)): Promise<{ code: numb
 }
 
 const PASSWORD = 'Hunter2-Secret-pw';
+/** The part of a password after an "@" typed in it. */
+const TAIL = 'Secret-tail-pw';
+
+/** Neither password, nor the tail of one, in `text` (a host is shown lowercased). */
+function expectNoPassword(text: string): void {
+  for (const secret of [PASSWORD, TAIL]) expect(text.toLowerCase()).not.toContain(secret.toLowerCase());
+}
 
 describe('a URL whose credentials the parser misreads as host or path is echoed whole', () => {
   // A scheme typo plus one slash too many, or a password that starts with digits and holds a "/",
@@ -40,20 +48,33 @@ describe('a URL whose credentials the parser misreads as host or path is echoed 
     ['SB_API_ENDPOINT', `https://user:1234/${PASSWORD}@api.example/v2?x=1`],
     ['WATCHER_WEBHOOK_URLS', `https://ok.example/x,htps://user:1234/${PASSWORD}@hooks.example/y`],
     ['HTTPS_PROXY', `socks5:///user:${PASSWORD}@proxy.example:1080`],
+    // A password holding "@" then "/", "\\", "?" or "#", typed unencoded: the userinfo ends at its
+    // first "@", and the rest of it is read as the host and the path (lowercased).
+    ['SB_API_ENDPOINT', `ftp://user:Hunter2@${TAIL}/x@api.example/v2`],
+    ['HTTPS_PROXY', `socks5://user:Hunter2@${TAIL}/x@proxy.example:1080`],
+    ['SB_API_ENDPOINT', `htps://user:Hunter2@${TAIL}?x@api.example/v2`],
+    ['WATCHER_DATABASE_URL', `postgress://user:Hunter2@${TAIL}/x@db.example/watcher`],
+    ['WATCHER_DATABASE_URL', `http://user:Hunter2@${TAIL}\\x@db.example/watcher`],
   ])('%s=%j', (name, value) => {
     const lines = problems({ [name]: value });
     expect(lines.length).toBeGreaterThan(0);
-    for (const line of lines) expect(line).not.toContain(PASSWORD);
+    for (const line of lines) expectNoPassword(line);
   });
 
-  it('through the CLI too (the report scrubs no further)', async () => {
-    const { code, err } = await cli(['get', 'x1'], {
-      SB_AUTH_TOKEN: 'tok-123456',
-      HOME: '/nonexistent',
-      SB_API_ENDPOINT: `htps:///user:${PASSWORD}@api.example/v2`,
-    });
-    expect(code).toBe(2);
-    expect(err).not.toContain(PASSWORD);
+  it('through the CLI too (its report scrubs only the password the parser found)', async () => {
+    for (const endpoint of [
+      `htps:///user:${PASSWORD}@api.example/v2`,
+      `ftp://user:Hunter2@${TAIL}/x@api.example/v2`,
+    ]) {
+      const { code, err } = await cli(['get', 'x1'], {
+        SB_AUTH_TOKEN: 'tok-123456',
+        HOME: '/nonexistent',
+        SB_API_ENDPOINT: endpoint,
+      });
+      expect(code).toBe(2);
+      expectNoPassword(err);
+    }
+    expectNoPassword(shownUrl(`https://user:Hunter2@${TAIL}/x@api.example/v2`));
   });
 
   it('WATCHER_DATABASE_URL with a mistyped scheme shows the database password', () => {
@@ -76,6 +97,10 @@ describe('a duration past its bound is accepted once rounded to a whole millisec
     ['WATCHER_RATE_WINDOW', '999.5ms'], // below 1s
   ])('%s=%j', (name, value) => {
     expect(problems({ [name]: value })).toHaveLength(1);
+  });
+
+  it('--timeout too: 0.5 (below 1ms) is refused, not taken as 1ms', () => {
+    expect(() => parseTimeout('0.5', undefined)).toThrow(/--timeout/);
   });
 });
 
@@ -126,7 +151,34 @@ describe('a URL with a tab or newline inside', () => {
     ['SB_API_ENDPOINT', 'https://api.example/v2\nfoo'],
     ['SB_API_ENDPOINT', 'https://api.exa\tmple/v2'],
     ['WATCHER_WEBHOOK_URLS', 'https://hooks.example/a\nb'],
+    ['HTTPS_PROXY', 'http://proxy.exa\tmple:3128'],
+    ['HTTP_PROXY', 'http://proxy.example:31\n28'],
+    ['WATCHER_DATABASE_URL', 'postgres://u:pw@db.exa\tmple/watcher'],
   ])('%s=%j is refused', (name, value) => {
     expect(problems({ [name]: value })).toHaveLength(1);
+  });
+});
+
+describe('credentials file continuation lines (configparser, not strict, as the README models it)', () => {
+  // python3 -c 'import configparser as c; p=c.ConfigParser(strict=False); p.read_string(T); print(repr(p["default"]["auth_token"]))'
+  it('a key given again replaces the earlier value and its continuation lines', () => {
+    // configparser (strict=False): auth_token == "tok-new". Before affea39 this file gave
+    // "tok-new" too; now "tok-new\nold-continued", which config.ts refuses as a token.
+    const sameSection = parseCredentials(
+      '[default]\napi_endpoint = https://api.example/v2\nauth_token = tok-old\n    old-continued\nauth_token = tok-new\n',
+    );
+    expect(sameSection.get('default')?.auth_token).toBe('tok-new');
+    // The same with the section given twice ("its keys together, as configparser reads it when not strict").
+    const twice = parseCredentials(
+      '[default]\napi_endpoint = https://api.example/v2\nauth_token = tok-old\n    old-continued\n[default]\nauth_token = tok-new\n',
+    );
+    expect(twice.get('default')?.auth_token).toBe('tok-new');
+  });
+
+  it('a blank line inside a continued value is kept (empty_lines_in_values, the default)', () => {
+    // configparser: "tok\n\nmore" (and "tok" when nothing continues after the blank line).
+    const s = parseCredentials('[default]\nauth_token = tok\n\n    more\napi_endpoint = https://a.example\n');
+    expect(s.get('default')?.auth_token).toBe('tok\n\nmore');
+    expect(s.get('default')?.api_endpoint).toBe('https://a.example');
   });
 });

@@ -49,8 +49,13 @@ describe('a leap second is an RFC 3339 time', () => {
     expect(parseRfc3339('2016-12-31T23:59:60Z')).toBe(NEW_YEAR_2017);
     expect(parseRfc3339('2016-12-31T18:59:60-05:00')).toBe(NEW_YEAR_2017);
     expect(parseRfc3339('2016-12-31T23:59:60.5Z')).toBe(NEW_YEAR_2017 + 500);
-    // Still no :60 where no leap second can be (not the last minute of a UTC day).
+    expect(parseRfc3339('2015-06-30T23:59:60Z')).toBe(Date.UTC(2015, 6, 1));
+    expect(parseRfc3339('2017-01-01T00:59:60+01:00')).toBe(NEW_YEAR_2017);
+    // Still no :60 where no leap second can be: not the last minute of a UTC day, nor of a month
+    // (RFC 3339 5.7: "at the end of months in which a leap second occurs").
     expect(parseRfc3339('2016-12-31T12:30:60Z')).toBeUndefined();
+    expect(parseRfc3339('2026-11-22T23:59:60Z')).toBeUndefined();
+    expect(parseRfc3339('2026-11-22T18:59:60-05:00')).toBeUndefined();
   });
 
   it('GET /v1/events?since=2016-12-31T23:59:60Z is a 200, not "must be an RFC 3339 date-time"', async () => {

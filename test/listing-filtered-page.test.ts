@@ -2,23 +2,22 @@
  * A platform page whose items the client filters out (ids that are not job ids) is not an
  * empty page of the platform's: the listing goes on to the next page, where real jobs are.
  */
-import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { Discovery, listUnfinished } from '../src/polling/discovery.js';
 import { logSink } from './helpers/log-sink.js';
+import { type Cleanups, loopbackPlatform } from './helpers/platform.js';
 import { closeAll, startWatcher } from './hostile/hostile-watcher.js';
 
 const TOKEN = 'tok_LIST_filtered_7a1c';
-const servers: Server[] = [];
+const cleanups: Cleanups = [];
 afterEach(async () => {
   await closeAll();
-  await Promise.all(servers.splice(0).map((s) => new Promise((r) => s.close(r))));
+  for (const c of cleanups.splice(0).reverse()) await c();
 });
 
 /** PENDING exports: offset 0 holds only odd ids (not job ids), offset 100 holds a real one. */
 async function platform(): Promise<string> {
-  const server = createServer((req, res) => {
+  const { url } = await loopbackPlatform(cleanups, (req, res) => {
     const url = new URL(req.url ?? '/', 'http://127.0.0.1');
     const send = (status: number, body: unknown) => {
       const text = JSON.stringify(body);
@@ -46,9 +45,7 @@ async function platform(): Promise<string> {
       return send(200, { items: [], links: [] });
     send(404, { status: 404, code: 90003, message: 'Not found' });
   });
-  servers.push(server);
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  return `http://127.0.0.1:${(server.address() as AddressInfo).port}/v2`;
+  return url;
 }
 
 describe('a page whose every item the client left out, more pages following', () => {

@@ -37,13 +37,14 @@ await describeWithPostgres('/metrics while disconnected', (server) => {
     await server.dropDatabase(databaseUrl);
   });
 
-  it('answers a scrape with leader{role="disconnected"} 1 when the database is unreachable', async () => {
+  /** A replica with its control API, whose database is reached through a proxy the test can cut. */
+  async function throughProxy(token: string): Promise<{ proxy: CuttableProxy; daemon: Daemon }> {
     const target = new URL(databaseUrl);
     const proxy = await CuttableProxy.start({ host: target.hostname, port: Number(target.port || 5432) });
     const config = loadConfig(
       {
         SB_API_ENDPOINT: simUrl,
-        SB_AUTH_TOKEN: 'tok_metrics_disconnected',
+        SB_AUTH_TOKEN: token,
         WATCHER_DATABASE_URL: proxy.via(databaseUrl),
         WATCHER_LEADER_TIMEOUT: '3000ms',
         WATCHER_HTTP_PORT: '0',
@@ -52,6 +53,11 @@ await describeWithPostgres('/metrics while disconnected', (server) => {
       { requireToken: true },
     );
     const daemon = await Daemon.open(config, { log: pino({ level: 'silent' }), api: true });
+    return { proxy, daemon };
+  }
+
+  it('answers a scrape with leader{role="disconnected"} 1 when the database is unreachable', async () => {
+    const { proxy, daemon } = await throughProxy('tok_metrics_disconnected');
     try {
       const api = (await daemon.start()) as string;
       await until(() => daemon.role === 'leader', 'the replica to lead');
@@ -74,20 +80,7 @@ await describeWithPostgres('/metrics while disconnected', (server) => {
   }, 30_000);
 
   it('answers a scrape within seconds when the network to the database goes silent', async () => {
-    const target = new URL(databaseUrl);
-    const proxy = await CuttableProxy.start({ host: target.hostname, port: Number(target.port || 5432) });
-    const config = loadConfig(
-      {
-        SB_API_ENDPOINT: simUrl,
-        SB_AUTH_TOKEN: 'tok_metrics_silent',
-        WATCHER_DATABASE_URL: proxy.via(databaseUrl),
-        WATCHER_LEADER_TIMEOUT: '3000ms',
-        WATCHER_HTTP_PORT: '0',
-        WATCHER_POLL_INTERVAL: '200ms',
-      },
-      { requireToken: true },
-    );
-    const daemon = await Daemon.open(config, { log: pino({ level: 'silent' }), api: true });
+    const { proxy, daemon } = await throughProxy('tok_metrics_silent');
     try {
       const api = (await daemon.start()) as string;
       await until(() => daemon.role === 'leader', 'the replica to lead');

@@ -1,21 +1,20 @@
 /**
  * `watch --all` against a platform whose listings name one id as both an export and an import.
  */
-import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
+import { type Cleanups, loopbackPlatform } from './helpers/platform.js';
 import { killAll, spawnCli } from './helpers/spawn.js';
 import { TOKEN } from './helpers/stack.js';
 
-const servers: Server[] = [];
+const cleanups: Cleanups = [];
 afterEach(async () => {
   killAll();
-  await Promise.all(servers.splice(0).map((s) => new Promise((r) => s.close(r))));
+  for (const c of cleanups.splice(0).reverse()) await c();
 });
 
 /** Lists `exports` and `imports` (one page each, whatever the state asked for); every bulk get answers COMPLETED. */
 async function platform(lists: { exports: string[]; imports: string[] | 'no route' }): Promise<string> {
-  const server = createServer((req, res) => {
+  const { url } = await loopbackPlatform(cleanups, (req, res) => {
     const chunks: Buffer[] = [];
     req.on('data', (c: Buffer) => chunks.push(c));
     req.on('end', () => {
@@ -46,31 +45,34 @@ async function platform(lists: { exports: string[]; imports: string[] | 'no rout
       send(404, { status: 404, code: 90003, message: 'Not found' });
     });
   });
-  servers.push(server);
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  return `http://127.0.0.1:${(server.address() as AddressInfo).port}/v2`;
+  return url;
+}
+
+/** `watch --all --json` against `url`, to its end: its exit code and the ids it printed. */
+async function watchAll(url: string) {
+  const p = spawnCli(['watch', '--all', '--json'], {
+    SB_API_ENDPOINT: url,
+    SB_AUTH_TOKEN: TOKEN,
+    WATCHER_POLL_INTERVAL: '200ms',
+    WATCHER_RATE_BUDGET: '1000',
+    WATCHER_RATE_WINDOW: '10s',
+  });
+  const { code } = await p.exited;
+  const ids = p
+    .stdout()
+    .split('\n')
+    .filter((l) => l !== '')
+    .map((l) => (JSON.parse(l) as { id: string }).id);
+  return { p, code, ids };
 }
 
 describe('watch --all', () => {
   it('leaves out an id the platform lists as both an export and an import, and watches the rest (no usage error)', async () => {
     const url = await platform({ exports: ['SHARED1', 'E2'], imports: ['SHARED1', 'I2'] });
-    const p = spawnCli(['watch', '--all', '--json'], {
-      SB_API_ENDPOINT: url,
-      SB_AUTH_TOKEN: TOKEN,
-      WATCHER_POLL_INTERVAL: '200ms',
-      WATCHER_RATE_BUDGET: '1000',
-      WATCHER_RATE_WINDOW: '10s',
-    });
-    const { code } = await p.exited;
+    const { p, code, ids } = await watchAll(url);
     // Exit 2 is "usage or configuration error": the user gave no ids at all.
     expect(p.stderr()).not.toMatch(/also given as/);
     expect(code).not.toBe(2);
-    const ids = p
-      .stdout()
-      .trim()
-      .split('\n')
-      .filter((l) => l !== '')
-      .map((l) => (JSON.parse(l) as { id: string }).id);
     // Which kind it is cannot be told: it is watched as neither (README), and the total says so.
     expect(p.stderr()).toMatch(/as both an export and an import; not watched: SHARED1/);
     expect(p.stderr()).toMatch(/watching 2 jobs/);
@@ -79,23 +81,10 @@ describe('watch --all', () => {
 
   it('on a deployment without imports (404 on /storage/imports), still watches the exports it listed', async () => {
     const url = await platform({ exports: ['E1', 'E2'], imports: 'no route' });
-    const p = spawnCli(['watch', '--all', '--json'], {
-      SB_API_ENDPOINT: url,
-      SB_AUTH_TOKEN: TOKEN,
-      WATCHER_POLL_INTERVAL: '200ms',
-      WATCHER_RATE_BUDGET: '1000',
-      WATCHER_RATE_WINDOW: '10s',
-    });
-    const { code } = await p.exited;
+    const { p, code, ids } = await watchAll(url);
     // The endpoint is right (the exports were listed): blaming it is wrong.
     expect(p.stderr()).not.toMatch(/check SB_API_ENDPOINT/);
     expect(code).toBe(0);
-    const ids = p
-      .stdout()
-      .trim()
-      .split('\n')
-      .filter((l) => l !== '')
-      .map((l) => (JSON.parse(l) as { id: string }).id);
     expect(ids.sort()).toEqual(['E1', 'E2']);
   });
 });

@@ -9,9 +9,7 @@
  */
 import { constants } from 'node:os';
 
-export const STOP_SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
-
-export type StopSignal = (typeof STOP_SIGNALS)[number];
+const STOP_SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
 
 /** Set once a SIGHUP came: the process then ends by that signal (see `exitProcess`). */
 let hungUp = false;

@@ -207,24 +207,13 @@ export async function runWatch(options: WatchOptions): Promise<number> {
         return { kind: 'settled' };
       }
     }
-    const watchIds = (kind: JobKind, ids: string[]) =>
-      kind === 'export' ? daemon.registry.watch(ids, null) : daemon.registry.watch(ids, null, kind);
+    // (With --all, an id listed as both kinds was left out above: nothing listed can conflict.)
     for (const kind of ['export', 'import'] as const) {
       if (jobs[kind].size === 0) continue;
       const ids = [...jobs[kind]];
-      let result = await watchIds(kind, ids);
-      if (options.all && result.conflicts && result.conflicts.length > 0) {
-        // Listed by the platform, not given by the user: those are left out, the rest watched
-        // (the store adds a request whole or not at all).
-        const refused = new Set(result.conflicts);
-        say(
-          `warning: the platform listed ${refused.size} ${kind}${refused.size === 1 ? '' : 's'} whose ids are watched as the other kind; not watched: ${result.conflicts.slice(0, 5).join(', ')}`,
-        );
-        jobs[kind] = new Set(ids.filter((id) => !refused.has(id)));
-        progress.total = total();
-        result =
-          jobs[kind].size > 0 ? await watchIds(kind, [...jobs[kind]]) : { accepted: [], alreadyWatched: [] };
-      }
+      const result = await (kind === 'export'
+        ? daemon.registry.watch(ids, null)
+        : daemon.registry.watch(ids, null, kind));
       if (result.conflicts && result.conflicts.length > 0) {
         throw new UsageError(
           `${result.conflicts.length} of the ${kind} ids ${result.conflicts.length === 1 ? 'is' : 'are'} also given as ${kind === 'export' ? 'import' : 'export'}s: ${result.conflicts.slice(0, 5).join(', ')}`,

@@ -45,6 +45,7 @@ import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom
 import type { RateSnapshot } from '../platform/rate-limiter.js';
 import { EXPORT_STATES, type ExportState, type JobKind } from '../polling/tracker.js';
 import type { Bus } from '../shared/bus.js';
+import { settlesWithin } from '../shared/deadline.js';
 import type { LeaderRole } from '../store/leader.js';
 import { DELIVERY_STATUSES, type DeliveryCounts } from '../store/store.js';
 
@@ -221,19 +222,10 @@ export const STORE_READ_TIMEOUT_MS = 5000;
 
 /** `read()`'s value, or undefined when it fails or has not settled within `ms`. */
 async function within<T>(ms: number, read: () => Promise<T>): Promise<T | undefined> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<undefined>((resolve) => {
-    timer = setTimeout(() => resolve(undefined), ms);
-    timer.unref();
-  });
-  try {
-    const reading = Promise.resolve()
-      .then(read)
-      .catch(() => undefined);
-    return await Promise.race([reading, late]);
-  } finally {
-    clearTimeout(timer);
-  }
+  const reading = Promise.resolve()
+    .then(read)
+    .catch(() => undefined);
+  return (await settlesWithin(reading, ms)) ? reading : undefined;
 }
 
 /** No sample at all: for a gauge whose source could not be read in this scrape. */

@@ -568,8 +568,9 @@ export class PlatformClient {
     signal: AbortSignal | undefined,
     gated: boolean,
   ): Promise<Answer> {
-    // Not sent at all, and so not reported: this replica no longer leads (see `mayAct`).
-    if (this.#mayAct !== undefined && !this.#mayAct()) {
+    // Not sent at all, and so not reported: this replica no longer leads (see `mayAct`). A gated
+    // call was asked by the limiter just now, before it was counted; this asks the others.
+    if (!gated && this.#mayAct !== undefined && !this.#mayAct()) {
       // Stepping down (just now, in mayAct) has aborted the caller's signal: its reason wins.
       if (signal?.aborted) throw signal.reason;
       throw new PlatformError('SHUTTING_DOWN', 'no longer the leader: request not sent');

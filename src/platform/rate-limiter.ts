@@ -241,8 +241,7 @@ export class RateLimiter {
         // Asked when its turn comes, before it is counted: a call refused here is not sent, and
         // spends nothing (bottleneck's unit is given back, as for a call aborted while it waited).
         if (mayStart !== undefined && !mayStart()) {
-          this.#written = undefined;
-          this.#apply(this.#now());
+          this.#giveBackUnit();
           settle({
             error: signal?.aborted
               ? signal.reason
@@ -295,14 +294,19 @@ export class RateLimiter {
       // No call left for it (aborted), or admitted under an allowance that has fallen since (a 429,
       // "0 left", the budget spent by the calls admitted with it): bottleneck's unit given back, and
       // the waiting call keeps its place for the next job.
-      this.#written = undefined;
-      this.#apply(this.#now());
+      this.#giveBackUnit();
       if (next !== undefined) this.#bottleneck.schedule(this.#admit).catch(this.#tokenDropped);
       return Promise.resolve();
     }
     this.#dequeue(next);
     return next.start();
   };
+
+  /** The unit bottleneck took for a job that starts no call: rewritten into its reservoir. */
+  #giveBackUnit(): void {
+    this.#written = undefined;
+    this.#apply(this.#now());
+  }
 
   #enqueue(waiting: WaitingCall): void {
     this.#waiting.push(waiting);
