@@ -665,6 +665,7 @@ async function runCommand(args: readonly string[], env: () => Env, context: CliC
   const log = createLogger({
     level: config.logLevel,
     pretty: Boolean(process.stdout.isTTY),
+    batched: true,
     redactor: context.redactor,
   });
   logProxy(log, config);

@@ -8,6 +8,7 @@
  * alive on a hang-up; handling SIGHUP takes nothing away from it.
  */
 import { constants } from 'node:os';
+import { flushLogLines } from '../shared/log.js';
 
 const STOP_SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
 
@@ -67,6 +68,9 @@ export function terminalHungUp(): void {
  */
 export function exitProcess(code: number): void {
   if (hungUp) {
+    // The signal skips the exit handlers: log lines still held go now. Only lines bound for a pipe
+    // or a file are held (a terminal gets pretty lines, one write each).
+    flushLogLines();
     process.removeAllListeners('SIGHUP');
     process.kill(process.pid, 'SIGHUP');
     return;

@@ -39,6 +39,67 @@ export interface LoggerOptions {
   base?: Record<string, unknown>;
   /** Scrubs every line; default: one that knows no secret values but still cleans URLs. */
   redactor?: Redactor;
+  /**
+   * Lines logged within one turn of the event loop leave in one write (`TurnBatch`), not one
+   * write each: for the daemon, whose stdout is a pipe (a container's log driver, the journal)
+   * written synchronously, where a write per line cost a tenth of its CPU when thousands of exports
+   * finished at once. Lines still leave within the turn they were logged in, and at exit.
+   */
+  batched?: boolean;
+}
+
+/** A batch is written at once when it holds this many characters. */
+export const BATCH_MAX_CHARS = 64 * 1024;
+
+/** Every batch with lines not yet written, for `flushLogLines`. */
+const openBatches = new Set<TurnBatch>();
+let flushesAtExit = false;
+
+/**
+ * Writes what every batched logger holds, now. Runs at process exit by itself; call it before
+ * ending the process another way (raising a signal on itself), which skips the exit handlers.
+ */
+export function flushLogLines(): void {
+  for (const batch of openBatches) batch.flush();
+}
+
+/**
+ * Lines gathered until the end of the current turn (`setImmediate`), or until they hold
+ * `maxChars`, then written to `target` as one string, in the order they were logged.
+ */
+export class TurnBatch {
+  readonly #target: { write(text: string): unknown };
+  readonly #maxChars: number;
+  #lines: string[] = [];
+  #chars = 0;
+
+  constructor(target: { write(text: string): unknown }, maxChars = BATCH_MAX_CHARS) {
+    this.#target = target;
+    this.#maxChars = maxChars;
+    if (!flushesAtExit) {
+      flushesAtExit = true;
+      process.on('exit', flushLogLines);
+    }
+  }
+
+  write(line: string): void {
+    if (this.#lines.length === 0) {
+      openBatches.add(this);
+      setImmediate(() => this.flush());
+    }
+    this.#lines.push(line);
+    this.#chars += line.length;
+    if (this.#chars >= this.#maxChars) this.flush();
+  }
+
+  flush(): void {
+    if (this.#lines.length === 0) return;
+    const text = this.#lines.length === 1 ? (this.#lines[0] as string) : this.#lines.join('');
+    this.#lines = [];
+    this.#chars = 0;
+    openBatches.delete(this);
+    this.#target.write(text);
+  }
 }
 
 export function createLogger(options: LoggerOptions): Logger {
@@ -54,7 +115,8 @@ export function createLogger(options: LoggerOptions): Logger {
       })
     : destination;
   // The last step before the bytes leave: nothing a serializer or a message adds escapes it.
-  const stream: DestinationStream = { write: (line: string) => target.write(redactor.scrub(line)) };
+  const out = options.batched && !options.pretty ? new TurnBatch(target) : target;
+  const stream: DestinationStream = { write: (line: string) => out.write(redactor.scrub(line)) };
   return pino(
     {
       level: options.level,
