@@ -1,5 +1,6 @@
 /**
- * `watch --all` against a platform whose listings name one id as both an export and an import.
+ * `watch --all` against a platform whose listings name one id as both an export and an import,
+ * have no route for one kind, or never answer.
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { type Cleanups, loopbackPlatform } from './helpers/platform.js';
@@ -12,8 +13,14 @@ afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
 
-/** Lists `exports` and `imports` (one page each, whatever the state asked for); every bulk get answers COMPLETED. */
-async function platform(lists: { exports: string[]; imports: string[] | 'no route' }): Promise<string> {
+/**
+ * Lists `exports` and `imports` (one page each, whatever the state asked for); every bulk get
+ * answers COMPLETED. `imports: 'never'`: the import listing is never answered (`onHold` is told).
+ */
+async function platform(
+  lists: { exports: string[]; imports: string[] | 'no route' | 'never' },
+  onHold: () => void = () => undefined,
+): Promise<string> {
   const { url } = await loopbackPlatform(cleanups, (req, res) => {
     const chunks: Buffer[] = [];
     req.on('data', (c: Buffer) => chunks.push(c));
@@ -31,6 +38,7 @@ async function platform(lists: { exports: string[]; imports: string[] | 'no rout
       if (path.endsWith('/rate_limit'))
         return send(200, { rate: { limit: 1000, remaining: 1000, reset: 0 } });
       const list = /\/storage\/(exports|imports)$/.exec(path);
+      if (list?.[1] === 'imports' && lists.imports === 'never') return onHold();
       if (list && req.method === 'GET' && !(list[1] === 'imports' && lists.imports === 'no route')) {
         const state = url.searchParams.get('state');
         const ids = list[1] === 'exports' ? lists.exports : (lists.imports as string[]);
@@ -49,8 +57,8 @@ async function platform(lists: { exports: string[]; imports: string[] | 'no rout
 }
 
 /** `watch --all --json` against `url`, to its end: its exit code and the ids it printed. */
-async function watchAll(url: string) {
-  const p = spawnCli(['watch', '--all', '--json'], {
+async function watchAll(url: string, flags: string[] = []) {
+  const p = spawnCli(['watch', '--all', '--json', ...flags], {
     SB_API_ENDPOINT: url,
     SB_AUTH_TOKEN: TOKEN,
     WATCHER_POLL_INTERVAL: '200ms',
@@ -86,5 +94,39 @@ describe('watch --all', () => {
     expect(p.stderr()).not.toMatch(/check SB_API_ENDPOINT/);
     expect(code).toBe(0);
     expect(ids.sort()).toEqual(['E1', 'E2']);
+  });
+
+  // Before, both said "0 of 0 not finished": a count of jobs that was never made.
+  it('timed out while listing: says the listing was cut short and nothing was watched', async () => {
+    const url = await platform({ exports: ['E1'], imports: 'never' });
+    const { p, code, ids } = await watchAll(url, ['--timeout', '2s']);
+    expect(code).toBe(1);
+    expect(p.stderr()).toMatch(
+      /error: timed out after 2s \(--timeout\): while the unfinished exports and imports were being listed; nothing was watched/,
+    );
+    expect(p.stderr()).not.toMatch(/0 of 0/);
+    expect(ids).toEqual([]);
+  });
+
+  it('interrupted while listing: says so, and exits 130', async () => {
+    let held: () => void = () => undefined;
+    const asked = new Promise<void>((resolve) => {
+      held = resolve;
+    });
+    const url = await platform({ exports: ['E1'], imports: 'never' }, () => held());
+    const p = spawnCli(['watch', '--all', '--json'], {
+      SB_API_ENDPOINT: url,
+      SB_AUTH_TOKEN: TOKEN,
+      WATCHER_RATE_BUDGET: '1000',
+      WATCHER_RATE_WINDOW: '10s',
+    });
+    await asked;
+    p.child.kill('SIGINT');
+    const { code } = await p.exited;
+    expect(code).toBe(130);
+    expect(p.stderr()).toMatch(
+      /interrupted while the unfinished exports and imports were being listed; nothing was watched/,
+    );
+    expect(p.stderr()).not.toMatch(/0 of 0/);
   });
 });

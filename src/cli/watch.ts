@@ -164,6 +164,8 @@ export async function runWatch(options: WatchOptions): Promise<number> {
   });
 
   let over = false;
+  /** False while `--all` is still listing the platform's unfinished jobs: nothing is watched yet. */
+  let listed = options.all === undefined;
   stall.start();
   const settled = (async (): Promise<Ending> => {
     if (options.all) {
@@ -201,6 +203,7 @@ export async function runWatch(options: WatchOptions): Promise<number> {
           `warning: the platform listed ${both.length} job${both.length === 1 ? '' : 's'} as both an export and an import; not watched: ${both.slice(0, 5).join(', ')}`,
         );
       }
+      listed = true;
       progress.total = total();
       if (total() === 0) {
         say(`no unfinished ${options.all.map((k) => `${k}s`).join(' or ')} to watch`);
@@ -241,6 +244,8 @@ export async function runWatch(options: WatchOptions): Promise<number> {
 
   const left = total() - finished;
   const noun = (n: number) => jobNoun(jobs, n);
+  // Stopped before --all's listing ended: no count of jobs exists to report ("0 of 0").
+  const unlisted = `while the unfinished ${(options.all ?? []).map((k) => `${k}s`).join(' and ')} were being listed; nothing was watched`;
   let code: number;
   switch (ending.kind) {
     case 'settled':
@@ -248,7 +253,11 @@ export async function runWatch(options: WatchOptions): Promise<number> {
       break;
     case 'signal':
       code = ending.code;
-      say(`interrupted before every ${noun(1)} finished (${left} of ${total()} not finished)`);
+      say(
+        listed
+          ? `interrupted before every ${noun(1)} finished (${left} of ${total()} not finished)`
+          : `interrupted ${unlisted}`,
+      );
       break;
     case 'refused':
       code = 1;
@@ -259,8 +268,9 @@ export async function runWatch(options: WatchOptions): Promise<number> {
     case 'timeout': {
       code = 1;
       const problem = stall.problem;
+      const what = listed ? `${left} of ${total()} ${noun(total())} not finished` : unlisted;
       say(
-        `error: timed out after ${formatDuration(options.timeoutMs ?? 0)} (--timeout): ${left} of ${total()} ${noun(total())} not finished${problem ? `; ${problem}` : ''}`,
+        `error: timed out after ${formatDuration(options.timeoutMs ?? 0)} (--timeout): ${what}${problem ? `; ${problem}` : ''}`,
       );
       break;
     }
