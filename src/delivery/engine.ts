@@ -199,6 +199,15 @@ interface Held {
   cancelled?: boolean;
 }
 
+/** `url` as the WHATWG parser writes it back, or undefined when it is not a URL. */
+function normalUrl(url: string): string | undefined {
+  try {
+    return new URL(url).href;
+  } catch {
+    return undefined;
+  }
+}
+
 export class DeliveryEngine {
   readonly #o: DeliveryEngineOptions;
   readonly #endpoints: readonly Endpoint[];
@@ -283,11 +292,18 @@ export class DeliveryEngine {
     return this.#endpoints.map((e) => e.ref);
   }
 
-  /** Finds a configured endpoint by its URL as configured, or by its label. */
+  /**
+   * Finds a configured endpoint by its URL as configured, or by its label (the URL without
+   * credentials and query, when no other endpoint has it). Either may be typed in another form of
+   * the same URL: the scheme and host in capitals, the default port written out, an empty path
+   * (`HTTP://Hooks.example:80` is `http://hooks.example/`). A different path (a trailing `/`) is
+   * another URL.
+   */
   findEndpoint(urlOrLabel: string): EndpointRef | undefined {
-    const byUrl = this.#endpoints.find((e) => e.url === urlOrLabel);
+    const given = [urlOrLabel, normalUrl(urlOrLabel)];
+    const byUrl = this.#endpoints.find((e) => given.includes(e.url) || given.includes(normalUrl(e.url)));
     if (byUrl) return byUrl.ref;
-    const byLabel = this.#endpoints.filter((e) => e.ref.label === urlOrLabel);
+    const byLabel = this.#endpoints.filter((e) => given.includes(e.ref.label));
     return byLabel.length === 1 ? byLabel[0]?.ref : undefined;
   }
 
