@@ -236,8 +236,10 @@ export class Daemon {
       exportsByState: sharedFor(500, () => store.countExports('export')),
       importsByState: sharedFor(500, () => store.countExports('import')),
       rateLimit: () => this.limiter.snapshot(),
-      // Three gauges read these counts at each scrape: one query serves them all.
-      deliveries: sharedFor(500, () => store.deliveryCounts()),
+      // Four gauges read these counts at each scrape: one query serves them all. The pending
+      // deliveries to endpoints no longer configured are counted apart (they wait for that
+      // endpoint): in the backlog's count and oldest age they would only grow.
+      deliveries: sharedFor(500, () => store.deliveryCounts(this.deliveries.endpoints.map((e) => e.key))),
       now,
       role: () => this.role,
     });

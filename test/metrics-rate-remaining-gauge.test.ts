@@ -32,7 +32,14 @@ it('never shows a remaining quota the platform did not report', async () => {
   const l = limiter;
   const metrics = new Metrics({
     exportsByState: async () => ({ UNKNOWN: 0, PENDING: 0, RUNNING: 0, COMPLETED: 0, FAILED: 0, LOST: 0 }),
-    deliveries: async () => ({ pending: 0, delivered: 0, failed: 0, gone: 0, oldestPendingAt: null }),
+    deliveries: async () => ({
+      pending: 0,
+      delivered: 0,
+      failed: 0,
+      gone: 0,
+      orphaned: 0,
+      oldestPendingAt: null,
+    }),
     rateLimit: () => l.snapshot(),
   });
   // An answer that says nothing is left, without a reset (a gateway's headers, say).

@@ -31,6 +31,7 @@ it('answers a scrape when the store rejects, without the gauges read from it', a
   // Left out, not shown as zeros that would read as "nothing pending".
   expect(body).not.toMatch(new RegExp(`^${P}exports\\{`, 'm'));
   expect(body).not.toMatch(new RegExp(`^${P}webhook_deliveries_pending `, 'm'));
+  expect(body).not.toMatch(new RegExp(`^${P}webhook_deliveries_orphaned `, 'm'));
   expect(body).not.toMatch(new RegExp(`^${P}webhook_oldest_pending_age_seconds `, 'm'));
 });
 
@@ -59,7 +60,7 @@ it('shows the store-backed gauges again once the store answers', async () => {
     },
     deliveries: async () => {
       if (fail) throw new Error('down');
-      return { pending: 2, delivered: 0, failed: 0, gone: 0, oldestPendingAt: null };
+      return { pending: 2, delivered: 0, failed: 0, gone: 0, orphaned: 0, oldestPendingAt: null };
     },
     rateLimit: () => ({ budget: 10, spent: 0, platformRemaining: undefined }),
   });

@@ -85,6 +85,7 @@ const noDeliveries = (): DeliveryCounts => ({
   delivered: 0,
   failed: 0,
   gone: 0,
+  orphaned: 0,
   oldestPendingAt: null,
 });
 
@@ -406,6 +407,29 @@ describe('webhook deliveries', () => {
     expect(value(text, g)).toBe(0);
   });
 
+  it('counts the pending deliveries to endpoints no longer configured apart from the backlog', async () => {
+    const { state, sources } = fakeSources();
+    const metrics = new Metrics(sources);
+    const pending = `${P}webhook_deliveries_pending`;
+    const orphaned = `${P}webhook_deliveries_orphaned`;
+    let text = await scrape(metrics);
+    expect(declarations(text).get(orphaned)?.type).toBe('gauge');
+    expect(value(text, orphaned)).toBe(0);
+    // The store counts 5 pending, 3 of them to endpoints not configured now.
+    state.deliveries = { ...noDeliveries(), pending: 5, delivered: 2, orphaned: 3, oldestPendingAt: NOW - 1 };
+    text = await scrape(metrics);
+    expect(value(text, pending)).toBe(2);
+    expect(value(text, orphaned)).toBe(3);
+    // Stored, they are pending: the statuses add up to the rows the store holds.
+    expect(value(text, `${P}webhook_deliveries`, { status: 'pending' })).toBe(5);
+    // Nothing pending but them: no backlog, and no oldest pending age.
+    state.deliveries = { ...noDeliveries(), pending: 3, orphaned: 3, oldestPendingAt: null };
+    text = await scrape(metrics);
+    expect(value(text, pending)).toBe(0);
+    expect(value(text, orphaned)).toBe(3);
+    expect(value(text, `${P}webhook_oldest_pending_age_seconds`)).toBe(0);
+  });
+
   it('shows the stored deliveries by status, every status always present', async () => {
     const { state, sources } = fakeSources();
     const metrics = new Metrics(sources);
@@ -419,7 +443,7 @@ describe('webhook deliveries', () => {
           .map((s) => [s.labels.status, s.value]),
       );
     expect(byStatus()).toEqual({ pending: 0, delivered: 0, failed: 0, gone: 0 });
-    state.deliveries = { pending: 2, delivered: 40, failed: 1, gone: 3, oldestPendingAt: NOW };
+    state.deliveries = { pending: 2, delivered: 40, failed: 1, gone: 3, orphaned: 0, oldestPendingAt: NOW };
     text = await scrape(metrics);
     expect(byStatus()).toEqual({ pending: 2, delivered: 40, failed: 1, gone: 3 });
   });

@@ -459,10 +459,10 @@ export class DeliveryEngine {
     if (this.#ownedAgent) await this.#ownedAgent.destroy();
   }
 
+  /** Pending deliveries to the configured endpoints: those to others wait for them, not for this. */
   async #pendingHere(): Promise<number> {
-    const counts = await this.#o.store.deliveryCounts();
-    if (counts.pending === 0) return 0;
-    return counts.pending - (await this.#o.store.countOrphanedPending(this.#endpoints.map((e) => e.ref.key)));
+    const counts = await this.#o.store.deliveryCounts(this.#endpoints.map((e) => e.ref.key));
+    return counts.pending - counts.orphaned;
   }
 
   /** Claims what is due for one endpoint, up to its window, then sleeps until the next due time. */

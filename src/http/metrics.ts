@@ -19,9 +19,10 @@
  * | `sbg_export_watcher_webhook_deliveries_total` | counter | `endpoint`, `result` | Webhook deliveries (one event to one endpoint) that ended in this process. `result`: delivered, gone (410), given_up (past `WATCHER_WEBHOOK_MAX_AGE`). |
  * | `sbg_export_watcher_webhook_attempts_total` | counter | `endpoint`, `outcome` | Webhook HTTP attempts. `outcome`: success (2xx), failure (anything to retry), gone (410), aborted (cut short by a close deadline, a pause or a lost leadership; made again later). |
  * | `sbg_export_watcher_webhook_attempt_duration_seconds` | histogram | `endpoint` | Time of one webhook attempt. Buckets 10 ms to 60 s. |
- * | `sbg_export_watcher_webhook_deliveries_pending` | gauge | none | Webhook deliveries not finished yet, over all endpoints (stored as pending: due, in flight, or waiting for a retry). |
- * | `sbg_export_watcher_webhook_deliveries` | gauge | `status` | Stored webhook deliveries by status: pending, delivered, failed (given up), gone; finished ones count until `WATCHER_EVENT_RETAIN` drops them. |
- * | `sbg_export_watcher_webhook_oldest_pending_age_seconds` | gauge | none | Age of the oldest event with a pending delivery; 0 when none is pending. |
+ * | `sbg_export_watcher_webhook_deliveries_pending` | gauge | none | Webhook deliveries not finished yet to the endpoints in `WATCHER_WEBHOOK_URLS` (stored as pending: due, in flight, or waiting for a retry); those to endpoints no longer configured are `webhook_deliveries_orphaned`. |
+ * | `sbg_export_watcher_webhook_deliveries_orphaned` | gauge | none | Pending webhook deliveries to endpoints no longer in `WATCHER_WEBHOOK_URLS`: never sent until that URL is configured again. Not in `webhook_deliveries_pending` nor in `webhook_oldest_pending_age_seconds`. |
+ * | `sbg_export_watcher_webhook_deliveries` | gauge | `status` | Stored webhook deliveries by status: pending, delivered, failed (given up), gone; finished ones count until `WATCHER_EVENT_RETAIN` drops them. `pending` counts every endpoint's: `webhook_deliveries_pending` plus `webhook_deliveries_orphaned`. |
+ * | `sbg_export_watcher_webhook_oldest_pending_age_seconds` | gauge | none | Age of the oldest event with a pending delivery to an endpoint in `WATCHER_WEBHOOK_URLS`; 0 when none is pending. |
  * | `sbg_export_watcher_last_successful_check_timestamp_seconds` | gauge | none | Unix time (seconds) at which a check of the platform last succeeded; 0 before the first. |
  * | `sbg_export_watcher_leader` | gauge | `role` | 1 for this replica's current role, 0 for the others: `leader` (checks the platform and sends webhooks), `follower` (serves the control API, stands by), `disconnected` (no connection to PostgreSQL). Always `leader` with SQLite. |
  *
@@ -158,19 +159,25 @@ const M = {
     name: `${METRIC_PREFIX}webhook_deliveries_pending`,
     type: 'gauge',
     labels: [],
-    help: 'Webhook deliveries not finished yet: due, in flight, or waiting for a retry.',
+    help: 'Webhook deliveries not finished yet to the configured endpoints: due, in flight, or waiting for a retry.',
+  },
+  deliveriesOrphaned: {
+    name: `${METRIC_PREFIX}webhook_deliveries_orphaned`,
+    type: 'gauge',
+    labels: [],
+    help: 'Pending webhook deliveries to endpoints no longer configured: sent only once such an endpoint is configured again.',
   },
   deliveriesStored: {
     name: `${METRIC_PREFIX}webhook_deliveries`,
     type: 'gauge',
     labels: ['status'],
-    help: 'Stored webhook deliveries by status: pending, delivered, failed (given up), gone.',
+    help: 'Stored webhook deliveries by status: pending (to any endpoint, configured or not), delivered, failed (given up), gone.',
   },
   oldestPending: {
     name: `${METRIC_PREFIX}webhook_oldest_pending_age_seconds`,
     type: 'gauge',
     labels: [],
-    help: 'Age of the oldest event with a pending delivery; 0 when none is pending.',
+    help: 'Age of the oldest event with a pending delivery to a configured endpoint; 0 when none is pending.',
   },
   lastCheck: {
     name: `${METRIC_PREFIX}last_successful_check_timestamp_seconds`,
@@ -204,7 +211,10 @@ export interface MetricsSources {
   importsByState?: () => Promise<Readonly<Record<ExportState, number>>>;
   /** The limiter's view of the quota: `() => limiter.snapshot()`. */
   rateLimit: () => RateLimitSource;
-  /** Stored deliveries by status: `() => store.deliveryCounts()`. */
+  /**
+   * Stored deliveries by status, with the pending ones to endpoints no longer configured counted
+   * apart: `() => store.deliveryCounts(engine.endpoints.map((e) => e.key))`.
+   */
   deliveries: () => Promise<DeliveryCounts>;
   /** Epoch ms; default Date.now. */
   now?: () => number;
@@ -380,9 +390,21 @@ export class Metrics {
       async collect() {
         const counts = await deliveries();
         if (counts === undefined) return clear(this, false);
-        this.set(counts.pending);
+        this.set(counts.pending - counts.orphaned);
       },
     });
+    new Gauge({
+      name: M.deliveriesOrphaned.name,
+      help: M.deliveriesOrphaned.help,
+      registers,
+      async collect() {
+        const counts = await deliveries();
+        if (counts === undefined) return clear(this, false);
+        this.set(counts.orphaned);
+      },
+    });
+    // What is stored, by status: a pending delivery to an endpoint no longer configured is
+    // stored as pending all the same, and the statuses add up to the rows the store holds.
     new Gauge({
       name: M.deliveriesStored.name,
       help: M.deliveriesStored.help,

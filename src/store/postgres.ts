@@ -992,27 +992,35 @@ export class PostgresStore implements Store {
     });
   }
 
-  async deliveryCounts(): Promise<DeliveryCounts> {
+  async deliveryCounts(endpointKeys?: readonly string[]): Promise<DeliveryCounts> {
     return this.#use(async (db) => {
-      // One statement, so one snapshot: the oldest pending time goes with the counts (two would
-      // answer a pending count with no oldest time, or an oldest time with none pending, when a
-      // write commits between them). One row per status, each with the oldest time; one row with
-      // no status when there is no delivery at all.
+      // One statement, so one snapshot: the oldest pending time and the orphaned count go with the
+      // counts (two would answer a pending count with no oldest time, or an oldest time with none
+      // pending, when a write commits between them). One row per status, each with the oldest time
+      // and the orphaned count; one row with no status when there is no delivery at all. Without
+      // keys ($1 null), every endpoint counts as configured: none orphaned.
       const { rows } = await this.#query<{
         status: DeliveryStatus | null;
         n: number | null;
         at: number | null;
+        orphaned: number | null;
       }>(
         db,
         `WITH counts AS (SELECT status, count(*) AS n FROM deliveries GROUP BY status)
-          SELECT c.status, c.n, o.at
-          FROM (SELECT min(e.created_at) AS at
+          SELECT c.status, c.n, o.at, o.orphaned
+          FROM (SELECT min(e.created_at) FILTER (WHERE $1::text[] IS NULL OR d.endpoint_key = ANY($1::text[])) AS at,
+                       count(*) FILTER (WHERE d.endpoint_key <> ALL($1::text[])) AS orphaned
                   FROM deliveries AS d JOIN events AS e ON e.id = d.event_id
                   WHERE d.status = 'pending') AS o
             LEFT JOIN counts AS c ON true`,
+        [endpointKeys === undefined ? null : [...endpointKeys]],
       );
       const counts = rows.flatMap(({ status, n }) => (status === null ? [] : [{ status, n: n ?? 0 }]));
-      return { ...byStatus(counts), oldestPendingAt: rows[0]?.at ?? null };
+      return {
+        ...byStatus(counts),
+        orphaned: rows[0]?.orphaned ?? 0,
+        oldestPendingAt: rows[0]?.at ?? null,
+      };
     });
   }
 

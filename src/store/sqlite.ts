@@ -429,6 +429,9 @@ interface StatusCount {
   n: number;
 }
 
+/** `#oldestScope` of a reading over every endpoint (no JSON array is this). */
+const ANY_ENDPOINT = '*';
+
 const EVENT_COLUMNS = 'id, type, export_id, body, created_at';
 const DELIVERY_COLUMNS =
   'event_id, endpoint_key, endpoint_label, status, attempts, next_attempt_at, series_started_at, ' +
@@ -447,17 +450,25 @@ export class SqliteStore implements Store {
   /** What the transaction under way changed in `#counts`: applied only once it commits. */
   #countDelta: Record<DeliveryStatus, number> | undefined;
   /**
-   * No pending delivery's event is older than this (kept with `#counts`): the oldest-pending
-   * metric reads the events from here on, in time order, up to the first with a pending delivery,
+   * No pending delivery's event is older than this, of the deliveries to the endpoints of
+   * `#oldestScope` (kept with `#counts`): the oldest-pending metric reads the events from here on,
+   * in time order, up to the first with a pending delivery to one of them,
    * instead of every pending delivery (~23 ms a scrape at 100,000 pending, `npm run bench:scrape`;
    * ~2 ms with it after 5,000 delivered). A backlog drains from
    * its oldest end, so a scrape reads about what was delivered since the last one. A write that
    * adds pending deliveries to new events lowers it to their time; one that makes an older event's
    * delivery pending again (a redelivery, a retry recorded after a final outcome) forgets it, and
    * the next scrape reads them all once. Lowered or forgotten inside a transaction that then rolls
-   * back, it is only lower than it need be.
+   * back, it is only lower than it need be. Deliveries to an endpoint no longer configured stay
+   * pending for good: counted from them, the floor would stay at the oldest of their events, and
+   * every scrape would read every event since.
    */
   #oldestFloor: number | undefined;
+  /**
+   * The endpoints `#oldestFloor` was read for: their keys as JSON (sorted, each once), or
+   * `ANY_ENDPOINT`. Lowering or forgetting the floor holds for any set.
+   */
+  #oldestScope: string | undefined;
 
   /** Runs its argument in a transaction: one wrapper for all, where `db.transaction` makes one per call. */
   readonly #inTransaction: (work: () => unknown) => unknown;
@@ -746,12 +757,33 @@ export class SqliteStore implements Store {
   }
 
   async countOrphanedPending(keys: readonly string[]): Promise<number> {
-    const row = this.#sql(`
-      SELECT count(*) AS n FROM deliveries
-      WHERE status = 'pending' AND endpoint_key NOT IN (SELECT value FROM json_each(?))`).get(
-      JSON.stringify(keys),
-    ) as { n: number };
-    return row.n;
+    return this.#orphanedPending(keys);
+  }
+
+  /**
+   * Pending deliveries to endpoints not in `keys`, counted on the due index (pending rows only,
+   * in endpoint key order) in the ranges around the keys: below the first, between each two, above
+   * the last. So the configured endpoints' pending deliveries (the backlog being sent, which may
+   * be large) are never read, only the orphaned ones, and a metrics scrape can afford it. Each
+   * range is a count of its own: `endpoint_key NOT IN (…)`, or the ranges joined by OR in one
+   * WHERE, make the planner read the whole index. The keys are sorted as SQLite compares text
+   * (its bytes in UTF-8), or a range would come out empty or overlap.
+   */
+  #orphanedPending(keys: readonly string[]): number {
+    const sorted = [...new Set(keys)].sort((x, y) => Buffer.compare(Buffer.from(x), Buffer.from(y)));
+    const count = "SELECT count(*) FROM deliveries WHERE status = 'pending'";
+    const first = sorted[0];
+    const last = sorted.at(-1);
+    if (first === undefined || last === undefined) return this.#sql(count).pluck().get() as number;
+    const ranges = [
+      `(${count} AND endpoint_key < ?)`,
+      ...sorted.slice(1).map(() => `(${count} AND endpoint_key > ? AND endpoint_key < ?)`),
+      `(${count} AND endpoint_key > ?)`,
+    ];
+    const bounds = [first, ...sorted.slice(1).flatMap((key, i) => [sorted[i], key]), last];
+    return this.#sql(`SELECT ${ranges.join(' + ')}`)
+      .pluck()
+      .get(...bounds) as number;
   }
 
   async getEvent(id: string): Promise<StoredEvent | undefined> {
@@ -851,7 +883,7 @@ export class SqliteStore implements Store {
     return restarted;
   }
 
-  async deliveryCounts(): Promise<DeliveryCounts> {
+  async deliveryCounts(endpointKeys?: readonly string[]): Promise<DeliveryCounts> {
     let counts = this.#counts;
     if (counts === undefined) {
       counts = byStatus(
@@ -865,31 +897,56 @@ export class SqliteStore implements Store {
       // Nothing pending: whatever becomes pending later lowers (or forgets) the floor as it is
       // written, so the next scrape reads from there, not from before everything delivered since.
       if (this.#counts !== undefined && !this.#open().inTransaction) this.#oldestFloor = Number.MAX_VALUE;
-      return { ...counts, oldestPendingAt: null };
+      return { ...counts, orphaned: 0, oldestPendingAt: null };
     }
-    return { ...counts, oldestPendingAt: this.#oldestPendingAt() };
+    const orphaned =
+      endpointKeys === undefined
+        ? 0
+        : endpointKeys.length === 0
+          ? counts.pending
+          : this.#orphanedPending(endpointKeys);
+    // Every pending delivery orphaned: none to a configured endpoint, so no oldest to look for.
+    if (orphaned >= counts.pending) return { ...counts, orphaned, oldestPendingAt: null };
+    return { ...counts, orphaned, oldestPendingAt: this.#oldestPendingAt(endpointKeys) };
   }
 
-  /** The creation time of the oldest event with a pending delivery (see `#oldestFloor`). */
-  #oldestPendingAt(): number | null {
-    const floor = this.#oldestFloor;
+  /**
+   * The creation time of the oldest event with a pending delivery to one of the endpoints in
+   * `keys` (to any, when absent): see `#oldestFloor`. The floor is kept for the endpoints it was
+   * read for (`#oldestScope`, the same at every scrape of a daemon), and is not one for another
+   * set: a floor read past an orphaned delivery's old event would hide that event from a reading
+   * over every endpoint. The walk from the floor checks each event's deliveries to those endpoints
+   * by their primary key; an event whose only pending deliveries are orphaned is passed over, and
+   * once the floor has moved past it (the first scrape), never read again.
+   */
+  #oldestPendingAt(keys: readonly string[] | undefined): number | null {
+    const scope = keys === undefined ? ANY_ENDPOINT : JSON.stringify([...new Set(keys)].sort());
+    const floor = scope === this.#oldestScope ? this.#oldestFloor : undefined;
+    const toThem = keys === undefined ? '' : 'AND d.endpoint_key IN (SELECT value FROM json_each(?))';
+    const them = keys === undefined ? [] : [scope];
     let at: number | null = null;
     if (floor !== undefined) {
       at = (this.#sql(`
         SELECT created_at FROM events AS e INDEXED BY events_by_time
         WHERE created_at >= ?
-          AND EXISTS (SELECT 1 FROM deliveries AS d WHERE d.event_id = e.id AND d.status = 'pending')
+          AND EXISTS (SELECT 1 FROM deliveries AS d WHERE d.event_id = e.id AND d.status = 'pending' ${toThem})
         ORDER BY created_at LIMIT 1`)
         .pluck()
-        .get(floor) ?? null) as number | null;
+        .get(floor, ...them) ?? null) as number | null;
     }
-    // No floor yet, or none found past it (it cannot be, but the full read is the answer then).
+    // No floor yet, or none found past it (only when every pending delivery left is to endpoints
+    // outside `keys`, or the floor says none is pending): the full read is the answer then. With
+    // `keys`, it reads their pending deliveries only, on the due index.
     at ??= this.#sql(`
       SELECT min(e.created_at) FROM deliveries AS d CROSS JOIN events AS e ON e.id = d.event_id
-      WHERE d.status = 'pending'`)
+      WHERE d.status = 'pending' ${toThem}`)
       .pluck()
-      .get() as number | null;
-    if (this.#counts !== undefined && !this.#open().inTransaction) this.#oldestFloor = at ?? undefined;
+      .get(...them) as number | null;
+    if (this.#counts !== undefined && !this.#open().inTransaction) {
+      // None found: none pending to them now, and whatever becomes pending lowers the floor.
+      this.#oldestFloor = at ?? Number.MAX_VALUE;
+      this.#oldestScope = scope;
+    }
     return at;
   }
 

@@ -231,12 +231,24 @@ export interface EventQuery {
   limit: number;
 }
 
+/**
+ * Stored deliveries by status, to every endpoint, and what of the pending ones is owed to the
+ * endpoints configured now (the keys `deliveryCounts` is given). A delivery to an endpoint no
+ * longer configured stays pending until that endpoint is configured again: counted in `pending`
+ * and `orphaned`, it is left out of `oldestPendingAt`, which would otherwise only grow.
+ */
 export interface DeliveryCounts {
+  /** Every pending delivery, `orphaned` ones included. */
   pending: number;
   delivered: number;
   failed: number;
   gone: number;
-  /** Creation time of the oldest pending delivery's event; null when none is pending. */
+  /** Pending deliveries to endpoints not among the keys given; 0 when none were given. */
+  orphaned: number;
+  /**
+   * Creation time of the oldest event with a pending delivery to one of the endpoints given (to
+   * any endpoint when none were given); null when there is none.
+   */
   oldestPendingAt: number | null;
 }
 
@@ -334,7 +346,13 @@ export interface Store {
     now: number,
     endpointKeys: readonly string[],
   ): Promise<number>;
-  deliveryCounts(): Promise<DeliveryCounts>;
+  /**
+   * Deliveries by status, with the pending ones to endpoints not in `endpointKeys` (the configured
+   * ones) counted apart and left out of the oldest pending time; without `endpointKeys`, every
+   * endpoint counts as configured. Cheap enough for every metrics scrape: the counts of orphaned
+   * deliveries read only theirs (SQLite: ranges of the due index, between the keys given).
+   */
+  deliveryCounts(endpointKeys?: readonly string[]): Promise<DeliveryCounts>;
 
   /** Deletes what is past retention, `batch` rows at a time; returns how many of each. */
   prune(now: number, policy: RetentionPolicy): Promise<{ exports: number; events: number }>;

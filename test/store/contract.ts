@@ -842,6 +842,23 @@ export function describeStoreContract(
         expect(await store.countOrphanedPending([])).toBe(3);
         expect(await store.countOrphanedPending([C.key])).toBe(3);
       });
+
+      it('counts right whatever the keys are and however they are given', async () => {
+        // Keys whose order as UTF-16 (JavaScript's sort) and as UTF-8 bytes (SQLite's) differ:
+        // U+FFFD comes after U+1F600's surrogate pair in the one, before its bytes in the other.
+        const P = { key: '\ufffd-p', label: 'https://p.example/' };
+        const Q = { key: '\u{1F600}-q', label: 'https://q.example/' };
+        const R = { key: 'r', label: 'https://r.example/' };
+        const E = { key: '', label: 'https://e.example/' };
+        await watchThrough(['a', 'b'], ['COMPLETED'], [P, Q, R, E]);
+        expect(await store.countOrphanedPending([P.key, Q.key])).toBe(4);
+        expect(await store.countOrphanedPending([Q.key, P.key, Q.key])).toBe(4);
+        expect(await store.countOrphanedPending([Q.key, E.key])).toBe(4);
+        expect(await store.countOrphanedPending([R.key])).toBe(6);
+        expect(await store.countOrphanedPending([P.key, Q.key, R.key, E.key, A.key])).toBe(0);
+        expect(await store.deliveryCounts([P.key, Q.key])).toMatchObject({ pending: 8, orphaned: 4 });
+        expect(await store.deliveryCounts([Q.key, P.key, E.key, Q.key])).toMatchObject({ orphaned: 2 });
+      });
     });
 
     describe('events: getEvent, listEvents, eventsOfExport', () => {
@@ -1099,6 +1116,7 @@ export function describeStoreContract(
           delivered: 0,
           failed: 0,
           gone: 0,
+          orphaned: 0,
           oldestPendingAt: null,
         });
       });
@@ -1119,8 +1137,91 @@ export function describeStoreContract(
           delivered: 1,
           failed: 1,
           gone: 1,
+          orphaned: 0,
           oldestPendingAt: T0 + 2 * SECOND,
         });
+      });
+
+      it('counts the pending deliveries to endpoints not among the keys given apart, and leaves them out of the oldest pending time', async () => {
+        const t = (n: number) => T0 + n * SECOND;
+        await store.addExports([{ ids: ['a', 'b', 'c', 'd'], metadata: null }], T0);
+        // a, b and c to A and B; A took a's. Then B is no longer configured, say.
+        for (const [i, id] of ['a', 'b', 'c'].entries()) {
+          await store.commitChanges([move(id, 'UNKNOWN', 'COMPLETED', t(i + 1))], build, [A, B], t(i + 1));
+        }
+        const [a, b, c] = ['a', 'b', 'c'].map((id) => eventId(id, 'COMPLETED')) as [string, string, string];
+        await recordOutcomes([delivered(a, A, t(4))]);
+        const stored = { pending: 5, delivered: 1, failed: 0, gone: 0 };
+        expect(await store.deliveryCounts([A.key])).toEqual({
+          ...stored,
+          orphaned: 3,
+          oldestPendingAt: t(2),
+        });
+        // A floor read for one set of endpoints hides nothing from a reading for another.
+        expect(await store.deliveryCounts()).toEqual({ ...stored, orphaned: 0, oldestPendingAt: t(1) });
+        expect(await store.deliveryCounts([A.key])).toMatchObject({ orphaned: 3, oldestPendingAt: t(2) });
+        expect(await store.deliveryCounts([B.key])).toEqual({
+          ...stored,
+          orphaned: 2,
+          oldestPendingAt: t(1),
+        });
+        expect(await store.deliveryCounts([A.key, B.key])).toMatchObject({
+          orphaned: 0,
+          oldestPendingAt: t(1),
+        });
+        expect(await store.deliveryCounts([B.key, A.key, C.key, A.key])).toMatchObject({
+          orphaned: 0,
+          oldestPendingAt: t(1),
+        });
+        expect(await store.deliveryCounts([A.key, C.key])).toMatchObject({
+          orphaned: 3,
+          oldestPendingAt: t(2),
+        });
+        expect(await store.deliveryCounts([C.key])).toEqual({
+          ...stored,
+          orphaned: 5,
+          oldestPendingAt: null,
+        });
+        expect(await store.deliveryCounts([])).toEqual({ ...stored, orphaned: 5, oldestPendingAt: null });
+        // A sends its backlog: only orphaned deliveries are left pending.
+        await recordOutcomes([delivered(b, A, t(5)), delivered(c, A, t(5))]);
+        expect(await store.deliveryCounts([A.key])).toEqual({
+          pending: 3,
+          delivered: 3,
+          failed: 0,
+          gone: 0,
+          orphaned: 3,
+          oldestPendingAt: null,
+        });
+        expect(await store.deliveryCounts([A.key])).toMatchObject({ orphaned: 3, oldestPendingAt: null });
+        expect(await store.deliveryCounts()).toMatchObject({ orphaned: 0, oldestPendingAt: t(1) });
+        expect(await store.deliveryCounts([A.key])).toMatchObject({ oldestPendingAt: null });
+        // A new event for A, then an older one pending to A again.
+        await store.commitChanges([move('d', 'UNKNOWN', 'COMPLETED', t(10))], build, [A], t(10));
+        expect(await store.deliveryCounts([A.key])).toMatchObject({
+          pending: 4,
+          orphaned: 3,
+          oldestPendingAt: t(10),
+        });
+        expect(await store.redeliver(b, [A], t(11))).toBe(1);
+        expect(await store.deliveryCounts([A.key])).toMatchObject({
+          pending: 5,
+          orphaned: 3,
+          oldestPendingAt: t(2),
+        });
+        // B configured again: its deliveries count as pending, and its oldest event as the oldest.
+        expect(await store.deliveryCounts([A.key, B.key])).toMatchObject({
+          orphaned: 0,
+          oldestPendingAt: t(1),
+        });
+        // Removing a job cancels its orphaned deliveries too.
+        expect(await store.removeExport('a')).toEqual({ removed: true, cancelledDeliveries: 1 });
+        expect(await store.deliveryCounts([A.key])).toMatchObject({
+          pending: 4,
+          orphaned: 2,
+          oldestPendingAt: t(2),
+        });
+        expect(await store.deliveryCounts([B.key])).toMatchObject({ orphaned: 2, oldestPendingAt: t(2) });
       });
 
       it('agrees with the deliveries listed after every kind of write', async () => {
@@ -1309,6 +1410,7 @@ export function describeStoreContract(
           delivered: 2,
           failed: 0,
           gone: 0,
+          orphaned: 0,
           oldestPendingAt: at,
         });
         // Years later, the pending delivery still holds its event.
@@ -1877,8 +1979,8 @@ export function describeStoreContract(
         );
         // Either before the outcome (one pending, of `a`'s event) or after it (none): never a mix.
         expect([
-          { pending: 1, delivered: 0, failed: 0, gone: 0, oldestPendingAt: T0 + SECOND },
-          { pending: 0, delivered: 1, failed: 0, gone: 0, oldestPendingAt: null },
+          { pending: 1, delivered: 0, failed: 0, gone: 0, orphaned: 0, oldestPendingAt: T0 + SECOND },
+          { pending: 0, delivered: 1, failed: 0, gone: 0, orphaned: 0, oldestPendingAt: null },
         ]).toContainEqual(counts);
         expect(await store.deliveryCounts()).toMatchObject({
           pending: 0,
@@ -1972,6 +2074,7 @@ export function describeStoreContract(
           () => store.redeliver('e', [A], T0),
           () => store.redeliverSince(T0, 'failed', T0, [A.key]),
           () => store.deliveryCounts(),
+          () => store.deliveryCounts([A.key]),
           () => store.prune(T0, { retainMs: 0, eventRetainMs: 0, batch: 10 }),
         ];
         for (const call of calls) await expect(call()).rejects.toBeInstanceOf(StoreError);

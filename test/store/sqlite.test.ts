@@ -325,6 +325,7 @@ describe('SQLite store', () => {
         delivered: 0,
         failed: 0,
         gone: 0,
+        orphaned: 0,
         oldestPendingAt: null,
       });
     } finally {
@@ -411,6 +412,106 @@ describe('SQLite store', () => {
     }
   });
 
+  it("a scrape passes over an endpoint no longer configured: it reads from the configured endpoints' oldest event, not from its", async () => {
+    // As above: record where each reading of the oldest pending event starts.
+    const statement = Object.getPrototypeOf(new Database(':memory:').prepare('SELECT 1')) as {
+      get: (...args: unknown[]) => unknown;
+    };
+    const get = statement.get;
+    const floors: number[] = [];
+    statement.get = function (this: { source: string }, ...args: unknown[]) {
+      if (this.source.includes('INDEXED BY events_by_time')) floors.push(args[0] as number);
+      return get.apply(this, args);
+    };
+    const store = await openSqliteStore({ path: ':memory:' });
+    try {
+      const kept = { key: endpointKey('https://a.example/'), label: 'https://a.example/' };
+      const gone = { key: endpointKey('https://b.example/'), label: 'https://b.example/' };
+      const deliver = (id: string, at: number) =>
+        store.recordAttempts([
+          {
+            eventId: `evt_${id}`,
+            endpointKey: kept.key,
+            seriesStartedAt: at,
+            status: 'delivered',
+            attempts: 1,
+            nextAttemptAt: null,
+            lastStatus: 200,
+            lastError: null,
+            finishedAt: at,
+          },
+        ]);
+      // The first event went to both; the second endpoint never took it and is then removed.
+      await store.addExports([{ ids: ['first'], metadata: null }], T0);
+      await store.commitChanges([completed('first', T0 + 1)], plainEvent, [kept, gone], T0 + 1);
+      await deliver('first', T0 + 1);
+      const ids = Array.from({ length: 500 }, (_, i) => `d${i}`);
+      await store.addExports([{ ids, metadata: null }], T0);
+      for (const [i, id] of ids.entries()) {
+        await store.commitChanges([completed(id, T0 + 10 + i)], plainEvent, [kept], T0 + 10 + i);
+        await deliver(id, T0 + 10 + i);
+      }
+      await store.addExports([{ ids: ['late'], metadata: null }], T0);
+      await store.commitChanges([completed('late', T0 + 10_000)], plainEvent, [kept], T0 + 10_000);
+      const scrape = () => store.deliveryCounts([kept.key]);
+      expect(await scrape()).toMatchObject({ pending: 2, orphaned: 1, oldestPendingAt: T0 + 10_000 });
+      // The next scrape starts at the late event: not at the first (still pending, to `gone`),
+      // which would read the 500 delivered since at every scrape.
+      floors.length = 0;
+      expect(await scrape()).toMatchObject({ pending: 2, orphaned: 1, oldestPendingAt: T0 + 10_000 });
+      expect(floors).toEqual([T0 + 10_000]);
+    } finally {
+      statement.get = get;
+      await store.close();
+    }
+  });
+
+  it("counts the orphaned deliveries without reading the configured endpoints' backlog", async () => {
+    // Every statement a scrape runs, with its arguments, to see how SQLite plans it.
+    const statement = Object.getPrototypeOf(new Database(':memory:').prepare('SELECT 1')) as {
+      get: (...args: unknown[]) => unknown;
+    };
+    const get = statement.get;
+    const ran: Array<{ source: string; args: unknown[] }> = [];
+    statement.get = function (this: { source: string }, ...args: unknown[]) {
+      ran.push({ source: this.source, args });
+      return get.apply(this, args);
+    };
+    const store = await openSqliteStore({ path: ':memory:' });
+    const plans = new Database(':memory:');
+    try {
+      for (const sql of MIGRATIONS) plans.exec(sql);
+      const refs = ['a', 'b', 'c', 'd'].map((n) => ({
+        key: endpointKey(`https://${n}.example/`),
+        label: `https://${n}.example/`,
+      }));
+      await store.addExports([{ ids: ['x', 'y'], metadata: null }], T0);
+      await store.commitChanges([completed('x', T0 + 1), completed('y', T0 + 2)], plainEvent, refs, T0 + 2);
+      const configured = [refs[2]!.key, refs[0]!.key];
+      // The first scrape counts the deliveries by status (once, then kept by every write).
+      expect(await store.deliveryCounts(configured)).toMatchObject({ pending: 8, orphaned: 4 });
+      ran.length = 0;
+      expect(await store.countOrphanedPending(configured)).toBe(4);
+      expect(await store.deliveryCounts(configured)).toMatchObject({
+        pending: 8,
+        orphaned: 4,
+        oldestPendingAt: T0 + 2,
+      });
+      expect(ran.length).toBeGreaterThan(0);
+      for (const { source, args } of ran) {
+        const plan = (plans.prepare(`EXPLAIN QUERY PLAN ${source}`).all(...args) as Array<{ detail: string }>)
+          .map((r) => r.detail)
+          .join('; ');
+        // Searches of the due index by endpoint key, and of events by time or id; no scan.
+        expect(plan, source).not.toMatch(/\bSCAN (deliveries|d|e|events)\b/);
+      }
+    } finally {
+      statement.get = get;
+      plans.close();
+      await store.close();
+    }
+  });
+
   it('refuses a second store on a database that is open, and opens it once the first is closed', async () => {
     const path = openDataDir(freshDir());
     const first = await openSqliteStore({ path });
@@ -490,6 +591,7 @@ describe('SQLite store', () => {
         delivered: 3,
         failed: 1,
         gone: 1,
+        orphaned: 0,
         oldestPendingAt: T0,
       });
     } finally {
