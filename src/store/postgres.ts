@@ -530,6 +530,12 @@ export class PostgresStore implements Store {
     });
   }
 
+  /**
+   * Counted in the database at each reading, unlike the SQLite store's running counts: replicas
+   * share this database and each writes it (a leader's commits, any replica's control API), so a
+   * count kept in one process's memory would miss the others' writes. The process awaits the
+   * count without blocking its event loop.
+   */
   async countExports(kind: JobKind = 'export'): Promise<Record<ExportState, number>> {
     return this.#use(async (db) => {
       const { rows } = await this.#query<{ state: ExportState; n: number }>(
