@@ -48,7 +48,7 @@ import {
 import { Daemon, VERSION } from './main.js';
 import type { JobKind } from './polling/tracker.js';
 import { ConfigError, UsageError } from './shared/errors.js';
-import { createLogger } from './shared/log.js';
+import { createLogger, flushLogLines } from './shared/log.js';
 import { describeProxy, useProxy } from './shared/proxy.js';
 import { Redactor, safeUrl, urlSecrets } from './shared/redact.js';
 
@@ -1199,7 +1199,9 @@ if (isEntryPoint()) {
   runCli(process.argv.slice(2), () => readEnvironment(process.env)).then(
     async (code) => {
       // stdout to a socket (a parent's pipe from Node, for one) is written asynchronously: exiting
-      // at once would drop what is still queued, and hide a reader that went away.
+      // at once would drop what is still queued, and hide a reader that went away. The log lines
+      // `run` still holds for the end of this turn go first, so that they are waited for too.
+      flushLogLines();
       await Promise.all([flushed(process.stdout), flushed(process.stderr)]);
       exitProcess(exitCodeAfterOutput(code));
     },

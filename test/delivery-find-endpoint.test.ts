@@ -73,4 +73,15 @@ describe('findEndpoint', () => {
     expect(e.findEndpoint('HTTPS://hooks.example.org/in?token=b')).toEqual(second);
     expect(e.findEndpoint(first?.label ?? '')).toEqual(first);
   });
+
+  it('the URL as configured wins over another endpoint spelled the same way; two such spellings are no match', async () => {
+    // Two entries of WATCHER_WEBHOOK_URLS that differ only in spelling are two endpoints (each
+    // receives every event, under its own key): the one named character for character is meant.
+    const e = await engineFor(['http://127.0.0.1:80/hook', 'http://127.0.0.1/hook']);
+    const [withPort, without] = e.endpoints;
+    expect(e.findEndpoint('http://127.0.0.1:80/hook')).toEqual(withPort);
+    expect(e.findEndpoint('http://127.0.0.1/hook')).toEqual(without);
+    // Neither spelled as given: which one is meant cannot be told.
+    expect(e.findEndpoint('HTTP://127.0.0.1/hook')).toBeUndefined();
+  });
 });

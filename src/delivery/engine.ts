@@ -297,12 +297,17 @@ export class DeliveryEngine {
    * credentials and query, when no other endpoint has it). Either may be typed in another form of
    * the same URL: the scheme and host in capitals, the default port written out, an empty path
    * (`HTTP://Hooks.example:80` is `http://hooks.example/`). A different path (a trailing `/`) is
-   * another URL.
+   * another URL. The URL as configured comes first: two entries of `WATCHER_WEBHOOK_URLS` that
+   * differ only in spelling are two endpoints, and another spelling that is both is neither.
    */
   findEndpoint(urlOrLabel: string): EndpointRef | undefined {
-    const given = [urlOrLabel, normalUrl(urlOrLabel)];
-    const byUrl = this.#endpoints.find((e) => given.includes(e.url) || given.includes(normalUrl(e.url)));
-    if (byUrl) return byUrl.ref;
+    const exact = this.#endpoints.find((e) => e.url === urlOrLabel);
+    if (exact) return exact.ref;
+    const normal = normalUrl(urlOrLabel);
+    const given = [urlOrLabel, normal];
+    const byUrl = normal === undefined ? [] : this.#endpoints.filter((e) => normalUrl(e.url) === normal);
+    if (byUrl.length > 1) return undefined;
+    if (byUrl[0]) return byUrl[0].ref;
     const byLabel = this.#endpoints.filter((e) => given.includes(e.ref.label));
     return byLabel.length === 1 ? byLabel[0]?.ref : undefined;
   }

@@ -448,6 +448,11 @@ interface StatusCount {
 /** `#oldestScope` of a reading over every endpoint (no JSON array is this). */
 const ANY_ENDPOINT = '*';
 
+/** The `#oldestScope` of a reading over the endpoints `keys` (every endpoint when absent). */
+function scopeOf(keys: readonly string[] | undefined): string {
+  return keys === undefined ? ANY_ENDPOINT : JSON.stringify([...new Set(keys)].sort());
+}
+
 const EVENT_COLUMNS = 'id, type, export_id, body, created_at';
 const DELIVERY_COLUMNS =
   'event_id, endpoint_key, endpoint_label, status, attempts, next_attempt_at, series_started_at, ' +
@@ -940,7 +945,11 @@ export class SqliteStore implements Store {
     if (counts.pending === 0) {
       // Nothing pending: whatever becomes pending later lowers (or forgets) the floor as it is
       // written, so the next scrape reads from there, not from before everything delivered since.
-      if (this.#counts !== undefined && !this.#open().inTransaction) this.#oldestFloor = Number.MAX_VALUE;
+      // None pending to any endpoint is none to these: the floor holds for their scope.
+      if (this.#counts !== undefined && !this.#open().inTransaction) {
+        this.#oldestFloor = Number.MAX_VALUE;
+        this.#oldestScope = scopeOf(endpointKeys);
+      }
       return { ...counts, orphaned: 0, oldestPendingAt: null };
     }
     const orphaned =
@@ -964,7 +973,7 @@ export class SqliteStore implements Store {
    * once the floor has moved past it (the first scrape), never read again.
    */
   #oldestPendingAt(keys: readonly string[] | undefined): number | null {
-    const scope = keys === undefined ? ANY_ENDPOINT : JSON.stringify([...new Set(keys)].sort());
+    const scope = scopeOf(keys);
     const floor = scope === this.#oldestScope ? this.#oldestFloor : undefined;
     const toThem = keys === undefined ? '' : 'AND d.endpoint_key IN (SELECT value FROM json_each(?))';
     const them = keys === undefined ? [] : [scope];

@@ -243,7 +243,10 @@ export interface DeliveryCounts {
   delivered: number;
   failed: number;
   gone: number;
-  /** Pending deliveries to endpoints not among the keys given; 0 when none were given. */
+  /**
+   * Pending deliveries to endpoints not among the keys given: 0 when no keys were given at all,
+   * every pending one when an empty list was.
+   */
   orphaned: number;
   /**
    * Creation time of the oldest event with a pending delivery to one of the endpoints given (to
