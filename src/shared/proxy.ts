@@ -25,6 +25,10 @@
  *   special treatment: `localhost` and `127.0.0.1` go through the proxy unless NO_PROXY lists them.
  * - Credentials in the proxy URL (`http://user:pass@proxy:3128`) are sent as
  *   `Proxy-Authorization: Basic ...`.
+ * - A path, query or fragment in the proxy URL (`http://proxy:3128/corp?x=1`) is dropped, as curl
+ *   drops it: a forward proxy is reached at its host and port, and undici refuses a proxy URL
+ *   with anything after the host (its `invalid url`, thrown where the dispatcher is made, would
+ *   otherwise end the process with a stack trace for a value configuration accepted).
  */
 import { Agent, type Dispatcher, EnvHttpProxyAgent } from 'undici';
 
@@ -62,11 +66,24 @@ export function createDispatcher(options: Agent.Options = {}, settings = current
   return new EnvHttpProxyAgent({
     ...options,
     // Empty strings, not undefined: undici would fall back to process.env.
-    httpProxy: settings.http ?? '',
-    httpsProxy: settings.https ?? '',
+    httpProxy: settings.http === undefined ? '' : proxyOrigin(settings.http),
+    httpsProxy: settings.https === undefined ? '' : proxyOrigin(settings.https),
     noProxy: settings.noProxy,
     proxyTunnel: false,
   });
+}
+
+/**
+ * A proxy URL as undici takes it: scheme, credentials (as written, still percent-encoded, which
+ * undici decodes for `Proxy-Authorization`), host and port, with the path `/` and no query or
+ * fragment.
+ */
+export function proxyOrigin(url: string): string {
+  const u = new URL(url);
+  u.pathname = '/';
+  u.search = '';
+  u.hash = '';
+  return u.href;
 }
 
 /** `scheme://host:port` of a proxy URL: what may be logged of it (never its credentials or path). */
