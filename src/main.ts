@@ -682,21 +682,41 @@ export class Daemon {
     }
   }
 
-  /** Deletes finished exports and events past retention, a batch at a time, every minute. */
+  /**
+   * Every minute: gives up the deliveries that waited WATCHER_WEBHOOK_MAX_AGE for an endpoint no
+   * longer configured (`Store.giveUpOrphaned`), then deletes finished exports and events past
+   * retention, a batch at a time.
+   */
   #schedulePrune(): void {
-    this.#pruneTimer = setInterval(() => {
-      this.store
-        .prune(this.#now(), {
-          retainMs: this.config.retainMs,
-          eventRetainMs: this.config.eventRetainMs,
-          batch: PRUNE_BATCH,
-        })
-        .then(({ exports, events }) => {
-          if (exports + events > 0) this.#log.debug({ exports, events }, 'pruned past retention');
-        })
-        .catch((error: unknown) => this.#log.error({ err: error }, 'could not prune the store'));
-    }, PRUNE_EVERY_MS);
+    this.#pruneTimer = setInterval(() => void this.tidy(), PRUNE_EVERY_MS);
     this.#pruneTimer.unref();
+  }
+
+  /** What the leader does every minute (`#schedulePrune`); never rejects, failures are logged. */
+  async tidy(): Promise<void> {
+    const now = this.#now();
+    try {
+      const keys = this.deliveries.endpoints.map((e) => e.key);
+      const givenUp = await this.store.giveUpOrphaned(keys, now - this.config.webhook.maxAgeMs, now);
+      if (givenUp > 0) {
+        this.#log.warn(
+          { count: givenUp, max_age_ms: this.config.webhook.maxAgeMs },
+          'webhook deliveries to endpoints no longer in WATCHER_WEBHOOK_URLS given up after WATCHER_WEBHOOK_MAX_AGE; POST /v1/events/redeliver sends them once the endpoint is configured again',
+        );
+      }
+    } catch (error) {
+      this.#log.error({ err: error }, 'could not give up the deliveries to removed endpoints');
+    }
+    try {
+      const { exports, events } = await this.store.prune(now, {
+        retainMs: this.config.retainMs,
+        eventRetainMs: this.config.eventRetainMs,
+        batch: PRUNE_BATCH,
+      });
+      if (exports + events > 0) this.#log.debug({ exports, events }, 'pruned past retention');
+    } catch (error) {
+      this.#log.error({ err: error }, 'could not prune the store');
+    }
   }
 
   /**

@@ -1,6 +1,7 @@
 /**
  * The backlog metrics after an endpoint is removed from WATCHER_WEBHOOK_URLS. The deliveries still
- * pending to it stay in the store, to be sent once it is configured again (README, "Durable state
+ * pending to it stay in the store, to be sent if it is configured again within
+ * WATCHER_WEBHOOK_MAX_AGE, and are given up after that (README, "Durable state
  * and replay"); the pending gauge and the oldest pending age, which operators alert on, count only
  * the endpoints configured now, and `webhook_deliveries_orphaned` shows the stranded ones.
  *
@@ -57,7 +58,7 @@ async function open(env: Env, urls: readonly string[], now: () => number): Promi
  * `recent` completes ten minutes before, and neither has. Then the daemon restarts without the
  * removed endpoint: its two deliveries are orphaned, the kept endpoint's one is the backlog.
  */
-async function restartWithoutOne(env: Env): Promise<string> {
+async function restartWithoutOne(env: Env): Promise<{ text: string; second: Daemon }> {
   let now = T0 - 2 * 60 * MINUTE;
   const first = await open(env, [KEPT, REMOVED], () => now);
   const store = first.store;
@@ -99,7 +100,7 @@ async function restartWithoutOne(env: Env): Promise<string> {
   now = T0;
   const second = await open(env, [KEPT], () => now);
   text = (await second.metrics.render()).body;
-  return text;
+  return { text, second };
 }
 
 function expectOnlyConfiguredInBacklog(text: string): void {
@@ -112,11 +113,37 @@ function expectOnlyConfiguredInBacklog(text: string): void {
   expect(sample(text, `${P}webhook_deliveries`, '{status="delivered"}')).toBe(1);
 }
 
+/**
+ * With WATCHER_WEBHOOK_MAX_AGE at 1 h, the minute's tidying gives up the removed endpoint's
+ * delivery of `old` (its series started 2 h ago), not that of `recent` (10 min ago), nor the kept
+ * endpoint's: one orphaned delivery is left, and the given-up one is stored as failed.
+ */
+async function expectOldOrphanGivenUp(env: Env): Promise<void> {
+  const { second } = await restartWithoutOne({ ...env, WATCHER_WEBHOOK_MAX_AGE: '1h' });
+  const keys = second.deliveries.endpoints.map((e) => e.key);
+  await second.tidy();
+  // Read from the store: the scrape just made shares its reading for 500 ms of real time.
+  const counts = { pending: 2, orphaned: 1, failed: 1, delivered: 1 };
+  expect(await second.store.deliveryCounts(keys)).toMatchObject(counts);
+  const old = await second.store.getEvent('evt_old');
+  const byStatus = Object.fromEntries(old?.deliveries.map((d) => [d.status, d.endpointLabel]) ?? []);
+  expect(byStatus).toEqual({ delivered: KEPT, failed: REMOVED });
+  // Nothing else is old enough: a second round gives up nothing more.
+  await second.tidy();
+  expect(await second.store.deliveryCounts(keys)).toMatchObject(counts);
+}
+
 describe('backlog metrics after a restart with an endpoint removed', () => {
+  it('SQLite: deliveries that waited WATCHER_WEBHOOK_MAX_AGE for a removed endpoint are given up', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'metrics-orphaned-'));
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    await expectOldOrphanGivenUp({ WATCHER_DATA_DIR: dir });
+  });
+
   it('SQLite: count only the endpoints configured now, and the orphaned deliveries apart', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'metrics-orphaned-'));
     cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
-    expectOnlyConfiguredInBacklog(await restartWithoutOne({ WATCHER_DATA_DIR: dir }));
+    expectOnlyConfiguredInBacklog((await restartWithoutOne({ WATCHER_DATA_DIR: dir })).text);
   });
 });
 
@@ -126,7 +153,13 @@ await describeWithPostgres(
     it('count only the endpoints configured now, and the orphaned deliveries apart', async () => {
       const url = await server.createDatabase();
       cleanups.push(() => server.dropDatabase(url));
-      expectOnlyConfiguredInBacklog(await restartWithoutOne({ WATCHER_DATABASE_URL: url }));
+      expectOnlyConfiguredInBacklog((await restartWithoutOne({ WATCHER_DATABASE_URL: url })).text);
+    });
+
+    it('give up the deliveries that waited WATCHER_WEBHOOK_MAX_AGE for a removed endpoint', async () => {
+      const url = await server.createDatabase();
+      cleanups.push(() => server.dropDatabase(url));
+      await expectOldOrphanGivenUp({ WATCHER_DATABASE_URL: url });
     });
   },
 );

@@ -332,7 +332,7 @@ export class DeliveryEngine {
     if (orphaned > 0) {
       this.#o.log.warn(
         { count: orphaned },
-        'pending webhook deliveries to endpoints no longer in WATCHER_WEBHOOK_URLS; they wait until that endpoint is configured again',
+        'pending webhook deliveries to endpoints no longer in WATCHER_WEBHOOK_URLS; they wait for that endpoint to be configured again, and are given up once WATCHER_WEBHOOK_MAX_AGE old',
       );
     }
     this.poke();

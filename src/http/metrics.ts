@@ -20,7 +20,7 @@
  * | `sbg_export_watcher_webhook_attempts_total` | counter | `endpoint`, `outcome` | Webhook HTTP attempts. `outcome`: success (2xx), failure (anything to retry), gone (410), aborted (cut short by a close deadline, a pause or a lost leadership; made again later). |
  * | `sbg_export_watcher_webhook_attempt_duration_seconds` | histogram | `endpoint` | Time of one webhook attempt. Buckets 10 ms to 60 s. |
  * | `sbg_export_watcher_webhook_deliveries_pending` | gauge | none | Webhook deliveries not finished yet to the endpoints in `WATCHER_WEBHOOK_URLS` (stored as pending: due, in flight, or waiting for a retry); those to endpoints no longer configured are `webhook_deliveries_orphaned`. |
- * | `sbg_export_watcher_webhook_deliveries_orphaned` | gauge | none | Pending webhook deliveries to endpoints no longer in `WATCHER_WEBHOOK_URLS`: never sent until that URL is configured again. Not in `webhook_deliveries_pending` nor in `webhook_oldest_pending_age_seconds`. |
+ * | `sbg_export_watcher_webhook_deliveries_orphaned` | gauge | none | Pending webhook deliveries to endpoints no longer in `WATCHER_WEBHOOK_URLS`: sent if that URL is configured again within `WATCHER_WEBHOOK_MAX_AGE`, given up (`failed`) after it. Not in `webhook_deliveries_pending` nor in `webhook_oldest_pending_age_seconds`. |
  * | `sbg_export_watcher_webhook_deliveries` | gauge | `status` | Stored webhook deliveries by status: pending, delivered, failed (given up), gone; finished ones count until `WATCHER_EVENT_RETAIN` drops them. `pending` counts every endpoint's: `webhook_deliveries_pending` plus `webhook_deliveries_orphaned`. |
  * | `sbg_export_watcher_webhook_oldest_pending_age_seconds` | gauge | none | Age of the oldest event with a pending delivery to an endpoint in `WATCHER_WEBHOOK_URLS`; 0 when none is pending. |
  * | `sbg_export_watcher_last_successful_check_timestamp_seconds` | gauge | none | Unix time (seconds) at which a check of the platform last succeeded; 0 before the first. |
@@ -165,7 +165,7 @@ const M = {
     name: `${METRIC_PREFIX}webhook_deliveries_orphaned`,
     type: 'gauge',
     labels: [],
-    help: 'Pending webhook deliveries to endpoints no longer configured: sent only once such an endpoint is configured again.',
+    help: 'Pending webhook deliveries to endpoints no longer configured: sent if one is configured again within the max age, given up after it.',
   },
   deliveriesStored: {
     name: `${METRIC_PREFIX}webhook_deliveries`,

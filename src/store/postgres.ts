@@ -81,6 +81,7 @@ import {
   type ExportChange,
   type ExportPageQuery,
   type NewEvent,
+  ORPHANED_GIVE_UP_ERROR,
   type RetentionPolicy,
   type Store,
   type StoredDelivery,
@@ -864,6 +865,27 @@ export class PostgresStore implements Store {
         [keys],
       );
       return rows[0]?.n ?? 0;
+    });
+  }
+
+  /** The rows are locked in key order, as every other writer of deliveries locks them. */
+  async giveUpOrphaned(keys: readonly string[], startedBy: number, now: number): Promise<number> {
+    return this.#use(async (db) => {
+      const result = await this.#query(
+        db,
+        `WITH target AS MATERIALIZED (
+            SELECT event_id, endpoint_key FROM deliveries
+            WHERE status = 'pending' AND endpoint_key <> ALL($1::text[]) AND series_started_at <= $2
+            ORDER BY event_id, endpoint_key
+            FOR NO KEY UPDATE
+          )
+          UPDATE deliveries AS d SET
+            status = 'failed', next_attempt_at = NULL, leased = false, finished_at = $3, last_error = $4
+          FROM target AS t
+          WHERE d.event_id = t.event_id AND d.endpoint_key = t.endpoint_key AND d.status = 'pending'`,
+        [keys, startedBy, now, ORPHANED_GIVE_UP_ERROR],
+      );
+      return result.rowCount ?? 0;
     });
   }
 

@@ -50,6 +50,7 @@ import {
   type ExportChange,
   type ExportPageQuery,
   type NewEvent,
+  ORPHANED_GIVE_UP_ERROR,
   type RetentionPolicy,
   type Store,
   type StoredDelivery,
@@ -807,6 +808,29 @@ export class SqliteStore implements Store {
 
   async countOrphanedPending(keys: readonly string[]): Promise<number> {
     return this.#orphanedPending(keys);
+  }
+
+  /**
+   * Counted first on the due index's ranges (`#orphanedPending`): the update, which reads every
+   * pending row, runs only when a removed endpoint has some, which is rare.
+   */
+  async giveUpOrphaned(keys: readonly string[], startedBy: number, now: number): Promise<number> {
+    if (this.#orphanedPending(keys) === 0) return 0;
+    const giveUp = this.#sql(`
+      UPDATE deliveries SET
+        status = 'failed', next_attempt_at = NULL, leased = 0, finished_at = @now, last_error = @error
+      WHERE status = 'pending' AND series_started_at <= @startedBy
+        AND endpoint_key NOT IN (SELECT value FROM json_each(@keys))`);
+    return this.#transaction(() => {
+      const n = giveUp.run({
+        now,
+        startedBy,
+        error: ORPHANED_GIVE_UP_ERROR,
+        keys: JSON.stringify(keys),
+      }).changes;
+      this.#recounted('pending', 'failed', n);
+      return n;
+    });
   }
 
   /**

@@ -231,6 +231,10 @@ export interface EventQuery {
   limit: number;
 }
 
+/** The last error of a delivery given up because its endpoint is no longer configured. */
+export const ORPHANED_GIVE_UP_ERROR =
+  'ENDPOINT_REMOVED: the endpoint was no longer in WATCHER_WEBHOOK_URLS for WATCHER_WEBHOOK_MAX_AGE';
+
 /**
  * Stored deliveries by status, to every endpoint, and what of the pending ones is owed to the
  * endpoints configured now (the keys `deliveryCounts` is given). A delivery to an endpoint no
@@ -321,6 +325,15 @@ export interface Store {
   recordAttempts(records: readonly AttemptRecord[]): Promise<void>;
   /** Pending deliveries to endpoints not in `keys`: they wait for that endpoint to come back. */
   countOrphanedPending(keys: readonly string[]): Promise<number>;
+  /**
+   * Gives up (`failed`, finished at `now`, `ORPHANED_GIVE_UP_ERROR` as the last error) the pending
+   * deliveries to endpoints not in `keys` whose series started at or before `startedBy` (now less
+   * WATCHER_WEBHOOK_MAX_AGE): a removed endpoint's deliveries wait that long for it to be
+   * configured again, as a down receiver's are retried that long, and then leave the backlog, so
+   * that retention can drop them; a redelivery (`redeliverSince`, status failed) brings them back
+   * once it is. Answers how many.
+   */
+  giveUpOrphaned(keys: readonly string[], startedBy: number, now: number): Promise<number>;
 
   getEvent(id: string): Promise<StoredEvent | undefined>;
   /** Newest first: ordered by (createdAt, id) descending. */

@@ -16,6 +16,7 @@ import {
   type EventBuilder,
   endpointKey,
   type NewEvent,
+  ORPHANED_GIVE_UP_ERROR,
   type Store,
   type StoredDelivery,
   StoreError,
@@ -858,6 +859,51 @@ export function describeStoreContract(
         expect(await store.countOrphanedPending([P.key, Q.key, R.key, E.key, A.key])).toBe(0);
         expect(await store.deliveryCounts([P.key, Q.key])).toMatchObject({ pending: 8, orphaned: 4 });
         expect(await store.deliveryCounts([Q.key, P.key, E.key, Q.key])).toMatchObject({ orphaned: 2 });
+      });
+    });
+
+    describe('giveUpOrphaned', () => {
+      const statusTo = async (id: string, to: EndpointRef) =>
+        (await store.getEvent(eventId(id, 'COMPLETED')))?.deliveries.find((d) => d.endpointKey === to.key);
+
+      it('gives up the pending deliveries to removed endpoints whose series started by then, and only those', async () => {
+        // a's deliveries start at T0 + 1 s, b's an hour later; B is no longer configured.
+        await watchThrough(['a'], ['COMPLETED'], [A, B]);
+        await watchThrough(['b'], ['COMPLETED'], [A, B], T0 + HOUR);
+        expect(await store.deliveryCounts([A.key])).toMatchObject({ pending: 4, failed: 0, orphaned: 2 });
+        const now = T0 + 2 * HOUR;
+        expect(await store.giveUpOrphaned([A.key], T0 + 2 * SECOND, now)).toBe(1);
+        expect(await statusTo('a', B)).toMatchObject({
+          status: 'failed',
+          attempts: 0,
+          nextAttemptAt: null,
+          finishedAt: now,
+          lastError: ORPHANED_GIVE_UP_ERROR,
+        });
+        // To a configured endpoint, however old: pending; to the removed one, not old enough: pending.
+        expect((await statusTo('a', A))?.status).toBe('pending');
+        expect((await statusTo('b', B))?.status).toBe('pending');
+        expect(await store.deliveryCounts([A.key])).toMatchObject({ pending: 3, failed: 1, orphaned: 1 });
+        expect(await store.countOrphanedPending([A.key])).toBe(1);
+        // Done once: nothing more to give up by then.
+        expect(await store.giveUpOrphaned([A.key], T0 + 2 * SECOND, now)).toBe(0);
+        // B configured again: a redelivery of what failed since T0 sends it once more.
+        expect(await store.redeliverSince(T0, 'failed', now + 1, [A.key, B.key])).toBe(1);
+        expect(await statusTo('a', B)).toMatchObject({ status: 'pending', attempts: 0, finishedAt: null });
+        expect(await store.deliveryCounts([A.key, B.key])).toMatchObject({
+          pending: 4,
+          failed: 0,
+          orphaned: 0,
+        });
+      });
+
+      it('gives up nothing while every endpoint with pending deliveries is configured', async () => {
+        await watchThrough(['a', 'b'], ['COMPLETED'], [A, B]);
+        expect(await store.giveUpOrphaned([A.key, B.key, C.key], T0 + HOUR, T0 + 2 * HOUR)).toBe(0);
+        expect(await store.deliveryCounts()).toMatchObject({ pending: 4, failed: 0 });
+        // With no endpoint configured at all, every old enough pending delivery goes.
+        expect(await store.giveUpOrphaned([], T0 + HOUR, T0 + 2 * HOUR)).toBe(4);
+        expect(await store.deliveryCounts()).toMatchObject({ pending: 0, failed: 4 });
       });
     });
 
