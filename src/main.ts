@@ -697,10 +697,16 @@ export class Daemon {
     const now = this.#now();
     try {
       const keys = this.deliveries.endpoints.map((e) => e.key);
-      const givenUp = await this.store.giveUpOrphaned(keys, now - this.config.webhook.maxAgeMs, now);
+      const byEndpoint = await this.store.giveUpOrphaned(keys, now - this.config.webhook.maxAgeMs, now);
+      let givenUp = 0;
+      for (const { endpointLabel, count } of byEndpoint) {
+        givenUp += count;
+        // Counted as the engine counts the deliveries it gives up (webhook_deliveries_total).
+        this.bus.emit('delivery.finished', { endpoint: endpointLabel, outcome: 'given_up', count });
+      }
       if (givenUp > 0) {
         this.#log.warn(
-          { count: givenUp, max_age_ms: this.config.webhook.maxAgeMs },
+          { count: givenUp, endpoints: byEndpoint, max_age_ms: this.config.webhook.maxAgeMs },
           'webhook deliveries to endpoints no longer in WATCHER_WEBHOOK_URLS given up after WATCHER_WEBHOOK_MAX_AGE; POST /v1/events/redeliver sends them once the endpoint is configured again',
         );
       }

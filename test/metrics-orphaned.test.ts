@@ -128,9 +128,14 @@ async function expectOldOrphanGivenUp(env: Env): Promise<void> {
   const old = await second.store.getEvent('evt_old');
   const byStatus = Object.fromEntries(old?.deliveries.map((d) => [d.status, d.endpointLabel]) ?? []);
   expect(byStatus).toEqual({ delivered: KEPT, failed: REMOVED });
+  // Counted with the deliveries the engine gives up, under the endpoint's stored label.
+  const total = (text: string) =>
+    sample(text, `${P}webhook_deliveries_total`, `{endpoint="${REMOVED}",result="given_up"}`);
+  expect(total((await second.metrics.render()).body)).toBe(1);
   // Nothing else is old enough: a second round gives up nothing more.
   await second.tidy();
   expect(await second.store.deliveryCounts(keys)).toMatchObject(counts);
+  expect(total((await second.metrics.render()).body)).toBe(1);
 }
 
 describe('backlog metrics after a restart with an endpoint removed', () => {

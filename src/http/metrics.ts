@@ -467,8 +467,8 @@ export class Metrics {
       this.#attempts.inc({ endpoint: result.endpoint, outcome: result.outcome });
       this.#attemptDuration.observe({ endpoint: result.endpoint }, seconds(result.durationMs));
     });
-    bus.on('delivery.finished', ({ endpoint, outcome }) => {
-      this.#deliveries.inc({ endpoint, result: outcome });
+    bus.on('delivery.finished', ({ endpoint, outcome, count = 1 }) => {
+      this.#deliveries.inc({ endpoint, result: outcome }, count);
     });
     bus.on('transition', ({ kind = 'export', from, to }) => this.#transitions[kind].inc({ from, to }));
     bus.on('check.result', (result) => {

@@ -51,7 +51,8 @@ export interface WatcherEvents {
   transition: Transition;
   'delivery.attempt_started': { endpoint: string };
   'delivery.attempt': AttemptResult;
-  'delivery.finished': { endpoint: string; outcome: DeliveryOutcome };
+  /** `count` deliveries (1 when absent) to `endpoint` ended so. */
+  'delivery.finished': { endpoint: string; outcome: DeliveryOutcome; count?: number };
   /** Unfinished deliveries to an endpoint that the engine holds, on every change. */
   'delivery.depth': { endpoint: string; depth: number };
 }

@@ -869,23 +869,30 @@ export class PostgresStore implements Store {
   }
 
   /** The rows are locked in key order, as every other writer of deliveries locks them. */
-  async giveUpOrphaned(keys: readonly string[], startedBy: number, now: number): Promise<number> {
+  async giveUpOrphaned(
+    keys: readonly string[],
+    startedBy: number,
+    now: number,
+  ): Promise<Array<{ endpointLabel: string; count: number }>> {
     return this.#use(async (db) => {
-      const result = await this.#query(
+      const { rows } = await this.#query<{ endpoint_label: string; n: number }>(
         db,
         `WITH target AS MATERIALIZED (
             SELECT event_id, endpoint_key FROM deliveries
             WHERE status = 'pending' AND endpoint_key <> ALL($1::text[]) AND series_started_at <= $2
             ORDER BY event_id, endpoint_key
             FOR NO KEY UPDATE
+          ), given AS (
+            UPDATE deliveries AS d SET
+              status = 'failed', next_attempt_at = NULL, leased = false, finished_at = $3, last_error = $4
+            FROM target AS t
+            WHERE d.event_id = t.event_id AND d.endpoint_key = t.endpoint_key AND d.status = 'pending'
+            RETURNING d.endpoint_label
           )
-          UPDATE deliveries AS d SET
-            status = 'failed', next_attempt_at = NULL, leased = false, finished_at = $3, last_error = $4
-          FROM target AS t
-          WHERE d.event_id = t.event_id AND d.endpoint_key = t.endpoint_key AND d.status = 'pending'`,
+          SELECT endpoint_label, count(*)::int AS n FROM given GROUP BY endpoint_label ORDER BY endpoint_label`,
         [keys, startedBy, now, ORPHANED_GIVE_UP_ERROR],
       );
-      return result.rowCount ?? 0;
+      return rows.map((r) => ({ endpointLabel: r.endpoint_label, count: Number(r.n) }));
     });
   }
 

@@ -814,22 +814,29 @@ export class SqliteStore implements Store {
    * Counted first on the due index's ranges (`#orphanedPending`): the update, which reads every
    * pending row, runs only when a removed endpoint has some, which is rare.
    */
-  async giveUpOrphaned(keys: readonly string[], startedBy: number, now: number): Promise<number> {
-    if (this.#orphanedPending(keys) === 0) return 0;
+  async giveUpOrphaned(
+    keys: readonly string[],
+    startedBy: number,
+    now: number,
+  ): Promise<Array<{ endpointLabel: string; count: number }>> {
+    if (this.#orphanedPending(keys) === 0) return [];
     const giveUp = this.#sql(`
       UPDATE deliveries SET
         status = 'failed', next_attempt_at = NULL, leased = 0, finished_at = @now, last_error = @error
       WHERE status = 'pending' AND series_started_at <= @startedBy
-        AND endpoint_key NOT IN (SELECT value FROM json_each(@keys))`);
+        AND endpoint_key NOT IN (SELECT value FROM json_each(@keys))
+      RETURNING endpoint_label`).pluck();
     return this.#transaction(() => {
-      const n = giveUp.run({
+      const labels = giveUp.all({
         now,
         startedBy,
         error: ORPHANED_GIVE_UP_ERROR,
         keys: JSON.stringify(keys),
-      }).changes;
-      this.#recounted('pending', 'failed', n);
-      return n;
+      }) as string[];
+      this.#recounted('pending', 'failed', labels.length);
+      const counts = new Map<string, number>();
+      for (const label of labels) counts.set(label, (counts.get(label) ?? 0) + 1);
+      return [...counts].map(([endpointLabel, count]) => ({ endpointLabel, count }));
     });
   }
 

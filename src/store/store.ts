@@ -331,9 +331,14 @@ export interface Store {
    * WATCHER_WEBHOOK_MAX_AGE): a removed endpoint's deliveries wait that long for it to be
    * configured again, as a down receiver's are retried that long, and then leave the backlog, so
    * that retention can drop them; a redelivery (`redeliverSince`, status failed) brings them back
-   * once it is. Answers how many.
+   * once it is. Answers how many, by the endpoint label stored with them, in no set order (none:
+   * an empty list).
    */
-  giveUpOrphaned(keys: readonly string[], startedBy: number, now: number): Promise<number>;
+  giveUpOrphaned(
+    keys: readonly string[],
+    startedBy: number,
+    now: number,
+  ): Promise<Array<{ endpointLabel: string; count: number }>>;
 
   getEvent(id: string): Promise<StoredEvent | undefined>;
   /** Newest first: ordered by (createdAt, id) descending. */
