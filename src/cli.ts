@@ -31,8 +31,8 @@ import {
 import { runWatch } from './cli/watch.js';
 import {
   type Config,
+  durationWithin,
   type Env,
-  exactDuration,
   loadConfig,
   parseDuration,
   TOKEN_TEXT,
@@ -592,10 +592,8 @@ const MAX_TIMEOUT_MS = 24 * 86_400_000;
 /** `--timeout DURATION`, or `fallback` when it is not given. */
 export function parseTimeout(value: unknown, fallback: number | undefined): number | undefined {
   if (value === undefined) return fallback;
-  // Bounds hold for the value written, not for it rounded to a whole millisecond.
-  const exact = exactDuration(String(value));
-  const ms = Math.round(exact);
-  if (Number.isNaN(exact) || exact < 1 || exact > MAX_TIMEOUT_MS) {
+  const ms = durationWithin(String(value), 1, MAX_TIMEOUT_MS);
+  if (ms === undefined) {
     throw new UsageError(
       `--timeout: expected a duration from 1ms to 24d (like 250ms, 10s, 5m, 1h, or milliseconds), got ${JSON.stringify(value)}`,
     );

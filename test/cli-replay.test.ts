@@ -8,13 +8,13 @@ import { createServer as createHttpServer, type Server as HttpServer } from 'nod
 import { type AddressInfo, createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import pino from 'pino';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { formatEvents, parseSince, redeliverPlan } from '../src/cli/events.js';
 import { runCli } from '../src/cli.js';
 import type { EventType } from '../src/delivery/events.js';
-import { ControlApi, eventToJson, parseRfc3339, type WatchRegistry } from '../src/http/control-api.js';
+import { type ControlApi, eventToJson, parseRfc3339, type WatchRegistry } from '../src/http/control-api.js';
 import type { DeliveryStatus, EventQuery, StoredEvent } from '../src/store/store.js';
+import { listenControlApi } from './helpers/control-api.js';
 import { closedPort } from './helpers/ports.js';
 import { killAll, spawnCli } from './helpers/spawn.js';
 
@@ -113,15 +113,7 @@ let apiUrl: string;
 
 beforeAll(async () => {
   registry = new EventsRegistry();
-  api = new ControlApi({
-    host: '127.0.0.1',
-    port: 0,
-    registry,
-    probes: { health: () => ({ ok: true }), ready: () => ({ ok: true }) },
-    log: pino({ level: 'silent' }),
-    apiToken: TOKEN,
-  });
-  apiUrl = await api.listen();
+  ({ api, url: apiUrl } = await listenControlApi(registry, { apiToken: TOKEN }));
 });
 
 afterAll(async () => {

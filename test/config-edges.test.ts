@@ -10,17 +10,11 @@ import { afterEach, describe, expect, it, vi } from 'vitest';
 import { parseTimeout, readEnvironment, runCli } from '../src/cli.js';
 import { type Env, loadConfig } from '../src/config/config.js';
 import { parseCredentials } from '../src/config/profiles.js';
-import { ConfigError } from '../src/shared/errors.js';
 import { shownUrl } from '../src/shared/redact.js';
+import { configProblems } from './helpers/config.js';
 
 function problems(env: Env): string[] {
-  try {
-    loadConfig(env);
-  } catch (error) {
-    expect(error).toBeInstanceOf(ConfigError);
-    return [...(error as ConfigError).problems];
-  }
-  throw new Error(`expected a ConfigError for ${JSON.stringify(env)}`);
+  return configProblems(() => loadConfig(env), JSON.stringify(env));
 }
 
 async function cli(args: string[], env: Env | (() => Env)): Promise<{ code: number; err: string }> {

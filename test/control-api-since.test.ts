@@ -3,12 +3,12 @@
  * RFC 3339 date-time (README: "`since` an RFC 3339 time"). RFC 3339 section 5.6/5.7 allows a leap
  * second (`time-second` 00-60), e.g. the real one at 2016-12-31T23:59:60Z.
  */
-import pino from 'pino';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseSince } from '../src/cli/events.js';
-import { ControlApi, parseRfc3339, type WatchRegistry } from '../src/http/control-api.js';
+import { type ControlApi, parseRfc3339, type WatchRegistry } from '../src/http/control-api.js';
 import type { EventQuery } from '../src/store/store.js';
+import { listenControlApi } from './helpers/control-api.js';
 
 const queries: EventQuery[] = [];
 const redelivered: number[] = [];
@@ -31,14 +31,7 @@ const registry: WatchRegistry = {
 let api: ControlApi;
 let base: string;
 beforeAll(async () => {
-  api = new ControlApi({
-    host: '127.0.0.1',
-    port: 0,
-    registry,
-    probes: { health: () => ({ ok: true }), ready: () => ({ ok: true }) },
-    log: pino({ level: 'silent' }),
-  });
-  base = await api.listen();
+  ({ api, url: base } = await listenControlApi(registry));
 });
 afterAll(() => api.close());
 

@@ -104,21 +104,20 @@ async function sameMillisecond(
   expect(a.r.received.map((x) => x.status)).toEqual([410, 204]);
 }
 
-const rewatch = (store: Store, endpoints: readonly EndpointRef[]) => watchAndComplete(store, endpoints, 'x');
-const redeliverToA = (store: Store, endpoints: readonly EndpointRef[]) =>
-  store.redeliver(ID, endpoints.slice(0, 1), Date.now());
+/** What creates A's delivery again after the removal, named as the tests say it. */
+const AGAIN: ReadonlyArray<[string, (store: Store, endpoints: readonly EndpointRef[]) => Promise<unknown>]> =
+  [
+    ['watched again', (store, endpoints) => watchAndComplete(store, endpoints, 'x')],
+    ['redelivered', (store, endpoints) => store.redeliver(ID, endpoints.slice(0, 1), Date.now())],
+  ];
 
-const sqlite = () => openSqliteStore({ path: ':memory:' });
-it(
-  'SQLite: watched again in the same ms, the new delivery is sent, not ended by the cancelled attempt',
-  () => sameMillisecond(sqlite, rewatch),
-  20_000,
-);
-it(
-  'SQLite: redelivered in the same ms after removal, the new delivery is sent, not ended by the cancelled attempt',
-  () => sameMillisecond(sqlite, redeliverToA),
-  20_000,
-);
+for (const [what, again] of AGAIN) {
+  it(
+    `SQLite: ${what} in the same ms after removal, the new delivery is sent, not ended by the cancelled attempt`,
+    () => sameMillisecond(() => openSqliteStore({ path: ':memory:' }), again),
+    20_000,
+  );
+}
 
 await describeWithPostgres('PostgreSQL', (server) => {
   const postgres = async () => {
@@ -126,14 +125,11 @@ await describeWithPostgres('PostgreSQL', (server) => {
     cleanups.unshift(() => server.dropDatabase(url));
     return openPostgresStore({ url });
   };
-  it(
-    'PostgreSQL: watched again in the same ms, the new delivery is sent, not ended by the cancelled attempt',
-    () => sameMillisecond(postgres, rewatch),
-    20_000,
-  );
-  it(
-    'PostgreSQL: redelivered in the same ms after removal, the new delivery is sent, not ended by the cancelled attempt',
-    () => sameMillisecond(postgres, redeliverToA),
-    20_000,
-  );
+  for (const [what, again] of AGAIN) {
+    it(
+      `PostgreSQL: ${what} in the same ms after removal, the new delivery is sent, not ended by the cancelled attempt`,
+      () => sameMillisecond(postgres, again),
+      20_000,
+    );
+  }
 });

@@ -252,7 +252,7 @@ describe('the watcher against the simulator', () => {
     const r = await stack.post('/v1/events/redeliver', { since: new Date(at - 1000).toISOString() });
     expect(r).toEqual({ status: 202, json: { deliveries: 1 } });
     await stack.receiver.waitFor((rec) => rec.acceptedIds().has('evt_x_completed'), 10_000);
-    expect(await store.countOrphanedPending(deliveries.endpoints.map((e) => e.key))).toBe(0);
+    expect((await store.deliveryCounts(deliveries.endpoints.map((e) => e.key))).orphaned).toBe(0);
     const kept = (await store.getEvent('evt_x_completed'))?.deliveries.find((d) => d.endpointKey === old.key);
     expect(kept).toMatchObject({ status: 'failed', lastStatus: 503 });
   });

@@ -3,9 +3,9 @@
  * empty page of the platform's: the listing goes on to the next page, where real jobs are.
  */
 import { afterEach, describe, expect, it } from 'vitest';
-import { Discovery, listUnfinished } from '../src/polling/discovery.js';
-import { logSink } from './helpers/log-sink.js';
-import { type Cleanups, loopbackPlatform } from './helpers/platform.js';
+import { listUnfinished } from '../src/polling/discovery.js';
+import { exportDiscovery } from './helpers/discovery.js';
+import { type Cleanups, FULL_QUOTA, loopbackPlatform, sendJson } from './helpers/platform.js';
 import { closeAll, startWatcher } from './hostile/hostile-watcher.js';
 
 const TOKEN = 'tok_LIST_filtered_7a1c';
@@ -19,16 +19,8 @@ afterEach(async () => {
 async function platform(): Promise<string> {
   const { url } = await loopbackPlatform(cleanups, (req, res) => {
     const url = new URL(req.url ?? '/', 'http://127.0.0.1');
-    const send = (status: number, body: unknown) => {
-      const text = JSON.stringify(body);
-      res.writeHead(status, {
-        'content-type': 'application/json',
-        'content-length': Buffer.byteLength(text),
-      });
-      res.end(text);
-    };
-    if (url.pathname.endsWith('/rate_limit'))
-      return send(200, { rate: { limit: 1000, remaining: 1000, reset: 0 } });
+    const send = (status: number, body: unknown) => sendJson(res, status, body);
+    if (url.pathname.endsWith('/rate_limit')) return send(200, FULL_QUOTA);
     if (url.pathname.endsWith('/storage/exports') && url.searchParams.get('state') === 'PENDING') {
       const offset = Number(url.searchParams.get('offset') ?? '0');
       if (offset === 0)
@@ -58,13 +50,8 @@ describe('a page whose every item the client left out, more pages following', ()
   it('discovery still reads the next page and adds the real job', async () => {
     const w = await startWatcher(await platform(), TOKEN);
     const added: string[] = [];
-    const { log } = logSink();
-    const discovery = new Discovery({
-      kinds: ['export'],
-      intervalMs: 10_000,
-      gate: { left: () => 100, max: 100 },
-      log,
-      list: (kind, from) => w.daemon.client.listPage(kind, from),
+    const discovery = exportDiscovery((kind, from) => w.daemon.client.listPage(kind, from), {
+      share: 100,
       add: async (_kind, ids) => {
         added.push(...ids);
         return { accepted: [...ids] };

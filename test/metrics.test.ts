@@ -7,7 +7,7 @@
 import { readFileSync } from 'node:fs';
 import pino from 'pino';
 import { register as globalRegister } from 'prom-client';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { DeliveryEngine } from '../src/delivery/engine.js';
 import { eventForTransition } from '../src/delivery/events.js';
 import { parseSecret } from '../src/delivery/signing.js';
@@ -332,6 +332,35 @@ describe('rate limit gauges', () => {
       expect(value(text, `${P}platform_rate_limit_remaining`)).toBe(638);
     } finally {
       await limiter.stop();
+    }
+  });
+
+  // README: "Absent until the platform reports it, and after a window ends until it reports
+  // again." When the platform says nothing is left and names no reset, the limiter lets one probe
+  // call go a second later by setting its own figure to 1: the gauge must not show that 1, which
+  // the platform never reported (it said 0, and nothing since).
+  it('never shows a remaining quota the platform did not report', async () => {
+    vi.useFakeTimers({ now: NOW });
+    const limiter = new RateLimiter({ budget: 100, windowMs: 300_000 });
+    try {
+      const metrics = new Metrics({
+        exportsByState: async () => zeroStates(),
+        deliveries: async () => noDeliveries(),
+        rateLimit: () => limiter.snapshot(),
+      });
+      const remaining = `${P}platform_rate_limit_remaining`;
+      // An answer that says nothing is left, without a reset (a gateway's headers, say).
+      limiter.observe({ limit: 1000, remaining: 0 });
+      expect(value(await scrape(metrics), remaining)).toBe(0);
+      // The limiter's probe timer fires; no call is waiting, so none starts.
+      await vi.advanceTimersByTimeAsync(1500);
+      const text = await scrape(metrics);
+      // The platform has said 0 and nothing since: 0, or absent (unknown). Not 1.
+      const shown = has(text, remaining) ? value(text, remaining) : undefined;
+      expect(shown === undefined || shown === 0, `gauge shows: ${shown}`).toBe(true);
+    } finally {
+      await limiter.stop();
+      vi.useRealTimers();
     }
   });
 });

@@ -4,41 +4,26 @@
  * the budget window nor of the platform's remaining count (which, within one platform window,
  * only falls). So the limiter asks it when the call's turn comes, before counting it.
  */
-import { createServer } from 'node:http';
-import pino from 'pino';
 import { afterEach, expect, it } from 'vitest';
-import { PlatformClient } from '../src/platform/platform-client.js';
 import { RateLimiter } from '../src/platform/rate-limiter.js';
+import { type Cleanups, loopbackPlatform, platformClient } from './helpers/platform.js';
 
-const cleanups: Array<() => unknown> = [];
+const cleanups: Cleanups = [];
 afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
 
 it('a request that mayAct stops spends nothing of the budget or of the platform count', async () => {
-  let requests = 0;
-  const server = createServer((_req, res) => {
-    requests++;
+  const { url, seen } = await loopbackPlatform(cleanups, (_req, res) => {
     res.setHeader('content-type', 'application/json');
     res.end('{"items":[]}');
   });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
-  cleanups.push(() => new Promise((r) => server.close(() => r(undefined))));
   const limiter = new RateLimiter({ budget: 10, windowMs: 60_000 });
-  cleanups.push(() => limiter.stop());
   // The platform has said 5 are left until a reset a minute away.
   limiter.observe({ limit: 1000, remaining: 5, resetAt: Date.now() + 60_000 }, false);
-  const client = new PlatformClient({
-    endpoint: `http://127.0.0.1:${(server.address() as { port: number }).port}/v2`,
-    token: 't',
-    gate: limiter,
-    userAgent: 't',
-    log: pino({ level: 'silent' }),
-    mayAct: () => false,
-  });
-  cleanups.push(() => client.close());
+  const { client } = platformClient(cleanups, url, { limiter, mayAct: () => false });
   await expect(client.checkStatuses(['a'])).rejects.toMatchObject({ code: 'SHUTTING_DOWN' });
-  expect(requests).toBe(0);
+  expect(seen).toEqual([]);
   const { spent, platformRemaining } = limiter.snapshot();
   expect({ spent, platformRemaining }).toEqual({ spent: 0, platformRemaining: 5 });
 });

@@ -47,6 +47,25 @@ function runEnv(simUrl: string, hookUrl: string, extra: Record<string, string> =
   return daemonEnv(simUrl, hookUrl, SECRET, { SB_AUTH_TOKEN: TOKEN, LOG_LEVEL: 'debug', ...extra });
 }
 
+/**
+ * `run` with one export, whose delivery the receiver holds without answering until `release()`;
+ * resolves once that delivery has reached the receiver, which holds its answer.
+ */
+async function runWithHeldDelivery() {
+  const { sim, url: simUrl } = await simulator();
+  let release!: () => void;
+  const held = new Promise<number>((resolve) => {
+    release = () => resolve(204);
+  });
+  const { receiver: hooks, url: hookUrl } = await receiver(() => held);
+  const daemon = spawnCli(
+    ['run', '--id', sim.createExport()],
+    runEnv(simUrl, hookUrl, { WATCHER_SHUTDOWN_TIMEOUT: '30s' }),
+  );
+  await hooks.waitFor((r) => r.received.length === 1, 30_000);
+  return { daemon, hooks, release };
+}
+
 describe('sbg-export-watcher run', () => {
   it('watches ids from the command line, delivers, and exits 0 on SIGTERM', async () => {
     const { sim, url: simUrl } = await simulator();
@@ -73,19 +92,8 @@ describe('sbg-export-watcher run', () => {
   });
 
   it('on SIGTERM, lets a delivery in flight finish before exiting 0', async () => {
-    const { sim, url: simUrl } = await simulator();
-    let release!: () => void;
-    const held = new Promise<number>((resolve) => {
-      release = () => resolve(204);
-    });
-    const { receiver: hooks, url: hookUrl } = await receiver(() => held);
-    const [id] = sim.createExports(1);
-    const daemon = spawnCli(
-      ['run', '--id', id!],
-      runEnv(simUrl, hookUrl, { WATCHER_SHUTDOWN_TIMEOUT: '30s' }),
-    );
     // The delivery has reached the receiver, which holds its answer.
-    await hooks.waitFor((r) => r.received.length === 1, 30_000);
+    const { daemon, hooks, release } = await runWithHeldDelivery();
     daemon.child.kill('SIGTERM');
     await daemon.waitForLine((l) => l.msg === 'stopping');
     expect(daemon.child.exitCode).toBeNull();
@@ -415,17 +423,7 @@ describe('SIGHUP (the terminal closed, the session ended)', () => {
   it('run: the second SIGHUP of one hang-up (bash forwards one, the kernel sends another) does not cut its drain short', async () => {
     // An interactive bash whose terminal closes sends SIGHUP to its foreground job, then exits; the
     // kernel then sends SIGHUP again to the terminal's foreground process group (2 runs in 5 here).
-    const { sim, url: simUrl } = await simulator();
-    let release!: () => void;
-    const held = new Promise<number>((resolve) => {
-      release = () => resolve(204);
-    });
-    const { receiver: hooks, url: hookUrl } = await receiver(() => held);
-    const daemon = spawnCli(
-      ['run', '--id', sim.createExport()],
-      runEnv(simUrl, hookUrl, { WATCHER_SHUTDOWN_TIMEOUT: '30s' }),
-    );
-    await hooks.waitFor((r) => r.received.length === 1, 30_000);
+    const { daemon, hooks, release } = await runWithHeldDelivery();
     daemon.child.kill('SIGHUP');
     await daemon.waitForLine((l) => l.msg === 'stopping');
     daemon.child.kill('SIGHUP');

@@ -10,8 +10,8 @@ import { withCredentials } from '../src/cli.js';
 import { ENDPOINT_PRESETS, type Env, loadConfig } from '../src/config/config.js';
 import { credentialsFile, parseCredentials, resolveProfile } from '../src/config/profiles.js';
 import { Simulator } from '../src/dev/simulator.js';
-import { ConfigError } from '../src/shared/errors.js';
 import { Redactor } from '../src/shared/redact.js';
+import { configProblems } from './helpers/config.js';
 import { canMakeUnreadable, makeUnreadable } from './helpers/no-access.js';
 import { killAll, spawnCli } from './helpers/spawn.js';
 
@@ -55,13 +55,7 @@ function load(env: Env) {
 }
 
 function problemsOf(env: Env): string[] {
-  try {
-    load(env);
-  } catch (error) {
-    expect(error).toBeInstanceOf(ConfigError);
-    return [...(error as ConfigError).problems];
-  }
-  throw new Error(`expected a ConfigError for ${JSON.stringify(env)}`);
+  return configProblems(() => load(env), JSON.stringify(env));
 }
 
 describe('parseCredentials', () => {

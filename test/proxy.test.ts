@@ -16,6 +16,7 @@ import {
   createDispatcher,
   describeProxy,
   proxyLabel,
+  proxyOrigin,
   requestTarget,
   useProxy,
 } from '../src/shared/proxy.js';
@@ -33,12 +34,17 @@ class TestProxy {
   /** Requests forwarded (absolute-form) and tunnels opened (CONNECT), by target `host:port`. */
   readonly forwarded = new Map<string, number>();
   readonly tunnels = new Map<string, number>();
+  /** The target URL of each request forwarded, in order. */
+  readonly targets: string[] = [];
   /** Requests refused for missing or wrong credentials. */
   refused = 0;
+  readonly #basic: string;
   readonly #server: Server;
   readonly #sockets = new Set<Socket>();
 
-  constructor() {
+  /** `credentials`: the `user:password` it demands, as sent (decoded). */
+  constructor(credentials = `${USER}:${PASS}`) {
+    this.#basic = `Basic ${Buffer.from(credentials).toString('base64')}`;
     this.#server = createServer((req, res) => {
       if (!this.#authorized(req)) {
         res.writeHead(407, { 'proxy-authenticate': 'Basic realm="test"', connection: 'close' }).end();
@@ -52,6 +58,7 @@ class TestProxy {
         return;
       }
       this.#count(this.forwarded, target.host);
+      this.targets.push(target.href);
       const headers = { ...req.headers };
       delete headers['proxy-authorization'];
       delete headers['proxy-connection'];
@@ -113,7 +120,7 @@ class TestProxy {
   }
 
   #authorized(req: IncomingMessage): boolean {
-    if (req.headers['proxy-authorization'] === BASIC) return true;
+    if (req.headers['proxy-authorization'] === this.#basic) return true;
     this.refused++;
     return false;
   }
@@ -356,6 +363,79 @@ describe('createDispatcher', () => {
     await answer.body.dump();
     await other.close();
     expect(proxy.forwarded.get(new URL(simUrl).host)).toBe(1);
+  });
+});
+
+describe('a proxy URL with a path, a query and a fragment', () => {
+  // A password with characters a URL must percent-encode: the proxy must get it decoded.
+  const ODD_PASS = 'p@ss word';
+  const USERINFO = `${USER}:${encodeURIComponent(ODD_PASS)}`;
+  let odd: TestProxy;
+  let oddPort: number;
+  beforeEach(async () => {
+    odd = new TestProxy(`${USER}:${ODD_PASS}`);
+    oddPort = await odd.start();
+    closers.push(() => odd.close());
+  });
+
+  async function simulator() {
+    const sim = new Simulator({
+      token: TOKEN,
+      seed: 5,
+      timing: { pendingMs: [50, 100], runningMs: [50, 100] },
+    });
+    const simUrl = await sim.start();
+    closers.push(() => sim.close());
+    return { sim, simUrl };
+  }
+
+  it('proxyOrigin keeps the scheme, the credentials as written, the host and the port, and nothing after', () => {
+    expect(proxyOrigin(`http://${USERINFO}@proxy.example:3128/corp/path?x=1#f`)).toBe(
+      `http://${USERINFO}@proxy.example:3128/`,
+    );
+    expect(proxyOrigin('https://proxy.example/')).toBe('https://proxy.example/');
+    expect(proxyOrigin('http://proxy.example:8080')).toBe('http://proxy.example:8080/');
+  });
+
+  it('is used at its host and port, with its credentials', async () => {
+    const { sim, simUrl } = await simulator();
+    const config = loadConfig({
+      HTTP_PROXY: `http://${USERINFO}@127.0.0.1:${oddPort}/corp/proxy?region=eu#main`,
+    });
+    const dispatcher = createDispatcher({}, config.proxy);
+    closers.push(() => dispatcher.close());
+    const id = sim.createExport();
+    const answer = await request(`${simUrl}/storage/exports/${id}`, {
+      dispatcher,
+      headers: { 'x-sbg-auth-token': TOKEN },
+    });
+    expect(answer.statusCode).toBe(200);
+    expect(((await answer.body.json()) as { id: string }).id).toBe(id);
+    expect(odd.targets).toEqual([`${simUrl}/storage/exports/${id}`]);
+    expect(odd.refused).toBe(0);
+  });
+
+  it('lets `get` ask the platform through the proxy instead of ending with a stack trace', async () => {
+    const { sim, simUrl } = await simulator();
+    const ids = sim.createExports(2);
+    const get = spawnCli(['get', ...ids, '--json'], {
+      ...NO_PROXY_ENV,
+      http_proxy: `http://${USERINFO}@127.0.0.1:${oddPort}/proxy.pac?v=2`,
+      SB_API_ENDPOINT: simUrl,
+      SB_AUTH_TOKEN: TOKEN,
+    });
+    const { code } = await get.exited;
+    expect(get.stderr()).not.toMatch(/invalid url|\n\s+at /);
+    expect(code, get.stderr()).toBe(0);
+    const records = get
+      .stdout()
+      .trim()
+      .split('\n')
+      .map((line) => JSON.parse(line) as { id: string });
+    expect(records.map((r) => r.id).sort()).toEqual([...ids].sort());
+    expect(odd.targets.length).toBeGreaterThan(0);
+    for (const target of odd.targets) expect(target.startsWith(simUrl)).toBe(true);
+    expect(get.stdout() + get.stderr()).not.toContain(ODD_PASS);
   });
 });
 

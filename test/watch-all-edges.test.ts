@@ -3,7 +3,7 @@
  * have no route for one kind, or never answer.
  */
 import { afterEach, describe, expect, it } from 'vitest';
-import { type Cleanups, loopbackPlatform } from './helpers/platform.js';
+import { type Cleanups, FULL_QUOTA, loopbackPlatform, sendJson } from './helpers/platform.js';
 import { killAll, spawnCli } from './helpers/spawn.js';
 import { TOKEN } from './helpers/stack.js';
 
@@ -26,17 +26,9 @@ async function platform(
     req.on('data', (c: Buffer) => chunks.push(c));
     req.on('end', () => {
       const url = new URL(req.url ?? '/', 'http://127.0.0.1');
-      const send = (status: number, body: unknown) => {
-        const text = JSON.stringify(body);
-        res.writeHead(status, {
-          'content-type': 'application/json',
-          'content-length': Buffer.byteLength(text),
-        });
-        res.end(text);
-      };
+      const send = (status: number, body: unknown) => sendJson(res, status, body);
       const path = url.pathname;
-      if (path.endsWith('/rate_limit'))
-        return send(200, { rate: { limit: 1000, remaining: 1000, reset: 0 } });
+      if (path.endsWith('/rate_limit')) return send(200, FULL_QUOTA);
       const list = /\/storage\/(exports|imports)$/.exec(path);
       if (list?.[1] === 'imports' && lists.imports === 'never') return onHold();
       if (list && req.method === 'GET' && !(list[1] === 'imports' && lists.imports === 'no route')) {

@@ -12,7 +12,7 @@ import { parseSecret } from '../delivery/signing.js';
 import type { JobKind } from '../polling/tracker.js';
 import { ConfigError } from '../shared/errors.js';
 import { basicAuthorization, type ProxySettings } from '../shared/proxy.js';
-import { Redactor, shownUrl, urlSecrets } from '../shared/redact.js';
+import { credentialsMisread, Redactor, shownUrl, urlSecrets } from '../shared/redact.js';
 import { parseDatabaseUrl } from '../store/rows.js';
 import { credentialsFile, type Profile, profileKey, resolveProfile } from './profiles.js';
 
@@ -187,8 +187,17 @@ export function parseDuration(text: string): number {
   return Math.round(exactDuration(text));
 }
 
+/**
+ * `text` as whole milliseconds when the duration it writes lies within `min`..`max`, bounds held
+ * for the value written, not for it rounded (`99.5` is under a 100 ms minimum); else undefined.
+ */
+export function durationWithin(text: string, min: number, max: number): number | undefined {
+  const exact = exactDuration(text);
+  return exact >= min && exact <= max ? Math.round(exact) : undefined;
+}
+
 /** The milliseconds a duration stands for, before rounding (NaN when malformed). */
-export function exactDuration(text: string): number {
+function exactDuration(text: string): number {
   const match = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$/.exec(text);
   if (!match) return Number.NaN;
   const value = Number(match[1]) * (UNITS[match[2] ?? 'ms'] ?? 1);
@@ -254,10 +263,8 @@ export function loadConfig(env: Env, options: LoadOptions = {}): Config {
 
   const duration = (name: VariableName, min: number, max: number = MAX_TIMER_MS): number => {
     const text = raw(name) ?? '';
-    // Bounds hold for the value written, not for it rounded to a whole millisecond.
-    const exact = exactDuration(text);
-    const ms = Math.round(exact);
-    if (Number.isNaN(exact) || exact < min || exact > max) {
+    const ms = durationWithin(text, min, max);
+    if (ms === undefined) {
       problem(
         name,
         `a duration from ${formatDuration(min)} to ${formatDuration(max)} (like 250ms, 10s, 5m, 1h, or milliseconds)`,
@@ -543,11 +550,8 @@ function databaseUrl(
   if (u.protocol !== 'postgres:' && u.protocol !== 'postgresql:') {
     // Without its password; a value with no "//" is not a URL the user meant as one, and one whose
     // "@" the parser did not take for the end of credentials has them in its host or path.
-    const misread =
-      text.includes('@') &&
-      ((u.username === '' && u.password === '') || /@/.test(u.pathname + u.search + u.hash));
     const shown =
-      text.startsWith(`${u.protocol}//`) && !misread
+      text.startsWith(`${u.protocol}//`) && !credentialsMisread(text, u)
         ? `${u.protocol}//${read.host}${u.pathname}`
         : u.protocol;
     problems.push(`WATCHER_DATABASE_URL: ${expects}, got ${JSON.stringify(shown)}`);
@@ -588,15 +592,7 @@ function proxySettings(env: Env, problems: string[]): ProxySettings | undefined 
     const found = read(names);
     if (found === undefined) return undefined;
     const text = found.value.includes('://') ? found.value : `http://${found.value}`;
-    let ok = false;
-    try {
-      if (hasControlCharacter(text)) throw new Error('control character');
-      const u = new URL(text);
-      ok = (u.protocol === 'http:' || u.protocol === 'https:') && u.hostname !== '';
-    } catch {
-      // reported below
-    }
-    if (ok) return text;
+    if (isHttpUrl(text)) return text;
     problems.push(
       `${found.name}: expected a proxy URL like http://proxy.example:3128 (http or https, credentials allowed), got ${shownUrl(text)}`,
     );

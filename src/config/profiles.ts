@@ -132,7 +132,8 @@ function normalize(text: string): {
         return `[s${n}]`;
       }
       if (!inSection) return '';
-      if (/^\s*[[;#]/.test(line)) return line;
+      // A "[" line that is no header goes to the parser as it is (comment lines were skipped above).
+      if (/^\s*\[/.test(line)) return line;
       keyIndent = indent;
       const colon = line.indexOf(':');
       const equals = line.indexOf('=');

@@ -328,7 +328,7 @@ export class DeliveryEngine {
     this.#started = true;
     const now = this.#now();
     await this.#o.store.releaseLeases(options.releaseLeasesAt ?? now);
-    const orphaned = await this.#o.store.countOrphanedPending(this.#endpoints.map((e) => e.ref.key));
+    const { orphaned } = await this.#o.store.deliveryCounts(this.#endpoints.map((e) => e.ref.key));
     if (orphaned > 0) {
       this.#o.log.warn(
         { count: orphaned },

@@ -38,7 +38,7 @@
  * daemons in one process never collide. Counters and histograms are fed by the daemon's events
  * (`attach(bus)`); gauges of current state are read from the sources given to the constructor at
  * scrape time (the store's counts among them), so they cost nothing between scrapes and are never
- * stale. A store-backed source that fails or takes longer than `storeTimeoutMs` leaves its gauges
+ * stale. A store-backed source that fails or takes longer than `STORE_READ_TIMEOUT_MS` leaves its gauges
  * out of that scrape (no sample, rather than a zero or a stale value); the rest is served, so a
  * replica without its database still shows `leader{role="disconnected"} 1`.
  */
@@ -220,15 +220,10 @@ export interface MetricsSources {
   now?: () => number;
   /** This replica's role in the leader election; `leader` when absent (SQLite: one process). */
   role?: () => LeaderRole;
-  /**
-   * How long a scrape waits for a store-backed source (ms; default `STORE_READ_TIMEOUT_MS`). One
-   * that fails or takes longer leaves its gauges out of that scrape; the rest is served.
-   */
-  storeTimeoutMs?: number;
 }
 
 /** A scrape waits this long for the store's counts (PostgreSQL over a silent network: forever). */
-export const STORE_READ_TIMEOUT_MS = 5000;
+const STORE_READ_TIMEOUT_MS = 5000;
 
 /** `read()`'s value, or undefined when it fails or has not settled within `ms`. */
 async function within<T>(ms: number, read: () => Promise<T>): Promise<T | undefined> {
@@ -267,14 +262,13 @@ export class Metrics {
       }
     }
     this.#now = sources.now;
-    const storeMs = sources.storeTimeoutMs ?? STORE_READ_TIMEOUT_MS;
-    const exportsByState = () => within(storeMs, sources.exportsByState);
+    const exportsByState = () => within(STORE_READ_TIMEOUT_MS, sources.exportsByState);
     const importsByState = () =>
       within(
-        storeMs,
+        STORE_READ_TIMEOUT_MS,
         async () => (await sources.importsByState?.()) ?? ({} as Partial<Record<ExportState, number>>),
       );
-    const deliveries = () => within(storeMs, sources.deliveries);
+    const deliveries = () => within(STORE_READ_TIMEOUT_MS, sources.deliveries);
     const registry = new Registry();
     this.registry = registry;
     collectDefaultMetrics({ register: registry });
@@ -383,26 +377,20 @@ export class Metrics {
       buckets: [...DURATION_BUCKETS],
       registers,
     });
-    new Gauge({
-      name: M.deliveriesPending.name,
-      help: M.deliveriesPending.help,
-      registers,
-      async collect() {
-        const counts = await deliveries();
-        if (counts === undefined) return clear(this, false);
-        this.set(counts.pending - counts.orphaned);
-      },
-    });
-    new Gauge({
-      name: M.deliveriesOrphaned.name,
-      help: M.deliveriesOrphaned.help,
-      registers,
-      async collect() {
-        const counts = await deliveries();
-        if (counts === undefined) return clear(this, false);
-        this.set(counts.orphaned);
-      },
-    });
+    /** An unlabelled gauge of the delivery counts, left out of a scrape that cannot read them. */
+    const ofDeliveries = (m: { name: string; help: string }, of: (counts: DeliveryCounts) => number) =>
+      new Gauge({
+        name: m.name,
+        help: m.help,
+        registers,
+        async collect() {
+          const counts = await deliveries();
+          if (counts === undefined) return clear(this, false);
+          this.set(of(counts));
+        },
+      });
+    ofDeliveries(M.deliveriesPending, (c) => c.pending - c.orphaned);
+    ofDeliveries(M.deliveriesOrphaned, (c) => c.orphaned);
     // What is stored, by status: a pending delivery to an endpoint no longer configured is
     // stored as pending all the same, and the statuses add up to the rows the store holds.
     new Gauge({
@@ -417,17 +405,9 @@ export class Metrics {
       },
     });
     const now = sources.now ?? Date.now;
-    new Gauge({
-      name: M.oldestPending.name,
-      help: M.oldestPending.help,
-      registers,
-      async collect() {
-        const counts = await deliveries();
-        if (counts === undefined) return clear(this, false);
-        const { oldestPendingAt } = counts;
-        this.set(oldestPendingAt === null ? 0 : Math.max(0, (now() - oldestPendingAt) / 1000));
-      },
-    });
+    ofDeliveries(M.oldestPending, ({ oldestPendingAt }) =>
+      oldestPendingAt === null ? 0 : Math.max(0, (now() - oldestPendingAt) / 1000),
+    );
     this.#lastCheck = new Gauge({ name: M.lastCheck.name, help: M.lastCheck.help, registers });
     new Gauge({
       name: M.leader.name,

@@ -49,7 +49,7 @@ export interface LoggerOptions {
 }
 
 /** A batch is written at once when it holds this many characters. */
-export const BATCH_MAX_CHARS = 64 * 1024;
+const BATCH_MAX_CHARS = 64 * 1024;
 
 /** Every batch with lines not yet written, for `flushLogLines`. */
 const openBatches = new Set<TurnBatch>();

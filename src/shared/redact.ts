@@ -155,6 +155,19 @@ function safeDecode(text: string): string {
 }
 
 /**
+ * Whether `text` has an "@" that its parse `u` did not take for the end of credentials: they were
+ * read as the host, port or path (`htps:///user:pw@host`, `https://user:12/pw@host`), where they
+ * would be shown. So is an "@" after the credentials it did take (a password "p@ss/word"
+ * unencoded: `ss` read as the host, `/word@host` as the path).
+ */
+export function credentialsMisread(text: string, u: URL): boolean {
+  return (
+    text.includes('@') &&
+    ((u.username === '' && u.password === '') || /@/.test(u.pathname + u.search + u.hash))
+  );
+}
+
+/**
  * A URL variable's value for a problem line. A URL that parses is shown without its credentials,
  * query and fragment. One that does not cannot be scrubbed reliably (a password holding a "/",
  * or a value cut at a "," or a "#" that leaves "https://user:password"), so only its scheme is
@@ -175,15 +188,7 @@ export function shownUrl(value: string): string {
   } catch {
     return unparsed;
   }
-  // An "@" the parser did not take for the end of credentials: they were read as the host, port or
-  // path (`htps:///user:pw@host`, `https://user:12/pw@host`), where they would be shown.
-  // So is an "@" after the credentials it did take (a password "p@ss/word" unencoded: `ss` read as
-  // the host, `/word@host` as the path).
-  if (
-    value.includes('@') &&
-    ((u.username === '' && u.password === '') || /@/.test(u.pathname + u.search + u.hash))
-  )
-    return unparsed;
+  if (credentialsMisread(value, u)) return unparsed;
   // Built from the parsed URL: a text scrubber may stop short of where the parser went on.
   if (u.username === '' && u.password === '' && u.search === '' && u.hash === '' && !/[@?#]/.test(value)) {
     return JSON.stringify(value);

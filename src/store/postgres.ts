@@ -857,17 +857,6 @@ export class PostgresStore implements Store {
     });
   }
 
-  async countOrphanedPending(keys: readonly string[]): Promise<number> {
-    return this.#use(async (db) => {
-      const { rows } = await this.#query<{ n: number }>(
-        db,
-        `SELECT count(*) AS n FROM deliveries WHERE status = 'pending' AND endpoint_key <> ALL($1::text[])`,
-        [keys],
-      );
-      return rows[0]?.n ?? 0;
-    });
-  }
-
   /** The rows are locked in key order, as every other writer of deliveries locks them. */
   async giveUpOrphaned(
     keys: readonly string[],

@@ -806,64 +806,67 @@ export class SqliteStore implements Store {
     });
   }
 
-  async countOrphanedPending(keys: readonly string[]): Promise<number> {
-    return this.#orphanedPending(keys);
-  }
-
   /**
-   * Counted first on the due index's ranges (`#orphanedPending`): the update, which reads every
-   * pending row, runs only when a removed endpoint has some, which is rare.
+   * On the due index's ranges around the configured keys (`#orphanRanges`), a statement each: the
+   * configured endpoints' pending deliveries (the backlog, which may be large) are never read.
    */
   async giveUpOrphaned(
     keys: readonly string[],
     startedBy: number,
     now: number,
   ): Promise<Array<{ endpointLabel: string; count: number }>> {
-    if (this.#orphanedPending(keys) === 0) return [];
-    const giveUp = this.#sql(`
-      UPDATE deliveries SET
-        status = 'failed', next_attempt_at = NULL, leased = 0, finished_at = @now, last_error = @error
-      WHERE status = 'pending' AND series_started_at <= @startedBy
-        AND endpoint_key NOT IN (SELECT value FROM json_each(@keys))
-      RETURNING endpoint_label`).pluck();
+    const ranges = this.#orphanRanges(keys);
     return this.#transaction(() => {
-      const labels = giveUp.all({
-        now,
-        startedBy,
-        error: ORPHANED_GIVE_UP_ERROR,
-        keys: JSON.stringify(keys),
-      }) as string[];
-      this.#recounted('pending', 'failed', labels.length);
-      const counts = new Map<string, number>();
-      for (const label of labels) counts.set(label, (counts.get(label) ?? 0) + 1);
-      return [...counts].map(([endpointLabel, count]) => ({ endpointLabel, count }));
+      const byLabel = new Map<string, number>();
+      for (const { where, bounds } of ranges) {
+        const labels = this.#sql(`
+          UPDATE deliveries SET
+            status = 'failed', next_attempt_at = NULL, leased = 0, finished_at = ?, last_error = ?
+          WHERE status = 'pending' AND series_started_at <= ? ${where}
+          RETURNING endpoint_label`)
+          .pluck()
+          .all(now, ORPHANED_GIVE_UP_ERROR, startedBy, ...bounds) as string[];
+        this.#recounted('pending', 'failed', labels.length);
+        for (const label of labels) add(byLabel, label, 1);
+      }
+      return [...byLabel].map(([endpointLabel, count]) => ({ endpointLabel, count }));
     });
   }
 
   /**
-   * Pending deliveries to endpoints not in `keys`, counted on the due index (pending rows only,
-   * in endpoint key order) in the ranges around the keys: below the first, between each two, above
-   * the last. So the configured endpoints' pending deliveries (the backlog being sent, which may
-   * be large) are never read, only the orphaned ones, and a metrics scrape can afford it. Each
-   * range is a count of its own: `endpoint_key NOT IN (…)`, or the ranges joined by OR in one
-   * WHERE, make the planner read the whole index. The keys are sorted as SQLite compares text
-   * (its bytes in UTF-8), or a range would come out empty or overlap.
+   * Pending deliveries to endpoints not in `keys`, counted on the due index, range by range
+   * (`#orphanRanges`), so that a metrics scrape can afford it.
    */
   #orphanedPending(keys: readonly string[]): number {
-    const sorted = [...new Set(keys)].sort((x, y) => Buffer.compare(Buffer.from(x), Buffer.from(y)));
+    const ranges = this.#orphanRanges(keys);
     const count = "SELECT count(*) FROM deliveries WHERE status = 'pending'";
+    return this.#sql(`SELECT ${ranges.map(({ where }) => `(${count} ${where})`).join(' + ')}`)
+      .pluck()
+      .get(...ranges.flatMap((r) => r.bounds)) as number;
+  }
+
+  /**
+   * The conditions (with their bounds) that select, on the due index (pending rows only, in
+   * endpoint key order), the deliveries to endpoints not in `keys`: the ranges around the keys,
+   * below the first, between each two, above the last; no condition at all without keys. So the
+   * configured endpoints' pending deliveries are never read, only the orphaned ones. Each range is
+   * a statement of its own: `endpoint_key NOT IN (…)`, or the ranges joined by OR in one WHERE,
+   * make the planner read the whole index. The keys are sorted as SQLite compares text (its bytes
+   * in UTF-8), or a range would come out empty or overlap.
+   */
+  #orphanRanges(keys: readonly string[]): Array<{ where: string; bounds: string[] }> {
+    const sorted = [...new Set(keys)].sort((x, y) => Buffer.compare(Buffer.from(x), Buffer.from(y)));
     const first = sorted[0];
     const last = sorted.at(-1);
-    if (first === undefined || last === undefined) return this.#sql(count).pluck().get() as number;
-    const ranges = [
-      `(${count} AND endpoint_key < ?)`,
-      ...sorted.slice(1).map(() => `(${count} AND endpoint_key > ? AND endpoint_key < ?)`),
-      `(${count} AND endpoint_key > ?)`,
+    if (first === undefined || last === undefined) return [{ where: '', bounds: [] }];
+    return [
+      { where: 'AND endpoint_key < ?', bounds: [first] },
+      ...sorted.slice(1).map((key, i) => ({
+        where: 'AND endpoint_key > ? AND endpoint_key < ?',
+        bounds: [sorted[i] as string, key],
+      })),
+      { where: 'AND endpoint_key > ?', bounds: [last] },
     ];
-    const bounds = [first, ...sorted.slice(1).flatMap((key, i) => [sorted[i], key]), last];
-    return this.#sql(`SELECT ${ranges.join(' + ')}`)
-      .pluck()
-      .get(...bounds) as number;
   }
 
   async getEvent(id: string): Promise<StoredEvent | undefined> {

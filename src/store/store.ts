@@ -323,8 +323,6 @@ export interface Store {
   nextDueAt(endpointKey: string): Promise<number | null>;
   /** Writes attempt outcomes, in one transaction. Rows that no longer exist are skipped. */
   recordAttempts(records: readonly AttemptRecord[]): Promise<void>;
-  /** Pending deliveries to endpoints not in `keys`: they wait for that endpoint to come back. */
-  countOrphanedPending(keys: readonly string[]): Promise<number>;
   /**
    * Gives up (`failed`, finished at `now`, `ORPHANED_GIVE_UP_ERROR` as the last error) the pending
    * deliveries to endpoints not in `keys` whose series started at or before `startedBy` (now less

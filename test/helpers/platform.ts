@@ -11,6 +11,16 @@ import { RateLimiter } from '../../src/platform/rate-limiter.js';
 /** Functions a test runs after it, in reverse order. */
 export type Cleanups = Array<() => unknown>;
 
+/** A JSON answer with its length, as the platform sends them. */
+export function sendJson(res: ServerResponse, status: number, body: unknown): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
+  res.end(text);
+}
+
+/** `GET /rate_limit`'s answer when the whole quota is left and no reset is known. */
+export const FULL_QUOTA = { rate: { limit: 1000, remaining: 1000, reset: 0 } };
+
 /** Serves `respond` on 127.0.0.1; counts the requests (method and path) it got. */
 export async function loopbackPlatform(
   cleanups: Cleanups,
@@ -36,7 +46,7 @@ export async function loopbackPlatform(
 export function platformClient(
   cleanups: Cleanups,
   endpoint: string,
-  options: Partial<Pick<PlatformClientOptions, 'retry' | 'bus' | 'token' | 'timeoutMs'>> & {
+  options: Partial<Pick<PlatformClientOptions, 'retry' | 'bus' | 'token' | 'timeoutMs' | 'mayAct'>> & {
     limiter?: RateLimiter;
   } = {},
 ): { client: PlatformClient; limiter: RateLimiter } {

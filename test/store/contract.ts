@@ -833,15 +833,15 @@ export function describeStoreContract(
       });
     });
 
-    describe('countOrphanedPending', () => {
+    describe('deliveryCounts: orphaned', () => {
       it('counts pending deliveries to endpoints not in the given keys', async () => {
         await watchThrough(['a', 'b'], ['COMPLETED'], [A, B]);
         await recordOutcomes([delivered(eventId('a', 'COMPLETED'), B, T0 + 2)]);
-        expect(await store.countOrphanedPending([A.key, B.key])).toBe(0);
-        expect(await store.countOrphanedPending([A.key])).toBe(1);
-        expect(await store.countOrphanedPending([B.key])).toBe(2);
-        expect(await store.countOrphanedPending([])).toBe(3);
-        expect(await store.countOrphanedPending([C.key])).toBe(3);
+        expect((await store.deliveryCounts([A.key, B.key])).orphaned).toBe(0);
+        expect((await store.deliveryCounts([A.key])).orphaned).toBe(1);
+        expect((await store.deliveryCounts([B.key])).orphaned).toBe(2);
+        expect((await store.deliveryCounts([])).orphaned).toBe(3);
+        expect((await store.deliveryCounts([C.key])).orphaned).toBe(3);
       });
 
       it('counts right whatever the keys are and however they are given', async () => {
@@ -852,11 +852,11 @@ export function describeStoreContract(
         const R = { key: 'r', label: 'https://r.example/' };
         const E = { key: '', label: 'https://e.example/' };
         await watchThrough(['a', 'b'], ['COMPLETED'], [P, Q, R, E]);
-        expect(await store.countOrphanedPending([P.key, Q.key])).toBe(4);
-        expect(await store.countOrphanedPending([Q.key, P.key, Q.key])).toBe(4);
-        expect(await store.countOrphanedPending([Q.key, E.key])).toBe(4);
-        expect(await store.countOrphanedPending([R.key])).toBe(6);
-        expect(await store.countOrphanedPending([P.key, Q.key, R.key, E.key, A.key])).toBe(0);
+        expect((await store.deliveryCounts([P.key, Q.key])).orphaned).toBe(4);
+        expect((await store.deliveryCounts([Q.key, P.key, Q.key])).orphaned).toBe(4);
+        expect((await store.deliveryCounts([Q.key, E.key])).orphaned).toBe(4);
+        expect((await store.deliveryCounts([R.key])).orphaned).toBe(6);
+        expect((await store.deliveryCounts([P.key, Q.key, R.key, E.key, A.key])).orphaned).toBe(0);
         expect(await store.deliveryCounts([P.key, Q.key])).toMatchObject({ pending: 8, orphaned: 4 });
         expect(await store.deliveryCounts([Q.key, P.key, E.key, Q.key])).toMatchObject({ orphaned: 2 });
       });
@@ -888,7 +888,7 @@ export function describeStoreContract(
         expect((await statusTo('a', A))?.status).toBe('pending');
         expect((await statusTo('b', B))?.status).toBe('pending');
         expect(await store.deliveryCounts([A.key])).toMatchObject({ pending: 3, failed: 1, orphaned: 1 });
-        expect(await store.countOrphanedPending([A.key])).toBe(1);
+        expect((await store.deliveryCounts([A.key])).orphaned).toBe(1);
         // Done once: nothing more to give up by then.
         expect(await store.giveUpOrphaned([A.key], T0 + 2 * SECOND, now)).toEqual([]);
         // B configured again: a redelivery of what failed since T0 sends it once more.
@@ -2122,7 +2122,6 @@ export function describeStoreContract(
           () => store.releaseLeases(T0),
           () => store.nextDueAt(A.key),
           () => store.recordAttempts([{ ...delivered('e', A, T0), seriesStartedAt: T0 }]),
-          () => store.countOrphanedPending([]),
           () => store.getEvent('e'),
           () => store.listEvents({ limit: 1 }),
           () => store.eventsOfExport('a'),

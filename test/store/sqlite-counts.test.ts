@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterAll, describe, expect, it } from 'vitest';
+import { mulberry32 } from '../../src/dev/simulator.js';
 import { EXPORT_STATES, type ExportState, type JobKind } from '../../src/polling/tracker.js';
 import { openDataDir, openSqliteStore, type SqliteStore } from '../../src/store/sqlite.js';
 import {
@@ -28,18 +29,6 @@ const REF: EndpointRef = { key: endpointKey('https://a.example/'), label: 'https
 
 const scratch = mkdtempSync(join(tmpdir(), 'sqlite-counts-'));
 afterAll(() => rmSync(scratch, { recursive: true, force: true }));
-
-/** mulberry32: a small seeded generator, the same sequence for the same seed on every machine. */
-function random(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 type Counts = Record<JobKind, Record<ExportState, number>>;
 
@@ -67,7 +56,7 @@ describe('SQLite store: running counts of jobs by kind and state', () => {
     'match a GROUP BY after every write of a random sequence (seed %i)',
     async (seed) => {
       const path = openDataDir(join(scratch, `seed-${seed}`));
-      const next = random(seed);
+      const next = mulberry32(seed);
       const pick = <T>(items: readonly T[]): T => items[Math.floor(next() * items.length)] as T;
       const chance = (p: number) => next() < p;
       // Few ids, so that adds collide, removals find something and `import_` twins conflict.

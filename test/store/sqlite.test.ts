@@ -31,7 +31,13 @@ import {
   SCHEMA_VERSION,
   type SqliteStore,
 } from '../../src/store/sqlite.js';
-import { type EventBuilder, type ExportChange, endpointKey, StoreError } from '../../src/store/store.js';
+import {
+  type AttemptRecord,
+  type EventBuilder,
+  type ExportChange,
+  endpointKey,
+  StoreError,
+} from '../../src/store/store.js';
 import { move, plainEvent } from '../helpers/changes.js';
 import { canMakeReadOnlyDir, makeUnwritable, readOnlyDir } from '../helpers/no-access.js';
 import { describeStoreContract, storeErrorOf } from './contract.js';
@@ -358,32 +364,11 @@ describe('SQLite store', () => {
 
   it('a scrape after a time with nothing pending reads no event delivered before that time', async () => {
     // The oldest-pending figure reads events from a floor on; record where each scrape starts.
-    const statement = Object.getPrototypeOf(new Database(':memory:').prepare('SELECT 1')) as {
-      get: (...args: unknown[]) => unknown;
-    };
-    const get = statement.get;
-    const floors: number[] = [];
-    statement.get = function (this: { source: string }, ...args: unknown[]) {
-      if (this.source.includes('INDEXED BY events_by_time')) floors.push(args[0] as number);
-      return get.apply(this, args);
-    };
+    const gets = recordGets();
     const store = await openSqliteStore({ path: ':memory:' });
     try {
       const ref = { key: endpointKey('https://a.example/'), label: 'https://a.example/' };
-      const deliver = (id: string, at: number) =>
-        store.recordAttempts([
-          {
-            eventId: `evt_${id}`,
-            endpointKey: ref.key,
-            seriesStartedAt: at,
-            status: 'delivered',
-            attempts: 1,
-            nextAttemptAt: null,
-            lastStatus: 200,
-            lastError: null,
-            finishedAt: at,
-          },
-        ]);
+      const deliver = (id: string, at: number) => store.recordAttempts([deliveredRecord(id, ref.key, at)]);
       await store.addExports([{ ids: ['first'], metadata: null }], T0);
       await store.commitChanges([completed('first', T0 + 1)], plainEvent, [ref], T0 + 1);
       expect((await store.deliveryCounts()).oldestPendingAt).toBe(T0 + 1);
@@ -400,47 +385,27 @@ describe('SQLite store', () => {
       // Then one event stays pending: the scrape reads from it, not from the 500 delivered before.
       await store.addExports([{ ids: ['late'], metadata: null }], T0);
       await store.commitChanges([completed('late', T0 + 10_000)], plainEvent, [ref], T0 + 10_000);
-      floors.length = 0;
+      gets.ran.length = 0;
       expect((await store.deliveryCounts()).oldestPendingAt).toBe(T0 + 10_000);
+      const floors = floorsOf(gets.ran);
       const read = (await store.listEvents({ limit: 1000 })).items.filter(
         (e) => floors.length === 0 || e.createdAt >= (floors[0] as number),
       );
       expect(read.map((e) => e.id)).toEqual(['evt_late']);
     } finally {
-      statement.get = get;
+      gets.restore();
       await store.close();
     }
   });
 
   it("a scrape passes over an endpoint no longer configured: it reads from the configured endpoints' oldest event, not from its", async () => {
     // As above: record where each reading of the oldest pending event starts.
-    const statement = Object.getPrototypeOf(new Database(':memory:').prepare('SELECT 1')) as {
-      get: (...args: unknown[]) => unknown;
-    };
-    const get = statement.get;
-    const floors: number[] = [];
-    statement.get = function (this: { source: string }, ...args: unknown[]) {
-      if (this.source.includes('INDEXED BY events_by_time')) floors.push(args[0] as number);
-      return get.apply(this, args);
-    };
+    const gets = recordGets();
     const store = await openSqliteStore({ path: ':memory:' });
     try {
       const kept = { key: endpointKey('https://a.example/'), label: 'https://a.example/' };
       const gone = { key: endpointKey('https://b.example/'), label: 'https://b.example/' };
-      const deliver = (id: string, at: number) =>
-        store.recordAttempts([
-          {
-            eventId: `evt_${id}`,
-            endpointKey: kept.key,
-            seriesStartedAt: at,
-            status: 'delivered',
-            attempts: 1,
-            nextAttemptAt: null,
-            lastStatus: 200,
-            lastError: null,
-            finishedAt: at,
-          },
-        ]);
+      const deliver = (id: string, at: number) => store.recordAttempts([deliveredRecord(id, kept.key, at)]);
       // The first event went to both; the second endpoint never took it and is then removed.
       await store.addExports([{ ids: ['first'], metadata: null }], T0);
       await store.commitChanges([completed('first', T0 + 1)], plainEvent, [kept, gone], T0 + 1);
@@ -457,26 +422,19 @@ describe('SQLite store', () => {
       expect(await scrape()).toMatchObject({ pending: 2, orphaned: 1, oldestPendingAt: T0 + 10_000 });
       // The next scrape starts at the late event: not at the first (still pending, to `gone`),
       // which would read the 500 delivered since at every scrape.
-      floors.length = 0;
+      gets.ran.length = 0;
       expect(await scrape()).toMatchObject({ pending: 2, orphaned: 1, oldestPendingAt: T0 + 10_000 });
-      expect(floors).toEqual([T0 + 10_000]);
+      expect(floorsOf(gets.ran)).toEqual([T0 + 10_000]);
     } finally {
-      statement.get = get;
+      gets.restore();
       await store.close();
     }
   });
 
   it("counts the orphaned deliveries without reading the configured endpoints' backlog", async () => {
     // Every statement a scrape runs, with its arguments, to see how SQLite plans it.
-    const statement = Object.getPrototypeOf(new Database(':memory:').prepare('SELECT 1')) as {
-      get: (...args: unknown[]) => unknown;
-    };
-    const get = statement.get;
-    const ran: Array<{ source: string; args: unknown[] }> = [];
-    statement.get = function (this: { source: string }, ...args: unknown[]) {
-      ran.push({ source: this.source, args });
-      return get.apply(this, args);
-    };
+    const gets = recordGets();
+    const { ran } = gets;
     const store = await openSqliteStore({ path: ':memory:' });
     const plans = new Database(':memory:');
     try {
@@ -491,7 +449,7 @@ describe('SQLite store', () => {
       // The first scrape counts the deliveries by status (once, then kept by every write).
       expect(await store.deliveryCounts(configured)).toMatchObject({ pending: 8, orphaned: 4 });
       ran.length = 0;
-      expect(await store.countOrphanedPending(configured)).toBe(4);
+      expect((await store.deliveryCounts(configured)).orphaned).toBe(4);
       expect(await store.deliveryCounts(configured)).toMatchObject({
         pending: 8,
         orphaned: 4,
@@ -506,7 +464,7 @@ describe('SQLite store', () => {
         expect(plan, source).not.toMatch(/\bSCAN (deliveries|d|e|events)\b/);
       }
     } finally {
-      statement.get = get;
+      gets.restore();
       plans.close();
       await store.close();
     }
@@ -776,6 +734,46 @@ describe('openDataDir', () => {
     }
   });
 });
+
+/**
+ * Records every `Statement#get` of every database (its SQL and arguments) until `restore()`: the
+ * statements a reading runs, and where it starts.
+ */
+function recordGets(): { ran: Array<{ source: string; args: unknown[] }>; restore: () => void } {
+  const statement = Object.getPrototypeOf(new Database(':memory:').prepare('SELECT 1')) as {
+    get: (...args: unknown[]) => unknown;
+  };
+  const get = statement.get;
+  const ran: Array<{ source: string; args: unknown[] }> = [];
+  statement.get = function (this: { source: string }, ...args: unknown[]) {
+    ran.push({ source: this.source, args });
+    return get.apply(this, args);
+  };
+  const restore = () => {
+    statement.get = get;
+  };
+  return { ran, restore };
+}
+
+/** Where each reading of the oldest pending event in `ran` started its walk of the events. */
+function floorsOf(ran: ReadonlyArray<{ source: string; args: unknown[] }>): number[] {
+  return ran.filter((r) => r.source.includes('INDEXED BY events_by_time')).map((r) => r.args[0] as number);
+}
+
+/** `evt_<id>` delivered to the endpoint `key` at `at`, in the series started then. */
+function deliveredRecord(id: string, key: string, at: number): AttemptRecord {
+  return {
+    eventId: `evt_${id}`,
+    endpointKey: key,
+    seriesStartedAt: at,
+    status: 'delivered',
+    attempts: 1,
+    nextAttemptAt: null,
+    lastStatus: 200,
+    lastError: null,
+    finishedAt: at,
+  };
+}
 
 function byIdSorted<T extends { id: string }>(items: readonly T[]): T[] {
   return [...items].sort((a, b) => (a.id < b.id ? -1 : 1));
