@@ -1,6 +1,8 @@
 /**
- * A platform page whose items the client filters out (ids that are not job ids) is not an
- * empty page of the platform's: the listing goes on to the next page, where real jobs are.
+ * Where a listing ends. A page the platform sends empty ends it, whatever next page it names: the
+ * platform pages by offset, so nothing lies past an empty page (docs/platform-api.md §3). A page
+ * whose items the client filters out (ids that are not job ids) is not an empty page of the
+ * platform's: the listing goes on to the next page, where real jobs are.
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { listUnfinished } from '../src/polling/discovery.js';
@@ -59,5 +61,66 @@ describe('a page whose every item the client left out, more pages following', ()
     });
     await discovery.runRound();
     expect(added).toEqual(['real-job-1']);
+  });
+});
+
+describe('an empty page that names a next one', () => {
+  /** One PENDING export at offset 0, then empty pages, each naming the next offset. */
+  async function emptyPagesOnward(): Promise<{ url: string; listReads: () => number }> {
+    let reads = 0;
+    const { url } = await loopbackPlatform(cleanups, (req, res) => {
+      const url = new URL(req.url ?? '/', 'http://127.0.0.1');
+      if (url.pathname.endsWith('/rate_limit')) return sendJson(res, 200, FULL_QUOTA);
+      if (!url.pathname.endsWith('/storage/exports'))
+        return sendJson(res, 404, { status: 404, code: 90003, message: 'Not found' });
+      reads++;
+      const offset = Number(url.searchParams.get('offset') ?? '0');
+      const state = url.searchParams.get('state');
+      sendJson(res, 200, {
+        items: offset === 0 && state === 'PENDING' ? [{ id: 'only-1', state: 'PENDING' }] : [],
+        links: [{ rel: 'next', href: `${url.pathname}?state=${state}&limit=100&offset=${offset + 100}` }],
+      });
+    });
+    return { url, listReads: () => reads };
+  }
+
+  it('listPage names no next page after it', async () => {
+    const { url } = await emptyPagesOnward();
+    const w = await startWatcher(url, TOKEN);
+    const first = await w.daemon.client.listPage('export', { state: 'PENDING' });
+    expect(first.next).toBe('/storage/exports?state=PENDING&limit=100&offset=100');
+    expect(await w.daemon.client.listPage('export', { next: first.next as string })).toEqual({
+      items: [],
+      next: undefined,
+    });
+  });
+
+  it('listUnfinished (watch --all) ends there instead of following fresh offsets 10,000 pages deep', async () => {
+    const { url, listReads } = await emptyPagesOnward();
+    const w = await startWatcher(url, TOKEN);
+    expect(await listUnfinished((kind, from) => w.daemon.client.listPage(kind, from), 'export')).toEqual([
+      'only-1',
+    ]);
+    // PENDING: the first page and the empty one after it, read twice (a listing of two pages is
+    // read again); RUNNING: one empty page.
+    expect(listReads()).toBe(5);
+  });
+
+  it('discovery ends the listing there and completes its round', async () => {
+    const { url, listReads } = await emptyPagesOnward();
+    const w = await startWatcher(url, TOKEN);
+    const added: string[] = [];
+    const discovery = exportDiscovery((kind, from) => w.daemon.client.listPage(kind, from), {
+      share: 100,
+      add: async (_kind, ids) => {
+        added.push(...ids);
+        return { accepted: [...ids] };
+      },
+    });
+    const report = await discovery.runRound();
+    expect(added).toEqual(['only-1']);
+    expect(report?.complete).toBe(true);
+    // PENDING: two pages; RUNNING: one.
+    expect(listReads()).toBe(3);
   });
 });

@@ -93,13 +93,13 @@ export const LIST_PAGE_LIMIT = 100;
 /** One page of `GET /storage/{exports|imports}`: the jobs on it, and the next page's path. */
 export interface JobPage {
   items: Array<{ id: string; state: string }>;
-  /** The path (under the endpoint) of the page named by `links[rel=next]`; undefined on the last. */
-  next: string | undefined;
   /**
-   * How many items the platform's page held, before those that are not jobs the client can name
-   * were left out (`items` may be empty on a page that was not). Absent: `items.length`.
+   * The path (under the endpoint) of the page named by `links[rel=next]`; undefined on the last,
+   * and on a page the platform sent empty, whatever next page it names: the platform pages by
+   * offset, and nothing lies past an empty page (docs/platform-api.md §3). Empty as sent, that is:
+   * a page whose items were all left out here (ids that are not job ids) is not the end.
    */
-  listed?: number;
+  next: string | undefined;
 }
 export interface RetryPolicy {
   /** Retries of transient errors (5xx, timeouts, bad bodies, network) within one call. */
@@ -418,8 +418,7 @@ export class PlatformClient {
       'next' in from ? new URLSearchParams(path.slice(path.indexOf('?') + 1)).get('state') : from.state;
     return {
       items,
-      next: this.#nextPath(json.links, kind, state),
-      listed: Array.isArray(json.items) ? json.items.length : items.length,
+      next: (json.items as unknown[]).length === 0 ? undefined : this.#nextPath(json.links, kind, state),
     };
   }
 

@@ -213,9 +213,7 @@ export class Discovery {
           break;
         }
       }
-      // An empty page is the end of an offset-paged listing, whatever next page it names.
-      // (Empty as the platform sent it: a page whose items were all left out by the client is not.)
-      const next = (page.listed ?? page.items.length) === 0 ? undefined : page.next;
+      const { next } = page;
       if (next !== undefined && !at.seen.has(pageKey(next)) && at.seen.size < MAX_LIST_PAGES) {
         at.seen.add(pageKey(next));
         at = { list: at.list, next, seen: at.seen };
@@ -276,8 +274,7 @@ export async function listUnfinished(read: PageReader, kind: JobKind): Promise<s
         for (const item of page.items) {
           if ((UNFINISHED_STATES as readonly string[]).includes(item.state)) ids.add(item.id);
         }
-        // An empty page is the end of an offset-paged listing, whatever next page it names.
-        if (page.next === undefined || (page.listed ?? page.items.length) === 0) break;
+        if (page.next === undefined) break;
         // A next page already read (a link that loops) or a listing past any real account ends it,
         // and it is not read again.
         if (seen.has(pageKey(page.next)) || seen.size >= MAX_LIST_PAGES) {
