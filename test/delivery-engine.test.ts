@@ -399,6 +399,29 @@ describe('a delivery', () => {
     ).toEqual([expect.objectContaining({ level: 40, endpoint: url })]);
   });
 
+  it('sends to each spelling of one URL, warning that the receiver gets every event twice', async () => {
+    const store = await memoryStore();
+    const { r, url } = await receiver();
+    // The scheme in capitals: the same URL to the parser, another text.
+    const upper = url.replace('http://', 'HTTP://');
+    const { engine: e } = engine({ store, urls: [url, upper] });
+    expect(e.endpoints.map((x) => x.key)).toEqual([endpointKey(url), endpointKey(upper)]);
+    await commit(store, e.endpoints, ['exp-1']);
+    await e.start();
+    await e.settled();
+    expect(r.received).toHaveLength(2);
+    expect(
+      records().filter(
+        (l) =>
+          l.msg === 'webhook endpoint listed twice, spelled two ways; each spelling receives every event',
+      ),
+    ).toEqual([
+      expect.objectContaining({ level: 40, endpoint: e.endpoints[1]?.label, also_as: e.endpoints[0]?.label }),
+    ]);
+    // Labels without credentials or query: the two share one, so each has its place in the list.
+    expect(e.endpoints.map((x) => x.label)).toEqual([`${url} [#1]`, `${url} [#2]`]);
+  });
+
   it('gives receivers that differ only in query or credentials labels of their own', async () => {
     const store = await memoryStore();
     const { r, url } = await receiver();

@@ -271,6 +271,17 @@ export class DeliveryEngine {
         );
         continue;
       }
+      // The same URL spelled two ways (`HTTPS://Hooks.example.org:443/in`, `https://hooks.example.org/in`)
+      // stays two endpoints, each with its own stored deliveries: merging them would strand the
+      // pending rows of the one dropped. So that receiver gets every event twice, which is said.
+      const normal = normalUrl(url);
+      const same = normal === undefined ? undefined : endpoints.find((e) => normalUrl(e.url) === normal);
+      if (same) {
+        options.log.warn(
+          { endpoint: ref.label, also_as: same.ref.label },
+          'webhook endpoint listed twice, spelled two ways; each spelling receives every event',
+        );
+      }
       endpoints.push({
         url,
         target: requestTarget(url),
