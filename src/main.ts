@@ -394,9 +394,8 @@ export class Daemon {
         return removed;
       },
       get: async (id, kind = 'export') => {
-        const record = await this.store.getExport(id, kind);
-        if (!record) return undefined;
-        return { ...view(record), events: await this.store.eventsOfExport(id, kind) };
+        const found = await this.store.getExportWithEvents(id, kind);
+        return found && { ...view(found.record), events: found.events };
       },
       page: async (query) => {
         const { items, more } = await this.store.pageExports(query);

@@ -930,19 +930,37 @@ export class PostgresStore implements Store {
   }
 
   async eventsOfExport(exportId: string, kind?: JobKind): Promise<StoredEvent[]> {
+    return this.#use((pool) => this.#snapshot(pool, (db) => this.#eventsOf(db, exportId, kind)));
+  }
+
+  async getExportWithEvents(
+    id: string,
+    kind: JobKind = 'export',
+  ): Promise<{ record: StoredExport; events: StoredEvent[] } | undefined> {
     return this.#use((pool) =>
       this.#snapshot(pool, async (db) => {
-        const values: unknown[] = [exportId];
-        const where = ['export_id = $1'];
-        if (kind !== undefined) where.push(`starts_with(type, $${values.push(kind)}::text || '.')`);
-        const { rows } = await this.#query<EventRow>(
+        const { rows } = await this.#query<ExportRow>(
           db,
-          `SELECT ${EVENT_COLUMNS} FROM events ${whereClause(where)} ORDER BY created_at, id`,
-          values,
+          `SELECT ${EXPORT_COLUMNS} FROM exports WHERE id = $1 AND kind = $2`,
+          [id, kind],
         );
-        return this.#withDeliveries(db, rows);
+        const row = rows[0];
+        return row && { record: toStoredExport(row), events: await this.#eventsOf(db, id, kind) };
       }),
     );
+  }
+
+  /** Events of one job and their deliveries: two statements, so on a snapshot (`#snapshot`). */
+  async #eventsOf(db: pg.PoolClient, exportId: string, kind: JobKind | undefined): Promise<StoredEvent[]> {
+    const values: unknown[] = [exportId];
+    const where = ['export_id = $1'];
+    if (kind !== undefined) where.push(`starts_with(type, $${values.push(kind)}::text || '.')`);
+    const { rows } = await this.#query<EventRow>(
+      db,
+      `SELECT ${EVENT_COLUMNS} FROM events ${whereClause(where)} ORDER BY created_at, id`,
+      values,
+    );
+    return this.#withDeliveries(db, rows);
   }
 
   /**

@@ -585,6 +585,10 @@ export class SqliteStore implements Store {
   }
 
   async getExport(id: string, kind: JobKind = 'export'): Promise<StoredExport | undefined> {
+    return this.#exportOf(id, kind);
+  }
+
+  #exportOf(id: string, kind: JobKind): StoredExport | undefined {
     const row = this.#sql('SELECT * FROM exports WHERE id = ? AND kind = ?').get(id, kind) as
       | ExportRow
       | undefined;
@@ -900,6 +904,19 @@ export class SqliteStore implements Store {
   }
 
   async eventsOfExport(exportId: string, kind?: JobKind): Promise<StoredEvent[]> {
+    return this.#eventsOf(exportId, kind);
+  }
+
+  /** Both reads in one synchronous turn: nothing this process writes can come between them. */
+  async getExportWithEvents(
+    id: string,
+    kind: JobKind = 'export',
+  ): Promise<{ record: StoredExport; events: StoredEvent[] } | undefined> {
+    const record = this.#exportOf(id, kind);
+    return record && { record, events: this.#eventsOf(id, kind) };
+  }
+
+  #eventsOf(exportId: string, kind: JobKind | undefined): StoredEvent[] {
     const where = [
       'export_id = @exportId',
       ...(kind === undefined ? [] : ["substr(type, 1, length(@kind) + 1) = @kind || '.'"]),

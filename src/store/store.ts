@@ -348,6 +348,15 @@ export interface Store {
    */
   eventsOfExport(exportId: string, kind?: JobKind): Promise<StoredEvent[]>;
   /**
+   * `getExport` and `eventsOfExport` of this kind, read at one moment (`GET /v1/exports/{id}`): a
+   * transition committed between two reads would show a job in one state with the event of the
+   * next, or a job whose events a removal had already dropped. Undefined when the job is unknown.
+   */
+  getExportWithEvents(
+    id: string,
+    kind?: JobKind,
+  ): Promise<{ record: StoredExport; events: StoredEvent[] } | undefined>;
+  /**
    * Starts a new attempt series, due `now`, for one event's deliveries to `endpoints` (rows are
    * created for endpoints that never had one). Returns the deliveries reset; undefined when the
    * event is unknown.

@@ -494,8 +494,8 @@ export function registryFor(store: Store, now: () => number = () => Date.now()):
     },
     unwatch: async (id) => (await store.removeExport(id)).removed,
     get: async (id) => {
-      const record = await store.getExport(id);
-      return record && { ...exportView(record), events: await store.eventsOfExport(id) };
+      const found = await store.getExportWithEvents(id);
+      return found && { ...exportView(found.record), events: found.events };
     },
     page: async (query) => {
       const { items, more } = await store.pageExports(query);

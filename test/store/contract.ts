@@ -1061,6 +1061,8 @@ export function describeStoreContract(
         ]);
         expect(events[0]?.deliveries).toHaveLength(2);
         expect(await store.eventsOfExport('nobody')).toEqual([]);
+        expect(await store.getExportWithEvents('a')).toEqual({ record: await store.getExport('a'), events });
+        expect(await store.getExportWithEvents('nobody')).toBeUndefined();
       });
     });
 
@@ -1669,6 +1671,12 @@ export function describeStoreContract(
         ).toEqual(['import.running']);
         expect(await types('export')).toEqual(['export.completed']);
         expect(await types()).toEqual(['export.completed', 'import.running']);
+        // The import's record with its own events, read at one moment; the removed export has none.
+        const found = await store.getExportWithEvents('x', 'import');
+        expect(found?.record).toEqual(await store.getExport('x', 'import'));
+        expect(found?.events).toEqual(await store.eventsOfExport('x', 'import'));
+        expect(found?.events.map((e) => e.type)).toEqual(['import.running']);
+        expect(await store.getExportWithEvents('x')).toBeUndefined();
       });
 
       it('removing a job leaves the deliveries owed for a removed job of the other kind that had its id', async () => {
