@@ -275,8 +275,8 @@ ${flagHelp('get')}`,
 
 Lists the events a running daemon stored, newest first, with each one's delivery to each
 endpoint, through its control API (GET /v1/events). A table on a terminal (WEBHOOK-ID, TYPE,
-CREATED, then ENDPOINT, STATUS, ATTEMPTS, LAST STATUS per endpoint); one JSON object per event
-otherwise or with --json.
+CREATED, then ENDPOINT, STATUS, ATTEMPTS, LAST STATUS, NEXT ATTEMPT, LAST ERROR per endpoint);
+one JSON object per event otherwise or with --json.
 
   --export ID           only this export's events
   --import ID           only this import's events

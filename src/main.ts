@@ -621,9 +621,19 @@ export class Daemon {
         );
       })
       .catch((error: unknown) => {
-        if (!isShutdown(error)) {
-          this.#log.warn({ err_message: (error as Error).message }, 'could not read the platform rate limit');
+        if (isShutdown(error)) return;
+        // A refused token is a configuration mistake, not a quota that could not be read: with no
+        // id watched yet no check runs to say so, and this warning about the rate limit was the
+        // only line a daemon started with a wrong token wrote. `run` says it at error, with the
+        // fix; `watch` (no control API) reports it itself, as its one `error:` line and exit 1.
+        if (this.#options.api && error instanceof PlatformError && error.code === 'PLATFORM_UNAUTHORIZED') {
+          this.#log.error(
+            { err_message: (error as Error).message },
+            'the platform refused the token: set SB_AUTH_TOKEN (or the auth_token of the profile) to a valid token and restart; nothing is checked until it is accepted',
+          );
+          return;
         }
+        this.#log.warn({ err_message: (error as Error).message }, 'could not read the platform rate limit');
       });
     // Start checking once the quota is known, or after a short wait if the platform is slow.
     await settlesWithin(Promise.race([probe, this.#stopAsked]), 5000);

@@ -251,10 +251,10 @@ describe('events', () => {
       { id: 'evt_b_lost', type: 'export.lost', created_at: '2026-11-22T05:01:00.000Z', deliveries: [] },
     ]);
     expect(table.split('\n')).toEqual([
-      'WEBHOOK-ID       TYPE              CREATED                   ENDPOINT                      STATUS     ATTEMPTS  LAST STATUS',
-      'evt_a_completed  export.completed  2026-11-22T05:00:00.000Z  https://hooks.example.org/in  delivered  1         204',
-      '                                                             http://x/ [31m                failed     7         no answer',
-      'evt_b_lost       export.lost       2026-11-22T05:01:00.000Z  -                             -          -         -',
+      'WEBHOOK-ID       TYPE              CREATED                   ENDPOINT                      STATUS     ATTEMPTS  LAST STATUS  NEXT ATTEMPT  LAST ERROR',
+      'evt_a_completed  export.completed  2026-11-22T05:00:00.000Z  https://hooks.example.org/in  delivered  1         204          -             -',
+      '                                                             http://x/ [31m                failed     7         no answer    -             -',
+      'evt_b_lost       export.lost       2026-11-22T05:01:00.000Z  -                             -          -         -            -             -',
       '',
     ]);
   });

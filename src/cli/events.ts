@@ -165,7 +165,14 @@ export interface EventItem {
   id: string;
   type: string;
   created_at: string;
-  deliveries: Array<{ endpoint: string; status: string; attempts: number; last_status: number | null }>;
+  deliveries: Array<{
+    endpoint: string;
+    status: string;
+    attempts: number;
+    last_status: number | null;
+    next_attempt_at?: string | null;
+    last_error?: string | null;
+  }>;
 }
 
 export async function runEvents(options: EventsOptions): Promise<number> {
@@ -231,14 +238,30 @@ async function eventPage(
   return { items: body.items as EventItem[], nextCursor };
 }
 
-/** A table: one line per event and endpoint, the event's columns on its first line only. */
+/**
+ * A table: one line per event and endpoint, the event's columns on its first line only. A
+ * delivery that is not done says when it is tried next and why the last attempt failed: during a
+ * receiver outage "no answer" alone tells neither whether to wait (the next retry may be an hour
+ * away) nor what to fix (a refused connection, a timeout, a 4xx). LAST ERROR comes last, being
+ * the one column of free text.
+ */
 export function formatEvents(events: readonly EventItem[]): string {
-  const header = ['WEBHOOK-ID', 'TYPE', 'CREATED', 'ENDPOINT', 'STATUS', 'ATTEMPTS', 'LAST STATUS'];
+  const header = [
+    'WEBHOOK-ID',
+    'TYPE',
+    'CREATED',
+    'ENDPOINT',
+    'STATUS',
+    'ATTEMPTS',
+    'LAST STATUS',
+    'NEXT ATTEMPT',
+    'LAST ERROR',
+  ];
   const rows: string[][] = [];
   for (const e of events) {
     const first = [cell(e.id), cell(e.type), cell(e.created_at)];
     const deliveries = Array.isArray(e.deliveries) ? e.deliveries : [];
-    if (deliveries.length === 0) rows.push([...first, '-', '-', '-', '-']);
+    if (deliveries.length === 0) rows.push([...first, '-', '-', '-', '-', '-', '-']);
     deliveries.forEach((d, i) => {
       rows.push([
         ...(i === 0 ? first : ['', '', '']),
@@ -246,6 +269,8 @@ export function formatEvents(events: readonly EventItem[]): string {
         cell(d.status),
         cell(d.attempts),
         d.last_status === 0 ? 'no answer' : cell(d.last_status),
+        nextAttempt(d),
+        cell(d.last_error),
       ]);
     });
   }
@@ -261,6 +286,15 @@ export function formatEvents(events: readonly EventItem[]): string {
       .join('  ')
       .trimEnd();
   return `${[line(header), ...rows.map(line)].join('\n')}\n`;
+}
+
+/**
+ * When a pending delivery is tried next: its time, or `under way` while an attempt (or the quick
+ * retries right after it) runs, when the daemon sends `null`. Nothing for a finished one.
+ */
+function nextAttempt(d: { status?: unknown; next_attempt_at?: unknown }): string {
+  if (d.status !== 'pending') return '-';
+  return d.next_attempt_at === null ? 'under way' : cell(d.next_attempt_at);
 }
 
 /** A value from the daemon as one cell: printable, `-` when empty. */
