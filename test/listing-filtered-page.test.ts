@@ -42,6 +42,19 @@ async function platform(): Promise<string> {
   return url;
 }
 
+/** Discovery through the watcher's client, adding (and recording) every id it finds. */
+function recordingDiscovery(w: Awaited<ReturnType<typeof startWatcher>>) {
+  const added: string[] = [];
+  const discovery = exportDiscovery((kind, from) => w.daemon.client.listPage(kind, from), {
+    share: 100,
+    add: async (_kind, ids) => {
+      added.push(...ids);
+      return { accepted: [...ids] };
+    },
+  });
+  return { discovery, added };
+}
+
 describe('a page whose every item the client left out, more pages following', () => {
   it('listUnfinished (watch --all) still reads the next page and finds the real job', async () => {
     const w = await startWatcher(await platform(), TOKEN);
@@ -51,14 +64,7 @@ describe('a page whose every item the client left out, more pages following', ()
 
   it('discovery still reads the next page and adds the real job', async () => {
     const w = await startWatcher(await platform(), TOKEN);
-    const added: string[] = [];
-    const discovery = exportDiscovery((kind, from) => w.daemon.client.listPage(kind, from), {
-      share: 100,
-      add: async (_kind, ids) => {
-        added.push(...ids);
-        return { accepted: [...ids] };
-      },
-    });
+    const { discovery, added } = recordingDiscovery(w);
     await discovery.runRound();
     expect(added).toEqual(['real-job-1']);
   });
@@ -109,14 +115,7 @@ describe('an empty page that names a next one', () => {
   it('discovery ends the listing there and completes its round', async () => {
     const { url, listReads } = await emptyPagesOnward();
     const w = await startWatcher(url, TOKEN);
-    const added: string[] = [];
-    const discovery = exportDiscovery((kind, from) => w.daemon.client.listPage(kind, from), {
-      share: 100,
-      add: async (_kind, ids) => {
-        added.push(...ids);
-        return { accepted: [...ids] };
-      },
-    });
+    const { discovery, added } = recordingDiscovery(w);
     const report = await discovery.runRound();
     expect(added).toEqual(['only-1']);
     expect(report?.complete).toBe(true);
