@@ -34,6 +34,7 @@ import { createRequire } from 'node:module';
 import { hostname } from 'node:os';
 import type { Logger } from 'pino';
 import type { Dispatcher } from 'undici';
+import { platformProblem } from './cli/error-report.js';
 import type { Config } from './config/config.js';
 import { DeliveryEngine, type DeliveryEngineOptions } from './delivery/engine.js';
 import { storedEventBuilder } from './delivery/events.js';
@@ -624,13 +625,11 @@ export class Daemon {
         if (isShutdown(error)) return;
         // A refused token is a configuration mistake, not a quota that could not be read: with no
         // id watched yet no check runs to say so, and this warning about the rate limit was the
-        // only line a daemon started with a wrong token wrote. `run` says it at error, with the
-        // fix; `watch` (no control API) reports it itself, as its one `error:` line and exit 1.
+        // only line a daemon started with a wrong token wrote. `run` says it at error, in the
+        // words the commands use; `watch` (no control API) reports it itself, as its one
+        // `error:` line and exit 1.
         if (this.#options.api && error instanceof PlatformError && error.code === 'PLATFORM_UNAUTHORIZED') {
-          this.#log.error(
-            { err_message: (error as Error).message },
-            'the platform refused the token: set SB_AUTH_TOKEN (or the auth_token of the profile) to a valid token and restart; nothing is checked until it is accepted',
-          );
+          this.#log.error({ err_message: error.message }, platformProblem(error, undefined));
           return;
         }
         this.#log.warn({ err_message: (error as Error).message }, 'could not read the platform rate limit');

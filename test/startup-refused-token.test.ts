@@ -22,7 +22,9 @@ describe('a refused token at start', () => {
     // start() resolves once the start-up read of the quota has settled.
     const errors = lines(stack).filter((l) => l.level === 50);
     expect(errors).toHaveLength(1);
-    expect(errors[0]?.msg).toMatch(/^the platform refused the token: set SB_AUTH_TOKEN .* and restart/);
+    expect(errors[0]?.msg).toMatch(
+      /^the platform refused the token \(401.*\); set SB_AUTH_TOKEN to a valid token/,
+    );
     expect(errors[0]?.err_message).toMatch(/platform refused the token \(401\)/);
     expect(lines(stack).some((l) => l.msg === 'could not read the platform rate limit')).toBe(false);
     // The token itself is never in a line.

@@ -261,7 +261,7 @@ export function formatEvents(events: readonly EventItem[]): string {
   for (const e of events) {
     const first = [cell(e.id), cell(e.type), cell(e.created_at)];
     const deliveries = Array.isArray(e.deliveries) ? e.deliveries : [];
-    if (deliveries.length === 0) rows.push([...first, '-', '-', '-', '-', '-', '-']);
+    if (deliveries.length === 0) rows.push([...first, ...header.slice(first.length).map(() => '-')]);
     deliveries.forEach((d, i) => {
       rows.push([
         ...(i === 0 ? first : ['', '', '']),

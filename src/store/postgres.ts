@@ -929,38 +929,29 @@ export class PostgresStore implements Store {
     );
   }
 
-  async eventsOfExport(exportId: string, kind?: JobKind): Promise<StoredEvent[]> {
-    return this.#use((pool) => this.#snapshot(pool, (db) => this.#eventsOf(db, exportId, kind)));
-  }
-
   async getExportWithEvents(
     id: string,
     kind: JobKind = 'export',
   ): Promise<{ record: StoredExport; events: StoredEvent[] } | undefined> {
+    // Three statements (the job, its events, their deliveries): on one snapshot.
     return this.#use((pool) =>
       this.#snapshot(pool, async (db) => {
-        const { rows } = await this.#query<ExportRow>(
+        const job = await this.#query<ExportRow>(
           db,
           `SELECT ${EXPORT_COLUMNS} FROM exports WHERE id = $1 AND kind = $2`,
           [id, kind],
         );
-        const row = rows[0];
-        return row && { record: toStoredExport(row), events: await this.#eventsOf(db, id, kind) };
+        const row = job.rows[0];
+        if (!row) return undefined;
+        const { rows } = await this.#query<EventRow>(
+          db,
+          `SELECT ${EVENT_COLUMNS} FROM events
+           WHERE export_id = $1 AND starts_with(type, $2::text || '.') ORDER BY created_at, id`,
+          [id, kind],
+        );
+        return { record: toStoredExport(row), events: await this.#withDeliveries(db, rows) };
       }),
     );
-  }
-
-  /** Events of one job and their deliveries: two statements, so on a snapshot (`#snapshot`). */
-  async #eventsOf(db: pg.PoolClient, exportId: string, kind: JobKind | undefined): Promise<StoredEvent[]> {
-    const values: unknown[] = [exportId];
-    const where = ['export_id = $1'];
-    if (kind !== undefined) where.push(`starts_with(type, $${values.push(kind)}::text || '.')`);
-    const { rows } = await this.#query<EventRow>(
-      db,
-      `SELECT ${EVENT_COLUMNS} FROM events ${whereClause(where)} ORDER BY created_at, id`,
-      values,
-    );
-    return this.#withDeliveries(db, rows);
   }
 
   /**

@@ -903,28 +903,18 @@ export class SqliteStore implements Store {
     return { items: this.#withDeliveries(items), more };
   }
 
-  async eventsOfExport(exportId: string, kind?: JobKind): Promise<StoredEvent[]> {
-    return this.#eventsOf(exportId, kind);
-  }
-
   /** Both reads in one synchronous turn: nothing this process writes can come between them. */
   async getExportWithEvents(
     id: string,
     kind: JobKind = 'export',
   ): Promise<{ record: StoredExport; events: StoredEvent[] } | undefined> {
     const record = this.#exportOf(id, kind);
-    return record && { record, events: this.#eventsOf(id, kind) };
-  }
-
-  #eventsOf(exportId: string, kind: JobKind | undefined): StoredEvent[] {
-    const where = [
-      'export_id = @exportId',
-      ...(kind === undefined ? [] : ["substr(type, 1, length(@kind) + 1) = @kind || '.'"]),
-    ];
+    if (!record) return undefined;
     const rows = this.#sql(
-      `SELECT ${EVENT_COLUMNS} FROM events ${whereClause(where)} ORDER BY created_at, id`,
-    ).all({ exportId, kind }) as EventRow[];
-    return this.#withDeliveries(rows);
+      `SELECT ${EVENT_COLUMNS} FROM events
+       WHERE export_id = ? AND substr(type, 1, length(?) + 1) = ? || '.' ORDER BY created_at, id`,
+    ).all(id, kind, kind) as EventRow[];
+    return { record, events: this.#withDeliveries(rows) };
   }
 
   /**

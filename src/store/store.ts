@@ -342,15 +342,11 @@ export interface Store {
   /** Newest first: ordered by (createdAt, id) descending. */
   listEvents(query: EventQuery): Promise<{ items: StoredEvent[]; more: boolean }>;
   /**
-   * Events of one job with their deliveries, oldest first: of this kind only (their type starts
-   * with `export.` or `import.`), of both kinds when absent. A job removed keeps its events for
-   * replay, and its id may then be watched as the other kind: a job's record shows its own.
-   */
-  eventsOfExport(exportId: string, kind?: JobKind): Promise<StoredEvent[]>;
-  /**
-   * `getExport` and `eventsOfExport` of this kind, read at one moment (`GET /v1/exports/{id}`): a
-   * transition committed between two reads would show a job in one state with the event of the
-   * next, or a job whose events a removal had already dropped. Undefined when the job is unknown.
+   * The job of this kind (as `getExport`) and its events with their deliveries, oldest first, read
+   * at one moment (`GET /v1/exports/{id}`): a transition committed between two reads would show a
+   * job in one state with the event of the next. Only the events of this kind (their type starts
+   * with `export.` or `import.`): a job removed keeps its events for replay, and its id may then
+   * be watched as the other kind, whose record shows its own. Undefined when the job is unknown.
    */
   getExportWithEvents(
     id: string,

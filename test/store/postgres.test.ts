@@ -769,7 +769,7 @@ await describeWithPostgres('PostgreSQL store', (server) => {
           written,
           a: await store.getExport('a'),
           b: await store.getExport('b'),
-          events: await store.eventsOfExport('a'),
+          events: (await store.listEvents({ exportId: 'a', limit: 1000 })).items,
           importEvents: await store.listEvents({ kind: 'import', limit: 10 }),
           exportEvents: await store.listEvents({ kind: 'export', limit: 10 }),
           i1AsExport: await store.getExport('i1'),
