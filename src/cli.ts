@@ -422,20 +422,51 @@ export async function main(
 export async function runCli(
   argv: readonly string[],
   env: Env | (() => Env),
-  io: { stderr: { write(text: string): unknown }; stdin?: CliContext['stdin'] } = { stderr: process.stderr },
+  io: {
+    stderr: { write(text: string): unknown };
+    stdin?: CliContext['stdin'];
+    /** Where `env` looked for a `.env` (see `readEnvironment`), for a hint when it found none. */
+    dotenv?: DotenvLookup;
+  } = { stderr: process.stderr },
 ): Promise<number> {
   const context: CliContext = { redactor: new Redactor(), ...(io.stdin ? { stdin: io.stdin } : {}) };
   try {
     return await main(argv, env, context);
   } catch (error) {
     const report = describeError(error, { endpoint: context.config?.endpoint });
-    for (const line of report.lines) io.stderr.write(`${context.redactor.scrub(line)}\n`);
+    for (const line of withDotenvHint(report.lines, error, io.dotenv)) {
+      io.stderr.write(`${context.redactor.scrub(line)}\n`);
+    }
     return report.exitCode;
   }
 }
 
-/** The real environment wins over `.env` in the working directory. */
-export function readEnvironment(processEnv: NodeJS.ProcessEnv, cwd?: string): Env {
+/**
+ * A variable reported unset when no `.env` was found: the usual cause is a `.env` in another
+ * directory than the one the command was started in, which the problem alone does not say. Said
+ * on the first such problem's line, so that each problem stays one line.
+ */
+function withDotenvHint(lines: string[], error: unknown, dotenv: DotenvLookup | undefined): string[] {
+  if (!(error instanceof ConfigError) || dotenv?.found !== false || dotenv.path === undefined) return lines;
+  const first = lines.findIndex((line) => line.endsWith('got nothing'));
+  if (first === -1) return lines;
+  const hinted = [...lines];
+  hinted[first] =
+    `${lines[first]} (and no ${dotenv.path} was found: a .env is read from the working directory)`;
+  return hinted;
+}
+
+/** Where `readEnvironment` looked for a `.env`, and whether it found one: for the error report. */
+export interface DotenvLookup {
+  path?: string;
+  found?: boolean;
+}
+
+/**
+ * The real environment wins over `.env` in the working directory. `lookup`, when given, is told
+ * where the file was looked for and whether it was there.
+ */
+export function readEnvironment(processEnv: NodeJS.ProcessEnv, cwd?: string, lookup?: DotenvLookup): Env {
   let fromFile: Record<string, string> = {};
   let dir: string;
   try {
@@ -447,10 +478,13 @@ export function readEnvironment(processEnv: NodeJS.ProcessEnv, cwd?: string): En
     ]);
   }
   const path = join(dir, '.env');
+  if (lookup) lookup.path = path;
   try {
     fromFile = parseDotenv(readFileSync(path));
+    if (lookup) lookup.found = true;
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;
+    if (lookup) lookup.found = code !== 'ENOENT';
     if (code !== 'ENOENT') {
       throw new ConfigError([
         `.env: expected a readable file ${path}, got ${code ?? (error as Error).message}`,
@@ -1194,7 +1228,11 @@ if (isEntryPoint()) {
   exitOnBrokenPipe(process.stderr);
   // The environment is read inside the command, so a broken .env or credential is reported like
   // any configuration problem, and --help and --version never read it.
-  runCli(process.argv.slice(2), () => readEnvironment(process.env)).then(
+  const dotenv: DotenvLookup = {};
+  runCli(process.argv.slice(2), () => readEnvironment(process.env, undefined, dotenv), {
+    stderr: process.stderr,
+    dotenv,
+  }).then(
     async (code) => {
       // stdout to a socket (a parent's pipe from Node, for one) is written asynchronously: exiting
       // at once would drop what is still queued, and hide a reader that went away. The log lines

@@ -8,11 +8,20 @@ import { createServer as createHttpServer, type Server as HttpServer } from 'nod
 import { type AddressInfo, createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Writable } from 'node:stream';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { formatEvents, parseSince, redeliverPlan } from '../src/cli/events.js';
+import { formatEvents, parseSince, redeliverPlan, runEvents } from '../src/cli/events.js';
 import { runCli } from '../src/cli.js';
 import type { EventType } from '../src/delivery/events.js';
-import { type ControlApi, eventToJson, parseRfc3339, type WatchRegistry } from '../src/http/control-api.js';
+import {
+  type ControlApi,
+  type ExportView,
+  eventToJson,
+  parseRfc3339,
+  type WatchRegistry,
+} from '../src/http/control-api.js';
+import type { ExportState } from '../src/polling/tracker.js';
+import { Redactor } from '../src/shared/redact.js';
 import type { DeliveryStatus, EventQuery, StoredEvent } from '../src/store/store.js';
 import { listenControlApi } from './helpers/control-api.js';
 import { closedPort } from './helpers/ports.js';
@@ -37,8 +46,26 @@ class EventsRegistry implements WatchRegistry {
     return false;
   }
 
-  async get() {
-    return undefined;
+  /** Jobs the daemon has, by id, with their state: `get` answers these, and 404 for the rest. */
+  readonly known = new Map<string, ExportState>();
+
+  async get(id: string): Promise<ExportView | undefined> {
+    const state = this.known.get(id);
+    if (state === undefined) return undefined;
+    return {
+      id,
+      state,
+      previousState: null,
+      firstSeenAt: T0,
+      stateChangedAt: T0,
+      lastCheckedAt: null,
+      checks: 0,
+      metadata: null,
+      history: [],
+      export: null,
+      error: null,
+      events: this.stored.filter((e) => e.exportId === id),
+    };
   }
 
   async page() {
@@ -123,6 +150,9 @@ afterAll(async () => {
 beforeEach(() => {
   registry.stored.length = 0;
   registry.calls.length = 0;
+  registry.known.clear();
+  registry.known.set('a1', 'COMPLETED');
+  registry.known.set('e5', 'RUNNING');
   registry.add('a1', 'export.completed', T0, 'delivered');
   registry.add('a1', 'export.running', T0 - MINUTE, 'delivered');
   registry.add('b2', 'export.failed', T0 + MINUTE, 'failed');
@@ -146,6 +176,15 @@ const jsonLines = (text: string) =>
     .split('\n')
     .filter((l) => l !== '')
     .map((l) => JSON.parse(l));
+
+/** A stream that hands each write to `take`. */
+const writable = (take: (text: string) => void) =>
+  new Writable({
+    write(chunk, _encoding, done) {
+      take(String(chunk));
+      done();
+    },
+  });
 
 /** A receiver that is down, as the outage tests of the table name it. */
 const OUTAGE_HOOK = 'http://127.0.0.1:18582/hooks';
@@ -216,6 +255,60 @@ describe('events', () => {
     r = await cli(withApi('events', '--all', '--status', 'failed'));
     expect(jsonLines(r.stdout)).toHaveLength(2);
     expect(registry.of('events').map((args) => (args[0] as EventQuery).limit)).toEqual([1000]);
+  });
+
+  it('exits 1 for a job id the daemon does not have, rather than print an empty list', async () => {
+    const r = await cli(withApi('events', '--export', 'zz9'));
+    expect(r.code).toBe(1);
+    expect(r.stdout).toBe('');
+    expect(r.stderr).toBe(
+      'error: the daemon has no export zz9 (a wrong id, one it does not watch, or one finished and pruned)\n',
+    );
+    // The same with a filter: an unknown id is unknown whatever else is asked.
+    const filtered = await cli(withApi('events', '--export', 'zz9', '--status', 'failed'));
+    expect(filtered.code).toBe(1);
+  });
+
+  it('lists nothing for a job the daemon has without events, and exits 0', async () => {
+    const r = await cli(withApi('events', '--export', 'e5'));
+    expect(r).toEqual({ code: 0, stdout: '', stderr: '' });
+  });
+
+  it('says on a terminal that nothing matched, and for a job, that the daemon has it', async () => {
+    const run = async (query: Parameters<typeof runEvents>[0]['query']) => {
+      let stdout = '';
+      let stderr = '';
+      const code = await runEvents({
+        query,
+        json: false,
+        stdout: writable((text) => (stdout += text)),
+        stderr: writable((text) => (stderr += text)),
+        target: { url: apiUrl, fix: '--api-url', token: TOKEN },
+        timeoutMs: 5000,
+        redactor: new Redactor(),
+      });
+      return { code, stdout, stderr };
+    };
+    let r = await run({ exportId: 'e5', limit: 100, all: false });
+    expect(r.code).toBe(0);
+    expect(r.stdout.split('\n')[0]).toMatch(/^WEBHOOK-ID +TYPE/);
+    expect(r.stderr).toBe('no events for export e5 (the daemon has it, RUNNING)\n');
+
+    r = await run({ exportId: 'a1', status: 'failed', limit: 100, all: false });
+    expect(r.stderr).toBe('no events with a delivery failed for export a1 (the daemon has it, COMPLETED)\n');
+
+    r = await run({ status: 'pending', since: '2030-01-01T00:00:00.000Z', limit: 100, all: false });
+    expect(r.stderr).toBe('no events with a delivery pending and created since 2030-01-01T00:00:00.000Z\n');
+
+    r = await run({ exportId: 'zz9', limit: 100, all: false });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/^error: the daemon has no export zz9 /);
+
+    // Events listed: nothing more is asked of the daemon, nothing more is said.
+    registry.calls.length = 0;
+    r = await run({ exportId: 'a1', limit: 100, all: false });
+    expect(r.stderr).toBe('');
+    expect(r.stdout).toContain('evt_a1_completed');
   });
 
   it('formats a table even of fields that are objects, not what the daemon sends', () => {

@@ -403,6 +403,57 @@ describe('readEnvironment', () => {
     }
   });
 
+  it('a variable found unset, and no .env where the command started: its line says so', async () => {
+    const empty = mkdtempSync(join(tmpdir(), 'watcher-noenv-'));
+    try {
+      const r = await runCli(['run'], {
+        env: { HOME: empty, WATCHER_DATA_DIR: join(empty, 'data') },
+        cwd: empty,
+      });
+      expect(r.code).toBe(2);
+      // On the problem's own line: one line per problem, as ever.
+      expect(r.stderr.split('\n').filter(Boolean)).toEqual([
+        expect.stringMatching(/^config: SB_AUTH_TOKEN: expected the platform token .*, got nothing \(/),
+      ]);
+      expect(r.stderr).toContain(
+        `got nothing (and no ${join(empty, '.env')} was found: a .env is read from the working directory)\n`,
+      );
+    } finally {
+      rmSync(empty, { recursive: true, force: true });
+    }
+  });
+
+  it('no such hint with a .env found, nor for a value that is set but wrong', async () => {
+    const empty = mkdtempSync(join(tmpdir(), 'watcher-noenv-'));
+    const run = async (processEnv: Record<string, string>, cwd: string) => {
+      const lines: string[] = [];
+      const dotenv = {};
+      const code = await runCliInProcess(['run'], () => readEnvironment(processEnv, cwd, dotenv), {
+        stderr: { write: (text: string) => lines.push(text) },
+        dotenv,
+      });
+      return { code, lines };
+    };
+    try {
+      writeFileSync(join(dir, '.env'), 'WATCHER_BATCH_SIZE=7\n');
+      const found = await run({ HOME: empty }, dir);
+      expect(found.code).toBe(2);
+      expect(found.lines).toEqual([expect.stringMatching(/^config: SB_AUTH_TOKEN: .*got nothing\n$/)]);
+
+      const wrong = await run({ HOME: empty, SB_AUTH_TOKEN: 'tok-123456', WATCHER_BATCH_SIZE: '0' }, empty);
+      expect(wrong.code).toBe(2);
+      expect(wrong.lines).toEqual([expect.stringMatching(/^config: WATCHER_BATCH_SIZE: /)]);
+
+      // Two variables unset: the hint once, on the first.
+      const missing = await run({ HOME: empty, WATCHER_HTTP_HOST: '0.0.0.0' }, empty);
+      expect(missing.lines).toHaveLength(2);
+      expect(missing.lines[0]).toContain(`no ${join(empty, '.env')} was found`);
+      expect(missing.lines[1]).toMatch(/^config: WATCHER_API_TOKEN: .*got nothing\n$/);
+    } finally {
+      rmSync(empty, { recursive: true, force: true });
+    }
+  });
+
   it('does not change the environment it is given', () => {
     writeFileSync(join(dir, '.env'), 'WATCHER_RETAIN=1h\n');
     const processEnv = { A: '1' };

@@ -178,12 +178,14 @@ export interface EventItem {
 export async function runEvents(options: EventsOptions): Promise<number> {
   return withControlApi(options, async (client) => {
     const rows: EventItem[] = [];
+    let listed = 0;
     let cursor: string | null = null;
     let more = false;
     // A cursor seen before means the pages go round: following them would never end.
     const seen = new Set<string>();
     do {
       const page = await eventPage(client, options.query, cursor);
+      listed += page.items.length;
       if (options.json) {
         for (const item of page.items) options.stdout.write(`${JSON.stringify(item)}\n`);
       } else {
@@ -199,8 +201,53 @@ export async function runEvents(options: EventsOptions): Promise<number> {
     if (!options.json) options.stdout.write(formatEvents(rows));
     // On stderr in either form: a script reading the JSON lines must not take a page for the whole.
     if (more) options.stderr.write('more events follow: --all lists them all\n');
+    if (listed === 0) return noEvents(client, options);
     return 0;
   });
+}
+
+/**
+ * Nothing listed. For one job's events, a header alone cannot tell a job the daemon watches but
+ * that has not changed state (or has none with that status) from an id it has never heard of (a
+ * typo, a job pruned, another daemon's): the daemon's record of the job tells them apart, and an
+ * unknown id exits 1, as `redeliver` does for an unknown event. On a terminal, an empty table says
+ * that it is empty; the JSON lines stay empty.
+ */
+async function noEvents(client: ControlClient, options: EventsOptions): Promise<number> {
+  const { exportId, importId } = options.query;
+  const job =
+    exportId !== undefined
+      ? { kind: 'export', id: exportId }
+      : importId !== undefined
+        ? { kind: 'import', id: importId }
+        : undefined;
+  if (job !== undefined) {
+    const answer = await client.send('GET', `/v1/${job.kind}s/${encodeURIComponent(job.id)}`);
+    if (answer.status === 404 && errorCodeOf(answer.body) === `${job.kind}_not_found`) {
+      options.stderr.write(
+        `error: the daemon has no ${job.kind} ${job.id} (a wrong id, one it does not watch, or one finished and pruned)\n`,
+      );
+      return 1;
+    }
+    if (answer.status !== 200) throw client.refused(`to read ${job.kind} ${job.id}`, answer);
+    const state = (answer.body as { state?: unknown }).state;
+    if (!options.json) {
+      options.stderr.write(
+        `no events${filtersOf(options.query)} for ${job.kind} ${job.id} (the daemon has it${typeof state === 'string' ? `, ${oneLine(state)}` : ''})\n`,
+      );
+    }
+    return 0;
+  }
+  if (!options.json) options.stderr.write(`no events${filtersOf(options.query)}\n`);
+  return 0;
+}
+
+/** The filters other than the job, as they narrowed an empty list. */
+function filtersOf(query: EventsQuery): string {
+  const parts: string[] = [];
+  if (query.status !== undefined) parts.push(`with a delivery ${query.status}`);
+  if (query.since !== undefined) parts.push(`created since ${query.since}`);
+  return parts.length === 0 ? '' : ` ${parts.join(' and ')}`;
 }
 
 async function eventPage(
