@@ -36,6 +36,7 @@ import {
   loadConfig,
   parseDuration,
   TOKEN_TEXT,
+  unknownVariables,
   type VariableName,
 } from './config/config.js';
 import {
@@ -693,7 +694,8 @@ async function runCommand(args: readonly string[], env: () => Env, context: CliC
   );
   if ('signal' in read) return 0;
   const { ids, importIds } = read.value;
-  const config = loadForPlatform(withFlags(env(), values), context);
+  const environment = withFlags(env(), values);
+  const config = loadForPlatform(environment, context);
   const log = createLogger({
     level: config.logLevel,
     pretty: Boolean(process.stdout.isTTY),
@@ -701,6 +703,12 @@ async function runCommand(args: readonly string[], env: () => Env, context: CliC
     redactor: context.redactor,
   });
   logProxy(log, config);
+  for (const line of unknownVariables(environment)) log.warn(line);
+  if (config.webhook.urls.length === 0) {
+    log.warn(
+      'WATCHER_WEBHOOK_URLS is not set: no webhook is sent; outcomes go to the log and the control API only',
+    );
+  }
   // Signals are handled from here on, also while the store opens: a first one stops the daemon
   // (at once when it exists), or ends a store still opening (a database that does not answer
   // would otherwise hold it until its connect timeout, then report a failure nobody asked

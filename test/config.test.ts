@@ -7,6 +7,7 @@ import {
   isLoopbackHost,
   loadConfig,
   parseDuration,
+  unknownVariables,
 } from '../src/config/config.js';
 import { ConfigError } from '../src/shared/errors.js';
 import { describeDatabaseUrl } from '../src/store/rows.js';
@@ -778,5 +779,30 @@ describe('WATCHER_DATABASE_URL and WATCHER_LEADER_TIMEOUT', () => {
   it.each(['2s', '6m', 'soon', '0'])('refuses WATCHER_LEADER_TIMEOUT %j (3s to 5m)', (value) => {
     const lines = linesFor(configError({ WATCHER_LEADER_TIMEOUT: value }), 'WATCHER_LEADER_TIMEOUT');
     expect(lines).toEqual([expect.stringContaining('a duration from 3s to 5m')]);
+  });
+});
+
+describe('unknownVariables', () => {
+  it('names each WATCHER_ variable set that is not read, with the nearest one it may have meant', () => {
+    expect(
+      unknownVariables({
+        WATCHER_WEBHOOK_URL: 'https://hooks.example.org/in',
+        WATCHER_LOG_LEVEL: 'debug',
+        WATCHER_API_TOKNE: 'secret-value-1234',
+        WATCHER_POLL_INTERVAL: '10s',
+        WATCHER_UNSET: undefined,
+        SB_CONFIG_PROFILE: 'other-tool',
+        PATH: '/bin',
+      }),
+    ).toEqual([
+      'WATCHER_API_TOKNE is set but is not a variable of sbg-export-watcher; it is ignored (did you mean WATCHER_API_TOKEN?)',
+      // Four edits from LOG_LEVEL: too far to guess.
+      'WATCHER_LOG_LEVEL is set but is not a variable of sbg-export-watcher; it is ignored',
+      'WATCHER_WEBHOOK_URL is set but is not a variable of sbg-export-watcher; it is ignored (did you mean WATCHER_WEBHOOK_URLS?)',
+    ]);
+  });
+
+  it('is empty for every variable the program reads', () => {
+    expect(unknownVariables({ ...DEFAULTS, WATCHER_WEBHOOK_URLS: 'https://h.example/x' })).toEqual([]);
   });
 });

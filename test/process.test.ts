@@ -67,6 +67,30 @@ async function runWithHeldDelivery() {
 }
 
 describe('sbg-export-watcher run', () => {
+  it('warns at start of a misspelt WATCHER_ variable, and that no webhook is sent without a URL', async () => {
+    const { url: simUrl } = await simulator();
+    const { WATCHER_WEBHOOK_URLS: hookUrl, ...env } = runEnv(simUrl, 'http://127.0.0.1:9/never');
+    const daemon = spawnCli(['run'], {
+      ...env,
+      // The misspelling an operator makes: the setting it meant keeps its default (none).
+      WATCHER_WEBHOOK_URL: String(hookUrl),
+      WATCHER_POLL_INTERVALL: '1m',
+      WATCHER_NOTHING_LIKE_ANY_SETTING: '1',
+    });
+    await daemon.waitForLine((l) => l.msg === 'sbg-export-watcher started');
+    const warnings = daemon.lines.filter((l) => l.level === 'warn').map((l) => l.msg);
+    expect(warnings).toEqual([
+      'WATCHER_NOTHING_LIKE_ANY_SETTING is set but is not a variable of sbg-export-watcher; it is ignored',
+      'WATCHER_POLL_INTERVALL is set but is not a variable of sbg-export-watcher; it is ignored (did you mean WATCHER_POLL_INTERVAL?)',
+      'WATCHER_WEBHOOK_URL is set but is not a variable of sbg-export-watcher; it is ignored (did you mean WATCHER_WEBHOOK_URLS?)',
+      'WATCHER_WEBHOOK_URLS is not set: no webhook is sent; outcomes go to the log and the control API only',
+    ]);
+    // The value of an unknown variable may be a secret put in the wrong place: never logged.
+    expect(daemon.stdout()).not.toContain('127.0.0.1:9/never');
+    daemon.child.kill('SIGTERM');
+    expect((await daemon.exited).code).toBe(0);
+  });
+
   it('watches ids from the command line, delivers, and exits 0 on SIGTERM', async () => {
     const { sim, url: simUrl } = await simulator();
     const { receiver: hooks, url: hookUrl } = await receiver();

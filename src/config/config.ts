@@ -112,6 +112,45 @@ export const DEFAULTS = {
 } as const satisfies Record<string, string | undefined>;
 
 export type VariableName = keyof typeof DEFAULTS;
+
+/**
+ * The `WATCHER_` variables set that this program does not read, each as a line to warn with: a
+ * misspelt one (`WATCHER_WEBHOOK_URL`) is otherwise ignored without a word, and the setting it
+ * meant keeps its default. The closest name it may have meant is suggested. Only `WATCHER_`: the
+ * `SB_` prefix is shared with the platform's other tools, whose variables are none of ours.
+ */
+export function unknownVariables(env: Env): string[] {
+  const known = Object.keys(DEFAULTS);
+  const lines: string[] = [];
+  for (const name of Object.keys(env).sort()) {
+    if (!name.startsWith('WATCHER_') || Object.hasOwn(DEFAULTS, name) || env[name] === undefined) continue;
+    let nearest: { name: string; distance: number } | undefined;
+    for (const candidate of known) {
+      const distance = editDistance(name, candidate);
+      if (distance <= 3 && (nearest === undefined || distance < nearest.distance)) {
+        nearest = { name: candidate, distance };
+      }
+    }
+    lines.push(
+      `${name} is set but is not a variable of sbg-export-watcher; it is ignored${nearest ? ` (did you mean ${nearest.name}?)` : ''}`,
+    );
+  }
+  return lines;
+}
+
+/** Levenshtein distance: insertions, deletions and substitutions of one character each. */
+function editDistance(a: string, b: string): number {
+  let previous = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const current = [i];
+    for (let j = 1; j <= b.length; j++) {
+      const substitution = (previous[j - 1] as number) + (a[i - 1] === b[j - 1] ? 0 : 1);
+      current.push(Math.min((previous[j] as number) + 1, (current[j - 1] as number) + 1, substitution));
+    }
+    previous = current;
+  }
+  return previous[b.length] as number;
+}
 export type Env = Readonly<Record<string, string | undefined>>;
 
 /** Variables whose values are secrets: never echoed in a problem line. */
