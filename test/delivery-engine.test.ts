@@ -800,6 +800,68 @@ describe('failed attempts', () => {
   });
 });
 
+describe('the log of failed attempts during an outage', () => {
+  it('is at most 5 lines a minute per endpoint at warn; the rest at debug, counted in one line', async () => {
+    useFakeTime();
+    noQuickJitter();
+    const store = await memoryStore();
+    let up = false;
+    const { r, url } = await receiver({ respond: () => (up ? 204 : 503) });
+    const { engine: e, probe } = engine({ store, urls: [url], random: () => 0 });
+    const ids = Array.from({ length: 20 }, (_, i) => `exp-${i}`);
+    await commit(store, e.endpoints, ids);
+    await e.start();
+    const failures = () => probe.attempts.filter((a) => a.outcome === 'failure').length;
+    const failureLines = (level: number) =>
+      records().filter((l) => l.msg === 'webhook attempt failed' && l.level === level);
+    const summaries = () => records().filter((l) => String(l.msg).startsWith('webhook attempts failed:'));
+
+    // The quick tier: 3 attempts each, 60 failures within 3 s. Five are at warn.
+    await runUntil(probe, () => failures() === 60);
+    expect(failureLines(40)).toHaveLength(5);
+    expect(failureLines(20)).toHaveLength(55);
+    expect(summaries()).toEqual([]);
+
+    // The first failure after the minute: the window's failures at debug (those of the quick
+    // tier, and the durable tier's 4, 8 and 16 s later) are said in one line first.
+    await runUntil(probe, () => failureLines(40).some((l) => Number(l.time) >= T0 + 60_000));
+    const quietInWindow = failureLines(20).filter((l) => Number(l.time) < T0 + 60_000).length;
+    expect(quietInWindow).toBe(20 * 6 - 5);
+    expect(summaries()).toEqual([
+      expect.objectContaining({
+        level: 40,
+        count: quietInWindow,
+        from: new Date(T0).toISOString(),
+        last_error: expect.stringMatching(/^WEBHOOK_REJECTED: /),
+      }),
+    ]);
+
+    // Ten minutes down, then back: the failures not at warn yet are counted once it answers.
+    await runUntil(probe, () => Date.now() >= T0 + 10 * 60_000);
+    up = true;
+    await runUntil(probe, () => r.accepted().length === 20);
+    const counted = summaries().reduce((sum, l) => sum + Number(l.count), 0);
+    // Every failure is a line at warn or counted in one; each at debug too, beyond the five.
+    expect(failureLines(40).length + counted).toBe(failures());
+    expect(failureLines(40).length + failureLines(20).length).toBe(failures());
+    // At most 5 at warn in each window: one window began per summary, and one before them.
+    expect(failureLines(40).length).toBeLessThanOrEqual(5 * (summaries().length + 1));
+    expect(failures()).toBeGreaterThan(100);
+  });
+
+  it('says what it held back when the engine closes', async () => {
+    const store = await memoryStore();
+    const { url } = await receiver({ respond: () => 503 });
+    const { engine: e, probe } = engine({ store, urls: [url], quickAttempts: 1 });
+    await commit(store, e.endpoints, ['a', 'b', 'c', 'd', 'e', 'f', 'g']);
+    await e.start();
+    await probe.until(() => probe.attempts.length === 7);
+    await e.close(1_000);
+    const summary = records().find((l) => String(l.msg).startsWith('webhook attempts failed:'));
+    expect(summary).toMatchObject({ level: 40, count: 2 });
+  });
+});
+
 describe('endpoints', () => {
   it('marks an event gone at an endpoint answering 410 while another endpoint still receives it', async () => {
     const { r: goneR, url: goneUrl } = await receiver({ respond: () => 410 });

@@ -66,6 +66,14 @@ const FLUSH_BATCH = 500;
  * it sooner), unless `maxIdleMs` says otherwise.
  */
 export const MAX_IDLE_MS = 30_000;
+/**
+ * Failed attempts logged at warn per endpoint in each window of `FAILURE_WINDOW_MS`; the rest of
+ * the window's are logged at debug and counted in one warn line. A receiver down with 100,000
+ * deliveries owed sees ~30 attempts a second once they back off to an hour: a line each would be
+ * gigabytes of log a day, and would bury every other line.
+ */
+export const FAILURE_LINES_PER_WINDOW = 5;
+export const FAILURE_WINDOW_MS = 60_000;
 
 export type { AttemptResult, DeliveryOutcome };
 
@@ -174,10 +182,23 @@ interface Endpoint {
   /** Claimed deliveries by webhook-id: waiting for a slot, in flight, or in a quick retry wait. */
   readonly held: Map<string, Held>;
   readonly log: Logger;
+  /** Its failed attempts in the current window (see `FAILURE_LINES_PER_WINDOW`). */
+  readonly failures: FailureWindow;
   timer: NodeJS.Timeout | undefined;
   pumping: boolean;
   /** A pump was asked for while one ran: it runs again. */
   again: boolean;
+}
+
+interface FailureWindow {
+  /** When the window began: its first failed attempt. */
+  start: number;
+  /** Lines at warn in this window so far. */
+  logged: number;
+  /** Failed attempts logged at debug only, not yet counted in a summary line. */
+  quiet: number;
+  lastQuietAt: number;
+  lastError: string | undefined;
 }
 
 interface Held {
@@ -290,6 +311,7 @@ export class DeliveryEngine {
         slots: new Slots(this.#concurrency),
         held: new Map(),
         log: options.log.child({ endpoint: ref.label }),
+        failures: { start: -Infinity, logged: 0, quiet: 0, lastQuietAt: 0, lastError: undefined },
         timer: undefined,
         pumping: false,
         again: false,
@@ -469,6 +491,7 @@ export class DeliveryEngine {
       await Promise.allSettled(this.#runs);
     }
     await this.#flushNow();
+    for (const e of this.#endpoints) this.#summarizeFailures(e);
     // Every attempt has ended by now (its answer read, or cut off), so the agent holds only idle
     // connections and connects an attempt gave up on (a TLS handshake that never ends), which a
     // graceful close() would wait for until undici's own connect timeout, past the deadline.
@@ -677,25 +700,64 @@ export class DeliveryEngine {
       status: answer.status,
       duration_ms: answer.durationMs,
     };
-    if (answer.outcome === 'success') e.log.debug(fields, 'webhook delivered');
-    else if (answer.outcome === 'gone')
+    if (answer.outcome === 'success') {
+      e.log.debug(fields, 'webhook delivered');
+      // The receiver answers again: what was held back of its failures is said now.
+      this.#summarizeFailures(e);
+    } else if (answer.outcome === 'gone')
       e.log.warn(fields, 'webhook endpoint answered 410 Gone; this event is no longer sent to it');
     else if (answer.error?.code === 'SHUTTING_DOWN')
       e.log.warn(
         fields,
         this.#paused ? 'webhook attempt aborted: paused' : 'webhook attempt aborted: close deadline passed',
       );
-    else
-      e.log.warn(
-        {
-          ...fields,
-          code: answer.error?.code,
-          error: answer.error?.message,
-          retry_after_ms: answer.retryAfterMs,
-        },
-        'webhook attempt failed',
-      );
+    else this.#logFailure(e, fields, answer);
     return answer;
+  }
+
+  /**
+   * A failed attempt's line: at warn for the first `FAILURE_LINES_PER_WINDOW` of the endpoint's
+   * window, at debug after that, counted for the summary line that ends the window.
+   */
+  #logFailure(e: Endpoint, fields: Record<string, unknown>, answer: AttemptAnswer): void {
+    const line = {
+      ...fields,
+      code: answer.error?.code,
+      error: answer.error?.message,
+      retry_after_ms: answer.retryAfterMs,
+    };
+    const now = this.#now();
+    const w = e.failures;
+    if (now - w.start >= FAILURE_WINDOW_MS || now < w.start) {
+      this.#summarizeFailures(e);
+      w.start = now;
+      w.logged = 0;
+    }
+    if (w.logged < FAILURE_LINES_PER_WINDOW) {
+      w.logged++;
+      e.log.warn(line, 'webhook attempt failed');
+      return;
+    }
+    w.quiet++;
+    w.lastQuietAt = now;
+    w.lastError = answer.error ? `${answer.error.code}: ${answer.error.message}` : undefined;
+    e.log.debug(line, 'webhook attempt failed');
+  }
+
+  /** One warn line for the failed attempts of the endpoint logged at debug only, if any. */
+  #summarizeFailures(e: Endpoint): void {
+    const w = e.failures;
+    if (w.quiet === 0) return;
+    e.log.warn(
+      {
+        count: w.quiet,
+        from: new Date(w.start).toISOString(),
+        to: new Date(w.lastQuietAt).toISOString(),
+        last_error: w.lastError,
+      },
+      'webhook attempts failed: more than are logged at warn in a minute (each is at debug)',
+    );
+    w.quiet = 0;
   }
 
   /** Decides what the store keeps after a claim: final, or pending with its next attempt time. */
