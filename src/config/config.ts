@@ -113,6 +113,8 @@ export const DEFAULTS = {
 
 export type VariableName = keyof typeof DEFAULTS;
 
+export type Env = Readonly<Record<string, string | undefined>>;
+
 /**
  * The `WATCHER_` variables set that this program does not read, each as a line to warn with: a
  * misspelt one (`WATCHER_WEBHOOK_URL`) is otherwise ignored without a word, and the setting it
@@ -151,7 +153,6 @@ function editDistance(a: string, b: string): number {
   }
   return previous[b.length] as number;
 }
-export type Env = Readonly<Record<string, string | undefined>>;
 
 /** Variables whose values are secrets: never echoed in a problem line. */
 const SECRET_VARIABLES: ReadonlySet<string> = new Set([
