@@ -21,6 +21,7 @@ import { describeError, listenError } from './cli/error-report.js';
 import { eventsQuery, redeliverPlan, runEvents, runRedeliver } from './cli/events.js';
 import { GET_DEFAULT_TIMEOUT_MS, runGet } from './cli/get.js';
 import { collectIds } from './cli/ids-input.js';
+import { startReceiving } from './cli/receive.js';
 import {
   exitProcess,
   isHungUpTerminal,
@@ -39,6 +40,7 @@ import {
   unknownVariables,
   type VariableName,
 } from './config/config.js';
+import { parseSecret } from './delivery/signing.js';
 import {
   type FaultOptions,
   MAX_ERROR_ID_LENGTH,
@@ -55,7 +57,7 @@ import { Redactor, safeUrl, urlSecrets } from './shared/redact.js';
 
 export { readIdsFile } from './cli/ids-input.js';
 
-type Command = 'run' | 'watch' | 'get' | 'events' | 'redeliver' | 'simulate' | 'demo';
+type Command = 'run' | 'watch' | 'get' | 'events' | 'redeliver' | 'simulate' | 'receive' | 'demo';
 /** The commands that talk to the platform, read the configuration and take configuration flags. */
 export type PlatformCommand = 'run' | 'watch' | 'get';
 
@@ -218,6 +220,7 @@ Commands:
   events     the events a running daemon stored, and their deliveries
   redeliver  ask a running daemon to deliver events again
   simulate   a local simulator of the platform's export and import API
+  receive    a local webhook receiver that prints each delivery (and checks its signature)
   demo       the simulator, the daemon and a webhook receiver together
 
 Options:
@@ -336,6 +339,16 @@ Point SB_API_ENDPOINT at it. Runs until SIGINT, SIGTERM or SIGHUP.
 Admin routes (no token, no quota): GET /_simulator/stats, POST /_simulator/exports {"count": N},
 POST /_simulator/imports {"count": N}.`,
 
+  receive: `Usage: sbg-export-watcher receive [--port N]
+
+Serves a webhook receiver on 127.0.0.1, prints its URL (point WATCHER_WEBHOOK_URLS at it), then
+one JSON line per delivery attempt: received_at, webhook_id, webhook_timestamp, verified, status,
+type, export_id (or import_id), state, previous_state, metadata. It answers 204; with
+WATCHER_WEBHOOK_SECRET set (environment or .env) it checks each signature, and answers 401
+(verified: false) to one that does not match. Keeps nothing. Runs until SIGINT, SIGTERM or SIGHUP.
+
+  --port N              port (default 0: a free one)`,
+
   demo: `Usage: sbg-export-watcher demo [options]
 
 Runs the simulator, the daemon and a webhook receiver that verifies signatures, registers the
@@ -411,6 +424,8 @@ export async function main(
       return redeliverCommand(rest, readEnv, context);
     case 'simulate':
       return simulateCommand(rest);
+    case 'receive':
+      return receiveCommand(rest, readEnv);
     case 'demo':
       return demoCommand(rest);
   }
@@ -1123,6 +1138,48 @@ async function simulateCommand(args: readonly string[]): Promise<number> {
     });
   });
   await simulator.close();
+  return 0;
+}
+
+async function receiveCommand(args: readonly string[], env: () => Env): Promise<number> {
+  const { values } = parse('receive', args, { port: { type: 'string' } }, false);
+  const problems: string[] = [];
+  let port = 0;
+  if (values.port !== undefined) {
+    port = Number(values.port);
+    if (!Number.isInteger(port) || port < 0 || port > 65_535) {
+      throw new UsageError(
+        `--port: expected a whole number from 0 to 65535, got ${JSON.stringify(values.port)}`,
+      );
+    }
+  }
+  // The secret from where the daemon reads it (never a flag: a command line is visible to others).
+  const secret = env().WATCHER_WEBHOOK_SECRET?.trim() || undefined;
+  if (secret !== undefined) {
+    try {
+      parseSecret(secret);
+    } catch {
+      problems.push(
+        `WATCHER_WEBHOOK_SECRET: expected "whsec_" followed by a base64 key, got a value of ${secret.length} characters (hidden)`,
+      );
+    }
+  }
+  if (problems.length > 0) throw new ConfigError(problems);
+  const receiving = await startReceiving({ port, secret, stdout: process.stdout }).catch((error: unknown) => {
+    throw listenError(error, '127.0.0.1', port, {
+      port: 'choose another --port (0 picks a free one)',
+      host: 'the receiver listens on 127.0.0.1',
+    });
+  });
+  process.stdout.write(`${receiving.url}\n`);
+  // A second signal (a close that hangs) is left to its default action: it ends the process.
+  await new Promise<void>((resolve) => {
+    const unhandle = onStopSignals(() => {
+      unhandle();
+      resolve();
+    });
+  });
+  await receiving.close();
   return 0;
 }
 

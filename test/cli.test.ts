@@ -106,7 +106,7 @@ describe('the process', () => {
     const r = await runCli(['--help']);
     expect(r.code).toBe(0);
     expect(r.stdout).toContain('sbg-export-watcher');
-    for (const command of ['run', 'watch', 'get', 'simulate', 'demo']) {
+    for (const command of ['run', 'watch', 'get', 'events', 'redeliver', 'simulate', 'receive', 'demo']) {
       expect(r.stdout).toMatch(new RegExp(`^\\s+${command}\\s`, 'm'));
     }
     expect(r.stdout).toContain('--version');

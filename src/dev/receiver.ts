@@ -27,6 +27,11 @@ export interface ReceiverOptions {
   respond?: (req: ReceivedWebhook, attemptForThisId: number) => Answer | Promise<Answer>;
   /** Epoch ms, default Date.now; used for `receivedAt` and the signature's timestamp tolerance. */
   now?: () => number;
+  /**
+   * false: nothing is kept (`received` stays empty, every attempt counts as a first): for a
+   * receiver that runs as long as a daemon, which would otherwise hold every attempt. Default true.
+   */
+  keep?: boolean;
 }
 
 export interface ReceivedWebhook {
@@ -183,16 +188,19 @@ export class WebhookReceiver {
       receivedAt,
       status: undefined,
     };
-    const attempt = (this.#attemptsById.get(id) ?? 0) + 1;
-    this.#attemptsById.set(id, attempt);
-    this.received.push(record);
+    const keep = this.#options.keep ?? true;
+    const attempt = keep ? (this.#attemptsById.get(id) ?? 0) + 1 : 1;
+    if (keep) {
+      this.#attemptsById.set(id, attempt);
+      this.received.push(record);
+    }
     // Call `respond` before waking waiters, so a predicate may look at what it recorded.
     const answering = this.#options.respond ? this.#options.respond(record, attempt) : 204;
     this.#notify();
     const answer = await answering;
     const { status, headers } = typeof answer === 'number' ? { status: answer, headers: {} } : answer;
     record.status = status;
-    if (status >= 200 && status < 300) this.#acceptedIds.add(record.id);
+    if (keep && status >= 200 && status < 300) this.#acceptedIds.add(record.id);
     if (!res.destroyed) res.writeHead(status, headers).end();
     this.#notify();
   }

@@ -1,0 +1,73 @@
+/**
+ * `receive`: a webhook receiver on 127.0.0.1 for trying the daemon (or a receiver's own signing
+ * code) without writing one. It prints its URL, then one JSON line per delivery attempt, and
+ * answers 204; with `WATCHER_WEBHOOK_SECRET` set it verifies each signature as a receiver should,
+ * and answers 401 to an attempt that fails (the daemon then retries it, as it would against a real
+ * receiver with another secret).
+ *
+ * It keeps nothing: a line is written and the attempt forgotten, so it can run for as long as a
+ * daemon does. Request bodies are bounded (1 MiB, 413 beyond) by the receiver itself.
+ */
+import type { Writable } from 'node:stream';
+import { type ReceivedWebhook, WebhookReceiver } from '../dev/receiver.js';
+
+export interface ReceiveOptions {
+  port: number;
+  /** `whsec_...`, already validated; undefined: signatures are not checked. */
+  secret: string | undefined;
+  stdout: Writable;
+  now?: () => number;
+}
+
+/** A running `receive`: its URL, and `close()`. */
+export interface Receiving {
+  url: string;
+  close(): Promise<void>;
+}
+
+export async function startReceiving(options: ReceiveOptions): Promise<Receiving> {
+  const receiver = new WebhookReceiver({
+    port: options.port,
+    keep: false,
+    ...(options.secret !== undefined ? { secret: options.secret } : {}),
+    ...(options.now ? { now: options.now } : {}),
+    respond: (attempt) => {
+      const status = attempt.verified === false ? 401 : 204;
+      options.stdout.write(`${JSON.stringify(describeAttempt(attempt, status))}\n`);
+      return status;
+    },
+  });
+  const url = await receiver.start();
+  return { url, close: () => receiver.close() };
+}
+
+/** What one attempt's line holds: the headers a receiver reads and the event's main fields. */
+export function describeAttempt(attempt: ReceivedWebhook, status: number): Record<string, unknown> {
+  const event = isObject(attempt.json) ? attempt.json : undefined;
+  const data = isObject(event?.data) ? event.data : undefined;
+  const pick = (from: Record<string, unknown> | undefined, key: string) =>
+    from !== undefined && key in from ? from[key] : undefined;
+  return {
+    received_at: new Date(attempt.receivedAt).toISOString(),
+    webhook_id: attempt.id,
+    webhook_timestamp: Number.isFinite(attempt.timestamp) ? attempt.timestamp : null,
+    // null: no secret to check it with.
+    verified: attempt.verified ?? null,
+    status,
+    type: pick(event, 'type') ?? null,
+    ...(pick(data, 'import_id') !== undefined
+      ? { import_id: pick(data, 'import_id') }
+      : { export_id: pick(data, 'export_id') ?? null }),
+    state: pick(data, 'state') ?? null,
+    previous_state: pick(data, 'previous_state') ?? null,
+    metadata: pick(data, 'metadata') ?? null,
+    // Not JSON at all: said, rather than printed as nulls alone.
+    ...(event === undefined
+      ? { body_bytes: Buffer.byteLength(attempt.body), body_is_json_object: false }
+      : {}),
+  };
+}
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}

@@ -1,0 +1,168 @@
+/**
+ * `receive`: the webhook receiver a user runs to try the daemon. In process, what it prints and
+ * answers for signed, wrongly signed and odd attempts; as a process, the whole try-it path of the
+ * README: `simulate`'s platform, `run` delivering to `receive`, each delivery a verified line.
+ */
+import { Writable } from 'node:stream';
+import { request } from 'undici';
+import { afterEach, describe, expect, it } from 'vitest';
+import { startReceiving } from '../src/cli/receive.js';
+import { parseSecret, sign } from '../src/delivery/signing.js';
+import { Simulator } from '../src/dev/simulator.js';
+import { type CliProcess, daemonEnv, killAll, spawnCli } from './helpers/spawn.js';
+
+const SECRET = 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw';
+const OTHER_SECRET = 'whsec_c2VjcmV0LW9mLWFub3RoZXItcmVjZWl2ZXI=';
+const TOKEN = 'tok_receive_test_51ac';
+const NOW = Date.UTC(2026, 11, 3, 12, 0, 0);
+
+const cleanups: Array<() => Promise<unknown>> = [];
+afterEach(async () => {
+  killAll();
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+/** `receive` in this process, its printed lines parsed. */
+async function receiving(secret?: string) {
+  const printed: Array<Record<string, unknown>> = [];
+  const stdout = new Writable({
+    write(chunk, _encoding, done) {
+      printed.push(JSON.parse(String(chunk)));
+      done();
+    },
+  });
+  const r = await startReceiving({ port: 0, secret, stdout, now: () => NOW });
+  cleanups.push(() => r.close());
+  return { url: r.url, printed };
+}
+
+/** POSTs `body` as the daemon does, signed with `secret` when given; resolves the status. */
+async function deliver(url: string, id: string, body: string, secret?: string): Promise<number> {
+  const timestamp = Math.floor(NOW / 1000);
+  const headers: Record<string, string> = {
+    'content-type': 'application/json',
+    'webhook-id': id,
+    'webhook-timestamp': String(timestamp),
+  };
+  if (secret) headers['webhook-signature'] = sign(parseSecret(secret), id, timestamp, body);
+  const answer = await request(url, { method: 'POST', headers, body });
+  await answer.body.dump();
+  return answer.statusCode;
+}
+
+const completed = JSON.stringify({
+  type: 'export.completed',
+  timestamp: new Date(NOW).toISOString(),
+  data: { export_id: 'e1', state: 'COMPLETED', previous_state: 'RUNNING', metadata: { run: 7 }, export: {} },
+});
+
+describe('receive, in process', () => {
+  it('prints a verified line and answers 204 for a signed attempt; 401 and verified false for another key', async () => {
+    const { url, printed } = await receiving(SECRET);
+    expect(url).toMatch(/^http:\/\/127\.0\.0\.1:\d+\/hooks$/);
+    expect(await deliver(url, 'evt_e1_completed', completed, SECRET)).toBe(204);
+    expect(await deliver(url, 'evt_e1_completed', completed, OTHER_SECRET)).toBe(401);
+    expect(await deliver(url, 'evt_e1_completed', completed)).toBe(401);
+    expect(printed).toEqual([
+      {
+        received_at: new Date(NOW).toISOString(),
+        webhook_id: 'evt_e1_completed',
+        webhook_timestamp: NOW / 1000,
+        verified: true,
+        status: 204,
+        type: 'export.completed',
+        export_id: 'e1',
+        state: 'COMPLETED',
+        previous_state: 'RUNNING',
+        metadata: { run: 7 },
+      },
+      expect.objectContaining({ verified: false, status: 401 }),
+      expect.objectContaining({ verified: false, status: 401 }),
+    ]);
+  });
+
+  it('without a secret checks nothing (verified null), and says so of a body that is not a JSON object', async () => {
+    const { url, printed } = await receiving();
+    const imported = JSON.stringify({ type: 'import.failed', data: { import_id: 'i9', state: 'FAILED' } });
+    expect(await deliver(url, 'evt_i9_failed', imported)).toBe(204);
+    expect(await deliver(url, 'x', '[1, 2]')).toBe(204);
+    expect(printed[0]).toMatchObject({
+      verified: null,
+      type: 'import.failed',
+      import_id: 'i9',
+      state: 'FAILED',
+    });
+    expect(printed[0]).not.toHaveProperty('export_id');
+    expect(printed[1]).toMatchObject({
+      webhook_id: 'x',
+      type: null,
+      body_bytes: 6,
+      body_is_json_object: false,
+    });
+  });
+});
+
+/** The first stdout line of a process that prints its URL first. */
+function firstLine(p: CliProcess): Promise<string> {
+  return new Promise<string>((resolve, reject) => {
+    const look = () => {
+      const out = p.stdout();
+      if (out.includes('\n')) resolve(out.slice(0, out.indexOf('\n')));
+    };
+    p.child.stdout?.on('data', look);
+    look();
+    void p.exited.then(() => reject(new Error(`exited: ${p.stderr()}`)));
+  });
+}
+
+/** Resolves once the process has printed a JSON line after its first that `test` accepts. */
+function printedLine(p: CliProcess, test: (line: Record<string, unknown>) => boolean) {
+  return new Promise<Record<string, unknown>>((resolve, reject) => {
+    const look = () => {
+      for (const text of p.stdout().split('\n').slice(1)) {
+        if (!text.startsWith('{')) continue;
+        const line = JSON.parse(text) as Record<string, unknown>;
+        if (test(line)) return resolve(line);
+      }
+    };
+    p.child.stdout?.on('data', look);
+    void p.exited.then(() => reject(new Error(`exited: ${p.stderr()}`)));
+  });
+}
+
+describe('receive, as a process', () => {
+  it('is what run delivers to: each event a verified line; SIGTERM exits 0', async () => {
+    const sim = new Simulator({
+      seed: 5,
+      token: TOKEN,
+      timing: { pendingMs: [50, 100], runningMs: [50, 150] },
+    });
+    const simUrl = await sim.start();
+    cleanups.push(() => sim.close());
+    const receiver = spawnCli(['receive'], { WATCHER_WEBHOOK_SECRET: SECRET });
+    const hookUrl = await firstLine(receiver);
+    const id = sim.createExport();
+    spawnCli(
+      ['run', '--id', id],
+      daemonEnv(simUrl, hookUrl, SECRET, { SB_AUTH_TOKEN: TOKEN, WATCHER_WEBHOOK_EVENTS: '*' }),
+    );
+    const line = await printedLine(receiver, (l) => l.state === 'COMPLETED' || l.state === 'FAILED');
+    expect(line).toMatchObject({
+      webhook_id: `evt_${id}_${String(line.state).toLowerCase()}`,
+      verified: true,
+      status: 204,
+      export_id: id,
+    });
+    receiver.child.kill('SIGTERM');
+    expect((await receiver.exited).code).toBe(0);
+  });
+
+  it('refuses a WATCHER_WEBHOOK_SECRET that is not one, without printing it (exit 2)', async () => {
+    const p = spawnCli(['receive'], { WATCHER_WEBHOOK_SECRET: 'not-a-secret-5f1e' });
+    expect((await p.exited).code).toBe(2);
+    expect(p.stderr()).toBe(
+      'config: WATCHER_WEBHOOK_SECRET: expected "whsec_" followed by a base64 key, got a value of 17 characters (hidden)\n',
+    );
+    expect(p.stdout()).toBe('');
+  });
+});
