@@ -154,7 +154,9 @@ describe('ids input bounds', () => {
     const bytes = Buffer.from(text);
     const oneByteChunks = Readable.from(Array.from(bytes, (b) => Buffer.from([b])));
     const error = await usageError(collectIds({ positionals: ['-'] }, { stdin: oneByteChunks }));
-    expect(error.message).toBe('invalid export id "bad/é": ids match ^[A-Za-z0-9_-]{1,128}$');
+    expect(error.message).toBe(
+      'invalid export id "bad/é" (standard input, line 5): ids match ^[A-Za-z0-9_-]{1,128}$',
+    );
     expect(await readIdsStream(Readable.from(Array.from(bytes, (b) => Buffer.from([b]))))).toEqual([
       'exp-1',
       'exp_2',
@@ -169,7 +171,8 @@ describe('ids input bounds', () => {
     const stdin = Readable.from(['exp-1\u200b\nexp\u00a02\n\u202eexp-3\n']);
     const error = await usageError(collectIds({ positionals: ['-'] }, { stdin }));
     expect(error.message).toBe(
-      'invalid export ids "exp-1\\u200b", "exp\\u00a02", "\\u202eexp-3": ids match ^[A-Za-z0-9_-]{1,128}$',
+      'invalid export ids "exp-1\\u200b" (standard input, line 1), "exp\\u00a02" (standard input, line 2), ' +
+        '"\\u202eexp-3" (standard input, line 3): ids match ^[A-Za-z0-9_-]{1,128}$',
     );
   });
 
@@ -177,9 +180,29 @@ describe('ids input bounds', () => {
     // U+E0041 (a tag character) is invisible; "\ue0041" would read as U+E004 followed by a "1".
     const stdin = Readable.from(['exp-1\u{E0041}\n']);
     const error = await usageError(collectIds({ positionals: ['-'] }, { stdin }));
-    expect(error.message).toBe('invalid export id "exp-1\\udb40\\udc41": ids match ^[A-Za-z0-9_-]{1,128}$');
+    expect(error.message).toBe(
+      'invalid export id "exp-1\\udb40\\udc41" (standard input, line 1): ids match ^[A-Za-z0-9_-]{1,128}$',
+    );
     const quoted = /"(.*)"/.exec(error.message)?.[1] ?? '';
     expect(JSON.parse(`"${quoted}"`)).toBe('exp-1\u{E0041}');
+  });
+
+  it('names the file and line an invalid id was read from; an id given as an argument is quoted alone', async () => {
+    const file = join(dir, 'one-bad.txt');
+    writeFileSync(file, '# exports of run 7\nexp-1\n\nbad id\nexp-2\n');
+    const error = await usageError(
+      collectIds({ ids: ['also bad'], files: [file] }, { stdin: Readable.from([]) }),
+    );
+    expect(error.message).toBe(
+      `invalid export ids "also bad", "bad id" (--ids-file ${file}, line 4): ids match ^[A-Za-z0-9_-]{1,128}$`,
+    );
+    // An id given twice names where it was first read.
+    const twice = join(dir, 'twice.txt');
+    writeFileSync(twice, 'x/1\nx/1\n');
+    const again = await usageError(collectIds({ files: [twice, twice] }, { stdin: Readable.from([]) }));
+    expect(again.message).toBe(
+      `invalid export id "x/1" (--ids-file ${twice}, line 1): ids match ^[A-Za-z0-9_-]{1,128}$`,
+    );
   });
 
   it('get reports a broken bound as one usage line and exit 2', async () => {

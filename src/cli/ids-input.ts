@@ -79,10 +79,15 @@ export async function collectIds(
   limits: Readonly<IdsLimits> = ID_LIMITS,
 ): Promise<string[]> {
   const unique = new Set<string>();
-  const add = (id: string) => {
+  /** Where each invalid id was first read, for its error: kept for invalid ids only. */
+  const origins = new Map<string, string>();
+  const add = (id: string, where?: () => string) => {
     unique.add(id);
     if (unique.size > limits.maxIds) throw tooManyIds(limits.maxIds);
+    if (where !== undefined && !origins.has(id) && !EXPORT_ID_PATTERN.test(id)) origins.set(id, where());
   };
+  const fromLines = (source: IdsSource) => (id: string, line: number) =>
+    add(id, () => `${source.name}, line ${line}`);
   const budget: ByteBudget = { used: 0, max: limits.maxBytes };
   for (const id of sources.ids ?? []) add(id);
   let fromStdin = false;
@@ -92,15 +97,18 @@ export async function collectIds(
   }
   for (const file of sources.files ?? []) {
     if (file === STDIN) fromStdin = true;
-    else await readStream(createReadStream(file), fileSource(file), new LineReader(budget, limits, add));
+    else {
+      const source = fileSource(file);
+      await readStream(createReadStream(file), source, new LineReader(budget, limits, fromLines(source)));
+    }
   }
   if (fromStdin) {
     if (input.stdin.isTTY)
       input.stderr?.write('reading export ids from standard input, one per line; end with Ctrl-D\n');
-    await readStream(input.stdin, STDIN_SOURCE, new LineReader(budget, limits, add));
+    await readStream(input.stdin, STDIN_SOURCE, new LineReader(budget, limits, fromLines(STDIN_SOURCE)));
   }
   const ids = Array.from(unique);
-  checkIds(ids);
+  checkIds(ids, origins);
   return ids;
 }
 
@@ -156,10 +164,17 @@ export async function readIdsStream(
   return ids;
 }
 
-export function checkIds(ids: readonly string[]): void {
+/**
+ * Refuses the invalid ids, the first few quoted, each with where it was read (`origins`: the file
+ * or standard input, and its line) when it came from a file or standard input.
+ */
+export function checkIds(ids: readonly string[], origins?: ReadonlyMap<string, string>): void {
   const bad = ids.filter((id) => !EXPORT_ID_PATTERN.test(id));
   if (bad.length === 0) return;
-  const shown = bad.slice(0, BAD_IDS_SHOWN).map((b) => visible(b.length > 140 ? `${b.slice(0, 140)}…` : b));
+  const shown = bad.slice(0, BAD_IDS_SHOWN).map((b) => {
+    const where = origins?.get(b);
+    return `${visible(b.length > 140 ? `${b.slice(0, 140)}…` : b)}${where === undefined ? '' : ` (${where})`}`;
+  });
   const more = bad.length > BAD_IDS_SHOWN ? ` and ${bad.length - BAD_IDS_SHOWN} more` : '';
   throw new UsageError(
     `invalid export id${bad.length > 1 ? 's' : ''} ${shown.join(', ')}${more}: ids match ^[A-Za-z0-9_-]{1,128}$`,
@@ -244,7 +259,7 @@ class LineReader {
   constructor(
     private readonly budget: ByteBudget,
     private readonly limits: Readonly<IdsLimits>,
-    private readonly add: (id: string) => void,
+    private readonly add: (id: string, line: number) => void,
   ) {}
 
   push(chunk: Buffer, source: IdsSource): void {
@@ -286,7 +301,7 @@ class LineReader {
     this.partialBytes = 0;
     // As parseIdsText: the CR of a CRLF goes first, so a trailing comment ends at the line's end.
     const id = raw.replace(/\r$/, '').replace(/#.*$/, '').trim();
-    if (id !== '') this.add(id);
+    if (id !== '') this.add(id, this.lines);
   }
 }
 
