@@ -42,7 +42,7 @@ import { linkedSignal, type RequestSignal, requestSignal, untilAborted } from '.
 import { isRetryable, PlatformError, type PlatformErrorBody } from '../shared/errors.js';
 import { clipText } from '../shared/log-value.js';
 import { createDispatcher, type RequestTarget, requestTarget } from '../shared/proxy.js';
-import { REDACTED } from '../shared/redact.js';
+import { REDACTED, safeUrl } from '../shared/redact.js';
 import { parseRetryAfter } from '../shared/retry-after.js';
 import type { RateInfo } from './rate-limiter.js';
 
@@ -539,7 +539,14 @@ export class PlatformClient {
       onFailedAttempt: ({ error, attemptNumber }) => {
         if (answered !== undefined) return;
         this.#log.warn(
-          { route, attempt: attemptNumber, code: (error as PlatformError).code, err_message: error.message },
+          {
+            route,
+            attempt: attemptNumber,
+            code: (error as PlatformError).code,
+            err_message: error.message,
+            // Which platform: "could not reach the platform" alone does not say where it looked.
+            endpoint: safeUrl(this.#endpoint),
+          },
           'platform request failed',
         );
       },

@@ -129,6 +129,8 @@ describe('resources a platform could exhaust', () => {
     expect(w.daemon.readiness.ok).toBe(false);
     const failed = w.lines.find((l) => l.msg === 'platform request failed');
     expect(String(failed?.err_message)).toMatch(/larger than 8388608 bytes/);
+    // Which platform answered so: the line names the endpoint.
+    expect(String(failed?.endpoint)).toMatch(new RegExp(`^http://${new URL(p.url).host}/`));
     // Nothing was decided from it.
     expect(w.daemon.tracker.countByState().UNKNOWN).toBe(5);
     await w.daemon.stop(1000);
