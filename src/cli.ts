@@ -695,6 +695,9 @@ async function orSignal<T>(work: Promise<T>): Promise<{ value: T } | { signal: N
   }
 }
 
+/** Standard Webhooks asks for signing keys of 24 to 64 random bytes. */
+const MIN_SECRET_KEY_BYTES = 24;
+
 async function runCommand(args: readonly string[], env: () => Env, context: CliContext): Promise<number> {
   const { values } = parseCommand('run', args);
   // A first signal while the ids are read: nothing has started, and run exits 0 on it.
@@ -719,6 +722,12 @@ async function runCommand(args: readonly string[], env: () => Env, context: CliC
   });
   logProxy(log, config);
   for (const line of unknownVariables(environment)) log.warn(line);
+  const key = config.webhook.secretKey;
+  if (key !== undefined && key.length < MIN_SECRET_KEY_BYTES) {
+    log.warn(
+      `WATCHER_WEBHOOK_SECRET's key is ${key.length} bytes: a key anyone can guess makes signatures worthless; use ${MIN_SECRET_KEY_BYTES} to 64 random bytes (see README, Webhooks)`,
+    );
+  }
   if (config.webhook.urls.length === 0) {
     log.warn(
       'WATCHER_WEBHOOK_URLS is not set: no webhook is sent; outcomes go to the log and the control API only',

@@ -67,6 +67,22 @@ async function runWithHeldDelivery() {
 }
 
 describe('sbg-export-watcher run', () => {
+  it('warns at start of a webhook key shorter than 24 bytes, never printing it', async () => {
+    const { url: simUrl } = await simulator();
+    const daemon = spawnCli(
+      ['run'],
+      runEnv(simUrl, 'http://127.0.0.1:9/never', { WATCHER_WEBHOOK_SECRET: 'whsec_YWJj' }),
+    );
+    await daemon.waitForLine((l) => l.msg === 'sbg-export-watcher started');
+    const warnings = daemon.lines.filter((l) => l.level === 'warn').map((l) => String(l.msg));
+    expect(warnings).toEqual([
+      expect.stringMatching(/^WATCHER_WEBHOOK_SECRET's key is 3 bytes: .* use 24 to 64 random bytes/),
+    ]);
+    expect(daemon.stdout()).not.toContain('YWJj');
+    daemon.child.kill('SIGTERM');
+    expect((await daemon.exited).code).toBe(0);
+  });
+
   it('warns at start of a misspelt WATCHER_ variable, and that no webhook is sent without a URL', async () => {
     const { url: simUrl } = await simulator();
     const { WATCHER_WEBHOOK_URLS: hookUrl, ...env } = runEnv(simUrl, 'http://127.0.0.1:9/never');
