@@ -52,6 +52,7 @@ import { Daemon, VERSION } from './main.js';
 import type { JobKind } from './polling/tracker.js';
 import { ConfigError, UsageError } from './shared/errors.js';
 import { createLogger, flushLogLines } from './shared/log.js';
+import { nearestName } from './shared/nearest.js';
 import { describeProxy, useProxy } from './shared/proxy.js';
 import { Redactor, safeUrl, urlSecrets } from './shared/redact.js';
 
@@ -562,10 +563,18 @@ function parse(
       const takers = (Object.keys(COMMAND_FLAGS) as PlatformCommand[]).filter((c) =>
         acceptedFlags(c).includes(name),
       );
+      // A flag this command takes under a longer or nearby name (run --port: --http-port).
+      const meant =
+        name.length < 3
+          ? undefined
+          : (Object.keys(options).find((o) => o.endsWith(`-${name}`)) ??
+            nearestName(name, Object.keys(options), 2));
       const elsewhere =
         takers.length > 0
           ? ` (${takers.slice(0, -1).join(', ')}${takers.length > 1 ? ' and ' : ''}${takers.at(-1)} ${takers.length > 1 ? 'do' : 'does'})`
-          : '';
+          : meant !== undefined
+            ? ` (did you mean --${meant}?)`
+            : '';
       throw new UsageError(
         `${command} does not take ${flag}${elsewhere}; see: sbg-export-watcher ${command} --help`,
       );

@@ -578,6 +578,21 @@ describe('flags per command', () => {
     expect((error as UsageError).message).toContain(`does not take ${flag}`);
   });
 
+  it.each([
+    [['run', '--port', '1'], 'run does not take --port (did you mean --http-port?)'],
+    [['get', '--jsn', 'x'], 'get does not take --jsn (did you mean --json?)'],
+    [['watch', '--timout', '5s', 'x'], 'watch does not take --timout (did you mean --timeout?)'],
+    [['simulate', '--prot', '1'], 'simulate does not take --prot (did you mean --port?)'],
+    // Another command's flag: that command is named, not a guess.
+    [['watch', '--http-port', '1', 'x'], 'watch does not take --http-port (run does)'],
+    // Nothing near: no guess.
+    [['get', '--frobnicate', 'x'], 'get does not take --frobnicate; see'],
+  ])('%j names the flag it may have meant', async (args, text) => {
+    const error = await main(args, untouchable).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(UsageError);
+    expect((error as UsageError).message).toContain(text);
+  });
+
   it('--help and --version never read the environment', async () => {
     for (const args of [
       ['--help'],

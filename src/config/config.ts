@@ -11,6 +11,7 @@ import { DEFAULT_EVENT_TYPES, EVENT_TYPES, type EventType } from '../delivery/ev
 import { parseSecret } from '../delivery/signing.js';
 import type { JobKind } from '../polling/tracker.js';
 import { ConfigError } from '../shared/errors.js';
+import { nearestName } from '../shared/nearest.js';
 import { basicAuthorization, type ProxySettings } from '../shared/proxy.js';
 import { credentialsMisread, Redactor, shownUrl, urlSecrets } from '../shared/redact.js';
 import { parseDatabaseUrl } from '../store/rows.js';
@@ -126,32 +127,12 @@ export function unknownVariables(env: Env): string[] {
   const lines: string[] = [];
   for (const name of Object.keys(env).sort()) {
     if (!name.startsWith('WATCHER_') || Object.hasOwn(DEFAULTS, name) || env[name] === undefined) continue;
-    let nearest: { name: string; distance: number } | undefined;
-    for (const candidate of known) {
-      const distance = editDistance(name, candidate);
-      if (distance <= 3 && (nearest === undefined || distance < nearest.distance)) {
-        nearest = { name: candidate, distance };
-      }
-    }
+    const nearest = nearestName(name, known);
     lines.push(
-      `${name} is set but is not a variable of sbg-export-watcher; it is ignored${nearest ? ` (did you mean ${nearest.name}?)` : ''}`,
+      `${name} is set but is not a variable of sbg-export-watcher; it is ignored${nearest ? ` (did you mean ${nearest}?)` : ''}`,
     );
   }
   return lines;
-}
-
-/** Levenshtein distance: insertions, deletions and substitutions of one character each. */
-function editDistance(a: string, b: string): number {
-  let previous = Array.from({ length: b.length + 1 }, (_, j) => j);
-  for (let i = 1; i <= a.length; i++) {
-    const current = [i];
-    for (let j = 1; j <= b.length; j++) {
-      const substitution = (previous[j - 1] as number) + (a[i - 1] === b[j - 1] ? 0 : 1);
-      current.push(Math.min((previous[j] as number) + 1, (current[j - 1] as number) + 1, substitution));
-    }
-    previous = current;
-  }
-  return previous[b.length] as number;
 }
 
 /** Variables whose values are secrets: never echoed in a problem line. */
