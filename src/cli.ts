@@ -878,11 +878,15 @@ async function watchCommand(args: readonly string[], env: () => Env, context: Cl
   const ids = read.value;
   if (!all && ids.length === 0) throw new UsageError(noIds('watch'));
   // Progress owns the terminal: logs stay quiet unless asked for.
-  const config = loadForPlatform(quietByDefault(withFlags(env(), values)), context, {
+  const environment = withFlags(env(), values);
+  const config = loadForPlatform(quietByDefault(environment), context, {
     listens: false,
     discovers: false,
     stores: false,
   });
+  // Not left to the quiet log: a misspelt variable (a webhook URL, the poll interval) is one
+  // that watch reads too, from the same .env as the daemon.
+  for (const line of unknownVariables(environment)) process.stderr.write(`warning: ${line}\n`);
   const log = createLogger({
     level: config.logLevel,
     destination: process.stderr,

@@ -295,6 +295,17 @@ describe('sbg-export-watcher watch', () => {
     expect(watch.stderr()).not.toContain(TOKEN);
   });
 
+  it('warns on stderr of a misspelt WATCHER_ variable, which its quiet log would not show', async () => {
+    const { sim, url } = await simulator();
+    const id = sim.createExport({ outcome: 'COMPLETED' });
+    const watch = spawnCli(['watch', id], watchEnv(url, { WATCHER_WEBHOOK_URL: 'http://127.0.0.1:9/x' }));
+    expect((await watch.exited).code).toBe(0);
+    expect(watch.stderr()).toContain(
+      'warning: WATCHER_WEBHOOK_URL is set but is not a variable of sbg-export-watcher; it is ignored (did you mean WATCHER_WEBHOOK_URLS?)\n',
+    );
+    expect(watch.stderr()).not.toContain('127.0.0.1:9');
+  });
+
   it('exits 1 when an export fails or is lost, and delivers webhooks when configured', async () => {
     const { sim, url } = await simulator();
     const { receiver: hooks, url: hookUrl } = await receiver();
