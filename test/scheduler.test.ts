@@ -245,6 +245,43 @@ describe('Scheduler', () => {
     expect(lines[0]).toMatchObject({ export_id: 'a', from: 'UNKNOWN', to: 'COMPLETED', level: 30 });
   });
 
+  it('logs an oddity that comes back with every call at warn 5 times a minute, the rest counted', async () => {
+    h = harness();
+    // A state the platform added: every check of it says so, every second.
+    h.state.set('p', 'PAUSED');
+    add(h, ['p']);
+    h.scheduler.start();
+    await vi.advanceTimersByTimeAsync(150_000);
+    const msg = 'unknown export state from the platform; treated as not finished';
+    const at = (level: number) => h!.logs.filter((l) => l.msg === msg && l.level === level);
+    const summaries = () => h!.logs.filter((l) => String(l.msg).startsWith(`${msg} (in more calls`));
+    // Windows opened at 0, 60 and 120 s: five lines each at warn, the rest at debug.
+    expect(at(40)).toHaveLength(15);
+    expect(at(20).length).toBe(h.calls.length - 15);
+    // Two windows are over: each said in one line, with the calls and exports it held back.
+    expect(summaries()).toEqual([
+      expect.objectContaining({
+        level: 40,
+        reason: 'unknown_state',
+        calls: 55,
+        count: 55,
+        sample_ids: ['p'],
+      }),
+      expect.objectContaining({ level: 40, reason: 'unknown_state', calls: 55, count: 55 }),
+    ]);
+    expect(summaries()[0]).toMatchObject({
+      from: new Date(T0).toISOString(),
+      example: { state: 'PAUSED' },
+    });
+    // The third is said at stop: every call's warning is at warn or counted.
+    const stopping = h.scheduler.stop();
+    await vi.runOnlyPendingTimersAsync();
+    await stopping;
+    const counted = summaries().reduce((sum, l) => sum + Number(l.calls), 0);
+    expect(summaries()).toHaveLength(3);
+    expect(at(40).length + counted).toBe(h.calls.length);
+  });
+
   it('logs a FAILED transition at warn with the platform error', async () => {
     h = harness();
     const error = { status: 409, code: 9107, message: 'Location on volume already contains a file.' };

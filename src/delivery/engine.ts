@@ -39,6 +39,7 @@ import type { Agent, Dispatcher } from 'undici';
 import type { AttemptResult, Bus, DeliveryOutcome } from '../shared/bus.js';
 import { onAbort, settlesWithin } from '../shared/deadline.js';
 import { isRetryable, WatcherError } from '../shared/errors.js';
+import { type HeldLines, LineWindow } from '../shared/line-window.js';
 import { basicAuthorization, createDispatcher, type RequestTarget, requestTarget } from '../shared/proxy.js';
 import {
   type AttemptRecord,
@@ -182,23 +183,12 @@ interface Endpoint {
   /** Claimed deliveries by webhook-id: waiting for a slot, in flight, or in a quick retry wait. */
   readonly held: Map<string, Held>;
   readonly log: Logger;
-  /** Its failed attempts in the current window (see `FAILURE_LINES_PER_WINDOW`). */
-  readonly failures: FailureWindow;
+  /** Its failed attempts' warn lines, bounded (see `FAILURE_LINES_PER_WINDOW`); holds the last error. */
+  readonly failures: LineWindow<string | undefined>;
   timer: NodeJS.Timeout | undefined;
   pumping: boolean;
   /** A pump was asked for while one ran: it runs again. */
   again: boolean;
-}
-
-interface FailureWindow {
-  /** When the window began: its first failed attempt. */
-  start: number;
-  /** Lines at warn in this window so far. */
-  logged: number;
-  /** Failed attempts logged at debug only, not yet counted in a summary line. */
-  quiet: number;
-  lastQuietAt: number;
-  lastError: string | undefined;
 }
 
 interface Held {
@@ -311,7 +301,7 @@ export class DeliveryEngine {
         slots: new Slots(this.#concurrency),
         held: new Map(),
         log: options.log.child({ endpoint: ref.label }),
-        failures: { start: -Infinity, logged: 0, quiet: 0, lastQuietAt: 0, lastError: undefined },
+        failures: new LineWindow(FAILURE_LINES_PER_WINDOW, FAILURE_WINDOW_MS),
         timer: undefined,
         pumping: false,
         again: false,
@@ -727,37 +717,32 @@ export class DeliveryEngine {
       retry_after_ms: answer.retryAfterMs,
     };
     const now = this.#now();
-    const w = e.failures;
-    if (now - w.start >= FAILURE_WINDOW_MS || now < w.start) {
-      this.#summarizeFailures(e);
-      w.start = now;
-      w.logged = 0;
-    }
-    if (w.logged < FAILURE_LINES_PER_WINDOW) {
-      w.logged++;
+    const { warn, ended } = e.failures.take(now);
+    if (ended) this.#logHeldFailures(e, ended);
+    if (warn) {
       e.log.warn(line, 'webhook attempt failed');
       return;
     }
-    w.quiet++;
-    w.lastQuietAt = now;
-    w.lastError = answer.error ? `${answer.error.code}: ${answer.error.message}` : undefined;
+    e.failures.hold(now, 1, answer.error ? `${answer.error.code}: ${answer.error.message}` : undefined);
     e.log.debug(line, 'webhook attempt failed');
   }
 
   /** One warn line for the failed attempts of the endpoint logged at debug only, if any. */
   #summarizeFailures(e: Endpoint): void {
-    const w = e.failures;
-    if (w.quiet === 0) return;
+    const held = e.failures.flush();
+    if (held) this.#logHeldFailures(e, held);
+  }
+
+  #logHeldFailures(e: Endpoint, held: HeldLines<string | undefined>): void {
     e.log.warn(
       {
-        count: w.quiet,
-        from: new Date(w.start).toISOString(),
-        to: new Date(w.lastQuietAt).toISOString(),
-        last_error: w.lastError,
+        count: held.count,
+        from: new Date(held.from).toISOString(),
+        to: new Date(held.to).toISOString(),
+        last_error: held.last,
       },
       'webhook attempts failed: more than are logged at warn in a minute (each is at debug)',
     );
-    w.quiet = 0;
   }
 
   /** Decides what the store keeps after a claim: final, or pending with its next attempt time. */

@@ -45,6 +45,7 @@ import type { Logger } from 'pino';
 import type { CheckResult } from '../platform/platform-client.js';
 import type { Bus } from '../shared/bus.js';
 import { PlatformError } from '../shared/errors.js';
+import { type HeldLines, LineWindow } from '../shared/line-window.js';
 import { clipText, forLog } from '../shared/log-value.js';
 import type { ExportChange } from '../store/store.js';
 import {
@@ -162,6 +163,8 @@ export class Scheduler {
 
   #mode: SchedulerMode = 'idle';
   readonly #inFlight = new Set<string>();
+  /** Warn lines of each kind of odd answer, bounded per minute (see `#logWarnings`). */
+  readonly #warningWindows = new Map<WarningReason, LineWindow<WarningSummary>>();
   /** Ids of isolated groups: skipped by the normal batches (see `#isolate`). */
   readonly #isolated = new Map<string, IsolatedGroup>();
   #groups: IsolatedGroup[] = [];
@@ -336,6 +339,7 @@ export class Scheduler {
     this.#clearTimers();
     this.#stopPromise = this.until(() => this.#outstanding === 0).then(() => {
       this.#setMode('stopped');
+      this.#flushWarnings();
       this.#notifyWaiters();
     });
     return this.#stopPromise;
@@ -755,12 +759,53 @@ export class Scheduler {
     }
   }
 
-  /** One line per kind of warning in a call, with a count and a few ids: never a line per export. */
+  /**
+   * One line per kind of warning in a call, with a count and a few ids: never a line per export.
+   * And at most `WARNING_LINES_PER_WINDOW` a minute of each kind at warn: an oddity of the
+   * platform's that lasts (a state it has added, an export it keeps answering about) comes back
+   * with every call; the rest are at debug, counted in one line once the minute is over.
+   */
   #logWarnings(warnings: readonly TrackerWarning[]): void {
+    const now = this.#deps.now();
     for (const summary of summarizeWarnings(warnings)) {
       const { reason, ...fields } = summary;
-      this.#deps.log.warn({ reason, ...fields }, WARNING_MESSAGES[reason]);
+      let window = this.#warningWindows.get(reason);
+      if (window === undefined) {
+        window = new LineWindow(WARNING_LINES_PER_WINDOW, WARNING_WINDOW_MS);
+        this.#warningWindows.set(reason, window);
+      }
+      const { warn, ended } = window.take(now);
+      if (ended) this.#logHeldWarnings(reason, ended);
+      if (warn) {
+        this.#deps.log.warn({ reason, ...fields }, WARNING_MESSAGES[reason]);
+      } else {
+        window.hold(now, summary.count, summary);
+        this.#deps.log.debug({ reason, ...fields }, WARNING_MESSAGES[reason]);
+      }
     }
+  }
+
+  /** The warnings of each kind held back from warn, each said in one line; at stop. */
+  #flushWarnings(): void {
+    for (const [reason, window] of this.#warningWindows) {
+      const held = window.flush();
+      if (held) this.#logHeldWarnings(reason, held);
+    }
+  }
+
+  #logHeldWarnings(reason: WarningReason, held: HeldLines<WarningSummary>): void {
+    this.#deps.log.warn(
+      {
+        reason,
+        calls: held.lines,
+        count: held.count,
+        from: new Date(held.from).toISOString(),
+        to: new Date(held.to).toISOString(),
+        sample_ids: held.last.sample_ids,
+        ...(held.last.example ? { example: held.last.example } : {}),
+      },
+      `${WARNING_MESSAGES[reason]} (in more calls than are logged at warn in a minute; each at debug)`,
+    );
   }
 
   #notifyWaiters(): void {
@@ -783,6 +828,10 @@ export class Scheduler {
     this.#pokeImmediate = undefined;
   }
 }
+
+/** Warn lines of one kind of odd answer per window (see `#logWarnings`). */
+export const WARNING_LINES_PER_WINDOW = 5;
+export const WARNING_WINDOW_MS = 60_000;
 
 const WARNING_MESSAGES: Readonly<Record<WarningReason, string>> = {
   stale_state: 'stale state from the platform ignored',
