@@ -564,11 +564,12 @@ function parse(
         acceptedFlags(c).includes(name),
       );
       // A flag this command takes under a longer or nearby name (run --port: --http-port).
+      // One guess or none: two flags ending the same way (--api-url, --webhook-url) are no answer.
+      const endingSo = Object.keys(options).filter((o) => o.endsWith(`-${name}`));
       const meant =
-        name.length < 3
+        name.length < 3 || endingSo.length > 1
           ? undefined
-          : (Object.keys(options).find((o) => o.endsWith(`-${name}`)) ??
-            nearestName(name, Object.keys(options), 2));
+          : (endingSo[0] ?? nearestName(name, Object.keys(options), name.length < 5 ? 1 : 2));
       const elsewhere =
         takers.length > 0
           ? ` (${takers.slice(0, -1).join(', ')}${takers.length > 1 ? ' and ' : ''}${takers.at(-1)} ${takers.length > 1 ? 'do' : 'does'})`

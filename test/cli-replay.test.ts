@@ -269,6 +269,29 @@ describe('events', () => {
     expect(filtered.code).toBe(1);
   });
 
+  it('a filter that matches none of a pruned job’s kept events is no error: the job was known', async () => {
+    // b2's record is gone (WATCHER_RETAIN), its event kept (WATCHER_EVENT_RETAIN), its delivery failed.
+    const r = await cli(withApi('events', '--export', 'b2', '--status', 'delivered'));
+    expect(r).toEqual({ code: 0, stdout: '', stderr: '' });
+    let stderr = '';
+    const code = await runEvents({
+      query: { exportId: 'b2', status: 'delivered', limit: 100, all: false },
+      json: false,
+      stdout: writable(() => undefined),
+      stderr: writable((text) => {
+        stderr += text;
+      }),
+      target: { url: apiUrl, fix: '--api-url', token: TOKEN },
+      timeoutMs: 5000,
+      redactor: new Redactor(),
+    });
+    expect({ code, stderr }).toEqual({
+      code: 0,
+      stderr:
+        'no events with a delivery delivered for export b2 (its record was pruned; its other events are kept)\n',
+    });
+  });
+
   it('lists nothing for a job the daemon has without events, and exits 0', async () => {
     const r = await cli(withApi('events', '--export', 'e5'));
     expect(r).toEqual({ code: 0, stdout: '', stderr: '' });

@@ -587,6 +587,10 @@ describe('flags per command', () => {
     [['watch', '--http-port', '1', 'x'], 'watch does not take --http-port (run does)'],
     // Nothing near: no guess.
     [['get', '--frobnicate', 'x'], 'get does not take --frobnicate; see'],
+    // Two flags end so (--api-url, --webhook-url): no guess rather than a wrong one.
+    [['redeliver', '--url', 'x'], 'redeliver does not take --url; see'],
+    // A short name: one edit at most (--host is not --port).
+    [['receive', '--host', 'x'], 'receive does not take --host; see'],
   ])('%j names the flag it may have meant', async (args, text) => {
     const error = await main(args, untouchable).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(UsageError);

@@ -792,6 +792,8 @@ describe('unknownVariables', () => {
         WATCHER_POLL_INTERVAL: '10s',
         WATCHER_UNSET: undefined,
         SB_CONFIG_PROFILE: 'other-tool',
+        // The test suite's own, which a developer's shell holds (README, Development).
+        WATCHER_TEST_DATABASE_URL: 'postgres://localhost/test',
         PATH: '/bin',
       }),
     ).toEqual([

@@ -849,6 +849,28 @@ describe('the log of failed attempts during an outage', () => {
     expect(failures()).toBeGreaterThan(100);
   });
 
+  it('says a receiver that fails every other attempt once per window, not at each success', async () => {
+    const store = await memoryStore();
+    let n = 0;
+    const { url } = await receiver({ respond: () => (++n % 2 === 1 ? 503 : 204) });
+    const { engine: e, probe } = engine({ store, urls: [url], quickAttempts: 1 });
+    await commit(
+      store,
+      e.endpoints,
+      Array.from({ length: 60 }, (_, i) => `alt-${i}`),
+    );
+    await e.start();
+    await probe.until(() => probe.attempts.length === 60);
+    const failures = probe.attempts.filter((a) => a.outcome === 'failure').length;
+    expect(failures).toBe(30);
+    const summaries = () => records().filter((l) => String(l.msg).startsWith('webhook attempts failed:'));
+    // All within a minute: five at warn, and the rest held for the window's end (here, the close).
+    expect(records().filter((l) => l.msg === 'webhook attempt failed' && l.level === 40)).toHaveLength(5);
+    expect(summaries()).toEqual([]);
+    await e.close(1_000);
+    expect(summaries()).toEqual([expect.objectContaining({ count: failures - 5 })]);
+  });
+
   it('says what it held back when the engine closes', async () => {
     const store = await memoryStore();
     const { url } = await receiver({ respond: () => 503 });

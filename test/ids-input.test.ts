@@ -196,6 +196,11 @@ describe('ids input bounds', () => {
     expect(error.message).toBe(
       `invalid export ids "also bad", "bad id" (--ids-file ${file}, line 4): ids match ^[A-Za-z0-9_-]{1,128}$`,
     );
+    // Given as an argument first, then read from a file: quoted alone, as given.
+    const also = await usageError(
+      collectIds({ ids: ['bad id'], files: [file] }, { stdin: Readable.from([]) }),
+    );
+    expect(also.message).toBe('invalid export id "bad id": ids match ^[A-Za-z0-9_-]{1,128}$');
     // An id given twice names where it was first read.
     const twice = join(dir, 'twice.txt');
     writeFileSync(twice, 'x/1\nx/1\n');

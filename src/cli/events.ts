@@ -224,6 +224,19 @@ async function noEvents(client: ControlClient, options: EventsOptions): Promise<
   if (job !== undefined) {
     const answer = await client.send('GET', `/v1/${job.kind}s/${encodeURIComponent(job.id)}`);
     if (answer.status === 404 && errorCodeOf(answer.body) === `${job.kind}_not_found`) {
+      // A finished job's record is pruned after WATCHER_RETAIN, its events kept longer
+      // (WATCHER_EVENT_RETAIN): with a filter, whether it has any events at all tells a job the
+      // daemon knew from an id it never had.
+      const filtered = options.query.status !== undefined || options.query.since !== undefined;
+      const { status: _status, since: _since, ...jobOnly } = options.query;
+      if (filtered && (await eventPage(client, { ...jobOnly, limit: 1 }, null)).items.length > 0) {
+        if (!options.json) {
+          options.stderr.write(
+            `no events${filtersOf(options.query)} for ${job.kind} ${job.id} (its record was pruned; its other events are kept)\n`,
+          );
+        }
+        return 0;
+      }
       options.stderr.write(
         `error: the daemon has no ${job.kind} ${job.id} (a wrong id, one it does not watch, or one finished and pruned)\n`,
       );

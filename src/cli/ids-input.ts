@@ -84,7 +84,8 @@ export async function collectIds(
   const add = (id: string, where?: () => string) => {
     unique.add(id);
     if (unique.size > limits.maxIds) throw tooManyIds(limits.maxIds);
-    if (where !== undefined && !origins.has(id) && !EXPORT_ID_PATTERN.test(id)) origins.set(id, where());
+    // An argument's origin is '' (quoted alone): a file naming the same id later does not take it.
+    if (!origins.has(id) && !EXPORT_ID_PATTERN.test(id)) origins.set(id, where === undefined ? '' : where());
   };
   const fromLines = (source: IdsSource) => (id: string, line: number) =>
     add(id, () => `${source.name}, line ${line}`);
@@ -173,7 +174,7 @@ export function checkIds(ids: readonly string[], origins?: ReadonlyMap<string, s
   if (bad.length === 0) return;
   const shown = bad.slice(0, BAD_IDS_SHOWN).map((b) => {
     const where = origins?.get(b);
-    return `${visible(b.length > 140 ? `${b.slice(0, 140)}…` : b)}${where === undefined ? '' : ` (${where})`}`;
+    return `${visible(b.length > 140 ? `${b.slice(0, 140)}…` : b)}${where ? ` (${where})` : ''}`;
   });
   const more = bad.length > BAD_IDS_SHOWN ? ` and ${bad.length - BAD_IDS_SHOWN} more` : '';
   throw new UsageError(

@@ -127,6 +127,8 @@ export function unknownVariables(env: Env): string[] {
   const lines: string[] = [];
   for (const name of Object.keys(env).sort()) {
     if (!name.startsWith('WATCHER_') || Object.hasOwn(DEFAULTS, name) || env[name] === undefined) continue;
+    // The test suite's own (README, Development): set in a developer's shell, read by no daemon.
+    if (name.startsWith('WATCHER_TEST_')) continue;
     const nearest = nearestName(name, known);
     lines.push(
       `${name} is set but is not a variable of sbg-export-watcher; it is ignored${nearest ? ` (did you mean ${nearest}?)` : ''}`,

@@ -692,8 +692,10 @@ export class DeliveryEngine {
     };
     if (answer.outcome === 'success') {
       e.log.debug(fields, 'webhook delivered');
-      // The receiver answers again: what was held back of its failures is said now.
-      this.#summarizeFailures(e);
+      // The receiver answers again: what was held back of its failures is said once the window
+      // is over (a receiver failing every other attempt would otherwise get a line each time).
+      const held = e.failures.flushEnded(this.#now());
+      if (held) this.#logHeldFailures(e, held);
     } else if (answer.outcome === 'gone')
       e.log.warn(fields, 'webhook endpoint answered 410 Gone; this event is no longer sent to it');
     else if (answer.error?.code === 'SHUTTING_DOWN')

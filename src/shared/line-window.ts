@@ -66,6 +66,15 @@ export class LineWindow<T> {
     this.#held.last = last;
   }
 
+  /**
+   * What is held back once the window is over at `now` (the condition ended: a receiver answering
+   * again), else nothing yet: a condition that comes and goes within the window is said once, at
+   * its end, not at every turn.
+   */
+  flushEnded(now: number): HeldLines<T> | undefined {
+    return now - this.#start >= this.#windowMs || now < this.#start ? this.flush() : undefined;
+  }
+
   /** What is held back, if anything, forgotten here once returned. */
   flush(): HeldLines<T> | undefined {
     const held = this.#held;
