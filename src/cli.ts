@@ -346,7 +346,9 @@ Serves a webhook receiver on 127.0.0.1, prints its URL (point WATCHER_WEBHOOK_UR
 one JSON line per delivery attempt: received_at, webhook_id, webhook_timestamp, verified, status,
 type, export_id (or import_id), state, previous_state, metadata. It answers 204; with
 WATCHER_WEBHOOK_SECRET set (environment or .env) it checks each signature, and answers 401
-(verified: false) to one that does not match. Keeps nothing. Runs until SIGINT, SIGTERM or SIGHUP.
+(verified: false) to one that does not match. Keeps nothing; while its output is not being read
+it answers 503 (Retry-After: 1), so the daemon sends again later. Runs until SIGINT, SIGTERM or
+SIGHUP.
 
   --port N              port (default 0: a free one)`,
 

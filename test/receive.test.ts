@@ -57,6 +57,18 @@ const completed = JSON.stringify({
 });
 
 describe('receive, in process', () => {
+  it('answers 503 with Retry-After, unprinted, while its output is not being read', async () => {
+    // A reader that has stalled: nothing written is ever taken.
+    const stalled = new Writable({ highWaterMark: 64, write: () => undefined });
+    const r = await startReceiving({ port: 0, secret: undefined, stdout: stalled, now: () => NOW });
+    cleanups.push(() => r.close());
+    const statuses: number[] = [];
+    for (let i = 0; i < 5; i++) statuses.push(await deliver(r.url, `evt_e${i}_completed`, completed));
+    // The first line fills the stream's buffer; from then on the receiver says it cannot take more.
+    expect(statuses).toEqual([204, 503, 503, 503, 503]);
+    expect(stalled.writableLength).toBeLessThan(1024);
+  });
+
   it('prints a verified line and answers 204 for a signed attempt; 401 and verified false for another key', async () => {
     const { url, printed } = await receiving(SECRET);
     expect(url).toMatch(/^http:\/\/127\.0\.0\.1:\d+\/hooks$/);

@@ -6,7 +6,10 @@
  * receiver with another secret).
  *
  * It keeps nothing: a line is written and the attempt forgotten, so it can run for as long as a
- * daemon does. Request bodies are bounded (1 MiB, 413 beyond) by the receiver itself.
+ * daemon does. Request bodies are bounded (1 MiB, 413 beyond) by the receiver itself. Output that
+ * is not read (a pipe whose reader stalls) would queue every line in memory: while stdout holds
+ * more than its buffer, attempts are answered 503 with `Retry-After: 1`, unprinted, and the daemon
+ * sends them again later, as it would to any receiver that cannot take them yet.
  */
 import type { Writable } from 'node:stream';
 import { type ReceivedWebhook, WebhookReceiver } from '../dev/receiver.js';
@@ -32,6 +35,7 @@ export async function startReceiving(options: ReceiveOptions): Promise<Receiving
     ...(options.secret !== undefined ? { secret: options.secret } : {}),
     ...(options.now ? { now: options.now } : {}),
     respond: (attempt) => {
+      if (options.stdout.writableNeedDrain) return { status: 503, headers: { 'retry-after': '1' } };
       const status = attempt.verified === false ? 401 : 204;
       options.stdout.write(`${JSON.stringify(describeAttempt(attempt, status))}\n`);
       return status;
