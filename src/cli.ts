@@ -1148,21 +1148,36 @@ async function simulateCommand(args: readonly string[]): Promise<number> {
   if (problems.length > 0) throw new ConfigError(problems);
 
   const simulator = new Simulator(options);
-  const url = await simulator.start().catch((error: unknown) => {
-    throw listenError(error, '127.0.0.1', options.port ?? 0, {
+  return serveUntilStopped('simulator', options.port ?? 0, async () => ({
+    url: await simulator.start(),
+    close: () => simulator.close(),
+  }));
+}
+
+/**
+ * A loopback server of a command's own (`simulate`, `receive`): started, its URL printed, closed
+ * at the first stop signal. A second signal (a close that hangs) is left to its default action:
+ * it ends the process.
+ */
+async function serveUntilStopped(
+  name: string,
+  port: number,
+  start: () => Promise<{ url: string; close(): Promise<void> }>,
+): Promise<number> {
+  const server = await start().catch((error: unknown) => {
+    throw listenError(error, '127.0.0.1', port, {
       port: 'choose another --port (0 picks a free one)',
-      host: 'the simulator listens on 127.0.0.1',
+      host: `the ${name} listens on 127.0.0.1`,
     });
   });
-  process.stdout.write(`${url}\n`);
-  // A second signal (a close that hangs) is left to its default action: it ends the process.
+  process.stdout.write(`${server.url}\n`);
   await new Promise<void>((resolve) => {
     const unhandle = onStopSignals(() => {
       unhandle();
       resolve();
     });
   });
-  await simulator.close();
+  await server.close();
   return 0;
 }
 
@@ -1190,22 +1205,7 @@ async function receiveCommand(args: readonly string[], env: () => Env): Promise<
     }
   }
   if (problems.length > 0) throw new ConfigError(problems);
-  const receiving = await startReceiving({ port, secret, stdout: process.stdout }).catch((error: unknown) => {
-    throw listenError(error, '127.0.0.1', port, {
-      port: 'choose another --port (0 picks a free one)',
-      host: 'the receiver listens on 127.0.0.1',
-    });
-  });
-  process.stdout.write(`${receiving.url}\n`);
-  // A second signal (a close that hangs) is left to its default action: it ends the process.
-  await new Promise<void>((resolve) => {
-    const unhandle = onStopSignals(() => {
-      unhandle();
-      resolve();
-    });
-  });
-  await receiving.close();
-  return 0;
+  return serveUntilStopped('receiver', port, () => startReceiving({ port, secret, stdout: process.stdout }));
 }
 
 async function demoCommand(args: readonly string[]): Promise<number> {
