@@ -97,7 +97,18 @@ export interface DaemonOptions {
   scheduler?: Partial<Omit<SchedulerOptions, 'pollIntervalMs' | 'batchSize'>>;
   /** Discovery's interval, overriding `WATCHER_DISCOVER_INTERVAL` (whose minimum is 10 s): for tests. */
   discoverIntervalMs?: number;
+  /** `READINESS_GRACE_MS`, overridden: for tests. */
+  readinessGraceMs?: number;
 }
+
+/**
+ * A request that failed in passing (a 5xx, a timeout, a malformed answer, a dropped connection)
+ * makes the daemon unready only when no request has been answered for this long: one failed call
+ * among answered ones (a job whose checks fail on their own, a platform that drops one request in
+ * five) is retried, and is no reason to take the control API out of a load balancer. A refused
+ * token, maintenance and a refused request (a wrong endpoint) count at once.
+ */
+export const READINESS_GRACE_MS = 60_000;
 
 /** Discovery may spend `floor(WATCHER_RATE_BUDGET / DISCOVERY_SHARE_DIVISOR)` requests per rate window. */
 export const DISCOVERY_SHARE_DIVISOR = 10;
@@ -156,7 +167,10 @@ export class Daemon {
   readonly #durable: boolean;
   readonly #adds: GroupCommit<AddRequest, AddResult>;
   readonly #options: DaemonOptions;
-  #readiness: Readiness = { ok: false, reason: 'no answer from the platform yet' };
+  #readiness: Readiness & { passing?: boolean } = { ok: false, reason: 'no answer from the platform yet' };
+  /** When the platform last answered a request (anything but a failure in passing). */
+  #answeredAt: number | undefined;
+  readonly #readinessGraceMs: number;
   #pruneTimer: NodeJS.Timeout | undefined;
   #reloadTimer: NodeJS.Timeout | undefined;
   #startPromise: Promise<string | undefined> | undefined;
@@ -227,6 +241,7 @@ export class Daemon {
       this.#askStop = resolve;
     });
     this.#now = options.now ?? Date.now;
+    this.#readinessGraceMs = options.readinessGraceMs ?? READINESS_GRACE_MS;
     const now = this.#now;
     this.bus = options.bus ?? new Bus(options.log);
     this.#adds = new GroupCommit((requests: AddRequest[]) => store.addExports(requests, now()));
@@ -447,15 +462,20 @@ export class Daemon {
     if (this.election && role === 'follower') {
       return { ok: true, reason: 'another replica leads; this one serves the control API', role };
     }
+    const { passing, ...last } = this.#readiness;
+    const answeredLately =
+      this.#answeredAt !== undefined && this.#now() - this.#answeredAt < this.#readinessGraceMs;
+    const readiness =
+      passing && answeredLately ? { ok: true, reason: 'the platform accepted the credentials' } : last;
     const pausedUntil = this.limiter.pausedUntil();
-    if (this.#readiness.ok && pausedUntil !== undefined && pausedUntil > this.#now()) {
+    if (readiness.ok && pausedUntil !== undefined && pausedUntil > this.#now()) {
       return {
         ok: false,
         reason: `rate limited by the platform until ${new Date(pausedUntil).toISOString()}`,
         role,
       };
     }
-    return { ...this.#readiness, role };
+    return { ...readiness, role };
   }
 
   /**
@@ -605,6 +625,7 @@ export class Daemon {
   async #startChecking(term: number): Promise<void> {
     if (term !== this.#term || this.#stopPromise) return;
     this.#readiness = { ok: false, reason: 'no answer from the platform yet' };
+    this.#answeredAt = undefined;
     const signal = this.#termAbort.signal;
     const probe = this.client
       .rateLimit({ signal })
@@ -869,13 +890,22 @@ export class Daemon {
     };
     const reason = reasons[outcome];
     if (reason === null) {
+      this.#answeredAt = this.#now();
       if (outcome === 'ok' || outcome === 'not_found')
         this.#readiness = { ok: true, reason: 'the platform accepted the credentials' };
       return;
     }
-    this.#readiness = { ok: false, reason };
+    this.#readiness = { ok: false, reason, passing: PASSING_FAILURES.has(outcome) };
   }
 }
+
+/** Outcomes of a request that may well go the other way on the next (see `READINESS_GRACE_MS`). */
+const PASSING_FAILURES: ReadonlySet<RequestOutcome> = new Set([
+  'server_error',
+  'bad_response',
+  'network',
+  'timeout',
+]);
 
 /**
  * A stored export as the control API shows it; the check figures come from the tracker while the

@@ -299,6 +299,34 @@ describe('the watcher against the simulator', () => {
     expect(stack.logs.join('')).not.toContain('tok_wrong_one');
   });
 
+  it('stays ready while one job’s checks fail and others are answered; not once nothing is', async () => {
+    // Long enough for the job that fails alone to be checked on its own several times.
+    stack = await startStack({
+      sim: { timing: { pendingMs: [60_000, 60_000], runningMs: [60_000, 60_000] } },
+      daemon: { readinessGraceMs: 1500 },
+    });
+    const s = stack;
+    const [bad, good] = s.sim.createExports(2) as [string, string];
+    s.sim.setFaults({ errorIds: [bad] });
+    expect((await s.post('/v1/exports', { ids: [bad, good] })).status).toBe(202);
+    // The bad id is taken apart from the good one and fails on its own, again and again.
+    await until(async () => s.sim.stats().faults.errorId >= 4);
+    const samples: number[] = [];
+    for (let i = 0; i < 10; i++) {
+      samples.push((await s.get('/readyz')).status);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    expect(samples).toEqual(Array(10).fill(200));
+    // Every call fails: after the grace without an answer, the reason shows.
+    s.sim.setFaults({ errorRate: 1 });
+    await until(async () => (await s.get('/readyz')).status === 503);
+    expect((await s.get('/readyz')).json).toMatchObject({
+      reason: 'the platform answered with a server error',
+    });
+    s.sim.setFaults({});
+    await until(async () => (await s.get('/readyz')).status === 200);
+  });
+
   it('is not ready while the platform is in maintenance, and recovers by itself', async () => {
     stack = await startStack({ sim: { timing: SHORT, faults: { maintenanceUntil: Date.now() + 600_000 } } });
     const s = stack;

@@ -64,6 +64,8 @@ export async function startWatcher(endpoint: string, token: string, env: Env = {
     storage: 'memory',
     platformRetry: { retries: 1, minTimeoutMs: 10, maintenanceMaxDelayMs: 100 },
     scheduler: { failurePauseMs: 20, failurePauseMaxMs: 100 },
+    // What a hostile answer does to readiness shows at once, not after a minute without answers.
+    readinessGraceMs: 0,
   });
   const apiUrl = (await daemon.start()) as string;
   open.push({ close: () => daemon.stop(1000) });
