@@ -118,6 +118,9 @@ export interface StopReport {
   pendingDeliveries: number;
 }
 
+/** Ids named in an "exports added" line: enough to follow one added by hand, never a whole list. */
+const ADDED_IDS_LOGGED = 10;
+
 /** Finished exports and events past retention are pruned this often, in small batches. */
 const PRUNE_EVERY_MS = 60_000;
 const PRUNE_BATCH = 500;
@@ -170,6 +173,8 @@ export class Daemon {
   #readiness: Readiness & { passing?: boolean } = { ok: false, reason: 'no answer from the platform yet' };
   /** When the platform last answered a request (anything but a failure in passing). */
   #answeredAt: number | undefined;
+  /** When requests began to fail, since the last one answered. */
+  #failingSince: number | undefined;
   readonly #readinessGraceMs: number;
   #pruneTimer: NodeJS.Timeout | undefined;
   #reloadTimer: NodeJS.Timeout | undefined;
@@ -390,7 +395,12 @@ export class Daemon {
             );
           }
           this.#log.info(
-            { accepted: result.accepted.length, already_watched: result.alreadyWatched.length },
+            {
+              accepted: result.accepted.length,
+              already_watched: result.alreadyWatched.length,
+              // Which, for an operator following one id through the log: the first few only.
+              [`${kind}_ids`]: result.accepted.slice(0, ADDED_IDS_LOGGED),
+            },
             `${kind}s added`,
           );
           this.scheduler.poke();
@@ -610,6 +620,13 @@ export class Daemon {
     }
     const leaseMs = this.election?.timing.leaseMs ?? 0;
     await this.deliveries.resume({ releaseLeasesAt: this.#now() + leaseMs });
+    // What is owed from before (a restart, another leader's term), so that the burst of
+    // deliveries that follows has a cause in the log.
+    const counts = await this.store.deliveryCounts(this.deliveries.endpoints.map((e) => e.key));
+    const owed = counts.pending - counts.orphaned;
+    if (term === this.#term && owed > 0) {
+      this.#log.info({ pending: owed }, 'webhook deliveries owed from before: sending them');
+    }
   }
 
   /** The tracker holds exactly `active`: what an earlier term of this process left is dropped. */
@@ -626,6 +643,7 @@ export class Daemon {
     if (term !== this.#term || this.#stopPromise) return;
     this.#readiness = { ok: false, reason: 'no answer from the platform yet' };
     this.#answeredAt = undefined;
+    this.#failingSince = undefined;
     const signal = this.#termAbort.signal;
     const probe = this.client
       .rateLimit({ signal })
@@ -748,7 +766,8 @@ export class Daemon {
         eventRetainMs: this.config.eventRetainMs,
         batch: PRUNE_BATCH,
       });
-      if (exports + events > 0) this.#log.debug({ exports, events }, 'pruned past retention');
+      // At info: records an operator may look for are gone (a line a minute at most).
+      if (exports + events > 0) this.#log.info({ exports, events }, 'pruned past retention');
     } catch (error) {
       this.#log.error({ err: error }, 'could not prune the store');
     }
@@ -889,12 +908,26 @@ export class Daemon {
       timeout: 'the platform did not answer in time',
     };
     const reason = reasons[outcome];
+    const now = this.#now();
     if (reason === null) {
-      this.#answeredAt = this.#now();
+      // Back from failures that made the daemon unready: said once, so that the log shows where an
+      // outage ended (a failure in passing within the grace is not one).
+      const { ok, passing } = this.#readiness;
+      const withinGrace =
+        passing === true && this.#answeredAt !== undefined && now - this.#answeredAt < this.#readinessGraceMs;
+      if (this.#failingSince !== undefined && !ok && !withinGrace) {
+        this.#log.info(
+          { failing_ms: now - this.#failingSince, last_problem: this.#readiness.reason },
+          'the platform answers again',
+        );
+      }
+      this.#failingSince = undefined;
+      this.#answeredAt = now;
       if (outcome === 'ok' || outcome === 'not_found')
         this.#readiness = { ok: true, reason: 'the platform accepted the credentials' };
       return;
     }
+    this.#failingSince ??= now;
     this.#readiness = { ok: false, reason, passing: PASSING_FAILURES.has(outcome) };
   }
 }

@@ -195,6 +195,11 @@ describe('SIGTERM and restart', () => {
     expect(d.proc.lines.find((l) => l.msg === 'watching exports from the store')).toMatchObject({
       watched: 20,
     });
+    // The burst of resends that follows has its cause in the log: what the last run left owed.
+    const owed = await d.proc.waitForLine(
+      (l) => l.msg === 'webhook deliveries owed from before: sending them',
+    );
+    expect(owed.pending).toBe(kept?.pending_deliveries);
     await w.receiver.waitFor((r) => quick.every((id) => r.acceptedIds().has(`evt_${id}_completed`)), 30_000);
     const slowRecord = await callJson('GET', `${d.api}/v1/exports/${slow[0]}`);
     expect(slowRecord.json.state).toBe('RUNNING');

@@ -325,6 +325,16 @@ describe('the watcher against the simulator', () => {
     });
     s.sim.setFaults({});
     await until(async () => (await s.get('/readyz')).status === 200);
+    // The end of that outage is in the log, once; the bad job's failures within the grace are not.
+    const lines = s.logs.map((l) => JSON.parse(l) as Record<string, unknown>);
+    expect(lines.filter((l) => l.msg === 'the platform answers again')).toEqual([
+      expect.objectContaining({ level: 30, last_problem: 'the platform answered with a server error' }),
+    ]);
+    // Who was added, for an operator following one id.
+    expect(lines.find((l) => l.msg === 'exports added')).toMatchObject({
+      accepted: 2,
+      export_ids: [bad, good],
+    });
   });
 
   it('is not ready while the platform is in maintenance, and recovers by itself', async () => {

@@ -945,8 +945,11 @@ function outcomeOf(error: unknown): RequestOutcome {
 }
 
 function errorText(error: unknown): string {
-  const e = error as { code?: string; message?: string };
-  return e.code ?? e.message ?? String(error);
+  const e = error as { code?: unknown; name?: unknown; message?: unknown };
+  if (typeof e.code === 'string') return e.code;
+  // A DOMException's code is a legacy number (23 for a TimeoutError): no help in a log line.
+  if (e.name === 'TimeoutError') return 'timed out';
+  return typeof e.message === 'string' ? e.message : String(error);
 }
 
 /** Whether `value` nests objects and arrays deeper than `limit`. Iterative; stops at the first too deep. */
