@@ -621,12 +621,17 @@ export class Daemon {
     const leaseMs = this.election?.timing.leaseMs ?? 0;
     await this.deliveries.resume({ releaseLeasesAt: this.#now() + leaseMs });
     // What is owed from before (a restart, another leader's term), so that the burst of
-    // deliveries that follows has a cause in the log.
-    const counts = await this.store.deliveryCounts(this.deliveries.endpoints.map((e) => e.key));
-    const owed = counts.pending - counts.orphaned;
-    if (term === this.#term && owed > 0) {
-      this.#log.info({ pending: owed }, 'webhook deliveries owed from before: sending them');
-    }
+    // deliveries that follows has a cause in the log. Not waited for, and a count that fails
+    // (the store just read) is no reason to fail the takeover: the line is left out.
+    this.store.deliveryCounts(this.deliveries.endpoints.map((e) => e.key)).then(
+      (counts) => {
+        const owed = counts.pending - counts.orphaned;
+        if (term === this.#term && owed > 0) {
+          this.#log.info({ pending: owed }, 'webhook deliveries owed from before: sending them');
+        }
+      },
+      () => undefined,
+    );
   }
 
   /** The tracker holds exactly `active`: what an earlier term of this process left is dropped. */
