@@ -1183,7 +1183,6 @@ async function serveUntilStopped(
 
 async function receiveCommand(args: readonly string[], env: () => Env): Promise<number> {
   const { values } = parse('receive', args, { port: { type: 'string' } }, false);
-  const problems: string[] = [];
   let port = 0;
   if (values.port !== undefined) {
     port = Number(values.port);
@@ -1199,12 +1198,11 @@ async function receiveCommand(args: readonly string[], env: () => Env): Promise<
     try {
       parseSecret(secret);
     } catch {
-      problems.push(
+      throw new ConfigError([
         `WATCHER_WEBHOOK_SECRET: expected "whsec_" followed by a base64 key, got a value of ${secret.length} characters (hidden)`,
-      );
+      ]);
     }
   }
-  if (problems.length > 0) throw new ConfigError(problems);
   return serveUntilStopped('receiver', port, () => startReceiving({ port, secret, stdout: process.stdout }));
 }
 

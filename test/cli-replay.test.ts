@@ -50,6 +50,7 @@ class EventsRegistry implements WatchRegistry {
   readonly known = new Map<string, ExportState>();
 
   async get(id: string): Promise<ExportView | undefined> {
+    this.calls.push({ method: 'get', args: [id] });
     const state = this.known.get(id);
     if (state === undefined) return undefined;
     return {
@@ -186,6 +187,26 @@ const writable = (take: (text: string) => void) =>
     },
   });
 
+/** `events` in this process as on a terminal (a table, notes on stderr), against the test's API. */
+async function eventsOnTerminal(query: Parameters<typeof runEvents>[0]['query']) {
+  let stdout = '';
+  let stderr = '';
+  const code = await runEvents({
+    query,
+    json: false,
+    stdout: writable((text) => {
+      stdout += text;
+    }),
+    stderr: writable((text) => {
+      stderr += text;
+    }),
+    target: { url: apiUrl, fix: '--api-url', token: TOKEN },
+    timeoutMs: 5000,
+    redactor: new Redactor(),
+  });
+  return { code, stdout, stderr };
+}
+
 /** A receiver that is down, as the outage tests of the table name it. */
 const OUTAGE_HOOK = 'http://127.0.0.1:18582/hooks';
 
@@ -273,17 +294,11 @@ describe('events', () => {
     // b2's record is gone (WATCHER_RETAIN), its event kept (WATCHER_EVENT_RETAIN), its delivery failed.
     const r = await cli(withApi('events', '--export', 'b2', '--status', 'delivered'));
     expect(r).toEqual({ code: 0, stdout: '', stderr: '' });
-    let stderr = '';
-    const code = await runEvents({
-      query: { exportId: 'b2', status: 'delivered', limit: 100, all: false },
-      json: false,
-      stdout: writable(() => undefined),
-      stderr: writable((text) => {
-        stderr += text;
-      }),
-      target: { url: apiUrl, fix: '--api-url', token: TOKEN },
-      timeoutMs: 5000,
-      redactor: new Redactor(),
+    const { code, stderr } = await eventsOnTerminal({
+      exportId: 'b2',
+      status: 'delivered',
+      limit: 100,
+      all: false,
     });
     expect({ code, stderr }).toEqual({
       code: 0,
@@ -298,40 +313,34 @@ describe('events', () => {
   });
 
   it('says on a terminal that nothing matched, and for a job, that the daemon has it', async () => {
-    const run = async (query: Parameters<typeof runEvents>[0]['query']) => {
-      let stdout = '';
-      let stderr = '';
-      const code = await runEvents({
-        query,
-        json: false,
-        stdout: writable((text) => (stdout += text)),
-        stderr: writable((text) => (stderr += text)),
-        target: { url: apiUrl, fix: '--api-url', token: TOKEN },
-        timeoutMs: 5000,
-        redactor: new Redactor(),
-      });
-      return { code, stdout, stderr };
-    };
-    let r = await run({ exportId: 'e5', limit: 100, all: false });
+    let r = await eventsOnTerminal({ exportId: 'e5', limit: 100, all: false });
     expect(r.code).toBe(0);
     expect(r.stdout.split('\n')[0]).toMatch(/^WEBHOOK-ID +TYPE/);
     expect(r.stderr).toBe('no events for export e5 (the daemon has it, RUNNING)\n');
 
-    r = await run({ exportId: 'a1', status: 'failed', limit: 100, all: false });
+    r = await eventsOnTerminal({ exportId: 'a1', status: 'failed', limit: 100, all: false });
     expect(r.stderr).toBe('no events with a delivery failed for export a1 (the daemon has it, COMPLETED)\n');
 
-    r = await run({ status: 'pending', since: '2030-01-01T00:00:00.000Z', limit: 100, all: false });
+    r = await eventsOnTerminal({
+      status: 'pending',
+      since: '2030-01-01T00:00:00.000Z',
+      limit: 100,
+      all: false,
+    });
     expect(r.stderr).toBe('no events with a delivery pending and created since 2030-01-01T00:00:00.000Z\n');
 
-    r = await run({ exportId: 'zz9', limit: 100, all: false });
+    registry.calls.length = 0;
+    r = await eventsOnTerminal({ exportId: 'zz9', limit: 100, all: false });
     expect(r.code).toBe(1);
+    expect(registry.of('get')).toEqual([['zz9']]);
     expect(r.stderr).toMatch(/^error: the daemon has no export zz9 /);
 
     // Events listed: nothing more is asked of the daemon, nothing more is said.
     registry.calls.length = 0;
-    r = await run({ exportId: 'a1', limit: 100, all: false });
+    r = await eventsOnTerminal({ exportId: 'a1', limit: 100, all: false });
     expect(r.stderr).toBe('');
     expect(r.stdout).toContain('evt_a1_completed');
+    expect(registry.of('get')).toEqual([]);
   });
 
   it('formats a table even of fields that are objects, not what the daemon sends', () => {

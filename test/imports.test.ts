@@ -19,7 +19,7 @@ import { type JobKind, type Observation, Tracker } from '../src/polling/tracker.
 import { Bus } from '../src/shared/bus.js';
 import { logSink } from './helpers/log-sink.js';
 import { loopbackPlatform, platformClient } from './helpers/platform.js';
-import { killAll, spawnCli } from './helpers/spawn.js';
+import { firstLine, killAll, spawnCli } from './helpers/spawn.js';
 import { SECRET, type Stack, startStack, TOKEN } from './helpers/stack.js';
 
 const T0 = Date.UTC(2026, 0, 1);
@@ -928,13 +928,7 @@ describe('the CLI with imports', () => {
 
   it('simulate --imports N seeds imports', async () => {
     const p = spawnCli(['simulate', '--imports', '7', '--exports', '2'], {});
-    const url = await new Promise<string>((resolve, reject) => {
-      p.child.stdout?.on('data', () => {
-        const out = p.stdout().trim();
-        if (out.startsWith('http')) resolve(out);
-      });
-      void p.exited.then(() => reject(new Error(`exited: ${p.stderr()}`)));
-    });
+    const url = await firstLine(p);
     const stats = (await (await request(`${new URL(url).origin}/_simulator/stats`)).body.json()) as Record<
       string,
       unknown

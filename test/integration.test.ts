@@ -303,7 +303,9 @@ describe('the watcher against the simulator', () => {
     // Long enough for the job that fails alone to be checked on its own several times.
     stack = await startStack({
       sim: { timing: { pendingMs: [60_000, 60_000], runningMs: [60_000, 60_000] } },
-      daemon: { readinessGraceMs: 1500 },
+      // Long against the poll interval, so that a slow moment of this machine between two
+      // answered checks is not taken for an outage; short enough for the second half to wait out.
+      daemon: { readinessGraceMs: 5000 },
     });
     const s = stack;
     const [bad, good] = s.sim.createExports(2) as [string, string];

@@ -9,7 +9,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { startReceiving } from '../src/cli/receive.js';
 import { parseSecret, sign } from '../src/delivery/signing.js';
 import { Simulator } from '../src/dev/simulator.js';
-import { type CliProcess, daemonEnv, killAll, spawnCli } from './helpers/spawn.js';
+import { type CliProcess, daemonEnv, firstLine, killAll, spawnCli } from './helpers/spawn.js';
 
 const SECRET = 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw';
 const OTHER_SECRET = 'whsec_c2VjcmV0LW9mLWFub3RoZXItcmVjZWl2ZXI=';
@@ -113,19 +113,6 @@ describe('receive, in process', () => {
     });
   });
 });
-
-/** The first stdout line of a process that prints its URL first. */
-function firstLine(p: CliProcess): Promise<string> {
-  return new Promise<string>((resolve, reject) => {
-    const look = () => {
-      const out = p.stdout();
-      if (out.includes('\n')) resolve(out.slice(0, out.indexOf('\n')));
-    };
-    p.child.stdout?.on('data', look);
-    look();
-    void p.exited.then(() => reject(new Error(`exited: ${p.stderr()}`)));
-  });
-}
 
 /** Resolves once the process has printed a JSON line after its first that `test` accepts. */
 function printedLine(p: CliProcess, test: (line: Record<string, unknown>) => boolean) {

@@ -13,6 +13,7 @@
  */
 import type { Writable } from 'node:stream';
 import { type ReceivedWebhook, WebhookReceiver } from '../dev/receiver.js';
+import { isPlainObject } from '../shared/values.js';
 
 export interface ReceiveOptions {
   port: number;
@@ -47,8 +48,8 @@ export async function startReceiving(options: ReceiveOptions): Promise<Receiving
 
 /** What one attempt's line holds: the headers a receiver reads and the event's main fields. */
 export function describeAttempt(attempt: ReceivedWebhook, status: number): Record<string, unknown> {
-  const event = isObject(attempt.json) ? attempt.json : undefined;
-  const data = isObject(event?.data) ? event.data : undefined;
+  const event = isPlainObject(attempt.json) ? attempt.json : undefined;
+  const data = isPlainObject(event?.data) ? event.data : undefined;
   const pick = (from: Record<string, unknown> | undefined, key: string) =>
     from !== undefined && key in from ? from[key] : undefined;
   return {
@@ -70,8 +71,4 @@ export function describeAttempt(attempt: ReceivedWebhook, status: number): Recor
       ? { body_bytes: Buffer.byteLength(attempt.body), body_is_json_object: false }
       : {}),
   };
-}
-
-function isObject(value: unknown): value is Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
 }

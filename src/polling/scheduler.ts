@@ -766,6 +766,8 @@ export class Scheduler {
    * with every call; the rest are at debug, counted in one line once the minute is over.
    */
   #logWarnings(warnings: readonly TrackerWarning[]): void {
+    // Every call comes here, nearly always with nothing to say.
+    if (warnings.length === 0) return;
     const now = this.#deps.now();
     for (const summary of summarizeWarnings(warnings)) {
       const { reason, ...fields } = summary;
@@ -830,8 +832,8 @@ export class Scheduler {
 }
 
 /** Warn lines of one kind of odd answer per window (see `#logWarnings`). */
-export const WARNING_LINES_PER_WINDOW = 5;
-export const WARNING_WINDOW_MS = 60_000;
+const WARNING_LINES_PER_WINDOW = 5;
+const WARNING_WINDOW_MS = 60_000;
 
 const WARNING_MESSAGES: Readonly<Record<WarningReason, string>> = {
   stale_state: 'stale state from the platform ignored',

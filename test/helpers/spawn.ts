@@ -170,3 +170,19 @@ export function daemonEnv(
     ...extra,
   };
 }
+
+/**
+ * The first line a process prints on stdout (the URL that `simulate` and `receive` print once
+ * listening); rejects if it exits first.
+ */
+export function firstLine(p: CliProcess): Promise<string> {
+  return new Promise<string>((resolve, reject) => {
+    const look = () => {
+      const out = p.stdout();
+      if (out.includes('\n')) resolve(out.slice(0, out.indexOf('\n')));
+    };
+    p.child.stdout?.on('data', look);
+    look();
+    void p.exited.then(() => reject(new Error(`exited: ${p.stderr()}`)));
+  });
+}
