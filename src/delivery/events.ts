@@ -9,7 +9,7 @@
 
 import type { ExportState, JobKind } from '../polling/tracker.js';
 import type { PlatformErrorBody } from '../shared/errors.js';
-import type { EventBuilder } from '../store/store.js';
+import { type EventBuilder, webhookIdPrefixes } from '../store/store.js';
 
 export const EXPORT_EVENT_TYPES = [
   'export.running',
@@ -155,7 +155,8 @@ export function eventForTransition(
  */
 export function webhookId(jobId: string, type: EventType): string {
   const [kind, suffix] = type.split('.') as [JobKind, string];
-  return kind === 'import' ? `evt_import_${jobId}_${suffix}` : `evt_${jobId}_${suffix}`;
+  const [exportPrefix, importPrefix] = webhookIdPrefixes(jobId);
+  return `${kind === 'import' ? importPrefix : exportPrefix}_${suffix}`;
 }
 
 /**

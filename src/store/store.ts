@@ -120,7 +120,8 @@ export interface NewEvent {
 /**
  * Builds the event for a state change, or null when it has none (or its type is not subscribed).
  * Called inside `commitChanges` with the job's stored metadata and its stored kind (implementations
- * always pass it; absent means `export`).
+ * always pass it; absent means `export`). The event's id begins with one of the job's
+ * `webhookIdPrefixes`: a store may find a job's events by it, and refuses an event whose id does not.
  */
 export type EventBuilder = (
   change: ExportChange,
@@ -387,6 +388,14 @@ export interface Store {
 /** Raised when the data directory or database cannot be used; the CLI exits 2 with its message. */
 export class StoreError extends Error {
   override readonly name = 'StoreError';
+}
+
+/**
+ * The prefixes that begin the webhook-ids of the job `id`'s events: `evt_<id>` for an export's,
+ * `evt_import_<id>` for an import's (see `webhookId` in delivery/events.ts, which adds `_<suffix>`).
+ */
+export function webhookIdPrefixes(id: string): readonly [exportPrefix: string, importPrefix: string] {
+  return [`evt_${id}`, `evt_import_${id}`];
 }
 
 /**

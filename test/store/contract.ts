@@ -1071,6 +1071,21 @@ export function describeStoreContract(
         expect(await eventsOf(store, 'a')).toEqual(events);
         expect(await store.getExportWithEvents('nobody')).toBeUndefined();
       });
+
+      it("lists a job's events only, not those of jobs whose ids begin with its id", async () => {
+        // Their webhook-ids begin with `evt_a` too; `a-` and `a_b` sort on either side of `a_`.
+        await watchThrough(['ab', 'a_b', 'a-', 'a_'], ['COMPLETED']);
+        expect((await eventsOf(store, 'a')).map((e) => e.id)).toEqual([
+          eventId('a', 'RUNNING'),
+          eventId('a', 'COMPLETED'),
+        ]);
+        expect((await store.getExportWithEvents('a'))?.events.map((e) => e.exportId)).toEqual(['a', 'a']);
+        expect((await eventsOf(store, 'a_')).map((e) => e.id)).toEqual([eventId('a_', 'COMPLETED')]);
+        expect((await eventsOf(store, 'a_b')).map((e) => e.exportId)).toEqual(['a_b']);
+        await store.removeExport('ab');
+        expect((await eventsOf(store, 'a')).map((e) => e.exportId)).toEqual(['a', 'a']);
+        expect(await store.getExport('a')).toBeDefined();
+      });
     });
 
     describe('redeliver and redeliverSince', () => {

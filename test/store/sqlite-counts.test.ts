@@ -168,7 +168,7 @@ describe('SQLite store: running counts of jobs by kind and state', () => {
             if (chance(0.5)) void s.removeExport(pick(pool), pick(KINDS));
           }
           const event: NewEvent = {
-            id: `evt_${kind}_${change.id}_${change.to}`,
+            id: `${kind === 'import' ? 'evt_import_' : 'evt_'}${change.id}_${change.to}`,
             type: `${kind}.completed` as NewEvent['type'],
             exportId: change.id,
             body: '{}',

@@ -293,7 +293,7 @@ describe('SQLite store', () => {
     const after = new Database(path, { readonly: true });
     try {
       expect(after.pragma('user_version', { simple: true })).toBe(SCHEMA_VERSION);
-      expect(SCHEMA_VERSION).toBe(3);
+      expect(SCHEMA_VERSION).toBe(4);
       // A file keeps the page size it was made with (SQLite's default here).
       expect(after.pragma('page_size', { simple: true })).toBe(4096);
       const indexes = after
@@ -304,6 +304,101 @@ describe('SQLite store', () => {
         .map((r) => (r as { name: string }).name)
         .sort();
       expect(indexes).toEqual(['exports_by_kind', 'exports_by_kind_state', 'exports_finished']);
+    } finally {
+      after.close();
+    }
+  });
+
+  it('brings a schema-3 database up to date: its events and deliveries keep everything, deliveries keyed by sequence', async () => {
+    const path = join(emptyDir(), 'v3.db');
+    const raw = new Database(path);
+    raw.pragma('foreign_keys = ON');
+    for (const sql of MIGRATIONS.slice(0, 3)) raw.exec(sql);
+    const exportRow = raw.prepare(
+      `INSERT INTO exports (id, state, first_seen_at, state_changed_at, misses, history)
+       VALUES (?, 'COMPLETED', ?, ?, 0, '[]')`,
+    );
+    const event = raw.prepare(
+      "INSERT INTO events (id, export_id, type, body, created_at) VALUES (?, ?, 'export.completed', ?, ?)",
+    );
+    const delivery = raw.prepare(
+      `INSERT INTO deliveries (event_id, endpoint_key, endpoint_label, status, attempts, next_attempt_at,
+                               leased, series_started_at, last_status, last_error, finished_at)
+       VALUES (?, ?, 'https://a.example/', ?, ?, ?, ?, ?, ?, ?, ?)`,
+    );
+    // Inserted out of id order: the sequence follows the order of insertion.
+    for (const [i, id] of ['b', 'a', 'c'].entries()) {
+      exportRow.run(id, T0, T0);
+      event.run(`evt_${id}_completed`, id, `{"n":${i}}`, T0 + i);
+    }
+    delivery.run('evt_b_completed', 'k1', 'delivered', 1, null, 0, T0, 200, null, T0 + 5);
+    delivery.run('evt_b_completed', 'k2', 'failed', 7, null, 0, T0, 500, 'endpoint answered 500', T0 + 6);
+    delivery.run('evt_a_completed', 'k1', 'pending', 2, T0 + 9, 1, T0, null, 'timed out', null);
+    raw.pragma('user_version = 3');
+    raw.close();
+    const store = await openSqliteStore({ path });
+    try {
+      const b = await store.getEvent('evt_b_completed');
+      expect(b).toMatchObject({ exportId: 'b', body: '{"n":0}', createdAt: T0 });
+      expect(b?.deliveries).toEqual([
+        expect.objectContaining({
+          eventId: 'evt_b_completed',
+          endpointKey: 'k1',
+          status: 'delivered',
+          lastStatus: 200,
+        }),
+        expect.objectContaining({
+          eventId: 'evt_b_completed',
+          endpointKey: 'k2',
+          status: 'failed',
+          attempts: 7,
+          lastError: 'endpoint answered 500',
+          finishedAt: T0 + 6,
+        }),
+      ]);
+      expect((await store.getEvent('evt_a_completed'))?.deliveries).toEqual([
+        expect.objectContaining({
+          endpointKey: 'k1',
+          status: 'pending',
+          nextAttemptAt: T0 + 9,
+          leased: true,
+        }),
+      ]);
+      expect((await store.getEvent('evt_c_completed'))?.deliveries).toEqual([]);
+      expect((await store.listEvents({ exportId: 'a', limit: 10 })).items.map((e) => e.id)).toEqual([
+        'evt_a_completed',
+      ]);
+      expect(await store.deliveryCounts()).toMatchObject({ pending: 1, delivered: 1, failed: 1 });
+      // The lease is released and the pending delivery claimed, by its webhook-id.
+      await store.releaseLeases(T0 + 10);
+      expect(await store.claimDue('k1', T0 + 10, 10, T0 + 20)).toEqual([
+        expect.objectContaining({ eventId: 'evt_a_completed', exportId: 'a', attempts: 2 }),
+      ]);
+    } finally {
+      await store.close();
+    }
+    const after = new Database(path, { readonly: true });
+    try {
+      expect(after.pragma('user_version', { simple: true })).toBe(SCHEMA_VERSION);
+      expect(after.pragma('foreign_key_check')).toEqual([]);
+      expect(after.prepare('SELECT seq, id FROM events ORDER BY seq').all()).toEqual([
+        { seq: 1, id: 'evt_b_completed' },
+        { seq: 2, id: 'evt_a_completed' },
+        { seq: 3, id: 'evt_c_completed' },
+      ]);
+      expect(after.prepare('SELECT event_seq, endpoint_key FROM deliveries').all()).toEqual([
+        { event_seq: 1, endpoint_key: 'k1' },
+        { event_seq: 1, endpoint_key: 'k2' },
+        { event_seq: 2, endpoint_key: 'k1' },
+      ]);
+      const indexes = after
+        .prepare(
+          "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name IN ('events', 'deliveries') AND sql IS NOT NULL",
+        )
+        .all()
+        .map((r) => (r as { name: string }).name)
+        .sort();
+      expect(indexes).toEqual(['deliveries_due', 'events_by_time']);
     } finally {
       after.close();
     }
@@ -532,13 +627,13 @@ describe('SQLite store', () => {
       "INSERT INTO events (id, export_id, type, body, created_at) VALUES (?, ?, 'export.completed', '{}', ?)",
     );
     const delivery = raw.prepare(
-      `INSERT INTO deliveries (event_id, endpoint_key, endpoint_label, status, attempts, series_started_at)
+      `INSERT INTO deliveries (event_seq, endpoint_key, endpoint_label, status, attempts, series_started_at)
        VALUES (?, 'k', 'https://a.example/', ?, 1, ?)`,
     );
     const statuses = ['pending', 'pending', 'delivered', 'failed', 'gone', 'delivered', 'delivered'];
     for (const [i, status] of statuses.entries()) {
-      event.run(`evt_${i}`, `x${i}`, T0 + i);
-      delivery.run(`evt_${i}`, status, T0);
+      const { lastInsertRowid } = event.run(`evt_x${i}`, `x${i}`, T0 + i);
+      delivery.run(lastInsertRowid, status, T0);
     }
     raw.pragma(`user_version = ${SCHEMA_VERSION}`);
     raw.close();
@@ -640,13 +735,13 @@ describe('SQLite store', () => {
             error: null,
           },
         ],
-        () => ({ id: 'evt', type: 'export.failed', exportId: 'a', body: '{}' }),
+        () => ({ id: 'evt_a', type: 'export.failed', exportId: 'a', body: '{}' }),
         [ref],
         T0,
       );
       await store.recordAttempts([
         {
-          eventId: 'evt',
+          eventId: 'evt_a',
           endpointKey: 'k',
           seriesStartedAt: T0,
           status: 'failed',
@@ -657,8 +752,8 @@ describe('SQLite store', () => {
           finishedAt: T0 + 1,
         },
       ]);
-      await store.redeliver('evt', [ref], T0 + 2);
-      expect((await store.getEvent('evt'))?.deliveries[0]).toMatchObject({
+      await store.redeliver('evt_a', [ref], T0 + 2);
+      expect((await store.getEvent('evt_a'))?.deliveries[0]).toMatchObject({
         status: 'pending',
         attempts: 0,
         lastStatus: 500,
