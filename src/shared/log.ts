@@ -1,6 +1,6 @@
 /**
  * Logging: pino, JSON lines. Secrets are removed by configuration, not by care at each call site:
- * pino's `redact` censors any field under the names below, and every finished line then passes
+ * any field under a secret's name is censored (log-fields.ts), and every finished line then passes
  * through the `Redactor` (redact.ts), which strips credentials and query strings from URLs and
  * replaces every known secret value wherever it appears (a message, an error text, an echoed body).
  */
@@ -8,27 +8,18 @@ import type { Writable } from 'node:stream';
 import pino, { type DestinationStream, type Logger } from 'pino';
 import pretty from 'pino-pretty';
 import type { LogLevel } from '../config/config.js';
+import { CENSORED, censorSecretFields, SECRET_FIELDS } from './log-fields.js';
 import { Redactor } from './redact.js';
 
-export const REDACTED_PATHS = [
-  'token',
-  'apiToken',
-  'api_token',
-  'secret',
-  'secretKey',
-  'authorization',
-  '*.token',
-  '*.apiToken',
-  '*.secret',
-  '*.secretKey',
-  '*.authorization',
-  'headers["x-sbg-auth-token"]',
-  'headers["webhook-signature"]',
-  'headers.authorization',
-  '*.headers["x-sbg-auth-token"]',
-  '*.headers["webhook-signature"]',
-  '*.headers.authorization',
-];
+/**
+ * pino's options that censor secret fields by name (log-fields.ts): each line's fields through
+ * the `log` formatter, and a child logger's bindings (which pino passes through serializers, not
+ * formatters) by a serializer for each name. Every logger of the daemon's is made with them.
+ */
+export const CENSORING_OPTIONS = {
+  formatters: { log: censorSecretFields },
+  serializers: Object.fromEntries([...SECRET_FIELDS].map((name) => [name, () => CENSORED])),
+};
 
 export interface LoggerOptions {
   level: LogLevel;
@@ -121,9 +112,9 @@ export function createLogger(options: LoggerOptions): Logger {
     {
       level: options.level,
       base: options.base ?? { service: 'sbg-export-watcher' },
-      redact: { paths: REDACTED_PATHS, censor: '[redacted]' },
       timestamp: pino.stdTimeFunctions.isoTime,
-      formatters: { level: (label) => ({ level: label }) },
+      formatters: { level: (label) => ({ level: label }), ...CENSORING_OPTIONS.formatters },
+      serializers: CENSORING_OPTIONS.serializers,
     },
     stream,
   );

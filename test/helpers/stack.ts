@@ -64,7 +64,7 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
   const log = pino(
     {
       level: 'debug',
-      redact: { paths: (await import('../../src/shared/log.js')).REDACTED_PATHS, censor: '[redacted]' },
+      ...(await import('../../src/shared/log.js')).CENSORING_OPTIONS,
     },
     sink,
   );
