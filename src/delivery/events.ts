@@ -164,7 +164,7 @@ export function webhookId(jobId: string, type: EventType): string {
  * once, so that every attempt sends (and signs) the same bytes.
  */
 export function storedEventBuilder(wanted: ReadonlySet<EventType> | 'all'): EventBuilder {
-  return (change, metadata, kind = 'export') => {
+  return (change, metadata, kind = 'export', exportJson) => {
     const event = eventForTransition(
       {
         exportId: change.id,
@@ -178,6 +178,37 @@ export function storedEventBuilder(wanted: ReadonlySet<EventType> | 'all'): Even
       metadata,
     );
     if (!event || (wanted !== 'all' && !wanted.has(event.type))) return null;
-    return { id: event.id, type: event.type, exportId: event.exportId, body: JSON.stringify(event.body) };
+    // The text the store made of the platform's object, if it is of this change's object.
+    const objectJson = change.export === null ? undefined : (exportJson ?? undefined);
+    return {
+      id: event.id,
+      type: event.type,
+      exportId: event.exportId,
+      body: eventBodyJson(event.body, objectJson),
+    };
   };
+}
+
+/**
+ * `JSON.stringify(body)`, byte for byte, with the platform's object written as `objectJson` when
+ * given (the text the store made of that object for the job's row: a transition's object is not
+ * made into JSON twice, which cost ~4 µs an export). A value that is undefined (none is, by the
+ * types) is written as null rather than left out.
+ */
+export function eventBodyJson(body: EventBody | ImportEventBody, objectJson?: string): string {
+  const d = body.data;
+  const [idKey, id, objectKey, object] =
+    'import_id' in d
+      ? ['import_id', d.import_id, 'import', d.import]
+      : ['export_id', d.export_id, 'export', d.export];
+  return (
+    `{"type":${json(body.type)},"timestamp":${json(body.timestamp)},"data":{"${idKey}":${json(id)},` +
+    `"state":${json(d.state)},"previous_state":${json(d.previous_state)},"metadata":${json(d.metadata)},` +
+    `"${objectKey}":${object === null || object === undefined ? 'null' : (objectJson ?? JSON.stringify(object))},` +
+    `"error":${json(d.error)}}}`
+  );
+}
+
+function json(value: unknown): string {
+  return value === undefined ? 'null' : JSON.stringify(value);
 }

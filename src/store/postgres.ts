@@ -617,7 +617,12 @@ export class PostgresStore implements Store {
           if (change.from === change.to) continue;
           fold.move = { from: change.from, to: change.to, at: change.at, error: toJson(change.error) };
           fold.added.push({ state: change.to, at: change.at });
-          const event = build(change, fromJson(stored.metadata), stored.kind);
+          const event = build(
+            change,
+            fromJson(stored.metadata),
+            stored.kind,
+            change.export === null ? null : fold.platform,
+          );
           if (event && !events.has(event.id)) events.set(event.id, event);
         }
 

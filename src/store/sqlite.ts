@@ -792,7 +792,7 @@ export class SqliteStore implements Store {
         if (!row || move.run(params).changes === 0) continue;
         this.#jobCounted(row.kind, change.from, -1);
         this.#jobCounted(row.kind, change.to, 1);
-        const event = build(change, fromJson(row.metadata), row.kind);
+        const event = build(change, fromJson(row.metadata), row.kind, params.platform as string | null);
         if (!event) continue;
         // Built again (RUNNING, PENDING, RUNNING in one call): it takes no creation time of its own,
         // so the job's next event is a millisecond after the first, as PostgreSQL stores them.

@@ -120,13 +120,16 @@ export interface NewEvent {
 /**
  * Builds the event for a state change, or null when it has none (or its type is not subscribed).
  * Called inside `commitChanges` with the job's stored metadata and its stored kind (implementations
- * always pass it; absent means `export`). The event's id begins with one of the job's
- * `webhookIdPrefixes`: a store may find a job's events by it, and refuses an event whose id does not.
+ * always pass it; absent means `export`) and, when the store has made it for the job's row, the
+ * JSON text of `change.export`, so that the body need not make it again. The event's id begins
+ * with one of the job's `webhookIdPrefixes`: a store may find a job's events by it, and refuses an
+ * event whose id does not.
  */
 export type EventBuilder = (
   change: ExportChange,
   metadata: Record<string, unknown> | null,
   kind?: JobKind,
+  exportJson?: string | null,
 ) => NewEvent | null;
 
 /** An endpoint as the store knows it: never its full URL, which may carry a token. */

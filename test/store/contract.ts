@@ -472,15 +472,19 @@ export function describeStoreContract(
         });
       });
 
-      it('asks the builder about each change of state, with the stored metadata and kind', async () => {
+      it("asks the builder about each change of state, with the stored metadata and kind, and the platform object's text", async () => {
         await store.addExports([{ ids: ['a'], metadata: { owner: 'x' } }], T0);
         await store.addExports([{ ids: ['b'], metadata: null }], T0);
         const spy = vi.fn(build);
-        const changes = [move('a', 'UNKNOWN', 'RUNNING', T0 + 1), move('b', 'UNKNOWN', 'PENDING', T0 + 1)];
+        const object = platform('a', 'RUNNING', { note: 'ü "q"' });
+        const changes = [
+          move('a', 'UNKNOWN', 'RUNNING', T0 + 1, { export: object }),
+          move('b', 'UNKNOWN', 'PENDING', T0 + 1),
+        ];
         await store.commitChanges(changes, spy, [A], T0 + 1);
         expect(spy.mock.calls).toEqual([
-          [changes[0], { owner: 'x' }, 'export'],
-          [changes[1], null, 'export'],
+          [changes[0], { owner: 'x' }, 'export', JSON.stringify(object)],
+          [changes[1], null, 'export', null],
         ]);
         expect(await store.getEvent(eventId('b', 'PENDING'))).toBeUndefined();
         expect((await store.getExport('b'))?.state).toBe('PENDING');
@@ -1891,8 +1895,8 @@ export function describeStoreContract(
         const changes = [move('e', 'UNKNOWN', 'COMPLETED', T0 + 1), move('i', 'UNKNOWN', 'FAILED', T0 + 1)];
         const written = await store.commitChanges(changes, spy, [A], T0 + 1);
         expect(spy.mock.calls).toEqual([
-          [changes[0], { k: 'e' }, 'export'],
-          [changes[1], { k: 'i' }, 'import'],
+          [changes[0], { k: 'e' }, 'export', null],
+          [changes[1], { k: 'i' }, 'import', null],
         ]);
         expect(written.map((e) => [e.id, e.type, e.exportId])).toEqual([
           ['evt_e_completed', 'export.completed', 'e'],
