@@ -1203,7 +1203,10 @@ async function receiveCommand(args: readonly string[], env: () => Env): Promise<
       ]);
     }
   }
-  return serveUntilStopped('receiver', port, () => startReceiving({ port, secret, stdout: process.stdout }));
+  const log = createLogger({ level: 'info', destination: process.stderr });
+  return serveUntilStopped('receiver', port, () =>
+    startReceiving({ port, secret, stdout: process.stdout, log: log.child({ component: 'receiver' }) }),
+  );
 }
 
 async function demoCommand(args: readonly string[]): Promise<number> {

@@ -3,12 +3,14 @@
  * answers for signed, wrongly signed and odd attempts; as a process, the whole try-it path of the
  * README: `simulate`'s platform, `run` delivering to `receive`, each delivery a verified line.
  */
+import { connect, type Socket } from 'node:net';
 import { Writable } from 'node:stream';
 import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
-import { startReceiving } from '../src/cli/receive.js';
+import { RECEIVE_CONNECTIONS, startReceiving } from '../src/cli/receive.js';
 import { parseSecret, sign } from '../src/delivery/signing.js';
 import { Simulator } from '../src/dev/simulator.js';
+import { logSink } from './helpers/log-sink.js';
 import { type CliProcess, daemonEnv, firstLine, killAll, spawnCli } from './helpers/spawn.js';
 
 const SECRET = 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw';
@@ -31,9 +33,10 @@ async function receiving(secret?: string) {
       done();
     },
   });
-  const r = await startReceiving({ port: 0, secret, stdout, now: () => NOW });
+  const { log, lines } = logSink();
+  const r = await startReceiving({ port: 0, secret, stdout, log, now: () => NOW });
   cleanups.push(() => r.close());
-  return { url: r.url, printed };
+  return { url: r.url, printed, lines };
 }
 
 /** POSTs `body` as the daemon does, signed with `secret` when given; resolves the status. */
@@ -57,10 +60,37 @@ const completed = JSON.stringify({
 });
 
 describe('receive, in process', () => {
+  it('takes an attempt while a client holds every connection it may open without sending a thing', async () => {
+    const { url, printed, lines } = await receiving();
+    const { port } = new URL(url);
+    const idle: Socket[] = [];
+    cleanups.push(async () => {
+      for (const socket of idle) socket.destroy();
+    });
+    for (let i = 0; i < RECEIVE_CONNECTIONS.max + 20; i++) {
+      const socket = connect(Number(port), '127.0.0.1');
+      socket.on('error', () => undefined);
+      await new Promise((resolve) => socket.once('connect', resolve));
+      idle.push(socket);
+    }
+    expect(await deliver(url, 'evt_e1_completed', completed)).toBe(204);
+    expect(printed).toHaveLength(1);
+    // The oldest idle connections were closed to keep room; the flood was said at warn.
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(idle.filter((s) => s.destroyed || s.readableEnded).length).toBeGreaterThan(0);
+    expect(lines.some((l) => l.level === 40)).toBe(true);
+  });
+
   it('answers 503 with Retry-After, unprinted, while its output is not being read', async () => {
     // A reader that has stalled: nothing written is ever taken.
     const stalled = new Writable({ highWaterMark: 64, write: () => undefined });
-    const r = await startReceiving({ port: 0, secret: undefined, stdout: stalled, now: () => NOW });
+    const r = await startReceiving({
+      port: 0,
+      secret: undefined,
+      stdout: stalled,
+      log: logSink().log,
+      now: () => NOW,
+    });
     cleanups.push(() => r.close());
     const statuses: number[] = [];
     for (let i = 0; i < 5; i++) statuses.push(await deliver(r.url, `evt_e${i}_completed`, completed));

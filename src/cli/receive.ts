@@ -6,12 +6,15 @@
  * receiver with another secret).
  *
  * It keeps nothing: a line is written and the attempt forgotten, so it can run for as long as a
- * daemon does. Request bodies are bounded (1 MiB, 413 beyond) by the receiver itself. Output that
+ * daemon does. Request bodies are bounded (1 MiB, 413 beyond) by the receiver itself, and so are
+ * connections (`RECEIVE_CONNECTIONS`: a client that opens many and sends nothing cannot keep the
+ * daemon's attempts out). Output that
  * is not read (a pipe whose reader stalls) would queue every line in memory: while stdout holds
  * more than its buffer, attempts are answered 503 with `Retry-After: 1`, unprinted, and the daemon
  * sends them again later, as it would to any receiver that cannot take them yet.
  */
 import type { Writable } from 'node:stream';
+import type { Logger } from 'pino';
 import { type ReceivedWebhook, WebhookReceiver } from '../dev/receiver.js';
 import { isPlainObject } from '../shared/values.js';
 
@@ -20,8 +23,16 @@ export interface ReceiveOptions {
   /** `whsec_...`, already validated; undefined: signatures are not checked. */
   secret: string | undefined;
   stdout: Writable;
+  /** Where a flood of connections is reported (stderr: stdout carries the attempts). */
+  log: Logger;
   now?: () => number;
 }
+
+/**
+ * Connections `receive` keeps open at most, those it keeps free for new ones by closing the
+ * oldest idle ones, and the time a connection gets to send a request's headers.
+ */
+export const RECEIVE_CONNECTIONS = { max: 256, headroom: 16, headersTimeoutMs: 10_000 } as const;
 
 /** A running `receive`: its URL, and `close()`. */
 export interface Receiving {
@@ -33,6 +44,7 @@ export async function startReceiving(options: ReceiveOptions): Promise<Receiving
   const receiver = new WebhookReceiver({
     port: options.port,
     keep: false,
+    connections: { ...RECEIVE_CONNECTIONS, log: options.log },
     ...(options.secret !== undefined ? { secret: options.secret } : {}),
     ...(options.now ? { now: options.now } : {}),
     respond: (attempt) => {

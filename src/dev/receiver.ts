@@ -6,7 +6,9 @@
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import type { Logger } from 'pino';
 import { parseSecret, verify } from '../delivery/signing.js';
+import { ConnectionGuard } from '../http/connection-guard.js';
 
 // Captured at load so that a test's fake timers cannot fire or freeze `waitFor`'s real-time guard.
 const realSetTimeout = globalThis.setTimeout;
@@ -32,6 +34,12 @@ export interface ReceiverOptions {
    * receiver that runs as long as a daemon, which would otherwise hold every attempt. Default true.
    */
   keep?: boolean;
+  /**
+   * Bounds on connections, for a receiver that runs as long as a daemon (`receive`): at most
+   * `max` open, the oldest idle ones closed to keep `headroom` free (`ConnectionGuard`), and a
+   * request's headers within `headersTimeoutMs`. Default: Node's own (no cap).
+   */
+  connections?: { max: number; headroom: number; headersTimeoutMs: number; log: Logger };
 }
 
 export interface ReceivedWebhook {
@@ -84,6 +92,12 @@ export class WebhookReceiver {
       });
     });
     this.#server = server;
+    const limits = this.#options.connections;
+    if (limits) {
+      new ConnectionGuard(server, { maxConnections: limits.max, headroom: limits.headroom, log: limits.log });
+      server.headersTimeout = limits.headersTimeoutMs;
+      server.requestTimeout = Math.max(limits.headersTimeoutMs, server.requestTimeout);
+    }
     const host = this.#options.host ?? '127.0.0.1';
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
