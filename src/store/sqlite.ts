@@ -148,9 +148,9 @@ export const MIGRATIONS: readonly string[] = [
   // order events are created in), not by its webhook-id, which begins with a random export id. A
   // commit's new deliveries, and the leases and outcomes that follow, then change the last pages
   // of the deliveries' B-tree instead of a page in most of its leaves. The events of one job are
-  // found on the webhook-id's own index, by its prefix (see \`webhookIdPrefixes\`), so
+  // found on the webhook-id's own index, by its prefix (see `webhookIdPrefixes`), so
   // events_by_export, another B-tree in random order, goes. At 100,000 exports finishing in
-  // commits of 400, a transition's commit cost 129 µs and costs 72 µs (\`npm run bench:commit\`).
+  // commits of 400, a transition's commit cost 129 µs and costs 72 µs (`npm run bench:commit`).
   `
   CREATE TABLE events_v4 (
     seq INTEGER PRIMARY KEY,
@@ -512,9 +512,9 @@ const DELIVERY_COLUMNS =
 type SeqDeliveryRow = Omit<DeliveryRow, 'event_id'> & { event_seq: number };
 
 /**
- * The condition that finds one job's events on the webhook-id's index (\`webhookIdPrefixes\`; a
+ * The condition that finds one job's events on the webhook-id's index (`webhookIdPrefixes`; a
  * job's events of either kind), with its parameters. The job id is checked too: the prefix
- * \`evt_a_\` also begins the webhook-ids of a job \`a_b\`.
+ * `evt_a` also begins the webhook-ids of a job `ab`.
  */
 const JOB_EVENTS = `export_id = @id AND (
   (id >= @exportLow AND id < @exportHigh) OR (id >= @importLow AND id < @importHigh))`;
@@ -537,7 +537,7 @@ function assertJobWebhookId(event: NewEvent): void {
   }
 }
 
-/** The least text above every text that begins with \`prefix\` (which ends in \`_\`), as SQLite compares text. */
+/** The least text above every text that begins with `prefix`, as SQLite compares text (ids are ASCII). */
 function prefixEnd(prefix: string): string {
   return `${prefix.slice(0, -1)}${String.fromCharCode(prefix.charCodeAt(prefix.length - 1) + 1)}`;
 }
