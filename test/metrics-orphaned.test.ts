@@ -72,7 +72,7 @@ async function restartWithoutOne(env: Env): Promise<{ text: string; second: Daem
   );
   await store.recordAttempts([
     {
-      eventId: 'evt_old',
+      eventId: 'evt_old_completed',
       endpointKey: kept?.key ?? '',
       seriesStartedAt: now,
       status: 'delivered',
@@ -125,7 +125,7 @@ async function expectOldOrphanGivenUp(env: Env): Promise<void> {
   // Read from the store: the scrape just made shares its reading for 500 ms of real time.
   const counts = { pending: 2, orphaned: 1, failed: 1, delivered: 1 };
   expect(await second.store.deliveryCounts(keys)).toMatchObject(counts);
-  const old = await second.store.getEvent('evt_old');
+  const old = await second.store.getEvent('evt_old_completed');
   const byStatus = Object.fromEntries(old?.deliveries.map((d) => [d.status, d.endpointLabel]) ?? []);
   expect(byStatus).toEqual({ delivered: KEPT, failed: REMOVED });
   // Counted with the deliveries the engine gives up, under the endpoint's stored label.

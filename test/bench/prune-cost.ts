@@ -78,7 +78,7 @@ try {
   const doomedIds = ids('z', doomed);
   for (let i = 0; i < doomedIds.length; i += CHUNK) {
     const records: AttemptRecord[] = doomedIds.slice(i, i + CHUNK).map((id) => ({
-      eventId: `evt_${id}`,
+      eventId: `evt_${id}_completed`,
       endpointKey: NOWHERE.key,
       seriesStartedAt: T0 + 1,
       status: 'delivered',

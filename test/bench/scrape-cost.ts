@@ -66,7 +66,7 @@ async function deliveriesScrapes(): Promise<void> {
   };
   await scrape('first scrape');
   const records: AttemptRecord[] = ids.slice(0, drained).map((id, i) => ({
-    eventId: `evt_${id}`,
+    eventId: `evt_${id}_completed`,
     endpointKey: NOWHERE.key,
     seriesStartedAt: T0 + i - (i % PER_COMMIT),
     status: 'delivered',

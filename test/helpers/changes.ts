@@ -15,7 +15,7 @@ export function move(
 
 /** An event for a change, as tests and benchmarks that do not care about its body write it. */
 export function plainEvent(change: ExportChange): NewEvent {
-  return { id: `evt_${change.id}`, type: 'export.completed', exportId: change.id, body: '{}' };
+  return { id: `evt_${change.id}_completed`, type: 'export.completed', exportId: change.id, body: '{}' };
 }
 
 /** An endpoint for deliveries that are stored but never sent (no receiver listens there). */

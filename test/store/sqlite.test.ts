@@ -20,6 +20,7 @@ import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { storedEventBuilder } from '../../src/delivery/events.js';
 import { EXPORT_STATES, isTerminal } from '../../src/polling/tracker.js';
 import {
   ACTIVE_STATES,
@@ -103,7 +104,7 @@ describe('SQLite store', () => {
       [ref],
       T0 + 1,
     );
-    const before = { a: await store.getExport('a'), event: await store.getEvent('evt_a') };
+    const before = { a: await store.getExport('a'), event: await store.getEvent('evt_a_completed') };
     expect(before.a).toMatchObject({ state: 'COMPLETED', metadata: { keep: true } });
     expect(before.event?.deliveries).toHaveLength(1);
     await store.close();
@@ -112,7 +113,7 @@ describe('SQLite store', () => {
     store = await openSqliteStore({ path });
     try {
       expect(await store.getExport('a')).toEqual(before.a);
-      expect(await store.getEvent('evt_a')).toEqual(before.event);
+      expect(await store.getEvent('evt_a_completed')).toEqual(before.event);
       expect(byIdSorted(await store.loadActive())).toEqual([{ id: 'b', state: 'UNKNOWN', misses: 0 }]);
     } finally {
       await store.close();
@@ -404,6 +405,54 @@ describe('SQLite store', () => {
     }
   });
 
+  it("reads one job's events on the webhook-id index, in its own range only, with a time or a cursor too", async () => {
+    const store = await openSqliteStore({ path: ':memory:' });
+    const plans = new Database(':memory:');
+    for (const sql of MIGRATIONS) plans.exec(sql);
+    const { ran, restore } = recordGets('all');
+    try {
+      await store.addExports([{ ids: ['job1', 'job10', 'job1_b'], metadata: null }], T0);
+      const changes = ['job1', 'job10', 'job1_b'].map((id) => completed(id, T0 + 1));
+      await store.commitChanges(changes, storedEventBuilder('all'), [], T0 + 1);
+      ran.length = 0;
+      const pages = [
+        await store.listEvents({ exportId: 'job1', limit: 10 }),
+        await store.listEvents({ exportId: 'job1', since: 0, limit: 10 }),
+        await store.listEvents({ exportId: 'job1', after: { createdAt: T0 + 10, id: 'z' }, limit: 10 }),
+      ];
+      for (const { items } of pages) expect(items.map((e) => e.id)).toEqual(['evt_job1_completed']);
+      const reads = ran.filter((r) => r.source.includes('FROM events') && r.source.includes('@exportLow'));
+      expect(reads).toHaveLength(3);
+      for (const { source, args } of reads) {
+        // Not from `evt_job1`, which would read every event of job10 to job19999 and drop them.
+        expect(args[0]).toMatchObject({ exportLow: 'evt_job1_', importLow: 'evt_import_job1_' });
+        const plan = (plans.prepare(`EXPLAIN QUERY PLAN ${source}`).all(...args) as Array<{ detail: string }>)
+          .map((p) => p.detail)
+          .join('; ');
+        expect(plan).toContain('sqlite_autoindex_events_1');
+        expect(plan).not.toContain('events_by_time');
+      }
+    } finally {
+      restore();
+      plans.close();
+      await store.close();
+    }
+  });
+
+  it("refuses an event whose id is not its job's prefix, an underscore and a suffix, and writes nothing of the commit", async () => {
+    const store = await openSqliteStore({ path: ':memory:' });
+    try {
+      await store.addExports([{ ids: ['a'], metadata: null }], T0);
+      const build = () => ({ id: 'evt_a', type: 'export.completed' as const, exportId: 'a', body: '{}' });
+      await expect(store.commitChanges([completed('a', T0 + 1)], build, [], T0 + 1)).rejects.toThrow(
+        'does not begin with a webhook-id prefix of a',
+      );
+      expect((await store.getExport('a'))?.state).toBe('UNKNOWN');
+    } finally {
+      await store.close();
+    }
+  });
+
   it('keeps no delivery count taken inside a transaction that then rolls back', async () => {
     const store = await openSqliteStore({ path: ':memory:' });
     try {
@@ -445,7 +494,7 @@ describe('SQLite store', () => {
       // savepoint rolls back, the error is caught, and the commit goes on.
       const nested: EventBuilder = (change) => {
         const bad = { key: endpointKey('https://c.example/'), label: undefined as unknown as string };
-        store.redeliver('evt_a', [bad], T0 + 2).catch(() => undefined);
+        store.redeliver('evt_a_completed', [bad], T0 + 2).catch(() => undefined);
         return plainEvent(change);
       };
       await store.commitChanges([completed('b', T0 + 2)], nested, [ref], T0 + 2);
@@ -486,7 +535,7 @@ describe('SQLite store', () => {
       const read = (await store.listEvents({ limit: 1000 })).items.filter(
         (e) => floors.length === 0 || e.createdAt >= (floors[0] as number),
       );
-      expect(read.map((e) => e.id)).toEqual(['evt_late']);
+      expect(read.map((e) => e.id)).toEqual(['evt_late_completed']);
     } finally {
       gets.restore();
       await store.close();
@@ -735,13 +784,13 @@ describe('SQLite store', () => {
             error: null,
           },
         ],
-        () => ({ id: 'evt_a', type: 'export.failed', exportId: 'a', body: '{}' }),
+        () => ({ id: 'evt_a_failed', type: 'export.failed', exportId: 'a', body: '{}' }),
         [ref],
         T0,
       );
       await store.recordAttempts([
         {
-          eventId: 'evt_a',
+          eventId: 'evt_a_failed',
           endpointKey: 'k',
           seriesStartedAt: T0,
           status: 'failed',
@@ -752,8 +801,8 @@ describe('SQLite store', () => {
           finishedAt: T0 + 1,
         },
       ]);
-      await store.redeliver('evt_a', [ref], T0 + 2);
-      expect((await store.getEvent('evt_a'))?.deliveries[0]).toMatchObject({
+      await store.redeliver('evt_a_failed', [ref], T0 + 2);
+      expect((await store.getEvent('evt_a_failed'))?.deliveries[0]).toMatchObject({
         status: 'pending',
         attempts: 0,
         lastStatus: 500,
@@ -834,18 +883,22 @@ describe('openDataDir', () => {
  * Records every `Statement#get` of every database (its SQL and arguments) until `restore()`: the
  * statements a reading runs, and where it starts.
  */
-function recordGets(): { ran: Array<{ source: string; args: unknown[] }>; restore: () => void } {
-  const statement = Object.getPrototypeOf(new Database(':memory:').prepare('SELECT 1')) as {
-    get: (...args: unknown[]) => unknown;
-  };
-  const get = statement.get;
+function recordGets(method: 'get' | 'all' = 'get'): {
+  ran: Array<{ source: string; args: unknown[] }>;
+  restore: () => void;
+} {
+  const statement = Object.getPrototypeOf(new Database(':memory:').prepare('SELECT 1')) as Record<
+    string,
+    (...args: unknown[]) => unknown
+  >;
+  const original = statement[method] as (...args: unknown[]) => unknown;
   const ran: Array<{ source: string; args: unknown[] }> = [];
-  statement.get = function (this: { source: string }, ...args: unknown[]) {
+  statement[method] = function (this: { source: string }, ...args: unknown[]) {
     ran.push({ source: this.source, args });
-    return get.apply(this, args);
+    return original.apply(this, args);
   };
   const restore = () => {
-    statement.get = get;
+    statement[method] = original;
   };
   return { ran, restore };
 }
@@ -858,7 +911,7 @@ function floorsOf(ran: ReadonlyArray<{ source: string; args: unknown[] }>): numb
 /** `evt_<id>` delivered to the endpoint `key` at `at`, in the series started then. */
 function deliveredRecord(id: string, key: string, at: number): AttemptRecord {
   return {
-    eventId: `evt_${id}`,
+    eventId: `evt_${id}_completed`,
     endpointKey: key,
     seriesStartedAt: at,
     status: 'delivered',
