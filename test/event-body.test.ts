@@ -90,5 +90,18 @@ describe('eventBodyJson', () => {
     );
     const text = eventBodyJson(event?.body as never);
     expect(JSON.parse(text).data).toMatchObject({ metadata: null, error: null });
+    // Nor a function, or a toJSON that gives nothing: written as null where JSON.stringify leaves it out.
+    const odd = eventForTransition(
+      {
+        exportId: 'e1',
+        from: 'RUNNING',
+        to: 'FAILED',
+        at: T0,
+        export: null,
+        error: { toJSON: () => undefined } as never,
+      },
+      (() => 1) as never,
+    );
+    expect(JSON.parse(eventBodyJson(odd?.body as never)).data).toMatchObject({ metadata: null, error: null });
   });
 });

@@ -124,6 +124,43 @@ describe("the daemon's logger", () => {
       expect(text).not.toContain(value);
   });
 
+  it("censors secrets nested in a child's bindings, and in a child's child's", () => {
+    const { lines, log } = keptLines();
+    const child = log.child({
+      platform: { token: 'bound-nested' },
+      headers: { authorization: 'Basic bound' },
+    });
+    child.child({ request: { headers: { 'x-sbg-auth-token': 'grandchild' } } }).info('m');
+    const text = JSON.stringify(lines);
+    for (const value of ['bound-nested', 'Basic bound', 'grandchild']) expect(text).not.toContain(value);
+    expect(lines[0]).toMatchObject({
+      platform: { token: CENSORED },
+      headers: { authorization: CENSORED },
+      request: { headers: { 'x-sbg-auth-token': CENSORED } },
+    });
+  });
+
+  it('writes the line, censored, for an error whose secret field is read-only or an accessor', () => {
+    const { lines, log } = keptLines();
+    const err = new Error('read-only');
+    Object.defineProperty(err, 'token', { value: 'ro-secret', enumerable: true, writable: false });
+    Object.defineProperty(err, 'secret', { get: () => 'getter-secret', enumerable: true });
+    expect(() => log.error({ err }, 'm')).not.toThrow();
+    expect(JSON.stringify(lines)).not.toMatch(/ro-secret|getter-secret/);
+    expect(lines[0]?.err).toMatchObject({ message: 'read-only', token: CENSORED, secret: CENSORED });
+  });
+
+  it('writes the line for a DOMException carrying a secret field, with its name and message', () => {
+    const { lines, log } = keptLines();
+    const err = Object.assign(new DOMException('the operation was aborted', 'AbortError'), {
+      token: 'dom-secret',
+    });
+    expect(() => log.error({ err }, 'm')).not.toThrow();
+    expect(JSON.stringify(lines)).not.toContain('dom-secret');
+    expect(lines[0]?.err).toMatchObject({ message: 'the operation was aborted', token: CENSORED });
+    expect(String((lines[0]?.err as { stack?: unknown } | undefined)?.stack)).toContain('AbortError');
+  });
+
   it('names every field the earlier list of redaction paths named', () => {
     for (const name of ['token', 'apiToken', 'api_token', 'secret', 'secretKey', 'authorization']) {
       expect(SECRET_FIELDS.has(name)).toBe(true);

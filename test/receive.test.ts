@@ -9,6 +9,7 @@ import { request } from 'undici';
 import { afterEach, describe, expect, it } from 'vitest';
 import { RECEIVE_CONNECTIONS, startReceiving } from '../src/cli/receive.js';
 import { parseSecret, sign } from '../src/delivery/signing.js';
+import { WebhookReceiver } from '../src/dev/receiver.js';
 import { Simulator } from '../src/dev/simulator.js';
 import { logSink } from './helpers/log-sink.js';
 import { type CliProcess, daemonEnv, firstLine, killAll, spawnCli } from './helpers/spawn.js';
@@ -57,6 +58,29 @@ const completed = JSON.stringify({
   type: 'export.completed',
   timestamp: new Date(NOW).toISOString(),
   data: { export_id: 'e1', state: 'COMPLETED', previous_state: 'RUNNING', metadata: { run: 7 }, export: {} },
+});
+
+describe('the receiver, bounded as receive runs it', () => {
+  it('closes a connection that has not sent its headers within the headers timeout', async () => {
+    const receiver = new WebhookReceiver({
+      keep: false,
+      connections: { max: 16, headroom: 2, headersTimeoutMs: 400, log: logSink().log },
+    });
+    const url = new URL(await receiver.start());
+    cleanups.push(() => receiver.close());
+    const started = performance.now();
+    const socket = connect(Number(url.port), '127.0.0.1', () =>
+      socket.write('POST /hooks HTTP/1.1\r\nHost: x\r\n'),
+    );
+    socket.on('error', () => undefined);
+    socket.resume();
+    cleanups.push(async () => {
+      socket.destroy();
+    });
+    await new Promise((resolve) => socket.once('close', resolve));
+    // Node's own check comes every 30 s unless told otherwise; here every quarter of the timeout.
+    expect(performance.now() - started).toBeLessThan(5_000);
+  }, 10_000);
 });
 
 describe('receive, in process', () => {

@@ -192,8 +192,8 @@ export function storedEventBuilder(wanted: ReadonlySet<EventType> | 'all'): Even
 /**
  * `JSON.stringify(body)`, byte for byte, with the platform's object written as `objectJson` when
  * given (the text the store made of that object for the job's row: a transition's object is not
- * made into JSON twice, which cost ~4 µs an export). A value that is undefined (none is, by the
- * types) is written as null rather than left out.
+ * made into JSON twice, which cost ~4 µs an export). A value JSON.stringify would leave out
+ * (undefined, none is by the types) is written as null.
  */
 export function eventBodyJson(body: EventBody | ImportEventBody, objectJson?: string): string {
   const d = body.data;
@@ -209,6 +209,7 @@ export function eventBodyJson(body: EventBody | ImportEventBody, objectJson?: st
   );
 }
 
+/** A value's JSON; null for what JSON.stringify leaves out (undefined, a function), so the body stays JSON. */
 function json(value: unknown): string {
-  return value === undefined ? 'null' : JSON.stringify(value);
+  return JSON.stringify(value) ?? 'null';
 }

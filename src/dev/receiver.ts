@@ -86,13 +86,18 @@ export class WebhookReceiver {
   /** Listens and returns the URL to deliver to: `http://<host>:<port>/hooks`. */
   async start(): Promise<string> {
     if (this.#server) throw new Error('WebhookReceiver.start() called twice');
-    const server = createServer((req, res) => {
+    const limits = this.#options.connections;
+    // Node looks for connections past `headersTimeout` only every `connectionsCheckingInterval`
+    // (30 s by default): checked four times as often as the timeout, it holds to within a quarter.
+    const checking = limits
+      ? { connectionsCheckingInterval: Math.max(50, Math.floor(limits.headersTimeoutMs / 4)) }
+      : {};
+    const server = createServer(checking, (req, res) => {
       this.#handle(req, res).catch((error: unknown) => {
         res.destroy(error instanceof Error ? error : new Error(String(error)));
       });
     });
     this.#server = server;
-    const limits = this.#options.connections;
     if (limits) {
       new ConnectionGuard(server, { maxConnections: limits.max, headroom: limits.headroom, log: limits.log });
       server.headersTimeout = limits.headersTimeoutMs;

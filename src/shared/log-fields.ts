@@ -31,9 +31,11 @@ const LEVELS = 3;
 
 /**
  * `fields` with every field named in `SECRET_FIELDS` censored, in the first `LEVELS` levels of
- * plain objects and errors; arrays, buffers and other objects are not looked into. The argument is
- * never changed: what holds a censored field is copied (an error keeps its prototype, message and
- * stack), and `fields` itself is returned when nothing is censored.
+ * plain objects and errors. Arrays, buffers and instances of other classes are not looked into
+ * (a class's fields could be read through getters, or be what a serializer needs as they are):
+ * the `Redactor` still replaces every known secret value in them. The argument is never changed:
+ * what holds a censored field is copied (an error keeps its prototype, message and stack), and
+ * `fields` itself is returned when nothing is censored.
  */
 export function censorSecretFields<T extends object>(fields: T): T {
   return censorLevel(fields, 1) as T;
@@ -67,9 +69,30 @@ function isLookedInto(value: unknown): value is object {
   return proto === Object.prototype || proto === null || value instanceof Error;
 }
 
-/** A copy of the object's own properties; a class instance (an error) keeps its prototype. */
+/**
+ * A copy of the object's own properties, each a plain writable value (an accessor as it reads
+ * now), so that censoring one never throws; an error keeps its prototype. An error whose
+ * prototype reads state the copy lacks (a DOMException's message) is copied as a plain Error with
+ * its name, message, stack and fields.
+ */
 function shallowCopy(source: Record<string, unknown>): Record<string, unknown> {
   const proto = Object.getPrototypeOf(source);
   if (proto === Object.prototype) return { ...source };
-  return Object.create(proto, Object.getOwnPropertyDescriptors(source)) as Record<string, unknown>;
+  const descriptors: PropertyDescriptorMap = {};
+  for (const [key, d] of Object.entries(Object.getOwnPropertyDescriptors(source))) {
+    const value = 'value' in d ? d.value : source[key];
+    descriptors[key] = { value, writable: true, enumerable: d.enumerable ?? false, configurable: true };
+  }
+  const copy = Object.create(proto, descriptors) as Record<string, unknown>;
+  if (source instanceof Error) {
+    try {
+      void (copy as unknown as Error).message;
+    } catch {
+      const plain = Object.assign(new Error(source.message), { ...source }) as Error;
+      plain.name = source.name;
+      plain.stack = source.stack ?? `${source.name}: ${source.message}`;
+      return plain as unknown as Record<string, unknown>;
+    }
+  }
+  return copy;
 }

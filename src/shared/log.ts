@@ -8,18 +8,25 @@ import type { Writable } from 'node:stream';
 import pino, { type DestinationStream, type Logger } from 'pino';
 import pretty from 'pino-pretty';
 import type { LogLevel } from '../config/config.js';
-import { CENSORED, censorSecretFields, SECRET_FIELDS } from './log-fields.js';
+import { censorSecretFields } from './log-fields.js';
 import { Redactor } from './redact.js';
 
 /**
- * pino's options that censor secret fields by name (log-fields.ts): each line's fields through
- * the `log` formatter, and a child logger's bindings (which pino passes through serializers, not
- * formatters) by a serializer for each name. Every logger of the daemon's is made with them.
+ * Censors secret fields by name (log-fields.ts) in every line a pino logger writes: each line's
+ * fields through the `log` formatter, and a child logger's bindings, which pino writes once when
+ * the child is made (not through formatters), as they are given to `child`. Children inherit both
+ * (a pino child is made from its parent), fastify's included. Returns the logger.
  */
-export const CENSORING_OPTIONS = {
-  formatters: { log: censorSecretFields },
-  serializers: Object.fromEntries([...SECRET_FIELDS].map((name) => [name, () => CENSORED])),
-};
+export function withCensoring(logger: Logger): Logger {
+  const child = logger.child;
+  logger.child = function (this: Logger, bindings, options) {
+    return child.call(this, censorSecretFields(bindings), options);
+  } as Logger['child'];
+  return logger;
+}
+
+/** pino's option that censors each line's own fields (`withCensoring` does the bindings). */
+export const CENSORING_FORMATTERS = { log: censorSecretFields };
 
 export interface LoggerOptions {
   level: LogLevel;
@@ -108,14 +115,15 @@ export function createLogger(options: LoggerOptions): Logger {
   // The last step before the bytes leave: nothing a serializer or a message adds escapes it.
   const out = options.batched && !options.pretty ? new TurnBatch(target) : target;
   const stream: DestinationStream = { write: (line: string) => out.write(redactor.scrub(line)) };
-  return pino(
-    {
-      level: options.level,
-      base: options.base ?? { service: 'sbg-export-watcher' },
-      timestamp: pino.stdTimeFunctions.isoTime,
-      formatters: { level: (label) => ({ level: label }), ...CENSORING_OPTIONS.formatters },
-      serializers: CENSORING_OPTIONS.serializers,
-    },
-    stream,
+  return withCensoring(
+    pino(
+      {
+        level: options.level,
+        base: options.base ?? { service: 'sbg-export-watcher' },
+        timestamp: pino.stdTimeFunctions.isoTime,
+        formatters: { level: (label) => ({ level: label }), ...CENSORING_FORMATTERS },
+      },
+      stream,
+    ),
   );
 }

@@ -61,13 +61,8 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
     { requireToken: true },
   );
   // The daemon's own logger settings, with an in-memory destination.
-  const log = pino(
-    {
-      level: 'debug',
-      ...(await import('../../src/shared/log.js')).CENSORING_OPTIONS,
-    },
-    sink,
-  );
+  const { CENSORING_FORMATTERS, withCensoring } = await import('../../src/shared/log.js');
+  const log = withCensoring(pino({ level: 'debug', formatters: CENSORING_FORMATTERS }, sink));
   const daemon = await Daemon.open(config, {
     log,
     api: true,
