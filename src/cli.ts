@@ -466,19 +466,18 @@ export async function runCli(
  * on the first such problem's line, so that each problem stays one line.
  */
 function withDotenvHint(lines: string[], error: unknown, dotenv: DotenvLookup | undefined): string[] {
-  if (!(error instanceof ConfigError) || dotenv?.found !== false || dotenv.path === undefined) return lines;
+  if (!(error instanceof ConfigError) || dotenv?.missing === undefined) return lines;
   const first = lines.findIndex((line) => line.endsWith('got nothing'));
   if (first === -1) return lines;
   const hinted = [...lines];
   hinted[first] =
-    `${lines[first]} (and no ${dotenv.path} was found: a .env is read from the working directory)`;
+    `${lines[first]} (and no ${dotenv.missing} was found: a .env is read from the working directory)`;
   return hinted;
 }
 
-/** Where `readEnvironment` looked for a `.env`, and whether it found one: for the error report. */
+/** Where `readEnvironment` looked for a `.env` and found none: for the error report. */
 export interface DotenvLookup {
-  path?: string;
-  found?: boolean;
+  missing?: string;
 }
 
 /**
@@ -497,13 +496,11 @@ export function readEnvironment(processEnv: NodeJS.ProcessEnv, cwd?: string, loo
     ]);
   }
   const path = join(dir, '.env');
-  if (lookup) lookup.path = path;
   try {
     fromFile = parseDotenv(readFileSync(path));
-    if (lookup) lookup.found = true;
   } catch (error) {
     const code = (error as NodeJS.ErrnoException).code;
-    if (lookup) lookup.found = code !== 'ENOENT';
+    if (lookup && code === 'ENOENT') lookup.missing = path;
     if (code !== 'ENOENT') {
       throw new ConfigError([
         `.env: expected a readable file ${path}, got ${code ?? (error as Error).message}`,

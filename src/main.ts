@@ -108,7 +108,7 @@ export interface DaemonOptions {
  * five) is retried, and is no reason to take the control API out of a load balancer. A refused
  * token, maintenance and a refused request (a wrong endpoint) count at once.
  */
-export const READINESS_GRACE_MS = 60_000;
+const READINESS_GRACE_MS = 60_000;
 
 /** Discovery may spend `floor(WATCHER_RATE_BUDGET / DISCOVERY_SHARE_DIVISOR)` requests per rate window. */
 export const DISCOVERY_SHARE_DIVISOR = 10;
@@ -472,11 +472,10 @@ export class Daemon {
     if (this.election && role === 'follower') {
       return { ok: true, reason: 'another replica leads; this one serves the control API', role };
     }
-    const { passing, ...last } = this.#readiness;
-    const answeredLately =
-      this.#answeredAt !== undefined && this.#now() - this.#answeredAt < this.#readinessGraceMs;
-    const readiness =
-      passing && answeredLately ? { ok: true, reason: 'the platform accepted the credentials' } : last;
+    const { passing: _passing, ...last } = this.#readiness;
+    const readiness = this.#excused(this.#now())
+      ? { ok: true, reason: 'the platform accepted the credentials' }
+      : last;
     const pausedUntil = this.limiter.pausedUntil();
     if (readiness.ok && pausedUntil !== undefined && pausedUntil > this.#now()) {
       return {
@@ -620,18 +619,6 @@ export class Daemon {
     }
     const leaseMs = this.election?.timing.leaseMs ?? 0;
     await this.deliveries.resume({ releaseLeasesAt: this.#now() + leaseMs });
-    // What is owed from before (a restart, another leader's term), so that the burst of
-    // deliveries that follows has a cause in the log. Not waited for, and a count that fails
-    // (the store just read) is no reason to fail the takeover: the line is left out.
-    this.store.deliveryCounts(this.deliveries.endpoints.map((e) => e.key)).then(
-      (counts) => {
-        const owed = counts.pending - counts.orphaned;
-        if (term === this.#term && owed > 0) {
-          this.#log.info({ pending: owed }, 'webhook deliveries owed from before: sending them');
-        }
-      },
-      () => undefined,
-    );
   }
 
   /** The tracker holds exactly `active`: what an earlier term of this process left is dropped. */
@@ -898,6 +885,15 @@ export class Daemon {
     return { ok: true };
   }
 
+  /** The last failure was one in passing, and the platform answered within the grace before it. */
+  #excused(now: number): boolean {
+    return (
+      this.#readiness.passing === true &&
+      this.#answeredAt !== undefined &&
+      now - this.#answeredAt < this.#readinessGraceMs
+    );
+  }
+
   /** Ready when the platform last accepted the credentials; a 429 says nothing against them. */
   #updateReadiness(outcome: RequestOutcome): void {
     const reasons: Record<RequestOutcome, string | null> = {
@@ -917,10 +913,7 @@ export class Daemon {
     if (reason === null) {
       // Back from failures that made the daemon unready: said once, so that the log shows where an
       // outage ended (a failure in passing within the grace is not one).
-      const { ok, passing } = this.#readiness;
-      const withinGrace =
-        passing === true && this.#answeredAt !== undefined && now - this.#answeredAt < this.#readinessGraceMs;
-      if (this.#failingSince !== undefined && !ok && !withinGrace) {
+      if (this.#failingSince !== undefined && !this.#readiness.ok && !this.#excused(now)) {
         this.#log.info(
           { failing_ms: now - this.#failingSince, last_problem: this.#readiness.reason },
           'the platform answers again',

@@ -1,7 +1,8 @@
 import { Writable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import { createLogger } from '../src/shared/log.js';
-import { CENSORED, censorSecretFields, SECRET_FIELDS } from '../src/shared/log-fields.js';
+import { censorSecretFields, SECRET_FIELDS } from '../src/shared/log-fields.js';
+import { REDACTED } from '../src/shared/redact.js';
 
 /** A logger of the daemon's making whose lines are kept, parsed. */
 function keptLines(): { lines: Array<Record<string, unknown>>; log: ReturnType<typeof createLogger> } {
@@ -35,14 +36,14 @@ describe('censorSecretFields', () => {
       ok: 1,
     };
     expect(censorSecretFields(fields)).toEqual({
-      token: CENSORED,
-      apiToken: CENSORED,
-      config: { secret: CENSORED, secretKey: CENSORED, api_token: CENSORED, pollIntervalMs: 10 },
+      token: REDACTED,
+      apiToken: REDACTED,
+      config: { secret: REDACTED, secretKey: REDACTED, api_token: REDACTED, pollIntervalMs: 10 },
       request: {
         headers: {
-          authorization: CENSORED,
-          'x-sbg-auth-token': CENSORED,
-          'webhook-signature': CENSORED,
+          authorization: REDACTED,
+          'x-sbg-auth-token': REDACTED,
+          'webhook-signature': REDACTED,
           accept: '*/*',
         },
       },
@@ -72,7 +73,7 @@ describe('censorSecretFields', () => {
     expect(out.err).toBeInstanceOf(TypeError);
     expect(out.err.message).toBe('refused');
     expect(out.err.stack).toBe(err.stack);
-    expect(out.err.headers).toEqual({ authorization: CENSORED });
+    expect(out.err.headers).toEqual({ authorization: REDACTED });
     expect(err.headers.authorization).toBe('Bearer x');
   });
 
@@ -89,14 +90,14 @@ describe('censorSecretFields', () => {
 
   it('censors a field whose value is falsy but present, and skips one that is undefined', () => {
     expect(censorSecretFields({ token: '', secret: undefined })).toEqual({
-      token: CENSORED,
+      token: REDACTED,
       secret: undefined,
     });
   });
 
   it('walks an object without a prototype', () => {
     const fields = Object.assign(Object.create(null) as Record<string, unknown>, { token: 'x', n: 1 });
-    expect({ ...censorSecretFields(fields) }).toEqual({ token: CENSORED, n: 1 });
+    expect({ ...censorSecretFields(fields) }).toEqual({ token: REDACTED, n: 1 });
   });
 });
 
@@ -113,10 +114,10 @@ describe("the daemon's logger", () => {
     const line = lines[0] as Record<string, unknown>;
     expect(line).toMatchObject({
       component: 'x',
-      secret: CENSORED,
-      token: CENSORED,
-      request: { headers: { 'webhook-signature': CENSORED } },
-      err: { message: 'failed', authorization: CENSORED, type: 'Error' },
+      secret: REDACTED,
+      token: REDACTED,
+      request: { headers: { 'webhook-signature': REDACTED } },
+      err: { message: 'failed', authorization: REDACTED, type: 'Error' },
       msg: 'hello',
     });
     const text = JSON.stringify(line);
@@ -134,9 +135,9 @@ describe("the daemon's logger", () => {
     const text = JSON.stringify(lines);
     for (const value of ['bound-nested', 'Basic bound', 'grandchild']) expect(text).not.toContain(value);
     expect(lines[0]).toMatchObject({
-      platform: { token: CENSORED },
-      headers: { authorization: CENSORED },
-      request: { headers: { 'x-sbg-auth-token': CENSORED } },
+      platform: { token: REDACTED },
+      headers: { authorization: REDACTED },
+      request: { headers: { 'x-sbg-auth-token': REDACTED } },
     });
   });
 
@@ -147,7 +148,7 @@ describe("the daemon's logger", () => {
     Object.defineProperty(err, 'secret', { get: () => 'getter-secret', enumerable: true });
     expect(() => log.error({ err }, 'm')).not.toThrow();
     expect(JSON.stringify(lines)).not.toMatch(/ro-secret|getter-secret/);
-    expect(lines[0]?.err).toMatchObject({ message: 'read-only', token: CENSORED, secret: CENSORED });
+    expect(lines[0]?.err).toMatchObject({ message: 'read-only', token: REDACTED, secret: REDACTED });
   });
 
   it('writes the line for a DOMException carrying a secret field, with its name and message', () => {
@@ -157,7 +158,7 @@ describe("the daemon's logger", () => {
     });
     expect(() => log.error({ err }, 'm')).not.toThrow();
     expect(JSON.stringify(lines)).not.toContain('dom-secret');
-    expect(lines[0]?.err).toMatchObject({ message: 'the operation was aborted', token: CENSORED });
+    expect(lines[0]?.err).toMatchObject({ message: 'the operation was aborted', token: REDACTED });
     expect(String((lines[0]?.err as { stack?: unknown } | undefined)?.stack)).toContain('AbortError');
   });
 

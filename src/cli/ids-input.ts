@@ -108,9 +108,8 @@ export async function collectIds(
       input.stderr?.write('reading export ids from standard input, one per line; end with Ctrl-D\n');
     await readStream(input.stdin, STDIN_SOURCE, new LineReader(budget, limits, fromLines(STDIN_SOURCE)));
   }
-  const ids = Array.from(unique);
-  checkIds(ids, origins);
-  return ids;
+  refuseInvalid(origins);
+  return Array.from(unique);
 }
 
 /** One id per line; blank lines and `#` comments (whole-line or trailing) are skipped. */
@@ -169,11 +168,11 @@ export async function readIdsStream(
  * Refuses the invalid ids, the first few quoted, each with where it was read (`origins`: the file
  * or standard input, and its line) when it came from a file or standard input.
  */
-export function checkIds(ids: readonly string[], origins?: ReadonlyMap<string, string>): void {
-  const bad = ids.filter((id) => !EXPORT_ID_PATTERN.test(id));
-  if (bad.length === 0) return;
+function refuseInvalid(origins: ReadonlyMap<string, string>): void {
+  if (origins.size === 0) return;
+  const bad = [...origins.keys()];
   const shown = bad.slice(0, BAD_IDS_SHOWN).map((b) => {
-    const where = origins?.get(b);
+    const where = origins.get(b);
     return `${visible(b.length > 140 ? `${b.slice(0, 140)}…` : b)}${where ? ` (${where})` : ''}`;
   });
   const more = bad.length > BAD_IDS_SHOWN ? ` and ${bad.length - BAD_IDS_SHOWN} more` : '';

@@ -59,11 +59,10 @@ export async function startReceiving(options: ReceiveOptions): Promise<Receiving
 }
 
 /** What one attempt's line holds: the headers a receiver reads and the event's main fields. */
-export function describeAttempt(attempt: ReceivedWebhook, status: number): Record<string, unknown> {
+function describeAttempt(attempt: ReceivedWebhook, status: number): Record<string, unknown> {
   const event = isPlainObject(attempt.json) ? attempt.json : undefined;
   const data = isPlainObject(event?.data) ? event.data : undefined;
-  const pick = (from: Record<string, unknown> | undefined, key: string) =>
-    from !== undefined && key in from ? from[key] : undefined;
+  const importId = data?.import_id;
   return {
     received_at: new Date(attempt.receivedAt).toISOString(),
     webhook_id: attempt.id,
@@ -71,13 +70,11 @@ export function describeAttempt(attempt: ReceivedWebhook, status: number): Recor
     // null: no secret to check it with.
     verified: attempt.verified ?? null,
     status,
-    type: pick(event, 'type') ?? null,
-    ...(pick(data, 'import_id') !== undefined
-      ? { import_id: pick(data, 'import_id') }
-      : { export_id: pick(data, 'export_id') ?? null }),
-    state: pick(data, 'state') ?? null,
-    previous_state: pick(data, 'previous_state') ?? null,
-    metadata: pick(data, 'metadata') ?? null,
+    type: event?.type ?? null,
+    ...(importId !== undefined ? { import_id: importId } : { export_id: data?.export_id ?? null }),
+    state: data?.state ?? null,
+    previous_state: data?.previous_state ?? null,
+    metadata: data?.metadata ?? null,
     // Not JSON at all: said, rather than printed as nulls alone.
     ...(event === undefined
       ? { body_bytes: Buffer.byteLength(attempt.body), body_is_json_object: false }

@@ -73,8 +73,8 @@ export const MAX_IDLE_MS = 30_000;
  * deliveries owed sees ~30 attempts a second once they back off to an hour: a line each would be
  * gigabytes of log a day, and would bury every other line.
  */
-export const FAILURE_LINES_PER_WINDOW = 5;
-export const FAILURE_WINDOW_MS = 60_000;
+const FAILURE_LINES_PER_WINDOW = 5;
+const FAILURE_WINDOW_MS = 60_000;
 
 export type { AttemptResult, DeliveryOutcome };
 
@@ -351,7 +351,11 @@ export class DeliveryEngine {
     this.#started = true;
     const now = this.#now();
     await this.#o.store.releaseLeases(options.releaseLeasesAt ?? now);
-    const { orphaned } = await this.#o.store.deliveryCounts(this.#endpoints.map((e) => e.ref.key));
+    const { pending, orphaned } = await this.#o.store.deliveryCounts(this.#endpoints.map((e) => e.ref.key));
+    // What is owed from before, so that the burst of deliveries that follows has a cause in the log.
+    if (pending > orphaned) {
+      this.#o.log.info({ pending: pending - orphaned }, 'webhook deliveries owed from before: sending them');
+    }
     if (orphaned > 0) {
       this.#o.log.warn(
         { count: orphaned },
@@ -410,6 +414,14 @@ export class DeliveryEngine {
     this.#deadline = new AbortController();
     this.#paused = false;
     this.#o.log.info('webhook deliveries resumed');
+    // As at start: what another leader's term left owed. Not waited for; a failed count is no line.
+    this.#pendingHere().then(
+      (owed) => {
+        if (owed > 0 && !this.#paused)
+          this.#o.log.info({ pending: owed }, 'webhook deliveries owed from before: sending them');
+      },
+      () => undefined,
+    );
     this.poke();
   }
 

@@ -156,7 +156,7 @@ export function eventForTransition(
 export function webhookId(jobId: string, type: EventType): string {
   const [kind, suffix] = type.split('.') as [JobKind, string];
   const [exportPrefix, importPrefix] = webhookIdPrefixes(jobId);
-  return `${kind === 'import' ? importPrefix : exportPrefix}_${suffix}`;
+  return `${kind === 'import' ? importPrefix : exportPrefix}${suffix}`;
 }
 
 /**
@@ -178,13 +178,11 @@ export function storedEventBuilder(wanted: ReadonlySet<EventType> | 'all'): Even
       metadata,
     );
     if (!event || (wanted !== 'all' && !wanted.has(event.type))) return null;
-    // The text the store made of the platform's object, if it is of this change's object.
-    const objectJson = change.export === null ? undefined : (exportJson ?? undefined);
     return {
       id: event.id,
       type: event.type,
       exportId: event.exportId,
-      body: eventBodyJson(event.body, objectJson),
+      body: eventBodyJson(event.body, exportJson ?? undefined),
     };
   };
 }

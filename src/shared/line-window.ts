@@ -42,7 +42,7 @@ export class LineWindow<T> {
    */
   take(now: number): { warn: boolean; ended: HeldLines<T> | undefined } {
     let ended: HeldLines<T> | undefined;
-    if (now - this.#start >= this.#windowMs || now < this.#start) {
+    if (this.#over(now)) {
       ended = this.flush();
       this.#start = now;
       this.#logged = 0;
@@ -72,7 +72,12 @@ export class LineWindow<T> {
    * its end, not at every turn.
    */
   flushEnded(now: number): HeldLines<T> | undefined {
-    return now - this.#start >= this.#windowMs || now < this.#start ? this.flush() : undefined;
+    return this.#over(now) ? this.flush() : undefined;
+  }
+
+  /** The window is over at `now` (or the clock stepped back before its start). */
+  #over(now: number): boolean {
+    return now - this.#start >= this.#windowMs || now < this.#start;
   }
 
   /** What is held back, if anything, forgotten here once returned. */

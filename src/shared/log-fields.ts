@@ -8,6 +8,8 @@
  * spends on an export that finishes. This walks the fields once, and copies only what it censors.
  */
 
+import { REDACTED } from './redact.js';
+
 /** Field names whose values are never logged. */
 export const SECRET_FIELDS: ReadonlySet<string> = new Set([
   'token',
@@ -19,9 +21,6 @@ export const SECRET_FIELDS: ReadonlySet<string> = new Set([
   'x-sbg-auth-token',
   'webhook-signature',
 ]);
-
-/** What a censored field holds in the line. */
-export const CENSORED = '[redacted]';
 
 /**
  * How deep fields are looked at: a line's own fields, theirs, and theirs again (`headers` inside
@@ -50,7 +49,7 @@ function censorLevel(fields: object, level: number): object {
     if (value === undefined) continue;
     if (SECRET_FIELDS.has(key)) {
       copy ??= shallowCopy(source);
-      copy[key] = CENSORED;
+      copy[key] = REDACTED;
       continue;
     }
     if (level >= LEVELS || !isLookedInto(value)) continue;

@@ -513,18 +513,15 @@ type SeqDeliveryRow = Omit<DeliveryRow, 'event_id'> & { event_seq: number };
 
 /**
  * The condition that finds one job's events on the webhook-id's index (`webhookIdPrefixes`; a
- * job's events of either kind), with its parameters: the ids that begin `<prefix>_`, so that the
- * events of a job `a1` are not read for the job `a`. The job id is checked too: `evt_a_` also
- * begins the webhook-ids of a job `a_b`.
+ * job's events of either kind), with its parameters. A prefix ends in `_`, so the events of a
+ * job `a1` are not read for the job `a`; the job id is checked too, as `evt_a_` also begins the
+ * webhook-ids of a job `a_b`.
  */
 const JOB_EVENTS = `export_id = @id AND (
   (id >= @exportLow AND id < @exportHigh) OR (id >= @importLow AND id < @importHigh))`;
 
 function jobEventParams(id: string): Record<string, string> {
-  const [exportPrefix, importPrefix] = webhookIdPrefixes(id).map((prefix) => `${prefix}_`) as [
-    string,
-    string,
-  ];
+  const [exportPrefix, importPrefix] = webhookIdPrefixes(id);
   return {
     id,
     exportLow: exportPrefix,
@@ -534,9 +531,9 @@ function jobEventParams(id: string): Record<string, string> {
   };
 }
 
-/** Refuses an event whose id is not `<prefix>_<suffix>` for its job: its job could not find it. */
+/** Refuses an event whose id does not begin with a prefix of its job's: its job could not find it. */
 function assertJobWebhookId(event: NewEvent): void {
-  if (!webhookIdPrefixes(event.exportId).some((prefix) => event.id.startsWith(`${prefix}_`))) {
+  if (!webhookIdPrefixes(event.exportId).some((prefix) => event.id.startsWith(prefix))) {
     throw new Error(`event id ${event.id} does not begin with a webhook-id prefix of ${event.exportId}`);
   }
 }
@@ -796,7 +793,7 @@ export class SqliteStore implements Store {
         if (!row || move.run(params).changes === 0) continue;
         this.#jobCounted(row.kind, change.from, -1);
         this.#jobCounted(row.kind, change.to, 1);
-        const event = build(change, fromJson(row.metadata), row.kind, params.platform as string | null);
+        const event = build(change, fromJson(row.metadata), row.kind, params.platform);
         if (!event) continue;
         // Built again (RUNNING, PENDING, RUNNING in one call): it takes no creation time of its own,
         // so the job's next event is a millisecond after the first, as PostgreSQL stores them.
@@ -1356,7 +1353,8 @@ export class SqliteStore implements Store {
   }
 }
 
-function changeParams(change: ExportChange): Record<string, unknown> {
+/** A change's named parameters for the statements of `commitChanges`, its objects as JSON text. */
+function changeParams(change: ExportChange) {
   return {
     id: change.id,
     from: change.from,

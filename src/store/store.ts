@@ -122,8 +122,8 @@ export interface NewEvent {
  * Called inside `commitChanges` with the job's stored metadata and its stored kind (implementations
  * always pass it; absent means `export`) and, when the store has made it for the job's row, the
  * JSON text of `change.export`, so that the body need not make it again. The event's id is one of
- * the job's `webhookIdPrefixes` followed by `_` and a suffix: a store may find a job's events by
- * it, and refuses an event whose id is not.
+ * the job's `webhookIdPrefixes` followed by a suffix: a store may find a job's events by it, and
+ * refuses an event whose id is not.
  */
 export type EventBuilder = (
   change: ExportChange,
@@ -394,12 +394,11 @@ export class StoreError extends Error {
 }
 
 /**
- * The prefixes of the webhook-ids of the job `id`'s events, which are `<prefix>_<suffix>`:
- * `evt_<id>` for an export's, `evt_import_<id>` for an import's (see `webhookId` in
- * delivery/events.ts).
+ * The prefixes of the webhook-ids of the job `id`'s events, each followed by a suffix: `evt_<id>_`
+ * for an export's, `evt_import_<id>_` for an import's (see `webhookId` in delivery/events.ts).
  */
 export function webhookIdPrefixes(id: string): readonly [exportPrefix: string, importPrefix: string] {
-  return [`evt_${id}`, `evt_import_${id}`];
+  return [`evt_${id}_`, `evt_import_${id}_`];
 }
 
 /**
