@@ -926,7 +926,10 @@ export class Daemon {
       return;
     }
     this.#failingSince ??= now;
-    this.#readiness = { ok: false, reason, passing: PASSING_FAILURES.has(outcome) };
+    // In passing only after the platform had accepted the credentials: an answer (a 429) before
+    // that, then a server error, is no reason to say it has.
+    const wasAccepted = this.#readiness.ok || this.#readiness.passing === true;
+    this.#readiness = { ok: false, reason, passing: wasAccepted && PASSING_FAILURES.has(outcome) };
   }
 }
 

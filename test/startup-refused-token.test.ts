@@ -32,6 +32,18 @@ describe('a refused token at start', () => {
     expect(stack.daemon.readiness).toMatchObject({ ok: false, reason: 'the platform refused the token' });
   });
 
+  it('stays not ready when a 429 and then a server error follow the refusal', async () => {
+    stack = await startStack({ env: { SB_AUTH_TOKEN: 'not-the-token-0123456789' } });
+    // An answer that says nothing of the token, then a failure of the kind that passes.
+    stack.daemon.bus.emit('platform.request', { route: 'bulk_get', outcome: 'rate_limited', durationMs: 1 });
+    stack.daemon.bus.emit('platform.request', { route: 'bulk_get', outcome: 'server_error', durationMs: 1 });
+    expect(stack.daemon.readiness).toMatchObject({
+      ok: false,
+      reason: 'the platform answered with a server error',
+    });
+    expect((await stack.get('/readyz')).status).toBe(503);
+  });
+
   it('leaves other start-up failures a warning about the rate limit', async () => {
     // A wrong path (no /v2): the route answers 404, which says nothing about the token.
     stack = await startStack({ endpoint: (url) => url.replace(/\/v2$/, '/v9') });
