@@ -850,6 +850,8 @@ describe('the log of failed attempts during an outage', () => {
   });
 
   it('says a receiver that fails every other attempt once per window, not at each success', async () => {
+    // No retry falls due meanwhile (1–2 s later on the real clock), whatever this machine's pace.
+    useFakeTime();
     const store = await memoryStore();
     let n = 0;
     const { url } = await receiver({ respond: () => (++n % 2 === 1 ? 503 : 204) });
@@ -872,6 +874,8 @@ describe('the log of failed attempts during an outage', () => {
   });
 
   it('says what it held back when the engine closes', async () => {
+    // No retry falls due meanwhile (1–2 s later on the real clock), whatever this machine's pace.
+    useFakeTime();
     const store = await memoryStore();
     const { url } = await receiver({ respond: () => 503 });
     const { engine: e, probe } = engine({ store, urls: [url], quickAttempts: 1 });

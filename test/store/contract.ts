@@ -1074,6 +1074,7 @@ export function describeStoreContract(
         expect(await store.getExportWithEvents('a')).toEqual({ record: await store.getExport('a'), events });
         expect(await eventsOf(store, 'a')).toEqual(events);
         expect(await store.getExportWithEvents('nobody')).toBeUndefined();
+        expect(await eventsOf(store, 'nobody')).toEqual([]);
       });
 
       it("lists a job's events only, not those of jobs whose ids begin with its id", async () => {

@@ -448,6 +448,7 @@ describe('SQLite store', () => {
         'does not begin with a webhook-id prefix of a',
       );
       expect((await store.getExport('a'))?.state).toBe('UNKNOWN');
+      expect((await store.listEvents({ limit: 10 })).items).toEqual([]);
     } finally {
       await store.close();
     }
